@@ -1,0 +1,65 @@
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <caf/actor_clock.hpp>
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/fwd.hpp"
+
+namespace parry {
+
+/// Timing of the agent connection, shared by every device actor.
+struct device_config {
+  /// How often agents are told to send a heartbeat.
+  std::chrono::milliseconds heartbeat_interval{5000};
+  /// Heartbeats that may be missed before the device counts as offline.
+  int missed_heartbeats = 3;
+};
+
+/// A command waiting for, or on its way to, the agent.
+struct pending_command {
+  bus::command cmd;
+  response_action_actor action;
+  bool cleared = false;     ///< The action stored `sent`: it may go out.
+  bool transmitted = false; ///< Written to the current connection.
+  bool acknowledged = false;
+};
+
+struct device_state {
+  static inline constexpr const char* name = "device";
+
+  /// What the store and REST see.
+  device_record rec;
+  /// Commands in registration order; the head goes out first.
+  std::vector<pending_command> queue;
+  /// Last time anything arrived from the agent (actor clock, so tests control it).
+  caf::actor_clock::time_point last_heard;
+  /// A hello (or welcome after a server restart) happened on this connection.
+  bool welcomed = false;
+  /// Outbound header counters.
+  uint64_t seq = 0;
+  uint64_t msg_id = 0;
+  /// Incidents this device reported since the server started.
+  uint64_t incidents = 0;
+
+  device_config cfg;
+  store_actor store;
+  gateway_actor gateway;
+};
+
+using device_stateful = device_actor::stateful_pointer<device_state>;
+
+/// The actor for device `id`. Loads what the store knows of it, then follows its
+/// connection and delivers its commands in order.
+device_actor::behavior_type device(device_stateful self, std::string id,
+                                   device_config cfg, store_actor store,
+                                   gateway_actor gateway);
+
+/// Checks an incident report before it is stored: ids, key event, parent links.
+/// Returns an empty string when it is acceptable, else why not.
+std::string validate_report(const bus::incident_report& r);
+
+} // namespace parry

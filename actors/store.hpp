@@ -1,0 +1,43 @@
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/fwd.hpp"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace parry {
+
+/// State of the store actor. It runs detached: SQLite calls block only its thread.
+struct store_state {
+  static inline constexpr const char* name = "store";
+
+  ~store_state();
+
+  /// Open database connection (WAL mode).
+  sqlite3* db = nullptr;
+  /// Prepared statements by SQL text, prepared on first use.
+  std::map<std::string, sqlite3_stmt*> statements;
+  /// True while a transaction collects writes for the next commit.
+  bool in_transaction = false;
+  /// Replies to send once the open transaction commits (argument: committed).
+  std::vector<std::function<void(bool)>> on_commit;
+  /// Writes committed so far, and commits (groups) that carried them.
+  uint64_t writes = 0;
+  uint64_t commits = 0;
+};
+
+using store_stateful = store_actor::stateful_pointer<store_state>;
+
+/// Opens (creating if needed) the database at `path` and serves the store
+/// interface. `path` may be ":memory:" for tests. Quits with an error if the
+/// database cannot be opened or migrated.
+store_actor::behavior_type store(store_stateful self, std::string path);
+
+} // namespace parry

@@ -1,0 +1,96 @@
+#include "common/crypto.hpp"
+
+#include <stdexcept>
+#include <vector>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+namespace parry {
+
+namespace {
+
+std::string to_hex(const unsigned char* p, std::size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 0x0f];
+  }
+  return out;
+}
+
+std::vector<unsigned char> from_hex(std::string_view hex) {
+  std::vector<unsigned char> out;
+  if (hex.size() % 2 != 0)
+    return out;
+  auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9')
+      return c - '0';
+    if (c >= 'a' && c <= 'f')
+      return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+      return c - 'A' + 10;
+    return -1;
+  };
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0)
+      return {};
+    out.push_back(static_cast<unsigned char>(hi << 4 | lo));
+  }
+  return out;
+}
+
+std::string pbkdf2(std::string_view password, const std::vector<unsigned char>& salt,
+                   uint32_t iterations) {
+  unsigned char out[32];
+  if (PKCS5_PBKDF2_HMAC(password.data(), static_cast<int>(password.size()), salt.data(),
+                        static_cast<int>(salt.size()), static_cast<int>(iterations),
+                        EVP_sha256(), sizeof out, out)
+      != 1)
+    throw std::runtime_error("PBKDF2 failed");
+  return to_hex(out, sizeof out);
+}
+
+} // namespace
+
+std::string random_hex(std::size_t bytes) {
+  std::vector<unsigned char> buf(bytes);
+  if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1)
+    throw std::runtime_error("RAND_bytes failed");
+  return to_hex(buf.data(), buf.size());
+}
+
+std::string sha256_hex(std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr) != 1)
+    throw std::runtime_error("SHA-256 failed");
+  return to_hex(md, len);
+}
+
+password_hash hash_password(std::string_view password, uint32_t iterations) {
+  password_hash h;
+  h.salt_hex = random_hex(16);
+  h.iterations = iterations;
+  h.hash_hex = pbkdf2(password, from_hex(h.salt_hex), iterations);
+  return h;
+}
+
+bool verify_password(std::string_view password, const password_hash& stored) {
+  auto salt = from_hex(stored.salt_hex);
+  if (salt.empty() || stored.iterations == 0)
+    return false;
+  return equal_constant_time(pbkdf2(password, salt, stored.iterations), stored.hash_hex);
+}
+
+bool equal_constant_time(std::string_view a, std::string_view b) {
+  if (a.size() != b.size())
+    return false;
+  return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+} // namespace parry

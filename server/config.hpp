@@ -1,0 +1,51 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace parry {
+
+/// Everything parryd can be told. Sources, each overriding the one before:
+/// defaults, the TOML file (--config), PARRY_* environment variables, the command line.
+struct server_config {
+  /// Where the database, TLS files and logs live.
+  std::string data_dir = "./parry-data";
+  /// ROUTER endpoint the agents connect to.
+  std::string bus_endpoint = "tcp://127.0.0.1:7400";
+  /// HTTPS listen address and port (0 picks a free port).
+  std::string http_address = "127.0.0.1";
+  uint16_t http_port = 8443;
+  /// First administrator's password (used once, when the store has no admin).
+  std::string admin_password;
+  /// Agents send a heartbeat this often...
+  uint32_t heartbeat_interval_ms = 5000;
+  /// ...and count as offline after this many are missed.
+  int missed_heartbeats = 3;
+  /// Largest accepted bus frame, in bytes.
+  uint32_t max_frame_bytes = 1 << 20;
+  /// PBKDF2 iterations for new passwords.
+  uint32_t pbkdf2_iterations = 600000;
+  /// Failed logins before an account locks, and for how long.
+  int max_login_failures = 5;
+  uint32_t lockout_minutes = 15;
+  /// Idle time after which a browser session ends.
+  uint32_t session_idle_minutes = 30;
+  /// Actor scheduler threads (0: one per core).
+  uint32_t workers = 0;
+  /// trace, debug, info, warn, error.
+  std::string log_level = "info";
+
+  /// Empty when valid, else which key is wrong and what would be legal.
+  std::string validate() const;
+};
+
+/// Reads `path` (TOML) into `cfg`; an unknown key or a value of the wrong type is
+/// an error naming the key. Returns an empty string on success.
+std::string load_toml(const std::string& path, server_config& cfg);
+
+/// Applies PARRY_* variables (PARRY_DATA_DIR, PARRY_BUS_ENDPOINT, PARRY_HTTP_ADDRESS,
+/// PARRY_HTTP_PORT, PARRY_ADMIN_PASSWORD, PARRY_LOG_LEVEL). Returns an error or "".
+std::string load_env(server_config& cfg);
+
+} // namespace parry

@@ -1,0 +1,250 @@
+#include "server/http_server.hpp"
+
+#include <thread>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <spdlog/spdlog.h>
+
+namespace parry {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+
+namespace {
+
+constexpr std::size_t max_body = 1 << 20;
+constexpr auto io_timeout = std::chrono::seconds{30};
+// Answer-side bound: an actor that never answers still frees the connection.
+constexpr auto api_timeout = std::chrono::seconds{30};
+
+std::string header_value(const http::request<http::string_body>& req,
+                         beast::string_view name) {
+  auto i = req.find(name);
+  return i == req.end() ? std::string{} : std::string{i->value()};
+}
+
+std::string session_cookie(const std::string& cookies) {
+  static const std::string key = "parry_session=";
+  std::size_t pos = 0;
+  while (pos < cookies.size()) {
+    while (pos < cookies.size() && (cookies[pos] == ' ' || cookies[pos] == ';'))
+      ++pos;
+    auto end = cookies.find(';', pos);
+    if (end == std::string::npos)
+      end = cookies.size();
+    if (cookies.compare(pos, key.size(), key) == 0)
+      return cookies.substr(pos + key.size(), end - pos - key.size());
+    pos = end;
+  }
+  return {};
+}
+
+http_request to_api(const http::request<http::string_body>& req) {
+  http_request out;
+  out.method = std::string{req.method_string()};
+  out.target = std::string{req.target()};
+  out.body = req.body();
+  auto authz = header_value(req, "Authorization");
+  if (authz.rfind("Bearer ", 0) == 0)
+    out.bearer = authz.substr(7);
+  out.session = session_cookie(header_value(req, "Cookie"));
+  out.csrf = header_value(req, "X-CSRF-Token");
+  out.idempotency_key = header_value(req, "Idempotency-Key");
+  return out;
+}
+
+class session : public std::enable_shared_from_this<session> {
+public:
+  session(tcp::socket&& socket, net::ssl::context& ctx, caf::actor_system& sys,
+          api_actor api)
+    : stream_(std::move(socket), ctx), sys_(sys), api_(std::move(api)) {
+  }
+
+  void run() {
+    net::dispatch(stream_.get_executor(),
+                  [self = shared_from_this()] { self->handshake(); });
+  }
+
+private:
+  void handshake() {
+    beast::get_lowest_layer(stream_).expires_after(io_timeout);
+    stream_.async_handshake(net::ssl::stream_base::server,
+                            [self = shared_from_this()](beast::error_code ec) {
+                              if (!ec)
+                                self->read();
+                            });
+  }
+
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(max_body);
+    parser_->header_limit(16 * 1024);
+    beast::get_lowest_layer(stream_).expires_after(io_timeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                       self->on_read(ec);
+                     });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == http::error::end_of_stream) {
+      close();
+      return;
+    }
+    if (ec) {
+      if (ec == http::error::body_limit)
+        return write_error(413, "payload_too_large", "request body over 1 MiB");
+      if (ec != beast::error::timeout && ec != net::error::operation_aborted
+          && ec != net::ssl::error::stream_truncated)
+        spdlog::debug("http: read: {}", ec.message());
+      return;
+    }
+    auto req = parser_->release();
+    keep_alive_ = req.keep_alive();
+    version_ = req.version();
+    auto self = shared_from_this();
+    auto exec = stream_.get_executor();
+    // A short-lived actor waits for the api's answer and posts it back to this
+    // connection's executor; neither side blocks.
+    sys_.spawn([api = api_, r = to_api(req), self, exec](caf::event_based_actor* a) {
+      a->request(api, api_timeout, r)
+        .then(
+          [self, exec](http_response& resp) {
+            net::post(exec, [self, resp = std::move(resp)]() mutable {
+              self->write(std::move(resp));
+            });
+          },
+          [self, exec](caf::error&) {
+            net::post(exec, [self] {
+              self->write(http_response{
+                503, R"({"error":{"code":"unavailable","message":"server busy"}})", {}});
+            });
+          });
+    });
+  }
+
+  void write_error(int status, const char* code, const char* message) {
+    keep_alive_ = false;
+    write(http_response{status,
+                        std::string{R"({"error":{"code":")"} + code
+                          + R"(","message":")" + message + "\"}}",
+                        {}});
+  }
+
+  void write(http_response resp) {
+    auto res = std::make_shared<http::response<http::string_body>>(
+      static_cast<http::status>(resp.status), version_);
+    res->set(http::field::server, "parry");
+    res->set(http::field::content_type, "application/json");
+    res->set(http::field::cache_control, "no-store");
+    res->set("X-Content-Type-Options", "nosniff");
+    res->set(http::field::strict_transport_security, "max-age=31536000");
+    for (auto& c : resp.set_cookies)
+      res->insert(http::field::set_cookie, c);
+    res->keep_alive(keep_alive_);
+    res->body() = std::move(resp.body);
+    res->prepare_payload();
+    beast::get_lowest_layer(stream_).expires_after(io_timeout);
+    http::async_write(stream_, *res,
+                      [self = shared_from_this(), res](beast::error_code ec, std::size_t) {
+                        if (ec)
+                          return;
+                        if (self->keep_alive_)
+                          self->read();
+                        else
+                          self->close();
+                      });
+  }
+
+  void close() {
+    beast::get_lowest_layer(stream_).expires_after(std::chrono::seconds{5});
+    stream_.async_shutdown([self = shared_from_this()](beast::error_code) {});
+  }
+
+  beast::ssl_stream<beast::tcp_stream> stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  caf::actor_system& sys_;
+  api_actor api_;
+  bool keep_alive_ = false;
+  unsigned version_ = 11;
+};
+
+} // namespace
+
+struct http_server::impl {
+  caf::actor_system& sys;
+  api_actor api;
+  std::string address;
+  uint16_t port;
+  net::io_context ioc{1};
+  net::ssl::context ssl{net::ssl::context::tls_server};
+  tcp::acceptor acceptor{net::make_strand(ioc)};
+  std::thread thread;
+
+  impl(caf::actor_system& s, api_actor a, std::string addr, uint16_t p)
+    : sys(s), api(std::move(a)), address(std::move(addr)), port(p) {
+  }
+
+  void accept() {
+    acceptor.async_accept(net::make_strand(ioc),
+                          [this](beast::error_code ec, tcp::socket socket) {
+                            if (ec) {
+                              if (ec != net::error::operation_aborted)
+                                accept();
+                              return;
+                            }
+                            std::make_shared<session>(std::move(socket), ssl, sys, api)
+                              ->run();
+                            accept();
+                          });
+  }
+};
+
+http_server::http_server(caf::actor_system& sys, api_actor api, std::string address,
+                         uint16_t port, std::string cert_file, std::string key_file)
+  : impl_(std::make_unique<impl>(sys, std::move(api), std::move(address), port)) {
+  auto& ssl = impl_->ssl;
+  ssl.set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2
+                  | net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1
+                  | net::ssl::context::no_tlsv1_1);
+  ssl.use_certificate_chain_file(cert_file);
+  ssl.use_private_key_file(key_file, net::ssl::context::pem);
+}
+
+http_server::~http_server() {
+  stop();
+}
+
+uint16_t http_server::start() {
+  auto& a = impl_->acceptor;
+  tcp::endpoint ep{net::ip::make_address(impl_->address), impl_->port};
+  a.open(ep.protocol());
+  a.set_option(net::socket_base::reuse_address(true));
+  a.bind(ep);
+  a.listen(net::socket_base::max_listen_connections);
+  auto port = a.local_endpoint().port();
+  impl_->accept();
+  impl_->thread = std::thread([this] { impl_->ioc.run(); });
+  return port;
+}
+
+void http_server::stop() {
+  if (!impl_->thread.joinable())
+    return;
+  net::post(impl_->acceptor.get_executor(), [this] { impl_->acceptor.close(); });
+  impl_->ioc.stop();
+  impl_->thread.join();
+}
+
+} // namespace parry

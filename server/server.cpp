@@ -1,0 +1,188 @@
+#include "server/server.hpp"
+
+#include <filesystem>
+#include <stdexcept>
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/message.hpp>
+#include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "actors/api.hpp"
+#include "actors/auth.hpp"
+#include "actors/directory.hpp"
+#include "actors/error.hpp"
+#include "actors/gateway_bridge.hpp"
+#include "actors/store.hpp"
+#include "bus/gateway.hpp"
+#include "server/http_server.hpp"
+#include "server/tls.hpp"
+
+namespace parry {
+
+namespace {
+
+caf::actor_system_config make_caf_config(const server_config& cfg) {
+  caf::actor_system_config out;
+  out.add_error_category(ec_category(),
+                         [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+                           std::string out = to_string(static_cast<ec>(code));
+                           if (ctx.size() == 1 && ctx.match_element<std::string>(0))
+                             out += ": " + ctx.get_as<std::string>(0);
+                           return out;
+                         });
+  if (cfg.workers > 0)
+    out.set("scheduler.max-threads", static_cast<size_t>(cfg.workers));
+  return out;
+}
+
+/// Waits for one answer from `dest` (only at start-up, never inside an actor).
+template <class T, class Handle, class... Ts>
+T ask(caf::actor_system& sys, const Handle& dest, Ts&&... xs) {
+  caf::scoped_actor self{sys};
+  T out{};
+  caf::error failure;
+  self->request(dest, std::chrono::seconds{60}, std::forward<Ts>(xs)...)
+    .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { failure = e; });
+  if (failure)
+    throw std::runtime_error(message_of(failure));
+  return out;
+}
+
+} // namespace
+
+struct server::impl {
+  server_config cfg;
+  caf::actor_system_config caf_cfg;
+  caf::actor_system sys;
+  store_actor store;
+  directory_actor directory;
+  std::shared_ptr<bus::gateway> bus;
+  /// Every top-level actor, told to exit on stop (their children are linked).
+  std::vector<caf::strong_actor_ptr> actors;
+  std::unique_ptr<http_server> http;
+  std::string bus_endpoint;
+  uint16_t http_port = 0;
+  tls_files tls;
+  std::string generated_password;
+  bool stopped = false;
+
+  explicit impl(server_config c)
+    : cfg(std::move(c)), caf_cfg(make_caf_config(cfg)), sys(caf_cfg) {
+  }
+};
+
+server::server(server_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
+}
+
+server::~server() {
+  stop();
+}
+
+void server::start() {
+  auto& m = *impl_;
+  auto& cfg = m.cfg;
+  if (auto err = cfg.validate(); !err.empty())
+    throw std::runtime_error("configuration: " + err);
+  std::filesystem::create_directories(cfg.data_dir);
+  m.tls = ensure_certificate(cfg.data_dir + "/tls", {cfg.http_address});
+
+  // Remembers a top-level actor so stop() (also after a failed start) ends it.
+  auto keep = [&m](const auto& handle) {
+    m.actors.push_back(caf::actor_cast<caf::strong_actor_ptr>(handle));
+  };
+  // The store runs on a thread of its own: SQLite blocks only there.
+  m.store = m.sys.spawn<caf::detached>(store, cfg.data_dir + "/parry.db");
+  keep(m.store);
+  ask<std::string>(m.sys, m.store, query{"stats", "", {}});
+
+  bus::decode_limits limits;
+  limits.max_frame = cfg.max_frame_bytes;
+  // The gateway calls back on its own thread; the directory handle is set below,
+  // before the socket starts, and never changes afterwards.
+  auto dir_slot = std::make_shared<directory_actor>();
+  m.bus = std::make_shared<bus::gateway>(
+    cfg.bus_endpoint, limits,
+    [dir_slot, limits](bus::header&& h, std::string_view body) {
+      return dispatch_inbound(*dir_slot, std::move(h), body, limits);
+    },
+    [dir_slot](const std::string& device_id) {
+      caf::anon_send(*dir_slot, atom::unreach_v, device_id);
+    });
+  auto gateway = m.sys.spawn(gateway_bridge, m.bus);
+  keep(gateway);
+
+  device_config dcfg;
+  dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
+  dcfg.missed_heartbeats = cfg.missed_heartbeats;
+  m.directory = m.sys.spawn(directory, dcfg, caf::timespan{std::chrono::minutes{5}},
+                            m.store, gateway);
+  keep(m.directory);
+  *dir_slot = m.directory;
+
+  auto hash = m.sys.spawn<caf::detached>(hasher, cfg.pbkdf2_iterations);
+  keep(hash);
+  auth_config acfg;
+  acfg.max_failures = cfg.max_login_failures;
+  acfg.lockout = std::chrono::minutes{cfg.lockout_minutes};
+  acfg.session_idle = std::chrono::minutes{cfg.session_idle_minutes};
+  acfg.pbkdf2_iterations = cfg.pbkdf2_iterations;
+  auto au = m.sys.spawn(auth, acfg, m.store, hash);
+  keep(au);
+  m.generated_password = ask<std::string>(m.sys, au, atom::bootstrap_v, cfg.admin_password);
+
+  // Open actions go back to their devices before any agent can reconnect.
+  ask<uint64_t>(m.sys, m.directory, atom::resume_v);
+  m.bus_endpoint = m.bus->start();
+
+  std::weak_ptr<bus::gateway> weak_bus = m.bus;
+  auto bus_stats = [weak_bus] {
+    auto b = weak_bus.lock();
+    if (!b)
+      return nlohmann::json::object();
+    const auto& s = b->stats();
+    return nlohmann::json{{"frames_in", s.frames_in.load()},
+                          {"frames_out", s.frames_out.load()},
+                          {"bad_frames", s.bad_frames.load()},
+                          {"unreachable", s.unreachable.load()}};
+  };
+  auto a = m.sys.spawn(api, au, m.directory, m.store, bus_stats);
+  keep(a);
+  m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
+                                         m.tls.cert, m.tls.key);
+  m.http_port = m.http->start();
+}
+
+void server::stop() {
+  auto& m = *impl_;
+  if (m.stopped)
+    return;
+  m.stopped = true;
+  if (m.http)
+    m.http->stop();
+  if (m.bus)
+    m.bus->stop();
+  // Writes not yet committed were never confirmed to anyone, so nothing that was
+  // reported is lost when the store exits before committing them.
+  for (auto& h : m.actors)
+    caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
+  m.actors.clear();
+}
+
+const std::string& server::bus_endpoint() const {
+  return impl_->bus_endpoint;
+}
+uint16_t server::http_port() const {
+  return impl_->http_port;
+}
+const std::string& server::cert_file() const {
+  return impl_->tls.cert;
+}
+const std::string& server::generated_admin_password() const {
+  return impl_->generated_password;
+}
+
+} // namespace parry

@@ -1,0 +1,38 @@
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "server/config.hpp"
+
+namespace parry {
+
+/// A whole parryd: actor system, store, bus gateway and HTTPS front end, wired
+/// together. Used by the parryd program and by in-process tests and benchmarks.
+class server {
+public:
+  explicit server(server_config cfg);
+  ~server();
+
+  /// Opens the store, bootstraps the first administrator, resumes open actions,
+  /// then starts the bus and HTTPS. Throws std::runtime_error with a clear message.
+  void start();
+
+  /// Stops accepting work and shuts everything down. Idempotent.
+  void stop();
+
+  /// The bus endpoint agents connect to (real port when the config said `*`).
+  const std::string& bus_endpoint() const;
+  /// The HTTPS port (real port when the config said 0).
+  uint16_t http_port() const;
+  /// The certificate clients should trust.
+  const std::string& cert_file() const;
+  /// The first administrator's password when this start generated it, else empty.
+  const std::string& generated_admin_password() const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace parry
