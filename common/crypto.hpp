@@ -4,6 +4,7 @@
 // password hash. Nothing here allocates OpenSSL state beyond one call.
 
 #include <cstdint>
+#include <cstddef>
 #include <string>
 #include <string_view>
 

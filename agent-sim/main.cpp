@@ -1,0 +1,136 @@
+// parry-agent: simulated EDR endpoints (--sim N). The real agent (--real) comes later.
+
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "agent-sim/scenario.hpp"
+#include "agent-sim/sim_runner.hpp"
+#include "bus/codec.hpp"
+#include "common/time.hpp"
+
+namespace {
+
+std::atomic<bool> stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free,
+              "flag is set from a signal handler");
+
+extern "C" void on_signal(int) {
+  stop_requested.store(true);
+}
+
+int fail(const std::string& msg) {
+  std::cerr << "parry-agent: " << msg << '\n';
+  return 2;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"parry-agent: simulated EDR endpoints for the Parry server"};
+  std::size_t sim = 0;
+  bool real = false;
+  std::string scenarios_dir = "./config/scenarios";
+  std::string log_level = "info";
+  uint32_t incident_interval_ms = 30000;
+  std::size_t generate = 0;
+  parry::sim::runner_config cfg;
+
+  app.add_option("--sim", sim, "Simulate N endpoints in this process")
+      ->check(CLI::Range(1, 20000));
+  app.add_flag("--real", real, "Act on this machine (not available yet)");
+  app.add_option("--server", cfg.endpoint.server, "Server bus endpoint")
+      ->capture_default_str();
+  app.add_option("--seed", cfg.endpoint.seed, "Seed: the same seed gives the same run")
+      ->capture_default_str();
+  app.add_option("--id-prefix", cfg.endpoint.id_prefix,
+                 "Device ids are PREFIX-0000, PREFIX-0001, ...")
+      ->capture_default_str();
+  app.add_option("--scenarios", scenarios_dir, "Directory of scenario *.toml files")
+      ->capture_default_str();
+  app.add_option("--incident-interval-ms", incident_interval_ms,
+                 "Mean time between incidents of one endpoint")
+      ->capture_default_str()
+      ->check(CLI::Range(10u, 86'400'000u));
+  app.add_option("--incidents", cfg.endpoint.max_incidents,
+                 "Incidents per endpoint, 0 for no limit")
+      ->capture_default_str();
+  app.add_option("--heartbeat-ms", cfg.endpoint.heartbeat_ms,
+                 "Heartbeat interval instead of the server's")
+      ->check(CLI::Range(100u, 3'600'000u));
+  app.add_option("--generate", generate,
+                 "Print K incidents per endpoint as JSON lines and exit (no connection)")
+      ->check(CLI::Range(1, 1'000'000));
+  app.add_option("--log-level", log_level, "Log level")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  CLI11_PARSE(app, argc, argv);
+
+  if (real)
+    return fail("--real is not implemented yet; this build only simulates endpoints "
+                "(--sim N)");
+  if (sim == 0) return fail("--sim N is required (the number of endpoints to simulate)");
+  const std::string& server = cfg.endpoint.server;
+  if (server.rfind("tcp://", 0) != 0 && server.rfind("ipc://", 0) != 0)
+    return fail("--server must be a tcp:// or ipc:// endpoint, got '" + server + "'");
+  if (cfg.endpoint.id_prefix.size() > 100 ||
+      !parry::bus::valid_id(parry::sim::device_id_for(cfg.endpoint.id_prefix, 0)))
+    return fail("--id-prefix must be at most 100 characters of [A-Za-z0-9._:-]");
+  cfg.endpoints = sim;
+  cfg.endpoint.incident_interval_us = int64_t{incident_interval_ms} * 1000;
+
+  // Logs go to stderr so that --generate output on stdout stays clean.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("parry-agent"));
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  std::error_code ec;
+  if (!std::filesystem::is_directory(scenarios_dir, ec))
+    return fail("scenario directory '" + scenarios_dir +
+                "' does not exist; pass --scenarios DIR");
+  std::vector<parry::sim::scenario> scenarios;
+  try {
+    scenarios = parry::sim::load_scenarios(scenarios_dir);
+  } catch (const parry::sim::scenario_error& e) {
+    return fail(e.what());
+  }
+
+  if (generate > 0) {
+    parry::sim::write_generated(cfg, scenarios, generate, std::cout);
+    return 0;
+  }
+
+  // Report ids carry the start second, so a restarted run does not reuse them.
+  char tag[17];
+  std::snprintf(tag, sizeof tag, "%llx",
+                static_cast<unsigned long long>(parry::now_us() / 1'000'000));
+  cfg.endpoint.run_tag = tag;
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+
+  std::cout << "parry-agent: " << sim << " simulated endpoint" << (sim == 1 ? "" : "s")
+            << " (" << parry::sim::device_id_for(cfg.endpoint.id_prefix, 0)
+            << (sim > 1
+                    ? " .. " + parry::sim::device_id_for(cfg.endpoint.id_prefix, sim - 1)
+                    : std::string())
+            << ") connecting to " << server << ", seed " << cfg.endpoint.seed << ", "
+            << scenarios.size() << " scenarios" << std::endl;
+  try {
+    parry::sim::sim_runner runner(cfg, std::move(scenarios));
+    runner.run(stop_requested);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,291 @@
+#include "agent-sim/sim_runner.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <ostream>
+#include <stdexcept>
+
+#include <sys/resource.h>
+
+#include <spdlog/spdlog.h>
+#include <zmq.hpp>
+
+#include "common/time.hpp"
+
+namespace parry::sim {
+
+namespace {
+
+// Each endpoint costs a TCP socket, two ZeroMQ sockets and their mailboxes.
+constexpr std::size_t fds_per_endpoint = 4;
+constexpr int64_t summary_interval_us = 30'000'000;
+// Messages taken from one socket per round, so a chatty peer cannot starve others.
+constexpr int max_reads_per_round = 64;
+
+void raise_fd_limit(std::size_t endpoints) {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  // An unlimited hard limit cannot be the soft one; Linux caps it at nr_open.
+  rlim_t target = rl.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_max;
+  if (rl.rlim_cur < target) {
+    rlimit raised = rl;
+    raised.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0)
+      rl = raised;
+    else
+      spdlog::warn("cannot raise the open file limit: {}", std::strerror(errno));
+  }
+  std::size_t need = endpoints * fds_per_endpoint + 64;
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+    spdlog::warn("{} endpoints need about {} file descriptors but the limit is {}",
+                 endpoints, need, static_cast<unsigned long long>(rl.rlim_cur));
+}
+
+void add(endpoint_stats& to, const endpoint_stats& s) {
+  to.frames_in += s.frames_in;
+  to.bad_frames += s.bad_frames;
+  to.unknown_frames += s.unknown_frames;
+  to.messages_out += s.messages_out;
+  to.incidents += s.incidents;
+  to.commands_executed += s.commands_executed;
+  to.duplicate_commands += s.duplicate_commands;
+  to.welcomes += s.welcomes;
+}
+
+} // namespace
+
+struct sim_runner::impl {
+  runner_config cfg;
+  std::vector<scenario> scenarios; // endpoints point into it; never resized
+  std::vector<sim_endpoint> endpoints;
+  zmq::context_t ctx;
+  // Declared after the context so they close before it terminates.
+  std::vector<zmq::socket_t> dealers;
+  std::vector<zmq::socket_t> monitors;
+  std::vector<zmq::pollitem_t> items; // dealer i at 2i, its monitor at 2i+1
+  uint64_t send_failures = 0;
+  bool started = false;
+
+  void send(std::size_t i, const std::vector<outbound>& msgs);
+  void read_messages(std::size_t i, int64_t now);
+  void read_monitor(std::size_t i, int64_t now);
+};
+
+void sim_runner::impl::send(std::size_t i, const std::vector<outbound>& msgs) {
+  for (const outbound& m : msgs) {
+    std::string head = bus::encode(m.head);
+    try {
+      // ZeroMQ delivers multipart messages atomically: once the first frame is
+      // queued the second is too, so only the first can hit the high-water mark.
+      if (!dealers[i].send(zmq::const_buffer(head.data(), head.size()),
+                           zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+        ++send_failures;
+        continue;
+      }
+      dealers[i].send(zmq::const_buffer(m.body.data(), m.body.size()),
+                      zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+      ++send_failures;
+      spdlog::warn("{}: send failed: {}", endpoints[i].device_id(), e.what());
+    }
+  }
+}
+
+void sim_runner::impl::read_messages(std::size_t i, int64_t now) {
+  for (int n = 0; n < max_reads_per_round; ++n) {
+    zmq::message_t frames[2];
+    std::size_t count = 0;
+    zmq::message_t part;
+    if (!dealers[i].recv(part, zmq::recv_flags::dontwait)) return;
+    // Keep the first two frames, count and discard the rest of a longer message.
+    for (;;) {
+      bool more = part.more();
+      if (count < 2) frames[count] = std::move(part);
+      ++count;
+      if (!more) break;
+      if (!dealers[i].recv(part, zmq::recv_flags::dontwait)) break;
+    }
+    if (count != 2) {
+      endpoints[i].count_bad_frame();
+      spdlog::debug("{}: dropped a message of {} frames", endpoints[i].device_id(),
+                    count);
+      continue;
+    }
+    send(i, endpoints[i].on_message(frames[0].to_string_view(),
+                                    frames[1].to_string_view(), now));
+  }
+}
+
+void sim_runner::impl::read_monitor(std::size_t i, int64_t now) {
+  for (;;) {
+    zmq::message_t event, address;
+    if (!monitors[i].recv(event, zmq::recv_flags::dontwait)) return;
+    if (event.more()) (void)monitors[i].recv(address, zmq::recv_flags::dontwait);
+    if (event.size() < 6) continue;
+    uint16_t id = 0;
+    std::memcpy(&id, event.data(), sizeof id);
+    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+      spdlog::debug("{}: connected", endpoints[i].device_id());
+      send(i, endpoints[i].on_link_up(now));
+    } else if (id == ZMQ_EVENT_DISCONNECTED) {
+      spdlog::debug("{}: disconnected", endpoints[i].device_id());
+      endpoints[i].on_link_down();
+    }
+  }
+}
+
+sim_runner::sim_runner(runner_config cfg, std::vector<scenario> scenarios)
+    : impl_(std::make_unique<impl>()) {
+  impl_->cfg = std::move(cfg);
+  impl_->scenarios = std::move(scenarios);
+  int64_t started_at = now_us();
+  impl_->endpoints.reserve(impl_->cfg.endpoints);
+  for (std::size_t i = 0; i < impl_->cfg.endpoints; ++i)
+    impl_->endpoints.emplace_back(i, impl_->cfg.endpoint, impl_->scenarios, started_at);
+}
+
+sim_runner::~sim_runner() = default;
+
+void sim_runner::start() {
+  impl& m = *impl_;
+  if (m.started) return;
+  std::size_t n = m.endpoints.size();
+  if (m.cfg.raise_fd_limit) raise_fd_limit(n);
+  // A DEALER, the monitor's own PAIR inside ZeroMQ, and our PAIR reading it.
+  std::size_t sockets = 3 * n + 16;
+  int limit = m.ctx.get(zmq::ctxopt::socket_limit);
+  if (sockets > static_cast<std::size_t>(limit))
+    throw std::runtime_error("ZeroMQ allows at most " + std::to_string(limit) +
+                             " sockets per process: run at most " +
+                             std::to_string((limit - 16) / 3) +
+                             " endpoints per parry-agent");
+  m.ctx.set(zmq::ctxopt::max_sockets, static_cast<int>(sockets));
+
+  m.dealers.reserve(n);
+  m.monitors.reserve(n);
+  int64_t now = now_us();
+  try {
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::string& id = m.endpoints[i].device_id();
+      zmq::socket_t d(m.ctx, zmq::socket_type::dealer);
+      d.set(zmq::sockopt::routing_id, id);
+      d.set(zmq::sockopt::linger, 0);
+      // Retry fast at first, back off to 5 s while the server stays away.
+      d.set(zmq::sockopt::reconnect_ivl, 100);
+      d.set(zmq::sockopt::reconnect_ivl_max, 5000);
+      // ZMTP pings notice a dead server even when no FIN ever arrives.
+      d.set(zmq::sockopt::heartbeat_ivl, 2000);
+      d.set(zmq::sockopt::heartbeat_timeout, 6000);
+      d.set(zmq::sockopt::maxmsgsize,
+            static_cast<int64_t>(bus::decode_limits{}.max_frame));
+      d.set(zmq::sockopt::sndhwm, 1000);
+      d.set(zmq::sockopt::rcvhwm, 1000);
+
+      // The monitor must be attached before connecting, or the first event is lost.
+      std::string mon = "inproc://parry-sim-monitor-" + std::to_string(i);
+      if (zmq_socket_monitor(d.handle(), mon.c_str(),
+                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0)
+        throw zmq::error_t();
+      zmq::socket_t p(m.ctx, zmq::socket_type::pair);
+      p.set(zmq::sockopt::linger, 0);
+      p.connect(mon);
+      d.connect(m.cfg.endpoint.server);
+
+      m.items.push_back({d.handle(), 0, ZMQ_POLLIN, 0});
+      m.items.push_back({p.handle(), 0, ZMQ_POLLIN, 0});
+      m.dealers.push_back(std::move(d));
+      m.monitors.push_back(std::move(p));
+    }
+  } catch (const zmq::error_t& e) {
+    throw std::runtime_error("cannot set up endpoint sockets for " +
+                             m.cfg.endpoint.server + ": " + e.what());
+  }
+  for (std::size_t i = 0; i < n; ++i)
+    m.send(i, m.endpoints[i].start(now));
+  m.started = true;
+}
+
+void sim_runner::poll_once(long max_wait_ms) {
+  impl& m = *impl_;
+  if (!m.started) throw std::logic_error("sim_runner::poll_once before start");
+  int64_t now = now_us();
+  int64_t due = std::numeric_limits<int64_t>::max();
+  for (const auto& ep : m.endpoints)
+    due = std::min(due, ep.next_due());
+  long wait = max_wait_ms;
+  if (due - now < static_cast<int64_t>(max_wait_ms) * 1000)
+    wait = static_cast<long>(std::max<int64_t>(0, (due - now + 999) / 1000));
+  try {
+    zmq::poll(m.items, std::chrono::milliseconds(wait));
+    now = now_us();
+    for (std::size_t i = 0; i < m.endpoints.size(); ++i) {
+      if (m.items[2 * i + 1].revents & ZMQ_POLLIN) m.read_monitor(i, now);
+      if (m.items[2 * i].revents & ZMQ_POLLIN) m.read_messages(i, now);
+    }
+  } catch (const zmq::error_t& e) {
+    // A signal: let the caller look at its stop flag; unread input waits for the
+    // next round.
+    if (e.num() == EINTR) return;
+    throw;
+  }
+  now = now_us();
+  for (std::size_t i = 0; i < m.endpoints.size(); ++i)
+    if (m.endpoints[i].next_due() <= now) m.send(i, m.endpoints[i].tick(now));
+}
+
+void sim_runner::run(const std::atomic<bool>& stop) {
+  start();
+  int64_t next_summary = now_us() + summary_interval_us;
+  auto summary = [this] {
+    runner_stats s = stats();
+    spdlog::info("{} endpoints: {} connected, {} welcomed; {} incidents, {} commands "
+                 "({} repeated), {} messages out, {} dropped in, {} send failures",
+                 size(), s.linked, s.welcomed, s.totals.incidents,
+                 s.totals.commands_executed, s.totals.duplicate_commands,
+                 s.totals.messages_out, s.totals.bad_frames + s.totals.unknown_frames,
+                 s.send_failures);
+  };
+  while (!stop.load()) {
+    poll_once(100);
+    if (now_us() >= next_summary) {
+      summary();
+      next_summary += summary_interval_us;
+    }
+  }
+  summary();
+}
+
+std::size_t sim_runner::size() const {
+  return impl_->endpoints.size();
+}
+
+const sim_endpoint& sim_runner::endpoint(std::size_t i) const {
+  return impl_->endpoints.at(i);
+}
+
+runner_stats sim_runner::stats() const {
+  runner_stats s;
+  for (const auto& ep : impl_->endpoints) {
+    add(s.totals, ep.stats());
+    s.welcomed += ep.welcomed();
+    s.linked += ep.link_up();
+  }
+  s.send_failures = impl_->send_failures;
+  return s;
+}
+
+void write_generated(const runner_config& cfg, const std::vector<scenario>& scenarios,
+                     std::size_t per_endpoint, std::ostream& out) {
+  int64_t now = now_us(); // only reaches times, which are not printed
+  for (std::size_t i = 0; i < cfg.endpoints; ++i) {
+    sim_endpoint ep(i, cfg.endpoint, scenarios, now);
+    out << describe_endpoint(ep) << '\n';
+    for (std::size_t k = 0; k < per_endpoint; ++k)
+      out << describe_incident(ep.device_id(), ep.next_incident(now)) << '\n';
+  }
+}
+
+} // namespace parry::sim

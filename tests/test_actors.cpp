@@ -1,0 +1,415 @@
+#define BOOST_TEST_MODULE actors
+#include "tests/caf_boost.hpp"
+
+#include <filesystem>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/directory.hpp"
+#include "actors/error.hpp"
+#include "actors/store.hpp"
+#include "bus/codec.hpp"
+
+namespace parry {
+std::ostream& operator<<(std::ostream& os, ec x) {
+  return os << to_string(x);
+}
+} // namespace parry
+
+using namespace parry;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A frame the server handed to the gateway.
+struct sent_frame {
+  std::string device_id;
+  bus::header h;
+  std::string body;
+};
+
+using frames = std::shared_ptr<std::vector<sent_frame>>;
+
+/// Stands in for the gateway: records every outbound frame.
+gateway_actor::behavior_type mock_gateway(gateway_actor::pointer, frames out) {
+  return {
+    [out](atom::send, const std::string& id, const std::string& hdr,
+          const std::string& body) {
+      std::string why;
+      auto h = bus::decode_header(hdr, bus::decode_limits{}, why);
+      BOOST_REQUIRE_MESSAGE(h, "server sent a bad header: " << why);
+      out->push_back({id, *h, body});
+    },
+  };
+}
+
+bus::incident_report phishing_report() {
+  bus::incident_report r;
+  r.report_id = "r-1";
+  r.det = {"HEUR:Trojan-Downloader.MSOffice.SLoad.gen", "high", "epp"};
+  r.key_event_id = "e3";
+  bus::activity_event e1, e2, e3, e4;
+  e1.id = "e1";
+  e1.type = "process_started";
+  e1.process = {4100, 1, "C:\\Program Files\\Microsoft Office\\WINWORD.EXE",
+                std::string(64, 'b'), "WINWORD.EXE invoice.docm", "alice", 900};
+  e2.id = "e2";
+  e2.type = "file_created";
+  e2.parent_id = "e1";
+  e2.file = {"C:\\Users\\alice\\AppData\\Local\\Temp\\payload.exe", std::string(64, 'a'),
+             73216};
+  e3.id = "e3";
+  e3.type = "process_started";
+  e3.parent_id = "e2";
+  e3.process = {4242, 2, e2.file.path, e2.file.sha256, "payload.exe", "alice", 4100};
+  e4.id = "e4";
+  e4.type = "network_connection";
+  e4.parent_id = "e3";
+  e4.detail = "tcp 10.9.9.9:443";
+  r.events = {e1, e2, e3, e4};
+  return r;
+}
+
+// Messages are delivered with sched.run() only: the fixture's run() would also fire
+// every pending timer, and heartbeat deadlines are what these tests are about. Time
+// moves only through advance_time().
+struct fixture : test_coordinator_fixture<caf::actor_system_config> {
+  frames sent = std::make_shared<std::vector<sent_frame>>();
+  std::string db_path;
+  store_actor st;
+  gateway_actor gw;
+  directory_actor dir;
+  device_config dcfg;
+
+  fixture() {
+    db_path = (std::filesystem::temp_directory_path()
+               / ("parry-test-" + std::to_string(::getpid()) + ".db"))
+                .string();
+    std::filesystem::remove(db_path);
+    dcfg.heartbeat_interval = 1s;
+    dcfg.missed_heartbeats = 3;
+    gw = sys.spawn(mock_gateway, sent);
+    start_server();
+  }
+
+  ~fixture() override {
+    stop_server();
+    caf::anon_send_exit(gw, caf::exit_reason::user_shutdown);
+    sched.run();
+    for (auto suffix : {"", "-wal", "-shm"})
+      std::filesystem::remove(db_path + suffix);
+  }
+
+  void start_server() {
+    st = sys.spawn(store, db_path);
+    dir = sys.spawn(directory, dcfg, caf::timespan{5min}, st, gw);
+    sched.run();
+  }
+
+  /// Ends the store and directory (and the actors linked to it), like a crash:
+  /// only what was committed survives.
+  void stop_server() {
+    caf::anon_send_exit(dir, caf::exit_reason::kill);
+    caf::anon_send_exit(st, caf::exit_reason::kill);
+    sched.run();
+  }
+
+  template <class T, class Handle, class... Ts>
+  T ask(const Handle& dest, Ts&&... xs) {
+    auto handle = self->request(dest, caf::infinite, std::forward<Ts>(xs)...);
+    sched.run();
+    T out{};
+    handle.receive([&](T& x) { out = std::move(x); },
+                   [&](caf::error& err) {
+                     BOOST_FAIL("unexpected error: " << message_of(err));
+                   });
+    return out;
+  }
+
+  caf::error ask_error(const action_request& req) {
+    auto handle = self->request(dir, caf::infinite, atom::reg_v, req);
+    sched.run();
+    caf::error out;
+    handle.receive([&](action_record&) { BOOST_FAIL("expected an error"); },
+                   [&](caf::error& err) { out = std::move(err); });
+    return out;
+  }
+
+  json read(const char* what, const std::string& id = "") {
+    return json::parse(ask<std::string>(st, query{what, id, {}}));
+  }
+
+  void hello(const std::string& dev, bool isolated = false) {
+    bus::hello h;
+    h.hostname = "ws-" + dev;
+    h.os = "Windows 10";
+    h.isolated = isolated;
+    caf::anon_send(dir, atom::hello_v, dev, h);
+    sched.run();
+  }
+
+  void heartbeat(const std::string& dev, bool isolated = false) {
+    caf::anon_send(dir, atom::heartbeat_v, dev, bus::heartbeat{isolated});
+    sched.run();
+  }
+
+  std::string report_incident(const std::string& dev) {
+    caf::anon_send(dir, atom::incident_v, dev, phishing_report());
+    sched.run();
+    auto list = read("incidents");
+    BOOST_REQUIRE(!list["incidents"].empty());
+    return list["incidents"][0]["incident_id"].get<std::string>();
+  }
+
+  action_request request(const std::string& type, const std::string& incident) {
+    action_request r;
+    r.type = type;
+    r.incident_id = incident;
+    r.target_kind = "detection";
+    r.username = "alice";
+    r.role = "security_officer";
+    return r;
+  }
+
+  std::vector<sent_frame> of_type(const char* type) {
+    std::vector<sent_frame> out;
+    for (auto& f : *sent)
+      if (f.h.type == type)
+        out.push_back(f);
+    return out;
+  }
+
+  std::vector<std::string> states(const std::string& action_id) {
+    std::vector<std::string> out;
+    auto a = read("action", action_id);
+    for (auto& t : a["action"]["transitions"])
+      out.push_back(t["state"].get<std::string>());
+    return out;
+  }
+
+  void ack(const std::string& dev, const std::string& action_id) {
+    caf::anon_send(dir, atom::ack_v, dev, action_id);
+    sched.run();
+  }
+
+  void result(const std::string& dev, const std::string& action_id, bool ok,
+              std::string error = "") {
+    bus::action_result r;
+    r.action_id = action_id;
+    r.ok = ok;
+    r.error = std::move(error);
+    r.effect = {{"rules", "drop all but management"}};
+    caf::anon_send(dir, atom::result_v, dev, r);
+    sched.run();
+  }
+};
+
+using strings = std::vector<std::string>;
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(lifecycle, fixture)
+
+BOOST_AUTO_TEST_CASE(hello_is_welcomed_and_device_stored) {
+  hello("dev-1");
+  auto w = of_type("welcome");
+  BOOST_REQUIRE_EQUAL(w.size(), 1u);
+  BOOST_TEST(w[0].device_id == "dev-1");
+  std::string why;
+  auto body = bus::decode<bus::welcome>(w[0].body, bus::decode_limits{}, why);
+  BOOST_REQUIRE(body);
+  BOOST_TEST(body->heartbeat_interval_ms == 1000u);
+  auto d = read("device", "dev-1")["device"];
+  BOOST_TEST(d["hostname"] == "ws-dev-1");
+  BOOST_TEST(d["online"] == true);
+}
+
+BOOST_AUTO_TEST_CASE(isolate_goes_registered_sent_acknowledged_completed) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  BOOST_TEST(rec.state == "registered");
+  BOOST_TEST(rec.device_id == "dev-1");
+  BOOST_TEST(rec.target_event_id == "e3");
+  // The command went out only after `sent` was stored.
+  auto cmds = of_type("command");
+  BOOST_REQUIRE_EQUAL(cmds.size(), 1u);
+  std::string why;
+  auto cmd = bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why);
+  BOOST_REQUIRE(cmd);
+  BOOST_TEST(cmd->action_id == rec.action_id);
+  BOOST_TEST(cmd->type == "isolate");
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent"}));
+  ack("dev-1", rec.action_id);
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "acknowledged"}));
+  result("dev-1", rec.action_id, true);
+  BOOST_TEST(states(rec.action_id)
+             == (strings{"registered", "sent", "acknowledged", "completed"}));
+  auto a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["final"] == true);
+  BOOST_TEST(a["result"]["effect"]["rules"] == "drop all but management");
+  // The agent is told the result is stored, so it stops re-sending.
+  auto acks = of_type("result_ack");
+  BOOST_REQUIRE_EQUAL(acks.size(), 1u);
+  BOOST_TEST(bus::decode<bus::result_ack>(acks[0].body, bus::decode_limits{}, why)->action_id
+             == rec.action_id);
+  // A re-sent result of a finished action is confirmed again, nothing changes.
+  result("dev-1", rec.action_id, true);
+  BOOST_TEST(of_type("result_ack").size() == 2u);
+  BOOST_TEST(states(rec.action_id).size() == 4u);
+}
+
+BOOST_AUTO_TEST_CASE(failure_is_recorded_with_reason) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", rec.action_id);
+  result("dev-1", rec.action_id, false, "nftables: permission denied");
+  auto a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["state"] == "failed");
+  BOOST_TEST(a["result"]["error"] == "nftables: permission denied");
+  BOOST_TEST(a["transitions"][3]["reason"]
+             == "agent reported failure: nftables: permission denied");
+}
+
+BOOST_AUTO_TEST_CASE(device_goes_offline_after_missed_heartbeats) {
+  hello("dev-1");
+  // Heartbeats keep it online...
+  for (int i = 0; i < 5; ++i) {
+    advance_time(1s);
+    heartbeat("dev-1");
+  }
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
+  // ...and three missed intervals take it offline.
+  advance_time(1s);
+  sched.run();
+  advance_time(1s);
+  sched.run();
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
+  advance_time(1s);
+  sched.run();
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == false);
+  // A heartbeat brings it back.
+  heartbeat("dev-1");
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
+}
+
+BOOST_AUTO_TEST_CASE(action_for_offline_device_waits_in_queued) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  advance_time(3s);
+  sched.run();
+  BOOST_REQUIRE(read("device", "dev-1")["device"]["online"] == false);
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "queued"}));
+  BOOST_TEST(of_type("command").empty());
+  // The device comes back: the command goes out, stored as sent first.
+  heartbeat("dev-1");
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "queued", "sent"}));
+  BOOST_REQUIRE_EQUAL(of_type("command").size(), 1u);
+}
+
+BOOST_AUTO_TEST_CASE(commands_go_out_in_registration_order) {
+  hello("dev-1", true);
+  auto inc = report_incident("dev-1");
+  advance_time(3s);
+  sched.run();
+  auto first = ask<action_record>(dir, atom::reg_v, request("release_isolation", inc));
+  auto second = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  hello("dev-1", true);
+  auto cmds = of_type("command");
+  BOOST_REQUIRE_EQUAL(cmds.size(), 2u);
+  std::string why;
+  BOOST_TEST(bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why)->action_id
+             == first.action_id);
+  BOOST_TEST(bus::decode<bus::command>(cmds[1].body, bus::decode_limits{}, why)->action_id
+             == second.action_id);
+}
+
+BOOST_AUTO_TEST_CASE(isolating_an_isolated_device_is_a_noop_with_a_note) {
+  hello("dev-1", true);
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  auto a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["state"] == "completed");
+  BOOST_TEST(a["result"]["effect"]["note"] == "device already isolated");
+  BOOST_TEST(of_type("command").empty());
+}
+
+BOOST_AUTO_TEST_CASE(requests_that_do_not_apply_are_refused_and_not_registered) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  BOOST_TEST(code_of(ask_error(request("release_isolation", inc))) == ec::not_applicable);
+  BOOST_TEST(code_of(ask_error(request("reboot_everything", inc))) == ec::bad_request);
+  BOOST_TEST(code_of(ask_error(request("isolate", "inc-missing"))) == ec::not_found);
+  auto bad_event = request("isolate", inc);
+  bad_event.target_kind = "event";
+  bad_event.event_id = "e99";
+  BOOST_TEST(code_of(ask_error(bad_event)) == ec::not_found);
+  auto bad_kind = request("isolate", inc);
+  bad_kind.target_kind = "galaxy";
+  BOOST_TEST(code_of(ask_error(bad_kind)) == ec::bad_request);
+  BOOST_TEST(read("actions")["actions"].empty());
+}
+
+BOOST_AUTO_TEST_CASE(event_target_is_accepted) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto req = request("isolate", inc);
+  req.target_kind = "event";
+  req.event_id = "e4";
+  auto rec = ask<action_record>(dir, atom::reg_v, req);
+  BOOST_TEST(rec.target_kind == "event");
+  BOOST_TEST(rec.target_event_id == "e4");
+}
+
+BOOST_AUTO_TEST_CASE(bad_incident_reports_are_rejected) {
+  hello("dev-1");
+  auto r = phishing_report();
+  r.key_event_id = "nope";
+  BOOST_TEST(!validate_report(r).empty());
+  r = phishing_report();
+  r.events[1].parent_id = "ghost";
+  BOOST_TEST(validate_report(r) == "event e2 has unknown parent ghost");
+  r = phishing_report();
+  r.events[2].id = "e1";
+  BOOST_TEST(validate_report(r) == "duplicate event id e1");
+  caf::anon_send(dir, atom::incident_v, std::string{"dev-1"}, r);
+  sched.run();
+  BOOST_TEST(read("incidents")["incidents"].empty());
+}
+
+BOOST_AUTO_TEST_CASE(resent_report_is_the_same_incident) {
+  hello("dev-1");
+  auto first = report_incident("dev-1");
+  auto again = report_incident("dev-1");
+  BOOST_TEST(first == again);
+  BOOST_TEST(read("incidents")["incidents"].size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(open_actions_resume_after_a_crash) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", rec.action_id);
+  // Crash: every actor gone, only the database remains.
+  stop_server();
+  sent->clear();
+  start_server();
+  auto resumed = ask<uint64_t>(dir, atom::resume_v);
+  BOOST_TEST(resumed == 1u);
+  // The agent reconnects (no hello after a server restart: just heartbeats); the
+  // server welcomes it and re-delivers the command it never saw finish.
+  heartbeat("dev-1");
+  BOOST_TEST(of_type("welcome").size() == 1u);
+  BOOST_REQUIRE_EQUAL(of_type("command").size(), 1u);
+  // No new `sent`: it was stored before the crash.
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "acknowledged"}));
+  result("dev-1", rec.action_id, true);
+  BOOST_TEST(read("action", rec.action_id)["action"]["state"] == "completed");
+  BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
