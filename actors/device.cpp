@@ -28,6 +28,7 @@ void emit(device_stateful self, const char* type, const Body& body) {
 }
 
 void persist(device_stateful self) {
+  self->state.stored_last_seen = self->state.rec.last_seen;
   self->request(self->state.store, caf::infinite, atom::put_v, self->state.rec)
     .then([](atom::ok) {},
           [self](caf::error& err) {
@@ -185,7 +186,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       // any result we have not confirmed.
       if (!st.welcomed)
         welcome(self);
-      if (changed && was_online)
+      // last_seen is written now and then, not on every heartbeat.
+      if ((changed && was_online) || st.rec.last_seen - st.stored_last_seen > 60'000'000)
         persist(self);
     },
     [self](atom::incident, bus::incident_report& r) {
@@ -218,6 +220,15 @@ device_actor::behavior_type device(device_stateful self, std::string id,
     [self](atom::result, bus::action_result& r) {
       heard(self);
       if (auto p = find(self->state, r.action_id)) {
+        // The result is the agent's own report of its isolation state.
+        auto& rec = self->state.rec;
+        bool was = rec.isolated;
+        if (r.ok && p->cmd.type == "isolate")
+          rec.isolated = true;
+        else if (r.ok && p->cmd.type == "release_isolation")
+          rec.isolated = false;
+        if (rec.isolated != was)
+          persist(self);
         self->send(p->action, atom::result_v, std::move(r));
         return;
       }

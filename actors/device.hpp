@@ -39,6 +39,8 @@ struct device_state {
   caf::actor_clock::time_point last_heard;
   /// A hello (or welcome after a server restart) happened on this connection.
   bool welcomed = false;
+  /// last_seen as last written to the store.
+  int64_t stored_last_seen = 0;
   /// Outbound header counters.
   uint64_t seq = 0;
   uint64_t msg_id = 0;

@@ -249,6 +249,7 @@ BOOST_AUTO_TEST_CASE(isolate_goes_registered_sent_acknowledged_completed) {
              == (strings{"registered", "sent", "acknowledged", "completed"}));
   auto a = read("action", rec.action_id)["action"];
   BOOST_TEST(a["final"] == true);
+  BOOST_TEST(read("device", "dev-1")["device"]["isolated"] == true);
   BOOST_TEST(a["result"]["effect"]["rules"] == "drop all but management");
   // The agent is told the result is stored, so it stops re-sending.
   auto acks = of_type("result_ack");

@@ -1,0 +1,275 @@
+#define BOOST_TEST_MODULE integration
+#include <boost/test/unit_test.hpp>
+
+// Real binaries on loopback: parryd with its store in a temporary directory, and
+// parry-agent --sim connected to it. Everything is driven through the REST API.
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+#include "bus/codec.hpp"
+#include "common/process.hpp"
+#include "ctl/client.hpp"
+
+using namespace parry;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string env_or_fail(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0')
+    throw std::runtime_error(std::string{name} + " is not set (run through CTest)");
+  return v;
+}
+
+/// Polls `pred` until it holds or `timeout` passes.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout = 20s) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred())
+      return true;
+    std::this_thread::sleep_for(50ms); // poll interval
+  }
+  return pred();
+}
+
+constexpr const char* admin_password = "integration-test-password";
+
+/// parryd and 5 simulated endpoints, plus a logged-in client.
+struct system_fixture {
+  std::filesystem::path dir;
+  std::unique_ptr<child_process> server;
+  std::unique_ptr<child_process> agents;
+  std::string bus_endpoint;
+  std::string base_url;
+  std::unique_ptr<client> api;
+
+  system_fixture() {
+    dir = std::filesystem::temp_directory_path()
+          / ("parry-it-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    {
+      // Quick heartbeats and a cheap password hash keep the test short.
+      std::ofstream cfg{dir / "parryd.toml"};
+      cfg << "heartbeat_interval_ms = 300\n"
+          << "pbkdf2_iterations = 20000\n"
+          << "max_login_failures = 3\n";
+    }
+    auto bin = env_or_fail("PARRY_BIN_DIR");
+    server = std::make_unique<child_process>(
+      std::vector<std::string>{bin + "/parryd", "--config", (dir / "parryd.toml").string(),
+                               "--data-dir", (dir / "data").string(), "--http-port", "0",
+                               "--bus", "tcp://127.0.0.1:*"},
+      std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
+      (dir / "parryd.log").string());
+    auto rest = server->wait_for_line("REST ", 30s);
+    auto bus = server->wait_for_line("bus ", 5s);
+    BOOST_REQUIRE_MESSAGE(rest && bus, "parryd did not start; see " << server->log_file());
+    base_url = rest->substr(rest->find("https://"));
+    base_url = base_url.substr(0, base_url.find("/api/v1"));
+    bus_endpoint = bus->substr(bus->find("tcp://"));
+    agents = std::make_unique<child_process>(
+      std::vector<std::string>{bin + "/parry-agent", "--sim", "5", "--seed", "7",
+                               "--server", bus_endpoint, "--incident-interval-ms", "300",
+                               "--incidents", "3", "--scenarios",
+                               env_or_fail("PARRY_SCENARIOS_DIR")},
+      std::map<std::string, std::string>{}, (dir / "agent.log").string());
+    api = std::make_unique<client>(base_url,
+                                   tls_options{(dir / "data/tls/cert.pem").string(), false});
+    auto r = api->post("/api/v1/login", json{{"username", "admin"}, {"password", admin_password}});
+    BOOST_REQUIRE_EQUAL(r.status, 200);
+    auto tok = api->request("POST", "/api/v1/tokens", nullptr,
+                            {{"X-CSRF-Token", r.body["csrf_token"].get<std::string>()}});
+    BOOST_REQUIRE_EQUAL(tok.status, 201);
+    api->clear_cookies();
+    api->set_bearer(tok.body["token"].get<std::string>());
+  }
+
+  ~system_fixture() {
+    if (agents)
+      agents->stop(SIGTERM);
+    if (server) {
+      int status = server->stop(SIGTERM);
+      BOOST_CHECK_MESSAGE(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+                          "parryd did not stop cleanly");
+    }
+    std::filesystem::remove_all(dir);
+  }
+
+  json get(const std::string& path) {
+    auto r = api->get("/api/v1" + path);
+    BOOST_REQUIRE_MESSAGE(r.status == 200, path << " -> " << r.status << " " << r.raw);
+    return r.body;
+  }
+
+  /// An incident of `device`, waiting for the agent to report one.
+  json incident_of(const std::string& device) {
+    json found;
+    BOOST_REQUIRE(eventually([&] {
+      auto list = get("/incidents?device_id=" + device)["incidents"];
+      if (list.empty())
+        return false;
+      found = list[0];
+      return true;
+    }));
+    return found;
+  }
+
+  /// Triggers `type` on the detection of `incident_id` and follows it to its end.
+  json act(const std::string& type, const std::string& incident_id) {
+    auto r = api->post("/api/v1/actions",
+                       json{{"type", type},
+                            {"incident_id", incident_id},
+                            {"target", {{"kind", "detection"}}},
+                            {"comment", "integration test"}});
+    BOOST_REQUIRE_MESSAGE(r.status == 202, r.raw);
+    auto id = r.body["action"]["action_id"].get<std::string>();
+    BOOST_TEST(r.body["action"]["state"] == "registered");
+    json action;
+    BOOST_REQUIRE_MESSAGE(eventually([&] {
+                            action = get("/actions/" + id)["action"];
+                            return action["final"].get<bool>();
+                          }),
+                          "action " << id << " did not end: " << action.dump());
+    return action;
+  }
+
+  std::vector<std::string> states(const json& action) {
+    std::vector<std::string> out;
+    for (auto& t : action["transitions"])
+      out.push_back(t["state"].get<std::string>());
+    return out;
+  }
+};
+
+using strings = std::vector<std::string>;
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(end_to_end, system_fixture)
+
+BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
+  BOOST_REQUIRE(eventually([&] {
+    auto devices = get("/devices")["devices"];
+    return devices.size() == 5u
+           && std::all_of(devices.begin(), devices.end(),
+                          [](const json& d) { return d["online"].get<bool>(); });
+  }));
+  auto inc = incident_of("sim-0002");
+  auto id = inc["incident_id"].get<std::string>();
+  auto full = get("/incidents/" + id)["incident"];
+  BOOST_TEST(full["events"].size() >= 2u);
+  int keys = 0;
+  for (auto& e : full["events"])
+    keys += e["key"].get<bool>() ? 1 : 0;
+  BOOST_TEST(keys == 1);
+
+  auto iso = act("isolate", id);
+  BOOST_TEST(iso["state"] == "completed");
+  BOOST_TEST(states(iso) == (strings{"registered", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(iso["result"]["ok"] == true);
+  BOOST_TEST(get("/devices/sim-0002")["device"]["isolated"] == true);
+
+  auto rel = act("release_isolation", id);
+  BOOST_TEST(rel["state"] == "completed");
+  BOOST_TEST(get("/devices/sim-0002")["device"]["isolated"] == false);
+
+  // Releasing a device that is not isolated is refused, and nothing is registered.
+  auto before = get("/actions")["actions"].size();
+  auto r = api->post("/api/v1/actions", json{{"type", "release_isolation"},
+                                             {"incident_id", id},
+                                             {"target", {{"kind", "detection"}}}});
+  BOOST_TEST(r.status == 409);
+  BOOST_TEST(r.body["error"]["code"] == "not_applicable");
+  BOOST_TEST(get("/actions")["actions"].size() == before);
+}
+
+BOOST_AUTO_TEST_CASE(idempotency_key_returns_the_same_action) {
+  auto id = incident_of("sim-0001")["incident_id"].get<std::string>();
+  json body{{"type", "isolate"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
+  auto a = api->request("POST", "/api/v1/actions", &body, {{"Idempotency-Key", "k-1"}});
+  auto b = api->request("POST", "/api/v1/actions", &body, {{"Idempotency-Key", "k-1"}});
+  BOOST_REQUIRE_EQUAL(a.status, 202);
+  BOOST_REQUIRE_EQUAL(b.status, 200);
+  BOOST_TEST(a.body["action"]["action_id"] == b.body["action"]["action_id"]);
+}
+
+BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_served) {
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  auto bad_before = get("/stats")["bus"]["bad_frames"].get<uint64_t>();
+  {
+    zmq::context_t ctx;
+    zmq::socket_t evil{ctx, zmq::socket_type::dealer};
+    evil.set(zmq::sockopt::routing_id, "evil-1");
+    evil.set(zmq::sockopt::linger, 1000);
+    evil.connect(bus_endpoint);
+    // Not msgpack; truncated msgpack; a header speaking for another device; a
+    // body of the wrong shape; a lone frame.
+    evil.send(zmq::str_buffer("\xc1\xc1\xc1"), zmq::send_flags::sndmore);
+    evil.send(zmq::str_buffer("x"), zmq::send_flags::none);
+    evil.send(zmq::str_buffer("\x86\xa1v"), zmq::send_flags::sndmore);
+    evil.send(zmq::str_buffer("x"), zmq::send_flags::none);
+    bus::header spoof;
+    spoof.type = "action_result";
+    spoof.device_id = "sim-0000";
+    evil.send(zmq::buffer(bus::encode(spoof)), zmq::send_flags::sndmore);
+    evil.send(zmq::buffer(bus::encode(bus::action_result{"act-x", true, "", {}})),
+              zmq::send_flags::none);
+    bus::header own = spoof;
+    own.device_id = "evil-1";
+    own.type = "incident";
+    evil.send(zmq::buffer(bus::encode(own)), zmq::send_flags::sndmore);
+    evil.send(zmq::str_buffer("\x93\x01\x02\x03"), zmq::send_flags::none);
+    evil.send(zmq::str_buffer("lonely"), zmq::send_flags::none);
+  }
+  BOOST_TEST(eventually([&] {
+    return get("/stats")["bus"]["bad_frames"].get<uint64_t>() >= bad_before + 5;
+  }));
+  // The bad peer left no trace, and the good ones are still served.
+  auto r = api->get("/api/v1/devices/evil-1");
+  BOOST_TEST(r.status == 404);
+  auto id = incident_of("sim-0004")["incident_id"].get<std::string>();
+  BOOST_TEST(act("isolate", id)["state"] == "completed");
+  BOOST_TEST(server->running());
+}
+
+BOOST_AUTO_TEST_CASE(rest_refuses_bad_credentials_and_bad_requests) {
+  client anon{base_url, tls_options{(dir / "data/tls/cert.pem").string(), false}};
+  BOOST_TEST(anon.get("/api/v1/devices").status == 401);
+  auto bad = anon.post("/api/v1/login", json{{"username", "admin"}, {"password", "nope"}});
+  BOOST_TEST(bad.status == 401);
+  BOOST_TEST(bad.body["error"]["code"] == "unauthenticated");
+  // A session without its CSRF token may read but not act.
+  auto ok = anon.post("/api/v1/login", json{{"username", "admin"}, {"password", admin_password}});
+  BOOST_REQUIRE_EQUAL(ok.status, 200);
+  BOOST_TEST(anon.get("/api/v1/devices").status == 200);
+  auto forged = anon.post("/api/v1/actions", json{{"type", "isolate"}});
+  BOOST_TEST(forged.status == 403);
+  // Malformed bodies and unknown things get clear errors.
+  BOOST_TEST(api->request("POST", "/api/v1/actions", nullptr).status == 400);
+  auto junk = api->post("/api/v1/actions", json{{"type", "isolate"},
+                                                {"incident_id", "../../etc"},
+                                                {"target", {{"kind", "detection"}}}});
+  BOOST_TEST(junk.status == 400);
+  BOOST_TEST(api->get("/api/v1/incidents/inc-nope").status == 404);
+  BOOST_TEST(api->get("/api/v1/nothing-here").status == 404);
+  // Repeated wrong passwords lock the account, even for the right password.
+  for (int i = 0; i < 3; ++i)
+    anon.post("/api/v1/login", json{{"username", "admin"}, {"password", "wrong"}});
+  auto locked = anon.post("/api/v1/login",
+                          json{{"username", "admin"}, {"password", admin_password}});
+  BOOST_TEST(locked.status == 429);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
