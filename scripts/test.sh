@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds Parry and runs every test through CTest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/build.sh
+cd build
+ctest --output-on-failure --timeout 600 "$@"
