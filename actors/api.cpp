@@ -7,7 +7,10 @@
 #include "actors/error.hpp"
 #include "actors/json.hpp"
 #include "bus/codec.hpp"
+#include "actors/auth.hpp"
+#include "actors/incident.hpp"
 #include "common/crypto.hpp"
+#include "common/time.hpp"
 
 namespace parry {
 
@@ -156,154 +159,401 @@ bool may_act(const std::string& role) {
   return role == "administrator" || role == "security_officer";
 }
 
-api_actor::behavior_type api(api_stateful self, auth_actor auth, directory_actor dir,
-                             store_actor store, std::function<json()> bus_stats) {
-  self->state.auth = std::move(auth);
-  self->state.directory = std::move(dir);
-  self->state.store = std::move(store);
-  self->state.bus_stats = std::move(bus_stats);
+namespace {
 
-  // Answers a read from the store as-is.
-  auto read = [self](query q, caf::typed_response_promise<http_response> rp) mutable {
-    self->request(self->state.store, caf::infinite, std::move(q))
-      .then([rp](std::string& body) mutable { rp.deliver(http_response{200, body, {}}); },
-            [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
+using promise = caf::typed_response_promise<http_response>;
+
+/// One authenticated request on its way through the routes.
+struct call {
+  api_stateful self;
+  http_request req;
+  principal who;
+  std::vector<std::string> seg;
+  std::map<std::string, std::string> params;
+  promise rp;
+
+  void answer(http_response r) { rp.deliver(std::move(r)); }
+  void answer(const caf::error& err) { rp.deliver(fail(err)); }
+  void answer(ec code, const std::string& message) { rp.deliver(fail(code, message)); }
+  /// An error handler for request(...).then.
+  auto on_error() {
+    return [rp = rp](caf::error& err) mutable { rp.deliver(fail(err)); };
+  }
+  json body() const {
+    return json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
+  }
+};
+
+void audit(api_stateful self, const std::string& actor, const char* kind,
+           const std::string& target, const std::string& detail) {
+  self
+    ->request(self->state.store, caf::infinite, atom::audit_v,
+              audit_entry{actor, kind, target, detail})
+    .then([](atom::ok) {},
+          [](caf::error& err) {
+            spdlog::error("api: cannot write the audit trail: {}", message_of(err));
+          });
+}
+
+/// Answers a read from the store as-is.
+void read(call c, query q) {
+  c.self->request(c.self->state.store, caf::infinite, std::move(q))
+    .then([c](std::string& body) mutable { c.answer(http_response{200, body, {}}); },
+          c.on_error());
+}
+
+/// Runs `then` once the caller's password is confirmed, when `type` needs it.
+template <class F>
+void with_password(call c, const std::string& type, const std::string& password, F then) {
+  if (!c.self->state.policy.needs_password(type)) {
+    then(false);
+    return;
+  }
+  if (password.empty()) {
+    c.answer(ec::unauthenticated, type + " needs your password in 'password'");
+    return;
+  }
+  c.self
+    ->request(c.self->state.auth, caf::infinite, atom::confirm_v, c.who.username, password)
+    .then([then](atom::ok) mutable { then(true); }, c.on_error());
+}
+
+/// Registers through the directory and answers 202, auditing the outcome.
+template <class... Ts>
+void register_via_directory(call c, std::string what, Ts... xs) {
+  c.self->request(c.self->state.directory, caf::infinite, xs...)
+    .then(
+      [c, what](const action_record& rec) mutable {
+        audit(c.self, c.who.username, "trigger", rec.action_id,
+              rec.type + " on " + rec.device_id + " (" + what + ")");
+        c.answer(reply(202, json{{"action", to_json(rec)}}));
+      },
+      [c, what](caf::error& err) mutable {
+        audit(c.self, c.who.username, "trigger_refused", what, message_of(err));
+        c.answer(err);
+      });
+}
+
+void post_action(call c) {
+  if (!may_act(c.who.role))
+    return c.answer(ec::forbidden, "role " + c.who.role + " may not trigger actions");
+  auto parsed = parse_action(c.req.body);
+  if (!parsed)
+    return c.answer(parsed.error());
+  auto areq = std::move(*parsed);
+  areq.username = c.who.username;
+  areq.role = c.who.role;
+  areq.idempotency_key = c.req.idempotency_key;
+  if (areq.idempotency_key.size() > 128)
+    return c.answer(ec::bad_request, "Idempotency-Key is longer than 128 characters");
+  std::string password;
+  if (auto j = c.body(); j.contains("password") && j["password"].is_string())
+    password = j["password"].get<std::string>();
+  auto what = areq.type + " on " + areq.incident_id;
+  auto go = [c, areq, what, password]() mutable {
+    with_password(c, areq.type, password, [c, areq, what](bool confirmed) mutable {
+      areq.password_confirmed = confirmed;
+      register_via_directory(c, what, atom::reg_v, areq);
+    });
   };
+  if (areq.idempotency_key.empty())
+    return go();
+  // The same key from the same user answers the action it registered first.
+  c.self
+    ->request(c.self->state.store, caf::infinite, atom::idem_v, areq.username,
+              areq.idempotency_key)
+    .then(
+      [c, go](const std::string& id) mutable {
+        if (id.empty())
+          go();
+        else
+          read(c, query{"action", id, {}});
+      },
+      c.on_error());
+}
 
-  // Handles a request once the caller is known.
-  auto route = [self, read](const http_request& req, const principal& who,
-                            caf::typed_response_promise<http_response> rp) mutable {
-    auto [path, params] = split_target(req.target);
-    auto seg = segments(path.substr(std::string{prefix}.size()));
-    const auto& m = req.method;
-    auto& st = self->state;
-    if (m != "GET" && who.via_session
-        && !equal_constant_time(req.csrf, who.csrf_token)) {
-      rp.deliver(fail(ec::forbidden, "missing or wrong X-CSRF-Token"));
-      return;
-    }
-    auto one = [&](const char* what) {
-      if (!bus::valid_id(seg[1])) {
-        rp.deliver(fail(ec::not_found, std::string{"no "} + what + " " + seg[1]));
-        return;
-      }
-      read(query{what, seg[1], {}}, rp);
-    };
-    if (m == "GET" && seg.size() == 1 && seg[0] == "devices")
-      return read(query{"devices", "", params}, rp);
-    if (m == "GET" && seg.size() == 2 && seg[0] == "devices")
-      return one("device");
-    if (m == "GET" && seg.size() == 1 && seg[0] == "incidents")
-      return read(query{"incidents", "", params}, rp);
-    if (m == "GET" && seg.size() == 2 && seg[0] == "incidents")
-      return one("incident");
-    if (m == "GET" && seg.size() == 1 && seg[0] == "actions")
-      return read(query{"actions", "", params}, rp);
-    if (m == "GET" && seg.size() == 2 && seg[0] == "actions")
-      return one("action");
-    if (m == "GET" && seg.size() == 1 && seg[0] == "stats") {
-      self->request(st.store, caf::infinite, query{"stats", "", {}})
-        .then(
-          [self, rp](const std::string& body) mutable {
-            auto j = json::parse(body);
-            if (self->state.bus_stats)
-              j["bus"] = self->state.bus_stats();
-            rp.deliver(reply(200, j));
-          },
-          [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
-      return;
-    }
-    if (m == "POST" && seg.size() == 1 && seg[0] == "logout") {
-      bool session = req.bearer.empty();
-      self
-        ->request(st.auth, caf::infinite, atom::logout_v, session,
-                  session ? req.session : req.bearer)
-        .then(
-          [rp](atom::ok) mutable {
-            auto r = reply(200, json::object());
-            r.set_cookies.push_back("parry_session=; Path=/; HttpOnly; Secure; "
-                                    "SameSite=Strict; Max-Age=0");
-            rp.deliver(std::move(r));
-          },
-          [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
-      return;
-    }
-    if (m == "POST" && seg.size() == 1 && seg[0] == "tokens") {
-      auto body = json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
-      std::string name;
-      if (body.is_object() && body.contains("name") && body["name"].is_string())
-        name = body["name"].get<std::string>().substr(0, 128);
-      self->request(st.auth, caf::infinite, atom::token_v, who, name)
-        .then(
-          [rp, who](const std::string& token) mutable {
-            rp.deliver(reply(201, json{{"token", token},
-                                       {"user", json{{"username", who.username},
-                                                     {"role", who.role}}}}));
-          },
-          [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
-      return;
-    }
-    if (m == "POST" && seg.size() == 1 && seg[0] == "actions") {
-      if (!may_act(who.role)) {
-        rp.deliver(fail(ec::forbidden, "role " + who.role + " may not trigger actions"));
-        return;
-      }
-      auto parsed = parse_action(req.body);
-      if (!parsed) {
-        rp.deliver(fail(parsed.error()));
-        return;
-      }
-      auto areq = std::move(*parsed);
-      areq.username = who.username;
-      areq.role = who.role;
-      areq.idempotency_key = req.idempotency_key;
-      // Registers, or answers the action an earlier request with this key made.
-      auto registered = [self, read, rp, areq]() mutable {
-        self->request(self->state.directory, caf::infinite, atom::reg_v, areq)
+void cancel_action(call c, const std::string& id) {
+  if (!may_act(c.who.role))
+    return c.answer(ec::forbidden, "role " + c.who.role + " may not cancel actions");
+  std::string comment;
+  if (auto j = c.body(); j.contains("comment") && j["comment"].is_string())
+    comment = j["comment"].get<std::string>().substr(0, 4096);
+  c.self->request(c.self->state.directory, caf::infinite, atom::cancel_v, id,
+                  c.who.username, comment)
+    .then(
+      [c](const action_record& rec) mutable {
+        audit(c.self, c.who.username, "cancel", rec.action_id, "ok");
+        c.answer(reply(200, json{{"action", to_json(rec)}}));
+      },
+      [c, id](caf::error& err) mutable {
+        audit(c.self, c.who.username, "cancel", id, "refused: " + message_of(err));
+        c.answer(err);
+      });
+}
+
+void reverse_action(call c, const std::string& id) {
+  if (!may_act(c.who.role))
+    return c.answer(ec::forbidden, "role " + c.who.role + " may not reverse actions");
+  auto j = c.body();
+  if (!j.is_object())
+    return c.answer(ec::bad_request, "body must be a JSON object");
+  action_request areq;
+  areq.username = c.who.username;
+  areq.role = c.who.role;
+  if (j.contains("comment") && j["comment"].is_string())
+    areq.comment = j["comment"].get<std::string>().substr(0, 4096);
+  std::string password;
+  if (j.contains("password") && j["password"].is_string())
+    password = j["password"].get<std::string>();
+  // The reverse's type decides whether a password is needed: look at the original.
+  c.self->request(c.self->state.store, caf::infinite, atom::get_v, atom::action_v, id)
+    .then(
+      [c, id, areq, password](const action_record& original) mutable {
+        auto type = reverse_of(original.type);
+        with_password(c, type.empty() ? original.type : type, password,
+                      [c, id, areq](bool confirmed) mutable {
+                        areq.password_confirmed = confirmed;
+                        audit(c.self, c.who.username, "reverse", id, "requested");
+                        register_via_directory(c, "reverse of " + id, atom::reverse_v, id,
+                                               areq);
+                      });
+      },
+      c.on_error());
+}
+
+void available(call c, const std::string& id) {
+  auto& st = c.self->state;
+  c.self->request(st.store, caf::infinite, atom::get_v, atom::incident_v, id)
+    .then(
+      [c](const incident_record& inc) mutable {
+        c.self->request(c.self->state.store, caf::infinite, atom::get_v, inc.device_id)
           .then(
-            [rp](const action_record& rec) mutable {
-              rp.deliver(reply(202, json{{"action", to_json(rec)}}));
+            [c, inc](const device_record& d) mutable {
+              c.answer(reply(200, available_actions(inc, d.isolated, c.self->state.policy)));
             },
-            [self, read, rp, areq](caf::error& err) mutable {
-              if (code_of(err) != ec::conflict || areq.idempotency_key.empty()) {
-                rp.deliver(fail(err));
-                return;
-              }
-              // Lost a race with the same key: answer the winner's action.
-              self
-                ->request(self->state.store, caf::infinite, atom::idem_v, areq.username,
-                          areq.idempotency_key)
-                .then(
-                  [read, rp](const std::string& id) mutable {
-                    read(query{"action", id, {}}, rp);
-                  },
-                  [rp](caf::error& e) mutable { rp.deliver(fail(e)); });
+            [c, inc](caf::error&) mutable {
+              c.answer(reply(200, available_actions(inc, false, c.self->state.policy)));
             });
-      };
-      if (areq.idempotency_key.empty())
-        return registered();
-      if (areq.idempotency_key.size() > 128) {
-        rp.deliver(fail(ec::bad_request, "Idempotency-Key is longer than 128 characters"));
-        return;
-      }
-      self
-        ->request(st.store, caf::infinite, atom::idem_v, areq.username,
-                  areq.idempotency_key)
-        .then(
-          [read, rp, registered](const std::string& id) mutable {
-            if (id.empty())
-              registered();
-            else
-              read(query{"action", id, {}}, rp);
-          },
-          [rp](caf::error& e) mutable { rp.deliver(fail(e)); });
-      return;
-    }
-    rp.deliver(fail(ec::not_found, "no such endpoint: " + m + " " + path));
-  };
+      },
+      c.on_error());
+}
 
+bool valid_username(const std::string& name) {
+  return !name.empty() && name.size() <= 64
+         && name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                   "0123456789._-")
+              == std::string::npos;
+}
+
+std::string password_problem(const std::string& password) {
+  if (password.size() < 12)
+    return "password must have at least 12 characters";
+  if (password.size() > 1024)
+    return "password must have at most 1024 characters";
+  return {};
+}
+
+/// Stores `u` (new or changed) after hashing `password` when given.
+template <class Store>
+void hash_then(call c, user_record u, const std::string& password, Store store) {
+  if (password.empty())
+    return store(std::move(u));
+  c.self->request(c.self->state.hasher, caf::infinite, atom::hash_v, password, u)
+    .then([store](user_record& hashed) mutable { store(std::move(hashed)); }, c.on_error());
+}
+
+void users(call c) {
+  auto& m = c.req.method;
+  auto& st = c.self->state;
+  if (c.seg.size() == 1 && m == "GET")
+    return read(c, query{"users", "", {}});
+  auto j = c.body();
+  if (c.seg.size() == 1 && m == "POST") {
+    if (!j.is_object() || !j.contains("username") || !j["username"].is_string()
+        || !j.contains("password") || !j["password"].is_string() || !j.contains("role")
+        || !j["role"].is_string())
+      return c.answer(ec::bad_request, "body must be {\"username\", \"password\", \"role\"}");
+    user_record u{j["username"].get<std::string>(), j["role"].get<std::string>(), "", 0, "",
+                  now_us()};
+    if (!valid_username(u.username))
+      return c.answer(ec::bad_request, "username: 1-64 characters of [A-Za-z0-9._-]");
+    if (!valid_role(u.role))
+      return c.answer(ec::bad_request,
+                      "role must be administrator, security_officer or operator");
+    auto password = j["password"].get<std::string>();
+    if (auto why = password_problem(password); !why.empty())
+      return c.answer(ec::bad_request, why);
+    return hash_then(c, std::move(u), password, [c](user_record u) mutable {
+      c.self->request(c.self->state.store, caf::infinite, atom::put_v, u)
+        .then(
+          [c, u](atom::ok) mutable {
+            audit(c.self, c.who.username, "user_created", u.username, "role " + u.role);
+            c.answer(reply(201, json{{"user", json{{"username", u.username},
+                                                   {"role", u.role},
+                                                   {"created_at", format_time(u.created_at)}}}}));
+          },
+          [c](caf::error& err) mutable {
+            if (code_of(err) == ec::conflict)
+              c.answer(ec::conflict, "that user exists already");
+            else
+              c.answer(err);
+          });
+    });
+  }
+  if (c.seg.size() != 2 || !valid_username(c.seg[1]))
+    return c.answer(ec::not_found, "no such user");
+  auto name = c.seg[1];
+  if (m == "DELETE") {
+    c.self->request(st.store, caf::infinite, atom::del_v, name)
+      .then(
+        [c, name](atom::ok) mutable {
+          c.self->send(c.self->state.auth, atom::forget_v, name);
+          audit(c.self, c.who.username, "user_deleted", name, "ok");
+          c.answer(reply(200, json::object()));
+        },
+        c.on_error());
+    return;
+  }
+  if (m != "PATCH")
+    return c.answer(ec::not_found, "no such endpoint: " + m + " /users/" + name);
+  if (!j.is_object())
+    return c.answer(ec::bad_request, "body must be a JSON object");
+  std::string role, password;
+  if (j.contains("role")) {
+    if (!j["role"].is_string() || !valid_role(j["role"].get<std::string>()))
+      return c.answer(ec::bad_request,
+                      "role must be administrator, security_officer or operator");
+    role = j["role"].get<std::string>();
+  }
+  if (j.contains("password")) {
+    if (!j["password"].is_string())
+      return c.answer(ec::bad_request, "password must be a string");
+    password = j["password"].get<std::string>();
+    if (auto why = password_problem(password); !why.empty())
+      return c.answer(ec::bad_request, why);
+  }
+  c.self->request(st.store, caf::infinite, atom::user_v, name)
+    .then(
+      [c, role, password](user_record u) mutable {
+        if (!role.empty())
+          u.role = role;
+        hash_then(c, std::move(u), password, [c, password](user_record u) mutable {
+          c.self->request(c.self->state.store, caf::infinite, atom::update_v, u)
+            .then(
+              [c, u, password](atom::ok) mutable {
+                c.self->send(c.self->state.auth, atom::forget_v, u.username);
+                audit(c.self, c.who.username, "user_changed", u.username,
+                      "role " + u.role + (password.empty() ? "" : ", new password"));
+                c.answer(reply(200, json{{"user", json{{"username", u.username},
+                                                       {"role", u.role}}}}));
+              },
+              c.on_error());
+        });
+      },
+      c.on_error());
+}
+
+/// Routes an authenticated request.
+void route(call c) {
+  const auto& m = c.req.method;
+  const auto& seg = c.seg;
+  auto& st = c.self->state;
+  if (m != "GET" && c.who.via_session && !equal_constant_time(c.req.csrf, c.who.csrf_token))
+    return c.answer(ec::forbidden, "missing or wrong X-CSRF-Token");
+  if (seg.empty())
+    return c.answer(ec::not_found, "no such endpoint");
+  const auto& top = seg[0];
+  // Everything below an id: the id must look like one before it goes anywhere.
+  if (seg.size() >= 2 && !bus::valid_id(seg[1]))
+    return c.answer(ec::not_found, "no " + top + " " + seg[1]);
+  auto one = [&](const char* what) { read(c, query{what, seg[1], {}}); };
+  if (m == "GET" && seg.size() == 1 && top == "devices")
+    return read(c, query{"devices", "", c.params});
+  if (m == "GET" && seg.size() == 2 && top == "devices")
+    return one("device");
+  if (m == "GET" && seg.size() == 1 && top == "incidents")
+    return read(c, query{"incidents", "", c.params});
+  if (m == "GET" && seg.size() == 2 && top == "incidents")
+    return one("incident");
+  if (m == "GET" && seg.size() == 3 && top == "incidents" && seg[2] == "available-actions")
+    return available(c, seg[1]);
+  if (m == "GET" && seg.size() == 1 && top == "actions")
+    return read(c, query{"actions", "", c.params});
+  if (m == "GET" && seg.size() == 2 && top == "actions")
+    return one("action");
+  if (m == "POST" && seg.size() == 1 && top == "actions")
+    return post_action(c);
+  if (m == "POST" && seg.size() == 3 && top == "actions" && seg[2] == "cancel")
+    return cancel_action(c, seg[1]);
+  if (m == "POST" && seg.size() == 3 && top == "actions" && seg[2] == "reverse")
+    return reverse_action(c, seg[1]);
+  if (top == "users" || top == "audit") {
+    if (c.who.role != "administrator")
+      return c.answer(ec::forbidden, top + " is for administrators");
+    if (top == "users")
+      return users(c);
+    if (m == "GET" && seg.size() == 1)
+      return read(c, query{"audit", "", c.params});
+  }
+  if (m == "GET" && seg.size() == 1 && top == "stats") {
+    c.self->request(st.store, caf::infinite, query{"stats", "", {}})
+      .then(
+        [c](const std::string& body) mutable {
+          auto j = json::parse(body);
+          if (c.self->state.bus_stats)
+            j["bus"] = c.self->state.bus_stats();
+          c.answer(reply(200, j));
+        },
+        c.on_error());
+    return;
+  }
+  if (m == "POST" && seg.size() == 1 && top == "logout") {
+    bool session = c.req.bearer.empty();
+    c.self
+      ->request(st.auth, caf::infinite, atom::logout_v, session,
+                session ? c.req.session : c.req.bearer)
+      .then(
+        [c](atom::ok) mutable {
+          auto r = reply(200, json::object());
+          r.set_cookies.push_back("parry_session=; Path=/; HttpOnly; Secure; "
+                                  "SameSite=Strict; Max-Age=0");
+          c.answer(std::move(r));
+        },
+        c.on_error());
+    return;
+  }
+  if (m == "POST" && seg.size() == 1 && top == "tokens") {
+    auto body = c.body();
+    std::string name;
+    if (body.is_object() && body.contains("name") && body["name"].is_string())
+      name = body["name"].get<std::string>().substr(0, 128);
+    c.self->request(st.auth, caf::infinite, atom::token_v, c.who, name)
+      .then(
+        [c](const std::string& token) mutable {
+          c.answer(reply(201, json{{"token", token},
+                                   {"user", json{{"username", c.who.username},
+                                                 {"role", c.who.role}}}}));
+        },
+        c.on_error());
+    return;
+  }
+  c.answer(ec::not_found, "no such endpoint: " + m + " /api/v1/" + top);
+}
+
+} // namespace
+
+api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
+                             directory_actor dir, store_actor store, action_policy policy,
+                             std::function<json()> bus_stats) {
+  auto& st = self->state;
+  st.auth = std::move(auth);
+  st.hasher = std::move(hasher);
+  st.directory = std::move(dir);
+  st.store = std::move(store);
+  st.policy = std::move(policy);
+  st.bus_stats = std::move(bus_stats);
   return {
-    [self, route](const http_request& req) mutable -> caf::result<http_response> {
+    [self](const http_request& req) -> caf::result<http_response> {
       auto [path, params] = split_target(req.target);
       if (path.compare(0, std::string{prefix}.size(), prefix) != 0)
         return fail(ec::not_found, "no such endpoint: " + path);
@@ -336,8 +586,12 @@ api_actor::behavior_type api(api_stateful self, auth_actor auth, directory_actor
       bool session = req.bearer.empty();
       const auto& token = session ? req.session : req.bearer;
       self->request(st.auth, caf::infinite, atom::authn_v, session, token)
-        .then([route, req, rp](const principal& who) mutable { route(req, who, rp); },
-              [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
+        .then(
+          [self, req, rp, path = path, params = params](const principal& who) mutable {
+            auto seg = segments(path.substr(std::string{prefix}.size()));
+            route(call{self, req, who, std::move(seg), std::move(params), rp});
+          },
+          [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
       return rp;
     },
   };

@@ -15,8 +15,10 @@ struct api_state {
   static inline constexpr const char* name = "api";
 
   auth_actor auth;
+  hasher_actor hasher;
   directory_actor directory;
   store_actor store;
+  action_policy policy;
   /// Bus counters for /stats; called on the api actor, must be thread-safe.
   std::function<nlohmann::json()> bus_stats;
 };
@@ -24,8 +26,9 @@ struct api_state {
 using api_stateful = api_actor::stateful_pointer<api_state>;
 
 /// The REST API of docs/rest-api.md: authenticates, checks roles and CSRF, routes.
-api_actor::behavior_type api(api_stateful self, auth_actor auth, directory_actor dir,
-                             store_actor store, std::function<nlohmann::json()> bus_stats);
+api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
+                             directory_actor dir, store_actor store, action_policy policy,
+                             std::function<nlohmann::json()> bus_stats);
 
 /// Splits "/a/b?x=1&y=%20" into path and decoded query parameters.
 std::pair<std::string, std::map<std::string, std::string>>

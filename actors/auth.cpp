@@ -18,6 +18,66 @@ caf::error wrong_credentials() {
   return make_error(ec::unauthenticated, "wrong username or password");
 }
 
+void audit(auth_stateful self, std::string actor, const char* kind, std::string target,
+           std::string detail) {
+  self
+    ->request(self->state.store, caf::infinite, atom::audit_v,
+              audit_entry{std::move(actor), kind, std::move(target), std::move(detail)})
+    .then([](atom::ok) {},
+          [](caf::error& err) {
+            spdlog::error("auth: cannot write the audit trail: {}", message_of(err));
+          });
+}
+
+/// Checks `password` for `username` on the hasher, counting failures toward the
+/// lockout; `done(principal)` on success, `rp`-style `fail(error)` otherwise.
+template <class Done, class Fail>
+void check_password(auth_stateful self, const std::string& username,
+                    const std::string& password, const char* kind, Done done, Fail fail) {
+  auto& st = self->state;
+  auto now = self->clock().now();
+  if (auto i = st.failed.find(username);
+      i != st.failed.end() && i->second.locked_until > now) {
+    audit(self, username, kind, username, "refused: account locked");
+    fail(make_error(ec::locked, "account locked after repeated failed logins"));
+    return;
+  }
+  // Hashing happens on the hasher's thread; we only wait for its answer.
+  auto check = [self, username, password, kind, done, fail](user_record u,
+                                                            bool exists) mutable {
+    self->request(self->state.hasher, caf::infinite, atom::verify_v, password, u)
+      .then(
+        [self, username, u, exists, kind, done, fail](bool good) mutable {
+          auto& st = self->state;
+          if (!good || !exists) {
+            auto& f = st.failed[username];
+            if (++f.count >= st.cfg.max_failures) {
+              f.count = 0;
+              f.locked_until = self->clock().now() + st.cfg.lockout;
+              spdlog::warn("auth: account {} locked", username);
+              audit(self, username, kind, username, "failed: wrong password; account locked");
+            } else {
+              audit(self, username, kind, username, "failed: wrong password");
+            }
+            fail(wrong_credentials());
+            return;
+          }
+          st.failed.erase(username);
+          audit(self, username, kind, username, "ok");
+          done(principal{u.username, u.role, "", false});
+        },
+        [fail](caf::error& err) mutable { fail(err); });
+  };
+  self->request(st.store, caf::infinite, atom::user_v, username)
+    .then([check](user_record& u) mutable { check(std::move(u), true); },
+          [check, fail](caf::error& err) mutable {
+            if (code_of(err) == ec::not_found)
+              check(user_record{}, false);
+            else
+              fail(err);
+          });
+}
+
 } // namespace
 
 bool valid_role(const std::string& role) {
@@ -52,46 +112,35 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg, store_actor 
   return {
     [self](atom::login, const std::string& username, const std::string& password)
       -> caf::result<std::string, principal> {
-      auto& st = self->state;
-      auto now = self->clock().now();
-      if (auto i = st.failed.find(username);
-          i != st.failed.end() && i->second.locked_until > now)
-        return make_error(ec::locked, "account locked after repeated failed logins");
       auto rp = self->make_response_promise<std::string, principal>();
-      // Hashing happens on the hasher's thread; we only wait for its answer.
-      auto check = [self, rp, username, password](user_record u, bool exists) mutable {
-        self->request(self->state.hasher, caf::infinite, atom::verify_v, password, u)
-          .then(
-            [self, rp, username, u, exists](bool good) mutable {
-              auto& st = self->state;
-              if (!good || !exists) {
-                auto& f = st.failed[username];
-                if (++f.count >= st.cfg.max_failures) {
-                  f.count = 0;
-                  f.locked_until = self->clock().now() + st.cfg.lockout;
-                  spdlog::warn("auth: account {} locked", username);
-                }
-                rp.deliver(wrong_credentials());
-                return;
-              }
-              st.failed.erase(username);
-              principal who{u.username, u.role, random_hex(16), true};
-              auto token = random_hex(32);
-              st.sessions[token] = {who, self->clock().now()};
-              spdlog::info("auth: {} logged in", username);
-              rp.deliver(token, who);
-            },
-            [rp](caf::error& err) mutable { rp.deliver(err); });
-      };
-      self->request(st.store, caf::infinite, atom::user_v, username)
-        .then([check](user_record& u) mutable { check(std::move(u), true); },
-              [self, check, rp](caf::error& err) mutable {
-                if (code_of(err) == ec::not_found)
-                  check(user_record{}, false);
-                else
-                  rp.deliver(err);
-              });
+      check_password(
+        self, username, password, "login",
+        [self, rp](principal who) mutable {
+          who.csrf_token = random_hex(16);
+          who.via_session = true;
+          auto token = random_hex(32);
+          self->state.sessions[token] = {who, self->clock().now()};
+          spdlog::info("auth: {} logged in", who.username);
+          rp.deliver(token, who);
+        },
+        [rp](caf::error err) mutable { rp.deliver(err); });
       return rp;
+    },
+    [self](atom::confirm, const std::string& username,
+           const std::string& password) -> caf::result<atom::ok> {
+      auto rp = self->make_response_promise<atom::ok>();
+      check_password(
+        self, username, password, "password_confirmation",
+        [rp](principal) mutable { rp.deliver(atom::ok_v); },
+        [rp](caf::error err) mutable { rp.deliver(err); });
+      return rp;
+    },
+    [self](atom::forget, const std::string& username) {
+      auto& st = self->state;
+      for (auto i = st.sessions.begin(); i != st.sessions.end();)
+        i = i->second.who.username == username ? st.sessions.erase(i) : std::next(i);
+      for (auto i = st.tokens.begin(); i != st.tokens.end();)
+        i = i->second.who.username == username ? st.tokens.erase(i) : std::next(i);
     },
     [self](atom::authn, bool session, const std::string& token) -> caf::result<principal> {
       auto& st = self->state;
@@ -136,13 +185,20 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg, store_actor 
       auto rp = self->make_response_promise<std::string>();
       self->request(self->state.store, caf::infinite, atom::token_v, sha256_hex(token),
                     who.username, name)
-        .then([rp, token](atom::ok) mutable { rp.deliver(token); },
+        .then(
+          [self, rp, token, who, name](atom::ok) mutable {
+            audit(self, who.username, "token_created", who.username, name);
+            rp.deliver(token);
+          },
               [rp](caf::error& err) mutable { rp.deliver(err); });
       return rp;
     },
     [self](atom::logout, bool session, const std::string& token) -> caf::result<atom::ok> {
       if (session) {
-        self->state.sessions.erase(token);
+        if (auto i = self->state.sessions.find(token); i != self->state.sessions.end()) {
+          audit(self, i->second.who.username, "logout", i->second.who.username, "session");
+          self->state.sessions.erase(i);
+        }
         return atom::ok_v;
       }
       auto hash = sha256_hex(token);

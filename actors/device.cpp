@@ -233,6 +233,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         return;
       }
       // Not ours any more (already final, or unknown): confirm so the agent stops.
+      spdlog::info("device {}: result for finished or unknown action {} ({})",
+                   self->state.rec.device_id, r.action_id, r.ok ? "ok" : r.error);
       emit(self, bus::type::result_ack, bus::result_ack{r.action_id});
     },
     [self](atom::unreach) { go_offline(self, "connection lost"); },
@@ -271,6 +273,20 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       for (auto i = st.queue.begin(); i != st.queue.end(); ++i)
         if (i->cmd.action_id == action_id) {
           st.queue.erase(i);
+          break;
+        }
+      pump(self);
+    },
+    [self](atom::withdraw, const std::string& action_id) {
+      auto& q = self->state.queue;
+      for (auto i = q.begin(); i != q.end(); ++i)
+        if (i->cmd.action_id == action_id) {
+          if (i->transmitted)
+            // Already on the wire: the agent may still run it. Its result will be
+            // confirmed (unknown action) and logged, and the record stays final.
+            spdlog::warn("device {}: withdrew {} after sending it",
+                         self->state.rec.device_id, action_id);
+          q.erase(i);
           break;
         }
       pump(self);

@@ -6,6 +6,8 @@
 #include "actors/error.hpp"
 #include "actors/incident.hpp"
 #include "actors/response_action.hpp"
+#include "common/crypto.hpp"
+#include "common/time.hpp"
 
 namespace parry {
 
@@ -38,7 +40,8 @@ void with_incident(directory_stateful self, const std::string& id, F f, G on_err
           f(i->second);
           return;
         }
-        auto inc = self->spawn<caf::linked>(incident, std::move(rec), st.incident_idle);
+        auto inc = self->spawn<caf::linked>(incident, std::move(rec), st.policy,
+                                            st.incident_idle);
         self->monitor(inc);
         st.incidents.emplace(id, inc);
         f(inc);
@@ -46,31 +49,108 @@ void with_incident(directory_stateful self, const std::string& id, F f, G on_err
       [on_error](caf::error& err) mutable { on_error(err); });
 }
 
-void register_action(directory_stateful self, action_record rec,
-                     caf::typed_response_promise<action_record> rp) {
+response_action_actor spawn_action(directory_stateful self, action_record rec) {
   auto& st = self->state;
+  auto id = rec.action_id;
   auto dev = device_for(self, rec.device_id);
   auto act = self->spawn<caf::linked>(response_action, std::move(rec), dev, st.store);
-  rp.delegate(act, atom::start_v);
+  self->monitor(act);
+  st.actions.emplace(std::move(id), act);
+  return act;
+}
+
+/// Registers `rec` (calling `ok` with the stored record, or `fail`) unless it is a
+/// release for a device that is not isolated (DESIGN.md §2).
+template <class Ok, class Fail>
+void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fail) {
+  auto go = [self, ok, fail](action_record rec) mutable {
+    auto act = spawn_action(self, std::move(rec));
+    self->request(act, caf::infinite, atom::start_v).then(ok, fail);
+  };
+  if (rec.type != "release_isolation") {
+    go(std::move(rec));
+    return;
+  }
+  auto dev = device_for(self, rec.device_id);
+  self->request(dev, caf::infinite, atom::get_v)
+    .then(
+      [rec, go, fail](const device_record& d) mutable {
+        if (d.isolated) {
+          go(std::move(rec));
+          return;
+        }
+        caf::error err = make_error(ec::not_applicable,
+                                    "device " + d.device_id + " is not isolated");
+        fail(err);
+      },
+      fail);
+}
+
+/// Answers through `rp`.
+auto deliver_to(caf::typed_response_promise<action_record> rp) {
+  return std::make_pair([rp](action_record& r) mutable { rp.deliver(r); },
+                        [rp](caf::error& err) mutable { rp.deliver(err); });
 }
 
 } // namespace
 
+caf::expected<action_record> make_reverse(const action_record& original,
+                                          const action_request& req,
+                                          const action_policy& policy, int64_t now) {
+  auto type = reverse_of(original.type);
+  if (type.empty())
+    return make_error(ec::not_applicable, original.type + " cannot be reversed");
+  if (original.state != state::completed)
+    return make_error(ec::not_applicable, "action " + original.action_id + " is "
+                                            + original.state
+                                            + ": only a completed action can be reversed");
+  if (!original.reversed_by.empty())
+    return make_error(ec::not_applicable, "action " + original.action_id
+                                            + " is already being reversed by "
+                                            + original.reversed_by);
+  if (policy.needs_password(type) && !req.password_confirmed)
+    return make_error(ec::unauthenticated, type + " needs your password");
+  action_record a;
+  a.action_id = "act-" + random_hex(12);
+  a.type = type;
+  a.device_id = original.device_id;
+  a.incident_id = original.incident_id;
+  a.target_kind = original.target_kind;
+  a.target_event_id = original.target_event_id;
+  a.params = original.params;
+  if (type == "restore_from_quarantine") {
+    auto q = original.result_effect.find("quarantine_id");
+    if (q == original.result_effect.end())
+      return make_error(ec::not_applicable, "the quarantine left no quarantine_id");
+    a.params["quarantine_id"] = q->second;
+  }
+  a.requested_by = req.username;
+  a.comment = req.comment;
+  a.password_confirmed = req.password_confirmed;
+  a.expires_at = now + policy.ttl_for(type);
+  a.reverses = original.action_id;
+  return a;
+}
+
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
-                                         caf::timespan incident_idle, store_actor store,
-                                         gateway_actor gateway) {
+                                         action_policy policy, caf::timespan incident_idle,
+                                         store_actor store, gateway_actor gateway) {
   auto& st = self->state;
   st.cfg = cfg;
+  st.policy = std::move(policy);
   st.incident_idle = incident_idle;
   st.store = std::move(store);
   st.gateway = std::move(gateway);
   self->set_down_handler([self](const caf::down_msg& msg) {
-    auto& incidents = self->state.incidents;
-    for (auto i = incidents.begin(); i != incidents.end(); ++i)
-      if (i->second.address() == msg.source) {
-        incidents.erase(i);
-        return;
-      }
+    auto drop = [&](auto& map) {
+      for (auto i = map.begin(); i != map.end(); ++i)
+        if (i->second.address() == msg.source) {
+          map.erase(i);
+          return true;
+        }
+      return false;
+    };
+    drop(self->state.actions) || drop(self->state.incidents);
   });
   return {
     [self](atom::hello, const std::string& id, bus::hello& h) {
@@ -100,28 +180,64 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         [self, req, rp, fail](incident_actor inc) mutable {
           self->request(inc, caf::infinite, atom::reg_v, req)
             .then(
-              [self, rp, fail](action_record& rec) mutable {
-                if (rec.type != "release_isolation") {
-                  register_action(self, std::move(rec), rp);
-                  return;
-                }
-                // Release applies only to an isolated device (DESIGN.md §2).
-                auto dev = device_for(self, rec.device_id);
-                self->request(dev, caf::infinite, atom::get_v)
-                  .then(
-                    [self, rec, rp](const device_record& d) mutable {
-                      if (!d.isolated)
-                        rp.deliver(make_error(ec::not_applicable,
-                                              "device " + d.device_id
-                                                + " is not isolated"));
-                      else
-                        register_action(self, std::move(rec), rp);
-                    },
-                    fail);
+              [self, rp](action_record& rec) mutable {
+                auto [ok, fail] = deliver_to(rp);
+                register_checked(self, std::move(rec), ok, fail);
               },
               fail);
         },
         fail);
+      return rp;
+    },
+    [self](atom::cancel, const std::string& id, const std::string& user,
+           const std::string& comment) -> caf::result<action_record> {
+      auto& st = self->state;
+      if (auto i = st.actions.find(id); i != st.actions.end())
+        return self->delegate(i->second, atom::cancel_v, user, comment);
+      // Not live: it is final, or it does not exist.
+      auto rp = self->make_response_promise<action_record>();
+      self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
+        .then(
+          [rp](const action_record& rec) mutable {
+            rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is "
+                                                  + rec.state + " and cannot be cancelled"));
+          },
+          [rp](caf::error& err) mutable { rp.deliver(err); });
+      return rp;
+    },
+    [self](atom::reverse, const std::string& id,
+           const action_request& req) -> caf::result<action_record> {
+      auto& st = self->state;
+      // One reverse at a time per action: the store link is written only once the
+      // reverse is registered, so the gap is covered here.
+      if (!st.reversing.insert(id).second)
+        return make_error(ec::not_applicable, "action " + id + " is already being reversed");
+      auto rp = self->make_response_promise<action_record>();
+      auto fail = [self, rp, id](caf::error& err) mutable {
+        self->state.reversing.erase(id);
+        rp.deliver(err);
+      };
+      self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
+        .then(
+          [self, rp, req, id, fail](const action_record& original) mutable {
+            auto rev = make_reverse(original, req, self->state.policy, now_us());
+            if (!rev) {
+              fail(rev.error());
+              return;
+            }
+            auto linked = [self, rp, id, fail](action_record& rec) mutable {
+              self
+                ->request(self->state.store, caf::infinite, atom::link_v, id, rec.action_id)
+                .then(
+                  [self, rp, id, rec](atom::ok) mutable {
+                    self->state.reversing.erase(id);
+                    rp.deliver(rec);
+                  },
+                  fail);
+            };
+            register_checked(self, std::move(*rev), linked, fail);
+          },
+          fail);
       return rp;
     },
     [self](atom::resume) -> caf::result<uint64_t> {
@@ -133,8 +249,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
             for (auto& rec : open) {
               auto dev = device_for(self, rec.device_id);
               auto cmd = to_command(rec);
-              auto act = self->spawn<caf::linked>(response_action, std::move(rec), dev,
-                                     self->state.store);
+              auto act = spawn_action(self, std::move(rec));
               self->send(dev, atom::submit_v, std::move(cmd), act);
             }
             spdlog::info("resumed {} open actions", open.size());

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -17,8 +18,13 @@ struct directory_state {
   std::unordered_map<std::string, device_actor> devices;
   /// Live incident actors by incident id (they passivate when idle).
   std::unordered_map<std::string, incident_actor> incidents;
+  /// Live response actions (every non-final one) by action id.
+  std::unordered_map<std::string, response_action_actor> actions;
+  /// Actions whose reverse is being registered right now.
+  std::set<std::string> reversing;
 
   device_config cfg;
+  action_policy policy;
   caf::timespan incident_idle;
   store_actor store;
   gateway_actor gateway;
@@ -28,7 +34,12 @@ using directory_stateful = directory_actor::stateful_pointer<directory_state>;
 
 /// Maps ids to live actors and spawns them on demand.
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
-                                         caf::timespan incident_idle, store_actor store,
-                                         gateway_actor gateway);
+                                         action_policy policy, caf::timespan incident_idle,
+                                         store_actor store, gateway_actor gateway);
+
+/// Builds the action that undoes `original` for `req`'s user, or says why it cannot.
+caf::expected<action_record> make_reverse(const action_record& original,
+                                          const action_request& req,
+                                          const action_policy& policy, int64_t now);
 
 } // namespace parry

@@ -49,6 +49,17 @@ CAF_BEGIN_TYPE_ID_BLOCK(parry, caf::first_custom_type_id)
   CAF_ADD_ATOM(parry, parry::atom, verify, "verify")
   CAF_ADD_ATOM(parry, parry::atom, hash, "hash")
   CAF_ADD_ATOM(parry, parry::atom, bootstrap, "bootstrap")
+  CAF_ADD_ATOM(parry, parry::atom, cancel, "cancel")
+  CAF_ADD_ATOM(parry, parry::atom, expire, "expire")
+  CAF_ADD_ATOM(parry, parry::atom, withdraw, "withdraw")
+  CAF_ADD_ATOM(parry, parry::atom, reverse, "reverse")
+  CAF_ADD_ATOM(parry, parry::atom, revert, "revert")
+  CAF_ADD_ATOM(parry, parry::atom, link, "link")
+  CAF_ADD_ATOM(parry, parry::atom, audit, "audit")
+  CAF_ADD_ATOM(parry, parry::atom, confirm, "confirm")
+  CAF_ADD_ATOM(parry, parry::atom, forget, "forget")
+  CAF_ADD_ATOM(parry, parry::atom, del, "delete")
+  CAF_ADD_ATOM(parry, parry::atom, action, "action")
 CAF_END_TYPE_ID_BLOCK(parry)
 
 namespace parry {
@@ -63,6 +74,9 @@ inline constexpr const char* sent = "sent";
 inline constexpr const char* acknowledged = "acknowledged";
 inline constexpr const char* completed = "completed";
 inline constexpr const char* failed = "failed";
+inline constexpr const char* expired = "expired";
+inline constexpr const char* cancelled = "cancelled";
+inline constexpr const char* reverted = "reverted";
 } // namespace state
 
 /// True for states an action never leaves.
@@ -108,6 +122,10 @@ struct action_record {
   bool result_ok = false;
   std::string result_error;
   std::map<std::string, std::string> result_effect;
+  int64_t expires_at = 0;        ///< The command is void after this (µs since epoch).
+  bool password_confirmed = false;
+  std::string reverses;          ///< The action this one undoes.
+  std::string reversed_by;       ///< The action that undoes (or is undoing) this one.
 };
 
 /// One step in an action's life, appended to the store before it takes effect.
@@ -129,6 +147,31 @@ struct action_request {
   std::string idempotency_key;
   std::string username; ///< Already authenticated.
   std::string role;
+  bool password_confirmed = false; ///< The api checked the password re-entry.
+};
+
+/// Server-wide rules for triggering actions (configurable).
+struct action_policy {
+  /// Types that need the caller's password again (start_process always does).
+  std::vector<std::string> password_required{"prevent_run", "quarantine", "delete_file",
+                                             "terminate_process", "start_process"};
+  /// Executables start_process may run; empty means any absolute path.
+  std::vector<std::string> start_process_allowlist;
+  /// Time to live of a command before the agent accepts it, by type.
+  std::map<std::string, int64_t> ttl_us;
+  /// Time to live for types without their own entry.
+  int64_t default_ttl_us = 24LL * 3600 * 1000000;
+
+  bool needs_password(const std::string& type) const;
+  int64_t ttl_for(const std::string& type) const;
+};
+
+/// One record to append to the audit trail.
+struct audit_entry {
+  std::string actor;
+  std::string kind;
+  std::string target;
+  std::string detail;
 };
 
 /// A user account.
@@ -175,6 +218,14 @@ struct http_response {
 };
 
 template <class Inspector>
+auto inspect(Inspector& f, audit_entry& x) {
+  return f(x.actor, x.kind, x.target, x.detail);
+}
+template <class Inspector>
+auto inspect(Inspector& f, action_policy& x) {
+  return f(x.password_required, x.start_process_allowlist, x.ttl_us, x.default_ttl_us);
+}
+template <class Inspector>
 auto inspect(Inspector& f, device_record& x) {
   return f(x.device_id, x.hostname, x.os, x.agent_version, x.addresses, x.online,
            x.isolated, x.first_seen, x.last_seen);
@@ -188,7 +239,8 @@ auto inspect(Inspector& f, action_record& x) {
   return f(x.action_id, x.type, x.device_id, x.incident_id, x.target_kind,
            x.target_event_id, x.params, x.requested_by, x.comment, x.idempotency_key,
            x.state, x.created_at, x.updated_at, x.result_ok, x.result_error,
-           x.result_effect);
+           x.result_effect, x.expires_at, x.password_confirmed, x.reverses,
+           x.reversed_by);
 }
 template <class Inspector>
 auto inspect(Inspector& f, transition& x) {
@@ -197,7 +249,7 @@ auto inspect(Inspector& f, transition& x) {
 template <class Inspector>
 auto inspect(Inspector& f, action_request& x) {
   return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.comment,
-           x.idempotency_key, x.username, x.role);
+           x.idempotency_key, x.username, x.role, x.password_confirmed);
 }
 template <class Inspector>
 auto inspect(Inspector& f, user_record& x) {
@@ -251,6 +303,18 @@ using store_actor = caf::typed_actor<
   caf::replies_to<atom::token, std::string>::with<std::string>,
   // Deletes a token by hash.
   caf::replies_to<atom::revoke, std::string>::with<atom::ok>,
+  // Loads one action.
+  caf::replies_to<atom::get, atom::action, std::string>::with<action_record>,
+  // Links an action to the one reversing it ("" unlinks after a failed reverse).
+  caf::replies_to<atom::link, std::string, std::string>::with<atom::ok>,
+  // Marks a completed action reverted by the given reverse action.
+  caf::replies_to<atom::revert, std::string, std::string>::with<atom::ok>,
+  // Appends a record to the hash-chained audit trail.
+  caf::replies_to<atom::audit, audit_entry>::with<atom::ok>,
+  // Changes a user's role and/or password hash; ends their tokens.
+  caf::replies_to<atom::update, user_record>::with<atom::ok>,
+  // Deletes a user and their tokens; refuses the last administrator.
+  caf::replies_to<atom::del, std::string>::with<atom::ok>,
   // A read for the REST API, answered as JSON text.
   caf::replies_to<query>::with<std::string>,
   // Commits the open transaction and answers the writes in it.
@@ -274,7 +338,11 @@ using response_action_actor = caf::typed_actor<
   // The agent reported how it ended.
   caf::reacts_to<atom::result, bus::action_result>,
   // The device decided the command needs no execution (e.g. already isolated).
-  caf::reacts_to<atom::done, std::string>>;
+  caf::reacts_to<atom::done, std::string>,
+  // A user cancels it (before the agent acknowledged it): user, comment.
+  caf::replies_to<atom::cancel, std::string, std::string>::with<action_record>,
+  // Timer: its time to live has passed.
+  caf::reacts_to<atom::expire>>;
 
 /// One device: its connection state, heartbeat deadline and ordered command queue.
 using device_actor = caf::typed_actor<
@@ -298,6 +366,8 @@ using device_actor = caf::typed_actor<
   caf::reacts_to<atom::sent, std::string>,
   // The action stored its final state: confirm the result to the agent.
   caf::reacts_to<atom::done, std::string>,
+  // The action ended before execution (cancelled, expired): drop its command.
+  caf::reacts_to<atom::withdraw, std::string>,
   // Current view of the device.
   caf::replies_to<atom::get>::with<device_record>>;
 
@@ -317,6 +387,10 @@ using directory_actor = caf::typed_actor<
   caf::reacts_to<atom::unreach, std::string>,
   // Registers a response action; answers once it is stored.
   caf::replies_to<atom::reg, action_request>::with<action_record>,
+  // Cancels an action: id, user, comment.
+  caf::replies_to<atom::cancel, std::string, std::string, std::string>::with<action_record>,
+  // Registers the reverse of an action: id, the request (user, comment, password).
+  caf::replies_to<atom::reverse, std::string, action_request>::with<action_record>,
   // Resumes every non-final action from the store (at start-up).
   caf::replies_to<atom::resume>::with<uint64_t>,
   // The live device actor for an id (spawned if needed).
@@ -340,7 +414,11 @@ using auth_actor = caf::typed_actor<
   // Revokes a session or bearer token.
   caf::replies_to<atom::logout, bool, std::string>::with<atom::ok>,
   // Makes sure the first administrator exists; answers the generated password or "".
-  caf::replies_to<atom::bootstrap, std::string>::with<std::string>>;
+  caf::replies_to<atom::bootstrap, std::string>::with<std::string>,
+  // Password re-entry for a sensitive action: fails (and counts) when wrong.
+  caf::replies_to<atom::confirm, std::string, std::string>::with<atom::ok>,
+  // A user changed or was deleted: end their sessions and cached tokens.
+  caf::reacts_to<atom::forget, std::string>>;
 
 /// The REST API: routes one HTTP request.
 using api_actor = caf::typed_actor<caf::replies_to<http_request>::with<http_response>>;

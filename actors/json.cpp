@@ -44,7 +44,11 @@ json to_json(const action_record& x) {
            {"created_at", format_time(x.created_at)},
            {"updated_at", format_time(x.updated_at)},
            {"created_at_us", x.created_at},
-           {"updated_at_us", x.updated_at}};
+           {"updated_at_us", x.updated_at},
+           {"expires_at", format_time(x.expires_at)},
+           {"password_confirmed", x.password_confirmed},
+           {"reverses", x.reverses},
+           {"reversed_by", x.reversed_by}};
   if (is_final(x.state))
     out["result"] = json{{"ok", x.result_ok},
                          {"error", x.result_error},

@@ -1,5 +1,8 @@
 #include "actors/response_action.hpp"
 
+#include <algorithm>
+#include <chrono>
+
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
@@ -30,6 +33,45 @@ void advance(response_action_stateful self, const char* next, std::string reason
           });
 }
 
+/// True while the agent has not accepted the command: it may still be withdrawn.
+bool withdrawable(const std::string& st) {
+  return st == state::registered || st == state::queued || st == state::sent;
+}
+
+/// After a final state is stored: a reverse action settles the action it undoes, then
+/// the actor ends (its record lives on in the store).
+void finish(response_action_stateful self) {
+  auto& rec = self->state.rec;
+  if (rec.reverses.empty()) {
+    self->quit();
+    return;
+  }
+  auto done = [self](atom::ok) { self->quit(); };
+  auto err = [self](caf::error& err) {
+    spdlog::error("action {}: cannot settle {}: {}", self->state.rec.action_id,
+                  self->state.rec.reverses, message_of(err));
+    self->quit();
+  };
+  if (rec.state == state::completed)
+    self->request(self->state.store, caf::infinite, atom::revert_v, rec.reverses,
+                  rec.action_id)
+      .then(done, err);
+  else // failed, expired or cancelled: the original may be reversed again
+    self->request(self->state.store, caf::infinite, atom::link_v, rec.reverses,
+                  std::string{})
+      .then(done, err);
+}
+
+/// Ends the action before execution: stores `next`, drops its command.
+template <class F>
+void withdraw(response_action_stateful self, const char* next, std::string reason, F then) {
+  advance(self, next, std::move(reason), [self, then]() mutable {
+    self->send(self->state.device, atom::withdraw_v, self->state.rec.action_id);
+    then();
+    finish(self);
+  });
+}
+
 void submit(response_action_stateful self) {
   self->send(self->state.device, atom::submit_v, to_command(self->state.rec),
              caf::actor_cast<response_action_actor>(self));
@@ -42,6 +84,7 @@ bus::command to_command(const action_record& rec) {
   cmd.action_id = rec.action_id;
   cmd.type = rec.type;
   cmd.params = rec.params;
+  cmd.expires_at = rec.expires_at;
   return cmd;
 }
 
@@ -52,6 +95,10 @@ response_action_actor::behavior_type response_action(response_action_stateful se
   self->state.rec = std::move(rec);
   self->state.device = std::move(device);
   self->state.store = std::move(store);
+  // The time to live counts from registration, also across restarts.
+  if (auto left = self->state.rec.expires_at - now_us(); self->state.rec.expires_at > 0)
+    self->delayed_send(self, std::chrono::microseconds{std::max<int64_t>(left, 0)},
+                       atom::expire_v);
   return {
     [self](atom::start) -> caf::result<action_record> {
       auto& st = self->state;
@@ -108,7 +155,7 @@ response_action_actor::behavior_type response_action(response_action_stateful se
                          : "agent reported failure: " + r.error;
       advance(self, next, std::move(reason), [self] {
         self->send(self->state.device, atom::done_v, self->state.rec.action_id);
-        self->quit();
+        finish(self);
       });
     },
     [self](atom::done, std::string& note) {
@@ -116,7 +163,26 @@ response_action_actor::behavior_type response_action(response_action_stateful se
       st.rec.result_ok = true;
       st.rec.result_error.clear();
       st.rec.result_effect = {{"note", note}};
-      advance(self, state::completed, note, [self] { self->quit(); });
+      advance(self, state::completed, note, [self] { finish(self); });
+    },
+    [self](atom::cancel, const std::string& user,
+           const std::string& comment) -> caf::result<action_record> {
+      auto& st = self->state;
+      if (!withdrawable(st.rec.state))
+        return make_error(ec::conflict, "action " + st.rec.action_id + " is "
+                                          + st.rec.state
+                                          + ": only an action the agent has not "
+                                            "acknowledged can be cancelled");
+      auto reason = "cancelled by " + user + (comment.empty() ? "" : ": " + comment);
+      auto rp = self->make_response_promise<action_record>();
+      withdraw(self, state::cancelled, std::move(reason),
+               [self, rp]() mutable { rp.deliver(self->state.rec); });
+      return rp;
+    },
+    [self](atom::expire) {
+      if (withdrawable(self->state.rec.state))
+        withdraw(self, state::expired, "time to live passed before the agent accepted it",
+                 [] {});
     },
   };
 }

@@ -12,6 +12,7 @@
 #include "actors/error.hpp"
 #include "actors/json.hpp"
 #include "bus/codec.hpp"
+#include "common/crypto.hpp"
 #include "common/time.hpp"
 
 namespace parry {
@@ -39,11 +40,13 @@ CREATE TABLE IF NOT EXISTS actions (
   type TEXT NOT NULL, device_id TEXT NOT NULL, incident_id TEXT, target_kind TEXT,
   target_event_id TEXT, params TEXT, requested_by TEXT, comment TEXT,
   idempotency_key TEXT, state TEXT NOT NULL, created_at INTEGER, updated_at INTEGER,
-  result_ok INTEGER, result_error TEXT, result_effect TEXT);
+  result_ok INTEGER, result_error TEXT, result_effect TEXT, expires_at INTEGER,
+  password_confirmed INTEGER, reverses TEXT, reversed_by TEXT);
+CREATE INDEX IF NOT EXISTS actions_by_incident ON actions (incident_id);
 CREATE UNIQUE INDEX IF NOT EXISTS actions_by_idem ON actions (requested_by, idempotency_key)
   WHERE idempotency_key <> '';
 CREATE INDEX IF NOT EXISTS actions_open ON actions (state)
-  WHERE state NOT IN ('completed', 'failed');
+  WHERE state NOT IN ('completed', 'failed', 'expired', 'cancelled', 'reverted');
 CREATE TABLE IF NOT EXISTS transitions (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, action_id TEXT NOT NULL, state TEXT NOT NULL,
   time INTEGER NOT NULL, reason TEXT);
@@ -51,6 +54,14 @@ CREATE INDEX IF NOT EXISTS transitions_by_action ON transitions (action_id, seq)
 CREATE TABLE IF NOT EXISTS users (
   username TEXT PRIMARY KEY, role TEXT NOT NULL, salt_hex TEXT NOT NULL,
   iterations INTEGER NOT NULL, hash_hex TEXT NOT NULL, created_at INTEGER);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, kind TEXT NOT NULL,
+  target TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+-- Append-only: the server never changes or removes a record.
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+  BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TABLE IF NOT EXISTS tokens (
   token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, name TEXT, created_at INTEGER);
 )sql";
@@ -159,7 +170,7 @@ constexpr const char* device_columns =
 constexpr const char* action_columns =
   "action_id, type, device_id, incident_id, target_kind, target_event_id, params, "
   "requested_by, comment, idempotency_key, state, created_at, updated_at, result_ok, "
-  "result_error, result_effect";
+  "result_error, result_effect, expires_at, password_confirmed, reverses, reversed_by";
 
 action_record read_action(stmt& q) {
   action_record a;
@@ -179,6 +190,10 @@ action_record read_action(stmt& q) {
   a.result_ok = q.integer(13) != 0;
   a.result_error = q.text(14);
   a.result_effect = json_map(q.text(15));
+  a.expires_at = q.integer(16);
+  a.password_confirmed = q.integer(17) != 0;
+  a.reverses = q.text(18);
+  a.reversed_by = q.text(19);
   return a;
 }
 
@@ -269,13 +284,13 @@ json run_query(store_state& st, const query& q) {
     return json{{"incident", to_json(*r, true)}};
   }
   if (q.what == "actions") {
-    auto dev = filter(q, "device_id");
-    auto state = filter(q, "state");
     std::string sql = std::string{"SELECT "} + action_columns
                       + " FROM actions WHERE (?1 = '' OR device_id = ?1) AND "
-                        "(?2 = '' OR state = ?2) ORDER BY seq DESC LIMIT ?3";
+                        "(?2 = '' OR state = ?2) AND (?4 = '' OR incident_id = ?4) "
+                        "ORDER BY seq DESC LIMIT ?3";
     stmt s{st, sql.c_str()};
-    s.bind(1, dev).bind(2, state).bind(3, limit_of(q));
+    s.bind(1, filter(q, "device_id")).bind(2, filter(q, "state")).bind(3, limit_of(q));
+    s.bind(4, filter(q, "incident_id"));
     auto out = json::array();
     while (s.step())
       out.push_back(to_json(read_action(s)));
@@ -298,6 +313,50 @@ json run_query(store_state& st, const query& q) {
     out["transitions"] = std::move(list);
     return json{{"action", std::move(out)}};
   }
+  if (q.what == "users") {
+    stmt s{st, "SELECT username, role, created_at FROM users ORDER BY username"};
+    auto out = json::array();
+    while (s.step())
+      out.push_back(json{{"username", s.text(0)},
+                         {"role", s.text(1)},
+                         {"created_at", format_time(s.integer(2))}});
+    return json{{"users", std::move(out)}};
+  }
+  if (q.what == "user") {
+    stmt s{st, "SELECT username, role, created_at FROM users WHERE username = ?"};
+    s.bind(1, q.id);
+    if (!s.step())
+      throw std::out_of_range("no user " + q.id);
+    return json{{"user", json{{"username", s.text(0)},
+                              {"role", s.text(1)},
+                              {"created_at", format_time(s.integer(2))}}}};
+  }
+  if (q.what == "audit") {
+    int64_t after = 0;
+    try {
+      after = std::stoll(filter(q, "after").empty() ? "0" : filter(q, "after"));
+    } catch (const std::exception&) {
+      throw std::invalid_argument("'after' must be a record number");
+    }
+    auto limit = std::clamp<int64_t>(
+      filter(q, "limit").empty() ? 1000 : std::stoll(filter(q, "limit")), 1, 10000);
+    stmt s{st, "SELECT seq, time, actor, kind, target, detail, prev_hash, hash FROM audit "
+               "WHERE seq > ? ORDER BY seq LIMIT ?"};
+    s.bind(1, after).bind(2, limit);
+    auto out = json::array();
+    while (s.step())
+      out.push_back(json{{"seq", s.integer(0)},
+                         {"time", format_time(s.integer(1))},
+                         {"time_us", s.integer(1)},
+                         {"actor", s.text(2)},
+                         {"kind", s.text(3)},
+                         {"target", s.text(4)},
+                         {"detail", s.text(5)},
+                         {"prev_hash", s.text(6)},
+                         {"hash", s.text(7)}});
+    return json{{"records", std::move(out)},
+                {"head", json{{"seq", st.audit_seq}, {"hash", st.audit_head}}}};
+  }
   if (q.what == "stats") {
     auto count = [&](const char* sql) {
       stmt s{st, sql};
@@ -310,16 +369,43 @@ json run_query(store_state& st, const query& q) {
       {"events", count("SELECT coalesce(sum(event_count), 0) FROM incidents")},
       {"actions", count("SELECT count(*) FROM actions")},
       {"actions_open",
-       count("SELECT count(*) FROM actions WHERE state NOT IN ('completed', 'failed')")}};
+       count("SELECT count(*) FROM actions WHERE state NOT IN ('completed', 'failed', "
+             "'expired', 'cancelled', 'reverted')")}};
   }
   throw std::invalid_argument("unknown query " + q.what);
 }
 
-void write_transition(store_state& st, const transition& t) {
+} // namespace
+
+std::string audit_hash(int64_t seq, int64_t time_us, const audit_entry& e,
+                       const std::string& prev_hash) {
+  std::string text = std::to_string(seq) + '\n' + std::to_string(time_us) + '\n' + e.actor
+                     + '\n' + e.kind + '\n' + e.target + '\n' + e.detail + '\n'
+                     + prev_hash;
+  return sha256_hex(text);
+}
+
+namespace {
+
+void append_audit(store_state& st, const audit_entry& e) {
+  auto seq = st.audit_seq + 1;
+  auto time = now_us();
+  auto hash = audit_hash(seq, time, e, st.audit_head);
+  stmt s{st, "INSERT INTO audit (seq, time, actor, kind, target, detail, prev_hash, hash) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"};
+  s.bind(1, seq).bind(2, time).bind(3, e.actor).bind(4, e.kind).bind(5, e.target);
+  s.bind(6, e.detail).bind(7, st.audit_head).bind(8, hash);
+  s.step();
+  st.audit_seq = seq;
+  st.audit_head = std::move(hash);
+}
+
+void write_transition(store_state& st, const transition& t, const std::string& actor) {
   stmt s{st, "INSERT INTO transitions (action_id, state, time, reason) "
              "VALUES (?, ?, ?, ?)"};
   s.bind(1, t.action_id).bind(2, t.state).bind(3, t.time).bind(4, t.reason);
   s.step();
+  append_audit(st, audit_entry{actor, "transition", t.action_id, t.state + ": " + t.reason});
 }
 
 } // namespace
@@ -358,6 +444,11 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       stmt put{st, "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"};
       put.bind(1, std::to_string(schema_version));
       put.step();
+    }
+    stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
+    if (head.step()) {
+      st.audit_seq = head.integer(0);
+      st.audit_head = head.text(1);
     }
   } catch (const std::exception& e) {
     fail(e.what());
@@ -456,16 +547,18 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
     [=](atom::put, const action_record& a, const transition& t) -> caf::result<atom::ok> {
       return ok_write([&] {
         std::string sql = std::string{"INSERT INTO actions ("} + action_columns
-                          + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                          + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
         stmt s{self->state, sql.c_str()};
         s.bind(1, a.action_id).bind(2, a.type).bind(3, a.device_id).bind(4, a.incident_id);
         s.bind(5, a.target_kind).bind(6, a.target_event_id).bind(7, json(a.params).dump());
         s.bind(8, a.requested_by).bind(9, a.comment).bind(10, a.idempotency_key);
         s.bind(11, a.state).bind(12, a.created_at).bind(13, a.updated_at);
         s.bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
-        s.bind(16, json(a.result_effect).dump());
+        s.bind(16, json(a.result_effect).dump()).bind(17, a.expires_at);
+        s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
+        s.bind(20, a.reversed_by);
         s.step();
-        write_transition(self->state, t);
+        write_transition(self->state, t, a.requested_by);
       });
     },
     [=](atom::update, const action_record& a, const transition& t)
@@ -477,7 +570,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         s.bind(1, a.state).bind(2, a.updated_at).bind(3, int64_t{a.result_ok});
         s.bind(4, a.result_error).bind(5, json(a.result_effect).dump()).bind(6, a.action_id);
         s.step();
-        write_transition(self->state, t);
+        write_transition(self->state, t, "parryd");
       });
     },
     [=](atom::get, atom::incident, const std::string& id) -> caf::result<incident_record> {
@@ -516,8 +609,8 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
     [=](atom::open) -> caf::result<std::vector<action_record>> {
       try {
         std::string sql = std::string{"SELECT "} + action_columns
-                          + " FROM actions WHERE state NOT IN ('completed', 'failed') "
-                            "ORDER BY seq";
+                          + " FROM actions WHERE state NOT IN ('completed', 'failed', "
+                            "'expired', 'cancelled', 'reverted') ORDER BY seq";
         stmt s{self->state, sql.c_str()};
         std::vector<action_record> out;
         while (s.step())
@@ -576,6 +669,92 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         s.step();
       });
     },
+    [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
+      try {
+        std::string sql = std::string{"SELECT "} + action_columns
+                          + " FROM actions WHERE action_id = ?";
+        stmt s{self->state, sql.c_str()};
+        s.bind(1, id);
+        if (!s.step())
+          return make_error(ec::not_found, "no action " + id);
+        return read_action(s);
+      } catch (const std::exception& e) {
+        return make_error(ec::storage, e.what());
+      }
+    },
+    [=](atom::link, const std::string& id, const std::string& reverse)
+      -> caf::result<atom::ok> {
+      return ok_write([&] {
+        stmt s{self->state, "UPDATE actions SET reversed_by = ? WHERE action_id = ?"};
+        s.bind(1, reverse).bind(2, id);
+        s.step();
+      });
+    },
+    [=](atom::revert, const std::string& id, const std::string& reverse)
+      -> caf::result<atom::ok> {
+      return ok_write([&] {
+        auto now = now_us();
+        stmt s{self->state, "UPDATE actions SET state = 'reverted', updated_at = ? "
+                            "WHERE action_id = ? AND state = 'completed'"};
+        s.bind(1, now).bind(2, id);
+        s.step();
+        if (sqlite3_changes(self->state.db) == 1)
+          write_transition(self->state,
+                           transition{id, state::reverted, now, "undone by " + reverse},
+                           "parryd");
+      });
+    },
+    [=](atom::audit, const audit_entry& e) -> caf::result<atom::ok> {
+      return ok_write([&] { append_audit(self->state, e); });
+    },
+    [=](atom::update, const user_record& u) -> caf::result<atom::ok> {
+      auto& st = self->state;
+      try {
+        stmt cur{st, "SELECT role FROM users WHERE username = ?"};
+        cur.bind(1, u.username);
+        if (!cur.step())
+          return make_error(ec::not_found, "no user " + u.username);
+        if (cur.text(0) == "administrator" && u.role != "administrator") {
+          stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
+          if (admins.step() && admins.integer(0) <= 1)
+            return make_error(ec::conflict, "the last administrator keeps that role");
+        }
+      } catch (const std::exception& e) {
+        return make_error(ec::storage, e.what());
+      }
+      return ok_write([&] {
+        stmt s{st, "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
+                   "WHERE username = ?"};
+        s.bind(1, u.role).bind(2, u.salt_hex).bind(3, int64_t{u.iterations});
+        s.bind(4, u.hash_hex).bind(5, u.username);
+        s.step();
+        stmt t{st, "DELETE FROM tokens WHERE username = ?"};
+        t.bind(1, u.username);
+        t.step();
+      });
+    },
+    [=](atom::del, const std::string& name) -> caf::result<atom::ok> {
+      auto& st = self->state;
+      try {
+        stmt cur{st, "SELECT role FROM users WHERE username = ?"};
+        cur.bind(1, name);
+        if (!cur.step())
+          return make_error(ec::not_found, "no user " + name);
+        stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
+        if (cur.text(0) == "administrator" && admins.step() && admins.integer(0) <= 1)
+          return make_error(ec::conflict, "the last administrator cannot be deleted");
+      } catch (const std::exception& e) {
+        return make_error(ec::storage, e.what());
+      }
+      return ok_write([&] {
+        stmt s{st, "DELETE FROM users WHERE username = ?"};
+        s.bind(1, name);
+        s.step();
+        stmt t{st, "DELETE FROM tokens WHERE username = ?"};
+        t.bind(1, name);
+        t.step();
+      });
+    },
     [=](const query& q) -> caf::result<std::string> {
       try {
         return run_query(self->state, q).dump();
@@ -598,6 +777,14 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         spdlog::error("store: commit failed: {}", e.what());
         committed = false;
         sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
+        // The audit records of the batch are gone: continue the chain from disk.
+        try {
+          stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
+          st.audit_seq = head.step() ? head.integer(0) : 0;
+          st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
+        } catch (const std::exception& e2) {
+          spdlog::critical("store: cannot reload the audit head: {}", e2.what());
+        }
       }
       st.in_transaction = false;
       ++st.commits;

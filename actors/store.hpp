@@ -31,9 +31,17 @@ struct store_state {
   /// Writes committed so far, and commits (groups) that carried them.
   uint64_t writes = 0;
   uint64_t commits = 0;
+  /// Number and hash of the last audit record (0 and 64 zeros before the first).
+  int64_t audit_seq = 0;
+  std::string audit_head = std::string(64, '0');
 };
 
 using store_stateful = store_actor::stateful_pointer<store_state>;
+
+/// Hash of one audit record: SHA-256 over its fields and the previous hash, each
+/// separated by a newline (docs/rest-api.md, "Audit trail").
+std::string audit_hash(int64_t seq, int64_t time_us, const audit_entry& e,
+                       const std::string& prev_hash);
 
 /// Opens (creating if needed) the database at `path` and serves the store
 /// interface. `path` may be ":memory:" for tests. Quits with an error if the

@@ -27,6 +27,23 @@ std::string server_config::validate() const {
     return "max_login_failures: must be at least 1";
   if (session_idle_minutes < 1)
     return "session_idle_minutes: must be at least 1";
+  static const std::set<std::string> types{
+    "isolate",     "release_isolation", "start_process", "prevent_run",      "allow_run",
+    "quarantine",  "restore_from_quarantine", "delete_file", "terminate_process"};
+  for (const auto& t : password_required)
+    if (types.count(t) == 0)
+      return "actions.password_required: unknown action type '" + t + "'";
+  for (const auto& p : start_process_allowlist)
+    if (p.empty() || (p[0] != '/' && p.find(":\\") != 1))
+      return "actions.start_process_allowlist: '" + p + "' is not an absolute path";
+  if (default_ttl_seconds < 1)
+    return "actions.default_ttl_seconds: must be at least 1";
+  for (const auto& [t, v] : ttl_seconds) {
+    if (types.count(t) == 0)
+      return "actions.ttl_seconds: unknown action type '" + t + "'";
+    if (v < 1)
+      return "actions.ttl_seconds." + t + ": must be at least 1";
+  }
   static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
   if (levels.count(log_level) == 0)
     return "log_level: must be one of trace, debug, info, warn, error";
@@ -68,7 +85,7 @@ std::string load_toml(const std::string& path, server_config& cfg) {
     "data_dir", "bus_endpoint", "http_address", "http_port", "admin_password",
     "heartbeat_interval_ms", "missed_heartbeats", "max_frame_bytes", "pbkdf2_iterations",
     "max_login_failures", "lockout_minutes", "session_idle_minutes", "workers",
-    "log_level"};
+    "log_level", "actions"};
   for (auto& [k, v] : t)
     if (known.count(std::string{k.str()}) == 0)
       return path + ": unknown key '" + std::string{k.str()} + "'";
@@ -88,6 +105,50 @@ std::string load_toml(const std::string& path, server_config& cfg) {
                    read(t, "log_level", cfg.log_level)})
     if (!err.empty())
       return path + ": " + err;
+  if (auto actions = t.get("actions")) {
+    auto tab = actions->as_table();
+    if (tab == nullptr)
+      return path + ": actions: must be a table";
+    for (auto& [k, v] : *tab) {
+      auto key = std::string{k.str()};
+      if (key != "password_required" && key != "start_process_allowlist"
+          && key != "default_ttl_seconds" && key != "ttl_seconds")
+        return path + ": unknown key 'actions." + key + "'";
+    }
+    auto strings = [&](const char* key, std::vector<std::string>& out) -> std::string {
+      auto node = tab->get(key);
+      if (node == nullptr)
+        return {};
+      auto arr = node->as_array();
+      if (arr == nullptr)
+        return std::string{"actions."} + key + ": must be an array of strings";
+      out.clear();
+      for (auto& e : *arr) {
+        auto v = e.value<std::string>();
+        if (!v)
+          return std::string{"actions."} + key + ": must be an array of strings";
+        out.push_back(*v);
+      }
+      return {};
+    };
+    for (auto err : {strings("password_required", cfg.password_required),
+                     strings("start_process_allowlist", cfg.start_process_allowlist),
+                     read(*tab, "default_ttl_seconds", cfg.default_ttl_seconds)})
+      if (!err.empty())
+        return path + ": " + (err.rfind("actions.", 0) == 0 ? err : "actions." + err);
+    if (auto ttl = tab->get("ttl_seconds")) {
+      auto ttab = ttl->as_table();
+      if (ttab == nullptr)
+        return path + ": actions.ttl_seconds: must be a table of type = seconds";
+      for (auto& [k, v] : *ttab) {
+        uint32_t secs = 0;
+        auto key = std::string{k.str()};
+        if (auto err = read(*ttab, key.c_str(), secs); !err.empty())
+          return path + ": actions.ttl_seconds." + err;
+        cfg.ttl_seconds[key] = secs;
+      }
+    }
+  }
   return {};
 }
 

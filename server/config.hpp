@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 namespace parry {
 
@@ -35,6 +37,16 @@ struct server_config {
   uint32_t workers = 0;
   /// trace, debug, info, warn, error.
   std::string log_level = "info";
+  /// [actions] password_required: types that need the caller's password again
+  /// (start_process always does).
+  std::vector<std::string> password_required{"prevent_run", "quarantine", "delete_file",
+                                             "terminate_process", "start_process"};
+  /// [actions] start_process_allowlist: executables start_process may run (empty: any).
+  std::vector<std::string> start_process_allowlist;
+  /// [actions] default_ttl_seconds: how long a command may wait for the agent.
+  uint32_t default_ttl_seconds = 86400;
+  /// [actions.ttl_seconds]: the same, per action type.
+  std::map<std::string, uint32_t> ttl_seconds;
 
   /// Empty when valid, else which key is wrong and what would be legal.
   std::string validate() const;

@@ -118,7 +118,13 @@ void server::start() {
   device_config dcfg;
   dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
   dcfg.missed_heartbeats = cfg.missed_heartbeats;
-  m.directory = m.sys.spawn(directory, dcfg, caf::timespan{std::chrono::minutes{5}},
+  action_policy policy;
+  policy.password_required = cfg.password_required;
+  policy.start_process_allowlist = cfg.start_process_allowlist;
+  policy.default_ttl_us = int64_t{cfg.default_ttl_seconds} * 1000000;
+  for (const auto& [type, secs] : cfg.ttl_seconds)
+    policy.ttl_us[type] = int64_t{secs} * 1000000;
+  m.directory = m.sys.spawn(directory, dcfg, policy, caf::timespan{std::chrono::minutes{5}},
                             m.store, gateway);
   keep(m.directory);
   *dir_slot = m.directory;
@@ -149,7 +155,7 @@ void server::start() {
                           {"bad_frames", s.bad_frames.load()},
                           {"unreachable", s.unreachable.load()}};
   };
-  auto a = m.sys.spawn(api, au, m.directory, m.store, bus_stats);
+  auto a = m.sys.spawn(api, au, hash, m.directory, m.store, policy, bus_stats);
   keep(a);
   m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
                                          m.tls.cert, m.tls.key);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/directory.hpp"
+#include "actors/incident.hpp"
 #include "actors/error.hpp"
 #include "actors/store.hpp"
 #include "bus/codec.hpp"
@@ -82,6 +83,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   gateway_actor gw;
   directory_actor dir;
   device_config dcfg;
+  action_policy policy;
 
   fixture() {
     db_path = (std::filesystem::temp_directory_path()
@@ -104,7 +106,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
 
   void start_server() {
     st = sys.spawn(store, db_path);
-    dir = sys.spawn(directory, dcfg, caf::timespan{5min}, st, gw);
+    dir = sys.spawn(directory, dcfg, policy, caf::timespan{5min}, st, gw);
     sched.run();
   }
 
@@ -413,4 +415,287 @@ BOOST_AUTO_TEST_CASE(open_actions_resume_after_a_crash) {
   BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(expires_when_its_time_to_live_passes_before_acceptance) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  advance_time(3s);
+  sched.run();
+  BOOST_REQUIRE(read("device", "dev-1")["device"]["online"] == false);
+  stop_server();
+  policy.ttl_us["isolate"] = 10'000'000;
+  start_server();
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "queued"}));
+  advance_time(5s);
+  sched.run();
+  BOOST_TEST(read("action", rec.action_id)["action"]["state"] == "queued");
+  advance_time(6s);
+  sched.run();
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "queued", "expired"}));
+  // The device comes back: nothing goes out for the expired action.
+  hello("dev-1");
+  BOOST_TEST(of_type("command").empty());
+}
+
+BOOST_AUTO_TEST_CASE(cancel_before_acknowledgement_only) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  advance_time(3s);
+  sched.run();
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  auto cancelled = ask<action_record>(dir, atom::cancel_v, rec.action_id,
+                                      std::string{"bob"}, std::string{"wrong host"});
+  BOOST_TEST(cancelled.state == "cancelled");
+  auto a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["transitions"][2]["reason"] == "cancelled by bob: wrong host");
+  hello("dev-1");
+  BOOST_TEST(of_type("command").empty());
+  // An acknowledged action can no longer be cancelled.
+  auto second = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", second.action_id);
+  auto h = self->request(dir, caf::infinite, atom::cancel_v, second.action_id,
+                         std::string{"bob"}, std::string{});
+  sched.run();
+  h.receive([](action_record&) { BOOST_FAIL("cancel after ack must fail"); },
+            [](caf::error& err) { BOOST_TEST(code_of(err) == ec::conflict); });
+  // Nor a final one, nor one that does not exist.
+  result("dev-1", second.action_id, true);
+  auto h2 = self->request(dir, caf::infinite, atom::cancel_v, second.action_id,
+                          std::string{"bob"}, std::string{});
+  sched.run();
+  h2.receive([](action_record&) { BOOST_FAIL("cancel of a final action must fail"); },
+             [](caf::error& err) { BOOST_TEST(code_of(err) == ec::conflict); });
+}
+
+BOOST_AUTO_TEST_CASE(reverse_links_both_and_reverts_the_original) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto req = request("quarantine", inc);
+  req.password_confirmed = true;
+  auto q = ask<action_record>(dir, atom::reg_v, req);
+  BOOST_TEST(q.params.at("path") == "C:\\Users\\alice\\AppData\\Local\\Temp\\payload.exe");
+  ack("dev-1", q.action_id);
+  bus::action_result r{q.action_id, true, "", {{"quarantine_id", "q-1"}}};
+  caf::anon_send(dir, atom::result_v, std::string{"dev-1"}, r);
+  sched.run();
+  action_request rev;
+  rev.username = "alice";
+  auto back = ask<action_record>(dir, atom::reverse_v, q.action_id, rev);
+  BOOST_TEST(back.type == "restore_from_quarantine");
+  BOOST_TEST(back.reverses == q.action_id);
+  BOOST_TEST(back.params.at("quarantine_id") == "q-1");
+  BOOST_TEST(read("action", q.action_id)["action"]["reversed_by"] == back.action_id);
+  // A second reverse is refused while the first is on its way.
+  auto h = self->request(dir, caf::infinite, atom::reverse_v, q.action_id, rev);
+  sched.run();
+  h.receive([](action_record&) { BOOST_FAIL("second reverse must fail"); },
+            [](caf::error& err) { BOOST_TEST(code_of(err) == ec::not_applicable); });
+  ack("dev-1", back.action_id);
+  result("dev-1", back.action_id, true);
+  BOOST_TEST(read("action", back.action_id)["action"]["state"] == "completed");
+  BOOST_TEST(states(q.action_id).back() == "reverted");
+  // Actions that cannot be undone say so.
+  auto iso = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", iso.action_id);
+  auto h3 = self->request(dir, caf::infinite, atom::reverse_v, iso.action_id, rev);
+  sched.run();
+  h3.receive([](action_record&) { BOOST_FAIL("reverse of an unfinished action must fail"); },
+             [](caf::error& err) { BOOST_TEST(code_of(err) == ec::not_applicable); });
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_reverse_leaves_the_original_reversible) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto req = request("prevent_run", inc);
+  req.password_confirmed = true;
+  auto p = ask<action_record>(dir, atom::reg_v, req);
+  result("dev-1", p.action_id, true);
+  action_request rev;
+  rev.username = "alice";
+  auto back = ask<action_record>(dir, atom::reverse_v, p.action_id, rev);
+  BOOST_TEST(back.type == "allow_run");
+  result("dev-1", back.action_id, false, "policy store busy");
+  BOOST_TEST(read("action", p.action_id)["action"]["reversed_by"] == "");
+  BOOST_TEST(read("action", p.action_id)["action"]["state"] == "completed");
+  auto again = ask<action_record>(dir, atom::reverse_v, p.action_id, rev);
+  BOOST_TEST(again.reverses == p.action_id);
+}
+
+BOOST_AUTO_TEST_CASE(every_transition_is_in_the_hash_chained_audit_trail) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", rec.action_id);
+  result("dev-1", rec.action_id, true);
+  auto audit = read("audit");
+  auto& records = audit["records"];
+  BOOST_REQUIRE_EQUAL(records.size(), 4u);
+  std::string prev(64, '0');
+  int64_t seq = 0;
+  for (auto& r : records) {
+    BOOST_TEST(r["seq"].get<int64_t>() == ++seq);
+    BOOST_TEST(r["prev_hash"] == prev);
+    audit_entry e{r["actor"], r["kind"], r["target"], r["detail"]};
+    BOOST_TEST(r["hash"] == audit_hash(seq, r["time_us"].get<int64_t>(), e, prev));
+    prev = r["hash"].get<std::string>();
+  }
+  BOOST_TEST(records[0]["detail"] == "registered: requested by alice");
+  BOOST_TEST(records[3]["detail"] == "completed: agent reported success");
+  BOOST_TEST(audit["head"]["hash"] == prev);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
+
+// -- the rules of DESIGN.md §2, as pure functions ------------------------------------
+
+namespace {
+
+incident_record incident_with_key(const std::string& key_type) {
+  incident_record rec;
+  rec.incident_id = "inc-1";
+  rec.device_id = "dev-1";
+  rec.report = phishing_report();
+  // Every event type once; the key event has the type under test.
+  const char* types[] = {"file_created", "process_started", "file_modified",
+                         "network_connection", "module_loaded"};
+  rec.report.events.clear();
+  int n = 0;
+  for (const char* t : types) {
+    bus::activity_event e;
+    e.id = std::string{"e-"} + t;
+    e.type = t;
+    e.file = {"/tmp/x", std::string(64, 'c'), 1};
+    e.process = {100u + n++, 5, "/tmp/x", std::string(64, 'c'), "x", "root", 1};
+    rec.report.events.push_back(e);
+  }
+  rec.report.key_event_id = "e-" + key_type;
+  return rec;
+}
+
+bool allowed_by_design(const std::string& action, const std::string& event_type) {
+  if (action == "isolate" || action == "release_isolation" || action == "start_process")
+    return true;
+  if (action == "prevent_run" || action == "quarantine" || action == "delete_file")
+    return event_type == "file_created" || event_type == "process_started";
+  if (action == "terminate_process")
+    return event_type == "process_started";
+  return false; // allow_run, restore_from_quarantine: only as reverses
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(applicability_matrix_every_action_event_type_and_target_mode) {
+  const char* actions[] = {"isolate",    "release_isolation", "start_process",
+                           "prevent_run", "allow_run",        "quarantine",
+                           "restore_from_quarantine", "delete_file", "terminate_process"};
+  const char* types[] = {"file_created", "process_started", "file_modified",
+                         "network_connection", "module_loaded"};
+  action_policy policy;
+  int checked = 0;
+  for (const char* type : types) {
+    auto rec = incident_with_key(type);
+    for (const char* action : actions) {
+      for (const char* mode : {"detection", "event"}) {
+        action_request req;
+        req.type = action;
+        req.incident_id = rec.incident_id;
+        req.target_kind = mode;
+        req.event_id = std::string{"e-"} + type;
+        req.username = "alice";
+        req.password_confirmed = true;
+        if (req.type == "start_process")
+          req.params = {{"path", "/usr/bin/id"}};
+        auto a = make_action(rec, req, policy, 1000);
+        bool expect = allowed_by_design(action, type);
+        BOOST_TEST(bool(a) == expect, action << " on " << type << " (" << mode << ")");
+        if (!a && !expect)
+          BOOST_TEST(code_of(a.error()) == ec::not_applicable);
+        if (a) {
+          BOOST_TEST(a->target_event_id == req.event_id);
+          BOOST_TEST(a->expires_at == 1000 + policy.default_ttl_us);
+        }
+        ++checked;
+      }
+    }
+  }
+  BOOST_TEST(checked == 5 * 9 * 2);
+}
+
+BOOST_AUTO_TEST_CASE(file_and_process_actions_carry_their_object) {
+  auto rec = incident_with_key("process_started");
+  action_request req;
+  req.incident_id = rec.incident_id;
+  req.target_kind = "detection";
+  req.password_confirmed = true;
+  req.type = "terminate_process";
+  auto t = make_action(rec, req, action_policy{}, 0);
+  BOOST_REQUIRE(t);
+  BOOST_TEST(t->params.at("pid") == "101");
+  BOOST_TEST(t->params.at("start_time") == "5");
+  req.type = "delete_file";
+  auto d = make_action(rec, req, action_policy{}, 0);
+  BOOST_REQUIRE(d);
+  BOOST_TEST(d->params.at("sha256") == std::string(64, 'c'));
+  // Without the password re-entry it is refused.
+  req.password_confirmed = false;
+  BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error())
+             == ec::unauthenticated);
+  // Unless the policy says this type needs none.
+  action_policy lax;
+  lax.password_required = {};
+  BOOST_TEST(bool(make_action(rec, req, lax, 0)));
+  req.type = "start_process";
+  req.params = {{"path", "/bin/true"}};
+  BOOST_TEST(code_of(make_action(rec, req, lax, 0).error()) == ec::unauthenticated);
+}
+
+BOOST_AUTO_TEST_CASE(start_process_parameters_are_checked_and_split_without_a_shell) {
+  action_policy policy;
+  auto ok = start_process_params(
+    {{"path", "/usr/bin/find"}, {"working_directory", "/var/tmp"},
+     {"arguments", "/ -name 'a b' -o \"c\\\"d\" e\\ f; rm -rf /"}},
+    policy);
+  BOOST_REQUIRE(ok);
+  BOOST_TEST(ok->at("argc") == "9");
+  BOOST_TEST(ok->at("arg.0") == "/");
+  BOOST_TEST(ok->at("arg.2") == "a b");
+  BOOST_TEST(ok->at("arg.4") == "c\"d");
+  BOOST_TEST(ok->at("arg.5") == "e f;");
+  BOOST_TEST(ok->at("arg.6") == "rm"); // just a word: nothing runs a shell
+  BOOST_TEST(ok->at("working_directory") == "/var/tmp");
+  BOOST_TEST(bool(start_process_params({{"path", "C:\\Windows\\System32\\cmd.exe"}}, policy)));
+  auto bad = [&](std::map<std::string, std::string> p) {
+    auto r = start_process_params(p, policy);
+    return !r && code_of(r.error()) == ec::bad_request;
+  };
+  BOOST_TEST(bad({}));
+  BOOST_TEST(bad({{"path", "bin/sh"}}));
+  BOOST_TEST(bad({{"path", "/usr/../bin/sh"}}));
+  BOOST_TEST(bad({{"path", std::string("/bin/sh\0x", 9)}}));
+  BOOST_TEST(bad({{"path", "/bin/sh\n"}}));
+  BOOST_TEST(bad({{"path", "/" + std::string(5000, 'a')}}));
+  BOOST_TEST(bad({{"path", "/bin/sh"}, {"working_directory", "tmp"}}));
+  BOOST_TEST(bad({{"path", "/bin/sh"}, {"arguments", "'unbalanced"}}));
+  BOOST_TEST(bad({{"path", "/bin/sh"}, {"arguments", std::string(40000, 'a')}}));
+  std::string many;
+  for (int i = 0; i < 65; ++i)
+    many += "a ";
+  BOOST_TEST(bad({{"path", "/bin/sh"}, {"arguments", many}}));
+  BOOST_TEST(bad({{"path", "/bin/sh"}, {"shell", "yes"}}));
+  policy.start_process_allowlist = {"/usr/bin/id"};
+  BOOST_TEST(bad({{"path", "/bin/sh"}}));
+  BOOST_TEST(bool(start_process_params({{"path", "/usr/bin/id"}}, policy)));
+}
+
+BOOST_AUTO_TEST_CASE(available_actions_follow_the_rules) {
+  auto rec = incident_with_key("process_started");
+  auto j = available_actions(rec, false, action_policy{});
+  BOOST_TEST(j["device_actions"] == json::array({"isolate", "start_process"}));
+  BOOST_TEST(j["targets"][0]["kind"] == "detection");
+  BOOST_TEST(j["targets"][0]["actions"]
+             == json::array({"prevent_run", "quarantine", "delete_file", "terminate_process"}));
+  for (auto& t : j["targets"])
+    if (t["event_type"] == "network_connection")
+      BOOST_TEST(t["actions"].empty());
+  BOOST_TEST(available_actions(rec, true, action_policy{})["device_actions"].size() == 3u);
+}
