@@ -209,13 +209,18 @@ void with_password(call c, const std::string& type, const std::string& password,
     then(false);
     return;
   }
+  auto refuse = [c, type](const caf::error& err) mutable {
+    audit(c.self, c.who.username, "trigger_refused", type, message_of(err));
+    c.answer(err);
+  };
   if (password.empty()) {
-    c.answer(ec::unauthenticated, type + " needs your password in 'password'");
+    refuse(make_error(ec::unauthenticated, type + " needs your password in 'password'"));
     return;
   }
   c.self
     ->request(c.self->state.auth, caf::infinite, atom::confirm_v, c.who.username, password)
-    .then([then](atom::ok) mutable { then(true); }, c.on_error());
+    .then([then](atom::ok) mutable { then(true); },
+          [refuse](caf::error& err) mutable { refuse(err); });
 }
 
 /// Registers through the directory and answers 202, auditing the outcome.

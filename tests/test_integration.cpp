@@ -145,6 +145,25 @@ struct system_fixture {
     return action;
   }
 
+  /// A client logged in (bearer token) as a new user with `role`.
+  std::unique_ptr<client> as(const std::string& name, const std::string& role) {
+    auto r = api->post("/api/v1/users", json{{"username", name},
+                                            {"password", name + "-password-123"},
+                                            {"role", role}});
+    BOOST_REQUIRE_MESSAGE(r.status == 201, r.raw);
+    auto c = std::make_unique<client>(
+      base_url, tls_options{(dir / "data/tls/cert.pem").string(), false});
+    auto login = c->post("/api/v1/login",
+                         json{{"username", name}, {"password", name + "-password-123"}});
+    BOOST_REQUIRE_EQUAL(login.status, 200);
+    auto tok = c->request("POST", "/api/v1/tokens", nullptr,
+                          {{"X-CSRF-Token", login.body["csrf_token"].get<std::string>()}});
+    BOOST_REQUIRE_EQUAL(tok.status, 201);
+    c->clear_cookies();
+    c->set_bearer(tok.body["token"].get<std::string>());
+    return c;
+  }
+
   std::vector<std::string> states(const json& action) {
     std::vector<std::string> out;
     for (auto& t : action["transitions"])
@@ -270,6 +289,94 @@ BOOST_AUTO_TEST_CASE(rest_refuses_bad_credentials_and_bad_requests) {
   auto locked = anon.post("/api/v1/login",
                           json{{"username", "admin"}, {"password", admin_password}});
   BOOST_TEST(locked.status == 429);
+}
+
+BOOST_AUTO_TEST_CASE(role_matrix) {
+  auto officer = as("olivia", "security_officer");
+  auto viewer = as("oscar", "operator");
+  auto id = incident_of("sim-0003")["incident_id"].get<std::string>();
+  json iso{{"type", "isolate"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
+  struct row {
+    const char* method;
+    std::string path;
+    json body;
+    int admin, officer, viewer; // expected status per role
+  };
+  // Reads for everyone; actions for administrators and security officers; users and
+  // audit for administrators only.
+  std::vector<row> rows{
+    {"GET", "/devices", nullptr, 200, 200, 200},
+    {"GET", "/incidents", nullptr, 200, 200, 200},
+    {"GET", "/incidents/" + id, nullptr, 200, 200, 200},
+    {"GET", "/incidents/" + id + "/available-actions", nullptr, 200, 200, 200},
+    {"GET", "/actions", nullptr, 200, 200, 200},
+    {"GET", "/stats", nullptr, 200, 200, 200},
+    {"GET", "/users", nullptr, 200, 403, 403},
+    {"GET", "/audit", nullptr, 200, 403, 403},
+    {"POST", "/users", json{{"username", "x"}, {"password", "short"}, {"role", "operator"}},
+     400, 403, 403},
+    {"POST", "/actions", json{{"type", "nope"}, {"incident_id", id},
+                              {"target", {{"kind", "detection"}}}},
+     400, 400, 403},
+    {"POST", "/actions/act-missing/cancel", json::object(), 404, 404, 403},
+    {"POST", "/actions/act-missing/reverse", json::object(), 404, 404, 403},
+  };
+  for (auto& r : rows) {
+    int i = 0;
+    for (client* c : {api.get(), officer.get(), viewer.get()}) {
+      int expected = i == 0 ? r.admin : i == 1 ? r.officer : r.viewer;
+      auto res = c->request(r.method, "/api/v1" + r.path, r.body.is_null() ? nullptr : &r.body);
+      BOOST_TEST(res.status == expected, r.method << " " << r.path << " as role #" << i
+                                                   << ": " << res.raw);
+      ++i;
+    }
+  }
+  // A security officer triggers; an operator cannot.
+  BOOST_TEST(officer->post("/api/v1/actions", iso).status == 202);
+  BOOST_TEST(viewer->post("/api/v1/actions", iso).status == 403);
+  // Users: a deleted user's token stops working; the last administrator stays.
+  BOOST_TEST(api->request("DELETE", "/api/v1/users/oscar").status == 200);
+  BOOST_TEST(viewer->get("/api/v1/devices").status == 401);
+  BOOST_TEST(api->request("DELETE", "/api/v1/users/admin").status == 409);
+  json demote{{"role", "operator"}};
+  BOOST_TEST(api->request("PATCH", "/api/v1/users/admin", &demote).status == 409);
+  json promote{{"role", "administrator"}};
+  BOOST_TEST(api->request("PATCH", "/api/v1/users/olivia", &promote).status == 200);
+  // Her old token ended with the change of role.
+  BOOST_TEST(officer->get("/api/v1/devices").status == 401);
+}
+
+BOOST_AUTO_TEST_CASE(password_reentry_and_lockout) {
+  auto officer = as("petra", "security_officer");
+  auto inc = get("/incidents/" + incident_of("sim-0001")["incident_id"].get<std::string>());
+  auto id = inc["incident"]["incident_id"].get<std::string>();
+  json q{{"type", "quarantine"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
+  auto before = get("/actions")["actions"].size();
+  auto none = officer->post("/api/v1/actions", q);
+  BOOST_TEST(none.status == 401);
+  q["password"] = "not-her-password";
+  BOOST_TEST(officer->post("/api/v1/actions", q).status == 401);
+  q["password"] = "petra-password-123";
+  auto ok = officer->post("/api/v1/actions", q);
+  BOOST_TEST(ok.status == 202);
+  BOOST_TEST(ok.body["action"]["password_confirmed"] == true);
+  // Wrong passwords count toward the lockout (3 here), which then refuses even the
+  // right one, for actions and logins alike.
+  q["password"] = "wrong";
+  for (int i = 0; i < 3; ++i)
+    officer->post("/api/v1/actions", q);
+  q["password"] = "petra-password-123";
+  BOOST_TEST(officer->post("/api/v1/actions", q).status == 429);
+  BOOST_TEST(get("/actions")["actions"].size() == before + 1);
+  // Every attempt is in the audit trail.
+  auto audit = get("/audit?limit=10000")["records"];
+  int confirmations = 0, refused = 0;
+  for (auto& r : audit) {
+    confirmations += r["kind"] == "password_confirmation" && r["actor"] == "petra";
+    refused += r["kind"] == "trigger_refused" && r["actor"] == "petra";
+  }
+  BOOST_TEST(confirmations >= 6);
+  BOOST_TEST(refused >= 5);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
