@@ -64,8 +64,14 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
 template <class Ok, class Fail>
 void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fail) {
   auto go = [self, ok, fail](action_record rec) mutable {
+    auto dev = device_for(self, rec.device_id);
+    auto cmd = to_command(rec);
     auto act = spawn_action(self, std::move(rec));
     self->request(act, caf::infinite, atom::start_v).then(ok, fail);
+    // Queued on the device now, while the directory sees requests one at a time:
+    // commands run in the order they were registered. The command waits in the
+    // queue until the action has stored `sent`.
+    self->send(dev, atom::submit_v, std::move(cmd), act);
   };
   if (rec.type != "release_isolation") {
     go(std::move(rec));

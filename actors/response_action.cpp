@@ -72,11 +72,6 @@ void withdraw(response_action_stateful self, const char* next, std::string reaso
   });
 }
 
-void submit(response_action_stateful self) {
-  self->send(self->state.device, atom::submit_v, to_command(self->state.rec),
-             caf::actor_cast<response_action_actor>(self));
-}
-
 } // namespace
 
 bus::command to_command(const action_record& rec) {
@@ -102,8 +97,9 @@ response_action_actor::behavior_type response_action(response_action_stateful se
   return {
     [self](atom::start) -> caf::result<action_record> {
       auto& st = self->state;
+      // The directory hands the command to the device itself, in registration order.
       if (!st.rec.state.empty())
-        return st.rec; // resumed: the directory re-submits in registration order
+        return st.rec; // resumed from the store
       st.rec.state = state::registered;
       st.rec.created_at = st.rec.updated_at = now_us();
       auto reason = "requested by " + st.rec.requested_by;
@@ -112,15 +108,14 @@ response_action_actor::behavior_type response_action(response_action_stateful se
       transition t{st.rec.action_id, state::registered, st.rec.created_at, reason};
       auto rp = self->make_response_promise<action_record>();
       self->request(st.store, caf::infinite, atom::put_v, st.rec, std::move(t))
-        .then(
-          [self, rp](atom::ok) mutable {
-            rp.deliver(self->state.rec);
-            submit(self);
-          },
-          [self, rp](caf::error& err) mutable {
-            rp.deliver(err);
-            self->quit();
-          });
+        // Answers the record as registered, even if it has moved on meanwhile.
+        .then([rp, registered = st.rec](atom::ok) mutable { rp.deliver(registered); },
+              [self, rp](caf::error& err) mutable {
+                // Never registered: its place in the device's queue goes too.
+                self->send(self->state.device, atom::withdraw_v, self->state.rec.action_id);
+                rp.deliver(err);
+                self->quit();
+              });
       return rp;
     },
     [self](atom::queued) {
