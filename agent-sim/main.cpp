@@ -68,6 +68,12 @@ int main(int argc, char** argv) {
   app.add_option("--generate", generate,
                  "Print K incidents per endpoint as JSON lines and exit (no connection)")
       ->check(CLI::Range(1, 1'000'000));
+  app.add_option("--hold-file", cfg.hold_file,
+                 "Test hook: while PATH exists, hold received commands unacknowledged "
+                 "and unexecuted; run them in order once it is gone");
+  app.add_option("--hold-results-file", cfg.hold_results_file,
+                 "Test hook: while PATH exists, execute commands but send no results; "
+                 "re-send them once it is gone");
   app.add_option("--log-level", log_level, "Log level")
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));

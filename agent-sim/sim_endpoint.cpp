@@ -1,6 +1,7 @@
 #include "agent-sim/sim_endpoint.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <set>
 #include <stdexcept>
@@ -34,6 +35,32 @@ constexpr const char* linux_roles[] = {"web", "db", "app", "build", "mail", "fil
 // Documentation ranges (RFC 5737): they look real and route nowhere.
 constexpr const char* c2_nets[] = {"192.0.2.", "198.51.100.", "203.0.113."};
 
+// Binaries every endpoint of a family has installed, so start_process finds them
+// even though the file table only keeps what incidents touched.
+constexpr const char* linux_system_binaries[] = {
+    "/bin/sh",    "/usr/bin/sh",    "/bin/bash",     "/usr/bin/bash",
+    "/bin/dash",  "/usr/bin/dash",  "/usr/bin/id",   "/usr/bin/whoami",
+    "/bin/uname", "/usr/bin/uname", "/bin/hostname", "/usr/bin/hostname",
+    "/bin/ls",    "/usr/bin/ls",    "/bin/echo",     "/usr/bin/echo",
+    "/bin/pwd",   "/usr/bin/pwd",   "/bin/true",     "/usr/bin/true",
+    "/bin/false", "/usr/bin/false"};
+constexpr const char* windows_system_binaries[] = {
+    R"(C:\Windows\System32\cmd.exe)", R"(C:\Windows\System32\whoami.exe)",
+    R"(C:\Windows\System32\ipconfig.exe)", R"(C:\Windows\System32\HOSTNAME.EXE)",
+    R"(C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe)"};
+// Where the agent itself runs; processes it starts are its children.
+constexpr const char* windows_agent_image = R"(C:\Program Files\Parry\parry-agent.exe)";
+constexpr const char* linux_agent_image = "/opt/parry/bin/parry-agent";
+
+// Bounds on what a command may carry, the server's own limits (rest-api.md).
+constexpr std::size_t max_path_bytes = 4096;
+constexpr std::size_t max_args = 64;
+constexpr std::size_t max_args_bytes = 32 * 1024;
+// Longest piece of a parameter quoted back in an error or log line.
+constexpr std::size_t max_quoted = 512;
+// Nesting of `sh -c` / `cmd /c` that program_output follows.
+constexpr int max_shell_depth = 4;
+
 uint64_t mix(uint64_t z) {
   z += 0x9e3779b97f4a7c15ULL;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -66,6 +93,167 @@ void replace_all(std::string& s, std::string_view what, const std::string& with)
     s.replace(pos, what.size(), with);
     pos += with.size();
   }
+}
+
+std::string lower(std::string s) {
+  for (char& c : s)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+bool has_control(std::string_view s) {
+  return std::any_of(s.begin(), s.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+}
+
+// Length of the valid UTF-8 sequence starting at `s[i]`, 0 when there is none.
+std::size_t utf8_length(std::string_view s, std::size_t i) {
+  auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char b = byte(i);
+  std::size_t n = b < 0x80           ? 1
+                  : (b >> 5) == 0x6  ? 2
+                  : (b >> 4) == 0xe  ? 3
+                  : (b >> 3) == 0x1e ? 4
+                                     : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  for (std::size_t k = 1; k < n; ++k)
+    if ((byte(i + k) & 0xc0) != 0x80) return 0;
+  return n;
+}
+
+// A parameter as it may appear in an error or log line: one line, bounded, valid
+// UTF-8 so the server can store and show it as text; anything else becomes '?'.
+std::string printable(std::string_view s, std::size_t max = max_quoted) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    std::size_t n = utf8_length(s, i);
+    if (out.size() + std::max<std::size_t>(n, 1) > max) return out + "...";
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (n == 0 || c < 0x20 || c == 0x7f) {
+      out += '?';
+      i += 1;
+    } else {
+      out.append(s.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
+// Absolute in the endpoint's own terms: `/...` on Linux; `X:\...` or `\\host\...`
+// on Windows.
+bool absolute_path(const std::string& p, bool windows) {
+  if (!windows) return !p.empty() && p[0] == '/';
+  bool drive = p.size() >= 3 && std::isalpha(static_cast<unsigned char>(p[0])) &&
+               p[1] == ':' && (p[2] == '\\' || p[2] == '/');
+  return drive || p.rfind("\\\\", 0) == 0;
+}
+
+bool has_dot_dot(const std::string& p) {
+  for (std::size_t start = 0; start <= p.size();) {
+    std::size_t end = p.find_first_of("/\\", start);
+    if (end == std::string::npos) end = p.size();
+    if (end - start == 2 && p.compare(start, 2, "..") == 0) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+// Why `p` cannot name a file or directory here; empty when it can.
+std::string path_problem(const std::string& p, bool windows, const std::string& what) {
+  if (p.size() > max_path_bytes) return what + " is longer than 4096 bytes";
+  if (p.find('\0') != std::string::npos) return what + " contains a NUL byte";
+  if (has_control(p)) return what + " contains control characters";
+  if (!absolute_path(p, windows)) return what + " is not absolute: " + printable(p);
+  if (has_dot_dot(p)) return what + " has a '..' component: " + printable(p);
+  return {};
+}
+
+// Windows paths compare without case, as NTFS does by default.
+bool same_path(const std::string& a, const std::string& b, bool windows) {
+  return windows ? lower(a) == lower(b) : a == b;
+}
+
+// Strict decimal: digits only, no sign, no spaces, no overflow.
+bool parse_decimal(const std::string& s, uint64_t max, uint64_t& out) {
+  if (s.empty() || s.size() > 20) return false;
+  uint64_t v = 0;
+  for (char c : s) {
+    if (c < '0' || c > '9') return false;
+    uint64_t d = static_cast<uint64_t>(c - '0');
+    if (d > max || v > (max - d) / 10) return false;
+    v = v * 10 + d;
+  }
+  out = v;
+  return true;
+}
+
+bool parse_time(const std::string& s, int64_t& out) {
+  bool negative = !s.empty() && s[0] == '-';
+  uint64_t v = 0;
+  if (!parse_decimal(negative ? s.substr(1) : s,
+                     static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), v))
+    return false;
+  out = negative ? -static_cast<int64_t>(v) : static_cast<int64_t>(v);
+  return true;
+}
+
+// 64 hex digits in either case, returned lower-case as incidents report them.
+bool parse_sha256(const std::string& s, std::string& out) {
+  if (s.size() != 64 || !std::all_of(s.begin(), s.end(), [](char c) {
+        return std::isxdigit(static_cast<unsigned char>(c)) != 0;
+      }))
+    return false;
+  out = lower(s);
+  return true;
+}
+
+const std::string* param(const bus::command& c, const std::string& key) {
+  auto it = c.params.find(key);
+  return it == c.params.end() ? nullptr : &it->second;
+}
+
+// The canonical spelling of a known system binary, or null.
+const char* system_binary(const std::string& path, bool windows) {
+  if (windows) {
+    std::string want = lower(path);
+    for (const char* b : windows_system_binaries)
+      if (lower(b) == want) return b;
+  } else {
+    for (const char* b : linux_system_binaries)
+      if (path == b) return b;
+  }
+  return nullptr;
+}
+
+// argv as one command line: blanks separate, an element with a blank (or an empty
+// one) is quoted.
+std::string join_argv(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) {
+    if (!out.empty()) out += ' ';
+    bool quote = a.empty() || a.find_first_of(" \t") != std::string::npos;
+    out += quote ? "\"" + a + "\"" : a;
+  }
+  return out;
+}
+
+std::vector<std::string> split_words(const std::string& s) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while ((pos = s.find_first_not_of(" \t", pos)) != std::string::npos) {
+    std::size_t end = s.find_first_of(" \t", pos);
+    if (end == std::string::npos) end = s.size();
+    out.push_back(s.substr(pos, end - pos));
+    pos = end;
+  }
+  return out;
+}
+
+std::string cut(std::string s, std::size_t max) {
+  if (s.size() > max) s.resize(max);
+  return s;
 }
 
 std::string json_string(std::string_view s) {
@@ -130,6 +318,7 @@ sim_endpoint::sim_endpoint(std::size_t index, const endpoint_config& cfg,
     : device_id_(device_id_for(cfg.id_prefix, index)), index_(index), cfg_(cfg),
       scenarios_(&scenarios), content_rng_(sim_rng::derive(cfg.seed, index, 1)),
       timing_rng_(sim_rng::derive(cfg.seed, index, 2)),
+      action_rng_(sim_rng::derive(cfg.seed, index, 3)),
       msg_base_(static_cast<uint64_t>(started_at)) {
   if (scenarios.empty())
     throw std::invalid_argument("sim_endpoint needs at least one scenario");
@@ -192,10 +381,51 @@ uint32_t sim_endpoint::allocate_pid(uint64_t draw) {
 void sim_endpoint::put_file(const bus::file_info& f) {
   auto [it, inserted] = files_.insert_or_assign(f.path, f);
   if (inserted) file_order_.push_back(f.path);
+  removed_system_.erase(f.path);
   while (files_.size() > max_files) {
     files_.erase(file_order_.front());
     file_order_.pop_front();
   }
+}
+
+void sim_endpoint::remove_file(const std::string& path) {
+  if (files_.erase(path) == 0) return;
+  file_order_.erase(std::find(file_order_.begin(), file_order_.end(), path));
+  // A removed system binary stays gone until something puts it back.
+  const char* sys = system_binary(path, os_family_ == "windows");
+  if (sys && path == sys) removed_system_.insert(path);
+}
+
+// The file at `path`; a known system binary not in the table yet is materialised,
+// unless it was removed.
+const bus::file_info* sim_endpoint::find_file(const std::string& path) {
+  auto it = files_.find(path);
+  if (it != files_.end()) return &it->second;
+  const char* sys = system_binary(path, os_family_ == "windows");
+  if (!sys || removed_system_.count(sys)) return nullptr;
+  image_file(sys, {});
+  return &files_.find(sys)->second;
+}
+
+bool sim_endpoint::has_file(const std::string& path) const {
+  if (files_.count(path)) return true;
+  const char* sys = system_binary(path, os_family_ == "windows");
+  return sys && !removed_system_.count(sys);
+}
+
+bool sim_endpoint::has_process(uint32_t pid, int64_t start_time) const {
+  auto it = processes_.find(pid);
+  return it != processes_.end() && it->second.start_time == start_time;
+}
+
+const launch_info* sim_endpoint::launched(uint32_t pid) const {
+  auto it = launched_.find(pid);
+  return it == launched_.end() ? nullptr : &it->second;
+}
+
+void sim_endpoint::remove_process(uint32_t pid) {
+  processes_.erase(pid);
+  launched_.erase(pid);
 }
 
 // System binaries and anything else an incident runs without having written it:
@@ -218,34 +448,42 @@ void sim_endpoint::add_process(const bus::process_info& p) {
   incident_pids_.emplace_back(p.pid, p.start_time);
   while (incident_pids_.size() > max_incident_processes) {
     auto [pid, start] = incident_pids_.front();
-    auto it = processes_.find(pid);
-    if (it != processes_.end() && it->second.start_time == start)
-      processes_.erase(it); // the oldest incident process exits
+    if (has_process(pid, start)) remove_process(pid); // the oldest process exits
     incident_pids_.pop_front();
   }
 }
 
 // A process that was already running when the chain began (explorer, w3wp, ...).
-const bus::process_info& sim_endpoint::running(const std::string& image,
-                                               const std::string& user) {
+// One that was terminated is started again by its service manager shortly before
+// `at`, unless its hash is prevented: then there is none (null).
+const bus::process_info* sim_endpoint::running(const std::string& image,
+                                               const std::string& user, int64_t at) {
   auto found = base_processes_.find(image);
-  if (found != base_processes_.end()) {
+  bool restart = found != base_processes_.end();
+  if (restart) {
     auto it = processes_.find(found->second);
-    if (it != processes_.end()) return it->second;
+    // The pid may have been reused after a terminate: check it is the same image.
+    if (it != processes_.end() && it->second.image == image) return &it->second;
   }
   bus::file_info file = image_file(image, {});
+  if (prevented_.count(file.sha256)) {
+    ++stats_.blocked_starts;
+    return nullptr;
+  }
   // Derived from the image, not drawn, so the generator stays untouched.
   uint64_t draw = mix(std::stoull(file.sha256.substr(0, 15), nullptr, 16) + index_);
   bus::process_info p;
   p.pid = allocate_pid(draw);
-  p.start_time = boot_time_ + static_cast<int64_t>(span(draw, 5, 600)) * second_us;
+  p.start_time = restart
+                     ? at - static_cast<int64_t>(span(draw, 1, 30)) * second_us
+                     : boot_time_ + static_cast<int64_t>(span(draw, 5, 600)) * second_us;
   p.image = image;
   p.sha256 = file.sha256;
   p.cmdline = os_family_ == "windows" ? "\"" + image + "\"" : image;
   p.user = user;
   p.parent_pid = os_family_ == "windows" ? 4 : 1;
   base_processes_[image] = p.pid;
-  return processes_[p.pid] = p;
+  return &(processes_[p.pid] = p);
 }
 
 std::string sim_endpoint::expand(const std::string& templ, const std::string& rand,
@@ -294,12 +532,18 @@ bus::incident_report sim_endpoint::next_incident(int64_t now) {
 
   // The process behind each event; a child event is performed by it.
   std::vector<bus::process_info> acting(sc.events.size());
+  // Events that did not happen: a start refused by prevention and all below it.
+  std::vector<bool> dropped(sc.events.size(), false);
   for (std::size_t i = 0; i < sc.events.size(); ++i) {
     const scenario_event& se = sc.events[i];
     // A fixed number of draws per event keeps later incidents independent of what
     // the tables happened to hold.
     uint64_t d_pid = content_rng_.next(), d_hash = content_rng_.next(),
              d_size = content_rng_.next();
+    if (se.parent_index != no_parent && dropped[se.parent_index]) {
+      dropped[i] = true;
+      continue;
+    }
     bus::activity_event ev;
     ev.id = se.id;
     ev.type = se.type;
@@ -310,8 +554,14 @@ bus::incident_report sim_endpoint::next_incident(int64_t now) {
       std::string image = se.actor.empty()
                               ? (windows ? "C:\\Windows\\explorer.exe" : "/usr/bin/bash")
                               : expand(se.actor, rand, c2);
-      actor = running(image, se.actor_user.empty() ? desktop_user
-                                                   : expand(se.actor_user, rand, c2));
+      const bus::process_info* root = running(
+          image, se.actor_user.empty() ? desktop_user : expand(se.actor_user, rand, c2),
+          ev.time);
+      if (!root) {
+        dropped[i] = true;
+        continue;
+      }
+      actor = *root;
     } else {
       actor = acting[se.parent_index];
     }
@@ -319,6 +569,11 @@ bus::incident_report sim_endpoint::next_incident(int64_t now) {
 
     if (se.type == "process_started") {
       ev.file = image_file(expand(se.path, rand, c2), se.sha256);
+      if (prevented_.count(ev.file.sha256)) {
+        ++stats_.blocked_starts;
+        dropped[i] = true;
+        continue;
+      }
       bus::process_info p;
       p.pid = allocate_pid(d_pid);
       p.start_time = ev.time;
@@ -360,6 +615,20 @@ bus::incident_report sim_endpoint::next_incident(int64_t now) {
     rep.events.push_back(std::move(ev));
   }
 
+  // The detection was about something that never ran: it is now about the file
+  // that was written and stopped from starting, or there is nothing to report.
+  if (dropped[sc.key_index]) {
+    std::string key_path = expand(sc.events[sc.key_index].path, rand, c2);
+    rep.key_event_id.clear();
+    for (const auto& ev : rep.events)
+      if (ev.type == "file_created" && ev.file.path == key_path) rep.key_event_id = ev.id;
+    if (rep.key_event_id.empty()) {
+      rep.events.clear();
+      ++stats_.suppressed_incidents;
+      return rep;
+    }
+  }
+
   // An isolated host makes no connections: drop them and hand their children to the
   // dropped event's own parent.
   if (isolated_) {
@@ -379,6 +648,363 @@ bus::incident_report sim_endpoint::next_incident(int64_t now) {
 }
 
 // -- commands -----------------------------------------------------------------------
+
+namespace {
+
+void fail(bus::action_result& r, std::string why) {
+  r.ok = false;
+  r.error = std::move(why);
+}
+
+// The `path` and `sha256` of a file action, checked; false with `r` failed if not.
+bool file_params(const bus::command& cmd, bool windows, bus::action_result& r,
+                 std::string& path, std::string& sha256) {
+  const std::string* p = param(cmd, "path");
+  const std::string* h = param(cmd, "sha256");
+  if (!p || p->empty()) {
+    fail(r, "missing param path");
+    return false;
+  }
+  if (std::string why = path_problem(*p, windows, "path"); !why.empty()) {
+    fail(r, why);
+    return false;
+  }
+  if (!h || h->empty()) {
+    fail(r, "missing param sha256");
+    return false;
+  }
+  if (!parse_sha256(*h, sha256)) {
+    fail(r, "sha256 must be 64 hex digits, got '" + printable(*h, 80) + "'");
+    return false;
+  }
+  path = *p;
+  return true;
+}
+
+// The hash of prevent_run / allow_run; `path` is informational but checked if given.
+bool hash_params(const bus::command& cmd, bool windows, bus::action_result& r,
+                 std::string& sha256) {
+  const std::string* p = param(cmd, "path");
+  if (p && !p->empty()) {
+    if (std::string why = path_problem(*p, windows, "path"); !why.empty()) {
+      fail(r, why);
+      return false;
+    }
+  }
+  const std::string* h = param(cmd, "sha256");
+  if (!h || h->empty()) {
+    fail(r, "missing param sha256");
+    return false;
+  }
+  if (!parse_sha256(*h, sha256)) {
+    fail(r, "sha256 must be 64 hex digits, got '" + printable(*h, 80) + "'");
+    return false;
+  }
+  return true;
+}
+
+} // namespace
+
+void sim_endpoint::prevent_run(const bus::command& cmd, bus::action_result& r) {
+  std::string hash;
+  if (!hash_params(cmd, os_family_ == "windows", r, hash)) return;
+  r.ok = true;
+  r.effect["sha256"] = hash;
+  if (prevented_.count(hash)) {
+    r.effect["note"] = "already prevented";
+    return;
+  }
+  if (prevented_.size() >= max_prevented) {
+    r.effect.clear();
+    return fail(r,
+                "prevention list is full (" + std::to_string(max_prevented) + " hashes)");
+  }
+  // Running instances keep running, as with an EDR's execution prevention: only new
+  // starts are refused.
+  prevented_.insert(hash);
+}
+
+void sim_endpoint::allow_run(const bus::command& cmd, bus::action_result& r) {
+  std::string hash;
+  if (!hash_params(cmd, os_family_ == "windows", r, hash)) return;
+  r.ok = true;
+  r.effect["sha256"] = hash;
+  if (prevented_.erase(hash) == 0) r.effect["note"] = "not prevented";
+}
+
+void sim_endpoint::quarantine_file(const bus::command& cmd, bus::action_result& r) {
+  std::string path, hash;
+  if (!file_params(cmd, os_family_ == "windows", r, path, hash)) return;
+  const bus::file_info* f = find_file(path);
+  if (!f) return fail(r, "no file at " + printable(path));
+  if (f->sha256 != hash) return fail(r, "file changed since detection");
+  bus::file_info kept = *f;
+  std::string id;
+  do
+    id = "q-" + hex(action_rng_.next(), 16);
+  while (quarantine_.count(id));
+  remove_file(kept.path);
+  quarantine_.emplace(id, kept);
+  quarantine_order_.push_back(id);
+  while (quarantine_.size() > max_quarantine) {
+    quarantine_.erase(quarantine_order_.front());
+    quarantine_order_.pop_front();
+  }
+  r.ok = true;
+  r.effect["quarantine_id"] = id;
+  r.effect["path"] = kept.path;
+}
+
+void sim_endpoint::restore_file(const bus::command& cmd, bus::action_result& r) {
+  bool windows = os_family_ == "windows";
+  const std::string* qid = param(cmd, "quarantine_id");
+  if (!qid || qid->empty()) return fail(r, "missing param quarantine_id");
+  auto entry = quarantine_.find(*qid);
+  if (entry == quarantine_.end())
+    return fail(r, "no quarantine entry " + printable(*qid, 80));
+  const bus::file_info f = entry->second;
+  // The server repeats the quarantined file's path and hash: they must agree.
+  const std::string* p = param(cmd, "path");
+  if (p && !p->empty() && !same_path(*p, f.path, windows))
+    return fail(r, "quarantine entry " + *qid + " is for " + printable(f.path) +
+                       ", not " + printable(*p));
+  const std::string* h = param(cmd, "sha256");
+  std::string hash;
+  if (h && !h->empty()) {
+    if (!parse_sha256(*h, hash))
+      return fail(r, "sha256 must be 64 hex digits, got '" + printable(*h, 80) + "'");
+    if (hash != f.sha256)
+      return fail(r, "quarantine entry " + *qid + " holds a file with another sha256");
+  }
+  const bus::file_info* there = find_file(f.path);
+  if (there && there->sha256 != f.sha256)
+    return fail(r, "a different file now sits at " + printable(f.path));
+  put_file(f);
+  quarantine_.erase(entry);
+  quarantine_order_.erase(
+      std::find(quarantine_order_.begin(), quarantine_order_.end(), *qid));
+  r.ok = true;
+  r.effect["path"] = f.path;
+}
+
+void sim_endpoint::delete_file(const bus::command& cmd, bus::action_result& r) {
+  std::string path, hash;
+  if (!file_params(cmd, os_family_ == "windows", r, path, hash)) return;
+  const bus::file_info* f = find_file(path);
+  if (!f) return fail(r, "no file at " + printable(path));
+  if (f->sha256 != hash) return fail(r, "file changed since detection");
+  std::string gone = f->path;
+  remove_file(gone);
+  r.ok = true;
+  r.effect["path"] = gone;
+}
+
+void sim_endpoint::terminate_process(const bus::command& cmd, bus::action_result& r) {
+  const std::string* pid_text = param(cmd, "pid");
+  const std::string* start_text = param(cmd, "start_time");
+  if (!pid_text || pid_text->empty()) return fail(r, "missing param pid");
+  uint64_t pid = 0;
+  if (!parse_decimal(*pid_text, std::numeric_limits<uint32_t>::max(), pid) || pid == 0)
+    return fail(r, "pid must be a decimal number from 1 to 4294967295, got '" +
+                       printable(*pid_text, 40) + "'");
+  if (!start_text || start_text->empty()) return fail(r, "missing param start_time");
+  int64_t start = 0;
+  if (!parse_time(*start_text, start))
+    return fail(r, "start_time must be a decimal number of microseconds, got '" +
+                       printable(*start_text, 40) + "'");
+  auto it = processes_.find(static_cast<uint32_t>(pid));
+  std::string who = "process " + std::to_string(pid);
+  if (it == processes_.end()) return fail(r, "no " + who);
+  if (it->second.start_time != start)
+    return fail(r, who + " is not the detected one (start time differs)");
+  const std::string* image = param(cmd, "image");
+  if (image && !image->empty() &&
+      !same_path(*image, it->second.image, os_family_ == "windows"))
+    return fail(r, who + " is not the detected one (image differs)");
+  // Like SIGKILL: only this process; its children live on as orphans.
+  remove_process(static_cast<uint32_t>(pid));
+  r.ok = true;
+  r.effect["pid"] = std::to_string(pid);
+}
+
+void sim_endpoint::start_process(const bus::command& cmd, int64_t now,
+                                 bus::action_result& r) {
+  // The server validated these already; an agent checks again before it executes.
+  bool windows = os_family_ == "windows";
+  const std::string* path = param(cmd, "path");
+  if (!path || path->empty()) return fail(r, "missing param path");
+  if (std::string why = path_problem(*path, windows, "path"); !why.empty())
+    return fail(r, why);
+  std::string cwd = windows ? R"(C:\Windows\System32)" : "/";
+  const std::string* wd = param(cmd, "working_directory");
+  if (wd && !wd->empty()) {
+    if (std::string why = path_problem(*wd, windows, "working_directory"); !why.empty())
+      return fail(r, why);
+    cwd = *wd;
+  }
+
+  uint64_t argc = 0;
+  const std::string* argc_text = param(cmd, "argc");
+  if (argc_text && !parse_decimal(*argc_text, max_args, argc))
+    return fail(r, "argc must be a number from 0 to " + std::to_string(max_args) +
+                       ", got '" + printable(*argc_text, 40) + "'");
+  for (const auto& [key, value] : cmd.params) {
+    if (key.rfind("arg.", 0) != 0) continue;
+    uint64_t i = 0;
+    if (!parse_decimal(key.substr(4), max_args, i) || key != "arg." + std::to_string(i) ||
+        i >= argc)
+      return fail(r, "unexpected param " + printable(key, 40) + ": argc is " +
+                         std::to_string(argc));
+  }
+  std::vector<std::string> args;
+  std::size_t arg_bytes = 0;
+  for (uint64_t i = 0; i < argc; ++i) {
+    std::string key = "arg." + std::to_string(i);
+    const std::string* a = param(cmd, key);
+    if (!a) return fail(r, "missing param " + key + ": argc is " + std::to_string(argc));
+    if (a->find('\0') != std::string::npos) return fail(r, key + " contains a NUL byte");
+    arg_bytes += a->size();
+    if (arg_bytes > max_args_bytes) return fail(r, "arguments are longer than 32 KiB");
+    args.push_back(*a);
+  }
+
+  const bus::file_info* exe = find_file(*path);
+  if (!exe) return fail(r, "no executable at " + printable(*path));
+  if (prevented_.count(exe->sha256)) {
+    ++stats_.blocked_starts;
+    return fail(r, "execution prevented by policy");
+  }
+  bus::file_info image = *exe;
+
+  bus::process_info p;
+  std::string user = windows ? R"(NT AUTHORITY\SYSTEM)" : "root";
+  const bus::process_info* agent =
+      running(windows ? windows_agent_image : linux_agent_image, user, now);
+  p.pid = allocate_pid(action_rng_.next());
+  p.start_time = now;
+  p.image = image.path;
+  p.sha256 = image.sha256;
+  p.user = user;
+  p.parent_pid = agent ? agent->pid : (windows ? 4 : 1);
+  launch_info li;
+  li.working_directory = cwd;
+  li.argv.push_back(image.path);
+  li.argv.insert(li.argv.end(), args.begin(), args.end());
+  p.cmdline = join_argv(li.argv);
+  run_output run = program_output(image.path, args, cwd, 0);
+  add_process(p);
+  launched_[p.pid] = std::move(li);
+
+  r.ok = true;
+  r.effect["pid"] = std::to_string(p.pid);
+  r.effect["exit_code"] = std::to_string(run.exit_code);
+  r.effect["stdout"] = cut(std::move(run.out), max_output);
+  r.effect["stderr"] = cut(std::move(run.err), max_output);
+}
+
+// What a few well-known programs print on this endpoint; others print nothing.
+// Started processes run as the agent's user, SYSTEM or root.
+sim_endpoint::run_output
+sim_endpoint::program_output(const std::string& image,
+                             const std::vector<std::string>& args, const std::string& cwd,
+                             int depth) const {
+  bool windows = os_family_ == "windows";
+  std::string name = base_name(image);
+  if (windows) {
+    name = lower(name);
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".exe") == 0)
+      name.resize(name.size() - 4);
+  }
+  const char* nl = windows ? "\r\n" : "\n";
+  run_output run;
+
+  // A shell given a command runs its first word with the rest as arguments.
+  bool unix_shell = !windows && (name == "sh" || name == "bash" || name == "dash") &&
+                    args.size() >= 2 && args[0] == "-c";
+  bool cmd_shell = windows && name == "cmd" && args.size() >= 2 && lower(args[0]) == "/c";
+  if (unix_shell || cmd_shell) {
+    if (depth >= max_shell_depth) return run;
+    std::string line = args[1];
+    for (std::size_t i = 2; cmd_shell && i < args.size(); ++i)
+      line += " " + args[i];
+    std::vector<std::string> words = split_words(line);
+    if (words.empty()) return run;
+    std::vector<std::string> rest(words.begin() + 1, words.end());
+    return program_output(words[0], rest, cwd, depth + 1);
+  }
+
+  std::string kernel = identity_.os.rfind("Ubuntu", 0) == 0 ? "5.15.0-105-generic"
+                       : identity_.os.rfind("Debian", 0) == 0
+                           ? "6.1.0-21-amd64"
+                           : "5.14.0-362.8.1.el9_3.x86_64";
+  if (name == "whoami") {
+    run.out = windows ? std::string("nt authority\\system") + nl : "root\n";
+  } else if (name == "hostname") {
+    run.out = identity_.hostname + nl;
+  } else if (windows && name == "ipconfig") {
+    const std::string& addr = identity_.addresses.front();
+    run.out =
+        "\r\nWindows IP Configuration\r\n\r\n\r\nEthernet adapter Ethernet0:\r\n\r\n"
+        "   Connection-specific DNS Suffix  . : corp.local\r\n"
+        "   IPv4 Address. . . . . . . . . . . : " +
+        addr +
+        "\r\n   Subnet Mask . . . . . . . . . . . : 255.255.0.0\r\n"
+        "   Default Gateway . . . . . . . . . : 10.20.0.254\r\n";
+  } else if (name == "echo") {
+    for (std::size_t i = 0; i < args.size(); ++i)
+      run.out += (i ? " " : "") + args[i];
+    run.out += nl;
+  } else if (windows) {
+    // Everything else on Windows prints nothing here.
+  } else if (name == "id") {
+    run.out = "uid=0(root) gid=0(root) groups=0(root)\n";
+  } else if (name == "uname") {
+    std::string opt = args.empty() ? "-s" : args[0];
+    if (opt == "-a")
+      run.out = "Linux " + identity_.hostname + " " + kernel +
+                " #1 SMP PREEMPT_DYNAMIC x86_64 GNU/Linux\n";
+    else if (opt == "-n")
+      run.out = identity_.hostname + "\n";
+    else if (opt == "-r")
+      run.out = kernel + "\n";
+    else if (opt == "-m")
+      run.out = "x86_64\n";
+    else if (opt == "-s")
+      run.out = "Linux\n";
+    else {
+      run.exit_code = 1;
+      run.err = "uname: invalid option -- '" + opt + "'\n";
+    }
+  } else if (name == "pwd") {
+    run.out = cwd + "\n";
+  } else if (name == "false") {
+    run.exit_code = 1;
+  } else if (name == "ls") {
+    // The entries one level below the directory, from the file table.
+    std::string dir = cwd;
+    for (const auto& a : args)
+      if (!a.empty() && a[0] != '-') dir = a;
+    std::string prefix = dir == "/" ? dir : dir + "/";
+    std::set<std::string> names;
+    auto add = [&](const std::string& path) {
+      if (path.size() <= prefix.size() || path.compare(0, prefix.size(), prefix) != 0)
+        return;
+      names.insert(
+          path.substr(prefix.size(), path.find('/', prefix.size()) - prefix.size()));
+    };
+    for (const auto& [path, f] : files_)
+      add(path);
+    for (const char* b : linux_system_binaries)
+      if (!removed_system_.count(b)) add(b);
+    for (const auto& n : names)
+      run.out += n + "\n";
+    if (names.empty() && dir != "/") {
+      run.exit_code = 2;
+      run.err = "ls: cannot access '" + dir + "': No such file or directory\n";
+    }
+  }
+  return run;
+}
 
 bus::action_result sim_endpoint::execute(const bus::command& cmd, int64_t now) {
   bus::action_result r;
@@ -405,9 +1031,24 @@ bus::action_result sim_endpoint::execute(const bus::command& cmd, int64_t now) {
     } else {
       r.effect["note"] = "not isolated";
     }
+  } else if (cmd.type == "prevent_run") {
+    prevent_run(cmd, r);
+  } else if (cmd.type == "allow_run") {
+    allow_run(cmd, r);
+  } else if (cmd.type == "quarantine") {
+    quarantine_file(cmd, r);
+  } else if (cmd.type == "restore_from_quarantine") {
+    restore_file(cmd, r);
+  } else if (cmd.type == "delete_file") {
+    delete_file(cmd, r);
+  } else if (cmd.type == "terminate_process") {
+    terminate_process(cmd, r);
+  } else if (cmd.type == "start_process") {
+    start_process(cmd, now, r);
   } else {
-    r.error = "unsupported action type: " + cmd.type;
+    r.error = "unsupported action type: " + printable(cmd.type, 64);
   }
+  if (!r.ok) r.effect.clear();
   return r;
 }
 
@@ -429,7 +1070,10 @@ command_outcome sim_endpoint::handle_command(const bus::command& cmd, int64_t no
   out.result = execute(cmd, now);
   out.executed = true;
   ++stats_.commands_executed;
-  spdlog::info("{}: {} {} -> {}", device_id_, cmd.type, cmd.action_id,
+  // One line per execution, in this exact form: tests count them to prove that an
+  // action ran at most once.
+  spdlog::info("executed {} {} on {}: {}", printable(cmd.action_id, 128),
+               printable(cmd.type, 64), device_id_,
                out.result.ok ? "ok" : out.result.error);
   journal_.emplace(cmd.action_id, journal_entry{out.result, false});
   journal_order_.push_back(cmd.action_id);
@@ -441,6 +1085,27 @@ command_outcome sim_endpoint::handle_command(const bus::command& cmd, int64_t no
     journal_order_.pop_front();
   }
   return out;
+}
+
+void sim_endpoint::set_hold(bool commands, bool results) {
+  hold_commands_ = commands;
+  hold_results_ = results;
+}
+
+std::vector<std::string> sim_endpoint::pending_commands() const {
+  std::vector<std::string> ids;
+  for (const auto& c : pending_)
+    ids.push_back(c.action_id);
+  return ids;
+}
+
+void sim_endpoint::answer(const bus::command& cmd, int64_t now,
+                          std::vector<outbound>& out) {
+  bool was_idle = unacked_ == 0;
+  command_outcome oc = handle_command(cmd, now);
+  out.push_back(make(bus::type::action_ack, oc.ack, now));
+  if (!hold_results_) out.push_back(make(bus::type::action_result, oc.result, now));
+  if (was_idle) next_resend_ = now + result_resend_us;
 }
 
 std::vector<std::string> sim_endpoint::unacked_results() const {
@@ -553,8 +1218,9 @@ std::vector<outbound> sim_endpoint::on_message(std::string_view header_frame,
       schedule_next_incident(now, true);
     }
     // A new welcome may mean a new server: hand it every result it has not stored.
-    for (const auto& id : unacked_results())
-      out.push_back(make(bus::type::action_result, journal_.at(id).result, now));
+    if (!hold_results_)
+      for (const auto& id : unacked_results())
+        out.push_back(make(bus::type::action_result, journal_.at(id).result, now));
     next_resend_ = now + result_resend_us;
     return out;
   }
@@ -562,11 +1228,24 @@ std::vector<outbound> sim_endpoint::on_message(std::string_view header_frame,
     auto c = bus::decode<bus::command>(body_frame, limits_, why);
     if (!c) return drop("command: " + why);
     if (!bus::valid_id(c->action_id)) return drop("command with an invalid action id");
-    bool was_idle = unacked_ == 0;
-    command_outcome oc = handle_command(*c, now);
-    out.push_back(make(bus::type::action_ack, oc.ack, now));
-    out.push_back(make(bus::type::action_result, oc.result, now));
-    if (was_idle) next_resend_ = now + result_resend_us;
+    if (!hold_commands_) {
+      answer(*c, now, out);
+      return out;
+    }
+    // Held: the server sees the command as sent, not acknowledged. A re-delivery
+    // joins nothing, so releasing runs each action once.
+    bool known =
+        std::any_of(pending_.begin(), pending_.end(),
+                    [&](const bus::command& p) { return p.action_id == c->action_id; });
+    if (known) {
+      spdlog::debug("{}: command {} is already held", device_id_, c->action_id);
+    } else if (pending_.size() >= max_pending) {
+      spdlog::warn("{}: {} commands held, dropped {}", device_id_, pending_.size(),
+                   c->action_id);
+    } else {
+      pending_.push_back(std::move(*c));
+      ++stats_.held_commands;
+    }
     return out;
   }
   if (h->type == bus::type::result_ack) {
@@ -588,15 +1267,21 @@ std::vector<outbound> sim_endpoint::tick(int64_t now) {
       out.push_back(make_hello(now));
     return out;
   }
+  // Held commands, in the order they came, once the hold is lifted.
+  while (!hold_commands_ && !pending_.empty()) {
+    answer(pending_.front(), now, out);
+    pending_.pop_front();
+  }
   if (now >= next_heartbeat_) {
     out.push_back(make(bus::type::heartbeat, bus::heartbeat{isolated_}, now));
     next_heartbeat_ = now + heartbeat_us_; // no catching up after a stall
   }
   if (incidents_left() && now >= next_incident_) {
-    out.push_back(make(bus::type::incident, next_incident(now), now));
+    bus::incident_report rep = next_incident(now);
+    if (!rep.events.empty()) out.push_back(make(bus::type::incident, rep, now));
     schedule_next_incident(now, false);
   }
-  if (unacked_ > 0 && now >= next_resend_) {
+  if (unacked_ > 0 && !hold_results_ && now >= next_resend_) {
     for (const auto& id : unacked_results())
       out.push_back(make(bus::type::action_result, journal_.at(id).result, now));
     next_resend_ = now + result_resend_us;
@@ -608,9 +1293,10 @@ int64_t sim_endpoint::next_due() const {
   if (!welcomed_)
     return link_up_ ? hello_sent_at_ + hello_retry_us
                     : std::numeric_limits<int64_t>::max();
+  if (!hold_commands_ && !pending_.empty()) return 0;
   int64_t due = next_heartbeat_;
   if (incidents_left()) due = std::min(due, next_incident_);
-  if (unacked_ > 0) due = std::min(due, next_resend_);
+  if (unacked_ > 0 && !hold_results_) due = std::min(due, next_resend_);
   return due;
 }
 

@@ -1,15 +1,16 @@
 #pragma once
 
 // One simulated endpoint, without sockets: identity, process table, file system,
-// isolation state, command journal and protocol timers. The runner feeds it frames,
-// link events and the clock and sends what it returns, so every behaviour here can be
-// tested by calling methods directly.
+// quarantine, prevented hashes, isolation state, command journal and protocol timers. The
+// runner feeds it frames, link events and the clock and sends what it returns, so every
+// behaviour here can be tested by calling methods directly.
 
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <limits>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -80,6 +81,16 @@ struct endpoint_stats {
   uint64_t commands_executed = 0;  ///< Commands run (journal misses).
   uint64_t duplicate_commands = 0; ///< Commands answered from the journal.
   uint64_t welcomes = 0;
+  uint64_t blocked_starts = 0;       ///< Process starts refused: prevented hash.
+  uint64_t suppressed_incidents = 0; ///< Incidents not reported: nothing of them ran.
+  uint64_t held_commands = 0;        ///< Commands put on hold by the test hook.
+};
+
+/// How a process started by `start_process` was launched; the bus process_info has
+/// no room for it.
+struct launch_info {
+  std::string working_directory;
+  std::vector<std::string> argv; ///< argv[0] is the executable's path.
 };
 
 class sim_endpoint {
@@ -94,6 +105,14 @@ public:
   static constexpr std::size_t max_files = 256;
   /// Journal entries kept; beyond this the oldest action is forgotten.
   static constexpr std::size_t max_journal = 4096;
+  /// Quarantine entries kept; beyond this the oldest is purged, as by retention.
+  static constexpr std::size_t max_quarantine = 256;
+  /// Hashes a prevent list holds; prevent_run fails beyond it.
+  static constexpr std::size_t max_prevented = 4096;
+  /// Commands kept while on hold; later ones are dropped (the server re-sends).
+  static constexpr std::size_t max_pending = 4096;
+  /// Bound on each of stdout and stderr in a start_process result.
+  static constexpr std::size_t max_output = 4096;
 
   /// Endpoint number `index` of a run. `scenarios` must outlive the endpoint and
   /// hold at least one scenario; `started_at` is the wall clock at start.
@@ -112,21 +131,49 @@ public:
   bool isolated() const { return isolated_; }
   /// Running processes by pid.
   const std::map<uint32_t, bus::process_info>& processes() const { return processes_; }
-  /// Files by path.
+  /// Files by path. Known system binaries are not listed until something uses them.
   const std::map<std::string, bus::file_info>& files() const { return files_; }
+  /// True when a file is at `path`, a known system binary included unless removed.
+  bool has_file(const std::string& path) const;
+  /// True when the process `pid` started at `start_time` is running.
+  bool has_process(uint32_t pid, int64_t start_time) const;
+  /// Hashes that may not start here (desired state set by prevent_run).
+  const std::set<std::string>& prevented() const { return prevented_; }
+  /// Quarantined files by quarantine id (`q-<hex>`).
+  const std::map<std::string, bus::file_info>& quarantine() const { return quarantine_; }
+  /// How process `pid` was launched by start_process; null for any other process.
+  const launch_info* launched(uint32_t pid) const;
   /// Counters.
   const endpoint_stats& stats() const { return stats_; }
 
   /// Instantiates the next scenario: picks it, fills in pids, hashes, sizes and
   /// names from the seeded generator, records processes and files, and stamps
   /// times ending at `now`. While isolated the chain has no network_connection
-  /// events. Consumes the generator identically either way, so a seed gives the same
-  /// sequence of incidents whatever happens to the endpoint.
+  /// events. A process whose image hash is prevented does not start: it and every
+  /// event below it are left out (each counts as a blocked start); if that removes
+  /// the key event, the key moves to the event that wrote its file, and without one
+  /// the report has no events and must not be sent. Consumes the generator
+  /// identically either way, so a seed gives the same sequence of scenarios whatever
+  /// happens to the endpoint.
   bus::incident_report next_incident(int64_t now);
 
   /// Executes `cmd` at most once per action id: a repeated id gets the stored
-  /// result back without a second effect.
+  /// result back without a second effect. Logs `executed <id> <type> on <device>:
+  /// ok|<error>` once per execution. Never throws on bad parameters: they fail.
   command_outcome handle_command(const bus::command& cmd, int64_t now);
+
+  /// Test hooks. While `commands` is set, commands received are kept in order, one
+  /// per action id, neither acknowledged nor executed nor journaled; once it is
+  /// cleared the next `tick` handles them as if they had just arrived. While
+  /// `results` is set, commands are acknowledged and executed but no result is sent
+  /// (first or re-sent); once cleared, the usual re-sending delivers them.
+  void set_hold(bool commands, bool results);
+  /// Whether commands are held (see `set_hold`).
+  bool holding_commands() const { return hold_commands_; }
+  /// Whether results are held (see `set_hold`).
+  bool holding_results() const { return hold_results_; }
+  /// Action ids of held commands, in arrival order.
+  std::vector<std::string> pending_commands() const;
 
   /// Action ids whose result has not been acknowledged by the server.
   std::vector<std::string> unacked_results() const;
@@ -153,11 +200,12 @@ public:
   /// Counts a message the runner could not even split into two frames.
   void count_bad_frame() { ++stats_.bad_frames; }
 
-  /// Whatever the timers ask for at `now`: hello retry, heartbeat, incident, result
-  /// re-sends.
+  /// Whatever the timers ask for at `now`: hello retry, released held commands,
+  /// heartbeat, incident, result re-sends.
   std::vector<outbound> tick(int64_t now);
 
-  /// When `tick` next has something to do; max int64 when nothing is scheduled.
+  /// When `tick` next has something to do (0 when it has now); max int64 when
+  /// nothing is scheduled.
   int64_t next_due() const;
 
   /// True while the connection to the server is up.
@@ -179,16 +227,37 @@ private:
   outbound make_hello(int64_t now);
   void schedule_next_incident(int64_t now, bool first);
   bool incidents_left() const;
+  void answer(const bus::command& cmd, int64_t now, std::vector<outbound>& out);
   bus::action_result execute(const bus::command& cmd, int64_t now);
 
-  // Incident instantiation helpers (see sim_endpoint.cpp).
+  // One function per action type; each fills `r` (see sim_endpoint.cpp).
+  void prevent_run(const bus::command& cmd, bus::action_result& r);
+  void allow_run(const bus::command& cmd, bus::action_result& r);
+  void quarantine_file(const bus::command& cmd, bus::action_result& r);
+  void restore_file(const bus::command& cmd, bus::action_result& r);
+  void delete_file(const bus::command& cmd, bus::action_result& r);
+  void terminate_process(const bus::command& cmd, bus::action_result& r);
+  void start_process(const bus::command& cmd, int64_t now, bus::action_result& r);
+  struct run_output {
+    int exit_code = 0;
+    std::string out, err;
+  };
+  run_output program_output(const std::string& image,
+                            const std::vector<std::string>& args, const std::string& cwd,
+                            int depth) const;
+
+  // Incident instantiation and table helpers (see sim_endpoint.cpp).
   std::string expand(const std::string& templ, const std::string& rand,
                      const std::string& c2) const;
   uint32_t allocate_pid(uint64_t draw);
   bus::file_info image_file(const std::string& path, const std::string& sha256);
   void put_file(const bus::file_info& f);
-  const bus::process_info& running(const std::string& image, const std::string& user);
+  void remove_file(const std::string& path);
+  const bus::file_info* find_file(const std::string& path);
+  const bus::process_info* running(const std::string& image, const std::string& user,
+                                   int64_t at);
   void add_process(const bus::process_info& p);
+  void remove_process(uint32_t pid);
 
   std::string device_id_;
   std::size_t index_;
@@ -210,13 +279,22 @@ private:
   std::deque<std::pair<uint32_t, int64_t>>
       incident_pids_; ///< (pid, start), oldest first.
   std::map<std::string, bus::file_info> files_;
-  std::deque<std::string> file_order_; ///< Oldest first.
+  std::deque<std::string> file_order_;   ///< Oldest first.
+  std::set<std::string> removed_system_; ///< System binaries deleted or quarantined.
+  std::map<uint32_t, launch_info> launched_;
   uint32_t next_pid_ = 0;
+  sim_rng action_rng_; ///< Pids and ids made by actions, apart from incidents.
 
   bool isolated_ = false;
+  std::set<std::string> prevented_;
+  std::map<std::string, bus::file_info> quarantine_;
+  std::deque<std::string> quarantine_order_; ///< Oldest first.
   std::unordered_map<std::string, journal_entry> journal_;
   std::deque<std::string> journal_order_;
   std::size_t unacked_ = 0; ///< Journal entries whose result_ack has not come.
+  bool hold_commands_ = false;
+  bool hold_results_ = false;
+  std::deque<bus::command> pending_; ///< Held commands, oldest first.
 
   bus::decode_limits limits_;
   uint64_t msg_base_;

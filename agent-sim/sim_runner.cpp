@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
@@ -24,6 +25,13 @@ constexpr std::size_t fds_per_endpoint = 4;
 constexpr int64_t summary_interval_us = 30'000'000;
 // Messages taken from one socket per round, so a chatty peer cannot starve others.
 constexpr int max_reads_per_round = 64;
+// How often the hold files are looked at: a stat each, cheap enough.
+constexpr int64_t hold_check_us = 100'000;
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return !path.empty() && ::stat(path.c_str(), &st) == 0;
+}
 
 void raise_fd_limit(std::size_t endpoints) {
   rlimit rl{};
@@ -53,6 +61,9 @@ void add(endpoint_stats& to, const endpoint_stats& s) {
   to.commands_executed += s.commands_executed;
   to.duplicate_commands += s.duplicate_commands;
   to.welcomes += s.welcomes;
+  to.blocked_starts += s.blocked_starts;
+  to.suppressed_incidents += s.suppressed_incidents;
+  to.held_commands += s.held_commands;
 }
 
 } // namespace
@@ -68,8 +79,12 @@ struct sim_runner::impl {
   std::vector<zmq::pollitem_t> items; // dealer i at 2i, its monitor at 2i+1
   uint64_t send_failures = 0;
   bool started = false;
+  bool hold_commands = false;
+  bool hold_results = false;
+  int64_t next_hold_check = 0;
 
   void send(std::size_t i, const std::vector<outbound>& msgs);
+  void check_hold(int64_t now);
   void read_messages(std::size_t i, int64_t now);
   void read_monitor(std::size_t i, int64_t now);
 };
@@ -92,6 +107,24 @@ void sim_runner::impl::send(std::size_t i, const std::vector<outbound>& msgs) {
       spdlog::warn("{}: send failed: {}", endpoints[i].device_id(), e.what());
     }
   }
+}
+
+void sim_runner::impl::check_hold(int64_t now) {
+  if (now < next_hold_check) return;
+  next_hold_check = now + hold_check_us;
+  bool commands = file_exists(cfg.hold_file);
+  bool results = file_exists(cfg.hold_results_file);
+  if (commands == hold_commands && results == hold_results) return;
+  if (commands != hold_commands)
+    spdlog::info("{} commands ({})", commands ? "holding" : "releasing held",
+                 cfg.hold_file);
+  if (results != hold_results)
+    spdlog::info("{} results ({})", results ? "holding" : "releasing held",
+                 cfg.hold_results_file);
+  hold_commands = commands;
+  hold_results = results;
+  for (auto& ep : endpoints)
+    ep.set_hold(commands, results);
 }
 
 void sim_runner::impl::read_messages(std::size_t i, int64_t now) {
@@ -167,6 +200,8 @@ void sim_runner::start() {
   m.dealers.reserve(n);
   m.monitors.reserve(n);
   int64_t now = now_us();
+  // Before any socket: a command must not slip through ahead of the first look.
+  m.check_hold(now);
   try {
     for (std::size_t i = 0; i < n; ++i) {
       const std::string& id = m.endpoints[i].device_id();
@@ -232,6 +267,7 @@ void sim_runner::poll_once(long max_wait_ms) {
     throw;
   }
   now = now_us();
+  m.check_hold(now);
   for (std::size_t i = 0; i < m.endpoints.size(); ++i)
     if (m.endpoints[i].next_due() <= now) m.send(i, m.endpoints[i].tick(now));
 }
@@ -242,11 +278,12 @@ void sim_runner::run(const std::atomic<bool>& stop) {
   auto summary = [this] {
     runner_stats s = stats();
     spdlog::info("{} endpoints: {} connected, {} welcomed; {} incidents, {} commands "
-                 "({} repeated), {} messages out, {} dropped in, {} send failures",
+                 "({} repeated), {} blocked starts, {} messages out, {} dropped in, "
+                 "{} send failures",
                  size(), s.linked, s.welcomed, s.totals.incidents,
                  s.totals.commands_executed, s.totals.duplicate_commands,
-                 s.totals.messages_out, s.totals.bad_frames + s.totals.unknown_frames,
-                 s.send_failures);
+                 s.totals.blocked_starts, s.totals.messages_out,
+                 s.totals.bad_frames + s.totals.unknown_frames, s.send_failures);
   };
   while (!stop.load()) {
     poll_once(100);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "agent-sim/scenario.hpp"
@@ -21,6 +22,12 @@ struct runner_config {
   std::size_t endpoints = 1;  ///< How many endpoints to simulate.
   endpoint_config endpoint;   ///< Shared by all of them; `endpoint.server` is dialled.
   bool raise_fd_limit = true; ///< Raise RLIMIT_NOFILE to its hard limit at start.
+  /// Test hook: while this file exists, every endpoint holds the commands it receives
+  /// (sim_endpoint::set_hold). Empty means no hook.
+  std::string hold_file;
+  /// Test hook: while this file exists, every endpoint executes commands but holds
+  /// their results. Empty means no hook.
+  std::string hold_results_file;
 };
 
 /// Totals over all endpoints.
@@ -45,7 +52,8 @@ public:
   void start();
 
   /// Waits at most `max_wait_ms` for a message, a link event or a timer, then
-  /// handles everything that is ready.
+  /// handles everything that is ready. Looks at the hold files when 100 ms have
+  /// passed since it last did.
   void poll_once(long max_wait_ms);
 
   /// Polls until `stop` is true, checking it at least every 100 ms, and logs a

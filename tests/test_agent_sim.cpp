@@ -3,12 +3,18 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iterator>
+#include <map>
 #include <set>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
+#include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -292,9 +298,10 @@ BOOST_AUTO_TEST_CASE(journal_executes_each_action_at_most_once) {
 BOOST_AUTO_TEST_CASE(unsupported_and_expired_commands_fail_with_a_reason) {
   auto all = shipped_scenarios();
   sim_endpoint ep(0, test_config(), all, t0);
-  auto q = ep.handle_command(make_command("b-1", "quarantine"), t0);
+  auto q = ep.handle_command(make_command("b-1", "format_disk"), t0);
   BOOST_TEST(!q.result.ok);
-  BOOST_TEST(q.result.error == "unsupported action type: quarantine");
+  BOOST_TEST(q.result.error == "unsupported action type: format_disk");
+  BOOST_TEST(q.result.effect.empty());
 
   auto late = ep.handle_command(make_command("b-2", "isolate", t0 - 1), t0);
   BOOST_TEST(!late.result.ok);
@@ -582,4 +589,916 @@ BOOST_AUTO_TEST_CASE(runner_talks_to_a_router) {
   BOOST_TEST(s.welcomed == 2u);
   BOOST_TEST(s.linked == 2u);
   BOOST_TEST(s.totals.incidents == 4u);
+}
+
+// -- response actions -----------------------------------------------------------------
+
+namespace {
+
+// SHA-256 of the empty string: any fixed hash will do.
+const std::string dropper_hash =
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+// nginx writes a payload with a fixed hash and starts it; the payload beacons and
+// persists, and nginx also runs `id` on its own.
+std::string dropper_toml(const std::string& name, const std::string& path,
+                         bool fixed_hash) {
+  return R"(
+[scenario]
+name = ")" +
+         name + R"("
+os = "linux"
+[detection]
+name = "HEUR:Trojan.Linux.Test"
+severity = "high"
+engine = "test"
+[[event]]
+id = "drop"
+type = "file_created"
+actor = "/usr/sbin/nginx"
+actor_user = "www-data"
+path = ")" +
+         path + "\"\n" +
+         (fixed_hash ? "sha256 = \"" + dropper_hash + "\"\n" : std::string()) + R"(
+[[event]]
+id = "run"
+type = "process_started"
+parent = "drop"
+key = true
+image = ")" +
+         path + R"("
+cmdline = ")" +
+         path + R"( -d"
+[[event]]
+id = "beacon"
+type = "network_connection"
+parent = "run"
+remote = "{c2}:443"
+[[event]]
+id = "persist"
+type = "file_modified"
+parent = "run"
+path = "/etc/crontab"
+[[event]]
+id = "recon"
+type = "process_started"
+parent = "drop"
+image = "/usr/bin/id"
+cmdline = "id"
+)";
+}
+
+std::vector<scenario> dropper_scenarios(bool fixed_hash = true) {
+  return {parse_scenario(dropper_toml(fixed_hash ? "dropper" : "fresh-dropper",
+                                      "/var/tmp/.cache/payload", fixed_hash),
+                         "dropper.toml")};
+}
+
+bus::command make_action(const std::string& id, const std::string& type,
+                         std::map<std::string, std::string> params) {
+  bus::command c = make_command(id, type);
+  c.params = std::move(params);
+  return c;
+}
+
+// start_process parameters the way the server splits them.
+std::map<std::string, std::string> start_params(const std::string& path,
+                                                const std::vector<std::string>& args,
+                                                const std::string& cwd = "") {
+  std::map<std::string, std::string> p{
+      {"path", path}, {"working_directory", cwd}, {"argc", std::to_string(args.size())}};
+  for (std::size_t i = 0; i < args.size(); ++i)
+    p["arg." + std::to_string(i)] = args[i];
+  return p;
+}
+
+const bus::activity_event* find_event(const bus::incident_report& r,
+                                      const std::string& id) {
+  for (const auto& e : r.events)
+    if (e.id == id) return &e;
+  return nullptr;
+}
+
+std::vector<std::string> event_ids(const bus::incident_report& r) {
+  std::vector<std::string> ids;
+  for (const auto& e : r.events)
+    ids.push_back(e.id);
+  return ids;
+}
+
+std::size_t first_windows_index(const std::vector<scenario>& all) {
+  for (std::size_t i = 0; i < 64; ++i)
+    if (sim_endpoint(i, test_config(), all, t0).os_family() == "windows") return i;
+  BOOST_FAIL("no Windows endpoint among the first 64");
+  return 0;
+}
+
+// Runs one action with a fresh id and returns its result.
+struct actor_helper {
+  sim_endpoint& ep;
+  int n = 0;
+  bus::action_result operator()(const std::string& type,
+                                std::map<std::string, std::string> params,
+                                int64_t now = t0) {
+    return ep.handle_command(make_action("x-" + std::to_string(++n), type, params), now)
+        .result;
+  }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(prevent_run_blocks_starts_in_chains_and_allow_run_lifts_it) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  auto full = ep.next_incident(t0);
+  BOOST_TEST((event_ids(full) ==
+              std::vector<std::string>{"drop", "run", "beacon", "persist", "recon"}));
+  BOOST_TEST(find_event(full, "run")->process.sha256 == dropper_hash);
+
+  // An upper-case hash is the same hash.
+  std::string upper = dropper_hash;
+  std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
+  auto r = act("prevent_run", {{"path", "/var/tmp/.cache/payload"}, {"sha256", upper}});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("sha256") == dropper_hash);
+  BOOST_TEST(ep.prevented().count(dropper_hash) == 1u);
+  // Prevention stops new starts; the instance already running is left alone.
+  BOOST_TEST(ep.has_process(find_event(full, "run")->process.pid,
+                            find_event(full, "run")->process.start_time));
+
+  auto blocked = ep.next_incident(t0 + 60'000'000);
+  check_chain(blocked);
+  // The chain stops at the written file, which now holds the detection; the sibling
+  // started by nginx itself still happens.
+  BOOST_TEST((event_ids(blocked) == std::vector<std::string>{"drop", "recon"}));
+  BOOST_TEST(blocked.key_event_id == "drop");
+  BOOST_TEST(ep.stats().blocked_starts == 1u);
+  std::size_t with_hash = 0;
+  for (const auto& [pid, p] : ep.processes())
+    with_hash += p.sha256 == dropper_hash && p.start_time > t0;
+  BOOST_TEST(with_hash == 0u);
+
+  auto again =
+      act("prevent_run", {{"path", "/var/tmp/.cache/payload"}, {"sha256", dropper_hash}});
+  BOOST_TEST(again.ok);
+  BOOST_TEST(again.effect.at("note") == "already prevented");
+
+  auto allowed =
+      act("allow_run", {{"path", "/var/tmp/.cache/payload"}, {"sha256", dropper_hash}});
+  BOOST_TEST_REQUIRE(allowed.ok, allowed.error);
+  BOOST_TEST(allowed.effect.at("sha256") == dropper_hash);
+  BOOST_TEST(ep.prevented().empty());
+  auto after = ep.next_incident(t0 + 120'000'000);
+  BOOST_TEST(after.key_event_id == "run");
+  BOOST_TEST(after.events.size() == 5u);
+  BOOST_TEST(ep.stats().blocked_starts == 1u);
+
+  auto noop =
+      act("allow_run", {{"path", "/var/tmp/.cache/payload"}, {"sha256", dropper_hash}});
+  BOOST_TEST(noop.ok);
+  BOOST_TEST(noop.effect.at("note") == "not prevented");
+}
+
+BOOST_AUTO_TEST_CASE(prevent_run_rejects_bad_hashes_and_paths) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  auto r = act("prevent_run", {{"path", "/tmp/x"}});
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error == "missing param sha256");
+  r = act("prevent_run", {{"path", "/tmp/x"}, {"sha256", "xyz"}});
+  BOOST_TEST(r.error == "sha256 must be 64 hex digits, got 'xyz'");
+  r = act("prevent_run", {{"path", "/tmp/x"}, {"sha256", std::string(64, 'g')}});
+  BOOST_TEST(!r.ok);
+  r = act("allow_run", {{"path", "tmp/x"}, {"sha256", dropper_hash}});
+  BOOST_TEST(r.error == "path is not absolute: tmp/x");
+  BOOST_TEST(ep.prevented().empty());
+  BOOST_TEST(r.effect.empty());
+}
+
+BOOST_AUTO_TEST_CASE(prevented_actor_that_was_terminated_cannot_come_back) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  const bus::process_info nginx = find_event(ep.next_incident(t0), "drop")->process;
+  BOOST_TEST(nginx.image == "/usr/sbin/nginx");
+  BOOST_TEST_REQUIRE(act("prevent_run", {{"sha256", nginx.sha256}}).ok);
+  BOOST_TEST_REQUIRE(
+      act("terminate_process", {{"pid", std::to_string(nginx.pid)},
+                                {"start_time", std::to_string(nginx.start_time)},
+                                {"image", nginx.image}})
+          .ok);
+  // Nothing of the chain can happen: there is nothing to report.
+  auto r = ep.next_incident(t0 + 60'000'000);
+  BOOST_TEST(r.events.empty());
+  BOOST_TEST(ep.stats().suppressed_incidents == 1u);
+  BOOST_TEST(ep.stats().blocked_starts == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(suppressed_incidents_are_not_sent) {
+  auto scenarios = dropper_scenarios();
+  endpoint_config cfg = test_config();
+  cfg.incident_interval_us = 1'000'000;
+  sim_endpoint ep(0, cfg, scenarios, t0);
+  actor_helper act{ep};
+  ep.start(t0);
+  ep.on_link_up(t0);
+  bus::welcome w;
+  w.heartbeat_interval_ms = 3'600'000;
+  ep.on_message(header_frame("welcome", ep.device_id()), bus::encode(w), t0);
+  int64_t now = t0;
+  std::size_t sent = 0;
+  auto run_until_incident = [&] {
+    uint64_t before = ep.stats().incidents;
+    while (ep.stats().incidents == before) {
+      now = std::max(now, ep.next_due());
+      for (const auto& o : ep.tick(now))
+        sent += o.head.type == "incident";
+    }
+  };
+  run_until_incident();
+  BOOST_TEST(sent == 1u);
+  auto nginx = std::find_if(ep.processes().begin(), ep.processes().end(), [](auto& kv) {
+                 return kv.second.image == "/usr/sbin/nginx";
+               })->second;
+  BOOST_TEST_REQUIRE(act("prevent_run", {{"sha256", nginx.sha256}}).ok);
+  BOOST_TEST_REQUIRE(
+      act("terminate_process", {{"pid", std::to_string(nginx.pid)},
+                                {"start_time", std::to_string(nginx.start_time)}})
+          .ok);
+  run_until_incident();
+  BOOST_TEST(sent == 1u);
+  BOOST_TEST(ep.stats().suppressed_incidents == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(quarantine_and_restore_round_trip) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  ep.next_incident(t0);
+  const std::string path = "/var/tmp/.cache/payload";
+  BOOST_TEST_REQUIRE(ep.has_file(path));
+  const bus::file_info original = ep.files().at(path);
+
+  auto q = act("quarantine", {{"path", path}, {"sha256", dropper_hash}});
+  BOOST_TEST_REQUIRE(q.ok, q.error);
+  const std::string id = q.effect.at("quarantine_id");
+  BOOST_TEST(id.size() == 18u);
+  BOOST_TEST(id.rfind("q-", 0) == 0u);
+  BOOST_TEST(id.find_first_not_of("0123456789abcdef", 2) == std::string::npos);
+  BOOST_TEST(q.effect.at("path") == path);
+  BOOST_TEST(!ep.has_file(path));
+  BOOST_TEST_REQUIRE(ep.quarantine().count(id) == 1u);
+  BOOST_TEST(ep.quarantine().at(id).sha256 == dropper_hash);
+
+  // Gone means gone: a second quarantine finds nothing.
+  auto twice = act("quarantine", {{"path", path}, {"sha256", dropper_hash}});
+  BOOST_TEST(!twice.ok);
+  BOOST_TEST(twice.error == "no file at " + path);
+
+  auto unknown = act("restore_from_quarantine", {{"quarantine_id", "q-0000000000000000"},
+                                                 {"path", path},
+                                                 {"sha256", dropper_hash}});
+  BOOST_TEST(!unknown.ok);
+  BOOST_TEST(unknown.error == "no quarantine entry q-0000000000000000");
+  auto other_path =
+      act("restore_from_quarantine",
+          {{"quarantine_id", id}, {"path", "/tmp/else"}, {"sha256", dropper_hash}});
+  BOOST_TEST(!other_path.ok);
+  BOOST_TEST(other_path.error.find("is for " + path) != std::string::npos,
+             other_path.error);
+  BOOST_TEST(!ep.has_file(path));
+
+  auto back = act("restore_from_quarantine",
+                  {{"quarantine_id", id}, {"path", path}, {"sha256", dropper_hash}});
+  BOOST_TEST_REQUIRE(back.ok, back.error);
+  BOOST_TEST(back.effect.at("path") == path);
+  BOOST_TEST(ep.quarantine().empty());
+  BOOST_TEST_REQUIRE(ep.has_file(path));
+  BOOST_TEST(ep.files().at(path).sha256 == original.sha256);
+  BOOST_TEST(ep.files().at(path).size == original.size);
+
+  // The entry is used up.
+  auto replay = act("restore_from_quarantine",
+                    {{"quarantine_id", id}, {"path", path}, {"sha256", dropper_hash}});
+  BOOST_TEST(!replay.ok);
+}
+
+BOOST_AUTO_TEST_CASE(file_actions_check_the_file_before_acting) {
+  auto scenarios = dropper_scenarios(false);
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  const std::string path = "/var/tmp/.cache/payload";
+  auto first = ep.next_incident(t0);
+  const std::string h1 = find_event(first, "drop")->file.sha256;
+  const std::string wrong(64, '0');
+
+  auto changed = act("quarantine", {{"path", path}, {"sha256", wrong}});
+  BOOST_TEST(!changed.ok);
+  BOOST_TEST(changed.error == "file changed since detection");
+  BOOST_TEST(changed.effect.empty());
+  BOOST_TEST(ep.has_file(path));
+  BOOST_TEST(ep.quarantine().empty());
+  auto del_changed = act("delete_file", {{"path", path}, {"sha256", wrong}});
+  BOOST_TEST(del_changed.error == "file changed since detection");
+  BOOST_TEST(ep.has_file(path));
+  auto missing = act("delete_file", {{"path", "/nope"}, {"sha256", h1}});
+  BOOST_TEST(missing.error == "no file at /nope");
+
+  auto q = act("quarantine", {{"path", path}, {"sha256", h1}});
+  BOOST_TEST_REQUIRE(q.ok, q.error);
+  // The next incident writes a new payload with another hash at the same path: the
+  // quarantined one cannot go back over it.
+  auto second = ep.next_incident(t0 + 60'000'000);
+  const std::string h2 = find_event(second, "drop")->file.sha256;
+  BOOST_TEST_REQUIRE(h2 != h1);
+  auto conflict = act(
+      "restore_from_quarantine",
+      {{"quarantine_id", q.effect.at("quarantine_id")}, {"path", path}, {"sha256", h1}});
+  BOOST_TEST(!conflict.ok);
+  BOOST_TEST(conflict.error == "a different file now sits at " + path);
+  BOOST_TEST(ep.files().at(path).sha256 == h2);
+  BOOST_TEST(ep.quarantine().size() == 1u);
+
+  auto del = act("delete_file", {{"path", path}, {"sha256", h2}});
+  BOOST_TEST_REQUIRE(del.ok, del.error);
+  BOOST_TEST(del.effect.at("path") == path);
+  BOOST_TEST(!ep.has_file(path));
+  BOOST_TEST(ep.files().count(path) == 0u);
+  // With the path free, the quarantined file can go back.
+  BOOST_TEST(
+      act("restore_from_quarantine", {{"quarantine_id", q.effect.at("quarantine_id")},
+                                      {"path", path},
+                                      {"sha256", h1}})
+          .ok);
+  BOOST_TEST(ep.files().at(path).sha256 == h1);
+}
+
+BOOST_AUTO_TEST_CASE(terminate_process_checks_identity_and_the_process_stays_gone) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  auto first = ep.next_incident(t0);
+  const bus::process_info payload = find_event(first, "run")->process;
+  const bus::process_info nginx = find_event(first, "drop")->process;
+  auto pid = std::to_string(payload.pid);
+  auto start = std::to_string(payload.start_time);
+
+  auto r = act("terminate_process", {{"pid", pid}, {"start_time", "12345"}});
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error ==
+             "process " + pid + " is not the detected one (start time differs)");
+  r = act("terminate_process",
+          {{"pid", pid}, {"start_time", start}, {"image", "/usr/bin/other"}});
+  BOOST_TEST(r.error == "process " + pid + " is not the detected one (image differs)");
+  BOOST_TEST(ep.has_process(payload.pid, payload.start_time));
+
+  r = act("terminate_process",
+          {{"pid", pid}, {"start_time", start}, {"image", payload.image}});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("pid") == pid);
+  BOOST_TEST(!ep.has_process(payload.pid, payload.start_time));
+  r = act("terminate_process", {{"pid", pid}, {"start_time", start}});
+  BOOST_TEST(r.error == "no process " + pid);
+
+  // Killing the long-running actor: later chains are performed by a new instance,
+  // and nothing more comes from the old one.
+  r = act("terminate_process", {{"pid", std::to_string(nginx.pid)},
+                                {"start_time", std::to_string(nginx.start_time)}});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(!ep.has_process(nginx.pid, nginx.start_time));
+  for (int k = 1; k <= 5; ++k) {
+    int64_t now = t0 + k * 60'000'000;
+    auto next = ep.next_incident(now);
+    BOOST_TEST_REQUIRE(!next.events.empty());
+    for (const auto& e : next.events) {
+      bool old_nginx =
+          e.process.pid == nginx.pid && e.process.start_time == nginx.start_time;
+      bool old_payload =
+          e.process.pid == payload.pid && e.process.start_time == payload.start_time;
+      BOOST_TEST(!old_nginx, e.id);
+      BOOST_TEST(!old_payload, e.id);
+    }
+    const auto& actor = find_event(next, "drop")->process;
+    BOOST_TEST(actor.image == "/usr/sbin/nginx");
+    BOOST_TEST(actor.start_time > nginx.start_time);
+    BOOST_TEST(actor.start_time < now);
+    BOOST_TEST(ep.has_process(actor.pid, actor.start_time));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(terminate_process_rejects_hostile_params) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  ep.next_incident(t0);
+  std::size_t before = ep.processes().size();
+  auto r = act("terminate_process", {});
+  BOOST_TEST(r.error == "missing param pid");
+  r = act("terminate_process", {{"pid", "42"}});
+  BOOST_TEST(r.error == "missing param start_time");
+  for (const char* bad :
+       {"abc", "-1", "0", "4294967296", "12 ", "0x10", "99999999999999999999999"}) {
+    r = act("terminate_process", {{"pid", bad}, {"start_time", "1"}});
+    BOOST_TEST(!r.ok, bad);
+    BOOST_TEST(r.error.rfind("pid must be a decimal number", 0) == 0u, r.error);
+  }
+  r = act("terminate_process", {{"pid", "42"}, {"start_time", "soon"}});
+  BOOST_TEST(r.error ==
+             "start_time must be a decimal number of microseconds, got 'soon'");
+  r = act("terminate_process", {{"pid", "4"}, {"start_time", "1"}});
+  BOOST_TEST(r.error == "no process 4");
+  BOOST_TEST(ep.processes().size() == before);
+}
+
+BOOST_AUTO_TEST_CASE(start_process_runs_a_process_that_appears_in_the_table) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  BOOST_TEST_REQUIRE(ep.os_family() == "linux");
+  const int64_t now = t0 + 5'000'000;
+
+  auto r = act("start_process", start_params("/usr/bin/id", {}, "/tmp"), now);
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("exit_code") == "0");
+  BOOST_TEST(r.effect.at("stdout") == "uid=0(root) gid=0(root) groups=0(root)\n");
+  BOOST_TEST(r.effect.at("stderr") == "");
+  uint32_t pid = static_cast<uint32_t>(std::stoul(r.effect.at("pid")));
+  BOOST_TEST_REQUIRE(ep.processes().count(pid) == 1u);
+  const auto& p = ep.processes().at(pid);
+  BOOST_TEST(p.image == "/usr/bin/id");
+  BOOST_TEST(p.start_time == now);
+  BOOST_TEST(p.user == "root");
+  BOOST_TEST(is_hex64(p.sha256));
+  BOOST_TEST(p.cmdline == "/usr/bin/id");
+  BOOST_TEST(ep.has_process(pid, now));
+  const launch_info* li = ep.launched(pid);
+  BOOST_TEST_REQUIRE(li != nullptr);
+  BOOST_TEST(li->working_directory == "/tmp");
+  BOOST_TEST((li->argv == std::vector<std::string>{"/usr/bin/id"}));
+  // The parent is the agent itself.
+  BOOST_TEST_REQUIRE(ep.processes().count(p.parent_pid) == 1u);
+  BOOST_TEST(ep.processes().at(p.parent_pid).image == "/opt/parry/bin/parry-agent");
+
+  r = act("start_process", start_params("/bin/echo", {"hello world", "-x"}), now);
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("stdout") == "hello world -x\n");
+  pid = static_cast<uint32_t>(std::stoul(r.effect.at("pid")));
+  BOOST_TEST(ep.processes().at(pid).cmdline == "/bin/echo \"hello world\" -x");
+  BOOST_TEST((ep.launched(pid)->argv ==
+              std::vector<std::string>{"/bin/echo", "hello world", "-x"}));
+  BOOST_TEST(ep.launched(pid)->working_directory == "/"); // empty means the default
+
+  r = act("start_process", start_params("/bin/sh", {"-c", "uname -a"}));
+  BOOST_TEST(r.effect.at("stdout").find(" " + ep.identity().hostname + " ") !=
+             std::string::npos);
+  r = act("start_process", start_params("/usr/bin/hostname", {}));
+  BOOST_TEST(r.effect.at("stdout") == ep.identity().hostname + "\n");
+  r = act("start_process", start_params("/bin/false", {}));
+  BOOST_TEST(r.ok);
+  BOOST_TEST(r.effect.at("exit_code") == "1");
+  r = act("start_process", start_params("/bin/ls", {"/nowhere"}));
+  BOOST_TEST(r.effect.at("exit_code") == "2");
+  BOOST_TEST(r.effect.at("stderr") ==
+             "ls: cannot access '/nowhere': No such file or directory\n");
+
+  // Output is bounded.
+  r = act("start_process", start_params("/bin/echo", {std::string(10'000, 'y')}));
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("stdout").size() == sim_endpoint::max_output);
+
+  // A file an incident wrote can be started too; it prints nothing.
+  ep.next_incident(now);
+  r = act("start_process", start_params("/var/tmp/.cache/payload", {"--version"}));
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("stdout") == "");
+  pid = static_cast<uint32_t>(std::stoul(r.effect.at("pid")));
+  BOOST_TEST(ep.processes().at(pid).sha256 == dropper_hash);
+}
+
+BOOST_AUTO_TEST_CASE(start_process_on_windows) {
+  auto all = shipped_scenarios();
+  sim_endpoint ep(first_windows_index(all), test_config(), all, t0);
+  actor_helper act{ep};
+  auto r = act("start_process", start_params(R"(c:\windows\system32\WHOAMI.EXE)", {},
+                                             R"(C:\Users\Public)"));
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(r.effect.at("stdout") == "nt authority\\system\r\n");
+  uint32_t pid = static_cast<uint32_t>(std::stoul(r.effect.at("pid")));
+  BOOST_TEST(ep.processes().at(pid).image == R"(C:\Windows\System32\whoami.exe)");
+  BOOST_TEST(ep.processes().at(pid).user == R"(NT AUTHORITY\SYSTEM)");
+  BOOST_TEST(pid % 4 == 0u);
+  BOOST_TEST(ep.launched(pid)->working_directory == R"(C:\Users\Public)");
+
+  r = act("start_process",
+          start_params(R"(C:\Windows\System32\cmd.exe)", {"/c", "hostname"}));
+  BOOST_TEST(r.effect.at("stdout") == ep.identity().hostname + "\r\n");
+  r = act("start_process", start_params(R"(C:\Windows\System32\ipconfig.exe)", {}));
+  BOOST_TEST(r.effect.at("stdout").find(ep.identity().addresses.front()) !=
+             std::string::npos);
+  r = act("start_process", start_params("/usr/bin/id", {}));
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error == "path is not absolute: /usr/bin/id");
+}
+
+BOOST_AUTO_TEST_CASE(start_process_refuses_prevented_and_missing_executables) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  auto r = act("start_process", start_params("/usr/bin/id", {}));
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  const std::string hash =
+      ep.processes().at(static_cast<uint32_t>(std::stoul(r.effect.at("pid")))).sha256;
+  std::size_t before = ep.processes().size();
+
+  BOOST_TEST_REQUIRE(act("prevent_run", {{"path", "/usr/bin/id"}, {"sha256", hash}}).ok);
+  r = act("start_process", start_params("/usr/bin/id", {}));
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error == "execution prevented by policy");
+  BOOST_TEST(r.effect.empty());
+  BOOST_TEST(ep.processes().size() == before);
+  BOOST_TEST(ep.stats().blocked_starts == 1u);
+
+  BOOST_TEST_REQUIRE(act("allow_run", {{"path", "/usr/bin/id"}, {"sha256", hash}}).ok);
+  r = act("start_process", start_params("/usr/bin/id", {}));
+  BOOST_TEST(r.ok, r.error);
+  BOOST_TEST(ep.processes().size() == before + 1);
+
+  r = act("start_process", start_params("/opt/nothing/here", {}));
+  BOOST_TEST(r.error == "no executable at /opt/nothing/here");
+
+  // A quarantined system binary cannot start until it is restored.
+  auto q = act("quarantine", {{"path", "/usr/bin/id"}, {"sha256", hash}});
+  BOOST_TEST_REQUIRE(q.ok, q.error);
+  BOOST_TEST(!ep.has_file("/usr/bin/id"));
+  r = act("start_process", start_params("/usr/bin/id", {}));
+  BOOST_TEST(r.error == "no executable at /usr/bin/id");
+  BOOST_TEST(
+      act("restore_from_quarantine", {{"quarantine_id", q.effect.at("quarantine_id")},
+                                      {"path", "/usr/bin/id"},
+                                      {"sha256", hash}})
+          .ok);
+  BOOST_TEST(act("start_process", start_params("/usr/bin/id", {})).ok);
+}
+
+BOOST_AUTO_TEST_CASE(start_process_rejects_hostile_params) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  std::size_t before = ep.processes().size();
+  auto error_for = [&](std::map<std::string, std::string> params) {
+    auto r = act("start_process", std::move(params));
+    BOOST_TEST(!r.ok);
+    BOOST_TEST(r.effect.empty());
+    BOOST_TEST(r.error.find('\n') == std::string::npos);
+    return r.error;
+  };
+  BOOST_TEST(error_for({}) == "missing param path");
+  BOOST_TEST(error_for(start_params("bin/id", {})) == "path is not absolute: bin/id");
+  BOOST_TEST(error_for(start_params(std::string("/usr/bin/id\0x", 13), {})) ==
+             "path contains a NUL byte");
+  BOOST_TEST(error_for(start_params("/usr/bin/id\n", {})) ==
+             "path contains control characters");
+  BOOST_TEST(error_for(start_params("/usr/../usr/bin/id", {})) ==
+             "path has a '..' component: /usr/../usr/bin/id");
+  BOOST_TEST(error_for(start_params("/" + std::string(5000, 'a'), {})) ==
+             "path is longer than 4096 bytes");
+  BOOST_TEST(error_for(start_params("/usr/bin/id", {}, "tmp")) ==
+             "working_directory is not absolute: tmp");
+
+  auto p = start_params("/bin/echo", {"a", "b"});
+  p["argc"] = "3";
+  BOOST_TEST(error_for(p) == "missing param arg.2: argc is 3");
+  p["argc"] = "1";
+  BOOST_TEST(error_for(p) == "unexpected param arg.1: argc is 1");
+  p["argc"] = "two";
+  BOOST_TEST(error_for(p) == "argc must be a number from 0 to 64, got 'two'");
+  p["argc"] = "65";
+  BOOST_TEST(error_for(p).rfind("argc must be a number", 0) == 0u);
+  p.erase("argc");
+  BOOST_TEST(error_for(p) == "unexpected param arg.0: argc is 0");
+  p = start_params("/bin/echo", {"a"});
+  p["arg.01"] = "b";
+  BOOST_TEST(error_for(p) == "unexpected param arg.01: argc is 1");
+  p = start_params("/bin/echo", {std::string("a\0b", 3)});
+  BOOST_TEST(error_for(p) == "arg.0 contains a NUL byte");
+  p = start_params("/bin/echo", {std::string(20'000, 'a'), std::string(20'000, 'b')});
+  BOOST_TEST(error_for(p) == "arguments are longer than 32 KiB");
+  BOOST_TEST(ep.processes().size() == before);
+  BOOST_TEST(ep.stats().blocked_starts == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(process_table_stays_bounded_under_start_process) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  auto first = act("start_process", start_params("/bin/true", {}));
+  BOOST_TEST_REQUIRE(first.ok);
+  uint32_t first_pid = static_cast<uint32_t>(std::stoul(first.effect.at("pid")));
+  for (int i = 0; i < 300; ++i)
+    BOOST_TEST_REQUIRE(act("start_process", start_params("/bin/true", {})).ok);
+  // The incident bound plus the agent itself.
+  BOOST_TEST(ep.processes().size() <= sim_endpoint::max_incident_processes + 1);
+  BOOST_TEST(ep.launched(first_pid) == nullptr);
+}
+
+BOOST_AUTO_TEST_CASE(hostile_commands_fail_cleanly) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  actor_helper act{ep};
+  ep.next_incident(t0);
+  // Every action type that needs an object fails with a reason when given none, or
+  // garbage.
+  std::map<std::string, std::string> junk{
+      {"path", std::string(60'000, '\x01')},       {"sha256", std::string(60'000, 'f')},
+      {"pid", std::string(60'000, '9')},           {"start_time", "\xff\xfe"},
+      {"quarantine_id", std::string(60'000, 'q')}, {"argc", "-1"}};
+  for (const char* type :
+       {"prevent_run", "allow_run", "quarantine", "restore_from_quarantine",
+        "delete_file", "terminate_process", "start_process"}) {
+    for (const auto& params : {std::map<std::string, std::string>{}, junk}) {
+      auto r = act(type, params);
+      BOOST_TEST(!r.ok, type);
+      BOOST_TEST(!r.error.empty(), type);
+      BOOST_TEST(r.error.size() < 700u, type << ": " << r.error.size());
+      BOOST_TEST(r.error.find('\n') == std::string::npos, type);
+      BOOST_TEST(r.effect.empty(), type);
+    }
+  }
+  auto weird = act(std::string(70'000, 'z') + "\nexecuted fake", {});
+  BOOST_TEST(weird.error.size() < 120u);
+  BOOST_TEST(weird.error.find('\n') == std::string::npos);
+  // Quoted values stay valid UTF-8: broken sequences become '?', whole ones stay.
+  auto bad_utf8 = act("terminate_process", {{"pid", "\xff\xc3"
+                                                    "x7\xc3\xa9"}});
+  BOOST_TEST(bad_utf8.error ==
+             "pid must be a decimal number from 1 to 4294967295, got '??x7\xc3\xa9'");
+  BOOST_TEST(ep.prevented().empty());
+  BOOST_TEST(ep.quarantine().empty());
+  BOOST_TEST(ep.has_file("/var/tmp/.cache/payload"));
+}
+
+BOOST_AUTO_TEST_CASE(journal_runs_new_action_types_at_most_once) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  auto first = ep.next_incident(t0);
+  const auto payload = find_event(first, "run")->process;
+  const std::string path = "/var/tmp/.cache/payload";
+  std::vector<bus::command> cmds = {
+      make_action("j-1", "start_process", start_params("/usr/bin/id", {})),
+      make_action("j-2", "terminate_process",
+                  {{"pid", std::to_string(payload.pid)},
+                   {"start_time", std::to_string(payload.start_time)}}),
+      make_action("j-3", "quarantine", {{"path", path}, {"sha256", dropper_hash}}),
+      make_action("j-4", "prevent_run", {{"path", path}, {"sha256", dropper_hash}}),
+  };
+  std::vector<command_outcome> firsts;
+  for (const auto& c : cmds) {
+    firsts.push_back(ep.handle_command(c, t0));
+    BOOST_TEST(firsts.back().executed);
+    BOOST_TEST(firsts.back().result.ok, c.type << ": " << firsts.back().result.error);
+  }
+  std::size_t processes = ep.processes().size();
+  for (std::size_t i = 0; i < cmds.size(); ++i) {
+    auto again = ep.handle_command(cmds[i], t0 + 1'000'000);
+    BOOST_TEST(!again.executed);
+    BOOST_TEST(again.result.ok == firsts[i].result.ok);
+    BOOST_TEST((again.result.effect == firsts[i].result.effect));
+  }
+  BOOST_TEST(ep.processes().size() == processes); // no second start
+  BOOST_TEST(ep.quarantine().size() == 1u);       // no second quarantine
+  BOOST_TEST(ep.stats().commands_executed == 4u);
+  BOOST_TEST(ep.stats().duplicate_commands == 4u);
+
+  // The reverse is its own action and runs once too.
+  auto restore =
+      make_action("j-5", "restore_from_quarantine",
+                  {{"quarantine_id", firsts[2].result.effect.at("quarantine_id")},
+                   {"path", path},
+                   {"sha256", dropper_hash}});
+  BOOST_TEST(ep.handle_command(restore, t0).result.ok);
+  auto restore_again = ep.handle_command(restore, t0);
+  BOOST_TEST(!restore_again.executed);
+  BOOST_TEST(restore_again.result.ok);
+  BOOST_TEST(ep.has_file(path));
+}
+
+BOOST_AUTO_TEST_CASE(each_execution_logs_one_stable_line) {
+  auto scenarios = dropper_scenarios();
+  sim_endpoint ep(0, test_config(), scenarios, t0);
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  sink->set_pattern("%v");
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  spdlog::set_level(spdlog::level::info);
+  ep.handle_command(make_command("log-1", "isolate"), t0);
+  ep.handle_command(make_command("log-1", "isolate"), t0); // answered from the journal
+  ep.handle_command(make_action("log-2", "delete_file", {{"path", "/x"}}), t0);
+  ep.handle_command(make_command("log-3", "bad\ntype"), t0);
+  spdlog::set_default_logger(previous);
+  spdlog::set_level(spdlog::level::warn);
+  BOOST_TEST(log.str() == "executed log-1 isolate on sim-0000: ok\n"
+                          "executed log-2 delete_file on sim-0000: missing param sha256\n"
+                          "executed log-3 bad?type on sim-0000: unsupported action type: "
+                          "bad?type\n");
+}
+
+// -- test hooks ---------------------------------------------------------------------
+
+namespace {
+
+sim_endpoint welcomed_endpoint(const std::vector<scenario>& scenarios, int64_t now) {
+  endpoint_config cfg = test_config();
+  cfg.max_incidents = 0;
+  cfg.incident_interval_us = 3'600'000'000; // keep incidents out of the way
+  sim_endpoint ep(0, cfg, scenarios, now);
+  ep.start(now);
+  ep.on_link_up(now);
+  bus::welcome w;
+  w.heartbeat_interval_ms = 3'600'000;
+  ep.on_message(header_frame("welcome", ep.device_id()), bus::encode(w), now);
+  return ep;
+}
+
+// (type, action id) of each ack and result in `out`.
+std::vector<std::string> answers(const std::vector<outbound>& out) {
+  std::vector<std::string> a;
+  for (const auto& o : out) {
+    if (o.head.type == "action_ack")
+      a.push_back("ack " + body_of<bus::action_ack>(o).action_id);
+    if (o.head.type == "action_result")
+      a.push_back("result " + body_of<bus::action_result>(o).action_id);
+  }
+  return a;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(held_commands_wait_and_then_run_once_in_order) {
+  auto scenarios = dropper_scenarios();
+  int64_t now = t0;
+  sim_endpoint ep = welcomed_endpoint(scenarios, now);
+  const std::string id = ep.device_id();
+  auto deliver = [&](const bus::command& c) {
+    return ep.on_message(header_frame("command", id), bus::encode(c), now);
+  };
+  ep.set_hold(true, false);
+  BOOST_TEST(ep.holding_commands());
+  BOOST_TEST(deliver(make_command("h-1", "isolate")).empty());
+  BOOST_TEST(deliver(make_command("h-2", "release_isolation")).empty());
+  BOOST_TEST(deliver(make_command("h-1", "isolate")).empty()); // re-delivered
+  BOOST_TEST((ep.pending_commands() == std::vector<std::string>{"h-1", "h-2"}));
+  BOOST_TEST(ep.stats().held_commands == 2u);
+  BOOST_TEST(ep.stats().commands_executed == 0u);
+  BOOST_TEST(ep.unacked_results().empty()); // nothing journaled
+  BOOST_TEST(!ep.isolated());
+  BOOST_TEST(ep.next_due() > now);
+  now += 1000;
+  BOOST_TEST(answers(ep.tick(now)).empty());
+
+  ep.set_hold(false, false);
+  BOOST_TEST(ep.next_due() <= now);
+  auto out = answers(ep.tick(now));
+  BOOST_TEST((
+      out == std::vector<std::string>{"ack h-1", "result h-1", "ack h-2", "result h-2"}));
+  BOOST_TEST(!ep.isolated()); // isolate, then release: in order
+  BOOST_TEST(ep.stats().commands_executed == 2u);
+  BOOST_TEST(ep.pending_commands().empty());
+  // A late duplicate is answered from the journal.
+  BOOST_TEST((answers(deliver(make_command("h-1", "isolate"))) ==
+              std::vector<std::string>{"ack h-1", "result h-1"}));
+  BOOST_TEST(ep.stats().commands_executed == 2u);
+  BOOST_TEST(!ep.isolated());
+}
+
+BOOST_AUTO_TEST_CASE(held_commands_wait_for_a_welcome) {
+  auto scenarios = dropper_scenarios();
+  int64_t now = t0;
+  sim_endpoint ep = welcomed_endpoint(scenarios, now);
+  ep.set_hold(true, false);
+  ep.on_message(header_frame("command", ep.device_id()),
+                bus::encode(make_command("w-1", "isolate")), now);
+  ep.on_link_down();
+  ep.set_hold(false, false);
+  BOOST_TEST(answers(ep.tick(now + 10)).empty());
+  BOOST_TEST(ep.pending_commands().size() == 1u);
+  ep.on_link_up(now);
+  bus::welcome w;
+  ep.on_message(header_frame("welcome", ep.device_id()), bus::encode(w), now);
+  BOOST_TEST(
+      (answers(ep.tick(now + 20)) == std::vector<std::string>{"ack w-1", "result w-1"}));
+  BOOST_TEST(ep.isolated());
+}
+
+BOOST_AUTO_TEST_CASE(held_results_are_executed_but_sent_only_after_release) {
+  auto scenarios = dropper_scenarios();
+  int64_t now = t0;
+  sim_endpoint ep = welcomed_endpoint(scenarios, now);
+  const std::string id = ep.device_id();
+  ep.set_hold(false, true);
+  auto out = ep.on_message(header_frame("command", id),
+                           bus::encode(make_command("r-1", "isolate")), now);
+  BOOST_TEST((answers(out) == std::vector<std::string>{"ack r-1"}));
+  BOOST_TEST(ep.isolated());
+  BOOST_TEST((ep.unacked_results() == std::vector<std::string>{"r-1"}));
+  // No re-sends while held, not even after a new welcome.
+  for (int k = 1; k <= 5; ++k)
+    BOOST_TEST(answers(ep.tick(now + k * sim_endpoint::result_resend_us)).empty());
+  bus::welcome w;
+  w.heartbeat_interval_ms = 3'600'000;
+  BOOST_TEST(
+      answers(ep.on_message(header_frame("welcome", id), bus::encode(w), now)).empty());
+  BOOST_TEST(ep.next_due() > now + 5 * sim_endpoint::result_resend_us);
+
+  ep.set_hold(false, false);
+  now += 6 * sim_endpoint::result_resend_us;
+  BOOST_TEST(ep.next_due() <= now);
+  BOOST_TEST((answers(ep.tick(now)) == std::vector<std::string>{"result r-1"}));
+  BOOST_TEST(ep.stats().commands_executed == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(runner_maps_hold_files_to_endpoints) {
+  namespace fs = std::filesystem;
+  fs::path dir =
+      fs::temp_directory_path() / ("parry-agent-sim-test-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  fs::path hold = dir / "hold", hold_results = dir / "hold-results";
+  std::ofstream(hold).put('\n');
+
+  zmq::context_t ctx;
+  zmq::socket_t router(ctx, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.bind("tcp://127.0.0.1:*");
+  runner_config cfg;
+  cfg.endpoints = 1;
+  cfg.endpoint = test_config();
+  cfg.endpoint.server = router.get(zmq::sockopt::last_endpoint);
+  cfg.endpoint.max_incidents = 1;
+  cfg.raise_fd_limit = false;
+  cfg.hold_file = hold.string();
+  cfg.hold_results_file = hold_results.string();
+  sim_runner runner(cfg, shipped_scenarios());
+  runner.start();
+
+  std::vector<std::string> seen; // "type action_id" of acks and results
+  bool hello = false;
+  auto pump = [&](auto done) {
+    for (int i = 0; i < 1000 && !done(); ++i) {
+      runner.poll_once(5);
+      std::vector<zmq::message_t> parts;
+      while (zmq::recv_multipart(router, std::back_inserter(parts),
+                                 zmq::recv_flags::dontwait)) {
+        std::string why;
+        auto h = bus::decode_header(parts[1].to_string_view(), bus::decode_limits{}, why);
+        BOOST_TEST_REQUIRE(h.has_value(), why);
+        hello |= h->type == "hello";
+        std::string body = parts[2].to_string();
+        if (h->type == "action_ack")
+          seen.push_back("ack " + bus::decode<bus::action_ack>(body, {}, why)->action_id);
+        if (h->type == "action_result")
+          seen.push_back("result " +
+                         bus::decode<bus::action_result>(body, {}, why)->action_id);
+        parts.clear();
+      }
+    }
+    return done();
+  };
+  auto send = [&](const std::string& type, const std::string& body) {
+    std::string head = header_frame(type, "sim-0000");
+    router.send(zmq::buffer(std::string("sim-0000")), zmq::send_flags::sndmore);
+    router.send(zmq::buffer(head), zmq::send_flags::sndmore);
+    router.send(zmq::buffer(body), zmq::send_flags::none);
+  };
+  auto count = [&](const std::string& what) {
+    return std::count(seen.begin(), seen.end(), what);
+  };
+
+  BOOST_TEST_REQUIRE(pump([&] { return hello; }));
+  BOOST_TEST(runner.endpoint(0).holding_commands());
+  bus::welcome w;
+  w.heartbeat_interval_ms = 1000;
+  send("welcome", bus::encode(w));
+  send("command", bus::encode(make_command("f-1", "isolate")));
+  send("command", bus::encode(make_command("f-1", "isolate")));
+  BOOST_TEST_REQUIRE(
+      pump([&] { return runner.endpoint(0).pending_commands().size() == 1; }));
+  BOOST_TEST(seen.empty());
+  BOOST_TEST(!runner.endpoint(0).isolated());
+
+  // Results held from now on; commands released.
+  std::ofstream(hold_results).put('\n');
+  fs::remove(hold);
+  BOOST_TEST_REQUIRE(pump([&] { return count("ack f-1") == 1; }));
+  BOOST_TEST(runner.endpoint(0).isolated());
+  BOOST_TEST(runner.endpoint(0).holding_results());
+  BOOST_TEST(count("result f-1") == 0);
+  BOOST_TEST(runner.stats().totals.commands_executed == 1u);
+
+  fs::remove(hold_results);
+  BOOST_TEST_REQUIRE(pump([&] { return count("result f-1") >= 1; }));
+  BOOST_TEST(count("ack f-1") == 1);
+  BOOST_TEST(runner.stats().totals.commands_executed == 1u);
+  fs::remove_all(dir);
 }
