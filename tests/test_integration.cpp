@@ -52,7 +52,9 @@ struct system_fixture {
   std::unique_ptr<child_process> agents;
   std::string bus_endpoint;
   std::string base_url;
+  std::string token;
   std::unique_ptr<client> api;
+  int starts = 0;
 
   system_fixture() {
     dir = std::filesystem::temp_directory_path()
@@ -66,34 +68,51 @@ struct system_fixture {
           << "pbkdf2_iterations = 20000\n"
           << "max_login_failures = 3\n";
     }
-    auto bin = env_or_fail("PARRY_BIN_DIR");
-    server = std::make_unique<child_process>(
-      std::vector<std::string>{bin + "/parryd", "--config", (dir / "parryd.toml").string(),
-                               "--data-dir", (dir / "data").string(), "--http-port", "0",
-                               "--bus", "tcp://127.0.0.1:*"},
-      std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
-      (dir / "parryd.log").string());
-    auto rest = server->wait_for_line("REST ", 30s);
-    auto bus = server->wait_for_line("bus ", 5s);
-    BOOST_REQUIRE_MESSAGE(rest && bus, "parryd did not start; see " << server->log_file());
-    base_url = rest->substr(rest->find("https://"));
-    base_url = base_url.substr(0, base_url.find("/api/v1"));
-    bus_endpoint = bus->substr(bus->find("tcp://"));
-    agents = std::make_unique<child_process>(
-      std::vector<std::string>{bin + "/parry-agent", "--sim", "5", "--seed", "7",
-                               "--server", bus_endpoint, "--incident-interval-ms", "300",
-                               "--incidents", "3", "--scenarios",
-                               env_or_fail("PARRY_SCENARIOS_DIR")},
-      std::map<std::string, std::string>{}, (dir / "agent.log").string());
-    api = std::make_unique<client>(base_url,
-                                   tls_options{(dir / "data/tls/cert.pem").string(), false});
+    start_server("tcp://127.0.0.1:*");
+    agents = start_agents("sim", 5, {}, "agent.log");
     auto r = api->post("/api/v1/login", json{{"username", "admin"}, {"password", admin_password}});
     BOOST_REQUIRE_EQUAL(r.status, 200);
     auto tok = api->request("POST", "/api/v1/tokens", nullptr,
                             {{"X-CSRF-Token", r.body["csrf_token"].get<std::string>()}});
     BOOST_REQUIRE_EQUAL(tok.status, 201);
     api->clear_cookies();
-    api->set_bearer(tok.body["token"].get<std::string>());
+    token = tok.body["token"].get<std::string>();
+    api->set_bearer(token);
+  }
+
+  /// Starts parryd on `bus` (its data directory survives restarts) and points `api`
+  /// at it, keeping the bearer token if there is one.
+  void start_server(const std::string& bus) {
+    server = std::make_unique<child_process>(
+      std::vector<std::string>{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--config",
+                               (dir / "parryd.toml").string(), "--data-dir",
+                               (dir / "data").string(), "--http-port", "0", "--bus", bus},
+      std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
+      (dir / ("parryd-" + std::to_string(++starts) + ".log")).string());
+    auto rest = server->wait_for_line("REST ", 30s);
+    auto bus_line = server->wait_for_line("bus ", 5s);
+    BOOST_REQUIRE_MESSAGE(rest && bus_line, "parryd did not start; see " << server->log_file());
+    base_url = rest->substr(rest->find("https://"));
+    base_url = base_url.substr(0, base_url.find("/api/v1"));
+    bus_endpoint = bus_line->substr(bus_line->find("tcp://"));
+    api = std::make_unique<client>(base_url,
+                                   tls_options{(dir / "data/tls/cert.pem").string(), false});
+    if (!token.empty())
+      api->set_bearer(token);
+  }
+
+  /// `count` simulated endpoints named `prefix-0000`, ... with extra options.
+  std::unique_ptr<child_process> start_agents(const std::string& prefix, int count,
+                                              std::vector<std::string> extra,
+                                              const std::string& log) {
+    std::vector<std::string> argv{env_or_fail("PARRY_BIN_DIR") + "/parry-agent",
+                                  "--sim", std::to_string(count), "--seed", "7",
+                                  "--id-prefix", prefix, "--server", bus_endpoint,
+                                  "--incident-interval-ms", "300", "--incidents", "3",
+                                  "--scenarios", env_or_fail("PARRY_SCENARIOS_DIR")};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return std::make_unique<child_process>(argv, std::map<std::string, std::string>{},
+                                           (dir / log).string());
   }
 
   ~system_fixture() {
@@ -126,16 +145,25 @@ struct system_fixture {
     return found;
   }
 
-  /// Triggers `type` on the detection of `incident_id` and follows it to its end.
-  json act(const std::string& type, const std::string& incident_id) {
-    auto r = api->post("/api/v1/actions",
-                       json{{"type", type},
-                            {"incident_id", incident_id},
-                            {"target", {{"kind", "detection"}}},
-                            {"comment", "integration test"}});
+  /// Registers `type` on the detection of `incident_id` (or on `event_id`).
+  std::string trigger(const std::string& type, const std::string& incident_id,
+                      const std::string& event_id = "", json params = json::object()) {
+    json target{{"kind", "detection"}};
+    if (!event_id.empty())
+      target = json{{"kind", "event"}, {"event_id", event_id}};
+    auto r = api->post("/api/v1/actions", json{{"type", type},
+                                               {"incident_id", incident_id},
+                                               {"target", target},
+                                               {"params", params},
+                                               {"password", admin_password},
+                                               {"comment", "integration test"}});
     BOOST_REQUIRE_MESSAGE(r.status == 202, r.raw);
-    auto id = r.body["action"]["action_id"].get<std::string>();
     BOOST_TEST(r.body["action"]["state"] == "registered");
+    return r.body["action"]["action_id"].get<std::string>();
+  }
+
+  /// Waits until action `id` is in a final state and returns it.
+  json until_final(const std::string& id) {
     json action;
     BOOST_REQUIRE_MESSAGE(eventually([&] {
                             action = get("/actions/" + id)["action"];
@@ -143,6 +171,25 @@ struct system_fixture {
                           }),
                           "action " << id << " did not end: " << action.dump());
     return action;
+  }
+
+  /// Triggers and follows to the end.
+  json act(const std::string& type, const std::string& incident_id,
+           const std::string& event_id = "", json params = json::object()) {
+    return until_final(trigger(type, incident_id, event_id, std::move(params)));
+  }
+
+  /// Reverses action `id` and follows the reverse to its end.
+  json reverse(const std::string& id) {
+    auto r = api->post("/api/v1/actions/" + id + "/reverse",
+                       json{{"password", admin_password}, {"comment", "undo"}});
+    BOOST_REQUIRE_MESSAGE(r.status == 202, r.raw);
+    return until_final(r.body["action"]["action_id"].get<std::string>());
+  }
+
+  /// Waits until action `id` reaches `state`.
+  bool reaches(const std::string& id, const std::string& state) {
+    return eventually([&] { return get("/actions/" + id)["action"]["state"] == state; });
   }
 
   /// A client logged in (bearer token) as a new user with `role`.
@@ -377,6 +424,138 @@ BOOST_AUTO_TEST_CASE(password_reentry_and_lockout) {
   }
   BOOST_TEST(confirmations >= 6);
   BOOST_TEST(refused >= 5);
+}
+
+BOOST_AUTO_TEST_CASE(every_action_has_its_effect_on_a_simulated_endpoint) {
+  auto inc = get("/incidents/" + incident_of("sim-0002")["incident_id"].get<std::string>())
+               ["incident"];
+  auto id = inc["incident_id"].get<std::string>();
+  auto avail = get("/incidents/" + id + "/available-actions");
+  // The first file_created event of the chain, and the key event.
+  std::string file_event, key_type = avail["targets"][0]["event_type"];
+  for (auto& t : avail["targets"])
+    if (t["event_type"] == "file_created" && file_event.empty())
+      file_event = t["event_id"];
+  BOOST_REQUIRE(!file_event.empty());
+
+  auto q = act("quarantine", id, file_event);
+  BOOST_TEST(q["state"] == "completed");
+  BOOST_TEST(q["result"]["effect"]["quarantine_id"].get<std::string>().rfind("q-", 0) == 0u);
+  // The file is gone: deleting it now fails with the agent's reason.
+  auto gone = act("delete_file", id, file_event);
+  BOOST_TEST(gone["state"] == "failed");
+  BOOST_TEST(gone["result"]["error"].get<std::string>().find("no file at") == 0u);
+  // Restore brings it back and marks the quarantine reverted; then it can be deleted.
+  auto restore = reverse(q["action_id"]);
+  BOOST_TEST(restore["type"] == "restore_from_quarantine");
+  BOOST_TEST(restore["state"] == "completed");
+  BOOST_TEST(restore["reverses"] == q["action_id"]);
+  auto q_after = get("/actions/" + q["action_id"].get<std::string>())["action"];
+  BOOST_TEST(q_after["state"] == "reverted");
+  BOOST_TEST(q_after["reversed_by"] == restore["action_id"]);
+  BOOST_TEST(act("delete_file", id, file_event)["state"] == "completed");
+
+  auto prevent = act("prevent_run", id);
+  BOOST_TEST(prevent["state"] == "completed");
+  auto allow = reverse(prevent["action_id"]);
+  BOOST_TEST(allow["type"] == "allow_run");
+  BOOST_TEST(allow["state"] == "completed");
+
+  if (key_type == "process_started") {
+    auto term = act("terminate_process", id);
+    BOOST_TEST(term["state"] == "completed");
+    BOOST_TEST(term["result"]["effect"]["pid"] == term["params"]["pid"]);
+    BOOST_TEST(act("terminate_process", id)["state"] == "failed"); // already gone
+  }
+
+  bool windows = get("/devices/sim-0002")["device"]["os"].get<std::string>().find("Windows")
+                 != std::string::npos;
+  auto start = act("start_process", id, "",
+                   json{{"path", windows ? "C:\\Windows\\System32\\whoami.exe"
+                                         : "/usr/bin/whoami"},
+                        {"working_directory", windows ? "C:\\Windows\\Temp" : "/tmp"},
+                        {"arguments", "--help 'two words'"}});
+  BOOST_TEST(start["state"] == "completed");
+  BOOST_TEST(start["params"]["argc"] == "2");
+  BOOST_TEST(start["params"]["arg.1"] == "two words");
+  BOOST_TEST(start["result"]["effect"]["exit_code"] == "0");
+  // A hostile start is refused before anything is registered.
+  auto before = get("/actions")["actions"].size();
+  auto bad = api->post("/api/v1/actions",
+                       json{{"type", "start_process"}, {"incident_id", id},
+                            {"target", {{"kind", "detection"}}},
+                            {"params", {{"path", "../../bin/sh"}}},
+                            {"password", admin_password}});
+  BOOST_TEST(bad.status == 400);
+  BOOST_TEST(get("/actions")["actions"].size() == before);
+  // Cancel: an action for an offline device waits, and can be cancelled.
+  agents->stop(SIGTERM);
+  BOOST_REQUIRE(eventually([&] { return get("/devices/sim-0002")["device"]["online"] == false; }));
+  auto waiting = trigger("isolate", id);
+  BOOST_REQUIRE(reaches(waiting, "queued"));
+  auto c = api->post("/api/v1/actions/" + waiting + "/cancel", json{{"comment", "no need"}});
+  BOOST_TEST(c.status == 200);
+  BOOST_TEST(c.body["action"]["state"] == "cancelled");
+  BOOST_TEST(api->post("/api/v1/actions/" + waiting + "/cancel", json::object()).status == 409);
+}
+
+BOOST_AUTO_TEST_CASE(kill_9_with_actions_in_every_open_state_loses_and_repeats_nothing) {
+  auto hold_commands = dir / "hold-commands";
+  auto hold_results = dir / "hold-results";
+  std::ofstream{hold_commands};
+  std::ofstream{hold_results};
+  auto q = start_agents("q", 1, {}, "q.log");
+  auto s = start_agents("s", 1, {"--hold-file", hold_commands.string()}, "s.log");
+  auto a = start_agents("a", 1, {"--hold-results-file", hold_results.string()}, "a.log");
+  auto inc_q = incident_of("q-0000")["incident_id"].get<std::string>();
+  auto inc_s = incident_of("s-0000")["incident_id"].get<std::string>();
+  auto inc_a = incident_of("a-0000")["incident_id"].get<std::string>();
+  // queued: the device is offline.
+  q->stop(SIGTERM);
+  BOOST_REQUIRE(eventually([&] { return get("/devices/q-0000")["device"]["online"] == false; }));
+  auto act_q = trigger("isolate", inc_q);
+  BOOST_REQUIRE(reaches(act_q, "queued"));
+  // sent: the agent holds the command without acknowledging it.
+  auto act_s = trigger("isolate", inc_s);
+  BOOST_REQUIRE(reaches(act_s, "sent"));
+  // acknowledged: the agent executed it but holds the result.
+  auto act_a = trigger("isolate", inc_a);
+  BOOST_REQUIRE(reaches(act_a, "acknowledged"));
+  BOOST_REQUIRE(eventually([&] {
+    std::ifstream in{dir / "a.log"};
+    std::string all{std::istreambuf_iterator<char>{in}, {}};
+    return all.find("executed " + act_a) != std::string::npos;
+  }));
+
+  server->stop(SIGKILL);
+  start_server(bus_endpoint);
+  // Nothing moved while the server was dead, nothing was lost.
+  BOOST_TEST(get("/actions/" + act_q)["action"]["state"] == "queued");
+  BOOST_TEST(get("/actions/" + act_s)["action"]["state"] == "sent");
+  BOOST_TEST(get("/actions/" + act_a)["action"]["state"] == "acknowledged");
+
+  q = start_agents("q", 1, {}, "q.log");
+  std::filesystem::remove(hold_commands);
+  std::filesystem::remove(hold_results);
+  for (auto& id : {act_q, act_s, act_a})
+    BOOST_TEST(until_final(id)["state"] == "completed", id);
+  BOOST_TEST(states(get("/actions/" + act_s)["action"])
+             == (strings{"registered", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(states(get("/actions/" + act_a)["action"])
+             == (strings{"registered", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(states(get("/actions/" + act_q)["action"])
+             == (strings{"registered", "queued", "sent", "acknowledged", "completed"}));
+  // Each command ran exactly once on its endpoint.
+  for (auto [id, log] : {std::pair{act_q, "q.log"}, {act_s, "s.log"}, {act_a, "a.log"}}) {
+    std::ifstream in{dir / log};
+    std::string line;
+    int runs = 0;
+    while (std::getline(in, line))
+      runs += line.find("executed " + id + " ") != std::string::npos;
+    BOOST_TEST(runs == 1, id << " ran " << runs << " times");
+  }
+  for (auto* p : {q.get(), s.get(), a.get()})
+    p->stop(SIGTERM);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
