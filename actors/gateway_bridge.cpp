@@ -19,6 +19,14 @@ gateway_bridge(gateway_actor::stateful_pointer<gateway_bridge_state> self,
   };
 }
 
+namespace {
+
+std::string action_id_problem(const std::string& id) {
+  return bus::valid_id(id) ? std::string{} : "invalid action id";
+}
+
+} // namespace
+
 bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,
                       const bus::decode_limits& lim) {
   std::string why;
@@ -40,29 +48,19 @@ bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_v
     caf::anon_send(dir, atom::heartbeat_v, std::move(id), *m);
   } else if (t == bus::type::incident) {
     auto m = bus::decode<bus::incident_report>(body, lim, why);
-    if (!m)
-      return bad();
     // Checked here, off the actors, so a bad report costs the sender, not the server.
-    if (why = validate_report(*m); !why.empty())
+    if (!m || !(why = validate_report(*m)).empty())
       return bad();
     caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m));
   } else if (t == bus::type::action_ack) {
     auto m = bus::decode<bus::action_ack>(body, lim, why);
-    if (!m)
+    if (!m || !(why = action_id_problem(m->action_id)).empty())
       return bad();
-    if (!bus::valid_id(m->action_id)) {
-      why = "invalid action id";
-      return bad();
-    }
     caf::anon_send(dir, atom::ack_v, std::move(id), std::move(m->action_id));
   } else if (t == bus::type::action_result) {
     auto m = bus::decode<bus::action_result>(body, lim, why);
-    if (!m)
+    if (!m || !(why = action_id_problem(m->action_id)).empty())
       return bad();
-    if (!bus::valid_id(m->action_id)) {
-      why = "invalid action id";
-      return bad();
-    }
     caf::anon_send(dir, atom::result_v, std::move(id), std::move(*m));
   } else {
     why = "unknown message type";

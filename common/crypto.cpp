@@ -25,18 +25,9 @@ std::vector<unsigned char> from_hex(std::string_view hex) {
   std::vector<unsigned char> out;
   if (hex.size() % 2 != 0)
     return out;
-  auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9')
-      return c - '0';
-    if (c >= 'a' && c <= 'f')
-      return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-      return c - 'A' + 10;
-    return -1;
-  };
   out.reserve(hex.size() / 2);
   for (std::size_t i = 0; i < hex.size(); i += 2) {
-    int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
     if (hi < 0 || lo < 0)
       return {};
     out.push_back(static_cast<unsigned char>(hi << 4 | lo));
@@ -56,6 +47,16 @@ std::string pbkdf2(std::string_view password, const std::vector<unsigned char>& 
 }
 
 } // namespace
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
 
 std::string random_hex(std::size_t bytes) {
   std::vector<unsigned char> buf(bytes);

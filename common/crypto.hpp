@@ -13,6 +13,9 @@ namespace parry {
 /// `bytes` random bytes from the OS CSPRNG as lower-case hex.
 std::string random_hex(std::size_t bytes);
 
+/// Value of one hex digit (either case), or -1.
+int hex_digit(char c);
+
 /// SHA-256 of `data` as lower-case hex.
 std::string sha256_hex(std::string_view data);
 

@@ -91,6 +91,22 @@ std::optional<std::string> child_process::wait_for_line(const std::string& needl
   }
 }
 
+int child_process::wait(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0)
+    return -1;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  int status = 0;
+  while (waitpid(pid_, &status, WNOHANG) != pid_) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      stop(SIGKILL);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds{10}); // poll interval
+  }
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 int child_process::stop(int sig, std::chrono::milliseconds grace) {
   if (pid_ <= 0)
     return -1;

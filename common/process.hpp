@@ -33,6 +33,10 @@ public:
   /// Returns the exit status as waitpid reports it, or -1 if already reaped.
   int stop(int sig, std::chrono::milliseconds grace = std::chrono::seconds{10});
 
+  /// Waits (bounded) for the process to exit by itself; returns its exit code, or -1
+  /// if it had to be killed after `timeout` or died from a signal.
+  int wait(std::chrono::milliseconds timeout);
+
   /// True while the process runs.
   bool running();
 
