@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <stdexcept>
+#include <thread>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -34,8 +35,11 @@ caf::actor_system_config make_caf_config(const server_config& cfg) {
                              out += ": " + ctx.get_as<std::string>(0);
                            return out;
                          });
-  if (cfg.workers > 0)
-    out.set("scheduler.max-threads", static_cast<size_t>(cfg.workers));
+  // CAF's own default is at least four threads; on a small machine that is more
+  // threads than cores, spinning for work. One per core unless told otherwise.
+  auto workers = cfg.workers > 0 ? cfg.workers
+                                 : std::max(1u, std::thread::hardware_concurrency());
+  out.set("scheduler.max-threads", static_cast<size_t>(workers));
   return out;
 }
 
