@@ -9,9 +9,24 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace parry {
+
+/// Calls `pred` every `interval` until it holds or `timeout` passes; returns whether it
+/// held. For waits on other processes, where nothing can be waited on directly.
+template <class Pred>
+bool poll_until(Pred pred, std::chrono::milliseconds timeout,
+                std::chrono::milliseconds interval = std::chrono::milliseconds{50}) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred())
+      return true;
+    std::this_thread::sleep_for(interval);
+  }
+  return pred();
+}
 
 class child_process {
 public:

@@ -3,6 +3,7 @@
 // no (or an action failed), 2 usage or timeout, 3 connection or TLS failure.
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -11,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -161,15 +163,15 @@ extern "C" void restore_tty_and_reraise(int sig) {
   std::raise(sig);
 }
 
-std::string prompt_password(const std::string& user) {
+// Reads one line from the terminal with echo off; the prompt goes to the terminal too,
+// so stdout stays clean for --json.
+std::string prompt_secret(const std::string& prompt) {
   int fd = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
   if (fd < 0 || ::tcgetattr(fd, &tty_saved) != 0) {
     if (fd >= 0) ::close(fd);
     throw fatal(outcome::usage, "error: no terminal to ask for the password; set "
                                 "PARRY_PASSWORD or use --password-stdin");
   }
-  std::string prompt = "Password for " + user + ": ";
-  (void)!::write(fd, prompt.data(), prompt.size());
   tty_fd = fd;
   const int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP};
   struct sigaction quiet_action = {};
@@ -181,6 +183,9 @@ std::string prompt_password(const std::string& user) {
   quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
   quiet.c_lflag |= ECHONL; // the newline still shows, so the next output starts clean
   ::tcsetattr(fd, TCSAFLUSH, &quiet);
+  // Prompted only now: TCSAFLUSH drops what was typed before, and an answer typed
+  // after seeing the prompt must not be lost.
+  (void)!::write(fd, prompt.data(), prompt.size());
 
   std::string password;
   char c;
@@ -203,6 +208,100 @@ void wipe(std::string& secret) {
   std::fill(secret.begin(), secret.end(), '\0');
   secret.clear();
 }
+
+std::string stdin_line() {
+  std::string line;
+  std::getline(std::cin, line);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+/// The caller's own password (login, or confirming an action): PARRY_PASSWORD, else
+/// one line of stdin with --password-stdin, else a prompt on the terminal.
+std::string own_password(bool from_stdin, const std::string& prompt) {
+  std::string password;
+  if (const char* env = std::getenv("PARRY_PASSWORD"); env && *env)
+    password = env;
+  else if (from_stdin)
+    password = stdin_line();
+  else
+    password = prompt_secret(prompt);
+  if (password.empty()) throw fatal(outcome::usage, "error: empty password");
+  return password;
+}
+
+/// A password for another account: PARRY_NEW_PASSWORD, else one line of stdin with
+/// --password-stdin, else asked twice on the terminal so a typo cannot slip through.
+std::string new_password(const std::string& user, bool from_stdin) {
+  std::string password;
+  if (const char* env = std::getenv("PARRY_NEW_PASSWORD"); env && *env) {
+    password = env;
+  } else if (from_stdin) {
+    password = stdin_line();
+  } else {
+    password = prompt_secret(parry::ctl::printable("New password for " + user + ": "));
+    std::string again = prompt_secret("Repeat the new password: ");
+    bool same = again == password;
+    wipe(again);
+    if (!same) {
+      wipe(password);
+      throw fatal(outcome::usage, "error: the passwords do not match");
+    }
+  }
+  if (password.empty()) throw fatal(outcome::usage, "error: empty password");
+  return password;
+}
+
+/// Fails early, before any request, when a confirmation will be needed but stdin is
+/// not a terminal (a script): it must say --yes.
+void require_confirmable(bool yes) {
+  if (!yes && !::isatty(STDIN_FILENO))
+    throw fatal(outcome::usage,
+                "error: stdin is not a terminal, so nobody can confirm; pass --yes to go "
+                "ahead without asking");
+}
+
+/// Shows `what` (already escaped) and asks `Proceed? [y/N]` on the terminal; only
+/// `y` or `yes` goes on. With --yes, `what` goes to stderr as a record and no one is
+/// asked.
+void confirm(const std::string& what, bool yes) {
+  std::cout << std::flush;
+  if (yes) {
+    std::cerr << what << std::flush;
+    return;
+  }
+  require_confirmable(false);
+  int fd = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
+  if (fd < 0)
+    throw fatal(outcome::usage,
+                "error: cannot open the terminal to confirm; pass --yes to go ahead");
+  std::string text = what + "Proceed? [y/N] ";
+  (void)!::write(fd, text.data(), text.size());
+  std::string answer;
+  char c;
+  ssize_t n;
+  while ((n = ::read(fd, &c, 1)) != 0) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || c == '\n') break;
+    answer += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  if (n == 0) (void)!::write(fd, "\n", 1); // end of input: finish the prompt's line
+  ::close(fd);
+  auto first = answer.find_first_not_of(" \t\r");
+  auto last = answer.find_last_not_of(" \t\r");
+  answer = first == std::string::npos ? "" : answer.substr(first, last - first + 1);
+  if (answer != "y" && answer != "yes")
+    throw fatal(outcome::declined, "not confirmed; nothing was done");
+}
+
+/// Wipes `body["password"]` when the scope ends, however the request went.
+struct password_scrub {
+  json& body;
+  ~password_scrub() {
+    auto it = body.find("password");
+    if (it != body.end() && it->is_string()) wipe(it->get_ref<std::string&>());
+  }
+};
 
 void print_json(const parry::response& r) {
   std::cout << parry::ctl::pretty_json(r.raw) << '\n' << std::flush;
@@ -284,28 +383,13 @@ const json& sub(const json& object, const char* key) {
   return it == object.end() ? empty : *it;
 }
 
-std::string target_text(const json& action) {
-  const auto& target = sub(action, "target");
-  std::string kind = str(target, "kind");
-  if (kind == "event") return "event " + str(target, "event_id");
-  return kind.empty() ? "-" : kind;
-}
-
 std::string id_path(const char* collection, const std::string& id) {
   return std::string("/api/v1/") + collection + "/" + parry::ctl::percent_encode(id);
 }
 
 int cmd_login(session& s, const std::string& user, bool password_stdin) {
-  std::string password;
-  if (const char* env = std::getenv("PARRY_PASSWORD"); env && *env) {
-    password = env;
-  } else if (password_stdin) {
-    std::getline(std::cin, password);
-    if (!password.empty() && password.back() == '\r') password.pop_back();
-  } else {
-    password = prompt_password(user);
-  }
-  if (password.empty()) throw fatal(outcome::usage, "error: empty password");
+  std::string password =
+      own_password(password_stdin, parry::ctl::printable("Password for " + user + ": "));
 
   auto& c = s.client(false);
   json body{{"username", user}, {"password", password}};
@@ -479,9 +563,10 @@ int cmd_incident(session& s, const std::string& id) {
   return 0;
 }
 
-int cmd_actions(session& s, const std::string& device, const std::string& state,
-                int limit) {
+int cmd_actions(session& s, const std::string& device, const std::string& incident,
+                const std::string& state, int limit) {
   auto q = parry::ctl::query_string({{"device_id", device},
+                                     {"incident_id", incident},
                                      {"state", state},
                                      {"limit", limit > 0 ? std::to_string(limit) : ""}});
   auto r = s.call("GET", "/api/v1/actions" + q);
@@ -490,8 +575,8 @@ int cmd_actions(session& s, const std::string& device, const std::string& state,
   std::vector<std::vector<std::string>> rows;
   for (const auto& a : sub(r.body, "actions"))
     rows.push_back({cell(a, "action_id"), cell(a, "type"), cell(a, "device_id"),
-                    cell(a, "incident_id"), target_text(a), cell(a, "state"),
-                    cell(a, "requested_by"), cell(a, "updated_at")});
+                    cell(a, "incident_id"), parry::ctl::action_target_text(a),
+                    cell(a, "state"), cell(a, "requested_by"), cell(a, "updated_at")});
   if (rows.empty())
     std::cout << "no actions\n";
   else
@@ -499,15 +584,6 @@ int cmd_actions(session& s, const std::string& device, const std::string& state,
         {"ACTION", "TYPE", "DEVICE", "INCIDENT", "TARGET", "STATE", "BY", "UPDATED"},
         rows);
   return 0;
-}
-
-std::string result_text(const json& action) {
-  const auto& result = sub(action, "result");
-  if (!result.is_object() || result.empty()) return "-";
-  auto ok = result.find("ok");
-  if (ok != result.end() && ok->is_boolean() && ok->get<bool>()) return "ok";
-  std::string error = str(result, "error");
-  return error.empty() ? "failed" : "failed: " + error;
 }
 
 std::vector<std::string> transition_row(const json& t) {
@@ -518,36 +594,27 @@ std::vector<std::string> transition_row(const json& t) {
 int cmd_action(session& s, const std::string& id) {
   auto r = s.call("GET", id_path("actions", id));
   if (s.opts().json) return print_json(r), 0;
-  using parry::ctl::cell;
   const auto& a = sub(r.body, "action");
-  std::string state = cell(a, "state");
-  if (parry::ctl::outcome_for_action(a)) state += " (final)";
-  std::vector<std::pair<std::string, std::string>> fields{
-      {"action", cell(a, "action_id")},
-      {"type", cell(a, "type")},
-      {"device", cell(a, "device_id")},
-      {"incident", cell(a, "incident_id")},
-      {"target", target_text(a)},
-      {"state", state},
-      {"requested by", cell(a, "requested_by")},
-      {"comment", cell(a, "comment")},
-      {"created", cell(a, "created_at")},
-      {"updated", cell(a, "updated_at")},
-      {"result", result_text(a)}};
-  const auto& effect = sub(sub(a, "result"), "effect");
-  if (!effect.empty())
-    fields.emplace_back("effect",
-                        effect.dump(-1, ' ', false, json::error_handler_t::replace));
   std::vector<std::vector<std::string>> rows;
   for (const auto& t : sub(a, "transitions"))
     rows.push_back(transition_row(t));
-  std::cout << parry::ctl::format_fields(fields) << '\n'
+  std::cout << parry::ctl::format_fields(parry::ctl::action_fields(a)) << '\n'
             << parry::ctl::format_table({"TIME", "STATE", "REASON"}, rows);
   return 0;
 }
 
-/// Polls the action until it is final or the time is up; prints transitions as they
-/// appear (or, under --json, the last answer once).
+// Why a final action did not complete: the result's error, else the reason of its
+// last transition.
+std::string final_reason(const json& action) {
+  std::string why = str(sub(action, "result"), "error");
+  const auto& ts = sub(action, "transitions");
+  if (why.empty() && ts.is_array() && !ts.empty()) why = str(ts.back(), "reason");
+  return why;
+}
+
+/// Polls the action until it reaches a final state or the time is up; prints
+/// transitions as they appear (or, under --json, the last answer once). Exit 0 only
+/// if the first final state is `completed`.
 int follow(session& s, const std::string& id, double timeout_s) {
   auto budget =
       std::chrono::duration_cast<milliseconds>(std::chrono::duration<double>(timeout_s));
@@ -569,9 +636,9 @@ int follow(session& s, const std::string& id, double timeout_s) {
       const auto& ts = sub(a, "transitions");
       for (; ts.is_array() && shown < ts.size(); ++shown) {
         auto row = transition_row(ts[shown]);
-        std::string line =
-            parry::ctl::printable(row[0]) + "  " + parry::ctl::printable(row[1]);
-        line.append(state_width > row[1].size() ? state_width - row[1].size() : 0, ' ');
+        std::string state = parry::ctl::printable(row[1]);
+        std::string line = parry::ctl::printable(row[0]) + "  " + state;
+        line.append(state_width > state.size() ? state_width - state.size() : 0, ' ');
         line += "  " + parry::ctl::printable(row[2]);
         std::cout << line << '\n' << std::flush;
       }
@@ -583,10 +650,10 @@ int follow(session& s, const std::string& id, double timeout_s) {
       else if (*done == outcome::ok)
         std::cout << "action " << parry::ctl::printable(id) << " completed\n";
       if (*done != outcome::ok) {
-        std::string why = str(sub(a, "result"), "error");
-        std::cerr << parry::ctl::printable("error: action_failed: action " + id + " " +
-                                           str(a, "state") + ": " +
-                                           (why.empty() ? "no reason given" : why))
+        std::string state = str(a, "state");
+        std::string why = final_reason(a);
+        std::cerr << parry::ctl::printable("error: action_" + state + ": action " + id +
+                                           " " + state + (why.empty() ? "" : ": " + why))
                   << '\n';
       }
       return parry::ctl::exit_code(*done);
@@ -605,43 +672,286 @@ int follow(session& s, const std::string& id, double timeout_s) {
   }
 }
 
-/// Options shared by `isolate` and `release`.
+/// The options of one action command.
 struct action_request {
+  std::string type; ///< API action type
   std::string incident;
   std::string event;
   std::string comment;
   std::string idempotency_key;
   bool wait = false;
   double timeout = 60;
+  bool yes = false;
+  bool password_stdin = false;
+  std::string path; ///< start-process only, like the two below
+  std::string cwd;
+  std::string args;
 };
 
-int cmd_respond(session& s, const char* type, const action_request& a) {
-  json target = a.event.empty() ? json{{"kind", "detection"}}
-                                : json{{"kind", "event"}, {"event_id", a.event}};
-  json body{{"type", type},     {"incident_id", a.incident},
-            {"target", target}, {"params", json::object()},
-            {"password", ""},   {"comment", a.comment}};
-  parry::header_list headers;
-  if (!a.idempotency_key.empty())
-    headers.emplace_back("Idempotency-Key", a.idempotency_key);
-  auto r = s.call("POST", "/api/v1/actions", &body, headers);
+/// Prints a newly registered action (or, without --wait under --json, the answer) and
+/// follows it with --wait.
+int registered(session& s, const parry::response& r, bool wait, double timeout,
+               const std::string& note = {}) {
   const auto& action = sub(r.body, "action");
   std::string id = str(action, "action_id");
   if (!s.opts().json) {
     using parry::ctl::cell;
-    std::cout << parry::ctl::printable(
-                     "action " + cell(action, "action_id") + " " + cell(action, "type") +
-                     " on " + cell(action, "device_id") + ": " + cell(action, "state"))
-              << '\n'
-              << std::flush;
+    std::string line = "action " + cell(action, "action_id") + " " +
+                       cell(action, "type") + " on " + cell(action, "device_id") + ": " +
+                       cell(action, "state");
+    if (!str(action, "reverses").empty())
+      line += " (reverses " + str(action, "reverses") + ")";
+    // Idempotency-Key: 200 means the first registration came back, not a new one.
+    if (r.status == 200 && !note.empty()) line += " (" + note + ")";
+    std::cout << parry::ctl::printable(line) << '\n' << std::flush;
   }
-  if (!a.wait) {
+  if (!wait) {
     if (s.opts().json) print_json(r);
     return 0;
   }
   if (id.empty())
     throw fatal(outcome::server_error, "error: bad_response: no action_id in the answer");
-  return follow(s, id, a.timeout);
+  return follow(s, id, timeout);
+}
+
+std::string available_path(const std::string& incident) {
+  return id_path("incidents", incident) + "/available-actions";
+}
+
+// The device's details make the confirmation clearer (host name) but are not needed
+// to go on, so a refusal here is ignored.
+json device_or_null(session& s, const std::string& device_id) {
+  if (device_id.empty()) return nullptr;
+  auto r = s.client().request("GET", id_path("devices", device_id));
+  return r.ok() ? sub(r.body, "device") : json();
+}
+
+/// Shows what the action will do, has it confirmed, asks for the password when the
+/// server wants one, and registers it.
+int cmd_respond(session& s, const action_request& a) {
+  require_confirmable(a.yes);
+  auto available = s.call("GET", available_path(a.incident));
+  if (auto why = parry::ctl::applicability_problem(a.type, a.event, available.body);
+      !why.empty())
+    throw fatal(outcome::server_error,
+                parry::ctl::printable("error: not_applicable: " + why) +
+                    "\nhint: 'parryctl available --incident " +
+                    parry::ctl::printable(a.incident) + "' shows what applies");
+  auto incident = s.call("GET", id_path("incidents", a.incident));
+  const json& inc = sub(incident.body, "incident");
+
+  json params = json::object();
+  if (a.type == "start_process") {
+    params["path"] = a.path;
+    if (!a.cwd.empty()) params["working_directory"] = a.cwd;
+    if (!a.args.empty()) params["arguments"] = a.args;
+  }
+  json device = device_or_null(s, str(inc, "device_id"));
+  confirm(parry::ctl::describe_pending_action(a.type, inc, a.event, params, device),
+          a.yes);
+
+  json target = a.event.empty() ? json{{"kind", "detection"}}
+                                : json{{"kind", "event"}, {"event_id", a.event}};
+  json body{{"type", a.type},
+            {"incident_id", a.incident},
+            {"target", target},
+            {"params", params},
+            {"comment", a.comment}};
+  password_scrub scrub{body};
+  // Only sent when needed: a password the server does not expect is no help, and a
+  // mistyped one would still count toward the lockout.
+  if (parry::ctl::needs_password(a.type, available.body))
+    body["password"] =
+        own_password(a.password_stdin, "Your password (confirms " + a.type + "): ");
+  parry::header_list headers;
+  if (!a.idempotency_key.empty())
+    headers.emplace_back("Idempotency-Key", a.idempotency_key);
+  auto r = s.call("POST", "/api/v1/actions", &body, headers);
+  return registered(s, r, a.wait, a.timeout,
+                    "registered earlier with this idempotency key");
+}
+
+int cmd_available(session& s, const std::string& incident_id) {
+  auto r = s.call("GET", available_path(incident_id));
+  if (s.opts().json) return print_json(r), 0;
+  auto incident = s.call("GET", id_path("incidents", incident_id));
+  std::cout << parry::ctl::render_available_actions(r.body,
+                                                    sub(incident.body, "incident"));
+  return 0;
+}
+
+int cmd_cancel(session& s, const std::string& id, const std::string& comment) {
+  json body{{"comment", comment}};
+  auto r = s.call("POST", id_path("actions", id) + "/cancel", &body);
+  if (s.opts().json) return print_json(r), 0;
+  const auto& a = sub(r.body, "action");
+  std::cout << parry::ctl::printable("action " + parry::ctl::cell(a, "action_id") + " " +
+                                     parry::ctl::cell(a, "type") + ": " +
+                                     parry::ctl::cell(a, "state"))
+            << '\n';
+  return 0;
+}
+
+/// The options of `reverse`.
+struct reverse_request {
+  std::string comment;
+  bool wait = false;
+  double timeout = 60;
+  bool yes = false;
+  bool password_stdin = false;
+};
+
+int cmd_reverse(session& s, const std::string& id, const reverse_request& q) {
+  require_confirmable(q.yes);
+  auto original = s.call("GET", id_path("actions", id));
+  const json& a = sub(original.body, "action");
+  std::string type = str(a, "type");
+  std::string reverse = parry::ctl::reverse_type(type);
+  // The server would refuse these too (409); saying so here spares the confirmation
+  // and the password.
+  auto refuse = [&](const std::string& why) {
+    throw fatal(outcome::server_error,
+                parry::ctl::printable("error: not_applicable: action " + id + " " + why));
+  };
+  if (reverse.empty())
+    refuse("is " + (type.empty() ? std::string("of no known type") : "a " + type) +
+           "; only isolate, prevent_run and quarantine can be reversed");
+  if (!str(a, "reversed_by").empty())
+    refuse("is already reversed by " + str(a, "reversed_by"));
+  if (str(a, "state") != "completed")
+    refuse("is " + str(a, "state") + "; only a completed action can be reversed");
+
+  // Whether the reverse needs a password is the server's setting, published with
+  // the incident's available actions.
+  json available;
+  if (!str(a, "incident_id").empty())
+    available = s.call("GET", available_path(str(a, "incident_id"))).body;
+  confirm(parry::ctl::describe_reverse(a, reverse), q.yes);
+  json body{{"comment", q.comment}};
+  password_scrub scrub{body};
+  if (parry::ctl::needs_password(reverse, available))
+    body["password"] =
+        own_password(q.password_stdin, "Your password (confirms " + reverse + "): ");
+  auto r = s.call("POST", id_path("actions", id) + "/reverse", &body);
+  return registered(s, r, q.wait, q.timeout);
+}
+
+int cmd_users(session& s) {
+  auto r = s.call("GET", "/api/v1/users");
+  if (s.opts().json) return print_json(r), 0;
+  using parry::ctl::cell;
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& u : sub(r.body, "users"))
+    rows.push_back(
+        {cell(u, "username"), cell(u, "role"), cell(u, "created_at"), cell(u, "locked")});
+  if (rows.empty())
+    std::cout << "no users\n";
+  else
+    std::cout << parry::ctl::format_table({"USER", "ROLE", "CREATED", "LOCKED"}, rows);
+  return 0;
+}
+
+/// The options of `user add|set|delete`.
+struct user_request {
+  std::string name;
+  std::string role;
+  bool set_password = false;
+  bool password_stdin = false;
+  bool yes = false;
+};
+
+void print_user(session& s, const parry::response& r, const std::string& what,
+                const std::string& note = {}) {
+  if (s.opts().json) return print_json(r);
+  const auto& u = sub(r.body, "user");
+  std::cout << parry::ctl::printable(what + " user " + parry::ctl::cell(u, "username") +
+                                     " (" + parry::ctl::cell(u, "role") + ")" + note)
+            << '\n';
+}
+
+int cmd_user_add(session& s, const user_request& u) {
+  json body{{"username", u.name}, {"role", u.role}};
+  password_scrub scrub{body};
+  body["password"] = new_password(u.name, u.password_stdin);
+  auto r = s.call("POST", "/api/v1/users", &body);
+  print_user(s, r, "created");
+  return 0;
+}
+
+int cmd_user_set(session& s, const user_request& u) {
+  if (u.role.empty() && !u.set_password)
+    throw fatal(outcome::usage,
+                "error: nothing to change; give --role and/or --password");
+  json body = json::object();
+  password_scrub scrub{body};
+  if (!u.role.empty()) body["role"] = u.role;
+  if (u.set_password) body["password"] = new_password(u.name, u.password_stdin);
+  auto r = s.call("PATCH", id_path("users", u.name), &body);
+  print_user(s, r, "updated",
+             u.set_password ? "; new password, their sessions and tokens have ended"
+                            : "");
+  return 0;
+}
+
+int cmd_user_delete(session& s, const user_request& u) {
+  require_confirmable(u.yes);
+  confirm(parry::ctl::printable("about to delete user " + u.name +
+                                "; their sessions and tokens end") +
+              "\n",
+          u.yes);
+  auto r = s.call("DELETE", id_path("users", u.name));
+  if (s.opts().json) return print_json(r), 0;
+  std::cout << parry::ctl::printable("deleted user " + u.name) << '\n';
+  return 0;
+}
+
+int cmd_audit(session& s, long long after, int limit) {
+  auto q = parry::ctl::query_string({{"after", after > 0 ? std::to_string(after) : ""},
+                                     {"limit", limit > 0 ? std::to_string(limit) : ""}});
+  auto r = s.call("GET", "/api/v1/audit" + q);
+  if (s.opts().json) return print_json(r), 0;
+  using parry::ctl::cell;
+  std::vector<std::vector<std::string>> rows;
+  long long last = after;
+  for (const auto& rec : sub(r.body, "records")) {
+    rows.push_back({cell(rec, "seq"), cell(rec, "time"), cell(rec, "actor"),
+                    cell(rec, "kind"), cell(rec, "target"), cell(rec, "detail")});
+    if (rec.contains("seq") && rec["seq"].is_number_integer())
+      last = std::max(last, rec["seq"].get<long long>());
+  }
+  if (rows.empty())
+    std::cout << "no audit records"
+              << (after > 0 ? " after " + std::to_string(after) : "") << '\n';
+  else
+    std::cout << parry::ctl::format_table(
+        {"SEQ", "TIME", "ACTOR", "KIND", "TARGET", "DETAIL"}, rows);
+  const auto& head = sub(r.body, "head");
+  if (!rows.empty() && head.contains("seq") && head["seq"].is_number_integer() &&
+      head["seq"].get<long long>() > last)
+    std::cout << "more: parryctl audit --after " << last << '\n';
+  return 0;
+}
+
+/// Fetches the whole trail page by page and checks the hash chain as it comes, so a
+/// long trail needs no more memory than one page.
+int cmd_audit_verify(session& s) {
+  auto verdict = parry::ctl::verify_audit_pages([&](std::int64_t after) {
+    return s
+        .call("GET", "/api/v1/audit" +
+                         parry::ctl::query_string(
+                             {{"after", std::to_string(after)}, {"limit", "1000"}}))
+        .body;
+  });
+  if (s.opts().json) {
+    json out{{"intact", verdict.intact},
+             {"records", verdict.records},
+             {"head", {{"seq", verdict.head_seq}, {"hash", verdict.head_hash}}},
+             {"problem", verdict.problem}};
+    std::cout << out.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+  } else {
+    std::cout << parry::ctl::audit_summary(verdict) << '\n';
+  }
+  return parry::ctl::exit_code(verdict.intact ? outcome::ok : outcome::server_error);
 }
 
 const CLI::Validator positive(
@@ -655,6 +965,20 @@ const CLI::Validator positive(
     },
     "POSITIVE");
 
+void add_confirm_options(CLI::App* cmd, bool& yes, bool& password_stdin) {
+  cmd->add_flag("--yes,-y", yes,
+                "do not ask for confirmation (required when stdin is not a terminal)");
+  cmd->add_flag("--password-stdin", password_stdin,
+                "read your password as one line from stdin (else PARRY_PASSWORD or a "
+                "prompt)");
+}
+
+void add_wait_options(CLI::App* cmd, bool& wait, double& timeout) {
+  cmd->add_flag("--wait", wait, "follow the action until it ends (like 'follow')");
+  cmd->add_option("--timeout", timeout, "seconds to wait with --wait (default 60)")
+      ->check(positive);
+}
+
 void add_action_options(CLI::App* cmd, action_request& a) {
   cmd->add_option("--incident", a.incident, "incident the action responds to")
       ->required();
@@ -667,9 +991,8 @@ void add_action_options(CLI::App* cmd, action_request& a) {
       ->check([](const std::string& k) {
         return k.size() <= 128 ? std::string{} : std::string("at most 128 characters");
       });
-  cmd->add_flag("--wait", a.wait, "follow the action until it ends (like 'follow')");
-  cmd->add_option("--timeout", a.timeout, "seconds to wait with --wait (default 60)")
-      ->check(positive);
+  add_wait_options(cmd, a.wait, a.timeout);
+  add_confirm_options(cmd, a.yes, a.password_stdin);
 }
 
 } // namespace
@@ -702,7 +1025,7 @@ int main(int argc, char** argv) {
                   "a prompt)");
   auto* logout = app.add_subcommand("logout", "revoke the token and forget it");
 
-  std::string id, device, state;
+  std::string id, device, incident_filter, state;
   int limit = 0;
   auto* devices = app.add_subcommand("devices", "list devices");
   auto* device_cmd = app.add_subcommand("device", "show one device");
@@ -712,25 +1035,105 @@ int main(int argc, char** argv) {
   incidents->add_option("--limit", limit, "at most this many")->check(positive);
   auto* incident = app.add_subcommand("incident", "show an incident and its chain");
   incident->add_option("id", id, "incident id")->required();
+  auto* available = app.add_subcommand(
+      "available", "show which actions apply to which targets of an incident");
+  available->alias("actions-for");
+  available->add_option("--incident", id, "incident id")->required();
   auto* actions = app.add_subcommand("actions", "list response actions, newest first");
   actions->add_option("--device", device, "only this device");
+  actions->add_option("--incident", incident_filter, "only this incident");
   actions->add_option("--state", state,
                       "only this state (registered, queued, sent, ...)");
   actions->add_option("--limit", limit, "at most this many")->check(positive);
   auto* action = app.add_subcommand("action", "show an action and its transitions");
   action->add_option("id", id, "action id")->required();
 
-  action_request isolate_req, release_req;
-  auto* isolate = app.add_subcommand("isolate", "isolate the incident's device");
-  add_action_options(isolate, isolate_req);
-  auto* release = app.add_subcommand("release", "release the device from isolation");
-  add_action_options(release, release_req);
+  struct action_command {
+    const char* name;
+    const char* help;
+  };
+  const action_command action_commands[] = {
+      {"isolate", "isolate the incident's device from the network"},
+      {"release", "release the incident's device from isolation"},
+      {"prevent-run", "stop the target's file from being run again"},
+      {"quarantine", "move the target's file into quarantine"},
+      {"delete-file", "delete the target's file"},
+      {"terminate", "terminate the target's process"},
+      {"start-process", "start a process on the incident's device"}};
+  std::vector<std::pair<CLI::App*, std::unique_ptr<action_request>>> action_cmds;
+  for (const auto& c : action_commands) {
+    auto req = std::make_unique<action_request>();
+    req->type = parry::ctl::action_type_for_command(c.name);
+    auto* cmd = app.add_subcommand(c.name, c.help);
+    add_action_options(cmd, *req);
+    if (req->type == "start_process") {
+      cmd->add_option("--path", req->path, "absolute path of the executable")->required();
+      cmd->add_option("--cwd", req->cwd, "absolute working directory");
+      cmd->add_option("--args", req->args,
+                      "startup arguments as one string, split like a shell would "
+                      "(never run by one); use --args=\"-x ...\" when it starts with -");
+    }
+    action_cmds.emplace_back(cmd, std::move(req));
+  }
+
+  std::string comment;
+  auto* cancel =
+      app.add_subcommand("cancel", "cancel an action the agent has not accepted");
+  cancel->add_option("id", id, "action id")->required();
+  cancel->add_option("--comment", comment, "why");
+  reverse_request reverse_req;
+  auto* reverse = app.add_subcommand(
+      "reverse", "undo a completed isolate, prevent-run or quarantine");
+  reverse->add_option("id", id, "action id")->required();
+  reverse->add_option("--comment", reverse_req.comment, "why");
+  add_wait_options(reverse, reverse_req.wait, reverse_req.timeout);
+  add_confirm_options(reverse, reverse_req.yes, reverse_req.password_stdin);
 
   double follow_timeout = 60;
   auto* follow_cmd = app.add_subcommand("follow", "wait for an action to end");
   follow_cmd->add_option("id", id, "action id")->required();
   follow_cmd->add_option("--timeout", follow_timeout, "seconds to wait (default 60)")
       ->check(positive);
+
+  const std::vector<std::string> roles{"administrator", "security_officer", "operator"};
+  user_request user_req;
+  auto* users = app.add_subcommand("users", "list users (administrator)");
+  auto* user_cmd = app.add_subcommand("user", "add, change or delete a user "
+                                              "(administrator)");
+  user_cmd->require_subcommand(1);
+  auto* user_add = user_cmd->add_subcommand("add", "create a user");
+  user_add->add_option("name", user_req.name, "user name")->required();
+  user_add
+      ->add_option("--role", user_req.role,
+                   "administrator, security_officer or "
+                   "operator")
+      ->required()
+      ->check(CLI::IsMember(roles));
+  user_add->add_flag("--password-stdin", user_req.password_stdin,
+                     "read the new password from stdin (else PARRY_NEW_PASSWORD or "
+                     "asked twice)");
+  auto* user_set = user_cmd->add_subcommand("set", "change a user's role or password");
+  user_set->add_option("name", user_req.name, "user name")->required();
+  user_set->add_option("--role", user_req.role, "new role")->check(CLI::IsMember(roles));
+  user_set->add_flag("--password", user_req.set_password, "set a new password");
+  user_set->add_flag("--password-stdin", user_req.password_stdin,
+                     "read the new password from stdin (else PARRY_NEW_PASSWORD or "
+                     "asked twice)");
+  auto* user_delete = user_cmd->add_subcommand("delete", "delete a user");
+  user_delete->add_option("name", user_req.name, "user name")->required();
+  user_delete->add_flag("--yes,-y", user_req.yes,
+                        "do not ask for confirmation (required when stdin is not a "
+                        "terminal)");
+
+  long long audit_after = 0;
+  int audit_limit = 0;
+  auto* audit = app.add_subcommand("audit", "show the audit trail (administrator)");
+  audit->add_option("--after", audit_after, "records after this sequence number")
+      ->check(CLI::NonNegativeNumber);
+  audit->add_option("--limit", audit_limit, "at most this many (server default 1000)")
+      ->check(positive);
+  auto* audit_verify =
+      audit->add_subcommand("verify", "check the audit trail's hash chain end to end");
 
   try {
     app.parse(argc, argv);
@@ -748,11 +1151,20 @@ int main(int argc, char** argv) {
     if (device_cmd->parsed()) return cmd_device(s, id);
     if (incidents->parsed()) return cmd_incidents(s, device, limit);
     if (incident->parsed()) return cmd_incident(s, id);
-    if (actions->parsed()) return cmd_actions(s, device, state, limit);
+    if (available->parsed()) return cmd_available(s, id);
+    if (actions->parsed()) return cmd_actions(s, device, incident_filter, state, limit);
     if (action->parsed()) return cmd_action(s, id);
-    if (isolate->parsed()) return cmd_respond(s, "isolate", isolate_req);
-    if (release->parsed()) return cmd_respond(s, "release_isolation", release_req);
+    for (const auto& [cmd, req] : action_cmds)
+      if (cmd->parsed()) return cmd_respond(s, *req);
+    if (cancel->parsed()) return cmd_cancel(s, id, comment);
+    if (reverse->parsed()) return cmd_reverse(s, id, reverse_req);
     if (follow_cmd->parsed()) return follow(s, id, follow_timeout);
+    if (users->parsed()) return cmd_users(s);
+    if (user_add->parsed()) return cmd_user_add(s, user_req);
+    if (user_set->parsed()) return cmd_user_set(s, user_req);
+    if (user_delete->parsed()) return cmd_user_delete(s, user_req);
+    if (audit_verify->parsed()) return cmd_audit_verify(s);
+    if (audit->parsed()) return cmd_audit(s, audit_after, audit_limit);
     std::cerr << app.help();
     return parry::ctl::exit_code(outcome::usage);
   } catch (const fatal& e) {

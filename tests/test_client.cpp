@@ -26,6 +26,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "common/crypto.hpp"
 #include "ctl/client.hpp"
 #include "ctl/format.hpp"
 
@@ -158,6 +159,9 @@ BOOST_AUTO_TEST_CASE(fields_and_cells) {
 
   auto out = parry::ctl::format_fields({{"device", "sim-1"}, {"first seen", "t"}});
   BOOST_TEST(out == "device      sim-1\nfirst seen  t\n");
+  // Labels can be keys the server chose (effect keys), so they are escaped too.
+  auto hostile = parry::ctl::format_fields({{"effect \x1b[2J", "v"}, {"a", "b"}});
+  BOOST_TEST(hostile == "effect \\x1b[2J  v\na               b\n");
 }
 
 BOOST_AUTO_TEST_CASE(query_and_encoding) {
@@ -195,6 +199,7 @@ BOOST_AUTO_TEST_CASE(exit_codes) {
   BOOST_TEST(exit_code(outcome::usage) == 2);
   BOOST_TEST(exit_code(outcome::timeout) == 2);
   BOOST_TEST(exit_code(outcome::connection) == 3);
+  BOOST_TEST(exit_code(outcome::declined) == 1);
 
   using parry::ctl::outcome_for_status;
   BOOST_TEST((outcome_for_status(200) == outcome::ok));
@@ -213,6 +218,16 @@ BOOST_AUTO_TEST_CASE(exit_codes) {
   BOOST_TEST((failed && *failed == outcome::server_error));
   auto other = outcome_for_action(json{{"state", "cancelled"}, {"final", true}});
   BOOST_TEST((other && *other == outcome::server_error));
+  // Final by state alone, even when the server leaves out "final".
+  for (const char* state : {"expired", "cancelled", "reverted"}) {
+    BOOST_TEST_INFO(state);
+    auto o = outcome_for_action(json{{"state", state}});
+    BOOST_TEST((o && *o == outcome::server_error));
+  }
+  BOOST_TEST(!outcome_for_action(json{{"state", "acknowledged"}}));
+  BOOST_TEST(!outcome_for_action(json{{"state", 7}})); // not a string: not final
+  BOOST_TEST(parry::ctl::is_final_state("reverted"));
+  BOOST_TEST(!parry::ctl::is_final_state("sent"));
 }
 
 BOOST_AUTO_TEST_CASE(chain_tree) {
@@ -285,6 +300,591 @@ BOOST_AUTO_TEST_CASE(chain_tree) {
   BOOST_TEST(contains(again, "[DETECTION] process_started"));
   BOOST_TEST(parry::ctl::render_chain(json{{"events", json::array()}}) ==
              "(no events)\n");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(actions_view)
+
+namespace {
+
+// The answer of GET /incidents/inc-1/available-actions, as in docs/rest-api.md.
+json available_answer() {
+  return json::parse(R"({
+    "incident_id": "inc-1", "device_id": "sim-0003", "device_isolated": false,
+    "device_actions": ["isolate", "start_process"],
+    "targets": [
+      {"kind": "event", "event_id": "e2", "event_type": "file_created",
+       "actions": ["prevent_run", "quarantine", "delete_file"]},
+      {"kind": "detection", "event_id": "e4", "event_type": "process_started",
+       "actions": ["prevent_run", "quarantine", "delete_file", "terminate_process"]},
+      {"kind": "event", "event_id": "e5", "event_type": "network_connection",
+       "actions": []}],
+    "password_required": ["delete_file", "prevent_run", "quarantine", "start_process",
+                          "terminate_process"]})");
+}
+
+json incident_answer() {
+  json explorer{{"pid", 4100}, {"image", "C:\\Windows\\explorer.exe"}};
+  return json{
+      {"incident_id", "inc-1"},
+      {"device_id", "sim-0003"},
+      {"key_event_id", "e4"},
+      {"detection", {{"name", "HEUR:Trojan.Win32.Generic"}, {"severity", "high"}}},
+      {"events",
+       json::array(
+           {{{"id", "e2"},
+             {"type", "file_created"},
+             {"file", {{"path", "C:\\Users\\bob\\invoice.exe"}, {"sha256", "aa11"}}},
+             {"process", explorer}},
+            {{"id", "e4"},
+             {"type", "process_started"},
+             {"parent_id", "e2"},
+             {"file", {{"path", "C:\\Users\\bob\\invoice.exe"}, {"sha256", "aa11"}}},
+             {"process",
+              {{"pid", 4242},
+               {"start_time", "2026-11-27T21:15:03.000000Z"},
+               {"image", "C:\\Users\\bob\\invoice.exe"},
+               {"cmdline", "invoice.exe /q"}}}},
+            {{"id", "e5"},
+             {"type", "network_connection"},
+             {"process", explorer},
+             {"detail", "10.0.0.9:443"}}})}};
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(command_names_and_reverses) {
+  using namespace parry::ctl;
+  BOOST_TEST(action_type_for_command("delete-file") == "delete_file");
+  BOOST_TEST(action_type_for_command("release") == "release_isolation");
+  BOOST_TEST(action_type_for_command("terminate") == "terminate_process");
+  BOOST_TEST(action_type_for_command("rm") == "");
+  BOOST_TEST(command_for_action_type("start_process") == "start-process");
+  BOOST_TEST(command_for_action_type("allow_run") == "allow_run");
+  BOOST_TEST(reverse_type("isolate") == "release_isolation");
+  BOOST_TEST(reverse_type("prevent_run") == "allow_run");
+  BOOST_TEST(reverse_type("quarantine") == "restore_from_quarantine");
+  BOOST_TEST(reverse_type("delete_file") == "");
+  BOOST_TEST(reverse_type("release_isolation") == "");
+}
+
+BOOST_AUTO_TEST_CASE(password_follows_the_servers_list) {
+  using parry::ctl::needs_password;
+  json av = available_answer();
+  BOOST_TEST(needs_password("quarantine", av));
+  BOOST_TEST(!needs_password("isolate", av));
+  BOOST_TEST(!needs_password("restore_from_quarantine", av));
+  // An administrator may require it for more types, or fewer; start_process always.
+  av["password_required"] = json::array({"restore_from_quarantine"});
+  BOOST_TEST(needs_password("restore_from_quarantine", av));
+  BOOST_TEST(!needs_password("quarantine", av));
+  BOOST_TEST(needs_password("start_process", av));
+  // No list at all: the documented default.
+  BOOST_TEST(needs_password("delete_file", json::object()));
+  BOOST_TEST(!needs_password("allow_run", json::object()));
+}
+
+BOOST_AUTO_TEST_CASE(applicability_from_the_answer) {
+  using parry::ctl::applicability_problem;
+  json av = available_answer();
+  BOOST_TEST(applicability_problem("quarantine", "", av) == "");
+  BOOST_TEST(applicability_problem("terminate_process", "", av) == "");
+  BOOST_TEST(applicability_problem("quarantine", "e2", av) == "");
+  BOOST_TEST(applicability_problem("isolate", "e5", av) == ""); // device action
+  BOOST_TEST(applicability_problem("terminate_process", "e2", av) ==
+             "terminate_process does not apply to event e2 (file_created); it allows "
+             "prevent-run, quarantine, delete-file");
+  BOOST_TEST(
+      applicability_problem("quarantine", "e5", av) ==
+      "quarantine does not apply to event e5 (network_connection); no action does");
+  BOOST_TEST(applicability_problem("quarantine", "e9", av) ==
+             "incident inc-1 has no event e9");
+  BOOST_TEST(applicability_problem("release_isolation", "", av) ==
+             "device sim-0003 is not isolated, there is nothing to release");
+  // When the answer says nothing, the server decides.
+  BOOST_TEST(applicability_problem("quarantine", "e2", json::object()) == "");
+}
+
+BOOST_AUTO_TEST_CASE(available_actions_table) {
+  auto out = parry::ctl::render_available_actions(available_answer(), incident_answer());
+  std::vector<std::string> want{
+      "incident inc-1 on device sim-0003 (not isolated)",
+      "",
+      "TARGET     EVENT  EVENT TYPE          ACTIONS                                     "
+      " "
+      "        OBJECT",
+      "device     -      -                   isolate, start-process*                     "
+      " "
+      "        sim-0003",
+      "detection  e4     process_started     prevent-run*, quarantine*, delete-file*, "
+      "terminate*  C:\\Users\\bob\\invoice.exe (pid 4242) invoice.exe /q",
+      "event      e2     file_created        prevent-run*, quarantine*, delete-file*     "
+      " "
+      "        C:\\Users\\bob\\invoice.exe  by C:\\Windows\\explorer.exe (pid 4100)",
+      "event      e5     network_connection  -                                           "
+      " "
+      "        C:\\Windows\\explorer.exe (pid 4100)  (10.0.0.9:443)",
+      "",
+      "* asks for your password",
+  };
+  BOOST_TEST(lines_of(out) == want, boost::test_tools::per_element());
+
+  // Without the incident the objects are unknown, not wrong; without any password
+  // requirement there is no footnote.
+  json av = available_answer();
+  av["password_required"] = json::array();
+  av["device_actions"] = json::array({"isolate", "release_isolation"});
+  av["device_isolated"] = true;
+  auto plain = lines_of(parry::ctl::render_available_actions(av, json()));
+  BOOST_REQUIRE_EQUAL(plain.size(), 7u);
+  BOOST_TEST(plain[0] == "incident inc-1 on device sim-0003 (isolated)");
+  // The widest ACTIONS cell (the detection's, 47 characters) puts OBJECT at column 87.
+  BOOST_TEST(plain[2] ==
+             "TARGET     EVENT  EVENT TYPE          ACTIONS                   "
+             "                       OBJECT");
+  BOOST_TEST(plain[3] ==
+             "device     -      -                   isolate, release          "
+             "                       sim-0003");
+  BOOST_TEST(plain[5] ==
+             "event      e2     file_created        prevent-run, quarantine, d"
+             "elete-file             -");
+  BOOST_TEST(!contains(plain.back(), "password"));
+}
+
+BOOST_AUTO_TEST_CASE(available_actions_table_escapes_server_text) {
+  json av = available_answer();
+  av["targets"][2]["event_type"] = "net\x1b]0;owned\x07";
+  av["targets"][2]["actions"] = json::array({"wipe\ndisk"});
+  json inc = incident_answer();
+  inc["events"][2]["detail"] = "\u202etxt.exe";
+  auto out = parry::ctl::render_available_actions(av, inc);
+  BOOST_TEST(!contains(out, "\x1b"));
+  BOOST_TEST(!contains(out, "\x07"));
+  BOOST_TEST(!contains(out, "\u202e"));
+  BOOST_TEST(lines_of(out).size() == 9u); // the newline did not add a line
+  BOOST_TEST(contains(out, "net\\x1b]0;owned\\x07"));
+  BOOST_TEST(contains(out, "wipe\\ndisk"));
+  BOOST_TEST(contains(out, "(\\u202etxt.exe)"));
+}
+
+BOOST_AUTO_TEST_CASE(confirmation_of_a_file_action) {
+  json device{{"device_id", "sim-0003"}, {"hostname", "ws-0003"}};
+  auto out = parry::ctl::describe_pending_action("quarantine", incident_answer(), "e2",
+                                                 json::object(), device);
+  std::vector<std::string> want{
+      "about to quarantine:",
+      "  device    sim-0003 (ws-0003)",
+      "  incident  inc-1  HEUR:Trojan.Win32.Generic",
+      "  target    event e2 (file_created)",
+      "  file      C:\\Users\\bob\\invoice.exe",
+      "  sha256    aa11",
+  };
+  BOOST_TEST(lines_of(out) == want, boost::test_tools::per_element());
+
+  // No --event: the detection's key event; terminate shows the process.
+  auto term = parry::ctl::describe_pending_action("terminate_process", incident_answer(),
+                                                  "", json::object(), json());
+  std::vector<std::string> want_term{
+      "about to terminate_process:",
+      "  device        sim-0003",
+      "  incident      inc-1  HEUR:Trojan.Win32.Generic",
+      "  target        the detection, event e4 (process_started)",
+      "  process       pid 4242  C:\\Users\\bob\\invoice.exe",
+      "  started       2026-11-27T21:15:03.000000Z",
+      "  command line  invoice.exe /q",
+  };
+  BOOST_TEST(lines_of(term) == want_term, boost::test_tools::per_element());
+
+  auto iso = parry::ctl::describe_pending_action("isolate", incident_answer(), "e5",
+                                                 json::object(), device);
+  BOOST_TEST(contains(iso, "  target    the device\n"));
+  BOOST_TEST(!contains(iso, "e5"));
+
+  auto missing = parry::ctl::describe_pending_action("delete_file", incident_answer(),
+                                                     "e9", json::object(), device);
+  BOOST_TEST(contains(missing, "event e9 (not in this incident)"));
+  BOOST_TEST(!contains(missing, "sha256"));
+}
+
+BOOST_AUTO_TEST_CASE(confirmation_escapes_hostile_names) {
+  json inc = incident_answer();
+  // A file name that reorders itself, a command line that clears the screen and
+  // fakes a prompt answer on a new line, a host name with a title escape.
+  inc["events"][0]["file"]["path"] = "C:\\Users\\bob\\invoice\u202Efdp.exe";
+  inc["events"][0]["file"]["sha256"] = "aa\r\nProceed? [y/N] y";
+  inc["events"][1]["process"]["cmdline"] = "x\x1b[2J\x1b[H\nProceed? [y/N] y";
+  inc["detection"]["name"] = "Trojan\xc2\x9b"
+                             "31m";
+  json device{{"device_id", "sim-0003"}, {"hostname", "ws\x1b]0;pwned\x07"}};
+
+  auto out = parry::ctl::describe_pending_action("quarantine", inc, "e2", json::object(),
+                                                 device);
+  std::vector<std::string> want{
+      "about to quarantine:",
+      "  device    sim-0003 (ws\\x1b]0;pwned\\x07)",
+      "  incident  inc-1  Trojan\\u009b31m",
+      "  target    event e2 (file_created)",
+      "  file      C:\\Users\\bob\\invoice\\u202efdp.exe",
+      "  sha256    aa\\r\\nProceed? [y/N] y",
+  };
+  BOOST_TEST(lines_of(out) == want, boost::test_tools::per_element());
+
+  auto term = parry::ctl::describe_pending_action("terminate_process", inc, "",
+                                                  json::object(), {});
+  BOOST_TEST(!contains(term, "\x1b"));
+  BOOST_TEST(lines_of(term).size() == 7u);
+  BOOST_TEST(contains(term, "  command line  x\\x1b[2J\\x1b[H\\nProceed? [y/N] y\n"));
+}
+
+BOOST_AUTO_TEST_CASE(start_process_arguments_are_shown_escaped) {
+  json params{{"path", "C:\\Tools\\collect.exe"},
+              {"working_directory", "C:\\Temp\\\x1b[8m"},
+              {"arguments", "/out \"C:\\Temp\\x y.zip\"\n\x1b[1A\u2067 /quiet"}};
+  auto out = parry::ctl::describe_pending_action("start_process", incident_answer(), "",
+                                                 params, json());
+  std::vector<std::string> want{
+      "about to start_process:",
+      "  device      sim-0003",
+      "  incident    inc-1  HEUR:Trojan.Win32.Generic",
+      "  target      the device",
+      "  executable  C:\\Tools\\collect.exe",
+      "  directory   C:\\Temp\\\\x1b[8m",
+      "  arguments   /out \"C:\\Temp\\x y.zip\"\\n\\x1b[1A\\u2067 /quiet",
+  };
+  BOOST_TEST(lines_of(out) == want, boost::test_tools::per_element());
+
+  auto bare = parry::ctl::describe_pending_action("start_process", incident_answer(), "",
+                                                  json{{"path", "/usr/bin/id"}}, json());
+  BOOST_TEST(contains(bare, "  directory   (the agent's default)\n"));
+  BOOST_TEST(contains(bare, "  arguments   (none)\n"));
+
+  // After registration the server shows its split argv; `action` lists it in order
+  // (arg.2 before arg.10) and escaped.
+  json action{
+      {"action_id", "act-9"},
+      {"type", "start_process"},
+      {"state", "completed"},
+      {"params", {{"path", "C:\\Tools\\collect.exe"}, {"argc", 11}, {"arg.10", "last"}}},
+      {"result",
+       {{"ok", true},
+        {"error", ""},
+        {"effect",
+         {{"pid", 77},
+          {"exit_code", 0},
+          {"stdout", "done\r\n\x1b[31mred"},
+          {"stderr", ""}}}}}};
+  for (int i = 0; i < 10; ++i)
+    action["params"]["arg." + std::to_string(i)] = "a" + std::to_string(i);
+  action["params"]["arg.1"] = "\x1b[2J";
+  auto fields = parry::ctl::action_fields(action);
+  std::vector<std::string> labels;
+  for (const auto& f : fields)
+    if (f.first.rfind("param ", 0) == 0 || f.first.rfind("effect ", 0) == 0)
+      labels.push_back(f.first);
+  std::vector<std::string> want_labels{
+      "param arg.0",   "param arg.1",  "param arg.2", "param arg.3",      "param arg.4",
+      "param arg.5",   "param arg.6",  "param arg.7", "param arg.8",      "param arg.9",
+      "param arg.10",  "param argc",   "param path",  "effect exit_code", "effect pid",
+      "effect stderr", "effect stdout"};
+  BOOST_TEST(labels == want_labels, boost::test_tools::per_element());
+  auto text = parry::ctl::format_fields(fields);
+  BOOST_TEST(!contains(text, "\x1b"));
+  BOOST_TEST(contains(text, "param arg.1         \\x1b[2J\n"));
+  BOOST_TEST(contains(text, "effect stdout       done\\r\\n\\x1b[31mred\n"));
+  BOOST_TEST(contains(text, "effect stderr       -\n"));
+}
+
+BOOST_AUTO_TEST_CASE(action_view_shows_reverse_links_and_effect) {
+  json action = json::parse(R"({
+    "action_id": "act-1", "type": "quarantine", "device_id": "sim-0003",
+    "incident_id": "inc-1", "target": {"kind": "event", "event_id": "e2"},
+    "params": {"path": "C:\\x\\payload.exe", "sha256": "ab12"},
+    "state": "reverted", "final": true, "requested_by": "alice", "comment": "",
+    "password_confirmed": true, "created_at": "t1", "updated_at": "t2",
+    "expires_at": "t3", "reverses": "", "reversed_by": "act-2",
+    "result": {"ok": true, "error": "", "effect": {"quarantine_id": "q-7"}}})");
+  auto text = parry::ctl::format_fields(parry::ctl::action_fields(action));
+  std::vector<std::string> want{
+      "action                act-1",
+      "type                  quarantine",
+      "device                sim-0003",
+      "incident              inc-1",
+      "target                event e2",
+      "state                 reverted (final)",
+      "requested by          alice",
+      "password confirmed    yes",
+      "comment               -",
+      "created               t1",
+      "updated               t2",
+      "expires               t3",
+      "reverses              -",
+      "reversed by           act-2",
+      "param path            C:\\x\\payload.exe",
+      "param sha256          ab12",
+      "result                ok",
+      "effect quarantine_id  q-7",
+  };
+  BOOST_TEST(lines_of(text) == want, boost::test_tools::per_element());
+
+  json failed{{"state", "failed"}, {"result", {{"ok", false}, {"error", "file in use"}}}};
+  BOOST_TEST(parry::ctl::result_text(failed) == "failed: file in use");
+  BOOST_TEST(parry::ctl::result_text(json{{"state", "sent"}}) == "-");
+}
+
+BOOST_AUTO_TEST_CASE(reverse_confirmation) {
+  json original{{"action_id", "act-1"},
+                {"type", "quarantine"},
+                {"state", "completed"},
+                {"device_id", "sim-0003"},
+                {"incident_id", "inc-1"},
+                {"target", {{"kind", "detection"}}},
+                {"params", {{"path", "C:\\x\\pay\x1b[0mload.exe"}, {"sha256", "ab12"}}}};
+  auto out = parry::ctl::describe_reverse(original, "restore_from_quarantine");
+  std::vector<std::string> want{
+      "about to reverse act-1 (quarantine, completed) with restore_from_quarantine:",
+      "  device    sim-0003",
+      "  incident  inc-1",
+      "  target    detection",
+      "  path      C:\\x\\pay\\x1b[0mload.exe",
+      "  sha256    ab12",
+  };
+  BOOST_TEST(lines_of(out) == want, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(natural_order) {
+  using parry::ctl::natural_less;
+  BOOST_TEST(natural_less("arg.2", "arg.10"));
+  BOOST_TEST(!natural_less("arg.10", "arg.2"));
+  BOOST_TEST(natural_less("arg.9", "argc"));
+  BOOST_TEST(natural_less("a", "ab"));
+  BOOST_TEST(!natural_less("x", "x"));
+  BOOST_TEST(natural_less("v01", "v1") != natural_less("v1", "v01")); // strict
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+const std::string zero_hash(64, '0');
+
+// The chain as docs/rest-api.md defines it, written out again here rather than taken
+// from the code under test.
+void seal(json& r) {
+  r["hash"] = parry::sha256_hex(
+      std::to_string(r["seq"].get<std::int64_t>()) + "\n" +
+      std::to_string(r["time_us"].get<std::int64_t>()) + "\n" +
+      r["actor"].get<std::string>() + "\n" + r["kind"].get<std::string>() + "\n" +
+      r["target"].get<std::string>() + "\n" + r["detail"].get<std::string>() + "\n" +
+      r["prev_hash"].get<std::string>());
+}
+
+json make_trail(int n) {
+  const char* kinds[] = {"login", "trigger", "transition", "transition", "reverse"};
+  json trail = json::array();
+  std::string prev = zero_hash;
+  for (int seq = 1; seq <= n; ++seq) {
+    json r{{"seq", seq},
+           {"time", "2026-11-27T21:15:00.000000Z"},
+           {"time_us", 1795900000000000LL + seq * 1000},
+           {"actor", seq == 1 ? "admin" : "alice"},
+           {"kind", kinds[seq % 5]},
+           {"target", "act-" + std::to_string(seq)},
+           // Newlines and non-ASCII inside a field are hashed as they are.
+           {"detail", seq == 2 ? "queued: device\noffline, Grüße" : "ok"},
+           {"prev_hash", prev}};
+    seal(r);
+    prev = r["hash"].get<std::string>();
+    trail.push_back(r);
+  }
+  return trail;
+}
+
+json head_of(const json& trail) {
+  if (trail.empty()) return json{{"seq", 0}, {"hash", zero_hash}};
+  return json{{"seq", trail.back()["seq"]}, {"hash", trail.back()["hash"]}};
+}
+
+std::string verdict_of(const json& trail, const json& head) {
+  auto v = parry::ctl::verify_audit_trail(trail, head);
+  BOOST_TEST(v.intact == v.problem.empty());
+  return v.intact ? "intact" : v.problem;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(audit)
+
+BOOST_AUTO_TEST_CASE(intact_chain) {
+  json trail = make_trail(6);
+  auto v = parry::ctl::verify_audit_trail(trail, head_of(trail));
+  BOOST_TEST(v.intact);
+  BOOST_TEST(v.records == 6u);
+  BOOST_TEST(v.head_seq == 6);
+  BOOST_TEST(v.head_hash == trail[5]["hash"].get<std::string>());
+  BOOST_TEST(parry::ctl::audit_summary(v) ==
+             "audit trail intact: 6 records, head " +
+                 trail[5]["hash"].get<std::string>().substr(0, 16));
+
+  auto empty = parry::ctl::verify_audit_trail(json::array(), head_of(json::array()));
+  BOOST_TEST(empty.intact);
+  BOOST_TEST(parry::ctl::audit_summary(empty) == "audit trail intact: 0 records");
+}
+
+BOOST_AUTO_TEST_CASE(changed_detail) {
+  json trail = make_trail(6);
+  trail[2]["detail"] = "nothing to see";
+  BOOST_TEST(verdict_of(trail, head_of(trail)) == "record 3 was changed (hash mismatch)");
+  auto v = parry::ctl::verify_audit_trail(trail, head_of(trail));
+  BOOST_TEST(parry::ctl::audit_summary(v) ==
+             "audit trail broken: record 3 was changed (hash mismatch)");
+
+  // Rewritten with its hash recomputed: the next record's link gives it away.
+  seal(trail[2]);
+  BOOST_TEST(verdict_of(trail, head_of(make_trail(6))) ==
+             "record 4 does not follow record 3 (prev_hash mismatch: one of them was "
+             "rewritten)");
+
+  // The time is hashed as the decimal time_us.
+  json later = make_trail(3);
+  later[1]["time_us"] = later[1]["time_us"].get<std::int64_t>() + 1;
+  BOOST_TEST(verdict_of(later, head_of(later)) == "record 2 was changed (hash mismatch)");
+}
+
+BOOST_AUTO_TEST_CASE(removed_middle_records) {
+  json trail = make_trail(6);
+  json head = head_of(trail);
+  trail.erase(2);
+  BOOST_TEST(verdict_of(trail, head) == "record 3 is missing (seq jumps from 2 to 4)");
+  trail.erase(2);
+  BOOST_TEST(verdict_of(trail, head) ==
+             "records 3 to 4 are missing (seq jumps from 2 to 5)");
+
+  json start = make_trail(6);
+  start.erase(0);
+  start.erase(0);
+  BOOST_TEST(verdict_of(start, head) ==
+             "records 1 to 2 are missing (the trail starts at 3)");
+}
+
+BOOST_AUTO_TEST_CASE(removed_tail) {
+  json trail = make_trail(6);
+  json head = head_of(trail);
+  trail.erase(5);
+  trail.erase(4);
+  BOOST_TEST(verdict_of(trail, head) ==
+             "the trail ends at 4 but the server's head is 6 (records removed from the "
+             "end)");
+  BOOST_TEST(verdict_of(json::array(), head) ==
+             "the trail is empty but the server's head is 6 (records removed)");
+  // The last record replaced by a self-consistent one: only the head knows.
+  json swapped = make_trail(6);
+  swapped[5]["detail"] = "harmless";
+  seal(swapped[5]);
+  BOOST_TEST(verdict_of(swapped, head) ==
+             "record 6 does not match the server's head (hash mismatch)");
+  BOOST_TEST(verdict_of(make_trail(6), json{{"seq", 5}, {"hash", zero_hash}}) ==
+             "the trail ends at 6 but the server's head is 5 (the head is behind)");
+  BOOST_TEST(verdict_of(make_trail(6), json()) ==
+             "the server's head is missing or malformed");
+}
+
+BOOST_AUTO_TEST_CASE(reordered_pair) {
+  json trail = make_trail(6);
+  json head = head_of(trail);
+  // Listed out of order, each record untouched.
+  std::swap(trail[2], trail[3]);
+  BOOST_TEST(verdict_of(trail, head) == "records out of order: 4 comes before 3");
+
+  // Contents swapped, seq numbers kept in place: the seq is part of the hash.
+  json renumbered = make_trail(6);
+  std::swap(renumbered[2], renumbered[3]);
+  renumbered[2]["seq"] = 3;
+  renumbered[3]["seq"] = 4;
+  BOOST_TEST(verdict_of(renumbered, head) == "record 3 was changed (hash mismatch)");
+
+  // A record given twice.
+  json twice = make_trail(4);
+  twice.insert(twice.begin() + 3, twice[2]);
+  BOOST_TEST(verdict_of(twice, head_of(make_trail(4))) == "record 3 appears twice");
+}
+
+BOOST_AUTO_TEST_CASE(first_record_must_start_the_chain) {
+  json trail = make_trail(3);
+  trail[0]["prev_hash"] = std::string(63, '0') + "1";
+  BOOST_TEST(verdict_of(trail, head_of(trail)) == "record 1 was changed (hash mismatch)");
+  seal(trail[0]); // and consistent in itself
+  BOOST_TEST(verdict_of(trail, head_of(trail)) ==
+             "record 1 does not start the chain (prev_hash is not 64 zeros)");
+}
+
+BOOST_AUTO_TEST_CASE(malformed_records) {
+  json trail = make_trail(3);
+  trail[1]["time_us"] = "1795900000002000";
+  BOOST_TEST(verdict_of(trail, head_of(trail)) ==
+             "record 2 is malformed (time_us is not an integer)");
+  json no_seq = make_trail(3);
+  no_seq[1].erase("seq");
+  BOOST_TEST(verdict_of(no_seq, head_of(no_seq)) ==
+             "record at position 2 is malformed (seq is not a positive integer)");
+  json no_actor = make_trail(3);
+  no_actor[2]["actor"] = nullptr;
+  BOOST_TEST(verdict_of(no_actor, head_of(no_actor)) ==
+             "record 3 is malformed (actor is not a string)");
+}
+
+BOOST_AUTO_TEST_CASE(pages_are_fetched_until_empty) {
+  json trail = make_trail(5);
+  std::vector<std::int64_t> asked;
+  auto fetch = [&](std::int64_t after) {
+    asked.push_back(after);
+    json page = json::array();
+    for (const auto& r : trail)
+      if (r["seq"].get<std::int64_t>() > after && page.size() < 2) page.push_back(r);
+    return json{{"records", page}, {"head", head_of(trail)}};
+  };
+  auto v = parry::ctl::verify_audit_pages(fetch);
+  BOOST_TEST(v.intact);
+  BOOST_TEST(v.records == 5u);
+  BOOST_TEST(asked == (std::vector<std::int64_t>{0, 2, 4, 5}),
+             boost::test_tools::per_element());
+
+  // A broken record ends the fetching: the verdict cannot change any more.
+  trail[1]["detail"] = "edited";
+  asked.clear();
+  auto broken = parry::ctl::verify_audit_pages(fetch);
+  BOOST_TEST(broken.problem == "record 2 was changed (hash mismatch)");
+  BOOST_TEST(asked == (std::vector<std::int64_t>{0}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(a_server_that_does_not_advance_cannot_loop) {
+  // Always the same page, whatever "after" says. With a gap pending every record of
+  // the repeated page is accepted, so only the paging guard stops the loop.
+  json trail = make_trail(3);
+  trail.erase(1);
+  int calls = 0;
+  auto v = parry::ctl::verify_audit_pages([&](std::int64_t) {
+    ++calls;
+    return json{{"records", trail}, {"head", head_of(make_trail(3))}};
+  });
+  BOOST_TEST(calls == 2);
+  BOOST_TEST(v.problem == "record 2 is missing (seq jumps from 1 to 3)");
+
+  calls = 0;
+  json whole = make_trail(2);
+  auto again = parry::ctl::verify_audit_pages([&](std::int64_t) {
+    ++calls;
+    return json{{"records", whole}, {"head", head_of(whole)}};
+  });
+  BOOST_TEST(calls == 2);
+  BOOST_TEST(again.problem == "records out of order: 2 comes before 1");
+
+  auto no_list = parry::ctl::verify_audit_pages([](std::int64_t) {
+    return json{{"error", {{"code", "x"}}}};
+  });
+  BOOST_TEST(!no_list.intact);
+  BOOST_TEST(no_list.problem ==
+             "the server's answer after record 0 has no list of records");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -680,3 +1280,52 @@ BOOST_AUTO_TEST_CASE(connection_refused_is_a_client_error) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_CASE(audit_verify_over_https) {
+  std::signal(SIGPIPE, SIG_IGN);
+  test_pki pki;
+  json trail = make_trail(5);
+  json head = head_of(trail);
+  // The records as the server writes them, paged by "after" and "limit".
+  tls_server server(pki, [&](const seen_request& req) {
+    reply r;
+    auto query = req.target.substr(req.target.find('?') + 1);
+    std::int64_t after = 0;
+    std::size_t limit = 1000;
+    std::istringstream in(query);
+    for (std::string kv; std::getline(in, kv, '&');) {
+      auto eq = kv.find('=');
+      if (kv.substr(0, eq) == "after") after = std::stoll(kv.substr(eq + 1));
+      if (kv.substr(0, eq) == "limit") limit = std::stoul(kv.substr(eq + 1));
+    }
+    json page = json::array();
+    for (const auto& rec : trail)
+      if (rec["seq"].get<std::int64_t>() > after && page.size() < limit)
+        page.push_back(rec);
+    r.body = json{{"records", page}, {"head", head}}.dump();
+    return r;
+  });
+  parry::client c(server.url(), parry::tls_options{pki.cert_file, false});
+  auto fetch = [&](std::int64_t after) {
+    auto r =
+        c.get("/api/v1/audit" + parry::ctl::query_string(
+                                    {{"after", std::to_string(after)}, {"limit", "2"}}));
+    BOOST_REQUIRE(r.ok());
+    return r.body;
+  };
+  auto v = parry::ctl::verify_audit_pages(fetch);
+  BOOST_TEST(v.intact);
+  BOOST_TEST(v.records == 5u);
+  std::vector<std::string> targets;
+  for (const auto& r : server.requests())
+    targets.push_back(r.target);
+  std::vector<std::string> want{
+      "/api/v1/audit?after=0&limit=2", "/api/v1/audit?after=2&limit=2",
+      "/api/v1/audit?after=4&limit=2", "/api/v1/audit?after=5&limit=2"};
+  BOOST_TEST(targets == want, boost::test_tools::per_element());
+
+  // The same trail with record 4 gone on the server.
+  trail.erase(3);
+  auto gone = parry::ctl::verify_audit_pages(fetch);
+  BOOST_TEST(gone.problem == "record 4 is missing (seq jumps from 3 to 5)");
+}

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <sqlite3.h>
 #include <zmq.hpp>
 
 #include "bus/codec.hpp"
@@ -34,13 +35,7 @@ std::string env_or_fail(const char* name) {
 /// Polls `pred` until it holds or `timeout` passes.
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds timeout = 20s) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred())
-      return true;
-    std::this_thread::sleep_for(50ms); // poll interval
-  }
-  return pred();
+  return poll_until(pred, timeout);
 }
 
 constexpr const char* admin_password = "integration-test-password";
@@ -556,6 +551,58 @@ BOOST_AUTO_TEST_CASE(kill_9_with_actions_in_every_open_state_loses_and_repeats_n
   }
   for (auto* p : {q.get(), s.get(), a.get()})
     p->stop(SIGTERM);
+}
+
+BOOST_AUTO_TEST_CASE(audit_tampering_is_found_and_named) {
+  auto id = incident_of("sim-0000")["incident_id"].get<std::string>();
+  BOOST_TEST(act("isolate", id)["state"] == "completed");
+  // parryctl audit verify, as an administrator would run it.
+  auto verify = [&](const std::string& log) {
+    child_process ctl{{env_or_fail("PARRY_BIN_DIR") + "/parryctl", "audit", "verify"},
+                      {{"PARRY_SERVER", base_url},
+                       {"PARRY_CACERT", (dir / "data/tls/cert.pem").string()},
+                       {"PARRY_TOKEN", token},
+                       {"PARRY_CONFIG", (dir / "no-credentials.json").string()}},
+                      (dir / log).string()};
+    int rc = ctl.wait(30s);
+    std::ifstream in{dir / log};
+    return std::pair{rc, std::string{std::istreambuf_iterator<char>{in}, {}}};
+  };
+  auto [rc, out] = verify("verify-1.log");
+  BOOST_TEST(rc == 0, out);
+  BOOST_TEST(out.find("intact") != std::string::npos, out);
+
+  // Someone with the database file in hand changes record 2 ...
+  sqlite3* db = nullptr;
+  BOOST_REQUIRE(sqlite3_open((dir / "data/parry.db").c_str(), &db) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  auto exec = [&](const char* sql) {
+    char* err = nullptr;
+    BOOST_REQUIRE_MESSAGE(sqlite3_exec(db, sql, nullptr, nullptr, &err) == SQLITE_OK,
+                          (err ? err : "?"));
+  };
+  // The database itself refuses ...
+  BOOST_TEST(sqlite3_exec(db, "UPDATE audit SET detail = 'nothing' WHERE seq = 2", nullptr,
+                          nullptr, nullptr)
+             != SQLITE_OK);
+  // ... so they drop the guards first.
+  exec("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;");
+  // A record removed from the middle ...
+  exec("DELETE FROM audit WHERE seq = 3");
+  std::tie(rc, out) = verify("verify-2.log");
+  BOOST_TEST(rc == 1, out);
+  BOOST_TEST(out.find("record 3 is missing") != std::string::npos, out);
+  // ... a record changed before it ...
+  exec("UPDATE audit SET detail = 'nothing happened' WHERE seq = 2");
+  std::tie(rc, out) = verify("verify-3.log");
+  BOOST_TEST(rc == 1, out);
+  BOOST_TEST(out.find("record 2 was changed") != std::string::npos, out);
+  // ... and records cut from the end, where the server's head gives it away.
+  exec("DELETE FROM audit WHERE seq >= 2");
+  std::tie(rc, out) = verify("verify-4.log");
+  BOOST_TEST(rc == 1, out);
+  BOOST_TEST(out.find("removed from the end") != std::string::npos, out);
+  sqlite3_close(db);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
