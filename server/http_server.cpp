@@ -104,6 +104,10 @@ private:
     if (ec) {
       if (ec == http::error::body_limit)
         return write_error(413, "payload_too_large", "request body over 1 MiB");
+      if (ec == http::error::header_limit)
+        return write_error(431, "headers_too_large", "request headers over 16 KiB");
+      if (ec.category() == http::make_error_code(http::error::bad_method).category())
+        return write_error(400, "bad_request", "malformed HTTP request");
       if (ec != beast::error::timeout && ec != net::error::operation_aborted
           && ec != net::ssl::error::stream_truncated)
         spdlog::debug("http: read: {}", ec.message());
