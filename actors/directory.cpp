@@ -1,5 +1,6 @@
 #include "actors/directory.hpp"
 
+#include <caf/exit_reason.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
@@ -147,16 +148,30 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
   st.incident_idle = incident_idle;
   st.store = std::move(store);
   st.gateway = std::move(gateway);
-  self->set_down_handler([self](const caf::down_msg& msg) {
+  // Forgets a child that ended, so the next message for it spawns a fresh one.
+  auto forget = [self](const caf::actor_addr& who) {
     auto drop = [&](auto& map) {
       for (auto i = map.begin(); i != map.end(); ++i)
-        if (i->second.address() == msg.source) {
+        if (i->second.address() == who) {
           map.erase(i);
           return true;
         }
       return false;
     };
-    drop(self->state.actions) || drop(self->state.incidents);
+    return drop(self->state.actions) || drop(self->state.incidents)
+           || drop(self->state.devices);
+  };
+  self->set_down_handler([forget](const caf::down_msg& msg) { forget(msg.source); });
+  // Children are linked so that they end with the directory. A child that fails
+  // (an exception in a handler) must not take every other device down with it.
+  self->set_exit_handler([self, forget](const caf::exit_msg& msg) {
+    if (msg.reason == caf::exit_reason::normal)
+      return;
+    if (forget(msg.source)) {
+      spdlog::error("directory: a child actor failed: {}", caf::to_string(msg.reason));
+      return;
+    }
+    self->quit(msg.reason); // told to stop from outside
   });
   return {
     [self](atom::hello, const std::string& id, bus::hello& h) {

@@ -26,10 +26,11 @@ void advance(response_action_stateful self, const char* next, std::string reason
     .then([then](atom::ok) mutable { then(); },
           [self, next](caf::error& err) {
             // Without the record we must not act: stop here, loudly. A restart
-            // resumes the action from its last stored state.
+            // resumes the action from its last stored state. A normal exit, so the
+            // failure stays with this action.
             spdlog::error("action {}: cannot store state {}: {}",
                           self->state.rec.action_id, next, message_of(err));
-            self->quit(err);
+            self->quit();
           });
 }
 
