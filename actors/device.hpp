@@ -60,8 +60,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, store_actor store,
                                    gateway_actor gateway);
 
-/// Checks an incident report before it is stored: ids, key event, parent links.
-/// Returns an empty string when it is acceptable, else why not.
+/// Checks an incident report before it reaches the actors (the gateway calls it):
+/// ids, key event, parent links. Returns an empty string when it is acceptable, else
+/// why not.
 std::string validate_report(const bus::incident_report& r);
 
 } // namespace parry
