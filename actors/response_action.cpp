@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string_view>
 
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
@@ -39,37 +40,44 @@ bool withdrawable(const std::string& st) {
   return st == state::registered || st == state::queued || st == state::sent;
 }
 
-/// After a final state is stored: a reverse action settles the action it undoes, then
-/// the actor ends (its record lives on in the store).
-void finish(response_action_stateful self) {
+/// A reverse action settles the action it undoes just before its own final state is
+/// stored: both writes queue at the store in this order, so whoever sees the reverse's
+/// final state also sees the original settled.
+void settle_original(response_action_stateful self, const char* next) {
   auto& rec = self->state.rec;
-  if (rec.reverses.empty()) {
-    self->quit();
+  if (rec.reverses.empty())
     return;
-  }
-  auto done = [self](atom::ok) { self->quit(); };
   auto err = [self](caf::error& err) {
     spdlog::error("action {}: cannot settle {}: {}", self->state.rec.action_id,
                   self->state.rec.reverses, message_of(err));
-    self->quit();
   };
-  if (rec.state == state::completed)
+  if (std::string_view{next} == state::completed)
     self->request(self->state.store, caf::infinite, atom::revert_v, rec.reverses,
                   rec.action_id)
-      .then(done, err);
+      .then([](atom::ok) {}, err);
   else // failed, expired or cancelled: the original may be reversed again
     self->request(self->state.store, caf::infinite, atom::link_v, rec.reverses,
                   std::string{})
-      .then(done, err);
+      .then([](atom::ok) {}, err);
+}
+
+/// Stores a final state (settling the original first), then runs `then` and ends:
+/// the record lives on in the store.
+template <class F>
+void conclude(response_action_stateful self, const char* next, std::string reason, F then) {
+  settle_original(self, next);
+  advance(self, next, std::move(reason), [self, then]() mutable {
+    then();
+    self->quit();
+  });
 }
 
 /// Ends the action before execution: stores `next`, drops its command.
 template <class F>
 void withdraw(response_action_stateful self, const char* next, std::string reason, F then) {
-  advance(self, next, std::move(reason), [self, then]() mutable {
+  conclude(self, next, std::move(reason), [self, then]() mutable {
     self->send(self->state.device, atom::withdraw_v, self->state.rec.action_id);
     then();
-    finish(self);
   });
 }
 
@@ -149,9 +157,8 @@ response_action_actor::behavior_type response_action(response_action_stateful se
       auto next = r.ok ? state::completed : state::failed;
       auto reason = r.ok ? std::string{"agent reported success"}
                          : "agent reported failure: " + r.error;
-      advance(self, next, std::move(reason), [self] {
+      conclude(self, next, std::move(reason), [self] {
         self->send(self->state.device, atom::done_v, self->state.rec.action_id);
-        finish(self);
       });
     },
     [self](atom::done, std::string& note) {
@@ -159,7 +166,7 @@ response_action_actor::behavior_type response_action(response_action_stateful se
       st.rec.result_ok = true;
       st.rec.result_error.clear();
       st.rec.result_effect = {{"note", note}};
-      advance(self, state::completed, note, [self] { finish(self); });
+      conclude(self, state::completed, note, [] {});
     },
     [self](atom::cancel, const std::string& user,
            const std::string& comment) -> caf::result<action_record> {
