@@ -81,8 +81,9 @@ std::string cookie(const std::string& token) {
   return "parry_session=" + token + "; Path=/; HttpOnly; Secure; SameSite=Strict";
 }
 
-/// Reads the action request body; an error names the bad field.
-caf::expected<action_request> parse_action(const std::string& body) {
+/// Reads the action request body and the password re-entry; an error names the bad
+/// field.
+caf::expected<action_request> parse_action(const std::string& body, std::string& password) {
   auto j = json::parse(body, nullptr, false);
   if (!j.is_object())
     return make_error(ec::bad_request, "body must be a JSON object");
@@ -102,6 +103,8 @@ caf::expected<action_request> parse_action(const std::string& body) {
     return make_error(ec::bad_request, "'incident_id' must name an incident");
   if (!str(j, "comment", req.comment))
     return make_error(ec::bad_request, "'comment' must be a string");
+  if (!str(j, "password", password))
+    return make_error(ec::bad_request, "'password' must be a string");
   auto t = j.find("target");
   if (t == j.end() || !t->is_object())
     return make_error(ec::bad_request, "'target' must be an object with a 'kind'");
@@ -111,7 +114,9 @@ caf::expected<action_request> parse_action(const std::string& body) {
     if (!p->is_object() || p->size() > 32)
       return make_error(ec::bad_request, "'params' must be an object of strings");
     for (auto& [k, v] : p->items()) {
-      if (!v.is_string() || k.size() > 64 || v.get_ref<const std::string&>().size() > 4096)
+      // Long enough for start_process arguments (32 KiB), which check their own limits.
+      if (!v.is_string() || k.size() > 64
+          || v.get_ref<const std::string&>().size() > 33 * 1024)
         return make_error(ec::bad_request, "'params." + k + "' must be a short string");
       req.params.emplace(k, v.get<std::string>());
     }
@@ -187,7 +192,7 @@ void audit(api_stateful self, const std::string& actor, const char* kind,
 
 /// Answers a read from the store as-is.
 void read(call c, query q) {
-  c.self->request(c.self->state.store, caf::infinite, std::move(q))
+  c.self->request(c.self->state.reader, caf::infinite, std::move(q))
     .then([c](std::string& body) mutable { c.answer(http_response{200, body, {}}); },
           c.on_error());
 }
@@ -232,7 +237,8 @@ void register_via_directory(call c, std::string what, Ts... xs) {
 void post_action(call c) {
   if (!may_act(c.who.role))
     return c.answer(ec::forbidden, "role " + c.who.role + " may not trigger actions");
-  auto parsed = parse_action(c.req.body);
+  std::string password;
+  auto parsed = parse_action(c.req.body, password);
   if (!parsed)
     return c.answer(parsed.error());
   auto areq = std::move(*parsed);
@@ -241,9 +247,6 @@ void post_action(call c) {
   areq.idempotency_key = c.req.idempotency_key;
   if (areq.idempotency_key.size() > 128)
     return c.answer(ec::bad_request, "Idempotency-Key is longer than 128 characters");
-  std::string password;
-  if (auto j = c.body(); j.contains("password") && j["password"].is_string())
-    password = j["password"].get<std::string>();
   auto what = areq.type + " on " + areq.incident_id;
   auto go = [c, areq, what, password]() mutable {
     with_password(c, areq.type, password, [c, areq, what](bool confirmed) mutable {
@@ -487,11 +490,16 @@ void route(call c) {
       return c.answer(ec::forbidden, top + " is for administrators");
     if (top == "users")
       return users(c);
-    if (m == "GET" && seg.size() == 1)
-      return read(c, query{"audit", "", c.params});
+    if (m == "GET" && seg.size() == 1) {
+      // From the writer: its head in memory is what exposes records cut off the end.
+      c.self->request(st.store, caf::infinite, query{"audit", "", c.params})
+        .then([c](std::string& body) mutable { c.answer(http_response{200, body, {}}); },
+              c.on_error());
+      return;
+    }
   }
   if (m == "GET" && seg.size() == 1 && top == "stats") {
-    c.self->request(st.store, caf::infinite, query{"stats", "", {}})
+    c.self->request(st.reader, caf::infinite, query{"stats", "", {}})
       .then(
         [c](const std::string& body) mutable {
           auto j = json::parse(body);
@@ -538,13 +546,15 @@ void route(call c) {
 } // namespace
 
 api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
-                             directory_actor dir, store_actor store, action_policy policy,
+                             directory_actor dir, store_actor store,
+                             store_reader_actor reader, action_policy policy,
                              std::function<json()> bus_stats) {
   auto& st = self->state;
   st.auth = std::move(auth);
   st.hasher = std::move(hasher);
   st.directory = std::move(dir);
   st.store = std::move(store);
+  st.reader = std::move(reader);
   st.policy = std::move(policy);
   st.bus_stats = std::move(bus_stats);
   return {

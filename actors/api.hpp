@@ -18,6 +18,8 @@ struct api_state {
   hasher_actor hasher;
   directory_actor directory;
   store_actor store;
+  /// Where reads go: never behind the writer's commits.
+  store_reader_actor reader;
   action_policy policy;
   /// Bus counters for /stats; called on the api actor, must be thread-safe.
   std::function<nlohmann::json()> bus_stats;
@@ -27,7 +29,8 @@ using api_stateful = api_actor::stateful_pointer<api_state>;
 
 /// The REST API of docs/rest-api.md: authenticates, checks roles and CSRF, routes.
 api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
-                             directory_actor dir, store_actor store, action_policy policy,
+                             directory_actor dir, store_actor store,
+                             store_reader_actor reader, action_policy policy,
                              std::function<nlohmann::json()> bus_stats);
 
 /// Splits "/a/b?x=1&y=%20" into path and decoded query parameters.

@@ -320,6 +320,10 @@ using store_actor = caf::typed_actor<
   // Commits the open transaction and answers the writes in it.
   caf::reacts_to<atom::flush>>;
 
+/// Answers the REST API's reads on a database connection of its own, so a read never
+/// waits behind the writer's group commits (WAL: it sees the last commit).
+using store_reader_actor = caf::typed_actor<caf::replies_to<query>::with<std::string>>;
+
 /// Bridge to the bus gateway thread: frames handed here are queued for the socket.
 using gateway_actor = caf::typed_actor<
   // Queues [header][body] for the device's connection.

@@ -332,6 +332,8 @@ json run_query(store_state& st, const query& q) {
                               {"created_at", format_time(s.integer(2))}}}};
   }
   if (q.what == "audit") {
+    if (!st.writer)
+      throw std::invalid_argument("the audit trail is read through the store itself");
     int64_t after = 0;
     try {
       after = std::stoll(filter(q, "after").empty() ? "0" : filter(q, "after"));
@@ -354,6 +356,8 @@ json run_query(store_state& st, const query& q) {
                          {"detail", s.text(5)},
                          {"prev_hash", s.text(6)},
                          {"hash", s.text(7)}});
+    // The head the writer keeps in memory, not the table's last row: a record cut
+    // from the end of the table then shows as a mismatch.
     return json{{"records", std::move(out)},
                 {"head", json{{"seq", st.audit_seq}, {"hash", st.audit_head}}}};
   }
@@ -417,8 +421,42 @@ store_state::~store_state() {
     sqlite3_close(db);
 }
 
+namespace {
+
+caf::result<std::string> answer_query(store_state& st, const query& q) {
+  try {
+    return run_query(st, q).dump();
+  } catch (const std::out_of_range& e) {
+    return make_error(ec::not_found, e.what());
+  } catch (const std::invalid_argument& e) {
+    return make_error(ec::bad_request, e.what());
+  } catch (const std::exception& e) {
+    return make_error(ec::storage, e.what());
+  }
+}
+
+} // namespace
+
+store_reader_actor::behavior_type
+store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string path) {
+  auto& st = self->state;
+  if (sqlite3_open_v2(path.c_str(), &st.db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                      nullptr)
+        != SQLITE_OK
+      || sqlite3_exec(st.db, "PRAGMA busy_timeout=5000;", nullptr, nullptr, nullptr)
+           != SQLITE_OK) {
+    spdlog::critical("store reader: {}: {}", path, st.db ? sqlite3_errmsg(st.db) : "?");
+    self->quit(make_error(ec::storage, "cannot open the database for reading"));
+    return store_reader_actor::behavior_type::make_empty_behavior();
+  }
+  return {
+    [self](const query& q) { return answer_query(self->state, q); },
+  };
+}
+
 store_actor::behavior_type store(store_stateful self, std::string path) {
   auto& st = self->state;
+  st.writer = true;
   auto fail = [&](const std::string& what) {
     spdlog::critical("store: {}: {}", path, what);
     self->quit(make_error(ec::storage, what));
@@ -755,17 +793,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         t.step();
       });
     },
-    [=](const query& q) -> caf::result<std::string> {
-      try {
-        return run_query(self->state, q).dump();
-      } catch (const std::out_of_range& e) {
-        return make_error(ec::not_found, e.what());
-      } catch (const std::invalid_argument& e) {
-        return make_error(ec::bad_request, e.what());
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
+    [=](const query& q) { return answer_query(self->state, q); },
     [=](atom::flush) {
       auto& st = self->state;
       if (!st.in_transaction)

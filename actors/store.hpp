@@ -14,7 +14,8 @@ struct sqlite3_stmt;
 
 namespace parry {
 
-/// State of the store actor. It runs detached: SQLite calls block only its thread.
+/// State of one database connection: the store actor (the only writer) or a
+/// store_reader. Both run detached: SQLite calls block only their own thread.
 struct store_state {
   static inline constexpr const char* name = "store";
 
@@ -31,12 +32,19 @@ struct store_state {
   /// Writes committed so far, and commits (groups) that carried them.
   uint64_t writes = 0;
   uint64_t commits = 0;
+  /// True for the writer (the store), false for a reader.
+  bool writer = false;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
 };
 
 using store_stateful = store_actor::stateful_pointer<store_state>;
+
+/// Opens `path` read-only (the writer must have created it) and answers queries.
+/// Spawn it detached, like the store.
+store_reader_actor::behavior_type
+store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string path);
 
 /// Hash of one audit record: SHA-256 over its fields and the previous hash, each
 /// separated by a newline (docs/rest-api.md, "Audit trail").

@@ -159,7 +159,10 @@ void server::start() {
                           {"bad_frames", s.bad_frames.load()},
                           {"unreachable", s.unreachable.load()}};
   };
-  auto a = m.sys.spawn(api, au, hash, m.directory, m.store, policy, bus_stats);
+  // Opened after the writer has created or migrated the schema.
+  auto reader = m.sys.spawn<caf::detached>(store_reader, cfg.data_dir + "/parry.db");
+  keep(reader);
+  auto a = m.sys.spawn(api, au, hash, m.directory, m.store, reader, policy, bus_stats);
   keep(a);
   m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
                                          m.tls.cert, m.tls.key);
