@@ -656,19 +656,9 @@ void fail(bus::action_result& r, std::string why) {
   r.error = std::move(why);
 }
 
-// The `path` and `sha256` of a file action, checked; false with `r` failed if not.
-bool file_params(const bus::command& cmd, bool windows, bus::action_result& r,
-                 std::string& path, std::string& sha256) {
-  const std::string* p = param(cmd, "path");
+// The `sha256` param, checked; false with `r` failed if missing or malformed.
+bool sha256_param(const bus::command& cmd, bus::action_result& r, std::string& sha256) {
   const std::string* h = param(cmd, "sha256");
-  if (!p || p->empty()) {
-    fail(r, "missing param path");
-    return false;
-  }
-  if (std::string why = path_problem(*p, windows, "path"); !why.empty()) {
-    fail(r, why);
-    return false;
-  }
   if (!h || h->empty()) {
     fail(r, "missing param sha256");
     return false;
@@ -677,6 +667,23 @@ bool file_params(const bus::command& cmd, bool windows, bus::action_result& r,
     fail(r, "sha256 must be 64 hex digits, got '" + printable(*h, 80) + "'");
     return false;
   }
+  return true;
+}
+
+// The `path` and `sha256` of a file action, checked; false with `r` failed if not.
+bool file_params(const bus::command& cmd, bool windows, bus::action_result& r,
+                 std::string& path, std::string& sha256) {
+  const std::string* p = param(cmd, "path");
+  if (!p || p->empty()) {
+    fail(r, "missing param path");
+    return false;
+  }
+  if (std::string why = path_problem(*p, windows, "path"); !why.empty()) {
+    fail(r, why);
+    return false;
+  }
+  if (!sha256_param(cmd, r, sha256))
+    return false;
   path = *p;
   return true;
 }
@@ -691,16 +698,7 @@ bool hash_params(const bus::command& cmd, bool windows, bus::action_result& r,
       return false;
     }
   }
-  const std::string* h = param(cmd, "sha256");
-  if (!h || h->empty()) {
-    fail(r, "missing param sha256");
-    return false;
-  }
-  if (!parse_sha256(*h, sha256)) {
-    fail(r, "sha256 must be 64 hex digits, got '" + printable(*h, 80) + "'");
-    return false;
-  }
-  return true;
+  return sha256_param(cmd, r, sha256);
 }
 
 } // namespace
