@@ -17,8 +17,7 @@ namespace {
 device_actor device_for(directory_stateful self, const std::string& id) {
   auto& st = self->state;
   auto i = st.devices.find(id);
-  if (i != st.devices.end())
-    return i->second;
+  if (i != st.devices.end()) return i->second;
   auto d = self->spawn<caf::linked>(device, id, st.cfg, st.store, st.gateway);
   st.devices.emplace(id, d);
   return d;
@@ -33,21 +32,21 @@ void with_incident(directory_stateful self, const std::string& id, F f, G on_err
     return;
   }
   self->request(st.store, caf::infinite, atom::get_v, atom::incident_v, id)
-    .then(
-      [self, id, f](incident_record& rec) mutable {
-        auto& st = self->state;
-        // Another request may have spawned it while we waited for the store.
-        if (auto i = st.incidents.find(id); i != st.incidents.end()) {
-          f(i->second);
-          return;
-        }
-        auto inc = self->spawn<caf::linked>(incident, std::move(rec), st.policy,
-                                            st.incident_idle);
-        self->monitor(inc);
-        st.incidents.emplace(id, inc);
-        f(inc);
-      },
-      [on_error](caf::error& err) mutable { on_error(err); });
+      .then(
+          [self, id, f](incident_record& rec) mutable {
+            auto& st = self->state;
+            // Another request may have spawned it while we waited for the store.
+            if (auto i = st.incidents.find(id); i != st.incidents.end()) {
+              f(i->second);
+              return;
+            }
+            auto inc = self->spawn<caf::linked>(incident, std::move(rec), st.policy,
+                                                st.incident_idle);
+            self->monitor(inc);
+            st.incidents.emplace(id, inc);
+            f(inc);
+          },
+          [on_error](caf::error& err) mutable { on_error(err); });
 }
 
 response_action_actor spawn_action(directory_stateful self, action_record rec) {
@@ -80,17 +79,17 @@ void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fa
   }
   auto dev = device_for(self, rec.device_id);
   self->request(dev, caf::infinite, atom::get_v)
-    .then(
-      [rec, go, fail](const device_record& d) mutable {
-        if (d.isolated) {
-          go(std::move(rec));
-          return;
-        }
-        caf::error err = make_error(ec::not_applicable,
-                                    "device " + d.device_id + " is not isolated");
-        fail(err);
-      },
-      fail);
+      .then(
+          [rec, go, fail](const device_record& d) mutable {
+            if (d.isolated) {
+              go(std::move(rec));
+              return;
+            }
+            caf::error err = make_error(ec::not_applicable,
+                                        "device " + d.device_id + " is not isolated");
+            fail(err);
+          },
+          fail);
 }
 
 /// Answers through `rp`.
@@ -108,13 +107,13 @@ caf::expected<action_record> make_reverse(const action_record& original,
   if (type.empty())
     return make_error(ec::not_applicable, original.type + " cannot be reversed");
   if (original.state != state::completed)
-    return make_error(ec::not_applicable, "action " + original.action_id + " is "
-                                            + original.state
-                                            + ": only a completed action can be reversed");
+    return make_error(ec::not_applicable,
+                      "action " + original.action_id + " is " + original.state +
+                          ": only a completed action can be reversed");
   if (!original.reversed_by.empty())
-    return make_error(ec::not_applicable, "action " + original.action_id
-                                            + " is already being reversed by "
-                                            + original.reversed_by);
+    return make_error(ec::not_applicable, "action " + original.action_id +
+                                              " is already being reversed by " +
+                                              original.reversed_by);
   if (policy.needs_password(type) && !req.password_confirmed)
     return make_error(ec::unauthenticated, type + " needs your password");
   action_record a;
@@ -140,8 +139,9 @@ caf::expected<action_record> make_reverse(const action_record& original,
 }
 
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
-                                         action_policy policy, caf::timespan incident_idle,
-                                         store_actor store, gateway_actor gateway) {
+                                         action_policy policy,
+                                         caf::timespan incident_idle, store_actor store,
+                                         gateway_actor gateway) {
   auto& st = self->state;
   st.cfg = cfg;
   st.policy = std::move(policy);
@@ -158,15 +158,14 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         }
       return false;
     };
-    return drop(self->state.actions) || drop(self->state.incidents)
-           || drop(self->state.devices);
+    return drop(self->state.actions) || drop(self->state.incidents) ||
+           drop(self->state.devices);
   };
   self->set_down_handler([forget](const caf::down_msg& msg) { forget(msg.source); });
   // Children are linked so that they end with the directory. A child that fails
   // (an exception in a handler) must not take every other device down with it.
   self->set_exit_handler([self, forget](const caf::exit_msg& msg) {
-    if (msg.reason == caf::exit_reason::normal)
-      return;
+    if (msg.reason == caf::exit_reason::normal) return;
     if (forget(msg.source)) {
       spdlog::error("directory: a child actor failed: {}", caf::to_string(msg.reason));
       return;
@@ -174,112 +173,114 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
     self->quit(msg.reason); // told to stop from outside
   });
   return {
-    [self](atom::hello, const std::string& id, bus::hello& h) {
-      self->send(device_for(self, id), atom::hello_v, std::move(h));
-    },
-    [self](atom::heartbeat, const std::string& id, const bus::heartbeat& hb) {
-      self->send(device_for(self, id), atom::heartbeat_v, hb);
-    },
-    [self](atom::incident, const std::string& id, bus::incident_report& r) {
-      self->send(device_for(self, id), atom::incident_v, std::move(r));
-    },
-    [self](atom::ack, const std::string& id, std::string& action_id) {
-      self->send(device_for(self, id), atom::ack_v, std::move(action_id));
-    },
-    [self](atom::result, const std::string& id, bus::action_result& r) {
-      self->send(device_for(self, id), atom::result_v, std::move(r));
-    },
-    [self](atom::unreach, const std::string& id) {
-      if (auto i = self->state.devices.find(id); i != self->state.devices.end())
-        self->send(i->second, atom::unreach_v);
-    },
-    [self](atom::reg, action_request& req) -> caf::result<action_record> {
-      auto rp = self->make_response_promise<action_record>();
-      auto fail = [rp](caf::error& err) mutable { rp.deliver(err); };
-      with_incident(
-        self, req.incident_id,
-        [self, req, rp, fail](incident_actor inc) mutable {
-          self->request(inc, caf::infinite, atom::reg_v, req)
+      [self](atom::hello, const std::string& id, bus::hello& h) {
+        self->send(device_for(self, id), atom::hello_v, std::move(h));
+      },
+      [self](atom::heartbeat, const std::string& id, const bus::heartbeat& hb) {
+        self->send(device_for(self, id), atom::heartbeat_v, hb);
+      },
+      [self](atom::incident, const std::string& id, bus::incident_report& r) {
+        self->send(device_for(self, id), atom::incident_v, std::move(r));
+      },
+      [self](atom::ack, const std::string& id, std::string& action_id) {
+        self->send(device_for(self, id), atom::ack_v, std::move(action_id));
+      },
+      [self](atom::result, const std::string& id, bus::action_result& r) {
+        self->send(device_for(self, id), atom::result_v, std::move(r));
+      },
+      [self](atom::unreach, const std::string& id) {
+        if (auto i = self->state.devices.find(id); i != self->state.devices.end())
+          self->send(i->second, atom::unreach_v);
+      },
+      [self](atom::reg, action_request& req) -> caf::result<action_record> {
+        auto rp = self->make_response_promise<action_record>();
+        auto fail = [rp](caf::error& err) mutable { rp.deliver(err); };
+        with_incident(
+            self, req.incident_id,
+            [self, req, rp, fail](incident_actor inc) mutable {
+              self->request(inc, caf::infinite, atom::reg_v, req)
+                  .then(
+                      [self, rp](action_record& rec) mutable {
+                        auto [ok, fail] = deliver_to(rp);
+                        register_checked(self, std::move(rec), ok, fail);
+                      },
+                      fail);
+            },
+            fail);
+        return rp;
+      },
+      [self](atom::cancel, const std::string& id, const std::string& user,
+             const std::string& comment) -> caf::result<action_record> {
+        auto& st = self->state;
+        if (auto i = st.actions.find(id); i != st.actions.end())
+          return self->delegate(i->second, atom::cancel_v, user, comment);
+        // Not live: it is final, or it does not exist.
+        auto rp = self->make_response_promise<action_record>();
+        self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
             .then(
-              [self, rp](action_record& rec) mutable {
-                auto [ok, fail] = deliver_to(rp);
-                register_checked(self, std::move(rec), ok, fail);
-              },
-              fail);
-        },
-        fail);
-      return rp;
-    },
-    [self](atom::cancel, const std::string& id, const std::string& user,
-           const std::string& comment) -> caf::result<action_record> {
-      auto& st = self->state;
-      if (auto i = st.actions.find(id); i != st.actions.end())
-        return self->delegate(i->second, atom::cancel_v, user, comment);
-      // Not live: it is final, or it does not exist.
-      auto rp = self->make_response_promise<action_record>();
-      self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
-        .then(
-          [rp](const action_record& rec) mutable {
-            rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is "
-                                                  + rec.state + " and cannot be cancelled"));
-          },
-          [rp](caf::error& err) mutable { rp.deliver(err); });
-      return rp;
-    },
-    [self](atom::reverse, const std::string& id,
-           const action_request& req) -> caf::result<action_record> {
-      auto& st = self->state;
-      // One reverse at a time per action: the store link is written only once the
-      // reverse is registered, so the gap is covered here.
-      if (!st.reversing.insert(id).second)
-        return make_error(ec::not_applicable, "action " + id + " is already being reversed");
-      auto rp = self->make_response_promise<action_record>();
-      auto fail = [self, rp, id](caf::error& err) mutable {
-        self->state.reversing.erase(id);
-        rp.deliver(err);
-      };
-      self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
-        .then(
-          [self, rp, req, id, fail](const action_record& original) mutable {
-            auto rev = make_reverse(original, req, self->state.policy, now_us());
-            if (!rev) {
-              fail(rev.error());
-              return;
-            }
-            auto linked = [self, rp, id, fail](action_record& rec) mutable {
-              self
-                ->request(self->state.store, caf::infinite, atom::link_v, id, rec.action_id)
-                .then(
-                  [self, rp, id, rec](atom::ok) mutable {
-                    self->state.reversing.erase(id);
-                    rp.deliver(rec);
-                  },
-                  fail);
-            };
-            register_checked(self, std::move(*rev), linked, fail);
-          },
-          fail);
-      return rp;
-    },
-    [self](atom::resume) -> caf::result<uint64_t> {
-      auto rp = self->make_response_promise<uint64_t>();
-      self->request(self->state.store, caf::infinite, atom::open_v)
-        .then(
-          [self, rp](std::vector<action_record>& open) mutable {
-            // In registration order, so each device gets its commands in order.
-            for (auto& rec : open) {
-              auto dev = device_for(self, rec.device_id);
-              auto cmd = to_command(rec);
-              auto act = spawn_action(self, std::move(rec));
-              self->send(dev, atom::submit_v, std::move(cmd), act);
-            }
-            spdlog::info("resumed {} open actions", open.size());
-            rp.deliver(static_cast<uint64_t>(open.size()));
-          },
-          [rp](caf::error& err) mutable { rp.deliver(err); });
-      return rp;
-    },
-    [self](atom::get, const std::string& id) { return device_for(self, id); },
+                [rp](const action_record& rec) mutable {
+                  rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is " +
+                                                          rec.state +
+                                                          " and cannot be cancelled"));
+                },
+                [rp](caf::error& err) mutable { rp.deliver(err); });
+        return rp;
+      },
+      [self](atom::reverse, const std::string& id,
+             const action_request& req) -> caf::result<action_record> {
+        auto& st = self->state;
+        // One reverse at a time per action: the store link is written only once the
+        // reverse is registered, so the gap is covered here.
+        if (!st.reversing.insert(id).second)
+          return make_error(ec::not_applicable,
+                            "action " + id + " is already being reversed");
+        auto rp = self->make_response_promise<action_record>();
+        auto fail = [self, rp, id](caf::error& err) mutable {
+          self->state.reversing.erase(id);
+          rp.deliver(err);
+        };
+        self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
+            .then(
+                [self, rp, req, id, fail](const action_record& original) mutable {
+                  auto rev = make_reverse(original, req, self->state.policy, now_us());
+                  if (!rev) {
+                    fail(rev.error());
+                    return;
+                  }
+                  auto linked = [self, rp, id, fail](action_record& rec) mutable {
+                    self->request(self->state.store, caf::infinite, atom::link_v, id,
+                                  rec.action_id)
+                        .then(
+                            [self, rp, id, rec](atom::ok) mutable {
+                              self->state.reversing.erase(id);
+                              rp.deliver(rec);
+                            },
+                            fail);
+                  };
+                  register_checked(self, std::move(*rev), linked, fail);
+                },
+                fail);
+        return rp;
+      },
+      [self](atom::resume) -> caf::result<uint64_t> {
+        auto rp = self->make_response_promise<uint64_t>();
+        self->request(self->state.store, caf::infinite, atom::open_v)
+            .then(
+                [self, rp](std::vector<action_record>& open) mutable {
+                  // In registration order, so each device gets its commands in order.
+                  for (auto& rec : open) {
+                    auto dev = device_for(self, rec.device_id);
+                    auto cmd = to_command(rec);
+                    auto act = spawn_action(self, std::move(rec));
+                    self->send(dev, atom::submit_v, std::move(cmd), act);
+                  }
+                  spdlog::info("resumed {} open actions", open.size());
+                  rp.deliver(static_cast<uint64_t>(open.size()));
+                },
+                [rp](caf::error& err) mutable { rp.deliver(err); });
+        return rp;
+      },
+      [self](atom::get, const std::string& id) { return device_for(self, id); },
   };
 }
 

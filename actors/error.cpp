@@ -1,24 +1,34 @@
 #include "actors/error.hpp"
 
 #include <caf/atom.hpp>
-#include <caf/message.hpp>
 #include <caf/make_message.hpp>
+#include <caf/message.hpp>
 #include <caf/sec.hpp>
 
 namespace parry {
 
 const char* to_string(ec x) {
   switch (x) {
-    case ec::none: return "none";
-    case ec::unspecified: return "unspecified";
-    case ec::not_found: return "not_found";
-    case ec::bad_request: return "bad_request";
-    case ec::unauthenticated: return "unauthenticated";
-    case ec::forbidden: return "forbidden";
-    case ec::not_applicable: return "not_applicable";
-    case ec::conflict: return "conflict";
-    case ec::locked: return "locked";
-    case ec::storage: return "storage";
+  case ec::none:
+    return "none";
+  case ec::unspecified:
+    return "unspecified";
+  case ec::not_found:
+    return "not_found";
+  case ec::bad_request:
+    return "bad_request";
+  case ec::unauthenticated:
+    return "unauthenticated";
+  case ec::forbidden:
+    return "forbidden";
+  case ec::not_applicable:
+    return "not_applicable";
+  case ec::conflict:
+    return "conflict";
+  case ec::locked:
+    return "locked";
+  case ec::storage:
+    return "storage";
   }
   return "unspecified";
 }
@@ -37,8 +47,7 @@ caf::error make_error(ec x) {
 }
 
 ec code_of(const caf::error& err) {
-  if (err.category() != ec_category())
-    return ec::unspecified;
+  if (err.category() != ec_category()) return ec::unspecified;
   return static_cast<ec>(err.code());
 }
 
@@ -53,6 +62,5 @@ std::string message_of(const caf::error& err) {
     return caf::to_string(static_cast<caf::sec>(err.code()));
   return "internal error";
 }
-
 
 } // namespace parry

@@ -13,9 +13,9 @@ gateway_bridge(gateway_actor::stateful_pointer<gateway_bridge_state> self,
                std::shared_ptr<bus::gateway> bus) {
   self->state.bus = std::move(bus);
   return {
-    [self](atom::send, std::string& device_id, std::string& header, std::string& body) {
-      self->state.bus->send(std::move(device_id), std::move(header), std::move(body));
-    },
+      [self](atom::send, std::string& device_id, std::string& header, std::string& body) {
+        self->state.bus->send(std::move(device_id), std::move(header), std::move(body));
+      },
   };
 }
 
@@ -38,29 +38,24 @@ bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_v
   };
   if (t == bus::type::hello) {
     auto m = bus::decode<bus::hello>(body, lim, why);
-    if (!m)
-      return bad();
+    if (!m) return bad();
     caf::anon_send(dir, atom::hello_v, std::move(id), std::move(*m));
   } else if (t == bus::type::heartbeat) {
     auto m = bus::decode<bus::heartbeat>(body, lim, why);
-    if (!m)
-      return bad();
+    if (!m) return bad();
     caf::anon_send(dir, atom::heartbeat_v, std::move(id), *m);
   } else if (t == bus::type::incident) {
     auto m = bus::decode<bus::incident_report>(body, lim, why);
     // Checked here, off the actors, so a bad report costs the sender, not the server.
-    if (!m || !(why = validate_report(*m)).empty())
-      return bad();
+    if (!m || !(why = validate_report(*m)).empty()) return bad();
     caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m));
   } else if (t == bus::type::action_ack) {
     auto m = bus::decode<bus::action_ack>(body, lim, why);
-    if (!m || !(why = action_id_problem(m->action_id)).empty())
-      return bad();
+    if (!m || !(why = action_id_problem(m->action_id)).empty()) return bad();
     caf::anon_send(dir, atom::ack_v, std::move(id), std::move(m->action_id));
   } else if (t == bus::type::action_result) {
     auto m = bus::decode<bus::action_result>(body, lim, why);
-    if (!m || !(why = action_id_problem(m->action_id)).empty())
-      return bad();
+    if (!m || !(why = action_id_problem(m->action_id)).empty()) return bad();
     caf::anon_send(dir, atom::result_v, std::move(id), std::move(*m));
   } else {
     why = "unknown message type";

@@ -22,34 +22,29 @@ constexpr std::size_t max_args_bytes = 32 * 1024;
 
 // Types a person may request through POST /actions. allow_run and
 // restore_from_quarantine exist only as reverses of the action they undo.
-const char* const requestable[] = {"isolate",     "release_isolation", "start_process",
-                                   "prevent_run", "quarantine",        "delete_file",
-                                   "terminate_process"};
+const char* const requestable[] = {
+    "isolate",    "release_isolation", "start_process",    "prevent_run",
+    "quarantine", "delete_file",       "terminate_process"};
 
 bool has_control(const std::string& s) {
   for (unsigned char c : s)
-    if (c < 0x20 || c == 0x7f)
-      return true;
+    if (c < 0x20 || c == 0x7f) return true;
   return false;
 }
 
 /// Absolute (POSIX or Windows drive/UNC), no `..` component, no control characters.
 bool absolute_clean_path(const std::string& p) {
-  if (p.empty() || p.size() > max_path || has_control(p))
-    return false;
+  if (p.empty() || p.size() > max_path || has_control(p)) return false;
   bool posix = p[0] == '/';
-  bool drive = p.size() >= 3 && std::isalpha(static_cast<unsigned char>(p[0])) && p[1] == ':'
-               && (p[2] == '\\' || p[2] == '/');
+  bool drive = p.size() >= 3 && std::isalpha(static_cast<unsigned char>(p[0])) &&
+               p[1] == ':' && (p[2] == '\\' || p[2] == '/');
   bool unc = p.rfind("\\\\", 0) == 0;
-  if (!posix && !drive && !unc)
-    return false;
+  if (!posix && !drive && !unc) return false;
   std::size_t start = 0;
   while (start <= p.size()) {
     auto end = p.find_first_of("/\\", start);
-    if (end == std::string::npos)
-      end = p.size();
-    if (p.compare(start, end - start, "..") == 0 && end - start == 2)
-      return false;
+    if (end == std::string::npos) end = p.size();
+    if (p.compare(start, end - start, "..") == 0 && end - start == 2) return false;
     start = end + 1;
   }
   return true;
@@ -60,32 +55,26 @@ bool absolute_clean_path(const std::string& p) {
 std::string object_of(const std::string& type) {
   if (type == "isolate" || type == "release_isolation" || type == "start_process")
     return "device";
-  if (type == "prevent_run" || type == "quarantine" || type == "delete_file"
-      || type == "allow_run" || type == "restore_from_quarantine")
+  if (type == "prevent_run" || type == "quarantine" || type == "delete_file" ||
+      type == "allow_run" || type == "restore_from_quarantine")
     return "file";
-  if (type == "terminate_process")
-    return "process";
+  if (type == "terminate_process") return "process";
   return {};
 }
 
 std::string reverse_of(const std::string& type) {
-  if (type == "isolate")
-    return "release_isolation";
-  if (type == "prevent_run")
-    return "allow_run";
-  if (type == "quarantine")
-    return "restore_from_quarantine";
+  if (type == "isolate") return "release_isolation";
+  if (type == "prevent_run") return "allow_run";
+  if (type == "quarantine") return "restore_from_quarantine";
   return {};
 }
 
 bool applies_to(const std::string& type, const std::string& event_type) {
   auto object = object_of(type);
-  if (object == "device")
-    return true;
+  if (object == "device") return true;
   if (object == "file")
     return event_type == "file_created" || event_type == "process_started";
-  if (object == "process")
-    return event_type == "process_started";
+  if (object == "process") return event_type == "process_started";
   return false;
 }
 
@@ -104,14 +93,13 @@ caf::expected<std::vector<std::string>> split_arguments(const std::string& text)
     } else if (quote == '"') {
       if (c == '"')
         quote = 0;
-      else if (c == '\\' && i + 1 < text.size()
-               && (text[i + 1] == '"' || text[i + 1] == '\\'))
+      else if (c == '\\' && i + 1 < text.size() &&
+               (text[i + 1] == '"' || text[i + 1] == '\\'))
         word += text[++i];
       else
         word += c;
     } else if (c == ' ' || c == '\t') {
-      if (in_word)
-        out.push_back(std::move(word));
+      if (in_word) out.push_back(std::move(word));
       word.clear();
       in_word = false;
     } else {
@@ -124,10 +112,8 @@ caf::expected<std::vector<std::string>> split_arguments(const std::string& text)
         word += c;
     }
   }
-  if (quote != 0)
-    return make_error(ec::bad_request, "unbalanced quote in 'arguments'");
-  if (in_word)
-    out.push_back(std::move(word));
+  if (quote != 0) return make_error(ec::bad_request, "unbalanced quote in 'arguments'");
+  if (in_word) out.push_back(std::move(word));
   return out;
 }
 
@@ -142,11 +128,11 @@ start_process_params(const std::map<std::string, std::string>& params,
     if (k != "path" && k != "working_directory" && k != "arguments")
       return make_error(ec::bad_request, "unknown start_process parameter '" + k + "'");
   auto path = get("path");
-  if (path.empty())
-    return make_error(ec::bad_request, "start_process needs 'path'");
+  if (path.empty()) return make_error(ec::bad_request, "start_process needs 'path'");
   if (path.find('\0') != std::string::npos || !absolute_clean_path(path))
-    return make_error(ec::bad_request,
-                      "'path' must be an absolute path without '..' or control characters");
+    return make_error(
+        ec::bad_request,
+        "'path' must be an absolute path without '..' or control characters");
   auto cwd = get("working_directory");
   if (!cwd.empty() && !absolute_clean_path(cwd))
     return make_error(ec::bad_request, "'working_directory' must be an absolute path");
@@ -156,8 +142,7 @@ start_process_params(const std::map<std::string, std::string>& params,
   if (has_control(args))
     return make_error(ec::bad_request, "'arguments' contains control characters");
   auto argv = split_arguments(args);
-  if (!argv)
-    return argv.error();
+  if (!argv) return argv.error();
   if (argv->size() > max_args)
     return make_error(ec::bad_request, "more than 64 arguments");
   if (!policy.start_process_allowlist.empty()) {
@@ -165,7 +150,8 @@ start_process_params(const std::map<std::string, std::string>& params,
     for (const auto& a : policy.start_process_allowlist)
       allowed = allowed || a == path;
     if (!allowed)
-      return make_error(ec::bad_request, "'" + path + "' is not on the start_process allow-list");
+      return make_error(ec::bad_request,
+                        "'" + path + "' is not on the start_process allow-list");
   }
   std::map<std::string, std::string> out{{"path", path},
                                          {"working_directory", cwd},
@@ -182,11 +168,12 @@ caf::expected<action_record> make_action(const incident_record& rec,
   auto object = object_of(req.type);
   if (object.empty())
     return make_error(ec::bad_request, "unknown action type '" + req.type + "'");
-  if (std::find(std::begin(requestable), std::end(requestable), req.type)
-      == std::end(requestable))
+  if (std::find(std::begin(requestable), std::end(requestable), req.type) ==
+      std::end(requestable))
     return make_error(ec::not_applicable,
-                      req.type + " undoes an earlier action: use POST /actions/{id}/reverse"
-                                 " on that action");
+                      req.type +
+                          " undoes an earlier action: use POST /actions/{id}/reverse"
+                          " on that action");
   const auto& chain = rec.report;
   std::string event_id;
   if (req.target_kind == "detection")
@@ -197,8 +184,7 @@ caf::expected<action_record> make_action(const incident_record& rec,
     return make_error(ec::bad_request, "target.kind must be 'detection' or 'event'");
   const bus::activity_event* event = nullptr;
   for (const auto& e : chain.events)
-    if (e.id == event_id)
-      event = &e;
+    if (e.id == event_id) event = &e;
   if (event == nullptr)
     return make_error(ec::not_found,
                       "incident " + rec.incident_id + " has no event '" + event_id + "'");
@@ -208,8 +194,7 @@ caf::expected<action_record> make_action(const incident_record& rec,
   action_record a;
   if (req.type == "start_process") {
     auto params = start_process_params(req.params, policy);
-    if (!params)
-      return params.error();
+    if (!params) return params.error();
     a.params = std::move(*params);
   } else if (!req.params.empty()) {
     return make_error(ec::bad_request, req.type + " takes no parameters");
@@ -250,13 +235,12 @@ nlohmann::json available_actions(const incident_record& rec, bool device_isolate
                                  const action_policy& policy) {
   using nlohmann::json;
   auto device_actions = json::array({"isolate", "start_process"});
-  if (device_isolated)
-    device_actions.push_back("release_isolation");
+  if (device_isolated) device_actions.push_back("release_isolation");
   auto for_event = [](const bus::activity_event& e) {
     auto out = json::array();
-    for (const char* t : {"prevent_run", "quarantine", "delete_file", "terminate_process"})
-      if (applies_to(t, e.type))
-        out.push_back(t);
+    for (const char* t :
+         {"prevent_run", "quarantine", "delete_file", "terminate_process"})
+      if (applies_to(t, e.type)) out.push_back(t);
     return out;
   };
   auto targets = json::array();
@@ -273,17 +257,14 @@ nlohmann::json available_actions(const incident_record& rec, bool device_isolate
                              {"event_type", e.type},
                              {"actions", for_event(e)}});
   auto password = json::array();
-  for (const char* t : {"isolate", "release_isolation", "start_process", "prevent_run",
-                        "allow_run", "quarantine", "restore_from_quarantine", "delete_file",
-                        "terminate_process"})
-    if (policy.needs_password(t))
-      password.push_back(t);
-  return json{{"incident_id", rec.incident_id},
-              {"device_id", rec.device_id},
-              {"device_isolated", device_isolated},
-              {"device_actions", std::move(device_actions)},
-              {"targets", std::move(targets)},
-              {"password_required", std::move(password)}};
+  for (const char* t :
+       {"isolate", "release_isolation", "start_process", "prevent_run", "allow_run",
+        "quarantine", "restore_from_quarantine", "delete_file", "terminate_process"})
+    if (policy.needs_password(t)) password.push_back(t);
+  return json{
+      {"incident_id", rec.incident_id},     {"device_id", rec.device_id},
+      {"device_isolated", device_isolated}, {"device_actions", std::move(device_actions)},
+      {"targets", std::move(targets)},      {"password_required", std::move(password)}};
 }
 
 incident_actor::behavior_type incident(incident_stateful self, incident_record rec,
@@ -291,13 +272,12 @@ incident_actor::behavior_type incident(incident_stateful self, incident_record r
   self->state.rec = std::move(rec);
   self->state.policy = std::move(policy);
   return {
-    [self](atom::reg, const action_request& req) -> caf::result<action_record> {
-      auto a = make_action(self->state.rec, req, self->state.policy, now_us());
-      if (!a)
-        return a.error();
-      return std::move(*a);
-    },
-    caf::after(idle) >> [self] { self->quit(); },
+      [self](atom::reg, const action_request& req) -> caf::result<action_record> {
+        auto a = make_action(self->state.rec, req, self->state.policy, now_us());
+        if (!a) return a.error();
+        return std::move(*a);
+      },
+      caf::after(idle) >> [self] { self->quit(); },
   };
 }
 

@@ -29,8 +29,7 @@ json to_json(const transition& x) {
 
 json to_json(const action_record& x) {
   json target{{"kind", x.target_kind}};
-  if (!x.target_event_id.empty())
-    target["event_id"] = x.target_event_id;
+  if (!x.target_event_id.empty()) target["event_id"] = x.target_event_id;
   json out{{"action_id", x.action_id},
            {"type", x.type},
            {"device_id", x.device_id},
@@ -50,9 +49,8 @@ json to_json(const action_record& x) {
            {"reverses", x.reverses},
            {"reversed_by", x.reversed_by}};
   if (is_final(x.state))
-    out["result"] = json{{"ok", x.result_ok},
-                         {"error", x.result_error},
-                         {"effect", x.result_effect}};
+    out["result"] =
+        json{{"ok", x.result_ok}, {"error", x.result_error}, {"effect", x.result_effect}};
   return out;
 }
 
@@ -66,8 +64,8 @@ json event_json(const bus::activity_event& e, const std::string& key_id) {
            {"key", e.id == key_id},
            {"detail", e.detail}};
   if (!e.file.path.empty())
-    out["file"] = json{{"path", e.file.path}, {"sha256", e.file.sha256},
-                       {"size", e.file.size}};
+    out["file"] =
+        json{{"path", e.file.path}, {"sha256", e.file.sha256}, {"size", e.file.size}};
   if (e.process.pid != 0 || !e.process.image.empty())
     out["process"] = json{{"pid", e.process.pid},
                           {"start_time", format_time(e.process.start_time)},
@@ -86,9 +84,9 @@ json to_json(const incident_record& x, bool with_events) {
   json out{{"incident_id", x.incident_id},
            {"device_id", x.device_id},
            {"status", x.status},
-           {"detection",
-            json{{"name", r.det.name}, {"severity", r.det.severity},
-                 {"engine", r.det.engine}}},
+           {"detection", json{{"name", r.det.name},
+                              {"severity", r.det.severity},
+                              {"engine", r.det.engine}}},
            {"key_event_id", r.key_event_id},
            {"event_count", r.events.size()},
            {"created_at", format_time(x.created_at)}};

@@ -17,7 +17,7 @@ struct response_action_state {
 };
 
 using response_action_stateful =
-  response_action_actor::stateful_pointer<response_action_state>;
+    response_action_actor::stateful_pointer<response_action_state>;
 
 /// One response action. `rec.state` empty means new: `start` stores it as
 /// registered. A non-final state means resumed from the store after a restart.

@@ -73,8 +73,7 @@ public:
   stmt(store_state& st, const char* sql) : db_(st.db) {
     auto& slot = st.statements[sql];
     if (slot == nullptr && sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT,
-                                              &slot, nullptr)
-                             != SQLITE_OK)
+                                              &slot, nullptr) != SQLITE_OK)
       throw std::runtime_error(sqlite3_errmsg(db_));
     s_ = slot;
   }
@@ -97,12 +96,9 @@ public:
   /// Steps once; true when a row is available.
   bool step() {
     int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW)
-      return true;
-    if (rc == SQLITE_DONE)
-      return false;
-    if (rc == SQLITE_CONSTRAINT)
-      throw constraint_error(sqlite3_errmsg(db_));
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    if (rc == SQLITE_CONSTRAINT) throw constraint_error(sqlite3_errmsg(db_));
     throw std::runtime_error(sqlite3_errmsg(db_));
   }
   std::string text(int i) {
@@ -135,13 +131,11 @@ void exec(sqlite3* db, const char* sql) {
 
 std::map<std::string, std::string> json_map(const std::string& text) {
   std::map<std::string, std::string> out;
-  if (text.empty())
-    return out;
+  if (text.empty()) return out;
   auto j = json::parse(text, nullptr, false);
   if (j.is_object())
     for (auto& [k, v] : j.items())
-      if (v.is_string())
-        out.emplace(k, v.get<std::string>());
+      if (v.is_string()) out.emplace(k, v.get<std::string>());
   return out;
 }
 
@@ -154,8 +148,7 @@ device_record read_device(stmt& q) {
   auto addrs = json::parse(q.text(4), nullptr, false);
   if (addrs.is_array())
     for (auto& a : addrs)
-      if (a.is_string())
-        d.addresses.push_back(a.get<std::string>());
+      if (a.is_string()) d.addresses.push_back(a.get<std::string>());
   d.online = q.integer(5) != 0;
   d.isolated = q.integer(6) != 0;
   d.first_seen = q.integer(7);
@@ -164,13 +157,13 @@ device_record read_device(stmt& q) {
 }
 
 constexpr const char* device_columns =
-  "device_id, hostname, os, agent_version, addresses, online, isolated, first_seen, "
-  "last_seen";
+    "device_id, hostname, os, agent_version, addresses, online, isolated, first_seen, "
+    "last_seen";
 
 constexpr const char* action_columns =
-  "action_id, type, device_id, incident_id, target_kind, target_event_id, params, "
-  "requested_by, comment, idempotency_key, state, created_at, updated_at, result_ok, "
-  "result_error, result_effect, expires_at, password_confirmed, reverses, reversed_by";
+    "action_id, type, device_id, incident_id, target_kind, target_event_id, params, "
+    "requested_by, comment, idempotency_key, state, created_at, updated_at, result_ok, "
+    "result_error, result_effect, expires_at, password_confirmed, reverses, reversed_by";
 
 action_record read_action(stmt& q) {
   action_record a;
@@ -201,8 +194,7 @@ std::optional<incident_record> load_incident(store_state& st, const std::string&
   stmt q{st, "SELECT incident_id, device_id, status, created_at, report FROM incidents "
              "WHERE incident_id = ?"};
   q.bind(1, id);
-  if (!q.step())
-    return std::nullopt;
+  if (!q.step()) return std::nullopt;
   incident_record r;
   r.incident_id = q.text(0);
   r.device_id = q.text(1);
@@ -213,8 +205,7 @@ std::optional<incident_record> load_incident(store_state& st, const std::string&
   bus::decode_limits lim;
   lim.max_frame = 64 << 20;
   auto rep = bus::decode<bus::incident_report>(q.blob(4), lim, why);
-  if (!rep)
-    throw std::runtime_error("stored incident " + id + " unreadable: " + why);
+  if (!rep) throw std::runtime_error("stored incident " + id + " unreadable: " + why);
   r.report = std::move(*rep);
   return r;
 }
@@ -239,8 +230,8 @@ std::string filter(const query& q, const char* key) {
 /// Answers a REST read; throws std::out_of_range for "not found".
 json run_query(store_state& st, const query& q) {
   if (q.what == "devices") {
-    std::string sql = std::string{"SELECT "} + device_columns
-                      + " FROM devices ORDER BY device_id LIMIT ?";
+    std::string sql = std::string{"SELECT "} + device_columns +
+                      " FROM devices ORDER BY device_id LIMIT ?";
     stmt s{st, sql.c_str()};
     s.bind(1, limit_of(q));
     auto out = json::array();
@@ -249,12 +240,11 @@ json run_query(store_state& st, const query& q) {
     return json{{"devices", std::move(out)}};
   }
   if (q.what == "device") {
-    std::string sql = std::string{"SELECT "} + device_columns
-                      + " FROM devices WHERE device_id = ?";
+    std::string sql =
+        std::string{"SELECT "} + device_columns + " FROM devices WHERE device_id = ?";
     stmt s{st, sql.c_str()};
     s.bind(1, q.id);
-    if (!s.step())
-      throw std::out_of_range("no device " + q.id);
+    if (!s.step()) throw std::out_of_range("no device " + q.id);
     return json{{"device", to_json(read_device(s))}};
   }
   if (q.what == "incidents") {
@@ -265,29 +255,28 @@ json run_query(store_state& st, const query& q) {
     s.bind(1, dev).bind(2, limit_of(q));
     auto out = json::array();
     while (s.step()) {
-      out.push_back(json{{"incident_id", s.text(0)},
-                         {"device_id", s.text(1)},
-                         {"status", s.text(2)},
-                         {"created_at", format_time(s.integer(3))},
-                         {"detection", json{{"name", s.text(4)},
-                                            {"severity", s.text(5)},
-                                            {"engine", s.text(6)}}},
-                         {"key_event_id", s.text(7)},
-                         {"event_count", s.integer(8)}});
+      out.push_back(json{
+          {"incident_id", s.text(0)},
+          {"device_id", s.text(1)},
+          {"status", s.text(2)},
+          {"created_at", format_time(s.integer(3))},
+          {"detection",
+           json{{"name", s.text(4)}, {"severity", s.text(5)}, {"engine", s.text(6)}}},
+          {"key_event_id", s.text(7)},
+          {"event_count", s.integer(8)}});
     }
     return json{{"incidents", std::move(out)}};
   }
   if (q.what == "incident") {
     auto r = load_incident(st, q.id);
-    if (!r)
-      throw std::out_of_range("no incident " + q.id);
+    if (!r) throw std::out_of_range("no incident " + q.id);
     return json{{"incident", to_json(*r, true)}};
   }
   if (q.what == "actions") {
-    std::string sql = std::string{"SELECT "} + action_columns
-                      + " FROM actions WHERE (?1 = '' OR device_id = ?1) AND "
-                        "(?2 = '' OR state = ?2) AND (?4 = '' OR incident_id = ?4) "
-                        "ORDER BY seq DESC LIMIT ?3";
+    std::string sql = std::string{"SELECT "} + action_columns +
+                      " FROM actions WHERE (?1 = '' OR device_id = ?1) AND "
+                      "(?2 = '' OR state = ?2) AND (?4 = '' OR incident_id = ?4) "
+                      "ORDER BY seq DESC LIMIT ?3";
     stmt s{st, sql.c_str()};
     s.bind(1, filter(q, "device_id")).bind(2, filter(q, "state")).bind(3, limit_of(q));
     s.bind(4, filter(q, "incident_id"));
@@ -297,12 +286,11 @@ json run_query(store_state& st, const query& q) {
     return json{{"actions", std::move(out)}};
   }
   if (q.what == "action") {
-    std::string sql = std::string{"SELECT "} + action_columns
-                      + " FROM actions WHERE action_id = ?";
+    std::string sql =
+        std::string{"SELECT "} + action_columns + " FROM actions WHERE action_id = ?";
     stmt s{st, sql.c_str()};
     s.bind(1, q.id);
-    if (!s.step())
-      throw std::out_of_range("no action " + q.id);
+    if (!s.step()) throw std::out_of_range("no action " + q.id);
     auto out = to_json(read_action(s));
     stmt t{st, "SELECT action_id, state, time, reason FROM transitions "
                "WHERE action_id = ? ORDER BY seq"};
@@ -325,8 +313,7 @@ json run_query(store_state& st, const query& q) {
   if (q.what == "user") {
     stmt s{st, "SELECT username, role, created_at FROM users WHERE username = ?"};
     s.bind(1, q.id);
-    if (!s.step())
-      throw std::out_of_range("no user " + q.id);
+    if (!s.step()) throw std::out_of_range("no user " + q.id);
     return json{{"user", json{{"username", s.text(0)},
                               {"role", s.text(1)},
                               {"created_at", format_time(s.integer(2))}}}};
@@ -341,9 +328,10 @@ json run_query(store_state& st, const query& q) {
       throw std::invalid_argument("'after' must be a record number");
     }
     auto limit = std::clamp<int64_t>(
-      filter(q, "limit").empty() ? 1000 : std::stoll(filter(q, "limit")), 1, 10000);
-    stmt s{st, "SELECT seq, time, actor, kind, target, detail, prev_hash, hash FROM audit "
-               "WHERE seq > ? ORDER BY seq LIMIT ?"};
+        filter(q, "limit").empty() ? 1000 : std::stoll(filter(q, "limit")), 1, 10000);
+    stmt s{st,
+           "SELECT seq, time, actor, kind, target, detail, prev_hash, hash FROM audit "
+           "WHERE seq > ? ORDER BY seq LIMIT ?"};
     s.bind(1, after).bind(2, limit);
     auto out = json::array();
     while (s.step())
@@ -367,14 +355,14 @@ json run_query(store_state& st, const query& q) {
       return s.step() ? s.integer(0) : int64_t{0};
     };
     return json{
-      {"devices", count("SELECT count(*) FROM devices")},
-      {"devices_online", count("SELECT count(*) FROM devices WHERE online = 1")},
-      {"incidents", count("SELECT count(*) FROM incidents")},
-      {"events", count("SELECT coalesce(sum(event_count), 0) FROM incidents")},
-      {"actions", count("SELECT count(*) FROM actions")},
-      {"actions_open",
-       count("SELECT count(*) FROM actions WHERE state NOT IN ('completed', 'failed', "
-             "'expired', 'cancelled', 'reverted')")}};
+        {"devices", count("SELECT count(*) FROM devices")},
+        {"devices_online", count("SELECT count(*) FROM devices WHERE online = 1")},
+        {"incidents", count("SELECT count(*) FROM incidents")},
+        {"events", count("SELECT coalesce(sum(event_count), 0) FROM incidents")},
+        {"actions", count("SELECT count(*) FROM actions")},
+        {"actions_open",
+         count("SELECT count(*) FROM actions WHERE state NOT IN ('completed', 'failed', "
+               "'expired', 'cancelled', 'reverted')")}};
   }
   throw std::invalid_argument("unknown query " + q.what);
 }
@@ -383,9 +371,9 @@ json run_query(store_state& st, const query& q) {
 
 std::string audit_hash(int64_t seq, int64_t time_us, const audit_entry& e,
                        const std::string& prev_hash) {
-  std::string text = std::to_string(seq) + '\n' + std::to_string(time_us) + '\n' + e.actor
-                     + '\n' + e.kind + '\n' + e.target + '\n' + e.detail + '\n'
-                     + prev_hash;
+  std::string text = std::to_string(seq) + '\n' + std::to_string(time_us) + '\n' +
+                     e.actor + '\n' + e.kind + '\n' + e.target + '\n' + e.detail + '\n' +
+                     prev_hash;
   return sha256_hex(text);
 }
 
@@ -395,8 +383,9 @@ void append_audit(store_state& st, const audit_entry& e) {
   auto seq = st.audit_seq + 1;
   auto time = now_us();
   auto hash = audit_hash(seq, time, e, st.audit_head);
-  stmt s{st, "INSERT INTO audit (seq, time, actor, kind, target, detail, prev_hash, hash) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"};
+  stmt s{st,
+         "INSERT INTO audit (seq, time, actor, kind, target, detail, prev_hash, hash) "
+         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"};
   s.bind(1, seq).bind(2, time).bind(3, e.actor).bind(4, e.kind).bind(5, e.target);
   s.bind(6, e.detail).bind(7, st.audit_head).bind(8, hash);
   s.step();
@@ -409,7 +398,8 @@ void write_transition(store_state& st, const transition& t, const std::string& a
              "VALUES (?, ?, ?, ?)"};
   s.bind(1, t.action_id).bind(2, t.state).bind(3, t.time).bind(4, t.reason);
   s.step();
-  append_audit(st, audit_entry{actor, "transition", t.action_id, t.state + ": " + t.reason});
+  append_audit(st,
+               audit_entry{actor, "transition", t.action_id, t.state + ": " + t.reason});
 }
 
 } // namespace
@@ -417,8 +407,7 @@ void write_transition(store_state& st, const transition& t, const std::string& a
 store_state::~store_state() {
   for (auto& [sql, s] : statements)
     sqlite3_finalize(s);
-  if (db != nullptr)
-    sqlite3_close(db);
+  if (db != nullptr) sqlite3_close(db);
 }
 
 namespace {
@@ -441,16 +430,15 @@ store_reader_actor::behavior_type
 store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string path) {
   auto& st = self->state;
   if (sqlite3_open_v2(path.c_str(), &st.db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                      nullptr)
-        != SQLITE_OK
-      || sqlite3_exec(st.db, "PRAGMA busy_timeout=5000;", nullptr, nullptr, nullptr)
-           != SQLITE_OK) {
+                      nullptr) != SQLITE_OK ||
+      sqlite3_exec(st.db, "PRAGMA busy_timeout=5000;", nullptr, nullptr, nullptr) !=
+          SQLITE_OK) {
     spdlog::critical("store reader: {}: {}", path, st.db ? sqlite3_errmsg(st.db) : "?");
     self->quit(make_error(ec::storage, "cannot open the database for reading"));
     return store_reader_actor::behavior_type::make_empty_behavior();
   }
   return {
-    [self](const query& q) { return answer_query(self->state, q); },
+      [self](const query& q) { return answer_query(self->state, q); },
   };
 }
 
@@ -463,8 +451,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
   };
   if (sqlite3_open_v2(path.c_str(), &st.db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                      nullptr)
-      != SQLITE_OK) {
+                      nullptr) != SQLITE_OK) {
     fail(st.db ? sqlite3_errmsg(st.db) : "cannot open");
     return store_actor::behavior_type::make_empty_behavior();
   }
@@ -528,299 +515,311 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
   };
 
   return {
-    [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
-      return ok_write([&] {
-        stmt s{self->state,
-               "INSERT INTO devices (device_id, hostname, os, agent_version, addresses, "
-               "online, isolated, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-               "ON CONFLICT (device_id) DO UPDATE SET "
-               // A device heard from before its hello keeps what the last hello said.
-               "hostname = coalesce(nullif(excluded.hostname, ''), hostname), "
-               "os = coalesce(nullif(excluded.os, ''), os), "
-               "agent_version = coalesce(nullif(excluded.agent_version, ''), agent_version), "
-               "addresses = iif(excluded.hostname = '', addresses, excluded.addresses), "
-               "online = excluded.online, "
-               "isolated = excluded.isolated, last_seen = excluded.last_seen"};
-        s.bind(1, d.device_id).bind(2, d.hostname).bind(3, d.os).bind(4, d.agent_version);
-        s.bind(5, json(d.addresses).dump()).bind(6, int64_t{d.online});
-        s.bind(7, int64_t{d.isolated}).bind(8, d.first_seen).bind(9, d.last_seen);
-        s.step();
-      });
-    },
-    [=](atom::put, const incident_record& r) -> caf::result<std::string> {
-      auto& st = self->state;
-      try {
-        // A re-sent report (lost acknowledgement, agent restart) is the same incident.
-        stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
-                      "report_id = ?"};
-        find.bind(1, r.device_id).bind(2, r.report.report_id);
-        if (find.step())
-          return find.text(0);
-        auto rp = self->make_response_promise<std::string>();
-        auto id = r.incident_id;
-        write(
-          [&] {
-            stmt s{st, "INSERT INTO incidents (incident_id, device_id, report_id, status, "
-                       "created_at, det_name, det_severity, det_engine, key_event_id, "
-                       "event_count, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"};
-            s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
-            s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
-            s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
-            s.bind(9, r.report.key_event_id);
-            s.bind(10, static_cast<int64_t>(r.report.events.size()));
-            s.bind_blob(11, bus::encode(r.report));
-            s.step();
-          },
-          [rp, id](bool committed) mutable {
-            if (committed)
-              rp.deliver(id);
-            else
-              rp.deliver(make_error(ec::storage, "commit failed"));
-          });
-        return rp;
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::put, const action_record& a, const transition& t) -> caf::result<atom::ok> {
-      return ok_write([&] {
-        std::string sql = std::string{"INSERT INTO actions ("} + action_columns
-                          + ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-        stmt s{self->state, sql.c_str()};
-        s.bind(1, a.action_id).bind(2, a.type).bind(3, a.device_id).bind(4, a.incident_id);
-        s.bind(5, a.target_kind).bind(6, a.target_event_id).bind(7, json(a.params).dump());
-        s.bind(8, a.requested_by).bind(9, a.comment).bind(10, a.idempotency_key);
-        s.bind(11, a.state).bind(12, a.created_at).bind(13, a.updated_at);
-        s.bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
-        s.bind(16, json(a.result_effect).dump()).bind(17, a.expires_at);
-        s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
-        s.bind(20, a.reversed_by);
-        s.step();
-        write_transition(self->state, t, a.requested_by);
-      });
-    },
-    [=](atom::update, const action_record& a, const transition& t)
-      -> caf::result<atom::ok> {
-      return ok_write([&] {
-        stmt s{self->state,
-               "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
-               "result_error = ?, result_effect = ? WHERE action_id = ?"};
-        s.bind(1, a.state).bind(2, a.updated_at).bind(3, int64_t{a.result_ok});
-        s.bind(4, a.result_error).bind(5, json(a.result_effect).dump()).bind(6, a.action_id);
-        s.step();
-        write_transition(self->state, t, "parryd");
-      });
-    },
-    [=](atom::get, atom::incident, const std::string& id) -> caf::result<incident_record> {
-      try {
-        if (auto r = load_incident(self->state, id))
-          return std::move(*r);
-        return make_error(ec::not_found, "no incident " + id);
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::get, const std::string& id) -> caf::result<device_record> {
-      try {
-        std::string sql = std::string{"SELECT "} + device_columns
-                          + " FROM devices WHERE device_id = ?";
-        stmt s{self->state, sql.c_str()};
-        s.bind(1, id);
-        if (!s.step())
-          return make_error(ec::not_found, "no device " + id);
-        return read_device(s);
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::idem, const std::string& user, const std::string& key)
-      -> caf::result<std::string> {
-      try {
-        stmt s{self->state, "SELECT action_id FROM actions WHERE requested_by = ? AND "
-                            "idempotency_key = ?"};
-        s.bind(1, user).bind(2, key);
-        return s.step() ? s.text(0) : std::string{};
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::open) -> caf::result<std::vector<action_record>> {
-      try {
-        std::string sql = std::string{"SELECT "} + action_columns
-                          + " FROM actions WHERE state NOT IN ('completed', 'failed', "
-                            "'expired', 'cancelled', 'reverted') ORDER BY seq";
-        stmt s{self->state, sql.c_str()};
-        std::vector<action_record> out;
-        while (s.step())
-          out.push_back(read_action(s));
-        return out;
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::user, const std::string& name) -> caf::result<user_record> {
-      try {
-        stmt s{self->state, "SELECT username, role, salt_hex, iterations, hash_hex, "
-                            "created_at FROM users WHERE username = ?"};
-        s.bind(1, name);
-        if (!s.step())
-          return make_error(ec::not_found, "no user " + name);
-        return user_record{s.text(0), s.text(1), s.text(2),
-                           static_cast<uint32_t>(s.integer(3)), s.text(4), s.integer(5)};
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::put, const user_record& u) -> caf::result<atom::ok> {
-      return ok_write([&] {
-        stmt s{self->state, "INSERT INTO users (username, role, salt_hex, iterations, "
-                            "hash_hex, created_at) VALUES (?, ?, ?, ?, ?, ?)"};
-        s.bind(1, u.username).bind(2, u.role).bind(3, u.salt_hex);
-        s.bind(4, int64_t{u.iterations}).bind(5, u.hash_hex).bind(6, u.created_at);
-        s.step();
-      });
-    },
-    [=](atom::token, const std::string& hash, const std::string& user,
-        const std::string& name) -> caf::result<atom::ok> {
-      return ok_write([&] {
-        stmt s{self->state, "INSERT INTO tokens (token_hash, username, name, created_at) "
-                            "VALUES (?, ?, ?, ?)"};
-        s.bind(1, hash).bind(2, user).bind(3, name).bind(4, now_us());
-        s.step();
-      });
-    },
-    [=](atom::token, const std::string& hash) -> caf::result<std::string> {
-      try {
-        stmt s{self->state, "SELECT username FROM tokens WHERE token_hash = ?"};
-        s.bind(1, hash);
-        if (!s.step())
-          return make_error(ec::unauthenticated, "unknown token");
-        return s.text(0);
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::revoke, const std::string& hash) -> caf::result<atom::ok> {
-      return ok_write([&] {
-        stmt s{self->state, "DELETE FROM tokens WHERE token_hash = ?"};
-        s.bind(1, hash);
-        s.step();
-      });
-    },
-    [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
-      try {
-        std::string sql = std::string{"SELECT "} + action_columns
-                          + " FROM actions WHERE action_id = ?";
-        stmt s{self->state, sql.c_str()};
-        s.bind(1, id);
-        if (!s.step())
-          return make_error(ec::not_found, "no action " + id);
-        return read_action(s);
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-    },
-    [=](atom::link, const std::string& id, const std::string& reverse)
-      -> caf::result<atom::ok> {
-      return ok_write([&] {
-        stmt s{self->state, "UPDATE actions SET reversed_by = ? WHERE action_id = ?"};
-        s.bind(1, reverse).bind(2, id);
-        s.step();
-      });
-    },
-    [=](atom::revert, const std::string& id, const std::string& reverse)
-      -> caf::result<atom::ok> {
-      return ok_write([&] {
-        auto now = now_us();
-        stmt s{self->state, "UPDATE actions SET state = 'reverted', updated_at = ? "
-                            "WHERE action_id = ? AND state = 'completed'"};
-        s.bind(1, now).bind(2, id);
-        s.step();
-        if (sqlite3_changes(self->state.db) == 1)
-          write_transition(self->state,
-                           transition{id, state::reverted, now, "undone by " + reverse},
-                           "parryd");
-      });
-    },
-    [=](atom::audit, const audit_entry& e) -> caf::result<atom::ok> {
-      return ok_write([&] { append_audit(self->state, e); });
-    },
-    [=](atom::update, const user_record& u) -> caf::result<atom::ok> {
-      auto& st = self->state;
-      try {
-        stmt cur{st, "SELECT role FROM users WHERE username = ?"};
-        cur.bind(1, u.username);
-        if (!cur.step())
-          return make_error(ec::not_found, "no user " + u.username);
-        if (cur.text(0) == "administrator" && u.role != "administrator") {
-          stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
-          if (admins.step() && admins.integer(0) <= 1)
-            return make_error(ec::conflict, "the last administrator keeps that role");
-        }
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-      return ok_write([&] {
-        stmt s{st, "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
-                   "WHERE username = ?"};
-        s.bind(1, u.role).bind(2, u.salt_hex).bind(3, int64_t{u.iterations});
-        s.bind(4, u.hash_hex).bind(5, u.username);
-        s.step();
-        stmt t{st, "DELETE FROM tokens WHERE username = ?"};
-        t.bind(1, u.username);
-        t.step();
-      });
-    },
-    [=](atom::del, const std::string& name) -> caf::result<atom::ok> {
-      auto& st = self->state;
-      try {
-        stmt cur{st, "SELECT role FROM users WHERE username = ?"};
-        cur.bind(1, name);
-        if (!cur.step())
-          return make_error(ec::not_found, "no user " + name);
-        stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
-        if (cur.text(0) == "administrator" && admins.step() && admins.integer(0) <= 1)
-          return make_error(ec::conflict, "the last administrator cannot be deleted");
-      } catch (const std::exception& e) {
-        return make_error(ec::storage, e.what());
-      }
-      return ok_write([&] {
-        stmt s{st, "DELETE FROM users WHERE username = ?"};
-        s.bind(1, name);
-        s.step();
-        stmt t{st, "DELETE FROM tokens WHERE username = ?"};
-        t.bind(1, name);
-        t.step();
-      });
-    },
-    [=](const query& q) { return answer_query(self->state, q); },
-    [=](atom::flush) {
-      auto& st = self->state;
-      if (!st.in_transaction)
-        return;
-      bool committed = true;
-      try {
-        exec(st.db, "COMMIT");
-      } catch (const std::exception& e) {
-        spdlog::error("store: commit failed: {}", e.what());
-        committed = false;
-        sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
-        // The audit records of the batch are gone: continue the chain from disk.
+      [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          stmt s{
+              self->state,
+              "INSERT INTO devices (device_id, hostname, os, agent_version, addresses, "
+              "online, isolated, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+              "?) "
+              "ON CONFLICT (device_id) DO UPDATE SET "
+              // A device heard from before its hello keeps what the last hello said.
+              "hostname = coalesce(nullif(excluded.hostname, ''), hostname), "
+              "os = coalesce(nullif(excluded.os, ''), os), "
+              "agent_version = coalesce(nullif(excluded.agent_version, ''), "
+              "agent_version), "
+              "addresses = iif(excluded.hostname = '', addresses, excluded.addresses), "
+              "online = excluded.online, "
+              "isolated = excluded.isolated, last_seen = excluded.last_seen"};
+          s.bind(1, d.device_id)
+              .bind(2, d.hostname)
+              .bind(3, d.os)
+              .bind(4, d.agent_version);
+          s.bind(5, json(d.addresses).dump()).bind(6, int64_t{d.online});
+          s.bind(7, int64_t{d.isolated}).bind(8, d.first_seen).bind(9, d.last_seen);
+          s.step();
+        });
+      },
+      [=](atom::put, const incident_record& r) -> caf::result<std::string> {
+        auto& st = self->state;
         try {
-          stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
-          st.audit_seq = head.step() ? head.integer(0) : 0;
-          st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
-        } catch (const std::exception& e2) {
-          spdlog::critical("store: cannot reload the audit head: {}", e2.what());
+          // A re-sent report (lost acknowledgement, agent restart) is the same incident.
+          stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
+                        "report_id = ?"};
+          find.bind(1, r.device_id).bind(2, r.report.report_id);
+          if (find.step()) return find.text(0);
+          auto rp = self->make_response_promise<std::string>();
+          auto id = r.incident_id;
+          write(
+              [&] {
+                stmt s{
+                    st,
+                    "INSERT INTO incidents (incident_id, device_id, report_id, status, "
+                    "created_at, det_name, det_severity, det_engine, key_event_id, "
+                    "event_count, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"};
+                s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
+                s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
+                s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
+                s.bind(9, r.report.key_event_id);
+                s.bind(10, static_cast<int64_t>(r.report.events.size()));
+                s.bind_blob(11, bus::encode(r.report));
+                s.step();
+              },
+              [rp, id](bool committed) mutable {
+                if (committed)
+                  rp.deliver(id);
+                else
+                  rp.deliver(make_error(ec::storage, "commit failed"));
+              });
+          return rp;
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
         }
-      }
-      st.in_transaction = false;
-      ++st.commits;
-      auto replies = std::move(st.on_commit);
-      st.on_commit.clear();
-      for (auto& reply : replies)
-        reply(committed);
-    },
+      },
+      [=](atom::put, const action_record& a,
+          const transition& t) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          std::string sql =
+              std::string{"INSERT INTO actions ("} + action_columns +
+              ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+          stmt s{self->state, sql.c_str()};
+          s.bind(1, a.action_id)
+              .bind(2, a.type)
+              .bind(3, a.device_id)
+              .bind(4, a.incident_id);
+          s.bind(5, a.target_kind)
+              .bind(6, a.target_event_id)
+              .bind(7, json(a.params).dump());
+          s.bind(8, a.requested_by).bind(9, a.comment).bind(10, a.idempotency_key);
+          s.bind(11, a.state).bind(12, a.created_at).bind(13, a.updated_at);
+          s.bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
+          s.bind(16, json(a.result_effect).dump()).bind(17, a.expires_at);
+          s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
+          s.bind(20, a.reversed_by);
+          s.step();
+          write_transition(self->state, t, a.requested_by);
+        });
+      },
+      [=](atom::update, const action_record& a,
+          const transition& t) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          stmt s{self->state,
+                 "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
+                 "result_error = ?, result_effect = ? WHERE action_id = ?"};
+          s.bind(1, a.state).bind(2, a.updated_at).bind(3, int64_t{a.result_ok});
+          s.bind(4, a.result_error)
+              .bind(5, json(a.result_effect).dump())
+              .bind(6, a.action_id);
+          s.step();
+          write_transition(self->state, t, "parryd");
+        });
+      },
+      [=](atom::get, atom::incident,
+          const std::string& id) -> caf::result<incident_record> {
+        try {
+          if (auto r = load_incident(self->state, id)) return std::move(*r);
+          return make_error(ec::not_found, "no incident " + id);
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::get, const std::string& id) -> caf::result<device_record> {
+        try {
+          std::string sql = std::string{"SELECT "} + device_columns +
+                            " FROM devices WHERE device_id = ?";
+          stmt s{self->state, sql.c_str()};
+          s.bind(1, id);
+          if (!s.step()) return make_error(ec::not_found, "no device " + id);
+          return read_device(s);
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::idem, const std::string& user,
+          const std::string& key) -> caf::result<std::string> {
+        try {
+          stmt s{self->state, "SELECT action_id FROM actions WHERE requested_by = ? AND "
+                              "idempotency_key = ?"};
+          s.bind(1, user).bind(2, key);
+          return s.step() ? s.text(0) : std::string{};
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::open) -> caf::result<std::vector<action_record>> {
+        try {
+          std::string sql = std::string{"SELECT "} + action_columns +
+                            " FROM actions WHERE state NOT IN ('completed', 'failed', "
+                            "'expired', 'cancelled', 'reverted') ORDER BY seq";
+          stmt s{self->state, sql.c_str()};
+          std::vector<action_record> out;
+          while (s.step())
+            out.push_back(read_action(s));
+          return out;
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::user, const std::string& name) -> caf::result<user_record> {
+        try {
+          stmt s{self->state, "SELECT username, role, salt_hex, iterations, hash_hex, "
+                              "created_at FROM users WHERE username = ?"};
+          s.bind(1, name);
+          if (!s.step()) return make_error(ec::not_found, "no user " + name);
+          return user_record{s.text(0), s.text(1),
+                             s.text(2), static_cast<uint32_t>(s.integer(3)),
+                             s.text(4), s.integer(5)};
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::put, const user_record& u) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          stmt s{self->state, "INSERT INTO users (username, role, salt_hex, iterations, "
+                              "hash_hex, created_at) VALUES (?, ?, ?, ?, ?, ?)"};
+          s.bind(1, u.username).bind(2, u.role).bind(3, u.salt_hex);
+          s.bind(4, int64_t{u.iterations}).bind(5, u.hash_hex).bind(6, u.created_at);
+          s.step();
+        });
+      },
+      [=](atom::token, const std::string& hash, const std::string& user,
+          const std::string& name) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          stmt s{self->state,
+                 "INSERT INTO tokens (token_hash, username, name, created_at) "
+                 "VALUES (?, ?, ?, ?)"};
+          s.bind(1, hash).bind(2, user).bind(3, name).bind(4, now_us());
+          s.step();
+        });
+      },
+      [=](atom::token, const std::string& hash) -> caf::result<std::string> {
+        try {
+          stmt s{self->state, "SELECT username FROM tokens WHERE token_hash = ?"};
+          s.bind(1, hash);
+          if (!s.step()) return make_error(ec::unauthenticated, "unknown token");
+          return s.text(0);
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::revoke, const std::string& hash) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          stmt s{self->state, "DELETE FROM tokens WHERE token_hash = ?"};
+          s.bind(1, hash);
+          s.step();
+        });
+      },
+      [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
+        try {
+          std::string sql = std::string{"SELECT "} + action_columns +
+                            " FROM actions WHERE action_id = ?";
+          stmt s{self->state, sql.c_str()};
+          s.bind(1, id);
+          if (!s.step()) return make_error(ec::not_found, "no action " + id);
+          return read_action(s);
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::link, const std::string& id,
+          const std::string& reverse) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          stmt s{self->state, "UPDATE actions SET reversed_by = ? WHERE action_id = ?"};
+          s.bind(1, reverse).bind(2, id);
+          s.step();
+        });
+      },
+      [=](atom::revert, const std::string& id,
+          const std::string& reverse) -> caf::result<atom::ok> {
+        return ok_write([&] {
+          auto now = now_us();
+          stmt s{self->state, "UPDATE actions SET state = 'reverted', updated_at = ? "
+                              "WHERE action_id = ? AND state = 'completed'"};
+          s.bind(1, now).bind(2, id);
+          s.step();
+          if (sqlite3_changes(self->state.db) == 1)
+            write_transition(self->state,
+                             transition{id, state::reverted, now, "undone by " + reverse},
+                             "parryd");
+        });
+      },
+      [=](atom::audit, const audit_entry& e) -> caf::result<atom::ok> {
+        return ok_write([&] { append_audit(self->state, e); });
+      },
+      [=](atom::update, const user_record& u) -> caf::result<atom::ok> {
+        auto& st = self->state;
+        try {
+          stmt cur{st, "SELECT role FROM users WHERE username = ?"};
+          cur.bind(1, u.username);
+          if (!cur.step()) return make_error(ec::not_found, "no user " + u.username);
+          if (cur.text(0) == "administrator" && u.role != "administrator") {
+            stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
+            if (admins.step() && admins.integer(0) <= 1)
+              return make_error(ec::conflict, "the last administrator keeps that role");
+          }
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+        return ok_write([&] {
+          stmt s{st,
+                 "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
+                 "WHERE username = ?"};
+          s.bind(1, u.role).bind(2, u.salt_hex).bind(3, int64_t{u.iterations});
+          s.bind(4, u.hash_hex).bind(5, u.username);
+          s.step();
+          stmt t{st, "DELETE FROM tokens WHERE username = ?"};
+          t.bind(1, u.username);
+          t.step();
+        });
+      },
+      [=](atom::del, const std::string& name) -> caf::result<atom::ok> {
+        auto& st = self->state;
+        try {
+          stmt cur{st, "SELECT role FROM users WHERE username = ?"};
+          cur.bind(1, name);
+          if (!cur.step()) return make_error(ec::not_found, "no user " + name);
+          stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
+          if (cur.text(0) == "administrator" && admins.step() && admins.integer(0) <= 1)
+            return make_error(ec::conflict, "the last administrator cannot be deleted");
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+        return ok_write([&] {
+          stmt s{st, "DELETE FROM users WHERE username = ?"};
+          s.bind(1, name);
+          s.step();
+          stmt t{st, "DELETE FROM tokens WHERE username = ?"};
+          t.bind(1, name);
+          t.step();
+        });
+      },
+      [=](const query& q) { return answer_query(self->state, q); },
+      [=](atom::flush) {
+        auto& st = self->state;
+        if (!st.in_transaction) return;
+        bool committed = true;
+        try {
+          exec(st.db, "COMMIT");
+        } catch (const std::exception& e) {
+          spdlog::error("store: commit failed: {}", e.what());
+          committed = false;
+          sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
+          // The audit records of the batch are gone: continue the chain from disk.
+          try {
+            stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
+            st.audit_seq = head.step() ? head.integer(0) : 0;
+            st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
+          } catch (const std::exception& e2) {
+            spdlog::critical("store: cannot reload the audit head: {}", e2.what());
+          }
+        }
+        st.in_transaction = false;
+        ++st.commits;
+        auto replies = std::move(st.on_commit);
+        st.on_commit.clear();
+        for (auto& reply : replies)
+          reply(committed);
+      },
   };
 }
 

@@ -6,16 +6,14 @@
 namespace parry {
 
 bool is_final(const std::string& st) {
-  return st == state::completed || st == state::failed || st == state::expired
-         || st == state::cancelled || st == state::reverted;
+  return st == state::completed || st == state::failed || st == state::expired ||
+         st == state::cancelled || st == state::reverted;
 }
 
 bool action_policy::needs_password(const std::string& type) const {
-  if (type == "start_process")
-    return true; // always, whatever the configuration says
+  if (type == "start_process") return true; // always, whatever the configuration says
   for (const auto& t : password_required)
-    if (t == type)
-      return true;
+    if (t == type) return true;
   return false;
 }
 

@@ -682,8 +682,7 @@ bool file_params(const bus::command& cmd, bool windows, bus::action_result& r,
     fail(r, why);
     return false;
   }
-  if (!sha256_param(cmd, r, sha256))
-    return false;
+  if (!sha256_param(cmd, r, sha256)) return false;
   path = *p;
   return true;
 }

@@ -31,11 +31,11 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 
+#include "agent-sim/scenario.hpp"
+#include "agent-sim/sim_endpoint.hpp"
 #include "bus/codec.hpp"
 #include "common/process.hpp"
 #include "common/time.hpp"
-#include "agent-sim/scenario.hpp"
-#include "agent-sim/sim_endpoint.hpp"
 #include "ctl/client.hpp"
 
 namespace fs = std::filesystem;

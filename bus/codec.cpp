@@ -2,9 +2,8 @@
 
 namespace parry::bus {
 
-std::optional<msgpack::object_handle> parse_frame(std::string_view frame,
-                                                  const decode_limits& lim,
-                                                  std::string& why) {
+std::optional<msgpack::object_handle>
+parse_frame(std::string_view frame, const decode_limits& lim, std::string& why) {
   if (frame.empty()) {
     why = "empty frame";
     return std::nullopt;
@@ -17,8 +16,8 @@ std::optional<msgpack::object_handle> parse_frame(std::string_view frame,
                               /*ext=*/0, lim.max_depth);
   try {
     std::size_t offset = 0;
-    auto oh = msgpack::unpack(frame.data(), frame.size(), offset, nullptr, nullptr,
-                              limit);
+    auto oh =
+        msgpack::unpack(frame.data(), frame.size(), offset, nullptr, nullptr, limit);
     if (offset != frame.size()) {
       why = "trailing bytes";
       return std::nullopt;
@@ -35,13 +34,11 @@ std::optional<msgpack::object_handle> parse_frame(std::string_view frame,
 }
 
 bool valid_id(std::string_view id) {
-  if (id.empty() || id.size() > max_id_length)
-    return false;
+  if (id.empty() || id.size() > max_id_length) return false;
   for (char c : id) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
-              || c == '.' || c == '_' || c == ':' || c == '-';
-    if (!ok)
-      return false;
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '.' || c == '_' || c == ':' || c == '-';
+    if (!ok) return false;
   }
   return true;
 }
@@ -49,8 +46,7 @@ bool valid_id(std::string_view id) {
 std::optional<header> decode_header(std::string_view frame, const decode_limits& lim,
                                     std::string& why) {
   auto h = decode<header>(frame, lim, why);
-  if (!h)
-    return std::nullopt;
+  if (!h) return std::nullopt;
   if (h->v < 1 || h->v > protocol_version) {
     why = "unsupported protocol version";
     return std::nullopt;

@@ -15,17 +15,16 @@ namespace parry::bus {
 
 /// Bounds applied to every decoded frame.
 struct decode_limits {
-  std::size_t max_frame = 1 << 20;   ///< Bytes in one frame.
-  std::size_t max_depth = 8;         ///< Nesting of maps and arrays.
-  std::size_t max_array = 20000;     ///< Elements in one array.
-  std::size_t max_map = 256;         ///< Pairs in one map.
-  std::size_t max_str = 64 * 1024;   ///< Bytes in one string.
-  std::size_t max_bin = 64 * 1024;   ///< Bytes in one binary blob.
+  std::size_t max_frame = 1 << 20; ///< Bytes in one frame.
+  std::size_t max_depth = 8;       ///< Nesting of maps and arrays.
+  std::size_t max_array = 20000;   ///< Elements in one array.
+  std::size_t max_map = 256;       ///< Pairs in one map.
+  std::size_t max_str = 64 * 1024; ///< Bytes in one string.
+  std::size_t max_bin = 64 * 1024; ///< Bytes in one binary blob.
 };
 
 /// Serialises any bus message into one frame.
-template <class T>
-std::string encode(const T& x) {
+template <class T> std::string encode(const T& x) {
   msgpack::sbuffer buf;
   msgpack::pack(buf, x);
   return std::string(buf.data(), buf.size());
@@ -33,9 +32,8 @@ std::string encode(const T& x) {
 
 /// Parses one frame into a msgpack object tree within `lim`. On failure returns
 /// nothing and sets `why` to a short reason fit for a log line or counter.
-std::optional<msgpack::object_handle> parse_frame(std::string_view frame,
-                                                  const decode_limits& lim,
-                                                  std::string& why);
+std::optional<msgpack::object_handle>
+parse_frame(std::string_view frame, const decode_limits& lim, std::string& why);
 
 /// Decodes one frame into `T` (a struct with MSGPACK_DEFINE_MAP). Missing keys
 /// keep their defaults, unknown keys are ignored, a value of the wrong kind fails.
@@ -43,8 +41,7 @@ template <class T>
 std::optional<T> decode(std::string_view frame, const decode_limits& lim,
                         std::string& why) {
   auto oh = parse_frame(frame, lim, why);
-  if (!oh)
-    return std::nullopt;
+  if (!oh) return std::nullopt;
   if (oh->get().type != msgpack::type::MAP) {
     why = "not a map";
     return std::nullopt;

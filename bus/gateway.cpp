@@ -20,12 +20,9 @@ constexpr int inbound_batch = 512;
 
 gateway::gateway(std::string endpoint, decode_limits limits, message_handler on_message,
                  unreachable_handler on_unreachable)
-  : endpoint_(std::move(endpoint)),
-    limits_(limits),
-    on_message_(std::move(on_message)),
-    on_unreachable_(std::move(on_unreachable)),
-    ctx_(std::make_unique<zmq::context_t>(1)) {
-}
+    : endpoint_(std::move(endpoint)), limits_(limits), on_message_(std::move(on_message)),
+      on_unreachable_(std::move(on_unreachable)),
+      ctx_(std::make_unique<zmq::context_t>(1)) {}
 
 gateway::~gateway() {
   stop();
@@ -43,16 +40,14 @@ std::string gateway::start() {
   sock->bind(endpoint_);
   auto bound = sock->get(zmq::sockopt::last_endpoint);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0)
-    throw std::runtime_error("eventfd failed");
+  if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
   socket_ = sock.release();
   thread_ = std::thread([this] { run(socket_); });
   return bound;
 }
 
 void gateway::stop() {
-  if (!thread_.joinable())
-    return;
+  if (!thread_.joinable()) return;
   stopping_ = true;
   wake();
   thread_.join();
@@ -68,11 +63,10 @@ void gateway::send(std::string device_id, std::string header_frame,
   {
     std::lock_guard<std::mutex> guard{mtx_};
     was_empty = queue_.empty();
-    queue_.push_back({std::move(device_id), std::move(header_frame),
-                      std::move(body_frame)});
+    queue_.push_back(
+        {std::move(device_id), std::move(header_frame), std::move(body_frame)});
   }
-  if (was_empty)
-    wake();
+  if (was_empty) wake();
 }
 
 void gateway::wake() {
@@ -92,8 +86,7 @@ void gateway::run(void* raw) {
     try {
       zmq::poll(items, 2, std::chrono::milliseconds{-1});
     } catch (const zmq::error_t& e) {
-      if (e.num() == EINTR)
-        continue;
+      if (e.num() == EINTR) continue;
       throw;
     }
     if (items[1].revents & ZMQ_POLLIN) {
@@ -110,8 +103,7 @@ void gateway::run(void* raw) {
       } catch (const zmq::error_t&) {
         break;
       }
-      if (!got)
-        break;
+      if (!got) break;
       count = 1;
       more = parts[0].more();
       while (more) {
@@ -133,8 +125,7 @@ void gateway::run(void* raw) {
         ++stats_.bad_frames;
         continue;
       }
-      if (!on_message_(std::move(*hdr), parts[2].to_string_view()))
-        ++stats_.bad_frames;
+      if (!on_message_(std::move(*hdr), parts[2].to_string_view())) ++stats_.bad_frames;
     }
     // Outbound.
     {
@@ -155,8 +146,7 @@ void gateway::run(void* raw) {
         // EHOSTUNREACH (ZMQ_ROUTER_MANDATORY): no such peer connected.
       }
       ++stats_.unreachable;
-      if (on_unreachable_)
-        on_unreachable_(out.device_id);
+      if (on_unreachable_) on_unreachable_(out.device_id);
     }
     batch.clear();
   }

@@ -25,8 +25,8 @@ namespace parry::bus {
 struct gateway_stats {
   std::atomic<uint64_t> frames_in{0};
   std::atomic<uint64_t> frames_out{0};
-  std::atomic<uint64_t> bad_frames{0};   ///< Dropped: malformed, oversized, spoofed.
-  std::atomic<uint64_t> unreachable{0};  ///< Outbound to a peer that is not connected.
+  std::atomic<uint64_t> bad_frames{0};  ///< Dropped: malformed, oversized, spoofed.
+  std::atomic<uint64_t> unreachable{0}; ///< Outbound to a peer that is not connected.
 };
 
 class gateway {

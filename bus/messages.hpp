@@ -35,10 +35,10 @@ inline constexpr const char* result_ack = "result_ack";
 struct header {
   int v = protocol_version;
   std::string type;
-  uint64_t msg_id = 0;     ///< Sender-unique, for logs and deduplication.
-  std::string device_id;   ///< Must equal the ROUTER routing id on the server side.
-  uint64_t seq = 0;        ///< Per-direction sequence number.
-  int64_t time = 0;        ///< Sender's wall clock, microseconds since the epoch.
+  uint64_t msg_id = 0;   ///< Sender-unique, for logs and deduplication.
+  std::string device_id; ///< Must equal the ROUTER routing id on the server side.
+  uint64_t seq = 0;      ///< Per-direction sequence number.
+  int64_t time = 0;      ///< Sender's wall clock, microseconds since the epoch.
   MSGPACK_DEFINE_MAP(v, type, msg_id, device_id, seq, time)
 };
 
@@ -86,7 +86,7 @@ struct activity_event {
   std::string parent_id; ///< Event that caused this one, empty for a root.
   file_info file;
   process_info process;
-  std::string detail;    ///< Free text (remote address of a connection, module...).
+  std::string detail; ///< Free text (remote address of a connection, module...).
   MSGPACK_DEFINE_MAP(id, type, time, parent_id, file, process, detail)
 };
 
@@ -100,7 +100,7 @@ struct detection {
 
 /// Agent -> server: an EPP detection with the chain built around it.
 struct incident_report {
-  std::string report_id;    ///< Agent-unique; a re-sent report is recognised by it.
+  std::string report_id; ///< Agent-unique; a re-sent report is recognised by it.
   detection det;
   std::string key_event_id; ///< Event holding the threat detection object.
   std::vector<activity_event> events;
@@ -117,7 +117,7 @@ struct action_ack {
 struct action_result {
   std::string action_id;
   bool ok = false;
-  std::string error;                        ///< Why it failed, empty when ok.
+  std::string error;                         ///< Why it failed, empty when ok.
   std::map<std::string, std::string> effect; ///< What it did (rules applied, ...).
   MSGPACK_DEFINE_MAP(action_id, ok, error, effect)
 };
@@ -147,44 +147,34 @@ struct result_ack {
 
 // -- inspect overloads (used by CAF on the server side) -------------------------
 
-template <class Inspector>
-auto inspect(Inspector& f, header& x) {
+template <class Inspector> auto inspect(Inspector& f, header& x) {
   return f(x.v, x.type, x.msg_id, x.device_id, x.seq, x.time);
 }
-template <class Inspector>
-auto inspect(Inspector& f, hello& x) {
+template <class Inspector> auto inspect(Inspector& f, hello& x) {
   return f(x.hostname, x.os, x.agent_version, x.addresses, x.isolated);
 }
-template <class Inspector>
-auto inspect(Inspector& f, heartbeat& x) {
+template <class Inspector> auto inspect(Inspector& f, heartbeat& x) {
   return f(x.isolated);
 }
-template <class Inspector>
-auto inspect(Inspector& f, file_info& x) {
+template <class Inspector> auto inspect(Inspector& f, file_info& x) {
   return f(x.path, x.sha256, x.size);
 }
-template <class Inspector>
-auto inspect(Inspector& f, process_info& x) {
+template <class Inspector> auto inspect(Inspector& f, process_info& x) {
   return f(x.pid, x.start_time, x.image, x.sha256, x.cmdline, x.user, x.parent_pid);
 }
-template <class Inspector>
-auto inspect(Inspector& f, activity_event& x) {
+template <class Inspector> auto inspect(Inspector& f, activity_event& x) {
   return f(x.id, x.type, x.time, x.parent_id, x.file, x.process, x.detail);
 }
-template <class Inspector>
-auto inspect(Inspector& f, detection& x) {
+template <class Inspector> auto inspect(Inspector& f, detection& x) {
   return f(x.name, x.severity, x.engine);
 }
-template <class Inspector>
-auto inspect(Inspector& f, incident_report& x) {
+template <class Inspector> auto inspect(Inspector& f, incident_report& x) {
   return f(x.report_id, x.det, x.key_event_id, x.events);
 }
-template <class Inspector>
-auto inspect(Inspector& f, action_result& x) {
+template <class Inspector> auto inspect(Inspector& f, action_result& x) {
   return f(x.action_id, x.ok, x.error, x.effect);
 }
-template <class Inspector>
-auto inspect(Inspector& f, command& x) {
+template <class Inspector> auto inspect(Inspector& f, command& x) {
   return f(x.action_id, x.type, x.params, x.issued_at, x.expires_at);
 }
 

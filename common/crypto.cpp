@@ -23,13 +23,11 @@ std::string to_hex(const unsigned char* p, std::size_t n) {
 
 std::vector<unsigned char> from_hex(std::string_view hex) {
   std::vector<unsigned char> out;
-  if (hex.size() % 2 != 0)
-    return out;
+  if (hex.size() % 2 != 0) return out;
   out.reserve(hex.size() / 2);
   for (std::size_t i = 0; i < hex.size(); i += 2) {
     int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
-    if (hi < 0 || lo < 0)
-      return {};
+    if (hi < 0 || lo < 0) return {};
     out.push_back(static_cast<unsigned char>(hi << 4 | lo));
   }
   return out;
@@ -40,8 +38,7 @@ std::string pbkdf2(std::string_view password, const std::vector<unsigned char>& 
   unsigned char out[32];
   if (PKCS5_PBKDF2_HMAC(password.data(), static_cast<int>(password.size()), salt.data(),
                         static_cast<int>(salt.size()), static_cast<int>(iterations),
-                        EVP_sha256(), sizeof out, out)
-      != 1)
+                        EVP_sha256(), sizeof out, out) != 1)
     throw std::runtime_error("PBKDF2 failed");
   return to_hex(out, sizeof out);
 }
@@ -49,12 +46,9 @@ std::string pbkdf2(std::string_view password, const std::vector<unsigned char>& 
 } // namespace
 
 int hex_digit(char c) {
-  if (c >= '0' && c <= '9')
-    return c - '0';
-  if (c >= 'a' && c <= 'f')
-    return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F')
-    return c - 'A' + 10;
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
 
@@ -83,14 +77,12 @@ password_hash hash_password(std::string_view password, uint32_t iterations) {
 
 bool verify_password(std::string_view password, const password_hash& stored) {
   auto salt = from_hex(stored.salt_hex);
-  if (salt.empty() || stored.iterations == 0)
-    return false;
+  if (salt.empty() || stored.iterations == 0) return false;
   return equal_constant_time(pbkdf2(password, salt, stored.iterations), stored.hash_hex);
 }
 
 bool equal_constant_time(std::string_view a, std::string_view b) {
-  if (a.size() != b.size())
-    return false;
+  if (a.size() != b.size()) return false;
   return CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 

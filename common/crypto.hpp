@@ -3,8 +3,8 @@
 // Small wrappers over OpenSSL 3's EVP APIs: random identifiers, SHA-256 and the
 // password hash. Nothing here allocates OpenSSL state beyond one call.
 
-#include <cstdint>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 

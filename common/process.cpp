@@ -18,13 +18,12 @@ namespace parry {
 child_process::child_process(std::vector<std::string> argv,
                              const std::map<std::string, std::string>& env,
                              std::string log_file)
-  : log_(std::move(log_file)) {
+    : log_(std::move(log_file)) {
   std::map<std::string, std::string> merged;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string kv{*e};
     auto eq = kv.find('=');
-    if (eq != std::string::npos)
-      merged[kv.substr(0, eq)] = kv.substr(eq + 1);
+    if (eq != std::string::npos) merged[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
   for (const auto& [k, v] : env)
     merged[k] = v;
@@ -41,8 +40,8 @@ child_process::child_process(std::vector<std::string> argv,
 
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
+  posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_adddup2(&actions, 1, 2);
   posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
   int rc = posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), envp.data());
@@ -52,13 +51,11 @@ child_process::child_process(std::vector<std::string> argv,
 }
 
 child_process::~child_process() {
-  if (pid_ > 0)
-    stop(SIGKILL, std::chrono::seconds{5});
+  if (pid_ > 0) stop(SIGKILL, std::chrono::seconds{5});
 }
 
 bool child_process::running() {
-  if (pid_ <= 0)
-    return false;
+  if (pid_ <= 0) return false;
   int status = 0;
   if (waitpid(pid_, &status, WNOHANG) == pid_) {
     pid_ = -1;
@@ -67,8 +64,9 @@ bool child_process::running() {
   return true;
 }
 
-std::optional<std::string> child_process::wait_for_line(const std::string& needle,
-                                                        std::chrono::milliseconds timeout) {
+std::optional<std::string>
+child_process::wait_for_line(const std::string& needle,
+                             std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::streamoff offset = 0;
   std::string partial;
@@ -82,18 +80,15 @@ std::optional<std::string> child_process::wait_for_line(const std::string& needl
         break;
       }
       offset = in.tellg();
-      if (line.find(needle) != std::string::npos)
-        return line;
+      if (line.find(needle) != std::string::npos) return line;
     }
-    if (std::chrono::steady_clock::now() >= deadline || !running())
-      return std::nullopt;
+    if (std::chrono::steady_clock::now() >= deadline || !running()) return std::nullopt;
     std::this_thread::sleep_for(std::chrono::milliseconds{20}); // poll interval
   }
 }
 
 int child_process::wait(std::chrono::milliseconds timeout) {
-  if (pid_ <= 0)
-    return -1;
+  if (pid_ <= 0) return -1;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   int status = 0;
   while (waitpid(pid_, &status, WNOHANG) != pid_) {
@@ -108,15 +103,13 @@ int child_process::wait(std::chrono::milliseconds timeout) {
 }
 
 int child_process::stop(int sig, std::chrono::milliseconds grace) {
-  if (pid_ <= 0)
-    return -1;
+  if (pid_ <= 0) return -1;
   ::kill(pid_, sig);
   auto deadline = std::chrono::steady_clock::now() + grace;
   int status = 0;
   for (;;) {
     pid_t r = waitpid(pid_, &status, WNOHANG);
-    if (r == pid_ || r < 0)
-      break;
+    if (r == pid_ || r < 0) break;
     if (std::chrono::steady_clock::now() >= deadline) {
       ::kill(pid_, SIGKILL);
       waitpid(pid_, &status, 0);

@@ -21,8 +21,7 @@ bool poll_until(Pred pred, std::chrono::milliseconds timeout,
                 std::chrono::milliseconds interval = std::chrono::milliseconds{50}) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
-    if (pred())
-      return true;
+    if (pred()) return true;
     std::this_thread::sleep_for(interval);
   }
   return pred();
@@ -32,8 +31,8 @@ class child_process {
 public:
   /// Starts `argv[0]` with `argv`, the current environment plus `env`, and stdout and
   /// stderr appended to `log_file`. Throws std::runtime_error if it cannot start.
-  child_process(std::vector<std::string> argv, const std::map<std::string, std::string>& env,
-                std::string log_file);
+  child_process(std::vector<std::string> argv,
+                const std::map<std::string, std::string>& env, std::string log_file);
   ~child_process();
 
   child_process(const child_process&) = delete;

@@ -12,8 +12,7 @@ int64_t now_us() {
 }
 
 std::string format_time(int64_t us) {
-  if (us <= 0)
-    return {};
+  if (us <= 0) return {};
   std::time_t secs = static_cast<std::time_t>(us / 1000000);
   std::tm tm{};
   gmtime_r(&secs, &tm);

@@ -8,10 +8,9 @@
 namespace parry {
 
 std::string server_config::validate() const {
-  if (data_dir.empty())
-    return "data_dir: must not be empty";
-  if (bus_endpoint.rfind("tcp://", 0) != 0 && bus_endpoint.rfind("ipc://", 0) != 0
-      && bus_endpoint.rfind("inproc://", 0) != 0)
+  if (data_dir.empty()) return "data_dir: must not be empty";
+  if (bus_endpoint.rfind("tcp://", 0) != 0 && bus_endpoint.rfind("ipc://", 0) != 0 &&
+      bus_endpoint.rfind("inproc://", 0) != 0)
     return "bus_endpoint: must start with tcp://, ipc:// or inproc://";
   if (http_address.empty())
     return "http_address: must be an IP address, e.g. 127.0.0.1 or 0.0.0.0";
@@ -23,26 +22,23 @@ std::string server_config::validate() const {
     return "max_frame_bytes: must be between 4096 and 67108864";
   if (pbkdf2_iterations < 1000)
     return "pbkdf2_iterations: must be at least 1000 (600000 recommended)";
-  if (max_login_failures < 1)
-    return "max_login_failures: must be at least 1";
-  if (session_idle_minutes < 1)
-    return "session_idle_minutes: must be at least 1";
+  if (max_login_failures < 1) return "max_login_failures: must be at least 1";
+  if (session_idle_minutes < 1) return "session_idle_minutes: must be at least 1";
   static const std::set<std::string> types{
-    "isolate",     "release_isolation", "start_process", "prevent_run",      "allow_run",
-    "quarantine",  "restore_from_quarantine", "delete_file", "terminate_process"};
+      "isolate",          "release_isolation", "start_process",           "prevent_run",
+      "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
+      "terminate_process"};
   for (const auto& t : password_required)
     if (types.count(t) == 0)
       return "actions.password_required: unknown action type '" + t + "'";
   for (const auto& p : start_process_allowlist)
     if (p.empty() || (p[0] != '/' && p.find(":\\") != 1))
       return "actions.start_process_allowlist: '" + p + "' is not an absolute path";
-  if (default_ttl_seconds < 1)
-    return "actions.default_ttl_seconds: must be at least 1";
+  if (default_ttl_seconds < 1) return "actions.default_ttl_seconds: must be at least 1";
   for (const auto& [t, v] : ttl_seconds) {
     if (types.count(t) == 0)
       return "actions.ttl_seconds: unknown action type '" + t + "'";
-    if (v < 1)
-      return "actions.ttl_seconds." + t + ": must be at least 1";
+    if (v < 1) return "actions.ttl_seconds." + t + ": must be at least 1";
   }
   static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
   if (levels.count(log_level) == 0)
@@ -52,11 +48,9 @@ std::string server_config::validate() const {
 
 namespace {
 
-template <class T>
-std::string read(const toml::table& t, const char* key, T& out) {
+template <class T> std::string read(const toml::table& t, const char* key, T& out) {
   auto node = t.get(key);
-  if (node == nullptr)
-    return {};
+  if (node == nullptr) return {};
   if constexpr (std::is_same_v<T, std::string>) {
     if (auto v = node->value<std::string>()) {
       out = *v;
@@ -81,52 +75,56 @@ std::string load_toml(const std::string& path, server_config& cfg) {
   } catch (const toml::parse_error& e) {
     return path + ": " + std::string{e.description()};
   }
-  static const std::set<std::string> known{
-    "data_dir", "bus_endpoint", "http_address", "http_port", "admin_password",
-    "heartbeat_interval_ms", "missed_heartbeats", "max_frame_bytes", "pbkdf2_iterations",
-    "max_login_failures", "lockout_minutes", "session_idle_minutes", "workers",
-    "log_level", "actions"};
+  static const std::set<std::string> known{"data_dir",
+                                           "bus_endpoint",
+                                           "http_address",
+                                           "http_port",
+                                           "admin_password",
+                                           "heartbeat_interval_ms",
+                                           "missed_heartbeats",
+                                           "max_frame_bytes",
+                                           "pbkdf2_iterations",
+                                           "max_login_failures",
+                                           "lockout_minutes",
+                                           "session_idle_minutes",
+                                           "workers",
+                                           "log_level",
+                                           "actions"};
   for (auto& [k, v] : t)
     if (known.count(std::string{k.str()}) == 0)
       return path + ": unknown key '" + std::string{k.str()} + "'";
-  for (auto err : {read(t, "data_dir", cfg.data_dir),
-                   read(t, "bus_endpoint", cfg.bus_endpoint),
-                   read(t, "http_address", cfg.http_address),
-                   read(t, "http_port", cfg.http_port),
-                   read(t, "admin_password", cfg.admin_password),
-                   read(t, "heartbeat_interval_ms", cfg.heartbeat_interval_ms),
-                   read(t, "missed_heartbeats", cfg.missed_heartbeats),
-                   read(t, "max_frame_bytes", cfg.max_frame_bytes),
-                   read(t, "pbkdf2_iterations", cfg.pbkdf2_iterations),
-                   read(t, "max_login_failures", cfg.max_login_failures),
-                   read(t, "lockout_minutes", cfg.lockout_minutes),
-                   read(t, "session_idle_minutes", cfg.session_idle_minutes),
-                   read(t, "workers", cfg.workers),
-                   read(t, "log_level", cfg.log_level)})
-    if (!err.empty())
-      return path + ": " + err;
+  for (auto err :
+       {read(t, "data_dir", cfg.data_dir), read(t, "bus_endpoint", cfg.bus_endpoint),
+        read(t, "http_address", cfg.http_address), read(t, "http_port", cfg.http_port),
+        read(t, "admin_password", cfg.admin_password),
+        read(t, "heartbeat_interval_ms", cfg.heartbeat_interval_ms),
+        read(t, "missed_heartbeats", cfg.missed_heartbeats),
+        read(t, "max_frame_bytes", cfg.max_frame_bytes),
+        read(t, "pbkdf2_iterations", cfg.pbkdf2_iterations),
+        read(t, "max_login_failures", cfg.max_login_failures),
+        read(t, "lockout_minutes", cfg.lockout_minutes),
+        read(t, "session_idle_minutes", cfg.session_idle_minutes),
+        read(t, "workers", cfg.workers), read(t, "log_level", cfg.log_level)})
+    if (!err.empty()) return path + ": " + err;
   if (auto actions = t.get("actions")) {
     auto tab = actions->as_table();
-    if (tab == nullptr)
-      return path + ": actions: must be a table";
+    if (tab == nullptr) return path + ": actions: must be a table";
     for (auto& [k, v] : *tab) {
       auto key = std::string{k.str()};
-      if (key != "password_required" && key != "start_process_allowlist"
-          && key != "default_ttl_seconds" && key != "ttl_seconds")
+      if (key != "password_required" && key != "start_process_allowlist" &&
+          key != "default_ttl_seconds" && key != "ttl_seconds")
         return path + ": unknown key 'actions." + key + "'";
     }
     auto strings = [&](const char* key, std::vector<std::string>& out) -> std::string {
       auto node = tab->get(key);
-      if (node == nullptr)
-        return {};
+      if (node == nullptr) return {};
       auto arr = node->as_array();
       if (arr == nullptr)
         return std::string{"actions."} + key + ": must be an array of strings";
       out.clear();
       for (auto& e : *arr) {
         auto v = e.value<std::string>();
-        if (!v)
-          return std::string{"actions."} + key + ": must be an array of strings";
+        if (!v) return std::string{"actions."} + key + ": must be an array of strings";
         out.push_back(*v);
       }
       return {};
@@ -154,8 +152,7 @@ std::string load_toml(const std::string& path, server_config& cfg) {
 
 std::string load_env(server_config& cfg) {
   auto env = [](const char* name, std::string& out) {
-    if (const char* v = std::getenv(name); v != nullptr && *v != '\0')
-      out = v;
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') out = v;
   };
   env("PARRY_DATA_DIR", cfg.data_dir);
   env("PARRY_BUS_ENDPOINT", cfg.bus_endpoint);

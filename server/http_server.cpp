@@ -40,8 +40,7 @@ std::string session_cookie(const std::string& cookies) {
     while (pos < cookies.size() && (cookies[pos] == ' ' || cookies[pos] == ';'))
       ++pos;
     auto end = cookies.find(';', pos);
-    if (end == std::string::npos)
-      end = cookies.size();
+    if (end == std::string::npos) end = cookies.size();
     if (cookies.compare(pos, key.size(), key) == 0)
       return cookies.substr(pos + key.size(), end - pos - key.size());
     pos = end;
@@ -55,8 +54,7 @@ http_request to_api(const http::request<http::string_body>& req) {
   out.target = std::string{req.target()};
   out.body = req.body();
   auto authz = header_value(req, "Authorization");
-  if (authz.rfind("Bearer ", 0) == 0)
-    out.bearer = authz.substr(7);
+  if (authz.rfind("Bearer ", 0) == 0) out.bearer = authz.substr(7);
   out.session = session_cookie(header_value(req, "Cookie"));
   out.csrf = header_value(req, "X-CSRF-Token");
   out.idempotency_key = header_value(req, "Idempotency-Key");
@@ -67,8 +65,7 @@ class session : public std::enable_shared_from_this<session> {
 public:
   session(tcp::socket&& socket, net::ssl::context& ctx, caf::actor_system& sys,
           api_actor api)
-    : stream_(std::move(socket), ctx), sys_(sys), api_(std::move(api)) {
-  }
+      : stream_(std::move(socket), ctx), sys_(sys), api_(std::move(api)) {}
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -80,8 +77,7 @@ private:
     beast::get_lowest_layer(stream_).expires_after(io_timeout);
     stream_.async_handshake(net::ssl::stream_base::server,
                             [self = shared_from_this()](beast::error_code ec) {
-                              if (!ec)
-                                self->read();
+                              if (!ec) self->read();
                             });
   }
 
@@ -108,8 +104,8 @@ private:
         return write_error(431, "headers_too_large", "request headers over 16 KiB");
       if (ec.category() == http::make_error_code(http::error::bad_method).category())
         return write_error(400, "bad_request", "malformed HTTP request");
-      if (ec != beast::error::timeout && ec != net::error::operation_aborted
-          && ec != net::ssl::error::stream_truncated)
+      if (ec != beast::error::timeout && ec != net::error::operation_aborted &&
+          ec != net::ssl::error::stream_truncated)
         spdlog::debug("http: read: {}", ec.message());
       return;
     }
@@ -122,32 +118,34 @@ private:
     // connection's executor; neither side blocks.
     sys_.spawn([api = api_, r = to_api(req), self, exec](caf::event_based_actor* a) {
       a->request(api, api_timeout, r)
-        .then(
-          [self, exec](http_response& resp) {
-            net::post(exec, [self, resp = std::move(resp)]() mutable {
-              self->write(std::move(resp));
-            });
-          },
-          [self, exec](caf::error&) {
-            net::post(exec, [self] {
-              self->write(http_response{
-                503, R"({"error":{"code":"unavailable","message":"server busy"}})", {}});
-            });
-          });
+          .then(
+              [self, exec](http_response& resp) {
+                net::post(exec, [self, resp = std::move(resp)]() mutable {
+                  self->write(std::move(resp));
+                });
+              },
+              [self, exec](caf::error&) {
+                net::post(exec, [self] {
+                  self->write(http_response{
+                      503,
+                      R"({"error":{"code":"unavailable","message":"server busy"}})",
+                      {}});
+                });
+              });
     });
   }
 
   void write_error(int status, const char* code, const char* message) {
     keep_alive_ = false;
     write(http_response{status,
-                        std::string{R"({"error":{"code":")"} + code
-                          + R"(","message":")" + message + "\"}}",
+                        std::string{R"({"error":{"code":")"} + code + R"(","message":")" +
+                            message + "\"}}",
                         {}});
   }
 
   void write(http_response resp) {
     auto res = std::make_shared<http::response<http::string_body>>(
-      static_cast<http::status>(resp.status), version_);
+        static_cast<http::status>(resp.status), version_);
     res->set(http::field::server, "parry");
     res->set(http::field::content_type, "application/json");
     res->set(http::field::cache_control, "no-store");
@@ -159,15 +157,15 @@ private:
     res->body() = std::move(resp.body);
     res->prepare_payload();
     beast::get_lowest_layer(stream_).expires_after(io_timeout);
-    http::async_write(stream_, *res,
-                      [self = shared_from_this(), res](beast::error_code ec, std::size_t) {
-                        if (ec)
-                          return;
-                        if (self->keep_alive_)
-                          self->read();
-                        else
-                          self->close();
-                      });
+    http::async_write(
+        stream_, *res,
+        [self = shared_from_this(), res](beast::error_code ec, std::size_t) {
+          if (ec) return;
+          if (self->keep_alive_)
+            self->read();
+          else
+            self->close();
+        });
   }
 
   void close() {
@@ -197,31 +195,28 @@ struct http_server::impl {
   std::thread thread;
 
   impl(caf::actor_system& s, api_actor a, std::string addr, uint16_t p)
-    : sys(s), api(std::move(a)), address(std::move(addr)), port(p) {
-  }
+      : sys(s), api(std::move(a)), address(std::move(addr)), port(p) {}
 
   void accept() {
-    acceptor.async_accept(net::make_strand(ioc),
-                          [this](beast::error_code ec, tcp::socket socket) {
-                            if (ec) {
-                              if (ec != net::error::operation_aborted)
-                                accept();
-                              return;
-                            }
-                            std::make_shared<session>(std::move(socket), ssl, sys, api)
-                              ->run();
-                            accept();
-                          });
+    acceptor.async_accept(
+        net::make_strand(ioc), [this](beast::error_code ec, tcp::socket socket) {
+          if (ec) {
+            if (ec != net::error::operation_aborted) accept();
+            return;
+          }
+          std::make_shared<session>(std::move(socket), ssl, sys, api)->run();
+          accept();
+        });
   }
 };
 
 http_server::http_server(caf::actor_system& sys, api_actor api, std::string address,
                          uint16_t port, std::string cert_file, std::string key_file)
-  : impl_(std::make_unique<impl>(sys, std::move(api), std::move(address), port)) {
+    : impl_(std::make_unique<impl>(sys, std::move(api), std::move(address), port)) {
   auto& ssl = impl_->ssl;
-  ssl.set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2
-                  | net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1
-                  | net::ssl::context::no_tlsv1_1);
+  ssl.set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                  net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                  net::ssl::context::no_tlsv1_1);
   ssl.use_certificate_chain_file(cert_file);
   ssl.use_private_key_file(key_file, net::ssl::context::pem);
 }
@@ -244,8 +239,7 @@ uint16_t http_server::start() {
 }
 
 void http_server::stop() {
-  if (!impl_->thread.joinable())
-    return;
+  if (!impl_->thread.joinable()) return;
   net::post(impl_->acceptor.get_executor(), [this] { impl_->acceptor.close(); });
   impl_->ioc.stop();
   impl_->thread.join();

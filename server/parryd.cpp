@@ -21,28 +21,20 @@ int main(int argc, char** argv) {
   app.add_option("--bus", bus, "agent bus endpoint, e.g. tcp://127.0.0.1:7400");
   app.add_option("--http-address", http_address, "HTTPS listen address");
   app.add_option("--http-port", http_port, "HTTPS port (0: any free port)")
-    ->check(CLI::Range(0, 65535));
+      ->check(CLI::Range(0, 65535));
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   CLI11_PARSE(app, argc, argv);
 
   // Defaults, then the file, then the environment, then the command line.
   std::string err;
-  if (!config_file.empty())
-    err = parry::load_toml(config_file, cfg);
-  if (err.empty())
-    err = parry::load_env(cfg);
-  if (!data_dir.empty())
-    cfg.data_dir = data_dir;
-  if (!bus.empty())
-    cfg.bus_endpoint = bus;
-  if (!http_address.empty())
-    cfg.http_address = http_address;
-  if (http_port >= 0)
-    cfg.http_port = static_cast<uint16_t>(http_port);
-  if (!log_level.empty())
-    cfg.log_level = log_level;
-  if (err.empty())
-    err = cfg.validate();
+  if (!config_file.empty()) err = parry::load_toml(config_file, cfg);
+  if (err.empty()) err = parry::load_env(cfg);
+  if (!data_dir.empty()) cfg.data_dir = data_dir;
+  if (!bus.empty()) cfg.bus_endpoint = bus;
+  if (!http_address.empty()) cfg.http_address = http_address;
+  if (http_port >= 0) cfg.http_port = static_cast<uint16_t>(http_port);
+  if (!log_level.empty()) cfg.log_level = log_level;
+  if (err.empty()) err = cfg.validate();
   if (!err.empty()) {
     std::cerr << "parryd: " << err << '\n';
     return 2;

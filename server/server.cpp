@@ -37,8 +37,8 @@ caf::actor_system_config make_caf_config(const server_config& cfg) {
                          });
   // CAF's own default is at least four threads; on a small machine that is more
   // threads than cores, spinning for work. One per core unless told otherwise.
-  auto workers = cfg.workers > 0 ? cfg.workers
-                                 : std::max(1u, std::thread::hardware_concurrency());
+  auto workers =
+      cfg.workers > 0 ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
   out.set("scheduler.max-threads", static_cast<size_t>(workers));
   return out;
 }
@@ -50,9 +50,8 @@ T ask(caf::actor_system& sys, const Handle& dest, Ts&&... xs) {
   T out{};
   caf::error failure;
   self->request(dest, std::chrono::seconds{60}, std::forward<Ts>(xs)...)
-    .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { failure = e; });
-  if (failure)
-    throw std::runtime_error(message_of(failure));
+      .receive([&](T& x) { out = std::move(x); }, [&](caf::error& e) { failure = e; });
+  if (failure) throw std::runtime_error(message_of(failure));
   return out;
 }
 
@@ -75,12 +74,10 @@ struct server::impl {
   bool stopped = false;
 
   explicit impl(server_config c)
-    : cfg(std::move(c)), caf_cfg(make_caf_config(cfg)), sys(caf_cfg) {
-  }
+      : cfg(std::move(c)), caf_cfg(make_caf_config(cfg)), sys(caf_cfg) {}
 };
 
-server::server(server_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
-}
+server::server(server_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 server::~server() {
   stop();
@@ -109,13 +106,13 @@ void server::start() {
   // before the socket starts, and never changes afterwards.
   auto dir_slot = std::make_shared<directory_actor>();
   m.bus = std::make_shared<bus::gateway>(
-    cfg.bus_endpoint, limits,
-    [dir_slot, limits](bus::header&& h, std::string_view body) {
-      return dispatch_inbound(*dir_slot, std::move(h), body, limits);
-    },
-    [dir_slot](const std::string& device_id) {
-      caf::anon_send(*dir_slot, atom::unreach_v, device_id);
-    });
+      cfg.bus_endpoint, limits,
+      [dir_slot, limits](bus::header&& h, std::string_view body) {
+        return dispatch_inbound(*dir_slot, std::move(h), body, limits);
+      },
+      [dir_slot](const std::string& device_id) {
+        caf::anon_send(*dir_slot, atom::unreach_v, device_id);
+      });
   auto gateway = m.sys.spawn(gateway_bridge, m.bus);
   keep(gateway);
 
@@ -128,8 +125,8 @@ void server::start() {
   policy.default_ttl_us = int64_t{cfg.default_ttl_seconds} * 1000000;
   for (const auto& [type, secs] : cfg.ttl_seconds)
     policy.ttl_us[type] = int64_t{secs} * 1000000;
-  m.directory = m.sys.spawn(directory, dcfg, policy, caf::timespan{std::chrono::minutes{5}},
-                            m.store, gateway);
+  m.directory = m.sys.spawn(directory, dcfg, policy,
+                            caf::timespan{std::chrono::minutes{5}}, m.store, gateway);
   keep(m.directory);
   *dir_slot = m.directory;
 
@@ -142,7 +139,8 @@ void server::start() {
   acfg.pbkdf2_iterations = cfg.pbkdf2_iterations;
   auto au = m.sys.spawn(auth, acfg, m.store, hash);
   keep(au);
-  m.generated_password = ask<std::string>(m.sys, au, atom::bootstrap_v, cfg.admin_password);
+  m.generated_password =
+      ask<std::string>(m.sys, au, atom::bootstrap_v, cfg.admin_password);
 
   // Open actions go back to their devices before any agent can reconnect.
   ask<uint64_t>(m.sys, m.directory, atom::resume_v);
@@ -151,8 +149,7 @@ void server::start() {
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   auto bus_stats = [weak_bus] {
     auto b = weak_bus.lock();
-    if (!b)
-      return nlohmann::json::object();
+    if (!b) return nlohmann::json::object();
     const auto& s = b->stats();
     return nlohmann::json{{"frames_in", s.frames_in.load()},
                           {"frames_out", s.frames_out.load()},
@@ -171,13 +168,10 @@ void server::start() {
 
 void server::stop() {
   auto& m = *impl_;
-  if (m.stopped)
-    return;
+  if (m.stopped) return;
   m.stopped = true;
-  if (m.http)
-    m.http->stop();
-  if (m.bus)
-    m.bus->stop();
+  if (m.http) m.http->stop();
+  if (m.bus) m.bus->stop();
   // Writes not yet committed were never confirmed to anyone, so nothing that was
   // reported is lost when the store exits before committing them.
   for (auto& h : m.actors)

@@ -21,17 +21,15 @@ template <class T, void (*Free)(T*)>
 using owned = std::unique_ptr<T, std::integral_constant<decltype(Free), Free>>;
 
 void check(bool ok, const char* what) {
-  if (!ok)
-    throw std::runtime_error(std::string{"TLS certificate: "} + what + " failed");
+  if (!ok) throw std::runtime_error(std::string{"TLS certificate: "} + what + " failed");
 }
 
 bool is_ip(const std::string& name) {
-  return name.find_first_not_of("0123456789.") == std::string::npos
-         || name.find(':') != std::string::npos;
+  return name.find_first_not_of("0123456789.") == std::string::npos ||
+         name.find(':') != std::string::npos;
 }
 
-template <class F>
-void write_pem(const std::string& path, mode_t mode, F&& writer) {
+template <class F> void write_pem(const std::string& path, mode_t mode, F&& writer) {
   // Create with the final mode so the key is never readable by others, even briefly.
   std::filesystem::remove(path);
   auto old = ::umask(0777 & ~mode);
@@ -70,7 +68,8 @@ tls_files ensure_certificate(const std::string& dir,
   X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC,
                              reinterpret_cast<const unsigned char*>("Parry"), -1, -1, 0);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>("localhost"), -1, -1, 0);
+                             reinterpret_cast<const unsigned char*>("localhost"), -1, -1,
+                             0);
   X509_set_issuer_name(cert.get(), name);
 
   std::string san = "DNS:localhost,IP:127.0.0.1,IP:::1";
@@ -82,7 +81,7 @@ tls_files ensure_certificate(const std::string& dir,
   X509V3_set_ctx(&ctx, cert.get(), cert.get(), nullptr, nullptr, 0);
   auto add = [&](int nid, const char* value) {
     owned<X509_EXTENSION, X509_EXTENSION_free> ext{
-      X509V3_EXT_conf_nid(nullptr, &ctx, nid, value)};
+        X509V3_EXT_conf_nid(nullptr, &ctx, nid, value)};
     check(ext && X509_add_ext(cert.get(), ext.get(), -1) == 1, "extension");
   };
   add(NID_subject_alt_name, san.c_str());

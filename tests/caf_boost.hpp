@@ -20,7 +20,7 @@
 #define CAF_FAIL(msg) BOOST_FAIL(msg)
 #define CAF_MESSAGE(msg) BOOST_TEST_MESSAGE(msg)
 #ifndef FAIL
-#  define FAIL(msg) BOOST_FAIL(msg)
+#define FAIL(msg) BOOST_FAIL(msg)
 #endif
 
 #include <caf/test/dsl.hpp>

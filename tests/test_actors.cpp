@@ -7,9 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "actors/directory.hpp"
-#include "actors/incident.hpp"
 #include "actors/error.hpp"
 #include "actors/gateway_bridge.hpp"
+#include "actors/incident.hpp"
 #include "actors/store.hpp"
 #include "bus/codec.hpp"
 
@@ -37,13 +37,13 @@ using frames = std::shared_ptr<std::vector<sent_frame>>;
 /// Stands in for the gateway: records every outbound frame.
 gateway_actor::behavior_type mock_gateway(gateway_actor::pointer, frames out) {
   return {
-    [out](atom::send, const std::string& id, const std::string& hdr,
-          const std::string& body) {
-      std::string why;
-      auto h = bus::decode_header(hdr, bus::decode_limits{}, why);
-      BOOST_REQUIRE_MESSAGE(h, "server sent a bad header: " << why);
-      out->push_back({id, *h, body});
-    },
+      [out](atom::send, const std::string& id, const std::string& hdr,
+            const std::string& body) {
+        std::string why;
+        auto h = bus::decode_header(hdr, bus::decode_limits{}, why);
+        BOOST_REQUIRE_MESSAGE(h, "server sent a bad header: " << why);
+        out->push_back({id, *h, body});
+      },
   };
 }
 
@@ -55,8 +55,13 @@ bus::incident_report phishing_report() {
   bus::activity_event e1, e2, e3, e4;
   e1.id = "e1";
   e1.type = "process_started";
-  e1.process = {4100, 1, "C:\\Program Files\\Microsoft Office\\WINWORD.EXE",
-                std::string(64, 'b'), "WINWORD.EXE invoice.docm", "alice", 900};
+  e1.process = {4100,
+                1,
+                "C:\\Program Files\\Microsoft Office\\WINWORD.EXE",
+                std::string(64, 'b'),
+                "WINWORD.EXE invoice.docm",
+                "alice",
+                900};
   e2.id = "e2";
   e2.type = "file_created";
   e2.parent_id = "e1";
@@ -87,9 +92,9 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   action_policy policy;
 
   fixture() {
-    db_path = (std::filesystem::temp_directory_path()
-               / ("parry-test-" + std::to_string(::getpid()) + ".db"))
-                .string();
+    db_path = (std::filesystem::temp_directory_path() /
+               ("parry-test-" + std::to_string(::getpid()) + ".db"))
+                  .string();
     std::filesystem::remove(db_path);
     dcfg.heartbeat_interval = 1s;
     dcfg.missed_heartbeats = 3;
@@ -119,15 +124,13 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     sched.run();
   }
 
-  template <class T, class Handle, class... Ts>
-  T ask(const Handle& dest, Ts&&... xs) {
+  template <class T, class Handle, class... Ts> T ask(const Handle& dest, Ts&&... xs) {
     auto handle = self->request(dest, caf::infinite, std::forward<Ts>(xs)...);
     sched.run();
     T out{};
-    handle.receive([&](T& x) { out = std::move(x); },
-                   [&](caf::error& err) {
-                     BOOST_FAIL("unexpected error: " << message_of(err));
-                   });
+    handle.receive(
+        [&](T& x) { out = std::move(x); },
+        [&](caf::error& err) { BOOST_FAIL("unexpected error: " << message_of(err)); });
     return out;
   }
 
@@ -179,8 +182,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   std::vector<sent_frame> of_type(const char* type) {
     std::vector<sent_frame> out;
     for (auto& f : *sent)
-      if (f.h.type == type)
-        out.push_back(f);
+      if (f.h.type == type) out.push_back(f);
     return out;
   }
 
@@ -248,8 +250,8 @@ BOOST_AUTO_TEST_CASE(isolate_goes_registered_sent_acknowledged_completed) {
   ack("dev-1", rec.action_id);
   BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "acknowledged"}));
   result("dev-1", rec.action_id, true);
-  BOOST_TEST(states(rec.action_id)
-             == (strings{"registered", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(states(rec.action_id) ==
+             (strings{"registered", "sent", "acknowledged", "completed"}));
   auto a = read("action", rec.action_id)["action"];
   BOOST_TEST(a["final"] == true);
   BOOST_TEST(read("device", "dev-1")["device"]["isolated"] == true);
@@ -257,8 +259,9 @@ BOOST_AUTO_TEST_CASE(isolate_goes_registered_sent_acknowledged_completed) {
   // The agent is told the result is stored, so it stops re-sending.
   auto acks = of_type("result_ack");
   BOOST_REQUIRE_EQUAL(acks.size(), 1u);
-  BOOST_TEST(bus::decode<bus::result_ack>(acks[0].body, bus::decode_limits{}, why)->action_id
-             == rec.action_id);
+  BOOST_TEST(
+      bus::decode<bus::result_ack>(acks[0].body, bus::decode_limits{}, why)->action_id ==
+      rec.action_id);
   // A re-sent result of a finished action is confirmed again, nothing changes.
   result("dev-1", rec.action_id, true);
   BOOST_TEST(of_type("result_ack").size() == 2u);
@@ -274,8 +277,8 @@ BOOST_AUTO_TEST_CASE(failure_is_recorded_with_reason) {
   auto a = read("action", rec.action_id)["action"];
   BOOST_TEST(a["state"] == "failed");
   BOOST_TEST(a["result"]["error"] == "nftables: permission denied");
-  BOOST_TEST(a["transitions"][3]["reason"]
-             == "agent reported failure: nftables: permission denied");
+  BOOST_TEST(a["transitions"][3]["reason"] ==
+             "agent reported failure: nftables: permission denied");
 }
 
 BOOST_AUTO_TEST_CASE(device_goes_offline_after_missed_heartbeats) {
@@ -326,10 +329,12 @@ BOOST_AUTO_TEST_CASE(commands_go_out_in_registration_order) {
   auto cmds = of_type("command");
   BOOST_REQUIRE_EQUAL(cmds.size(), 2u);
   std::string why;
-  BOOST_TEST(bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why)->action_id
-             == first.action_id);
-  BOOST_TEST(bus::decode<bus::command>(cmds[1].body, bus::decode_limits{}, why)->action_id
-             == second.action_id);
+  BOOST_TEST(
+      bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why)->action_id ==
+      first.action_id);
+  BOOST_TEST(
+      bus::decode<bus::command>(cmds[1].body, bus::decode_limits{}, why)->action_id ==
+      second.action_id);
 }
 
 BOOST_AUTO_TEST_CASE(isolating_an_isolated_device_is_a_noop_with_a_note) {
@@ -478,7 +483,8 @@ BOOST_AUTO_TEST_CASE(reverse_links_both_and_reverts_the_original) {
   auto req = request("quarantine", inc);
   req.password_confirmed = true;
   auto q = ask<action_record>(dir, atom::reg_v, req);
-  BOOST_TEST(q.params.at("path") == "C:\\Users\\alice\\AppData\\Local\\Temp\\payload.exe");
+  BOOST_TEST(q.params.at("path") ==
+             "C:\\Users\\alice\\AppData\\Local\\Temp\\payload.exe");
   ack("dev-1", q.action_id);
   bus::action_result r{q.action_id, true, "", {{"quarantine_id", "q-1"}}};
   caf::anon_send(dir, atom::result_v, std::string{"dev-1"}, r);
@@ -504,8 +510,9 @@ BOOST_AUTO_TEST_CASE(reverse_links_both_and_reverts_the_original) {
   ack("dev-1", iso.action_id);
   auto h3 = self->request(dir, caf::infinite, atom::reverse_v, iso.action_id, rev);
   sched.run();
-  h3.receive([](action_record&) { BOOST_FAIL("reverse of an unfinished action must fail"); },
-             [](caf::error& err) { BOOST_TEST(code_of(err) == ec::not_applicable); });
+  h3.receive(
+      [](action_record&) { BOOST_FAIL("reverse of an unfinished action must fail"); },
+      [](caf::error& err) { BOOST_TEST(code_of(err) == ec::not_applicable); });
 }
 
 BOOST_AUTO_TEST_CASE(a_failed_reverse_leaves_the_original_reversible) {
@@ -582,17 +589,17 @@ bool allowed_by_design(const std::string& action, const std::string& event_type)
     return true;
   if (action == "prevent_run" || action == "quarantine" || action == "delete_file")
     return event_type == "file_created" || event_type == "process_started";
-  if (action == "terminate_process")
-    return event_type == "process_started";
+  if (action == "terminate_process") return event_type == "process_started";
   return false; // allow_run, restore_from_quarantine: only as reverses
 }
 
 } // namespace
 
 BOOST_AUTO_TEST_CASE(applicability_matrix_every_action_event_type_and_target_mode) {
-  const char* actions[] = {"isolate",    "release_isolation", "start_process",
-                           "prevent_run", "allow_run",        "quarantine",
-                           "restore_from_quarantine", "delete_file", "terminate_process"};
+  const char* actions[] = {
+      "isolate",          "release_isolation", "start_process",           "prevent_run",
+      "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
+      "terminate_process"};
   const char* types[] = {"file_created", "process_started", "file_modified",
                          "network_connection", "module_loaded"};
   action_policy policy;
@@ -608,13 +615,11 @@ BOOST_AUTO_TEST_CASE(applicability_matrix_every_action_event_type_and_target_mod
         req.event_id = std::string{"e-"} + type;
         req.username = "alice";
         req.password_confirmed = true;
-        if (req.type == "start_process")
-          req.params = {{"path", "/usr/bin/id"}};
+        if (req.type == "start_process") req.params = {{"path", "/usr/bin/id"}};
         auto a = make_action(rec, req, policy, 1000);
         bool expect = allowed_by_design(action, type);
         BOOST_TEST(bool(a) == expect, action << " on " << type << " (" << mode << ")");
-        if (!a && !expect)
-          BOOST_TEST(code_of(a.error()) == ec::not_applicable);
+        if (!a && !expect) BOOST_TEST(code_of(a.error()) == ec::not_applicable);
         if (a) {
           BOOST_TEST(a->target_event_id == req.event_id);
           BOOST_TEST(a->expires_at == 1000 + policy.default_ttl_us);
@@ -643,8 +648,8 @@ BOOST_AUTO_TEST_CASE(file_and_process_actions_carry_their_object) {
   BOOST_TEST(d->params.at("sha256") == std::string(64, 'c'));
   // Without the password re-entry it is refused.
   req.password_confirmed = false;
-  BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error())
-             == ec::unauthenticated);
+  BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error()) ==
+             ec::unauthenticated);
   // Unless the policy says this type needs none.
   action_policy lax;
   lax.password_required = {};
@@ -656,10 +661,11 @@ BOOST_AUTO_TEST_CASE(file_and_process_actions_carry_their_object) {
 
 BOOST_AUTO_TEST_CASE(start_process_parameters_are_checked_and_split_without_a_shell) {
   action_policy policy;
-  auto ok = start_process_params(
-    {{"path", "/usr/bin/find"}, {"working_directory", "/var/tmp"},
-     {"arguments", "/ -name 'a b' -o \"c\\\"d\" e\\ f; rm -rf /"}},
-    policy);
+  auto ok =
+      start_process_params({{"path", "/usr/bin/find"},
+                            {"working_directory", "/var/tmp"},
+                            {"arguments", "/ -name 'a b' -o \"c\\\"d\" e\\ f; rm -rf /"}},
+                           policy);
   BOOST_REQUIRE(ok);
   BOOST_TEST(ok->at("argc") == "9");
   BOOST_TEST(ok->at("arg.0") == "/");
@@ -668,7 +674,8 @@ BOOST_AUTO_TEST_CASE(start_process_parameters_are_checked_and_split_without_a_sh
   BOOST_TEST(ok->at("arg.5") == "e f;");
   BOOST_TEST(ok->at("arg.6") == "rm"); // just a word: nothing runs a shell
   BOOST_TEST(ok->at("working_directory") == "/var/tmp");
-  BOOST_TEST(bool(start_process_params({{"path", "C:\\Windows\\System32\\cmd.exe"}}, policy)));
+  BOOST_TEST(
+      bool(start_process_params({{"path", "C:\\Windows\\System32\\cmd.exe"}}, policy)));
   auto bad = [&](std::map<std::string, std::string> p) {
     auto r = start_process_params(p, policy);
     return !r && code_of(r.error()) == ec::bad_request;
@@ -697,10 +704,11 @@ BOOST_AUTO_TEST_CASE(available_actions_follow_the_rules) {
   auto j = available_actions(rec, false, action_policy{});
   BOOST_TEST(j["device_actions"] == json::array({"isolate", "start_process"}));
   BOOST_TEST(j["targets"][0]["kind"] == "detection");
-  BOOST_TEST(j["targets"][0]["actions"]
-             == json::array({"prevent_run", "quarantine", "delete_file", "terminate_process"}));
+  BOOST_TEST(
+      j["targets"][0]["actions"] ==
+      json::array({"prevent_run", "quarantine", "delete_file", "terminate_process"}));
   for (auto& t : j["targets"])
-    if (t["event_type"] == "network_connection")
-      BOOST_TEST(t["actions"].empty());
-  BOOST_TEST(available_actions(rec, true, action_policy{})["device_actions"].size() == 3u);
+    if (t["event_type"] == "network_connection") BOOST_TEST(t["actions"].empty());
+  BOOST_TEST(available_actions(rec, true, action_policy{})["device_actions"].size() ==
+             3u);
 }

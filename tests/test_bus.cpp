@@ -54,9 +54,9 @@ BOOST_AUTO_TEST_CASE(header_golden_bytes) {
   h.device_id = "d";
   h.seq = 2;
   h.time = 3;
-  BOOST_TEST(hex(encode(h))
-             == "86a17601a474797065a9686561727462656174a66d73675f696401a9646576696365"
-                "5f6964a164a373657102a474696d6503");
+  BOOST_TEST(hex(encode(h)) ==
+             "86a17601a474797065a9686561727462656174a66d73675f696401a9646576696365"
+             "5f6964a164a373657102a474696d6503");
 }
 
 BOOST_AUTO_TEST_CASE(incident_round_trip) {
@@ -72,8 +72,9 @@ BOOST_AUTO_TEST_CASE(incident_round_trip) {
   e2.id = "e2";
   e2.type = "process_started";
   e2.parent_id = "e1";
-  e2.process = {4242, 17, "C:\\Users\\a\\payload.exe", std::string(64, 'a'), "payload.exe -q",
-                "a", 4100};
+  e2.process = {
+      4242, 17,  "C:\\Users\\a\\payload.exe", std::string(64, 'a'), "payload.exe -q",
+      "a",  4100};
   r.events = {e1, e2};
   std::string why;
   auto back = decode<incident_report>(encode(r), decode_limits{}, why);
@@ -166,8 +167,7 @@ BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
   std::atomic<int> unreachable{0};
   gateway gw{"tcp://127.0.0.1:*", decode_limits{},
              [&](header&& h, std::string_view body) {
-               if (h.type != "heartbeat")
-                 return false;
+               if (h.type != "heartbeat") return false;
                ++good;
                return true;
              },
@@ -187,12 +187,15 @@ BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
   bad.send(zmq::str_buffer("\xc1"), zmq::send_flags::none);
   bad.send(zmq::str_buffer("one frame only"), zmq::send_flags::none);
   // A header claiming to be another device.
-  bad.send(zmq::buffer(encode(make_header("heartbeat", "dev-1"))), zmq::send_flags::sndmore);
+  bad.send(zmq::buffer(encode(make_header("heartbeat", "dev-1"))),
+           zmq::send_flags::sndmore);
   bad.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
-  ok.send(zmq::buffer(encode(make_header("heartbeat", "dev-1"))), zmq::send_flags::sndmore);
+  ok.send(zmq::buffer(encode(make_header("heartbeat", "dev-1"))),
+          zmq::send_flags::sndmore);
   ok.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
-  while ((good < 1 || gw.stats().bad_frames < 3) && std::chrono::steady_clock::now() < deadline)
+  while ((good < 1 || gw.stats().bad_frames < 3) &&
+         std::chrono::steady_clock::now() < deadline)
     std::this_thread::yield();
   BOOST_TEST(good.load() == 1);
   BOOST_TEST(gw.stats().bad_frames.load() == 3u);

@@ -52,8 +52,8 @@ struct system_fixture {
   int starts = 0;
 
   system_fixture() {
-    dir = std::filesystem::temp_directory_path()
-          / ("parry-it-" + std::to_string(::getpid()));
+    dir = std::filesystem::temp_directory_path() /
+          ("parry-it-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     {
@@ -65,7 +65,8 @@ struct system_fixture {
     }
     start_server("tcp://127.0.0.1:*");
     agents = start_agents("sim", 5, {}, "agent.log");
-    auto r = api->post("/api/v1/login", json{{"username", "admin"}, {"password", admin_password}});
+    auto r = api->post("/api/v1/login",
+                       json{{"username", "admin"}, {"password", admin_password}});
     BOOST_REQUIRE_EQUAL(r.status, 200);
     auto tok = api->request("POST", "/api/v1/tokens", nullptr,
                             {{"X-CSRF-Token", r.body["csrf_token"].get<std::string>()}});
@@ -79,21 +80,22 @@ struct system_fixture {
   /// at it, keeping the bearer token if there is one.
   void start_server(const std::string& bus) {
     server = std::make_unique<child_process>(
-      std::vector<std::string>{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--config",
-                               (dir / "parryd.toml").string(), "--data-dir",
-                               (dir / "data").string(), "--http-port", "0", "--bus", bus},
-      std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
-      (dir / ("parryd-" + std::to_string(++starts) + ".log")).string());
+        std::vector<std::string>{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--config",
+                                 (dir / "parryd.toml").string(), "--data-dir",
+                                 (dir / "data").string(), "--http-port", "0", "--bus",
+                                 bus},
+        std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
+        (dir / ("parryd-" + std::to_string(++starts) + ".log")).string());
     auto rest = server->wait_for_line("REST ", 30s);
     auto bus_line = server->wait_for_line("bus ", 5s);
-    BOOST_REQUIRE_MESSAGE(rest && bus_line, "parryd did not start; see " << server->log_file());
+    BOOST_REQUIRE_MESSAGE(rest && bus_line,
+                          "parryd did not start; see " << server->log_file());
     base_url = rest->substr(rest->find("https://"));
     base_url = base_url.substr(0, base_url.find("/api/v1"));
     bus_endpoint = bus_line->substr(bus_line->find("tcp://"));
-    api = std::make_unique<client>(base_url,
-                                   tls_options{(dir / "data/tls/cert.pem").string(), false});
-    if (!token.empty())
-      api->set_bearer(token);
+    api = std::make_unique<client>(
+        base_url, tls_options{(dir / "data/tls/cert.pem").string(), false});
+    if (!token.empty()) api->set_bearer(token);
   }
 
   /// `count` simulated endpoints named `prefix-0000`, ... with extra options.
@@ -101,18 +103,27 @@ struct system_fixture {
                                               std::vector<std::string> extra,
                                               const std::string& log) {
     std::vector<std::string> argv{env_or_fail("PARRY_BIN_DIR") + "/parry-agent",
-                                  "--sim", std::to_string(count), "--seed", "7",
-                                  "--id-prefix", prefix, "--server", bus_endpoint,
-                                  "--incident-interval-ms", "300", "--incidents", "3",
-                                  "--scenarios", env_or_fail("PARRY_SCENARIOS_DIR")};
+                                  "--sim",
+                                  std::to_string(count),
+                                  "--seed",
+                                  "7",
+                                  "--id-prefix",
+                                  prefix,
+                                  "--server",
+                                  bus_endpoint,
+                                  "--incident-interval-ms",
+                                  "300",
+                                  "--incidents",
+                                  "3",
+                                  "--scenarios",
+                                  env_or_fail("PARRY_SCENARIOS_DIR")};
     argv.insert(argv.end(), extra.begin(), extra.end());
     return std::make_unique<child_process>(argv, std::map<std::string, std::string>{},
                                            (dir / log).string());
   }
 
   ~system_fixture() {
-    if (agents)
-      agents->stop(SIGTERM);
+    if (agents) agents->stop(SIGTERM);
     if (server) {
       int status = server->stop(SIGTERM);
       BOOST_CHECK_MESSAGE(WIFEXITED(status) && WEXITSTATUS(status) == 0,
@@ -132,8 +143,7 @@ struct system_fixture {
     json found;
     BOOST_REQUIRE(eventually([&] {
       auto list = get("/incidents?device_id=" + device)["incidents"];
-      if (list.empty())
-        return false;
+      if (list.empty()) return false;
       found = list[0];
       return true;
     }));
@@ -144,8 +154,7 @@ struct system_fixture {
   std::string trigger(const std::string& type, const std::string& incident_id,
                       const std::string& event_id = "", json params = json::object()) {
     json target{{"kind", "detection"}};
-    if (!event_id.empty())
-      target = json{{"kind", "event"}, {"event_id", event_id}};
+    if (!event_id.empty()) target = json{{"kind", "event"}, {"event_id", event_id}};
     auto r = api->post("/api/v1/actions", json{{"type", type},
                                                {"incident_id", incident_id},
                                                {"target", target},
@@ -189,17 +198,18 @@ struct system_fixture {
 
   /// A client logged in (bearer token) as a new user with `role`.
   std::unique_ptr<client> as(const std::string& name, const std::string& role) {
-    auto r = api->post("/api/v1/users", json{{"username", name},
-                                            {"password", name + "-password-123"},
-                                            {"role", role}});
+    auto r = api->post(
+        "/api/v1/users",
+        json{{"username", name}, {"password", name + "-password-123"}, {"role", role}});
     BOOST_REQUIRE_MESSAGE(r.status == 201, r.raw);
     auto c = std::make_unique<client>(
-      base_url, tls_options{(dir / "data/tls/cert.pem").string(), false});
+        base_url, tls_options{(dir / "data/tls/cert.pem").string(), false});
     auto login = c->post("/api/v1/login",
                          json{{"username", name}, {"password", name + "-password-123"}});
     BOOST_REQUIRE_EQUAL(login.status, 200);
-    auto tok = c->request("POST", "/api/v1/tokens", nullptr,
-                          {{"X-CSRF-Token", login.body["csrf_token"].get<std::string>()}});
+    auto tok =
+        c->request("POST", "/api/v1/tokens", nullptr,
+                   {{"X-CSRF-Token", login.body["csrf_token"].get<std::string>()}});
     BOOST_REQUIRE_EQUAL(tok.status, 201);
     c->clear_cookies();
     c->set_bearer(tok.body["token"].get<std::string>());
@@ -223,9 +233,9 @@ BOOST_FIXTURE_TEST_SUITE(end_to_end, system_fixture)
 BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
   BOOST_REQUIRE(eventually([&] {
     auto devices = get("/devices")["devices"];
-    return devices.size() == 5u
-           && std::all_of(devices.begin(), devices.end(),
-                          [](const json& d) { return d["online"].get<bool>(); });
+    return devices.size() == 5u &&
+           std::all_of(devices.begin(), devices.end(),
+                       [](const json& d) { return d["online"].get<bool>(); });
   }));
   auto inc = incident_of("sim-0002");
   auto id = inc["incident_id"].get<std::string>();
@@ -258,7 +268,8 @@ BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
 
 BOOST_AUTO_TEST_CASE(idempotency_key_returns_the_same_action) {
   auto id = incident_of("sim-0001")["incident_id"].get<std::string>();
-  json body{{"type", "isolate"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
+  json body{
+      {"type", "isolate"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
   auto a = api->request("POST", "/api/v1/actions", &body, {{"Idempotency-Key", "k-1"}});
   auto b = api->request("POST", "/api/v1/actions", &body, {{"Idempotency-Key", "k-1"}});
   BOOST_REQUIRE_EQUAL(a.status, 202);
@@ -308,11 +319,13 @@ BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_s
 BOOST_AUTO_TEST_CASE(rest_refuses_bad_credentials_and_bad_requests) {
   client anon{base_url, tls_options{(dir / "data/tls/cert.pem").string(), false}};
   BOOST_TEST(anon.get("/api/v1/devices").status == 401);
-  auto bad = anon.post("/api/v1/login", json{{"username", "admin"}, {"password", "nope"}});
+  auto bad =
+      anon.post("/api/v1/login", json{{"username", "admin"}, {"password", "nope"}});
   BOOST_TEST(bad.status == 401);
   BOOST_TEST(bad.body["error"]["code"] == "unauthenticated");
   // A session without its CSRF token may read but not act.
-  auto ok = anon.post("/api/v1/login", json{{"username", "admin"}, {"password", admin_password}});
+  auto ok = anon.post("/api/v1/login",
+                      json{{"username", "admin"}, {"password", admin_password}});
   BOOST_REQUIRE_EQUAL(ok.status, 200);
   BOOST_TEST(anon.get("/api/v1/devices").status == 200);
   auto forged = anon.post("/api/v1/actions", json{{"type", "isolate"}});
@@ -347,29 +360,31 @@ BOOST_AUTO_TEST_CASE(role_matrix) {
   // Reads for everyone; actions for administrators and security officers; users and
   // audit for administrators only.
   std::vector<row> rows{
-    {"GET", "/devices", nullptr, 200, 200, 200},
-    {"GET", "/incidents", nullptr, 200, 200, 200},
-    {"GET", "/incidents/" + id, nullptr, 200, 200, 200},
-    {"GET", "/incidents/" + id + "/available-actions", nullptr, 200, 200, 200},
-    {"GET", "/actions", nullptr, 200, 200, 200},
-    {"GET", "/stats", nullptr, 200, 200, 200},
-    {"GET", "/users", nullptr, 200, 403, 403},
-    {"GET", "/audit", nullptr, 200, 403, 403},
-    {"POST", "/users", json{{"username", "x"}, {"password", "short"}, {"role", "operator"}},
-     400, 403, 403},
-    {"POST", "/actions", json{{"type", "nope"}, {"incident_id", id},
-                              {"target", {{"kind", "detection"}}}},
-     400, 400, 403},
-    {"POST", "/actions/act-missing/cancel", json::object(), 404, 404, 403},
-    {"POST", "/actions/act-missing/reverse", json::object(), 404, 404, 403},
+      {"GET", "/devices", nullptr, 200, 200, 200},
+      {"GET", "/incidents", nullptr, 200, 200, 200},
+      {"GET", "/incidents/" + id, nullptr, 200, 200, 200},
+      {"GET", "/incidents/" + id + "/available-actions", nullptr, 200, 200, 200},
+      {"GET", "/actions", nullptr, 200, 200, 200},
+      {"GET", "/stats", nullptr, 200, 200, 200},
+      {"GET", "/users", nullptr, 200, 403, 403},
+      {"GET", "/audit", nullptr, 200, 403, 403},
+      {"POST", "/users",
+       json{{"username", "x"}, {"password", "short"}, {"role", "operator"}}, 400, 403,
+       403},
+      {"POST", "/actions",
+       json{{"type", "nope"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}},
+       400, 400, 403},
+      {"POST", "/actions/act-missing/cancel", json::object(), 404, 404, 403},
+      {"POST", "/actions/act-missing/reverse", json::object(), 404, 404, 403},
   };
   for (auto& r : rows) {
     int i = 0;
     for (client* c : {api.get(), officer.get(), viewer.get()}) {
       int expected = i == 0 ? r.admin : i == 1 ? r.officer : r.viewer;
-      auto res = c->request(r.method, "/api/v1" + r.path, r.body.is_null() ? nullptr : &r.body);
-      BOOST_TEST(res.status == expected, r.method << " " << r.path << " as role #" << i
-                                                   << ": " << res.raw);
+      auto res =
+          c->request(r.method, "/api/v1" + r.path, r.body.is_null() ? nullptr : &r.body);
+      BOOST_TEST(res.status == expected,
+                 r.method << " " << r.path << " as role #" << i << ": " << res.raw);
       ++i;
     }
   }
@@ -390,9 +405,11 @@ BOOST_AUTO_TEST_CASE(role_matrix) {
 
 BOOST_AUTO_TEST_CASE(password_reentry_and_lockout) {
   auto officer = as("petra", "security_officer");
-  auto inc = get("/incidents/" + incident_of("sim-0001")["incident_id"].get<std::string>());
+  auto inc =
+      get("/incidents/" + incident_of("sim-0001")["incident_id"].get<std::string>());
   auto id = inc["incident"]["incident_id"].get<std::string>();
-  json q{{"type", "quarantine"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
+  json q{
+      {"type", "quarantine"}, {"incident_id", id}, {"target", {{"kind", "detection"}}}};
   auto before = get("/actions")["actions"].size();
   auto none = officer->post("/api/v1/actions", q);
   BOOST_TEST(none.status == 401);
@@ -422,8 +439,8 @@ BOOST_AUTO_TEST_CASE(password_reentry_and_lockout) {
 }
 
 BOOST_AUTO_TEST_CASE(every_action_has_its_effect_on_a_simulated_endpoint) {
-  auto inc = get("/incidents/" + incident_of("sim-0002")["incident_id"].get<std::string>())
-               ["incident"];
+  auto inc = get("/incidents/" +
+                 incident_of("sim-0002")["incident_id"].get<std::string>())["incident"];
   auto id = inc["incident_id"].get<std::string>();
   auto avail = get("/incidents/" + id + "/available-actions");
   // The first file_created event of the chain, and the key event.
@@ -435,7 +452,8 @@ BOOST_AUTO_TEST_CASE(every_action_has_its_effect_on_a_simulated_endpoint) {
 
   auto q = act("quarantine", id, file_event);
   BOOST_TEST(q["state"] == "completed");
-  BOOST_TEST(q["result"]["effect"]["quarantine_id"].get<std::string>().rfind("q-", 0) == 0u);
+  BOOST_TEST(q["result"]["effect"]["quarantine_id"].get<std::string>().rfind("q-", 0) ==
+             0u);
   // The file is gone: deleting it now fails with the agent's reason.
   auto gone = act("delete_file", id, file_event);
   BOOST_TEST(gone["state"] == "failed");
@@ -463,35 +481,38 @@ BOOST_AUTO_TEST_CASE(every_action_has_its_effect_on_a_simulated_endpoint) {
     BOOST_TEST(act("terminate_process", id)["state"] == "failed"); // already gone
   }
 
-  bool windows = get("/devices/sim-0002")["device"]["os"].get<std::string>().find("Windows")
-                 != std::string::npos;
-  auto start = act("start_process", id, "",
-                   json{{"path", windows ? "C:\\Windows\\System32\\whoami.exe"
-                                         : "/usr/bin/whoami"},
-                        {"working_directory", windows ? "C:\\Windows\\Temp" : "/tmp"},
-                        {"arguments", "--help 'two words'"}});
+  bool windows = get("/devices/sim-0002")["device"]["os"].get<std::string>().find(
+                     "Windows") != std::string::npos;
+  auto start = act(
+      "start_process", id, "",
+      json{{"path", windows ? "C:\\Windows\\System32\\whoami.exe" : "/usr/bin/whoami"},
+           {"working_directory", windows ? "C:\\Windows\\Temp" : "/tmp"},
+           {"arguments", "--help 'two words'"}});
   BOOST_TEST(start["state"] == "completed");
   BOOST_TEST(start["params"]["argc"] == "2");
   BOOST_TEST(start["params"]["arg.1"] == "two words");
   BOOST_TEST(start["result"]["effect"]["exit_code"] == "0");
   // A hostile start is refused before anything is registered.
   auto before = get("/actions")["actions"].size();
-  auto bad = api->post("/api/v1/actions",
-                       json{{"type", "start_process"}, {"incident_id", id},
-                            {"target", {{"kind", "detection"}}},
-                            {"params", {{"path", "../../bin/sh"}}},
-                            {"password", admin_password}});
+  auto bad = api->post("/api/v1/actions", json{{"type", "start_process"},
+                                               {"incident_id", id},
+                                               {"target", {{"kind", "detection"}}},
+                                               {"params", {{"path", "../../bin/sh"}}},
+                                               {"password", admin_password}});
   BOOST_TEST(bad.status == 400);
   BOOST_TEST(get("/actions")["actions"].size() == before);
   // Cancel: an action for an offline device waits, and can be cancelled.
   agents->stop(SIGTERM);
-  BOOST_REQUIRE(eventually([&] { return get("/devices/sim-0002")["device"]["online"] == false; }));
+  BOOST_REQUIRE(
+      eventually([&] { return get("/devices/sim-0002")["device"]["online"] == false; }));
   auto waiting = trigger("isolate", id);
   BOOST_REQUIRE(reaches(waiting, "queued"));
-  auto c = api->post("/api/v1/actions/" + waiting + "/cancel", json{{"comment", "no need"}});
+  auto c =
+      api->post("/api/v1/actions/" + waiting + "/cancel", json{{"comment", "no need"}});
   BOOST_TEST(c.status == 200);
   BOOST_TEST(c.body["action"]["state"] == "cancelled");
-  BOOST_TEST(api->post("/api/v1/actions/" + waiting + "/cancel", json::object()).status == 409);
+  BOOST_TEST(api->post("/api/v1/actions/" + waiting + "/cancel", json::object()).status ==
+             409);
 }
 
 BOOST_AUTO_TEST_CASE(kill_9_with_actions_in_every_open_state_loses_and_repeats_nothing) {
@@ -507,7 +528,8 @@ BOOST_AUTO_TEST_CASE(kill_9_with_actions_in_every_open_state_loses_and_repeats_n
   auto inc_a = incident_of("a-0000")["incident_id"].get<std::string>();
   // queued: the device is offline.
   q->stop(SIGTERM);
-  BOOST_REQUIRE(eventually([&] { return get("/devices/q-0000")["device"]["online"] == false; }));
+  BOOST_REQUIRE(
+      eventually([&] { return get("/devices/q-0000")["device"]["online"] == false; }));
   auto act_q = trigger("isolate", inc_q);
   BOOST_REQUIRE(reaches(act_q, "queued"));
   // sent: the agent holds the command without acknowledging it.
@@ -534,12 +556,12 @@ BOOST_AUTO_TEST_CASE(kill_9_with_actions_in_every_open_state_loses_and_repeats_n
   std::filesystem::remove(hold_results);
   for (auto& id : {act_q, act_s, act_a})
     BOOST_TEST(until_final(id)["state"] == "completed", id);
-  BOOST_TEST(states(get("/actions/" + act_s)["action"])
-             == (strings{"registered", "sent", "acknowledged", "completed"}));
-  BOOST_TEST(states(get("/actions/" + act_a)["action"])
-             == (strings{"registered", "sent", "acknowledged", "completed"}));
-  BOOST_TEST(states(get("/actions/" + act_q)["action"])
-             == (strings{"registered", "queued", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(states(get("/actions/" + act_s)["action"]) ==
+             (strings{"registered", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(states(get("/actions/" + act_a)["action"]) ==
+             (strings{"registered", "sent", "acknowledged", "completed"}));
+  BOOST_TEST(states(get("/actions/" + act_q)["action"]) ==
+             (strings{"registered", "queued", "sent", "acknowledged", "completed"}));
   // Each command ran exactly once on its endpoint.
   for (auto [id, log] : {std::pair{act_q, "q.log"}, {act_s, "s.log"}, {act_a, "a.log"}}) {
     std::ifstream in{dir / log};
@@ -582,9 +604,8 @@ BOOST_AUTO_TEST_CASE(audit_tampering_is_found_and_named) {
                           (err ? err : "?"));
   };
   // The database itself refuses ...
-  BOOST_TEST(sqlite3_exec(db, "UPDATE audit SET detail = 'nothing' WHERE seq = 2", nullptr,
-                          nullptr, nullptr)
-             != SQLITE_OK);
+  BOOST_TEST(sqlite3_exec(db, "UPDATE audit SET detail = 'nothing' WHERE seq = 2",
+                          nullptr, nullptr, nullptr) != SQLITE_OK);
   // ... so they drop the guards first.
   exec("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;");
   // A record removed from the middle ...
