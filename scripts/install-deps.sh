@@ -9,6 +9,7 @@ packages=(
   libssl-dev libboost-dev libboost-test-dev libsqlite3-dev
   nlohmann-json3-dev libtomlplusplus-dev libspdlog-dev libcli11-dev
   libnftables-dev nftables iproute2 openssl curl
+  clang-format
 )
 
 missing=()

@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
+# Unformatted code fails the run: one style, checked by the machine.
+bash scripts/check-format.sh
 cd build
 ctest --output-on-failure --timeout 600 "$@"
