@@ -235,7 +235,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         auto& st = self->state;
         // Isolating an isolated device with nothing else in flight changes nothing.
         if (cmd.type == "isolate" && st.rec.isolated && st.queue.empty()) {
-          self->send(action, atom::done_v, std::string{"device already isolated"});
+          self->send(action, atom::noop_v, std::string{"device already isolated"});
           return;
         }
         st.queue.push_back(pending_command{std::move(cmd), action});

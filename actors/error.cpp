@@ -34,16 +34,15 @@ const char* to_string(ec x) {
 }
 
 caf::atom_value ec_category() {
-  return caf::atom("parry");
+  return caf::detail::error_factory<ec>::category;
 }
 
 caf::error make_error(ec x, std::string message) {
-  return caf::error{static_cast<uint8_t>(x), ec_category(),
-                    caf::make_message(std::move(message))};
+  return caf::error{x, std::move(message)};
 }
 
 caf::error make_error(ec x) {
-  return caf::error{static_cast<uint8_t>(x), ec_category()};
+  return caf::error{x};
 }
 
 ec code_of(const caf::error& err) {

@@ -4,6 +4,8 @@
 #include <string>
 
 #include <caf/error.hpp>
+#include <caf/make_message.hpp>
+#include <caf/message.hpp>
 
 namespace parry {
 
@@ -33,6 +35,13 @@ enum class ec : uint8_t {
 
 /// Stable lower-case name used in REST errors and logs.
 const char* to_string(ec x);
+
+} // namespace parry
+
+// `caf::error{ec::x}` and `caf::make_error(ec::x, ...)` work, in category "parry".
+CAF_ERROR_CODE_ENUM(parry::ec, "parry")
+
+namespace parry {
 
 /// Category under which parry errors travel inside CAF.
 caf::atom_value ec_category();

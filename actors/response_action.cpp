@@ -161,7 +161,7 @@ response_action_actor::behavior_type response_action(response_action_stateful se
           self->send(self->state.device, atom::done_v, self->state.rec.action_id);
         });
       },
-      [self](atom::done, std::string& note) {
+      [self](atom::noop, std::string& note) {
         auto& st = self->state;
         st.rec.result_ok = true;
         st.rec.result_error.clear();

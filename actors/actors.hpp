@@ -1,0 +1,172 @@
+#pragma once
+
+// Every actor interface of parryd in one catalogue. One comment per handler says
+// what it does.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/replies_to.hpp>
+#include <caf/typed_actor.hpp>
+
+#include "actors/atoms.hpp"
+#include "actors/records.hpp"
+
+namespace parry {
+
+/// The embedded store: the only actor that touches SQLite. Writes arriving together
+/// share one transaction (group commit); a write is answered once committed.
+using store_actor = caf::typed_actor<
+    // Inserts or updates a device.
+    caf::replies_to<atom::put, device_record>::with<atom::ok>,
+    // Stores a new incident; answers its id (the existing one for a re-sent report).
+    caf::replies_to<atom::put, incident_record>::with<std::string>,
+    // Stores a new action with its first transition.
+    caf::replies_to<atom::put, action_record, transition>::with<atom::ok>,
+    // Updates an action's state and result and appends the transition.
+    caf::replies_to<atom::update, action_record, transition>::with<atom::ok>,
+    // Loads one incident.
+    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>,
+    // Loads one device.
+    caf::replies_to<atom::get, std::string>::with<device_record>,
+    // Finds the action registered by `user` under an idempotency key ("" if none).
+    caf::replies_to<atom::idem, std::string, std::string>::with<std::string>,
+    // Every action not yet in a final state, in registration order.
+    caf::replies_to<atom::open>::with<std::vector<action_record>>,
+    // Loads a user account.
+    caf::replies_to<atom::user, std::string>::with<user_record>,
+    // Creates a user account; fails with conflict if it exists.
+    caf::replies_to<atom::put, user_record>::with<atom::ok>,
+    // Stores a bearer token by its SHA-256, for a user, with a name.
+    caf::replies_to<atom::token, std::string, std::string, std::string>::with<atom::ok>,
+    // Finds the user a token hash belongs to.
+    caf::replies_to<atom::token, std::string>::with<std::string>,
+    // Deletes a token by hash.
+    caf::replies_to<atom::revoke, std::string>::with<atom::ok>,
+    // Loads one action.
+    caf::replies_to<atom::get, atom::action, std::string>::with<action_record>,
+    // Links an action to the one reversing it ("" unlinks after a failed reverse).
+    caf::replies_to<atom::link, std::string, std::string>::with<atom::ok>,
+    // Marks a completed action reverted by the given reverse action.
+    caf::replies_to<atom::revert, std::string, std::string>::with<atom::ok>,
+    // Appends a record to the hash-chained audit trail.
+    caf::replies_to<atom::audit, audit_entry>::with<atom::ok>,
+    // Changes a user's role and/or password hash; ends their tokens.
+    caf::replies_to<atom::update, user_record>::with<atom::ok>,
+    // Deletes a user and their tokens; refuses the last administrator.
+    caf::replies_to<atom::del, std::string>::with<atom::ok>,
+    // A read for the REST API, answered as JSON text.
+    caf::replies_to<query>::with<std::string>,
+    // Commits the open transaction and answers the writes in it.
+    caf::reacts_to<atom::flush>>;
+
+/// Answers the REST API's reads on a database connection of its own, so a read never
+/// waits behind the writer's group commits (WAL: it sees the last commit).
+using store_reader_actor = caf::typed_actor<caf::replies_to<query>::with<std::string>>;
+
+/// Bridge to the bus gateway thread: frames handed here are queued for the socket.
+using gateway_actor = caf::typed_actor<
+    // Queues [header][body] for the device's connection.
+    caf::reacts_to<atom::send, std::string, std::string, std::string>>;
+
+/// One response action, owning its lifecycle (DESIGN.md §4).
+using response_action_actor = caf::typed_actor<
+    // Stores the action as registered (or resumes it) and hands it to its device.
+    caf::replies_to<atom::start>::with<action_record>,
+    // The device is offline: the command waits.
+    caf::reacts_to<atom::queued>,
+    // The device can take the command now: store `sent`, then let it go.
+    caf::reacts_to<atom::transmit>,
+    // The agent acknowledged the command.
+    caf::reacts_to<atom::ack>,
+    // The agent reported how it ended.
+    caf::reacts_to<atom::result, bus::action_result>,
+    // The device decided the command needs no execution (e.g. already isolated).
+    caf::reacts_to<atom::noop, std::string>,
+    // A user cancels it (before the agent acknowledged it): user, comment.
+    caf::replies_to<atom::cancel, std::string, std::string>::with<action_record>,
+    // Timer: its time to live has passed.
+    caf::reacts_to<atom::expire>>;
+
+/// One device: its connection state, heartbeat deadline and ordered command queue.
+using device_actor = caf::typed_actor<
+    // Agent (re)connected.
+    caf::reacts_to<atom::hello, bus::hello>,
+    // Agent is alive.
+    caf::reacts_to<atom::heartbeat, bus::heartbeat>,
+    // Agent reported an incident.
+    caf::reacts_to<atom::incident, bus::incident_report>,
+    // Agent acknowledged an action.
+    caf::reacts_to<atom::ack, std::string>,
+    // Agent reported an action's result.
+    caf::reacts_to<atom::result, bus::action_result>,
+    // The gateway could not deliver to this device.
+    caf::reacts_to<atom::unreach>,
+    // Timer: has the device missed its heartbeats?
+    caf::reacts_to<atom::check>,
+    // An action wants its command executed on this device, in registration order.
+    caf::reacts_to<atom::submit, bus::command, response_action_actor>,
+    // The action stored `sent`: the command may go out.
+    caf::reacts_to<atom::sent, std::string>,
+    // The action stored its final state: confirm the result to the agent.
+    caf::reacts_to<atom::done, std::string>,
+    // The action ended before execution (cancelled, expired): drop its command.
+    caf::reacts_to<atom::withdraw, std::string>,
+    // Current view of the device.
+    caf::replies_to<atom::get>::with<device_record>>;
+
+/// One incident, answering which actions apply and validating requests.
+using incident_actor = caf::typed_actor<
+    // Validates a request against the chain and builds the action record.
+    caf::replies_to<atom::reg, action_request>::with<action_record>>;
+
+/// Maps ids to live actors and spawns them on demand.
+using directory_actor = caf::typed_actor<
+    // Inbound from the gateway, routed to the device actor.
+    caf::reacts_to<atom::hello, std::string, bus::hello>,
+    caf::reacts_to<atom::heartbeat, std::string, bus::heartbeat>,
+    caf::reacts_to<atom::incident, std::string, bus::incident_report>,
+    caf::reacts_to<atom::ack, std::string, std::string>,
+    caf::reacts_to<atom::result, std::string, bus::action_result>,
+    caf::reacts_to<atom::unreach, std::string>,
+    // Registers a response action; answers once it is stored.
+    caf::replies_to<atom::reg, action_request>::with<action_record>,
+    // Cancels an action: id, user, comment.
+    caf::replies_to<atom::cancel, std::string, std::string,
+                    std::string>::with<action_record>,
+    // Registers the reverse of an action: id, the request (user, comment, password).
+    caf::replies_to<atom::reverse, std::string, action_request>::with<action_record>,
+    // Resumes every non-final action from the store (at start-up).
+    caf::replies_to<atom::resume>::with<uint64_t>,
+    // The live device actor for an id (spawned if needed).
+    caf::replies_to<atom::get, std::string>::with<device_actor>>;
+
+/// Slow password hashing, on a thread of its own so it never stalls other actors.
+using hasher_actor = caf::typed_actor<
+    // Checks a password against a stored account.
+    caf::replies_to<atom::verify, std::string, user_record>::with<bool>,
+    // Hashes a new password into an account record.
+    caf::replies_to<atom::hash, std::string, user_record>::with<user_record>>;
+
+/// Sessions, bearer tokens and login throttling.
+using auth_actor = caf::typed_actor<
+    // Username + password -> session token, principal.
+    caf::replies_to<atom::login, std::string, std::string>::with<std::string, principal>,
+    // Session token or bearer token -> principal (first arg: true for a session).
+    caf::replies_to<atom::authn, bool, std::string>::with<principal>,
+    // Creates a bearer token for a principal.
+    caf::replies_to<atom::token, principal, std::string>::with<std::string>,
+    // Revokes a session or bearer token.
+    caf::replies_to<atom::logout, bool, std::string>::with<atom::ok>,
+    // Makes sure the first administrator exists; answers the generated password or "".
+    caf::replies_to<atom::bootstrap, std::string>::with<std::string>,
+    // Password re-entry for a sensitive action: fails (and counts) when wrong.
+    caf::replies_to<atom::confirm, std::string, std::string>::with<atom::ok>,
+    // A user changed or was deleted: end their sessions and cached tokens.
+    caf::reacts_to<atom::forget, std::string>>;
+
+/// The REST API: routes one HTTP request.
+using api_actor = caf::typed_actor<caf::replies_to<http_request>::with<http_response>>;
+
+} // namespace parry

@@ -1,0 +1,209 @@
+#pragma once
+
+// The records parryd's actors exchange: what is stored, what is asked, what is
+// answered. Plain data with CAF inspect overloads; no behaviour.
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "bus/messages.hpp"
+
+namespace parry {
+
+/// Response action states (DESIGN.md §4), as stored and shown.
+namespace state {
+inline constexpr const char* registered = "registered";
+inline constexpr const char* queued = "queued";
+inline constexpr const char* sent = "sent";
+inline constexpr const char* acknowledged = "acknowledged";
+inline constexpr const char* completed = "completed";
+inline constexpr const char* failed = "failed";
+inline constexpr const char* expired = "expired";
+inline constexpr const char* cancelled = "cancelled";
+inline constexpr const char* reverted = "reverted";
+} // namespace state
+
+/// True for states an action never leaves.
+bool is_final(const std::string& st);
+
+/// A device as stored and shown.
+struct device_record {
+  std::string device_id;
+  std::string hostname;
+  std::string os;
+  std::string agent_version;
+  std::vector<std::string> addresses;
+  bool online = false;
+  bool isolated = false; ///< As last reported by the agent.
+  int64_t first_seen = 0;
+  int64_t last_seen = 0;
+};
+
+/// An EDR incident: the report as the agent sent it plus what the server adds.
+struct incident_record {
+  std::string incident_id;
+  std::string device_id;
+  std::string status = "new";
+  int64_t created_at = 0;
+  bus::incident_report report;
+};
+
+/// One response action.
+struct action_record {
+  std::string action_id;
+  std::string type;
+  std::string device_id;
+  std::string incident_id;
+  std::string target_kind;     ///< "detection" or "event".
+  std::string target_event_id; ///< The event acted on (for both kinds).
+  std::map<std::string, std::string> params;
+  std::string requested_by;
+  std::string comment;
+  std::string idempotency_key;
+  std::string state;
+  int64_t created_at = 0;
+  int64_t updated_at = 0;
+  bool result_ok = false;
+  std::string result_error;
+  std::map<std::string, std::string> result_effect;
+  int64_t expires_at = 0; ///< The command is void after this (µs since epoch).
+  bool password_confirmed = false;
+  std::string reverses;    ///< The action this one undoes.
+  std::string reversed_by; ///< The action that undoes (or is undoing) this one.
+};
+
+/// One step in an action's life, appended to the store before it takes effect.
+struct transition {
+  std::string action_id;
+  std::string state;
+  int64_t time = 0;
+  std::string reason;
+};
+
+/// What a person asked for through REST (or an integrator through the bus).
+struct action_request {
+  std::string type;
+  std::string incident_id;
+  std::string target_kind;
+  std::string event_id;
+  std::map<std::string, std::string> params;
+  std::string comment;
+  std::string idempotency_key;
+  std::string username; ///< Already authenticated.
+  std::string role;
+  bool password_confirmed = false; ///< The api checked the password re-entry.
+};
+
+/// Server-wide rules for triggering actions (configurable).
+struct action_policy {
+  /// Types that need the caller's password again (start_process always does).
+  std::vector<std::string> password_required{"prevent_run", "quarantine", "delete_file",
+                                             "terminate_process", "start_process"};
+  /// Executables start_process may run; empty means any absolute path.
+  std::vector<std::string> start_process_allowlist;
+  /// Time to live of a command before the agent accepts it, by type.
+  std::map<std::string, int64_t> ttl_us;
+  /// Time to live for types without their own entry.
+  int64_t default_ttl_us = 24LL * 3600 * 1000000;
+
+  bool needs_password(const std::string& type) const;
+  int64_t ttl_for(const std::string& type) const;
+};
+
+/// One record to append to the audit trail.
+struct audit_entry {
+  std::string actor;
+  std::string kind;
+  std::string target;
+  std::string detail;
+};
+
+/// A user account.
+struct user_record {
+  std::string username;
+  std::string role;
+  std::string salt_hex;
+  uint32_t iterations = 0;
+  std::string hash_hex;
+  int64_t created_at = 0;
+};
+
+/// Who is making a request, once authenticated.
+struct principal {
+  std::string username;
+  std::string role;
+  std::string csrf_token; ///< Empty for bearer tokens, which need no CSRF check.
+  bool via_session = false;
+};
+
+/// A read the REST layer asks of the store; rendered to JSON there.
+struct query {
+  std::string what; ///< devices, device, incidents, incident, actions, action, stats
+  std::string id;
+  std::map<std::string, std::string> filters;
+};
+
+/// One HTTP request as the api actor sees it (parsed by the HTTP thread).
+struct http_request {
+  std::string method;
+  std::string target; ///< Path and query string.
+  std::string body;
+  std::string bearer;  ///< From `Authorization: Bearer`.
+  std::string session; ///< From the `parry_session` cookie.
+  std::string csrf;    ///< From `X-CSRF-Token`.
+  std::string idempotency_key;
+};
+
+/// The answer the HTTP thread writes back.
+struct http_response {
+  int status = 200;
+  std::string body;
+  std::vector<std::string> set_cookies;
+};
+
+template <class Inspector> auto inspect(Inspector& f, audit_entry& x) {
+  return f(x.actor, x.kind, x.target, x.detail);
+}
+template <class Inspector> auto inspect(Inspector& f, action_policy& x) {
+  return f(x.password_required, x.start_process_allowlist, x.ttl_us, x.default_ttl_us);
+}
+template <class Inspector> auto inspect(Inspector& f, device_record& x) {
+  return f(x.device_id, x.hostname, x.os, x.agent_version, x.addresses, x.online,
+           x.isolated, x.first_seen, x.last_seen);
+}
+template <class Inspector> auto inspect(Inspector& f, incident_record& x) {
+  return f(x.incident_id, x.device_id, x.status, x.created_at, x.report);
+}
+template <class Inspector> auto inspect(Inspector& f, action_record& x) {
+  return f(x.action_id, x.type, x.device_id, x.incident_id, x.target_kind,
+           x.target_event_id, x.params, x.requested_by, x.comment, x.idempotency_key,
+           x.state, x.created_at, x.updated_at, x.result_ok, x.result_error,
+           x.result_effect, x.expires_at, x.password_confirmed, x.reverses,
+           x.reversed_by);
+}
+template <class Inspector> auto inspect(Inspector& f, transition& x) {
+  return f(x.action_id, x.state, x.time, x.reason);
+}
+template <class Inspector> auto inspect(Inspector& f, action_request& x) {
+  return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.comment,
+           x.idempotency_key, x.username, x.role, x.password_confirmed);
+}
+template <class Inspector> auto inspect(Inspector& f, user_record& x) {
+  return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at);
+}
+template <class Inspector> auto inspect(Inspector& f, principal& x) {
+  return f(x.username, x.role, x.csrf_token, x.via_session);
+}
+template <class Inspector> auto inspect(Inspector& f, query& x) {
+  return f(x.what, x.id, x.filters);
+}
+template <class Inspector> auto inspect(Inspector& f, http_request& x) {
+  return f(x.method, x.target, x.body, x.bearer, x.session, x.csrf, x.idempotency_key);
+}
+template <class Inspector> auto inspect(Inspector& f, http_response& x) {
+  return f(x.status, x.body, x.set_cookies);
+}
+
+} // namespace parry
