@@ -1,0 +1,40 @@
+#pragma once
+
+// What every part of parry-bench shares: its options, its constants, the clock, and
+// the flag that a signal sets to stop the run.
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace parry::bench {
+
+using steady = std::chrono::steady_clock;
+
+constexpr const char* admin_password = "parry-bench-admin-password";
+constexpr const char* sim_prefix = "sim";
+/// How often each bench device sends a heartbeat once welcomed: well inside the
+/// server's default of 3 missed 5 s intervals.
+constexpr std::chrono::milliseconds heartbeat_period{4000};
+
+struct options {
+  std::size_t endpoints = 200;
+  std::size_t incidents = 20000;
+  std::size_t rounds = 200;
+  std::string bin_dir;
+  std::string scenarios = "./config/scenarios";
+  bool keep = false;
+};
+
+inline std::atomic<bool> interrupted{false};
+static_assert(std::atomic<bool>::is_always_lock_free,
+              "flag is set from a signal handler");
+
+/// Throws when the user asked us to stop, so that cleanup runs on the way out.
+inline void check_interrupt() {
+  if (interrupted.load()) throw std::runtime_error("interrupted");
+}
+
+} // namespace parry::bench

@@ -1,0 +1,201 @@
+// parry-bench: measures a real parryd against the performance envelope of DESIGN.md §9
+// (ingest rate, isolate round trip, memory per connected device), each next to a
+// baseline taken in the same run on the same machine: a bare ZeroMQ sink for ingest
+// and a DEALER/ROUTER ping-pong for the round trip. Only 127.0.0.1 is used.
+//
+// This file holds the command line and the order of a run; the parts live beside it:
+// fleet (the bench's DEALERs and the loopback ROUTER), server_under_test (parryd as a
+// child), measure (/proc readings, percentiles, floors), phases (the steps of a run)
+// and report (results and the table).
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "bench/bench.hpp"
+#include "bench/fleet.hpp"
+#include "bench/measure.hpp"
+#include "bench/phases.hpp"
+#include "bench/report.hpp"
+#include "bench/server_under_test.hpp"
+#include "common/process.hpp"
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+using namespace parry::bench;
+
+extern "C" void on_signal(int) {
+  interrupted.store(true);
+}
+
+std::string exe_dir() {
+  std::error_code ec;
+  auto p = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string{"."} : p.parent_path().string();
+}
+
+/// Lets one process hold many sockets (two descriptors per DEALER, plus ZeroMQ's own).
+void raise_fd_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+int run(const options& opt) {
+  const std::size_t n = opt.endpoints;
+  results res;
+  raise_fd_limit();
+  // Each DEALER holds a TCP connection and a mailbox descriptor.
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 2 * n + 256)
+    throw std::runtime_error("open file limit " + std::to_string(rl.rlim_cur) +
+                             " is too low for " + std::to_string(n) +
+                             " endpoints (needs about " + std::to_string(2 * n + 256) +
+                             ")");
+  std::printf("parry-bench: %zu endpoints, %zu incidents, %zu rounds; binaries in %s\n",
+              n, opt.incidents, opt.rounds, opt.bin_dir.c_str());
+  // Other work on the machine skews every figure: say how busy it was at the start.
+  std::string load;
+  std::getline(std::ifstream{"/proc/loadavg"}, load);
+  std::printf(
+      "machine: %u cores, load average %s\n", std::thread::hardware_concurrency(),
+      load.substr(0, load.find(' ', load.find(' ', load.find(' ') + 1) + 1)).c_str());
+
+  // Frames first, so that neither clock includes encoding.
+  fleet devices{n};
+  auto frames = make_frames(devices, opt.incidents, opt.scenarios, res);
+  std::size_t bytes = 0;
+  for (auto& f : frames)
+    bytes += f.header.size() + f.body.size();
+  std::printf(
+      "frames: %zu incident reports, %.1f events and %.0f bytes each on average\n",
+      frames.size(), res.events_per_incident,
+      static_cast<double>(bytes) / static_cast<double>(frames.size()));
+  std::fflush(stdout);
+
+  // Started after construction, so that a failed start still cleans up and shows the log.
+  server_under_test srv{opt};
+  srv.start();
+  std::printf("parryd: pid %d, bus %s, files in %s\n", srv.pid(),
+              srv.bus_endpoint().c_str(), srv.dir().c_str());
+  srv.login();
+  std::this_thread::sleep_for(500ms); // start-up allocations settle before the first look
+  res.rss_start = rss_kib(srv.pid());
+
+  ingest_floor(devices, frames, res);
+  connect_fleet(srv, devices, res);
+  ingest(srv, devices, frames, res);
+  std::vector<frame_pair>().swap(frames);
+  std::fflush(stdout);
+
+  // Simulated agents for the round trip, with their own id prefix.
+  auto online_before = stat_of(srv.get("/stats"), "devices_online");
+  parry::child_process agents{{opt.bin_dir + "/parry-agent", "--sim", std::to_string(n),
+                               "--seed", "1", "--id-prefix", sim_prefix, "--server",
+                               srv.bus_endpoint(), "--incident-interval-ms", "1000",
+                               "--incidents", "2", "--scenarios", opt.scenarios,
+                               "--log-level", "warn"},
+                              {},
+                              (srv.dir() / "agent.log").string()};
+  struct agents_stopper {
+    parry::child_process& p;
+    ~agents_stopper() { p.stop(SIGTERM); }
+  } stop_agents{agents};
+  auto targets = await_sims(srv, devices, agents, online_before, n, res);
+
+  // The floors, taken beside the running server and agents.
+  res.pong = ping_pong(opt.rounds);
+  res.fsync = storage_floor(srv.dir(), opt.rounds);
+
+  round_trips(srv, devices, agents, targets, opt.rounds, res);
+
+  res.final_stats = srv.get("/stats");
+  res.rss_end = rss_kib(srv.pid());
+  if (!srv.running()) throw std::runtime_error("parryd exited");
+
+  std::printf("\nresults (%zu endpoints, %zu incidents, %zu rounds)\n", n, opt.incidents,
+              opt.rounds);
+  print_table(table(res, n));
+  std::printf("\nfinal /stats: %s\n", res.final_stats.dump().c_str());
+
+  int agent_status = agents.stop(SIGTERM);
+  if (!(WIFEXITED(agent_status) && WEXITSTATUS(agent_status) == 0))
+    res.problems.push_back("parry-agent did not exit cleanly on SIGTERM (wait status " +
+                           std::to_string(agent_status) + ")");
+  int status = srv.stop();
+  if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+    res.problems.push_back("parryd did not exit cleanly on SIGTERM (wait status " +
+                           std::to_string(status) + ")");
+  auto [warnings, examples] = log_problems(srv.log_file());
+  if (warnings > 0) {
+    std::printf("parryd logged %zu warnings/errors, e.g.:\n", warnings);
+    for (auto& e : examples)
+      std::printf("  %s\n", e.c_str());
+  }
+  if (opt.keep)
+    std::printf("kept %s (parryd.log, agent.log, data/)\n", srv.dir().c_str());
+  std::fflush(stdout);
+  for (auto& p : res.problems)
+    std::fprintf(stderr, "parry-bench: %s\n", p.c_str());
+  return res.problems.empty() ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  options opt;
+  CLI::App app{"parry-bench: measures parryd against DESIGN.md §9 on loopback"};
+  app.add_option("--endpoints", opt.endpoints, "Devices: N bench sockets and N simulated")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 10000));
+  app.add_option("--incidents", opt.incidents, "Incident reports to ingest")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1'000'000));
+  app.add_option("--rounds", opt.rounds, "Isolate + release rounds")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100'000));
+  app.add_option("--bin-dir", opt.bin_dir,
+                 "Directory of parryd and parry-agent (default: this program's)");
+  app.add_option("--scenarios", opt.scenarios, "Scenario directory for parry-agent")
+      ->capture_default_str();
+  app.add_flag("--keep", opt.keep, "Keep the temporary directory (logs, database)");
+  CLI11_PARSE(app, argc, argv);
+  if (opt.bin_dir.empty()) opt.bin_dir = exe_dir();
+  opt.scenarios = fs::absolute(opt.scenarios).string();
+  if (!fs::is_directory(opt.scenarios)) {
+    std::cerr << "parry-bench: no scenario directory " << opt.scenarios
+              << " (see --scenarios)\n";
+    return 2;
+  }
+
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  try {
+    return run(opt);
+  } catch (const std::exception& e) {
+    std::cerr << "parry-bench: failed: " << e.what() << '\n';
+    return 1;
+  }
+}

@@ -1,0 +1,314 @@
+#include "bench/phases.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <stdexcept>
+#include <thread>
+
+#include "agent-sim/scenario.hpp"
+#include "agent-sim/sim_endpoint.hpp"
+#include "bench/measure.hpp"
+#include "bus/codec.hpp"
+#include "common/time.hpp"
+
+namespace parry::bench {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+/// Polls GET /stats until `pred` holds (every `every`, up to `timeout`), keeping the
+/// bench devices alive meanwhile. Returns the last stats and whether `pred` held.
+template <class Pred>
+std::pair<json, bool> wait_stats(server_under_test& srv, fleet& devices, Pred pred,
+                                 std::chrono::milliseconds timeout,
+                                 std::chrono::milliseconds every = 50ms) {
+  auto deadline = steady::now() + timeout;
+  json last;
+  for (;;) {
+    check_interrupt();
+    devices.keep_alive(heartbeat_period);
+    try {
+      last = srv.get("/stats");
+      if (pred(last)) return {last, true};
+    } catch (const parry::client_error&) {
+      // A slow answer under load: ask again until the deadline.
+    }
+    if (!srv.running()) throw std::runtime_error("parryd exited");
+    if (steady::now() >= deadline) return {last, false};
+    std::this_thread::sleep_for(every);
+  }
+}
+
+/// Triggers `type` on the detection of `incident_id`, follows it to a final state and
+/// records its latencies. Returns false (and why) when it did not complete.
+bool run_action(server_under_test& srv, fleet& devices, const std::string& type,
+                const std::string& incident_id, action_samples& out, std::string& why) {
+  auto t0 = steady::now();
+  auto r = srv.api().post("/api/v1/actions", json{{"type", type},
+                                                  {"incident_id", incident_id},
+                                                  {"target", {{"kind", "detection"}}},
+                                                  {"comment", "parry-bench"}});
+  if (r.status != 202) {
+    why = "POST " + type + " -> " + std::to_string(r.status) + " " + r.raw.substr(0, 200);
+    return false;
+  }
+  auto id = r.body["action"]["action_id"].get<std::string>();
+  auto deadline = t0 + 5s;
+  json action;
+  for (;;) {
+    action = srv.get("/actions/" + id)["action"];
+    if (action["final"].get<bool>()) break;
+    if (steady::now() >= deadline) {
+      why = type + " " + id + " not final after 5 s: state " + action["state"].dump();
+      return false;
+    }
+    devices.keep_alive(heartbeat_period);
+    std::this_thread::sleep_for(2ms); // tight poll, bounded by the deadline above
+  }
+  auto seen = steady::now();
+  if (action["state"] != "completed") {
+    why = type + " " + id + " ended " + action["state"].dump() + ": " +
+          action["result"].dump();
+    return false;
+  }
+  std::vector<std::pair<std::string, int64_t>> steps;
+  int64_t registered = -1, completed = -1;
+  for (auto& t : action["transitions"]) {
+    steps.emplace_back(t["state"].get<std::string>(), t["time_us"].get<int64_t>());
+    if (steps.back().first == "registered") registered = steps.back().second;
+    if (steps.back().first == "completed") completed = steps.back().second;
+  }
+  if (registered < 0 || completed < 0) {
+    why = type + " " + id + " lacks a registered or completed transition";
+    return false;
+  }
+  out.server.push_back(static_cast<double>(completed - registered) / 1000.0);
+  out.client.push_back(ms_between(t0, seen));
+  for (std::size_t i = 1; i < steps.size(); ++i)
+    out.stage(steps[i - 1].first + "->" + steps[i].first)
+        .push_back(static_cast<double>(steps[i].second - steps[i - 1].second) / 1000.0);
+  return true;
+}
+
+} // namespace
+
+std::size_t stat_of(const json& stats, const char* key) {
+  return stats.is_object() && stats.contains(key) ? stats[key].get<std::size_t>() : 0;
+}
+
+std::vector<frame_pair> make_frames(fleet& devices, std::size_t m,
+                                    const std::string& scenario_dir, results& res) {
+  auto scenarios = parry::sim::load_scenarios(scenario_dir);
+  parry::sim::endpoint_config cfg;
+  cfg.id_prefix = "bench";
+  // Report ids carry the start time, so reruns against a kept store stay distinct.
+  cfg.run_tag = std::to_string(now_us() / 1'000'000);
+  auto now = now_us();
+  std::vector<parry::sim::sim_endpoint> sims;
+  sims.reserve(devices.size());
+  for (std::size_t i = 0; i < devices.size(); ++i)
+    sims.emplace_back(i, cfg, scenarios, now);
+  std::vector<frame_pair> frames;
+  frames.reserve(m);
+  for (std::size_t k = 0; k < m; ++k) {
+    auto i = k % devices.size();
+    auto rep = sims[i].next_incident(now);
+    res.events_total += rep.events.size();
+    frames.push_back(devices.frame(i, bus::type::incident, rep));
+  }
+  res.reports = m;
+  res.events_per_incident =
+      static_cast<double>(res.events_total) / static_cast<double>(m);
+  return frames;
+}
+
+void ingest_floor(fleet& devices, const std::vector<frame_pair>& frames, results& res) {
+  const std::size_t n = devices.size(), m = frames.size();
+  loopback_peer sink{loopback_peer::mode::count};
+  devices.connect(sink.endpoint());
+  // One message per device first, so every connection is up before the clock starts.
+  for (std::size_t i = 0; i < n; ++i)
+    devices.send(i, devices.frame(i, bus::type::heartbeat, bus::heartbeat{false}));
+  auto deadline = steady::now() + 20s;
+  while (sink.count() < n && steady::now() < deadline) {
+    check_interrupt();
+    std::this_thread::sleep_for(1ms);
+  }
+  if (sink.count() < n)
+    throw std::runtime_error("baseline sink: devices did not connect within 20 s");
+  auto t0 = steady::now();
+  auto sent = devices.blast(frames, t0 + 30s);
+  while (sink.count() < n + m && steady::now() < t0 + 30s) {
+    check_interrupt();
+    std::this_thread::sleep_for(1ms);
+  }
+  if (sent < m || sink.count() < n + m)
+    throw std::runtime_error("baseline sink received " +
+                             std::to_string(sink.count() - n) + " of " +
+                             std::to_string(m) + " reports within 30 s");
+  res.sink_secs = ms_between(t0, sink.last()) / 1000.0;
+  std::printf("baseline: %zu reports into a counting ROUTER in %.3f s\n", m,
+              res.sink_secs);
+  devices.disconnect(sink.endpoint());
+}
+
+void connect_fleet(server_under_test& srv, fleet& devices, results& res) {
+  const std::size_t n = devices.size();
+  auto fds = open_fds(srv.pid());
+  devices.connect(srv.bus_endpoint());
+  // Connections alone, before any device actor exists: parryd holds one fd for each.
+  auto deadline = steady::now() + 20s;
+  while (open_fds(srv.pid()) < fds + n && steady::now() < deadline) {
+    check_interrupt();
+    std::this_thread::sleep_for(10ms);
+  }
+  if (open_fds(srv.pid()) < fds + n)
+    throw std::runtime_error("parryd did not accept " + std::to_string(n) +
+                             " bus connections within 20 s");
+  std::this_thread::sleep_for(300ms); // let the ZMTP handshakes finish
+  res.rss_conn = rss_kib(srv.pid());
+
+  auto welcomed = devices.greet(30s);
+  if (welcomed < n)
+    throw std::runtime_error("only " + std::to_string(welcomed) + " of " +
+                             std::to_string(n) +
+                             " bench devices were welcomed within 30 s");
+  devices.start_heartbeats();
+  auto [st, online] = wait_stats(
+      srv, devices, [&](const json& s) { return stat_of(s, "devices_online") >= n; },
+      20s);
+  if (!online)
+    throw std::runtime_error("parryd shows " +
+                             std::to_string(stat_of(st, "devices_online")) +
+                             " devices online, expected " + std::to_string(n));
+  std::this_thread::sleep_for(300ms); // the device records are written in the background
+  res.rss_bench = rss_kib(srv.pid());
+}
+
+void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair>& frames,
+            results& res) {
+  const std::size_t m = frames.size();
+  auto before = stat_of(srv.get("/stats"), "incidents");
+  auto cpu0 = cpu_secs(srv.pid());
+  auto threads0 = cpu_by_thread(srv.pid());
+  auto t0 = steady::now();
+  auto sent = devices.blast(frames, t0 + 60s);
+  res.send_secs = ms_between(t0, steady::now()) / 1000.0;
+  if (sent < m)
+    throw std::runtime_error("parryd took only " + std::to_string(sent) + " of " +
+                             std::to_string(m) + " reports within 60 s");
+  auto left =
+      std::chrono::duration_cast<std::chrono::milliseconds>(t0 + 60s - steady::now());
+  auto [st, done] = wait_stats(
+      srv, devices, [&](const json& s) { return stat_of(s, "incidents") >= before + m; },
+      std::max(left, std::chrono::milliseconds{0}));
+  res.ingest_secs = ms_between(t0, steady::now()) / 1000.0;
+  res.ingest_cpu = cpu_secs(srv.pid()) - cpu0;
+  std::string per_thread;
+  for (auto& [name, secs] : cpu_by_thread(srv.pid()))
+    if (auto used = secs - threads0[name]; used >= 0.01)
+      per_thread += " " + name + " " + fixed(used, 2);
+  res.stored = stat_of(st, "incidents") - before;
+  std::printf("ingest: %zu reports sent in %.3f s, %zu stored after %.3f s "
+              "(events %zu, bus %s)\n",
+              m, res.send_secs, res.stored, res.ingest_secs, stat_of(st, "events"),
+              st["bus"].dump().c_str());
+  std::printf("  parryd CPU seconds by thread name:%s\n", per_thread.c_str());
+  if (!done)
+    res.problems.push_back("ingest: only " + std::to_string(res.stored) + " of " +
+                           std::to_string(m) + " incidents stored after " +
+                           fixed(res.ingest_secs, 1) + " s");
+  else if (before == 0 && stat_of(st, "events") != res.events_total)
+    res.problems.push_back("ingest: /stats counts " +
+                           std::to_string(stat_of(st, "events")) + " events, " +
+                           std::to_string(res.events_total) + " were sent");
+  std::this_thread::sleep_for(300ms);
+  res.rss_ingested = rss_kib(srv.pid());
+}
+
+std::vector<std::pair<std::string, std::string>>
+await_sims(server_under_test& srv, fleet& devices, parry::child_process& agents,
+           std::size_t online_before, std::size_t n, results& res) {
+  auto [st, online] = wait_stats(
+      srv, devices,
+      [&](const json& s) { return stat_of(s, "devices_online") >= online_before + n; },
+      30s);
+  if (!online) {
+    auto now_online = stat_of(st, "devices_online");
+    throw std::runtime_error(
+        "only " +
+        std::to_string(now_online > online_before ? now_online - online_before : 0) +
+        " of " + std::to_string(n) + " simulated devices came online within 30 s" +
+        (agents.running() ? "" : " (parry-agent exited)"));
+  }
+  std::this_thread::sleep_for(300ms);
+  res.rss_sim = rss_kib(srv.pid());
+
+  // The newest incidents are the simulated devices' own.
+  std::map<std::string, std::string> incident_of;
+  auto prefix = std::string{sim_prefix} + "-";
+  auto limit = std::to_string(std::min<std::size_t>(5000, 4 * n));
+  auto deadline = steady::now() + 30s;
+  for (;;) {
+    check_interrupt();
+    devices.keep_alive(heartbeat_period);
+    auto list = srv.get("/incidents?limit=" + limit);
+    for (auto& inc : list["incidents"]) {
+      auto dev = inc["device_id"].get<std::string>();
+      if (dev.rfind(prefix, 0) == 0)
+        incident_of.emplace(dev, inc["incident_id"].get<std::string>());
+    }
+    // With more devices than one page holds, ask for the missing ones one by one.
+    if (list["incidents"].size() >= 5000)
+      for (std::size_t i = 0; i < n && steady::now() < deadline; ++i) {
+        char dev[32];
+        std::snprintf(dev, sizeof dev, "%s-%04zu", sim_prefix, i);
+        if (incident_of.count(dev) != 0) continue;
+        auto one = srv.get(std::string{"/incidents?limit=1&device_id="} + dev);
+        if (!one["incidents"].empty())
+          incident_of.emplace(dev, one["incidents"][0]["incident_id"].get<std::string>());
+      }
+    if (incident_of.size() >= n) break;
+    if (steady::now() >= deadline)
+      throw std::runtime_error("only " + std::to_string(incident_of.size()) + " of " +
+                               std::to_string(n) +
+                               " simulated devices reported an incident within 30 s");
+    std::this_thread::sleep_for(200ms);
+  }
+  return {incident_of.begin(), incident_of.end()};
+}
+
+void round_trips(server_under_test& srv, fleet& devices, parry::child_process& agents,
+                 const std::vector<std::pair<std::string, std::string>>& targets,
+                 std::size_t rounds, results& res) {
+  auto cpu0 = cpu_secs(srv.pid()), agent_cpu0 = cpu_secs(agents.pid());
+  auto t0 = steady::now();
+  for (std::size_t r = 0; r < rounds; ++r) {
+    check_interrupt();
+    auto& [dev, inc] = targets[r % targets.size()];
+    std::string why;
+    if (!run_action(srv, devices, "isolate", inc, res.isolate, why)) {
+      ++res.isolate.failures;
+      res.problems.push_back("round " + std::to_string(r) + " on " + dev + ": " + why);
+    } else if (!run_action(srv, devices, "release_isolation", inc, res.release, why)) {
+      ++res.release.failures;
+      res.problems.push_back("round " + std::to_string(r) + " on " + dev + ": " + why);
+    }
+    if (res.isolate.failures + res.release.failures > 10)
+      throw std::runtime_error("more than 10 actions failed; last: " + why);
+  }
+  res.rounds_secs = ms_between(t0, steady::now()) / 1000.0;
+  res.rounds_cpu = cpu_secs(srv.pid()) - cpu0;
+  res.rounds_agent_cpu = cpu_secs(agents.pid()) - agent_cpu0;
+  std::printf("isolate: %zu completed, %zu failed; release: %zu completed, %zu failed\n",
+              res.isolate.server.size(), res.isolate.failures, res.release.server.size(),
+              res.release.failures);
+  std::printf("  isolate steps (server clock):\n%s", stages_summary(res.isolate).c_str());
+  std::printf("  release steps (server clock):\n%s", stages_summary(res.release).c_str());
+}
+
+} // namespace parry::bench

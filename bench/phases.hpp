@@ -1,0 +1,53 @@
+#pragma once
+
+// The steps of a run against parryd: encode the reports, take the ingest floor,
+// connect and greet the fleet, ingest, wait for the simulated agents, and time the
+// isolate/release rounds. Each step records what it measured in `results`.
+
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/fleet.hpp"
+#include "bench/report.hpp"
+#include "bench/server_under_test.hpp"
+#include "common/process.hpp"
+
+namespace parry::bench {
+
+/// A counter from GET /stats, 0 when absent.
+std::size_t stat_of(const nlohmann::json& stats, const char* key);
+
+/// Pre-encodes `m` incident reports spread over the fleet's devices. The chains come
+/// from the same scenario files and instantiation as parry-agent's, one simulated
+/// endpoint per bench device, so the bench measures what agents send.
+std::vector<frame_pair> make_frames(fleet& devices, std::size_t m,
+                                    const std::string& scenario_dir, results& res);
+
+/// The ingest floor: the same frames through the same DEALERs into a ROUTER that only
+/// counts. Leaves the DEALERs disconnected.
+void ingest_floor(fleet& devices, const std::vector<frame_pair>& frames, results& res);
+
+/// Connects the fleet to parryd (memory before and after the hellos) and waits until
+/// every device is welcomed and counted online.
+void connect_fleet(server_under_test& srv, fleet& devices, results& res);
+
+/// Blasts the reports at parryd and times them until /stats shows every one stored.
+void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair>& frames,
+            results& res);
+
+/// Waits until `n` more devices are online and each simulated one has reported an
+/// incident; returns (device id, incident id) pairs.
+std::vector<std::pair<std::string, std::string>>
+await_sims(server_under_test& srv, fleet& devices, parry::child_process& agents,
+           std::size_t online_before, std::size_t n, results& res);
+
+/// Isolates and releases the simulated devices round-robin.
+void round_trips(server_under_test& srv, fleet& devices, parry::child_process& agents,
+                 const std::vector<std::pair<std::string, std::string>>& targets,
+                 std::size_t rounds, results& res);
+
+} // namespace parry::bench

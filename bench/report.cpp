@@ -1,0 +1,121 @@
+#include "bench/report.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <ios>
+#include <sstream>
+
+#include "bench/measure.hpp"
+
+namespace parry::bench {
+
+std::string fixed(double x, int digits) {
+  if (std::isnan(x)) return "n/a";
+  std::ostringstream os;
+  os.setf(std::ios::fixed);
+  os.precision(digits);
+  os << x;
+  return os.str();
+}
+
+void print_table(const std::vector<figure>& rows) {
+  std::vector<std::string> head{"figure", "value", "unit", "baseline",
+                                "DESIGN §9 target"};
+  std::size_t w[4] = {head[0].size(), head[1].size(), head[2].size(), head[3].size()};
+  for (auto& r : rows) {
+    w[0] = std::max(w[0], r.name.size());
+    w[1] = std::max(w[1], r.value.size());
+    w[2] = std::max(w[2], r.unit.size());
+    w[3] = std::max(w[3], r.baseline.size());
+  }
+  auto line = [&](const std::string& a, const std::string& b, const std::string& c,
+                  const std::string& d, const std::string& e) {
+    char buf[512];
+    std::snprintf(buf, sizeof buf, "  %-*s  %*s  %-*s  %-*s  %s", static_cast<int>(w[0]),
+                  a.c_str(), static_cast<int>(w[1]), b.c_str(), static_cast<int>(w[2]),
+                  c.c_str(), static_cast<int>(w[3]), d.c_str(), e.c_str());
+    std::string out{buf};
+    out.erase(out.find_last_not_of(' ') + 1);
+    std::printf("%s\n", out.c_str());
+  };
+  line(head[0], head[1], head[2], head[3], head[4]);
+  line(std::string(w[0], '-'), std::string(w[1], '-'), std::string(w[2], '-'),
+       std::string(w[3], '-'), std::string(16, '-'));
+  for (auto& r : rows)
+    line(r.name, r.value, r.unit, r.baseline, r.target);
+}
+
+std::string stages_summary(const action_samples& s) {
+  std::string out;
+  for (auto& [name, v] : s.stages)
+    out += "    " + name + ": p50 " + fixed(percentile(v, 50), 2) + " ms, p99 " +
+           fixed(percentile(v, 99), 2) + " ms, max " + fixed(percentile(v, 100), 2) +
+           " ms\n";
+  return out;
+}
+
+std::vector<figure> table(const results& res, std::size_t n) {
+  std::vector<figure> rows;
+  auto ms = [](double x) { return fixed(x, 2); };
+  auto dist = [&](const std::vector<double>& v) {
+    return "p50 " + ms(percentile(v, 50)) + ", p99 " + ms(percentile(v, 99));
+  };
+  double rate = static_cast<double>(res.stored) / res.ingest_secs;
+  double floor_rate = static_cast<double>(res.reports) / res.sink_secs;
+  rows.push_back({"ingest (first send -> all stored)", fixed(rate, 0), "incidents/s",
+                  fixed(floor_rate, 0) + " (bare ROUTER)", ""});
+  rows.push_back({"ingest (first send -> all stored)",
+                  fixed(rate * res.events_per_incident, 0), "events/s",
+                  fixed(floor_rate * res.events_per_incident, 0) + " (bare ROUTER)",
+                  ">= 20000 events/s"});
+  rows.push_back(
+      {"ingest, parryd / bare ROUTER", fixed(rate / floor_rate, 3), "ratio", "", ""});
+  rows.push_back(
+      {"ingest, time to queue all reports", fixed(res.send_secs, 3), "s", "", ""});
+  rows.push_back({"ingest, parryd CPU (cores busy)",
+                  fixed(res.ingest_cpu / res.ingest_secs, 2), "cores", "", ""});
+  auto add_action = [&](const char* name, const action_samples& s, bool with_target) {
+    std::string n1 = std::string{name} + " registered->completed ";
+    rows.push_back({n1 + "p50", ms(percentile(s.server, 50)), "ms",
+                    with_target ? dist(res.pong) + " (bus ping-pong)" : "", ""});
+    rows.push_back({n1 + "p99", ms(percentile(s.server, 99)), "ms",
+                    with_target ? dist(res.fsync) + " (fdatasync)" : "",
+                    with_target ? "< 50 ms (loopback)" : ""});
+    rows.push_back({n1 + "max", ms(percentile(s.server, 100)), "ms", "", ""});
+    std::string n2 = std::string{name} + " POST->seen final (client) ";
+    rows.push_back({n2 + "p50", ms(percentile(s.client, 50)), "ms", "", ""});
+    rows.push_back({n2 + "p99", ms(percentile(s.client, 99)), "ms", "", ""});
+  };
+  add_action("isolate", res.isolate, true);
+  add_action("release", res.release, false);
+  rows.push_back({"rounds, parryd CPU (cores busy)",
+                  fixed(res.rounds_cpu / res.rounds_secs, 2), "cores", "", ""});
+  rows.push_back({"rounds, parry-agent CPU (cores busy)",
+                  fixed(res.rounds_agent_cpu / res.rounds_secs, 2), "cores", "", ""});
+  auto kib = [](long v) { return std::to_string(v); };
+  rows.push_back({"parryd VmRSS after start", kib(res.rss_start), "KiB", "", ""});
+  rows.push_back(
+      {"parryd VmRSS, bench connections open", kib(res.rss_conn), "KiB", "", ""});
+  rows.push_back(
+      {"parryd VmRSS, bench devices welcomed", kib(res.rss_bench), "KiB", "", ""});
+  rows.push_back({"parryd VmRSS after ingest", kib(res.rss_ingested), "KiB", "", ""});
+  rows.push_back({"parryd VmRSS, sim devices online", kib(res.rss_sim), "KiB", "", ""});
+  rows.push_back({"parryd VmRSS at the end", kib(res.rss_end), "KiB", "", ""});
+  auto per = [&](long a, long b) {
+    return fixed(static_cast<double>(b - a) / static_cast<double>(n), 2);
+  };
+  rows.push_back({"per bench device: connection only", per(res.rss_start, res.rss_conn),
+                  "KiB/device", "", ""});
+  rows.push_back({"per bench device: hello (actor + record)",
+                  per(res.rss_conn, res.rss_bench), "KiB/device", "",
+                  "< 2 KiB (idle actor)"});
+  rows.push_back({"per bench device: total", per(res.rss_start, res.rss_bench),
+                  "KiB/device", "", ""});
+  rows.push_back({"per sim device (connect+hello, after ingest)",
+                  per(res.rss_ingested, res.rss_sim), "KiB/device", "", ""});
+  rows.push_back({"restart to ready", "skipped", "", "", "< 10 s @ 100k actions"});
+  return rows;
+}
+
+} // namespace parry::bench

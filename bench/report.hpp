@@ -1,0 +1,72 @@
+#pragma once
+
+// What a run measured and how it is shown: the samples and figures of one run, the
+// results table and its printing.
+
+#include <cstddef>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace parry::bench {
+
+/// `x` with `digits` decimals; "n/a" for NaN.
+std::string fixed(double x, int digits);
+
+struct figure {
+  std::string name;
+  std::string value;
+  std::string unit;
+  std::string baseline;
+  std::string target;
+};
+
+void print_table(const std::vector<figure>& rows);
+
+/// Latency samples of one action type, in milliseconds.
+struct action_samples {
+  std::vector<double> server; ///< registered -> completed, from the server's clock
+  std::vector<double> client; ///< POST sent -> final state seen by polling
+  /// Per step between consecutive transitions ("registered->sent", ...), in the
+  /// order first seen.
+  std::vector<std::pair<std::string, std::vector<double>>> stages;
+  std::size_t failures = 0;
+
+  std::vector<double>& stage(const std::string& name) {
+    for (auto& [k, v] : stages)
+      if (k == name) return v;
+    return stages.emplace_back(name, std::vector<double>{}).second;
+  }
+};
+
+/// Everything one run measures.
+struct results {
+  std::size_t reports = 0;
+  std::size_t events_total = 0;
+  double events_per_incident = 0;
+  double sink_secs = 0;   ///< first send -> last report counted by the bare ROUTER
+  double send_secs = 0;   ///< first send -> last report queued by the bench
+  double ingest_secs = 0; ///< first send -> /stats shows every report stored
+  std::size_t stored = 0;
+  double ingest_cpu = 0;       ///< parryd CPU seconds from first send to all stored
+  double rounds_secs = 0;      ///< wall time of the isolate/release rounds
+  double rounds_cpu = 0;       ///< parryd CPU seconds during the rounds
+  double rounds_agent_cpu = 0; ///< parry-agent CPU seconds during the rounds
+  std::vector<double> pong;    ///< DEALER/ROUTER round trips, ms
+  std::vector<double> fsync;   ///< 4 KiB overwrite + fdatasync in the data dir, ms
+  action_samples isolate, release;
+  long rss_start = -1, rss_conn = -1, rss_bench = -1, rss_ingested = -1, rss_sim = -1,
+       rss_end = -1;
+  nlohmann::json final_stats;
+  std::vector<std::string> problems; ///< what did not run as it should
+};
+
+/// One line per step of `s`: p50, p99 and max in ms.
+std::string stages_summary(const action_samples& s);
+
+/// The figures of a run with `n` endpoints, with their baselines and targets.
+std::vector<figure> table(const results& res, std::size_t n);
+
+} // namespace parry::bench

@@ -1,0 +1,144 @@
+#include "bench/server_under_test.hpp"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <stdexcept>
+
+namespace parry::bench {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+/// The last `n` lines of a file, for failure reports.
+std::string tail(const std::string& path, std::size_t n) {
+  std::ifstream in{path};
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    lines.push_back(line);
+    if (lines.size() > n) lines.erase(lines.begin());
+  }
+  std::string out;
+  for (auto& l : lines)
+    out += "    " + l + "\n";
+  return out;
+}
+
+} // namespace
+
+server_under_test::server_under_test(const options& opt)
+    : bin_dir_(opt.bin_dir), keep_(opt.keep) {
+  char tmpl[] = "/tmp/parry-bench-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr)
+    throw std::runtime_error("cannot create a temporary directory under /tmp");
+  dir_ = tmpl;
+}
+
+void server_under_test::start() {
+  // A cheap password hash keeps the login short; warnings only, so the log stays
+  // small under load.
+  std::ofstream{dir_ / "parryd.toml"} << "pbkdf2_iterations = 20000\n"
+                                      << "log_level = \"warn\"\n";
+  auto parryd = bin_dir_ + "/parryd";
+  if (::access(parryd.c_str(), X_OK) != 0)
+    throw std::runtime_error(parryd + " is not an executable (see --bin-dir)");
+  proc_ = std::make_unique<parry::child_process>(
+      std::vector<std::string>{parryd, "--config", (dir_ / "parryd.toml").string(),
+                               "--data-dir", (dir_ / "data").string(), "--http-port", "0",
+                               "--bus", "tcp://127.0.0.1:*"},
+      std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
+      log_file());
+  auto rest = proc_->wait_for_line("REST ", 30s);
+  auto bus_line = rest ? proc_->wait_for_line("bus ", 5s) : std::nullopt;
+  if (!rest || !bus_line || rest->find("https://") == std::string::npos ||
+      bus_line->find("tcp://") == std::string::npos)
+    throw std::runtime_error("parryd did not start within 30 s");
+  auto url = rest->substr(rest->find("https://"));
+  base_url_ = url.substr(0, url.find("/api/v1"));
+  bus_ = bus_line->substr(bus_line->find("tcp://"));
+  while (!bus_.empty() && std::isspace(static_cast<unsigned char>(bus_.back())))
+    bus_.pop_back();
+}
+
+server_under_test::~server_under_test() {
+  stop();
+  // Leaving because something failed: show what the children said about it.
+  if (std::uncaught_exceptions() > uncaught_) {
+    for (const char* name : {"parryd.log", "agent.log"})
+      if (fs::exists(dir_ / name))
+        std::cerr << "parry-bench: last lines of " << name << ":\n"
+                  << tail((dir_ / name).string(), 15);
+  }
+  if (!keep_ && !dir_.empty()) {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+}
+
+void server_under_test::login() {
+  api_ = std::make_unique<parry::client>(
+      base_url_, parry::tls_options{(dir_ / "data/tls/cert.pem").string(), false});
+  auto r = api_->post("/api/v1/login",
+                      json{{"username", "admin"}, {"password", admin_password}});
+  if (r.status != 200)
+    throw std::runtime_error("login failed: " + std::to_string(r.status) + " " + r.raw);
+  auto tok = api_->request("POST", "/api/v1/tokens", nullptr,
+                           {{"X-CSRF-Token", r.body["csrf_token"].get<std::string>()}});
+  if (tok.status != 201)
+    throw std::runtime_error("token failed: " + std::to_string(tok.status) + " " +
+                             tok.raw);
+  api_->clear_cookies();
+  api_->set_bearer(tok.body["token"].get<std::string>());
+}
+
+json server_under_test::get(const std::string& path) {
+  parry::response r;
+  try {
+    r = api_->get("/api/v1" + path);
+  } catch (const parry::client_error& e) {
+    if (!running())
+      throw std::runtime_error("parryd exited (GET " + path + ": " + e.what() + ")");
+    throw;
+  }
+  if (r.status != 200)
+    throw std::runtime_error("GET " + path + " -> " + std::to_string(r.status) + " " +
+                             r.raw.substr(0, 200));
+  return r.body;
+}
+
+int server_under_test::stop() {
+  if (!proc_) return -1;
+  if (api_) api_->close();
+  int status = proc_->stop(SIGTERM);
+  proc_.reset();
+  return status;
+}
+
+std::pair<std::size_t, std::vector<std::string>> log_problems(const std::string& path) {
+  std::ifstream in{path};
+  std::string line;
+  std::size_t n = 0;
+  std::vector<std::string> examples;
+  while (std::getline(in, line)) {
+    if (line.find("[warning]") == std::string::npos &&
+        line.find("[error]") == std::string::npos &&
+        line.find("[critical]") == std::string::npos)
+      continue;
+    ++n;
+    if (examples.size() < 5) examples.push_back(line.substr(0, 200));
+  }
+  return {n, examples};
+}
+
+} // namespace parry::bench

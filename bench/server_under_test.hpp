@@ -1,0 +1,64 @@
+#pragma once
+
+// The server under test: parryd as a child process in a temporary directory, with a
+// logged-in REST client.
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <exception>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/bench.hpp"
+#include "common/process.hpp"
+#include "ctl/client.hpp"
+
+namespace parry::bench {
+
+/// parryd in a temporary directory, with a logged-in REST client.
+class server_under_test {
+public:
+  explicit server_under_test(const options& opt);
+
+  /// Starts parryd and reads its REST URL and bus endpoint from its output.
+  void start();
+
+  ~server_under_test();
+
+  /// Logs in as the first administrator and switches to a bearer token.
+  void login();
+
+  /// GET returning the body; throws on anything but 200.
+  nlohmann::json get(const std::string& path);
+
+  parry::client& api() { return *api_; }
+  pid_t pid() const { return proc_ ? proc_->pid() : -1; }
+  bool running() { return proc_ && proc_->running(); }
+  const std::string& bus_endpoint() const { return bus_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  std::string log_file() const { return (dir_ / "parryd.log").string(); }
+
+  /// SIGTERM and the exit status (as waitpid gives it), or -1 when already gone.
+  int stop();
+
+private:
+  std::string bin_dir_;
+  bool keep_;
+  std::filesystem::path dir_;
+  std::unique_ptr<parry::child_process> proc_;
+  std::unique_ptr<parry::client> api_;
+  std::string base_url_;
+  std::string bus_;
+  int uncaught_ = std::uncaught_exceptions();
+};
+
+/// Warning and error lines in a spdlog log, with a few examples.
+std::pair<std::size_t, std::vector<std::string>> log_problems(const std::string& path);
+
+} // namespace parry::bench
