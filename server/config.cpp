@@ -36,8 +36,8 @@ constexpr size_t max_entries = 256;
 constexpr uintmax_t max_file_bytes = 1 << 20;
 
 /// A value as an error message shows it: ill-formed UTF-8 replaced, control
-/// characters escaped, at most 80 bytes.
-std::string display(std::string_view s) {
+/// characters escaped, at most `max` bytes.
+std::string display(std::string_view s, size_t max = 80) {
   std::string out;
   for (char c : utf8_sanitized(s)) {
     auto u = static_cast<unsigned char>(c);
@@ -49,7 +49,7 @@ std::string display(std::string_view s) {
       out += c;
     }
   }
-  if (out.size() > 80) out = std::string{utf8_prefix(out, 80)} + "...";
+  if (out.size() > max) out = std::string{utf8_prefix(out, max)} + "...";
   return out;
 }
 
@@ -592,7 +592,7 @@ const toml::node* lookup(const toml::table& root, const std::string& key) {
 void load_file(const std::string& path, loaded_config& out,
                std::vector<std::string>& errors) {
   config_origin origin{config_source::file, path};
-  auto source = display(to_string(origin));
+  auto source = display(to_string(origin), max_text_bytes);
   std::error_code err;
   auto size = std::filesystem::file_size(path, err);
   if (err) {

@@ -300,6 +300,14 @@ BOOST_FIXTURE_TEST_CASE(unknown_keys_and_broken_files, fixture) {
   BOOST_TEST(fail().rfind("actions (file " + in.file + "): must be a table", 0) == 0);
   file("http_port = \n");
   BOOST_TEST(fail().rfind("file " + in.file + ": line 1", 0) == 0);
+  file("data_dir = \"bad\xFF\"\n");
+  BOOST_TEST(fail().rfind("file " + in.file + ": line 1", 0) == 0);
+  file("[actions.ttl_seconds]\nnuke = 5\n");
+  err = fail();
+  check_error(err, "actions.ttl_seconds", "file " + in.file, "nuke = 5");
+  BOOST_TEST(err.find("unknown action type 'nuke'") != std::string::npos);
+  file("# " + std::string(1 << 20, 'x') + "\n");
+  BOOST_TEST(fail().rfind("file " + in.file + ": larger than 1048576 bytes", 0) == 0);
   in.file = (dir / "missing.toml").string();
   BOOST_TEST(fail().rfind("file " + in.file + ": cannot read", 0) == 0);
 }
