@@ -399,10 +399,12 @@ BOOST_AUTO_TEST_CASE(parryd_prints_its_configuration) {
   std::filesystem::create_directories(dir);
   auto log = (dir / "out.log").string();
   {
-    child_process p{
-        {env_or_fail("PARRY_BIN_DIR") + "/parryd", "--print-config", "--http-port", "0"},
-        {{"PARRY_ADMIN_PASSWORD", "a-long-enough-secret"}, {"PARRY_LOG_LEVEL", "warn"}},
-        log};
+    child_process p{{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--print-config",
+                     "--http-port", "0", "--actions-ttl-seconds", "isolate=60"},
+                    {{"PARRY_ADMIN_PASSWORD", "a-long-enough-secret"},
+                     {"PARRY_LOG_LEVEL", "warn"},
+                     {"PARRY_HEARTBEAT_INTERVAL_MS", "1000"}},
+                    log};
     BOOST_TEST(p.wait(30s) == 0);
   }
   auto out = read_file(log);
@@ -413,6 +415,13 @@ BOOST_AUTO_TEST_CASE(parryd_prints_its_configuration) {
       out, std::regex{"\nlog_level = \"warn\" +# env PARRY_LOG_LEVEL\n"}));
   BOOST_TEST(std::regex_search(
       out, std::regex{"\nadmin_password = <set> +# env PARRY_ADMIN_PASSWORD\n"}));
+  // Keys that once were file-only.
+  BOOST_TEST(std::regex_search(
+      out,
+      std::regex{"\nheartbeat_interval_ms = 1000 +# env PARRY_HEARTBEAT_INTERVAL_MS\n"}));
+  BOOST_TEST(std::regex_search(
+      out, std::regex{"\nactions.ttl_seconds = \\{ isolate = 60 \\} +# flag "
+                      "--actions-ttl-seconds\n"}));
   {
     std::filesystem::remove(log);
     child_process p{{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--print-config",
