@@ -464,9 +464,10 @@ entry secret(entry e) {
 // and the key in upper case, '.' -> '_'), flag (-- and the key, '_' and '.' -> '-'),
 // a doc line, and the check: range{lo, hi, unit} for integers, or a rule<T> (see
 // one_of, ip_address, action_types above). The file, the environment, the flags,
-// --help, --print-config and the docs table (parryd --print-config --markdown) all
-// follow from the entry; test_config checks the names follow the pattern and that
-// docs/operations.md shows the current table.
+// --help and --print-config follow from the entry. Then pass the member on where it
+// is used (server.cpp) and paste `parryd --print-config --markdown` into
+// docs/operations.md; test_config checks the names follow the pattern and that the
+// docs show the current table.
 const std::vector<entry>& table() {
   static const std::vector<entry> t{
       key("data_dir", &C::data_dir, "PARRY_DATA_DIR", "--data-dir",

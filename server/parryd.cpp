@@ -41,6 +41,11 @@ int main(int argc, char** argv) {
                                     k.default_toml + "]")
                      ->type_name(k.type == "integer" ? "INT" : "TEXT");
   }
+  std::string env_only;
+  for (const auto& k : keys)
+    if (k.flag.empty()) env_only += "\n  " + k.env + ": " + k.doc + " [" + k.legal + "]";
+  if (!env_only.empty())
+    app.footer("Set only in the file or the environment:" + env_only);
   CLI11_PARSE(app, argc, argv);
   if (markdown) {
     std::cout << parry::config_reference_markdown();
