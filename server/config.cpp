@@ -1,174 +1,750 @@
 #include "server/config.hpp"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
 #include <cstdlib>
-#include <set>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <sstream>
+#include <type_traits>
 
 #include <toml++/toml.h>
 
-namespace parry {
+#include "common/utf8.hpp"
 
-std::string server_config::validate() const {
-  if (data_dir.empty()) return "data_dir: must not be empty";
-  if (bus_endpoint.rfind("tcp://", 0) != 0 && bus_endpoint.rfind("ipc://", 0) != 0 &&
-      bus_endpoint.rfind("inproc://", 0) != 0)
-    return "bus_endpoint: must start with tcp://, ipc:// or inproc://";
-  if (http_address.empty())
-    return "http_address: must be an IP address, e.g. 127.0.0.1 or 0.0.0.0";
-  if (heartbeat_interval_ms < 100 || heartbeat_interval_ms > 600000)
-    return "heartbeat_interval_ms: must be between 100 and 600000";
-  if (missed_heartbeats < 1 || missed_heartbeats > 100)
-    return "missed_heartbeats: must be between 1 and 100";
-  if (max_frame_bytes < 4096 || max_frame_bytes > (64u << 20))
-    return "max_frame_bytes: must be between 4096 and 67108864";
-  if (pbkdf2_iterations < 1000)
-    return "pbkdf2_iterations: must be at least 1000 (600000 recommended)";
-  if (max_login_failures < 1) return "max_login_failures: must be at least 1";
-  if (session_idle_minutes < 1) return "session_idle_minutes: must be at least 1";
-  static const std::set<std::string> types{
-      "isolate",          "release_isolation", "start_process",           "prevent_run",
-      "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
-      "terminate_process"};
-  for (const auto& t : password_required)
-    if (types.count(t) == 0)
-      return "actions.password_required: unknown action type '" + t + "'";
-  for (const auto& p : start_process_allowlist)
-    if (p.empty() || (p[0] != '/' && p.find(":\\") != 1))
-      return "actions.start_process_allowlist: '" + p + "' is not an absolute path";
-  if (default_ttl_seconds < 1) return "actions.default_ttl_seconds: must be at least 1";
-  for (const auto& [t, v] : ttl_seconds) {
-    if (types.count(t) == 0)
-      return "actions.ttl_seconds: unknown action type '" + t + "'";
-    if (v < 1) return "actions.ttl_seconds." + t + ": must be at least 1";
-  }
-  static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
-  if (levels.count(log_level) == 0)
-    return "log_level: must be one of trace, debug, info, warn, error";
-  return {};
-}
+namespace parry {
 
 namespace {
 
-template <class T> std::string read(const toml::table& t, const char* key, T& out) {
-  auto node = t.get(key);
-  if (node == nullptr) return {};
-  if constexpr (std::is_same_v<T, std::string>) {
-    if (auto v = node->value<std::string>()) {
-      out = *v;
-      return {};
+using C = server_config;
+
+// Bounds on every value from outside.
+
+/// Longest text of one value: a TOML string, an environment variable, a flag, or one
+/// entry of a list.
+constexpr size_t max_text_bytes = 4096;
+/// Longest text of a whole list or table given as an environment variable or flag.
+constexpr size_t max_list_text_bytes = 64 * 1024;
+/// Most entries in one list or table value.
+constexpr size_t max_entries = 256;
+/// Largest configuration file read.
+constexpr uintmax_t max_file_bytes = 1 << 20;
+
+/// A value as an error message shows it: ill-formed UTF-8 replaced, control
+/// characters escaped, at most `max` bytes.
+std::string display(std::string_view s, size_t max = 80) {
+  std::string out;
+  for (char c : utf8_sanitized(s)) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", u);
+      out += buf;
+    } else {
+      out += c;
     }
-    return std::string{key} + ": must be a string";
-  } else {
-    auto v = node->value<int64_t>();
-    if (!v || *v < 0 || static_cast<uint64_t>(*v) > std::numeric_limits<T>::max())
-      return std::string{key} + ": must be a non-negative integer in range";
-    out = static_cast<T>(*v);
+  }
+  if (out.size() > max) out = std::string{utf8_prefix(out, max)} + "...";
+  return out;
+}
+
+/// "" when `s` is text a configuration value may hold, else why not.
+std::string text_problem(std::string_view s) {
+  if (s.size() > max_text_bytes)
+    return "longer than " + std::to_string(max_text_bytes) + " bytes";
+  if (!valid_utf8(s)) return "not valid UTF-8";
+  for (unsigned char c : s)
+    if (c < 0x20 || c == 0x7f) return "contains a control character";
+  return {};
+}
+
+std::string toml_string(std::string_view s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    out += c;
+  }
+  return out + '"';
+}
+
+std::string toml_key(std::string_view s) {
+  bool bare = !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+  return bare ? std::string{s} : toml_string(s);
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && s.front() == ' ')
+    s.remove_prefix(1);
+  while (!s.empty() && s.back() == ' ')
+    s.remove_suffix(1);
+  return s;
+}
+
+/// Splits "a,b,c" (spaces around entries ignored); "" is no entries.
+std::string split_list(std::string_view s, std::vector<std::string_view>& out) {
+  if (s.size() > max_list_text_bytes)
+    return "longer than " + std::to_string(max_list_text_bytes) + " bytes";
+  if (trim(s).empty()) return {};
+  while (true) {
+    auto comma = s.find(',');
+    auto item = trim(s.substr(0, comma));
+    if (item.empty()) return "an empty entry";
+    if (out.size() == max_entries)
+      return "more than " + std::to_string(max_entries) + " entries";
+    out.push_back(item);
+    if (comma == std::string_view::npos) return {};
+    s.remove_prefix(comma + 1);
+  }
+}
+
+// Codecs: how a value of each member type is read, checked for shape, printed.
+
+template <class T, class = void> struct codec;
+
+template <class T> struct codec<T, std::enable_if_t<std::is_integral_v<T>>> {
+  static_assert(sizeof(T) <= 4, "the value must fit an int64_t with room to spare");
+  static constexpr const char* type = "integer";
+  static std::string from_int(int64_t v, T& out) {
+    if (v < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+        v > static_cast<int64_t>(std::numeric_limits<T>::max()))
+      return "out of range";
+    out = static_cast<T>(v);
     return {};
   }
+  static std::string from_text(std::string_view s, T& out) {
+    int64_t v = 0;
+    auto [end, err] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || err == std::errc::invalid_argument || end != s.data() + s.size())
+      return "not a decimal integer";
+    if (err == std::errc::result_out_of_range) return "out of range";
+    return from_int(v, out);
+  }
+  static std::string from_toml(const toml::node& n, T& out) {
+    auto v = n.as_integer();
+    if (v == nullptr) return "not an integer";
+    return from_int(v->get(), out);
+  }
+  static std::string valid(const T&) { return {}; }
+  static std::string toml(const T& v) { return std::to_string(v); }
+  static std::string text(const T& v) { return std::to_string(v); }
+};
+
+template <> struct codec<std::string> {
+  static constexpr const char* type = "string";
+  static std::string from_text(std::string_view s, std::string& out) {
+    if (auto why = text_problem(s); !why.empty()) return why;
+    out = s;
+    return {};
+  }
+  static std::string from_toml(const toml::node& n, std::string& out) {
+    auto v = n.as_string();
+    if (v == nullptr) return "not a string";
+    return from_text(v->get(), out);
+  }
+  static std::string valid(const std::string& v) { return text_problem(v); }
+  static std::string toml(const std::string& v) { return toml_string(v); }
+  static std::string text(const std::string& v) { return v; }
+};
+
+template <> struct codec<std::vector<std::string>> {
+  using T = std::vector<std::string>;
+  static constexpr const char* type = "list of strings";
+  static std::string from_text(std::string_view s, T& out) {
+    std::vector<std::string_view> items;
+    if (auto why = split_list(s, items); !why.empty()) return why;
+    out.clear();
+    for (auto item : items) {
+      if (auto why = text_problem(item); !why.empty()) return "an entry is " + why;
+      out.emplace_back(item);
+    }
+    return {};
+  }
+  static std::string from_toml(const toml::node& n, T& out) {
+    auto arr = n.as_array();
+    if (arr == nullptr) return "not an array of strings";
+    if (arr->size() > max_entries)
+      return "more than " + std::to_string(max_entries) + " entries";
+    out.clear();
+    for (auto& e : *arr) {
+      auto v = e.as_string();
+      if (v == nullptr) return "not an array of strings";
+      if (auto why = text_problem(v->get()); !why.empty()) return "an entry is " + why;
+      out.push_back(v->get());
+    }
+    return {};
+  }
+  static std::string valid(const T& v) {
+    if (v.size() > max_entries)
+      return "more than " + std::to_string(max_entries) + " entries";
+    for (auto& e : v)
+      if (auto why = text_problem(e); !why.empty()) return "an entry is " + why;
+    return {};
+  }
+  static std::string toml(const T& v) {
+    std::string out = "[";
+    for (auto& e : v)
+      out += (out.size() > 1 ? ", " : "") + toml_string(e);
+    return out + "]";
+  }
+  static std::string text(const T& v) {
+    std::string out;
+    for (auto& e : v)
+      out += (out.empty() ? "" : ",") + e;
+    return out;
+  }
+};
+
+template <> struct codec<std::map<std::string, uint32_t>> {
+  using T = std::map<std::string, uint32_t>;
+  static constexpr const char* type = "table of integers";
+  static std::string from_text(std::string_view s, T& out) {
+    std::vector<std::string_view> items;
+    if (auto why = split_list(s, items); !why.empty()) return why;
+    T parsed;
+    for (auto item : items) {
+      auto eq = item.find('=');
+      if (eq == std::string_view::npos) return "an entry without '='";
+      auto name = trim(item.substr(0, eq));
+      if (name.empty()) return "an entry without a name";
+      if (auto why = text_problem(name); !why.empty()) return "a name is " + why;
+      if (auto why = codec<uint32_t>::from_text(trim(item.substr(eq + 1)),
+                                                parsed[std::string{name}]);
+          !why.empty())
+        return "the value of '" + display(name) + "' is " + why;
+    }
+    out = std::move(parsed);
+    return {};
+  }
+  static std::string from_toml(const toml::node& n, T& out) {
+    auto tab = n.as_table();
+    if (tab == nullptr) return "not a table";
+    if (tab->size() > max_entries)
+      return "more than " + std::to_string(max_entries) + " entries";
+    T parsed;
+    for (auto& [k, v] : *tab) {
+      if (auto why = text_problem(k.str()); !why.empty()) return "a name is " + why;
+      if (auto why = codec<uint32_t>::from_toml(v, parsed[std::string{k.str()}]);
+          !why.empty())
+        return "the value of '" + display(k.str()) + "' is " + why;
+    }
+    out = std::move(parsed);
+    return {};
+  }
+  static std::string valid(const T& v) {
+    if (v.size() > max_entries)
+      return "more than " + std::to_string(max_entries) + " entries";
+    for (auto& [k, x] : v)
+      if (auto why = text_problem(k); !why.empty()) return "a name is " + why;
+    return {};
+  }
+  static std::string toml(const T& v) {
+    std::string out = "{";
+    for (auto& [k, x] : v)
+      out += (out.size() > 1 ? ", " : " ") + toml_key(k) + " = " + std::to_string(x);
+    return out + (v.empty() ? "}" : " }");
+  }
+  static std::string text(const T& v) {
+    std::string out;
+    for (auto& [k, x] : v)
+      out += (out.empty() ? "" : ",") + k + "=" + std::to_string(x);
+    return out;
+  }
+};
+
+// Checks: what is legal, in words and as a test.
+
+/// A check on a value of type T: the legal values in words, their unit, and a test
+/// that says why a value is not legal ("" when it is).
+template <class T> struct rule {
+  std::string legal;
+  std::string unit;
+  std::function<std::string(const T&)> test;
+};
+
+/// Integers lo..hi (inclusive), in `unit`.
+struct range {
+  int64_t lo;
+  int64_t hi;
+  const char* unit = "";
+};
+
+template <class T> rule<T> make_rule(rule<T> r) {
+  return r;
+}
+
+template <class T> rule<T> make_rule(range r) {
+  static_assert(std::is_integral_v<T>, "range() checks integers");
+  std::string legal = std::to_string(r.lo) + ".." + std::to_string(r.hi);
+  if (*r.unit != '\0') legal += std::string{" "} + r.unit;
+  return {legal, r.unit, [r](const T& v) -> std::string {
+            if (int64_t{v} < r.lo || int64_t{v} > r.hi) return "out of range";
+            return {};
+          }};
+}
+
+rule<std::string> one_of(std::vector<std::string> names) {
+  std::string legal = "one of";
+  for (auto& n : names)
+    legal += (&n == &names.front() ? " " : ", ") + n;
+  return {legal, "", [names](const std::string& v) -> std::string {
+            if (std::find(names.begin(), names.end(), v) == names.end())
+              return "not a legal value";
+            return {};
+          }};
+}
+
+rule<std::string> directory() {
+  return {"a non-empty path", "", [](const std::string& v) -> std::string {
+            if (v.empty()) return "empty";
+            return {};
+          }};
+}
+
+rule<std::string> endpoint() {
+  return {"tcp://HOST:PORT (PORT * picks a free one), ipc://PATH or inproc://NAME", "",
+          [](const std::string& v) -> std::string {
+            for (const char* scheme : {"tcp://", "ipc://", "inproc://"})
+              if (v.rfind(scheme, 0) == 0 && v.size() > std::strlen(scheme)) return {};
+            return "not a ZeroMQ endpoint";
+          }};
+}
+
+rule<std::string> ip_address() {
+  return {"an IPv4 or IPv6 address, e.g. 127.0.0.1, 0.0.0.0 or ::1", "",
+          [](const std::string& v) -> std::string {
+            unsigned char buf[16];
+            if (inet_pton(AF_INET, v.c_str(), buf) == 1 ||
+                inet_pton(AF_INET6, v.c_str(), buf) == 1)
+              return {};
+            return "not an IP address";
+          }};
+}
+
+/// The same bounds the REST API sets on passwords.
+rule<std::string> password() {
+  return {"empty (a password is generated) or 12 to 1024 bytes", "",
+          [](const std::string& v) -> std::string {
+            if (!v.empty() && v.size() < 12) return "shorter than 12 bytes";
+            if (v.size() > 1024) return "longer than 1024 bytes";
+            return {};
+          }};
+}
+
+// Action types by name. When the vocabulary makes them an enum, is_action_type becomes
+// from_string(...) and action_type_names lists to_string of every value; the members
+// stay strings until server.cpp converts them.
+const std::vector<std::string>& action_type_names() {
+  static const std::vector<std::string> names{
+      "isolate",          "release_isolation", "start_process",           "prevent_run",
+      "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
+      "terminate_process"};
+  return names;
+}
+
+bool is_action_type(const std::string& s) {
+  const auto& names = action_type_names();
+  return std::find(names.begin(), names.end(), s) != names.end();
+}
+
+bool is_absolute_path(const std::string& p) {
+  return !p.empty() && (p[0] == '/' || p.find(":\\") == 1);
+}
+
+std::string action_types_in_words() {
+  std::string out;
+  for (auto& n : action_type_names())
+    out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+rule<std::vector<std::string>> action_types() {
+  return {"action types: " + action_types_in_words(), "",
+          [](const std::vector<std::string>& v) -> std::string {
+            for (auto& t : v)
+              if (!is_action_type(t)) return "unknown action type '" + display(t) + "'";
+            return {};
+          }};
+}
+
+rule<std::vector<std::string>> absolute_paths() {
+  return {"absolute paths (/... or X:\\...); empty: any", "",
+          [](const std::vector<std::string>& v) -> std::string {
+            for (auto& p : v)
+              if (!is_absolute_path(p))
+                return "'" + display(p) + "' is not an absolute path";
+            return {};
+          }};
+}
+
+constexpr int64_t max_ttl_seconds = 365 * 86400;
+
+rule<std::map<std::string, uint32_t>> ttl_table() {
+  return {"action type = 1.." + std::to_string(max_ttl_seconds) +
+              " seconds, for types among " + action_types_in_words(),
+          "seconds", [](const std::map<std::string, uint32_t>& v) -> std::string {
+            for (auto& [t, secs] : v) {
+              if (!is_action_type(t)) return "unknown action type '" + display(t) + "'";
+              if (secs < 1 || secs > max_ttl_seconds)
+                return "the value of '" + t + "' is out of range";
+            }
+            return {};
+          }};
+}
+
+/// One key, with its codec and check bound to its member.
+struct entry {
+  config_key_info info;
+  /// Parse `text` (environment or flag), check it, and store it only when legal.
+  std::function<std::string(C&, std::string_view)> from_text;
+  /// The same for a TOML value.
+  std::function<std::string(C&, const toml::node&)> from_toml;
+  /// Checks the value the member holds now.
+  std::function<std::string(const C&)> check;
+  /// The value the member holds now, as TOML and as text.
+  std::function<std::string(const C&)> toml;
+  std::function<std::string(const C&)> text;
+};
+
+template <class T, class Check>
+entry key(const char* name, T C::*member, const char* env, const char* flag,
+          const char* doc, Check check) {
+  using K = codec<T>;
+  auto r = make_rule<T>(std::move(check));
+  entry e;
+  C defaults;
+  e.info = {name,
+            env,
+            flag,
+            K::type,
+            r.unit,
+            r.legal,
+            doc,
+            K::toml(defaults.*member),
+            K::text(defaults.*member)};
+  e.from_text = [member, test = r.test](C& c, std::string_view s) -> std::string {
+    T v{};
+    if (auto why = K::from_text(s, v); !why.empty()) return why;
+    if (auto why = test(v); !why.empty()) return why;
+    c.*member = std::move(v);
+    return {};
+  };
+  e.from_toml = [member, test = r.test](C& c, const toml::node& n) -> std::string {
+    T v{};
+    if (auto why = K::from_toml(n, v); !why.empty()) return why;
+    if (auto why = test(v); !why.empty()) return why;
+    c.*member = std::move(v);
+    return {};
+  };
+  e.check = [member, test = r.test](const C& c) -> std::string {
+    if (auto why = K::valid(c.*member); !why.empty()) return why;
+    return test(c.*member);
+  };
+  e.toml = [member](const C& c) { return K::toml(c.*member); };
+  e.text = [member](const C& c) { return K::text(c.*member); };
+  return e;
+}
+
+/// A key whose value is never printed, not even in an error.
+entry secret(entry e) {
+  e.info.secret = true;
+  return e;
+}
+
+// The table: one entry per key, in the order --print-config and the docs list them.
+//
+// To add a key: give server_config a member (its initial value is the default), then
+// add one entry here: TOML key (`section.key`), member, environment variable (PARRY_
+// and the key in upper case, '.' -> '_'), flag (-- and the key, '_' and '.' -> '-'),
+// a doc line, and the check: range{lo, hi, unit} for integers, or a rule<T> (see
+// one_of, ip_address, action_types above). The file, the environment, the flags,
+// --help and --print-config follow from the entry. Then pass the member on where it
+// is used (server.cpp) and paste `parryd --print-config --markdown` into
+// docs/operations.md; test_config checks the names follow the pattern and that the
+// docs show the current table.
+const std::vector<entry>& table() {
+  static const std::vector<entry> t{
+      key("data_dir", &C::data_dir, "PARRY_DATA_DIR", "--data-dir",
+          "directory for the database and TLS files", directory()),
+      key("bus_endpoint", &C::bus_endpoint, "PARRY_BUS_ENDPOINT", "--bus-endpoint,--bus",
+          "ZeroMQ endpoint the agents connect to", endpoint()),
+      key("http_address", &C::http_address, "PARRY_HTTP_ADDRESS", "--http-address",
+          "HTTPS listen address", ip_address()),
+      key("http_port", &C::http_port, "PARRY_HTTP_PORT", "--http-port",
+          "HTTPS port (0 picks a free one)", range{0, 65535}),
+      // No flag: a command line is readable by every local user (/proc/PID/cmdline).
+      secret(key("admin_password", &C::admin_password, "PARRY_ADMIN_PASSWORD", "",
+                 "first administrator's password, used once (empty: one is generated "
+                 "and printed)",
+                 password())),
+      key("heartbeat_interval_ms", &C::heartbeat_interval_ms,
+          "PARRY_HEARTBEAT_INTERVAL_MS", "--heartbeat-interval-ms",
+          "heartbeat interval told to agents", range{100, 600000, "ms"}),
+      key("missed_heartbeats", &C::missed_heartbeats, "PARRY_MISSED_HEARTBEATS",
+          "--missed-heartbeats", "missed intervals before a device is offline",
+          range{1, 100}),
+      key("max_frame_bytes", &C::max_frame_bytes, "PARRY_MAX_FRAME_BYTES",
+          "--max-frame-bytes", "largest bus frame accepted",
+          range{4096, 64 << 20, "bytes"}),
+      key("pbkdf2_iterations", &C::pbkdf2_iterations, "PARRY_PBKDF2_ITERATIONS",
+          "--pbkdf2-iterations", "PBKDF2-HMAC-SHA256 iterations for new passwords",
+          range{1000, 10000000}),
+      key("max_login_failures", &C::max_login_failures, "PARRY_MAX_LOGIN_FAILURES",
+          "--max-login-failures", "failed logins in a row that lock an account",
+          range{1, 1000}),
+      key("lockout_minutes", &C::lockout_minutes, "PARRY_LOCKOUT_MINUTES",
+          "--lockout-minutes", "how long a locked account stays locked",
+          range{1, 10080, "minutes"}),
+      key("session_idle_minutes", &C::session_idle_minutes, "PARRY_SESSION_IDLE_MINUTES",
+          "--session-idle-minutes", "browser session idle timeout",
+          range{1, 10080, "minutes"}),
+      key("workers", &C::workers, "PARRY_WORKERS", "--workers",
+          "actor scheduler threads (0: one per core)", range{0, 256, "threads"}),
+      key("log_level", &C::log_level, "PARRY_LOG_LEVEL", "--log-level", "log verbosity",
+          one_of({"trace", "debug", "info", "warn", "error"})),
+      key("actions.password_required", &C::password_required,
+          "PARRY_ACTIONS_PASSWORD_REQUIRED", "--actions-password-required",
+          "action types that need the caller's password again (start_process always "
+          "does)",
+          action_types()),
+      key("actions.start_process_allowlist", &C::start_process_allowlist,
+          "PARRY_ACTIONS_START_PROCESS_ALLOWLIST", "--actions-start-process-allowlist",
+          "executables start_process may run (empty: any absolute path)",
+          absolute_paths()),
+      key("actions.default_ttl_seconds", &C::default_ttl_seconds,
+          "PARRY_ACTIONS_DEFAULT_TTL_SECONDS", "--actions-default-ttl-seconds",
+          "how long a command may wait for the agent to accept it",
+          range{1, max_ttl_seconds, "seconds"}),
+      key("actions.ttl_seconds", &C::ttl_seconds, "PARRY_ACTIONS_TTL_SECONDS",
+          "--actions-ttl-seconds", "per action type, instead of default_ttl_seconds",
+          ttl_table()),
+  };
+  return t;
+}
+
+const entry* find(std::string_view name) {
+  for (auto& e : table())
+    if (e.info.key == name) return &e;
+  return nullptr;
+}
+
+/// One problem with one value: the key, where the value came from, why it is
+/// wrong, the value (never a secret's) and what would be legal.
+std::string problem(const config_key_info& k, const std::string& source,
+                    std::string_view value, const std::string& why) {
+  return k.key + " (" + source + "): " + why + ": '" +
+         (k.secret ? std::string{"<secret>"} : display(value)) +
+         "'; legal values: " + k.legal;
+}
+
+std::string node_text(const toml::node& n) {
+  if (auto s = n.as_string()) return s->get();
+  std::ostringstream os;
+  n.visit([&os](const auto& x) { os << x; });
+  return os.str();
+}
+
+std::string known_keys_under(const std::string& prefix) {
+  std::string out;
+  for (auto& e : table())
+    if (prefix.empty() || e.info.key.rfind(prefix + ".", 0) == 0)
+      out += (out.empty() ? "" : ", ") + e.info.key;
+  return out;
+}
+
+/// Every key in the file must be one of ours: a typo is an error, not a default.
+void check_unknown(const toml::table& tab, const std::string& prefix,
+                   const std::string& source, std::vector<std::string>& errors) {
+  for (auto& [k, v] : tab) {
+    auto full = (prefix.empty() ? "" : prefix + ".") + std::string{k.str()};
+    if (find(full) != nullptr) continue;
+    if (!known_keys_under(full).empty()) {
+      if (auto sub = v.as_table())
+        check_unknown(*sub, full, source, errors);
+      else
+        errors.push_back(display(full) + " (" + source +
+                         "): must be a table of keys: " + known_keys_under(full));
+      continue;
+    }
+    errors.push_back(display(full) + " (" + source +
+                     "): unknown key; known keys: " + known_keys_under(prefix));
+  }
+}
+
+const toml::node* lookup(const toml::table& root, const std::string& key) {
+  const toml::node* n = &root;
+  for (std::string_view rest = key; n != nullptr;) {
+    auto dot = rest.find('.');
+    auto tab = n->as_table();
+    if (tab == nullptr) return nullptr;
+    n = tab->get(rest.substr(0, dot));
+    if (dot == std::string_view::npos) return n;
+    rest.remove_prefix(dot + 1);
+  }
+  return nullptr;
+}
+
+void load_file(const std::string& path, loaded_config& out,
+               std::vector<std::string>& errors) {
+  config_origin origin{config_source::file, path};
+  auto source = display(to_string(origin), max_text_bytes);
+  std::error_code err;
+  auto size = std::filesystem::file_size(path, err);
+  if (err) {
+    errors.push_back(source + ": cannot read: " + err.message());
+    return;
+  }
+  if (size > max_file_bytes) {
+    errors.push_back(source + ": larger than " + std::to_string(max_file_bytes) +
+                     " bytes");
+    return;
+  }
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    errors.push_back(source + ": line " + std::to_string(e.source().begin.line) +
+                     ", column " + std::to_string(e.source().begin.column) + ": " +
+                     display(e.description()));
+    return;
+  }
+  check_unknown(root, "", source, errors);
+  for (auto& e : table()) {
+    auto n = lookup(root, e.info.key);
+    if (n == nullptr) continue;
+    if (auto why = e.from_toml(out.cfg, *n); !why.empty())
+      errors.push_back(problem(e.info, source, node_text(*n), why));
+    else
+      out.origin[e.info.key] = origin;
+  }
+}
+
+void load_text(const entry& e, std::string_view text, config_origin origin,
+               loaded_config& out, std::vector<std::string>& errors) {
+  if (auto why = e.from_text(out.cfg, text); !why.empty())
+    errors.push_back(problem(e.info, to_string(origin), text, why));
+  else
+    out.origin[e.info.key] = std::move(origin);
+}
+
+std::string join_lines(const std::vector<std::string>& lines) {
+  std::string out;
+  for (auto& l : lines)
+    out += (out.empty() ? "" : "\n") + l;
+  return out;
+}
+
+/// `s` in a Markdown table cell; inside a code span only '|' needs escaping.
+std::string markdown_cell(std::string_view s, bool code = false) {
+  std::string out;
+  for (char c : s) {
+    if (c == '|' || (!code && c == '\\')) out += '\\';
+    out += c;
+  }
+  return code ? "`" + out + "`" : out;
 }
 
 } // namespace
 
-std::string load_toml(const std::string& path, server_config& cfg) {
-  toml::table t;
-  try {
-    t = toml::parse_file(path);
-  } catch (const toml::parse_error& e) {
-    return path + ": " + std::string{e.description()};
-  }
-  static const std::set<std::string> known{"data_dir",
-                                           "bus_endpoint",
-                                           "http_address",
-                                           "http_port",
-                                           "admin_password",
-                                           "heartbeat_interval_ms",
-                                           "missed_heartbeats",
-                                           "max_frame_bytes",
-                                           "pbkdf2_iterations",
-                                           "max_login_failures",
-                                           "lockout_minutes",
-                                           "session_idle_minutes",
-                                           "workers",
-                                           "log_level",
-                                           "actions"};
-  for (auto& [k, v] : t)
-    if (known.count(std::string{k.str()}) == 0)
-      return path + ": unknown key '" + std::string{k.str()} + "'";
-  for (auto err :
-       {read(t, "data_dir", cfg.data_dir), read(t, "bus_endpoint", cfg.bus_endpoint),
-        read(t, "http_address", cfg.http_address), read(t, "http_port", cfg.http_port),
-        read(t, "admin_password", cfg.admin_password),
-        read(t, "heartbeat_interval_ms", cfg.heartbeat_interval_ms),
-        read(t, "missed_heartbeats", cfg.missed_heartbeats),
-        read(t, "max_frame_bytes", cfg.max_frame_bytes),
-        read(t, "pbkdf2_iterations", cfg.pbkdf2_iterations),
-        read(t, "max_login_failures", cfg.max_login_failures),
-        read(t, "lockout_minutes", cfg.lockout_minutes),
-        read(t, "session_idle_minutes", cfg.session_idle_minutes),
-        read(t, "workers", cfg.workers), read(t, "log_level", cfg.log_level)})
-    if (!err.empty()) return path + ": " + err;
-  if (auto actions = t.get("actions")) {
-    auto tab = actions->as_table();
-    if (tab == nullptr) return path + ": actions: must be a table";
-    for (auto& [k, v] : *tab) {
-      auto key = std::string{k.str()};
-      if (key != "password_required" && key != "start_process_allowlist" &&
-          key != "default_ttl_seconds" && key != "ttl_seconds")
-        return path + ": unknown key 'actions." + key + "'";
-    }
-    auto strings = [&](const char* key, std::vector<std::string>& out) -> std::string {
-      auto node = tab->get(key);
-      if (node == nullptr) return {};
-      auto arr = node->as_array();
-      if (arr == nullptr)
-        return std::string{"actions."} + key + ": must be an array of strings";
-      out.clear();
-      for (auto& e : *arr) {
-        auto v = e.value<std::string>();
-        if (!v) return std::string{"actions."} + key + ": must be an array of strings";
-        out.push_back(*v);
-      }
-      return {};
-    };
-    for (auto err : {strings("password_required", cfg.password_required),
-                     strings("start_process_allowlist", cfg.start_process_allowlist),
-                     read(*tab, "default_ttl_seconds", cfg.default_ttl_seconds)})
-      if (!err.empty())
-        return path + ": " + (err.rfind("actions.", 0) == 0 ? err : "actions." + err);
-    if (auto ttl = tab->get("ttl_seconds")) {
-      auto ttab = ttl->as_table();
-      if (ttab == nullptr)
-        return path + ": actions.ttl_seconds: must be a table of type = seconds";
-      for (auto& [k, v] : *ttab) {
-        uint32_t secs = 0;
-        auto key = std::string{k.str()};
-        if (auto err = read(*ttab, key.c_str(), secs); !err.empty())
-          return path + ": actions.ttl_seconds." + err;
-        cfg.ttl_seconds[key] = secs;
-      }
-    }
-  }
-  return {};
+std::string server_config::validate() const {
+  std::vector<std::string> errors;
+  for (auto& e : table())
+    if (auto why = e.check(*this); !why.empty())
+      errors.push_back(problem(e.info, "configuration", e.text(*this), why));
+  return join_lines(errors);
 }
 
-std::string load_env(server_config& cfg) {
-  auto env = [](const char* name, std::string& out) {
-    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') out = v;
-  };
-  env("PARRY_DATA_DIR", cfg.data_dir);
-  env("PARRY_BUS_ENDPOINT", cfg.bus_endpoint);
-  env("PARRY_HTTP_ADDRESS", cfg.http_address);
-  env("PARRY_ADMIN_PASSWORD", cfg.admin_password);
-  env("PARRY_LOG_LEVEL", cfg.log_level);
-  std::string port;
-  env("PARRY_HTTP_PORT", port);
-  if (!port.empty()) {
-    char* end = nullptr;
-    long p = std::strtol(port.c_str(), &end, 10);
-    if (*end != '\0' || p < 0 || p > 65535)
-      return "PARRY_HTTP_PORT: must be a port number 0-65535";
-    cfg.http_port = static_cast<uint16_t>(p);
+std::string to_string(const config_origin& o) {
+  switch (o.source) {
+  case config_source::defaults:
+    return "default";
+  case config_source::file:
+    return "file " + o.where;
+  case config_source::env:
+    return "env " + o.where;
+  case config_source::flag:
+    return "flag " + o.where;
   }
-  return {};
+  return "?";
+}
+
+const std::vector<config_key_info>& config_keys() {
+  static const std::vector<config_key_info> keys = [] {
+    std::vector<config_key_info> out;
+    for (auto& e : table())
+      out.push_back(e.info);
+    return out;
+  }();
+  return keys;
+}
+
+std::string primary_flag(const config_key_info& k) {
+  return k.flag.substr(0, k.flag.find(','));
+}
+
+std::string load_config(const config_inputs& in, loaded_config& out) {
+  out = loaded_config{};
+  for (auto& e : table())
+    out.origin[e.info.key] = {};
+  std::vector<std::string> errors;
+  if (!in.file.empty()) load_file(in.file, out, errors);
+  for (auto& e : table()) {
+    if (e.info.env.empty()) continue;
+    const char* v =
+        in.getenv ? in.getenv(e.info.env.c_str()) : std::getenv(e.info.env.c_str());
+    // A variable that is set counts, even when empty: it is checked like any value.
+    if (v != nullptr) load_text(e, v, {config_source::env, e.info.env}, out, errors);
+  }
+  for (auto& [name, text] : in.flags) {
+    auto e = find(name);
+    if (e == nullptr || e->info.flag.empty())
+      errors.push_back(display(name) + ": no such key with a flag");
+    else
+      load_text(*e, text, {config_source::flag, primary_flag(e->info)}, out, errors);
+  }
+  return join_lines(errors);
+}
+
+std::string print_config(const loaded_config& c) {
+  std::string out =
+      "# parryd configuration: the effective value of each key and where it "
+      "came from\n";
+  for (auto& e : table()) {
+    auto value =
+        e.info.secret ? (e.text(c.cfg).empty() ? "<unset>" : "<set>") : e.toml(c.cfg);
+    auto line = e.info.key + " = " + value;
+    if (line.size() < 48) line.resize(48, ' ');
+    auto i = c.origin.find(e.info.key);
+    out +=
+        line + "  # " + (i == c.origin.end() ? "default" : to_string(i->second)) + "\n";
+  }
+  return out;
+}
+
+std::string config_reference_markdown() {
+  std::string out = "| key (TOML) | environment | flag | type | unit | default | legal "
+                    "values | meaning |\n|---|---|---|---|---|---|---|---|\n";
+  auto code = [](std::string_view s) { return markdown_cell(s, true); };
+  for (auto& e : table()) {
+    const auto& k = e.info;
+    std::string flags;
+    for (std::string_view rest = k.flag; !rest.empty();) {
+      auto comma = rest.find(',');
+      flags += (flags.empty() ? "" : ", ") + code(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
+    }
+    out += "| " + code(k.key) + " | " + code(k.env) + " | " +
+           (flags.empty() ? "(none)" : flags) + " | " + k.type + " | " + k.unit + " | " +
+           (k.secret ? "unset" : code(k.default_toml)) + " | " + markdown_cell(k.legal) +
+           " | " + markdown_cell(k.doc) + " |\n";
+  }
+  return out;
 }
 
 } // namespace parry

@@ -1,15 +1,21 @@
 #pragma once
 
-#include <chrono>
+// parryd's configuration. Every key is declared once, in the table in config.cpp:
+// its TOML key, environment variable, command-line flag, type, unit, check and doc
+// line. Sources, each overriding the one before: defaults, the TOML file (--config),
+// PARRY_* environment variables, the command line.
+
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace parry {
 
-/// Everything parryd can be told. Sources, each overriding the one before:
-/// defaults, the TOML file (--config), PARRY_* environment variables, the command line.
+/// Everything parryd can be told. The members hold the defaults; which key sets which
+/// member, and what is legal, is in the table in config.cpp.
 struct server_config {
   /// Where the database, TLS files and logs live.
   std::string data_dir = "./parry-data";
@@ -48,16 +54,74 @@ struct server_config {
   /// [actions.ttl_seconds]: the same, per action type.
   std::map<std::string, uint32_t> ttl_seconds;
 
-  /// Empty when valid, else which key is wrong and what would be legal.
+  /// Empty when every value passes its key's check, else one line per bad key
+  /// naming it, the value and what would be legal.
   std::string validate() const;
 };
 
-/// Reads `path` (TOML) into `cfg`; an unknown key or a value of the wrong type is
-/// an error naming the key. Returns an empty string on success.
-std::string load_toml(const std::string& path, server_config& cfg);
+/// Where a key's effective value came from.
+enum class config_source : uint8_t {
+  defaults, ///< nothing set it
+  file,     ///< the TOML file
+  env,      ///< a PARRY_* environment variable
+  flag,     ///< the command line
+};
 
-/// Applies PARRY_* variables (PARRY_DATA_DIR, PARRY_BUS_ENDPOINT, PARRY_HTTP_ADDRESS,
-/// PARRY_HTTP_PORT, PARRY_ADMIN_PASSWORD, PARRY_LOG_LEVEL). Returns an error or "".
-std::string load_env(server_config& cfg);
+struct config_origin {
+  config_source source = config_source::defaults;
+  /// The file's path, the variable's name or the flag; empty for a default.
+  std::string where;
+};
+
+/// "default", "file PATH", "env PARRY_X" or "flag --x".
+std::string to_string(const config_origin& o);
+
+/// One key as a reader sees it: for --help, --print-config and the documentation.
+struct config_key_info {
+  std::string key;          ///< TOML key, `section.key`
+  std::string env;          ///< environment variable
+  std::string flag;         ///< CLI11 option names ("--a,--b"), "" when there is none
+  std::string type;         ///< integer, string, list of strings, table of integers
+  std::string unit;         ///< ms, bytes, seconds, ... or ""
+  std::string legal;        ///< the legal values, in words
+  std::string doc;          ///< what it does, one line
+  std::string default_toml; ///< the default as a TOML value
+  std::string default_text; ///< the default as an environment variable or flag holds it
+  bool secret = false;      ///< never printed: shown as <set> or <unset>
+};
+
+/// Every key, in table order.
+const std::vector<config_key_info>& config_keys();
+
+/// The first name of a key's flag ("--bus-endpoint" of "--bus-endpoint,--bus").
+std::string primary_flag(const config_key_info& k);
+
+/// What each layer holds, before any of it is parsed.
+struct config_inputs {
+  /// TOML file; empty for none.
+  std::string file;
+  /// Looks up an environment variable, nullptr when unset. Empty: std::getenv.
+  std::function<const char*(const char*)> getenv;
+  /// Values from the command line, each as (TOML key, text as typed).
+  std::vector<std::pair<std::string, std::string>> flags;
+};
+
+/// A configuration and where each of its values came from.
+struct loaded_config {
+  server_config cfg;
+  /// By TOML key; every key is present.
+  std::map<std::string, config_origin> origin;
+};
+
+/// Layers defaults, the file, the environment and the flags into `out`, checking every
+/// value as it is read. Returns "" or one line per problem, each naming the key, its
+/// source, the bad value (never a secret's) and the legal values.
+std::string load_config(const config_inputs& in, loaded_config& out);
+
+/// One `key = value  # source` line per key; secrets as <set> or <unset>.
+std::string print_config(const loaded_config& c);
+
+/// The reference table of every key with its default, in Markdown (docs/operations.md).
+std::string config_reference_markdown();
 
 } // namespace parry

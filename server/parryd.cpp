@@ -3,6 +3,9 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -11,35 +14,62 @@
 #include "server/server.hpp"
 
 int main(int argc, char** argv) {
-  parry::server_config cfg;
-  CLI::App app{"parryd - server for EDR response actions"};
-  std::string config_file;
-  std::string data_dir, bus, http_address, log_level;
-  int http_port = -1;
-  app.add_option("--config", config_file, "TOML configuration file");
-  app.add_option("--data-dir", data_dir, "directory for the database and TLS files");
-  app.add_option("--bus", bus, "agent bus endpoint, e.g. tcp://127.0.0.1:7400");
-  app.add_option("--http-address", http_address, "HTTPS listen address");
-  app.add_option("--http-port", http_port, "HTTPS port (0: any free port)")
-      ->check(CLI::Range(0, 65535));
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  CLI::App app{"parryd - server for EDR response actions\n\nSettings come from, each "
+               "overriding the one before: defaults, the TOML file (--config), PARRY_* "
+               "environment variables, the flags below."};
+  parry::config_inputs inputs;
+  bool print = false;
+  bool markdown = false;
+  app.add_option("--config", inputs.file, "TOML configuration file");
+  auto* print_option =
+      app.add_flag("--print-config", print,
+                   "print each key's effective value and where it came from, then exit");
+  app.add_flag("--markdown", markdown,
+               "with --print-config: print the reference table of every key (defaults "
+               "only) in Markdown instead")
+      ->needs(print_option);
+  // One option per key of the table, each taken as text and checked by the table, so
+  // a bad flag fails with the same message as a bad file or environment value.
+  const auto& keys = parry::config_keys();
+  std::vector<std::string> texts(keys.size());
+  std::vector<CLI::Option*> options(keys.size(), nullptr);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const auto& k = keys[i];
+    if (k.flag.empty()) continue;
+    options[i] = app.add_option(k.flag, texts[i],
+                                k.doc + " [" + k.legal + "; env " + k.env + "; default " +
+                                    k.default_toml + "]")
+                     ->type_name(k.type == "integer" ? "INT" : "TEXT");
+  }
+  std::string env_only;
+  for (const auto& k : keys)
+    if (k.flag.empty()) env_only += "\n  " + k.env + ": " + k.doc + " [" + k.legal + "]";
+  if (!env_only.empty())
+    app.footer("Set only in the file or the environment:" + env_only);
   CLI11_PARSE(app, argc, argv);
+  if (markdown) {
+    std::cout << parry::config_reference_markdown();
+    return 0;
+  }
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (options[i] != nullptr && options[i]->count() > 0)
+      inputs.flags.emplace_back(keys[i].key, texts[i]);
 
   // Defaults, then the file, then the environment, then the command line.
-  std::string err;
-  if (!config_file.empty()) err = parry::load_toml(config_file, cfg);
-  if (err.empty()) err = parry::load_env(cfg);
-  if (!data_dir.empty()) cfg.data_dir = data_dir;
-  if (!bus.empty()) cfg.bus_endpoint = bus;
-  if (!http_address.empty()) cfg.http_address = http_address;
-  if (http_port >= 0) cfg.http_port = static_cast<uint16_t>(http_port);
-  if (!log_level.empty()) cfg.log_level = log_level;
-  if (err.empty()) err = cfg.validate();
-  if (!err.empty()) {
-    std::cerr << "parryd: " << err << '\n';
+  parry::loaded_config loaded;
+  if (auto err = parry::load_config(inputs, loaded); !err.empty()) {
+    std::istringstream lines{err};
+    for (std::string line; std::getline(lines, line);)
+      std::cerr << "parryd: " << line << '\n';
     return 2;
   }
+  if (print) {
+    std::cout << parry::print_config(loaded);
+    return 0;
+  }
+  const auto& cfg = loaded.cfg;
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  spdlog::debug("parryd: configuration\n{}", parry::print_config(loaded));
 
   // Every thread started from here on inherits the blocked set; main waits for the
   // signals with sigwait instead of running code inside a handler.

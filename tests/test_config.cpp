@@ -1,0 +1,440 @@
+#define BOOST_TEST_MODULE config
+#include <boost/test/unit_test.hpp>
+
+// parryd's configuration: layering (defaults, file, environment, flags), the errors a
+// bad value gives, --print-config, and the docs table against the code.
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "common/process.hpp"
+#include "server/config.hpp"
+
+using namespace parry;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// A temporary directory for the test's files, and a fake environment.
+struct fixture {
+  std::filesystem::path dir;
+  std::map<std::string, std::string> env;
+  config_inputs in;
+
+  fixture() {
+    dir = std::filesystem::temp_directory_path() /
+          ("parry-config-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    in.getenv = [this](const char* name) -> const char* {
+      auto i = env.find(name);
+      return i == env.end() ? nullptr : i->second.c_str();
+    };
+  }
+  ~fixture() { std::filesystem::remove_all(dir); }
+
+  /// Writes `text` as the configuration file and uses it.
+  void file(const std::string& text) {
+    auto p = dir / "parryd.toml";
+    std::ofstream{p} << text;
+    in.file = p.string();
+  }
+
+  /// Loads; fails the test on an error.
+  loaded_config load() {
+    loaded_config out;
+    auto err = load_config(in, out);
+    BOOST_REQUIRE_MESSAGE(err.empty(), err);
+    return out;
+  }
+
+  /// Loads and expects an error; returns it.
+  std::string fail() {
+    loaded_config out;
+    auto err = load_config(in, out);
+    BOOST_REQUIRE_MESSAGE(!err.empty(), "expected a configuration error");
+    return err;
+  }
+};
+
+const config_key_info& info(const std::string& key) {
+  for (auto& k : config_keys())
+    if (k.key == key) return k;
+  throw std::runtime_error("no key " + key);
+}
+
+std::string env_name(const std::string& key) {
+  std::string out = "PARRY_";
+  for (char c : key)
+    out += c == '.' ? '_' : static_cast<char>(std::toupper(c));
+  return out;
+}
+
+std::string flag_name(const std::string& key) {
+  std::string out = "--";
+  for (char c : key)
+    out += (c == '.' || c == '_') ? '-' : c;
+  return out;
+}
+
+/// Checks that `err` names the key, its source, the value and the legal values.
+void check_error(const std::string& err, const std::string& key,
+                 const std::string& source, const std::string& value) {
+  BOOST_TEST_INFO("error: " << err);
+  BOOST_TEST(err.rfind(key + " (" + source + "): ", 0) == 0);
+  BOOST_TEST(err.find("'" + value + "'") != std::string::npos);
+  BOOST_TEST(err.find("legal values: " + info(key).legal) != std::string::npos);
+}
+
+std::string env_or_fail(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0')
+    throw std::runtime_error(std::string{name} + " is not set (run through CTest)");
+  return v;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f{path};
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_SUITE(table)
+
+BOOST_AUTO_TEST_CASE(every_key_has_an_env_var_and_a_flag_named_after_it) {
+  std::set<std::string> seen;
+  for (auto& k : config_keys()) {
+    BOOST_TEST_INFO("key " << k.key);
+    BOOST_TEST(seen.insert(k.key).second);
+    BOOST_TEST(k.env == env_name(k.key));
+    BOOST_TEST(!k.doc.empty());
+    BOOST_TEST(!k.legal.empty());
+    // A secret has no flag: a command line is readable by every local user.
+    if (k.secret)
+      BOOST_TEST(k.flag.empty());
+    else
+      BOOST_TEST(primary_flag(k) == flag_name(k.key));
+  }
+  BOOST_TEST(seen.size() >= 18u);
+}
+
+BOOST_AUTO_TEST_CASE(defaults_are_legal) {
+  BOOST_TEST(server_config{}.validate() == "");
+  fixture f;
+  auto c = f.load();
+  for (auto& [key, origin] : c.origin) {
+    BOOST_TEST_INFO("key " << key);
+    BOOST_TEST(to_string(origin) == "default");
+  }
+  BOOST_TEST(c.origin.size() == config_keys().size());
+}
+
+BOOST_AUTO_TEST_CASE(validate_names_the_key) {
+  server_config c;
+  c.http_address = "localhost";
+  c.missed_heartbeats = 0;
+  auto err = c.validate();
+  BOOST_TEST_INFO(err);
+  BOOST_TEST(err.find("http_address (configuration): not an IP address: 'localhost'") !=
+             std::string::npos);
+  BOOST_TEST(err.find("missed_heartbeats (configuration): out of range: '0'; legal "
+                      "values: 1..100") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(layers)
+
+BOOST_FIXTURE_TEST_CASE(file_then_env_then_flag, fixture) {
+  file("http_port = 1001\n"
+       "log_level = \"debug\"\n"
+       "heartbeat_interval_ms = 1000\n"
+       "[actions]\n"
+       "password_required = [\"isolate\"]\n"
+       "default_ttl_seconds = 60\n"
+       "[actions.ttl_seconds]\n"
+       "isolate = 10\n");
+  env["PARRY_HTTP_PORT"] = "1002";
+  env["PARRY_LOG_LEVEL"] = "warn";
+  env["PARRY_ACTIONS_PASSWORD_REQUIRED"] = "quarantine, delete_file";
+  env["PARRY_ACTIONS_TTL_SECONDS"] = "quarantine=20";
+  in.flags = {{"http_port", "1003"}, {"actions.ttl_seconds", "delete_file=30"}};
+  auto c = load();
+  // Flag over environment over file.
+  BOOST_TEST(c.cfg.http_port == 1003);
+  BOOST_TEST(to_string(c.origin["http_port"]) == "flag --http-port");
+  BOOST_TEST((c.cfg.ttl_seconds == std::map<std::string, uint32_t>{{"delete_file", 30}}));
+  BOOST_TEST(to_string(c.origin["actions.ttl_seconds"]) == "flag --actions-ttl-seconds");
+  // Environment over file.
+  BOOST_TEST(c.cfg.log_level == "warn");
+  BOOST_TEST(to_string(c.origin["log_level"]) == "env PARRY_LOG_LEVEL");
+  BOOST_TEST(
+      (c.cfg.password_required == std::vector<std::string>{"quarantine", "delete_file"}));
+  BOOST_TEST(to_string(c.origin["actions.password_required"]) ==
+             "env PARRY_ACTIONS_PASSWORD_REQUIRED");
+  // File over default.
+  BOOST_TEST(c.cfg.heartbeat_interval_ms == 1000u);
+  BOOST_TEST(to_string(c.origin["heartbeat_interval_ms"]) == "file " + in.file);
+  BOOST_TEST(c.cfg.default_ttl_seconds == 60u);
+  BOOST_TEST(to_string(c.origin["actions.default_ttl_seconds"]) == "file " + in.file);
+  // Default.
+  BOOST_TEST(c.cfg.missed_heartbeats == 3);
+  BOOST_TEST(to_string(c.origin["missed_heartbeats"]) == "default");
+}
+
+BOOST_FIXTURE_TEST_CASE(an_empty_variable_counts, fixture) {
+  env["PARRY_ACTIONS_PASSWORD_REQUIRED"] = "";
+  auto c = load();
+  BOOST_TEST(c.cfg.password_required.empty());
+  env["PARRY_DATA_DIR"] = "";
+  check_error(fail(), "data_dir", "env PARRY_DATA_DIR", "");
+}
+
+// Every key can be set from each layer: its default, written in the layer's syntax,
+// loads and is attributed to that layer.
+BOOST_FIXTURE_TEST_CASE(every_key_is_reachable_from_every_layer, fixture) {
+  std::string text;
+  for (auto& k : config_keys())
+    text += k.key + " = " + k.default_toml + "\n";
+  file(text);
+  auto from_file = load();
+  for (auto& k : config_keys()) {
+    BOOST_TEST_INFO("key " << k.key);
+    BOOST_TEST(to_string(from_file.origin[k.key]) == "file " + in.file);
+  }
+  BOOST_TEST(print_config(from_file) != "");
+  for (auto& k : config_keys())
+    env[k.env] = k.default_text;
+  auto from_env = load();
+  for (auto& k : config_keys()) {
+    BOOST_TEST_INFO("key " << k.key);
+    BOOST_TEST(to_string(from_env.origin[k.key]) == "env " + k.env);
+  }
+  for (auto& k : config_keys())
+    if (!k.flag.empty()) in.flags.emplace_back(k.key, k.default_text);
+  auto from_flags = load();
+  for (auto& k : config_keys()) {
+    BOOST_TEST_INFO("key " << k.key);
+    BOOST_TEST(to_string(from_flags.origin[k.key]) ==
+               (k.flag.empty() ? "env " + k.env : "flag " + primary_flag(k)));
+  }
+  // The same values whichever layer set them.
+  auto values = [](std::string s) {
+    return std::regex_replace(s, std::regex{"  #.*"}, "");
+  };
+  BOOST_TEST(values(print_config(from_file)) == values(print_config(from_env)));
+  BOOST_TEST(values(print_config(from_file)) == values(print_config(from_flags)));
+  BOOST_TEST(values(print_config(from_file)) == values(print_config(loaded_config{})));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(errors)
+
+BOOST_FIXTURE_TEST_CASE(from_the_environment, fixture) {
+  env["PARRY_HTTP_PORT"] = "70000";
+  check_error(fail(), "http_port", "env PARRY_HTTP_PORT", "70000");
+  env["PARRY_HTTP_PORT"] = "80x";
+  check_error(fail(), "http_port", "env PARRY_HTTP_PORT", "80x");
+  env.clear();
+  env["PARRY_WORKERS"] = "-1";
+  check_error(fail(), "workers", "env PARRY_WORKERS", "-1");
+  env.clear();
+  env["PARRY_DATA_DIR"] = "bad\xFF\x01";
+  auto err = fail();
+  check_error(err, "data_dir", "env PARRY_DATA_DIR", "bad\xEF\xBF\xBD\\x01");
+  BOOST_TEST(err.find("not valid UTF-8") != std::string::npos);
+  env.clear();
+  env["PARRY_ACTIONS_TTL_SECONDS"] = "isolate=0";
+  check_error(fail(), "actions.ttl_seconds", "env PARRY_ACTIONS_TTL_SECONDS",
+              "isolate=0");
+  env.clear();
+  env["PARRY_MAX_FRAME_BYTES"] = std::string(5000, '9');
+  err = fail();
+  BOOST_TEST(err.find("longer than") == std::string::npos); // an integer, not text
+  BOOST_TEST(err.find("max_frame_bytes (env PARRY_MAX_FRAME_BYTES): ") == 0);
+  BOOST_TEST(err.size() < 400u); // the value is cut for the message
+}
+
+BOOST_FIXTURE_TEST_CASE(from_the_file, fixture) {
+  file("log_level = \"loud\"\n");
+  check_error(fail(), "log_level", "file " + in.file, "loud");
+  BOOST_TEST(info("log_level").legal == "one of trace, debug, info, warn, error");
+  file("heartbeat_interval_ms = \"5000\"\n");
+  auto err = fail();
+  check_error(err, "heartbeat_interval_ms", "file " + in.file, "5000");
+  BOOST_TEST(err.find("not an integer") != std::string::npos);
+  file("[actions]\npassword_required = [\"isolate\", \"nuke\"]\n");
+  err = fail();
+  check_error(err, "actions.password_required", "file " + in.file,
+              "[ 'isolate', 'nuke' ]");
+  BOOST_TEST(err.find("unknown action type 'nuke'") != std::string::npos);
+  file("[actions]\nstart_process_allowlist = [\"bin/sh\"]\n");
+  check_error(fail(), "actions.start_process_allowlist", "file " + in.file,
+              "[ 'bin/sh' ]");
+}
+
+BOOST_FIXTURE_TEST_CASE(unknown_keys_and_broken_files, fixture) {
+  file("http_prot = 1\n");
+  auto err = fail();
+  BOOST_TEST_INFO(err);
+  BOOST_TEST(
+      err.rfind("http_prot (file " + in.file + "): unknown key; known keys: ", 0) == 0);
+  BOOST_TEST(err.find("http_port") != std::string::npos);
+  file("[actions]\nttl = 5\n");
+  err = fail();
+  BOOST_TEST_INFO(err);
+  BOOST_TEST(err.rfind("actions.ttl (file " + in.file + "): unknown key", 0) == 0);
+  file("actions = 5\n");
+  BOOST_TEST(fail().rfind("actions (file " + in.file + "): must be a table", 0) == 0);
+  file("http_port = \n");
+  BOOST_TEST(fail().rfind("file " + in.file + ": line 1", 0) == 0);
+  file("data_dir = \"bad\xFF\"\n");
+  BOOST_TEST(fail().rfind("file " + in.file + ": line 1", 0) == 0);
+  file("[actions.ttl_seconds]\nnuke = 5\n");
+  err = fail();
+  check_error(err, "actions.ttl_seconds", "file " + in.file, "nuke = 5");
+  BOOST_TEST(err.find("unknown action type 'nuke'") != std::string::npos);
+  file("# " + std::string(1 << 20, 'x') + "\n");
+  BOOST_TEST(fail().rfind("file " + in.file + ": larger than 1048576 bytes", 0) == 0);
+  in.file = (dir / "missing.toml").string();
+  BOOST_TEST(fail().rfind("file " + in.file + ": cannot read", 0) == 0);
+}
+
+BOOST_FIXTURE_TEST_CASE(from_a_flag, fixture) {
+  in.flags = {{"heartbeat_interval_ms", "50"}};
+  check_error(fail(), "heartbeat_interval_ms", "flag --heartbeat-interval-ms", "50");
+  BOOST_TEST(info("heartbeat_interval_ms").legal == "100..600000 ms");
+  in.flags = {{"bus_endpoint", "udp://x"}};
+  check_error(fail(), "bus_endpoint", "flag --bus-endpoint", "udp://x");
+}
+
+BOOST_FIXTURE_TEST_CASE(every_bad_value_is_reported, fixture) {
+  file("missed_heartbeats = 0\n");
+  env["PARRY_LOG_LEVEL"] = "loud";
+  in.flags = {{"http_address", "localhost"}};
+  auto err = fail();
+  BOOST_TEST_INFO(err);
+  BOOST_TEST(std::count(err.begin(), err.end(), '\n') == 2);
+  BOOST_TEST(err.find("missed_heartbeats (file ") != std::string::npos);
+  BOOST_TEST(err.find("log_level (env PARRY_LOG_LEVEL)") != std::string::npos);
+  BOOST_TEST(err.find("http_address (flag --http-address)") != std::string::npos);
+}
+
+BOOST_FIXTURE_TEST_CASE(a_secret_is_never_shown, fixture) {
+  env["PARRY_ADMIN_PASSWORD"] = "short-pw";
+  auto err = fail();
+  BOOST_TEST_INFO(err);
+  BOOST_TEST(err.find("short-pw") == std::string::npos);
+  BOOST_TEST(err.find("admin_password (env PARRY_ADMIN_PASSWORD): shorter than 12 "
+                      "bytes: '<secret>'") == 0);
+  file("admin_password = \"short-pw\"\n");
+  env.clear();
+  BOOST_TEST(fail().find("short-pw") == std::string::npos);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(print)
+
+BOOST_FIXTURE_TEST_CASE(one_line_per_key_with_its_source, fixture) {
+  file("workers = 2\n");
+  env["PARRY_ADMIN_PASSWORD"] = "a-long-enough-secret";
+  in.flags = {{"bus_endpoint", "tcp://127.0.0.1:*"}};
+  auto out = print_config(load());
+  BOOST_TEST_INFO(out);
+  BOOST_TEST(out.find("a-long-enough-secret") == std::string::npos);
+  std::istringstream lines{out};
+  std::string line;
+  std::getline(lines, line);
+  BOOST_TEST(line.rfind("# ", 0) == 0);
+  std::regex shape{
+      R"(^([a-z0-9_.]+) = (.+?) +# (default|file .+|env PARRY_[A-Z0-9_]+|flag --[a-z0-9-]+)$)"};
+  std::map<std::string, std::pair<std::string, std::string>> seen;
+  while (std::getline(lines, line)) {
+    std::smatch m;
+    BOOST_TEST_INFO("line: " << line);
+    BOOST_REQUIRE(std::regex_match(line, m, shape));
+    BOOST_TEST(seen.emplace(m[1], std::pair{m[2].str(), m[3].str()}).second);
+  }
+  BOOST_TEST(seen.size() == config_keys().size());
+  BOOST_TEST((seen["admin_password"] ==
+              std::pair{std::string{"<set>"}, std::string{"env PARRY_ADMIN_PASSWORD"}}));
+  BOOST_TEST((seen["workers"] == std::pair{std::string{"2"}, "file " + in.file}));
+  BOOST_TEST((seen["bus_endpoint"] == std::pair{std::string{"\"tcp://127.0.0.1:*\""},
+                                                std::string{"flag --bus-endpoint"}}));
+  BOOST_TEST(
+      (seen["http_port"] == std::pair{std::string{"8443"}, std::string{"default"}}));
+  BOOST_TEST((seen["actions.password_required"].first ==
+              R"(["prevent_run", "quarantine", "delete_file", "terminate_process", )"
+              R"("start_process"])"));
+}
+
+BOOST_FIXTURE_TEST_CASE(an_unset_secret_says_so, fixture) {
+  auto out = print_config(load());
+  BOOST_TEST(
+      std::regex_search(out, std::regex{"\nadmin_password = <unset> +# default\n"}));
+}
+
+BOOST_AUTO_TEST_CASE(the_docs_show_the_current_table) {
+  auto doc = read_file(env_or_fail("PARRY_SOURCE_DIR") + "/docs/operations.md");
+  BOOST_TEST_INFO("regenerate with: parryd --print-config --markdown");
+  BOOST_TEST(doc.find(config_reference_markdown()) != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(parryd_prints_its_configuration) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("parry-config-bin-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto log = (dir / "out.log").string();
+  {
+    child_process p{{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--print-config",
+                     "--http-port", "0", "--actions-ttl-seconds", "isolate=60"},
+                    {{"PARRY_ADMIN_PASSWORD", "a-long-enough-secret"},
+                     {"PARRY_LOG_LEVEL", "warn"},
+                     {"PARRY_HEARTBEAT_INTERVAL_MS", "1000"}},
+                    log};
+    BOOST_TEST(p.wait(30s) == 0);
+  }
+  auto out = read_file(log);
+  BOOST_TEST_INFO(out);
+  BOOST_TEST(out.find("a-long-enough-secret") == std::string::npos);
+  BOOST_TEST(std::regex_search(out, std::regex{"\nhttp_port = 0 +# flag --http-port\n"}));
+  BOOST_TEST(std::regex_search(
+      out, std::regex{"\nlog_level = \"warn\" +# env PARRY_LOG_LEVEL\n"}));
+  BOOST_TEST(std::regex_search(
+      out, std::regex{"\nadmin_password = <set> +# env PARRY_ADMIN_PASSWORD\n"}));
+  // Keys that once were file-only.
+  BOOST_TEST(std::regex_search(
+      out,
+      std::regex{"\nheartbeat_interval_ms = 1000 +# env PARRY_HEARTBEAT_INTERVAL_MS\n"}));
+  BOOST_TEST(std::regex_search(
+      out, std::regex{"\nactions.ttl_seconds = \\{ isolate = 60 \\} +# flag "
+                      "--actions-ttl-seconds\n"}));
+  {
+    std::filesystem::remove(log);
+    child_process p{{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--print-config",
+                     "--http-port", "70000"},
+                    {},
+                    log};
+    BOOST_TEST(p.wait(30s) == 2);
+  }
+  out = read_file(log);
+  BOOST_TEST(
+      out.find("parryd: http_port (flag --http-port): out of range: '70000'; legal "
+               "values: 0..65535") != std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
