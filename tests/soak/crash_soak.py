@@ -21,8 +21,8 @@ settle, and the checks read parry.db (sqlite3, read-only) and the agents' logs:
   doubled   an action id executed more than once by its agent
   phantom   an action an agent executed that the store has never heard of
   open      an action not final after the settling time
-  mismatch  a final state that contradicts the agent (completed without running,
-            ran but ended expired/cancelled)
+  mismatch  a final state that contradicts the agent (sent to it and completed
+            without running there, ran but ended expired/cancelled)
   orphans   transitions of an action id the actions table does not hold
 
 Any of them non-zero fails the run (exit 1). Standard library only; run with
@@ -355,6 +355,8 @@ def check(work, load):
     orphans = db.execute("SELECT count(DISTINCT action_id) FROM transitions WHERE "
                          "action_id NOT IN (SELECT action_id FROM actions)").fetchone()[0]
     incidents = db.execute("SELECT count(*) FROM incidents").fetchone()[0]
+    sent = {r[0] for r in db.execute(
+        "SELECT DISTINCT action_id FROM transitions WHERE state IN ('sent', 'acknowledged')")}
     db.close()
     runs = executions(work)
     problems = {"lost": [], "doubled": [], "phantom": [], "open": [], "mismatch": []}
@@ -372,11 +374,19 @@ def check(work, load):
         ran = len(runs.get(aid, []))
         if state not in FINAL:
             problems["open"].append(f"{aid} {typ} {state} on {dev}")
-        elif state in ("completed", "reverted") and ran == 0:
+        elif state in ("completed", "reverted") and ran == 0 and aid in sent:
+            # The server completes a no-op itself ("device already isolated")
+            # without sending it; one that went to the agent must have run there.
             problems["mismatch"].append(f"{aid} {typ} {state} but never executed")
         elif state in ("expired", "cancelled") and ran > 0:
             problems["mismatch"].append(f"{aid} {typ} {state} but the agent ran it")
-    return problems, orphans, states, len(rows), incidents, runs
+    # Registered while the answer was cut off and not recovered by a retry (a
+    # reverse has no idempotency key): not lost, but the client never heard of it.
+    unheard = [f"{aid} {r[0]} {r[1]}" for aid, r in rows.items()
+               if aid not in load.confirmed]
+    noops = sum(1 for aid, r in rows.items()
+                if r[1] in ("completed", "reverted") and aid not in runs and aid not in sent)
+    return problems, orphans, states, len(rows), incidents, runs, noops, unheard
 
 
 def main():
@@ -468,18 +478,22 @@ def main():
             p.send_signal(signal.SIGTERM)
         for p in agents:
             p.wait(30)
-        problems, orphans, states, total, incidents, runs = check(work, load)
+        problems, orphans, states, total, incidents, runs, noops, unheard = check(
+            work, load)
         elapsed = time.monotonic() - t_start
         log(f"{args.cycles} SIGKILL cycles in {elapsed:.0f} s (seed {args.seed})")
         log(f"parryd restarts: median {sorted(startup)[len(startup) // 2]:.2f} s, "
             f"max {max(startup):.2f} s to listen; settled in {settle:.1f} s")
         log(f"incidents stored: {incidents}; actions stored: {total}; "
-            f"executions in agent journals: {sum(len(r) for r in runs.values())}")
+            f"executions in agent journals: {sum(len(r) for r in runs.values())}; "
+            f"completed by the server without the agent (no-ops): {noops}")
         log(f"REST: {load.stats}; refused: {load.refusals}")
         log(f"open actions at the kills, summed over kills: {at_kill}")
         log(f"confirmed by type: {dict(sorted(load.by_type.items()))}")
         log(f"final states: {dict(sorted(states.items()))}")
         log(f"orphan transitions (action ids): {orphans}")
+        log(f"stored but never confirmed to the client: {len(unheard)}" +
+            (f"  {unheard[:5]}" if unheard else ""))
         bad = orphans
         for k, v in problems.items():
             log(f"{k}: {len(v)}" + (f"  e.g. {v[:5]}" if v else ""))
