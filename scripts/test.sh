@@ -33,7 +33,7 @@ stage "main tests"
 if [ "${PARRY_SKIP_ASAN:-0}" != 1 ]; then
   stage "ASan+UBSan build"
   configure build-asan -DCMAKE_BUILD_TYPE=Debug -DPARRY_SANITIZE=ON
-  ninja -C build-asan -j "$jobs"
+  ninja -C build-asan -j "$jobs" all_tests # the tests and the programs they run
   stage "ASan+UBSan tests"
   # Any report fails the test that caused it; the child processes of the
   # integration test (parryd, parry-agent) inherit the same options.
