@@ -9,7 +9,7 @@ packages=(
   libssl-dev libboost-dev libboost-test-dev libsqlite3-dev
   nlohmann-json3-dev libtomlplusplus-dev libspdlog-dev libcli11-dev
   libnftables-dev nftables iproute2 openssl curl
-  clang-format
+  clang-format clang-14 libclang-rt-14-dev python3
 )
 
 missing=()
