@@ -442,7 +442,142 @@ store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string
   };
 }
 
+namespace {
+
+/// A write the store refuses on purpose (nothing matched, a rule says no): rolls back
+/// the write's savepoint like any failure, and reaches the caller with its code.
+struct refused : std::runtime_error {
+  refused(ec code, const std::string& what) : std::runtime_error(what), code(code) {}
+  ec code;
+};
+
+/// Throws `refused` with `code` unless the last statement changed a row.
+void expect_change(store_state& st, ec code, const std::string& what) {
+  if (sqlite3_changes(st.db) == 0) throw refused(code, what);
+}
+
+/// Runs `f` and turns whatever it throws into the error its caller gets:
+/// a refused write keeps its code, a constraint is a conflict, the rest is storage
+/// (and logged, because it is the store failing, not the request).
+template <class F> caf::error guarded(const char* what, F&& f) {
+  try {
+    f();
+    return caf::none;
+  } catch (const refused& e) {
+    return make_error(e.code, e.what());
+  } catch (const stmt::constraint_error& e) {
+    return make_error(ec::conflict, e.what());
+  } catch (const std::exception& e) {
+    spdlog::error("store: {} failed: {}", what, e.what());
+    return make_error(ec::storage, e.what());
+  }
+}
+
+/// Reloads the audit head from disk after writes that carried audit records were
+/// rolled back.
+void reload_audit_head(store_state& st) {
+  try {
+    stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
+    st.audit_seq = head.step() ? head.integer(0) : 0;
+    st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
+  } catch (const std::exception& e) {
+    spdlog::critical("store: cannot reload the audit head: {}", e.what());
+  }
+}
+
+/// Ends the group transaction: answers every write in it with `err` (none: they
+/// are committed).
+void settle_batch(store_state& st, const caf::error& err) {
+  st.in_transaction = false;
+  ++st.commits;
+  auto replies = std::move(st.on_commit);
+  st.on_commit.clear();
+  for (auto& reply : replies)
+    reply(err);
+}
+
+/// Runs `body` as one write of the group transaction, in a savepoint of its own:
+/// released when the body succeeds, rolled back when it throws, so the next commit
+/// never carries half a write. Answers the error the caller gets, or none.
+template <class Body> caf::error run_write(store_stateful self, Body& body) {
+  auto& st = self->state;
+  if (!st.in_transaction) {
+    if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
+    st.in_transaction = true;
+    // Everything already in the mailbox lands in this transaction: the flush
+    // message queues behind it.
+    self->send(self, atom::flush_v);
+  }
+  if (auto err = guarded("savepoint", [&] { exec(st.db, "SAVEPOINT w"); })) return err;
+  auto seq = st.audit_seq;
+  auto head = st.audit_head;
+  auto err = guarded("write", [&] {
+    body();
+    exec(st.db, "RELEASE w");
+  });
+  if (!err) {
+    ++st.writes;
+    return err;
+  }
+  st.audit_seq = seq;
+  st.audit_head = std::move(head);
+  if (sqlite3_get_autocommit(st.db) != 0) {
+    // SQLite rolled the whole transaction back (I/O error, disk full): the other
+    // writes of the batch are gone too, and they hear it now.
+    spdlog::error("store: the group transaction was rolled back: {}", message_of(err));
+    reload_audit_head(st);
+    settle_batch(st,
+                 make_error(ec::storage, "transaction rolled back: " + message_of(err)));
+    return err;
+  }
+  if (sqlite3_exec(st.db, "ROLLBACK TO w; RELEASE w", nullptr, nullptr, nullptr) !=
+      SQLITE_OK) {
+    spdlog::critical("store: cannot roll back a failed write: {}", sqlite3_errmsg(st.db));
+    sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
+    reload_audit_head(st);
+    settle_batch(st, make_error(ec::storage, "transaction rolled back"));
+  }
+  return err;
+}
+
+/// A write answered with `value` once its group commits, or with the error that
+/// stopped it. The answer always goes through the promise.
+template <class T, class Body>
+caf::result<T> write_answer(store_stateful self, Body&& body, T value) {
+  auto rp = self->make_response_promise<T>();
+  if (auto err = run_write(self, body)) {
+    rp.deliver(std::move(err));
+    return rp;
+  }
+  self->state.on_commit.emplace_back(
+      [rp, value = std::move(value)](const caf::error& err) mutable {
+        if (err)
+          rp.deliver(err);
+        else
+          rp.deliver(std::move(value));
+      });
+  return rp;
+}
+
+template <class Body> caf::result<atom::ok> ok_write(store_stateful self, Body&& body) {
+  return write_answer(self, std::forward<Body>(body), atom::ok_v);
+}
+
+/// A read answered with what `body` returns, or the error it threw.
+template <class T, class Body> caf::result<T> read_answer(Body&& body) {
+  std::optional<T> out;
+  if (auto err = guarded("read", [&] { out = body(); })) return err;
+  return std::move(*out);
+}
+
+} // namespace
+
 store_actor::behavior_type store(store_stateful self, std::string path) {
+  return store_with(self, std::move(path), store_options{});
+}
+
+store_actor::behavior_type store_with(store_stateful self, std::string path,
+                                      store_options opts) {
   auto& st = self->state;
   st.writer = true;
   auto fail = [&](const std::string& what) {
@@ -459,7 +594,10 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
     // WAL lets readers of the file (sqlite3 CLI, backups) run beside our writer;
     // FULL sync makes a commit survive power loss, and group commit pays for it.
     exec(st.db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
-                "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
+                "PRAGMA foreign_keys=ON;");
+    if (sqlite3_busy_timeout(st.db, static_cast<int>(opts.busy_timeout.count())) !=
+        SQLITE_OK)
+      throw std::runtime_error(sqlite3_errmsg(st.db));
     exec(st.db, schema);
     stmt v{st, "SELECT value FROM meta WHERE key = 'schema_version'"};
     if (v.step()) {
@@ -480,43 +618,9 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
     return store_actor::behavior_type::make_empty_behavior();
   }
 
-  // Runs `write` inside the group transaction and answers through `reply` once the
-  // transaction commits (true) or rolls back (false).
-  auto write = [self](auto&& body, std::function<void(bool)> reply) {
-    auto& st = self->state;
-    if (!st.in_transaction) {
-      exec(st.db, "BEGIN");
-      st.in_transaction = true;
-      // Everything already in the mailbox lands in this transaction: the flush
-      // message queues behind it.
-      self->send(self, atom::flush_v);
-    }
-    body();
-    ++st.writes;
-    st.on_commit.push_back(std::move(reply));
-  };
-
-  // Wraps a write whose answer is `ok` so failures become errors, not crashes.
-  auto ok_write = [self, write](auto&& body) -> caf::result<atom::ok> {
-    auto rp = self->make_response_promise<atom::ok>();
-    try {
-      write(body, [rp](bool committed) mutable {
-        if (committed)
-          rp.deliver(atom::ok_v);
-        else
-          rp.deliver(make_error(ec::storage, "commit failed"));
-      });
-    } catch (const stmt::constraint_error& e) {
-      return make_error(ec::conflict, e.what());
-    } catch (const std::exception& e) {
-      return make_error(ec::storage, e.what());
-    }
-    return rp;
-  };
-
   return {
       [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{
               self->state,
               "INSERT INTO devices (device_id, hostname, os, agent_version, addresses, "
@@ -542,43 +646,36 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       },
       [=](atom::put, const incident_record& r) -> caf::result<std::string> {
         auto& st = self->state;
-        try {
-          // A re-sent report (lost acknowledgement, agent restart) is the same incident.
-          stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
-                        "report_id = ?"};
-          find.bind(1, r.device_id).bind(2, r.report.report_id);
-          if (find.step()) return find.text(0);
-          auto rp = self->make_response_promise<std::string>();
-          auto id = r.incident_id;
-          write(
-              [&] {
-                stmt s{
-                    st,
-                    "INSERT INTO incidents (incident_id, device_id, report_id, status, "
-                    "created_at, det_name, det_severity, det_engine, key_event_id, "
-                    "event_count, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"};
-                s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
-                s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
-                s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
-                s.bind(9, r.report.key_event_id);
-                s.bind(10, static_cast<int64_t>(r.report.events.size()));
-                s.bind_blob(11, bus::encode(r.report));
-                s.step();
-              },
-              [rp, id](bool committed) mutable {
-                if (committed)
-                  rp.deliver(id);
-                else
-                  rp.deliver(make_error(ec::storage, "commit failed"));
-              });
-          return rp;
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        // A re-sent report (lost acknowledgement, agent restart) is the same incident.
+        std::string known;
+        if (auto err = guarded("read", [&] {
+              stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
+                            "report_id = ?"};
+              find.bind(1, r.device_id).bind(2, r.report.report_id);
+              if (find.step()) known = find.text(0);
+            }))
+          return err;
+        if (!known.empty()) return known;
+        return write_answer(
+            self,
+            [&] {
+              stmt s{st, "INSERT INTO incidents (incident_id, device_id, report_id, "
+                         "status, created_at, det_name, det_severity, det_engine, "
+                         "key_event_id, event_count, report) VALUES (?, ?, ?, ?, ?, ?, "
+                         "?, ?, ?, ?, ?)"};
+              s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
+              s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
+              s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
+              s.bind(9, r.report.key_event_id);
+              s.bind(10, static_cast<int64_t>(r.report.events.size()));
+              s.bind_blob(11, bus::encode(r.report));
+              s.step();
+            },
+            r.incident_id);
       },
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           std::string sql =
               std::string{"INSERT INTO actions ("} + action_columns +
               ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -602,7 +699,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       },
       [=](atom::update, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state,
                  "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
                  "result_error = ?, result_effect = ? WHERE action_id = ?"};
@@ -611,43 +708,39 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
               .bind(5, json(a.result_effect).dump())
               .bind(6, a.action_id);
           s.step();
+          expect_change(self->state, ec::not_found, "no action " + a.action_id);
           write_transition(self->state, t, "parryd");
         });
       },
       [=](atom::get, atom::incident,
           const std::string& id) -> caf::result<incident_record> {
-        try {
-          if (auto r = load_incident(self->state, id)) return std::move(*r);
-          return make_error(ec::not_found, "no incident " + id);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        return read_answer<incident_record>([&] {
+          auto r = load_incident(self->state, id);
+          if (!r) throw refused(ec::not_found, "no incident " + id);
+          return std::move(*r);
+        });
       },
       [=](atom::get, const std::string& id) -> caf::result<device_record> {
-        try {
+        return read_answer<device_record>([&] {
           std::string sql = std::string{"SELECT "} + device_columns +
                             " FROM devices WHERE device_id = ?";
           stmt s{self->state, sql.c_str()};
           s.bind(1, id);
-          if (!s.step()) return make_error(ec::not_found, "no device " + id);
+          if (!s.step()) throw refused(ec::not_found, "no device " + id);
           return read_device(s);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::idem, const std::string& user,
           const std::string& key) -> caf::result<std::string> {
-        try {
+        return read_answer<std::string>([&] {
           stmt s{self->state, "SELECT action_id FROM actions WHERE requested_by = ? AND "
                               "idempotency_key = ?"};
           s.bind(1, user).bind(2, key);
           return s.step() ? s.text(0) : std::string{};
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::open) -> caf::result<std::vector<action_record>> {
-        try {
+        return read_answer<std::vector<action_record>>([&] {
           std::string sql = std::string{"SELECT "} + action_columns +
                             " FROM actions WHERE state NOT IN ('completed', 'failed', "
                             "'expired', 'cancelled', 'reverted') ORDER BY seq";
@@ -656,25 +749,21 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
           while (s.step())
             out.push_back(read_action(s));
           return out;
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::user, const std::string& name) -> caf::result<user_record> {
-        try {
+        return read_answer<user_record>([&] {
           stmt s{self->state, "SELECT username, role, salt_hex, iterations, hash_hex, "
                               "created_at FROM users WHERE username = ?"};
           s.bind(1, name);
-          if (!s.step()) return make_error(ec::not_found, "no user " + name);
+          if (!s.step()) throw refused(ec::not_found, "no user " + name);
           return user_record{s.text(0), s.text(1),
                              s.text(2), static_cast<uint32_t>(s.integer(3)),
                              s.text(4), s.integer(5)};
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::put, const user_record& u) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state, "INSERT INTO users (username, role, salt_hex, iterations, "
                               "hash_hex, created_at) VALUES (?, ?, ?, ?, ?, ?)"};
           s.bind(1, u.username).bind(2, u.role).bind(3, u.salt_hex);
@@ -684,7 +773,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       },
       [=](atom::token, const std::string& hash, const std::string& user,
           const std::string& name) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state,
                  "INSERT INTO tokens (token_hash, username, name, created_at) "
                  "VALUES (?, ?, ?, ?)"};
@@ -693,74 +782,72 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         });
       },
       [=](atom::token, const std::string& hash) -> caf::result<std::string> {
-        try {
+        return read_answer<std::string>([&] {
           stmt s{self->state, "SELECT username FROM tokens WHERE token_hash = ?"};
           s.bind(1, hash);
-          if (!s.step()) return make_error(ec::unauthenticated, "unknown token");
+          if (!s.step()) throw refused(ec::unauthenticated, "unknown token");
           return s.text(0);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::revoke, const std::string& hash) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state, "DELETE FROM tokens WHERE token_hash = ?"};
           s.bind(1, hash);
           s.step();
         });
       },
       [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
-        try {
+        return read_answer<action_record>([&] {
           std::string sql = std::string{"SELECT "} + action_columns +
                             " FROM actions WHERE action_id = ?";
           stmt s{self->state, sql.c_str()};
           s.bind(1, id);
-          if (!s.step()) return make_error(ec::not_found, "no action " + id);
+          if (!s.step()) throw refused(ec::not_found, "no action " + id);
           return read_action(s);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::link, const std::string& id,
           const std::string& reverse) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state, "UPDATE actions SET reversed_by = ? WHERE action_id = ?"};
           s.bind(1, reverse).bind(2, id);
           s.step();
+          expect_change(self->state, ec::not_found, "no action " + id);
         });
       },
       [=](atom::revert, const std::string& id,
           const std::string& reverse) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
+          auto& st = self->state;
+          stmt cur{st, "SELECT state, reversed_by FROM actions WHERE action_id = ?"};
+          cur.bind(1, id);
+          if (!cur.step()) throw refused(ec::not_found, "no action " + id);
+          // Settled by this reverse already (a resumed reverse settles again).
+          if (cur.text(0) == state::reverted && cur.text(1) == reverse) return;
           auto now = now_us();
-          stmt s{self->state, "UPDATE actions SET state = 'reverted', updated_at = ? "
-                              "WHERE action_id = ? AND state = 'completed'"};
+          stmt s{st, "UPDATE actions SET state = 'reverted', updated_at = ? "
+                     "WHERE action_id = ? AND state = 'completed'"};
           s.bind(1, now).bind(2, id);
           s.step();
-          if (sqlite3_changes(self->state.db) == 1)
-            write_transition(self->state,
-                             transition{id, state::reverted, now, "undone by " + reverse},
-                             "parryd");
+          expect_change(st, ec::conflict, "action " + id + " is not completed");
+          write_transition(
+              st, transition{id, state::reverted, now, "undone by " + reverse}, "parryd");
         });
       },
       [=](atom::audit, const audit_entry& e) -> caf::result<atom::ok> {
-        return ok_write([&] { append_audit(self->state, e); });
+        return ok_write(self, [&] { append_audit(self->state, e); });
       },
       [=](atom::update, const user_record& u) -> caf::result<atom::ok> {
-        auto& st = self->state;
-        try {
+        return ok_write(self, [&] {
+          auto& st = self->state;
           stmt cur{st, "SELECT role FROM users WHERE username = ?"};
           cur.bind(1, u.username);
-          if (!cur.step()) return make_error(ec::not_found, "no user " + u.username);
+          if (!cur.step()) throw refused(ec::not_found, "no user " + u.username);
           if (cur.text(0) == "administrator" && u.role != "administrator") {
             stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
             if (admins.step() && admins.integer(0) <= 1)
-              return make_error(ec::conflict, "the last administrator keeps that role");
+              throw refused(ec::conflict, "the last administrator keeps that role");
           }
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
-        return ok_write([&] {
           stmt s{st,
                  "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
                  "WHERE username = ?"};
@@ -773,18 +860,14 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         });
       },
       [=](atom::del, const std::string& name) -> caf::result<atom::ok> {
-        auto& st = self->state;
-        try {
+        return ok_write(self, [&] {
+          auto& st = self->state;
           stmt cur{st, "SELECT role FROM users WHERE username = ?"};
           cur.bind(1, name);
-          if (!cur.step()) return make_error(ec::not_found, "no user " + name);
+          if (!cur.step()) throw refused(ec::not_found, "no user " + name);
           stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
           if (cur.text(0) == "administrator" && admins.step() && admins.integer(0) <= 1)
-            return make_error(ec::conflict, "the last administrator cannot be deleted");
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
-        return ok_write([&] {
+            throw refused(ec::conflict, "the last administrator cannot be deleted");
           stmt s{st, "DELETE FROM users WHERE username = ?"};
           s.bind(1, name);
           s.step();
@@ -797,28 +880,13 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       [=](atom::flush) {
         auto& st = self->state;
         if (!st.in_transaction) return;
-        bool committed = true;
-        try {
-          exec(st.db, "COMMIT");
-        } catch (const std::exception& e) {
-          spdlog::error("store: commit failed: {}", e.what());
-          committed = false;
+        auto err = guarded("commit", [&] { exec(st.db, "COMMIT"); });
+        if (err) {
+          // Every write of the batch is gone: each caller hears it.
           sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
-          // The audit records of the batch are gone: continue the chain from disk.
-          try {
-            stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
-            st.audit_seq = head.step() ? head.integer(0) : 0;
-            st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
-          } catch (const std::exception& e2) {
-            spdlog::critical("store: cannot reload the audit head: {}", e2.what());
-          }
+          reload_audit_head(st);
         }
-        st.in_transaction = false;
-        ++st.commits;
-        auto replies = std::move(st.on_commit);
-        st.on_commit.clear();
-        for (auto& reply : replies)
-          reply(committed);
+        settle_batch(st, err);
       },
   };
 }
