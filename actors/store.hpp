@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <caf/error.hpp>
+#include <caf/expected.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/fwd.hpp"
@@ -37,6 +38,8 @@ struct store_state {
   uint64_t commits = 0;
   /// True for the writer (the store), false for a reader.
   bool writer = false;
+  /// A page of a list read stops growing once its JSON passes this many bytes.
+  size_t max_page_bytes = 4 << 20;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
@@ -47,7 +50,15 @@ struct store_options {
   /// How long a write waits for a lock another connection holds (a backup, a
   /// sqlite3 shell) before it fails with `ec::storage`.
   std::chrono::milliseconds busy_timeout{5000};
+  /// A page of a list read stops growing once its JSON passes this many bytes
+  /// (it always holds at least one row).
+  size_t max_page_bytes = 4 << 20;
 };
+
+/// The paging parameters of a list endpoint's query string: `limit` (a whole
+/// number from 1; larger than the list's maximum is capped) and `cursor`; every
+/// other parameter is a filter. Fails with bad_request naming the parameter.
+caf::expected<page_request> parse_page(const std::map<std::string, std::string>& params);
 
 using store_stateful = store_actor::stateful_pointer<store_state>;
 

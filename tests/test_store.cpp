@@ -2,15 +2,19 @@
 #include "tests/caf_boost.hpp"
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 
 #include <caf/event_based_actor.hpp>
+#include <nlohmann/json.hpp>
 
 #include "actors/error.hpp"
 #include "actors/store.hpp"
+#include "server/server.hpp"
 
 namespace parry {
 std::ostream& operator<<(std::ostream& os, ec x) {
@@ -21,6 +25,11 @@ std::ostream& operator<<(std::ostream& os, ec x) {
 using namespace parry;
 
 namespace {
+
+/// The code of `err`, ec::none for no error (code_of wants a real error).
+ec code(const caf::error& err) {
+  return err ? code_of(err) : ec::none;
+}
 
 /// What came back for one request: nothing yet, a value or an error.
 template <class T> struct outcome {
@@ -55,12 +64,13 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   std::string db_path;
   store_actor st;
 
+  store_options opts;
+
   fixture() {
     db_path = (std::filesystem::temp_directory_path() /
                ("parry-store-test-" + std::to_string(::getpid()) + ".db"))
                   .string();
     remove_files();
-    store_options opts;
     opts.busy_timeout = std::chrono::milliseconds{50};
     st = sys.spawn(store_with, db_path, opts);
     sched.run();
@@ -70,6 +80,41 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     caf::anon_send_exit(st, caf::exit_reason::kill);
     sched.run();
     remove_files();
+  }
+
+  /// Ends the store and opens the same file again, as a restart would.
+  void restart() {
+    caf::anon_send_exit(st, caf::exit_reason::kill);
+    sched.run();
+    st = sys.spawn(store_with, db_path, opts);
+    sched.run();
+  }
+
+  /// Reads a list page by page; answers every page's JSON.
+  template <class What> std::vector<nlohmann::json> pages(What what, int64_t limit) {
+    std::vector<nlohmann::json> out;
+    page_request p;
+    p.limit = limit;
+    for (int i = 0; i < 100; ++i) {
+      auto r = request<std::string>(atom::query_v, what, p);
+      BOOST_REQUIRE(r->answered);
+      BOOST_REQUIRE_MESSAGE(!r->err, (r->err ? message_of(r->err) : ""));
+      out.push_back(nlohmann::json::parse(*r->value));
+      auto& next = out.back()["next_cursor"];
+      if (next.is_null()) return out;
+      p.cursor = next.get<std::string>();
+    }
+    BOOST_FAIL("the pages never end");
+    return out;
+  }
+
+  device_record device(const std::string& id, bool online) {
+    device_record d;
+    d.device_id = id;
+    d.hostname = "host-" + id;
+    d.online = online;
+    d.first_seen = d.last_seen = 1;
+    return d;
   }
 
   void remove_files() {
@@ -129,7 +174,7 @@ BOOST_AUTO_TEST_CASE(duplicate_user_is_answered_with_conflict) {
   BOOST_TEST(!first->err);
   auto second = request<atom::ok>(atom::put_v, user("bob"));
   BOOST_REQUIRE_MESSAGE(second->answered, "a failed write must be answered");
-  BOOST_TEST(code_of(second->err) == ec::conflict);
+  BOOST_TEST(code(second->err) == ec::conflict);
 }
 
 // A second connection holding the write lock (a backup, a sqlite3 shell): the write
@@ -141,7 +186,7 @@ BOOST_AUTO_TEST_CASE(external_write_lock_is_answered_with_an_error) {
   auto blocked = request<atom::ok>(atom::put_v, action("a-1"),
                                    transition{"a-1", "registered", 1, ""});
   BOOST_REQUIRE_MESSAGE(blocked->answered, "a failed write must be answered");
-  BOOST_TEST(code_of(blocked->err) == ec::storage);
+  BOOST_TEST(code(blocked->err) == ec::storage);
   other.exec("COMMIT");
   auto next = request<atom::ok>(atom::put_v, action("a-2"),
                                 transition{"a-2", "registered", 1, ""});
@@ -188,7 +233,7 @@ BOOST_AUTO_TEST_CASE(update_of_a_missing_action_is_not_found) {
   auto out = request<atom::ok>(atom::update_v, action("nope"),
                                transition{"nope", "sent", 2, ""});
   BOOST_REQUIRE(out->answered);
-  BOOST_TEST(code_of(out->err) == ec::not_found);
+  BOOST_TEST(code(out->err) == ec::not_found);
   other_connection other{db_path};
   BOOST_TEST(other.count("SELECT count(*) FROM transitions WHERE action_id = 'nope'") ==
              0);
@@ -197,16 +242,124 @@ BOOST_AUTO_TEST_CASE(update_of_a_missing_action_is_not_found) {
 BOOST_AUTO_TEST_CASE(link_and_revert_of_a_missing_action_are_not_found) {
   auto link = request<atom::ok>(atom::link_v, std::string{"nope"}, std::string{"r-1"});
   BOOST_REQUIRE(link->answered);
-  BOOST_TEST(code_of(link->err) == ec::not_found);
+  BOOST_TEST(code(link->err) == ec::not_found);
   auto revert =
       request<atom::ok>(atom::revert_v, std::string{"nope"}, std::string{"r-1"});
   BOOST_REQUIRE(revert->answered);
-  BOOST_TEST(code_of(revert->err) == ec::not_found);
+  BOOST_TEST(code(revert->err) == ec::not_found);
   // An action that exists but is not completed cannot be reverted.
   request<atom::ok>(atom::put_v, action("a-1"), transition{"a-1", "registered", 1, ""});
   auto early = request<atom::ok>(atom::revert_v, std::string{"a-1"}, std::string{"r-1"});
   BOOST_REQUIRE(early->answered);
-  BOOST_TEST(code_of(early->err) == ec::conflict);
+  BOOST_TEST(code(early->err) == ec::conflict);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(store_reads, fixture)
+
+BOOST_AUTO_TEST_CASE(lists_are_paged_with_a_cursor) {
+  for (auto id : {"d-1", "d-2", "d-3", "d-4", "d-5"})
+    request<atom::ok>(atom::put_v, device(id, false));
+  auto got = pages(atom::devices_v, 2);
+  BOOST_REQUIRE_EQUAL(got.size(), 3u);
+  std::vector<std::string> ids;
+  for (auto& page : got)
+    for (auto& d : page["devices"])
+      ids.push_back(d["device_id"].get<std::string>());
+  BOOST_TEST(ids == (std::vector<std::string>{"d-1", "d-2", "d-3", "d-4", "d-5"}));
+  // Actions come newest first, and their pages join up the same way.
+  for (auto id : {"a-1", "a-2", "a-3"})
+    request<atom::ok>(atom::put_v, action(id), transition{id, "registered", 1, ""});
+  ids.clear();
+  for (auto& page : pages(atom::actions_v, 2))
+    for (auto& a : page["actions"])
+      ids.push_back(a["action_id"].get<std::string>());
+  BOOST_TEST(ids == (std::vector<std::string>{"a-3", "a-2", "a-1"}));
+  // Audit records (one per transition) oldest first, with the head on every page.
+  auto audit =
+      request<std::string>(atom::query_v, atom::audit_v, page_request{2, "", {}});
+  BOOST_REQUIRE(audit->value);
+  auto j = nlohmann::json::parse(*audit->value);
+  BOOST_TEST(j["records"].size() == 2u);
+  BOOST_TEST(j["head"]["seq"] == 3);
+  BOOST_TEST(j["next_cursor"].is_string());
+}
+
+BOOST_AUTO_TEST_CASE(a_page_stops_at_its_byte_bound) {
+  opts.max_page_bytes = 300;
+  restart();
+  for (auto id : {"d-1", "d-2", "d-3"})
+    request<atom::ok>(atom::put_v, device(id, false));
+  auto got = pages(atom::devices_v, 100);
+  BOOST_TEST(got.size() == 3u);
+  for (auto& page : got)
+    BOOST_TEST(page["devices"].size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_paging_parameters_are_bad_requests) {
+  auto big = parse_page({{"limit", "99999999999999999999"}});
+  BOOST_REQUIRE(!big);
+  BOOST_TEST(code(big.error()) == ec::bad_request);
+  BOOST_TEST(message_of(big.error()).find("limit") != std::string::npos);
+  BOOST_TEST(!parse_page({{"limit", "0"}}));
+  BOOST_TEST(!parse_page({{"limit", "12x"}}));
+  auto ok = parse_page({{"limit", "7"}, {"cursor", "ab"}, {"state", "sent"}});
+  BOOST_REQUIRE(ok);
+  BOOST_TEST(ok->limit == 7);
+  BOOST_TEST(ok->filters.at("state") == "sent");
+  auto bad =
+      request<std::string>(atom::query_v, atom::devices_v, page_request{0, "zz", {}});
+  BOOST_REQUIRE(bad->answered);
+  BOOST_TEST(code(bad->err) == ec::bad_request);
+  auto after =
+      request<std::string>(atom::query_v, atom::audit_v,
+                           page_request{0, "", {{"after", "99999999999999999999"}}});
+  BOOST_REQUIRE(after->answered);
+  BOOST_TEST(code(after->err) == ec::bad_request);
+}
+
+BOOST_AUTO_TEST_CASE(devices_stored_online_are_offline_after_a_restart) {
+  request<atom::ok>(atom::put_v, device("d-1", true));
+  restart();
+  auto d = request<device_record>(atom::get_v, std::string{"d-1"});
+  BOOST_REQUIRE(d->value);
+  BOOST_TEST(!d->value->online);
+}
+
+BOOST_AUTO_TEST_CASE(database_files_are_private) {
+  auto old = ::umask(022);
+  restart();
+  request<atom::ok>(atom::put_v, device("d-1", false));
+  ::umask(old);
+  for (auto suffix : {"", "-wal", "-shm"}) {
+    struct stat sb;
+    BOOST_REQUIRE(::stat((db_path + suffix).c_str(), &sb) == 0);
+    BOOST_TEST((sb.st_mode & 0777) == 0600u,
+               suffix << " is " << std::oct << (sb.st_mode & 0777));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(data_dir_is_private) {
+  namespace fs = std::filesystem;
+  auto dir = fs::temp_directory_path() / ("parry-dir-test-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto old = ::umask(022);
+  fs::create_directories(dir / "tls");
+  { std::ofstream{dir / "tls" / "cert.pem"} << "x"; }
+  { std::ofstream{dir / "parry.db"} << "x"; }
+  ::umask(old);
+  make_private_dir(dir.string());
+  auto mode = [](const fs::path& p) {
+    struct stat sb;
+    BOOST_REQUIRE(::stat(p.c_str(), &sb) == 0);
+    return sb.st_mode & 0777;
+  };
+  BOOST_TEST(mode(dir) == 0700u);
+  BOOST_TEST(mode(dir / "tls") == 0700u);
+  BOOST_TEST(mode(dir / "tls" / "cert.pem") == 0600u);
+  BOOST_TEST(mode(dir / "parry.db") == 0600u);
+  fs::remove_all(dir);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
