@@ -15,55 +15,97 @@
 
 namespace parry {
 
-/// The embedded store: the only actor that touches SQLite. Writes arriving together
-/// share one transaction (group commit); a write is answered once committed.
-using store_actor = caf::typed_actor<
-    // Inserts or updates a device.
-    caf::replies_to<atom::put, device_record>::with<atom::ok>,
-    // Stores a new incident; answers its id (the existing one for a re-sent report).
-    caf::replies_to<atom::put, incident_record>::with<std::string>,
+/// The embedded store is the only actor that touches SQLite. Its interface is
+/// composed of narrow ones, and each collaborator holds the one it needs (a
+/// `store_actor` converts to each of them). Writes arriving together share one
+/// transaction (group commit), each in a savepoint of its own; a write is answered
+/// once committed, or with the error that stopped it (docs/architecture.md).
+
+/// Response actions: records, transitions, reverse links (response_action).
+using action_store_actor = caf::typed_actor<
     // Stores a new action with its first transition.
     caf::replies_to<atom::put, action_record, transition>::with<atom::ok>,
-    // Updates an action's state and result and appends the transition.
+    // Updates an action's state and result and appends the transition; not_found
+    // when no such action is stored.
     caf::replies_to<atom::update, action_record, transition>::with<atom::ok>,
-    // Loads one incident.
-    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>,
-    // Loads one device.
-    caf::replies_to<atom::get, std::string>::with<device_record>,
+    // Loads one action.
+    caf::replies_to<atom::get, atom::action, std::string>::with<action_record>,
     // Finds the action registered by `user` under an idempotency key ("" if none).
     caf::replies_to<atom::idem, std::string, std::string>::with<std::string>,
     // Every action not yet in a final state, in registration order.
     caf::replies_to<atom::open>::with<std::vector<action_record>>,
+    // Links an action to the one reversing it ("" unlinks after a failed reverse);
+    // not_found when no such action is stored.
+    caf::replies_to<atom::link, std::string, std::string>::with<atom::ok>,
+    // Marks a completed action reverted by the given reverse action; not_found for
+    // an unknown action, conflict when it is not completed.
+    caf::replies_to<atom::revert, std::string, std::string>::with<atom::ok>>;
+
+/// Devices and incidents (device).
+using inventory_store_actor = caf::typed_actor<
+    // Inserts or updates a device.
+    caf::replies_to<atom::put, device_record>::with<atom::ok>,
+    // Loads one device.
+    caf::replies_to<atom::get, std::string>::with<device_record>,
+    // Stores a new incident; answers its id (the existing one for a re-sent report).
+    caf::replies_to<atom::put, incident_record>::with<std::string>,
+    // Loads one incident.
+    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>>;
+
+/// What the directory needs: actions and the inventory (it hands the narrower
+/// handles on to device and response_action actors).
+using directory_store_actor = action_store_actor::extend_with<inventory_store_actor>;
+
+/// User accounts and bearer tokens (auth, api).
+using account_store_actor = caf::typed_actor<
     // Loads a user account.
     caf::replies_to<atom::user, std::string>::with<user_record>,
     // Creates a user account; fails with conflict if it exists.
     caf::replies_to<atom::put, user_record>::with<atom::ok>,
+    // Changes a user's role and/or password hash; ends their tokens.
+    caf::replies_to<atom::update, user_record>::with<atom::ok>,
+    // Deletes a user and their tokens; refuses the last administrator.
+    caf::replies_to<atom::del, std::string>::with<atom::ok>,
     // Stores a bearer token by its SHA-256, for a user, with a name.
     caf::replies_to<atom::token, std::string, std::string, std::string>::with<atom::ok>,
     // Finds the user a token hash belongs to.
     caf::replies_to<atom::token, std::string>::with<std::string>,
     // Deletes a token by hash.
-    caf::replies_to<atom::revoke, std::string>::with<atom::ok>,
-    // Loads one action.
-    caf::replies_to<atom::get, atom::action, std::string>::with<action_record>,
-    // Links an action to the one reversing it ("" unlinks after a failed reverse).
-    caf::replies_to<atom::link, std::string, std::string>::with<atom::ok>,
-    // Marks a completed action reverted by the given reverse action.
-    caf::replies_to<atom::revert, std::string, std::string>::with<atom::ok>,
-    // Appends a record to the hash-chained audit trail.
-    caf::replies_to<atom::audit, audit_entry>::with<atom::ok>,
-    // Changes a user's role and/or password hash; ends their tokens.
-    caf::replies_to<atom::update, user_record>::with<atom::ok>,
-    // Deletes a user and their tokens; refuses the last administrator.
-    caf::replies_to<atom::del, std::string>::with<atom::ok>,
-    // A read for the REST API, answered as JSON text.
-    caf::replies_to<query>::with<std::string>,
-    // Commits the open transaction and answers the writes in it.
-    caf::reacts_to<atom::flush>>;
+    caf::replies_to<atom::revoke, std::string>::with<atom::ok>>;
 
-/// Answers the REST API's reads on a database connection of its own, so a read never
-/// waits behind the writer's group commits (WAL: it sees the last commit).
-using store_reader_actor = caf::typed_actor<caf::replies_to<query>::with<std::string>>;
+/// The hash-chained audit trail.
+using audit_store_actor = caf::typed_actor<
+    // Appends a record.
+    caf::replies_to<atom::audit, audit_entry>::with<atom::ok>,
+    // A page of records with the writer's head, as JSON text (docs/rest-api.md).
+    caf::replies_to<atom::query, atom::audit, page_request>::with<std::string>>;
+
+/// What auth needs: accounts, and the audit trail for what it decides.
+using auth_store_actor = account_store_actor::extend_with<audit_store_actor>;
+
+/// The REST API's reads, answered as JSON text (docs/rest-api.md). A page request
+/// answers at most `limit` rows and about `max_page_bytes` of JSON, with the cursor
+/// of the next page; a bad cursor or filter is bad_request, a missing object
+/// not_found. Served by store_reader on a connection of its own, so a read never
+/// waits behind the writer's group commits (WAL: it sees the last commit), and by
+/// the store itself.
+using store_reader_actor = caf::typed_actor<
+    caf::replies_to<atom::query, atom::devices, page_request>::with<std::string>,
+    caf::replies_to<atom::query, atom::device, std::string>::with<std::string>,
+    caf::replies_to<atom::query, atom::incidents, page_request>::with<std::string>,
+    caf::replies_to<atom::query, atom::incident, std::string>::with<std::string>,
+    caf::replies_to<atom::query, atom::actions, page_request>::with<std::string>,
+    caf::replies_to<atom::query, atom::action, std::string>::with<std::string>,
+    caf::replies_to<atom::query, atom::users, page_request>::with<std::string>,
+    caf::replies_to<atom::query, atom::stats>::with<std::string>>;
+
+/// The whole store: every narrow interface, the reads, and its group commit.
+using store_actor =
+    action_store_actor::extend_with<inventory_store_actor, account_store_actor,
+                                    audit_store_actor, store_reader_actor,
+                                    // Commits the open transaction and answers
+                                    // the writes in it.
+                                    caf::typed_actor<caf::reacts_to<atom::flush>>>;
 
 /// Bridge to the bus gateway thread: frames handed here are queued for the socket.
 using gateway_actor = caf::typed_actor<

@@ -8,6 +8,7 @@
 #include "actors/error.hpp"
 #include "actors/incident.hpp"
 #include "actors/json.hpp"
+#include "actors/store.hpp"
 #include "bus/codec.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
@@ -198,13 +199,20 @@ void audit(api_stateful self, const std::string& actor, const char* kind,
 }
 
 /// Answers a read from the store as-is.
-void read(call c, query q) {
-  c.self->request(c.self->state.reader, caf::infinite, std::move(q))
+template <class... Ts> void read(call c, Ts... xs) {
+  c.self->request(c.self->state.reader, caf::infinite, atom::query_v, std::move(xs)...)
       .then(
           [c](std::string& body) mutable {
             c.answer(http_response{200, body, {}});
           },
           c.on_error());
+}
+
+/// Answers one page of a list from the store, or 400 for bad paging parameters.
+template <class What> void read_page(call c, What what) {
+  auto page = parse_page(c.params);
+  if (!page) return c.answer(page.error());
+  read(c, what, std::move(*page));
 }
 
 /// Runs `then` once the caller's password is confirmed, when `type` needs it.
@@ -273,7 +281,7 @@ void post_action(call c) {
             if (id.empty())
               go();
             else
-              read(c, query{"action", id, {}});
+              read(c, atom::action_v, id);
           },
           c.on_error());
 }
@@ -371,7 +379,7 @@ void hash_then(call c, user_record u, const std::string& password, Store store) 
 void users(call c) {
   auto& m = c.req.method;
   auto& st = c.self->state;
-  if (c.seg.size() == 1 && m == "GET") return read(c, query{"users", "", {}});
+  if (c.seg.size() == 1 && m == "GET") return read_page(c, atom::users_v);
   auto j = c.body();
   if (c.seg.size() == 1 && m == "POST") {
     if (!j.is_object() || !j.contains("username") || !j["username"].is_string() ||
@@ -477,19 +485,19 @@ void route(call c) {
   // Everything below an id: the id must look like one before it goes anywhere.
   if (seg.size() >= 2 && !bus::valid_id(seg[1]))
     return c.answer(ec::not_found, "no " + top + " " + seg[1]);
-  auto one = [&](const char* what) { read(c, query{what, seg[1], {}}); };
+  auto one = [&](auto what) { read(c, what, seg[1]); };
   if (m == "GET" && seg.size() == 1 && top == "devices")
-    return read(c, query{"devices", "", c.params});
-  if (m == "GET" && seg.size() == 2 && top == "devices") return one("device");
+    return read_page(c, atom::devices_v);
+  if (m == "GET" && seg.size() == 2 && top == "devices") return one(atom::device_v);
   if (m == "GET" && seg.size() == 1 && top == "incidents")
-    return read(c, query{"incidents", "", c.params});
-  if (m == "GET" && seg.size() == 2 && top == "incidents") return one("incident");
+    return read_page(c, atom::incidents_v);
+  if (m == "GET" && seg.size() == 2 && top == "incidents") return one(atom::incident_v);
   if (m == "GET" && seg.size() == 3 && top == "incidents" &&
       seg[2] == "available-actions")
     return available(c, seg[1]);
   if (m == "GET" && seg.size() == 1 && top == "actions")
-    return read(c, query{"actions", "", c.params});
-  if (m == "GET" && seg.size() == 2 && top == "actions") return one("action");
+    return read_page(c, atom::actions_v);
+  if (m == "GET" && seg.size() == 2 && top == "actions") return one(atom::action_v);
   if (m == "POST" && seg.size() == 1 && top == "actions") return post_action(c);
   if (m == "POST" && seg.size() == 3 && top == "actions" && seg[2] == "cancel")
     return cancel_action(c, seg[1]);
@@ -501,7 +509,9 @@ void route(call c) {
     if (top == "users") return users(c);
     if (m == "GET" && seg.size() == 1) {
       // From the writer: its head in memory is what exposes records cut off the end.
-      c.self->request(st.store, caf::infinite, query{"audit", "", c.params})
+      auto page = parse_page(c.params);
+      if (!page) return c.answer(page.error());
+      c.self->request(st.store, caf::infinite, atom::query_v, atom::audit_v, *page)
           .then(
               [c](std::string& body) mutable {
                 c.answer(http_response{200, body, {}});
@@ -511,7 +521,7 @@ void route(call c) {
     }
   }
   if (m == "GET" && seg.size() == 1 && top == "stats") {
-    c.self->request(st.reader, caf::infinite, query{"stats", "", {}})
+    c.self->request(st.reader, caf::infinite, atom::query_v, atom::stats_v)
         .then(
             [c](const std::string& body) mutable {
               auto j = json::parse(body);

@@ -22,6 +22,13 @@ CAF_ADD_ATOM(parry, parry::atom, revert, "revert")
 CAF_ADD_ATOM(parry, parry::atom, audit, "audit")
 CAF_ADD_ATOM(parry, parry::atom, del, "delete")
 CAF_ADD_ATOM(parry, parry::atom, action, "action")
+// store: what a read asks for.
+CAF_ADD_ATOM(parry, parry::atom, devices, "devices")
+CAF_ADD_ATOM(parry, parry::atom, device, "device")
+CAF_ADD_ATOM(parry, parry::atom, incidents, "incidents")
+CAF_ADD_ATOM(parry, parry::atom, actions, "actions")
+CAF_ADD_ATOM(parry, parry::atom, users, "users")
+CAF_ADD_ATOM(parry, parry::atom, stats, "stats")
 
 // store + auth: accounts and tokens.
 CAF_ADD_ATOM(parry, parry::atom, user, "user")

@@ -105,8 +105,8 @@ hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iteratio
   };
 }
 
-auth_actor::behavior_type auth(auth_stateful self, auth_config cfg, store_actor store,
-                               hasher_actor hasher) {
+auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
+                               auth_store_actor store, hasher_actor hasher) {
   self->state.cfg = cfg;
   self->state.store = std::move(store);
   self->state.hasher = std::move(hasher);

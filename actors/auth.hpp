@@ -47,15 +47,15 @@ struct auth_state {
   std::unordered_map<std::string, cached_token> tokens;
 
   auth_config cfg;
-  store_actor store;
+  auth_store_actor store;
   hasher_actor hasher;
 };
 
 using auth_stateful = auth_actor::stateful_pointer<auth_state>;
 
 /// Sessions, bearer tokens and login throttling.
-auth_actor::behavior_type auth(auth_stateful self, auth_config cfg, store_actor store,
-                               hasher_actor hasher);
+auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
+                               auth_store_actor store, hasher_actor hasher);
 
 /// Password hashing. Spawn it detached: each call blocks for a few hundred ms.
 hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iterations);

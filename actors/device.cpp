@@ -120,7 +120,7 @@ std::string validate_report(const bus::incident_report& r) {
 }
 
 device_actor::behavior_type device(device_stateful self, std::string id,
-                                   device_config cfg, store_actor store,
+                                   device_config cfg, inventory_store_actor store,
                                    gateway_actor gateway) {
   auto& st = self->state;
   st.rec.device_id = id;

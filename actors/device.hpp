@@ -48,7 +48,7 @@ struct device_state {
   uint64_t incidents = 0;
 
   device_config cfg;
-  store_actor store;
+  inventory_store_actor store;
   gateway_actor gateway;
 };
 
@@ -57,7 +57,7 @@ using device_stateful = device_actor::stateful_pointer<device_state>;
 /// The actor for device `id`. Loads what the store knows of it, then follows its
 /// connection and delivers its commands in order.
 device_actor::behavior_type device(device_stateful self, std::string id,
-                                   device_config cfg, store_actor store,
+                                   device_config cfg, inventory_store_actor store,
                                    gateway_actor gateway);
 
 /// Checks an incident report before it reaches the actors (the gateway calls it):

@@ -140,7 +140,8 @@ caf::expected<action_record> make_reverse(const action_record& original,
 
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
                                          action_policy policy,
-                                         caf::timespan incident_idle, store_actor store,
+                                         caf::timespan incident_idle,
+                                         directory_store_actor store,
                                          gateway_actor gateway) {
   auto& st = self->state;
   st.cfg = cfg;

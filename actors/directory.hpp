@@ -26,7 +26,7 @@ struct directory_state {
   device_config cfg;
   action_policy policy;
   caf::timespan incident_idle;
-  store_actor store;
+  directory_store_actor store;
   gateway_actor gateway;
 };
 
@@ -35,7 +35,8 @@ using directory_stateful = directory_actor::stateful_pointer<directory_state>;
 /// Maps ids to live actors and spawns them on demand.
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
                                          action_policy policy,
-                                         caf::timespan incident_idle, store_actor store,
+                                         caf::timespan incident_idle,
+                                         directory_store_actor store,
                                          gateway_actor gateway);
 
 /// Builds the action that undoes `original` for `req`'s user, or says why it cannot.

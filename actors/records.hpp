@@ -138,11 +138,12 @@ struct principal {
   bool via_session = false;
 };
 
-/// A read the REST layer asks of the store; rendered to JSON there.
-struct query {
-  std::string what; ///< devices, device, incidents, incident, actions, action, stats
-  std::string id;
-  std::map<std::string, std::string> filters;
+/// One page of a list read: at most `limit` rows after `cursor`.
+struct page_request {
+  int64_t limit = 0; ///< Rows; 0 is the list's default, more than its maximum is capped.
+  std::string
+      cursor; ///< Opaque, from the previous page's `next_cursor`; "" for the first.
+  std::map<std::string, std::string> filters; ///< device_id, state, incident_id, after.
 };
 
 /// One HTTP request as the api actor sees it (parsed by the HTTP thread).
@@ -196,8 +197,8 @@ template <class Inspector> auto inspect(Inspector& f, user_record& x) {
 template <class Inspector> auto inspect(Inspector& f, principal& x) {
   return f(x.username, x.role, x.csrf_token, x.via_session);
 }
-template <class Inspector> auto inspect(Inspector& f, query& x) {
-  return f(x.what, x.id, x.filters);
+template <class Inspector> auto inspect(Inspector& f, page_request& x) {
+  return f(x.limit, x.cursor, x.filters);
 }
 template <class Inspector> auto inspect(Inspector& f, http_request& x) {
   return f(x.method, x.target, x.body, x.bearer, x.session, x.csrf, x.idempotency_key);

@@ -96,7 +96,7 @@ bus::command to_command(const action_record& rec) {
 response_action_actor::behavior_type response_action(response_action_stateful self,
                                                      action_record rec,
                                                      device_actor device,
-                                                     store_actor store) {
+                                                     action_store_actor store) {
   self->state.rec = std::move(rec);
   self->state.device = std::move(device);
   self->state.store = std::move(store);

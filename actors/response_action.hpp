@@ -13,7 +13,7 @@ struct response_action_state {
   action_record rec;
   /// Where its command executes.
   device_actor device;
-  store_actor store;
+  action_store_actor store;
 };
 
 using response_action_stateful =
@@ -24,7 +24,7 @@ using response_action_stateful =
 response_action_actor::behavior_type response_action(response_action_stateful self,
                                                      action_record rec,
                                                      device_actor device,
-                                                     store_actor store);
+                                                     action_store_actor store);
 
 /// The bus command that carries `rec` to the agent.
 bus::command to_command(const action_record& rec);

@@ -2,7 +2,12 @@
 
 #include <sqlite3.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
 
 #include <caf/event_based_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -210,161 +215,280 @@ std::optional<incident_record> load_incident(store_state& st, const std::string&
   return r;
 }
 
-int64_t limit_of(const query& q) {
-  int64_t limit = 500;
-  if (auto i = q.filters.find("limit"); i != q.filters.end()) {
-    try {
-      limit = std::stoll(i->second);
-    } catch (const std::exception&) {
-      limit = 500;
-    }
-  }
-  return std::clamp<int64_t>(limit, 1, 5000);
+/// A write the store refuses on purpose (nothing matched, a rule says no): rolls back
+/// the write's savepoint like any failure, and reaches the caller with its code.
+struct refused : std::runtime_error {
+  refused(ec code, const std::string& what) : std::runtime_error(what), code(code) {}
+  ec code;
+};
+
+/// Throws `refused` with `code` unless the last statement changed a row.
+void expect_change(store_state& st, ec code, const std::string& what) {
+  if (sqlite3_changes(st.db) == 0) throw refused(code, what);
 }
 
-std::string filter(const query& q, const char* key) {
-  auto i = q.filters.find(key);
-  return i == q.filters.end() ? std::string{} : i->second;
+/// Runs `f` and turns whatever it throws into the error its caller gets:
+/// a refused write keeps its code, a constraint is a conflict, the rest is storage
+/// (and logged, because it is the store failing, not the request).
+template <class F> caf::error guarded(const char* what, F&& f) {
+  try {
+    f();
+    return caf::none;
+  } catch (const refused& e) {
+    return make_error(e.code, e.what());
+  } catch (const stmt::constraint_error& e) {
+    return make_error(ec::conflict, e.what());
+  } catch (const std::exception& e) {
+    spdlog::error("store: {} failed: {}", what, e.what());
+    return make_error(ec::storage, e.what());
+  }
 }
 
-/// Answers a REST read; throws std::out_of_range for "not found".
-json run_query(store_state& st, const query& q) {
-  if (q.what == "devices") {
-    std::string sql = std::string{"SELECT "} + device_columns +
-                      " FROM devices ORDER BY device_id LIMIT ?";
-    stmt s{st, sql.c_str()};
-    s.bind(1, limit_of(q));
-    auto out = json::array();
-    while (s.step())
-      out.push_back(to_json(read_device(s)));
-    return json{{"devices", std::move(out)}};
+/// How many rows a list answers by default, and at most.
+struct list_limits {
+  int64_t fallback;
+  int64_t max;
+};
+constexpr list_limits list_rows{500, 5000};
+constexpr list_limits audit_rows{1000, 10000};
+
+int64_t rows_of(const page_request& p, list_limits lim) {
+  if (p.limit <= 0) return lim.fallback;
+  return std::min(p.limit, lim.max);
+}
+
+std::string filter(const page_request& p, const char* key) {
+  auto i = p.filters.find(key);
+  return i == p.filters.end() ? std::string{} : i->second;
+}
+
+/// Parses a whole decimal number that fits 64 bits, or throws bad_request naming
+/// `what`.
+int64_t number(const std::string& text, const char* what) {
+  int64_t out = 0;
+  auto end = text.data() + text.size();
+  auto [ptr, err] = std::from_chars(text.data(), end, out);
+  if (text.empty() || err != std::errc{} || ptr != end || out < 0)
+    throw refused(ec::bad_request, std::string{"'"} + what + "' must be a whole number");
+  return out;
+}
+
+/// Cursors are the key of the last row shown, hex-encoded: opaque to clients, and
+/// never parsed as anything but a key.
+std::string encode_cursor(const std::string& key) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(key.size() * 2);
+  for (unsigned char c : key) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
   }
-  if (q.what == "device") {
-    std::string sql =
-        std::string{"SELECT "} + device_columns + " FROM devices WHERE device_id = ?";
-    stmt s{st, sql.c_str()};
-    s.bind(1, q.id);
-    if (!s.step()) throw std::out_of_range("no device " + q.id);
-    return json{{"device", to_json(read_device(s))}};
-  }
-  if (q.what == "incidents") {
-    auto dev = filter(q, "device_id");
-    stmt s{st, "SELECT incident_id, device_id, status, created_at, det_name, "
-               "det_severity, det_engine, key_event_id, event_count FROM incidents "
-               "WHERE (?1 = '' OR device_id = ?1) ORDER BY created_at DESC LIMIT ?2"};
-    s.bind(1, dev).bind(2, limit_of(q));
-    auto out = json::array();
-    while (s.step()) {
-      out.push_back(json{
-          {"incident_id", s.text(0)},
-          {"device_id", s.text(1)},
-          {"status", s.text(2)},
-          {"created_at", format_time(s.integer(3))},
-          {"detection",
-           json{{"name", s.text(4)}, {"severity", s.text(5)}, {"engine", s.text(6)}}},
-          {"key_event_id", s.text(7)},
-          {"event_count", s.integer(8)}});
+  return out;
+}
+
+std::string decode_cursor(const std::string& text) {
+  auto bad = [] {
+    return refused(ec::bad_request, "'cursor' is not one this server gave");
+  };
+  if (text.size() % 2 != 0 || text.size() > 1024) throw bad();
+  auto value = [&](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    throw bad();
+  };
+  std::string out;
+  for (size_t i = 0; i < text.size(); i += 2)
+    out += static_cast<char>(value(text[i]) * 16 + value(text[i + 1]));
+  return out;
+}
+
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+/// Renders the rows `s` yields as `{"<name>": [...], "next_cursor": ...}`: at most
+/// `rows` rows (the statement asks for one more, to know whether a next page
+/// exists), and no row past the first once the text passes `max_bytes`.
+template <class Row, class Key>
+std::string render_page(stmt& s, const char* name, int64_t rows, size_t max_bytes,
+                        Row row, Key key, const std::string& extra = {}) {
+  std::string out = std::string{"{\""} + name + "\":[";
+  int64_t n = 0;
+  std::string last, next;
+  while (s.step()) {
+    if (n == rows) {
+      next = last;
+      break;
     }
-    return json{{"incidents", std::move(out)}};
-  }
-  if (q.what == "incident") {
-    auto r = load_incident(st, q.id);
-    if (!r) throw std::out_of_range("no incident " + q.id);
-    return json{{"incident", to_json(*r, true)}};
-  }
-  if (q.what == "actions") {
-    std::string sql = std::string{"SELECT "} + action_columns +
-                      " FROM actions WHERE (?1 = '' OR device_id = ?1) AND "
-                      "(?2 = '' OR state = ?2) AND (?4 = '' OR incident_id = ?4) "
-                      "ORDER BY seq DESC LIMIT ?3";
-    stmt s{st, sql.c_str()};
-    s.bind(1, filter(q, "device_id")).bind(2, filter(q, "state")).bind(3, limit_of(q));
-    s.bind(4, filter(q, "incident_id"));
-    auto out = json::array();
-    while (s.step())
-      out.push_back(to_json(read_action(s)));
-    return json{{"actions", std::move(out)}};
-  }
-  if (q.what == "action") {
-    std::string sql =
-        std::string{"SELECT "} + action_columns + " FROM actions WHERE action_id = ?";
-    stmt s{st, sql.c_str()};
-    s.bind(1, q.id);
-    if (!s.step()) throw std::out_of_range("no action " + q.id);
-    auto out = to_json(read_action(s));
-    stmt t{st, "SELECT action_id, state, time, reason FROM transitions "
-               "WHERE action_id = ? ORDER BY seq"};
-    t.bind(1, q.id);
-    auto list = json::array();
-    while (t.step())
-      list.push_back(to_json(transition{t.text(0), t.text(1), t.integer(2), t.text(3)}));
-    out["transitions"] = std::move(list);
-    return json{{"action", std::move(out)}};
-  }
-  if (q.what == "users") {
-    stmt s{st, "SELECT username, role, created_at FROM users ORDER BY username"};
-    auto out = json::array();
-    while (s.step())
-      out.push_back(json{{"username", s.text(0)},
-                         {"role", s.text(1)},
-                         {"created_at", format_time(s.integer(2))}});
-    return json{{"users", std::move(out)}};
-  }
-  if (q.what == "user") {
-    stmt s{st, "SELECT username, role, created_at FROM users WHERE username = ?"};
-    s.bind(1, q.id);
-    if (!s.step()) throw std::out_of_range("no user " + q.id);
-    return json{{"user", json{{"username", s.text(0)},
-                              {"role", s.text(1)},
-                              {"created_at", format_time(s.integer(2))}}}};
-  }
-  if (q.what == "audit") {
-    if (!st.writer)
-      throw std::invalid_argument("the audit trail is read through the store itself");
-    int64_t after = 0;
-    try {
-      after = std::stoll(filter(q, "after").empty() ? "0" : filter(q, "after"));
-    } catch (const std::exception&) {
-      throw std::invalid_argument("'after' must be a record number");
+    auto text = dump(row(s));
+    if (n > 0 && out.size() + text.size() + 1 > max_bytes) {
+      next = last;
+      break;
     }
-    auto limit = std::clamp<int64_t>(
-        filter(q, "limit").empty() ? 1000 : std::stoll(filter(q, "limit")), 1, 10000);
-    stmt s{st,
-           "SELECT seq, time, actor, kind, target, detail, prev_hash, hash FROM audit "
-           "WHERE seq > ? ORDER BY seq LIMIT ?"};
-    s.bind(1, after).bind(2, limit);
-    auto out = json::array();
-    while (s.step())
-      out.push_back(json{{"seq", s.integer(0)},
-                         {"time", format_time(s.integer(1))},
-                         {"time_us", s.integer(1)},
-                         {"actor", s.text(2)},
-                         {"kind", s.text(3)},
-                         {"target", s.text(4)},
-                         {"detail", s.text(5)},
-                         {"prev_hash", s.text(6)},
-                         {"hash", s.text(7)}});
-    // The head the writer keeps in memory, not the table's last row: a record cut
-    // from the end of the table then shows as a mismatch.
-    return json{{"records", std::move(out)},
-                {"head", json{{"seq", st.audit_seq}, {"hash", st.audit_head}}}};
+    if (n > 0) out += ',';
+    out += text;
+    last = key(s);
+    ++n;
   }
-  if (q.what == "stats") {
-    auto count = [&](const char* sql) {
-      stmt s{st, sql};
-      return s.step() ? s.integer(0) : int64_t{0};
-    };
-    return json{
-        {"devices", count("SELECT count(*) FROM devices")},
-        {"devices_online", count("SELECT count(*) FROM devices WHERE online = 1")},
-        {"incidents", count("SELECT count(*) FROM incidents")},
-        {"events", count("SELECT coalesce(sum(event_count), 0) FROM incidents")},
-        {"actions", count("SELECT count(*) FROM actions")},
-        {"actions_open",
-         count("SELECT count(*) FROM actions WHERE state NOT IN ('completed', 'failed', "
-               "'expired', 'cancelled', 'reverted')")}};
+  out += "],\"next_cursor\":";
+  out += next.empty() ? std::string{"null"} : dump(json(encode_cursor(next)));
+  out += extra;
+  out += '}';
+  return out;
+}
+
+json user_json(stmt& s) {
+  return json{{"username", s.text(0)},
+              {"role", s.text(1)},
+              {"created_at", format_time(s.integer(2))}};
+}
+
+std::string read_devices(store_state& st, const page_request& p) {
+  std::string sql = std::string{"SELECT "} + device_columns +
+                    " FROM devices WHERE device_id > ?1 ORDER BY device_id LIMIT ?2";
+  stmt s{st, sql.c_str()};
+  auto rows = rows_of(p, list_rows);
+  s.bind(1, decode_cursor(p.cursor)).bind(2, rows + 1);
+  return render_page(
+      s, "devices", rows, st.max_page_bytes,
+      [](stmt& s) { return to_json(read_device(s)); }, [](stmt& s) { return s.text(0); });
+}
+
+std::string read_device_json(store_state& st, const std::string& id) {
+  std::string sql =
+      std::string{"SELECT "} + device_columns + " FROM devices WHERE device_id = ?";
+  stmt s{st, sql.c_str()};
+  s.bind(1, id);
+  if (!s.step()) throw refused(ec::not_found, "no device " + id);
+  return dump(json{{"device", to_json(read_device(s))}});
+}
+
+std::string read_incidents(store_state& st, const page_request& p) {
+  // Newest first; the cursor is "<created_at> <incident_id>" of the last row shown.
+  int64_t before_time = 0;
+  std::string before_id;
+  if (auto key = decode_cursor(p.cursor); !key.empty()) {
+    auto sp = key.find(' ');
+    if (sp == std::string::npos)
+      throw refused(ec::bad_request, "'cursor' is not one this server gave");
+    before_time = number(key.substr(0, sp), "cursor");
+    before_id = key.substr(sp + 1);
   }
-  throw std::invalid_argument("unknown query " + q.what);
+  stmt s{st, "SELECT incident_id, device_id, status, created_at, det_name, "
+             "det_severity, det_engine, key_event_id, event_count FROM incidents "
+             "WHERE (?1 = '' OR device_id = ?1) AND (?3 = '' OR created_at < ?4 OR "
+             "(created_at = ?4 AND incident_id < ?3)) "
+             "ORDER BY created_at DESC, incident_id DESC LIMIT ?2"};
+  auto rows = rows_of(p, list_rows);
+  s.bind(1, filter(p, "device_id")).bind(2, rows + 1).bind(3, before_id);
+  s.bind(4, before_time);
+  return render_page(
+      s, "incidents", rows, st.max_page_bytes,
+      [](stmt& s) {
+        return json{
+            {"incident_id", s.text(0)},
+            {"device_id", s.text(1)},
+            {"status", s.text(2)},
+            {"created_at", format_time(s.integer(3))},
+            {"detection",
+             json{{"name", s.text(4)}, {"severity", s.text(5)}, {"engine", s.text(6)}}},
+            {"key_event_id", s.text(7)},
+            {"event_count", s.integer(8)}};
+      },
+      [](stmt& s) { return std::to_string(s.integer(3)) + ' ' + s.text(0); });
+}
+
+std::string read_incident_json(store_state& st, const std::string& id) {
+  auto r = load_incident(st, id);
+  if (!r) throw refused(ec::not_found, "no incident " + id);
+  return dump(json{{"incident", to_json(*r, true)}});
+}
+
+std::string read_actions(store_state& st, const page_request& p) {
+  // Newest first; the cursor is the registration number of the last row shown.
+  auto key = decode_cursor(p.cursor);
+  int64_t before = key.empty() ? 0 : number(key, "cursor");
+  std::string sql = std::string{"SELECT "} + action_columns +
+                    ", seq FROM actions WHERE (?1 = '' OR device_id = ?1) AND "
+                    "(?2 = '' OR state = ?2) AND (?4 = '' OR incident_id = ?4) AND "
+                    "(?5 = 0 OR seq < ?5) ORDER BY seq DESC LIMIT ?3";
+  stmt s{st, sql.c_str()};
+  auto rows = rows_of(p, list_rows);
+  s.bind(1, filter(p, "device_id")).bind(2, filter(p, "state")).bind(3, rows + 1);
+  s.bind(4, filter(p, "incident_id")).bind(5, before);
+  return render_page(
+      s, "actions", rows, st.max_page_bytes,
+      [](stmt& s) { return to_json(read_action(s)); },
+      [](stmt& s) { return std::to_string(s.integer(20)); });
+}
+
+std::string read_action_json(store_state& st, const std::string& id) {
+  std::string sql =
+      std::string{"SELECT "} + action_columns + " FROM actions WHERE action_id = ?";
+  stmt s{st, sql.c_str()};
+  s.bind(1, id);
+  if (!s.step()) throw refused(ec::not_found, "no action " + id);
+  auto out = to_json(read_action(s));
+  stmt t{st, "SELECT action_id, state, time, reason FROM transitions "
+             "WHERE action_id = ? ORDER BY seq"};
+  t.bind(1, id);
+  auto list = json::array();
+  while (t.step())
+    list.push_back(to_json(transition{t.text(0), t.text(1), t.integer(2), t.text(3)}));
+  out["transitions"] = std::move(list);
+  return dump(json{{"action", std::move(out)}});
+}
+
+std::string read_users(store_state& st, const page_request& p) {
+  stmt s{st, "SELECT username, role, created_at FROM users WHERE username > ?1 "
+             "ORDER BY username LIMIT ?2"};
+  auto rows = rows_of(p, list_rows);
+  s.bind(1, decode_cursor(p.cursor)).bind(2, rows + 1);
+  return render_page(s, "users", rows, st.max_page_bytes, user_json,
+                     [](stmt& s) { return s.text(0); });
+}
+
+std::string read_audit(store_state& st, const page_request& p) {
+  if (!st.writer)
+    throw refused(ec::bad_request, "the audit trail is read through the store itself");
+  // Oldest first, after record `after` (or the cursor's record).
+  auto key = decode_cursor(p.cursor);
+  auto after_text = key.empty() ? filter(p, "after") : key;
+  int64_t after =
+      after_text.empty() ? 0 : number(after_text, key.empty() ? "after" : "cursor");
+  stmt s{st, "SELECT seq, time, actor, kind, target, detail, prev_hash, hash FROM audit "
+             "WHERE seq > ? ORDER BY seq LIMIT ?"};
+  auto rows = rows_of(p, audit_rows);
+  s.bind(1, after).bind(2, rows + 1);
+  // The head the writer keeps in memory, not the table's last row: a record cut
+  // from the end of the table then shows as a mismatch.
+  auto head = ",\"head\":" + dump(json{{"seq", st.audit_seq}, {"hash", st.audit_head}});
+  return render_page(
+      s, "records", rows, st.max_page_bytes,
+      [](stmt& s) {
+        return json{{"seq", s.integer(0)},     {"time", format_time(s.integer(1))},
+                    {"time_us", s.integer(1)}, {"actor", s.text(2)},
+                    {"kind", s.text(3)},       {"target", s.text(4)},
+                    {"detail", s.text(5)},     {"prev_hash", s.text(6)},
+                    {"hash", s.text(7)}};
+      },
+      [](stmt& s) { return std::to_string(s.integer(0)); }, head);
+}
+
+std::string read_stats(store_state& st) {
+  auto count = [&](const char* sql) {
+    stmt s{st, sql};
+    return s.step() ? s.integer(0) : int64_t{0};
+  };
+  return dump(json{
+      {"devices", count("SELECT count(*) FROM devices")},
+      {"devices_online", count("SELECT count(*) FROM devices WHERE online = 1")},
+      {"incidents", count("SELECT count(*) FROM incidents")},
+      {"events", count("SELECT coalesce(sum(event_count), 0) FROM incidents")},
+      {"actions", count("SELECT count(*) FROM actions")},
+      {"actions_open",
+       count("SELECT count(*) FROM actions WHERE state NOT IN ('completed', 'failed', "
+             "'expired', 'cancelled', 'reverted')")}});
 }
 
 } // namespace
@@ -412,37 +536,111 @@ store_state::~store_state() {
 
 namespace {
 
-caf::result<std::string> answer_query(store_state& st, const query& q) {
+/// Reloads the audit head from disk after writes that carried audit records were
+/// rolled back.
+void reload_audit_head(store_state& st) {
   try {
-    return run_query(st, q).dump();
-  } catch (const std::out_of_range& e) {
-    return make_error(ec::not_found, e.what());
-  } catch (const std::invalid_argument& e) {
-    return make_error(ec::bad_request, e.what());
+    stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
+    st.audit_seq = head.step() ? head.integer(0) : 0;
+    st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
   } catch (const std::exception& e) {
-    return make_error(ec::storage, e.what());
+    spdlog::critical("store: cannot reload the audit head: {}", e.what());
   }
+}
+
+/// Ends the group transaction: answers every write in it with `err` (none: they
+/// are committed).
+void settle_batch(store_state& st, const caf::error& err) {
+  st.in_transaction = false;
+  ++st.commits;
+  auto replies = std::move(st.on_commit);
+  st.on_commit.clear();
+  for (auto& reply : replies)
+    reply(err);
+}
+
+/// Runs `body` as one write of the group transaction, in a savepoint of its own:
+/// released when the body succeeds, rolled back when it throws, so the next commit
+/// never carries half a write. Answers the error the caller gets, or none.
+template <class Body> caf::error run_write(store_stateful self, Body& body) {
+  auto& st = self->state;
+  if (!st.in_transaction) {
+    if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
+    st.in_transaction = true;
+    // Everything already in the mailbox lands in this transaction: the flush
+    // message queues behind it.
+    self->send(self, atom::flush_v);
+  }
+  if (auto err = guarded("savepoint", [&] { exec(st.db, "SAVEPOINT w"); })) return err;
+  auto seq = st.audit_seq;
+  auto head = st.audit_head;
+  auto err = guarded("write", [&] {
+    body();
+    exec(st.db, "RELEASE w");
+  });
+  if (!err) {
+    ++st.writes;
+    return err;
+  }
+  st.audit_seq = seq;
+  st.audit_head = std::move(head);
+  if (sqlite3_get_autocommit(st.db) != 0) {
+    // SQLite rolled the whole transaction back (I/O error, disk full): the other
+    // writes of the batch are gone too, and they hear it now.
+    spdlog::error("store: the group transaction was rolled back: {}", message_of(err));
+    reload_audit_head(st);
+    settle_batch(st,
+                 make_error(ec::storage, "transaction rolled back: " + message_of(err)));
+    return err;
+  }
+  if (sqlite3_exec(st.db, "ROLLBACK TO w; RELEASE w", nullptr, nullptr, nullptr) !=
+      SQLITE_OK) {
+    spdlog::critical("store: cannot roll back a failed write: {}", sqlite3_errmsg(st.db));
+    sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
+    reload_audit_head(st);
+    settle_batch(st, make_error(ec::storage, "transaction rolled back"));
+  }
+  return err;
+}
+
+/// A write answered with `value` once its group commits, or with the error that
+/// stopped it. The answer always goes through the promise.
+template <class T, class Body>
+caf::result<T> write_answer(store_stateful self, Body&& body, T value) {
+  auto rp = self->make_response_promise<T>();
+  if (auto err = run_write(self, body)) {
+    rp.deliver(std::move(err));
+    return rp;
+  }
+  self->state.on_commit.emplace_back(
+      [rp, value = std::move(value)](const caf::error& err) mutable {
+        if (err)
+          rp.deliver(err);
+        else
+          rp.deliver(std::move(value));
+      });
+  return rp;
+}
+
+template <class Body> caf::result<atom::ok> ok_write(store_stateful self, Body&& body) {
+  return write_answer(self, std::forward<Body>(body), atom::ok_v);
+}
+
+/// A read answered with what `body` returns, or the error it threw.
+template <class T, class Body> caf::result<T> read_answer(Body&& body) {
+  std::optional<T> out;
+  if (auto err = guarded("read", [&] { out = body(); })) return err;
+  return std::move(*out);
 }
 
 } // namespace
 
-store_reader_actor::behavior_type
-store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string path) {
-  auto& st = self->state;
-  if (sqlite3_open_v2(path.c_str(), &st.db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
-                      nullptr) != SQLITE_OK ||
-      sqlite3_exec(st.db, "PRAGMA busy_timeout=5000;", nullptr, nullptr, nullptr) !=
-          SQLITE_OK) {
-    spdlog::critical("store reader: {}: {}", path, st.db ? sqlite3_errmsg(st.db) : "?");
-    self->quit(make_error(ec::storage, "cannot open the database for reading"));
-    return store_reader_actor::behavior_type::make_empty_behavior();
-  }
-  return {
-      [self](const query& q) { return answer_query(self->state, q); },
-  };
+store_actor::behavior_type store(store_stateful self, std::string path) {
+  return store_with(self, std::move(path), store_options{});
 }
 
-store_actor::behavior_type store(store_stateful self, std::string path) {
+store_actor::behavior_type store_with(store_stateful self, std::string path,
+                                      store_options opts) {
   auto& st = self->state;
   st.writer = true;
   auto fail = [&](const std::string& what) {
@@ -459,7 +657,10 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
     // WAL lets readers of the file (sqlite3 CLI, backups) run beside our writer;
     // FULL sync makes a commit survive power loss, and group commit pays for it.
     exec(st.db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
-                "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
+                "PRAGMA foreign_keys=ON;");
+    if (sqlite3_busy_timeout(st.db, static_cast<int>(opts.busy_timeout.count())) !=
+        SQLITE_OK)
+      throw std::runtime_error(sqlite3_errmsg(st.db));
     exec(st.db, schema);
     stmt v{st, "SELECT value FROM meta WHERE key = 'schema_version'"};
     if (v.step()) {
@@ -475,48 +676,26 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       st.audit_seq = head.integer(0);
       st.audit_head = head.text(1);
     }
+    // No device is connected to a server that just started: each is online again
+    // with its next hello or heartbeat.
+    exec(st.db, "UPDATE devices SET online = 0 WHERE online <> 0");
   } catch (const std::exception& e) {
     fail(e.what());
     return store_actor::behavior_type::make_empty_behavior();
   }
-
-  // Runs `write` inside the group transaction and answers through `reply` once the
-  // transaction commits (true) or rolls back (false).
-  auto write = [self](auto&& body, std::function<void(bool)> reply) {
-    auto& st = self->state;
-    if (!st.in_transaction) {
-      exec(st.db, "BEGIN");
-      st.in_transaction = true;
-      // Everything already in the mailbox lands in this transaction: the flush
-      // message queues behind it.
-      self->send(self, atom::flush_v);
+  st.max_page_bytes = std::max<size_t>(opts.max_page_bytes, 1);
+  // The database holds password hashes: only the owner reads it, whatever the umask
+  // was when a file was created (SQLite makes -wal and -shm on demand).
+  if (path != ":memory:")
+    for (auto suffix : {"", "-wal", "-shm"}) {
+      auto file = path + suffix;
+      if (::chmod(file.c_str(), 0600) != 0 && errno != ENOENT)
+        spdlog::warn("store: cannot make {} private: {}", file, std::strerror(errno));
     }
-    body();
-    ++st.writes;
-    st.on_commit.push_back(std::move(reply));
-  };
-
-  // Wraps a write whose answer is `ok` so failures become errors, not crashes.
-  auto ok_write = [self, write](auto&& body) -> caf::result<atom::ok> {
-    auto rp = self->make_response_promise<atom::ok>();
-    try {
-      write(body, [rp](bool committed) mutable {
-        if (committed)
-          rp.deliver(atom::ok_v);
-        else
-          rp.deliver(make_error(ec::storage, "commit failed"));
-      });
-    } catch (const stmt::constraint_error& e) {
-      return make_error(ec::conflict, e.what());
-    } catch (const std::exception& e) {
-      return make_error(ec::storage, e.what());
-    }
-    return rp;
-  };
 
   return {
       [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{
               self->state,
               "INSERT INTO devices (device_id, hostname, os, agent_version, addresses, "
@@ -542,43 +721,36 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       },
       [=](atom::put, const incident_record& r) -> caf::result<std::string> {
         auto& st = self->state;
-        try {
-          // A re-sent report (lost acknowledgement, agent restart) is the same incident.
-          stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
-                        "report_id = ?"};
-          find.bind(1, r.device_id).bind(2, r.report.report_id);
-          if (find.step()) return find.text(0);
-          auto rp = self->make_response_promise<std::string>();
-          auto id = r.incident_id;
-          write(
-              [&] {
-                stmt s{
-                    st,
-                    "INSERT INTO incidents (incident_id, device_id, report_id, status, "
-                    "created_at, det_name, det_severity, det_engine, key_event_id, "
-                    "event_count, report) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"};
-                s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
-                s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
-                s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
-                s.bind(9, r.report.key_event_id);
-                s.bind(10, static_cast<int64_t>(r.report.events.size()));
-                s.bind_blob(11, bus::encode(r.report));
-                s.step();
-              },
-              [rp, id](bool committed) mutable {
-                if (committed)
-                  rp.deliver(id);
-                else
-                  rp.deliver(make_error(ec::storage, "commit failed"));
-              });
-          return rp;
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        // A re-sent report (lost acknowledgement, agent restart) is the same incident.
+        std::string known;
+        if (auto err = guarded("read", [&] {
+              stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
+                            "report_id = ?"};
+              find.bind(1, r.device_id).bind(2, r.report.report_id);
+              if (find.step()) known = find.text(0);
+            }))
+          return err;
+        if (!known.empty()) return known;
+        return write_answer(
+            self,
+            [&] {
+              stmt s{st, "INSERT INTO incidents (incident_id, device_id, report_id, "
+                         "status, created_at, det_name, det_severity, det_engine, "
+                         "key_event_id, event_count, report) VALUES (?, ?, ?, ?, ?, ?, "
+                         "?, ?, ?, ?, ?)"};
+              s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
+              s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
+              s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
+              s.bind(9, r.report.key_event_id);
+              s.bind(10, static_cast<int64_t>(r.report.events.size()));
+              s.bind_blob(11, bus::encode(r.report));
+              s.step();
+            },
+            r.incident_id);
       },
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           std::string sql =
               std::string{"INSERT INTO actions ("} + action_columns +
               ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -602,7 +774,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       },
       [=](atom::update, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state,
                  "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
                  "result_error = ?, result_effect = ? WHERE action_id = ?"};
@@ -611,43 +783,39 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
               .bind(5, json(a.result_effect).dump())
               .bind(6, a.action_id);
           s.step();
+          expect_change(self->state, ec::not_found, "no action " + a.action_id);
           write_transition(self->state, t, "parryd");
         });
       },
       [=](atom::get, atom::incident,
           const std::string& id) -> caf::result<incident_record> {
-        try {
-          if (auto r = load_incident(self->state, id)) return std::move(*r);
-          return make_error(ec::not_found, "no incident " + id);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        return read_answer<incident_record>([&] {
+          auto r = load_incident(self->state, id);
+          if (!r) throw refused(ec::not_found, "no incident " + id);
+          return std::move(*r);
+        });
       },
       [=](atom::get, const std::string& id) -> caf::result<device_record> {
-        try {
+        return read_answer<device_record>([&] {
           std::string sql = std::string{"SELECT "} + device_columns +
                             " FROM devices WHERE device_id = ?";
           stmt s{self->state, sql.c_str()};
           s.bind(1, id);
-          if (!s.step()) return make_error(ec::not_found, "no device " + id);
+          if (!s.step()) throw refused(ec::not_found, "no device " + id);
           return read_device(s);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::idem, const std::string& user,
           const std::string& key) -> caf::result<std::string> {
-        try {
+        return read_answer<std::string>([&] {
           stmt s{self->state, "SELECT action_id FROM actions WHERE requested_by = ? AND "
                               "idempotency_key = ?"};
           s.bind(1, user).bind(2, key);
           return s.step() ? s.text(0) : std::string{};
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::open) -> caf::result<std::vector<action_record>> {
-        try {
+        return read_answer<std::vector<action_record>>([&] {
           std::string sql = std::string{"SELECT "} + action_columns +
                             " FROM actions WHERE state NOT IN ('completed', 'failed', "
                             "'expired', 'cancelled', 'reverted') ORDER BY seq";
@@ -656,25 +824,21 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
           while (s.step())
             out.push_back(read_action(s));
           return out;
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::user, const std::string& name) -> caf::result<user_record> {
-        try {
+        return read_answer<user_record>([&] {
           stmt s{self->state, "SELECT username, role, salt_hex, iterations, hash_hex, "
                               "created_at FROM users WHERE username = ?"};
           s.bind(1, name);
-          if (!s.step()) return make_error(ec::not_found, "no user " + name);
+          if (!s.step()) throw refused(ec::not_found, "no user " + name);
           return user_record{s.text(0), s.text(1),
                              s.text(2), static_cast<uint32_t>(s.integer(3)),
                              s.text(4), s.integer(5)};
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::put, const user_record& u) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state, "INSERT INTO users (username, role, salt_hex, iterations, "
                               "hash_hex, created_at) VALUES (?, ?, ?, ?, ?, ?)"};
           s.bind(1, u.username).bind(2, u.role).bind(3, u.salt_hex);
@@ -684,7 +848,7 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
       },
       [=](atom::token, const std::string& hash, const std::string& user,
           const std::string& name) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state,
                  "INSERT INTO tokens (token_hash, username, name, created_at) "
                  "VALUES (?, ?, ?, ?)"};
@@ -693,74 +857,72 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         });
       },
       [=](atom::token, const std::string& hash) -> caf::result<std::string> {
-        try {
+        return read_answer<std::string>([&] {
           stmt s{self->state, "SELECT username FROM tokens WHERE token_hash = ?"};
           s.bind(1, hash);
-          if (!s.step()) return make_error(ec::unauthenticated, "unknown token");
+          if (!s.step()) throw refused(ec::unauthenticated, "unknown token");
           return s.text(0);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::revoke, const std::string& hash) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state, "DELETE FROM tokens WHERE token_hash = ?"};
           s.bind(1, hash);
           s.step();
         });
       },
       [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
-        try {
+        return read_answer<action_record>([&] {
           std::string sql = std::string{"SELECT "} + action_columns +
                             " FROM actions WHERE action_id = ?";
           stmt s{self->state, sql.c_str()};
           s.bind(1, id);
-          if (!s.step()) return make_error(ec::not_found, "no action " + id);
+          if (!s.step()) throw refused(ec::not_found, "no action " + id);
           return read_action(s);
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
+        });
       },
       [=](atom::link, const std::string& id,
           const std::string& reverse) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
           stmt s{self->state, "UPDATE actions SET reversed_by = ? WHERE action_id = ?"};
           s.bind(1, reverse).bind(2, id);
           s.step();
+          expect_change(self->state, ec::not_found, "no action " + id);
         });
       },
       [=](atom::revert, const std::string& id,
           const std::string& reverse) -> caf::result<atom::ok> {
-        return ok_write([&] {
+        return ok_write(self, [&] {
+          auto& st = self->state;
+          stmt cur{st, "SELECT state, reversed_by FROM actions WHERE action_id = ?"};
+          cur.bind(1, id);
+          if (!cur.step()) throw refused(ec::not_found, "no action " + id);
+          // Settled by this reverse already (a resumed reverse settles again).
+          if (cur.text(0) == state::reverted && cur.text(1) == reverse) return;
           auto now = now_us();
-          stmt s{self->state, "UPDATE actions SET state = 'reverted', updated_at = ? "
-                              "WHERE action_id = ? AND state = 'completed'"};
+          stmt s{st, "UPDATE actions SET state = 'reverted', updated_at = ? "
+                     "WHERE action_id = ? AND state = 'completed'"};
           s.bind(1, now).bind(2, id);
           s.step();
-          if (sqlite3_changes(self->state.db) == 1)
-            write_transition(self->state,
-                             transition{id, state::reverted, now, "undone by " + reverse},
-                             "parryd");
+          expect_change(st, ec::conflict, "action " + id + " is not completed");
+          write_transition(
+              st, transition{id, state::reverted, now, "undone by " + reverse}, "parryd");
         });
       },
       [=](atom::audit, const audit_entry& e) -> caf::result<atom::ok> {
-        return ok_write([&] { append_audit(self->state, e); });
+        return ok_write(self, [&] { append_audit(self->state, e); });
       },
       [=](atom::update, const user_record& u) -> caf::result<atom::ok> {
-        auto& st = self->state;
-        try {
+        return ok_write(self, [&] {
+          auto& st = self->state;
           stmt cur{st, "SELECT role FROM users WHERE username = ?"};
           cur.bind(1, u.username);
-          if (!cur.step()) return make_error(ec::not_found, "no user " + u.username);
+          if (!cur.step()) throw refused(ec::not_found, "no user " + u.username);
           if (cur.text(0) == "administrator" && u.role != "administrator") {
             stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
             if (admins.step() && admins.integer(0) <= 1)
-              return make_error(ec::conflict, "the last administrator keeps that role");
+              throw refused(ec::conflict, "the last administrator keeps that role");
           }
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
-        return ok_write([&] {
           stmt s{st,
                  "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
                  "WHERE username = ?"};
@@ -773,18 +935,14 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
         });
       },
       [=](atom::del, const std::string& name) -> caf::result<atom::ok> {
-        auto& st = self->state;
-        try {
+        return ok_write(self, [&] {
+          auto& st = self->state;
           stmt cur{st, "SELECT role FROM users WHERE username = ?"};
           cur.bind(1, name);
-          if (!cur.step()) return make_error(ec::not_found, "no user " + name);
+          if (!cur.step()) throw refused(ec::not_found, "no user " + name);
           stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
           if (cur.text(0) == "administrator" && admins.step() && admins.integer(0) <= 1)
-            return make_error(ec::conflict, "the last administrator cannot be deleted");
-        } catch (const std::exception& e) {
-          return make_error(ec::storage, e.what());
-        }
-        return ok_write([&] {
+            throw refused(ec::conflict, "the last administrator cannot be deleted");
           stmt s{st, "DELETE FROM users WHERE username = ?"};
           s.bind(1, name);
           s.step();
@@ -793,32 +951,107 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
           t.step();
         });
       },
-      [=](const query& q) { return answer_query(self->state, q); },
+      [=](atom::query, atom::devices, const page_request& p) {
+        return read_answer<std::string>([&] { return read_devices(self->state, p); });
+      },
+      [=](atom::query, atom::device, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_device_json(self->state, id); });
+      },
+      [=](atom::query, atom::incidents, const page_request& p) {
+        return read_answer<std::string>([&] { return read_incidents(self->state, p); });
+      },
+      [=](atom::query, atom::incident, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_incident_json(self->state, id); });
+      },
+      [=](atom::query, atom::actions, const page_request& p) {
+        return read_answer<std::string>([&] { return read_actions(self->state, p); });
+      },
+      [=](atom::query, atom::action, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_action_json(self->state, id); });
+      },
+      [=](atom::query, atom::users, const page_request& p) {
+        return read_answer<std::string>([&] { return read_users(self->state, p); });
+      },
+      [=](atom::query, atom::stats) {
+        return read_answer<std::string>([&] { return read_stats(self->state); });
+      },
+      [=](atom::query, atom::audit, const page_request& p) {
+        return read_answer<std::string>([&] { return read_audit(self->state, p); });
+      },
       [=](atom::flush) {
         auto& st = self->state;
         if (!st.in_transaction) return;
-        bool committed = true;
-        try {
-          exec(st.db, "COMMIT");
-        } catch (const std::exception& e) {
-          spdlog::error("store: commit failed: {}", e.what());
-          committed = false;
+        auto err = guarded("commit", [&] { exec(st.db, "COMMIT"); });
+        if (err) {
+          // Every write of the batch is gone: each caller hears it.
           sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
-          // The audit records of the batch are gone: continue the chain from disk.
-          try {
-            stmt head{st, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"};
-            st.audit_seq = head.step() ? head.integer(0) : 0;
-            st.audit_head = st.audit_seq ? head.text(1) : std::string(64, '0');
-          } catch (const std::exception& e2) {
-            spdlog::critical("store: cannot reload the audit head: {}", e2.what());
-          }
+          reload_audit_head(st);
         }
-        st.in_transaction = false;
-        ++st.commits;
-        auto replies = std::move(st.on_commit);
-        st.on_commit.clear();
-        for (auto& reply : replies)
-          reply(committed);
+        settle_batch(st, err);
+      },
+  };
+}
+
+caf::expected<page_request> parse_page(const std::map<std::string, std::string>& params) {
+  page_request out;
+  for (const auto& [key, value] : params) {
+    if (key == "limit") {
+      auto end = value.data() + value.size();
+      auto [ptr, err] = std::from_chars(value.data(), end, out.limit);
+      if (value.empty() || err != std::errc{} || ptr != end || out.limit < 1)
+        return make_error(ec::bad_request,
+                          "'limit' must be a whole number from 1 (larger values are "
+                          "capped at the list's maximum)");
+    } else if (key == "cursor") {
+      out.cursor = value;
+    } else {
+      out.filters.emplace(key, value);
+    }
+  }
+  return out;
+}
+
+store_reader_actor::behavior_type
+store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string path) {
+  auto& st = self->state;
+  if (sqlite3_open_v2(path.c_str(), &st.db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                      nullptr) != SQLITE_OK ||
+      sqlite3_exec(st.db, "PRAGMA busy_timeout=5000;", nullptr, nullptr, nullptr) !=
+          SQLITE_OK) {
+    spdlog::critical("store reader: {}: {}", path, st.db ? sqlite3_errmsg(st.db) : "?");
+    self->quit(make_error(ec::storage, "cannot open the database for reading"));
+    return store_reader_actor::behavior_type::make_empty_behavior();
+  }
+  return {
+      [=](atom::query, atom::devices, const page_request& p) {
+        return read_answer<std::string>([&] { return read_devices(self->state, p); });
+      },
+      [=](atom::query, atom::device, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_device_json(self->state, id); });
+      },
+      [=](atom::query, atom::incidents, const page_request& p) {
+        return read_answer<std::string>([&] { return read_incidents(self->state, p); });
+      },
+      [=](atom::query, atom::incident, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_incident_json(self->state, id); });
+      },
+      [=](atom::query, atom::actions, const page_request& p) {
+        return read_answer<std::string>([&] { return read_actions(self->state, p); });
+      },
+      [=](atom::query, atom::action, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_action_json(self->state, id); });
+      },
+      [=](atom::query, atom::users, const page_request& p) {
+        return read_answer<std::string>([&] { return read_users(self->state, p); });
+      },
+      [=](atom::query, atom::stats) {
+        return read_answer<std::string>([&] { return read_stats(self->state); });
       },
   };
 }

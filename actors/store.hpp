@@ -1,10 +1,13 @@
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <caf/error.hpp>
+#include <caf/expected.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/fwd.hpp"
@@ -27,17 +30,35 @@ struct store_state {
   std::map<std::string, sqlite3_stmt*> statements;
   /// True while a transaction collects writes for the next commit.
   bool in_transaction = false;
-  /// Replies to send once the open transaction commits (argument: committed).
-  std::vector<std::function<void(bool)>> on_commit;
+  /// Replies to send once the open transaction ends (argument: none when it
+  /// committed, else the error every write of the batch is answered with).
+  std::vector<std::function<void(const caf::error&)>> on_commit;
   /// Writes committed so far, and commits (groups) that carried them.
   uint64_t writes = 0;
   uint64_t commits = 0;
   /// True for the writer (the store), false for a reader.
   bool writer = false;
+  /// A page of a list read stops growing once its JSON passes this many bytes.
+  size_t max_page_bytes = 4 << 20;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
 };
+
+/// Tuning of the store's connection.
+struct store_options {
+  /// How long a write waits for a lock another connection holds (a backup, a
+  /// sqlite3 shell) before it fails with `ec::storage`.
+  std::chrono::milliseconds busy_timeout{5000};
+  /// A page of a list read stops growing once its JSON passes this many bytes
+  /// (it always holds at least one row).
+  size_t max_page_bytes = 4 << 20;
+};
+
+/// The paging parameters of a list endpoint's query string: `limit` (a whole
+/// number from 1; larger than the list's maximum is capped) and `cursor`; every
+/// other parameter is a filter. Fails with bad_request naming the parameter.
+caf::expected<page_request> parse_page(const std::map<std::string, std::string>& params);
 
 using store_stateful = store_actor::stateful_pointer<store_state>;
 
@@ -55,5 +76,9 @@ std::string audit_hash(int64_t seq, int64_t time_us, const audit_entry& e,
 /// interface. `path` may be ":memory:" for tests. Quits with an error if the
 /// database cannot be opened or migrated.
 store_actor::behavior_type store(store_stateful self, std::string path);
+
+/// `store` with explicit options.
+store_actor::behavior_type store_with(store_stateful self, std::string path,
+                                      store_options opts);
 
 } // namespace parry

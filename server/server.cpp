@@ -1,5 +1,7 @@
 #include "server/server.hpp"
 
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <stdexcept>
 #include <thread>
@@ -23,6 +25,19 @@
 #include "server/tls.hpp"
 
 namespace parry {
+
+void make_private_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all);
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_symlink()) continue;
+    if (e.is_directory())
+      fs::permissions(e.path(), fs::perms::owner_all);
+    else if (e.is_regular_file())
+      fs::permissions(e.path(), fs::perms::owner_read | fs::perms::owner_write);
+  }
+}
 
 namespace {
 
@@ -88,7 +103,10 @@ void server::start() {
   auto& cfg = m.cfg;
   if (auto err = cfg.validate(); !err.empty())
     throw std::runtime_error("configuration: " + err);
-  std::filesystem::create_directories(cfg.data_dir);
+  // Nothing parryd writes is for other local users (the database holds password
+  // hashes, the TLS directory the private key).
+  ::umask(077);
+  make_private_dir(cfg.data_dir);
   m.tls = ensure_certificate(cfg.data_dir + "/tls", {cfg.http_address});
 
   // Remembers a top-level actor so stop() (also after a failed start) ends it.
@@ -98,7 +116,9 @@ void server::start() {
   // The store runs on a thread of its own: SQLite blocks only there.
   m.store = m.sys.spawn<caf::detached>(store, cfg.data_dir + "/parry.db");
   keep(m.store);
-  ask<std::string>(m.sys, m.store, query{"stats", "", {}});
+  ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
+  // Files made before this start (or under another umask) are closed too.
+  make_private_dir(cfg.data_dir);
 
   bus::decode_limits limits;
   limits.max_frame = cfg.max_frame_bytes;

@@ -7,6 +7,11 @@
 
 namespace parry {
 
+/// Creates `dir` if needed and makes it and everything in it private to the
+/// owner: directories 0700, regular files 0600 (symbolic links are left alone).
+/// Throws std::filesystem::filesystem_error.
+void make_private_dir(const std::string& dir);
+
 /// A whole parryd: actor system, store, bus gateway and HTTPS front end, wired
 /// together. Used by the parryd program and by in-process tests and benchmarks.
 class server {

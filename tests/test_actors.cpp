@@ -143,8 +143,21 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     return out;
   }
 
-  json read(const char* what, const std::string& id = "") {
-    return json::parse(ask<std::string>(st, query{what, id, {}}));
+  json read(const std::string& what, const std::string& id = "") {
+    std::string body;
+    if (what == "device")
+      body = ask<std::string>(st, atom::query_v, atom::device_v, id);
+    else if (what == "action")
+      body = ask<std::string>(st, atom::query_v, atom::action_v, id);
+    else if (what == "incidents")
+      body = ask<std::string>(st, atom::query_v, atom::incidents_v, page_request{});
+    else if (what == "actions")
+      body = ask<std::string>(st, atom::query_v, atom::actions_v, page_request{});
+    else if (what == "audit")
+      body = ask<std::string>(st, atom::query_v, atom::audit_v, page_request{});
+    else
+      BOOST_FAIL("no read " << what);
+    return json::parse(body);
   }
 
   void hello(const std::string& dev, bool isolated = false) {

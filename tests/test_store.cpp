@@ -1,0 +1,365 @@
+#define BOOST_TEST_MODULE store
+#include "tests/caf_boost.hpp"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include <caf/event_based_actor.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/error.hpp"
+#include "actors/store.hpp"
+#include "server/server.hpp"
+
+namespace parry {
+std::ostream& operator<<(std::ostream& os, ec x) {
+  return os << to_string(x);
+}
+} // namespace parry
+
+using namespace parry;
+
+namespace {
+
+/// The code of `err`, ec::none for no error (code_of wants a real error).
+ec code(const caf::error& err) {
+  return err ? code_of(err) : ec::none;
+}
+
+/// What came back for one request: nothing yet, a value or an error.
+template <class T> struct outcome {
+  bool answered = false;
+  std::optional<T> value;
+  caf::error err;
+};
+
+/// A second connection to the store's database, as a backup or a sqlite3 shell
+/// would hold one.
+struct other_connection {
+  sqlite3* db = nullptr;
+  explicit other_connection(const std::string& path) {
+    BOOST_REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  }
+  ~other_connection() { sqlite3_close(db); }
+  void exec(const char* sql) {
+    char* err = nullptr;
+    auto rc = sqlite3_exec(db, sql, nullptr, nullptr, &err);
+    BOOST_REQUIRE_MESSAGE(rc == SQLITE_OK, (err ? err : "?") << " in " << sql);
+  }
+  int64_t count(const char* sql) {
+    sqlite3_stmt* s = nullptr;
+    BOOST_REQUIRE(sqlite3_prepare_v2(db, sql, -1, &s, nullptr) == SQLITE_OK);
+    int64_t n = sqlite3_step(s) == SQLITE_ROW ? sqlite3_column_int64(s, 0) : -1;
+    sqlite3_finalize(s);
+    return n;
+  }
+};
+
+struct fixture : test_coordinator_fixture<caf::actor_system_config> {
+  std::string db_path;
+  store_actor st;
+
+  store_options opts;
+
+  fixture() {
+    db_path = (std::filesystem::temp_directory_path() /
+               ("parry-store-test-" + std::to_string(::getpid()) + ".db"))
+                  .string();
+    remove_files();
+    opts.busy_timeout = std::chrono::milliseconds{50};
+    st = sys.spawn(store_with, db_path, opts);
+    sched.run();
+  }
+
+  ~fixture() override {
+    caf::anon_send_exit(st, caf::exit_reason::kill);
+    sched.run();
+    remove_files();
+  }
+
+  /// Ends the store and opens the same file again, as a restart would.
+  void restart() {
+    caf::anon_send_exit(st, caf::exit_reason::kill);
+    sched.run();
+    st = sys.spawn(store_with, db_path, opts);
+    sched.run();
+  }
+
+  /// Reads a list page by page; answers every page's JSON.
+  template <class What> std::vector<nlohmann::json> pages(What what, int64_t limit) {
+    std::vector<nlohmann::json> out;
+    page_request p;
+    p.limit = limit;
+    for (int i = 0; i < 100; ++i) {
+      auto r = request<std::string>(atom::query_v, what, p);
+      BOOST_REQUIRE(r->answered);
+      BOOST_REQUIRE_MESSAGE(!r->err, (r->err ? message_of(r->err) : ""));
+      out.push_back(nlohmann::json::parse(*r->value));
+      auto& next = out.back()["next_cursor"];
+      if (next.is_null()) return out;
+      p.cursor = next.get<std::string>();
+    }
+    BOOST_FAIL("the pages never end");
+    return out;
+  }
+
+  device_record device(const std::string& id, bool online) {
+    device_record d;
+    d.device_id = id;
+    d.hostname = "host-" + id;
+    d.online = online;
+    d.first_seen = d.last_seen = 1;
+    return d;
+  }
+
+  void remove_files() {
+    for (auto suffix : {"", "-wal", "-shm"})
+      std::filesystem::remove(db_path + suffix);
+  }
+
+  /// Sends a request from an event-based actor and records whatever comes back,
+  /// so a request that is never answered shows as `answered == false` instead of
+  /// blocking the test.
+  template <class T, class... Ts> std::shared_ptr<outcome<T>> request(Ts... xs) {
+    auto out = std::make_shared<outcome<T>>();
+    auto dest = st;
+    sys.spawn([=](caf::event_based_actor* a) {
+      a->request(dest, caf::infinite, xs...)
+          .then(
+              [out](T& x) {
+                out->answered = true;
+                out->value = std::move(x);
+              },
+              [out](caf::error& e) {
+                out->answered = true;
+                out->err = std::move(e);
+              });
+    });
+    sched.run();
+    return out;
+  }
+
+  user_record user(const std::string& name) {
+    return user_record{name, "operator",           std::string(32, '0'),
+                       1,    std::string(64, '0'), 1};
+  }
+
+  action_record action(const std::string& id) {
+    action_record a;
+    a.action_id = id;
+    a.type = "isolate";
+    a.device_id = "dev-1";
+    a.incident_id = "inc-1";
+    a.requested_by = "alice";
+    a.state = "registered";
+    a.created_at = a.updated_at = 1;
+    return a;
+  }
+};
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(store_errors, fixture)
+
+// Before the fix the second put made a promise and then returned the error, which
+// CAF dropped: the caller waited forever.
+BOOST_AUTO_TEST_CASE(duplicate_user_is_answered_with_conflict) {
+  auto first = request<atom::ok>(atom::put_v, user("bob"));
+  BOOST_REQUIRE(first->answered);
+  BOOST_TEST(!first->err);
+  auto second = request<atom::ok>(atom::put_v, user("bob"));
+  BOOST_REQUIRE_MESSAGE(second->answered, "a failed write must be answered");
+  BOOST_TEST(code(second->err) == ec::conflict);
+}
+
+// A second connection holding the write lock (a backup, a sqlite3 shell): the write
+// is answered with an error, and once the lock is gone the store writes again
+// without the failed write showing up.
+BOOST_AUTO_TEST_CASE(external_write_lock_is_answered_with_an_error) {
+  other_connection other{db_path};
+  other.exec("BEGIN IMMEDIATE");
+  auto blocked = request<atom::ok>(atom::put_v, action("a-1"),
+                                   transition{"a-1", "registered", 1, ""});
+  BOOST_REQUIRE_MESSAGE(blocked->answered, "a failed write must be answered");
+  BOOST_TEST(code(blocked->err) == ec::storage);
+  other.exec("COMMIT");
+  auto next = request<atom::ok>(atom::put_v, action("a-2"),
+                                transition{"a-2", "registered", 1, ""});
+  BOOST_REQUIRE(next->answered);
+  BOOST_TEST(!next->err);
+  BOOST_TEST(other.count("SELECT count(*) FROM actions WHERE action_id = 'a-1'") == 0);
+  BOOST_TEST(other.count("SELECT count(*) FROM transitions WHERE action_id = 'a-1'") ==
+             0);
+  BOOST_TEST(other.count("SELECT count(*) FROM actions WHERE action_id = 'a-2'") == 1);
+  BOOST_TEST(other.count("SELECT count(*) FROM transitions WHERE action_id = 'a-2'") ==
+             1);
+}
+
+// A write that fails half-way (here: its transition is refused) leaves nothing
+// behind, even though the next flush commits the writes around it.
+BOOST_AUTO_TEST_CASE(failed_write_is_not_half_committed) {
+  {
+    other_connection other{db_path};
+    other.exec("CREATE TRIGGER refuse_bad BEFORE INSERT ON transitions "
+               "WHEN new.action_id = 'a-bad' BEGIN SELECT RAISE(ABORT, 'refused'); END");
+  }
+  auto good = request<atom::ok>(atom::put_v, action("a-good"),
+                                transition{"a-good", "registered", 1, ""});
+  auto bad = request<atom::ok>(atom::put_v, action("a-bad"),
+                               transition{"a-bad", "registered", 1, ""});
+  BOOST_REQUIRE(good->answered);
+  BOOST_TEST(!good->err);
+  BOOST_REQUIRE_MESSAGE(bad->answered, "a failed write must be answered");
+  BOOST_TEST(bool{bad->err});
+  other_connection other{db_path};
+  BOOST_TEST(other.count("SELECT count(*) FROM actions WHERE action_id = 'a-bad'") == 0);
+  BOOST_TEST(other.count("SELECT count(*) FROM actions WHERE action_id = 'a-good'") == 1);
+  BOOST_TEST(other.count("SELECT count(*) FROM audit WHERE target = 'a-bad'") == 0);
+  // The audit chain goes on from the last record that was committed.
+  auto after = request<atom::ok>(atom::audit_v, audit_entry{"alice", "test", "x", "y"});
+  BOOST_REQUIRE(after->answered);
+  BOOST_TEST(!after->err);
+  BOOST_TEST(other.count("SELECT count(*) FROM audit a JOIN audit b ON b.seq = a.seq + 1 "
+                         "WHERE b.prev_hash <> a.hash") == 0);
+  BOOST_TEST(other.count("SELECT max(seq) - count(*) FROM audit") == 0);
+}
+
+BOOST_AUTO_TEST_CASE(update_of_a_missing_action_is_not_found) {
+  auto out = request<atom::ok>(atom::update_v, action("nope"),
+                               transition{"nope", "sent", 2, ""});
+  BOOST_REQUIRE(out->answered);
+  BOOST_TEST(code(out->err) == ec::not_found);
+  other_connection other{db_path};
+  BOOST_TEST(other.count("SELECT count(*) FROM transitions WHERE action_id = 'nope'") ==
+             0);
+}
+
+BOOST_AUTO_TEST_CASE(link_and_revert_of_a_missing_action_are_not_found) {
+  auto link = request<atom::ok>(atom::link_v, std::string{"nope"}, std::string{"r-1"});
+  BOOST_REQUIRE(link->answered);
+  BOOST_TEST(code(link->err) == ec::not_found);
+  auto revert =
+      request<atom::ok>(atom::revert_v, std::string{"nope"}, std::string{"r-1"});
+  BOOST_REQUIRE(revert->answered);
+  BOOST_TEST(code(revert->err) == ec::not_found);
+  // An action that exists but is not completed cannot be reverted.
+  request<atom::ok>(atom::put_v, action("a-1"), transition{"a-1", "registered", 1, ""});
+  auto early = request<atom::ok>(atom::revert_v, std::string{"a-1"}, std::string{"r-1"});
+  BOOST_REQUIRE(early->answered);
+  BOOST_TEST(code(early->err) == ec::conflict);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(store_reads, fixture)
+
+BOOST_AUTO_TEST_CASE(lists_are_paged_with_a_cursor) {
+  for (auto id : {"d-1", "d-2", "d-3", "d-4", "d-5"})
+    request<atom::ok>(atom::put_v, device(id, false));
+  auto got = pages(atom::devices_v, 2);
+  BOOST_REQUIRE_EQUAL(got.size(), 3u);
+  std::vector<std::string> ids;
+  for (auto& page : got)
+    for (auto& d : page["devices"])
+      ids.push_back(d["device_id"].get<std::string>());
+  BOOST_TEST(ids == (std::vector<std::string>{"d-1", "d-2", "d-3", "d-4", "d-5"}));
+  // Actions come newest first, and their pages join up the same way.
+  for (auto id : {"a-1", "a-2", "a-3"})
+    request<atom::ok>(atom::put_v, action(id), transition{id, "registered", 1, ""});
+  ids.clear();
+  for (auto& page : pages(atom::actions_v, 2))
+    for (auto& a : page["actions"])
+      ids.push_back(a["action_id"].get<std::string>());
+  BOOST_TEST(ids == (std::vector<std::string>{"a-3", "a-2", "a-1"}));
+  // Audit records (one per transition) oldest first, with the head on every page.
+  auto audit =
+      request<std::string>(atom::query_v, atom::audit_v, page_request{2, "", {}});
+  BOOST_REQUIRE(audit->value);
+  auto j = nlohmann::json::parse(*audit->value);
+  BOOST_TEST(j["records"].size() == 2u);
+  BOOST_TEST(j["head"]["seq"] == 3);
+  BOOST_TEST(j["next_cursor"].is_string());
+}
+
+BOOST_AUTO_TEST_CASE(a_page_stops_at_its_byte_bound) {
+  opts.max_page_bytes = 300;
+  restart();
+  for (auto id : {"d-1", "d-2", "d-3"})
+    request<atom::ok>(atom::put_v, device(id, false));
+  auto got = pages(atom::devices_v, 100);
+  BOOST_TEST(got.size() == 3u);
+  for (auto& page : got)
+    BOOST_TEST(page["devices"].size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_paging_parameters_are_bad_requests) {
+  auto big = parse_page({{"limit", "99999999999999999999"}});
+  BOOST_REQUIRE(!big);
+  BOOST_TEST(code(big.error()) == ec::bad_request);
+  BOOST_TEST(message_of(big.error()).find("limit") != std::string::npos);
+  BOOST_TEST(!parse_page({{"limit", "0"}}));
+  BOOST_TEST(!parse_page({{"limit", "12x"}}));
+  auto ok = parse_page({{"limit", "7"}, {"cursor", "ab"}, {"state", "sent"}});
+  BOOST_REQUIRE(ok);
+  BOOST_TEST(ok->limit == 7);
+  BOOST_TEST(ok->filters.at("state") == "sent");
+  auto bad =
+      request<std::string>(atom::query_v, atom::devices_v, page_request{0, "zz", {}});
+  BOOST_REQUIRE(bad->answered);
+  BOOST_TEST(code(bad->err) == ec::bad_request);
+  auto after =
+      request<std::string>(atom::query_v, atom::audit_v,
+                           page_request{0, "", {{"after", "99999999999999999999"}}});
+  BOOST_REQUIRE(after->answered);
+  BOOST_TEST(code(after->err) == ec::bad_request);
+}
+
+BOOST_AUTO_TEST_CASE(devices_stored_online_are_offline_after_a_restart) {
+  request<atom::ok>(atom::put_v, device("d-1", true));
+  restart();
+  auto d = request<device_record>(atom::get_v, std::string{"d-1"});
+  BOOST_REQUIRE(d->value);
+  BOOST_TEST(!d->value->online);
+}
+
+BOOST_AUTO_TEST_CASE(database_files_are_private) {
+  auto old = ::umask(022);
+  restart();
+  request<atom::ok>(atom::put_v, device("d-1", false));
+  ::umask(old);
+  for (auto suffix : {"", "-wal", "-shm"}) {
+    struct stat sb;
+    BOOST_REQUIRE(::stat((db_path + suffix).c_str(), &sb) == 0);
+    BOOST_TEST((sb.st_mode & 0777) == 0600u,
+               suffix << " is " << std::oct << (sb.st_mode & 0777));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(data_dir_is_private) {
+  namespace fs = std::filesystem;
+  auto dir = fs::temp_directory_path() / ("parry-dir-test-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  auto old = ::umask(022);
+  fs::create_directories(dir / "tls");
+  { std::ofstream{dir / "tls" / "cert.pem"} << "x"; }
+  { std::ofstream{dir / "parry.db"} << "x"; }
+  ::umask(old);
+  make_private_dir(dir.string());
+  auto mode = [](const fs::path& p) {
+    struct stat sb;
+    BOOST_REQUIRE(::stat(p.c_str(), &sb) == 0);
+    return sb.st_mode & 0777;
+  };
+  BOOST_TEST(mode(dir) == 0700u);
+  BOOST_TEST(mode(dir / "tls") == 0700u);
+  BOOST_TEST(mode(dir / "tls" / "cert.pem") == 0600u);
+  BOOST_TEST(mode(dir / "parry.db") == 0600u);
+  fs::remove_all(dir);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
