@@ -20,6 +20,9 @@ std::string server_config::validate() const {
     return "missed_heartbeats: must be between 1 and 100";
   if (max_frame_bytes < 4096 || max_frame_bytes > (64u << 20))
     return "max_frame_bytes: must be between 4096 and 67108864";
+  if (max_devices < 1) return "max_devices: must be at least 1";
+  if (max_incidents_per_minute < 1) return "max_incidents_per_minute: must be at least 1";
+  if (max_incidents_per_second < 1) return "max_incidents_per_second: must be at least 1";
   if (pbkdf2_iterations < 1000)
     return "pbkdf2_iterations: must be at least 1000 (600000 recommended)";
   if (max_login_failures < 1) return "max_login_failures: must be at least 1";
@@ -83,6 +86,9 @@ std::string load_toml(const std::string& path, server_config& cfg) {
                                            "heartbeat_interval_ms",
                                            "missed_heartbeats",
                                            "max_frame_bytes",
+                                           "max_devices",
+                                           "max_incidents_per_minute",
+                                           "max_incidents_per_second",
                                            "pbkdf2_iterations",
                                            "max_login_failures",
                                            "lockout_minutes",
@@ -100,6 +106,9 @@ std::string load_toml(const std::string& path, server_config& cfg) {
         read(t, "heartbeat_interval_ms", cfg.heartbeat_interval_ms),
         read(t, "missed_heartbeats", cfg.missed_heartbeats),
         read(t, "max_frame_bytes", cfg.max_frame_bytes),
+        read(t, "max_devices", cfg.max_devices),
+        read(t, "max_incidents_per_minute", cfg.max_incidents_per_minute),
+        read(t, "max_incidents_per_second", cfg.max_incidents_per_second),
         read(t, "pbkdf2_iterations", cfg.pbkdf2_iterations),
         read(t, "max_login_failures", cfg.max_login_failures),
         read(t, "lockout_minutes", cfg.lockout_minutes),
