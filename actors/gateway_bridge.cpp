@@ -2,9 +2,9 @@
 
 #include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
-#include <spdlog/spdlog.h>
 
 #include "actors/device.hpp"
+#include "bus/validate.hpp"
 
 namespace parry {
 
@@ -25,43 +25,137 @@ std::string action_id_problem(const std::string& id) {
   return bus::valid_id(id) ? std::string{} : "invalid action id";
 }
 
+bus::refusal invalid(std::string why) {
+  bus::refusal r;
+  r.kind = bus::refusal_kind::invalid;
+  r.reason = std::move(why);
+  return r;
+}
+
 } // namespace
 
-bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,
-                      const bus::decode_limits& lim) {
+std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
+                                               bus::header&& h, std::string_view body,
+                                               const bus::decode_limits& lim,
+                                               const bus::hello_limits& hl) {
   std::string why;
   auto& id = h.device_id;
   const auto& t = h.type;
-  auto bad = [&] {
-    spdlog::warn("bus: dropped {} from {}: {}", t, id, why);
-    return false;
-  };
   if (t == bus::type::hello) {
     auto m = bus::decode<bus::hello>(body, lim, why);
-    if (!m) return bad();
+    if (!m) return invalid(why);
+    bus::refusal r = invalid({});
+    if (r.reason = bus::check_hello(*m, hl, &r.limit, &r.value); !r.reason.empty())
+      return r;
     caf::anon_send(dir, atom::hello_v, std::move(id), std::move(*m));
   } else if (t == bus::type::heartbeat) {
     auto m = bus::decode<bus::heartbeat>(body, lim, why);
-    if (!m) return bad();
+    if (!m) return invalid(why);
     caf::anon_send(dir, atom::heartbeat_v, std::move(id), *m);
   } else if (t == bus::type::incident) {
     auto m = bus::decode<bus::incident_report>(body, lim, why);
     // Checked here, off the actors, so a bad report costs the sender, not the server.
-    if (!m || !(why = validate_report(*m)).empty()) return bad();
+    if (!m) return invalid(why);
+    if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
+    if (why = validate_report(*m); !why.empty()) return invalid(why);
     caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m));
   } else if (t == bus::type::action_ack) {
     auto m = bus::decode<bus::action_ack>(body, lim, why);
-    if (!m || !(why = action_id_problem(m->action_id)).empty()) return bad();
+    if (!m) return invalid(why);
+    if (why = action_id_problem(m->action_id); !why.empty()) return invalid(why);
     caf::anon_send(dir, atom::ack_v, std::move(id), std::move(m->action_id));
   } else if (t == bus::type::action_result) {
     auto m = bus::decode<bus::action_result>(body, lim, why);
-    if (!m || !(why = action_id_problem(m->action_id)).empty()) return bad();
+    if (!m) return invalid(why);
+    if (why = action_id_problem(m->action_id); !why.empty()) return invalid(why);
+    if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
     caf::anon_send(dir, atom::result_v, std::move(id), std::move(*m));
   } else {
-    why = "unknown message type";
-    return bad();
+    return invalid("unknown message type");
   }
-  return true;
+  return std::nullopt;
+}
+
+bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,
+                      const bus::decode_limits& lim) {
+  return !check_and_dispatch(dir, std::move(h), body, lim);
+}
+
+inbound_filter::device_slot* inbound_filter::slot_for(const std::string& id,
+                                                      clock::time_point now) {
+  if (auto i = devices_.find(id); i != devices_.end()) return &i->second;
+  if (devices_.size() >= ingest_.max_devices) {
+    // Forget ids that never said a valid hello and have gone quiet.
+    for (auto i = devices_.begin(); i != devices_.end();)
+      if (!i->second.helloed && now - i->second.last >= ingest_.unhelloed_idle)
+        i = devices_.erase(i);
+      else
+        ++i;
+    if (devices_.size() >= ingest_.max_devices) return nullptr;
+  }
+  auto& s = devices_[id];
+  s.last = now;
+  s.window = now;
+  return &s;
+}
+
+std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& dir,
+                                                       bus::header&& h,
+                                                       std::string_view body,
+                                                       clock::time_point now) {
+  auto* s = slot_for(h.device_id, now);
+  if (s == nullptr) {
+    bus::refusal r;
+    r.kind = bus::refusal_kind::device_cap;
+    r.reason = "too many devices";
+    r.limit = "max_devices";
+    r.value = ingest_.max_devices;
+    r.retry_after_ms = 60000;
+    return r;
+  }
+  s->last = now;
+  bool is_hello = h.type == bus::type::hello;
+  bool is_incident = h.type == bus::type::incident;
+  if (is_incident) {
+    if (now - s->window >= std::chrono::minutes{1}) {
+      s->window = now;
+      s->incidents = 0;
+    }
+    if (s->incidents >= ingest_.incidents_per_minute) {
+      bus::refusal r;
+      r.kind = bus::refusal_kind::rate;
+      r.reason = "too many incidents from this device";
+      r.limit = "max_incidents_per_minute";
+      r.value = ingest_.incidents_per_minute;
+      r.retry_after_ms =
+          static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    s->window + std::chrono::minutes{1} - now)
+                                    .count());
+      return r;
+    }
+    if (now - second_ >= std::chrono::seconds{1}) {
+      second_ = now;
+      second_count_ = 0;
+    }
+    if (second_count_ >= ingest_.incidents_per_second) {
+      bus::refusal r;
+      r.kind = bus::refusal_kind::busy;
+      r.reason = "server busy";
+      r.limit = "max_incidents_per_second";
+      r.value = ingest_.incidents_per_second;
+      r.retry_after_ms = 1000;
+      return r;
+    }
+  }
+  auto refused = check_and_dispatch(dir, std::move(h), body, lim_, ingest_.hello);
+  if (refused) return refused;
+  if (is_hello) s->helloed = true;
+  // Counted once accepted: a malformed report does not use up the device's quota.
+  if (is_incident) {
+    ++s->incidents;
+    ++second_count_;
+  }
+  return std::nullopt;
 }
 
 } // namespace parry

@@ -1,10 +1,14 @@
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
 
 #include <caf/typed_event_based_actor.hpp>
 
-#include "actors/fwd.hpp"
+#include "actors/actors.hpp"
 #include "bus/gateway.hpp"
 
 namespace parry {
@@ -21,8 +25,63 @@ gateway_actor::behavior_type
 gateway_bridge(gateway_actor::stateful_pointer<gateway_bridge_state> self,
                std::shared_ptr<bus::gateway> bus);
 
-/// Decodes one inbound body by its header's type and sends it to the directory.
-/// Runs on the gateway thread; returns false for a body that does not decode.
+/// Bounds on what agents may make the server do (per device and server-wide).
+struct ingest_limits {
+  /// Device ids tracked at once; a new id beyond it is refused (`device_cap`).
+  std::size_t max_devices = 10000;
+  /// Incidents accepted per device per minute (`rate`).
+  uint32_t incidents_per_minute = 600;
+  /// Incidents accepted per second from all devices together (`busy`).
+  uint32_t incidents_per_second = 10000;
+  /// A tracked id that never said a valid hello is forgotten after this long
+  /// without a message.
+  std::chrono::seconds unhelloed_idle{120};
+  bus::hello_limits hello;
+};
+
+/// Decodes and checks inbound bodies on the gateway thread and sends what passes to
+/// the directory. Keeps per-device accounting (hello seen, incident rate); only the
+/// gateway thread calls it.
+class inbound_filter {
+public:
+  using clock = std::chrono::steady_clock;
+
+  inbound_filter(bus::decode_limits lim, ingest_limits ingest)
+      : lim_(lim), ingest_(ingest) {}
+
+  /// Checks one message; on success sends it to `dir` and returns nothing.
+  std::optional<bus::refusal> operator()(const directory_actor& dir, bus::header&& h,
+                                         std::string_view body, clock::time_point now);
+
+  std::size_t tracked() const { return devices_.size(); }
+
+private:
+  struct device_slot {
+    bool helloed = false;
+    clock::time_point last{};
+    clock::time_point window{}; ///< Start of the current minute of incidents.
+    uint32_t incidents = 0;
+  };
+
+  // The slot of `id`, or nothing when a new id would exceed max_devices.
+  device_slot* slot_for(const std::string& id, clock::time_point now);
+
+  bus::decode_limits lim_;
+  ingest_limits ingest_;
+  std::unordered_map<std::string, device_slot> devices_;
+  clock::time_point second_{};
+  uint32_t second_count_ = 0;
+};
+
+/// Decodes one inbound body by its header's type, checks it (UTF-8, bounds, ids,
+/// the incident chain) and sends it to the directory, without per-device
+/// accounting. Returns why it was refused, or nothing.
+std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
+                                               bus::header&& h, std::string_view body,
+                                               const bus::decode_limits& lim,
+                                               const bus::hello_limits& hl = {});
+
+/// The same, as a yes/no: false for a body that was refused.
 bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,
                       const bus::decode_limits& lim);
 

@@ -3,10 +3,14 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <stdexcept>
 
 #include <zmq.hpp>
+
+#include "common/time.hpp"
+#include "common/utf8.hpp"
 
 namespace parry::bus {
 
@@ -16,49 +20,84 @@ namespace {
 // so a flood from agents cannot starve commands going out.
 constexpr int inbound_batch = 512;
 
+bool is_bad(refusal_kind k) {
+  switch (k) {
+  case refusal_kind::malformed:
+  case refusal_kind::oversized:
+  case refusal_kind::spoofed:
+  case refusal_kind::invalid:
+    return true;
+  case refusal_kind::device_cap:
+  case refusal_kind::rate:
+  case refusal_kind::busy:
+    return false;
+  }
+  return true;
+}
+
+// Peer ids and header fields are attacker-chosen bytes: shown sanitised and cut.
+std::string printable(std::string_view s) {
+  return utf8_sanitized(s.substr(0, 160));
+}
+
 } // namespace
 
 gateway::gateway(std::string endpoint, decode_limits limits, message_handler on_message,
-                 unreachable_handler on_unreachable)
-    : endpoint_(std::move(endpoint)), limits_(limits), on_message_(std::move(on_message)),
-      on_unreachable_(std::move(on_unreachable)),
-      ctx_(std::make_unique<zmq::context_t>(1)) {}
+                 unreachable_handler on_unreachable, gateway_options opts)
+    : endpoint_(std::move(endpoint)), limits_(limits), opts_(opts),
+      on_message_(std::move(on_message)), on_unreachable_(std::move(on_unreachable)),
+      ctx_(std::make_unique<zmq::context_t>(1)) {
+  if (opts_.hard_frame == 0) opts_.hard_frame = 4 * limits_.max_frame;
+  if (opts_.hard_frame < limits_.max_frame) opts_.hard_frame = limits_.max_frame;
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
+}
 
 gateway::~gateway() {
   stop();
+  ::close(wake_fd_);
 }
 
 std::string gateway::start() {
   auto sock = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::router);
   sock->set(zmq::sockopt::router_mandatory, 1);
-  // A device that reconnects takes over its routing id from the dead connection.
-  sock->set(zmq::sockopt::router_handover, 1);
-  sock->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(limits_.max_frame));
+  // A routing id stays with the connection that has it (see the header comment).
+  sock->set(zmq::sockopt::router_handover, 0);
+  // The soft limit (max_frame) is checked per frame below, so the agent can be told.
+  sock->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(opts_.hard_frame));
   sock->set(zmq::sockopt::linger, 0);
-  sock->set(zmq::sockopt::rcvhwm, 100000);
+  sock->set(zmq::sockopt::rcvhwm, opts_.rcvhwm);
   sock->set(zmq::sockopt::sndhwm, 100000);
+  if (opts_.heartbeat_ivl.count() > 0) {
+    sock->set(zmq::sockopt::heartbeat_ivl, static_cast<int>(opts_.heartbeat_ivl.count()));
+    sock->set(zmq::sockopt::heartbeat_timeout,
+              static_cast<int>(opts_.heartbeat_timeout.count()));
+  }
   sock->bind(endpoint_);
   auto bound = sock->get(zmq::sockopt::last_endpoint);
-  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
   socket_ = sock.release();
   thread_ = std::thread([this] { run(socket_); });
   return bound;
 }
 
 void gateway::stop() {
-  if (!thread_.joinable()) return;
   stopping_ = true;
+  if (!thread_.joinable()) return;
   wake();
   thread_.join();
   delete static_cast<zmq::socket_t*>(socket_);
   socket_ = nullptr;
-  ::close(wake_fd_);
-  wake_fd_ = -1;
+  std::lock_guard<std::mutex> guard{mtx_};
+  stats_.dropped_stopped += queue_.size();
+  queue_.clear();
 }
 
 void gateway::send(std::string device_id, std::string header_frame,
                    std::string body_frame) {
+  if (stopping_) {
+    ++stats_.dropped_stopped;
+    return;
+  }
   bool was_empty;
   {
     std::lock_guard<std::mutex> guard{mtx_};
@@ -73,6 +112,71 @@ void gateway::wake() {
   uint64_t one = 1;
   // A full eventfd counter already means "wake up": nothing to handle.
   [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+}
+
+void gateway::warn(std::string_view peer, refusal_kind k, const std::string& line) {
+  uint64_t held = 0;
+  std::string key{peer};
+  key += '|';
+  key += to_string(k);
+  if (!log_limit_.pass(key, held)) {
+    ++stats_.log_suppressed;
+    return;
+  }
+  if (!warn_) return;
+  if (held > 0)
+    warn_(line + " (" + std::to_string(held) +
+          " similar lines from this peer suppressed)");
+  else
+    warn_(line);
+}
+
+void gateway::refuse(void* raw, std::string_view peer, const header* h,
+                     const refusal& r) {
+  ++stats_.refused[static_cast<std::size_t>(r.kind)];
+  if (is_bad(r.kind)) ++stats_.bad_frames;
+  warn(peer, r.kind,
+       "bus: refused " + (h ? printable(h->type) : std::string{"frame"}) + " from " +
+           printable(peer) + " (" + to_string(r.kind) + "): " + printable(r.reason));
+  if (r.kind == refusal_kind::spoofed && on_suspicious_) {
+    uint64_t held = 0;
+    if (audit_limit_.pass(std::string{peer} + "|audit", held))
+      on_suspicious_(
+          printable(peer),
+          r.reason + (held > 0 ? " (and " + std::to_string(held) + " more not audited)"
+                               : std::string{}));
+  }
+  // Tell the agent, within reason: a flood gets a bounded number of answers.
+  uint64_t held = 0;
+  if (!reply_limit_.pass(std::string{peer} + '|' + to_string(r.kind), held)) return;
+  rejected body;
+  if (h) {
+    body.msg_id = h->msg_id;
+    body.type = h->type;
+  }
+  body.limit = r.limit;
+  body.value = r.value;
+  body.reason = r.reason;
+  body.retry_after_ms = r.retry_after_ms;
+  header out;
+  out.type = type::rejected;
+  out.msg_id = ++out_msg_id_;
+  out.device_id = std::string{peer};
+  out.time = now_us();
+  auto hf = encode(out);
+  auto bf = encode(body);
+  auto& sock = *static_cast<zmq::socket_t*>(raw);
+  try {
+    auto ok = sock.send(zmq::buffer(peer.data(), peer.size()),
+                        zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    if (!ok) return;
+    (void)sock.send(zmq::buffer(hf), zmq::send_flags::sndmore);
+    (void)sock.send(zmq::buffer(bf), zmq::send_flags::none);
+    ++stats_.rejected_sent;
+    ++stats_.frames_out;
+  } catch (const zmq::error_t&) {
+    // The peer is gone: nobody to tell.
+  }
 }
 
 void gateway::run(void* raw) {
@@ -114,18 +218,43 @@ void gateway::run(void* raw) {
         ++count;
       }
       ++stats_.frames_in;
-      if (count != 3) {
-        ++stats_.bad_frames;
-        continue;
-      }
       auto routing = parts[0].to_string_view();
-      auto hdr = decode_header(parts[1].to_string_view(), limits_, why);
-      // The header must name the connection it came on: no speaking for others.
-      if (!hdr || hdr->device_id != routing) {
-        ++stats_.bad_frames;
+      if (count != 3) {
+        refuse(raw, routing, nullptr,
+               {refusal_kind::malformed,
+                "expected [header][body], got " + std::to_string(count - 1) + " frames"});
         continue;
       }
-      if (!on_message_(std::move(*hdr), parts[2].to_string_view())) ++stats_.bad_frames;
+      auto hframe = parts[1].to_string_view();
+      auto bframe = parts[2].to_string_view();
+      // Over the soft limit: counted and answered, never decoded beyond the header.
+      if (hframe.size() > limits_.max_frame || bframe.size() > limits_.max_frame) {
+        std::optional<header> h;
+        if (hframe.size() <= limits_.max_frame) {
+          h = decode_header(hframe, limits_, why);
+          if (h && h->device_id != routing) h.reset();
+        }
+        refuse(raw, routing, h ? &*h : nullptr,
+               {refusal_kind::oversized,
+                "frame of " + std::to_string(std::max(hframe.size(), bframe.size())) +
+                    " bytes",
+                "max_frame_bytes", limits_.max_frame, 0});
+        continue;
+      }
+      auto hdr = decode_header(hframe, limits_, why);
+      if (!hdr) {
+        refuse(raw, routing, nullptr, {refusal_kind::malformed, "header: " + why});
+        continue;
+      }
+      // The header must name the connection it came on: no speaking for others.
+      if (hdr->device_id != routing) {
+        refuse(
+            raw, routing, &*hdr,
+            {refusal_kind::spoofed, "header names device " + printable(hdr->device_id)});
+        continue;
+      }
+      auto saved = *hdr;
+      if (auto r = on_message_(std::move(*hdr), bframe)) refuse(raw, routing, &saved, *r);
     }
     // Outbound.
     {

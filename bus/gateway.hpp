@@ -4,16 +4,27 @@
 // checked and decoded on that thread and handed to a callback; outbound frames are
 // queued by any thread and written by the socket thread, woken through an eventfd
 // that it polls together with the socket.
+//
+// A routing id belongs to the first live connection that claims it: ROUTER_HANDOVER
+// is off, so a second connection with the same id gets no route (libzmq discards it
+// and never delivers its frames or sends to it). ZMTP heartbeats end a dead
+// connection, which frees its id for the agent's next connection.
 
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "bus/codec.hpp"
+#include "bus/validate.hpp"
+#include "common/log_limiter.hpp"
 
 namespace zmq {
 class context_t;
@@ -25,31 +36,65 @@ namespace parry::bus {
 struct gateway_stats {
   std::atomic<uint64_t> frames_in{0};
   std::atomic<uint64_t> frames_out{0};
-  std::atomic<uint64_t> bad_frames{0};  ///< Dropped: malformed, oversized, spoofed.
+  /// Dropped: malformed, oversized, spoofed or invalid (a subset of `refused`).
+  std::atomic<uint64_t> bad_frames{0};
   std::atomic<uint64_t> unreachable{0}; ///< Outbound to a peer that is not connected.
+  /// Inbound messages refused, per refusal_kind.
+  std::array<std::atomic<uint64_t>, refusal_kinds> refused{};
+  std::atomic<uint64_t> rejected_sent{0};   ///< `rejected` answers written.
+  std::atomic<uint64_t> log_suppressed{0};  ///< Warnings held back by the rate limit.
+  std::atomic<uint64_t> dropped_stopped{0}; ///< Outbound queued after stop().
+};
+
+/// Socket settings beyond the decode limits.
+struct gateway_options {
+  /// ZeroMQ's MAXMSGSIZE: a frame above it ends the connection inside libzmq, before
+  /// the gateway sees it. 0: 4 × max_frame. Frames between max_frame and this are
+  /// received, counted as oversized and answered with `rejected`.
+  std::size_t hard_frame = 0;
+  /// Inbound messages buffered per connection before libzmq stops reading it.
+  int rcvhwm = 1000;
+  /// ZMTP heartbeat: ping each connection this often, drop it after `timeout`
+  /// without traffic. 0 turns it off.
+  std::chrono::milliseconds heartbeat_ivl{5000};
+  std::chrono::milliseconds heartbeat_timeout{15000};
 };
 
 class gateway {
 public:
   /// Called on the socket thread for each well-formed message whose header names the
-  /// connection's own routing id. Returns false when the body is unacceptable; the
-  /// frame is then counted as bad and dropped.
-  using message_handler = std::function<bool(header&&, std::string_view body)>;
+  /// connection's own routing id. Returns a refusal when the message is not
+  /// accepted; it is then counted, logged (rate-limited) and answered with
+  /// `rejected`.
+  using message_handler =
+      std::function<std::optional<refusal>(header&&, std::string_view body)>;
   /// Called on the socket thread when a message to `device_id` cannot be delivered.
   using unreachable_handler = std::function<void(const std::string& device_id)>;
+  /// Called on the socket thread (rate-limited per peer) for what should be audited:
+  /// a header naming another device. Arguments: the connection's id, what happened.
+  using suspicious_handler =
+      std::function<void(const std::string& peer, const std::string& what)>;
+  /// Receives warning lines (already rate-limited).
+  using warning_sink = std::function<void(const std::string& line)>;
 
   gateway(std::string endpoint, decode_limits limits, message_handler on_message,
-          unreachable_handler on_unreachable);
+          unreachable_handler on_unreachable, gateway_options opts = {});
   ~gateway();
 
   gateway(const gateway&) = delete;
   gateway& operator=(const gateway&) = delete;
 
+  /// Set before start().
+  void on_suspicious(suspicious_handler h) { on_suspicious_ = std::move(h); }
+  void on_warning(warning_sink s) { warn_ = std::move(s); }
+
   /// Binds the socket and starts the thread. Returns the bound endpoint (with the
   /// real port when `endpoint` asked for `*`), or throws on a bind failure.
   std::string start();
 
-  /// Stops the thread and closes the socket. Idempotent.
+  /// Stops the thread and closes the socket. Idempotent. Later send() calls are
+  /// dropped and counted; the wake-up descriptor stays open until destruction, so
+  /// a thread still calling send() never writes to a closed (or reused) descriptor.
   void stop();
 
   /// Queues one message for `device_id`. Thread-safe, never blocks on the network.
@@ -66,19 +111,30 @@ private:
 
   void run(void* socket);
   void wake();
+  // Counts, logs and answers one refused inbound message (socket thread only).
+  void refuse(void* socket, std::string_view peer, const header* h, const refusal& r);
+  void warn(std::string_view peer, refusal_kind k, const std::string& line);
 
   std::string endpoint_;
   decode_limits limits_;
+  gateway_options opts_;
   message_handler on_message_;
   unreachable_handler on_unreachable_;
+  suspicious_handler on_suspicious_;
+  warning_sink warn_;
   std::unique_ptr<zmq::context_t> ctx_;
   void* socket_ = nullptr; // zmq::socket_t*, owned by the thread once started
-  int wake_fd_ = -1;
+  int wake_fd_ = -1;       // open from construction to destruction
   std::atomic<bool> stopping_{false};
   std::mutex mtx_;
   std::vector<outbound> queue_;
   std::thread thread_;
   gateway_stats stats_;
+  // Socket thread only.
+  log_limiter log_limit_{5, std::chrono::seconds{10}};
+  log_limiter reply_limit_{20, std::chrono::seconds{1}};
+  log_limiter audit_limit_{1, std::chrono::seconds{60}};
+  uint64_t out_msg_id_ = 0;
 };
 
 } // namespace parry::bus

@@ -145,6 +145,26 @@ struct result_ack {
   MSGPACK_DEFINE_MAP(action_id)
 };
 
+/// Type name of the server's refusal (kept apart from the list above so that other
+/// message types can be added there without touching this one).
+namespace type {
+inline constexpr const char* rejected = "rejected";
+} // namespace type
+
+/// Server -> agent: the message with this `msg_id` was not accepted. A limit was hit
+/// (`limit` names it, `value` is its value) or the message was invalid (`limit`
+/// empty). `retry_after_ms` > 0: the same message may be sent again after that long
+/// (a rate or capacity limit); 0: sending it again unchanged will fail again.
+struct rejected {
+  uint64_t msg_id = 0; ///< The refused message's header msg_id (0: unreadable).
+  std::string type;    ///< The refused message's header type ("" : unreadable).
+  std::string limit;   ///< Name of the limit, e.g. "max_frame_bytes"; "" if none.
+  uint64_t value = 0;  ///< The limit's value, in the unit its name says.
+  std::string reason;  ///< Short machine-stable reason, e.g. "frame_too_large".
+  uint32_t retry_after_ms = 0;
+  MSGPACK_DEFINE_MAP(msg_id, type, limit, value, reason, retry_after_ms)
+};
+
 // -- inspect overloads (used by CAF on the server side) -------------------------
 
 template <class Inspector> auto inspect(Inspector& f, header& x) {

@@ -32,6 +32,12 @@ struct server_config {
   int missed_heartbeats = 3;
   /// Largest accepted bus frame, in bytes.
   uint32_t max_frame_bytes = 1 << 20;
+  /// Device ids the bus tracks at once; a new id beyond it is refused.
+  uint32_t max_devices = 10000;
+  /// Incidents accepted per device per minute.
+  uint32_t max_incidents_per_minute = 600;
+  /// Incidents accepted per second from all devices together.
+  uint32_t max_incidents_per_second = 10000;
   /// PBKDF2 iterations for new passwords.
   uint32_t pbkdf2_iterations = 600000;
   /// Failed logins before an account locks, and for how long.

@@ -122,17 +122,36 @@ void server::start() {
 
   bus::decode_limits limits;
   limits.max_frame = cfg.max_frame_bytes;
+  ingest_limits ingest;
+  ingest.max_devices = cfg.max_devices;
+  ingest.incidents_per_minute = cfg.max_incidents_per_minute;
+  ingest.incidents_per_second = cfg.max_incidents_per_second;
+  bus::gateway_options gopts;
+  // Dead connections end after the same silence that makes a device offline, which
+  // frees their routing id for the agent's next connection.
+  gopts.heartbeat_ivl = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
+  gopts.heartbeat_timeout =
+      std::chrono::milliseconds{cfg.heartbeat_interval_ms} * cfg.missed_heartbeats;
   // The gateway calls back on its own thread; the directory handle is set below,
-  // before the socket starts, and never changes afterwards.
+  // before the socket starts, and never changes afterwards. The filter is only
+  // used on that thread.
   auto dir_slot = std::make_shared<directory_actor>();
+  auto filter = std::make_shared<inbound_filter>(limits, ingest);
   m.bus = std::make_shared<bus::gateway>(
       cfg.bus_endpoint, limits,
-      [dir_slot, limits](bus::header&& h, std::string_view body) {
-        return dispatch_inbound(*dir_slot, std::move(h), body, limits);
+      [dir_slot, filter](bus::header&& h, std::string_view body) {
+        return (*filter)(*dir_slot, std::move(h), body, inbound_filter::clock::now());
       },
       [dir_slot](const std::string& device_id) {
         caf::anon_send(*dir_slot, atom::unreach_v, device_id);
-      });
+      },
+      gopts);
+  m.bus->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
+  auto store_handle = m.store;
+  m.bus->on_suspicious([store_handle](const std::string& peer, const std::string& what) {
+    caf::anon_send(store_handle, atom::audit_v,
+                   audit_entry{"device:" + peer, "bus_refused", peer, what});
+  });
   auto gateway = m.sys.spawn(gateway_bridge, m.bus);
   keep(gateway);
 
@@ -171,10 +190,16 @@ void server::start() {
     auto b = weak_bus.lock();
     if (!b) return nlohmann::json::object();
     const auto& s = b->stats();
+    nlohmann::json refused = nlohmann::json::object();
+    for (std::size_t k = 0; k < bus::refusal_kinds; ++k)
+      refused[bus::to_string(static_cast<bus::refusal_kind>(k))] = s.refused[k].load();
     return nlohmann::json{{"frames_in", s.frames_in.load()},
                           {"frames_out", s.frames_out.load()},
                           {"bad_frames", s.bad_frames.load()},
-                          {"unreachable", s.unreachable.load()}};
+                          {"unreachable", s.unreachable.load()},
+                          {"refused", std::move(refused)},
+                          {"rejected_sent", s.rejected_sent.load()},
+                          {"log_suppressed", s.log_suppressed.load()}};
   };
   // Opened after the writer has created or migrated the schema.
   auto reader = m.sys.spawn<caf::detached>(store_reader, cfg.data_dir + "/parry.db");

@@ -1,12 +1,18 @@
 #define BOOST_TEST_MODULE bus
 #include <boost/test/unit_test.hpp>
 
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <thread>
 
 #include <zmq.hpp>
 
 #include "bus/codec.hpp"
 #include "bus/gateway.hpp"
+#include "bus/validate.hpp"
+#include "common/log_limiter.hpp"
 
 using namespace parry::bus;
 
@@ -166,10 +172,10 @@ BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
   std::atomic<int> good{0};
   std::atomic<int> unreachable{0};
   gateway gw{"tcp://127.0.0.1:*", decode_limits{},
-             [&](header&& h, std::string_view body) {
-               if (h.type != "heartbeat") return false;
+             [&](header&& h, std::string_view) -> std::optional<refusal> {
+               if (h.type != "heartbeat") return refusal{};
                ++good;
-               return true;
+               return std::nullopt;
              },
              [&](const std::string&) { ++unreachable; }};
   auto ep = gw.start();
@@ -214,4 +220,364 @@ BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
     std::this_thread::yield();
   BOOST_TEST(unreachable.load() == 1);
   gw.stop();
+}
+
+// -- validation of decoded bodies ------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(hello_fields_are_bounded_and_utf8) {
+  hello_limits lim;
+  hello h;
+  h.hostname = std::string(255, 'h');
+  h.os = std::string(255, 'o');
+  h.agent_version = std::string(255, 'v');
+  h.addresses.assign(64, std::string(64, 'a'));
+  BOOST_TEST(check_hello(h, lim) == "");
+  std::string limit;
+  uint64_t value = 0;
+  auto bad = h;
+  bad.hostname = "bad\xffhost";
+  BOOST_TEST(check_hello(bad, lim) == "hostname is not valid UTF-8");
+  bad = h;
+  bad.hostname += 'h';
+  BOOST_TEST(check_hello(bad, lim, &limit, &value) == "hostname is over 255 bytes");
+  BOOST_TEST(limit == "max_hostname_bytes");
+  BOOST_TEST(value == 255u);
+  bad = h;
+  bad.os += 'o';
+  BOOST_TEST(!check_hello(bad, lim).empty());
+  bad = h;
+  bad.os = "\xc0\xaf"; // overlong '/'
+  BOOST_TEST(check_hello(bad, lim) == "os is not valid UTF-8");
+  bad = h;
+  bad.agent_version += 'v';
+  BOOST_TEST(check_hello(bad, lim, &limit, &value) == "agent_version is over 255 bytes");
+  BOOST_TEST(limit == "max_agent_version_bytes");
+  bad = h;
+  bad.addresses.push_back("10.0.0.1");
+  BOOST_TEST(check_hello(bad, lim, &limit, &value) == "more than 64 addresses");
+  BOOST_TEST(limit == "max_addresses");
+  BOOST_TEST(value == 64u);
+  bad = h;
+  bad.addresses[3] += 'a';
+  BOOST_TEST(check_hello(bad, lim, &limit, &value) == "address is over 64 bytes");
+  BOOST_TEST(limit == "max_address_bytes");
+  bad = h;
+  bad.addresses[3] = "10.0.0.\xed\xa0\x80"; // a surrogate
+  BOOST_TEST(check_hello(bad, lim) == "address is not valid UTF-8");
+  // Multi-byte characters are fine.
+  bad = h;
+  bad.hostname = "h\xc3\xa9te";
+  BOOST_TEST(check_hello(bad, lim) == "");
+}
+
+BOOST_AUTO_TEST_CASE(every_string_of_a_report_and_result_must_be_utf8) {
+  incident_report r;
+  r.report_id = "r-1";
+  r.det = {"Trojan \xc3\xa9", "high", "epp"};
+  r.key_event_id = "e1";
+  activity_event e;
+  e.id = "e1";
+  e.type = "process_started";
+  e.file = {"C:\\x.exe", std::string(64, 'a'), 1};
+  e.process.cmdline = "x.exe -q";
+  r.events = {e};
+  BOOST_TEST(check_utf8(r) == "");
+  auto bad = r;
+  bad.det.name = "\xff";
+  BOOST_TEST(check_utf8(bad) == "detection is not valid UTF-8");
+  bad = r;
+  bad.events[0].type = "\xff";
+  BOOST_TEST(check_utf8(bad) == "event field is not valid UTF-8");
+  bad = r;
+  bad.events[0].file.path = "C:\\\xff.exe";
+  BOOST_TEST(check_utf8(bad) == "event file is not valid UTF-8");
+  bad = r;
+  bad.events[0].process.cmdline = "x.exe \xe2\x82";
+  BOOST_TEST(check_utf8(bad) == "event process is not valid UTF-8");
+  bad = r;
+  bad.events[0].detail = "\x80";
+  BOOST_TEST(!check_utf8(bad).empty());
+
+  action_result res{"act-1", false, "denied", {{"note", "ok"}}};
+  BOOST_TEST(check_utf8(res) == "");
+  res.error = "no\xff";
+  BOOST_TEST(check_utf8(res) == "error is not valid UTF-8");
+  res.error = "";
+  res.effect["x"] = "\xfe";
+  BOOST_TEST(check_utf8(res) == "effect is not valid UTF-8");
+}
+
+BOOST_AUTO_TEST_CASE(rejected_golden_bytes) {
+  // Named keys: the agent reads them by name.
+  rejected r;
+  r.msg_id = 9;
+  r.type = "incident";
+  r.limit = "max_frame_bytes";
+  r.value = 4096;
+  r.reason = "x";
+  r.retry_after_ms = 0;
+  std::string why;
+  auto back = decode<rejected>(encode(r), decode_limits{}, why);
+  BOOST_REQUIRE_MESSAGE(back, why);
+  BOOST_TEST(back->msg_id == 9u);
+  BOOST_TEST(back->limit == "max_frame_bytes");
+  BOOST_TEST(back->value == 4096u);
+  BOOST_TEST(hex(encode(r)).find(hex("retry_after_ms")) != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(log_limiter_holds_back_repeats_and_counts_them) {
+  using namespace std::chrono_literals;
+  parry::log_limiter lim{2, 10s, 3};
+  auto t0 = parry::log_limiter::clock::time_point{} + 1h;
+  uint64_t held = 99;
+  BOOST_TEST(lim.pass("peer-a|invalid", t0, held));
+  BOOST_TEST(held == 0u);
+  BOOST_TEST(lim.pass("peer-a|invalid", t0, held));
+  for (int i = 0; i < 10; ++i)
+    BOOST_TEST(!lim.pass("peer-a|invalid", t0 + 1s, held));
+  // Another peer or kind has its own budget.
+  BOOST_TEST(lim.pass("peer-b|invalid", t0, held));
+  BOOST_TEST(lim.pass("peer-a|spoofed", t0, held));
+  // The next window reports what was held back.
+  BOOST_TEST(lim.pass("peer-a|invalid", t0 + 11s, held));
+  BOOST_TEST(held == 10u);
+  BOOST_TEST(lim.total_suppressed() == 10u);
+  // The key table is bounded: new keys share one overflow slot when it is full.
+  for (int i = 0; i < 100; ++i)
+    (void)lim.pass("many-" + std::to_string(i), t0 + 12s, held);
+  BOOST_TEST(lim.keys() <= 4u);
+}
+
+// -- gateway on loopback ---------------------------------------------------------
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct dealer_rig {
+  zmq::context_t ctx;
+  std::string ep;
+
+  zmq::socket_t dealer(const char* id) {
+    zmq::socket_t s{ctx, zmq::socket_type::dealer};
+    s.set(zmq::sockopt::routing_id, id);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(ep);
+    return s;
+  }
+};
+
+void send_msg(zmq::socket_t& s, const std::string& h, const std::string& b) {
+  s.send(zmq::buffer(h), zmq::send_flags::sndmore);
+  s.send(zmq::buffer(b), zmq::send_flags::none);
+}
+
+/// Receives one [header][body] within `timeout`, or nothing.
+std::optional<std::pair<header, std::string>>
+recv_msg(zmq::socket_t& s, std::chrono::milliseconds timeout) {
+  zmq::pollitem_t items[] = {{s.handle(), 0, ZMQ_POLLIN, 0}};
+  if (zmq::poll(items, 1, timeout) <= 0) return std::nullopt;
+  zmq::message_t h, b;
+  if (!s.recv(h, zmq::recv_flags::dontwait)) return std::nullopt;
+  (void)s.recv(b, zmq::recv_flags::none);
+  std::string why;
+  auto hdr = decode_header(h.to_string_view(), decode_limits{}, why);
+  BOOST_REQUIRE_MESSAGE(hdr, why);
+  return std::make_pair(*hdr, b.to_string());
+}
+
+template <class Pred> bool wait_for(Pred p, std::chrono::milliseconds t = 10s) {
+  auto deadline = std::chrono::steady_clock::now() + t;
+  while (!p()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+} // namespace
+
+// A frame over max_frame_bytes (but under ZeroMQ's hard cap) is counted, logged and
+// answered with `rejected` naming the limit; the connection stays usable.
+BOOST_AUTO_TEST_CASE(oversized_frame_is_counted_and_answered) {
+  decode_limits lim;
+  lim.max_frame = 4096;
+  std::atomic<int> good{0};
+  std::vector<std::string> warnings;
+  std::mutex wm;
+  gateway gw{"tcp://127.0.0.1:*", lim,
+             [&](header&&, std::string_view) -> std::optional<refusal> {
+               ++good;
+               return std::nullopt;
+             },
+             nullptr};
+  gw.on_warning([&](const std::string& line) {
+    std::lock_guard<std::mutex> g{wm};
+    warnings.push_back(line);
+  });
+  dealer_rig rig;
+  rig.ep = gw.start();
+  auto d = rig.dealer("dev-1");
+  auto h = make_header("incident", "dev-1");
+  h.msg_id = 41;
+  send_msg(d, encode(h), std::string(10000, 'x'));
+  auto got = recv_msg(d, 10s);
+  BOOST_REQUIRE(got);
+  BOOST_TEST(got->first.type == "rejected");
+  std::string why;
+  auto rej = decode<rejected>(got->second, decode_limits{}, why);
+  BOOST_REQUIRE_MESSAGE(rej, why);
+  BOOST_TEST(rej->msg_id == 41u);
+  BOOST_TEST(rej->type == "incident");
+  BOOST_TEST(rej->limit == "max_frame_bytes");
+  BOOST_TEST(rej->value == 4096u);
+  BOOST_TEST(rej->retry_after_ms == 0u);
+  BOOST_TEST(gw.stats().refused[static_cast<int>(refusal_kind::oversized)].load() == 1u);
+  BOOST_TEST(gw.stats().bad_frames.load() == 1u);
+  {
+    std::lock_guard<std::mutex> g{wm};
+    BOOST_REQUIRE_EQUAL(warnings.size(), 1u);
+    BOOST_TEST(warnings[0].find("oversized") != std::string::npos);
+  }
+  // Still connected: the next normal message is delivered.
+  send_msg(d, encode(make_header("heartbeat", "dev-1")), encode(heartbeat{}));
+  BOOST_TEST(wait_for([&] { return good.load() == 1; }));
+  gw.stop();
+}
+
+// A refusal from the handler reaches the agent with its limit; a flood of bad
+// bodies is counted in full but logged only a few times, with the rest summed up.
+BOOST_AUTO_TEST_CASE(refusals_are_answered_and_their_log_lines_limited) {
+  std::atomic<int> seen{0};
+  std::atomic<int> lines{0};
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [&](header&&, std::string_view) -> std::optional<refusal> {
+               ++seen;
+               return refusal{refusal_kind::rate, "too many", "max_incidents_per_minute",
+                              60, 30000};
+             },
+             nullptr};
+  gw.on_warning([&](const std::string&) { ++lines; });
+  dealer_rig rig;
+  rig.ep = gw.start();
+  auto d = rig.dealer("dev-1");
+  for (int i = 0; i < 200; ++i)
+    send_msg(d, encode(make_header("incident", "dev-1")), encode(heartbeat{}));
+  BOOST_REQUIRE(wait_for([&] { return seen.load() == 200; }));
+  auto got = recv_msg(d, 10s);
+  BOOST_REQUIRE(got);
+  std::string why;
+  auto rej = decode<rejected>(got->second, decode_limits{}, why);
+  BOOST_REQUIRE(rej);
+  BOOST_TEST(rej->limit == "max_incidents_per_minute");
+  BOOST_TEST(rej->value == 60u);
+  BOOST_TEST(rej->retry_after_ms == 30000u);
+  BOOST_TEST(gw.stats().refused[static_cast<int>(refusal_kind::rate)].load() == 200u);
+  BOOST_TEST(gw.stats().bad_frames.load() == 0u); // shed, not bad
+  BOOST_TEST(lines.load() <= 5);
+  BOOST_TEST(gw.stats().log_suppressed.load() >= 195u);
+  gw.stop();
+}
+
+// A header naming another device is refused and reported for the audit trail.
+BOOST_AUTO_TEST_CASE(spoofed_header_is_reported_for_audit) {
+  std::vector<std::pair<std::string, std::string>> audited;
+  std::mutex am;
+  gateway gw{
+      "tcp://127.0.0.1:*", decode_limits{},
+      [&](header&&, std::string_view) -> std::optional<refusal> { return std::nullopt; },
+      nullptr};
+  gw.on_suspicious([&](const std::string& peer, const std::string& what) {
+    std::lock_guard<std::mutex> g{am};
+    audited.emplace_back(peer, what);
+  });
+  dealer_rig rig;
+  rig.ep = gw.start();
+  auto d = rig.dealer("evil-1");
+  for (int i = 0; i < 3; ++i)
+    send_msg(d, encode(make_header("heartbeat", "dev-1")), encode(heartbeat{}));
+  BOOST_REQUIRE(wait_for([&] {
+    return gw.stats().refused[static_cast<int>(refusal_kind::spoofed)].load() == 3u;
+  }));
+  std::lock_guard<std::mutex> g{am};
+  BOOST_REQUIRE_EQUAL(audited.size(), 1u); // rate-limited per peer
+  BOOST_TEST(audited[0].first == "evil-1");
+  BOOST_TEST(audited[0].second.find("dev-1") != std::string::npos);
+}
+
+// A second connection claiming a live device id never receives that device's
+// commands, and its frames never reach the server; once the first connection is
+// gone, a new connection of the device takes the id.
+BOOST_AUTO_TEST_CASE(second_connection_cannot_take_a_live_device_id) {
+  std::mutex m;
+  std::vector<std::string> types;
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [&](header&& h, std::string_view) -> std::optional<refusal> {
+               std::lock_guard<std::mutex> g{m};
+               types.push_back(h.type);
+               return std::nullopt;
+             },
+             nullptr};
+  auto count = [&] {
+    std::lock_guard<std::mutex> g{m};
+    return types.size();
+  };
+  dealer_rig rig;
+  rig.ep = gw.start();
+  auto victim = rig.dealer("dev-1");
+  send_msg(victim, encode(make_header("hello", "dev-1")), encode(hello{}));
+  BOOST_REQUIRE(wait_for([&] { return count() == 1; }));
+  auto thief = rig.dealer("dev-1");
+  send_msg(thief, encode(make_header("hello", "dev-1")), encode(hello{}));
+  send_msg(victim, encode(make_header("heartbeat", "dev-1")), encode(heartbeat{}));
+  BOOST_REQUIRE(wait_for([&] { return count() >= 2; }));
+  command c;
+  c.action_id = "act-1";
+  c.type = "isolate";
+  gw.send("dev-1", encode(make_header("command", "dev-1")), encode(c));
+  auto got = recv_msg(victim, 10s);
+  BOOST_REQUIRE(got);
+  BOOST_TEST(got->first.type == "command");
+  BOOST_TEST(!recv_msg(thief, 300ms));
+  {
+    std::lock_guard<std::mutex> g{m};
+    BOOST_TEST(types.size() == 2u);
+  }
+  // The device's own process restarts: its old connection closes, the new one works.
+  victim.close();
+  BOOST_REQUIRE(wait_for([&] {
+    gw.send("dev-1", encode(make_header("command", "dev-1")), encode(c));
+    return gw.stats().unreachable.load() > 0;
+  }));
+  auto again = rig.dealer("dev-1");
+  send_msg(again, encode(make_header("hello", "dev-1")), encode(hello{}));
+  BOOST_REQUIRE(wait_for([&] { return count() == 3; }));
+  gw.send("dev-1", encode(make_header("command", "dev-1")), encode(c));
+  BOOST_TEST(recv_msg(again, 10s).has_value());
+  BOOST_TEST(!recv_msg(thief, 300ms));
+  gw.stop();
+}
+
+// send() after stop() must not write to the wake-up descriptor after it was closed
+// (the number may already belong to another file).
+BOOST_AUTO_TEST_CASE(send_after_stop_writes_to_no_foreign_descriptor) {
+  auto gw = std::make_unique<gateway>(
+      "tcp://127.0.0.1:*", decode_limits{},
+      [](header&&, std::string_view) -> std::optional<refusal> { return std::nullopt; },
+      nullptr);
+  gw->start();
+  gw->stop();
+  // Take every descriptor number that stop() may have freed.
+  std::vector<int> fds;
+  for (int i = 0; i < 64; ++i)
+    fds.push_back(::eventfd(0, EFD_NONBLOCK));
+  gw->send("dev-1", "h", "b");
+  int written_to = 0;
+  for (int fd : fds) {
+    uint64_t n = 0;
+    if (::read(fd, &n, sizeof n) == static_cast<ssize_t>(sizeof n)) ++written_to;
+    ::close(fd);
+  }
+  BOOST_TEST(written_to == 0);
+  BOOST_TEST(gw->stats().dropped_stopped.load() == 1u);
 }

@@ -316,6 +316,147 @@ BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_s
   BOOST_TEST(server->running());
 }
 
+namespace {
+
+/// A hand-driven agent connection for hostile-peer tests.
+struct raw_peer {
+  zmq::context_t ctx;
+  zmq::socket_t s{ctx, zmq::socket_type::dealer};
+  std::string id;
+  uint64_t msg_id = 0;
+
+  raw_peer(const std::string& endpoint, std::string device) : id(std::move(device)) {
+    s.set(zmq::sockopt::routing_id, id);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(endpoint);
+  }
+
+  template <class Body> uint64_t send(const char* type, const Body& body) {
+    bus::header h;
+    h.type = type;
+    h.msg_id = ++msg_id;
+    h.device_id = id;
+    s.send(zmq::buffer(bus::encode(h)), zmq::send_flags::sndmore);
+    s.send(zmq::buffer(bus::encode(body)), zmq::send_flags::none);
+    return h.msg_id;
+  }
+
+  /// The next message of `type` within `timeout` (others are skipped), as its body.
+  std::optional<std::string> next(const std::string& type,
+                                  std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      zmq::pollitem_t items[] = {{s.handle(), 0, ZMQ_POLLIN, 0}};
+      if (zmq::poll(items, 1, left) <= 0) return std::nullopt;
+      zmq::message_t h, b;
+      if (!s.recv(h, zmq::recv_flags::dontwait)) continue;
+      (void)s.recv(b, zmq::recv_flags::none);
+      std::string why;
+      auto hdr = bus::decode_header(h.to_string_view(), bus::decode_limits{}, why);
+      if (hdr && hdr->type == type) return b.to_string();
+    }
+  }
+};
+
+bus::incident_report small_report(const std::string& report_id) {
+  bus::incident_report r;
+  r.report_id = report_id;
+  r.det = {"HEUR:Trojan.Win32.Generic", "high", "epp"};
+  r.key_event_id = "e1";
+  bus::activity_event e;
+  e.id = "e1";
+  e.type = "process_started";
+  e.time = 1795000000000000;
+  e.process.pid = 4242;
+  e.process.start_time = 1795000000000000;
+  e.process.image = "C:\\Users\\a\\payload.exe";
+  e.process.sha256 = std::string(64, 'a');
+  e.process.cmdline = "payload.exe";
+  r.events = {e};
+  return r;
+}
+
+uint64_t refused(const json& stats, const char* kind) {
+  return stats["bus"]["refused"][kind].get<uint64_t>();
+}
+
+} // namespace
+
+// An agent saying hello with a hostname that is not UTF-8 is refused at the bus
+// (told so with `rejected`) and leaves nothing behind: GET /devices keeps answering.
+// A second connection claiming a live device's id never gets that device's
+// commands. A frame over max_frame_bytes is counted and answered.
+BOOST_AUTO_TEST_CASE(hostile_peers_are_refused_at_the_bus_edge) {
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  raw_peer bad{bus_endpoint, "bad-utf8"};
+  bus::hello h;
+  h.hostname = "bad\xffhost";
+  auto mid = bad.send(bus::type::hello, h);
+  auto rej = bad.next(bus::type::rejected, 10s);
+  BOOST_REQUIRE(rej);
+  std::string why;
+  auto r = bus::decode<bus::rejected>(*rej, bus::decode_limits{}, why);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->msg_id == mid);
+  BOOST_TEST(r->reason == "hostname is not valid UTF-8");
+  BOOST_TEST(api->get("/api/v1/devices").status == 200);
+  BOOST_TEST(api->get("/api/v1/devices/bad-utf8").status == 404);
+  BOOST_TEST(refused(get("/stats"), "invalid") >= 1u);
+
+  // Oversized: answered with the limit, counted.
+  bus::incident_report big = small_report("big-1");
+  big.events[0].detail = std::string(60000, 'x');
+  for (int i = 0; i < 20; ++i)
+    big.events.push_back(big.events[0]), big.events.back().id = "x" + std::to_string(i);
+  mid = bad.send(bus::type::incident, big);
+  rej = bad.next(bus::type::rejected, 10s);
+  BOOST_REQUIRE(rej);
+  r = bus::decode<bus::rejected>(*rej, bus::decode_limits{}, why);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->msg_id == mid);
+  BOOST_TEST(r->limit == "max_frame_bytes");
+  BOOST_TEST(r->value == 1048576u);
+  BOOST_TEST(refused(get("/stats"), "oversized") >= 1u);
+
+  // Takeover: a second connection says it is sim-0002.
+  raw_peer thief{bus_endpoint, "sim-0002"};
+  thief.send(bus::type::hello, bus::hello{"thief", "linux", "0", {}, false});
+  auto id = incident_of("sim-0002")["incident_id"].get<std::string>();
+  auto iso = act("isolate", id);
+  BOOST_TEST(iso["state"] == "completed");
+  BOOST_TEST(!thief.next(bus::type::command, 500ms));
+  BOOST_TEST(get("/devices/sim-0002")["device"]["hostname"] != "thief");
+  BOOST_TEST(server->running());
+}
+
+// One device floods incidents: what is over its per-minute cap is shed, counted and
+// answered with `rejected`; the other devices are served as usual.
+BOOST_AUTO_TEST_CASE(incident_flood_is_shed_and_counted) {
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  raw_peer flood{bus_endpoint, "flood-1"};
+  flood.send(bus::type::hello, bus::hello{"flood", "linux", "1", {"10.0.0.9"}, false});
+  BOOST_REQUIRE(flood.next(bus::type::welcome, 10s));
+  for (int i = 0; i < 1000; ++i) // over the default cap of 600 a minute
+    flood.send(bus::type::incident, small_report("r-" + std::to_string(i)));
+  auto rej = flood.next(bus::type::rejected, 10s);
+  BOOST_REQUIRE(rej);
+  std::string why;
+  auto r = bus::decode<bus::rejected>(*rej, bus::decode_limits{}, why);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->limit == "max_incidents_per_minute");
+  BOOST_TEST(r->retry_after_ms > 0u);
+  BOOST_REQUIRE(eventually([&] { return refused(get("/stats"), "rate") >= 200u; }));
+  auto stored = get("/incidents?device_id=flood-1")["incidents"].size();
+  BOOST_TEST(stored <= 200u);
+  BOOST_TEST(stored >= 1u);
+  // The well-behaved devices still work.
+  auto id = incident_of("sim-0003")["incident_id"].get<std::string>();
+  BOOST_TEST(act("isolate", id)["state"] == "completed");
+}
+
 BOOST_AUTO_TEST_CASE(rest_refuses_bad_credentials_and_bad_requests) {
   client anon{base_url, tls_options{(dir / "data/tls/cert.pem").string(), false}};
   BOOST_TEST(anon.get("/api/v1/devices").status == 401);
