@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/device.hpp"
+#include "common/utf8.hpp"
 
 namespace parry {
 
@@ -57,6 +58,11 @@ bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_v
     auto m = bus::decode<bus::action_result>(body, lim, why);
     if (!m || !(why = action_id_problem(m->action_id)).empty()) return bad();
     caf::anon_send(dir, atom::result_v, std::move(id), std::move(*m));
+  } else if (t == bus::type::cancel_result) {
+    auto m = bus::decode<bus::cancel_result>(body, lim, why);
+    if (!m || !(why = action_id_problem(m->action_id)).empty()) return bad();
+    m->detail = std::string{utf8_prefix(utf8_sanitized(m->detail), 256)};
+    caf::anon_send(dir, atom::cancel_v, std::move(id), std::move(*m));
   } else {
     why = "unknown message type";
     return bad();
