@@ -52,10 +52,6 @@ using inventory_store_actor = caf::typed_actor<
     // Loads one incident.
     caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>>;
 
-/// What the directory needs: actions and the inventory (it hands the narrower
-/// handles on to device and response_action actors).
-using directory_store_actor = action_store_actor::extend_with<inventory_store_actor>;
-
 /// User accounts and bearer tokens (auth, api).
 using account_store_actor = caf::typed_actor<
     // Loads a user account.
@@ -79,6 +75,12 @@ using audit_store_actor = caf::typed_actor<
     caf::replies_to<atom::audit, audit_entry>::with<atom::ok>,
     // A page of records with the writer's head, as JSON text (docs/rest-api.md).
     caf::replies_to<atom::query, atom::audit, page_request>::with<std::string>>;
+
+/// What the directory needs: actions, the inventory, and the audit trail for the
+/// trigger records it writes (it hands the narrower handles on to device and
+/// response_action actors).
+using directory_store_actor =
+    action_store_actor::extend_with<inventory_store_actor, audit_store_actor>;
 
 /// What auth needs: accounts, and the audit trail for what it decides.
 using auth_store_actor = account_store_actor::extend_with<audit_store_actor>;
@@ -126,10 +128,17 @@ using response_action_actor = caf::typed_actor<
     caf::reacts_to<atom::result, bus::action_result>,
     // The device decided the command needs no execution (e.g. already isolated).
     caf::reacts_to<atom::noop, std::string>,
-    // A user cancels it (before the agent acknowledged it): user, comment.
+    // A user cancels it (before the agent acknowledged it): user, comment. A `sent`
+    // one answers as `cancelling`: it ends when the agent says whether it ran.
     caf::replies_to<atom::cancel, std::string, std::string>::with<action_record>,
+    // The agent's answer to a `cancel` of this command.
+    caf::reacts_to<atom::cancel, bus::cancel_result>,
     // Timer: its time to live has passed.
-    caf::reacts_to<atom::expire>>;
+    caf::reacts_to<atom::expire>,
+    // Timer: the execution deadline (after acknowledged, or while cancelling).
+    caf::reacts_to<atom::deadline>,
+    // Timer: write the transition that the store refused, again.
+    caf::reacts_to<atom::retry>>;
 
 /// One device: its connection state, heartbeat deadline and ordered command queue.
 using device_actor = caf::typed_actor<
@@ -155,6 +164,10 @@ using device_actor = caf::typed_actor<
     caf::reacts_to<atom::done, std::string>,
     // The action ended before execution (cancelled, expired): drop its command.
     caf::reacts_to<atom::withdraw, std::string>,
+    // The action stored `cancelling`: ask the agent to withdraw the command.
+    caf::reacts_to<atom::cancel, std::string>,
+    // The agent answered a `cancel`.
+    caf::reacts_to<atom::cancel, bus::cancel_result>,
     // Current view of the device.
     caf::replies_to<atom::get>::with<device_record>>;
 
@@ -172,7 +185,9 @@ using directory_actor = caf::typed_actor<
     caf::reacts_to<atom::ack, std::string, std::string>,
     caf::reacts_to<atom::result, std::string, bus::action_result>,
     caf::reacts_to<atom::unreach, std::string>,
-    // Registers a response action; answers once it is stored.
+    caf::reacts_to<atom::cancel, std::string, bus::cancel_result>,
+    // Registers a response action; answers once it is stored. A request with the
+    // idempotency key of an earlier (or concurrent) one answers that one's record.
     caf::replies_to<atom::reg, action_request>::with<action_record>,
     // Cancels an action: id, user, comment.
     caf::replies_to<atom::cancel, std::string, std::string,

@@ -241,9 +241,8 @@ void with_password(call c, const std::string& type, const std::string& password,
 template <class... Ts> void register_via_directory(call c, std::string what, Ts... xs) {
   c.self->request(c.self->state.directory, caf::infinite, xs...)
       .then(
-          [c, what](const action_record& rec) mutable {
-            audit(c.self, c.who.username, "trigger", rec.action_id,
-                  rec.type + " on " + rec.device_id + " (" + what + ")");
+          [c](const action_record& rec) mutable {
+            // The directory audited the trigger before the action's first transition.
             c.answer(reply(202, json{{"action", to_json(rec)}}));
           },
           [c, what](caf::error& err) mutable {

@@ -59,6 +59,10 @@ CAF_ADD_ATOM(parry, parry::atom, transmit, "transmit")
 CAF_ADD_ATOM(parry, parry::atom, noop, "noop")
 CAF_ADD_ATOM(parry, parry::atom, cancel, "cancel")
 CAF_ADD_ATOM(parry, parry::atom, expire, "expire")
+/// response_action: timer, retry the transition write that failed.
+CAF_ADD_ATOM(parry, parry::atom, retry, "retry")
+/// response_action: timer, the execution deadline after acknowledgement.
+CAF_ADD_ATOM(parry, parry::atom, deadline, "deadline")
 
 // directory: registration and recovery.
 CAF_ADD_ATOM(parry, parry::atom, reg, "register")

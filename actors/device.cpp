@@ -1,14 +1,17 @@
 #include "actors/device.hpp"
 
+#include <algorithm>
 #include <set>
 
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
 #include "actors/error.hpp"
+#include "actors/response_action.hpp"
 #include "bus/codec.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "common/utf8.hpp"
 
 namespace parry {
 
@@ -43,7 +46,7 @@ void pump(device_stateful self) {
   auto& st = self->state;
   if (!st.rec.online) return;
   for (auto& p : st.queue) {
-    if (p.transmitted) continue;
+    if (p.transmitted || p.cancelling) continue;
     if (!p.cleared) break; // an earlier command is still being stored as sent
     p.cmd.issued_at = now_us();
     emit(self, bus::type::command, p.cmd);
@@ -56,7 +59,10 @@ void on_online(device_stateful self) {
   auto& st = self->state;
   for (auto& p : st.queue) {
     p.transmitted = p.acknowledged; // the agent's journal holds acknowledged ones
-    if (!p.cleared) self->send(p.action, atom::transmit_v);
+    if (p.cancelling)
+      emit(self, bus::type::cancel, bus::cancel{p.cmd.action_id}); // ask again
+    else if (!p.cleared)
+      self->send(p.action, atom::transmit_v);
   }
   pump(self);
 }
@@ -90,6 +96,60 @@ pending_command* find(device_state& st, const std::string& action_id) {
   return nullptr;
 }
 
+/// The stored record is in (or will not come): answer whoever waited for it.
+void loaded(device_stateful self) {
+  auto& st = self->state;
+  st.loaded = true;
+  for (auto& rp : st.waiting_get)
+    rp.deliver(st.rec);
+  st.waiting_get.clear();
+}
+
+/// A result for an action that is no longer live. If it ended without the agent's
+/// result (expired, cancelled, failed by a deadline or the store), the result is kept
+/// as a note in its transitions; then the agent is told it is stored.
+void late_result(device_stateful self, bus::action_result r) {
+  auto& st = self->state;
+  auto confirm = [self, id = r.action_id] {
+    emit(self, bus::type::result_ack, bus::result_ack{id});
+  };
+  self->request(st.store, st.cfg.load_timeout, atom::get_v, atom::action_v, r.action_id)
+      .then(
+          [self, r, confirm](action_record& rec) mutable {
+            auto& st = self->state;
+            if (rec.device_id != st.rec.device_id) {
+              spdlog::warn("device {}: result for {}, an action of device {}; ignored",
+                           st.rec.device_id, rec.action_id, rec.device_id);
+              return;
+            }
+            if (!is_final(rec.state) || !ended_without_agent_result(rec)) {
+              confirm(); // a re-sent result we already hold
+              return;
+            }
+            std::string note = "late result from the agent: ";
+            note += r.ok ? "ok" : "failed: " + r.error;
+            for (const auto& [k, v] : r.effect)
+              note += ", " + k + "=" + v;
+            note = std::string{utf8_prefix(note, 1024)};
+            spdlog::warn("action {} is {}: {}", rec.action_id, rec.state, note);
+            rec.updated_at = now_us();
+            transition t{rec.action_id, rec.state, rec.updated_at, note};
+            self->request(st.store, st.cfg.load_timeout, atom::update_v, rec, t)
+                .then([confirm](atom::ok) mutable { confirm(); },
+                      [self](caf::error& err) {
+                        // Not confirmed: the agent re-sends it later.
+                        spdlog::error("device {}: cannot record a late result: {}",
+                                      self->state.rec.device_id, message_of(err));
+                      });
+          },
+          [self, r, confirm](caf::error& err) mutable {
+            spdlog::info("device {}: result for unknown action {} ({}): {}",
+                         self->state.rec.device_id, r.action_id, r.ok ? "ok" : r.error,
+                         message_of(err));
+            if (code_of(err) == ec::not_found) confirm();
+          });
+}
+
 void welcome(device_stateful self) {
   bus::welcome w;
   w.server_time = now_us();
@@ -120,7 +180,7 @@ std::string validate_report(const bus::incident_report& r) {
 }
 
 device_actor::behavior_type device(device_stateful self, std::string id,
-                                   device_config cfg, inventory_store_actor store,
+                                   device_config cfg, directory_store_actor store,
                                    gateway_actor gateway) {
   auto& st = self->state;
   st.rec.device_id = id;
@@ -129,7 +189,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
   st.gateway = std::move(gateway);
   st.last_heard = self->clock().now();
   // What the store knows fills in a device that is heard from before its hello.
-  self->request(st.store, caf::infinite, atom::get_v, id)
+  self->request(st.store, st.cfg.load_timeout, atom::get_v, id)
       .then(
           [self](device_record& rec) {
             auto& st = self->state;
@@ -139,10 +199,32 @@ device_actor::behavior_type device(device_stateful self, std::string id,
               if (st.rec.online) rec.isolated = st.rec.isolated;
               st.rec = std::move(rec);
             }
+            loaded(self);
           },
-          [](caf::error&) {
-            // A new device: nothing stored yet.
+          [self](caf::error& err) {
+            // A new device (nothing stored yet), or the store did not answer in time.
+            if (code_of(err) != ec::not_found)
+              spdlog::error("device {}: cannot load its record: {}",
+                            self->state.rec.device_id, message_of(err));
+            loaded(self);
           });
+  // An action that ends without telling (it failed) must not block the queue.
+  self->set_down_handler([self](const caf::down_msg& msg) {
+    auto& q = self->state.queue;
+    auto before = q.size();
+    q.erase(std::remove_if(q.begin(), q.end(),
+                           [&](const pending_command& p) {
+                             return p.action.address() == msg.source;
+                           }),
+            q.end());
+    if (q.size() != before) {
+      self->state.dropped_dead += before - q.size();
+      spdlog::error("device {}: an action ended without a final state; dropped its "
+                    "command ({} so far)",
+                    self->state.rec.device_id, self->state.dropped_dead);
+      pump(self);
+    }
+  });
   return {
       [self](atom::hello, bus::hello& h) {
         auto& st = self->state;
@@ -216,10 +298,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           self->send(p->action, atom::result_v, std::move(r));
           return;
         }
-        // Not ours any more (already final, or unknown): confirm so the agent stops.
-        spdlog::info("device {}: result for finished or unknown action {} ({})",
-                     self->state.rec.device_id, r.action_id, r.ok ? "ok" : r.error);
-        emit(self, bus::type::result_ack, bus::result_ack{r.action_id});
+        // Not ours any more (already final, or unknown): record it, then confirm so
+        // the agent stops.
+        late_result(self, std::move(r));
       },
       [self](atom::unreach) { go_offline(self, "connection lost"); },
       [self](atom::check) {
@@ -238,6 +319,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           self->send(action, atom::noop_v, std::string{"device already isolated"});
           return;
         }
+        self->monitor(action);
         st.queue.push_back(pending_command{std::move(cmd), action});
         if (st.rec.online)
           self->send(action, atom::transmit_v);
@@ -264,7 +346,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         auto& q = self->state.queue;
         for (auto i = q.begin(); i != q.end(); ++i)
           if (i->cmd.action_id == action_id) {
-            if (i->transmitted)
+            if (i->transmitted && !i->cancelling)
               // Already on the wire: the agent may still run it. Its result will be
               // confirmed (unknown action) and logged, and the record stays final.
               spdlog::warn("device {}: withdrew {} after sending it",
@@ -274,7 +356,34 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           }
         pump(self);
       },
-      [self](atom::get) { return self->state.rec; },
+      [self](atom::cancel, const std::string& action_id) {
+        auto& st = self->state;
+        auto p = find(st, action_id);
+        if (!p) {
+          spdlog::warn("device {}: cancel of {}, which is not queued here",
+                       st.rec.device_id, action_id);
+          return;
+        }
+        p->cancelling = true;
+        if (st.rec.online) emit(self, bus::type::cancel, bus::cancel{action_id});
+        pump(self); // later commands need not wait for the answer
+      },
+      [self](atom::cancel, bus::cancel_result& r) {
+        heard(self);
+        if (auto p = find(self->state, r.action_id)) {
+          self->send(p->action, atom::cancel_v, std::move(r));
+          return;
+        }
+        spdlog::info("device {}: cancel answer for {}, which is not queued here",
+                     self->state.rec.device_id, r.action_id);
+      },
+      [self](atom::get) -> caf::result<device_record> {
+        auto& st = self->state;
+        if (st.loaded) return st.rec;
+        auto rp = self->make_response_promise<device_record>();
+        st.waiting_get.push_back(rp);
+        return rp;
+      },
   };
 }
 

@@ -6,6 +6,7 @@
 
 #include <caf/actor_clock.hpp>
 #include <caf/typed_event_based_actor.hpp>
+#include <caf/typed_response_promise.hpp>
 
 #include "actors/fwd.hpp"
 
@@ -17,6 +18,8 @@ struct device_config {
   std::chrono::milliseconds heartbeat_interval{5000};
   /// Heartbeats that may be missed before the device counts as offline.
   int missed_heartbeats = 3;
+  /// How long `get` may wait for the stored record after a (re)start.
+  std::chrono::milliseconds load_timeout{5000};
 };
 
 /// A command waiting for, or on its way to, the agent.
@@ -26,6 +29,9 @@ struct pending_command {
   bool cleared = false;     ///< The action stored `sent`: it may go out.
   bool transmitted = false; ///< Written to the current connection.
   bool acknowledged = false;
+  /// The action stored `cancelling`: the agent is asked to withdraw the command, and
+  /// it is not sent again.
+  bool cancelling = false;
 };
 
 struct device_state {
@@ -46,9 +52,15 @@ struct device_state {
   uint64_t msg_id = 0;
   /// Incidents this device reported since the server started.
   uint64_t incidents = 0;
+  /// The stored record has been read (or the read failed or timed out): until then
+  /// `get` waits, so nobody sees a restarted device as not isolated.
+  bool loaded = false;
+  std::vector<caf::typed_response_promise<device_record>> waiting_get;
+  /// Queue entries dropped because their action ended without saying so.
+  uint64_t dropped_dead = 0;
 
   device_config cfg;
-  inventory_store_actor store;
+  directory_store_actor store;
   gateway_actor gateway;
 };
 
@@ -57,7 +69,7 @@ using device_stateful = device_actor::stateful_pointer<device_state>;
 /// The actor for device `id`. Loads what the store knows of it, then follows its
 /// connection and delivers its commands in order.
 device_actor::behavior_type device(device_stateful self, std::string id,
-                                   device_config cfg, inventory_store_actor store,
+                                   device_config cfg, directory_store_actor store,
                                    gateway_actor gateway);
 
 /// Checks an incident report before it reaches the actors (the gateway calls it):

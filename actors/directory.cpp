@@ -53,17 +53,32 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
   auto& st = self->state;
   auto id = rec.action_id;
   auto dev = device_for(self, rec.device_id);
-  auto act = self->spawn<caf::linked>(response_action, std::move(rec), dev, st.store);
+  auto deadline = std::chrono::duration_cast<caf::timespan>(
+      std::chrono::microseconds{st.policy.exec_deadline_for(rec.type)});
+  auto act = self->spawn<caf::linked>(response_action, std::move(rec), dev, st.store,
+                                      deadline, write_retry{});
   self->monitor(act);
   st.actions.emplace(std::move(id), act);
   return act;
 }
 
 /// Registers `rec` (calling `ok` with the stored record, or `fail`) unless it is a
-/// release for a device that is not isolated (DESIGN.md §2).
+/// release for a device that is not isolated (DESIGN.md §2). `what` says what was
+/// asked for, in the audit trail.
 template <class Ok, class Fail>
-void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fail) {
-  auto go = [self, ok, fail](action_record rec) mutable {
+void register_checked(directory_stateful self, action_record rec, std::string what, Ok ok,
+                      Fail fail) {
+  auto go = [self, ok, fail, what](action_record rec) mutable {
+    // The trigger goes into the audit trail before the transitions it causes: the
+    // store handles the audit record before the action's first write.
+    self->request(self->state.store, std::chrono::seconds{30}, atom::audit_v,
+                  audit_entry{rec.requested_by, "trigger", rec.action_id,
+                              rec.type + " on " + rec.device_id + " (" + what + ")"})
+        .then([](atom::ok) {},
+              [](caf::error& err) {
+                spdlog::error("directory: cannot write the audit trail: {}",
+                              message_of(err));
+              });
     auto dev = device_for(self, rec.device_id);
     auto cmd = to_command(rec);
     auto act = spawn_action(self, std::move(rec));
@@ -90,6 +105,23 @@ void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fa
             fail(err);
           },
           fail);
+}
+
+/// Validates `req` with its incident and registers the action it describes.
+template <class Ok, class Fail>
+void register_new(directory_stateful self, action_request req, Ok ok, Fail fail) {
+  auto what = req.type + " on " + req.incident_id;
+  with_incident(
+      self, req.incident_id,
+      [self, req, ok, fail, what](incident_actor inc) mutable {
+        self->request(inc, caf::infinite, atom::reg_v, req)
+            .then(
+                [self, ok, fail, what](action_record& rec) mutable {
+                  register_checked(self, std::move(rec), what, ok, fail);
+                },
+                fail);
+      },
+      fail);
 }
 
 /// Answers through `rp`.
@@ -189,25 +221,54 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
       [self](atom::result, const std::string& id, bus::action_result& r) {
         self->send(device_for(self, id), atom::result_v, std::move(r));
       },
+      [self](atom::cancel, const std::string& id, bus::cancel_result& r) {
+        self->send(device_for(self, id), atom::cancel_v, std::move(r));
+      },
       [self](atom::unreach, const std::string& id) {
         if (auto i = self->state.devices.find(id); i != self->state.devices.end())
           self->send(i->second, atom::unreach_v);
       },
       [self](atom::reg, action_request& req) -> caf::result<action_record> {
         auto rp = self->make_response_promise<action_record>();
-        auto fail = [rp](caf::error& err) mutable { rp.deliver(err); };
-        with_incident(
-            self, req.incident_id,
-            [self, req, rp, fail](incident_actor inc) mutable {
-              self->request(inc, caf::infinite, atom::reg_v, req)
-                  .then(
-                      [self, rp](action_record& rec) mutable {
-                        auto [ok, fail] = deliver_to(rp);
-                        register_checked(self, std::move(rec), ok, fail);
-                      },
-                      fail);
-            },
-            fail);
+        if (req.idempotency_key.empty()) {
+          auto [ok, fail] = deliver_to(rp);
+          register_new(self, std::move(req), ok, fail);
+          return rp;
+        }
+        // The idempotency check and the registration are one step here: a duplicate
+        // that arrives while the first is being registered waits for its answer.
+        auto key = std::make_pair(req.username, req.idempotency_key);
+        auto& st = self->state;
+        if (auto i = st.registering.find(key); i != st.registering.end()) {
+          ++st.idempotent_hits;
+          i->second.push_back(rp);
+          return rp;
+        }
+        st.registering[key].push_back(rp);
+        auto answer_all = [self, key](auto&& x) {
+          auto& st = self->state;
+          auto i = st.registering.find(key);
+          if (i == st.registering.end()) return;
+          for (auto& p : i->second)
+            p.deliver(x);
+          st.registering.erase(i);
+        };
+        auto ok = [answer_all](action_record& rec) { answer_all(rec); };
+        auto fail = [answer_all](caf::error& err) { answer_all(err); };
+        self->request(st.store, std::chrono::seconds{30}, atom::idem_v, key.first,
+                      key.second)
+            .then(
+                [self, req, ok, fail](const std::string& id) mutable {
+                  if (id.empty()) {
+                    register_new(self, std::move(req), ok, fail);
+                    return;
+                  }
+                  ++self->state.idempotent_hits;
+                  self->request(self->state.store, std::chrono::seconds{30}, atom::get_v,
+                                atom::action_v, id)
+                      .then(ok, fail);
+                },
+                fail);
         return rp;
       },
       [self](atom::cancel, const std::string& id, const std::string& user,
@@ -258,7 +319,8 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                             },
                             fail);
                   };
-                  register_checked(self, std::move(*rev), linked, fail);
+                  register_checked(self, std::move(*rev), "reverse of " + id, linked,
+                                   fail);
                 },
                 fail);
         return rp;

@@ -1,10 +1,14 @@
 #pragma once
 
+#include <map>
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <caf/typed_event_based_actor.hpp>
+#include <caf/typed_response_promise.hpp>
 
 #include "actors/device.hpp"
 #include "actors/fwd.hpp"
@@ -22,6 +26,13 @@ struct directory_state {
   std::unordered_map<std::string, response_action_actor> actions;
   /// Actions whose reverse is being registered right now.
   std::set<std::string> reversing;
+  /// Registrations in flight by (user, idempotency key), with every request waiting
+  /// for the same answer: a concurrent duplicate gets the first one's record.
+  std::map<std::pair<std::string, std::string>,
+           std::vector<caf::typed_response_promise<action_record>>>
+      registering;
+  /// Duplicate registrations answered with an earlier action.
+  uint64_t idempotent_hits = 0;
 
   device_config cfg;
   action_policy policy;

@@ -5,6 +5,7 @@
 
 #include "actors/device.hpp"
 #include "bus/validate.hpp"
+#include "common/utf8.hpp"
 
 namespace parry {
 
@@ -70,6 +71,12 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
     if (why = action_id_problem(m->action_id); !why.empty()) return invalid(why);
     if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
     caf::anon_send(dir, atom::result_v, std::move(id), std::move(*m));
+  } else if (t == bus::type::cancel_result) {
+    auto m = bus::decode<bus::cancel_result>(body, lim, why);
+    if (!m) return invalid(why);
+    if (why = action_id_problem(m->action_id); !why.empty()) return invalid(why);
+    m->detail = std::string{utf8_prefix(utf8_sanitized(m->detail), 256)};
+    caf::anon_send(dir, atom::cancel_v, std::move(id), std::move(*m));
   } else {
     return invalid("unknown message type");
   }

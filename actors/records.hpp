@@ -18,6 +18,7 @@ inline constexpr const char* registered = "registered";
 inline constexpr const char* queued = "queued";
 inline constexpr const char* sent = "sent";
 inline constexpr const char* acknowledged = "acknowledged";
+inline constexpr const char* cancelling = "cancelling";
 inline constexpr const char* completed = "completed";
 inline constexpr const char* failed = "failed";
 inline constexpr const char* expired = "expired";
@@ -107,9 +108,19 @@ struct action_policy {
   std::map<std::string, int64_t> ttl_us;
   /// Time to live for types without their own entry.
   int64_t default_ttl_us = 24LL * 3600 * 1000000;
+  /// Execution deadline after the agent acknowledged a command, by type: without a
+  /// result by then the action ends `failed` ("no result from the agent"). Also bounds
+  /// how long a `cancelling` action waits for the agent's answer.
+  std::map<std::string, int64_t> exec_deadline_us;
+  /// Execution deadline for types without their own entry.
+  int64_t default_exec_deadline_us = 3600LL * 1000000;
 
   bool needs_password(const std::string& type) const;
   int64_t ttl_for(const std::string& type) const;
+  int64_t exec_deadline_for(const std::string& type) const {
+    auto i = exec_deadline_us.find(type);
+    return i == exec_deadline_us.end() ? default_exec_deadline_us : i->second;
+  }
 };
 
 /// One record to append to the audit trail.
@@ -168,7 +179,8 @@ template <class Inspector> auto inspect(Inspector& f, audit_entry& x) {
   return f(x.actor, x.kind, x.target, x.detail);
 }
 template <class Inspector> auto inspect(Inspector& f, action_policy& x) {
-  return f(x.password_required, x.start_process_allowlist, x.ttl_us, x.default_ttl_us);
+  return f(x.password_required, x.start_process_allowlist, x.ttl_us, x.default_ttl_us,
+           x.exec_deadline_us, x.default_exec_deadline_us);
 }
 template <class Inspector> auto inspect(Inspector& f, device_record& x) {
   return f(x.device_id, x.hostname, x.os, x.agent_version, x.addresses, x.online,

@@ -1,8 +1,29 @@
+// The response action lifecycle (DESIGN.md §4) as a state machine.
+//
+// clang-format off
+//  registered ─┬─> queued ─> sent ─> acknowledged ─┬─> completed ─(reverse)─> reverted
+//              └─> sent ─────────────────────────────┘└─> failed (reason)
+//
+//  registered, queued ─> expired (TTL) | cancelled (user)   the command never left
+//  sent ─> cancelling ─┬─> cancelled | expired              the agent: it never ran
+//   (user or TTL)      ├─> completed | failed               too late: the agent's result
+//                      └─> failed                           no answer by the deadline
+//  acknowledged ─> failed "no result from the agent"        execution deadline
+//  sent ─> acknowledged also when a result comes first      (implied by the result)
+//  any non-final ─> failed                                  the store refused the move
+// clang-format on
+//
+// Every move is stored before it is acted on: `advance` writes the transition and only
+// then runs what follows. While a write is in flight (or waiting to be retried) later
+// messages wait in order, so the store sees the transitions as they happened. A move the
+// table does not allow is refused and logged.
+
 #include "actors/response_action.hpp"
 
 #include <algorithm>
 #include <chrono>
 #include <string_view>
+#include <utility>
 
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
@@ -14,30 +35,151 @@ namespace parry {
 
 namespace {
 
-/// Stores the move to `next`, and only then runs `then` (DESIGN.md §4: a
-/// transition is written before it is acted on or reported).
-template <class F>
-void advance(response_action_stateful self, const char* next, std::string reason,
-             F then) {
-  auto& rec = self->state.rec;
-  rec.state = next;
-  rec.updated_at = now_us();
-  transition t{rec.action_id, next, rec.updated_at, std::move(reason)};
-  self->request(self->state.store, caf::infinite, atom::update_v, rec, std::move(t))
-      .then([then](atom::ok) mutable { then(); },
-            [self, next](caf::error& err) {
-              // Without the record we must not act: stop here, loudly. A restart
-              // resumes the action from its last stored state. A normal exit, so the
-              // failure stays with this action.
-              spdlog::error("action {}: cannot store state {}: {}",
-                            self->state.rec.action_id, next, message_of(err));
-              self->quit();
-            });
+/// The transition table: every move the lifecycle allows, and no other.
+/// (A new action becomes `registered` in `start`, by the store's insert.)
+constexpr std::pair<const char*, const char*> moves[] = {
+    {state::registered, state::queued},
+    {state::registered, state::sent},
+    {state::registered, state::completed}, // no-op: nothing to execute
+    {state::registered, state::cancelled},
+    {state::registered, state::expired},
+    {state::registered, state::failed},
+    {state::queued, state::sent},
+    {state::queued, state::completed},
+    {state::queued, state::cancelled},
+    {state::queued, state::expired},
+    {state::queued, state::failed},
+    {state::sent, state::acknowledged},
+    {state::sent, state::cancelling},
+    {state::sent, state::failed},
+    {state::acknowledged, state::completed},
+    {state::acknowledged, state::failed},
+    {state::cancelling, state::cancelled},
+    {state::cancelling, state::expired},
+    {state::cancelling, state::completed},
+    {state::cancelling, state::failed},
+    {state::completed, state::reverted}, // written by the reverse action's store call
+};
+
+using on_abandon = std::function<void(const caf::error&)>;
+
+/// Runs `f` now, or after the write in flight (and what waits before it).
+template <class F> void run(response_action_stateful self, F f) {
+  auto& st = self->state;
+  if (!st.writing) {
+    f();
+    return;
+  }
+  if (st.waiting.size() >= max_waiting) {
+    ++st.refused;
+    spdlog::warn("action {}: {} messages wait for the store, refused one ({} so far)",
+                 st.rec.action_id, st.waiting.size(), st.refused);
+    return;
+  }
+  st.waiting.emplace_back(std::move(f));
 }
 
-/// True while the agent has not accepted the command: it may still be withdrawn.
-bool withdrawable(const std::string& st) {
-  return st == state::registered || st == state::queued || st == state::sent;
+/// Runs what waited, until one of them starts a write. A final action ends after.
+void drain(response_action_stateful self) {
+  auto& st = self->state;
+  while (!st.writing && !st.waiting.empty()) {
+    auto f = std::move(st.waiting.front());
+    st.waiting.pop_front();
+    f();
+  }
+  if (!st.writing && is_final(st.rec.state)) self->quit(); // the store keeps the record
+}
+
+caf::timespan backoff(const write_retry& r, int failures) {
+  auto d = r.first;
+  for (int i = 1; i < failures && d < r.max; ++i)
+    d *= 2;
+  return std::min(d, r.max);
+}
+
+void write(response_action_stateful self);
+
+/// The store refused the write in flight: retry it later (DESIGN.md §4: nothing is
+/// acted on before it is stored). After `retry.attempts` the move is abandoned and the
+/// action ends `failed`, stored as soon as the store takes writes again.
+void write_failed(response_action_stateful self, const caf::error& err) {
+  auto& st = self->state;
+  auto& w = *st.writing;
+  ++w.failures;
+  spdlog::error("action {}: cannot store state {} (attempt {}): {}", st.rec.action_id,
+                w.t.state, w.failures, message_of(err));
+  if (!w.giving_up && w.failures > st.retry.attempts) {
+    if (w.abandon) w.abandon(err);
+    auto reason = store_refused_prefix + w.t.state + ": " + message_of(err);
+    w.giving_up = true;
+    w.abandon = nullptr;
+    w.rec = st.rec;
+    w.rec.state = state::failed;
+    w.rec.updated_at = now_us();
+    w.rec.result_ok = false;
+    w.rec.result_error = reason;
+    w.t = transition{w.rec.action_id, state::failed, w.rec.updated_at, reason};
+    w.then = [self] {
+      auto& rec = self->state.rec;
+      // The command may be on the wire: its late result is recorded by the device.
+      self->send(self->state.device, atom::withdraw_v, rec.action_id);
+      if (!rec.reverses.empty())
+        self->request(self->state.store, self->state.retry.timeout, atom::link_v,
+                      rec.reverses, std::string{})
+            .then([](atom::ok) {}, [](caf::error&) {});
+    };
+  }
+  self->delayed_send(self, backoff(st.retry, w.failures), atom::retry_v);
+}
+
+void write(response_action_stateful self) {
+  auto& st = self->state;
+  auto& w = *st.writing;
+  self->request(st.store, st.retry.timeout, atom::update_v, w.rec, w.t)
+      .then(
+          [self](atom::ok) {
+            auto& st = self->state;
+            auto w = std::move(*st.writing);
+            st.writing.reset();
+            st.rec = std::move(w.rec);
+            if (w.then) w.then();
+            drain(self);
+          },
+          [self](caf::error& err) { write_failed(self, err); });
+}
+
+/// Stores the move to `next`, and only then runs `then` (DESIGN.md §4: a transition
+/// is written before it is acted on or reported). Refuses, and logs, a move the table
+/// does not allow. `abandon` runs if the move is given up after every retry.
+template <class F>
+bool advance(response_action_stateful self, const char* next, std::string reason, F then,
+             on_abandon abandon = nullptr) {
+  auto& st = self->state;
+  if (!transition_allowed(st.rec.state, next)) {
+    spdlog::error("action {}: refused the move {} -> {} ({})", st.rec.action_id,
+                  st.rec.state, next, reason);
+    if (abandon)
+      abandon(make_error(ec::conflict, "action " + st.rec.action_id + " is " +
+                                           st.rec.state + ", it cannot become " + next));
+    return false;
+  }
+  pending_write w;
+  w.rec = st.rec;
+  w.rec.state = next;
+  w.rec.updated_at = now_us();
+  w.t = transition{w.rec.action_id, next, w.rec.updated_at, std::move(reason)};
+  w.then = std::move(then);
+  w.abandon = std::move(abandon);
+  st.writing = std::move(w);
+  write(self);
+  return true;
+}
+
+/// Starts the execution deadline.
+void arm_deadline(response_action_stateful self, caf::timespan delay) {
+  delay = std::max(delay, caf::timespan{0});
+  self->state.deadline = self->clock().now() + delay;
+  self->delayed_send(self, delay, atom::deadline_v);
 }
 
 /// A reverse action settles the action it undoes just before its own final state is
@@ -50,39 +192,91 @@ void settle_original(response_action_stateful self, const char* next) {
     spdlog::error("action {}: cannot settle {}: {}", self->state.rec.action_id,
                   self->state.rec.reverses, message_of(err));
   };
+  auto timeout = self->state.retry.timeout;
   if (std::string_view{next} == state::completed)
-    self->request(self->state.store, caf::infinite, atom::revert_v, rec.reverses,
-                  rec.action_id)
+    self->request(self->state.store, timeout, atom::revert_v, rec.reverses, rec.action_id)
         .then([](atom::ok) {}, err);
   else // failed, expired or cancelled: the original may be reversed again
-    self->request(self->state.store, caf::infinite, atom::link_v, rec.reverses,
-                  std::string{})
+    self->request(self->state.store, timeout, atom::link_v, rec.reverses, std::string{})
         .then([](atom::ok) {}, err);
 }
 
-/// Stores a final state (settling the original first), then runs `then` and ends:
-/// the record lives on in the store.
+/// Stores a final state (settling the original first), then runs `then`; the actor
+/// ends once nothing waits (the record lives on in the store).
 template <class F>
-void conclude(response_action_stateful self, const char* next, std::string reason,
-              F then) {
-  settle_original(self, next);
-  advance(self, next, std::move(reason), [self, then]() mutable {
-    then();
-    self->quit();
-  });
+void conclude(response_action_stateful self, const char* next, std::string reason, F then,
+              on_abandon abandon = nullptr) {
+  if (transition_allowed(self->state.rec.state, next)) settle_original(self, next);
+  advance(self, next, std::move(reason), std::move(then), std::move(abandon));
 }
 
 /// Ends the action before execution: stores `next`, drops its command.
 template <class F>
-void withdraw(response_action_stateful self, const char* next, std::string reason,
-              F then) {
-  conclude(self, next, std::move(reason), [self, then]() mutable {
-    self->send(self->state.device, atom::withdraw_v, self->state.rec.action_id);
-    then();
+void withdraw(response_action_stateful self, const char* next, std::string reason, F then,
+              on_abandon abandon = nullptr) {
+  conclude(
+      self, next, std::move(reason),
+      [self, then]() mutable {
+        self->send(self->state.device, atom::withdraw_v, self->state.rec.action_id);
+        then();
+      },
+      std::move(abandon));
+}
+
+/// Stores `cancelling` and asks the agent to withdraw the command; the action ends as
+/// `to` once the agent confirms it never ran.
+template <class F>
+void start_cancelling(response_action_stateful self, const char* to, std::string why,
+                      std::string final_reason, F then, on_abandon abandon = nullptr) {
+  advance(
+      self, state::cancelling, std::move(why),
+      [self, to, final_reason, then]() mutable {
+        auto& st = self->state;
+        st.cancel_to = to;
+        st.cancel_reason = final_reason;
+        arm_deadline(self, st.exec_deadline);
+        self->send(st.device, atom::cancel_v, st.rec.action_id);
+        then();
+      },
+      std::move(abandon));
+}
+
+/// Ends the action with the agent's result.
+void finish(response_action_stateful self, bus::action_result& r) {
+  auto& st = self->state;
+  bool late = st.rec.state == state::cancelling;
+  st.rec.result_ok = r.ok;
+  st.rec.result_error = r.error;
+  st.rec.result_effect = std::move(r.effect);
+  auto next = r.ok ? state::completed : state::failed;
+  auto reason =
+      r.ok ? std::string{"agent reported success"} : "agent reported failure: " + r.error;
+  if (late) reason += " (the cancel came too late)";
+  conclude(self, next, std::move(reason), [self] {
+    self->send(self->state.device, atom::done_v, self->state.rec.action_id);
   });
 }
 
+const char* state_after_restart(const action_record& rec) {
+  return rec.expires_at > 0 && now_us() >= rec.expires_at ? state::expired
+                                                          : state::cancelled;
+}
+
 } // namespace
+
+bool ended_without_agent_result(const action_record& rec) {
+  if (rec.state == state::expired || rec.state == state::cancelled) return true;
+  if (rec.state != state::failed) return false;
+  return rec.result_error == no_result_reason ||
+         rec.result_error == no_cancel_answer_reason ||
+         rec.result_error.rfind(store_refused_prefix, 0) == 0;
+}
+
+bool transition_allowed(const std::string& from, const char* to) {
+  for (const auto& [f, t] : moves)
+    if (from == f && std::string_view{to} == t) return true;
+  return false;
+}
 
 bus::command to_command(const action_record& rec) {
   bus::command cmd;
@@ -93,99 +287,205 @@ bus::command to_command(const action_record& rec) {
   return cmd;
 }
 
-response_action_actor::behavior_type response_action(response_action_stateful self,
-                                                     action_record rec,
-                                                     device_actor device,
-                                                     action_store_actor store) {
-  self->state.rec = std::move(rec);
-  self->state.device = std::move(device);
-  self->state.store = std::move(store);
+response_action_actor::behavior_type
+response_action(response_action_stateful self, action_record rec, device_actor device,
+                action_store_actor store, caf::timespan exec_deadline,
+                write_retry retry) {
+  auto& st = self->state;
+  st.rec = std::move(rec);
+  st.device = std::move(device);
+  st.store = std::move(store);
+  st.exec_deadline = exec_deadline;
+  st.retry = retry;
   // The time to live counts from registration, also across restarts.
-  if (auto left = self->state.rec.expires_at - now_us(); self->state.rec.expires_at > 0)
+  if (auto left = st.rec.expires_at - now_us(); st.rec.expires_at > 0)
     self->delayed_send(self, std::chrono::microseconds{std::max<int64_t>(left, 0)},
                        atom::expire_v);
+  // Resumed from the store: the deadlines count from the stored transition.
+  if (st.rec.state == state::acknowledged || st.rec.state == state::cancelling) {
+    auto left =
+        std::chrono::microseconds{st.rec.updated_at - now_us()} + st.exec_deadline;
+    arm_deadline(self, std::chrono::duration_cast<caf::timespan>(left));
+  }
+  if (st.rec.state == state::cancelling) {
+    st.cancel_to = state_after_restart(st.rec);
+    st.cancel_reason = "the agent confirmed the command never ran";
+  }
   return {
       [self](atom::start) -> caf::result<action_record> {
         auto& st = self->state;
         // The directory hands the command to the device itself, in registration order.
         if (!st.rec.state.empty()) return st.rec; // resumed from the store
-        st.rec.state = state::registered;
-        st.rec.created_at = st.rec.updated_at = now_us();
-        auto reason = "requested by " + st.rec.requested_by;
-        if (!st.rec.comment.empty()) reason += ": " + st.rec.comment;
-        transition t{st.rec.action_id, state::registered, st.rec.created_at, reason};
+        action_record registered = st.rec;
+        registered.state = state::registered;
+        registered.created_at = registered.updated_at = now_us();
+        auto reason = "requested by " + registered.requested_by;
+        if (!registered.comment.empty()) reason += ": " + registered.comment;
+        transition t{registered.action_id, state::registered, registered.created_at,
+                     reason};
         auto rp = self->make_response_promise<action_record>();
-        self->request(st.store, caf::infinite, atom::put_v, st.rec, std::move(t))
-            // Answers the record as registered, even if it has moved on meanwhile.
-            .then([rp, registered = st.rec](atom::ok) mutable { rp.deliver(registered); },
-                  [self, rp](caf::error& err) mutable {
-                    // Never registered: its place in the device's queue goes too.
-                    self->send(self->state.device, atom::withdraw_v,
-                               self->state.rec.action_id);
-                    rp.deliver(err);
-                    self->quit();
-                  });
+        // Nothing happens to the action until it is stored: later messages wait.
+        st.writing = pending_write{registered, t, nullptr, nullptr};
+        self->request(st.store, st.retry.timeout, atom::put_v, registered, std::move(t))
+            .then(
+                [self, rp](atom::ok) mutable {
+                  auto& st = self->state;
+                  st.rec = std::move(st.writing->rec);
+                  st.writing.reset();
+                  // Answers the record as registered, even if it moves on right away.
+                  rp.deliver(st.rec);
+                  drain(self);
+                },
+                [self, rp](caf::error& err) mutable {
+                  // Never registered (a duplicate idempotency key, a store error):
+                  // nothing was acted on; its place in the device's queue goes too.
+                  spdlog::error("action {}: cannot register: {}",
+                                self->state.rec.action_id, message_of(err));
+                  self->send(self->state.device, atom::withdraw_v,
+                             self->state.rec.action_id);
+                  rp.deliver(err);
+                  self->state.writing.reset();
+                  self->state.waiting.clear();
+                  self->quit();
+                });
         return rp;
       },
       [self](atom::queued) {
-        if (self->state.rec.state == state::registered)
-          advance(self, state::queued, "device offline", [] {});
+        run(self, [self] {
+          if (self->state.rec.state == state::registered)
+            advance(self, state::queued, "device offline", [] {});
+        });
       },
       [self](atom::transmit) {
-        auto& st = self->state;
-        auto clear = [self] {
-          self->send(self->state.device, atom::sent_v, self->state.rec.action_id);
-        };
-        if (st.rec.state == state::registered || st.rec.state == state::queued)
-          advance(self, state::sent, "delivered to the agent", clear);
-        else
-          clear(); // re-delivery of a command already stored as sent
+        run(self, [self] {
+          auto& st = self->state;
+          auto clear = [self] {
+            self->send(self->state.device, atom::sent_v, self->state.rec.action_id);
+          };
+          if (st.rec.state == state::registered || st.rec.state == state::queued)
+            advance(self, state::sent, "delivered to the agent", clear);
+          else if (st.rec.state == state::sent || st.rec.state == state::acknowledged)
+            clear(); // re-delivery of a command already stored as sent
+          else if (st.rec.state == state::cancelling)
+            self->send(st.device, atom::cancel_v, st.rec.action_id); // resumed
+        });
       },
       [self](atom::ack) {
-        if (self->state.rec.state == state::sent)
-          advance(self, state::acknowledged, "agent accepted the command", [] {});
+        run(self, [self] {
+          if (self->state.rec.state == state::sent)
+            advance(self, state::acknowledged, "agent accepted the command",
+                    [self] { arm_deadline(self, self->state.exec_deadline); });
+        });
       },
       [self](atom::result, bus::action_result& r) {
-        auto& st = self->state;
-        if (is_final(st.rec.state)) {
-          self->send(st.device, atom::done_v, st.rec.action_id);
-          return;
-        }
-        st.rec.result_ok = r.ok;
-        st.rec.result_error = r.error;
-        st.rec.result_effect = std::move(r.effect);
-        auto next = r.ok ? state::completed : state::failed;
-        auto reason = r.ok ? std::string{"agent reported success"}
-                           : "agent reported failure: " + r.error;
-        conclude(self, next, std::move(reason), [self] {
-          self->send(self->state.device, atom::done_v, self->state.rec.action_id);
+        run(self, [self, r]() mutable {
+          auto& st = self->state;
+          if (is_final(st.rec.state)) {
+            self->send(st.device, atom::done_v, st.rec.action_id);
+          } else if (st.rec.state == state::sent) {
+            // The result came first (e.g. the ack was lost in a restart): the agent
+            // did accept the command, so that is stored too.
+            advance(self, state::acknowledged,
+                    "agent accepted the command (implied by its result)",
+                    [self, r]() mutable { finish(self, r); });
+          } else if (st.rec.state == state::acknowledged ||
+                     st.rec.state == state::cancelling) {
+            finish(self, r);
+          } else {
+            spdlog::error("action {}: result from the agent while {}; ignored",
+                          st.rec.action_id, st.rec.state);
+          }
         });
       },
       [self](atom::noop, std::string& note) {
-        auto& st = self->state;
-        st.rec.result_ok = true;
-        st.rec.result_error.clear();
-        st.rec.result_effect = {{"note", note}};
-        conclude(self, state::completed, note, [] {});
+        run(self, [self, note] {
+          auto& st = self->state;
+          if (st.rec.state != state::registered && st.rec.state != state::queued) return;
+          st.rec.result_ok = true;
+          st.rec.result_error.clear();
+          st.rec.result_effect = {{"note", note}};
+          conclude(self, state::completed, note, [] {});
+        });
       },
       [self](atom::cancel, const std::string& user,
              const std::string& comment) -> caf::result<action_record> {
         auto& st = self->state;
-        if (!withdrawable(st.rec.state))
-          return make_error(ec::conflict, "action " + st.rec.action_id + " is " +
-                                              st.rec.state +
-                                              ": only an action the agent has not "
-                                              "acknowledged can be cancelled");
-        auto reason = "cancelled by " + user + (comment.empty() ? "" : ": " + comment);
+        if (st.writing && st.waiting.size() >= max_waiting)
+          return make_error(ec::storage, "action " + st.rec.action_id +
+                                             " is waiting for the store; try again");
         auto rp = self->make_response_promise<action_record>();
-        withdraw(self, state::cancelled, std::move(reason),
-                 [self, rp]() mutable { rp.deliver(self->state.rec); });
+        run(self, [self, rp, user, comment]() mutable {
+          auto& st = self->state;
+          auto reason = "cancelled by " + user + (comment.empty() ? "" : ": " + comment);
+          auto deliver = [self, rp]() mutable { rp.deliver(self->state.rec); };
+          auto refuse = [rp](const caf::error& err) mutable { rp.deliver(err); };
+          if (st.rec.state == state::registered || st.rec.state == state::queued) {
+            withdraw(self, state::cancelled, std::move(reason), deliver, refuse);
+          } else if (st.rec.state == state::sent) {
+            // On the wire: only the agent knows whether it still can be stopped.
+            start_cancelling(self, state::cancelled,
+                             "cancel requested by " + user +
+                                 (comment.empty() ? "" : ": " + comment),
+                             std::move(reason), deliver, refuse);
+          } else if (st.rec.state == state::cancelling) {
+            deliver();
+          } else {
+            rp.deliver(make_error(ec::conflict, "action " + st.rec.action_id + " is " +
+                                                    st.rec.state +
+                                                    ": only an action the agent has not "
+                                                    "acknowledged can be cancelled"));
+          }
+        });
         return rp;
       },
+      [self](atom::cancel, bus::cancel_result& r) {
+        run(self, [self, r] {
+          auto& st = self->state;
+          if (st.rec.state != state::cancelling) {
+            spdlog::info("action {}: cancel answer from the agent while {}; ignored",
+                         st.rec.action_id, st.rec.state);
+            return;
+          }
+          if (r.cancelled) {
+            withdraw(self, st.cancel_to,
+                     st.cancel_reason + " (the agent confirmed it never ran)", [] {});
+            return;
+          }
+          // Too late: it ran or runs; the action ends with the agent's result.
+          spdlog::info("action {}: the agent could not withdraw it: {}", st.rec.action_id,
+                       r.detail);
+        });
+      },
       [self](atom::expire) {
-        if (withdrawable(self->state.rec.state))
-          withdraw(self, state::expired,
-                   "time to live passed before the agent accepted it", [] {});
+        run(self, [self] {
+          auto& st = self->state;
+          std::string why = "time to live passed before the agent accepted it";
+          if (st.rec.state == state::registered || st.rec.state == state::queued)
+            withdraw(self, state::expired, why, [] {});
+          else if (st.rec.state == state::sent)
+            start_cancelling(self, state::expired,
+                             "time to live passed: withdrawing the command", why, [] {});
+        });
+      },
+      [self](atom::deadline) {
+        run(self, [self] {
+          auto& st = self->state;
+          if (!st.deadline || self->clock().now() < *st.deadline) return; // re-armed
+          st.deadline.reset();
+          const char* why = nullptr;
+          if (st.rec.state == state::acknowledged)
+            why = no_result_reason;
+          else if (st.rec.state == state::cancelling)
+            why = no_cancel_answer_reason;
+          if (!why) return;
+          st.rec.result_ok = false;
+          st.rec.result_error = why;
+          // Its late result, if any, is recorded by the device as a note.
+          withdraw(self, state::failed, why, [] {});
+        });
+      },
+      [self](atom::retry) {
+        if (self->state.writing) write(self);
       },
   };
 }

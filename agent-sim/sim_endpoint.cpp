@@ -1057,6 +1057,11 @@ command_outcome sim_endpoint::handle_command(const bus::command& cmd, int64_t no
     // Delivery is at least once: answer again, never act again. The server asked
     // again, so it may have lost the result: keep re-sending until it acknowledges.
     ++stats_.duplicate_commands;
+    if (it->second.cancelled) { // withdrawn before it ran: it never runs
+      out.result =
+          bus::action_result{cmd.action_id, false, "cancelled before it ran", {}};
+      return out;
+    }
     if (it->second.result_acked) {
       it->second.result_acked = false;
       ++unacked_;
@@ -1072,16 +1077,44 @@ command_outcome sim_endpoint::handle_command(const bus::command& cmd, int64_t no
   spdlog::info("executed {} {} on {}: {}", printable(cmd.action_id, 128),
                printable(cmd.type, 64), device_id_,
                out.result.ok ? "ok" : out.result.error);
-  journal_.emplace(cmd.action_id, journal_entry{out.result, false});
-  journal_order_.push_back(cmd.action_id);
-  ++unacked_;
+  journal(cmd.action_id, journal_entry{out.result, false});
+  return out;
+}
+
+void sim_endpoint::journal(const std::string& action_id, journal_entry e) {
+  if (!e.result_acked) ++unacked_;
+  journal_.emplace(action_id, std::move(e));
+  journal_order_.push_back(action_id);
   while (journal_order_.size() > max_journal) {
     auto old = journal_.find(journal_order_.front());
     if (!old->second.result_acked) --unacked_;
     journal_.erase(old);
     journal_order_.pop_front();
   }
-  return out;
+}
+
+bus::cancel_result sim_endpoint::cancel(const std::string& action_id) {
+  bus::cancel_result r{action_id, true, ""};
+  if (auto it = journal_.find(action_id); it != journal_.end()) {
+    r.cancelled = it->second.cancelled;
+    r.detail = r.cancelled ? "already cancelled" : "already executed";
+    if (!r.cancelled) ++stats_.late_cancels;
+    return r;
+  }
+  // Not started: held, or never received. Journaled, so it never runs later.
+  auto held = std::find_if(pending_.begin(), pending_.end(), [&](const bus::command& c) {
+    return c.action_id == action_id;
+  });
+  r.detail = held != pending_.end() ? "withdrawn before it started" : "never received";
+  if (held != pending_.end()) pending_.erase(held);
+  journal_entry e;
+  e.result.action_id = action_id;
+  e.result_acked = true; // no result will ever be sent
+  e.cancelled = true;
+  journal(action_id, std::move(e));
+  ++stats_.cancelled_commands;
+  spdlog::info("cancelled {} on {}: {}", printable(action_id, 128), device_id_, r.detail);
+  return r;
 }
 
 void sim_endpoint::set_hold(bool commands, bool results) {
@@ -1098,6 +1131,14 @@ std::vector<std::string> sim_endpoint::pending_commands() const {
 
 void sim_endpoint::answer(const bus::command& cmd, int64_t now,
                           std::vector<outbound>& out) {
+  if (auto it = journal_.find(cmd.action_id);
+      it != journal_.end() && it->second.cancelled) {
+    // Cancelled before it ran: it never runs; say so again.
+    out.push_back(make(bus::type::cancel_result,
+                       bus::cancel_result{cmd.action_id, true, "already cancelled"},
+                       now));
+    return;
+  }
   bool was_idle = unacked_ == 0;
   command_outcome oc = handle_command(cmd, now);
   out.push_back(make(bus::type::action_ack, oc.ack, now));
@@ -1243,6 +1284,13 @@ std::vector<outbound> sim_endpoint::on_message(std::string_view header_frame,
       pending_.push_back(std::move(*c));
       ++stats_.held_commands;
     }
+    return out;
+  }
+  if (h->type == bus::type::cancel) {
+    auto c = bus::decode<bus::cancel>(body_frame, limits_, why);
+    if (!c) return drop("cancel: " + why);
+    if (!bus::valid_id(c->action_id)) return drop("cancel with an invalid action id");
+    out.push_back(make(bus::type::cancel_result, cancel(c->action_id), now));
     return out;
   }
   if (h->type == bus::type::result_ack) {

@@ -84,6 +84,8 @@ struct endpoint_stats {
   uint64_t blocked_starts = 0;       ///< Process starts refused: prevented hash.
   uint64_t suppressed_incidents = 0; ///< Incidents not reported: nothing of them ran.
   uint64_t held_commands = 0;        ///< Commands put on hold by the test hook.
+  uint64_t cancelled_commands = 0;   ///< `cancel`s that came in time: never ran.
+  uint64_t late_cancels = 0;         ///< `cancel`s for commands already executed.
 };
 
 /// How a process started by `start_process` was launched; the bus process_info has
@@ -221,6 +223,7 @@ private:
   struct journal_entry {
     bus::action_result result;
     bool result_acked = false;
+    bool cancelled = false; ///< Withdrawn by the server before it ran: it never will.
   };
 
   template <class T> outbound make(const char* type, const T& body, int64_t now);
@@ -228,6 +231,8 @@ private:
   void schedule_next_incident(int64_t now, bool first);
   bool incidents_left() const;
   void answer(const bus::command& cmd, int64_t now, std::vector<outbound>& out);
+  bus::cancel_result cancel(const std::string& action_id);
+  void journal(const std::string& action_id, journal_entry e);
   bus::action_result execute(const bus::command& cmd, int64_t now);
 
   // One function per action type; each fills `r` (see sim_endpoint.cpp).

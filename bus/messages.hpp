@@ -29,6 +29,9 @@ inline constexpr const char* action_result = "action_result";
 inline constexpr const char* welcome = "welcome";
 inline constexpr const char* command = "command";
 inline constexpr const char* result_ack = "result_ack";
+inline constexpr const char* cancel = "cancel";
+inline constexpr const char* cancel_result = "cancel_result";
+inline constexpr const char* rejected = "rejected";
 } // namespace type
 
 /// First frame of every message.
@@ -145,12 +148,6 @@ struct result_ack {
   MSGPACK_DEFINE_MAP(action_id)
 };
 
-/// Type name of the server's refusal (kept apart from the list above so that other
-/// message types can be added there without touching this one).
-namespace type {
-inline constexpr const char* rejected = "rejected";
-} // namespace type
-
 /// Server -> agent: the message with this `msg_id` was not accepted. A limit was hit
 /// (`limit` names it, `value` is its value) or the message was invalid (`limit`
 /// empty). `retry_after_ms` > 0: the same message may be sent again after that long
@@ -163,6 +160,23 @@ struct rejected {
   std::string reason;  ///< Short machine-stable reason, e.g. "frame_too_large".
   uint32_t retry_after_ms = 0;
   MSGPACK_DEFINE_MAP(msg_id, type, limit, value, reason, retry_after_ms)
+};
+
+/// Server -> agent: withdraw the command with this id if it has not started. The
+/// agent answers with `cancel_result`, also for a command it never received.
+struct cancel {
+  std::string action_id;
+  MSGPACK_DEFINE_MAP(action_id)
+};
+
+/// Agent -> server: answer to `cancel`. `cancelled` true means the command did not
+/// run and never will (the agent journals the id); false means it ran or is running,
+/// and its `action_result` follows (or has been sent).
+struct cancel_result {
+  std::string action_id;
+  bool cancelled = false;
+  std::string detail; ///< Free text for the log, e.g. "already executed".
+  MSGPACK_DEFINE_MAP(action_id, cancelled, detail)
 };
 
 // -- inspect overloads (used by CAF on the server side) -------------------------
@@ -193,6 +207,12 @@ template <class Inspector> auto inspect(Inspector& f, incident_report& x) {
 }
 template <class Inspector> auto inspect(Inspector& f, action_result& x) {
   return f(x.action_id, x.ok, x.error, x.effect);
+}
+template <class Inspector> auto inspect(Inspector& f, cancel& x) {
+  return f(x.action_id);
+}
+template <class Inspector> auto inspect(Inspector& f, cancel_result& x) {
+  return f(x.action_id, x.cancelled, x.detail);
 }
 template <class Inspector> auto inspect(Inspector& f, command& x) {
   return f(x.action_id, x.type, x.params, x.issued_at, x.expires_at);

@@ -10,6 +10,7 @@
 #include "actors/error.hpp"
 #include "actors/gateway_bridge.hpp"
 #include "actors/incident.hpp"
+#include "actors/response_action.hpp"
 #include "actors/store.hpp"
 #include "bus/codec.hpp"
 
@@ -554,7 +555,7 @@ BOOST_AUTO_TEST_CASE(every_transition_is_in_the_hash_chained_audit_trail) {
   result("dev-1", rec.action_id, true);
   auto audit = read("audit");
   auto& records = audit["records"];
-  BOOST_REQUIRE_EQUAL(records.size(), 4u);
+  BOOST_REQUIRE_EQUAL(records.size(), 5u);
   std::string prev(64, '0');
   int64_t seq = 0;
   for (auto& r : records) {
@@ -564,9 +565,465 @@ BOOST_AUTO_TEST_CASE(every_transition_is_in_the_hash_chained_audit_trail) {
     BOOST_TEST(r["hash"] == audit_hash(seq, r["time_us"].get<int64_t>(), e, prev));
     prev = r["hash"].get<std::string>();
   }
-  BOOST_TEST(records[0]["detail"] == "registered: requested by alice");
-  BOOST_TEST(records[3]["detail"] == "completed: agent reported success");
+  // The trigger comes before the transitions it caused.
+  BOOST_TEST(records[0]["kind"] == "trigger");
+  BOOST_TEST(records[0]["target"] == rec.action_id);
+  BOOST_TEST(records[1]["detail"] == "registered: requested by alice");
+  BOOST_TEST(records[2]["detail"] == "sent: delivered to the agent");
+  BOOST_TEST(records[4]["detail"] == "completed: agent reported success");
   BOOST_TEST(audit["head"]["hash"] == prev);
+}
+
+BOOST_AUTO_TEST_CASE(concurrent_requests_with_one_idempotency_key_register_once) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto req = request("isolate", inc);
+  req.idempotency_key = "ticket-42";
+  // Both arrive before either is registered.
+  auto h1 = self->request(dir, caf::infinite, atom::reg_v, req);
+  auto h2 = self->request(dir, caf::infinite, atom::reg_v, req);
+  sched.run();
+  std::string first, second;
+  h1.receive([&](action_record& r) { first = r.action_id; },
+             [](caf::error& err) { BOOST_FAIL("first: " << message_of(err)); });
+  h2.receive([&](action_record& r) { second = r.action_id; },
+             [](caf::error& err) { BOOST_FAIL("second: " << message_of(err)); });
+  BOOST_TEST(!first.empty());
+  BOOST_TEST(first == second);
+  BOOST_TEST(read("actions")["actions"].size() == 1u);
+  BOOST_TEST(of_type("command").size() == 1u);
+  BOOST_TEST(states(first) == (strings{"registered", "sent"}));
+  // Later, the same key still answers the same action, and another user's does not.
+  auto again = ask<action_record>(dir, atom::reg_v, req);
+  BOOST_TEST(again.action_id == first);
+  req.username = "bob";
+  auto other = ask<action_record>(dir, atom::reg_v, req);
+  BOOST_TEST(other.action_id != first);
+  BOOST_TEST(of_type("command").size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(cancel_while_sent_waits_for_the_agent) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  BOOST_REQUIRE_EQUAL(of_type("command").size(), 1u);
+  auto c = ask<action_record>(dir, atom::cancel_v, rec.action_id, std::string{"bob"},
+                              std::string{"wrong host"});
+  BOOST_TEST(c.state == "cancelling");
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "cancelling"}));
+  auto cancels = of_type("cancel");
+  BOOST_REQUIRE_EQUAL(cancels.size(), 1u);
+  std::string why;
+  BOOST_TEST(
+      bus::decode<bus::cancel>(cancels[0].body, bus::decode_limits{}, why)->action_id ==
+      rec.action_id);
+  // Asking again changes nothing.
+  BOOST_TEST(ask<action_record>(dir, atom::cancel_v, rec.action_id, std::string{"bob"},
+                                std::string{})
+                 .state == "cancelling");
+  // The agent had not started it: cancelled.
+  caf::anon_send(dir, atom::cancel_v, std::string{"dev-1"},
+                 bus::cancel_result{rec.action_id, true, "withdrawn"});
+  sched.run();
+  BOOST_TEST(states(rec.action_id) ==
+             (strings{"registered", "sent", "cancelling", "cancelled"}));
+  auto a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["transitions"][3]["reason"] ==
+             "cancelled by bob: wrong host (the agent confirmed it never ran)");
+  // A later command for the device is not held up by it.
+  auto next = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  BOOST_TEST(of_type("command").size() == 2u);
+
+  // Too late: the agent ran it, and the action ends with its result.
+  auto late = ask<action_record>(dir, atom::cancel_v, next.action_id, std::string{"bob"},
+                                 std::string{});
+  BOOST_TEST(late.state == "cancelling");
+  caf::anon_send(dir, atom::cancel_v, std::string{"dev-1"},
+                 bus::cancel_result{next.action_id, false, "already executed"});
+  sched.run();
+  BOOST_TEST(states(next.action_id) == (strings{"registered", "sent", "cancelling"}));
+  ack("dev-1", next.action_id);
+  result("dev-1", next.action_id, true);
+  BOOST_TEST(states(next.action_id) ==
+             (strings{"registered", "sent", "cancelling", "completed"}));
+  a = read("action", next.action_id)["action"];
+  BOOST_TEST(a["transitions"][3]["reason"] ==
+             "agent reported success (the cancel came too late)");
+  BOOST_TEST(a["result"]["effect"]["rules"] == "drop all but management");
+  BOOST_TEST(of_type("result_ack").size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(expiry_while_sent_cancels_through_the_agent) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  stop_server();
+  policy.ttl_us["isolate"] = 10'000'000;
+  start_server();
+  hello("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent"}));
+  advance_time(11s);
+  sched.run();
+  // The device went offline meanwhile: the cancel goes out when it is back.
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "cancelling"}));
+  BOOST_TEST(of_type("cancel").empty());
+  heartbeat("dev-1");
+  BOOST_TEST(of_type("cancel").size() == 1u);
+  BOOST_TEST(of_type("command").size() == 1u); // not sent again
+  caf::anon_send(dir, atom::cancel_v, std::string{"dev-1"},
+                 bus::cancel_result{rec.action_id, true, "never received"});
+  sched.run();
+  BOOST_TEST(states(rec.action_id) ==
+             (strings{"registered", "sent", "cancelling", "expired"}));
+}
+
+BOOST_AUTO_TEST_CASE(acknowledged_fails_at_the_execution_deadline) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  stop_server();
+  policy.exec_deadline_us["isolate"] = 10'000'000;
+  start_server();
+  hello("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", rec.action_id);
+  advance_time(9s);
+  sched.run();
+  BOOST_TEST(read("action", rec.action_id)["action"]["state"] == "acknowledged");
+  advance_time(2s);
+  sched.run();
+  auto a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["state"] == "failed");
+  BOOST_TEST(a["transitions"][3]["reason"] == "no result from the agent");
+  BOOST_TEST(a["result"]["error"] == "no result from the agent");
+  // A late result is recorded as a note, not dropped, and confirmed to the agent.
+  result("dev-1", rec.action_id, true);
+  a = read("action", rec.action_id)["action"];
+  BOOST_TEST(a["state"] == "failed");
+  BOOST_REQUIRE_EQUAL(a["transitions"].size(), 5u);
+  BOOST_TEST(a["transitions"][4]["reason"] ==
+             "late result from the agent: ok, rules=drop all but management");
+  BOOST_TEST(of_type("result_ack").size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(reverse_of_an_isolate_right_after_a_restart) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto iso = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", iso.action_id);
+  result("dev-1", iso.action_id, true);
+  BOOST_REQUIRE(read("device", "dev-1")["device"]["isolated"] == true);
+  stop_server();
+  start_server();
+  // The device actor is spawned by this request: it must not answer "not isolated"
+  // before it has read its stored record.
+  action_request rev;
+  rev.username = "alice";
+  auto back = ask<action_record>(dir, atom::reverse_v, iso.action_id, rev);
+  BOOST_TEST(back.type == "release_isolation");
+}
+
+BOOST_AUTO_TEST_CASE(a_result_before_the_ack_after_a_restart_implies_the_ack) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  stop_server();
+  start_server();
+  BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 1u);
+  heartbeat("dev-1");
+  result("dev-1", rec.action_id, true);
+  BOOST_TEST(states(rec.action_id) ==
+             (strings{"registered", "sent", "acknowledged", "completed"}));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// -- message order and store faults, against full-interface mocks --------------------
+
+namespace {
+
+/// What the mock store was asked to do, in order; and how many update writes it
+/// refuses before it takes them again.
+struct store_log {
+  std::vector<std::string> calls;
+  int refuse_updates = 0;
+};
+
+using store_log_ptr = std::shared_ptr<store_log>;
+
+/// Stands in for the store: answers everything, records the writes.
+store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
+  auto none = [](const std::string& what) { return make_error(ec::not_found, what); };
+  return {
+      [log](atom::put, const device_record& d) {
+        log->calls.push_back("put device " + d.device_id);
+        return atom::ok_v;
+      },
+      [](atom::put, const incident_record&) { return std::string{"inc-1"}; },
+      [log](atom::put, const action_record& a, const transition& t) {
+        log->calls.push_back("put " + a.action_id + " " + t.state);
+        return atom::ok_v;
+      },
+      [log](atom::update, const action_record& a,
+            const transition& t) -> caf::result<atom::ok> {
+        if (log->refuse_updates > 0) {
+          --log->refuse_updates;
+          log->calls.push_back("refused " + a.action_id + " " + t.state);
+          return make_error(ec::storage, "disk I/O error");
+        }
+        log->calls.push_back("update " + a.action_id + " " + t.state);
+        return atom::ok_v;
+      },
+      [none](atom::get, atom::incident,
+             const std::string& id) -> caf::result<incident_record> { return none(id); },
+      [none](atom::get, const std::string& id) -> caf::result<device_record> {
+        return none(id);
+      },
+      [](atom::idem, const std::string&, const std::string&) { return std::string{}; },
+      [](atom::open) { return std::vector<action_record>{}; },
+      [none](atom::user, const std::string& id) -> caf::result<user_record> {
+        return none(id);
+      },
+      [](atom::put, const user_record&) { return atom::ok_v; },
+      [](atom::token, const std::string&, const std::string&, const std::string&) {
+        return atom::ok_v;
+      },
+      [none](atom::token, const std::string& h) -> caf::result<std::string> {
+        return none(h);
+      },
+      [](atom::revoke, const std::string&) { return atom::ok_v; },
+      [none](atom::get, atom::action,
+             const std::string& id) -> caf::result<action_record> { return none(id); },
+      [](atom::link, const std::string&, const std::string&) { return atom::ok_v; },
+      [](atom::revert, const std::string&, const std::string&) { return atom::ok_v; },
+      [log](atom::audit, const audit_entry& e) {
+        log->calls.push_back("audit " + e.kind);
+        return atom::ok_v;
+      },
+      [](atom::update, const user_record&) { return atom::ok_v; },
+      [](atom::del, const std::string&) { return atom::ok_v; },
+      [](atom::query, atom::audit, const page_request&) { return std::string{"{}"}; },
+      [](atom::query, atom::devices, const page_request&) { return std::string{"{}"}; },
+      [](atom::query, atom::device, const std::string&) { return std::string{"{}"}; },
+      [](atom::query, atom::incidents, const page_request&) { return std::string{"{}"}; },
+      [](atom::query, atom::incident, const std::string&) { return std::string{"{}"}; },
+      [](atom::query, atom::actions, const page_request&) { return std::string{"{}"}; },
+      [](atom::query, atom::action, const std::string&) { return std::string{"{}"}; },
+      [](atom::query, atom::users, const page_request&) { return std::string{"{}"}; },
+      [](atom::query, atom::stats) { return std::string{"{}"}; },
+      [](atom::flush) {},
+  };
+}
+
+/// An action that never stores `sent`: its command stays at the head of the queue.
+response_action_actor::behavior_type stuck_action() {
+  return {
+      [](atom::start) { return action_record{}; },
+      [](atom::queued) {},
+      [](atom::transmit) {},
+      [](atom::ack) {},
+      [](atom::result, const bus::action_result&) {},
+      [](atom::noop, const std::string&) {},
+      [](atom::cancel, const std::string&, const std::string&) {
+        return action_record{};
+      },
+      [](atom::cancel, const bus::cancel_result&) {},
+      [](atom::expire) {},
+      [](atom::deadline) {},
+      [](atom::retry) {},
+  };
+}
+
+struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
+  frames sent = std::make_shared<std::vector<sent_frame>>();
+  store_log_ptr log = std::make_shared<store_log>();
+  store_actor st;
+  gateway_actor gw;
+  device_actor dev;
+
+  order_fixture() {
+    st = sys.spawn(mock_store, log);
+    gw = sys.spawn(mock_gateway, sent);
+    device_config cfg;
+    cfg.heartbeat_interval = std::chrono::hours{1};
+    dev = sys.spawn(device, "dev-9", cfg, st, gw);
+    sched.run();
+    bus::hello h;
+    h.hostname = "ws-9";
+    caf::anon_send(dev, atom::hello_v, h);
+    sched.run();
+    sent->clear();
+    log->calls.clear();
+  }
+
+  ~order_fixture() override {
+    for (auto a : {caf::actor_cast<caf::actor>(dev), caf::actor_cast<caf::actor>(st),
+                   caf::actor_cast<caf::actor>(gw)})
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    sched.run();
+  }
+
+  static action_record make(const std::string& id) {
+    action_record rec;
+    rec.action_id = id;
+    rec.type = "quarantine"; // the device keeps no state of its own for it
+    rec.device_id = "dev-9";
+    rec.requested_by = "alice";
+    rec.params = {{"path", "/tmp/x"}};
+    return rec;
+  }
+
+  response_action_actor spawn_action(const action_record& rec, write_retry retry = {}) {
+    auto a = sys.spawn(response_action, rec, dev, st,
+                       caf::timespan{std::chrono::hours{1}}, retry);
+    sched.run();
+    return a;
+  }
+
+  std::vector<std::string> types_sent() {
+    std::vector<std::string> out;
+    for (auto& f : *sent)
+      out.push_back(f.h.type);
+    return out;
+  }
+};
+
+using call_list = std::vector<std::string>;
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(message_order, order_fixture)
+
+BOOST_AUTO_TEST_CASE(a_transition_is_stored_before_the_device_and_the_gateway_hear) {
+  auto rec = make("act-1");
+  auto aut = spawn_action(rec);
+  self->send(aut, atom::start_v);
+  expect((atom::start), from(_).to(aut));
+  expect((atom::put, action_record, transition), from(aut).to(st));
+  expect((atom::ok), from(st).to(aut));
+  self->send(dev, atom::submit_v, to_command(rec), aut);
+  expect((atom::submit, bus::command, response_action_actor), from(_).to(dev));
+  expect((atom::transmit), from(dev).to(aut));
+  // Nothing reaches the gateway until `sent` is stored.
+  disallow((atom::send, std::string, std::string, std::string), from(dev).to(gw));
+  expect((atom::update, action_record, transition), from(aut).to(st));
+  disallow((atom::send, std::string, std::string, std::string), from(dev).to(gw));
+  expect((atom::ok), from(st).to(aut));
+  expect((atom::sent, std::string), from(aut).to(dev).with(_, std::string{"act-1"}));
+  expect((atom::send, std::string, std::string, std::string), from(dev).to(gw));
+  BOOST_TEST((types_sent() == call_list{"command"}));
+  BOOST_TEST((log->calls == call_list{"put act-1 registered", "update act-1 sent"}));
+
+  // Cancel while sent: `cancelling` is stored before the agent is asked.
+  self->send(aut, atom::cancel_v, std::string{"bob"}, std::string{});
+  expect((atom::cancel, std::string, std::string), from(_).to(aut));
+  expect((atom::update, action_record, transition), from(aut).to(st));
+  expect((atom::ok), from(st).to(aut));
+  expect((atom::cancel, std::string), from(aut).to(dev));
+  expect((atom::send, std::string, std::string, std::string), from(dev).to(gw));
+  BOOST_TEST((types_sent() == call_list{"command", "cancel"}));
+  // The agent says it is too late: nothing is stored until its result comes.
+  caf::anon_send(dev, atom::cancel_v, bus::cancel_result{"act-1", false, "running"});
+  expect((atom::cancel, bus::cancel_result), from(_).to(dev));
+  expect((atom::cancel, bus::cancel_result), from(dev).to(aut));
+  disallow((atom::update, action_record, transition), from(aut).to(st));
+  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}});
+  expect((atom::result, bus::action_result), from(_).to(dev));
+  expect((atom::result, bus::action_result), from(dev).to(aut));
+  expect((atom::update, action_record, transition), from(aut).to(st));
+  expect((atom::ok), from(st).to(aut));
+  // Only once `completed` is stored is the agent told the result is kept.
+  expect((atom::done, std::string), from(aut).to(dev));
+  expect((atom::send, std::string, std::string, std::string), from(dev).to(gw));
+  BOOST_TEST((types_sent() == call_list{"command", "cancel", "result_ack"}));
+  BOOST_TEST(
+      (log->calls == call_list{"put act-1 registered", "update act-1 sent",
+                               "update act-1 cancelling", "update act-1 completed"}));
+}
+
+BOOST_AUTO_TEST_CASE(a_refused_transition_is_retried_and_nothing_moves_meanwhile) {
+  auto rec = make("act-1");
+  write_retry retry;
+  retry.first = std::chrono::seconds{1};
+  retry.max = std::chrono::seconds{4};
+  retry.attempts = 3;
+  auto aut = spawn_action(rec, retry);
+  log->refuse_updates = 2;
+  self->send(aut, atom::start_v);
+  self->send(dev, atom::submit_v, to_command(rec), aut);
+  sched.run();
+  BOOST_TEST(types_sent().empty());
+  advance_time(std::chrono::seconds{1});
+  sched.run();
+  BOOST_TEST(types_sent().empty());
+  advance_time(std::chrono::seconds{2});
+  sched.run();
+  BOOST_TEST((types_sent() == call_list{"command"}));
+  BOOST_TEST((log->calls == call_list{"put act-1 registered", "refused act-1 sent",
+                                      "refused act-1 sent", "update act-1 sent"}));
+  // The action is still alive: it takes the agent's result.
+  caf::anon_send(dev, atom::ack_v, std::string{"act-1"});
+  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}});
+  sched.run();
+  BOOST_TEST(log->calls.back() == "update act-1 completed");
+}
+
+BOOST_AUTO_TEST_CASE(a_store_that_keeps_refusing_ends_the_action_failed_later) {
+  auto first = make("act-1");
+  write_retry retry;
+  retry.first = std::chrono::seconds{1};
+  retry.max = std::chrono::seconds{4};
+  retry.attempts = 2;
+  auto aut = spawn_action(first, retry);
+  log->refuse_updates = 1000;
+  self->send(aut, atom::start_v);
+  self->send(dev, atom::submit_v, to_command(first), aut);
+  sched.run();
+  advance_time(std::chrono::seconds{1}); // attempt 2
+  sched.run();
+  advance_time(std::chrono::seconds{2}); // attempt 3: given up, now storing `failed`
+  sched.run();
+  BOOST_TEST(log->calls.back() == "refused act-1 sent");
+  // The store takes writes again: the action ends `failed` with the reason.
+  log->refuse_updates = 0;
+  advance_time(std::chrono::seconds{4});
+  sched.run();
+  BOOST_TEST(log->calls.back() == "update act-1 failed");
+  BOOST_TEST(types_sent().empty());
+  // Its queue entry is gone: the next command goes out.
+  auto second = make("act-2");
+  auto next = spawn_action(second);
+  self->send(next, atom::start_v);
+  self->send(dev, atom::submit_v, to_command(second), next);
+  sched.run();
+  BOOST_TEST((types_sent() == call_list{"command"}));
+}
+
+BOOST_AUTO_TEST_CASE(the_device_drops_the_command_of_an_action_that_died) {
+  auto stuck = sys.spawn(stuck_action);
+  auto rec = make("act-1");
+  self->send(dev, atom::submit_v, to_command(rec), stuck);
+  sched.run();
+  auto second = make("act-2");
+  auto next = spawn_action(second);
+  self->send(next, atom::start_v);
+  self->send(dev, atom::submit_v, to_command(second), next);
+  sched.run();
+  BOOST_TEST(types_sent().empty()); // behind the stuck one
+  caf::anon_send_exit(stuck, caf::exit_reason::kill);
+  sched.run();
+  BOOST_TEST((types_sent() == call_list{"command"}));
+}
+
+BOOST_AUTO_TEST_CASE(the_transition_table_refuses_what_it_does_not_list) {
+  BOOST_TEST(transition_allowed(state::registered, state::sent));
+  BOOST_TEST(transition_allowed(state::sent, state::cancelling));
+  BOOST_TEST(transition_allowed(state::cancelling, state::completed));
+  BOOST_TEST(transition_allowed(state::acknowledged, state::failed));
+  BOOST_TEST(!transition_allowed(state::sent, state::completed)); // ack first
+  BOOST_TEST(!transition_allowed(state::acknowledged, state::cancelled));
+  BOOST_TEST(!transition_allowed(state::completed, state::failed));
+  BOOST_TEST(!transition_allowed(state::cancelled, state::sent));
+  BOOST_TEST(!transition_allowed(state::sent, state::expired)); // via cancelling
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1502,3 +1502,50 @@ BOOST_AUTO_TEST_CASE(runner_maps_hold_files_to_endpoints) {
   BOOST_TEST(runner.stats().totals.commands_executed == 1u);
   fs::remove_all(dir);
 }
+
+BOOST_AUTO_TEST_CASE(cancel_in_time_never_runs_and_too_late_says_so) {
+  auto scenarios = dropper_scenarios();
+  int64_t now = t0;
+  sim_endpoint ep = welcomed_endpoint(scenarios, now);
+  const std::string id = ep.device_id();
+  auto deliver = [&](const bus::command& c) {
+    return ep.on_message(header_frame("command", id), bus::encode(c), now);
+  };
+  auto cancel = [&](const std::string& action_id) {
+    auto out = ep.on_message(header_frame("cancel", id),
+                             bus::encode(bus::cancel{action_id}), now);
+    BOOST_TEST_REQUIRE(out.size() == 1u);
+    BOOST_TEST(out[0].head.type == "cancel_result");
+    return body_of<bus::cancel_result>(out[0]);
+  };
+  // Held (received, not started): withdrawn, and it never runs afterwards.
+  ep.set_hold(true, false);
+  BOOST_TEST(deliver(make_command("k-1", "isolate")).empty());
+  auto r = cancel("k-1");
+  BOOST_TEST(r.action_id == "k-1");
+  BOOST_TEST(r.cancelled);
+  BOOST_TEST(ep.pending_commands().empty());
+  ep.set_hold(false, false);
+  BOOST_TEST(answers(ep.tick(now + 10)).empty());
+  // A re-delivery is answered with the cancel again, not run.
+  auto again = deliver(make_command("k-1", "isolate"));
+  BOOST_TEST_REQUIRE(again.size() == 1u);
+  BOOST_TEST(again[0].head.type == "cancel_result");
+  BOOST_TEST(body_of<bus::cancel_result>(again[0]).cancelled);
+  BOOST_TEST(ep.stats().commands_executed == 0u);
+  BOOST_TEST(!ep.isolated());
+  // Never received: journaled as cancelled, so a late delivery does not run either.
+  BOOST_TEST(cancel("k-2").cancelled);
+  deliver(make_command("k-2", "isolate"));
+  BOOST_TEST(!ep.isolated());
+  // Already executed: too late, and the result stays on its way.
+  deliver(make_command("k-3", "isolate"));
+  BOOST_TEST(ep.isolated());
+  auto late = cancel("k-3");
+  BOOST_TEST(!late.cancelled);
+  BOOST_TEST(late.detail == "already executed");
+  BOOST_TEST((ep.unacked_results() == std::vector<std::string>{"k-3"}));
+  BOOST_TEST(ep.stats().commands_executed == 1u);
+  BOOST_TEST(ep.stats().cancelled_commands == 2u);
+  BOOST_TEST(ep.stats().late_cancels == 1u);
+}
