@@ -8,6 +8,7 @@
 #include "actors/error.hpp"
 #include "bus/codec.hpp"
 #include "common/crypto.hpp"
+#include "common/domain.hpp"
 #include "common/time.hpp"
 
 namespace parry {
@@ -208,9 +209,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           // The result is the agent's own report of its isolation state.
           auto& rec = self->state.rec;
           bool was = rec.isolated;
-          if (r.ok && p->cmd.type == "isolate")
+          if (r.ok && p->cmd.type == to_string(action_type::isolate))
             rec.isolated = true;
-          else if (r.ok && p->cmd.type == "release_isolation")
+          else if (r.ok && p->cmd.type == to_string(action_type::release_isolation))
             rec.isolated = false;
           if (rec.isolated != was) persist(self);
           self->send(p->action, atom::result_v, std::move(r));
@@ -234,7 +235,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       [self](atom::submit, bus::command& cmd, response_action_actor& action) {
         auto& st = self->state;
         // Isolating an isolated device with nothing else in flight changes nothing.
-        if (cmd.type == "isolate" && st.rec.isolated && st.queue.empty()) {
+        if (cmd.type == to_string(action_type::isolate) && st.rec.isolated &&
+            st.queue.empty()) {
           self->send(action, atom::noop_v, std::string{"device already isolated"});
           return;
         }

@@ -60,7 +60,8 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
 }
 
 /// Registers `rec` (calling `ok` with the stored record, or `fail`) unless it is a
-/// release for a device that is not isolated (DESIGN.md §2).
+/// release for a device that is not isolated (DESIGN.md §2). A start_process given
+/// its arguments as text is split by the device's OS first.
 template <class Ok, class Fail>
 void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fail) {
   auto go = [self, ok, fail](action_record rec) mutable {
@@ -73,14 +74,24 @@ void register_checked(directory_stateful self, action_record rec, Ok ok, Fail fa
     // queue until the action has stored `sent`.
     self->send(dev, atom::submit_v, std::move(cmd), act);
   };
-  if (rec.type != "release_isolation") {
+  bool release = rec.type == to_string(action_type::release_isolation);
+  if (!release && !needs_device_os(rec)) {
     go(std::move(rec));
     return;
   }
   auto dev = device_for(self, rec.device_id);
   self->request(dev, caf::infinite, atom::get_v)
       .then(
-          [rec, go, fail](const device_record& d) mutable {
+          [rec, go, fail, release](const device_record& d) mutable {
+            // start_process arguments given as text split by the device's OS rules.
+            if (!release) {
+              if (auto err = split_for_device(rec, os_family_of(d.os))) {
+                fail(err);
+                return;
+              }
+              go(std::move(rec));
+              return;
+            }
             if (d.isolated) {
               go(std::move(rec));
               return;
@@ -124,7 +135,7 @@ caf::expected<action_record> make_reverse(const action_record& original,
   a.target_kind = original.target_kind;
   a.target_event_id = original.target_event_id;
   a.params = original.params;
-  if (type == "restore_from_quarantine") {
+  if (type == to_string(action_type::restore_from_quarantine)) {
     auto q = original.result_effect.find("quarantine_id");
     if (q == original.result_effect.end())
       return make_error(ec::not_applicable, "the quarantine left no quarantine_id");

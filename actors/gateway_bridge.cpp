@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/device.hpp"
+#include "actors/incident.hpp"
 
 namespace parry {
 
@@ -48,6 +49,7 @@ bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_v
     auto m = bus::decode<bus::incident_report>(body, lim, why);
     // Checked here, off the actors, so a bad report costs the sender, not the server.
     if (!m || !(why = validate_report(*m)).empty()) return bad();
+    normalize_hashes(*m);
     caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m));
   } else if (t == bus::type::action_ack) {
     auto m = bus::decode<bus::action_ack>(body, lim, why);

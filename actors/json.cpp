@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/incident.hpp"
 #include "common/time.hpp"
 
 namespace parry {
@@ -48,6 +49,8 @@ json to_json(const action_record& x) {
            {"password_confirmed", x.password_confirmed},
            {"reverses", x.reverses},
            {"reversed_by", x.reversed_by}};
+  // start_process: the argv the agent runs, as a list (params carry argc + arg.N).
+  if (x.params.count("argc")) out["argv"] = argv_of(x.params);
   if (is_final(x.state))
     out["result"] =
         json{{"ok", x.result_ok}, {"error", x.result_error}, {"effect", x.result_effect}};

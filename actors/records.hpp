@@ -89,6 +89,10 @@ struct action_request {
   std::string target_kind;
   std::string event_id;
   std::map<std::string, std::string> params;
+  /// start_process argv given as a JSON array (used when `argv_given`); the
+  /// `arguments` param is the text form, split by the device's OS rules.
+  std::vector<std::string> argv;
+  bool argv_given = false;
   std::string comment;
   std::string idempotency_key;
   std::string username; ///< Already authenticated.
@@ -187,8 +191,9 @@ template <class Inspector> auto inspect(Inspector& f, transition& x) {
   return f(x.action_id, x.state, x.time, x.reason);
 }
 template <class Inspector> auto inspect(Inspector& f, action_request& x) {
-  return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.comment,
-           x.idempotency_key, x.username, x.role, x.password_confirmed);
+  return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.argv,
+           x.argv_given, x.comment, x.idempotency_key, x.username, x.role,
+           x.password_confirmed);
 }
 template <class Inspector> auto inspect(Inspector& f, user_record& x) {
   return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at);

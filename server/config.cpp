@@ -5,6 +5,8 @@
 
 #include <toml++/toml.h>
 
+#include "common/domain.hpp"
+
 namespace parry {
 
 std::string server_config::validate() const {
@@ -24,20 +26,18 @@ std::string server_config::validate() const {
     return "pbkdf2_iterations: must be at least 1000 (600000 recommended)";
   if (max_login_failures < 1) return "max_login_failures: must be at least 1";
   if (session_idle_minutes < 1) return "session_idle_minutes: must be at least 1";
-  static const std::set<std::string> types{
-      "isolate",          "release_isolation", "start_process",           "prevent_run",
-      "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
-      "terminate_process"};
   for (const auto& t : password_required)
-    if (types.count(t) == 0)
-      return "actions.password_required: unknown action type '" + t + "'";
+    if (!action_type_from_string(t))
+      return "actions.password_required: unknown action type '" + t +
+             "'; legal values are " + legal_action_types();
   for (const auto& p : start_process_allowlist)
-    if (p.empty() || (p[0] != '/' && p.find(":\\") != 1))
-      return "actions.start_process_allowlist: '" + p + "' is not an absolute path";
+    if (auto why = path_problem(p); !why.empty())
+      return "actions.start_process_allowlist: '" + p + "': " + why;
   if (default_ttl_seconds < 1) return "actions.default_ttl_seconds: must be at least 1";
   for (const auto& [t, v] : ttl_seconds) {
-    if (types.count(t) == 0)
-      return "actions.ttl_seconds: unknown action type '" + t + "'";
+    if (!action_type_from_string(t))
+      return "actions.ttl_seconds: unknown action type '" + t + "'; legal values are " +
+             legal_action_types();
     if (v < 1) return "actions.ttl_seconds." + t + ": must be at least 1";
   }
   static const std::set<std::string> levels{"trace", "debug", "info", "warn", "error"};
