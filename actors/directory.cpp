@@ -119,7 +119,8 @@ caf::expected<action_record> make_reverse(const action_record& original,
     return make_error(ec::not_applicable, original.type + " cannot be reversed");
   if (original.state != state::completed)
     return make_error(ec::not_applicable,
-                      "action " + original.action_id + " is " + original.state +
+                      "action " + original.action_id + " is " +
+                          to_string(original.state) +
                           ": only a completed action can be reversed");
   if (!original.reversed_by.empty())
     return make_error(ec::not_applicable, "action " + original.action_id +
@@ -231,7 +232,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
             .then(
                 [rp](const action_record& rec) mutable {
                   rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is " +
-                                                          rec.state +
+                                                          to_string(rec.state) +
                                                           " and cannot be cancelled"));
                 },
                 [rp](caf::error& err) mutable { rp.deliver(err); });

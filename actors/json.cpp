@@ -22,7 +22,7 @@ json to_json(const device_record& x) {
 }
 
 json to_json(const transition& x) {
-  return json{{"state", x.state},
+  return json{{"state", to_string(x.state)},
               {"time", format_time(x.time)},
               {"time_us", x.time},
               {"reason", x.reason}};
@@ -37,7 +37,7 @@ json to_json(const action_record& x) {
            {"incident_id", x.incident_id},
            {"target", std::move(target)},
            {"params", x.params},
-           {"state", x.state},
+           {"state", to_string(x.state)},
            {"final", is_final(x.state)},
            {"requested_by", x.requested_by},
            {"comment", x.comment},

@@ -9,24 +9,13 @@
 #include <vector>
 
 #include "bus/messages.hpp"
+#include "common/domain.hpp"
 
 namespace parry {
 
-/// Response action states (DESIGN.md §4), as stored and shown.
-namespace state {
-inline constexpr const char* registered = "registered";
-inline constexpr const char* queued = "queued";
-inline constexpr const char* sent = "sent";
-inline constexpr const char* acknowledged = "acknowledged";
-inline constexpr const char* completed = "completed";
-inline constexpr const char* failed = "failed";
-inline constexpr const char* expired = "expired";
-inline constexpr const char* cancelled = "cancelled";
-inline constexpr const char* reverted = "reverted";
-} // namespace state
-
-/// True for states an action never leaves.
-bool is_final(const std::string& st);
+/// Response action states (DESIGN.md §4): `state::sent` is `action_state::sent`
+/// (common/domain.hpp); spelled as strings only in SQLite and JSON.
+using state = action_state;
 
 /// A device as stored and shown.
 struct device_record {
@@ -62,8 +51,8 @@ struct action_record {
   std::string requested_by;
   std::string comment;
   std::string idempotency_key;
-  std::string state;
-  int64_t created_at = 0;
+  action_state state = action_state::registered;
+  int64_t created_at = 0; ///< 0 until the action stores itself (new, not resumed).
   int64_t updated_at = 0;
   bool result_ok = false;
   std::string result_error;
@@ -77,7 +66,7 @@ struct action_record {
 /// One step in an action's life, appended to the store before it takes effect.
 struct transition {
   std::string action_id;
-  std::string state;
+  action_state state = action_state::registered;
   int64_t time = 0;
   std::string reason;
 };

@@ -17,7 +17,7 @@ namespace {
 /// Stores the move to `next`, and only then runs `then` (DESIGN.md §4: a
 /// transition is written before it is acted on or reported).
 template <class F>
-void advance(response_action_stateful self, const char* next, std::string reason,
+void advance(response_action_stateful self, action_state next, std::string reason,
              F then) {
   auto& rec = self->state.rec;
   rec.state = next;
@@ -30,27 +30,27 @@ void advance(response_action_stateful self, const char* next, std::string reason
               // resumes the action from its last stored state. A normal exit, so the
               // failure stays with this action.
               spdlog::error("action {}: cannot store state {}: {}",
-                            self->state.rec.action_id, next, message_of(err));
+                            self->state.rec.action_id, to_string(next), message_of(err));
               self->quit();
             });
 }
 
 /// True while the agent has not accepted the command: it may still be withdrawn.
-bool withdrawable(const std::string& st) {
+bool withdrawable(action_state st) {
   return st == state::registered || st == state::queued || st == state::sent;
 }
 
 /// A reverse action settles the action it undoes just before its own final state is
 /// stored: both writes queue at the store in this order, so whoever sees the reverse's
 /// final state also sees the original settled.
-void settle_original(response_action_stateful self, const char* next) {
+void settle_original(response_action_stateful self, action_state next) {
   auto& rec = self->state.rec;
   if (rec.reverses.empty()) return;
   auto err = [self](caf::error& err) {
     spdlog::error("action {}: cannot settle {}: {}", self->state.rec.action_id,
                   self->state.rec.reverses, message_of(err));
   };
-  if (std::string_view{next} == state::completed)
+  if (next == state::completed)
     self->request(self->state.store, caf::infinite, atom::revert_v, rec.reverses,
                   rec.action_id)
         .then([](atom::ok) {}, err);
@@ -63,7 +63,7 @@ void settle_original(response_action_stateful self, const char* next) {
 /// Stores a final state (settling the original first), then runs `then` and ends:
 /// the record lives on in the store.
 template <class F>
-void conclude(response_action_stateful self, const char* next, std::string reason,
+void conclude(response_action_stateful self, action_state next, std::string reason,
               F then) {
   settle_original(self, next);
   advance(self, next, std::move(reason), [self, then]() mutable {
@@ -74,7 +74,7 @@ void conclude(response_action_stateful self, const char* next, std::string reaso
 
 /// Ends the action before execution: stores `next`, drops its command.
 template <class F>
-void withdraw(response_action_stateful self, const char* next, std::string reason,
+void withdraw(response_action_stateful self, action_state next, std::string reason,
               F then) {
   conclude(self, next, std::move(reason), [self, then]() mutable {
     self->send(self->state.device, atom::withdraw_v, self->state.rec.action_id);
@@ -108,7 +108,7 @@ response_action_actor::behavior_type response_action(response_action_stateful se
       [self](atom::start) -> caf::result<action_record> {
         auto& st = self->state;
         // The directory hands the command to the device itself, in registration order.
-        if (!st.rec.state.empty()) return st.rec; // resumed from the store
+        if (st.rec.created_at != 0) return st.rec; // resumed from the store
         st.rec.state = state::registered;
         st.rec.created_at = st.rec.updated_at = now_us();
         auto reason = "requested by " + st.rec.requested_by;
@@ -173,7 +173,7 @@ response_action_actor::behavior_type response_action(response_action_stateful se
         auto& st = self->state;
         if (!withdrawable(st.rec.state))
           return make_error(ec::conflict, "action " + st.rec.action_id + " is " +
-                                              st.rec.state +
+                                              to_string(st.rec.state) +
                                               ": only an action the agent has not "
                                               "acknowledged can be cancelled");
         auto reason = "cancelled by " + user + (comment.empty() ? "" : ": " + comment);

@@ -6,11 +6,6 @@
 
 namespace parry {
 
-bool is_final(const std::string& st) {
-  auto s = action_state_from_string(st);
-  return s && is_final(*s);
-}
-
 bool action_policy::needs_password(const std::string& type) const {
   // start_process always, whatever the configuration says.
   if (auto t = action_type_from_string(type); t && password_always(*t)) return true;

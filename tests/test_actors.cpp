@@ -236,7 +236,7 @@ BOOST_AUTO_TEST_CASE(isolate_goes_registered_sent_acknowledged_completed) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
-  BOOST_TEST(rec.state == "registered");
+  BOOST_TEST((rec.state == state::registered));
   BOOST_TEST(rec.device_id == "dev-1");
   BOOST_TEST(rec.target_event_id == "e3");
   // The command went out only after `sent` was stored.
@@ -456,7 +456,7 @@ BOOST_AUTO_TEST_CASE(cancel_before_acknowledgement_only) {
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
   auto cancelled = ask<action_record>(dir, atom::cancel_v, rec.action_id,
                                       std::string{"bob"}, std::string{"wrong host"});
-  BOOST_TEST(cancelled.state == "cancelled");
+  BOOST_TEST((cancelled.state == state::cancelled));
   auto a = read("action", rec.action_id)["action"];
   BOOST_TEST(a["transitions"][2]["reason"] == "cancelled by bob: wrong host");
   hello("dev-1");
