@@ -1,5 +1,7 @@
 #include "actors/api.hpp"
 
+#include <algorithm>
+
 #include <caf/typed_event_based_actor.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -125,6 +127,21 @@ caf::expected<action_request> parse_action(const std::string& body,
     if (!p->is_object() || p->size() > 32)
       return make_error(ec::bad_request, "'params' must be an object of strings");
     for (auto& [k, v] : p->items()) {
+      // start_process argv as a list: each element a string, the limits checked later.
+      if (k == "arguments" && v.is_array()) {
+        if (v.size() > max_arguments ||
+            !std::all_of(v.begin(), v.end(), [](const json& a) {
+              return a.is_string() &&
+                     a.get_ref<const std::string&>().size() <= max_arguments_bytes;
+            }))
+          return make_error(ec::bad_request,
+                            "'params.arguments' must be a list of at most " +
+                                std::to_string(max_arguments) + " strings");
+        for (const auto& a : v)
+          req.argv.push_back(a.get<std::string>());
+        req.argv_given = true;
+        continue;
+      }
       // Long enough for start_process arguments (32 KiB), which check their own limits.
       if (!v.is_string() || k.size() > 64 ||
           v.get_ref<const std::string&>().size() > 33 * 1024)
@@ -160,7 +177,8 @@ split_target(const std::string& target) {
 }
 
 bool may_act(const std::string& role) {
-  return role == "administrator" || role == "security_officer";
+  auto r = user_role_from_string(role);
+  return r && may_trigger(*r);
 }
 
 namespace {
@@ -343,8 +361,8 @@ void available(call c, const std::string& id) {
                 ->request(c.self->state.store, caf::infinite, atom::get_v, inc.device_id)
                 .then(
                     [c, inc](const device_record& d) mutable {
-                      c.answer(reply(
-                          200, available_actions(inc, d.isolated, c.self->state.policy)));
+                      c.answer(reply(200, available_actions(inc, d.isolated,
+                                                            c.self->state.policy, d.os)));
                     },
                     [c, inc](caf::error&) mutable {
                       c.answer(reply(
@@ -395,8 +413,7 @@ void users(call c) {
     if (!valid_username(u.username))
       return c.answer(ec::bad_request, "username: 1-64 characters of [A-Za-z0-9._-]");
     if (!valid_role(u.role))
-      return c.answer(ec::bad_request,
-                      "role must be administrator, security_officer or operator");
+      return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
     auto password = j["password"].get<std::string>();
     if (auto why = password_problem(password); !why.empty())
       return c.answer(ec::bad_request, why);
@@ -439,8 +456,7 @@ void users(call c) {
   std::string role, password;
   if (j.contains("role")) {
     if (!j["role"].is_string() || !valid_role(j["role"].get<std::string>()))
-      return c.answer(ec::bad_request,
-                      "role must be administrator, security_officer or operator");
+      return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
     role = j["role"].get<std::string>();
   }
   if (j.contains("password")) {

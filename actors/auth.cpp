@@ -5,6 +5,7 @@
 
 #include "actors/error.hpp"
 #include "common/crypto.hpp"
+#include "common/domain.hpp"
 #include "common/time.hpp"
 
 namespace parry {
@@ -81,7 +82,7 @@ void check_password(auth_stateful self, const std::string& username,
 } // namespace
 
 bool valid_role(const std::string& role) {
-  return role == "administrator" || role == "security_officer" || role == "operator";
+  return user_role_from_string(role).has_value();
 }
 
 hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iterations) {

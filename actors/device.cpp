@@ -10,6 +10,7 @@
 #include "actors/response_action.hpp"
 #include "bus/codec.hpp"
 #include "common/crypto.hpp"
+#include "common/domain.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 
@@ -131,7 +132,8 @@ void late_result(device_stateful self, bus::action_result r) {
             for (const auto& [k, v] : r.effect)
               note += ", " + k + "=" + v;
             note = std::string{utf8_prefix(note, 1024)};
-            spdlog::warn("action {} is {}: {}", rec.action_id, rec.state, note);
+            spdlog::warn("action {} is {}: {}", rec.action_id, to_string(rec.state),
+                         note);
             rec.updated_at = now_us();
             transition t{rec.action_id, rec.state, rec.updated_at, note};
             self->request(st.store, st.cfg.load_timeout, atom::update_v, rec, t)
@@ -290,9 +292,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           // The result is the agent's own report of its isolation state.
           auto& rec = self->state.rec;
           bool was = rec.isolated;
-          if (r.ok && p->cmd.type == "isolate")
+          if (r.ok && p->cmd.type == to_string(action_type::isolate))
             rec.isolated = true;
-          else if (r.ok && p->cmd.type == "release_isolation")
+          else if (r.ok && p->cmd.type == to_string(action_type::release_isolation))
             rec.isolated = false;
           if (rec.isolated != was) persist(self);
           self->send(p->action, atom::result_v, std::move(r));
@@ -315,7 +317,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       [self](atom::submit, bus::command& cmd, response_action_actor& action) {
         auto& st = self->state;
         // Isolating an isolated device with nothing else in flight changes nothing.
-        if (cmd.type == "isolate" && st.rec.isolated && st.queue.empty()) {
+        if (cmd.type == to_string(action_type::isolate) && st.rec.isolated &&
+            st.queue.empty()) {
           self->send(action, atom::noop_v, std::string{"device already isolated"});
           return;
         }

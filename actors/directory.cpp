@@ -63,7 +63,8 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
 }
 
 /// Registers `rec` (calling `ok` with the stored record, or `fail`) unless it is a
-/// release for a device that is not isolated (DESIGN.md §2). `what` says what was
+/// release for a device that is not isolated (DESIGN.md §2). A start_process given
+/// its arguments as text is split by the device's OS first. `what` says what was
 /// asked for, in the audit trail.
 template <class Ok, class Fail>
 void register_checked(directory_stateful self, action_record rec, std::string what, Ok ok,
@@ -88,14 +89,24 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
     // queue until the action has stored `sent`.
     self->send(dev, atom::submit_v, std::move(cmd), act);
   };
-  if (rec.type != "release_isolation") {
+  bool release = rec.type == to_string(action_type::release_isolation);
+  if (!release && !needs_device_os(rec)) {
     go(std::move(rec));
     return;
   }
   auto dev = device_for(self, rec.device_id);
   self->request(dev, caf::infinite, atom::get_v)
       .then(
-          [rec, go, fail](const device_record& d) mutable {
+          [rec, go, fail, release](const device_record& d) mutable {
+            // start_process arguments given as text split by the device's OS rules.
+            if (!release) {
+              if (auto err = split_for_device(rec, os_family_of(d.os))) {
+                fail(err);
+                return;
+              }
+              go(std::move(rec));
+              return;
+            }
             if (d.isolated) {
               go(std::move(rec));
               return;
@@ -140,7 +151,8 @@ caf::expected<action_record> make_reverse(const action_record& original,
     return make_error(ec::not_applicable, original.type + " cannot be reversed");
   if (original.state != state::completed)
     return make_error(ec::not_applicable,
-                      "action " + original.action_id + " is " + original.state +
+                      "action " + original.action_id + " is " +
+                          to_string(original.state) +
                           ": only a completed action can be reversed");
   if (!original.reversed_by.empty())
     return make_error(ec::not_applicable, "action " + original.action_id +
@@ -156,7 +168,7 @@ caf::expected<action_record> make_reverse(const action_record& original,
   a.target_kind = original.target_kind;
   a.target_event_id = original.target_event_id;
   a.params = original.params;
-  if (type == "restore_from_quarantine") {
+  if (type == to_string(action_type::restore_from_quarantine)) {
     auto q = original.result_effect.find("quarantine_id");
     if (q == original.result_effect.end())
       return make_error(ec::not_applicable, "the quarantine left no quarantine_id");
@@ -282,7 +294,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
             .then(
                 [rp](const action_record& rec) mutable {
                   rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is " +
-                                                          rec.state +
+                                                          to_string(rec.state) +
                                                           " and cannot be cancelled"));
                 },
                 [rp](caf::error& err) mutable { rp.deliver(err); });

@@ -4,6 +4,7 @@
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/device.hpp"
+#include "actors/incident.hpp"
 #include "bus/validate.hpp"
 #include "common/utf8.hpp"
 
@@ -59,6 +60,7 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
     if (!m) return invalid(why);
     if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
     if (why = validate_report(*m); !why.empty()) return invalid(why);
+    normalize_hashes(*m);
     caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m));
   } else if (t == bus::type::action_ack) {
     auto m = bus::decode<bus::action_ack>(body, lim, why);

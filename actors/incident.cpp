@@ -1,7 +1,7 @@
 #include "actors/incident.hpp"
 
 #include <algorithm>
-#include <cctype>
+#include <stdexcept>
 
 #include <caf/after.hpp>
 #include <caf/expected.hpp>
@@ -11,209 +11,244 @@
 #include "actors/error.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "common/utf8.hpp"
 
 namespace parry {
 
 namespace {
 
-constexpr std::size_t max_path = 4096;
-constexpr std::size_t max_args = 64;
-constexpr std::size_t max_args_bytes = 32 * 1024;
-
-// Types a person may request through POST /actions. allow_run and
-// restore_from_quarantine exist only as reverses of the action they undo.
-const char* const requestable[] = {
-    "isolate",    "release_isolation", "start_process",    "prevent_run",
-    "quarantine", "delete_file",       "terminate_process"};
-
-bool has_control(const std::string& s) {
-  for (unsigned char c : s)
-    if (c < 0x20 || c == 0x7f) return true;
-  return false;
+/// The file an action on `e` acts on: its file, or for a process start without a
+/// file, the process's image.
+std::pair<std::string, std::string> file_of(const bus::activity_event& e) {
+  if (e.file.path.empty() &&
+      event_type_from_string(e.type) == event_type::process_started)
+    return {e.process.image, e.process.sha256};
+  return {e.file.path, e.file.sha256};
 }
 
-/// Absolute (POSIX or Windows drive/UNC), no `..` component, no control characters.
-bool absolute_clean_path(const std::string& p) {
-  if (p.empty() || p.size() > max_path || has_control(p)) return false;
-  bool posix = p[0] == '/';
-  bool drive = p.size() >= 3 && std::isalpha(static_cast<unsigned char>(p[0])) &&
-               p[1] == ':' && (p[2] == '\\' || p[2] == '/');
-  bool unc = p.rfind("\\\\", 0) == 0;
-  if (!posix && !drive && !unc) return false;
-  std::size_t start = 0;
-  while (start <= p.size()) {
-    auto end = p.find_first_of("/\\", start);
-    if (end == std::string::npos) end = p.size();
-    if (p.compare(start, end - start, "..") == 0 && end - start == 2) return false;
-    start = end + 1;
-  }
-  return true;
+/// An agent's text quoted in a reason: printable, cut on a character boundary.
+std::string shown(const std::string& s) {
+  constexpr std::size_t max_quoted = 80;
+  auto clean = utf8_sanitized(s);
+  std::string out;
+  for (char c : std::string(utf8_prefix(clean, max_quoted)))
+    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
+  if (clean.size() > max_quoted) out += "...";
+  return "'" + out + "'";
+}
+
+caf::error bad(const std::string& why) {
+  return make_error(ec::bad_request, why);
 }
 
 } // namespace
 
-std::string object_of(const std::string& type) {
-  if (type == "isolate" || type == "release_isolation" || type == "start_process")
-    return "device";
-  if (type == "prevent_run" || type == "quarantine" || type == "delete_file" ||
-      type == "allow_run" || type == "restore_from_quarantine")
-    return "file";
-  if (type == "terminate_process") return "process";
-  return {};
+void normalize_hashes(bus::incident_report& r) {
+  for (auto& e : r.events) {
+    e.file.sha256 = normalized_sha256(std::move(e.file.sha256));
+    e.process.sha256 = normalized_sha256(std::move(e.process.sha256));
+  }
 }
 
 std::string reverse_of(const std::string& type) {
-  if (type == "isolate") return "release_isolation";
-  if (type == "prevent_run") return "allow_run";
-  if (type == "quarantine") return "restore_from_quarantine";
+  auto t = action_type_from_string(type);
+  if (!t) return {};
+  auto r = parry::reverse_of(*t);
+  return r ? to_string(*r) : std::string{};
+}
+
+std::string not_actionable(action_type t, const bus::activity_event& e) {
+  switch (object_of(t)) {
+  case action_object::device:
+    return {};
+  case action_object::file: {
+    auto [path, sha] = file_of(e);
+    if (path.empty()) return "the event names no file";
+    if (auto why = path_problem(path); !why.empty())
+      return "the file's path " + shown(path) + " cannot be acted on: " + why;
+    if (checks_sha256(t) && !is_sha256(sha))
+      return "the file's sha256 " + shown(sha) + " is not 64 hexadecimal digits";
+    return {};
+  }
+  case action_object::process: {
+    if (e.process.pid == 0) return "the event names no process";
+    if (auto why = path_problem(e.process.image); !why.empty())
+      return "the process's image " + shown(e.process.image) +
+             " cannot be acted on: " + why;
+    return {};
+  }
+  }
   return {};
 }
 
-bool applies_to(const std::string& type, const std::string& event_type) {
-  auto object = object_of(type);
-  if (object == "device") return true;
-  if (object == "file")
-    return event_type == "file_created" || event_type == "process_started";
-  if (object == "process") return event_type == "process_started";
-  return false;
-}
-
-caf::expected<std::vector<std::string>> split_arguments(const std::string& text) {
+std::vector<std::string> argv_of(const std::map<std::string, std::string>& params) {
   std::vector<std::string> out;
-  std::string word;
-  bool in_word = false;
-  char quote = 0;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (quote == '\'') {
-      if (c == '\'')
-        quote = 0;
-      else
-        word += c;
-    } else if (quote == '"') {
-      if (c == '"')
-        quote = 0;
-      else if (c == '\\' && i + 1 < text.size() &&
-               (text[i + 1] == '"' || text[i + 1] == '\\'))
-        word += text[++i];
-      else
-        word += c;
-    } else if (c == ' ' || c == '\t') {
-      if (in_word) out.push_back(std::move(word));
-      word.clear();
-      in_word = false;
-    } else {
-      in_word = true;
-      if (c == '\'' || c == '"')
-        quote = c;
-      else if (c == '\\' && i + 1 < text.size())
-        word += text[++i];
-      else
-        word += c;
-    }
+  auto n = params.find("argc");
+  if (n == params.end()) return out;
+  std::size_t argc = 0;
+  try {
+    argc = std::min<std::size_t>(std::stoul(n->second), max_arguments);
+  } catch (const std::exception&) {
+    return out;
   }
-  if (quote != 0) return make_error(ec::bad_request, "unbalanced quote in 'arguments'");
-  if (in_word) out.push_back(std::move(word));
+  for (std::size_t i = 0; i < argc; ++i) {
+    auto a = params.find("arg." + std::to_string(i));
+    out.push_back(a == params.end() ? std::string{} : a->second);
+  }
   return out;
 }
 
+namespace {
+
+caf::error put_argv(std::map<std::string, std::string>& out,
+                    const std::vector<std::string>& argv) {
+  if (auto why = arguments_problem(argv); !why.empty()) return bad(why);
+  out["argc"] = std::to_string(argv.size());
+  for (std::size_t i = 0; i < argv.size(); ++i)
+    out["arg." + std::to_string(i)] = argv[i];
+  return {};
+}
+
+caf::error split_into(std::map<std::string, std::string>& out, const std::string& text,
+                      os_family os) {
+  std::string why;
+  auto argv = split_arguments(text, os, why);
+  if (!argv) return bad(why);
+  return put_argv(out, *argv);
+}
+
+} // namespace
+
 caf::expected<std::map<std::string, std::string>>
 start_process_params(const std::map<std::string, std::string>& params,
-                     const action_policy& policy) {
+                     const std::optional<std::vector<std::string>>& argv,
+                     const action_policy& policy, std::optional<os_family> os) {
   auto get = [&](const char* key) {
     auto i = params.find(key);
     return i == params.end() ? std::string{} : i->second;
   };
   for (const auto& [k, v] : params)
     if (k != "path" && k != "working_directory" && k != "arguments")
-      return make_error(ec::bad_request, "unknown start_process parameter '" + k + "'");
+      return bad("unknown start_process parameter '" + k + "'");
   auto path = get("path");
-  if (path.empty()) return make_error(ec::bad_request, "start_process needs 'path'");
-  if (path.find('\0') != std::string::npos || !absolute_clean_path(path))
-    return make_error(
-        ec::bad_request,
-        "'path' must be an absolute path without '..' or control characters");
+  if (path.empty()) return bad("start_process needs 'path'");
+  if (auto why = path_problem(path); !why.empty()) return bad("'path': " + why);
   auto cwd = get("working_directory");
-  if (!cwd.empty() && !absolute_clean_path(cwd))
-    return make_error(ec::bad_request, "'working_directory' must be an absolute path");
+  if (!cwd.empty())
+    if (auto why = path_problem(cwd); !why.empty())
+      return bad("'working_directory': " + why);
   auto args = get("arguments");
-  if (args.size() > max_args_bytes)
-    return make_error(ec::bad_request, "'arguments' is longer than 32 KiB");
-  if (has_control(args))
-    return make_error(ec::bad_request, "'arguments' contains control characters");
-  auto argv = split_arguments(args);
-  if (!argv) return argv.error();
-  if (argv->size() > max_args)
-    return make_error(ec::bad_request, "more than 64 arguments");
+  if (argv && params.count("arguments"))
+    return bad("give 'arguments' either as a list or as text, not both");
+  if (args.size() > max_arguments_bytes)
+    return bad("'arguments' is longer than " +
+               std::to_string(max_arguments_bytes / 1024) + " KiB");
+  if (!valid_utf8(args)) return bad("'arguments' is not valid UTF-8");
+  for (unsigned char c : args)
+    if ((c < 0x20 && c != '\t') || c == 0x7f)
+      return bad("'arguments' contains control characters");
   if (!policy.start_process_allowlist.empty()) {
     bool allowed = false;
     for (const auto& a : policy.start_process_allowlist)
       allowed = allowed || a == path;
-    if (!allowed)
-      return make_error(ec::bad_request,
-                        "'" + path + "' is not on the start_process allow-list");
+    if (!allowed) return bad("'" + path + "' is not on the start_process allow-list");
   }
-  std::map<std::string, std::string> out{{"path", path},
-                                         {"working_directory", cwd},
-                                         {"arguments", args},
-                                         {"argc", std::to_string(argv->size())}};
-  for (std::size_t i = 0; i < argv->size(); ++i)
-    out["arg." + std::to_string(i)] = (*argv)[i];
+  std::map<std::string, std::string> out{{"path", path}, {"working_directory", cwd}};
+  if (argv) {
+    if (auto err = put_argv(out, *argv)) return err;
+    return out;
+  }
+  out["arguments"] = args;
+  if (args.empty()) {
+    out["argc"] = "0";
+    return out;
+  }
+  // Check the syntax now (POSIX is the stricter: it refuses unbalanced quotes), split
+  // for real once the device's OS is known.
+  std::string why;
+  if (!split_arguments(args, os.value_or(os_family::posix), why)) return bad(why);
+  if (os)
+    if (auto err = split_into(out, args, *os)) return err;
   return out;
+}
+
+bool needs_device_os(const action_record& a) {
+  return a.type == to_string(action_type::start_process) && a.params.count("arguments") &&
+         !a.params.count("argc");
+}
+
+caf::error split_for_device(action_record& a, os_family os) {
+  auto i = a.params.find("arguments");
+  if (i == a.params.end()) return {};
+  auto text = i->second;
+  return split_into(a.params, text, os);
 }
 
 caf::expected<action_record> make_action(const incident_record& rec,
                                          const action_request& req,
-                                         const action_policy& policy, int64_t now) {
-  auto object = object_of(req.type);
-  if (object.empty())
-    return make_error(ec::bad_request, "unknown action type '" + req.type + "'");
-  if (std::find(std::begin(requestable), std::end(requestable), req.type) ==
-      std::end(requestable))
+                                         const action_policy& policy, int64_t now,
+                                         std::optional<os_family> os) {
+  auto type = action_type_from_string(req.type);
+  if (!type)
+    return bad("unknown action type " + shown(req.type) + "; legal values are " +
+               legal_action_types());
+  if (!is_requestable(*type))
     return make_error(ec::not_applicable,
                       req.type +
                           " undoes an earlier action: use POST /actions/{id}/reverse"
                           " on that action");
+  auto kind = target_kind_from_string(req.target_kind);
+  if (!kind)
+    return bad("target.kind must be one of " + legal_target_kinds() + ", not " +
+               shown(req.target_kind));
   const auto& chain = rec.report;
   std::string event_id;
-  if (req.target_kind == "detection")
+  switch (*kind) {
+  case target_kind::detection:
     event_id = chain.key_event_id;
-  else if (req.target_kind == "event")
+    break;
+  case target_kind::event:
     event_id = req.event_id;
-  else
-    return make_error(ec::bad_request, "target.kind must be 'detection' or 'event'");
+    break;
+  }
   const bus::activity_event* event = nullptr;
   for (const auto& e : chain.events)
     if (e.id == event_id) event = &e;
   if (event == nullptr)
     return make_error(ec::not_found,
-                      "incident " + rec.incident_id + " has no event '" + event_id + "'");
-  if (!applies_to(req.type, event->type))
+                      "incident " + rec.incident_id + " has no event " + shown(event_id));
+  auto etype = event_type_from_string(event->type);
+  if (!applies_to(*type, etype))
+    return make_error(ec::not_applicable, req.type +
+                                              " does not apply to an event of type " +
+                                              shown(event->type));
+  if (auto why = not_actionable(*type, *event); !why.empty())
     return make_error(ec::not_applicable,
-                      req.type + " does not apply to an event of type " + event->type);
+                      req.type + " cannot act on event " + shown(event_id) + ": " + why);
   action_record a;
-  if (req.type == "start_process") {
-    auto params = start_process_params(req.params, policy);
+  if (*type == action_type::start_process) {
+    std::optional<std::vector<std::string>> argv;
+    if (req.argv_given) argv = req.argv;
+    auto params = start_process_params(req.params, argv, policy, os);
     if (!params) return params.error();
     a.params = std::move(*params);
-  } else if (!req.params.empty()) {
-    return make_error(ec::bad_request, req.type + " takes no parameters");
-  } else if (object == "file") {
-    // A process start acts on its image file when the event names no other file.
-    auto path = event->file.path, sha = event->file.sha256;
-    if (path.empty() && event->type == "process_started") {
-      path = event->process.image;
-      sha = event->process.sha256;
+  } else if (!req.params.empty() || req.argv_given) {
+    return bad(req.type + " takes no parameters");
+  } else {
+    switch (object_of(*type)) {
+    case action_object::device:
+      break;
+    case action_object::file: {
+      auto [path, sha] = file_of(*event);
+      a.params = {{"path", path}, {"sha256", normalized_sha256(sha)}};
+      break;
     }
-    if (path.empty() || sha.empty())
-      return make_error(ec::not_applicable, "event " + event_id + " names no file");
-    a.params = {{"path", path}, {"sha256", sha}};
-  } else if (object == "process") {
-    if (event->process.pid == 0)
-      return make_error(ec::not_applicable, "event " + event_id + " names no process");
-    a.params = {{"pid", std::to_string(event->process.pid)},
-                {"start_time", std::to_string(event->process.start_time)},
-                {"image", event->process.image}};
+    case action_object::process:
+      a.params = {{"pid", std::to_string(event->process.pid)},
+                  {"start_time", std::to_string(event->process.start_time)},
+                  {"image", event->process.image}};
+      break;
+    }
   }
   if (policy.needs_password(req.type) && !req.password_confirmed)
     return make_error(ec::unauthenticated, req.type + " needs your password");
@@ -232,39 +267,51 @@ caf::expected<action_record> make_action(const incident_record& rec,
 }
 
 nlohmann::json available_actions(const incident_record& rec, bool device_isolated,
-                                 const action_policy& policy) {
+                                 const action_policy& policy,
+                                 std::string_view device_os) {
   using nlohmann::json;
-  auto device_actions = json::array({"isolate", "start_process"});
-  if (device_isolated) device_actions.push_back("release_isolation");
-  auto for_event = [](const bus::activity_event& e) {
-    auto out = json::array();
-    for (const char* t :
-         {"prevent_run", "quarantine", "delete_file", "terminate_process"})
-      if (applies_to(t, e.type)) out.push_back(t);
+  auto device_actions = json::array();
+  auto event_actions = json::array();
+  auto password = json::array();
+  for (action_type t : all_action_types) {
+    if (policy.needs_password(to_string(t))) password.push_back(to_string(t));
+    if (!is_requestable(t)) continue;
+    if (acts_on_device(t)) {
+      if (t != action_type::release_isolation || device_isolated)
+        device_actions.push_back(to_string(t));
+    }
+  }
+  auto target = [](const bus::activity_event& e, target_kind kind) {
+    auto actions = json::array();
+    auto refused = json::array();
+    auto etype = event_type_from_string(e.type);
+    for (action_type t : all_action_types) {
+      if (!is_requestable(t) || acts_on_device(t) || !applies_to(t, etype)) continue;
+      if (auto why = not_actionable(t, e); !why.empty())
+        refused.push_back(json{{"type", to_string(t)}, {"reason", why}});
+      else
+        actions.push_back(to_string(t));
+    }
+    json out{{"kind", to_string(kind)},
+             {"event_id", utf8_sanitized(e.id)},
+             {"event_type", utf8_sanitized(e.type)},
+             {"actions", std::move(actions)}};
+    if (!refused.empty()) out["not_actionable"] = std::move(refused);
     return out;
   };
   auto targets = json::array();
   for (const auto& e : rec.report.events)
     if (e.id == rec.report.key_event_id)
-      targets.push_back(json{{"kind", "detection"},
-                             {"event_id", e.id},
-                             {"event_type", e.type},
-                             {"actions", for_event(e)}});
+      targets.push_back(target(e, target_kind::detection));
   for (const auto& e : rec.report.events)
-    if (e.id != rec.report.key_event_id)
-      targets.push_back(json{{"kind", "event"},
-                             {"event_id", e.id},
-                             {"event_type", e.type},
-                             {"actions", for_event(e)}});
-  auto password = json::array();
-  for (const char* t :
-       {"isolate", "release_isolation", "start_process", "prevent_run", "allow_run",
-        "quarantine", "restore_from_quarantine", "delete_file", "terminate_process"})
-    if (policy.needs_password(t)) password.push_back(t);
-  return json{
-      {"incident_id", rec.incident_id},     {"device_id", rec.device_id},
-      {"device_isolated", device_isolated}, {"device_actions", std::move(device_actions)},
-      {"targets", std::move(targets)},      {"password_required", std::move(password)}};
+    if (e.id != rec.report.key_event_id) targets.push_back(target(e, target_kind::event));
+  return json{{"incident_id", rec.incident_id},
+              {"device_id", rec.device_id},
+              {"device_isolated", device_isolated},
+              {"device_os_family", to_string(os_family_of(device_os))},
+              {"device_actions", std::move(device_actions)},
+              {"targets", std::move(targets)},
+              {"password_required", std::move(password)}};
 }
 
 incident_actor::behavior_type incident(incident_stateful self, incident_record rec,

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "actors/incident.hpp"
 #include "common/time.hpp"
 
 namespace parry {
@@ -21,7 +22,7 @@ json to_json(const device_record& x) {
 }
 
 json to_json(const transition& x) {
-  return json{{"state", x.state},
+  return json{{"state", to_string(x.state)},
               {"time", format_time(x.time)},
               {"time_us", x.time},
               {"reason", x.reason}};
@@ -36,7 +37,7 @@ json to_json(const action_record& x) {
            {"incident_id", x.incident_id},
            {"target", std::move(target)},
            {"params", x.params},
-           {"state", x.state},
+           {"state", to_string(x.state)},
            {"final", is_final(x.state)},
            {"requested_by", x.requested_by},
            {"comment", x.comment},
@@ -48,6 +49,8 @@ json to_json(const action_record& x) {
            {"password_confirmed", x.password_confirmed},
            {"reverses", x.reverses},
            {"reversed_by", x.reversed_by}};
+  // start_process: the argv the agent runs, as a list (params carry argc + arg.N).
+  if (x.params.count("argc")) out["argv"] = argv_of(x.params);
   if (is_final(x.state))
     out["result"] =
         json{{"ok", x.result_ok}, {"error", x.result_error}, {"effect", x.result_effect}};

@@ -9,25 +9,13 @@
 #include <vector>
 
 #include "bus/messages.hpp"
+#include "common/domain.hpp"
 
 namespace parry {
 
-/// Response action states (DESIGN.md §4), as stored and shown.
-namespace state {
-inline constexpr const char* registered = "registered";
-inline constexpr const char* queued = "queued";
-inline constexpr const char* sent = "sent";
-inline constexpr const char* acknowledged = "acknowledged";
-inline constexpr const char* cancelling = "cancelling";
-inline constexpr const char* completed = "completed";
-inline constexpr const char* failed = "failed";
-inline constexpr const char* expired = "expired";
-inline constexpr const char* cancelled = "cancelled";
-inline constexpr const char* reverted = "reverted";
-} // namespace state
-
-/// True for states an action never leaves.
-bool is_final(const std::string& st);
+/// Response action states (DESIGN.md §4): `state::sent` is `action_state::sent`
+/// (common/domain.hpp); spelled as strings only in SQLite and JSON.
+using state = action_state;
 
 /// A device as stored and shown.
 struct device_record {
@@ -63,8 +51,8 @@ struct action_record {
   std::string requested_by;
   std::string comment;
   std::string idempotency_key;
-  std::string state;
-  int64_t created_at = 0;
+  action_state state = action_state::registered;
+  int64_t created_at = 0; ///< 0 until the action stores itself (new, not resumed).
   int64_t updated_at = 0;
   bool result_ok = false;
   std::string result_error;
@@ -78,7 +66,7 @@ struct action_record {
 /// One step in an action's life, appended to the store before it takes effect.
 struct transition {
   std::string action_id;
-  std::string state;
+  action_state state = action_state::registered;
   int64_t time = 0;
   std::string reason;
 };
@@ -90,6 +78,10 @@ struct action_request {
   std::string target_kind;
   std::string event_id;
   std::map<std::string, std::string> params;
+  /// start_process argv given as a JSON array (used when `argv_given`); the
+  /// `arguments` param is the text form, split by the device's OS rules.
+  std::vector<std::string> argv;
+  bool argv_given = false;
   std::string comment;
   std::string idempotency_key;
   std::string username; ///< Already authenticated.
@@ -200,8 +192,9 @@ template <class Inspector> auto inspect(Inspector& f, transition& x) {
   return f(x.action_id, x.state, x.time, x.reason);
 }
 template <class Inspector> auto inspect(Inspector& f, action_request& x) {
-  return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.comment,
-           x.idempotency_key, x.username, x.role, x.password_confirmed);
+  return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.argv,
+           x.argv_given, x.comment, x.idempotency_key, x.username, x.role,
+           x.password_confirmed);
 }
 template <class Inspector> auto inspect(Inspector& f, user_record& x) {
   return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at);

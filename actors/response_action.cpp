@@ -37,7 +37,7 @@ namespace {
 
 /// The transition table: every move the lifecycle allows, and no other.
 /// (A new action becomes `registered` in `start`, by the store's insert.)
-constexpr std::pair<const char*, const char*> moves[] = {
+constexpr std::pair<action_state, action_state> moves[] = {
     {state::registered, state::queued},
     {state::registered, state::sent},
     {state::registered, state::completed}, // no-op: nothing to execute
@@ -107,10 +107,11 @@ void write_failed(response_action_stateful self, const caf::error& err) {
   auto& w = *st.writing;
   ++w.failures;
   spdlog::error("action {}: cannot store state {} (attempt {}): {}", st.rec.action_id,
-                w.t.state, w.failures, message_of(err));
+                to_string(w.t.state), w.failures, message_of(err));
   if (!w.giving_up && w.failures > st.retry.attempts) {
     if (w.abandon) w.abandon(err);
-    auto reason = store_refused_prefix + w.t.state + ": " + message_of(err);
+    auto reason =
+        store_refused_prefix + std::string{to_string(w.t.state)} + ": " + message_of(err);
     w.giving_up = true;
     w.abandon = nullptr;
     w.rec = st.rec;
@@ -152,15 +153,16 @@ void write(response_action_stateful self) {
 /// is written before it is acted on or reported). Refuses, and logs, a move the table
 /// does not allow. `abandon` runs if the move is given up after every retry.
 template <class F>
-bool advance(response_action_stateful self, const char* next, std::string reason, F then,
+bool advance(response_action_stateful self, action_state next, std::string reason, F then,
              on_abandon abandon = nullptr) {
   auto& st = self->state;
   if (!transition_allowed(st.rec.state, next)) {
     spdlog::error("action {}: refused the move {} -> {} ({})", st.rec.action_id,
-                  st.rec.state, next, reason);
+                  to_string(st.rec.state), to_string(next), reason);
     if (abandon)
       abandon(make_error(ec::conflict, "action " + st.rec.action_id + " is " +
-                                           st.rec.state + ", it cannot become " + next));
+                                           to_string(st.rec.state) +
+                                           ", it cannot become " + to_string(next)));
     return false;
   }
   pending_write w;
@@ -185,7 +187,7 @@ void arm_deadline(response_action_stateful self, caf::timespan delay) {
 /// A reverse action settles the action it undoes just before its own final state is
 /// stored: both writes queue at the store in this order, so whoever sees the reverse's
 /// final state also sees the original settled.
-void settle_original(response_action_stateful self, const char* next) {
+void settle_original(response_action_stateful self, action_state next) {
   auto& rec = self->state.rec;
   if (rec.reverses.empty()) return;
   auto err = [self](caf::error& err) {
@@ -193,7 +195,7 @@ void settle_original(response_action_stateful self, const char* next) {
                   self->state.rec.reverses, message_of(err));
   };
   auto timeout = self->state.retry.timeout;
-  if (std::string_view{next} == state::completed)
+  if (next == state::completed)
     self->request(self->state.store, timeout, atom::revert_v, rec.reverses, rec.action_id)
         .then([](atom::ok) {}, err);
   else // failed, expired or cancelled: the original may be reversed again
@@ -204,16 +206,16 @@ void settle_original(response_action_stateful self, const char* next) {
 /// Stores a final state (settling the original first), then runs `then`; the actor
 /// ends once nothing waits (the record lives on in the store).
 template <class F>
-void conclude(response_action_stateful self, const char* next, std::string reason, F then,
-              on_abandon abandon = nullptr) {
+void conclude(response_action_stateful self, action_state next, std::string reason,
+              F then, on_abandon abandon = nullptr) {
   if (transition_allowed(self->state.rec.state, next)) settle_original(self, next);
   advance(self, next, std::move(reason), std::move(then), std::move(abandon));
 }
 
 /// Ends the action before execution: stores `next`, drops its command.
 template <class F>
-void withdraw(response_action_stateful self, const char* next, std::string reason, F then,
-              on_abandon abandon = nullptr) {
+void withdraw(response_action_stateful self, action_state next, std::string reason,
+              F then, on_abandon abandon = nullptr) {
   conclude(
       self, next, std::move(reason),
       [self, then]() mutable {
@@ -226,7 +228,7 @@ void withdraw(response_action_stateful self, const char* next, std::string reaso
 /// Stores `cancelling` and asks the agent to withdraw the command; the action ends as
 /// `to` once the agent confirms it never ran.
 template <class F>
-void start_cancelling(response_action_stateful self, const char* to, std::string why,
+void start_cancelling(response_action_stateful self, action_state to, std::string why,
                       std::string final_reason, F then, on_abandon abandon = nullptr) {
   advance(
       self, state::cancelling, std::move(why),
@@ -257,7 +259,7 @@ void finish(response_action_stateful self, bus::action_result& r) {
   });
 }
 
-const char* state_after_restart(const action_record& rec) {
+action_state state_after_restart(const action_record& rec) {
   return rec.expires_at > 0 && now_us() >= rec.expires_at ? state::expired
                                                           : state::cancelled;
 }
@@ -272,9 +274,9 @@ bool ended_without_agent_result(const action_record& rec) {
          rec.result_error.rfind(store_refused_prefix, 0) == 0;
 }
 
-bool transition_allowed(const std::string& from, const char* to) {
+bool transition_allowed(action_state from, action_state to) {
   for (const auto& [f, t] : moves)
-    if (from == f && std::string_view{to} == t) return true;
+    if (from == f && to == t) return true;
   return false;
 }
 
@@ -315,7 +317,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
       [self](atom::start) -> caf::result<action_record> {
         auto& st = self->state;
         // The directory hands the command to the device itself, in registration order.
-        if (!st.rec.state.empty()) return st.rec; // resumed from the store
+        if (st.rec.created_at != 0) return st.rec; // resumed from the store
         action_record registered = st.rec;
         registered.state = state::registered;
         registered.created_at = registered.updated_at = now_us();
@@ -393,7 +395,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
             finish(self, r);
           } else {
             spdlog::error("action {}: result from the agent while {}; ignored",
-                          st.rec.action_id, st.rec.state);
+                          st.rec.action_id, to_string(st.rec.state));
           }
         });
       },
@@ -431,7 +433,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
             deliver();
           } else {
             rp.deliver(make_error(ec::conflict, "action " + st.rec.action_id + " is " +
-                                                    st.rec.state +
+                                                    to_string(st.rec.state) +
                                                     ": only an action the agent has not "
                                                     "acknowledged can be cancelled"));
           }
@@ -443,7 +445,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
           auto& st = self->state;
           if (st.rec.state != state::cancelling) {
             spdlog::info("action {}: cancel answer from the agent while {}; ignored",
-                         st.rec.action_id, st.rec.state);
+                         st.rec.action_id, to_string(st.rec.state));
             return;
           }
           if (r.cancelled) {

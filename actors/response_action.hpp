@@ -57,7 +57,7 @@ struct response_action_state {
   /// When the execution deadline passes (actor clock); unset when none runs.
   std::optional<caf::actor_clock::time_point> deadline;
   /// What a `cancelling` action becomes when the agent confirms the command never ran.
-  const char* cancel_to = state::cancelled;
+  action_state cancel_to = state::cancelled;
   std::string cancel_reason;
 };
 
@@ -90,6 +90,6 @@ bool ended_without_agent_result(const action_record& rec);
 
 /// True when the lifecycle allows the move `from` -> `to` (the table in
 /// response_action.cpp).
-bool transition_allowed(const std::string& from, const char* to);
+bool transition_allowed(action_state from, action_state to);
 
 } // namespace parry

@@ -182,7 +182,15 @@ action_record read_action(stmt& q) {
   a.requested_by = q.text(7);
   a.comment = q.text(8);
   a.idempotency_key = q.text(9);
-  a.state = q.text(10);
+  // A state this build does not know (a newer server wrote it) is shown as failed
+  // with the stored word, never resumed: `open` skips such rows.
+  if (auto st = action_state_from_string(q.text(10))) {
+    a.state = *st;
+  } else {
+    spdlog::error("store: action {} has an unknown state '{}'", a.action_id, q.text(10));
+    a.state = action_state::failed;
+    a.result_error = "unknown stored state '" + q.text(10) + "'";
+  }
   a.created_at = q.integer(11);
   a.updated_at = q.integer(12);
   a.result_ok = q.integer(13) != 0;
@@ -433,8 +441,14 @@ std::string read_action_json(store_state& st, const std::string& id) {
              "WHERE action_id = ? ORDER BY seq"};
   t.bind(1, id);
   auto list = json::array();
-  while (t.step())
-    list.push_back(to_json(transition{t.text(0), t.text(1), t.integer(2), t.text(3)}));
+  while (t.step()) {
+    auto word = t.text(1);
+    auto tj = to_json(transition{
+        t.text(0), action_state_from_string(word).value_or(action_state::failed),
+        t.integer(2), t.text(3)});
+    tj["state"] = word; // as stored, also a word this build does not know
+    list.push_back(std::move(tj));
+  }
   out["transitions"] = std::move(list);
   return dump(json{{"action", std::move(out)}});
 }
@@ -520,10 +534,10 @@ void append_audit(store_state& st, const audit_entry& e) {
 void write_transition(store_state& st, const transition& t, const std::string& actor) {
   stmt s{st, "INSERT INTO transitions (action_id, state, time, reason) "
              "VALUES (?, ?, ?, ?)"};
-  s.bind(1, t.action_id).bind(2, t.state).bind(3, t.time).bind(4, t.reason);
+  s.bind(1, t.action_id).bind(2, to_string(t.state)).bind(3, t.time).bind(4, t.reason);
   s.step();
-  append_audit(st,
-               audit_entry{actor, "transition", t.action_id, t.state + ": " + t.reason});
+  append_audit(st, audit_entry{actor, "transition", t.action_id,
+                               std::string(to_string(t.state)) + ": " + t.reason});
 }
 
 } // namespace
@@ -763,7 +777,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               .bind(6, a.target_event_id)
               .bind(7, json(a.params).dump());
           s.bind(8, a.requested_by).bind(9, a.comment).bind(10, a.idempotency_key);
-          s.bind(11, a.state).bind(12, a.created_at).bind(13, a.updated_at);
+          s.bind(11, to_string(a.state)).bind(12, a.created_at).bind(13, a.updated_at);
           s.bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
           s.bind(16, json(a.result_effect).dump()).bind(17, a.expires_at);
           s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
@@ -778,7 +792,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           stmt s{self->state,
                  "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
                  "result_error = ?, result_effect = ? WHERE action_id = ?"};
-          s.bind(1, a.state).bind(2, a.updated_at).bind(3, int64_t{a.result_ok});
+          s.bind(1, to_string(a.state))
+              .bind(2, a.updated_at)
+              .bind(3, int64_t{a.result_ok});
           s.bind(4, a.result_error)
               .bind(5, json(a.result_effect).dump())
               .bind(6, a.action_id);
@@ -822,7 +838,11 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           stmt s{self->state, sql.c_str()};
           std::vector<action_record> out;
           while (s.step())
-            out.push_back(read_action(s));
+            if (action_state_from_string(s.text(10))) // unknown: logged, not resumed
+              out.push_back(read_action(s));
+            else
+              spdlog::error("store: not resuming action {}: unknown state '{}'",
+                            s.text(0), s.text(10));
           return out;
         });
       },
@@ -898,7 +918,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           cur.bind(1, id);
           if (!cur.step()) throw refused(ec::not_found, "no action " + id);
           // Settled by this reverse already (a resumed reverse settles again).
-          if (cur.text(0) == state::reverted && cur.text(1) == reverse) return;
+          if (cur.text(0) == to_string(state::reverted) && cur.text(1) == reverse) return;
           auto now = now_us();
           stmt s{st, "UPDATE actions SET state = 'reverted', updated_at = ? "
                      "WHERE action_id = ? AND state = 'completed'"};

@@ -2,16 +2,13 @@
 #include <vector>
 
 #include "actors/fwd.hpp"
+#include "common/domain.hpp"
 
 namespace parry {
 
-bool is_final(const std::string& st) {
-  return st == state::completed || st == state::failed || st == state::expired ||
-         st == state::cancelled || st == state::reverted;
-}
-
 bool action_policy::needs_password(const std::string& type) const {
-  if (type == "start_process") return true; // always, whatever the configuration says
+  // start_process always, whatever the configuration says.
+  if (auto t = action_type_from_string(type); t && password_always(*t)) return true;
   for (const auto& t : password_required)
     if (t == type) return true;
   return false;

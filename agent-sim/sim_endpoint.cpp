@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/crypto.hpp"
+#include "common/domain.hpp"
 
 namespace parry::sim {
 
@@ -53,9 +54,8 @@ constexpr const char* windows_agent_image = R"(C:\Program Files\Parry\parry-agen
 constexpr const char* linux_agent_image = "/opt/parry/bin/parry-agent";
 
 // Bounds on what a command may carry, the server's own limits (rest-api.md).
-constexpr std::size_t max_path_bytes = 4096;
-constexpr std::size_t max_args = 64;
-constexpr std::size_t max_args_bytes = 32 * 1024;
+constexpr std::size_t max_args = parry::max_arguments;
+constexpr std::size_t max_args_bytes = parry::max_arguments_bytes;
 // Longest piece of a parameter quoted back in an error or log line.
 constexpr std::size_t max_quoted = 512;
 // Nesting of `sh -c` / `cmd /c` that program_output follows.
@@ -141,33 +141,18 @@ std::string printable(std::string_view s, std::size_t max = max_quoted) {
   return out;
 }
 
-// Absolute in the endpoint's own terms: `/...` on Linux; `X:\...` or `\\host\...`
-// on Windows.
-bool absolute_path(const std::string& p, bool windows) {
-  if (!windows) return !p.empty() && p[0] == '/';
-  bool drive = p.size() >= 3 && std::isalpha(static_cast<unsigned char>(p[0])) &&
-               p[1] == ':' && (p[2] == '\\' || p[2] == '/');
-  return drive || p.rfind("\\\\", 0) == 0;
-}
-
-bool has_dot_dot(const std::string& p) {
-  for (std::size_t start = 0; start <= p.size();) {
-    std::size_t end = p.find_first_of("/\\", start);
-    if (end == std::string::npos) end = p.size();
-    if (end - start == 2 && p.compare(start, 2, "..") == 0) return true;
-    start = end + 1;
-  }
-  return false;
-}
-
-// Why `p` cannot name a file or directory here; empty when it can.
+// Why `p` cannot name a file or directory here, in the endpoint's own terms (the
+// rules of common/domain.hpp); empty when it can.
 std::string path_problem(const std::string& p, bool windows, const std::string& what) {
-  if (p.size() > max_path_bytes) return what + " is longer than 4096 bytes";
-  if (p.find('\0') != std::string::npos) return what + " contains a NUL byte";
-  if (has_control(p)) return what + " contains control characters";
-  if (!absolute_path(p, windows)) return what + " is not absolute: " + printable(p);
-  if (has_dot_dot(p)) return what + " has a '..' component: " + printable(p);
-  return {};
+  std::string why = parry::path_problem(p, windows ? parry::os_family::windows
+                                                   : parry::os_family::posix);
+  if (why.empty()) return {};
+  constexpr std::string_view prefix = "the path";
+  if (why.rfind(prefix, 0) == 0) why = what + why.substr(prefix.size());
+  if (why.find("not absolute") != std::string::npos ||
+      why.find("'..' component") != std::string::npos)
+    why += ": " + printable(p);
+  return why;
 }
 
 // Windows paths compare without case, as NTFS does by default.
@@ -201,11 +186,8 @@ bool parse_time(const std::string& s, int64_t& out) {
 
 // 64 hex digits in either case, returned lower-case as incidents report them.
 bool parse_sha256(const std::string& s, std::string& out) {
-  if (s.size() != 64 || !std::all_of(s.begin(), s.end(), [](char c) {
-        return std::isxdigit(static_cast<unsigned char>(c)) != 0;
-      }))
-    return false;
-  out = lower(s);
+  if (!parry::is_sha256(s)) return false;
+  out = parry::normalized_sha256(s);
   return true;
 }
 
@@ -227,14 +209,41 @@ const char* system_binary(const std::string& path, bool windows) {
   return nullptr;
 }
 
-// argv as one command line: blanks separate, an element with a blank (or an empty
-// one) is quoted.
-std::string join_argv(const std::vector<std::string>& argv) {
+// argv as one command line that splits back into the same argv by the endpoint's
+// rules (parry::split_arguments): CommandLineToArgvW quoting on Windows, double
+// quotes with `\"` and `\\` escaped elsewhere. Plain words stay unquoted.
+std::string join_argv(const std::vector<std::string>& argv, bool windows) {
   std::string out;
   for (const auto& a : argv) {
     if (!out.empty()) out += ' ';
-    bool quote = a.empty() || a.find_first_of(" \t") != std::string::npos;
-    out += quote ? "\"" + a + "\"" : a;
+    bool plain = !a.empty() &&
+                 a.find_first_of(windows ? " \t\"" : " \t\"'\\") == std::string::npos;
+    if (plain) {
+      out += a;
+      continue;
+    }
+    out += '"';
+    if (windows) {
+      // Backslashes double only where a quote follows them (ours, or one in `a`).
+      std::size_t backslashes = 0;
+      for (char c : a) {
+        if (c == '\\') {
+          ++backslashes;
+          continue;
+        }
+        if (c == '"') backslashes = backslashes * 2 + 1;
+        out.append(backslashes, '\\');
+        backslashes = 0;
+        out += c;
+      }
+      out.append(backslashes * 2, '\\');
+    } else {
+      for (char c : a) {
+        if (c == '"' || c == '\\') out += '\\';
+        out += c;
+      }
+    }
+    out += '"';
   }
   return out;
 }
@@ -887,7 +896,7 @@ void sim_endpoint::start_process(const bus::command& cmd, int64_t now,
   li.working_directory = cwd;
   li.argv.push_back(image.path);
   li.argv.insert(li.argv.end(), args.begin(), args.end());
-  p.cmdline = join_argv(li.argv);
+  p.cmdline = join_argv(li.argv, windows);
   run_output run = program_output(image.path, args, cwd, 0);
   add_process(p);
   launched_[p.pid] = std::move(li);
@@ -1010,7 +1019,13 @@ bus::action_result sim_endpoint::execute(const bus::command& cmd, int64_t now) {
     r.error = "expired";
     return r;
   }
-  if (cmd.type == "isolate") {
+  auto type = parry::action_type_from_string(cmd.type);
+  if (!type) {
+    r.error = "unsupported action type: " + printable(cmd.type, 64);
+    return r;
+  }
+  switch (*type) {
+  case parry::action_type::isolate:
     r.ok = true;
     if (isolated_) {
       r.effect["note"] = "already isolated";
@@ -1020,7 +1035,8 @@ bus::action_result sim_endpoint::execute(const bus::command& cmd, int64_t now) {
           "all traffic dropped except the management channel to " + cfg_.server;
       r.effect["previous"] = "not isolated";
     }
-  } else if (cmd.type == "release_isolation") {
+    break;
+  case parry::action_type::release_isolation:
     r.ok = true;
     if (isolated_) {
       isolated_ = false;
@@ -1028,22 +1044,28 @@ bus::action_result sim_endpoint::execute(const bus::command& cmd, int64_t now) {
     } else {
       r.effect["note"] = "not isolated";
     }
-  } else if (cmd.type == "prevent_run") {
+    break;
+  case parry::action_type::prevent_run:
     prevent_run(cmd, r);
-  } else if (cmd.type == "allow_run") {
+    break;
+  case parry::action_type::allow_run:
     allow_run(cmd, r);
-  } else if (cmd.type == "quarantine") {
+    break;
+  case parry::action_type::quarantine:
     quarantine_file(cmd, r);
-  } else if (cmd.type == "restore_from_quarantine") {
+    break;
+  case parry::action_type::restore_from_quarantine:
     restore_file(cmd, r);
-  } else if (cmd.type == "delete_file") {
+    break;
+  case parry::action_type::delete_file:
     delete_file(cmd, r);
-  } else if (cmd.type == "terminate_process") {
+    break;
+  case parry::action_type::terminate_process:
     terminate_process(cmd, r);
-  } else if (cmd.type == "start_process") {
+    break;
+  case parry::action_type::start_process:
     start_process(cmd, now, r);
-  } else {
-    r.error = "unsupported action type: " + printable(cmd.type, 64);
+    break;
   }
   if (!r.ok) r.effect.clear();
   return r;

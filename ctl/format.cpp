@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "common/crypto.hpp"
+#include "common/domain.hpp"
 
 namespace parry::ctl {
 
@@ -33,8 +34,8 @@ outcome outcome_for_status(int http_status) {
 }
 
 bool is_final_state(std::string_view state) {
-  return state == "completed" || state == "failed" || state == "expired" ||
-         state == "cancelled" || state == "reverted";
+  auto s = action_state_from_string(state);
+  return s && is_final(*s);
 }
 
 std::optional<outcome> outcome_for_action(const nlohmann::json& action) {
@@ -427,12 +428,13 @@ constexpr command_name command_names[] = {{"isolate", "isolate"},
                                           {"start-process", "start_process"}};
 
 bool is_device_action(std::string_view type) {
-  return type == "isolate" || type == "release_isolation" || type == "start_process";
+  auto t = action_type_from_string(type);
+  return t && acts_on_device(*t);
 }
 
 bool is_file_action(std::string_view type) {
-  return type == "prevent_run" || type == "quarantine" || type == "delete_file" ||
-         type == "allow_run" || type == "restore_from_quarantine";
+  auto t = action_type_from_string(type);
+  return t && object_of(*t) == action_object::file;
 }
 
 bool lists(const nlohmann::json* list, std::string_view type) {
@@ -508,19 +510,18 @@ std::string command_for_action_type(std::string_view type) {
 }
 
 std::string reverse_type(std::string_view type) {
-  if (type == "isolate") return "release_isolation";
-  if (type == "prevent_run") return "allow_run";
-  if (type == "quarantine") return "restore_from_quarantine";
-  return {};
+  auto t = action_type_from_string(type);
+  auto r = t ? reverse_of(*t) : std::nullopt;
+  return r ? to_string(*r) : std::string{};
 }
 
 bool needs_password(std::string_view type, const nlohmann::json& available) {
-  if (type == "start_process") return true;
+  auto t = action_type_from_string(type);
+  if (t && password_always(*t)) return true;
   auto list = member(available, "password_required");
   if (list && list->is_array()) return lists(list, type);
   // No list in the answer: assume the server's documented default.
-  return type == "prevent_run" || type == "quarantine" || type == "delete_file" ||
-         type == "terminate_process";
+  return t && password_by_default(*t);
 }
 
 std::string applicability_problem(std::string_view type, std::string_view event_id,
@@ -634,12 +635,20 @@ std::string describe_pending_action(std::string_view type, const nlohmann::json&
     f.emplace_back("target", t);
   }
 
-  if (type == "start_process") {
+  if (type == to_string(action_type::start_process)) {
     std::string cwd = string_member(params, "working_directory");
-    std::string args = string_member(params, "arguments");
     f.emplace_back("executable", or_dash(string_member(params, "path")));
     f.emplace_back("directory", cwd.empty() ? "(the agent's default)" : cwd);
-    f.emplace_back("arguments", args.empty() ? "(none)" : args);
+    // The argv exactly as the agent will run it, one element a line.
+    auto args = member(params, "arguments");
+    if (args && args->is_array()) {
+      if (args->empty()) f.emplace_back("arguments", "(none)");
+      for (std::size_t i = 0; i < args->size(); ++i)
+        f.emplace_back("arg " + std::to_string(i), "[" + text_of((*args)[i]) + "]");
+    } else {
+      std::string text = string_member(params, "arguments");
+      f.emplace_back("arguments", text.empty() ? "(none)" : text);
+    }
   } else if (event && is_file_action(type)) {
     // A process_started event may carry the image only as its process.
     auto file = member(*event, "file");
@@ -649,7 +658,7 @@ std::string describe_pending_action(std::string_view type, const nlohmann::json&
                               : std::string{};
     f.emplace_back("file", or_dash(path));
     f.emplace_back("sha256", or_dash(source ? string_member(*source, "sha256") : ""));
-  } else if (event && type == "terminate_process") {
+  } else if (event && type == to_string(action_type::terminate_process)) {
     auto process = member(*event, "process");
     const nlohmann::json& p = process ? *process : nlohmann::json::object();
     std::string pid = string_member(p, "pid");

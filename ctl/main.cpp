@@ -28,6 +28,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/domain.hpp"
 #include "ctl/client.hpp"
 #include "ctl/format.hpp"
 
@@ -744,9 +745,20 @@ int cmd_respond(session& s, const action_request& a) {
   if (a.type == "start_process") {
     params["path"] = a.path;
     if (!a.cwd.empty()) params["working_directory"] = a.cwd;
-    if (!a.args.empty()) params["arguments"] = a.args;
   }
   json device = device_or_null(s, str(inc, "device_id"));
+  if (a.type == "start_process") {
+    // Split here by the device's rules and send the list: what is confirmed is what
+    // runs (POSIX words, or CommandLineToArgvW on Windows; common/domain.hpp).
+    auto os = str(available.body, "device_os_family") == "windows"
+                  ? parry::os_family::windows
+                  : parry::os_family_of(device.is_object() ? str(device, "os") : "");
+    std::string why;
+    auto argv = parry::split_arguments(a.args, os, why);
+    if (!argv)
+      throw fatal(outcome::usage, parry::ctl::printable("error: --args: " + why));
+    params["arguments"] = *argv;
+  }
   confirm(parry::ctl::describe_pending_action(a.type, inc, a.event, params, device),
           a.yes);
 
@@ -1070,8 +1082,10 @@ int main(int argc, char** argv) {
       cmd->add_option("--path", req->path, "absolute path of the executable")->required();
       cmd->add_option("--cwd", req->cwd, "absolute working directory");
       cmd->add_option("--args", req->args,
-                      "startup arguments as one string, split like a shell would "
-                      "(never run by one); use --args=\"-x ...\" when it starts with -");
+                      "startup arguments as one string, split by the device's rules "
+                      "(shell words, or CommandLineToArgvW on Windows; never run by a "
+                      "shell) and shown before you confirm; use --args=\"-x ...\" when "
+                      "it starts with -");
     }
     action_cmds.emplace_back(cmd, std::move(req));
   }
@@ -1095,7 +1109,9 @@ int main(int argc, char** argv) {
   follow_cmd->add_option("--timeout", follow_timeout, "seconds to wait (default 60)")
       ->check(positive);
 
-  const std::vector<std::string> roles{"administrator", "security_officer", "operator"};
+  std::vector<std::string> roles;
+  for (auto r : parry::all_user_roles)
+    roles.emplace_back(parry::to_string(r));
   user_request user_req;
   auto* users = app.add_subcommand("users", "list users (administrator)");
   auto* user_cmd = app.add_subcommand("user", "add, change or delete a user "

@@ -15,6 +15,7 @@
 
 #include <toml++/toml.h>
 
+#include "common/domain.hpp"
 #include "common/utf8.hpp"
 
 namespace parry {
@@ -337,24 +338,19 @@ rule<std::string> password() {
           }};
 }
 
-// Action types by name. When the vocabulary makes them an enum, is_action_type becomes
-// from_string(...) and action_type_names lists to_string of every value; the members
-// stay strings until server.cpp converts them.
+// Action types by name: the vocabulary's (common/domain.hpp).
 const std::vector<std::string>& action_type_names() {
-  static const std::vector<std::string> names{
-      "isolate",          "release_isolation", "start_process",           "prevent_run",
-      "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
-      "terminate_process"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (auto t : all_action_types)
+      out.emplace_back(to_string(t));
+    return out;
+  }();
   return names;
 }
 
 bool is_action_type(const std::string& s) {
-  const auto& names = action_type_names();
-  return std::find(names.begin(), names.end(), s) != names.end();
-}
-
-bool is_absolute_path(const std::string& p) {
-  return !p.empty() && (p[0] == '/' || p.find(":\\") == 1);
+  return action_type_from_string(s).has_value();
 }
 
 std::string action_types_in_words() {
@@ -377,8 +373,8 @@ rule<std::vector<std::string>> absolute_paths() {
   return {"absolute paths (/... or X:\\...); empty: any", "",
           [](const std::vector<std::string>& v) -> std::string {
             for (auto& p : v)
-              if (!is_absolute_path(p))
-                return "'" + display(p) + "' is not an absolute path";
+              if (auto why = path_problem(p); !why.empty())
+                return "'" + display(p) + "': " + why;
             return {};
           }};
 }

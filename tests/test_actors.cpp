@@ -10,11 +10,15 @@
 #include "actors/error.hpp"
 #include "actors/gateway_bridge.hpp"
 #include "actors/incident.hpp"
+#include "actors/json.hpp"
 #include "actors/response_action.hpp"
 #include "actors/store.hpp"
 #include "bus/codec.hpp"
 
 namespace parry {
+std::ostream& operator<<(std::ostream& os, action_state x) {
+  return os << to_string(x);
+}
 std::ostream& operator<<(std::ostream& os, ec x) {
   return os << to_string(x);
 }
@@ -249,7 +253,7 @@ BOOST_AUTO_TEST_CASE(isolate_goes_registered_sent_acknowledged_completed) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
-  BOOST_TEST(rec.state == "registered");
+  BOOST_TEST((rec.state == state::registered));
   BOOST_TEST(rec.device_id == "dev-1");
   BOOST_TEST(rec.target_event_id == "e3");
   // The command went out only after `sent` was stored.
@@ -469,7 +473,7 @@ BOOST_AUTO_TEST_CASE(cancel_before_acknowledgement_only) {
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
   auto cancelled = ask<action_record>(dir, atom::cancel_v, rec.action_id,
                                       std::string{"bob"}, std::string{"wrong host"});
-  BOOST_TEST(cancelled.state == "cancelled");
+  BOOST_TEST((cancelled.state == state::cancelled));
   auto a = read("action", rec.action_id)["action"];
   BOOST_TEST(a["transitions"][2]["reason"] == "cancelled by bob: wrong host");
   hello("dev-1");
@@ -609,7 +613,7 @@ BOOST_AUTO_TEST_CASE(cancel_while_sent_waits_for_the_agent) {
   BOOST_REQUIRE_EQUAL(of_type("command").size(), 1u);
   auto c = ask<action_record>(dir, atom::cancel_v, rec.action_id, std::string{"bob"},
                               std::string{"wrong host"});
-  BOOST_TEST(c.state == "cancelling");
+  BOOST_TEST(c.state == action_state::cancelling);
   BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "cancelling"}));
   auto cancels = of_type("cancel");
   BOOST_REQUIRE_EQUAL(cancels.size(), 1u);
@@ -620,7 +624,7 @@ BOOST_AUTO_TEST_CASE(cancel_while_sent_waits_for_the_agent) {
   // Asking again changes nothing.
   BOOST_TEST(ask<action_record>(dir, atom::cancel_v, rec.action_id, std::string{"bob"},
                                 std::string{})
-                 .state == "cancelling");
+                 .state == action_state::cancelling);
   // The agent had not started it: cancelled.
   caf::anon_send(dir, atom::cancel_v, std::string{"dev-1"},
                  bus::cancel_result{rec.action_id, true, "withdrawn"});
@@ -637,7 +641,7 @@ BOOST_AUTO_TEST_CASE(cancel_while_sent_waits_for_the_agent) {
   // Too late: the agent ran it, and the action ends with its result.
   auto late = ask<action_record>(dir, atom::cancel_v, next.action_id, std::string{"bob"},
                                  std::string{});
-  BOOST_TEST(late.state == "cancelling");
+  BOOST_TEST(late.state == action_state::cancelling);
   caf::anon_send(dir, atom::cancel_v, std::string{"dev-1"},
                  bus::cancel_result{next.action_id, false, "already executed"});
   sched.run();
@@ -760,17 +764,17 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
       },
       [](atom::put, const incident_record&) { return std::string{"inc-1"}; },
       [log](atom::put, const action_record& a, const transition& t) {
-        log->calls.push_back("put " + a.action_id + " " + t.state);
+        log->calls.push_back("put " + a.action_id + " " + to_string(t.state));
         return atom::ok_v;
       },
       [log](atom::update, const action_record& a,
             const transition& t) -> caf::result<atom::ok> {
         if (log->refuse_updates > 0) {
           --log->refuse_updates;
-          log->calls.push_back("refused " + a.action_id + " " + t.state);
+          log->calls.push_back("refused " + a.action_id + " " + to_string(t.state));
           return make_error(ec::storage, "disk I/O error");
         }
-        log->calls.push_back("update " + a.action_id + " " + t.state);
+        log->calls.push_back("update " + a.action_id + " " + to_string(t.state));
         return atom::ok_v;
       },
       [none](atom::get, atom::incident,
@@ -1135,7 +1139,7 @@ BOOST_AUTO_TEST_CASE(start_process_parameters_are_checked_and_split_without_a_sh
       start_process_params({{"path", "/usr/bin/find"},
                             {"working_directory", "/var/tmp"},
                             {"arguments", "/ -name 'a b' -o \"c\\\"d\" e\\ f; rm -rf /"}},
-                           policy);
+                           std::nullopt, policy, os_family::posix);
   BOOST_REQUIRE(ok);
   BOOST_TEST(ok->at("argc") == "9");
   BOOST_TEST(ok->at("arg.0") == "/");
@@ -1144,10 +1148,10 @@ BOOST_AUTO_TEST_CASE(start_process_parameters_are_checked_and_split_without_a_sh
   BOOST_TEST(ok->at("arg.5") == "e f;");
   BOOST_TEST(ok->at("arg.6") == "rm"); // just a word: nothing runs a shell
   BOOST_TEST(ok->at("working_directory") == "/var/tmp");
-  BOOST_TEST(
-      bool(start_process_params({{"path", "C:\\Windows\\System32\\cmd.exe"}}, policy)));
+  BOOST_TEST(bool(start_process_params({{"path", "C:\\Windows\\System32\\cmd.exe"}},
+                                       std::nullopt, policy, std::nullopt)));
   auto bad = [&](std::map<std::string, std::string> p) {
-    auto r = start_process_params(p, policy);
+    auto r = start_process_params(p, std::nullopt, policy, os_family::posix);
     return !r && code_of(r.error()) == ec::bad_request;
   };
   BOOST_TEST(bad({}));
@@ -1166,7 +1170,8 @@ BOOST_AUTO_TEST_CASE(start_process_parameters_are_checked_and_split_without_a_sh
   BOOST_TEST(bad({{"path", "/bin/sh"}, {"shell", "yes"}}));
   policy.start_process_allowlist = {"/usr/bin/id"};
   BOOST_TEST(bad({{"path", "/bin/sh"}}));
-  BOOST_TEST(bool(start_process_params({{"path", "/usr/bin/id"}}, policy)));
+  BOOST_TEST(
+      bool(start_process_params({{"path", "/usr/bin/id"}}, std::nullopt, policy, {})));
 }
 
 BOOST_AUTO_TEST_CASE(available_actions_follow_the_rules) {
@@ -1181,4 +1186,179 @@ BOOST_AUTO_TEST_CASE(available_actions_follow_the_rules) {
     if (t["event_type"] == "network_connection") BOOST_TEST(t["actions"].empty());
   BOOST_TEST(available_actions(rec, true, action_policy{})["device_actions"].size() ==
              3u);
+}
+
+// -- objects that cannot be acted on, argv forms (issue 6) --------------------------
+
+namespace {
+
+incident_record incident_with_event(bus::activity_event e) {
+  incident_record rec;
+  rec.incident_id = "inc-9";
+  rec.device_id = "dev-9";
+  rec.report.report_id = "r-9";
+  rec.report.det.name = "x";
+  e.id = "e-1";
+  rec.report.key_event_id = e.id;
+  rec.report.events = {e};
+  return rec;
+}
+
+action_request request_for(const std::string& type) {
+  action_request req;
+  req.type = type;
+  req.incident_id = "inc-9";
+  req.target_kind = "detection";
+  req.username = "alice";
+  req.password_confirmed = true;
+  return req;
+}
+
+std::string refusal(const incident_record& rec, const std::string& type) {
+  auto a = make_action(rec, request_for(type), action_policy{}, 0);
+  if (a) return "accepted";
+  BOOST_TEST(code_of(a.error()) == ec::not_applicable);
+  return message_of(a.error());
+}
+
+bus::activity_event file_event(const std::string& path, const std::string& sha) {
+  bus::activity_event e;
+  e.type = "file_created";
+  e.file = {path, sha, 1};
+  return e;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(paths_an_agent_reports_are_shown_but_not_actionable) {
+  std::string sha(64, 'a');
+  const std::string hostile[] = {"../../etc/passwd", "/var/www/../../etc/shadow",
+                                 "System",           "/" + std::string(4096, 'a'),
+                                 "/bad\xFFpath",     "relative/x"};
+  for (const auto& path : hostile)
+    for (const char* type : {"quarantine", "delete_file", "prevent_run"}) {
+      auto why = refusal(incident_with_event(file_event(path, sha)), type);
+      BOOST_TEST(why.find("cannot be acted on") != std::string::npos,
+                 type << ": " << why);
+    }
+  BOOST_TEST(refusal(incident_with_event(file_event("/tmp/x", sha)), "quarantine") ==
+             "accepted");
+  // Sysmon's System pseudo-process: no file, no process an agent could act on.
+  bus::activity_event sys;
+  sys.type = "process_started";
+  sys.process = {4, 5, "System", "", "", "NT AUTHORITY\\SYSTEM", 0};
+  auto rec = incident_with_event(sys);
+  BOOST_TEST(refusal(rec, "terminate_process").find("image 'System'") !=
+             std::string::npos);
+  BOOST_TEST(refusal(rec, "quarantine").find("path 'System'") != std::string::npos);
+  // A device action on the same incident is fine.
+  BOOST_TEST(refusal(rec, "isolate") == "accepted");
+}
+
+BOOST_AUTO_TEST_CASE(sha256_is_normalised_and_checked) {
+  auto up = std::string(64, 'A');
+  auto a = make_action(incident_with_event(file_event("/tmp/x", up)),
+                       request_for("quarantine"), action_policy{}, 0);
+  BOOST_REQUIRE(a);
+  BOOST_TEST(a->params.at("sha256") == std::string(64, 'a'));
+  for (const std::string& bad :
+       {std::string(63, 'a'), std::string(64, 'z'), std::string{}}) {
+    auto rec = incident_with_event(file_event("/tmp/x", bad));
+    BOOST_TEST(refusal(rec, "quarantine").find("sha256") != std::string::npos);
+    BOOST_TEST(refusal(rec, "delete_file").find("sha256") != std::string::npos);
+  }
+  bus::incident_report r;
+  r.events = {file_event("/tmp/x", up)};
+  r.events[0].process.sha256 = "ABC";
+  normalize_hashes(r);
+  BOOST_TEST(r.events[0].file.sha256 == std::string(64, 'a'));
+  BOOST_TEST(r.events[0].process.sha256 == "ABC"); // not a hash: kept, not actionable
+}
+
+BOOST_AUTO_TEST_CASE(available_actions_leave_out_what_cannot_be_acted_on) {
+  bus::activity_event sys;
+  sys.type = "process_started";
+  sys.process = {4, 5, "System", "", "", "", 0};
+  auto j = available_actions(incident_with_event(sys), false, action_policy{});
+  BOOST_TEST(j["targets"][0]["actions"].empty());
+  BOOST_REQUIRE(j["targets"][0]["not_actionable"].size() == 4u);
+  for (auto& n : j["targets"][0]["not_actionable"])
+    BOOST_TEST(n["reason"].get<std::string>().find("'System'") != std::string::npos);
+  auto longp = available_actions(
+      incident_with_event(file_event("/" + std::string(5000, 'a'), std::string(64, 'a'))),
+      false, action_policy{});
+  BOOST_TEST(longp["targets"][0]["actions"].empty());
+  BOOST_TEST(longp["targets"][0]["not_actionable"][0]["reason"].get<std::string>().find(
+                 "longer than 4096 bytes") != std::string::npos);
+  // An event type this build does not know is listed, with nothing to do on it.
+  bus::activity_event odd = file_event("/tmp/x", std::string(64, 'a'));
+  odd.type = "registry_changed";
+  auto o = available_actions(incident_with_event(odd), false, action_policy{},
+                             "Windows 11 Enterprise");
+  BOOST_TEST(o["targets"][0]["event_type"] == "registry_changed");
+  BOOST_TEST(o["targets"][0]["actions"].empty());
+  BOOST_TEST(o["device_os_family"] == "windows");
+  BOOST_TEST(refusal(incident_with_event(odd), "quarantine").find("does not apply") !=
+             std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(unknown_type_and_kind_name_the_legal_values) {
+  auto rec = incident_with_event(file_event("/tmp/x", std::string(64, 'a')));
+  auto req = request_for("nuke");
+  auto a = make_action(rec, req, action_policy{}, 0);
+  BOOST_REQUIRE(!a);
+  BOOST_TEST(code_of(a.error()) == ec::bad_request);
+  BOOST_TEST(message_of(a.error()).find("isolate, release_isolation") !=
+             std::string::npos);
+  req = request_for("isolate");
+  req.target_kind = "process";
+  a = make_action(rec, req, action_policy{}, 0);
+  BOOST_REQUIRE(!a);
+  BOOST_TEST(message_of(a.error()).find("detection, event") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(start_process_arguments_as_list_or_split_by_device_os) {
+  auto rec = incident_with_event(file_event("/tmp/x", std::string(64, 'a')));
+  auto req = request_for("start_process");
+  req.params = {
+      {"path", "C:\\Tools\\collect.exe"},
+      {"arguments", "\\\\fileserver\\share\\x C:\\Temp\\plain.txt \"two words\""}};
+  // Windows: CommandLineToArgvW rules keep the backslashes.
+  auto w = make_action(rec, req, action_policy{}, 0, os_family::windows);
+  BOOST_REQUIRE(w);
+  BOOST_TEST((argv_of(w->params) ==
+              strings{"\\\\fileserver\\share\\x", "C:\\Temp\\plain.txt", "two words"}));
+  BOOST_TEST(w->params.at("arguments") == req.params.at("arguments")); // shown as given
+  BOOST_TEST(to_json(*w)["argv"] == json(argv_of(w->params)));         // and as run
+  // The device's OS not known yet: kept as text, split once it is.
+  auto later = make_action(rec, req, action_policy{}, 0);
+  BOOST_REQUIRE(later);
+  BOOST_TEST(needs_device_os(*later));
+  BOOST_TEST(!split_for_device(*later, os_family::windows));
+  BOOST_TEST(!needs_device_os(*later));
+  BOOST_TEST(argv_of(later->params) == argv_of(w->params));
+  // POSIX: shell words; a tab separates words and is no longer refused.
+  req.params = {{"path", "/usr/bin/find"}, {"arguments", "/tmp\t-name\t'a b'"}};
+  auto p = make_action(rec, req, action_policy{}, 0, os_family::posix);
+  BOOST_REQUIRE(p);
+  BOOST_TEST((argv_of(p->params) == strings{"/tmp", "-name", "a b"}));
+  // A list is taken as it is, whatever the OS.
+  req.params = {{"path", "/usr/bin/printf"}};
+  req.argv = {"%s\\n", "a b", "C:\\Temp\\plain.txt", "tab\there"};
+  req.argv_given = true;
+  auto l = make_action(rec, req, action_policy{}, 0, os_family::posix);
+  BOOST_REQUIRE(l);
+  BOOST_TEST(argv_of(l->params) == req.argv);
+  BOOST_TEST(l->params.count("arguments") == 0u);
+  // Both forms at once, or a list over the limits: refused, nothing registered.
+  req.params["arguments"] = "x";
+  BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error()) ==
+             ec::bad_request);
+  req.params.erase("arguments");
+  req.argv = strings(65, "x");
+  BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error()) ==
+             ec::bad_request);
+  req.argv = {"line\nbreak"};
+  BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error()) ==
+             ec::bad_request);
 }

@@ -23,6 +23,7 @@
 #include "agent-sim/sim_endpoint.hpp"
 #include "agent-sim/sim_runner.hpp"
 #include "bus/codec.hpp"
+#include "common/domain.hpp"
 #include "common/time.hpp"
 
 using namespace parry;
@@ -1100,6 +1101,41 @@ BOOST_AUTO_TEST_CASE(start_process_on_windows) {
   r = act("start_process", start_params("/usr/bin/id", {}));
   BOOST_TEST(!r.ok);
   BOOST_TEST(r.error == "path is not absolute: /usr/bin/id");
+}
+
+// The command line a started process reports splits back into the argv it was given,
+// by the endpoint's own rules (issue 6: Windows paths lost backslashes).
+BOOST_AUTO_TEST_CASE(started_command_line_splits_back_into_its_argv) {
+  auto all = shipped_scenarios();
+  for (bool windows : {true, false}) {
+    std::size_t index = windows ? first_windows_index(all) : 0;
+    while (!windows &&
+           sim_endpoint(index, test_config(), all, t0).os_family() == "windows")
+      ++index;
+    sim_endpoint ep(index, test_config(), all, t0);
+    BOOST_TEST_REQUIRE((ep.os_family() == "windows") == windows);
+    actor_helper act{ep};
+    std::vector<std::string> args{R"(\\fileserver\share\x)",
+                                  R"(C:\Temp\plain.txt)",
+                                  R"(C:\Temp\dir with space\)",
+                                  "say \"hi\" there",
+                                  "",
+                                  "back\\slash \\\"quoted\\\"",
+                                  "tab\there"};
+    std::string exe = windows ? R"(C:\Windows\System32\cmd.exe)" : "/bin/echo";
+    auto r = act("start_process", start_params(exe, args));
+    BOOST_TEST_REQUIRE(r.ok, r.error);
+    uint32_t pid = static_cast<uint32_t>(std::stoul(r.effect.at("pid")));
+    std::vector<std::string> argv{exe};
+    argv.insert(argv.end(), args.begin(), args.end());
+    BOOST_TEST(ep.launched(pid)->argv == argv);
+    std::string why;
+    auto split = parry::split_arguments(
+        ep.processes().at(pid).cmdline,
+        windows ? parry::os_family::windows : parry::os_family::posix, why);
+    BOOST_TEST_REQUIRE(split.has_value(), why);
+    BOOST_TEST(*split == argv, ep.processes().at(pid).cmdline);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(start_process_refuses_prevented_and_missing_executables) {

@@ -507,6 +507,24 @@ BOOST_AUTO_TEST_CASE(confirmation_of_a_file_action) {
   BOOST_TEST(!contains(missing, "sha256"));
 }
 
+// The confirmation shows the argv the agent will run, one argument a line, so what the
+// operator approves is what runs (issue 6: it showed the raw string).
+BOOST_AUTO_TEST_CASE(start_process_confirmation_shows_the_argv) {
+  json params{{"path", "C:\\Tools\\collect.exe"},
+              {"arguments", json::array({"\\\\fileserver\\share\\x", "two words", ""})}};
+  auto out = parry::ctl::describe_pending_action("start_process", incident_answer(), "",
+                                                 params, json::object());
+  BOOST_TEST(contains(out, "executable"));
+  BOOST_TEST(contains(out, "[\\\\fileserver\\share\\x]"));
+  BOOST_TEST(contains(out, "[two words]"));
+  BOOST_TEST(contains(out, "arg 2"));
+  BOOST_TEST(contains(out, "[]"));
+  params["arguments"] = json::array();
+  BOOST_TEST(contains(parry::ctl::describe_pending_action(
+                          "start_process", incident_answer(), "", params, json::object()),
+                      "(none)"));
+}
+
 BOOST_AUTO_TEST_CASE(confirmation_escapes_hostile_names) {
   json inc = incident_answer();
   // A file name that reorders itself, a command line that clears the screen and

@@ -628,11 +628,21 @@ BOOST_AUTO_TEST_CASE(every_action_has_its_effect_on_a_simulated_endpoint) {
       "start_process", id, "",
       json{{"path", windows ? "C:\\Windows\\System32\\whoami.exe" : "/usr/bin/whoami"},
            {"working_directory", windows ? "C:\\Windows\\Temp" : "/tmp"},
-           {"arguments", "--help 'two words'"}});
+           {"arguments", "--help \"two words\""}}); // double quotes: POSIX and Windows
   BOOST_TEST(start["state"] == "completed");
   BOOST_TEST(start["params"]["argc"] == "2");
   BOOST_TEST(start["params"]["arg.1"] == "two words");
+  BOOST_TEST(start["argv"] == json::array({"--help", "two words"}));
   BOOST_TEST(start["result"]["effect"]["exit_code"] == "0");
+  // The list form is taken as it is: backslashes and quotes survive on any device.
+  auto listed = act(
+      "start_process", id, "",
+      json{{"path", windows ? "C:\\Windows\\System32\\whoami.exe" : "/usr/bin/whoami"},
+           {"arguments",
+            json::array({"C:\\Temp\\plain.txt", "\\\\fileserver\\share\\x", "a\tb"})}});
+  BOOST_TEST(listed["argv"] ==
+             json::array({"C:\\Temp\\plain.txt", "\\\\fileserver\\share\\x", "a\tb"}));
+  BOOST_TEST(listed["params"]["argc"] == "3");
   // A hostile start is refused before anything is registered.
   auto before = get("/actions")["actions"].size();
   auto bad = api->post("/api/v1/actions", json{{"type", "start_process"},

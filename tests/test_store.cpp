@@ -156,7 +156,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     a.device_id = "dev-1";
     a.incident_id = "inc-1";
     a.requested_by = "alice";
-    a.state = "registered";
+    a.state = action_state::registered;
     a.created_at = a.updated_at = 1;
     return a;
   }
@@ -184,12 +184,12 @@ BOOST_AUTO_TEST_CASE(external_write_lock_is_answered_with_an_error) {
   other_connection other{db_path};
   other.exec("BEGIN IMMEDIATE");
   auto blocked = request<atom::ok>(atom::put_v, action("a-1"),
-                                   transition{"a-1", "registered", 1, ""});
+                                   transition{"a-1", action_state::registered, 1, ""});
   BOOST_REQUIRE_MESSAGE(blocked->answered, "a failed write must be answered");
   BOOST_TEST(code(blocked->err) == ec::storage);
   other.exec("COMMIT");
   auto next = request<atom::ok>(atom::put_v, action("a-2"),
-                                transition{"a-2", "registered", 1, ""});
+                                transition{"a-2", action_state::registered, 1, ""});
   BOOST_REQUIRE(next->answered);
   BOOST_TEST(!next->err);
   BOOST_TEST(other.count("SELECT count(*) FROM actions WHERE action_id = 'a-1'") == 0);
@@ -209,9 +209,9 @@ BOOST_AUTO_TEST_CASE(failed_write_is_not_half_committed) {
                "WHEN new.action_id = 'a-bad' BEGIN SELECT RAISE(ABORT, 'refused'); END");
   }
   auto good = request<atom::ok>(atom::put_v, action("a-good"),
-                                transition{"a-good", "registered", 1, ""});
+                                transition{"a-good", action_state::registered, 1, ""});
   auto bad = request<atom::ok>(atom::put_v, action("a-bad"),
-                               transition{"a-bad", "registered", 1, ""});
+                               transition{"a-bad", action_state::registered, 1, ""});
   BOOST_REQUIRE(good->answered);
   BOOST_TEST(!good->err);
   BOOST_REQUIRE_MESSAGE(bad->answered, "a failed write must be answered");
@@ -231,7 +231,7 @@ BOOST_AUTO_TEST_CASE(failed_write_is_not_half_committed) {
 
 BOOST_AUTO_TEST_CASE(update_of_a_missing_action_is_not_found) {
   auto out = request<atom::ok>(atom::update_v, action("nope"),
-                               transition{"nope", "sent", 2, ""});
+                               transition{"nope", action_state::sent, 2, ""});
   BOOST_REQUIRE(out->answered);
   BOOST_TEST(code(out->err) == ec::not_found);
   other_connection other{db_path};
@@ -248,7 +248,8 @@ BOOST_AUTO_TEST_CASE(link_and_revert_of_a_missing_action_are_not_found) {
   BOOST_REQUIRE(revert->answered);
   BOOST_TEST(code(revert->err) == ec::not_found);
   // An action that exists but is not completed cannot be reverted.
-  request<atom::ok>(atom::put_v, action("a-1"), transition{"a-1", "registered", 1, ""});
+  request<atom::ok>(atom::put_v, action("a-1"),
+                    transition{"a-1", action_state::registered, 1, ""});
   auto early = request<atom::ok>(atom::revert_v, std::string{"a-1"}, std::string{"r-1"});
   BOOST_REQUIRE(early->answered);
   BOOST_TEST(code(early->err) == ec::conflict);
@@ -270,7 +271,8 @@ BOOST_AUTO_TEST_CASE(lists_are_paged_with_a_cursor) {
   BOOST_TEST(ids == (std::vector<std::string>{"d-1", "d-2", "d-3", "d-4", "d-5"}));
   // Actions come newest first, and their pages join up the same way.
   for (auto id : {"a-1", "a-2", "a-3"})
-    request<atom::ok>(atom::put_v, action(id), transition{id, "registered", 1, ""});
+    request<atom::ok>(atom::put_v, action(id),
+                      transition{id, action_state::registered, 1, ""});
   ids.clear();
   for (auto& page : pages(atom::actions_v, 2))
     for (auto& a : page["actions"])
