@@ -63,7 +63,8 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
   BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TABLE IF NOT EXISTS tokens (
-  token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, name TEXT, created_at INTEGER);
+  token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, name TEXT, created_at INTEGER,
+  token_id TEXT, expires_at INTEGER NOT NULL DEFAULT 0);
 )sql";
 
 /// A prepared statement borrowed from the cache: bound on construction, reset when
@@ -461,6 +462,15 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
     exec(st.db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
                 "PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;");
     exec(st.db, schema);
+    // Tokens from before expiry: give them an id (they keep no expiry, 0).
+    if (stmt cols{st,
+                  "SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'token_id'"};
+        !cols.step())
+      exec(st.db, "ALTER TABLE tokens ADD COLUMN token_id TEXT; "
+                  "ALTER TABLE tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;");
+    exec(st.db, "UPDATE tokens SET token_id = lower(hex(randomblob(8))) "
+                "WHERE token_id IS NULL; "
+                "CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens (token_id);");
     stmt v{st, "SELECT value FROM meta WHERE key = 'schema_version'"};
     if (v.step()) {
       if (std::stoi(v.text(0)) > schema_version)
@@ -682,22 +692,41 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
           s.step();
         });
       },
-      [=](atom::token, const std::string& hash, const std::string& user,
-          const std::string& name) -> caf::result<atom::ok> {
+      [=](atom::token, const std::string& hash,
+          const token_record& t) -> caf::result<atom::ok> {
         return ok_write([&] {
           stmt s{self->state,
-                 "INSERT INTO tokens (token_hash, username, name, created_at) "
-                 "VALUES (?, ?, ?, ?)"};
-          s.bind(1, hash).bind(2, user).bind(3, name).bind(4, now_us());
+                 "INSERT INTO tokens (token_hash, username, name, created_at, token_id, "
+                 "expires_at) VALUES (?, ?, ?, ?, ?, ?)"};
+          s.bind(1, hash).bind(2, t.username).bind(3, t.name).bind(4, t.created_at);
+          s.bind(5, t.token_id).bind(6, t.expires_at);
           s.step();
         });
       },
-      [=](atom::token, const std::string& hash) -> caf::result<std::string> {
+      [=](atom::token, const std::string& hash) -> caf::result<token_record> {
         try {
-          stmt s{self->state, "SELECT username FROM tokens WHERE token_hash = ?"};
+          stmt s{self->state, "SELECT token_id, name, username, created_at, expires_at "
+                              "FROM tokens WHERE token_hash = ?"};
           s.bind(1, hash);
           if (!s.step()) return make_error(ec::unauthenticated, "unknown token");
-          return s.text(0);
+          return token_record{s.text(0), s.text(1), s.text(2), s.integer(3),
+                              s.integer(4)};
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::token, atom::list,
+          const std::string& user) -> caf::result<std::vector<token_record>> {
+        try {
+          stmt s{self->state, "SELECT token_id, name, username, created_at, expires_at "
+                              "FROM tokens WHERE ?1 = '' OR username = ?1 "
+                              "ORDER BY created_at, token_id LIMIT 10000"};
+          s.bind(1, user);
+          std::vector<token_record> out;
+          while (s.step())
+            out.push_back(token_record{s.text(0), s.text(1), s.text(2), s.integer(3),
+                                       s.integer(4)});
+          return out;
         } catch (const std::exception& e) {
           return make_error(ec::storage, e.what());
         }
@@ -708,6 +737,38 @@ store_actor::behavior_type store(store_stateful self, std::string path) {
           s.bind(1, hash);
           s.step();
         });
+      },
+      [=](atom::revoke, atom::token, const std::string& id,
+          const std::string& owner) -> caf::result<std::string> {
+        auto rp = self->make_response_promise<std::string>();
+        try {
+          std::string username;
+          {
+            stmt q{self->state, "SELECT username FROM tokens WHERE token_id = ?1 AND "
+                                "(?2 = '' OR username = ?2)"};
+            q.bind(1, id).bind(2, owner);
+            if (!q.step()) {
+              rp.deliver(make_error(ec::not_found, "no token " + id));
+              return rp;
+            }
+            username = q.text(0);
+          }
+          write(
+              [&] {
+                stmt s{self->state, "DELETE FROM tokens WHERE token_id = ?"};
+                s.bind(1, id);
+                s.step();
+              },
+              [rp, username](bool committed) mutable {
+                if (committed)
+                  rp.deliver(username);
+                else
+                  rp.deliver(make_error(ec::storage, "commit failed"));
+              });
+        } catch (const std::exception& e) {
+          rp.deliver(make_error(ec::storage, e.what()));
+        }
+        return rp;
       },
       [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
         try {

@@ -24,6 +24,18 @@ std::string server_config::validate() const {
     return "pbkdf2_iterations: must be at least 1000 (600000 recommended)";
   if (max_login_failures < 1) return "max_login_failures: must be at least 1";
   if (session_idle_minutes < 1) return "session_idle_minutes: must be at least 1";
+  if (max_source_failures < 1) return "max_source_failures: must be at least 1";
+  if (max_account_failures < 1) return "max_account_failures: must be at least 1";
+  if (max_password_checks < 1) return "max_password_checks: must be at least 1";
+  if (token_default_ttl_days < 1 || token_default_ttl_days > token_max_ttl_days)
+    return "token_default_ttl_days: must be between 1 and token_max_ttl_days";
+  if (token_max_ttl_days > 3650) return "token_max_ttl_days: must be at most 3650";
+  if (http_max_connections < 1) return "http_max_connections: must be at least 1";
+  if (http_max_connections_per_source < 1)
+    return "http_max_connections_per_source: must be at least 1";
+  if (http_handshake_timeout_seconds < 1 || http_idle_timeout_seconds < 1)
+    return "http_handshake_timeout_seconds, http_idle_timeout_seconds: must be at least "
+           "1";
   static const std::set<std::string> types{
       "isolate",          "release_isolation", "start_process",           "prevent_run",
       "allow_run",        "quarantine",        "restore_from_quarantine", "delete_file",
@@ -87,6 +99,16 @@ std::string load_toml(const std::string& path, server_config& cfg) {
                                            "max_login_failures",
                                            "lockout_minutes",
                                            "session_idle_minutes",
+                                           "max_source_failures",
+                                           "max_account_failures",
+                                           "max_password_checks",
+                                           "token_default_ttl_days",
+                                           "token_max_ttl_days",
+                                           "http_max_connections",
+                                           "http_max_connections_per_source",
+                                           "http_fd_reserve",
+                                           "http_handshake_timeout_seconds",
+                                           "http_idle_timeout_seconds",
                                            "workers",
                                            "log_level",
                                            "actions"};
@@ -94,8 +116,10 @@ std::string load_toml(const std::string& path, server_config& cfg) {
     if (known.count(std::string{k.str()}) == 0)
       return path + ": unknown key '" + std::string{k.str()} + "'";
   for (auto err :
-       {read(t, "data_dir", cfg.data_dir), read(t, "bus_endpoint", cfg.bus_endpoint),
-        read(t, "http_address", cfg.http_address), read(t, "http_port", cfg.http_port),
+       {read(t, "data_dir", cfg.data_dir),
+        read(t, "bus_endpoint", cfg.bus_endpoint),
+        read(t, "http_address", cfg.http_address),
+        read(t, "http_port", cfg.http_port),
         read(t, "admin_password", cfg.admin_password),
         read(t, "heartbeat_interval_ms", cfg.heartbeat_interval_ms),
         read(t, "missed_heartbeats", cfg.missed_heartbeats),
@@ -104,7 +128,18 @@ std::string load_toml(const std::string& path, server_config& cfg) {
         read(t, "max_login_failures", cfg.max_login_failures),
         read(t, "lockout_minutes", cfg.lockout_minutes),
         read(t, "session_idle_minutes", cfg.session_idle_minutes),
-        read(t, "workers", cfg.workers), read(t, "log_level", cfg.log_level)})
+        read(t, "max_source_failures", cfg.max_source_failures),
+        read(t, "max_account_failures", cfg.max_account_failures),
+        read(t, "max_password_checks", cfg.max_password_checks),
+        read(t, "token_default_ttl_days", cfg.token_default_ttl_days),
+        read(t, "token_max_ttl_days", cfg.token_max_ttl_days),
+        read(t, "http_max_connections", cfg.http_max_connections),
+        read(t, "http_max_connections_per_source", cfg.http_max_connections_per_source),
+        read(t, "http_fd_reserve", cfg.http_fd_reserve),
+        read(t, "http_handshake_timeout_seconds", cfg.http_handshake_timeout_seconds),
+        read(t, "http_idle_timeout_seconds", cfg.http_idle_timeout_seconds),
+        read(t, "workers", cfg.workers),
+        read(t, "log_level", cfg.log_level)})
     if (!err.empty()) return path + ": " + err;
   if (auto actions = t.get("actions")) {
     auto tab = actions->as_table();
