@@ -62,12 +62,18 @@ using account_store_actor = caf::typed_actor<
     caf::replies_to<atom::update, user_record>::with<atom::ok>,
     // Deletes a user and their tokens; refuses the last administrator.
     caf::replies_to<atom::del, std::string>::with<atom::ok>,
-    // Stores a bearer token by its SHA-256, for a user, with a name.
-    caf::replies_to<atom::token, std::string, std::string, std::string>::with<atom::ok>,
-    // Finds the user a token hash belongs to.
-    caf::replies_to<atom::token, std::string>::with<std::string>,
+    // Stores a bearer token by its SHA-256 with its record (id, owner, name, expiry).
+    caf::replies_to<atom::token, std::string, token_record>::with<atom::ok>,
+    // Finds the record of a token by its hash.
+    caf::replies_to<atom::token, std::string>::with<token_record>,
+    // Lists the tokens of one user ("" for every user), never the tokens themselves.
+    caf::replies_to<atom::token, atom::list,
+                    std::string>::with<std::vector<token_record>>,
     // Deletes a token by hash.
-    caf::replies_to<atom::revoke, std::string>::with<atom::ok>>;
+    caf::replies_to<atom::revoke, std::string>::with<atom::ok>,
+    // Deletes a token by id, if owned by the user given ("" for any); answers its owner.
+    caf::replies_to<atom::revoke, atom::token, std::string,
+                    std::string>::with<std::string>>;
 
 /// The hash-chained audit trail.
 using audit_store_actor = caf::typed_actor<
@@ -208,20 +214,33 @@ using hasher_actor = caf::typed_actor<
 
 /// Sessions, bearer tokens and login throttling.
 using auth_actor = caf::typed_actor<
-    // Username + password -> session token, principal.
-    caf::replies_to<atom::login, std::string, std::string>::with<std::string, principal>,
+    // Username, password, source address -> session token, principal. Throttled per
+    // account and source, per source and per account.
+    caf::replies_to<atom::login, std::string, std::string, std::string>::with<std::string,
+                                                                              principal>,
     // Session token or bearer token -> principal (first arg: true for a session).
     caf::replies_to<atom::authn, bool, std::string>::with<principal>,
-    // Creates a bearer token for a principal.
-    caf::replies_to<atom::token, principal, std::string>::with<std::string>,
+    // Creates a bearer token for a principal: name, lifetime in seconds (0: default).
+    caf::replies_to<atom::token, principal, std::string, int64_t>::with<std::string,
+                                                                        token_record>,
+    // Lists tokens: the principal's own, or every user's for an administrator (true).
+    caf::replies_to<atom::token, atom::list, principal,
+                    bool>::with<std::vector<token_record>>,
+    // Revokes a token by id: its owner or an administrator.
+    caf::replies_to<atom::revoke, principal, std::string>::with<atom::ok>,
     // Revokes a session or bearer token.
     caf::replies_to<atom::logout, bool, std::string>::with<atom::ok>,
     // Makes sure the first administrator exists; answers the generated password or "".
     caf::replies_to<atom::bootstrap, std::string>::with<std::string>,
-    // Password re-entry for a sensitive action: fails (and counts) when wrong.
-    caf::replies_to<atom::confirm, std::string, std::string>::with<atom::ok>,
+    // Password re-entry for a sensitive action: username, the session or bearer token
+    // asking, password. Fails (and counts against that session only) when wrong.
+    caf::replies_to<atom::confirm, std::string, std::string, std::string>::with<atom::ok>,
+    // The usernames locked now (for GET /users), sorted.
+    caf::replies_to<atom::locked>::with<std::vector<std::string>>,
     // A user changed or was deleted: end their sessions and cached tokens.
-    caf::reacts_to<atom::forget, std::string>>;
+    caf::reacts_to<atom::forget, std::string>,
+    // Timer: drop idle throttles and sessions.
+    caf::reacts_to<atom::check>>;
 
 /// The REST API: routes one HTTP request.
 using api_actor = caf::typed_actor<caf::replies_to<http_request>::with<http_response>>;

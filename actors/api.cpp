@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include <caf/sec.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -11,9 +12,11 @@
 #include "actors/incident.hpp"
 #include "actors/json.hpp"
 #include "actors/store.hpp"
+#include "actors/supervisor.hpp"
 #include "bus/codec.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "common/utf8.hpp"
 
 namespace parry {
 
@@ -22,9 +25,19 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* prefix = "/api/v1";
+/// Longest comment kept, in bytes (cut on a character boundary).
+constexpr std::size_t max_comment = 4096;
+/// Longest token name kept, in bytes.
+constexpr std::size_t max_token_name = 128;
+
+/// Every JSON the api writes: invalid UTF-8 that slipped into a record (an agent's
+/// report, an old row) is replaced by U+FFFD instead of throwing.
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 http_response reply(int status, const json& body) {
-  return http_response{status, body.dump(), {}};
+  return http_response{status, dump(body), {}, {}};
 }
 
 http_response fail(ec code, const std::string& message) {
@@ -55,11 +68,23 @@ http_response fail(ec code, const std::string& message) {
   return reply(status, error_json(to_string(code), message));
 }
 
+http_response unavailable(const std::string& message);
+
 http_response fail(const caf::error& err) {
+  // A collaborator that did not answer within the request's deadline.
+  if (err == caf::sec::request_timeout)
+    return unavailable("the server did not finish in time; nothing was registered");
   auto code = code_of(err);
   if (code == ec::unspecified || code == ec::storage)
     spdlog::error("api: {}", message_of(err));
-  return fail(code, code == ec::storage ? "internal storage error" : message_of(err));
+  auto r = fail(code, code == ec::storage ? "internal storage error" : message_of(err));
+  if (auto secs = retry_after_of(err); secs > 0)
+    r.headers["Retry-After"] = std::to_string(secs);
+  return r;
+}
+
+http_response unavailable(const std::string& message) {
+  return reply(503, error_json("unavailable", message));
 }
 
 std::string percent_decode(std::string_view s) {
@@ -184,15 +209,18 @@ bool may_act(const std::string& role) {
 namespace {
 
 using promise = caf::typed_response_promise<http_response>;
+using clock_point = caf::actor_clock::time_point;
 
-/// One authenticated request on its way through the routes.
+/// One request on its way through its route.
 struct call {
   api_stateful self;
   http_request req;
   principal who;
-  std::vector<std::string> seg;
+  /// The values of the route's `{...}` segments, in order.
+  std::vector<std::string> args;
   std::map<std::string, std::string> params;
   promise rp;
+  clock_point deadline;
 
   void answer(http_response r) { rp.deliver(std::move(r)); }
   void answer(const caf::error& err) { rp.deliver(fail(err)); }
@@ -204,11 +232,33 @@ struct call {
   json body() const {
     return json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
   }
+  /// What is left of the request's time, for the timeouts of its requests.
+  caf::timespan left() const {
+    auto d = deadline - self->clock().now();
+    return std::max(caf::timespan{std::chrono::milliseconds{1}},
+                    std::chrono::duration_cast<caf::timespan>(d));
+  }
+  bool expired() const { return self->clock().now() >= deadline; }
+  /// The session or bearer token this request came with.
+  const std::string& credential() const {
+    return req.bearer.empty() ? req.session : req.bearer;
+  }
 };
+
+/// An exception in a handler ends in a 500 for its caller, not in the end of the api.
+template <class F> void guarded(call& c, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    if (c.self->state.supervision) ++c.self->state.supervision->api_exceptions;
+    spdlog::error("api: {} {}: {}", c.req.method, utf8_sanitized(c.req.target), e.what());
+    c.answer(reply(500, error_json("internal", "internal error; see the server log")));
+  }
+}
 
 void audit(api_stateful self, const std::string& actor, const char* kind,
            const std::string& target, const std::string& detail) {
-  self->request(self->state.store, caf::infinite, atom::audit_v,
+  self->request(self->state.store, std::chrono::seconds{20}, atom::audit_v,
                 audit_entry{actor, kind, target, detail})
       .then([](atom::ok) {},
             [](caf::error& err) {
@@ -218,10 +268,10 @@ void audit(api_stateful self, const std::string& actor, const char* kind,
 
 /// Answers a read from the store as-is.
 template <class... Ts> void read(call c, Ts... xs) {
-  c.self->request(c.self->state.reader, caf::infinite, atom::query_v, std::move(xs)...)
+  c.self->request(c.self->state.reader, c.left(), atom::query_v, std::move(xs)...)
       .then(
           [c](std::string& body) mutable {
-            c.answer(http_response{200, body, {}});
+            c.answer(http_response{200, body, {}, {}});
           },
           c.on_error());
 }
@@ -233,7 +283,8 @@ template <class What> void read_page(call c, What what) {
   read(c, what, std::move(*page));
 }
 
-/// Runs `then` once the caller's password is confirmed, when `type` needs it.
+/// Runs `then` once the caller's password is confirmed, when `type` needs it. The
+/// confirmation is throttled per session: other people's failures never stop it.
 template <class F>
 void with_password(call c, const std::string& type, const std::string& password, F then) {
   if (!c.self->state.policy.needs_password(type)) {
@@ -249,15 +300,20 @@ void with_password(call c, const std::string& type, const std::string& password,
     return;
   }
   c.self
-      ->request(c.self->state.auth, caf::infinite, atom::confirm_v, c.who.username,
-                password)
+      ->request(c.self->state.auth, c.left(), atom::confirm_v, c.who.username,
+                c.credential(), password)
       .then([then](atom::ok) mutable { then(true); },
             [refuse](caf::error& err) mutable { refuse(err); });
 }
 
-/// Registers through the directory and answers 202, auditing the outcome.
+/// Registers through the directory and answers 202, auditing the outcome. A caller
+/// whose time is up has been told 503 already: nothing is registered for it.
 template <class... Ts> void register_via_directory(call c, std::string what, Ts... xs) {
-  c.self->request(c.self->state.directory, caf::infinite, xs...)
+  if (c.expired()) {
+    audit(c.self, c.who.username, "trigger_refused", what, "request timed out");
+    return c.answer(unavailable("the request took too long; nothing was registered"));
+  }
+  c.self->request(c.self->state.directory, c.left(), xs...)
       .then(
           [c](const action_record& rec) mutable {
             // The directory audited the trigger before the action's first transition.
@@ -269,9 +325,141 @@ template <class... Ts> void register_via_directory(call c, std::string what, Ts.
           });
 }
 
+// -- handlers, one per route (see the table below) ----------------------------------
+
+void health(call c) {
+  c.answer(reply(200, json{{"status", "ok"}}));
+}
+
+void login(call c) {
+  auto body = c.body();
+  if (!body.is_object() || !body.contains("username") || !body.contains("password") ||
+      !body["username"].is_string() || !body["password"].is_string())
+    return c.answer(ec::bad_request,
+                    "body must be {\"username\": ..., \"password\": ...}");
+  auto user = body["username"].get<std::string>();
+  auto pass = body["password"].get<std::string>();
+  if (user.size() > 128 || pass.size() > 1024)
+    return c.answer(ec::unauthenticated, "wrong username or password");
+  c.self->request(c.self->state.auth, c.left(), atom::login_v, user, pass, c.req.source)
+      .then(
+          [c](const std::string& token, const principal& who) mutable {
+            auto r = reply(200, json{{"csrf_token", who.csrf_token},
+                                     {"user", json{{"username", who.username},
+                                                   {"role", who.role}}}});
+            r.set_cookies.push_back(cookie(token));
+            c.answer(std::move(r));
+          },
+          c.on_error());
+}
+
+void logout(call c) {
+  bool session = c.req.bearer.empty();
+  c.self->request(c.self->state.auth, c.left(), atom::logout_v, session, c.credential())
+      .then(
+          [c](atom::ok) mutable {
+            auto r = reply(200, json::object());
+            r.set_cookies.push_back("parry_session=; Path=/; HttpOnly; Secure; "
+                                    "SameSite=Strict; Max-Age=0");
+            c.answer(std::move(r));
+          },
+          c.on_error());
+}
+
+json token_json(const token_record& t) {
+  return json{{"token_id", t.token_id},
+              {"name", t.name},
+              {"username", t.username},
+              {"created_at", format_time(t.created_at)},
+              {"expires_at",
+               t.expires_at == 0 ? json(nullptr) : json(format_time(t.expires_at))}};
+}
+
+void post_token(call c) {
+  auto body = c.body();
+  if (!body.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
+  std::string name;
+  if (body.contains("name")) {
+    if (!body["name"].is_string())
+      return c.answer(ec::bad_request, "'name' must be a string");
+    name = std::string{
+        utf8_prefix(body["name"].get_ref<const std::string&>(), max_token_name)};
+  }
+  int64_t ttl = 0;
+  if (body.contains("expires_in")) {
+    if (!body["expires_in"].is_number_integer() || body["expires_in"].get<int64_t>() < 1)
+      return c.answer(ec::bad_request,
+                      "'expires_in' must be a positive number of seconds");
+    ttl = body["expires_in"].get<int64_t>();
+  }
+  c.self->request(c.self->state.auth, c.left(), atom::token_v, c.who, name, ttl)
+      .then(
+          [c](const std::string& token, const token_record& rec) mutable {
+            auto j = token_json(rec);
+            j["token"] = token;
+            j["user"] = json{{"username", c.who.username}, {"role", c.who.role}};
+            c.answer(reply(201, j));
+          },
+          c.on_error());
+}
+
+void list_tokens(call c) {
+  c.self->request(c.self->state.auth, c.left(), atom::token_v, atom::list_v, c.who, true)
+      .then(
+          [c](const std::vector<token_record>& xs) mutable {
+            auto out = json::array();
+            for (const auto& t : xs)
+              out.push_back(token_json(t));
+            c.answer(reply(200, json{{"tokens", std::move(out)}}));
+          },
+          c.on_error());
+}
+
+void delete_token(call c) {
+  c.self->request(c.self->state.auth, c.left(), atom::revoke_v, c.who, c.args[0])
+      .then([c](atom::ok) mutable { c.answer(reply(200, json::object())); },
+            c.on_error());
+}
+
+void list_devices(call c) {
+  read_page(c, atom::devices_v);
+}
+void get_device(call c) {
+  read(c, atom::device_v, c.args[0]);
+}
+void list_incidents(call c) {
+  read_page(c, atom::incidents_v);
+}
+void get_incident(call c) {
+  read(c, atom::incident_v, c.args[0]);
+}
+void list_actions(call c) {
+  read_page(c, atom::actions_v);
+}
+void get_action(call c) {
+  read(c, atom::action_v, c.args[0]);
+}
+
+void available(call c) {
+  auto& st = c.self->state;
+  c.self->request(st.store, c.left(), atom::get_v, atom::incident_v, c.args[0])
+      .then(
+          [c](const incident_record& inc) mutable {
+            c.self->request(c.self->state.store, c.left(), atom::get_v, inc.device_id)
+                .then(
+                    [c, inc](const device_record& d) mutable {
+                      c.answer(reply(200, available_actions(inc, d.isolated,
+                                                            c.self->state.policy, d.os)));
+                    },
+                    [c, inc](caf::error&) mutable {
+                      c.answer(reply(
+                          200, available_actions(inc, false, c.self->state.policy)));
+                    });
+          },
+          c.on_error());
+}
+
 void post_action(call c) {
-  if (!may_act(c.who.role))
-    return c.answer(ec::forbidden, "role " + c.who.role + " may not trigger actions");
   std::string password;
   auto parsed = parse_action(c.req.body, password);
   if (!parsed) return c.answer(parsed.error());
@@ -291,7 +479,7 @@ void post_action(call c) {
   if (areq.idempotency_key.empty()) return go();
   // The same key from the same user answers the action it registered first.
   c.self
-      ->request(c.self->state.store, caf::infinite, atom::idem_v, areq.username,
+      ->request(c.self->state.store, c.left(), atom::idem_v, areq.username,
                 areq.idempotency_key)
       .then(
           [c, go](const std::string& id) mutable {
@@ -303,15 +491,19 @@ void post_action(call c) {
           c.on_error());
 }
 
-void cancel_action(call c, const std::string& id) {
-  if (!may_act(c.who.role))
-    return c.answer(ec::forbidden, "role " + c.who.role + " may not cancel actions");
-  std::string comment;
-  if (auto j = c.body(); j.contains("comment") && j["comment"].is_string())
-    comment = j["comment"].get<std::string>().substr(0, 4096);
+/// The optional 'comment' of a body, cut to max_comment bytes on a character boundary.
+std::string comment_of(const json& j) {
+  if (!j.is_object() || !j.contains("comment") || !j["comment"].is_string()) return {};
+  return std::string{
+      utf8_prefix(j["comment"].get_ref<const std::string&>(), max_comment)};
+}
+
+void cancel_action(call c) {
+  auto id = c.args[0];
+  auto comment = comment_of(c.body());
   c.self
-      ->request(c.self->state.directory, caf::infinite, atom::cancel_v, id,
-                c.who.username, comment)
+      ->request(c.self->state.directory, c.left(), atom::cancel_v, id, c.who.username,
+                comment)
       .then(
           [c](const action_record& rec) mutable {
             audit(c.self, c.who.username, "cancel", rec.action_id, "ok");
@@ -323,21 +515,19 @@ void cancel_action(call c, const std::string& id) {
           });
 }
 
-void reverse_action(call c, const std::string& id) {
-  if (!may_act(c.who.role))
-    return c.answer(ec::forbidden, "role " + c.who.role + " may not reverse actions");
+void reverse_action(call c) {
+  auto id = c.args[0];
   auto j = c.body();
   if (!j.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
   action_request areq;
   areq.username = c.who.username;
   areq.role = c.who.role;
-  if (j.contains("comment") && j["comment"].is_string())
-    areq.comment = j["comment"].get<std::string>().substr(0, 4096);
+  areq.comment = comment_of(j);
   std::string password;
   if (j.contains("password") && j["password"].is_string())
     password = j["password"].get<std::string>();
   // The reverse's type decides whether a password is needed: look at the original.
-  c.self->request(c.self->state.store, caf::infinite, atom::get_v, atom::action_v, id)
+  c.self->request(c.self->state.store, c.left(), atom::get_v, atom::action_v, id)
       .then(
           [c, id, areq, password](const action_record& original) mutable {
             auto type = reverse_of(original.type);
@@ -352,22 +542,14 @@ void reverse_action(call c, const std::string& id) {
           c.on_error());
 }
 
-void available(call c, const std::string& id) {
-  auto& st = c.self->state;
-  c.self->request(st.store, caf::infinite, atom::get_v, atom::incident_v, id)
+void get_audit(call c) {
+  // From the writer: its head in memory is what exposes records cut off the end.
+  auto page = parse_page(c.params);
+  if (!page) return c.answer(page.error());
+  c.self->request(c.self->state.store, c.left(), atom::query_v, atom::audit_v, *page)
       .then(
-          [c](const incident_record& inc) mutable {
-            c.self
-                ->request(c.self->state.store, caf::infinite, atom::get_v, inc.device_id)
-                .then(
-                    [c, inc](const device_record& d) mutable {
-                      c.answer(reply(200, available_actions(inc, d.isolated,
-                                                            c.self->state.policy, d.os)));
-                    },
-                    [c, inc](caf::error&) mutable {
-                      c.answer(reply(
-                          200, available_actions(inc, false, c.self->state.policy)));
-                    });
+          [c](std::string& body) mutable {
+            c.answer(http_response{200, body, {}, {}});
           },
           c.on_error());
 }
@@ -388,70 +570,92 @@ std::string password_problem(const std::string& password) {
 template <class Store>
 void hash_then(call c, user_record u, const std::string& password, Store store) {
   if (password.empty()) return store(std::move(u));
-  c.self->request(c.self->state.hasher, caf::infinite, atom::hash_v, password, u)
+  c.self->request(c.self->state.hasher, c.left(), atom::hash_v, password, u)
       .then([store](user_record& hashed) mutable { store(std::move(hashed)); },
             c.on_error());
 }
 
-void users(call c) {
-  auto& m = c.req.method;
-  auto& st = c.self->state;
-  if (c.seg.size() == 1 && m == "GET") return read_page(c, atom::users_v);
+void list_users(call c) {
+  auto page = parse_page(c.params);
+  if (!page) return c.answer(page.error());
+  c.self->request(c.self->state.reader, c.left(), atom::query_v, atom::users_v, *page)
+      .then(
+          [c](const std::string& body) mutable {
+            // `locked` lives in the auth actor, not in the store.
+            c.self->request(c.self->state.auth, c.left(), atom::locked_v)
+                .then(
+                    [c, body](const std::vector<std::string>& locked) mutable {
+                      auto j = json::parse(body, nullptr, false);
+                      if (!j.is_object() || !j.contains("users") ||
+                          !j["users"].is_array())
+                        return c.answer(http_response{200, body, {}, {}});
+                      for (auto& u : j["users"]) {
+                        auto name = u.value("username", std::string{});
+                        u["locked"] =
+                            std::binary_search(locked.begin(), locked.end(), name);
+                      }
+                      c.answer(reply(200, j));
+                    },
+                    c.on_error());
+          },
+          c.on_error());
+}
+
+void post_user(call c) {
   auto j = c.body();
-  if (c.seg.size() == 1 && m == "POST") {
-    if (!j.is_object() || !j.contains("username") || !j["username"].is_string() ||
-        !j.contains("password") || !j["password"].is_string() || !j.contains("role") ||
-        !j["role"].is_string())
-      return c.answer(ec::bad_request,
-                      "body must be {\"username\", \"password\", \"role\"}");
-    user_record u{j["username"].get<std::string>(),
-                  j["role"].get<std::string>(),
-                  "",
-                  0,
-                  "",
-                  now_us()};
-    if (!valid_username(u.username))
-      return c.answer(ec::bad_request, "username: 1-64 characters of [A-Za-z0-9._-]");
-    if (!valid_role(u.role))
-      return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
-    auto password = j["password"].get<std::string>();
-    if (auto why = password_problem(password); !why.empty())
-      return c.answer(ec::bad_request, why);
-    return hash_then(c, std::move(u), password, [c](user_record u) mutable {
-      c.self->request(c.self->state.store, caf::infinite, atom::put_v, u)
-          .then(
-              [c, u](atom::ok) mutable {
-                audit(c.self, c.who.username, "user_created", u.username,
-                      "role " + u.role);
-                c.answer(reply(201, json{{"user", json{{"username", u.username},
-                                                       {"role", u.role},
-                                                       {"created_at",
-                                                        format_time(u.created_at)}}}}));
-              },
-              [c](caf::error& err) mutable {
-                if (code_of(err) == ec::conflict)
-                  c.answer(ec::conflict, "that user exists already");
-                else
-                  c.answer(err);
-              });
-    });
-  }
-  if (c.seg.size() != 2 || !valid_username(c.seg[1]))
-    return c.answer(ec::not_found, "no such user");
-  auto name = c.seg[1];
-  if (m == "DELETE") {
-    c.self->request(st.store, caf::infinite, atom::del_v, name)
+  if (!j.is_object() || !j.contains("username") || !j["username"].is_string() ||
+      !j.contains("password") || !j["password"].is_string() || !j.contains("role") ||
+      !j["role"].is_string())
+    return c.answer(ec::bad_request,
+                    "body must be {\"username\", \"password\", \"role\"}");
+  user_record u{j["username"].get<std::string>(),
+                j["role"].get<std::string>(),
+                "",
+                0,
+                "",
+                now_us()};
+  if (!valid_username(u.username))
+    return c.answer(ec::bad_request, "username: 1-64 characters of [A-Za-z0-9._-]");
+  if (!valid_role(u.role))
+    return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
+  auto password = j["password"].get<std::string>();
+  if (auto why = password_problem(password); !why.empty())
+    return c.answer(ec::bad_request, why);
+  hash_then(c, std::move(u), password, [c](user_record u) mutable {
+    c.self->request(c.self->state.store, c.left(), atom::put_v, u)
         .then(
-            [c, name](atom::ok) mutable {
-              c.self->send(c.self->state.auth, atom::forget_v, name);
-              audit(c.self, c.who.username, "user_deleted", name, "ok");
-              c.answer(reply(200, json::object()));
+            [c, u](atom::ok) mutable {
+              audit(c.self, c.who.username, "user_created", u.username, "role " + u.role);
+              c.answer(
+                  reply(201, json{{"user", json{{"username", u.username},
+                                                {"role", u.role},
+                                                {"created_at", format_time(u.created_at)},
+                                                {"locked", false}}}}));
             },
-            c.on_error());
-    return;
-  }
-  if (m != "PATCH")
-    return c.answer(ec::not_found, "no such endpoint: " + m + " /users/" + name);
+            [c](caf::error& err) mutable {
+              if (code_of(err) == ec::conflict)
+                c.answer(ec::conflict, "that user exists already");
+              else
+                c.answer(err);
+            });
+  });
+}
+
+void delete_user(call c) {
+  auto name = c.args[0];
+  c.self->request(c.self->state.store, c.left(), atom::del_v, name)
+      .then(
+          [c, name](atom::ok) mutable {
+            c.self->send(c.self->state.auth, atom::forget_v, name);
+            audit(c.self, c.who.username, "user_deleted", name, "ok");
+            c.answer(reply(200, json::object()));
+          },
+          c.on_error());
+}
+
+void patch_user(call c) {
+  auto name = c.args[0];
+  auto j = c.body();
   if (!j.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
   std::string role, password;
   if (j.contains("role")) {
@@ -466,12 +670,12 @@ void users(call c) {
     if (auto why = password_problem(password); !why.empty())
       return c.answer(ec::bad_request, why);
   }
-  c.self->request(st.store, caf::infinite, atom::user_v, name)
+  c.self->request(c.self->state.store, c.left(), atom::user_v, name)
       .then(
           [c, role, password](user_record u) mutable {
             if (!role.empty()) u.role = role;
             hash_then(c, std::move(u), password, [c, password](user_record u) mutable {
-              c.self->request(c.self->state.store, caf::infinite, atom::update_v, u)
+              c.self->request(c.self->state.store, c.left(), atom::update_v, u)
                   .then(
                       [c, u, password](atom::ok) mutable {
                         c.self->send(c.self->state.auth, atom::forget_v, u.username);
@@ -487,96 +691,176 @@ void users(call c) {
           c.on_error());
 }
 
-/// Routes an authenticated request.
-void route(call c) {
-  const auto& m = c.req.method;
-  const auto& seg = c.seg;
-  auto& st = c.self->state;
-  if (m != "GET" && c.who.via_session &&
-      !equal_constant_time(c.req.csrf, c.who.csrf_token))
-    return c.answer(ec::forbidden, "missing or wrong X-CSRF-Token");
-  if (seg.empty()) return c.answer(ec::not_found, "no such endpoint");
-  const auto& top = seg[0];
-  // Everything below an id: the id must look like one before it goes anywhere.
-  if (seg.size() >= 2 && !bus::valid_id(seg[1]))
-    return c.answer(ec::not_found, "no " + top + " " + seg[1]);
-  auto one = [&](auto what) { read(c, what, seg[1]); };
-  if (m == "GET" && seg.size() == 1 && top == "devices")
-    return read_page(c, atom::devices_v);
-  if (m == "GET" && seg.size() == 2 && top == "devices") return one(atom::device_v);
-  if (m == "GET" && seg.size() == 1 && top == "incidents")
-    return read_page(c, atom::incidents_v);
-  if (m == "GET" && seg.size() == 2 && top == "incidents") return one(atom::incident_v);
-  if (m == "GET" && seg.size() == 3 && top == "incidents" &&
-      seg[2] == "available-actions")
-    return available(c, seg[1]);
-  if (m == "GET" && seg.size() == 1 && top == "actions")
-    return read_page(c, atom::actions_v);
-  if (m == "GET" && seg.size() == 2 && top == "actions") return one(atom::action_v);
-  if (m == "POST" && seg.size() == 1 && top == "actions") return post_action(c);
-  if (m == "POST" && seg.size() == 3 && top == "actions" && seg[2] == "cancel")
-    return cancel_action(c, seg[1]);
-  if (m == "POST" && seg.size() == 3 && top == "actions" && seg[2] == "reverse")
-    return reverse_action(c, seg[1]);
-  if (top == "users" || top == "audit") {
-    if (c.who.role != "administrator")
-      return c.answer(ec::forbidden, top + " is for administrators");
-    if (top == "users") return users(c);
-    if (m == "GET" && seg.size() == 1) {
-      // From the writer: its head in memory is what exposes records cut off the end.
-      auto page = parse_page(c.params);
-      if (!page) return c.answer(page.error());
-      c.self->request(st.store, caf::infinite, atom::query_v, atom::audit_v, *page)
-          .then(
-              [c](std::string& body) mutable {
-                c.answer(http_response{200, body, {}});
-              },
-              c.on_error());
-      return;
+void stats(call c) {
+  c.self->request(c.self->state.reader, c.left(), atom::query_v, atom::stats_v)
+      .then(
+          [c](const std::string& body) mutable {
+            auto j = json::parse(body, nullptr, false);
+            if (!j.is_object()) j = json::object();
+            auto& st = c.self->state;
+            if (st.bus_stats) j.update(st.bus_stats());
+            if (st.supervision)
+              j["supervision"] =
+                  json{{"api_restarts", st.supervision->api_restarts.load()},
+                       {"auth_restarts", st.supervision->auth_restarts.load()},
+                       {"api_exceptions", st.supervision->api_exceptions.load()}};
+            c.answer(reply(200, j));
+          },
+          c.on_error());
+}
+
+// -- the route table: hold it against docs/rest-api.md ------------------------------
+
+/// Who may call a route.
+enum class access {
+  anyone,        ///< No session or token needed.
+  user,          ///< Any authenticated user.
+  actor,         ///< administrator or security_officer (may_act).
+  administrator, ///< administrator only.
+};
+
+struct route {
+  const char* method;
+  /// Below /api/v1; `{id}` takes one segment that is a valid id, `{name}` a username.
+  const char* pattern;
+  access who;
+  void (*handle)(call);
+};
+
+const route routes[] = {
+    {"GET", "/health", access::anyone, health},
+    {"POST", "/login", access::anyone, login},
+    {"POST", "/logout", access::user, logout},
+    {"POST", "/tokens", access::user, post_token},
+    {"GET", "/tokens", access::user, list_tokens},
+    {"DELETE", "/tokens/{id}", access::user, delete_token},
+    {"GET", "/devices", access::user, list_devices},
+    {"GET", "/devices/{id}", access::user, get_device},
+    {"GET", "/incidents", access::user, list_incidents},
+    {"GET", "/incidents/{id}", access::user, get_incident},
+    {"GET", "/incidents/{id}/available-actions", access::user, available},
+    {"GET", "/actions", access::user, list_actions},
+    {"POST", "/actions", access::actor, post_action},
+    {"GET", "/actions/{id}", access::user, get_action},
+    {"POST", "/actions/{id}/cancel", access::actor, cancel_action},
+    {"POST", "/actions/{id}/reverse", access::actor, reverse_action},
+    {"GET", "/audit", access::administrator, get_audit},
+    {"GET", "/users", access::administrator, list_users},
+    {"POST", "/users", access::administrator, post_user},
+    {"PATCH", "/users/{name}", access::administrator, patch_user},
+    {"DELETE", "/users/{name}", access::administrator, delete_user},
+    {"GET", "/stats", access::user, stats},
+};
+
+/// Matches `seg` against `pattern`, collecting the `{...}` segments into `args`.
+/// `bad_arg` is set when the shape matches but an argument is not a valid id or name.
+bool matches(const char* pattern, const std::vector<std::string>& seg,
+             std::vector<std::string>& args, bool& bad_arg) {
+  auto want = segments(pattern);
+  if (want.size() != seg.size()) return false;
+  args.clear();
+  bad_arg = false;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    if (want[i] == "{id}" || want[i] == "{name}") {
+      if (want[i] == "{id}" ? !bus::valid_id(seg[i]) : !valid_username(seg[i]))
+        bad_arg = true;
+      args.push_back(seg[i]);
+    } else if (want[i] != seg[i]) {
+      return false;
     }
   }
-  if (m == "GET" && seg.size() == 1 && top == "stats") {
-    c.self->request(st.reader, caf::infinite, atom::query_v, atom::stats_v)
-        .then(
-            [c](const std::string& body) mutable {
-              auto j = json::parse(body);
-              if (c.self->state.bus_stats) j["bus"] = c.self->state.bus_stats();
-              c.answer(reply(200, j));
-            },
-            c.on_error());
-    return;
+  return true;
+}
+
+const char* role_problem(access who, const std::string& role) {
+  switch (who) {
+  case access::anyone:
+  case access::user:
+    return nullptr;
+  case access::actor:
+    return may_act(role) ? nullptr : "may not trigger, cancel or reverse actions";
+  case access::administrator:
+    return role == "administrator" ? nullptr : "is not an administrator";
   }
-  if (m == "POST" && seg.size() == 1 && top == "logout") {
-    bool session = c.req.bearer.empty();
-    c.self
-        ->request(st.auth, caf::infinite, atom::logout_v, session,
-                  session ? c.req.session : c.req.bearer)
-        .then(
-            [c](atom::ok) mutable {
-              auto r = reply(200, json::object());
-              r.set_cookies.push_back("parry_session=; Path=/; HttpOnly; Secure; "
-                                      "SameSite=Strict; Max-Age=0");
-              c.answer(std::move(r));
-            },
-            c.on_error());
-    return;
+  return "unknown access rule";
+}
+
+bool headers_valid(const http_request& r) {
+  return valid_utf8(r.method) && valid_utf8(r.bearer) && valid_utf8(r.session) &&
+         valid_utf8(r.csrf) && valid_utf8(r.idempotency_key) && valid_utf8(r.source);
+}
+
+/// Authenticates (unless the route is for anyone), checks role and CSRF, runs it.
+void dispatch(call c, const route& r) {
+  if (r.who == access::anyone) return guarded(c, [&] { r.handle(c); });
+  bool session = c.req.bearer.empty();
+  c.self->request(c.self->state.auth, c.left(), atom::authn_v, session, c.credential())
+      .then(
+          [c, &r](const principal& who) mutable {
+            c.who = who;
+            if (auto why = role_problem(r.who, who.role))
+              return c.answer(ec::forbidden, "role " + who.role + " " + why);
+            if (c.req.method != "GET" && who.via_session &&
+                !equal_constant_time(c.req.csrf, who.csrf_token))
+              return c.answer(ec::forbidden, "missing or wrong X-CSRF-Token");
+            guarded(c, [&] { r.handle(c); });
+          },
+          c.on_error());
+}
+
+/// Finds the request's route: 400 for text that is not UTF-8, 404 for an unknown
+/// path, 405 (with Allow) for a known path and another method.
+void route_request(call c) {
+  auto [path, params] = split_target(c.req.target);
+  if (!headers_valid(c.req) || !valid_utf8(path))
+    return c.answer(ec::bad_request, "request target or header is not valid UTF-8");
+  for (const auto& [k, v] : params)
+    if (!valid_utf8(k) || !valid_utf8(v))
+      return c.answer(ec::bad_request, "query parameter is not valid UTF-8");
+  std::string_view pre{prefix};
+  if (path.compare(0, pre.size(), pre) != 0 ||
+      (path.size() > pre.size() && path[pre.size()] != '/'))
+    return c.answer(ec::not_found,
+                    "no such endpoint: " + std::string{utf8_prefix(path, 256)});
+  auto seg = segments(path.substr(pre.size()));
+  c.params = std::move(params);
+  std::string allow;
+  std::vector<std::string> args;
+  bool bad_arg = false;
+  const route* found = nullptr;
+  bool shape_ok = false;
+  for (const auto& r : routes) {
+    bool bad = false;
+    std::vector<std::string> a;
+    if (!matches(r.pattern, seg, a, bad)) continue;
+    if (r.method != c.req.method) {
+      if (!bad) allow += (allow.empty() ? "" : ", ") + std::string{r.method};
+      continue;
+    }
+    if (bad) {
+      bad_arg = true;
+      args = std::move(a);
+      continue;
+    }
+    found = &r;
+    shape_ok = true;
+    args = std::move(a);
+    break;
   }
-  if (m == "POST" && seg.size() == 1 && top == "tokens") {
-    auto body = c.body();
-    std::string name;
-    if (body.is_object() && body.contains("name") && body["name"].is_string())
-      name = body["name"].get<std::string>().substr(0, 128);
-    c.self->request(st.auth, caf::infinite, atom::token_v, c.who, name)
-        .then(
-            [c](const std::string& token) mutable {
-              c.answer(reply(201, json{{"token", token},
-                                       {"user", json{{"username", c.who.username},
-                                                     {"role", c.who.role}}}}));
-            },
-            c.on_error());
-    return;
+  if (!shape_ok && bad_arg)
+    return c.answer(ec::not_found,
+                    "no " + seg[0] + " " + std::string{utf8_prefix(args.back(), 64)});
+  if (found == nullptr && !allow.empty()) {
+    auto r = reply(405, error_json("method_not_allowed",
+                                   c.req.method + " is not allowed here; use " + allow));
+    r.headers["Allow"] = allow;
+    return c.answer(std::move(r));
   }
-  c.answer(ec::not_found, "no such endpoint: " + m + " /api/v1/" + top);
+  if (found == nullptr)
+    return c.answer(ec::not_found, "no such endpoint: " + c.req.method + " " +
+                                       std::string{utf8_prefix(path, 256)});
+  c.args = std::move(args);
+  dispatch(std::move(c), *found);
 }
 
 } // namespace
@@ -584,7 +868,8 @@ void route(call c) {
 api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
                              directory_actor dir, store_actor store,
                              store_reader_actor reader, action_policy policy,
-                             std::function<json()> bus_stats) {
+                             std::function<json()> bus_stats,
+                             std::shared_ptr<supervision_stats> supervision) {
   auto& st = self->state;
   st.auth = std::move(auth);
   st.hasher = std::move(hasher);
@@ -593,48 +878,12 @@ api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor ha
   st.reader = std::move(reader);
   st.policy = std::move(policy);
   st.bus_stats = std::move(bus_stats);
+  st.supervision = std::move(supervision);
   return {
       [self](const http_request& req) -> caf::result<http_response> {
-        auto [path, params] = split_target(req.target);
-        if (path.compare(0, std::string{prefix}.size(), prefix) != 0)
-          return fail(ec::not_found, "no such endpoint: " + path);
-        auto rest = path.substr(std::string{prefix}.size());
-        if (rest == "/health") return reply(200, json{{"status", "ok"}});
         auto rp = self->make_response_promise<http_response>();
-        auto& st = self->state;
-        if (rest == "/login" && req.method == "POST") {
-          auto body = json::parse(req.body, nullptr, false);
-          if (!body.is_object() || !body.contains("username") ||
-              !body.contains("password") || !body["username"].is_string() ||
-              !body["password"].is_string())
-            return fail(ec::bad_request,
-                        "body must be {\"username\": ..., \"password\": ...}");
-          auto user = body["username"].get<std::string>();
-          auto pass = body["password"].get<std::string>();
-          if (user.size() > 128 || pass.size() > 1024)
-            return fail(ec::unauthenticated, "wrong username or password");
-          self->request(st.auth, caf::infinite, atom::login_v, user, pass)
-              .then(
-                  [rp](const std::string& token, const principal& who) mutable {
-                    auto r = reply(200, json{{"csrf_token", who.csrf_token},
-                                             {"user", json{{"username", who.username},
-                                                           {"role", who.role}}}});
-                    r.set_cookies.push_back(cookie(token));
-                    rp.deliver(std::move(r));
-                  },
-                  [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
-          return rp;
-        }
-        bool session = req.bearer.empty();
-        const auto& token = session ? req.session : req.bearer;
-        self->request(st.auth, caf::infinite, atom::authn_v, session, token)
-            .then(
-                [self, req, rp, path = path,
-                 params = params](const principal& who) mutable {
-                  auto seg = segments(path.substr(std::string{prefix}.size()));
-                  route(call{self, req, who, std::move(seg), std::move(params), rp});
-                },
-                [rp](caf::error& err) mutable { rp.deliver(fail(err)); });
+        call c{self, req, {}, {}, {}, rp, self->clock().now() + self->state.deadline};
+        guarded(c, [&] { route_request(c); });
         return rp;
       },
   };

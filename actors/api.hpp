@@ -2,12 +2,18 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 
+#include <caf/timespan.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <nlohmann/json_fwd.hpp>
 
 #include "actors/fwd.hpp"
+
+namespace parry {
+struct supervision_stats;
+}
 
 namespace parry {
 
@@ -23,6 +29,11 @@ struct api_state {
   action_policy policy;
   /// Bus counters for /stats; called on the api actor, must be thread-safe.
   std::function<nlohmann::json()> bus_stats;
+  /// Every request is answered within this; past it nothing is registered for it.
+  /// Below the HTTP server's own 30 s, so the caller hears the api's answer.
+  caf::timespan deadline = std::chrono::seconds{25};
+  /// Restarts and caught exceptions, shared with the supervisors; for /stats.
+  std::shared_ptr<supervision_stats> supervision;
 };
 
 using api_stateful = api_actor::stateful_pointer<api_state>;
@@ -31,7 +42,8 @@ using api_stateful = api_actor::stateful_pointer<api_state>;
 api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
                              directory_actor dir, store_actor store,
                              store_reader_actor reader, action_policy policy,
-                             std::function<nlohmann::json()> bus_stats);
+                             std::function<nlohmann::json()> bus_stats,
+                             std::shared_ptr<supervision_stats> supervision);
 
 /// Splits "/a/b?x=1&y=%20" into path and decoded query parameters.
 std::pair<std::string, std::map<std::string, std::string>>

@@ -1,5 +1,7 @@
 #include "actors/auth.hpp"
 
+#include <algorithm>
+
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
@@ -14,14 +16,29 @@ namespace {
 
 // Bearer tokens found in the store are trusted this long before asking again.
 constexpr auto token_cache_ttl = std::chrono::seconds{60};
+// A bounded wait for the store and the hasher: nothing here waits forever.
+constexpr auto store_timeout = std::chrono::seconds{20};
+constexpr auto hasher_timeout = std::chrono::seconds{20};
+// What a refused (429) answer says, so the api can set Retry-After.
+constexpr const char* retry_marker = "; retry after ";
+
+using clock_point = caf::actor_clock::time_point;
+using throttle = auth_state::throttle;
 
 caf::error wrong_credentials() {
   return make_error(ec::unauthenticated, "wrong username or password");
 }
 
+/// A 429 answer that names when to try again.
+caf::error refused(const std::string& why, std::chrono::seconds after) {
+  return make_error(ec::locked, why + retry_marker +
+                                    std::to_string(std::max<int64_t>(1, after.count())) +
+                                    " s");
+}
+
 void audit(auth_stateful self, std::string actor, const char* kind, std::string target,
            std::string detail) {
-  self->request(self->state.store, caf::infinite, atom::audit_v,
+  self->request(self->state.store, store_timeout, atom::audit_v,
                 audit_entry{std::move(actor), kind, std::move(target), std::move(detail)})
       .then([](atom::ok) {},
             [](caf::error& err) {
@@ -29,57 +46,152 @@ void audit(auth_stateful self, std::string actor, const char* kind, std::string 
             });
 }
 
-/// Checks `password` for `username` on the hasher, counting failures toward the
-/// lockout; `done(principal)` on success, `rp`-style `fail(error)` otherwise.
-template <class Done, class Fail>
+/// Forgets failures older than the lockout window (an unlocked, idle key).
+void decay(throttle& t, clock_point now, std::chrono::minutes window) {
+  if (t.failures > 0 && t.locked_until <= now && now - t.last_failure > window)
+    t.failures = 0;
+}
+
+bool locked(const throttle& t, clock_point now) {
+  return t.locked_until > now;
+}
+
+std::chrono::seconds remaining(const throttle& t, clock_point now) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.locked_until - now) +
+         std::chrono::seconds{1};
+}
+
+/// Records one failure on `t`; true when it locked `t` now.
+bool fail_once(throttle& t, int max, clock_point now, std::chrono::minutes lockout) {
+  t.last_failure = now;
+  if (++t.failures >= max && !locked(t, now)) {
+    t.locked_until = now + lockout;
+    return true;
+  }
+  return false;
+}
+
+/// The throttles one password check goes through. Login: account+source, source and
+/// account. Confirmation by an authenticated session: that session only, so nobody
+/// else's failures keep a signed-in user from confirming.
+struct check_keys {
+  std::vector<std::pair<throttle*, int>> list;
+};
+
+/// Checks `password` for `username` on the hasher. Before hashing, the attempt is
+/// reserved on every throttle in `keys` (a locked key, or one whose attempts in flight
+/// would reach its limit, refuses at once); afterwards a failure is counted on each,
+/// and a success clears the account+source key unless a lock went on meanwhile.
+template <class Keys, class Done, class Fail>
 void check_password(auth_stateful self, const std::string& username,
-                    const std::string& password, const char* kind, Done done, Fail fail) {
+                    const std::string& password, const char* kind, Keys keys, Done done,
+                    Fail fail) {
   auto& st = self->state;
   auto now = self->clock().now();
-  if (auto i = st.failed.find(username);
-      i != st.failed.end() && i->second.locked_until > now) {
-    audit(self, username, kind, username, "refused: account locked");
-    fail(make_error(ec::locked, "account locked after repeated failed logins"));
+  for (auto& [t, max] : keys(st)) {
+    decay(*t, now, st.cfg.lockout);
+    if (locked(*t, now)) {
+      ++st.refused_locked;
+      audit(self, username, kind, username, "refused: locked");
+      fail(refused("locked after repeated failed password checks", remaining(*t, now)));
+      return;
+    }
+    if (t->failures + t->pending >= max) {
+      ++st.refused_locked;
+      fail(refused("too many password checks in progress", std::chrono::seconds{1}));
+      return;
+    }
+  }
+  if (st.hashing >= st.cfg.max_hashing) {
+    ++st.refused_busy;
+    fail(refused("too many password checks in progress", std::chrono::seconds{1}));
     return;
   }
-  // Hashing happens on the hasher's thread; we only wait for its answer.
-  auto check = [self, username, password, kind, done, fail](user_record u,
-                                                            bool exists) mutable {
-    self->request(self->state.hasher, caf::infinite, atom::verify_v, password, u)
+  for (auto& [t, max] : keys(st))
+    ++t->pending;
+  ++st.hashing;
+  // Reserved: every path below gives the reservation back exactly once.
+  auto release = [self, keys]() {
+    auto& st = self->state;
+    --st.hashing;
+    for (auto& [t, max] : keys(st))
+      t->pending = std::max(0, t->pending - 1);
+  };
+  auto check = [self, username, password, kind, keys, done, fail,
+                release](user_record u, bool exists) mutable {
+    self->request(self->state.hasher, hasher_timeout, atom::verify_v, password, u)
         .then(
-            [self, username, u, exists, kind, done, fail](bool good) mutable {
+            [self, username, u, exists, kind, keys, done, fail,
+             release](bool good) mutable {
+              release();
               auto& st = self->state;
+              auto now = self->clock().now();
+              auto list = keys(st);
               if (!good || !exists) {
-                auto& f = st.failed[username];
-                if (++f.count >= st.cfg.max_failures) {
-                  f.count = 0;
-                  f.locked_until = self->clock().now() + st.cfg.lockout;
-                  spdlog::warn("auth: account {} locked", username);
-                  audit(self, username, kind, username,
-                        "failed: wrong password; account locked");
-                } else {
-                  audit(self, username, kind, username, "failed: wrong password");
-                }
+                bool now_locked = false;
+                for (auto& [t, max] : list)
+                  now_locked |= fail_once(*t, max, now, st.cfg.lockout);
+                if (now_locked) spdlog::warn("auth: {} locked ({})", username, kind);
+                audit(self, username, kind, username,
+                      now_locked ? "failed: wrong password; locked"
+                                 : "failed: wrong password");
                 fail(wrong_credentials());
                 return;
               }
-              st.failed.erase(username);
+              // Right password, but a lock that went on while it was hashed stands.
+              for (auto& [t, max] : list)
+                if (locked(*t, now)) {
+                  audit(self, username, kind, username, "refused: locked");
+                  fail(refused("locked after repeated failed password checks",
+                               remaining(*t, now)));
+                  return;
+                }
+              list.front().first->failures = 0;
               audit(self, username, kind, username, "ok");
               done(principal{u.username, u.role, "", false});
             },
-            [fail](caf::error& err) mutable { fail(err); });
+            [fail, release](caf::error& err) mutable {
+              release();
+              fail(err);
+            });
   };
-  self->request(st.store, caf::infinite, atom::user_v, username)
+  self->request(st.store, store_timeout, atom::user_v, username)
       .then([check](user_record& u) mutable { check(std::move(u), true); },
-            [check, fail](caf::error& err) mutable {
-              if (code_of(err) == ec::not_found)
+            [check, fail, release](caf::error& err) mutable {
+              if (code_of(err) == ec::not_found) {
                 check(user_record{}, false);
-              else
+              } else {
+                release();
                 fail(err);
+              }
             });
 }
 
+/// Drops throttles that hold nothing (no failures, nothing pending, no lock).
+void prune(std::unordered_map<std::string, throttle>& m, clock_point now,
+           std::chrono::minutes window) {
+  for (auto i = m.begin(); i != m.end();) {
+    decay(i->second, now, window);
+    if (i->second.failures == 0 && i->second.pending == 0 && !locked(i->second, now))
+      i = m.erase(i);
+    else
+      ++i;
+  }
+}
+
 } // namespace
+
+int64_t retry_after_of(const caf::error& err) {
+  if (code_of(err) != ec::locked) return 0;
+  auto msg = message_of(err);
+  auto pos = msg.rfind(retry_marker);
+  if (pos == std::string::npos) return 0;
+  try {
+    return std::stoll(msg.substr(pos + std::char_traits<char>::length(retry_marker)));
+  } catch (const std::exception&) {
+    return 0;
+  }
+}
 
 bool valid_role(const std::string& role) {
   return user_role_from_string(role).has_value();
@@ -111,12 +223,32 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
   self->state.cfg = cfg;
   self->state.store = std::move(store);
   self->state.hasher = std::move(hasher);
+  // Keys with nothing in them are dropped once a minute, so guessing with many names
+  // or addresses cannot grow the tables without bound beyond one lockout window.
+  self->delayed_send(self, std::chrono::minutes{1}, atom::check_v);
   return {
-      [self](atom::login, const std::string& username,
-             const std::string& password) -> caf::result<std::string, principal> {
+      [self](atom::check) {
+        auto& st = self->state;
+        auto now = self->clock().now();
+        for (auto* m :
+             {&st.by_user_source, &st.by_source, &st.by_user, &st.by_credential})
+          prune(*m, now, st.cfg.lockout);
+        for (auto i = st.sessions.begin(); i != st.sessions.end();)
+          i = now - i->second.last_used > st.cfg.session_idle ? st.sessions.erase(i)
+                                                              : std::next(i);
+        self->delayed_send(self, std::chrono::minutes{1}, atom::check_v);
+      },
+      [self](atom::login, const std::string& username, const std::string& password,
+             const std::string& source) -> caf::result<std::string, principal> {
         auto rp = self->make_response_promise<std::string, principal>();
+        auto keys = [username, source](auth_state& st) {
+          return std::vector<std::pair<throttle*, int>>{
+              {&st.by_user_source[username + '\n' + source], st.cfg.max_failures},
+              {&st.by_source[source], st.cfg.max_source_failures},
+              {&st.by_user[username], st.cfg.max_account_failures}};
+        };
         check_password(
-            self, username, password, "login",
+            self, username, password, "login", keys,
             [self, rp](principal who) mutable {
               who.csrf_token = random_hex(16);
               who.via_session = true;
@@ -128,14 +260,31 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
             [rp](caf::error err) mutable { rp.deliver(err); });
         return rp;
       },
-      [self](atom::confirm, const std::string& username,
+      [self](atom::confirm, const std::string& username, const std::string& credential,
              const std::string& password) -> caf::result<atom::ok> {
         auto rp = self->make_response_promise<atom::ok>();
+        auto key = sha256_hex(credential);
+        auto keys = [key](auth_state& st) {
+          return std::vector<std::pair<throttle*, int>>{
+              {&st.by_credential[key], st.cfg.max_failures}};
+        };
         check_password(
-            self, username, password, "password_confirmation",
+            self, username, password, "password_confirmation", keys,
             [rp](principal) mutable { rp.deliver(atom::ok_v); },
             [rp](caf::error err) mutable { rp.deliver(err); });
         return rp;
+      },
+      [self](atom::locked) -> std::vector<std::string> {
+        auto& st = self->state;
+        auto now = self->clock().now();
+        std::vector<std::string> out;
+        for (const auto& [name, t] : st.by_user)
+          if (locked(t, now)) out.push_back(name);
+        for (const auto& [key, t] : st.by_user_source)
+          if (locked(t, now)) out.push_back(key.substr(0, key.find('\n')));
+        std::sort(out.begin(), out.end());
+        out.erase(std::unique(out.begin(), out.end()), out.end());
+        return out;
       },
       [self](atom::forget, const std::string& username) {
         auto& st = self->state;
@@ -161,17 +310,28 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         }
         auto hash = sha256_hex(token);
         if (auto i = st.tokens.find(hash);
-            i != st.tokens.end() && now - i->second.fetched < token_cache_ttl)
+            i != st.tokens.end() && now - i->second.fetched < token_cache_ttl) {
+          if (i->second.expires_at != 0 && i->second.expires_at <= now_us()) {
+            st.tokens.erase(i);
+            return make_error(ec::unauthenticated, "token expired");
+          }
           return i->second.who;
+        }
         auto rp = self->make_response_promise<principal>();
-        self->request(st.store, caf::infinite, atom::token_v, hash)
+        self->request(st.store, store_timeout, atom::token_v, hash)
             .then(
-                [self, rp, hash](const std::string& username) mutable {
-                  self->request(self->state.store, caf::infinite, atom::user_v, username)
+                [self, rp, hash](const token_record& t) mutable {
+                  if (t.expires_at != 0 && t.expires_at <= now_us()) {
+                    rp.deliver(make_error(ec::unauthenticated, "token expired"));
+                    return;
+                  }
+                  self->request(self->state.store, store_timeout, atom::user_v,
+                                t.username)
                       .then(
-                          [self, rp, hash](const user_record& u) mutable {
+                          [self, rp, hash, t](const user_record& u) mutable {
                             principal who{u.username, u.role, "", false};
-                            self->state.tokens[hash] = {who, self->clock().now()};
+                            self->state.tokens[hash] = {who, self->clock().now(),
+                                                        t.expires_at};
                             rp.deliver(who);
                           },
                           [rp](caf::error&) mutable {
@@ -182,16 +342,63 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
                 [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
       },
-      [self](atom::token, const principal& who,
-             const std::string& name) -> caf::result<std::string> {
+      [self](atom::token, const principal& who, const std::string& name,
+             int64_t ttl_seconds) -> caf::result<std::string, token_record> {
+        auto& st = self->state;
+        auto now = self->clock().now();
+        // A locked account mints nothing, whichever session asks.
+        if (auto i = st.by_user.find(who.username);
+            i != st.by_user.end() && locked(i->second, now))
+          return refused("account locked", remaining(i->second, now));
+        if (ttl_seconds < 0 || ttl_seconds > st.cfg.token_max_ttl.count())
+          return make_error(ec::bad_request,
+                            "expires_in must be between 1 and " +
+                                std::to_string(st.cfg.token_max_ttl.count()) +
+                                " seconds");
+        if (ttl_seconds == 0) ttl_seconds = st.cfg.token_default_ttl.count();
         auto token = random_hex(32);
-        auto rp = self->make_response_promise<std::string>();
-        self->request(self->state.store, caf::infinite, atom::token_v, sha256_hex(token),
-                      who.username, name)
+        token_record rec;
+        rec.token_id = random_hex(8);
+        rec.name = name;
+        rec.username = who.username;
+        rec.created_at = now_us();
+        rec.expires_at = rec.created_at + ttl_seconds * 1000000;
+        auto rp = self->make_response_promise<std::string, token_record>();
+        self->request(st.store, store_timeout, atom::token_v, sha256_hex(token), rec)
             .then(
-                [self, rp, token, who, name](atom::ok) mutable {
-                  audit(self, who.username, "token_created", who.username, name);
-                  rp.deliver(token);
+                [self, rp, token, rec](atom::ok) mutable {
+                  audit(self, rec.username, "token_created", rec.token_id, rec.name);
+                  rp.deliver(token, rec);
+                },
+                [rp](caf::error& err) mutable { rp.deliver(err); });
+        return rp;
+      },
+      [self](atom::token, atom::list, const principal& who,
+             bool all) -> caf::result<std::vector<token_record>> {
+        auto rp = self->make_response_promise<std::vector<token_record>>();
+        auto owner = all && who.role == "administrator" ? std::string{} : who.username;
+        self->request(self->state.store, store_timeout, atom::token_v, atom::list_v,
+                      owner)
+            .then([rp](std::vector<token_record>& xs) mutable { rp.deliver(xs); },
+                  [rp](caf::error& err) mutable { rp.deliver(err); });
+        return rp;
+      },
+      [self](atom::revoke, const principal& who,
+             const std::string& token_id) -> caf::result<atom::ok> {
+        // Owners revoke their own; administrators anyone's.
+        auto owner = who.role == "administrator" ? std::string{} : who.username;
+        auto rp = self->make_response_promise<atom::ok>();
+        self->request(self->state.store, store_timeout, atom::revoke_v, atom::token_v,
+                      token_id, owner)
+            .then(
+                [self, rp, who, token_id](const std::string& username) mutable {
+                  auto& st = self->state;
+                  for (auto i = st.tokens.begin(); i != st.tokens.end();)
+                    i = i->second.who.username == username ? st.tokens.erase(i)
+                                                           : std::next(i);
+                  audit(self, who.username, "token_revoked", token_id,
+                        "owner " + username);
+                  rp.deliver(atom::ok_v);
                 },
                 [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
@@ -210,37 +417,36 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         auto hash = sha256_hex(token);
         self->state.tokens.erase(hash);
         auto rp = self->make_response_promise<atom::ok>();
-        self->request(self->state.store, caf::infinite, atom::revoke_v, hash)
+        self->request(self->state.store, store_timeout, atom::revoke_v, hash)
             .then([rp](atom::ok) mutable { rp.deliver(atom::ok_v); },
                   [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
       },
       [self](atom::bootstrap, const std::string& password) -> caf::result<std::string> {
         auto rp = self->make_response_promise<std::string>();
-        self->request(self->state.store, caf::infinite, atom::user_v,
+        self->request(self->state.store, store_timeout, atom::user_v,
                       std::string{"admin"})
-            .then([rp](const user_record&) mutable { rp.deliver(std::string{}); },
-                  [self, rp, password](caf::error& err) mutable {
-                    if (code_of(err) != ec::not_found) {
-                      rp.deliver(err);
-                      return;
-                    }
-                    auto generated = password.empty() ? random_hex(12) : std::string{};
-                    user_record u{"admin", "administrator", "", 0, "", now_us()};
-                    self->request(self->state.hasher, caf::infinite, atom::hash_v,
-                                  password.empty() ? generated : password, u)
-                        .then(
-                            [self, rp, generated](user_record& hashed) mutable {
-                              self->request(self->state.store, caf::infinite, atom::put_v,
-                                            hashed)
-                                  .then(
-                                      [rp, generated](atom::ok) mutable {
-                                        rp.deliver(generated);
-                                      },
+            .then(
+                [rp](const user_record&) mutable { rp.deliver(std::string{}); },
+                [self, rp, password](caf::error& err) mutable {
+                  if (code_of(err) != ec::not_found) {
+                    rp.deliver(err);
+                    return;
+                  }
+                  auto generated = password.empty() ? random_hex(12) : std::string{};
+                  user_record u{"admin", "administrator", "", 0, "", now_us()};
+                  self->request(self->state.hasher, std::chrono::minutes{2}, atom::hash_v,
+                                password.empty() ? generated : password, u)
+                      .then(
+                          [self, rp, generated](user_record& hashed) mutable {
+                            self->request(self->state.store, store_timeout, atom::put_v,
+                                          hashed)
+                                .then([rp, generated](
+                                          atom::ok) mutable { rp.deliver(generated); },
                                       [rp](caf::error& err) mutable { rp.deliver(err); });
-                            },
-                            [rp](caf::error& err) mutable { rp.deliver(err); });
-                  });
+                          },
+                          [rp](caf::error& err) mutable { rp.deliver(err); });
+                });
         return rp;
       },
   };

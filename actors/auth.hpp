@@ -1,6 +1,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <unordered_map>
 
@@ -11,16 +12,27 @@
 
 namespace parry {
 
-/// Authentication policy.
+/// Authentication policy (docs/operations.md).
 struct auth_config {
   /// Sessions end after this long without use.
   std::chrono::minutes session_idle{30};
-  /// Failed logins in a row that lock an account.
+  /// Failed password checks for one account from one source address that lock that
+  /// account for that source (and failed confirmations that lock one session).
   int max_failures = 5;
-  /// How long a locked account stays locked.
+  /// Failed logins from one source address, over all accounts, that block the source.
+  int max_source_failures = 20;
+  /// Failed logins for one account, over all sources, that lock the account for every
+  /// source (distributed guessing). Sessions already open may still confirm.
+  int max_account_failures = 100;
+  /// How long a lock lasts; failures older than this are forgotten.
   std::chrono::minutes lockout{15};
+  /// Password checks waiting for or on the hasher at once; more are refused (429).
+  int max_hashing = 16;
   /// PBKDF2-HMAC-SHA256 iterations for new passwords.
   uint32_t pbkdf2_iterations = 600000;
+  /// Lifetime of a bearer token when its creator names none, and the longest allowed.
+  std::chrono::seconds token_default_ttl{std::chrono::hours{24 * 30}};
+  std::chrono::seconds token_max_ttl{std::chrono::hours{24 * 365}};
 };
 
 struct auth_state {
@@ -30,19 +42,38 @@ struct auth_state {
     principal who;
     caf::actor_clock::time_point last_used;
   };
-  struct failures {
-    int count = 0;
+  /// Password checks of one key (account+source, source, account or session).
+  struct throttle {
+    /// Failures not yet forgotten.
+    int failures = 0;
+    /// Checks reserved and not yet answered by the hasher.
+    int pending = 0;
+    caf::actor_clock::time_point last_failure;
     caf::actor_clock::time_point locked_until;
   };
   struct cached_token {
     principal who;
     caf::actor_clock::time_point fetched;
+    /// Microseconds since the epoch; 0 never (tokens from before expiry existed).
+    int64_t expires_at = 0;
   };
 
   /// Live browser sessions by token.
   std::unordered_map<std::string, session> sessions;
-  /// Failed logins by username.
-  std::unordered_map<std::string, failures> failed;
+  /// Password checks by "username\nsource".
+  std::unordered_map<std::string, throttle> by_user_source;
+  /// Failed logins by source address.
+  std::unordered_map<std::string, throttle> by_source;
+  /// Failed logins by username, over all sources.
+  std::unordered_map<std::string, throttle> by_user;
+  /// Failed confirmations by SHA-256 of the session or bearer token.
+  std::unordered_map<std::string, throttle> by_credential;
+  /// Checks on the hasher now.
+  int hashing = 0;
+  /// Checks refused because the hasher had max_hashing in flight.
+  uint64_t refused_busy = 0;
+  /// Checks refused because a key was locked or had its attempts reserved.
+  uint64_t refused_locked = 0;
   /// Bearer tokens recently checked against the store, by token hash.
   std::unordered_map<std::string, cached_token> tokens;
 
@@ -62,5 +93,9 @@ hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iteratio
 
 /// True for the roles parryd knows.
 bool valid_role(const std::string& role);
+
+/// Seconds after which a refused (429) check may be tried again, from the error auth
+/// answered; 0 when the error carries none.
+int64_t retry_after_of(const caf::error& err);
 
 } // namespace parry

@@ -133,6 +133,15 @@ struct user_record {
   int64_t created_at = 0;
 };
 
+/// A bearer token as stored and listed; the token itself is never kept.
+struct token_record {
+  std::string token_id;   ///< 16 hex digits; names the token in GET/DELETE /tokens.
+  std::string name;       ///< Given by its creator, at most 128 bytes.
+  std::string username;   ///< Owner.
+  int64_t created_at = 0; ///< Microseconds since the epoch.
+  int64_t expires_at = 0; ///< Microseconds since the epoch; 0 for never (old tokens).
+};
+
 /// Who is making a request, once authenticated.
 struct principal {
   std::string username;
@@ -158,6 +167,7 @@ struct http_request {
   std::string session; ///< From the `parry_session` cookie.
   std::string csrf;    ///< From `X-CSRF-Token`.
   std::string idempotency_key;
+  std::string source; ///< The peer's IP address, set by the HTTP server.
 };
 
 /// The answer the HTTP thread writes back.
@@ -165,6 +175,8 @@ struct http_response {
   int status = 200;
   std::string body;
   std::vector<std::string> set_cookies;
+  /// Further headers (Retry-After, Allow).
+  std::map<std::string, std::string> headers;
 };
 
 template <class Inspector> auto inspect(Inspector& f, audit_entry& x) {
@@ -206,10 +218,14 @@ template <class Inspector> auto inspect(Inspector& f, page_request& x) {
   return f(x.limit, x.cursor, x.filters);
 }
 template <class Inspector> auto inspect(Inspector& f, http_request& x) {
-  return f(x.method, x.target, x.body, x.bearer, x.session, x.csrf, x.idempotency_key);
+  return f(x.method, x.target, x.body, x.bearer, x.session, x.csrf, x.idempotency_key,
+           x.source);
+}
+template <class Inspector> auto inspect(Inspector& f, token_record& x) {
+  return f(x.token_id, x.name, x.username, x.created_at, x.expires_at);
 }
 template <class Inspector> auto inspect(Inspector& f, http_response& x) {
-  return f(x.status, x.body, x.set_cookies);
+  return f(x.status, x.body, x.set_cookies, x.headers);
 }
 
 } // namespace parry

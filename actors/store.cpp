@@ -68,7 +68,8 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
   BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
 CREATE TABLE IF NOT EXISTS tokens (
-  token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, name TEXT, created_at INTEGER);
+  token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, name TEXT, created_at INTEGER,
+  token_id TEXT, expires_at INTEGER NOT NULL DEFAULT 0);
 )sql";
 
 /// A prepared statement borrowed from the cache: bound on construction, reset when
@@ -676,6 +677,15 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         SQLITE_OK)
       throw std::runtime_error(sqlite3_errmsg(st.db));
     exec(st.db, schema);
+    // Tokens from before expiry: give them an id (they keep no expiry, 0).
+    if (stmt cols{st,
+                  "SELECT 1 FROM pragma_table_info('tokens') WHERE name = 'token_id'"};
+        !cols.step())
+      exec(st.db, "ALTER TABLE tokens ADD COLUMN token_id TEXT; "
+                  "ALTER TABLE tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;");
+    exec(st.db, "UPDATE tokens SET token_id = lower(hex(randomblob(8))) "
+                "WHERE token_id IS NULL; "
+                "CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens (token_id);");
     stmt v{st, "SELECT value FROM meta WHERE key = 'schema_version'"};
     if (v.step()) {
       if (std::stoi(v.text(0)) > schema_version)
@@ -866,23 +876,44 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.step();
         });
       },
-      [=](atom::token, const std::string& hash, const std::string& user,
-          const std::string& name) -> caf::result<atom::ok> {
+      [=](atom::token, const std::string& hash,
+          const token_record& t) -> caf::result<atom::ok> {
         return ok_write(self, [&] {
           stmt s{self->state,
-                 "INSERT INTO tokens (token_hash, username, name, created_at) "
-                 "VALUES (?, ?, ?, ?)"};
-          s.bind(1, hash).bind(2, user).bind(3, name).bind(4, now_us());
+                 "INSERT INTO tokens (token_hash, username, name, created_at, token_id, "
+                 "expires_at) VALUES (?, ?, ?, ?, ?, ?)"};
+          s.bind(1, hash).bind(2, t.username).bind(3, t.name).bind(4, t.created_at);
+          s.bind(5, t.token_id).bind(6, t.expires_at);
           s.step();
         });
       },
-      [=](atom::token, const std::string& hash) -> caf::result<std::string> {
-        return read_answer<std::string>([&] {
-          stmt s{self->state, "SELECT username FROM tokens WHERE token_hash = ?"};
+      [=](atom::token, const std::string& hash) -> caf::result<token_record> {
+        try {
+          stmt s{self->state, "SELECT token_id, name, username, created_at, expires_at "
+                              "FROM tokens WHERE token_hash = ?"};
           s.bind(1, hash);
-          if (!s.step()) throw refused(ec::unauthenticated, "unknown token");
-          return s.text(0);
-        });
+          if (!s.step()) return make_error(ec::unauthenticated, "unknown token");
+          return token_record{s.text(0), s.text(1), s.text(2), s.integer(3),
+                              s.integer(4)};
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
+      },
+      [=](atom::token, atom::list,
+          const std::string& user) -> caf::result<std::vector<token_record>> {
+        try {
+          stmt s{self->state, "SELECT token_id, name, username, created_at, expires_at "
+                              "FROM tokens WHERE ?1 = '' OR username = ?1 "
+                              "ORDER BY created_at, token_id LIMIT 10000"};
+          s.bind(1, user);
+          std::vector<token_record> out;
+          while (s.step())
+            out.push_back(token_record{s.text(0), s.text(1), s.text(2), s.integer(3),
+                                       s.integer(4)});
+          return out;
+        } catch (const std::exception& e) {
+          return make_error(ec::storage, e.what());
+        }
       },
       [=](atom::revoke, const std::string& hash) -> caf::result<atom::ok> {
         return ok_write(self, [&] {
@@ -890,6 +921,27 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.bind(1, hash);
           s.step();
         });
+      },
+      [=](atom::revoke, atom::token, const std::string& id,
+          const std::string& owner) -> caf::result<std::string> {
+        std::string username;
+        if (auto err = guarded("read", [&] {
+              stmt q{self->state, "SELECT username FROM tokens WHERE token_id = ?1 AND "
+                                  "(?2 = '' OR username = ?2)"};
+              q.bind(1, id).bind(2, owner);
+              if (!q.step()) throw refused(ec::not_found, "no token " + id);
+              username = q.text(0);
+            }))
+          return err;
+        return write_answer(
+            self,
+            [&] {
+              stmt s{self->state, "DELETE FROM tokens WHERE token_id = ?"};
+              s.bind(1, id);
+              s.step();
+              expect_change(self->state, ec::not_found, "no token " + id);
+            },
+            username);
       },
       [=](atom::get, atom::action, const std::string& id) -> caf::result<action_record> {
         return read_answer<action_record>([&] {

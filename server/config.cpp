@@ -488,6 +488,46 @@ const std::vector<entry>& table() {
       key("max_frame_bytes", &C::max_frame_bytes, "PARRY_MAX_FRAME_BYTES",
           "--max-frame-bytes", "largest bus frame accepted",
           range{4096, 64 << 20, "bytes"}),
+      key("max_source_failures", &C::max_source_failures, "PARRY_MAX_SOURCE_FAILURES",
+          "--max-source-failures",
+          "failed logins from one source address, all accounts, that block the address",
+          range{1, 100000}),
+      key("max_account_failures", &C::max_account_failures, "PARRY_MAX_ACCOUNT_FAILURES",
+          "--max-account-failures",
+          "failed logins for one account from all sources that lock it",
+          range{1, 1000000}),
+      key("max_password_checks", &C::max_password_checks, "PARRY_MAX_PASSWORD_CHECKS",
+          "--max-password-checks",
+          "password checks in progress at once; more are answered 429", range{1, 4096}),
+      key("token_default_ttl_days", &C::token_default_ttl_days,
+          "PARRY_TOKEN_DEFAULT_TTL_DAYS", "--token-default-ttl-days",
+          "bearer token lifetime when POST /tokens names none (at most "
+          "token_max_ttl_days)",
+          range{1, 3650, "days"}),
+      key("token_max_ttl_days", &C::token_max_ttl_days, "PARRY_TOKEN_MAX_TTL_DAYS",
+          "--token-max-ttl-days", "longest bearer token lifetime",
+          range{1, 3650, "days"}),
+      key("http_max_connections", &C::http_max_connections, "PARRY_HTTP_MAX_CONNECTIONS",
+          "--http-max-connections",
+          "HTTPS connections open at once; more are closed at accept",
+          range{1, 100000, "connections"}),
+      key("http_max_connections_per_source", &C::http_max_connections_per_source,
+          "PARRY_HTTP_MAX_CONNECTIONS_PER_SOURCE", "--http-max-connections-per-source",
+          "HTTPS connections open at once from one IP address",
+          range{1, 100000, "connections"}),
+      key("http_fd_reserve", &C::http_fd_reserve, "PARRY_HTTP_FD_RESERVE",
+          "--http-fd-reserve",
+          "descriptors kept free for the bus and the store; HTTPS refuses connections "
+          "that would use them",
+          range{0, 100000, "descriptors"}),
+      key("http_handshake_timeout_seconds", &C::http_handshake_timeout_seconds,
+          "PARRY_HTTP_HANDSHAKE_TIMEOUT_SECONDS", "--http-handshake-timeout-seconds",
+          "time for a TLS handshake", range{1, 3600, "seconds"}),
+      key("http_idle_timeout_seconds", &C::http_idle_timeout_seconds,
+          "PARRY_HTTP_IDLE_TIMEOUT_SECONDS", "--http-idle-timeout-seconds",
+          "time to receive a request, and to wait for the next one on a kept-alive "
+          "connection",
+          range{1, 3600, "seconds"}),
       key("max_devices", &C::max_devices, "PARRY_MAX_DEVICES", "--max-devices",
           "device ids the bus tracks at once; a new id beyond it is refused",
           range{1, 10000000, "devices"}),
@@ -663,6 +703,10 @@ std::string server_config::validate() const {
   for (auto& e : table())
     if (auto why = e.check(*this); !why.empty())
       errors.push_back(problem(e.info, "configuration", e.text(*this), why));
+  if (token_default_ttl_days > token_max_ttl_days)
+    errors.push_back("token_default_ttl_days: " + std::to_string(token_default_ttl_days) +
+                     " is above token_max_ttl_days (" +
+                     std::to_string(token_max_ttl_days) + ")");
   return join_lines(errors);
 }
 

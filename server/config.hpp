@@ -45,6 +45,24 @@ struct server_config {
   uint32_t lockout_minutes = 15;
   /// Idle time after which a browser session ends.
   uint32_t session_idle_minutes = 30;
+  /// Failed logins from one source address (all accounts) that block it for
+  /// lockout_minutes.
+  int max_source_failures = 20;
+  /// Failed logins for one account from all sources that lock it for lockout_minutes.
+  int max_account_failures = 100;
+  /// Password checks (login, confirmation) in flight at once; more get 429.
+  int max_password_checks = 16;
+  /// Bearer token lifetime when POST /tokens names none, and the longest allowed, days.
+  uint32_t token_default_ttl_days = 30;
+  uint32_t token_max_ttl_days = 365;
+  /// HTTPS connections open at once, in total and from one IP address.
+  uint32_t http_max_connections = 1000;
+  uint32_t http_max_connections_per_source = 64;
+  /// File descriptors kept free for the rest of parryd; HTTPS refuses beyond.
+  uint32_t http_fd_reserve = 256;
+  /// Seconds for a TLS handshake, and for a request (or the wait for the next one).
+  uint32_t http_handshake_timeout_seconds = 10;
+  uint32_t http_idle_timeout_seconds = 30;
   /// Actor scheduler threads (0: one per core).
   uint32_t workers = 0;
   /// trace, debug, info, warn, error.

@@ -20,6 +20,7 @@
 #include "actors/error.hpp"
 #include "actors/gateway_bridge.hpp"
 #include "actors/store.hpp"
+#include "actors/supervisor.hpp"
 #include "bus/gateway.hpp"
 #include "server/http_server.hpp"
 #include "server/tls.hpp"
@@ -79,6 +80,10 @@ struct server::impl {
   store_actor store;
   directory_actor directory;
   std::shared_ptr<bus::gateway> bus;
+  /// Counters of the HTTPS front end, shown in /stats.
+  std::shared_ptr<http_stats> http_counters = std::make_shared<http_stats>();
+  /// Restarts of the api and auth actors, shown in /stats.
+  std::shared_ptr<supervision_stats> supervision = std::make_shared<supervision_stats>();
   /// Every top-level actor, told to exit on stop (their children are linked).
   std::vector<caf::strong_actor_ptr> actors;
   std::unique_ptr<http_server> http;
@@ -173,10 +178,15 @@ void server::start() {
   keep(hash);
   auth_config acfg;
   acfg.max_failures = cfg.max_login_failures;
+  acfg.max_source_failures = cfg.max_source_failures;
+  acfg.max_account_failures = cfg.max_account_failures;
+  acfg.max_hashing = cfg.max_password_checks;
+  acfg.token_default_ttl = std::chrono::hours{24 * cfg.token_default_ttl_days};
+  acfg.token_max_ttl = std::chrono::hours{24 * cfg.token_max_ttl_days};
   acfg.lockout = std::chrono::minutes{cfg.lockout_minutes};
   acfg.session_idle = std::chrono::minutes{cfg.session_idle_minutes};
   acfg.pbkdf2_iterations = cfg.pbkdf2_iterations;
-  auto au = m.sys.spawn(auth, acfg, m.store, hash);
+  auto au = spawn_supervised_auth(m.sys, m.supervision, acfg, m.store, hash);
   keep(au);
   m.generated_password =
       ask<std::string>(m.sys, au, atom::bootstrap_v, cfg.admin_password);
@@ -186,28 +196,47 @@ void server::start() {
   m.bus_endpoint = m.bus->start();
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
-  auto bus_stats = [weak_bus] {
-    auto b = weak_bus.lock();
-    if (!b) return nlohmann::json::object();
-    const auto& s = b->stats();
-    nlohmann::json refused = nlohmann::json::object();
-    for (std::size_t k = 0; k < bus::refusal_kinds; ++k)
-      refused[bus::to_string(static_cast<bus::refusal_kind>(k))] = s.refused[k].load();
-    return nlohmann::json{{"frames_in", s.frames_in.load()},
-                          {"frames_out", s.frames_out.load()},
-                          {"bad_frames", s.bad_frames.load()},
-                          {"unreachable", s.unreachable.load()},
-                          {"refused", std::move(refused)},
-                          {"rejected_sent", s.rejected_sent.load()},
-                          {"log_suppressed", s.log_suppressed.load()}};
+  std::weak_ptr<http_stats> weak_http = m.http_counters;
+  auto bus_stats = [weak_bus, weak_http] {
+    auto out = nlohmann::json::object();
+    if (auto b = weak_bus.lock()) {
+      const auto& s = b->stats();
+      nlohmann::json refused = nlohmann::json::object();
+      for (std::size_t k = 0; k < bus::refusal_kinds; ++k)
+        refused[bus::to_string(static_cast<bus::refusal_kind>(k))] = s.refused[k].load();
+      out["bus"] = nlohmann::json{{"frames_in", s.frames_in.load()},
+                                  {"frames_out", s.frames_out.load()},
+                                  {"bad_frames", s.bad_frames.load()},
+                                  {"unreachable", s.unreachable.load()},
+                                  {"refused", std::move(refused)},
+                                  {"rejected_sent", s.rejected_sent.load()},
+                                  {"log_suppressed", s.log_suppressed.load()}};
+    }
+    if (auto h = weak_http.lock())
+      out["http"] =
+          nlohmann::json{{"accepted", h->accepted.load()},
+                         {"open", h->open.load()},
+                         {"refused_total_limit", h->refused_total_limit.load()},
+                         {"refused_source_limit", h->refused_source_limit.load()},
+                         {"refused_fd_reserve", h->refused_fd_reserve.load()},
+                         {"accept_backoffs", h->accept_backoffs.load()},
+                         {"bad_requests", h->bad_requests.load()}};
+    return out;
   };
   // Opened after the writer has created or migrated the schema.
   auto reader = m.sys.spawn<caf::detached>(store_reader, cfg.data_dir + "/parry.db");
   keep(reader);
-  auto a = m.sys.spawn(api, au, hash, m.directory, m.store, reader, policy, bus_stats);
+  auto a = spawn_supervised_api(m.sys, m.supervision, au, hash, m.directory, m.store,
+                                reader, policy, bus_stats);
   keep(a);
+  http_limits hl;
+  hl.max_connections = cfg.http_max_connections;
+  hl.max_connections_per_source = cfg.http_max_connections_per_source;
+  hl.fd_reserve = cfg.http_fd_reserve;
+  hl.handshake_timeout = std::chrono::seconds{cfg.http_handshake_timeout_seconds};
+  hl.idle_timeout = std::chrono::seconds{cfg.http_idle_timeout_seconds};
   m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
-                                         m.tls.cert, m.tls.key);
+                                         m.tls.cert, m.tls.key, hl, m.http_counters);
   m.http_port = m.http->start();
 }
 

@@ -788,13 +788,16 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
         return none(id);
       },
       [](atom::put, const user_record&) { return atom::ok_v; },
-      [](atom::token, const std::string&, const std::string&, const std::string&) {
-        return atom::ok_v;
-      },
-      [none](atom::token, const std::string& h) -> caf::result<std::string> {
+      [](atom::token, const std::string&, const token_record&) { return atom::ok_v; },
+      [none](atom::token, const std::string& h) -> caf::result<token_record> {
         return none(h);
       },
+      [](atom::token, atom::list, const std::string&) {
+        return std::vector<token_record>{};
+      },
       [](atom::revoke, const std::string&) { return atom::ok_v; },
+      [none](atom::revoke, atom::token, const std::string& id,
+             const std::string&) -> caf::result<std::string> { return none(id); },
       [none](atom::get, atom::action,
              const std::string& id) -> caf::result<action_record> { return none(id); },
       [](atom::link, const std::string&, const std::string&) { return atom::ok_v; },

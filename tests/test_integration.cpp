@@ -778,3 +778,52 @@ BOOST_AUTO_TEST_CASE(audit_tampering_is_found_and_named) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// The REST edge against the real binary (issue 6).
+BOOST_FIXTURE_TEST_SUITE(rest_edge, system_fixture)
+
+// Reproduction: `curl -k https://HOST/%ff` without logging in made every later request
+// 503 until restart.
+BOOST_AUTO_TEST_CASE(invalid_utf8_in_the_path_is_400_and_the_api_lives_on) {
+  client anon{base_url, tls_options{(dir / "data/tls/cert.pem").string(), false}};
+  BOOST_TEST(anon.get("/%ff").status == 400);
+  BOOST_TEST(anon.get("/api/v1/devices/%ff%fe").status == 400);
+  BOOST_TEST(anon.get("/api/v1/health").status == 200);
+  auto stats = get("/stats");
+  BOOST_TEST(stats["supervision"]["api_restarts"] == 0);
+  BOOST_TEST(stats["http"]["accepted"].get<uint64_t>() > 0u);
+}
+
+// Reproduction: a comment of 4095 'a' + 'é' was cut mid-character and broke
+// GET /actions/{id} and GET /audit.
+BOOST_AUTO_TEST_CASE(a_long_comment_is_cut_on_a_character_boundary) {
+  auto inc = incident_of("sim-0002")["incident_id"].get<std::string>();
+  auto id = trigger("isolate", inc);
+  auto comment = std::string(4095, 'a') + "\xc3\xa9";
+  json body{{"comment", comment}};
+  auto r = api->request("POST", "/api/v1/actions/" + id + "/cancel", &body);
+  BOOST_TEST((r.status == 200 || r.status == 409), r.status << " " << r.raw);
+  BOOST_TEST(api->get("/api/v1/actions/" + id).status == 200);
+  BOOST_TEST(api->get("/api/v1/audit").status == 200);
+  BOOST_TEST(api->get("/api/v1/devices").status == 200);
+}
+
+// Reproduction: five unauthenticated requests locked the administrator out for
+// everyone. Throttling is per account and source address.
+BOOST_AUTO_TEST_CASE(guessing_does_not_lock_the_owner_out_from_elsewhere) {
+  client guesser{base_url, tls_options{(dir / "data/tls/cert.pem").string(), false}};
+  for (int i = 0; i < 3; ++i)
+    BOOST_TEST(
+        guesser.post("/api/v1/login", json{{"username", "admin"}, {"password", "nope"}})
+            .status == 401);
+  auto r =
+      guesser.post("/api/v1/login", json{{"username", "admin"}, {"password", "nope"}});
+  BOOST_TEST(r.status == 429);
+  // Same address here (loopback): the owner's bearer token still works, and tokens
+  // are listed with their expiry.
+  auto tokens = get("/tokens");
+  BOOST_REQUIRE(!tokens["tokens"].empty());
+  BOOST_TEST(tokens["tokens"][0]["expires_at"].is_string());
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,557 @@
+#define BOOST_TEST_MODULE api
+#include "tests/caf_boost.hpp"
+
+// The REST edge on CAF's test coordinator: the api actor (behind its supervisor), the
+// auth actor, a hasher, the real store on a temporary SQLite file, a directory and a
+// mock gateway. Time moves only through advance_time().
+
+#include <filesystem>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "actors/api.hpp"
+#include "actors/auth.hpp"
+#include "actors/directory.hpp"
+#include "actors/error.hpp"
+#include "actors/store.hpp"
+#include "actors/supervisor.hpp"
+#include "bus/codec.hpp"
+#include "common/crypto.hpp"
+#include "common/time.hpp"
+
+using namespace parry;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* admin_password = "api-test-password";
+
+gateway_actor::behavior_type mock_gateway(gateway_actor::pointer) {
+  return {
+      [](atom::send, const std::string&, const std::string&, const std::string&) {},
+  };
+}
+
+bus::incident_report report(const std::string& odd_type = "network_connection") {
+  bus::incident_report r;
+  r.report_id = "r-1";
+  r.det = {"HEUR:Trojan.Test", "high", "epp"};
+  r.key_event_id = "e2";
+  bus::activity_event e1, e2, e3;
+  e1.id = "e1";
+  e1.type = "file_created";
+  e1.file = {"C:\\Temp\\payload.exe", std::string(64, 'a'), 73216};
+  e2.id = "e2";
+  e2.type = "process_started";
+  e2.parent_id = "e1";
+  e2.process = {4242, 2, e1.file.path, e1.file.sha256, "payload.exe", "alice", 4100};
+  e3.id = "e3";
+  e3.type = odd_type;
+  e3.parent_id = "e2";
+  e3.detail = "tcp 10.9.9.9:443";
+  r.events = {e1, e2, e3};
+  return r;
+}
+
+struct fixture : test_coordinator_fixture<caf::actor_system_config> {
+  std::string db_path;
+  store_actor st;
+  store_reader_actor reader;
+  gateway_actor gw;
+  directory_actor dir;
+  hasher_actor hash;
+  auth_actor au;
+  api_actor aut;
+  std::shared_ptr<supervision_stats> stats = std::make_shared<supervision_stats>();
+  auth_config acfg;
+  action_policy policy;
+
+  fixture() {
+    db_path = (std::filesystem::temp_directory_path() /
+               ("parry-api-test-" + std::to_string(::getpid()) + ".db"))
+                  .string();
+    std::filesystem::remove(db_path);
+    acfg.pbkdf2_iterations = 1000;
+    acfg.max_failures = 5;
+    acfg.lockout = 15min;
+    acfg.max_source_failures = 20;
+    acfg.max_account_failures = 12;
+    acfg.max_hashing = 16;
+    st = sys.spawn(store, db_path);
+    sched.run();
+    reader = sys.spawn(store_reader, db_path);
+    gw = sys.spawn(mock_gateway);
+    dir = sys.spawn(directory, device_config{}, policy, caf::timespan{5min}, st, gw);
+    hash = sys.spawn(hasher, acfg.pbkdf2_iterations);
+    au = spawn_supervised_auth(sys, stats, acfg, st, hash);
+    aut = spawn_supervised_api(sys, stats, au, hash, dir, st, reader, policy,
+                               std::function<json()>{});
+    sched.run();
+    auto boot =
+        self->request(au, caf::infinite, atom::bootstrap_v, std::string{admin_password});
+    sched.run();
+    boot.receive([](std::string&) {},
+                 [](caf::error& err) { BOOST_FAIL("bootstrap: " << message_of(err)); });
+  }
+
+  ~fixture() override {
+    for (auto h : {caf::actor_cast<caf::actor>(aut), caf::actor_cast<caf::actor>(au),
+                   caf::actor_cast<caf::actor>(hash), caf::actor_cast<caf::actor>(dir),
+                   caf::actor_cast<caf::actor>(gw), caf::actor_cast<caf::actor>(reader),
+                   caf::actor_cast<caf::actor>(st)})
+      caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
+    sched.run();
+    for (auto suffix : {"", "-wal", "-shm"})
+      std::filesystem::remove(db_path + suffix);
+  }
+
+  /// Sends one request through the api; status -1 when the api did not answer.
+  http_response call(http_request req) {
+    if (req.source.empty()) req.source = "192.0.2.1";
+    auto h = self->request(aut, caf::infinite, std::move(req));
+    sched.run();
+    http_response out{-1, "", {}};
+    h.receive([&](http_response& r) { out = std::move(r); },
+              [&](caf::error& err) { out.body = message_of(err); });
+    return out;
+  }
+
+  http_response call(std::string method, std::string target, std::string body = "") {
+    http_request r;
+    r.method = std::move(method);
+    r.target = std::move(target);
+    r.body = std::move(body);
+    return call(std::move(r));
+  }
+
+  /// A logged-in session: cookie token and CSRF token.
+  struct login_session {
+    std::string token;
+    std::string csrf;
+  };
+
+  http_request login_request(const std::string& user, const std::string& password,
+                             const std::string& source) {
+    http_request r;
+    r.method = "POST";
+    r.target = "/api/v1/login";
+    r.body = json{{"username", user}, {"password", password}}.dump();
+    r.source = source;
+    return r;
+  }
+
+  login_session login(const std::string& user = "admin",
+                      const std::string& password = admin_password,
+                      const std::string& source = "192.0.2.1") {
+    http_request r;
+    r.method = "POST";
+    r.target = "/api/v1/login";
+    r.body = json{{"username", user}, {"password", password}}.dump();
+    r.source = source;
+    auto resp = call(r);
+    BOOST_REQUIRE_MESSAGE(resp.status == 200,
+                          "login -> " << resp.status << " " << resp.body);
+    BOOST_REQUIRE(!resp.set_cookies.empty());
+    auto& c = resp.set_cookies[0];
+    auto start = c.find('=') + 1;
+    return {c.substr(start, c.find(';') - start),
+            json::parse(resp.body)["csrf_token"].get<std::string>()};
+  }
+
+  http_response as(const login_session& s, std::string method, std::string target,
+                   std::string body = "") {
+    http_request r;
+    r.method = std::move(method);
+    r.target = std::move(target);
+    r.body = std::move(body);
+    r.session = s.token;
+    r.csrf = s.csrf;
+    return call(std::move(r));
+  }
+
+  std::string incident_on(const std::string& dev, const bus::incident_report& rep) {
+    bus::hello h;
+    h.hostname = "ws-" + dev;
+    h.os = "Windows 10";
+    caf::anon_send(dir, atom::hello_v, dev, h);
+    sched.run();
+    caf::anon_send(dir, atom::incident_v, dev, rep);
+    sched.run();
+    auto q = self->request(st, caf::infinite, atom::query_v, atom::incidents_v,
+                           page_request{});
+    sched.run();
+    std::string id;
+    q.receive(
+        [&](std::string& body) {
+          auto j = json::parse(body);
+          BOOST_REQUIRE(!j["incidents"].empty());
+          id = j["incidents"][0]["incident_id"].get<std::string>();
+        },
+        [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+    return id;
+  }
+};
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(utf8_edge, fixture)
+
+// Reproduction: `curl -k https://HOST/%ff` without logging in ended the api for good.
+BOOST_AUTO_TEST_CASE(invalid_utf8_in_the_path_is_refused_and_the_api_lives_on) {
+  auto r = call("GET", "/%ff");
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(json::parse(r.body)["error"]["code"] == "bad_request");
+  r = call("GET", "/api/v1/devices/%ff%fe");
+  BOOST_TEST(r.status == 400);
+  r = call("GET", "/api/v1/actions?state=%c3");
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(call("GET", "/api/v1/health").status == 200);
+  BOOST_TEST(stats->api_restarts.load() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(invalid_utf8_in_headers_is_refused) {
+  http_request r;
+  r.method = "GET";
+  r.target = "/api/v1/devices";
+  r.bearer = "\xff\xfe";
+  BOOST_TEST(call(r).status == 400);
+  r.bearer.clear();
+  r.idempotency_key = "k\xc3";
+  BOOST_TEST(call(r).status == 400);
+  BOOST_TEST(call("GET", "/api/v1/health").status == 200);
+}
+
+// Reproduction: an event `type` of "\xff" killed the api from available-actions.
+BOOST_AUTO_TEST_CASE(invalid_utf8_in_a_stored_event_type_does_not_end_the_api) {
+  auto s = login();
+  auto inc = incident_on("dev-1", report("\xff"));
+  auto r = as(s, "GET", "/api/v1/incidents/" + inc + "/available-actions");
+  BOOST_TEST(r.status == 200);
+  BOOST_TEST(json::parse(r.body).is_object());
+  BOOST_TEST(as(s, "GET", "/api/v1/devices").status == 200);
+  BOOST_TEST(stats->api_restarts.load() == 0u);
+}
+
+// Reproduction: a comment of 4095 'a' + 'é' was cut mid-character and broke
+// GET /actions/{id} and GET /audit.
+BOOST_AUTO_TEST_CASE(long_comments_are_cut_on_character_boundaries) {
+  auto s = login();
+  auto inc = incident_on("dev-1", report());
+  auto r = as(
+      s, "POST", "/api/v1/actions",
+      json{{"type", "isolate"}, {"incident_id", inc}, {"target", {{"kind", "detection"}}}}
+          .dump());
+  BOOST_REQUIRE_MESSAGE(r.status == 202, r.status << " " << r.body);
+  auto id = json::parse(r.body)["action"]["action_id"].get<std::string>();
+  auto comment = std::string(4095, 'a') + "\xc3\xa9";
+  r = as(s, "POST", "/api/v1/actions/" + id + "/cancel",
+         json{{"comment", comment}}.dump());
+  BOOST_REQUIRE_MESSAGE(r.status == 200, r.status << " " << r.body);
+  r = as(s, "GET", "/api/v1/actions/" + id);
+  BOOST_TEST(r.status == 200);
+  BOOST_TEST(r.body.find("\xef\xbf\xbd") == std::string::npos); // no replacement mark
+  r = as(s, "GET", "/api/v1/audit");
+  BOOST_TEST(r.status == 200);
+  BOOST_TEST(as(s, "GET", "/api/v1/devices").status == 200);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+/// The request body of a quarantine of the detection on `inc`.
+std::string quarantine(const std::string& inc, const std::string& password) {
+  return json{{"type", "quarantine"},
+              {"incident_id", inc},
+              {"target", {{"kind", "detection"}}},
+              {"password", password}}
+      .dump();
+}
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(lockout, fixture)
+
+// Reproduction: 12 wrong passwords and one right one sent at once were all hashed, the
+// right one logged in and cleared the lock.
+BOOST_AUTO_TEST_CASE(concurrent_guesses_are_reserved_before_hashing) {
+  std::vector<caf::response_handle<caf::blocking_actor,
+                                   caf::detail::type_list<http_response>, true>>
+      handles;
+  std::vector<int> statuses;
+  for (int i = 0; i < 12; ++i)
+    handles.push_back(self->request(
+        aut, caf::infinite,
+        login_request("admin", "wrong-password-" + std::to_string(i), "198.51.100.7")));
+  handles.push_back(self->request(
+      aut, caf::infinite, login_request("admin", admin_password, "198.51.100.7")));
+  sched.run();
+  for (auto& h : handles)
+    h.receive([&](http_response& r) { statuses.push_back(r.status); },
+              [&](caf::error&) { statuses.push_back(-1); });
+  BOOST_REQUIRE_EQUAL(statuses.size(), 13u);
+  // Only max_failures checks were let through to the hasher; the rest, the right
+  // password included, were refused before hashing.
+  BOOST_TEST(std::count(statuses.begin(), statuses.end(), 401) == 5);
+  BOOST_TEST(std::count(statuses.begin(), statuses.end(), 429) == 8);
+  BOOST_TEST(statuses.back() == 429);
+  // The lock stands: the right password does not clear it...
+  auto r = call(login_request("admin", admin_password, "198.51.100.7"));
+  BOOST_TEST(r.status == 429);
+  BOOST_TEST(r.headers.count("Retry-After") == 1u);
+  // ...until the lockout has passed.
+  sched.advance_time(16min);
+  sched.run();
+  BOOST_TEST(call(login_request("admin", admin_password, "198.51.100.7")).status == 200);
+}
+
+// Reproduction: five unauthenticated requests locked any account for everyone, and
+// the locked user's existing session got 429 on every password-gated action.
+BOOST_AUTO_TEST_CASE(guessing_from_one_source_does_not_lock_out_others) {
+  auto s = login("admin", admin_password, "192.0.2.10");
+  auto inc = incident_on("dev-1", report());
+  for (int i = 0; i < 5; ++i)
+    BOOST_TEST(call(login_request("admin", "guess-" + std::to_string(i), "203.0.113.66"))
+                   .status == 401);
+  BOOST_TEST(call(login_request("admin", admin_password, "203.0.113.66")).status == 429);
+  // The owner logs in from elsewhere, and the open session confirms its password.
+  BOOST_TEST(call(login_request("admin", admin_password, "192.0.2.11")).status == 200);
+  auto r = as(s, "POST", "/api/v1/actions", quarantine(inc, admin_password));
+  BOOST_TEST(r.status == 202, r.status << " " << r.body);
+  // The lock lasts its window and then goes.
+  sched.advance_time(16min);
+  sched.run();
+  BOOST_TEST(call(login_request("admin", admin_password, "203.0.113.66")).status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(one_source_guessing_many_accounts_is_throttled) {
+  // Four guesses at each of five names: no account+source key reaches 5, but the
+  // source reaches max_source_failures (20).
+  for (int u = 0; u < 5; ++u)
+    for (int i = 0; i < 4; ++i)
+      BOOST_TEST(
+          call(login_request("user" + std::to_string(u), "guess-password", "203.0.113.9"))
+              .status == 401);
+  auto r = call(login_request("admin", admin_password, "203.0.113.9"));
+  BOOST_TEST(r.status == 429);
+  BOOST_TEST(call(login_request("admin", admin_password, "203.0.113.10")).status == 200);
+}
+
+BOOST_AUTO_TEST_CASE(a_session_that_failed_its_confirmations_is_locked_alone) {
+  auto inc = incident_on("dev-1", report());
+  auto s1 = login("admin", admin_password, "192.0.2.20");
+  auto s2 = login("admin", admin_password, "192.0.2.21");
+  for (int i = 0; i < 5; ++i)
+    BOOST_TEST(
+        as(s1, "POST", "/api/v1/actions", quarantine(inc, "wrong-password")).status ==
+        401);
+  auto r = as(s1, "POST", "/api/v1/actions", quarantine(inc, admin_password));
+  BOOST_TEST(r.status == 429);
+  BOOST_TEST(r.headers.count("Retry-After") == 1u);
+  r = as(s2, "POST", "/api/v1/actions", quarantine(inc, admin_password));
+  BOOST_TEST(r.status == 202, r.status << " " << r.body);
+}
+
+BOOST_AUTO_TEST_CASE(distributed_guessing_locks_the_account_and_users_show_it) {
+  auto s = login("admin", admin_password, "192.0.2.30");
+  // Twelve sources, one guess each: max_account_failures (12) is reached.
+  for (int i = 0; i < 12; ++i)
+    call(
+        login_request("admin", "guess-password", "203.0.113." + std::to_string(100 + i)));
+  auto r = as(s, "GET", "/api/v1/users");
+  BOOST_REQUIRE_EQUAL(r.status, 200);
+  auto users = json::parse(r.body)["users"];
+  BOOST_REQUIRE(!users.empty());
+  BOOST_TEST(users[0]["username"] == "admin");
+  BOOST_TEST(users[0]["locked"] == true);
+  // A locked account mints no bearer token, whichever session asks.
+  r = as(s, "POST", "/api/v1/tokens", json{{"name", "ci"}}.dump());
+  BOOST_TEST(r.status == 429);
+  sched.advance_time(16min);
+  sched.run();
+  r = as(s, "GET", "/api/v1/users");
+  BOOST_TEST(json::parse(r.body)["users"][0]["locked"] == false);
+}
+
+BOOST_AUTO_TEST_CASE(a_full_hasher_queue_answers_429_with_retry_after) {
+  std::vector<caf::response_handle<caf::blocking_actor,
+                                   caf::detail::type_list<http_response>, true>>
+      handles;
+  for (int i = 0; i < 20; ++i)
+    handles.push_back(
+        self->request(aut, caf::infinite,
+                      login_request("nobody" + std::to_string(i), "some-password",
+                                    "198.51.100." + std::to_string(i))));
+  sched.run();
+  int busy = 0;
+  for (auto& h : handles)
+    h.receive(
+        [&](http_response& r) {
+          if (r.status == 429) {
+            ++busy;
+            BOOST_TEST(r.headers.count("Retry-After") == 1u);
+          }
+        },
+        [&](caf::error&) {});
+  BOOST_TEST(busy == 4);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(routing, fixture)
+
+BOOST_AUTO_TEST_CASE(unknown_routes_are_404_and_wrong_methods_405) {
+  auto s = login();
+  BOOST_TEST(as(s, "GET", "/api/v1/nothing").status == 404);
+  BOOST_TEST(as(s, "GET", "/api/v1/devices/dev-1/extra").status == 404);
+  BOOST_TEST(call("GET", "/elsewhere").status == 404);
+  auto r = as(s, "DELETE", "/api/v1/devices");
+  BOOST_TEST(r.status == 405);
+  BOOST_TEST(r.headers["Allow"] == "GET");
+  r = as(s, "PUT", "/api/v1/actions");
+  BOOST_TEST(r.status == 405);
+  BOOST_TEST(r.headers["Allow"] == "GET, POST");
+  BOOST_TEST(json::parse(r.body)["error"]["code"] == "method_not_allowed");
+  BOOST_TEST(as(s, "GET", "/api/v1/devices/bad%20id").status == 404);
+}
+
+BOOST_AUTO_TEST_CASE(roles_are_checked_per_route) {
+  auto s = login();
+  BOOST_TEST(call("GET", "/api/v1/devices").status == 401);
+  BOOST_TEST(call("GET", "/api/v1/health").status == 200);
+  auto r = as(
+      s, "POST", "/api/v1/users",
+      json{{"username", "olga"}, {"password", "operator-password"}, {"role", "operator"}}
+          .dump());
+  BOOST_REQUIRE_EQUAL(r.status, 201);
+  auto op = login("olga", "operator-password");
+  BOOST_TEST(as(op, "GET", "/api/v1/devices").status == 200);
+  BOOST_TEST(as(op, "GET", "/api/v1/users").status == 403);
+  BOOST_TEST(as(op, "GET", "/api/v1/audit").status == 403);
+  BOOST_TEST(as(op, "POST", "/api/v1/actions", "{}").status == 403);
+  BOOST_TEST(as(op, "POST", "/api/v1/actions/a-1/cancel", "{}").status == 403);
+  // CSRF: a session's non-GET without the token is refused.
+  auto no_csrf = op;
+  no_csrf.csrf = "wrong";
+  BOOST_TEST(as(no_csrf, "POST", "/api/v1/logout").status == 403);
+  BOOST_TEST(as(op, "POST", "/api/v1/logout").status == 200);
+  BOOST_TEST(as(op, "GET", "/api/v1/devices").status == 401);
+}
+
+BOOST_AUTO_TEST_CASE(tokens_expire_and_are_listed_and_revoked) {
+  auto s = login();
+  auto r =
+      as(s, "POST", "/api/v1/tokens", json{{"name", "ci"}, {"expires_in", 3600}}.dump());
+  BOOST_REQUIRE_MESSAGE(r.status == 201, r.body);
+  auto created = json::parse(r.body);
+  auto token = created["token"].get<std::string>();
+  auto id = created["token_id"].get<std::string>();
+  BOOST_TEST(created["name"] == "ci");
+  BOOST_TEST(!created["expires_at"].get<std::string>().empty());
+  BOOST_TEST(
+      as(s, "POST", "/api/v1/tokens", json{{"expires_in", 10LL * 365 * 86400}}.dump())
+          .status == 400);
+  http_request viaTok;
+  viaTok.method = "GET";
+  viaTok.target = "/api/v1/tokens";
+  viaTok.bearer = token;
+  r = call(viaTok);
+  BOOST_REQUIRE_EQUAL(r.status, 200);
+  auto list = json::parse(r.body)["tokens"];
+  BOOST_REQUIRE_EQUAL(list.size(), 1u);
+  BOOST_TEST(list[0]["token_id"] == id);
+  BOOST_TEST(!list[0].contains("token"));
+  BOOST_TEST(as(s, "DELETE", "/api/v1/tokens/" + id).status == 200);
+  sched.advance_time(2min); // past the token cache
+  sched.run();
+  BOOST_TEST(call(viaTok).status == 401);
+  BOOST_TEST(as(s, "DELETE", "/api/v1/tokens/" + id).status == 404);
+  // A token whose expiry has passed is refused.
+  token_record old{"0123456789abcdef", "old", "admin", now_us() - 2000000,
+                   now_us() - 1000000};
+  auto put =
+      self->request(st, caf::infinite, atom::token_v, sha256_hex("old-token"), old);
+  sched.run();
+  put.receive([](atom::ok) {}, [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  viaTok.bearer = "old-token";
+  BOOST_TEST(call(viaTok).status == 401);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+/// A hasher that holds every verification until told to answer.
+struct slow_hasher_state {
+  std::vector<caf::typed_response_promise<bool>> held;
+};
+
+/// The hasher's interface plus a message that releases what it holds.
+using slow_hasher_actor = hasher_actor::extend<caf::reacts_to<atom::flush>>;
+
+slow_hasher_actor::behavior_type
+slow_hasher(slow_hasher_actor::stateful_pointer<slow_hasher_state> self) {
+  return {
+      [self](atom::flush) {
+        for (auto& rp : self->state.held)
+          rp.deliver(true);
+        self->state.held.clear();
+      },
+      [self](atom::verify, const std::string&, const user_record&) {
+        auto rp = self->make_response_promise<bool>();
+        self->state.held.push_back(rp);
+        return rp;
+      },
+      [](atom::hash, const std::string&, user_record u) { return u; },
+  };
+}
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(deadlines, fixture)
+
+// Reproduction: a POST /actions whose password check waited behind a full hasher got
+// 503 and was registered afterwards anyway.
+BOOST_AUTO_TEST_CASE(an_action_whose_caller_timed_out_is_not_registered) {
+  auto s = login();
+  auto inc = incident_on("dev-1", report());
+  auto slow = sys.spawn(slow_hasher);
+  auto slow_auth = sys.spawn(auth, acfg, st, caf::actor_cast<hasher_actor>(slow));
+  auto direct = sys.spawn(api, slow_auth, hash, dir, st, reader, policy,
+                          std::function<json()>{}, stats);
+  sched.run();
+  deref<api_actor::stateful_base<api_state>>(direct).state.deadline = 5s;
+  http_request req;
+  req.method = "POST";
+  req.target = "/api/v1/actions";
+  req.body = quarantine(inc, admin_password);
+  req.source = "192.0.2.1";
+  // The session lives in the fixture's auth; this auth needs its own bearer token.
+  auto tok = as(s, "POST", "/api/v1/tokens", "{}");
+  BOOST_REQUIRE_EQUAL(tok.status, 201);
+  req.bearer = json::parse(tok.body)["token"].get<std::string>();
+  auto h = self->request(direct, caf::infinite, req);
+  sched.run();
+  sched.advance_time(6s);
+  sched.run();
+  // The hasher answers late: right password.
+  BOOST_REQUIRE_EQUAL(
+      deref<slow_hasher_actor::stateful_base<slow_hasher_state>>(slow).state.held.size(),
+      1u);
+  caf::anon_send(slow, atom::flush_v);
+  sched.run();
+  int status = 0;
+  h.receive([&](http_response& r) { status = r.status; }, [&](caf::error&) {});
+  BOOST_TEST(status == 503);
+  auto list = as(s, "GET", "/api/v1/actions");
+  BOOST_TEST(json::parse(list.body)["actions"].empty());
+  for (auto a :
+       {caf::actor_cast<caf::actor>(direct), caf::actor_cast<caf::actor>(slow_auth),
+        caf::actor_cast<caf::actor>(slow)})
+    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  sched.run();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
