@@ -163,24 +163,6 @@ void welcome(device_stateful self) {
 
 } // namespace
 
-std::string validate_report(const bus::incident_report& r) {
-  if (!bus::valid_id(r.report_id)) return "invalid report_id";
-  if (r.events.empty()) return "incident has no events";
-  if (r.det.name.empty()) return "detection has no name";
-  std::set<std::string> ids;
-  for (const auto& e : r.events) {
-    if (!bus::valid_id(e.id)) return "invalid event id";
-    if (e.type.empty() || e.type.size() > 64) return "invalid event type";
-    if (!ids.insert(e.id).second) return "duplicate event id " + e.id;
-  }
-  for (const auto& e : r.events)
-    if (!e.parent_id.empty() && ids.count(e.parent_id) == 0)
-      return "event " + e.id + " has unknown parent " + e.parent_id;
-  if (ids.count(r.key_event_id) == 0)
-    return "key event " + r.key_event_id + " is not in the chain";
-  return {};
-}
-
 device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, directory_store_actor store,
                                    gateway_actor gateway) {

@@ -9,6 +9,7 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "actors/fwd.hpp"
+#include "bus/validate.hpp" // validate_report, for the device's callers
 
 namespace parry {
 
@@ -71,10 +72,5 @@ using device_stateful = device_actor::stateful_pointer<device_state>;
 device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, directory_store_actor store,
                                    gateway_actor gateway);
-
-/// Checks an incident report before it reaches the actors (the gateway calls it):
-/// ids, key event, parent links. Returns an empty string when it is acceptable, else
-/// why not.
-std::string validate_report(const bus::incident_report& r);
 
 } // namespace parry

@@ -1,5 +1,8 @@
 #include "bus/validate.hpp"
 
+#include <set>
+
+#include "bus/codec.hpp"
 #include "common/utf8.hpp"
 
 namespace parry::bus {
@@ -86,3 +89,25 @@ std::string check_utf8(const action_result& r) {
 }
 
 } // namespace parry::bus
+
+namespace parry {
+
+std::string validate_report(const bus::incident_report& r) {
+  if (!bus::valid_id(r.report_id)) return "invalid report_id";
+  if (r.events.empty()) return "incident has no events";
+  if (r.det.name.empty()) return "detection has no name";
+  std::set<std::string> ids;
+  for (const auto& e : r.events) {
+    if (!bus::valid_id(e.id)) return "invalid event id";
+    if (e.type.empty() || e.type.size() > 64) return "invalid event type";
+    if (!ids.insert(e.id).second) return "duplicate event id " + e.id;
+  }
+  for (const auto& e : r.events)
+    if (!e.parent_id.empty() && ids.count(e.parent_id) == 0)
+      return "event " + e.id + " has unknown parent " + e.parent_id;
+  if (ids.count(r.key_event_id) == 0)
+    return "key event " + r.key_event_id + " is not in the chain";
+  return {};
+}
+
+} // namespace parry

@@ -59,3 +59,12 @@ std::string check_utf8(const incident_report& r);
 std::string check_utf8(const action_result& r);
 
 } // namespace parry::bus
+
+namespace parry {
+
+/// Checks an incident report before it reaches the actors (the gateway calls it):
+/// ids, key event, parent links. Returns an empty string when it is acceptable, else
+/// why not.
+std::string validate_report(const bus::incident_report& r);
+
+} // namespace parry

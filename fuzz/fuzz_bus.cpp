@@ -12,8 +12,8 @@
 #include <string>
 #include <string_view>
 
-#include "actors/device.hpp"
 #include "bus/codec.hpp"
+#include "bus/validate.hpp"
 
 namespace {
 

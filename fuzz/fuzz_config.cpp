@@ -30,9 +30,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   if (f == nullptr) std::abort();
   if (size > 0 && std::fwrite(data, 1, size, f) != size) std::abort();
   std::fclose(f);
-  parry::server_config cfg;
-  auto err = parry::load_toml(path, cfg);
-  if (err.empty()) (void)cfg.validate();
+  parry::config_inputs in;
+  in.file = path;
+  in.getenv = [](const char*) -> const char* { return nullptr; }; // the file alone
+  parry::loaded_config out;
+  auto err = parry::load_config(in, out);
+  if (err.empty()) (void)out.cfg.validate();
   std::remove(path.c_str());
   return 0;
 }

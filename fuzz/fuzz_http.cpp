@@ -46,7 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
       if (ec || !parser.is_done()) return 0;
     }
     auto req = parser.release();
-    auto api = parry::to_api(req);
+    auto api = parry::to_api(req, "192.0.2.1");
     if (api.target != std::string(req.target())) std::abort();
     if (api.body.size() > parry::max_body) std::abort();
     if (!req.keep_alive()) return 0;
