@@ -115,24 +115,28 @@ private:
     auto self = shared_from_this();
     auto exec = stream_.get_executor();
     // A short-lived actor waits for the api's answer and posts it back to this
-    // connection's executor; neither side blocks.
-    sys_.spawn([api = api_, r = to_api(req), self, exec](caf::event_based_actor* a) {
-      a->request(api, api_timeout, r)
-          .then(
-              [self, exec](http_response& resp) {
-                net::post(exec, [self, resp = std::move(resp)]() mutable {
-                  self->write(std::move(resp));
-                });
-              },
-              [self, exec](caf::error&) {
-                net::post(exec, [self] {
-                  self->write(http_response{
-                      503,
-                      R"({"error":{"code":"unavailable","message":"server busy"}})",
-                      {}});
-                });
-              });
-    });
+    // connection's executor; neither side blocks. The request goes in as a spawn
+    // argument: CAF 0.17.6 dereferences a null tuple pointer when a function-based
+    // actor is spawned without arguments (UBSan, init_fun_factory.hpp:93).
+    sys_.spawn(
+        [api = api_, self, exec](caf::event_based_actor* a, http_request r) {
+          a->request(api, api_timeout, std::move(r))
+              .then(
+                  [self, exec](http_response& resp) {
+                    net::post(exec, [self, resp = std::move(resp)]() mutable {
+                      self->write(std::move(resp));
+                    });
+                  },
+                  [self, exec](caf::error&) {
+                    net::post(exec, [self] {
+                      self->write(http_response{
+                          503,
+                          R"({"error":{"code":"unavailable","message":"server busy"}})",
+                          {}});
+                    });
+                  });
+        },
+        to_api(req));
   }
 
   void write_error(int status, const char* code, const char* message) {
