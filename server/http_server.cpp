@@ -175,26 +175,29 @@ private:
     }
     // A short-lived actor waits for the api's answer and posts it back to this
     // connection's executor; neither side blocks. It holds the io_context, so a post
-    // after stop() lands in a stopped context, never in a destroyed one.
-    sys_.spawn([api = api_, r = std::move(r), self, exec,
-                ioc = ioc_](caf::event_based_actor* a) {
-      a->request(api, api_timeout, r)
-          .then(
-              [self, exec](http_response& resp) {
-                net::post(exec, [self, resp = std::move(resp)]() mutable {
-                  self->write(std::move(resp));
-                });
-              },
-              [self, exec](caf::error&) {
-                net::post(exec, [self] {
-                  self->write(http_response{
-                      503,
-                      R"({"error":{"code":"unavailable","message":"server busy"}})",
-                      {},
-                      {}});
-                });
-              });
-    });
+    // after stop() lands in a stopped context, never in a destroyed one. The request
+    // goes in as a spawn argument: CAF 0.17.6 dereferences a null tuple pointer when a
+    // function-based actor is spawned without arguments (UBSan, init_fun_factory.hpp).
+    sys_.spawn(
+        [api = api_, self, exec, ioc = ioc_](caf::event_based_actor* a, http_request r) {
+          a->request(api, api_timeout, std::move(r))
+              .then(
+                  [self, exec](http_response& resp) {
+                    net::post(exec, [self, resp = std::move(resp)]() mutable {
+                      self->write(std::move(resp));
+                    });
+                  },
+                  [self, exec](caf::error&) {
+                    net::post(exec, [self] {
+                      self->write(http_response{
+                          503,
+                          R"({"error":{"code":"unavailable","message":"server busy"}})",
+                          {},
+                          {}});
+                    });
+                  });
+        },
+        std::move(r));
   }
 
   void write_error(int status, const char* code, const char* message) {

@@ -822,7 +822,9 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
 }
 
 /// An action that never stores `sent`: its command stays at the head of the queue.
-response_action_actor::behavior_type stuck_action() {
+/// `id` is unused; it is there because CAF 0.17.6 dereferences a null tuple pointer
+/// when a function-based actor is spawned without arguments (UBSan).
+response_action_actor::behavior_type stuck_action(const std::string& /*id*/) {
   return {
       [](atom::start) { return action_record{}; },
       [](atom::queued) {},
@@ -1006,7 +1008,7 @@ BOOST_AUTO_TEST_CASE(a_store_that_keeps_refusing_ends_the_action_failed_later) {
 }
 
 BOOST_AUTO_TEST_CASE(the_device_drops_the_command_of_an_action_that_died) {
-  auto stuck = sys.spawn(stuck_action);
+  auto stuck = sys.spawn(stuck_action, std::string{"act-1"});
   auto rec = make("act-1");
   self->send(dev, atom::submit_v, to_command(rec), stuck);
   sched.run();

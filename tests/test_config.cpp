@@ -285,6 +285,25 @@ BOOST_FIXTURE_TEST_CASE(from_the_file, fixture) {
               "[ 'bin/sh' ]");
 }
 
+// A float for an integer key is refused, never converted: 8e20 does not fit an
+// int64_t (undefined behaviour if cast) and 2.0 is not "2"
+// (fuzz/known/config-float-to-int).
+BOOST_FIXTURE_TEST_CASE(float_for_an_integer_key, fixture) {
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"workers = 2.0\n", "workers"},
+      {"[actions]\ndefault_ttl_seconds = 8e20\n", "actions.default_ttl_seconds"},
+      {"[actions]\ndefault_ttl_seconds = -8e20\n", "actions.default_ttl_seconds"},
+      {"http_port = nan\n", "http_port"},
+      {"[actions.ttl_seconds]\nisolate = 3600.0\n", "actions.ttl_seconds"}};
+  for (auto& [text, key] : cases) {
+    file(text);
+    auto err = fail();
+    BOOST_TEST_INFO("file: " << text << "error: " << err);
+    BOOST_TEST(err.rfind(key + " (file " + in.file + "): ", 0) == 0);
+    BOOST_TEST(err.find("not an integer") != std::string::npos);
+  }
+}
+
 BOOST_FIXTURE_TEST_CASE(unknown_keys_and_broken_files, fixture) {
   file("http_prot = 1\n");
   auto err = fail();

@@ -128,18 +128,22 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   template <class T, class... Ts> std::shared_ptr<outcome<T>> request(Ts... xs) {
     auto out = std::make_shared<outcome<T>>();
     auto dest = st;
-    sys.spawn([=](caf::event_based_actor* a) {
-      a->request(dest, caf::infinite, xs...)
-          .then(
-              [out](T& x) {
-                out->answered = true;
-                out->value = std::move(x);
-              },
-              [out](caf::error& e) {
-                out->answered = true;
-                out->err = std::move(e);
-              });
-    });
+    // `dest` goes in as a spawn argument: CAF 0.17.6 dereferences a null tuple
+    // pointer when a function-based actor is spawned without arguments (UBSan).
+    sys.spawn(
+        [=](caf::event_based_actor* a, decltype(dest) d) {
+          a->request(d, caf::infinite, xs...)
+              .then(
+                  [out](T& x) {
+                    out->answered = true;
+                    out->value = std::move(x);
+                  },
+                  [out](caf::error& e) {
+                    out->answered = true;
+                    out->err = std::move(e);
+                  });
+        },
+        dest);
     sched.run();
     return out;
   }
