@@ -28,7 +28,8 @@ namespace {
 
 constexpr const char* admin_password = "api-test-password";
 
-gateway_actor::behavior_type mock_gateway(gateway_actor::pointer) {
+// The unused argument: CAF 0.17.6 trips UBSan on an argument-less spawn.
+gateway_actor::behavior_type mock_gateway(gateway_actor::pointer, int) {
   return {
       [](atom::send, const std::string&, const std::string&, const std::string&) {},
   };
@@ -82,7 +83,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     st = sys.spawn(store, db_path);
     sched.run();
     reader = sys.spawn(store_reader, db_path);
-    gw = sys.spawn(mock_gateway);
+    gw = sys.spawn(mock_gateway, 0);
     dir = sys.spawn(directory, device_config{}, policy, caf::timespan{5min}, st, gw);
     hash = sys.spawn(hasher, acfg.pbkdf2_iterations);
     au = spawn_supervised_auth(sys, stats, acfg, st, hash);
@@ -492,7 +493,7 @@ struct slow_hasher_state {
 using slow_hasher_actor = hasher_actor::extend<caf::reacts_to<atom::flush>>;
 
 slow_hasher_actor::behavior_type
-slow_hasher(slow_hasher_actor::stateful_pointer<slow_hasher_state> self) {
+slow_hasher(slow_hasher_actor::stateful_pointer<slow_hasher_state> self, int) {
   return {
       [self](atom::flush) {
         for (auto& rp : self->state.held)
@@ -517,7 +518,7 @@ BOOST_FIXTURE_TEST_SUITE(deadlines, fixture)
 BOOST_AUTO_TEST_CASE(an_action_whose_caller_timed_out_is_not_registered) {
   auto s = login();
   auto inc = incident_on("dev-1", report());
-  auto slow = sys.spawn(slow_hasher);
+  auto slow = sys.spawn(slow_hasher, 0);
   auto slow_auth = sys.spawn(auth, acfg, st, caf::actor_cast<hasher_actor>(slow));
   auto direct = sys.spawn(api, slow_auth, hash, dir, st, reader, policy,
                           std::function<json()>{}, stats);
