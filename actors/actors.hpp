@@ -8,12 +8,20 @@
 #include <vector>
 
 #include <caf/replies_to.hpp>
+#include <caf/timespan.hpp>
 #include <caf/typed_actor.hpp>
 
 #include "actors/atoms.hpp"
 #include "actors/records.hpp"
 
 namespace parry {
+
+/// Nothing inside parryd waits forever: a request that is not answered in time ends
+/// with caf::sec::request_timeout, which its handler logs or passes on.
+/// One request to the store, read or write, including the group commit it joins.
+inline constexpr caf::timespan store_timeout = std::chrono::seconds{30};
+/// A request to an actor that may itself wait for the store once before answering.
+inline constexpr caf::timespan actor_timeout = store_timeout + std::chrono::seconds{5};
 
 /// The embedded store is the only actor that touches SQLite. Its interface is
 /// composed of narrow ones, and each collaborator holds the one it needs (a
@@ -162,6 +170,8 @@ using device_actor = caf::typed_actor<
     caf::reacts_to<atom::unreach>,
     // Timer: has the device missed its heartbeats?
     caf::reacts_to<atom::check>,
+    // Timer: a stranger (not stored, no valid hello) that stayed quiet ends.
+    caf::reacts_to<atom::retire>,
     // An action wants its command executed on this device, in registration order.
     caf::reacts_to<atom::submit, bus::command, response_action_actor>,
     // The action stored `sent`: the command may go out.

@@ -50,6 +50,8 @@ CAF_ADD_ATOM(parry, parry::atom, sent, "sent")
 /// device: the action stored its final state (argument: action id).
 CAF_ADD_ATOM(parry, parry::atom, done, "done")
 CAF_ADD_ATOM(parry, parry::atom, withdraw, "withdraw")
+/// device: timer, a stranger that stayed quiet ends.
+CAF_ADD_ATOM(parry, parry::atom, retire, "retire")
 
 // response_action: its lifecycle.
 CAF_ADD_ATOM(parry, parry::atom, start, "start")

@@ -16,8 +16,9 @@ namespace {
 
 // Bearer tokens found in the store are trusted this long before asking again.
 constexpr auto token_cache_ttl = std::chrono::seconds{60};
-// A bounded wait for the store and the hasher: nothing here waits forever.
-constexpr auto store_timeout = std::chrono::seconds{20};
+// Bounded waits for the store and the hasher, shorter than the api's request
+// deadline (25 s) so that its caller still hears the answer.
+constexpr auto store_wait = std::chrono::seconds{20};
 constexpr auto hasher_timeout = std::chrono::seconds{20};
 // What a refused (429) answer says, so the api can set Retry-After.
 constexpr const char* retry_marker = "; retry after ";
@@ -38,7 +39,7 @@ caf::error refused(const std::string& why, std::chrono::seconds after) {
 
 void audit(auth_stateful self, std::string actor, const char* kind, std::string target,
            std::string detail) {
-  self->request(self->state.store, store_timeout, atom::audit_v,
+  self->request(self->state.store, store_wait, atom::audit_v,
                 audit_entry{std::move(actor), kind, std::move(target), std::move(detail)})
       .then([](atom::ok) {},
             [](caf::error& err) {
@@ -155,7 +156,7 @@ void check_password(auth_stateful self, const std::string& username,
               fail(err);
             });
   };
-  self->request(st.store, store_timeout, atom::user_v, username)
+  self->request(st.store, store_wait, atom::user_v, username)
       .then([check](user_record& u) mutable { check(std::move(u), true); },
             [check, fail, release](caf::error& err) mutable {
               if (code_of(err) == ec::not_found) {
@@ -318,15 +319,14 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
           return i->second.who;
         }
         auto rp = self->make_response_promise<principal>();
-        self->request(st.store, store_timeout, atom::token_v, hash)
+        self->request(st.store, store_wait, atom::token_v, hash)
             .then(
                 [self, rp, hash](const token_record& t) mutable {
                   if (t.expires_at != 0 && t.expires_at <= now_us()) {
                     rp.deliver(make_error(ec::unauthenticated, "token expired"));
                     return;
                   }
-                  self->request(self->state.store, store_timeout, atom::user_v,
-                                t.username)
+                  self->request(self->state.store, store_wait, atom::user_v, t.username)
                       .then(
                           [self, rp, hash, t](const user_record& u) mutable {
                             principal who{u.username, u.role, "", false};
@@ -364,7 +364,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         rec.created_at = now_us();
         rec.expires_at = rec.created_at + ttl_seconds * 1000000;
         auto rp = self->make_response_promise<std::string, token_record>();
-        self->request(st.store, store_timeout, atom::token_v, sha256_hex(token), rec)
+        self->request(st.store, store_wait, atom::token_v, sha256_hex(token), rec)
             .then(
                 [self, rp, token, rec](atom::ok) mutable {
                   audit(self, rec.username, "token_created", rec.token_id, rec.name);
@@ -377,8 +377,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
              bool all) -> caf::result<std::vector<token_record>> {
         auto rp = self->make_response_promise<std::vector<token_record>>();
         auto owner = all && who.role == "administrator" ? std::string{} : who.username;
-        self->request(self->state.store, store_timeout, atom::token_v, atom::list_v,
-                      owner)
+        self->request(self->state.store, store_wait, atom::token_v, atom::list_v, owner)
             .then([rp](std::vector<token_record>& xs) mutable { rp.deliver(xs); },
                   [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
@@ -388,7 +387,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         // Owners revoke their own; administrators anyone's.
         auto owner = who.role == "administrator" ? std::string{} : who.username;
         auto rp = self->make_response_promise<atom::ok>();
-        self->request(self->state.store, store_timeout, atom::revoke_v, atom::token_v,
+        self->request(self->state.store, store_wait, atom::revoke_v, atom::token_v,
                       token_id, owner)
             .then(
                 [self, rp, who, token_id](const std::string& username) mutable {
@@ -417,15 +416,14 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         auto hash = sha256_hex(token);
         self->state.tokens.erase(hash);
         auto rp = self->make_response_promise<atom::ok>();
-        self->request(self->state.store, store_timeout, atom::revoke_v, hash)
+        self->request(self->state.store, store_wait, atom::revoke_v, hash)
             .then([rp](atom::ok) mutable { rp.deliver(atom::ok_v); },
                   [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
       },
       [self](atom::bootstrap, const std::string& password) -> caf::result<std::string> {
         auto rp = self->make_response_promise<std::string>();
-        self->request(self->state.store, store_timeout, atom::user_v,
-                      std::string{"admin"})
+        self->request(self->state.store, store_wait, atom::user_v, std::string{"admin"})
             .then(
                 [rp](const user_record&) mutable { rp.deliver(std::string{}); },
                 [self, rp, password](caf::error& err) mutable {
@@ -439,7 +437,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
                                 password.empty() ? generated : password, u)
                       .then(
                           [self, rp, generated](user_record& hashed) mutable {
-                            self->request(self->state.store, store_timeout, atom::put_v,
+                            self->request(self->state.store, store_wait, atom::put_v,
                                           hashed)
                                 .then([rp, generated](
                                           atom::ok) mutable { rp.deliver(generated); },

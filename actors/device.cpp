@@ -33,8 +33,12 @@ void emit(device_stateful self, const char* type, const Body& body) {
 }
 
 void persist(device_stateful self) {
+  if (!self->state.known) {
+    self->state.dirty = true; // written once the device is known, never for a stranger
+    return;
+  }
   self->state.stored_last_seen = self->state.rec.last_seen;
-  self->request(self->state.store, caf::infinite, atom::put_v, self->state.rec)
+  self->request(self->state.store, store_timeout, atom::put_v, self->state.rec)
       .then([](atom::ok) {},
             [self](caf::error& err) {
               spdlog::error("device {}: cannot store state: {}",
@@ -97,13 +101,64 @@ pending_command* find(device_state& st, const std::string& action_id) {
   return nullptr;
 }
 
+void store_incident(device_stateful self, bus::incident_report r) {
+  auto& st = self->state;
+  incident_record rec;
+  rec.incident_id = "inc-" + random_hex(10);
+  rec.device_id = st.rec.device_id;
+  rec.created_at = now_us();
+  rec.report = std::move(r);
+  ++st.incidents;
+  self->request(st.store, store_timeout, atom::put_v, std::move(rec))
+      .then([](const std::string&) {},
+            [self](caf::error& err) {
+              spdlog::error("device {}: cannot store incident: {}",
+                            self->state.rec.device_id, message_of(err));
+            });
+}
+
+/// Tells a stranger (not stored, no valid hello yet) that it must say hello first.
+void refuse_stranger(device_stateful self, const char* type) {
+  bus::rejected r;
+  r.type = type;
+  r.limit = "hello";
+  r.reason = "unknown device: send hello first";
+  emit(self, bus::type::rejected, r);
+}
+
+/// The device is known now: what waited for that is stored.
+void became_known(device_stateful self) {
+  auto& st = self->state;
+  if (st.known) return;
+  st.known = true;
+  for (auto& r : st.early)
+    store_incident(self, std::move(r));
+  st.early.clear();
+  if (st.dirty) {
+    st.dirty = false;
+    persist(self);
+  }
+}
+
 /// The stored record is in (or will not come): answer whoever waited for it.
-void loaded(device_stateful self) {
+/// `found`: the store knows the device.
+void loaded(device_stateful self, bool found) {
   auto& st = self->state;
   st.loaded = true;
   for (auto& rp : st.waiting_get)
     rp.deliver(st.rec);
   st.waiting_get.clear();
+  if (found) {
+    became_known(self);
+  } else if (!st.known) {
+    // A stranger: its early incidents are refused, and its actor ends when it
+    // stays quiet.
+    st.cfg.counters->stranger_incidents += st.early.size();
+    for (std::size_t i = 0; i < st.early.size(); ++i)
+      refuse_stranger(self, bus::type::incident);
+    st.early.clear();
+    self->delayed_send(self, st.cfg.stranger_idle, atom::retire_v);
+  }
 }
 
 /// A result for an action that is no longer live. If it ended without the agent's
@@ -119,8 +174,19 @@ void late_result(device_stateful self, bus::action_result r) {
           [self, r, confirm](action_record& rec) mutable {
             auto& st = self->state;
             if (rec.device_id != st.rec.device_id) {
+              ++st.cfg.counters->foreign_results;
               spdlog::warn("device {}: result for {}, an action of device {}; ignored",
                            st.rec.device_id, rec.action_id, rec.device_id);
+              self->request(
+                      st.store, store_timeout, atom::audit_v,
+                      audit_entry{"device:" + st.rec.device_id, "bus_refused",
+                                  rec.action_id,
+                                  "result for an action of device " + rec.device_id})
+                  .then([](atom::ok) {},
+                        [self](caf::error& err) {
+                          spdlog::error("device {}: cannot write the audit trail: {}",
+                                        self->state.rec.device_id, message_of(err));
+                        });
               return;
             }
             if (!is_final(rec.state) || !ended_without_agent_result(rec)) {
@@ -183,14 +249,16 @@ device_actor::behavior_type device(device_stateful self, std::string id,
               if (st.rec.online) rec.isolated = st.rec.isolated;
               st.rec = std::move(rec);
             }
-            loaded(self);
+            loaded(self, true);
           },
           [self](caf::error& err) {
-            // A new device (nothing stored yet), or the store did not answer in time.
-            if (code_of(err) != ec::not_found)
+            // A new device (nothing stored yet), or the store did not answer in time:
+            // then it may well be known, and nothing it says is thrown away.
+            bool absent = code_of(err) == ec::not_found;
+            if (!absent)
               spdlog::error("device {}: cannot load its record: {}",
                             self->state.rec.device_id, message_of(err));
-            loaded(self);
+            loaded(self, !absent);
           });
   // An action that ends without telling (it failed) must not block the queue.
   self->set_down_handler([self](const caf::down_msg& msg) {
@@ -202,10 +270,10 @@ device_actor::behavior_type device(device_stateful self, std::string id,
                            }),
             q.end());
     if (q.size() != before) {
-      self->state.dropped_dead += before - q.size();
+      self->state.cfg.counters->dropped_dead += before - q.size();
       spdlog::error("device {}: an action ended without a final state; dropped its "
-                    "command ({} so far)",
-                    self->state.rec.device_id, self->state.dropped_dead);
+                    "command",
+                    self->state.rec.device_id);
       pump(self);
     }
   });
@@ -219,6 +287,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         st.rec.addresses = std::move(h.addresses);
         st.rec.isolated = h.isolated;
         if (st.rec.first_seen == 0) st.rec.first_seen = now_us();
+        became_known(self); // a valid hello (the gateway checked it)
         welcome(self);
         if (was_online) {
           // A reconnect we had not noticed: same as coming back online.
@@ -237,8 +306,11 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         bool was_online = st.rec.online;
         heard(self);
         // After a server restart the agent skips hello: welcome it so it re-sends
-        // any result we have not confirmed.
-        if (!st.welcomed) welcome(self);
+        // any result we have not confirmed. A stranger is told to say hello.
+        if (!st.welcomed && st.known)
+          welcome(self);
+        else if (st.loaded && !st.known)
+          refuse_stranger(self, bus::type::heartbeat);
         // last_seen is written now and then, not on every heartbeat.
         if ((changed && was_online) ||
             st.rec.last_seen - st.stored_last_seen > 60'000'000)
@@ -248,18 +320,14 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         auto& st = self->state;
         heard(self);
         // The gateway checked the report (validate_report) before it got here.
-        incident_record rec;
-        rec.incident_id = "inc-" + random_hex(10);
-        rec.device_id = st.rec.device_id;
-        rec.created_at = now_us();
-        rec.report = std::move(r);
-        ++st.incidents;
-        self->request(st.store, caf::infinite, atom::put_v, std::move(rec))
-            .then([](const std::string&) {},
-                  [self](caf::error& err) {
-                    spdlog::error("device {}: cannot store incident: {}",
-                                  self->state.rec.device_id, message_of(err));
-                  });
+        if (st.known) {
+          store_incident(self, std::move(r));
+        } else if (!st.loaded && st.early.size() < device_state::max_early_incidents) {
+          st.early.push_back(std::move(r)); // stored once the record says it is known
+        } else {
+          ++st.cfg.counters->stranger_incidents;
+          refuse_stranger(self, bus::type::incident);
+        }
       },
       [self](atom::ack, const std::string& action_id) {
         heard(self);
@@ -287,6 +355,19 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         late_result(self, std::move(r));
       },
       [self](atom::unreach) { go_offline(self, "connection lost"); },
+      [self](atom::retire) {
+        auto& st = self->state;
+        if (st.known) return;
+        auto quiet = self->clock().now() - st.last_heard;
+        if (quiet < st.cfg.stranger_idle) {
+          self->delayed_send(self, st.cfg.stranger_idle - quiet, atom::retire_v);
+          return;
+        }
+        // The directory forgets it (it monitors its devices); a hello that crosses
+        // this is lost, and the agent repeats an unanswered hello.
+        ++st.cfg.counters->strangers_forgotten;
+        self->quit();
+      },
       [self](atom::check) {
         auto& st = self->state;
         if (!st.rec.online) return;

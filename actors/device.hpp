@@ -1,6 +1,8 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,18 @@
 
 namespace parry {
 
+/// What the device actors count together; shown by GET /stats under `devices`.
+struct device_counters {
+  /// Results naming an action of another device (warned and audited).
+  std::atomic<uint64_t> foreign_results{0};
+  /// Incidents from a device id that never said a valid hello and is not stored.
+  std::atomic<uint64_t> stranger_incidents{0};
+  /// Actors of such ids ended after `stranger_idle` without a hello.
+  std::atomic<uint64_t> strangers_forgotten{0};
+  /// Queue entries dropped because their action ended without a final state.
+  std::atomic<uint64_t> dropped_dead{0};
+};
+
 /// Timing of the agent connection, shared by every device actor.
 struct device_config {
   /// How often agents are told to send a heartbeat.
@@ -21,6 +35,12 @@ struct device_config {
   int missed_heartbeats = 3;
   /// How long `get` may wait for the stored record after a (re)start.
   std::chrono::milliseconds load_timeout{5000};
+  /// A device id the store does not know and that has not said a valid hello is a
+  /// stranger: nothing of it is stored, and its actor ends after this long without
+  /// a message from it.
+  std::chrono::milliseconds stranger_idle{60000};
+  /// Shared by every device actor of one server.
+  std::shared_ptr<device_counters> counters = std::make_shared<device_counters>();
 };
 
 /// A command waiting for, or on its way to, the agent.
@@ -57,8 +77,15 @@ struct device_state {
   /// `get` waits, so nobody sees a restarted device as not isolated.
   bool loaded = false;
   std::vector<caf::typed_response_promise<device_record>> waiting_get;
-  /// Queue entries dropped because their action ended without saying so.
-  uint64_t dropped_dead = 0;
+  /// The store knows this device, or it said a valid hello: only then is anything
+  /// of it stored (a stranger costs nothing durable).
+  bool known = false;
+  /// A write was skipped while the device was not known yet.
+  bool dirty = false;
+  /// Incidents that arrived before the stored record was read (at most
+  /// `max_early_incidents`): stored once the device is known, refused otherwise.
+  std::vector<bus::incident_report> early;
+  static constexpr std::size_t max_early_incidents = 16;
 
   device_config cfg;
   directory_store_actor store;

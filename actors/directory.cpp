@@ -19,6 +19,7 @@ device_actor device_for(directory_stateful self, const std::string& id) {
   auto i = st.devices.find(id);
   if (i != st.devices.end()) return i->second;
   auto d = self->spawn<caf::linked>(device, id, st.cfg, st.store, st.gateway);
+  self->monitor(d); // a stranger's actor ends on its own (device.cpp)
   st.devices.emplace(id, d);
   return d;
 }
@@ -31,7 +32,7 @@ void with_incident(directory_stateful self, const std::string& id, F f, G on_err
     f(i->second);
     return;
   }
-  self->request(st.store, caf::infinite, atom::get_v, atom::incident_v, id)
+  self->request(st.store, store_timeout, atom::get_v, atom::incident_v, id)
       .then(
           [self, id, f](incident_record& rec) mutable {
             auto& st = self->state;
@@ -72,7 +73,7 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
   auto go = [self, ok, fail, what](action_record rec) mutable {
     // The trigger goes into the audit trail before the transitions it causes: the
     // store handles the audit record before the action's first write.
-    self->request(self->state.store, std::chrono::seconds{30}, atom::audit_v,
+    self->request(self->state.store, store_timeout, atom::audit_v,
                   audit_entry{rec.requested_by, "trigger", rec.action_id,
                               rec.type + " on " + rec.device_id + " (" + what + ")"})
         .then([](atom::ok) {},
@@ -83,7 +84,7 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
     auto dev = device_for(self, rec.device_id);
     auto cmd = to_command(rec);
     auto act = spawn_action(self, std::move(rec));
-    self->request(act, caf::infinite, atom::start_v).then(ok, fail);
+    self->request(act, actor_timeout, atom::start_v).then(ok, fail);
     // Queued on the device now, while the directory sees requests one at a time:
     // commands run in the order they were registered. The command waits in the
     // queue until the action has stored `sent`.
@@ -95,7 +96,7 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
     return;
   }
   auto dev = device_for(self, rec.device_id);
-  self->request(dev, caf::infinite, atom::get_v)
+  self->request(dev, actor_timeout, atom::get_v)
       .then(
           [rec, go, fail, release](const device_record& d) mutable {
             // start_process arguments given as text split by the device's OS rules.
@@ -125,7 +126,7 @@ void register_new(directory_stateful self, action_request req, Ok ok, Fail fail)
   with_incident(
       self, req.incident_id,
       [self, req, ok, fail, what](incident_actor inc) mutable {
-        self->request(inc, caf::infinite, atom::reg_v, req)
+        self->request(inc, actor_timeout, atom::reg_v, req)
             .then(
                 [self, ok, fail, what](action_record& rec) mutable {
                   register_checked(self, std::move(rec), what, ok, fail);
@@ -267,8 +268,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         };
         auto ok = [answer_all](action_record& rec) { answer_all(rec); };
         auto fail = [answer_all](caf::error& err) { answer_all(err); };
-        self->request(st.store, std::chrono::seconds{30}, atom::idem_v, key.first,
-                      key.second)
+        self->request(st.store, store_timeout, atom::idem_v, key.first, key.second)
             .then(
                 [self, req, ok, fail](const std::string& id) mutable {
                   if (id.empty()) {
@@ -276,7 +276,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                     return;
                   }
                   ++self->state.idempotent_hits;
-                  self->request(self->state.store, std::chrono::seconds{30}, atom::get_v,
+                  self->request(self->state.store, store_timeout, atom::get_v,
                                 atom::action_v, id)
                       .then(ok, fail);
                 },
@@ -290,7 +290,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
           return self->delegate(i->second, atom::cancel_v, user, comment);
         // Not live: it is final, or it does not exist.
         auto rp = self->make_response_promise<action_record>();
-        self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
+        self->request(st.store, store_timeout, atom::get_v, atom::action_v, id)
             .then(
                 [rp](const action_record& rec) mutable {
                   rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is " +
@@ -313,7 +313,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
           self->state.reversing.erase(id);
           rp.deliver(err);
         };
-        self->request(st.store, caf::infinite, atom::get_v, atom::action_v, id)
+        self->request(st.store, store_timeout, atom::get_v, atom::action_v, id)
             .then(
                 [self, rp, req, id, fail](const action_record& original) mutable {
                   auto rev = make_reverse(original, req, self->state.policy, now_us());
@@ -322,7 +322,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                     return;
                   }
                   auto linked = [self, rp, id, fail](action_record& rec) mutable {
-                    self->request(self->state.store, caf::infinite, atom::link_v, id,
+                    self->request(self->state.store, store_timeout, atom::link_v, id,
                                   rec.action_id)
                         .then(
                             [self, rp, id, rec](atom::ok) mutable {
@@ -339,7 +339,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
       },
       [self](atom::resume) -> caf::result<uint64_t> {
         auto rp = self->make_response_promise<uint64_t>();
-        self->request(self->state.store, caf::infinite, atom::open_v)
+        self->request(self->state.store, store_timeout, atom::open_v)
             .then(
                 [self, rp](std::vector<action_record>& open) mutable {
                   // In registration order, so each device gets its commands in order.

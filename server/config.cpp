@@ -570,6 +570,15 @@ const std::vector<entry>& table() {
       key("actions.ttl_seconds", &C::ttl_seconds, "PARRY_ACTIONS_TTL_SECONDS",
           "--actions-ttl-seconds", "per action type, instead of default_ttl_seconds",
           ttl_table()),
+      key("actions.default_exec_deadline_seconds", &C::default_exec_deadline_seconds,
+          "PARRY_ACTIONS_DEFAULT_EXEC_DEADLINE_SECONDS",
+          "--actions-default-exec-deadline-seconds",
+          "how long an acknowledged command may wait for its result (then failed: "
+          "no result from the agent)",
+          range{1, max_ttl_seconds, "seconds"}),
+      key("actions.exec_deadline_seconds", &C::exec_deadline_seconds,
+          "PARRY_ACTIONS_EXEC_DEADLINE_SECONDS", "--actions-exec-deadline-seconds",
+          "per action type, instead of default_exec_deadline_seconds", ttl_table()),
   };
   return t;
 }

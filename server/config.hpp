@@ -77,6 +77,11 @@ struct server_config {
   uint32_t default_ttl_seconds = 86400;
   /// [actions.ttl_seconds]: the same, per action type.
   std::map<std::string, uint32_t> ttl_seconds;
+  /// [actions] default_exec_deadline_seconds: how long an acknowledged command (or a
+  /// cancel request) may wait for the agent's answer before the action fails.
+  uint32_t default_exec_deadline_seconds = 3600;
+  /// [actions.exec_deadline_seconds]: the same, per action type.
+  std::map<std::string, uint32_t> exec_deadline_seconds;
 
   /// Empty when every value passes its key's check, else one line per bad key
   /// naming it, the value and what would be legal.

@@ -169,6 +169,9 @@ void server::start() {
   policy.default_ttl_us = int64_t{cfg.default_ttl_seconds} * 1000000;
   for (const auto& [type, secs] : cfg.ttl_seconds)
     policy.ttl_us[type] = int64_t{secs} * 1000000;
+  policy.default_exec_deadline_us = int64_t{cfg.default_exec_deadline_seconds} * 1000000;
+  for (const auto& [type, secs] : cfg.exec_deadline_seconds)
+    policy.exec_deadline_us[type] = int64_t{secs} * 1000000;
   m.directory = m.sys.spawn(directory, dcfg, policy,
                             caf::timespan{std::chrono::minutes{5}}, m.store, gateway);
   keep(m.directory);
@@ -197,8 +200,13 @@ void server::start() {
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   std::weak_ptr<http_stats> weak_http = m.http_counters;
-  auto bus_stats = [weak_bus, weak_http] {
+  auto bus_stats = [weak_bus, weak_http, devices = dcfg.counters] {
     auto out = nlohmann::json::object();
+    out["device_actors"] =
+        nlohmann::json{{"foreign_results", devices->foreign_results.load()},
+                       {"stranger_incidents", devices->stranger_incidents.load()},
+                       {"strangers_forgotten", devices->strangers_forgotten.load()},
+                       {"dropped_dead", devices->dropped_dead.load()}};
     if (auto b = weak_bus.lock()) {
       const auto& s = b->stats();
       nlohmann::json refused = nlohmann::json::object();

@@ -739,6 +739,57 @@ BOOST_AUTO_TEST_CASE(a_result_before_the_ack_after_a_restart_implies_the_ack) {
              (strings{"registered", "sent", "acknowledged", "completed"}));
 }
 
+BOOST_AUTO_TEST_CASE(a_device_id_that_never_said_hello_costs_nothing_durable) {
+  // Heartbeats and incidents from an id the store does not know, without a hello.
+  heartbeat("ghost");
+  caf::anon_send(dir, atom::incident_v, std::string{"ghost"}, phishing_report());
+  sched.run();
+  heartbeat("ghost");
+  auto stored = self->request(st, caf::infinite, atom::query_v, atom::device_v,
+                              std::string{"ghost"});
+  sched.run();
+  bool absent = false;
+  stored.receive([](std::string&) {},
+                 [&](caf::error& err) { absent = code_of(err) == ec::not_found; });
+  BOOST_TEST(absent);
+  BOOST_TEST(read("incidents")["incidents"].empty());
+  BOOST_TEST(dcfg.counters->stranger_incidents.load() == 1u);
+  // It is told to say hello, never welcomed.
+  BOOST_TEST(of_type("welcome").empty());
+  auto refused = of_type("rejected");
+  BOOST_REQUIRE_GE(refused.size(), 2u);
+  std::string why;
+  auto r = bus::decode<bus::rejected>(refused[0].body, bus::decode_limits{}, why);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->limit == "hello");
+  // Quiet for a minute: its actor ends and the directory forgets it.
+  advance_time(dcfg.stranger_idle + 1s);
+  sched.run();
+  BOOST_TEST(dcfg.counters->strangers_forgotten.load() == 1u);
+  // A valid hello makes it a device like any other.
+  hello("ghost");
+  BOOST_TEST(read("device", "ghost")["device"]["hostname"] == "ws-ghost");
+  report_incident("ghost");
+  BOOST_TEST(read("incidents")["incidents"].size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_result_for_another_devices_action_is_counted_and_audited) {
+  hello("dev-1");
+  hello("dev-2");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ack("dev-1", rec.action_id);
+  result("dev-2", rec.action_id, false, "spoofed");
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "sent", "acknowledged"}));
+  BOOST_TEST(dcfg.counters->foreign_results.load() == 1u);
+  auto records = read("audit")["records"];
+  BOOST_REQUIRE(!records.empty());
+  auto& last = records.back();
+  BOOST_TEST(last["kind"] == "bus_refused");
+  BOOST_TEST(last["actor"] == "device:dev-2");
+  BOOST_TEST(last["target"] == rec.action_id);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // -- message order and store faults, against full-interface mocks --------------------

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -36,6 +37,20 @@ std::string env_or_fail(const char* name) {
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds timeout = 20s) {
   return poll_until(pred, timeout);
+}
+
+/// The last `lines` lines of a log file, for a failure message.
+std::string log_tail(const std::string& file, std::size_t lines) {
+  std::ifstream in{file};
+  std::deque<std::string> tail;
+  for (std::string line; std::getline(in, line);) {
+    tail.push_back(std::move(line));
+    if (tail.size() > lines) tail.pop_front();
+  }
+  std::string out;
+  for (auto& l : tail)
+    out += l + '\n';
+  return out;
 }
 
 constexpr const char* admin_password = "integration-test-password";
@@ -126,8 +141,10 @@ struct system_fixture {
     if (agents) agents->stop(SIGTERM);
     if (server) {
       int status = server->stop(SIGTERM);
-      BOOST_CHECK_MESSAGE(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-                          "parryd did not stop cleanly");
+      bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      BOOST_CHECK_MESSAGE(clean, "parryd did not stop cleanly (wait status "
+                                     << status << "); its log ends:\n"
+                                     << log_tail(server->log_file(), 60));
     }
     std::filesystem::remove_all(dir);
   }
