@@ -101,6 +101,15 @@ pending_command* find(device_state& st, const std::string& action_id) {
   return nullptr;
 }
 
+void welcome(device_stateful self) {
+  bus::welcome w;
+  w.server_time = now_us();
+  w.heartbeat_interval_ms =
+      static_cast<uint32_t>(self->state.cfg.heartbeat_interval.count());
+  emit(self, bus::type::welcome, w);
+  self->state.welcomed = true;
+}
+
 void store_incident(device_stateful self, bus::incident_report r) {
   auto& st = self->state;
   incident_record rec;
@@ -150,6 +159,9 @@ void loaded(device_stateful self, bool found) {
   st.waiting_get.clear();
   if (found) {
     became_known(self);
+    // Heard from before its record was read (a server restart: the agent skips
+    // hello): welcome it now rather than at its next heartbeat.
+    if (st.rec.online && !st.welcomed) welcome(self);
   } else if (!st.known) {
     // A stranger: its early incidents are refused, and its actor ends when it
     // stays quiet.
@@ -216,15 +228,6 @@ void late_result(device_stateful self, bus::action_result r) {
                          message_of(err));
             if (code_of(err) == ec::not_found) confirm();
           });
-}
-
-void welcome(device_stateful self) {
-  bus::welcome w;
-  w.server_time = now_us();
-  w.heartbeat_interval_ms =
-      static_cast<uint32_t>(self->state.cfg.heartbeat_interval.count());
-  emit(self, bus::type::welcome, w);
-  self->state.welcomed = true;
 }
 
 } // namespace
