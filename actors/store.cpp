@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <tuple>
 
 #include <caf/event_based_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -648,6 +649,49 @@ template <class T, class Body> caf::result<T> read_answer(Body&& body) {
   return std::move(*out);
 }
 
+/// The typed paged reads (JSON text for the REST edge), shared by the writer, which
+/// sees its own uncommitted batch, and the reader, which serves the REST edge.
+template <class Self> auto read_handlers(Self self) {
+  return std::make_tuple(
+      [=](atom::query, atom::devices, const page_request& p) {
+        return read_answer<std::string>([&] { return read_devices(self->state, p); });
+      },
+      [=](atom::query, atom::device, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_device_json(self->state, id); });
+      },
+      [=](atom::query, atom::incidents, const page_request& p) {
+        return read_answer<std::string>([&] { return read_incidents(self->state, p); });
+      },
+      [=](atom::query, atom::incident, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_incident_json(self->state, id); });
+      },
+      [=](atom::query, atom::actions, const page_request& p) {
+        return read_answer<std::string>([&] { return read_actions(self->state, p); });
+      },
+      [=](atom::query, atom::action, const std::string& id) {
+        return read_answer<std::string>(
+            [&] { return read_action_json(self->state, id); });
+      },
+      [=](atom::query, atom::users, const page_request& p) {
+        return read_answer<std::string>([&] { return read_users(self->state, p); });
+      },
+      [=](atom::query, atom::stats) {
+        return read_answer<std::string>([&] { return read_stats(self->state); });
+      });
+}
+
+/// A behavior of `handlers...` followed by the shared reads.
+template <class Behavior, class Reads, class... Handlers>
+Behavior with_reads(Reads reads, Handlers... handlers) {
+  return std::apply(
+      [&](auto... r) {
+        return Behavior{std::move(handlers)..., std::move(r)...};
+      },
+      std::move(reads));
+}
+
 } // namespace
 
 store_actor::behavior_type store(store_stateful self, std::string path) {
@@ -717,7 +761,8 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         spdlog::warn("store: cannot make {} private: {}", file, std::strerror(errno));
     }
 
-  return {
+  return with_reads<store_actor::behavior_type>(
+      read_handlers(self),
       [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
         return ok_write(self, [&] {
           stmt s{
@@ -1023,33 +1068,6 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           t.step();
         });
       },
-      [=](atom::query, atom::devices, const page_request& p) {
-        return read_answer<std::string>([&] { return read_devices(self->state, p); });
-      },
-      [=](atom::query, atom::device, const std::string& id) {
-        return read_answer<std::string>(
-            [&] { return read_device_json(self->state, id); });
-      },
-      [=](atom::query, atom::incidents, const page_request& p) {
-        return read_answer<std::string>([&] { return read_incidents(self->state, p); });
-      },
-      [=](atom::query, atom::incident, const std::string& id) {
-        return read_answer<std::string>(
-            [&] { return read_incident_json(self->state, id); });
-      },
-      [=](atom::query, atom::actions, const page_request& p) {
-        return read_answer<std::string>([&] { return read_actions(self->state, p); });
-      },
-      [=](atom::query, atom::action, const std::string& id) {
-        return read_answer<std::string>(
-            [&] { return read_action_json(self->state, id); });
-      },
-      [=](atom::query, atom::users, const page_request& p) {
-        return read_answer<std::string>([&] { return read_users(self->state, p); });
-      },
-      [=](atom::query, atom::stats) {
-        return read_answer<std::string>([&] { return read_stats(self->state); });
-      },
       [=](atom::query, atom::audit, const page_request& p) {
         return read_answer<std::string>([&] { return read_audit(self->state, p); });
       },
@@ -1063,8 +1081,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           reload_audit_head(st);
         }
         settle_batch(st, err);
-      },
-  };
+      });
 }
 
 caf::expected<page_request> parse_page(const std::map<std::string, std::string>& params) {
@@ -1097,35 +1114,7 @@ store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string
     self->quit(make_error(ec::storage, "cannot open the database for reading"));
     return store_reader_actor::behavior_type::make_empty_behavior();
   }
-  return {
-      [=](atom::query, atom::devices, const page_request& p) {
-        return read_answer<std::string>([&] { return read_devices(self->state, p); });
-      },
-      [=](atom::query, atom::device, const std::string& id) {
-        return read_answer<std::string>(
-            [&] { return read_device_json(self->state, id); });
-      },
-      [=](atom::query, atom::incidents, const page_request& p) {
-        return read_answer<std::string>([&] { return read_incidents(self->state, p); });
-      },
-      [=](atom::query, atom::incident, const std::string& id) {
-        return read_answer<std::string>(
-            [&] { return read_incident_json(self->state, id); });
-      },
-      [=](atom::query, atom::actions, const page_request& p) {
-        return read_answer<std::string>([&] { return read_actions(self->state, p); });
-      },
-      [=](atom::query, atom::action, const std::string& id) {
-        return read_answer<std::string>(
-            [&] { return read_action_json(self->state, id); });
-      },
-      [=](atom::query, atom::users, const page_request& p) {
-        return read_answer<std::string>([&] { return read_users(self->state, p); });
-      },
-      [=](atom::query, atom::stats) {
-        return read_answer<std::string>([&] { return read_stats(self->state); });
-      },
-  };
+  return with_reads<store_reader_actor::behavior_type>(read_handlers(self));
 }
 
 } // namespace parry
