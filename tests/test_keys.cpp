@@ -12,6 +12,7 @@
 #include <openssl/pem.h>
 #include <zmq.hpp>
 
+#include "bus/curve_keys.hpp"
 #include "common/crypto.hpp"
 #include "common/keys.hpp"
 
@@ -23,6 +24,7 @@ std::ostream& operator<<(std::ostream& os, key_errc e) {
 
 namespace fs = std::filesystem;
 using namespace parry;
+using namespace parry::bus;
 
 namespace {
 
@@ -281,6 +283,140 @@ BOOST_AUTO_TEST_CASE(signing_key_file_round_trip_and_mode_refusal) {
   BOOST_REQUIRE(::chmod(path.c_str(), 0600) == 0);
   write_plain(path, "not a key", 0600);
   BOOST_TEST(error_of([&] { load_signing_key(path); }) == key_errc::bad_format);
+}
+
+// -- CURVE ---------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(curve_key_pair_z85_round_trip) {
+  auto kp = generate_curve_key_pair();
+  BOOST_TEST(kp.public_z85.size() == curve_key_z85_chars);
+  BOOST_TEST(kp.secret_z85.size() == curve_key_z85_chars);
+  BOOST_TEST(is_z85_key(kp.public_z85));
+  BOOST_TEST(is_z85_key(kp.secret_z85));
+  BOOST_TEST(curve_public_of(kp.secret_z85) == kp.public_z85);
+  BOOST_TEST(generate_curve_key_pair().public_z85 != kp.public_z85);
+
+  temp_dir dir;
+  auto path = dir.file("curve.key");
+  {
+    umask_scope scope{0};
+    save_curve_key_pair(path, kp);
+  }
+  BOOST_TEST(mode_of(path) == 0600u);
+  BOOST_TEST(read_private_file(path) == kp.secret_z85 + "\n");
+  auto loaded = load_curve_key_pair(path);
+  BOOST_TEST(loaded.public_z85 == kp.public_z85);
+  BOOST_TEST(loaded.secret_z85 == kp.secret_z85);
+
+  BOOST_REQUIRE(::chmod(path.c_str(), 0644) == 0);
+  BOOST_TEST(error_of([&] { load_curve_key_pair(path); }) == key_errc::bad_mode);
+  for (std::string bad :
+       {kp.secret_z85.substr(1), kp.secret_z85 + "x", kp.secret_z85 + "\n\n",
+        std::string(39, '0') + "\"", std::string(40, '#'), std::string("garbage")}) {
+    write_plain(path, bad, 0600);
+    BOOST_TEST((error_of([&] { load_curve_key_pair(path); }) == key_errc::bad_format),
+               "content '" << bad << "'");
+  }
+  // An inconsistent pair is never written.
+  auto other = generate_curve_key_pair();
+  BOOST_TEST(error_of([&] {
+               save_curve_key_pair(dir.file("mixed"), {other.public_z85, kp.secret_z85});
+             }) == key_errc::bad_format);
+  BOOST_TEST(!fs::exists(dir.file("mixed")));
+}
+
+BOOST_AUTO_TEST_CASE(z85_key_validation) {
+  BOOST_TEST(!is_z85_key(""));
+  BOOST_TEST(!is_z85_key(std::string(39, '0')));
+  BOOST_TEST(!is_z85_key(std::string(41, '0')));
+  BOOST_TEST(is_z85_key(std::string(40, '0')));
+  BOOST_TEST(!is_z85_key(std::string(39, '0') + "~")); // not in the alphabet
+  BOOST_TEST(!is_z85_key(std::string(39, '0') + '\0'));
+  BOOST_TEST(!is_z85_key(std::string(40, '#'))); // 85^5 - 1 > 2^32 - 1
+  BOOST_TEST(curve_public_of("nonsense").empty());
+}
+
+BOOST_AUTO_TEST_CASE(curve_keys_from_files_secure_a_zmq_connection) {
+  temp_dir dir;
+  save_curve_key_pair(dir.file("server.key"), generate_curve_key_pair());
+  save_curve_key_pair(dir.file("client.key"), generate_curve_key_pair());
+  auto server = load_curve_key_pair(dir.file("server.key"));
+  auto client = load_curve_key_pair(dir.file("client.key"));
+
+  zmq::context_t ctx;
+  zmq::socket_t rep(ctx, zmq::socket_type::router);
+  rep.set(zmq::sockopt::curve_server, 1);
+  rep.set(zmq::sockopt::curve_secretkey, server.secret_z85);
+  rep.set(zmq::sockopt::linger, 0);
+  rep.bind("tcp://127.0.0.1:*");
+  auto endpoint = rep.get(zmq::sockopt::last_endpoint);
+
+  auto try_exchange = [&](const std::string& server_public, int wait_ms) {
+    zmq::socket_t req(ctx, zmq::socket_type::dealer);
+    req.set(zmq::sockopt::curve_serverkey, server_public);
+    req.set(zmq::sockopt::curve_publickey, client.public_z85);
+    req.set(zmq::sockopt::curve_secretkey, client.secret_z85);
+    req.set(zmq::sockopt::linger, 0);
+    req.connect(endpoint);
+    req.send(zmq::str_buffer("ping"), zmq::send_flags::dontwait);
+    zmq::pollitem_t items[] = {{rep.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, std::chrono::milliseconds(wait_ms));
+    if (!(items[0].revents & ZMQ_POLLIN)) return std::string{};
+    zmq::message_t id, body;
+    BOOST_REQUIRE(rep.recv(id));
+    BOOST_REQUIRE(rep.recv(body));
+    return body.to_string();
+  };
+  // The pinned key of another server: the handshake fails and nothing arrives
+  // (a success would arrive well within the shorter wait).
+  BOOST_TEST(try_exchange(generate_curve_key_pair().public_z85, 1000).empty());
+  BOOST_TEST(try_exchange(server.public_z85, 10000) == "ping");
+}
+
+BOOST_AUTO_TEST_CASE(server_keys_load_or_create) {
+  temp_dir dir;
+  auto data = dir.path.string();
+  umask_scope scope{0};
+  auto first = load_or_create(data);
+  BOOST_TEST(first.created);
+  BOOST_TEST(mode_of(data + "/keys") == 0700u);
+  for (const char* f : {key_files::curve_secret, key_files::curve_public,
+                        key_files::signing_secret, key_files::signing_public})
+    BOOST_TEST(mode_of(data + "/keys/" + f) == 0600u, f);
+  BOOST_TEST(read_private_file(data + "/keys/curve.pub") ==
+             first.curve.public_z85 + "\n");
+  BOOST_TEST(read_private_file(data + "/keys/signing.pub") ==
+             to_hex_text(first.signing.public_key()) + "\n");
+
+  auto second = load_or_create(data);
+  BOOST_TEST(!second.created);
+  BOOST_TEST(second.curve.secret_z85 == first.curve.secret_z85);
+  BOOST_TEST(second.curve.public_z85 == first.curve.public_z85);
+  BOOST_TEST(second.signing.public_key() == first.signing.public_key());
+  BOOST_TEST(verify(first.signing.public_key(), "m", second.signing.sign("m")));
+
+  // A damaged .pub is rewritten; a too-open directory is closed again.
+  write_plain(data + "/keys/curve.pub", "stale\n", 0600);
+  BOOST_REQUIRE(::chmod((data + "/keys").c_str(), 0755) == 0);
+  load_or_create(data);
+  BOOST_TEST(read_private_file(data + "/keys/curve.pub") ==
+             first.curve.public_z85 + "\n");
+  BOOST_TEST(mode_of(data + "/keys") == 0700u);
+
+  // A private key file others can read is refused, not replaced.
+  auto signing = data + "/keys/signing.key";
+  BOOST_REQUIRE(::chmod(signing.c_str(), 0644) == 0);
+  BOOST_TEST(error_of([&] { load_or_create(data); }) == key_errc::bad_mode);
+  BOOST_TEST(mode_of(signing) == 0644u);
+  BOOST_REQUIRE(::chmod(signing.c_str(), 0600) == 0);
+  BOOST_TEST(load_signing_key(signing).public_key() == first.signing.public_key());
+
+  // A keys "directory" that is a symlink is refused.
+  temp_dir other;
+  fs::create_directory(other.path / "real");
+  fs::create_directory_symlink(other.path / "real", other.path / "keys");
+  BOOST_TEST(error_of([&] { load_or_create(other.path.string()); }) ==
+             key_errc::not_regular);
 }
 
 BOOST_AUTO_TEST_CASE(key_error_names) {
