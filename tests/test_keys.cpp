@@ -12,6 +12,7 @@
 #include <openssl/pem.h>
 #include <zmq.hpp>
 
+#include "bus/command_signature.hpp"
 #include "bus/curve_keys.hpp"
 #include "common/crypto.hpp"
 #include "common/keys.hpp"
@@ -20,6 +21,11 @@ namespace parry {
 std::ostream& operator<<(std::ostream& os, key_errc e) {
   return os << to_string(e);
 }
+namespace bus {
+std::ostream& operator<<(std::ostream& os, command_refusal r) {
+  return os << to_string(r);
+}
+} // namespace bus
 } // namespace parry
 
 namespace fs = std::filesystem;
@@ -96,6 +102,18 @@ std::string pem_of_seed(std::string_view seed_hex) {
   auto der = unhex("302e020100300506032b657004220420") + unhex(seed_hex);
   return "-----BEGIN PRIVATE KEY-----\n" + to_base64_text(der) +
          "\n-----END PRIVATE KEY-----\n";
+}
+
+command_fields sample_command() {
+  command_fields f;
+  f.action_id = "act-1";
+  f.device_id = "dev-1";
+  f.type = "quarantine";
+  f.params = {{"path", "/tmp/x"}, {"sha256", std::string(64, 'a')}};
+  f.issued_at = 1795000000000000;
+  f.expires_at = 1795000060000000;
+  f.seq = 1;
+  return f;
 }
 
 } // namespace
@@ -419,6 +437,252 @@ BOOST_AUTO_TEST_CASE(server_keys_load_or_create) {
              key_errc::not_regular);
 }
 
-BOOST_AUTO_TEST_CASE(key_error_names) {
+// -- command signatures --------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(command_encoding_golden_bytes) {
+  // The documented encoding (docs/bus-protocol.md, Command signatures): a change
+  // here breaks every deployed agent.
+  command_fields f;
+  f.action_id = "a1";
+  f.device_id = "d";
+  f.type = "isolate";
+  f.params = {{"k", "v"}};
+  f.issued_at = 1;
+  f.expires_at = -2;
+  f.seq = 3;
+  BOOST_TEST(to_hex_text(encode_for_signature(f)) ==
+             "0000000c70617272792d636d642d7631" // str("parry-cmd-v1")
+             "000000026131"                     // str("a1")
+             "0000000164"                       // str("d")
+             "0000000769736f6c617465"           // str("isolate")
+             "00000001"                         // one param
+             "000000016b"                       // str("k")
+             "0000000176"                       // str("v")
+             "0000000000000001"                 // issued_at
+             "fffffffffffffffe"                 // expires_at (two's complement)
+             "0000000000000003");               // seq
+}
+
+BOOST_AUTO_TEST_CASE(command_encoding_is_unambiguous) {
+  auto enc = [](auto change) {
+    auto f = sample_command();
+    change(f);
+    return encode_for_signature(f);
+  };
+  std::set<std::string> seen;
+  std::vector<std::string> all = {
+      enc([](command_fields&) {}),
+      enc([](command_fields& f) {
+        f.action_id = "act-";
+        f.device_id = "1dev-1";
+      }),
+      enc([](command_fields& f) {
+        f.params = {{"path", "/tmp/xsha256"}};
+      }),
+      enc([](command_fields& f) {
+        f.params = {{"pa", "th/tmp/x"}, {"sha256", std::string(64, 'a')}};
+      }),
+      enc([](command_fields& f) { f.params.clear(); }),
+      enc([](command_fields& f) {
+        f.params = {{"", ""}};
+      }),
+      enc([](command_fields& f) { f.type = std::string("quarantine\0", 11); }),
+      enc([](command_fields& f) { std::swap(f.issued_at, f.expires_at); }),
+      enc([](command_fields& f) { f.seq = 2; }),
+  };
+  for (const auto& e : all)
+    BOOST_TEST(seen.insert(e).second);
+  // Map order is bytewise: "B" (0x42) before "a" (0x61) before "\xc3" (UTF-8 lead).
+  command_fields f;
+  f.params = {{"a", ""}, {"\xc3\xa9", ""}, {"B", ""}};
+  auto bytes = encode_for_signature(f);
+  using namespace std::string_literals;
+  auto at = [&](const std::string& key) {
+    auto pos = bytes.find(key);
+    BOOST_REQUIRE(pos != std::string::npos);
+    return pos;
+  };
+  BOOST_TEST(at("\0\0\0\1B"s) < at("\0\0\0\1a"s));
+  BOOST_TEST(at("\0\0\0\1a"s) < at("\0\0\0\2\xc3\xa9"s));
+}
+
+BOOST_AUTO_TEST_CASE(command_signature_round_trip_and_tampering) {
+  auto key = signing_key::generate();
+  auto good = sample_command();
+  auto sig = sign_command(key, good);
+  BOOST_TEST(sig.size() == ed25519_signature_bytes);
+  BOOST_TEST(verify_command(key.public_key(), good, sig));
+
+  std::vector<std::pair<const char*, void (*)(command_fields&)>> tamper = {
+      {"action_id", [](command_fields& f) { f.action_id = "act-2"; }},
+      {"device_id", [](command_fields& f) { f.device_id = "dev-2"; }},
+      {"type", [](command_fields& f) { f.type = "delete_file"; }},
+      {"param value", [](command_fields& f) { f.params["path"] = "/etc/passwd"; }},
+      {"param key",
+       [](command_fields& f) {
+         f.params.erase("path");
+         f.params["Path"] = "/tmp/x";
+       }},
+      {"param added", [](command_fields& f) { f.params["extra"] = ""; }},
+      {"param removed", [](command_fields& f) { f.params.erase("sha256"); }},
+      {"issued_at", [](command_fields& f) { f.issued_at += 1; }},
+      {"expires_at", [](command_fields& f) { f.expires_at += 1; }},
+      {"seq", [](command_fields& f) { f.seq += 1; }},
+  };
+  for (auto& [name, change] : tamper) {
+    auto f = good;
+    change(f);
+    BOOST_TEST(!verify_command(key.public_key(), f, sig), "tampered " << name);
+  }
+  BOOST_TEST(!verify_command(signing_key::generate().public_key(), good, sig));
+  BOOST_TEST(!verify_command(key.public_key(), good, sig.substr(0, 32)));
+  BOOST_TEST(!verify_command(key.public_key(), good, ""));
+  BOOST_TEST(!verify_command(key.public_key().substr(1), good, sig));
+  BOOST_TEST(!verify_command("", good, sig));
+}
+
+BOOST_AUTO_TEST_CASE(fields_of_a_bus_command) {
+  command c;
+  c.action_id = "act-9";
+  c.type = "isolate";
+  c.params = {{"a", "b"}};
+  c.issued_at = 10;
+  c.expires_at = 20;
+  auto f = fields_of(c, "dev-9", 42);
+  BOOST_TEST(f.action_id == "act-9");
+  BOOST_TEST(f.device_id == "dev-9");
+  BOOST_TEST(f.type == "isolate");
+  BOOST_TEST((f.params == std::map<std::string, std::string>{{"a", "b"}}));
+  BOOST_TEST(f.issued_at == 10);
+  BOOST_TEST(f.expires_at == 20);
+  BOOST_TEST(f.seq == 42u);
+}
+
+// -- command_guard -------------------------------------------------------------------
+
+namespace {
+
+constexpr int64_t now = 1795000030000000; // between sample issued_at and expires_at
+
+struct guard_fixture {
+  signing_key server = signing_key::generate();
+  command_guard guard{server.public_key(), "dev-1"};
+
+  command_fields cmd(const std::string& action_id, uint64_t seq) {
+    auto f = sample_command();
+    f.action_id = action_id;
+    f.seq = seq;
+    return f;
+  }
+  guard_verdict send(const command_fields& f) {
+    return guard.check(f, sign_command(server, f), now);
+  }
+};
+
+} // namespace
+
+BOOST_FIXTURE_TEST_CASE(guard_accepts_a_good_sequence, guard_fixture) {
+  for (auto [id, seq] : {std::pair{"a", 1}, {"b", 2}, {"c", 5}, {"d", 6}}) {
+    auto v = send(cmd(id, seq));
+    BOOST_TEST(v.accepted, id << ": " << v.text);
+    BOOST_TEST(v.text.empty());
+  }
+  BOOST_TEST(guard.last_seq() == 6u);
+  BOOST_TEST(guard.remembered() == 4u);
+  for (std::size_t r = 0; r < command_refusal_count; ++r)
+    BOOST_TEST(guard.refused(static_cast<command_refusal>(r)) == 0u);
+}
+
+BOOST_FIXTURE_TEST_CASE(guard_refuses_each_reason, guard_fixture) {
+  BOOST_REQUIRE(send(cmd("a", 1)).accepted);
+
+  // bad_signature: tampered after signing, another key, truncated signature. A
+  // high seq in a refused command must not move last_seq.
+  auto f = cmd("b", 100);
+  auto sig = sign_command(server, f);
+  f.type = "delete_file";
+  auto v = guard.check(f, sig, now);
+  BOOST_TEST(!v.accepted);
+  BOOST_TEST(v.reason == command_refusal::bad_signature);
+  BOOST_TEST(v.text.find("signature") != std::string::npos);
+  auto other = signing_key::generate();
+  BOOST_TEST(guard.check(cmd("b", 2), sign_command(other, cmd("b", 2)), now).reason ==
+             command_refusal::bad_signature);
+  BOOST_TEST(
+      guard.check(cmd("b", 2), sign_command(server, cmd("b", 2)).substr(0, 63), now)
+          .reason == command_refusal::bad_signature);
+  BOOST_TEST(guard.refused(command_refusal::bad_signature) == 3u);
+  BOOST_TEST(guard.last_seq() == 1u);
+
+  // wrong_device: validly signed for another device.
+  auto elsewhere = cmd("b", 2);
+  elsewhere.device_id = "dev-2";
+  v = send(elsewhere);
+  BOOST_TEST(v.reason == command_refusal::wrong_device);
+  BOOST_TEST(v.text.find("dev-2") != std::string::npos);
+
+  // expired: at the deadline, after it, and a command without one.
+  auto late = cmd("b", 2);
+  late.expires_at = now;
+  BOOST_TEST(send(late).reason == command_refusal::expired);
+  late.expires_at = now - 1;
+  v = send(late);
+  BOOST_TEST(v.reason == command_refusal::expired);
+  BOOST_TEST(v.text.find("expired") != std::string::npos);
+  late.expires_at = 0;
+  BOOST_TEST(send(late).reason == command_refusal::expired);
+
+  // action_replayed: the same action again, even with a fresh sequence number.
+  v = send(cmd("a", 2));
+  BOOST_TEST(v.reason == command_refusal::action_replayed);
+  BOOST_TEST(v.text.find("'a'") != std::string::npos);
+  // The very same signed command again.
+  BOOST_TEST(send(cmd("a", 1)).reason == command_refusal::action_replayed);
+
+  // seq_replayed: a new action with a sequence number already used.
+  v = send(cmd("b", 1));
+  BOOST_TEST(v.reason == command_refusal::seq_replayed);
+  BOOST_TEST(v.text.find("1") != std::string::npos);
+  BOOST_TEST(send(cmd("b", 0)).reason == command_refusal::seq_replayed);
+
+  BOOST_TEST(guard.refused(command_refusal::wrong_device) == 1u);
+  BOOST_TEST(guard.refused(command_refusal::expired) == 3u);
+  BOOST_TEST(guard.refused(command_refusal::action_replayed) == 2u);
+  BOOST_TEST(guard.refused(command_refusal::seq_replayed) == 2u);
+
+  // None of the refusals changed the state: the next good command is accepted.
+  BOOST_TEST(guard.last_seq() == 1u);
+  BOOST_TEST(guard.remembered() == 1u);
+  BOOST_TEST(send(cmd("b", 2)).accepted);
+}
+
+BOOST_AUTO_TEST_CASE(guard_memory_is_bounded) {
+  auto server = signing_key::generate();
+  command_guard guard{server.public_key(), "dev-1", 10, 2};
+  auto send = [&](const char* id, uint64_t seq) {
+    auto f = sample_command();
+    f.action_id = id;
+    f.seq = seq;
+    return guard.check(f, sign_command(server, f), now);
+  };
+  // Starts from the journal's last seq.
+  BOOST_TEST(send("x", 10).reason == command_refusal::seq_replayed);
+  BOOST_TEST(send("a", 11).accepted);
+  BOOST_TEST(send("b", 12).accepted);
+  BOOST_TEST(send("c", 13).accepted);
+  BOOST_TEST(guard.remembered() == 2u);
+  BOOST_TEST(guard.forgotten() == 1u);
+  // "a" left the window, but its signed command is still refused by its seq.
+  BOOST_TEST(send("a", 11).reason == command_refusal::seq_replayed);
+  BOOST_TEST(send("b", 14).reason == command_refusal::action_replayed);
+}
+
+BOOST_AUTO_TEST_CASE(refusal_names) {
+  BOOST_TEST(std::string(to_string(command_refusal::bad_signature)) == "bad_signature");
+  BOOST_TEST(std::string(to_string(command_refusal::wrong_device)) == "wrong_device");
+  BOOST_TEST(std::string(to_string(command_refusal::expired)) == "expired");
+  BOOST_TEST(std::string(to_string(command_refusal::action_replayed)) ==
+             "action_replayed");
+  BOOST_TEST(std::string(to_string(command_refusal::seq_replayed)) == "seq_replayed");
   BOOST_TEST(std::string(to_string(key_errc::bad_mode)) == "bad_mode");
 }
