@@ -461,6 +461,14 @@ BOOST_AUTO_TEST_CASE(command_encoding_golden_bytes) {
              "0000000000000001"                 // issued_at
              "fffffffffffffffe"                 // expires_at (two's complement)
              "0000000000000003");               // seq
+  // Ed25519 is deterministic: the RFC 8032 test key's signature of this message, as
+  // computed independently by Python's `cryptography` (docs/bus-protocol.md).
+  auto rfc_key = signing_key::from_pem(pem_of_seed(rfc_seed));
+  auto sig = sign_command(rfc_key, f);
+  BOOST_TEST(to_hex_text(sig) ==
+             "825ba2c00e968221e056b88895d4e93db2ac880e25a669f805e0410c2694da68"
+             "c70df179da52a3ca3e1514b376bf29bbd3843beade4060d77aa74806ee1fd303");
+  BOOST_TEST(verify_command(unhex(rfc_public), f, sig));
 }
 
 BOOST_AUTO_TEST_CASE(command_encoding_is_unambiguous) {
