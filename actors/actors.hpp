@@ -160,8 +160,9 @@ using device_actor = caf::typed_actor<
     caf::reacts_to<atom::hello, bus::hello>,
     // Agent is alive.
     caf::reacts_to<atom::heartbeat, bus::heartbeat>,
-    // Agent reported an incident.
-    caf::reacts_to<atom::incident, bus::incident_report>,
+    // Agent reported an incident (with its size on the wire, in bytes, which the
+    // device gives back to the ingest gauge once the store answered).
+    caf::reacts_to<atom::incident, bus::incident_report, uint64_t>,
     // Agent acknowledged an action.
     caf::reacts_to<atom::ack, std::string>,
     // Agent reported an action's result.
@@ -197,11 +198,14 @@ using directory_actor = caf::typed_actor<
     // Inbound from the gateway, routed to the device actor.
     caf::reacts_to<atom::hello, std::string, bus::hello>,
     caf::reacts_to<atom::heartbeat, std::string, bus::heartbeat>,
-    caf::reacts_to<atom::incident, std::string, bus::incident_report>,
+    caf::reacts_to<atom::incident, std::string, bus::incident_report, uint64_t>,
     caf::reacts_to<atom::ack, std::string, std::string>,
     caf::reacts_to<atom::result, std::string, bus::action_result>,
     caf::reacts_to<atom::unreach, std::string>,
     caf::reacts_to<atom::cancel, std::string, bus::cancel_result>,
+    // A device actor of a stranger (device.cpp) asks to end: the directory forgets it
+    // and answers, after every message it had sent it.
+    caf::replies_to<atom::retire, std::string>::with<atom::ok>,
     // Registers a response action; answers once it is stored. A request with the
     // idempotency key of an earlier (or concurrent) one answers that one's record.
     caf::replies_to<atom::reg, action_request>::with<action_record>,

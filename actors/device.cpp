@@ -110,13 +110,14 @@ void welcome(device_stateful self) {
   self->state.welcomed = true;
 }
 
-void store_incident(device_stateful self, bus::incident_report r) {
+void store_incident(device_stateful self, bus::incident_report r, uint64_t bytes) {
   auto& st = self->state;
   incident_record rec;
   rec.incident_id = "inc-" + random_hex(10);
   rec.device_id = st.rec.device_id;
   rec.created_at = now_us();
   rec.report = std::move(r);
+  rec.wire_bytes = bytes; // the store gives them back to the ingest gauge
   ++st.incidents;
   self->request(st.store, store_timeout, atom::put_v, std::move(rec))
       .then([](const std::string&) {},
@@ -140,8 +141,8 @@ void became_known(device_stateful self) {
   auto& st = self->state;
   if (st.known) return;
   st.known = true;
-  for (auto& r : st.early)
-    store_incident(self, std::move(r));
+  for (auto& [r, bytes] : st.early)
+    store_incident(self, std::move(r), bytes);
   st.early.clear();
   if (st.dirty) {
     st.dirty = false;
@@ -166,8 +167,10 @@ void loaded(device_stateful self, bool found) {
     // A stranger: its early incidents are refused, and its actor ends when it
     // stays quiet.
     st.cfg.counters->stranger_incidents += st.early.size();
-    for (std::size_t i = 0; i < st.early.size(); ++i)
+    for (auto& e : st.early) {
+      st.cfg.ingest->done(e.second);
       refuse_stranger(self, bus::type::incident);
+    }
     st.early.clear();
     self->delayed_send(self, st.cfg.stranger_idle, atom::retire_v);
   }
@@ -234,8 +237,9 @@ void late_result(device_stateful self, bus::action_result r) {
 
 device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, directory_store_actor store,
-                                   gateway_actor gateway) {
+                                   gateway_actor gateway, directory_actor directory) {
   auto& st = self->state;
+  st.directory = std::move(directory);
   st.rec.device_id = id;
   st.cfg = cfg;
   st.store = std::move(store);
@@ -319,16 +323,17 @@ device_actor::behavior_type device(device_stateful self, std::string id,
             st.rec.last_seen - st.stored_last_seen > 60'000'000)
           persist(self);
       },
-      [self](atom::incident, bus::incident_report& r) {
+      [self](atom::incident, bus::incident_report& r, uint64_t bytes) {
         auto& st = self->state;
         heard(self);
         // The gateway checked the report (validate_report) before it got here.
         if (st.known) {
-          store_incident(self, std::move(r));
+          store_incident(self, std::move(r), bytes);
         } else if (!st.loaded && st.early.size() < device_state::max_early_incidents) {
-          st.early.push_back(std::move(r)); // stored once the record says it is known
+          st.early.emplace_back(std::move(r), bytes); // stored once it is known
         } else {
           ++st.cfg.counters->stranger_incidents;
+          st.cfg.ingest->done(bytes);
           refuse_stranger(self, bus::type::incident);
         }
       },
@@ -366,10 +371,20 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           self->delayed_send(self, st.cfg.stranger_idle - quiet, atom::retire_v);
           return;
         }
-        // The directory forgets it (it monitors its devices); a hello that crosses
-        // this is lost, and the agent repeats an unanswered hello.
         ++st.cfg.counters->strangers_forgotten;
-        self->quit();
+        if (!st.directory) {
+          self->quit();
+          return;
+        }
+        // The directory forgets it first and answers after every message it had
+        // sent here, so nothing meant for this actor is lost. Whatever came in
+        // meanwhile was handled (a hello stored the device; a fresh actor loads it).
+        self->request(st.directory, actor_timeout, atom::retire_v, st.rec.device_id)
+            .then([self](atom::ok) { self->quit(); },
+                  [self](caf::error&) {
+                    self->delayed_send(self, self->state.cfg.stranger_idle,
+                                       atom::retire_v);
+                  });
       },
       [self](atom::check) {
         auto& st = self->state;

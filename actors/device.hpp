@@ -11,6 +11,7 @@
 #include <caf/typed_response_promise.hpp>
 
 #include "actors/fwd.hpp"
+#include "actors/ingest.hpp"
 #include "bus/validate.hpp" // validate_report, for the device's callers
 
 namespace parry {
@@ -41,6 +42,9 @@ struct device_config {
   std::chrono::milliseconds stranger_idle{60000};
   /// Shared by every device actor of one server.
   std::shared_ptr<device_counters> counters = std::make_shared<device_counters>();
+  /// Incidents in flight from the bus (the gateway adds, the store or a refusal
+  /// here takes off).
+  std::shared_ptr<ingest_gauge> ingest = std::make_shared<ingest_gauge>();
 };
 
 /// A command waiting for, or on its way to, the agent.
@@ -84,12 +88,14 @@ struct device_state {
   bool dirty = false;
   /// Incidents that arrived before the stored record was read (at most
   /// `max_early_incidents`): stored once the device is known, refused otherwise.
-  std::vector<bus::incident_report> early;
+  std::vector<std::pair<bus::incident_report, uint64_t>> early; ///< With wire bytes.
   static constexpr std::size_t max_early_incidents = 16;
 
   device_config cfg;
   directory_store_actor store;
   gateway_actor gateway;
+  /// Asked before a stranger's actor ends (null in tests of a lone device).
+  directory_actor directory;
 };
 
 using device_stateful = device_actor::stateful_pointer<device_state>;
@@ -98,6 +104,6 @@ using device_stateful = device_actor::stateful_pointer<device_state>;
 /// connection and delivers its commands in order.
 device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, directory_store_actor store,
-                                   gateway_actor gateway);
+                                   gateway_actor gateway, directory_actor directory = {});
 
 } // namespace parry

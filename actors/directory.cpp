@@ -18,8 +18,8 @@ device_actor device_for(directory_stateful self, const std::string& id) {
   auto& st = self->state;
   auto i = st.devices.find(id);
   if (i != st.devices.end()) return i->second;
-  auto d = self->spawn<caf::linked>(device, id, st.cfg, st.store, st.gateway);
-  self->monitor(d); // a stranger's actor ends on its own (device.cpp)
+  auto d = self->spawn<caf::linked>(device, id, st.cfg, st.store, st.gateway,
+                                    caf::actor_cast<directory_actor>(self));
   st.devices.emplace(id, d);
   return d;
 }
@@ -225,8 +225,9 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
       [self](atom::heartbeat, const std::string& id, const bus::heartbeat& hb) {
         self->send(device_for(self, id), atom::heartbeat_v, hb);
       },
-      [self](atom::incident, const std::string& id, bus::incident_report& r) {
-        self->send(device_for(self, id), atom::incident_v, std::move(r));
+      [self](atom::incident, const std::string& id, bus::incident_report& r,
+             uint64_t bytes) {
+        self->send(device_for(self, id), atom::incident_v, std::move(r), bytes);
       },
       [self](atom::ack, const std::string& id, std::string& action_id) {
         self->send(device_for(self, id), atom::ack_v, std::move(action_id));
@@ -356,6 +357,13 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         return rp;
       },
       [self](atom::get, const std::string& id) { return device_for(self, id); },
+      [self](atom::retire, const std::string& id) {
+        auto& devs = self->state.devices;
+        if (auto i = devs.find(id);
+            i != devs.end() && i->second.address() == self->current_sender())
+          devs.erase(i);
+        return atom::ok_v;
+      },
   };
 }
 

@@ -1,5 +1,7 @@
 #include "actors/gateway_bridge.hpp"
 
+#include <algorithm>
+
 #include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
 
@@ -39,7 +41,8 @@ bus::refusal invalid(std::string why) {
 std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
                                                bus::header&& h, std::string_view body,
                                                const bus::decode_limits& lim,
-                                               const bus::hello_limits& hl) {
+                                               const bus::hello_limits& hl,
+                                               ingest_gauge* gauge) {
   std::string why;
   auto& id = h.device_id;
   const auto& t = h.type;
@@ -61,7 +64,12 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
     if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
     if (why = validate_report(*m); !why.empty()) return invalid(why);
     normalize_hashes(*m);
-    caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m));
+    uint64_t bytes = 0;
+    if (gauge != nullptr) {
+      bytes = std::max<uint64_t>(body.size(), 1); // given back by the store
+      gauge->add(bytes);
+    }
+    caf::anon_send(dir, atom::incident_v, std::move(id), std::move(*m), bytes);
   } else if (t == bus::type::action_ack) {
     auto m = bus::decode<bus::action_ack>(body, lim, why);
     if (!m) return invalid(why);
@@ -146,6 +154,16 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
       second_ = now;
       second_count_ = 0;
     }
+    if (gauge_->bytes.load(std::memory_order_relaxed) >=
+        ingest_.incident_bytes_in_flight) {
+      bus::refusal r;
+      r.kind = bus::refusal_kind::busy;
+      r.reason = "server busy: too many incidents waiting to be stored";
+      r.limit = "max_incident_bytes_in_flight";
+      r.value = ingest_.incident_bytes_in_flight;
+      r.retry_after_ms = 1000;
+      return r;
+    }
     if (second_count_ >= ingest_.incidents_per_second) {
       bus::refusal r;
       r.kind = bus::refusal_kind::busy;
@@ -156,7 +174,8 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
       return r;
     }
   }
-  auto refused = check_and_dispatch(dir, std::move(h), body, lim_, ingest_.hello);
+  auto refused =
+      check_and_dispatch(dir, std::move(h), body, lim_, ingest_.hello, gauge_.get());
   if (refused) return refused;
   if (is_hello) s->helloed = true;
   // Counted once accepted: a malformed report does not use up the device's quota.

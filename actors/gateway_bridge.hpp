@@ -9,6 +9,7 @@
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/actors.hpp"
+#include "actors/ingest.hpp"
 #include "bus/gateway.hpp"
 
 namespace parry {
@@ -33,6 +34,9 @@ struct ingest_limits {
   uint32_t incidents_per_minute = 600;
   /// Incidents accepted per second from all devices together (`busy`).
   uint32_t incidents_per_second = 10000;
+  /// Bytes of incident reports accepted but not yet stored, all devices together;
+  /// beyond it a report is refused (`busy`) until the store catches up.
+  uint64_t incident_bytes_in_flight = 256ull << 20;
   /// A tracked id that never said a valid hello is forgotten after this long
   /// without a message.
   std::chrono::seconds unhelloed_idle{120};
@@ -46,8 +50,9 @@ class inbound_filter {
 public:
   using clock = std::chrono::steady_clock;
 
-  inbound_filter(bus::decode_limits lim, ingest_limits ingest)
-      : lim_(lim), ingest_(ingest) {}
+  inbound_filter(bus::decode_limits lim, ingest_limits ingest,
+                 std::shared_ptr<ingest_gauge> gauge = std::make_shared<ingest_gauge>())
+      : lim_(lim), ingest_(ingest), gauge_(std::move(gauge)) {}
 
   /// Checks one message; on success sends it to `dir` and returns nothing.
   std::optional<bus::refusal> operator()(const directory_actor& dir, bus::header&& h,
@@ -68,6 +73,7 @@ private:
 
   bus::decode_limits lim_;
   ingest_limits ingest_;
+  std::shared_ptr<ingest_gauge> gauge_;
   std::unordered_map<std::string, device_slot> devices_;
   clock::time_point second_{};
   uint32_t second_count_ = 0;
@@ -75,11 +81,13 @@ private:
 
 /// Decodes one inbound body by its header's type, checks it (UTF-8, bounds, ids,
 /// the incident chain) and sends it to the directory, without per-device
-/// accounting. Returns why it was refused, or nothing.
+/// accounting. An incident sent on is added to `gauge` (if any). Returns why it
+/// was refused, or nothing.
 std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
                                                bus::header&& h, std::string_view body,
                                                const bus::decode_limits& lim,
-                                               const bus::hello_limits& hl = {});
+                                               const bus::hello_limits& hl = {},
+                                               ingest_gauge* gauge = nullptr);
 
 /// The same, as a yes/no: false for a body that was refused.
 bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,

@@ -37,6 +37,9 @@ struct incident_record {
   std::string status = "new";
   int64_t created_at = 0;
   bus::incident_report report;
+  /// Not stored: the report's size on the wire (bytes), given back to the ingest
+  /// gauge (actors/ingest.hpp) once the store has handled it.
+  uint64_t wire_bytes = 0;
 };
 
 /// One response action.
@@ -191,7 +194,7 @@ template <class Inspector> auto inspect(Inspector& f, device_record& x) {
            x.isolated, x.first_seen, x.last_seen);
 }
 template <class Inspector> auto inspect(Inspector& f, incident_record& x) {
-  return f(x.incident_id, x.device_id, x.status, x.created_at, x.report);
+  return f(x.incident_id, x.device_id, x.status, x.created_at, x.report, x.wire_bytes);
 }
 template <class Inspector> auto inspect(Inspector& f, action_record& x) {
   return f(x.action_id, x.type, x.device_id, x.incident_id, x.target_kind,

@@ -752,6 +752,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
     return store_actor::behavior_type::make_empty_behavior();
   }
   st.max_page_bytes = std::max<size_t>(opts.max_page_bytes, 1);
+  st.ingest = opts.ingest;
   // The database holds password hashes: only the owner reads it, whatever the umask
   // was when a file was created (SQLite makes -wal and -shm on demand).
   if (path != ":memory:")
@@ -790,6 +791,14 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::put, const incident_record& r) -> caf::result<std::string> {
         auto& st = self->state;
+        // Handled, whatever the outcome: the report no longer counts as in flight.
+        struct release {
+          ingest_gauge* gauge;
+          uint64_t bytes;
+          ~release() {
+            if (gauge != nullptr && bytes > 0) gauge->done(bytes);
+          }
+        } released{st.ingest.get(), r.wire_bytes};
         // A re-sent report (lost acknowledgement, agent restart) is the same incident.
         std::string known;
         if (auto err = guarded("read", [&] {

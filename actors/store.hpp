@@ -3,6 +3,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/fwd.hpp"
+#include "actors/ingest.hpp"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -40,6 +42,8 @@ struct store_state {
   bool writer = false;
   /// A page of a list read stops growing once its JSON passes this many bytes.
   size_t max_page_bytes = 4 << 20;
+  /// See store_options::ingest.
+  std::shared_ptr<ingest_gauge> ingest;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
@@ -53,6 +57,9 @@ struct store_options {
   /// A page of a list read stops growing once its JSON passes this many bytes
   /// (it always holds at least one row).
   size_t max_page_bytes = 4 << 20;
+  /// Incidents in flight between the bus and the store (may be null): each one is
+  /// taken off once its write was handled.
+  std::shared_ptr<ingest_gauge> ingest;
 };
 
 /// The paging parameters of a list endpoint's query string: `limit` (a whole

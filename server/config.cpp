@@ -538,6 +538,11 @@ const std::vector<entry>& table() {
           "PARRY_MAX_INCIDENTS_PER_SECOND", "--max-incidents-per-second",
           "incidents accepted per second from all devices together",
           range{1, 10000000, "incidents"}),
+      key("max_incident_bytes_in_flight", &C::max_incident_bytes_in_flight,
+          "PARRY_MAX_INCIDENT_BYTES_IN_FLIGHT", "--max-incident-bytes-in-flight",
+          "incident reports (wire bytes) accepted but not yet stored, all devices "
+          "together; beyond it reports are refused as busy",
+          range{1 << 20, 4294967295, "bytes"}),
       key("pbkdf2_iterations", &C::pbkdf2_iterations, "PARRY_PBKDF2_ITERATIONS",
           "--pbkdf2-iterations", "PBKDF2-HMAC-SHA256 iterations for new passwords",
           range{1000, 10000000}),

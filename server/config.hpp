@@ -38,6 +38,8 @@ struct server_config {
   uint32_t max_incidents_per_minute = 600;
   /// Incidents accepted per second from all devices together.
   uint32_t max_incidents_per_second = 10000;
+  /// Bytes of incident reports accepted from the bus and not yet stored.
+  uint32_t max_incident_bytes_in_flight = 256u << 20;
   /// PBKDF2 iterations for new passwords.
   uint32_t pbkdf2_iterations = 600000;
   /// Failed logins before an account locks, and for how long.

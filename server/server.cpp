@@ -119,7 +119,11 @@ void server::start() {
     m.actors.push_back(caf::actor_cast<caf::strong_actor_ptr>(handle));
   };
   // The store runs on a thread of its own: SQLite blocks only there.
-  m.store = m.sys.spawn<caf::detached>(store, cfg.data_dir + "/parry.db");
+  // Incidents between the bus and the store (actors/ingest.hpp).
+  auto gauge = std::make_shared<ingest_gauge>();
+  store_options sopts;
+  sopts.ingest = gauge;
+  m.store = m.sys.spawn<caf::detached>(store_with, cfg.data_dir + "/parry.db", sopts);
   keep(m.store);
   ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
   // Files made before this start (or under another umask) are closed too.
@@ -131,6 +135,7 @@ void server::start() {
   ingest.max_devices = cfg.max_devices;
   ingest.incidents_per_minute = cfg.max_incidents_per_minute;
   ingest.incidents_per_second = cfg.max_incidents_per_second;
+  ingest.incident_bytes_in_flight = cfg.max_incident_bytes_in_flight;
   bus::gateway_options gopts;
   // Dead connections end after the same silence that makes a device offline, which
   // frees their routing id for the agent's next connection.
@@ -141,7 +146,7 @@ void server::start() {
   // before the socket starts, and never changes afterwards. The filter is only
   // used on that thread.
   auto dir_slot = std::make_shared<directory_actor>();
-  auto filter = std::make_shared<inbound_filter>(limits, ingest);
+  auto filter = std::make_shared<inbound_filter>(limits, ingest, gauge);
   m.bus = std::make_shared<bus::gateway>(
       cfg.bus_endpoint, limits,
       [dir_slot, filter](bus::header&& h, std::string_view body) {
@@ -163,6 +168,7 @@ void server::start() {
   device_config dcfg;
   dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
   dcfg.missed_heartbeats = cfg.missed_heartbeats;
+  dcfg.ingest = gauge;
   action_policy policy;
   policy.password_required = cfg.password_required;
   policy.start_process_allowlist = cfg.start_process_allowlist;
@@ -200,13 +206,15 @@ void server::start() {
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   std::weak_ptr<http_stats> weak_http = m.http_counters;
-  auto bus_stats = [weak_bus, weak_http, devices = dcfg.counters] {
+  auto bus_stats = [weak_bus, weak_http, devices = dcfg.counters, gauge] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
                        {"stranger_incidents", devices->stranger_incidents.load()},
                        {"strangers_forgotten", devices->strangers_forgotten.load()},
                        {"dropped_dead", devices->dropped_dead.load()}};
+    out["ingest"] = nlohmann::json{{"reports_in_flight", gauge->reports.load()},
+                                   {"bytes_in_flight", gauge->bytes.load()}};
     if (auto b = weak_bus.lock()) {
       const auto& s = b->stats();
       nlohmann::json refused = nlohmann::json::object();

@@ -95,6 +95,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   directory_actor dir;
   device_config dcfg;
   action_policy policy;
+  std::shared_ptr<ingest_gauge> gauge = std::make_shared<ingest_gauge>();
 
   fixture() {
     db_path = (std::filesystem::temp_directory_path() /
@@ -103,6 +104,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     std::filesystem::remove(db_path);
     dcfg.heartbeat_interval = 1s;
     dcfg.missed_heartbeats = 3;
+    dcfg.ingest = gauge;
     gw = sys.spawn(mock_gateway, sent);
     start_server();
   }
@@ -116,7 +118,9 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   }
 
   void start_server() {
-    st = sys.spawn(store, db_path);
+    store_options o;
+    o.ingest = gauge;
+    st = sys.spawn(store_with, db_path, o);
     dir = sys.spawn(directory, dcfg, policy, caf::timespan{5min}, st, gw);
     sched.run();
   }
@@ -180,7 +184,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   }
 
   std::string report_incident(const std::string& dev) {
-    caf::anon_send(dir, atom::incident_v, dev, phishing_report());
+    caf::anon_send(dir, atom::incident_v, dev, phishing_report(), uint64_t{0});
     sched.run();
     auto list = read("incidents");
     BOOST_REQUIRE(!list["incidents"].empty());
@@ -410,6 +414,50 @@ BOOST_AUTO_TEST_CASE(bad_incident_reports_are_rejected) {
   BOOST_TEST(!dispatch_inbound(dir, std::move(h), bus::encode(r), bus::decode_limits{}));
   sched.run();
   BOOST_TEST(read("incidents")["incidents"].empty());
+}
+
+BOOST_AUTO_TEST_CASE(incident_bytes_in_flight_are_bounded_and_given_back_once_stored) {
+  hello("dev-1");
+  auto frame = [](const char* report_id) {
+    auto r = phishing_report();
+    r.report_id = report_id;
+    return bus::encode(r);
+  };
+  auto header = [] {
+    bus::header h;
+    h.type = bus::type::incident;
+    h.device_id = "dev-1";
+    return h;
+  };
+  auto body = frame("r-1");
+  ingest_limits lim;
+  lim.incident_bytes_in_flight = body.size() + body.size() / 2;
+  inbound_filter filter{bus::decode_limits{}, lim, gauge};
+  auto now = inbound_filter::clock::now();
+  BOOST_TEST(!filter(dir, header(), body, now));
+  BOOST_TEST(gauge->reports.load() == 1u);
+  BOOST_TEST(gauge->bytes.load() == body.size());
+  // Another report would pass the bound while the first is not stored yet.
+  BOOST_TEST(!filter(dir, header(), frame("r-2"), now));
+  auto refused = filter(dir, header(), frame("r-3"), now);
+  BOOST_REQUIRE(refused);
+  BOOST_TEST((refused->kind == bus::refusal_kind::busy));
+  BOOST_TEST(refused->limit == "max_incident_bytes_in_flight");
+  BOOST_TEST(refused->retry_after_ms > 0u);
+  // Stored: the bytes are given back and reports are taken again.
+  sched.run();
+  BOOST_TEST(gauge->reports.load() == 0u);
+  BOOST_TEST(gauge->bytes.load() == 0u);
+  BOOST_TEST(read("incidents")["incidents"].size() == 2u);
+  BOOST_TEST(!filter(dir, header(), frame("r-3"), now));
+  sched.run();
+  BOOST_TEST(gauge->bytes.load() == 0u);
+  // A stranger's refused report is given back too.
+  caf::anon_send(dir, atom::incident_v, std::string{"ghost"}, phishing_report(),
+                 uint64_t{100});
+  gauge->add(100);
+  sched.run();
+  BOOST_TEST(gauge->bytes.load() == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(resent_report_is_the_same_incident) {
@@ -742,7 +790,8 @@ BOOST_AUTO_TEST_CASE(a_result_before_the_ack_after_a_restart_implies_the_ack) {
 BOOST_AUTO_TEST_CASE(a_device_id_that_never_said_hello_costs_nothing_durable) {
   // Heartbeats and incidents from an id the store does not know, without a hello.
   heartbeat("ghost");
-  caf::anon_send(dir, atom::incident_v, std::string{"ghost"}, phishing_report());
+  caf::anon_send(dir, atom::incident_v, std::string{"ghost"}, phishing_report(),
+                 uint64_t{0});
   sched.run();
   heartbeat("ghost");
   auto stored = self->request(st, caf::infinite, atom::query_v, atom::device_v,
@@ -905,7 +954,7 @@ struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
     gw = sys.spawn(mock_gateway, sent);
     device_config cfg;
     cfg.heartbeat_interval = std::chrono::hours{1};
-    dev = sys.spawn(device, "dev-9", cfg, st, gw);
+    dev = sys.spawn(device, "dev-9", cfg, st, gw, directory_actor{});
     sched.run();
     bus::hello h;
     h.hostname = "ws-9";

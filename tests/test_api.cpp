@@ -178,7 +178,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     h.os = "Windows 10";
     caf::anon_send(dir, atom::hello_v, dev, h);
     sched.run();
-    caf::anon_send(dir, atom::incident_v, dev, rep);
+    caf::anon_send(dir, atom::incident_v, dev, rep, uint64_t{0});
     sched.run();
     auto q = self->request(st, caf::infinite, atom::query_v, atom::incidents_v,
                            page_request{});
