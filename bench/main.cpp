@@ -96,6 +96,10 @@ int run(const options& opt) {
   srv.start();
   std::printf("parryd: pid %d, bus %s, files in %s\n", srv.pid(),
               srv.bus_endpoint().c_str(), srv.dir().c_str());
+  const auto caps_line =
+      "max_incidents_per_minute = " + std::to_string(srv.caps().per_device_per_minute) +
+      " per device, max_incidents_per_second = " + std::to_string(srv.caps().per_second);
+  std::printf("parryd: flood guard raised for the measurement: %s\n", caps_line.c_str());
   srv.login();
   std::this_thread::sleep_for(500ms); // start-up allocations settle before the first look
   res.rss_start = rss_kib(srv.pid());
@@ -134,6 +138,7 @@ int run(const options& opt) {
   std::printf("\nresults (%zu endpoints, %zu incidents, %zu rounds)\n", n, opt.incidents,
               opt.rounds);
   print_table(table(res, n));
+  std::printf("parryd ingest caps: %s\n", caps_line.c_str());
   std::printf("\nfinal /stats: %s\n", res.final_stats.dump().c_str());
 
   int agent_status = agents.stop(SIGTERM);

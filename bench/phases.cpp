@@ -213,6 +213,19 @@ void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair
     if (auto used = secs - threads0[name]; used >= 0.01)
       per_thread += " " + name + " " + fixed(used, 2);
   res.stored = stat_of(st, "incidents") - before;
+  // The guard is raised for the bench (server_under_test.hpp): a refusal here means
+  // the figure measured the guard, not the server.
+  auto refused = [&](const char* kind) -> uint64_t {
+    auto bus = st.find("bus");
+    if (bus == st.end() || !bus->contains("refused")) return 0;
+    const auto& r = (*bus)["refused"];
+    return r.contains(kind) && r[kind].is_number_unsigned() ? r[kind].get<uint64_t>() : 0;
+  };
+  if (auto rate = refused("rate"), busy = refused("busy"); rate + busy > 0)
+    res.problems.push_back("ingest: the flood guard refused " + std::to_string(rate) +
+                           " reports over max_incidents_per_minute and " +
+                           std::to_string(busy) +
+                           " over max_incidents_per_second; the figure is capped");
   std::printf("ingest: %zu reports sent in %.3f s, %zu stored after %.3f s "
               "(events %zu, bus %s)\n",
               m, res.send_secs, res.stored, res.ingest_secs, stat_of(st, "events"),

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdlib>
@@ -37,8 +38,20 @@ std::string tail(const std::string& path, std::size_t n) {
 
 } // namespace
 
+ingest_caps caps_for(const options& opt) {
+  // Reports go round-robin over the bench devices (phases.cpp, make_frames).
+  uint64_t per_device =
+      (opt.incidents + opt.endpoints - 1) / std::max<std::size_t>(opt.endpoints, 1);
+  ingest_caps c;
+  c.per_device_per_minute =
+      static_cast<uint32_t>(std::clamp<uint64_t>(2 * per_device, 600, 1'000'000));
+  c.per_second = static_cast<uint32_t>(
+      std::clamp<uint64_t>(2 * static_cast<uint64_t>(opt.incidents), 10'000, 10'000'000));
+  return c;
+}
+
 server_under_test::server_under_test(const options& opt)
-    : bin_dir_(opt.bin_dir), keep_(opt.keep) {
+    : bin_dir_(opt.bin_dir), keep_(opt.keep), caps_(caps_for(opt)) {
   char tmpl[] = "/tmp/parry-bench-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr)
     throw std::runtime_error("cannot create a temporary directory under /tmp");
@@ -47,9 +60,12 @@ server_under_test::server_under_test(const options& opt)
 
 void server_under_test::start() {
   // A cheap password hash keeps the login short; warnings only, so the log stays
-  // small under load.
-  std::ofstream{dir_ / "parryd.toml"} << "pbkdf2_iterations = 20000\n"
-                                      << "log_level = \"warn\"\n";
+  // small under load; the flood guard raised so that it does not cap ingest.
+  std::ofstream{dir_ / "parryd.toml"}
+      << "pbkdf2_iterations = 20000\n"
+      << "log_level = \"warn\"\n"
+      << "max_incidents_per_minute = " << caps_.per_device_per_minute << "\n"
+      << "max_incidents_per_second = " << caps_.per_second << "\n";
   auto parryd = bin_dir_ + "/parryd";
   if (::access(parryd.c_str(), X_OK) != 0)
     throw std::runtime_error(parryd + " is not an executable (see --bin-dir)");

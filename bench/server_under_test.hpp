@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -21,13 +22,31 @@
 
 namespace parry::bench {
 
+/// The flood guard parryd runs with during a bench (server/config.cpp keys
+/// `max_incidents_per_minute` and `max_incidents_per_second`). Its defaults (600 per
+/// device per minute, 10,000 per second in all) would cap the ingest figure; raised
+/// like this, ingest measures throughput, not the guard.
+struct ingest_caps {
+  uint32_t per_device_per_minute = 0; ///< max_incidents_per_minute, incidents
+  uint32_t per_second = 0;            ///< max_incidents_per_second, incidents
+};
+
+/// Caps for a run of `opt`: twice what one bench device sends in the whole run per
+/// minute, and twice all reports per second, never below parryd's defaults and
+/// never above the largest values it accepts (1,000,000 and 10,000,000).
+ingest_caps caps_for(const options& opt);
+
 /// parryd in a temporary directory, with a logged-in REST client.
 class server_under_test {
 public:
   explicit server_under_test(const options& opt);
 
-  /// Starts parryd and reads its REST URL and bus endpoint from its output.
+  /// Starts parryd with `caps()` and reads its REST URL and bus endpoint from its
+  /// output.
   void start();
+
+  /// The flood guard parryd was configured with.
+  const ingest_caps& caps() const { return caps_; }
 
   ~server_under_test();
 
@@ -50,6 +69,7 @@ public:
 private:
   std::string bin_dir_;
   bool keep_;
+  ingest_caps caps_;
   std::filesystem::path dir_;
   std::unique_ptr<parry::child_process> proc_;
   std::unique_ptr<parry::client> api_;

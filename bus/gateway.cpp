@@ -222,7 +222,8 @@ void gateway::run(void* raw) {
       if (count != 3) {
         refuse(raw, routing, nullptr,
                {refusal_kind::malformed,
-                "expected [header][body], got " + std::to_string(count - 1) + " frames"});
+                "expected [header][body], got " + std::to_string(count - 1) + " frames",
+                "", 0, 0});
         continue;
       }
       auto hframe = parts[1].to_string_view();
@@ -243,14 +244,15 @@ void gateway::run(void* raw) {
       }
       auto hdr = decode_header(hframe, limits_, why);
       if (!hdr) {
-        refuse(raw, routing, nullptr, {refusal_kind::malformed, "header: " + why});
+        refuse(raw, routing, nullptr,
+               {refusal_kind::malformed, "header: " + why, "", 0, 0});
         continue;
       }
       // The header must name the connection it came on: no speaking for others.
       if (hdr->device_id != routing) {
-        refuse(
-            raw, routing, &*hdr,
-            {refusal_kind::spoofed, "header names device " + printable(hdr->device_id)});
+        refuse(raw, routing, &*hdr,
+               {refusal_kind::spoofed, "header names device " + printable(hdr->device_id),
+                "", 0, 0});
         continue;
       }
       auto saved = *hdr;

@@ -19,6 +19,8 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "agent-sim/agent_session.hpp"
+#include "agent-sim/executor.hpp"
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_endpoint.hpp"
 #include "agent-sim/sim_runner.hpp"
@@ -1584,4 +1586,134 @@ BOOST_AUTO_TEST_CASE(cancel_in_time_never_runs_and_too_late_says_so) {
   BOOST_TEST(ep.stats().commands_executed == 1u);
   BOOST_TEST(ep.stats().cancelled_commands == 2u);
   BOOST_TEST(ep.stats().late_cancels == 1u);
+}
+
+// -- the executor seam ----------------------------------------------------------------
+
+namespace {
+
+// Records what the session asks of it; every action succeeds.
+struct recording_executor final : executor {
+  std::vector<std::string> calls;
+  terminate_args terminated;
+  start_args started;
+  bool isolated_now = false;
+
+  execution done(const std::string& what) {
+    calls.push_back(what);
+    execution e;
+    e.ok = true;
+    e.effect["did"] = what;
+    return e;
+  }
+  execution isolate() override {
+    isolated_now = true;
+    return done("isolate");
+  }
+  execution release_isolation() override {
+    isolated_now = false;
+    return done("release_isolation");
+  }
+  execution terminate_process(const terminate_args& p) override {
+    terminated = p;
+    return done("terminate_process");
+  }
+  execution start_process(const start_args& p, int64_t) override {
+    started = p;
+    return done("start_process");
+  }
+  execution quarantine(const file_args& p) override {
+    return done("quarantine " + p.path);
+  }
+  execution restore_from_quarantine(const restore_args& p) override {
+    return done("restore " + p.quarantine_id);
+  }
+  execution delete_file(const file_args& p) override { return done("delete " + p.path); }
+  execution prevent_run(const hash_args& p) override {
+    return done("prevent " + p.sha256);
+  }
+  execution allow_run(const hash_args& p) override { return done("allow " + p.sha256); }
+  void cancelled_before_start(const std::string& id) override {
+    calls.push_back("cancelled " + id);
+  }
+  bool isolated() const override { return isolated_now; }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(session_hands_only_checked_commands_to_its_executor_once) {
+  recording_executor exec;
+  session_config cfg;
+  cfg.device_id = "real-0001";
+  cfg.identity.hostname = "host";
+  cfg.os = os_family::posix;
+  cfg.started_at = t0;
+  agent_session s(cfg, exec, nullptr);
+  int64_t now = t0;
+  s.start(now);
+  s.on_link_up(now);
+  bus::welcome w;
+  w.heartbeat_interval_ms = 1000;
+  s.on_message(header_frame("welcome", "real-0001"), bus::encode(w), now);
+  BOOST_TEST(s.welcomed());
+
+  // Checked values arrive typed: a decimal pid and start time, the hash lower-cased.
+  auto r = s.handle_command(
+      make_action("a-1", "terminate_process", {{"pid", "4242"}, {"start_time", "-7"}}),
+      now);
+  BOOST_TEST(r.result.ok);
+  BOOST_TEST(exec.terminated.pid == 4242u);
+  BOOST_TEST(exec.terminated.start_time == -7);
+  r = s.handle_command(
+      make_action("a-2", "prevent_run", {{"sha256", std::string(64, 'A')}}), now);
+  BOOST_TEST(r.result.ok);
+  BOOST_TEST(r.result.effect.at("did") == "prevent " + std::string(64, 'a'));
+  r = s.handle_command(
+      make_action("a-3", "start_process", start_params("/usr/bin/id", {"-u", "x y"})),
+      now);
+  BOOST_TEST(r.result.ok);
+  BOOST_TEST(exec.started.path == "/usr/bin/id");
+  BOOST_TEST(exec.started.working_directory.empty()); // the executor's default
+  BOOST_TEST((exec.started.args == std::vector<std::string>{"-u", "x y"}));
+
+  // Refused parameters never reach the executor, and the failure is journaled.
+  std::size_t before = exec.calls.size();
+  r = s.handle_command(
+      make_action("a-4", "quarantine", {{"path", "../etc/passwd"}, {"sha256", "x"}}),
+      now);
+  BOOST_TEST(!r.result.ok);
+  BOOST_TEST(r.result.error.find("not absolute") != std::string::npos);
+  r = s.handle_command(make_action("a-5", "terminate_process", {{"pid", "0"}}), now);
+  BOOST_TEST(!r.result.ok);
+  r = s.handle_command(make_command("a-6", "isolate", now - 1), now); // expired
+  BOOST_TEST(r.result.error == "expired");
+  BOOST_TEST(exec.calls.size() == before);
+
+  // A repeated action id is answered from the journal, not executed again.
+  r = s.handle_command(make_command("a-7", "isolate"), now);
+  BOOST_TEST(r.executed);
+  r = s.handle_command(make_command("a-7", "isolate"), now);
+  BOOST_TEST(!r.executed);
+  BOOST_TEST(r.result.ok);
+  BOOST_TEST(std::count(exec.calls.begin(), exec.calls.end(), "isolate") == 1);
+  // Heartbeats report the executor's isolation state.
+  bool saw_heartbeat = false;
+  for (const auto& o : s.tick(now + 2'000'000))
+    if (o.head.type == "heartbeat") {
+      saw_heartbeat = true;
+      BOOST_TEST(body_of<bus::heartbeat>(o).isolated);
+    }
+  BOOST_TEST(saw_heartbeat);
+
+  // A cancel that comes before the command is the executor's to hear, and the
+  // command never runs afterwards.
+  bus::cancel c;
+  c.action_id = "a-8";
+  auto out = s.on_message(header_frame("cancel", "real-0001"), bus::encode(c), now);
+  BOOST_TEST(types_of(out) == std::vector<std::string>{"cancel_result"});
+  BOOST_TEST(exec.calls.back() == "cancelled a-8");
+  before = exec.calls.size();
+  r = s.handle_command(make_command("a-8", "isolate"), now);
+  BOOST_TEST(!r.executed);
+  BOOST_TEST(exec.calls.size() == before);
 }
