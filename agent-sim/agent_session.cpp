@@ -310,6 +310,19 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
       spdlog::debug("{}: result_ack for unknown action {}", cfg_.device_id, a->action_id);
     return out;
   }
+  if (h->type == bus::type::rejected) {
+    auto r = bus::decode<bus::rejected>(body_frame, limits_, why);
+    if (!r) return drop("rejected: " + why);
+    ++stats_.rejected;
+    spdlog::debug("{}: the server refused a '{}': {}", cfg_.device_id, r->type,
+                  r->reason);
+    // The server does not know us (its database was replaced): say hello again.
+    if (r->limit == "hello" && welcomed_) {
+      welcomed_ = false;
+      out.push_back(make_hello(now));
+    }
+    return out;
+  }
   ++stats_.unknown_frames;
   spdlog::debug("{}: ignored a message of type '{}'", cfg_.device_id, h->type);
   return out;

@@ -63,6 +63,7 @@ struct session_stats {
   uint64_t held_commands = 0;      ///< Commands put on hold by the test hook.
   uint64_t cancelled_commands = 0; ///< `cancel`s that came in time: never ran.
   uint64_t late_cancels = 0;       ///< `cancel`s for commands already executed.
+  uint64_t rejected = 0;           ///< `rejected` answers from the server.
 };
 
 /// Settings of one session.

@@ -481,6 +481,22 @@ BOOST_AUTO_TEST_CASE(protocol_without_sockets) {
   out = ep.on_link_up(now);
   BOOST_TEST((types_of(out) == std::vector<std::string>{"hello"}));
   BOOST_TEST(body_of<bus::hello>(out[0]).isolated);
+
+  // A server that does not know the device (its database was replaced) answers
+  // `rejected` with limit "hello": the endpoint says hello again.
+  BOOST_TEST(ep.on_message(header_frame("welcome", id), bus::encode(w), now).empty());
+  bus::rejected r;
+  r.type = "heartbeat";
+  r.limit = "hello";
+  r.reason = "unknown device: send hello first";
+  out = ep.on_message(header_frame("rejected", id), bus::encode(r), now);
+  BOOST_TEST((types_of(out) == std::vector<std::string>{"hello"}));
+  BOOST_TEST(!ep.welcomed());
+  // Any other refusal is counted, nothing more.
+  BOOST_TEST(ep.on_message(header_frame("welcome", id), bus::encode(w), now).empty());
+  r.limit = "max_incidents_per_minute";
+  BOOST_TEST(ep.on_message(header_frame("rejected", id), bus::encode(r), now).empty());
+  BOOST_TEST(ep.welcomed());
 }
 
 BOOST_AUTO_TEST_CASE(bad_frames_are_counted_and_dropped) {
