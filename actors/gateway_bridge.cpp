@@ -36,6 +36,18 @@ bus::refusal invalid(std::string why) {
   return r;
 }
 
+/// A capacity or rate limit was reached: the agent may retry after `retry_ms`.
+bus::refusal over_limit(bus::refusal_kind kind, std::string why, const char* limit,
+                        uint64_t value, uint32_t retry_ms) {
+  bus::refusal r;
+  r.kind = kind;
+  r.reason = std::move(why);
+  r.limit = limit;
+  r.value = value;
+  r.retry_after_ms = retry_ms;
+  return r;
+}
+
 } // namespace
 
 std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
@@ -121,15 +133,9 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
                                                        std::string_view body,
                                                        clock::time_point now) {
   auto* s = slot_for(h.device_id, now);
-  if (s == nullptr) {
-    bus::refusal r;
-    r.kind = bus::refusal_kind::device_cap;
-    r.reason = "too many devices";
-    r.limit = "max_devices";
-    r.value = ingest_.max_devices;
-    r.retry_after_ms = 60000;
-    return r;
-  }
+  if (s == nullptr)
+    return over_limit(bus::refusal_kind::device_cap, "too many devices", "max_devices",
+                      ingest_.max_devices, 60000);
   s->last = now;
   bool is_hello = h.type == bus::type::hello;
   bool is_incident = h.type == bus::type::incident;
@@ -139,40 +145,23 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
       s->incidents = 0;
     }
     if (s->incidents >= ingest_.incidents_per_minute) {
-      bus::refusal r;
-      r.kind = bus::refusal_kind::rate;
-      r.reason = "too many incidents from this device";
-      r.limit = "max_incidents_per_minute";
-      r.value = ingest_.incidents_per_minute;
-      r.retry_after_ms =
-          static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    s->window + std::chrono::minutes{1} - now)
-                                    .count());
-      return r;
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          s->window + std::chrono::minutes{1} - now);
+      return over_limit(bus::refusal_kind::rate, "too many incidents from this device",
+                        "max_incidents_per_minute", ingest_.incidents_per_minute,
+                        static_cast<uint32_t>(left.count()));
     }
     if (now - second_ >= std::chrono::seconds{1}) {
       second_ = now;
       second_count_ = 0;
     }
-    if (gauge_->bytes.load(std::memory_order_relaxed) >=
-        ingest_.incident_bytes_in_flight) {
-      bus::refusal r;
-      r.kind = bus::refusal_kind::busy;
-      r.reason = "server busy: too many incidents waiting to be stored";
-      r.limit = "max_incident_bytes_in_flight";
-      r.value = ingest_.incident_bytes_in_flight;
-      r.retry_after_ms = 1000;
-      return r;
-    }
-    if (second_count_ >= ingest_.incidents_per_second) {
-      bus::refusal r;
-      r.kind = bus::refusal_kind::busy;
-      r.reason = "server busy";
-      r.limit = "max_incidents_per_second";
-      r.value = ingest_.incidents_per_second;
-      r.retry_after_ms = 1000;
-      return r;
-    }
+    if (gauge_->bytes.load(std::memory_order_relaxed) >= ingest_.incident_bytes_in_flight)
+      return over_limit(
+          bus::refusal_kind::busy, "server busy: too many incidents waiting to be stored",
+          "max_incident_bytes_in_flight", ingest_.incident_bytes_in_flight, 1000);
+    if (second_count_ >= ingest_.incidents_per_second)
+      return over_limit(bus::refusal_kind::busy, "server busy",
+                        "max_incidents_per_second", ingest_.incidents_per_second, 1000);
   }
   auto refused =
       check_and_dispatch(dir, std::move(h), body, lim_, ingest_.hello, gauge_.get());
