@@ -149,14 +149,14 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   }
 
   user_record user(const std::string& name) {
-    return user_record{name, "operator",           std::string(32, '0'),
+    return user_record{name, user_role::operator_, std::string(32, '0'),
                        1,    std::string(64, '0'), 1};
   }
 
   action_record action(const std::string& id) {
     action_record a;
     a.action_id = id;
-    a.type = "isolate";
+    a.type = action_type::isolate;
     a.device_id = "dev-1";
     a.incident_id = "inc-1";
     a.requested_by = "alice";
