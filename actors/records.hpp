@@ -44,9 +44,10 @@ struct incident_record {
 /// One response action.
 struct action_record {
   std::string action_id;
-  action_type type = action_type::isolate;
+  action_type type = action_type::isolate; ///< A word at the edges ("quarantine").
   std::string device_id;
   std::string incident_id;
+  /// How the request named its target ("detection" or "event" at the edges).
   parry::target_kind target_kind = parry::target_kind::detection;
   std::string target_event_id; ///< The event acted on (for both kinds).
   std::map<std::string, std::string> params;
@@ -75,7 +76,7 @@ struct transition {
 
 /// What a person asked for through REST (or an integrator through the bus).
 struct action_request {
-  action_type type = action_type::isolate;
+  action_type type = action_type::isolate; ///< Parsed at the edge (api).
   std::string incident_id;
   parry::target_kind target_kind = parry::target_kind::detection;
   std::string event_id;
