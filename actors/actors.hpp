@@ -173,8 +173,9 @@ using device_actor = caf::typed_actor<
     caf::reacts_to<atom::check>,
     // Timer: a stranger (not stored, no valid hello) that stayed quiet ends.
     caf::reacts_to<atom::retire>,
-    // An action wants its command executed on this device, in registration order.
-    caf::reacts_to<atom::submit, bus::command, response_action_actor>,
+    // An action wants its command (of that type) executed on this device, in
+    // registration order.
+    caf::reacts_to<atom::submit, action_type, bus::command, response_action_actor>,
     // The action stored `sent`: the command may go out.
     caf::reacts_to<atom::sent, std::string>,
     // The action stored its final state: confirm the result to the agent.

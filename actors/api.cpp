@@ -121,9 +121,10 @@ std::string cookie(const std::string& token) {
 }
 
 /// Reads the action request body and the password re-entry; an error names the bad
-/// field.
-caf::expected<action_request> parse_action(const std::string& body,
-                                           std::string& password) {
+/// field, and for an unknown type or target kind the legal values. `what` says what
+/// was asked for ("<type> on <incident>") once the body has the right shape.
+caf::expected<action_request> parse_action(const std::string& body, std::string& password,
+                                           std::string& what) {
   auto j = json::parse(body, nullptr, false);
   if (!j.is_object()) return make_error(ec::bad_request, "body must be a JSON object");
   action_request req;
@@ -134,7 +135,8 @@ caf::expected<action_request> parse_action(const std::string& body,
     out = i->get<std::string>();
     return true;
   };
-  if (!str(j, "type", req.type) || req.type.empty())
+  std::string type, kind;
+  if (!str(j, "type", type) || type.empty())
     return make_error(ec::bad_request, "'type' must be a non-empty string");
   if (!str(j, "incident_id", req.incident_id) || !bus::valid_id(req.incident_id))
     return make_error(ec::bad_request, "'incident_id' must name an incident");
@@ -145,7 +147,7 @@ caf::expected<action_request> parse_action(const std::string& body,
   auto t = j.find("target");
   if (t == j.end() || !t->is_object())
     return make_error(ec::bad_request, "'target' must be an object with a 'kind'");
-  if (!str(*t, "kind", req.target_kind) || !str(*t, "event_id", req.event_id))
+  if (!str(*t, "kind", kind) || !str(*t, "event_id", req.event_id))
     return make_error(ec::bad_request,
                       "'target.kind' and 'target.event_id' must be strings");
   if (auto p = j.find("params"); p != j.end() && !p->is_null()) {
@@ -174,6 +176,17 @@ caf::expected<action_request> parse_action(const std::string& body,
       req.params.emplace(k, v.get<std::string>());
     }
   }
+  what = type + " on " + req.incident_id;
+  if (auto x = action_type_from_string(type))
+    req.type = *x;
+  else
+    return make_error(ec::bad_request, "unknown action type " + shown(type) +
+                                           "; legal values are " + legal_action_types());
+  if (auto x = target_kind_from_string(kind))
+    req.target_kind = *x;
+  else
+    return make_error(ec::bad_request, "target.kind must be one of " +
+                                           legal_target_kinds() + ", not " + shown(kind));
   return req;
 }
 
@@ -199,11 +212,6 @@ split_target(const std::string& target) {
     }
   }
   return {percent_decode(std::string_view{target}.substr(0, q)), std::move(params)};
-}
-
-bool may_act(const std::string& role) {
-  auto r = user_role_from_string(role);
-  return r && may_trigger(*r);
 }
 
 namespace {
@@ -286,17 +294,18 @@ template <class What> void read_page(call c, What what) {
 /// Runs `then` once the caller's password is confirmed, when `type` needs it. The
 /// confirmation is throttled per session: other people's failures never stop it.
 template <class F>
-void with_password(call c, const std::string& type, const std::string& password, F then) {
+void with_password(call c, action_type type, const std::string& password, F then) {
   if (!c.self->state.policy.needs_password(type)) {
     then(false);
     return;
   }
-  auto refuse = [c, type](const caf::error& err) mutable {
-    audit(c.self, c.who.username, "trigger_refused", type, message_of(err));
+  std::string name = to_string(type);
+  auto refuse = [c, name](const caf::error& err) mutable {
+    audit(c.self, c.who.username, "trigger_refused", name, message_of(err));
     c.answer(err);
   };
   if (password.empty()) {
-    refuse(make_error(ec::unauthenticated, type + " needs your password in 'password'"));
+    refuse(make_error(ec::unauthenticated, name + " needs your password in 'password'"));
     return;
   }
   c.self
@@ -346,7 +355,7 @@ void login(call c) {
           [c](const std::string& token, const principal& who) mutable {
             auto r = reply(200, json{{"csrf_token", who.csrf_token},
                                      {"user", json{{"username", who.username},
-                                                   {"role", who.role}}}});
+                                                   {"role", to_string(who.role)}}}});
             r.set_cookies.push_back(cookie(token));
             c.answer(std::move(r));
           },
@@ -397,7 +406,8 @@ void post_token(call c) {
           [c](const std::string& token, const token_record& rec) mutable {
             auto j = token_json(rec);
             j["token"] = token;
-            j["user"] = json{{"username", c.who.username}, {"role", c.who.role}};
+            j["user"] =
+                json{{"username", c.who.username}, {"role", to_string(c.who.role)}};
             c.answer(reply(201, j));
           },
           c.on_error());
@@ -460,16 +470,20 @@ void available(call c) {
 }
 
 void post_action(call c) {
-  std::string password;
-  auto parsed = parse_action(c.req.body, password);
-  if (!parsed) return c.answer(parsed.error());
+  std::string password, what;
+  auto parsed = parse_action(c.req.body, password, what);
+  if (!parsed) {
+    // A well-formed request for an unknown type or kind is a refused trigger.
+    if (!what.empty())
+      audit(c.self, c.who.username, "trigger_refused", what, message_of(parsed.error()));
+    return c.answer(parsed.error());
+  }
   auto areq = std::move(*parsed);
   areq.username = c.who.username;
   areq.role = c.who.role;
   areq.idempotency_key = c.req.idempotency_key;
   if (areq.idempotency_key.size() > 128)
     return c.answer(ec::bad_request, "Idempotency-Key is longer than 128 characters");
-  auto what = areq.type + " on " + areq.incident_id;
   auto go = [c, areq, what, password]() mutable {
     with_password(c, areq.type, password, [c, areq, what](bool confirmed) mutable {
       areq.password_confirmed = confirmed;
@@ -530,14 +544,12 @@ void reverse_action(call c) {
   c.self->request(c.self->state.store, c.left(), atom::get_v, atom::action_v, id)
       .then(
           [c, id, areq, password](const action_record& original) mutable {
-            auto type = reverse_of(original.type);
-            with_password(c, type.empty() ? original.type : type, password,
-                          [c, id, areq](bool confirmed) mutable {
-                            areq.password_confirmed = confirmed;
-                            audit(c.self, c.who.username, "reverse", id, "requested");
-                            register_via_directory(c, "reverse of " + id, atom::reverse_v,
-                                                   id, areq);
-                          });
+            auto type = reverse_of(original.type).value_or(original.type);
+            with_password(c, type, password, [c, id, areq](bool confirmed) mutable {
+              areq.password_confirmed = confirmed;
+              audit(c.self, c.who.username, "reverse", id, "requested");
+              register_via_directory(c, "reverse of " + id, atom::reverse_v, id, areq);
+            });
           },
           c.on_error());
 }
@@ -608,15 +620,16 @@ void post_user(call c) {
       !j["role"].is_string())
     return c.answer(ec::bad_request,
                     "body must be {\"username\", \"password\", \"role\"}");
+  auto role = user_role_from_string(j["role"].get_ref<const std::string&>());
   user_record u{j["username"].get<std::string>(),
-                j["role"].get<std::string>(),
+                role.value_or(user_role::operator_),
                 "",
                 0,
                 "",
                 now_us()};
   if (!valid_username(u.username))
     return c.answer(ec::bad_request, "username: 1-64 characters of [A-Za-z0-9._-]");
-  if (!valid_role(u.role))
+  if (!role)
     return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
   auto password = j["password"].get<std::string>();
   if (auto why = password_problem(password); !why.empty())
@@ -625,10 +638,11 @@ void post_user(call c) {
     c.self->request(c.self->state.store, c.left(), atom::put_v, u)
         .then(
             [c, u](atom::ok) mutable {
-              audit(c.self, c.who.username, "user_created", u.username, "role " + u.role);
+              audit(c.self, c.who.username, "user_created", u.username,
+                    std::string{"role "} + to_string(u.role));
               c.answer(
                   reply(201, json{{"user", json{{"username", u.username},
-                                                {"role", u.role},
+                                                {"role", to_string(u.role)},
                                                 {"created_at", format_time(u.created_at)},
                                                 {"locked", false}}}}));
             },
@@ -657,11 +671,13 @@ void patch_user(call c) {
   auto name = c.args[0];
   auto j = c.body();
   if (!j.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
-  std::string role, password;
+  std::optional<user_role> role;
+  std::string password;
   if (j.contains("role")) {
-    if (!j["role"].is_string() || !valid_role(j["role"].get<std::string>()))
+    if (j["role"].is_string())
+      role = user_role_from_string(j["role"].get_ref<const std::string&>());
+    if (!role)
       return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
-    role = j["role"].get<std::string>();
   }
   if (j.contains("password")) {
     if (!j["password"].is_string())
@@ -673,17 +689,18 @@ void patch_user(call c) {
   c.self->request(c.self->state.store, c.left(), atom::user_v, name)
       .then(
           [c, role, password](user_record u) mutable {
-            if (!role.empty()) u.role = role;
+            if (role) u.role = *role;
             hash_then(c, std::move(u), password, [c, password](user_record u) mutable {
               c.self->request(c.self->state.store, c.left(), atom::update_v, u)
                   .then(
                       [c, u, password](atom::ok) mutable {
                         c.self->send(c.self->state.auth, atom::forget_v, u.username);
                         audit(c.self, c.who.username, "user_changed", u.username,
-                              "role " + u.role +
+                              std::string{"role "} + to_string(u.role) +
                                   (password.empty() ? "" : ", new password"));
-                        c.answer(reply(200, json{{"user", json{{"username", u.username},
-                                                               {"role", u.role}}}}));
+                        c.answer(reply(
+                            200, json{{"user", json{{"username", u.username},
+                                                    {"role", to_string(u.role)}}}}));
                       },
                       c.on_error());
             });
@@ -715,7 +732,7 @@ void stats(call c) {
 enum class access {
   anyone,        ///< No session or token needed.
   user,          ///< Any authenticated user.
-  actor,         ///< administrator or security_officer (may_act).
+  actor,         ///< administrator or security_officer (may_trigger).
   administrator, ///< administrator only.
 };
 
@@ -772,15 +789,15 @@ bool matches(const char* pattern, const std::vector<std::string>& seg,
   return true;
 }
 
-const char* role_problem(access who, const std::string& role) {
+const char* role_problem(access who, user_role role) {
   switch (who) {
   case access::anyone:
   case access::user:
     return nullptr;
   case access::actor:
-    return may_act(role) ? nullptr : "may not trigger, cancel or reverse actions";
+    return may_trigger(role) ? nullptr : "may not trigger, cancel or reverse actions";
   case access::administrator:
-    return role == "administrator" ? nullptr : "is not an administrator";
+    return may_administer(role) ? nullptr : "is not an administrator";
   }
   return "unknown access rule";
 }
@@ -799,7 +816,8 @@ void dispatch(call c, const route& r) {
           [c, &r](const principal& who) mutable {
             c.who = who;
             if (auto why = role_problem(r.who, who.role))
-              return c.answer(ec::forbidden, "role " + who.role + " " + why);
+              return c.answer(ec::forbidden,
+                              std::string{"role "} + to_string(who.role) + " " + why);
             if (c.req.method != "GET" && who.via_session &&
                 !equal_constant_time(c.req.csrf, who.csrf_token))
               return c.answer(ec::forbidden, "missing or wrong X-CSRF-Token");

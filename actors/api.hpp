@@ -49,7 +49,4 @@ api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor ha
 std::pair<std::string, std::map<std::string, std::string>>
 split_target(const std::string& target);
 
-/// True for the roles that may trigger, cancel and reverse actions.
-bool may_act(const std::string& role);
-
 } // namespace parry

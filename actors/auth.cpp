@@ -194,10 +194,6 @@ int64_t retry_after_of(const caf::error& err) {
   }
 }
 
-bool valid_role(const std::string& role) {
-  return user_role_from_string(role).has_value();
-}
-
 hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iterations) {
   return {
       [iterations](atom::verify, const std::string& password, const user_record& u) {
@@ -376,7 +372,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
       [self](atom::token, atom::list, const principal& who,
              bool all) -> caf::result<std::vector<token_record>> {
         auto rp = self->make_response_promise<std::vector<token_record>>();
-        auto owner = all && who.role == "administrator" ? std::string{} : who.username;
+        auto owner = all && may_administer(who.role) ? std::string{} : who.username;
         self->request(self->state.store, store_wait, atom::token_v, atom::list_v, owner)
             .then([rp](std::vector<token_record>& xs) mutable { rp.deliver(xs); },
                   [rp](caf::error& err) mutable { rp.deliver(err); });
@@ -385,7 +381,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
       [self](atom::revoke, const principal& who,
              const std::string& token_id) -> caf::result<atom::ok> {
         // Owners revoke their own; administrators anyone's.
-        auto owner = who.role == "administrator" ? std::string{} : who.username;
+        auto owner = may_administer(who.role) ? std::string{} : who.username;
         auto rp = self->make_response_promise<atom::ok>();
         self->request(self->state.store, store_wait, atom::revoke_v, atom::token_v,
                       token_id, owner)
@@ -432,7 +428,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
                     return;
                   }
                   auto generated = password.empty() ? random_hex(12) : std::string{};
-                  user_record u{"admin", "administrator", "", 0, "", now_us()};
+                  user_record u{"admin", user_role::administrator, "", 0, "", now_us()};
                   self->request(self->state.hasher, std::chrono::minutes{2}, atom::hash_v,
                                 password.empty() ? generated : password, u)
                       .then(

@@ -91,9 +91,6 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
 /// Password hashing. Spawn it detached: each call blocks for a few hundred ms.
 hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iterations);
 
-/// True for the roles parryd knows.
-bool valid_role(const std::string& role);
-
 /// Seconds after which a refused (429) check may be tried again, from the error auth
 /// answered; 0 when the error carries none.
 int64_t retry_after_of(const caf::error& err);

@@ -350,9 +350,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           // The result is the agent's own report of its isolation state.
           auto& rec = self->state.rec;
           bool was = rec.isolated;
-          if (r.ok && p->cmd.type == to_string(action_type::isolate))
+          if (r.ok && p->type == action_type::isolate)
             rec.isolated = true;
-          else if (r.ok && p->cmd.type == to_string(action_type::release_isolation))
+          else if (r.ok && p->type == action_type::release_isolation)
             rec.isolated = false;
           if (rec.isolated != was) persist(self);
           self->send(p->action, atom::result_v, std::move(r));
@@ -395,16 +395,16 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         else
           self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
       },
-      [self](atom::submit, bus::command& cmd, response_action_actor& action) {
+      [self](atom::submit, action_type type, bus::command& cmd,
+             response_action_actor& action) {
         auto& st = self->state;
         // Isolating an isolated device with nothing else in flight changes nothing.
-        if (cmd.type == to_string(action_type::isolate) && st.rec.isolated &&
-            st.queue.empty()) {
+        if (type == action_type::isolate && st.rec.isolated && st.queue.empty()) {
           self->send(action, atom::noop_v, std::string{"device already isolated"});
           return;
         }
         self->monitor(action);
-        st.queue.push_back(pending_command{std::move(cmd), action});
+        st.queue.push_back(pending_command{type, std::move(cmd), action});
         if (st.rec.online)
           self->send(action, atom::transmit_v);
         else

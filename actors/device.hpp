@@ -49,6 +49,7 @@ struct device_config {
 
 /// A command waiting for, or on its way to, the agent.
 struct pending_command {
+  action_type type = action_type::isolate; ///< What `cmd` asks for.
   bus::command cmd;
   response_action_actor action;
   bool cleared = false;     ///< The action stored `sent`: it may go out.

@@ -75,22 +75,24 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
     // store handles the audit record before the action's first write.
     self->request(self->state.store, store_timeout, atom::audit_v,
                   audit_entry{rec.requested_by, "trigger", rec.action_id,
-                              rec.type + " on " + rec.device_id + " (" + what + ")"})
+                              std::string{to_string(rec.type)} + " on " + rec.device_id +
+                                  " (" + what + ")"})
         .then([](atom::ok) {},
               [](caf::error& err) {
                 spdlog::error("directory: cannot write the audit trail: {}",
                               message_of(err));
               });
     auto dev = device_for(self, rec.device_id);
+    auto type = rec.type;
     auto cmd = to_command(rec);
     auto act = spawn_action(self, std::move(rec));
     self->request(act, actor_timeout, atom::start_v).then(ok, fail);
     // Queued on the device now, while the directory sees requests one at a time:
     // commands run in the order they were registered. The command waits in the
     // queue until the action has stored `sent`.
-    self->send(dev, atom::submit_v, std::move(cmd), act);
+    self->send(dev, atom::submit_v, type, std::move(cmd), act);
   };
-  bool release = rec.type == to_string(action_type::release_isolation);
+  bool release = rec.type == action_type::release_isolation;
   if (!release && !needs_device_os(rec)) {
     go(std::move(rec));
     return;
@@ -122,7 +124,7 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
 /// Validates `req` with its incident and registers the action it describes.
 template <class Ok, class Fail>
 void register_new(directory_stateful self, action_request req, Ok ok, Fail fail) {
-  auto what = req.type + " on " + req.incident_id;
+  auto what = std::string{to_string(req.type)} + " on " + req.incident_id;
   with_incident(
       self, req.incident_id,
       [self, req, ok, fail, what](incident_actor inc) mutable {
@@ -147,9 +149,11 @@ auto deliver_to(caf::typed_response_promise<action_record> rp) {
 caf::expected<action_record> make_reverse(const action_record& original,
                                           const action_request& req,
                                           const action_policy& policy, int64_t now) {
-  auto type = reverse_of(original.type);
-  if (type.empty())
-    return make_error(ec::not_applicable, original.type + " cannot be reversed");
+  auto reverse = reverse_of(original.type);
+  if (!reverse)
+    return make_error(ec::not_applicable,
+                      std::string{to_string(original.type)} + " cannot be reversed");
+  auto type = *reverse;
   if (original.state != state::completed)
     return make_error(ec::not_applicable,
                       "action " + original.action_id + " is " +
@@ -160,7 +164,8 @@ caf::expected<action_record> make_reverse(const action_record& original,
                                               " is already being reversed by " +
                                               original.reversed_by);
   if (policy.needs_password(type) && !req.password_confirmed)
-    return make_error(ec::unauthenticated, type + " needs your password");
+    return make_error(ec::unauthenticated,
+                      std::string{to_string(type)} + " needs your password");
   action_record a;
   a.action_id = "act-" + random_hex(12);
   a.type = type;
@@ -169,7 +174,7 @@ caf::expected<action_record> make_reverse(const action_record& original,
   a.target_kind = original.target_kind;
   a.target_event_id = original.target_event_id;
   a.params = original.params;
-  if (type == to_string(action_type::restore_from_quarantine)) {
+  if (type == action_type::restore_from_quarantine) {
     auto q = original.result_effect.find("quarantine_id");
     if (q == original.result_effect.end())
       return make_error(ec::not_applicable, "the quarantine left no quarantine_id");
@@ -346,9 +351,10 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                   // In registration order, so each device gets its commands in order.
                   for (auto& rec : open) {
                     auto dev = device_for(self, rec.device_id);
+                    auto type = rec.type;
                     auto cmd = to_command(rec);
                     auto act = spawn_action(self, std::move(rec));
-                    self->send(dev, atom::submit_v, std::move(cmd), act);
+                    self->send(dev, atom::submit_v, type, std::move(cmd), act);
                   }
                   spdlog::info("resumed {} open actions", open.size());
                   rp.deliver(static_cast<uint64_t>(open.size()));

@@ -26,7 +26,12 @@ std::pair<std::string, std::string> file_of(const bus::activity_event& e) {
   return {e.file.path, e.file.sha256};
 }
 
-/// An agent's text quoted in a reason: printable, cut on a character boundary.
+caf::error bad(const std::string& why) {
+  return make_error(ec::bad_request, why);
+}
+
+} // namespace
+
 std::string shown(const std::string& s) {
   constexpr std::size_t max_quoted = 80;
   auto clean = utf8_sanitized(s);
@@ -37,24 +42,11 @@ std::string shown(const std::string& s) {
   return "'" + out + "'";
 }
 
-caf::error bad(const std::string& why) {
-  return make_error(ec::bad_request, why);
-}
-
-} // namespace
-
 void normalize_hashes(bus::incident_report& r) {
   for (auto& e : r.events) {
     e.file.sha256 = normalized_sha256(std::move(e.file.sha256));
     e.process.sha256 = normalized_sha256(std::move(e.process.sha256));
   }
-}
-
-std::string reverse_of(const std::string& type) {
-  auto t = action_type_from_string(type);
-  if (!t) return {};
-  auto r = parry::reverse_of(*t);
-  return r ? to_string(*r) : std::string{};
 }
 
 std::string not_actionable(action_type t, const bus::activity_event& e) {
@@ -173,7 +165,7 @@ start_process_params(const std::map<std::string, std::string>& params,
 }
 
 bool needs_device_os(const action_record& a) {
-  return a.type == to_string(action_type::start_process) && a.params.count("arguments") &&
+  return a.type == action_type::start_process && a.params.count("arguments") &&
          !a.params.count("argc");
 }
 
@@ -188,22 +180,15 @@ caf::expected<action_record> make_action(const incident_record& rec,
                                          const action_request& req,
                                          const action_policy& policy, int64_t now,
                                          std::optional<os_family> os) {
-  auto type = action_type_from_string(req.type);
-  if (!type)
-    return bad("unknown action type " + shown(req.type) + "; legal values are " +
-               legal_action_types());
-  if (!is_requestable(*type))
+  auto type = req.type;
+  std::string name = to_string(type);
+  if (!is_requestable(type))
     return make_error(ec::not_applicable,
-                      req.type +
-                          " undoes an earlier action: use POST /actions/{id}/reverse"
-                          " on that action");
-  auto kind = target_kind_from_string(req.target_kind);
-  if (!kind)
-    return bad("target.kind must be one of " + legal_target_kinds() + ", not " +
-               shown(req.target_kind));
+                      name + " undoes an earlier action: use POST /actions/{id}/reverse"
+                             " on that action");
   const auto& chain = rec.report;
   std::string event_id;
-  switch (*kind) {
+  switch (req.target_kind) {
   case target_kind::detection:
     event_id = chain.key_event_id;
     break;
@@ -218,24 +203,23 @@ caf::expected<action_record> make_action(const incident_record& rec,
     return make_error(ec::not_found,
                       "incident " + rec.incident_id + " has no event " + shown(event_id));
   auto etype = event_type_from_string(event->type);
-  if (!applies_to(*type, etype))
-    return make_error(ec::not_applicable, req.type +
-                                              " does not apply to an event of type " +
-                                              shown(event->type));
-  if (auto why = not_actionable(*type, *event); !why.empty())
+  if (!applies_to(type, etype))
     return make_error(ec::not_applicable,
-                      req.type + " cannot act on event " + shown(event_id) + ": " + why);
+                      name + " does not apply to an event of type " + shown(event->type));
+  if (auto why = not_actionable(type, *event); !why.empty())
+    return make_error(ec::not_applicable,
+                      name + " cannot act on event " + shown(event_id) + ": " + why);
   action_record a;
-  if (*type == action_type::start_process) {
+  if (type == action_type::start_process) {
     std::optional<std::vector<std::string>> argv;
     if (req.argv_given) argv = req.argv;
     auto params = start_process_params(req.params, argv, policy, os);
     if (!params) return params.error();
     a.params = std::move(*params);
   } else if (!req.params.empty() || req.argv_given) {
-    return bad(req.type + " takes no parameters");
+    return bad(name + " takes no parameters");
   } else {
-    switch (object_of(*type)) {
+    switch (object_of(type)) {
     case action_object::device:
       break;
     case action_object::file: {
@@ -250,8 +234,8 @@ caf::expected<action_record> make_action(const incident_record& rec,
       break;
     }
   }
-  if (policy.needs_password(req.type) && !req.password_confirmed)
-    return make_error(ec::unauthenticated, req.type + " needs your password");
+  if (policy.needs_password(type) && !req.password_confirmed)
+    return make_error(ec::unauthenticated, name + " needs your password");
   a.action_id = "act-" + random_hex(12);
   a.type = req.type;
   a.device_id = rec.device_id;
@@ -262,7 +246,7 @@ caf::expected<action_record> make_action(const incident_record& rec,
   a.comment = req.comment;
   a.idempotency_key = req.idempotency_key;
   a.password_confirmed = req.password_confirmed;
-  a.expires_at = now + policy.ttl_for(req.type);
+  a.expires_at = now + policy.ttl_for(type);
   return a;
 }
 
@@ -274,7 +258,7 @@ nlohmann::json available_actions(const incident_record& rec, bool device_isolate
   auto event_actions = json::array();
   auto password = json::array();
   for (action_type t : all_action_types) {
-    if (policy.needs_password(to_string(t))) password.push_back(to_string(t));
+    if (policy.needs_password(t)) password.push_back(to_string(t));
     if (!is_requestable(t)) continue;
     if (acts_on_device(t)) {
       if (t != action_type::release_isolation || device_isolated)

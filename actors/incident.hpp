@@ -36,9 +36,9 @@ incident_actor::behavior_type incident(incident_stateful self, incident_record r
 /// (shown, and not actionable for hash-checked actions).
 void normalize_hashes(bus::incident_report& r);
 
-/// The reverse of `type` spelled at the edges ("" when it has none or `type` is not
-/// a known action type); the rule itself is parry::reverse_of in common/domain.hpp.
-std::string reverse_of(const std::string& type);
+/// Text from outside (an agent's report, a request) quoted in a reason: printable,
+/// at most 80 bytes cut on a character boundary, in single quotes.
+std::string shown(const std::string& s);
 
 /// Why the object of `e` cannot be acted on by an action of type `t` (its file's path
 /// or hash, its process's image), empty when it can. Such objects are shown, never

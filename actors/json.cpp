@@ -29,10 +29,10 @@ json to_json(const transition& x) {
 }
 
 json to_json(const action_record& x) {
-  json target{{"kind", x.target_kind}};
+  json target{{"kind", to_string(x.target_kind)}};
   if (!x.target_event_id.empty()) target["event_id"] = x.target_event_id;
   json out{{"action_id", x.action_id},
-           {"type", x.type},
+           {"type", to_string(x.type)},
            {"device_id", x.device_id},
            {"incident_id", x.incident_id},
            {"target", std::move(target)},

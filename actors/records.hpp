@@ -1,7 +1,9 @@
 #pragma once
 
 // The records parryd's actors exchange: what is stored, what is asked, what is
-// answered. Plain data with CAF inspect overloads; no behaviour.
+// answered. Plain data with CAF inspect overloads; no behaviour. The domain's words
+// (types, kinds, roles, states) are the enums of common/domain.hpp: CAF serializes
+// an enum field as its underlying integer, and strings exist only at the edges.
 
 #include <cstdint>
 #include <map>
@@ -45,10 +47,11 @@ struct incident_record {
 /// One response action.
 struct action_record {
   std::string action_id;
-  std::string type;
+  action_type type = action_type::isolate; ///< A word at the edges ("quarantine").
   std::string device_id;
   std::string incident_id;
-  std::string target_kind;     ///< "detection" or "event".
+  /// How the request named its target ("detection" or "event" at the edges).
+  parry::target_kind target_kind = parry::target_kind::detection;
   std::string target_event_id; ///< The event acted on (for both kinds).
   std::map<std::string, std::string> params;
   std::string requested_by;
@@ -76,9 +79,9 @@ struct transition {
 
 /// What a person asked for through REST (or an integrator through the bus).
 struct action_request {
-  std::string type;
+  action_type type = action_type::isolate; ///< Parsed at the edge (api).
   std::string incident_id;
-  std::string target_kind;
+  parry::target_kind target_kind = parry::target_kind::detection;
   std::string event_id;
   std::map<std::string, std::string> params;
   /// start_process argv given as a JSON array (used when `argv_given`); the
@@ -88,34 +91,30 @@ struct action_request {
   std::string comment;
   std::string idempotency_key;
   std::string username; ///< Already authenticated.
-  std::string role;
+  user_role role = user_role::operator_;
   bool password_confirmed = false; ///< The api checked the password re-entry.
 };
 
 /// Server-wide rules for triggering actions (configurable).
 struct action_policy {
   /// Types that need the caller's password again (start_process always does).
-  std::vector<std::string> password_required{"prevent_run", "quarantine", "delete_file",
-                                             "terminate_process", "start_process"};
+  std::vector<action_type> password_required = default_password_required();
   /// Executables start_process may run; empty means any absolute path.
   std::vector<std::string> start_process_allowlist;
   /// Time to live of a command before the agent accepts it, by type.
-  std::map<std::string, int64_t> ttl_us;
+  std::map<action_type, int64_t> ttl_us;
   /// Time to live for types without their own entry.
   int64_t default_ttl_us = 24LL * 3600 * 1000000;
   /// Execution deadline after the agent acknowledged a command, by type: without a
   /// result by then the action ends `failed` ("no result from the agent"). Also bounds
   /// how long a `cancelling` action waits for the agent's answer.
-  std::map<std::string, int64_t> exec_deadline_us;
+  std::map<action_type, int64_t> exec_deadline_us;
   /// Execution deadline for types without their own entry.
   int64_t default_exec_deadline_us = 3600LL * 1000000;
 
-  bool needs_password(const std::string& type) const;
-  int64_t ttl_for(const std::string& type) const;
-  int64_t exec_deadline_for(const std::string& type) const {
-    auto i = exec_deadline_us.find(type);
-    return i == exec_deadline_us.end() ? default_exec_deadline_us : i->second;
-  }
+  bool needs_password(action_type type) const;
+  int64_t ttl_for(action_type type) const;
+  int64_t exec_deadline_for(action_type type) const;
 };
 
 /// One record to append to the audit trail.
@@ -129,7 +128,7 @@ struct audit_entry {
 /// A user account.
 struct user_record {
   std::string username;
-  std::string role;
+  user_role role = user_role::operator_;
   std::string salt_hex;
   uint32_t iterations = 0;
   std::string hash_hex;
@@ -148,7 +147,7 @@ struct token_record {
 /// Who is making a request, once authenticated.
 struct principal {
   std::string username;
-  std::string role;
+  user_role role = user_role::operator_;
   std::string csrf_token; ///< Empty for bearer tokens, which need no CSRF check.
   bool via_session = false;
 };

@@ -283,7 +283,7 @@ bool transition_allowed(action_state from, action_state to) {
 bus::command to_command(const action_record& rec) {
   bus::command cmd;
   cmd.action_id = rec.action_id;
-  cmd.type = rec.type;
+  cmd.type = to_string(rec.type); // the wire spells it
   cmd.params = rec.params;
   cmd.expires_at = rec.expires_at;
   return cmd;

@@ -172,13 +172,32 @@ constexpr const char* action_columns =
     "requested_by, comment, idempotency_key, state, created_at, updated_at, result_ok, "
     "result_error, result_effect, expires_at, password_confirmed, reverses, reversed_by";
 
-action_record read_action(stmt& q) {
-  action_record a;
+/// An action row as stored. `problem` says why the row cannot be read as a record
+/// (a type or target kind this build does not know: a newer server or a hand edit
+/// wrote it), empty when it can; `type` and `kind` are the words as stored.
+struct action_row {
+  action_record rec;
+  std::string type;
+  std::string kind;
+  std::string problem;
+};
+
+action_row read_action_row(stmt& q) {
+  action_row row;
+  auto& a = row.rec;
   a.action_id = q.text(0);
-  a.type = q.text(1);
+  row.type = q.text(1);
+  if (auto t = action_type_from_string(row.type))
+    a.type = *t;
+  else
+    row.problem = "unknown stored type '" + row.type + "'";
   a.device_id = q.text(2);
   a.incident_id = q.text(3);
-  a.target_kind = q.text(4);
+  row.kind = q.text(4);
+  if (auto k = target_kind_from_string(row.kind))
+    a.target_kind = *k;
+  else if (row.problem.empty())
+    row.problem = "unknown stored target kind '" + row.kind + "'";
   a.target_event_id = q.text(5);
   a.params = json_map(q.text(6));
   a.requested_by = q.text(7);
@@ -202,7 +221,7 @@ action_record read_action(stmt& q) {
   a.password_confirmed = q.integer(17) != 0;
   a.reverses = q.text(18);
   a.reversed_by = q.text(19);
-  return a;
+  return row;
 }
 
 std::optional<incident_record> load_incident(store_state& st, const std::string& id) {
@@ -235,6 +254,58 @@ struct refused : std::runtime_error {
 /// Throws `refused` with `code` unless the last statement changed a row.
 void expect_change(store_state& st, ec code, const std::string& what) {
   if (sqlite3_changes(st.db) == 0) throw refused(code, what);
+}
+
+/// The record of the action row `q` is on. A row this build cannot read is a storage
+/// error for that read (logged), never a crash and never a record with a made-up type.
+action_record read_action(stmt& q) {
+  auto row = read_action_row(q);
+  if (!row.problem.empty()) {
+    spdlog::error("store: action {} cannot be read: {}", row.rec.action_id, row.problem);
+    throw refused(ec::storage, "action " + row.rec.action_id + ": " + row.problem);
+  }
+  return std::move(row.rec);
+}
+
+/// An action row in a listing. A row this build cannot read keeps its place: shown
+/// with its stored words and `unreadable` saying why, so one bad row never drops
+/// the page.
+json action_json(stmt& q) {
+  auto row = read_action_row(q);
+  auto out = to_json(row.rec);
+  if (!row.problem.empty()) {
+    spdlog::error("store: action {} cannot be read: {}", row.rec.action_id, row.problem);
+    out["type"] = row.type;
+    out["target"]["kind"] = row.kind;
+    out["unreadable"] = row.problem;
+  }
+  return out;
+}
+
+/// The user on the row `q` is on (username, role, salt_hex, iterations, hash_hex,
+/// created_at). A role this build does not know is a storage error for that read.
+user_record read_user(stmt& q) {
+  user_record u;
+  u.username = q.text(0);
+  auto role = user_role_from_string(q.text(1));
+  if (!role) {
+    spdlog::error("store: user {} has an unknown stored role '{}'", u.username,
+                  q.text(1));
+    throw refused(ec::storage,
+                  "user " + u.username + ": unknown stored role '" + q.text(1) + "'");
+  }
+  u.role = *role;
+  u.salt_hex = q.text(2);
+  u.iterations = static_cast<uint32_t>(q.integer(3));
+  u.hash_hex = q.text(4);
+  u.created_at = q.integer(5);
+  return u;
+}
+
+/// True when the stored role word of the row `q` is on (column `col`) is
+/// administrator.
+bool administrator_at(stmt& q, int col) {
+  return user_role_from_string(q.text(col)) == user_role::administrator;
 }
 
 /// Runs `f` and turns whatever it throws into the error its caller gets:
@@ -427,8 +498,7 @@ std::string read_actions(store_state& st, const page_request& p) {
   s.bind(1, filter(p, "device_id")).bind(2, filter(p, "state")).bind(3, rows + 1);
   s.bind(4, filter(p, "incident_id")).bind(5, before);
   return render_page(
-      s, "actions", rows, st.max_page_bytes,
-      [](stmt& s) { return to_json(read_action(s)); },
+      s, "actions", rows, st.max_page_bytes, [](stmt& s) { return action_json(s); },
       [](stmt& s) { return std::to_string(s.integer(20)); });
 }
 
@@ -834,10 +904,10 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
           stmt s{self->state, sql.c_str()};
           s.bind(1, a.action_id)
-              .bind(2, a.type)
+              .bind(2, to_string(a.type))
               .bind(3, a.device_id)
               .bind(4, a.incident_id);
-          s.bind(5, a.target_kind)
+          s.bind(5, to_string(a.target_kind))
               .bind(6, a.target_event_id)
               .bind(7, json(a.params).dump());
           s.bind(8, a.requested_by).bind(9, a.comment).bind(10, a.idempotency_key);
@@ -901,12 +971,20 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
                             "'expired', 'cancelled', 'reverted') ORDER BY seq";
           stmt s{self->state, sql.c_str()};
           std::vector<action_record> out;
-          while (s.step())
-            if (action_state_from_string(s.text(10))) // unknown: logged, not resumed
-              out.push_back(read_action(s));
-            else
+          while (s.step()) {
+            if (!action_state_from_string(s.text(10))) { // logged, not resumed
               spdlog::error("store: not resuming action {}: unknown state '{}'",
                             s.text(0), s.text(10));
+              continue;
+            }
+            auto row = read_action_row(s);
+            if (!row.problem.empty()) { // the same: one bad row stops no other
+              spdlog::error("store: not resuming action {}: {}", row.rec.action_id,
+                            row.problem);
+              continue;
+            }
+            out.push_back(std::move(row.rec));
+          }
           return out;
         });
       },
@@ -916,16 +994,14 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
                               "created_at FROM users WHERE username = ?"};
           s.bind(1, name);
           if (!s.step()) throw refused(ec::not_found, "no user " + name);
-          return user_record{s.text(0), s.text(1),
-                             s.text(2), static_cast<uint32_t>(s.integer(3)),
-                             s.text(4), s.integer(5)};
+          return read_user(s);
         });
       },
       [=](atom::put, const user_record& u) -> caf::result<atom::ok> {
         return ok_write(self, [&] {
           stmt s{self->state, "INSERT INTO users (username, role, salt_hex, iterations, "
                               "hash_hex, created_at) VALUES (?, ?, ?, ?, ?, ?)"};
-          s.bind(1, u.username).bind(2, u.role).bind(3, u.salt_hex);
+          s.bind(1, u.username).bind(2, to_string(u.role)).bind(3, u.salt_hex);
           s.bind(4, int64_t{u.iterations}).bind(5, u.hash_hex).bind(6, u.created_at);
           s.step();
         });
@@ -1044,15 +1120,16 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           stmt cur{st, "SELECT role FROM users WHERE username = ?"};
           cur.bind(1, u.username);
           if (!cur.step()) throw refused(ec::not_found, "no user " + u.username);
-          if (cur.text(0) == "administrator" && u.role != "administrator") {
-            stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
+          if (administrator_at(cur, 0) && u.role != user_role::administrator) {
+            stmt admins{st, "SELECT count(*) FROM users WHERE role = ?"};
+            admins.bind(1, to_string(user_role::administrator));
             if (admins.step() && admins.integer(0) <= 1)
               throw refused(ec::conflict, "the last administrator keeps that role");
           }
           stmt s{st,
                  "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
                  "WHERE username = ?"};
-          s.bind(1, u.role).bind(2, u.salt_hex).bind(3, int64_t{u.iterations});
+          s.bind(1, to_string(u.role)).bind(2, u.salt_hex).bind(3, int64_t{u.iterations});
           s.bind(4, u.hash_hex).bind(5, u.username);
           s.step();
           stmt t{st, "DELETE FROM tokens WHERE username = ?"};
@@ -1066,8 +1143,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           stmt cur{st, "SELECT role FROM users WHERE username = ?"};
           cur.bind(1, name);
           if (!cur.step()) throw refused(ec::not_found, "no user " + name);
-          stmt admins{st, "SELECT count(*) FROM users WHERE role = 'administrator'"};
-          if (cur.text(0) == "administrator" && admins.step() && admins.integer(0) <= 1)
+          stmt admins{st, "SELECT count(*) FROM users WHERE role = ?"};
+          admins.bind(1, to_string(user_role::administrator));
+          if (administrator_at(cur, 0) && admins.step() && admins.integer(0) <= 1)
             throw refused(ec::conflict, "the last administrator cannot be deleted");
           stmt s{st, "DELETE FROM users WHERE username = ?"};
           s.bind(1, name);

@@ -42,6 +42,31 @@ void make_private_dir(const std::string& dir) {
 
 namespace {
 
+/// The configuration's [actions] table (action types spelled as words) as the policy
+/// the actors use (keyed by action_type). validate() has checked every word.
+action_policy policy_of(const server_config& cfg) {
+  auto type = [](const std::string& key, const std::string& word) {
+    auto t = action_type_from_string(word);
+    if (!t)
+      throw std::runtime_error("configuration: " + key + ": unknown action type '" +
+                               word + "'");
+    return *t;
+  };
+  action_policy policy;
+  policy.password_required.clear();
+  for (const auto& word : cfg.password_required)
+    policy.password_required.push_back(type("actions.password_required", word));
+  policy.start_process_allowlist = cfg.start_process_allowlist;
+  policy.default_ttl_us = int64_t{cfg.default_ttl_seconds} * 1000000;
+  for (const auto& [word, secs] : cfg.ttl_seconds)
+    policy.ttl_us[type("actions.ttl_seconds", word)] = int64_t{secs} * 1000000;
+  policy.default_exec_deadline_us = int64_t{cfg.default_exec_deadline_seconds} * 1000000;
+  for (const auto& [word, secs] : cfg.exec_deadline_seconds)
+    policy.exec_deadline_us[type("actions.exec_deadline_seconds", word)] =
+        int64_t{secs} * 1000000;
+  return policy;
+}
+
 caf::actor_system_config make_caf_config(const server_config& cfg) {
   caf::actor_system_config out;
   out.add_error_category(ec_category(),
@@ -169,15 +194,7 @@ void server::start() {
   dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
   dcfg.missed_heartbeats = cfg.missed_heartbeats;
   dcfg.ingest = gauge;
-  action_policy policy;
-  policy.password_required = cfg.password_required;
-  policy.start_process_allowlist = cfg.start_process_allowlist;
-  policy.default_ttl_us = int64_t{cfg.default_ttl_seconds} * 1000000;
-  for (const auto& [type, secs] : cfg.ttl_seconds)
-    policy.ttl_us[type] = int64_t{secs} * 1000000;
-  policy.default_exec_deadline_us = int64_t{cfg.default_exec_deadline_seconds} * 1000000;
-  for (const auto& [type, secs] : cfg.exec_deadline_seconds)
-    policy.exec_deadline_us[type] = int64_t{secs} * 1000000;
+  auto policy = policy_of(cfg);
   m.directory = m.sys.spawn(directory, dcfg, policy,
                             caf::timespan{std::chrono::minutes{5}}, m.store, gateway);
   keep(m.directory);

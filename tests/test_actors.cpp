@@ -39,6 +39,13 @@ struct sent_frame {
 
 using frames = std::shared_ptr<std::vector<sent_frame>>;
 
+/// The action type spelled `s` (tests name types as the docs do).
+action_type type_named(const std::string& s) {
+  auto t = action_type_from_string(s);
+  BOOST_REQUIRE_MESSAGE(t, "no action type " << s);
+  return *t;
+}
+
 /// Stands in for the gateway: records every outbound frame.
 gateway_actor::behavior_type mock_gateway(gateway_actor::pointer, frames out) {
   return {
@@ -193,11 +200,11 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
 
   action_request request(const std::string& type, const std::string& incident) {
     action_request r;
-    r.type = type;
+    r.type = type_named(type);
     r.incident_id = incident;
-    r.target_kind = "detection";
+    r.target_kind = target_kind::detection;
     r.username = "alice";
-    r.role = "security_officer";
+    r.role = user_role::security_officer;
     return r;
   }
 
@@ -373,15 +380,13 @@ BOOST_AUTO_TEST_CASE(requests_that_do_not_apply_are_refused_and_not_registered) 
   hello("dev-1");
   auto inc = report_incident("dev-1");
   BOOST_TEST(code_of(ask_error(request("release_isolation", inc))) == ec::not_applicable);
-  BOOST_TEST(code_of(ask_error(request("reboot_everything", inc))) == ec::bad_request);
   BOOST_TEST(code_of(ask_error(request("isolate", "inc-missing"))) == ec::not_found);
   auto bad_event = request("isolate", inc);
-  bad_event.target_kind = "event";
+  bad_event.target_kind = target_kind::event;
   bad_event.event_id = "e99";
   BOOST_TEST(code_of(ask_error(bad_event)) == ec::not_found);
-  auto bad_kind = request("isolate", inc);
-  bad_kind.target_kind = "galaxy";
-  BOOST_TEST(code_of(ask_error(bad_kind)) == ec::bad_request);
+  // An unknown type or target kind never gets this far: the REST edge refuses it
+  // (test_api: unknown_words_at_the_rest_edge_are_400_naming_the_legal_values).
   BOOST_TEST(read("actions")["actions"].empty());
 }
 
@@ -389,10 +394,10 @@ BOOST_AUTO_TEST_CASE(event_target_is_accepted) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
   auto req = request("isolate", inc);
-  req.target_kind = "event";
+  req.target_kind = target_kind::event;
   req.event_id = "e4";
   auto rec = ask<action_record>(dir, atom::reg_v, req);
-  BOOST_TEST(rec.target_kind == "event");
+  BOOST_TEST((rec.target_kind == target_kind::event));
   BOOST_TEST(rec.target_event_id == "e4");
 }
 
@@ -498,7 +503,7 @@ BOOST_AUTO_TEST_CASE(expires_when_its_time_to_live_passes_before_acceptance) {
   sched.run();
   BOOST_REQUIRE(read("device", "dev-1")["device"]["online"] == false);
   stop_server();
-  policy.ttl_us["isolate"] = 10'000'000;
+  policy.ttl_us[action_type::isolate] = 10'000'000;
   start_server();
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
   BOOST_TEST(states(rec.action_id) == (strings{"registered", "queued"}));
@@ -558,7 +563,7 @@ BOOST_AUTO_TEST_CASE(reverse_links_both_and_reverts_the_original) {
   action_request rev;
   rev.username = "alice";
   auto back = ask<action_record>(dir, atom::reverse_v, q.action_id, rev);
-  BOOST_TEST(back.type == "restore_from_quarantine");
+  BOOST_TEST((back.type == action_type::restore_from_quarantine));
   BOOST_TEST(back.reverses == q.action_id);
   BOOST_TEST(back.params.at("quarantine_id") == "q-1");
   BOOST_TEST(read("action", q.action_id)["action"]["reversed_by"] == back.action_id);
@@ -591,7 +596,7 @@ BOOST_AUTO_TEST_CASE(a_failed_reverse_leaves_the_original_reversible) {
   action_request rev;
   rev.username = "alice";
   auto back = ask<action_record>(dir, atom::reverse_v, p.action_id, rev);
-  BOOST_TEST(back.type == "allow_run");
+  BOOST_TEST((back.type == action_type::allow_run));
   result("dev-1", back.action_id, false, "policy store busy");
   BOOST_TEST(read("action", p.action_id)["action"]["reversed_by"] == "");
   BOOST_TEST(read("action", p.action_id)["action"]["state"] == "completed");
@@ -709,7 +714,7 @@ BOOST_AUTO_TEST_CASE(expiry_while_sent_cancels_through_the_agent) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
   stop_server();
-  policy.ttl_us["isolate"] = 10'000'000;
+  policy.ttl_us[action_type::isolate] = 10'000'000;
   start_server();
   hello("dev-1");
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
@@ -733,7 +738,7 @@ BOOST_AUTO_TEST_CASE(acknowledged_fails_at_the_execution_deadline) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
   stop_server();
-  policy.exec_deadline_us["isolate"] = 10'000'000;
+  policy.exec_deadline_us[action_type::isolate] = 10'000'000;
   start_server();
   hello("dev-1");
   auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
@@ -771,7 +776,7 @@ BOOST_AUTO_TEST_CASE(reverse_of_an_isolate_right_after_a_restart) {
   action_request rev;
   rev.username = "alice";
   auto back = ask<action_record>(dir, atom::reverse_v, iso.action_id, rev);
-  BOOST_TEST(back.type == "release_isolation");
+  BOOST_TEST((back.type == action_type::release_isolation));
 }
 
 BOOST_AUTO_TEST_CASE(a_result_before_the_ack_after_a_restart_implies_the_ack) {
@@ -974,7 +979,7 @@ struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
   static action_record make(const std::string& id) {
     action_record rec;
     rec.action_id = id;
-    rec.type = "quarantine"; // the device keeps no state of its own for it
+    rec.type = action_type::quarantine; // the device keeps no state of its own for it
     rec.device_id = "dev-9";
     rec.requested_by = "alice";
     rec.params = {{"path", "/tmp/x"}};
@@ -1009,8 +1014,9 @@ BOOST_AUTO_TEST_CASE(a_transition_is_stored_before_the_device_and_the_gateway_he
   expect((atom::start), from(_).to(aut));
   expect((atom::put, action_record, transition), from(aut).to(st));
   expect((atom::ok), from(st).to(aut));
-  self->send(dev, atom::submit_v, to_command(rec), aut);
-  expect((atom::submit, bus::command, response_action_actor), from(_).to(dev));
+  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
+  expect((atom::submit, action_type, bus::command, response_action_actor),
+         from(_).to(dev));
   expect((atom::transmit), from(dev).to(aut));
   // Nothing reaches the gateway until `sent` is stored.
   disallow((atom::send, std::string, std::string, std::string), from(dev).to(gw));
@@ -1058,7 +1064,7 @@ BOOST_AUTO_TEST_CASE(a_refused_transition_is_retried_and_nothing_moves_meanwhile
   auto aut = spawn_action(rec, retry);
   log->refuse_updates = 2;
   self->send(aut, atom::start_v);
-  self->send(dev, atom::submit_v, to_command(rec), aut);
+  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
   sched.run();
   BOOST_TEST(types_sent().empty());
   advance_time(std::chrono::seconds{1});
@@ -1085,7 +1091,7 @@ BOOST_AUTO_TEST_CASE(a_store_that_keeps_refusing_ends_the_action_failed_later) {
   auto aut = spawn_action(first, retry);
   log->refuse_updates = 1000;
   self->send(aut, atom::start_v);
-  self->send(dev, atom::submit_v, to_command(first), aut);
+  self->send(dev, atom::submit_v, first.type, to_command(first), aut);
   sched.run();
   advance_time(std::chrono::seconds{1}); // attempt 2
   sched.run();
@@ -1102,7 +1108,7 @@ BOOST_AUTO_TEST_CASE(a_store_that_keeps_refusing_ends_the_action_failed_later) {
   auto second = make("act-2");
   auto next = spawn_action(second);
   self->send(next, atom::start_v);
-  self->send(dev, atom::submit_v, to_command(second), next);
+  self->send(dev, atom::submit_v, second.type, to_command(second), next);
   sched.run();
   BOOST_TEST((types_sent() == call_list{"command"}));
 }
@@ -1110,12 +1116,12 @@ BOOST_AUTO_TEST_CASE(a_store_that_keeps_refusing_ends_the_action_failed_later) {
 BOOST_AUTO_TEST_CASE(the_device_drops_the_command_of_an_action_that_died) {
   auto stuck = sys.spawn(stuck_action, std::string{"act-1"});
   auto rec = make("act-1");
-  self->send(dev, atom::submit_v, to_command(rec), stuck);
+  self->send(dev, atom::submit_v, rec.type, to_command(rec), stuck);
   sched.run();
   auto second = make("act-2");
   auto next = spawn_action(second);
   self->send(next, atom::start_v);
-  self->send(dev, atom::submit_v, to_command(second), next);
+  self->send(dev, atom::submit_v, second.type, to_command(second), next);
   sched.run();
   BOOST_TEST(types_sent().empty()); // behind the stuck one
   caf::anon_send_exit(stuck, caf::exit_reason::kill);
@@ -1188,13 +1194,14 @@ BOOST_AUTO_TEST_CASE(applicability_matrix_every_action_event_type_and_target_mod
     for (const char* action : actions) {
       for (const char* mode : {"detection", "event"}) {
         action_request req;
-        req.type = action;
+        req.type = type_named(action);
         req.incident_id = rec.incident_id;
-        req.target_kind = mode;
+        req.target_kind = *target_kind_from_string(mode);
         req.event_id = std::string{"e-"} + type;
         req.username = "alice";
         req.password_confirmed = true;
-        if (req.type == "start_process") req.params = {{"path", "/usr/bin/id"}};
+        if (req.type == action_type::start_process)
+          req.params = {{"path", "/usr/bin/id"}};
         auto a = make_action(rec, req, policy, 1000);
         bool expect = allowed_by_design(action, type);
         BOOST_TEST(bool(a) == expect, action << " on " << type << " (" << mode << ")");
@@ -1214,14 +1221,14 @@ BOOST_AUTO_TEST_CASE(file_and_process_actions_carry_their_object) {
   auto rec = incident_with_key("process_started");
   action_request req;
   req.incident_id = rec.incident_id;
-  req.target_kind = "detection";
+  req.target_kind = target_kind::detection;
   req.password_confirmed = true;
-  req.type = "terminate_process";
+  req.type = action_type::terminate_process;
   auto t = make_action(rec, req, action_policy{}, 0);
   BOOST_REQUIRE(t);
   BOOST_TEST(t->params.at("pid") == "101");
   BOOST_TEST(t->params.at("start_time") == "5");
-  req.type = "delete_file";
+  req.type = action_type::delete_file;
   auto d = make_action(rec, req, action_policy{}, 0);
   BOOST_REQUIRE(d);
   BOOST_TEST(d->params.at("sha256") == std::string(64, 'c'));
@@ -1233,7 +1240,7 @@ BOOST_AUTO_TEST_CASE(file_and_process_actions_carry_their_object) {
   action_policy lax;
   lax.password_required = {};
   BOOST_TEST(bool(make_action(rec, req, lax, 0)));
-  req.type = "start_process";
+  req.type = action_type::start_process;
   req.params = {{"path", "/bin/true"}};
   BOOST_TEST(code_of(make_action(rec, req, lax, 0).error()) == ec::unauthenticated);
 }
@@ -1311,9 +1318,9 @@ incident_record incident_with_event(bus::activity_event e) {
 
 action_request request_for(const std::string& type) {
   action_request req;
-  req.type = type;
+  req.type = type_named(type);
   req.incident_id = "inc-9";
-  req.target_kind = "detection";
+  req.target_kind = target_kind::detection;
   req.username = "alice";
   req.password_confirmed = true;
   return req;
@@ -1405,21 +1412,6 @@ BOOST_AUTO_TEST_CASE(available_actions_leave_out_what_cannot_be_acted_on) {
   BOOST_TEST(o["device_os_family"] == "windows");
   BOOST_TEST(refusal(incident_with_event(odd), "quarantine").find("does not apply") !=
              std::string::npos);
-}
-
-BOOST_AUTO_TEST_CASE(unknown_type_and_kind_name_the_legal_values) {
-  auto rec = incident_with_event(file_event("/tmp/x", std::string(64, 'a')));
-  auto req = request_for("nuke");
-  auto a = make_action(rec, req, action_policy{}, 0);
-  BOOST_REQUIRE(!a);
-  BOOST_TEST(code_of(a.error()) == ec::bad_request);
-  BOOST_TEST(message_of(a.error()).find("isolate, release_isolation") !=
-             std::string::npos);
-  req = request_for("isolate");
-  req.target_kind = "process";
-  a = make_action(rec, req, action_policy{}, 0);
-  BOOST_REQUIRE(!a);
-  BOOST_TEST(message_of(a.error()).find("detection, event") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(start_process_arguments_as_list_or_split_by_device_os) {

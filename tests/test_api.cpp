@@ -441,6 +441,47 @@ BOOST_AUTO_TEST_CASE(roles_are_checked_per_route) {
   BOOST_TEST(as(op, "GET", "/api/v1/devices").status == 401);
 }
 
+// The words of the domain are parsed at the REST edge: an unknown action type, target
+// kind or role is 400 naming the legal values, and nothing is registered or stored.
+BOOST_AUTO_TEST_CASE(unknown_words_at_the_rest_edge_are_400_naming_the_legal_values) {
+  auto s = login();
+  auto inc = incident_on("dev-1", report());
+  auto post = [&](const std::string& type, const std::string& kind) {
+    return as(
+        s, "POST", "/api/v1/actions",
+        json{{"type", type}, {"incident_id", inc}, {"target", {{"kind", kind}}}}.dump());
+  };
+  auto message = [](const http_response& r) {
+    return json::parse(r.body)["error"]["message"].get<std::string>();
+  };
+  auto r = post("nuke", "detection");
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(message(r) ==
+             "unknown action type 'nuke'; legal values are " + legal_action_types());
+  r = post("isolate", "galaxy");
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(message(r) ==
+             "target.kind must be one of " + legal_target_kinds() + ", not 'galaxy'");
+  BOOST_TEST(json::parse(as(s, "GET", "/api/v1/actions").body)["actions"].empty());
+  // A refused trigger is in the audit trail, as one refused further in would be.
+  auto audit = json::parse(as(s, "GET", "/api/v1/audit").body)["records"];
+  int refused = 0;
+  for (auto& rec : audit)
+    refused += rec["kind"] == "trigger_refused" && rec["target"] == "nuke on " + inc;
+  BOOST_TEST(refused == 1);
+  r = as(s, "POST", "/api/v1/users",
+         json{{"username", "olga"}, {"password", "operator-password"}, {"role", "root"}}
+             .dump());
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(message(r) == "role must be one of " + legal_user_roles());
+  r = as(s, "PATCH", "/api/v1/users/admin", json{{"role", "root"}}.dump());
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(message(r) == "role must be one of " + legal_user_roles());
+  auto users = json::parse(as(s, "GET", "/api/v1/users").body)["users"];
+  BOOST_REQUIRE(users.size() == 1u);
+  BOOST_TEST(users[0]["role"] == "administrator");
+}
+
 BOOST_AUTO_TEST_CASE(tokens_expire_and_are_listed_and_revoked) {
   auto s = login();
   auto r =
