@@ -62,6 +62,9 @@ http_response fail(ec code, const std::string& message) {
   case ec::locked:
     status = 429;
     break;
+  case ec::storage:
+    status = 503; // the store could not read or write; nothing of the request stuck
+    break;
   default:
     break;
   }

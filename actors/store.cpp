@@ -205,17 +205,16 @@ action_row read_action_row(stmt& q) {
   a.idempotency_key = q.text(9);
   // A state this build does not know (a newer server wrote it) is shown as failed
   // with the stored word, never resumed: `open` skips such rows.
-  if (auto st = action_state_from_string(q.text(10))) {
-    a.state = *st;
-  } else {
-    spdlog::error("store: action {} has an unknown state '{}'", a.action_id, q.text(10));
-    a.state = action_state::failed;
-    a.result_error = "unknown stored state '" + q.text(10) + "'";
-  }
+  auto stored_state = action_state_from_string(q.text(10));
+  a.state = stored_state.value_or(action_state::failed);
   a.created_at = q.integer(11);
   a.updated_at = q.integer(12);
   a.result_ok = q.integer(13) != 0;
   a.result_error = q.text(14);
+  if (!stored_state) {
+    spdlog::error("store: action {} has an unknown state '{}'", a.action_id, q.text(10));
+    a.result_error = "unknown stored state '" + q.text(10) + "'"; // not the old error
+  }
   a.result_effect = json_map(q.text(15));
   a.expires_at = q.integer(16);
   a.password_confirmed = q.integer(17) != 0;

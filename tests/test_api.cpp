@@ -9,6 +9,7 @@
 #include <memory>
 
 #include <nlohmann/json.hpp>
+#include <sqlite3.h>
 
 #include "actors/api.hpp"
 #include "actors/auth.hpp"
@@ -480,6 +481,30 @@ BOOST_AUTO_TEST_CASE(unknown_words_at_the_rest_edge_are_400_naming_the_legal_val
   auto users = json::parse(as(s, "GET", "/api/v1/users").body)["users"];
   BOOST_REQUIRE(users.size() == 1u);
   BOOST_TEST(users[0]["role"] == "administrator");
+}
+
+// A row the store cannot read (a word from a newer server, or edited by hand) is a
+// storage error: 503 as docs/rest-api.md says, the api lives on, the list still works.
+BOOST_AUTO_TEST_CASE(an_unreadable_stored_action_is_503_storage) {
+  auto s = login();
+  auto inc = incident_on("dev-1", report());
+  auto r = as(
+      s, "POST", "/api/v1/actions",
+      json{{"type", "isolate"}, {"incident_id", inc}, {"target", {{"kind", "detection"}}}}
+          .dump());
+  BOOST_REQUIRE_EQUAL(r.status, 202);
+  auto id = json::parse(r.body)["action"]["action_id"].get<std::string>();
+  sqlite3* db = nullptr;
+  BOOST_REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 5000);
+  auto sql = "UPDATE actions SET type = 'nuke' WHERE action_id = '" + id + "'";
+  BOOST_REQUIRE(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(db);
+  r = as(s, "GET", "/api/v1/actions/" + id);
+  BOOST_TEST(r.status == 503);
+  BOOST_TEST(json::parse(r.body)["error"]["code"] == "storage");
+  BOOST_TEST(as(s, "GET", "/api/v1/actions").status == 200);
+  BOOST_TEST(as(s, "GET", "/api/v1/health").status == 200);
 }
 
 BOOST_AUTO_TEST_CASE(tokens_expire_and_are_listed_and_revoked) {

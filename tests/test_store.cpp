@@ -382,6 +382,24 @@ BOOST_AUTO_TEST_CASE(unknown_words_in_a_stored_row_are_an_error_for_that_row) {
   BOOST_TEST(code(u->err) == ec::storage);
 }
 
+BOOST_AUTO_TEST_CASE(an_unknown_stored_state_is_shown_failed_with_the_stored_word) {
+  auto put = request<atom::ok>(atom::put_v, action("a-new"),
+                               transition{"a-new", action_state::registered, 1, ""});
+  BOOST_REQUIRE(put->answered && !put->err);
+  {
+    other_connection other{db_path};
+    other.exec("UPDATE actions SET state = 'teleported', result_error = 'old' WHERE "
+               "action_id = 'a-new'");
+  }
+  auto a = request<action_record>(atom::get_v, atom::action_v, std::string{"a-new"});
+  BOOST_REQUIRE(a->answered && a->value);
+  BOOST_TEST((a->value->state == action_state::failed));
+  BOOST_TEST(a->value->result_error == "unknown stored state 'teleported'");
+  auto open = request<std::vector<action_record>>(atom::open_v);
+  BOOST_REQUIRE(open->answered && open->value);
+  BOOST_TEST(open->value->empty()); // never resumed
+}
+
 BOOST_AUTO_TEST_CASE(devices_stored_online_are_offline_after_a_restart) {
   request<atom::ok>(atom::put_v, device("d-1", true));
   restart();
