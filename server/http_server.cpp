@@ -111,10 +111,21 @@ private:
   std::string source_;
 };
 
+class session;
+
+/// A session as held from outside its io_context (by the actor that waits for the
+/// api's answer). Members end last to first: the session and the executor, which
+/// use the context's services, always before the context itself.
+struct session_ref {
+  std::shared_ptr<net::io_context> ioc;
+  beast::ssl_stream<beast::tcp_stream>::executor_type exec;
+  std::shared_ptr<session> self;
+};
+
 class session : public std::enable_shared_from_this<session> {
 public:
   session(tcp::socket&& socket, net::ssl::context& ctx, caf::actor_system& sys,
-          api_actor api, std::shared_ptr<net::io_context> ioc,
+          api_actor api, std::weak_ptr<net::io_context> ioc,
           std::unique_ptr<conn_slot> slot, const http_limits& limits,
           std::shared_ptr<http_stats> stats)
       : stream_(std::move(socket), ctx), sys_(sys), api_(std::move(api)),
@@ -166,29 +177,33 @@ private:
     auto req = parser_->release();
     keep_alive_ = req.keep_alive();
     version_ = req.version();
-    auto self = shared_from_this();
-    auto exec = stream_.get_executor();
     auto r = to_api(req, slot_->source());
     if (!valid_text(r)) {
       ++stats_->bad_requests;
       return write_error(400, "bad_request", "request target or header is not UTF-8");
     }
     // A short-lived actor waits for the api's answer and posts it back to this
-    // connection's executor; neither side blocks. It holds the io_context, so a post
-    // after stop() lands in a stopped context, never in a destroyed one. The request
+    // connection's executor; neither side blocks. It holds the io_context while it
+    // lives, so a post after stop() lands in a stopped context, never in a destroyed
+    // one. (The session itself holds it weakly: a session waiting in the context
+    // must not keep the context alive, or neither is ever freed.) The request
     // goes in as a spawn argument: CAF 0.17.6 dereferences a null tuple pointer when a
     // function-based actor is spawned without arguments (UBSan, init_fun_factory.hpp).
+    auto ioc = ioc_.lock();
+    if (!ioc) return; // the server is going away
+    session_ref ref{std::move(ioc), stream_.get_executor(), shared_from_this()};
     sys_.spawn(
-        [api = api_, self, exec, ioc = ioc_](caf::event_based_actor* a, http_request r) {
+        [api = api_, ref](caf::event_based_actor* a, http_request r) {
           a->request(api, api_timeout, std::move(r))
               .then(
-                  [self, exec](http_response& resp) {
-                    net::post(exec, [self, resp = std::move(resp)]() mutable {
-                      self->write(std::move(resp));
-                    });
+                  [ref](http_response& resp) {
+                    net::post(ref.exec,
+                              [self = ref.self, resp = std::move(resp)]() mutable {
+                                self->write(std::move(resp));
+                              });
                   },
-                  [self, exec](caf::error&) {
-                    net::post(exec, [self] {
+                  [ref](caf::error&) {
+                    net::post(ref.exec, [self = ref.self] {
                       self->write(http_response{
                           503,
                           R"({"error":{"code":"unavailable","message":"server busy"}})",
@@ -246,7 +261,7 @@ private:
   std::optional<http::request_parser<http::string_body>> parser_;
   caf::actor_system& sys_;
   api_actor api_;
-  std::shared_ptr<net::io_context> ioc_;
+  std::weak_ptr<net::io_context> ioc_;
   std::unique_ptr<conn_slot> slot_;
   http_limits limits_;
   std::shared_ptr<http_stats> stats_;
