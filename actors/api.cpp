@@ -11,6 +11,7 @@
 #include "actors/error.hpp"
 #include "actors/incident.hpp"
 #include "actors/json.hpp"
+#include "actors/rest_bodies.hpp"
 #include "actors/store.hpp"
 #include "actors/supervisor.hpp"
 #include "bus/codec.hpp"
@@ -25,10 +26,6 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* prefix = "/api/v1";
-/// Longest comment kept, in bytes (cut on a character boundary).
-constexpr std::size_t max_comment = 4096;
-/// Longest token name kept, in bytes.
-constexpr std::size_t max_token_name = 128;
 
 /// Every JSON the api writes: invalid UTF-8 that slipped into a record (an agent's
 /// report, an old row) is replaced by U+FFFD instead of throwing.
@@ -123,76 +120,6 @@ std::string cookie(const std::string& token) {
   return "parry_session=" + token + "; Path=/; HttpOnly; Secure; SameSite=Strict";
 }
 
-/// Reads the action request body and the password re-entry; an error names the bad
-/// field, and for an unknown type or target kind the legal values. `what` says what
-/// was asked for ("<type> on <incident>") once the body has the right shape.
-caf::expected<action_request> parse_action(const std::string& body, std::string& password,
-                                           std::string& what) {
-  auto j = json::parse(body, nullptr, false);
-  if (!j.is_object()) return make_error(ec::bad_request, "body must be a JSON object");
-  action_request req;
-  auto str = [&](const json& o, const char* key, std::string& out) -> bool {
-    auto i = o.find(key);
-    if (i == o.end() || i->is_null()) return true;
-    if (!i->is_string() || i->get_ref<const std::string&>().size() > 4096) return false;
-    out = i->get<std::string>();
-    return true;
-  };
-  std::string type, kind;
-  if (!str(j, "type", type) || type.empty())
-    return make_error(ec::bad_request, "'type' must be a non-empty string");
-  if (!str(j, "incident_id", req.incident_id) || !bus::valid_id(req.incident_id))
-    return make_error(ec::bad_request, "'incident_id' must name an incident");
-  if (!str(j, "comment", req.comment))
-    return make_error(ec::bad_request, "'comment' must be a string");
-  if (!str(j, "password", password))
-    return make_error(ec::bad_request, "'password' must be a string");
-  auto t = j.find("target");
-  if (t == j.end() || !t->is_object())
-    return make_error(ec::bad_request, "'target' must be an object with a 'kind'");
-  if (!str(*t, "kind", kind) || !str(*t, "event_id", req.event_id))
-    return make_error(ec::bad_request,
-                      "'target.kind' and 'target.event_id' must be strings");
-  if (auto p = j.find("params"); p != j.end() && !p->is_null()) {
-    if (!p->is_object() || p->size() > 32)
-      return make_error(ec::bad_request, "'params' must be an object of strings");
-    for (auto& [k, v] : p->items()) {
-      // start_process argv as a list: each element a string, the limits checked later.
-      if (k == "arguments" && v.is_array()) {
-        if (v.size() > max_arguments ||
-            !std::all_of(v.begin(), v.end(), [](const json& a) {
-              return a.is_string() &&
-                     a.get_ref<const std::string&>().size() <= max_arguments_bytes;
-            }))
-          return make_error(ec::bad_request,
-                            "'params.arguments' must be a list of at most " +
-                                std::to_string(max_arguments) + " strings");
-        for (const auto& a : v)
-          req.argv.push_back(a.get<std::string>());
-        req.argv_given = true;
-        continue;
-      }
-      // Long enough for start_process arguments (32 KiB), which check their own limits.
-      if (!v.is_string() || k.size() > 64 ||
-          v.get_ref<const std::string&>().size() > 33 * 1024)
-        return make_error(ec::bad_request, "'params." + k + "' must be a short string");
-      req.params.emplace(k, v.get<std::string>());
-    }
-  }
-  what = type + " on " + req.incident_id;
-  if (auto x = action_type_from_string(type))
-    req.type = *x;
-  else
-    return make_error(ec::bad_request, "unknown action type " + shown(type) +
-                                           "; legal values are " + legal_action_types());
-  if (auto x = target_kind_from_string(kind))
-    req.target_kind = *x;
-  else
-    return make_error(ec::bad_request, "target.kind must be one of " +
-                                           legal_target_kinds() + ", not " + shown(kind));
-  return req;
-}
-
 } // namespace
 
 std::pair<std::string, std::map<std::string, std::string>>
@@ -239,9 +166,6 @@ struct call {
   /// An error handler for request(...).then.
   auto on_error() {
     return [rp = rp](caf::error& err) mutable { rp.deliver(fail(err)); };
-  }
-  json body() const {
-    return json::parse(req.body.empty() ? "{}" : req.body, nullptr, false);
   }
   /// What is left of the request's time, for the timeouts of its requests.
   caf::timespan left() const {
@@ -344,15 +268,11 @@ void health(call c) {
 }
 
 void login(call c) {
-  auto body = c.body();
-  if (!body.is_object() || !body.contains("username") || !body.contains("password") ||
-      !body["username"].is_string() || !body["password"].is_string())
-    return c.answer(ec::bad_request,
-                    "body must be {\"username\": ..., \"password\": ...}");
-  auto user = body["username"].get<std::string>();
-  auto pass = body["password"].get<std::string>();
-  if (user.size() > 128 || pass.size() > 1024)
-    return c.answer(ec::unauthenticated, "wrong username or password");
+  std::string user, pass;
+  bool too_long = false;
+  if (auto why = rest::parse_login(c.req.body, user, pass, too_long); !why.empty())
+    return c.answer(ec::bad_request, why);
+  if (too_long) return c.answer(ec::unauthenticated, "wrong username or password");
   c.self->request(c.self->state.auth, c.left(), atom::login_v, user, pass, c.req.source)
       .then(
           [c](const std::string& token, const principal& who) mutable {
@@ -388,22 +308,10 @@ json token_json(const token_record& t) {
 }
 
 void post_token(call c) {
-  auto body = c.body();
-  if (!body.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
   std::string name;
-  if (body.contains("name")) {
-    if (!body["name"].is_string())
-      return c.answer(ec::bad_request, "'name' must be a string");
-    name = std::string{
-        utf8_prefix(body["name"].get_ref<const std::string&>(), max_token_name)};
-  }
   int64_t ttl = 0;
-  if (body.contains("expires_in")) {
-    if (!body["expires_in"].is_number_integer() || body["expires_in"].get<int64_t>() < 1)
-      return c.answer(ec::bad_request,
-                      "'expires_in' must be a positive number of seconds");
-    ttl = body["expires_in"].get<int64_t>();
-  }
+  if (auto why = rest::parse_token(c.req.body, name, ttl); !why.empty())
+    return c.answer(ec::bad_request, why);
   c.self->request(c.self->state.auth, c.left(), atom::token_v, c.who, name, ttl)
       .then(
           [c](const std::string& token, const token_record& rec) mutable {
@@ -474,14 +382,12 @@ void available(call c) {
 
 void post_action(call c) {
   std::string password, what;
-  auto parsed = parse_action(c.req.body, password, what);
-  if (!parsed) {
+  action_request areq;
+  if (auto why = rest::parse_action(c.req.body, areq, password, what); !why.empty()) {
     // A well-formed request for an unknown type or kind is a refused trigger.
-    if (!what.empty())
-      audit(c.self, c.who.username, "trigger_refused", what, message_of(parsed.error()));
-    return c.answer(parsed.error());
+    if (!what.empty()) audit(c.self, c.who.username, "trigger_refused", what, why);
+    return c.answer(ec::bad_request, why);
   }
-  auto areq = std::move(*parsed);
   areq.username = c.who.username;
   areq.role = c.who.role;
   areq.idempotency_key = c.req.idempotency_key;
@@ -508,16 +414,9 @@ void post_action(call c) {
           c.on_error());
 }
 
-/// The optional 'comment' of a body, cut to max_comment bytes on a character boundary.
-std::string comment_of(const json& j) {
-  if (!j.is_object() || !j.contains("comment") || !j["comment"].is_string()) return {};
-  return std::string{
-      utf8_prefix(j["comment"].get_ref<const std::string&>(), max_comment)};
-}
-
 void cancel_action(call c) {
   auto id = c.args[0];
-  auto comment = comment_of(c.body());
+  auto comment = rest::comment_of(c.req.body);
   c.self
       ->request(c.self->state.directory, c.left(), atom::cancel_v, id, c.who.username,
                 comment)
@@ -534,15 +433,12 @@ void cancel_action(call c) {
 
 void reverse_action(call c) {
   auto id = c.args[0];
-  auto j = c.body();
-  if (!j.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
   action_request areq;
+  std::string password;
+  if (auto why = rest::parse_reverse(c.req.body, areq.comment, password); !why.empty())
+    return c.answer(ec::bad_request, why);
   areq.username = c.who.username;
   areq.role = c.who.role;
-  areq.comment = comment_of(j);
-  std::string password;
-  if (j.contains("password") && j["password"].is_string())
-    password = j["password"].get<std::string>();
   // The reverse's type decides whether a password is needed: look at the original.
   c.self->request(c.self->state.store, c.left(), atom::get_v, atom::action_v, id)
       .then(
@@ -567,18 +463,6 @@ void get_audit(call c) {
             c.answer(http_response{200, body, {}, {}});
           },
           c.on_error());
-}
-
-bool valid_username(const std::string& name) {
-  return !name.empty() && name.size() <= 64 &&
-         name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                "0123456789._-") == std::string::npos;
-}
-
-std::string password_problem(const std::string& password) {
-  if (password.size() < 12) return "password must have at least 12 characters";
-  if (password.size() > 1024) return "password must have at most 1024 characters";
-  return {};
 }
 
 /// Stores `u` (new or changed) after hashing `password` when given.
@@ -617,26 +501,11 @@ void list_users(call c) {
 }
 
 void post_user(call c) {
-  auto j = c.body();
-  if (!j.is_object() || !j.contains("username") || !j["username"].is_string() ||
-      !j.contains("password") || !j["password"].is_string() || !j.contains("role") ||
-      !j["role"].is_string())
-    return c.answer(ec::bad_request,
-                    "body must be {\"username\", \"password\", \"role\"}");
-  auto role = user_role_from_string(j["role"].get_ref<const std::string&>());
-  user_record u{j["username"].get<std::string>(),
-                role.value_or(user_role::operator_),
-                "",
-                0,
-                "",
-                now_us()};
-  if (!valid_username(u.username))
-    return c.answer(ec::bad_request, "username: 1-64 characters of [A-Za-z0-9._-]");
-  if (!role)
-    return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
-  auto password = j["password"].get<std::string>();
-  if (auto why = password_problem(password); !why.empty())
+  user_record u;
+  std::string password;
+  if (auto why = rest::parse_new_user(c.req.body, u, password); !why.empty())
     return c.answer(ec::bad_request, why);
+  u.created_at = now_us();
   hash_then(c, std::move(u), password, [c](user_record u) mutable {
     c.self->request(c.self->state.store, c.left(), atom::put_v, u)
         .then(
@@ -672,23 +541,10 @@ void delete_user(call c) {
 
 void patch_user(call c) {
   auto name = c.args[0];
-  auto j = c.body();
-  if (!j.is_object()) return c.answer(ec::bad_request, "body must be a JSON object");
   std::optional<user_role> role;
   std::string password;
-  if (j.contains("role")) {
-    if (j["role"].is_string())
-      role = user_role_from_string(j["role"].get_ref<const std::string&>());
-    if (!role)
-      return c.answer(ec::bad_request, "role must be one of " + legal_user_roles());
-  }
-  if (j.contains("password")) {
-    if (!j["password"].is_string())
-      return c.answer(ec::bad_request, "password must be a string");
-    password = j["password"].get<std::string>();
-    if (auto why = password_problem(password); !why.empty())
-      return c.answer(ec::bad_request, why);
-  }
+  if (auto why = rest::parse_user_change(c.req.body, role, password); !why.empty())
+    return c.answer(ec::bad_request, why);
   c.self->request(c.self->state.store, c.left(), atom::user_v, name)
       .then(
           [c, role, password](user_record u) mutable {
@@ -782,7 +638,7 @@ bool matches(const char* pattern, const std::vector<std::string>& seg,
   bad_arg = false;
   for (std::size_t i = 0; i < want.size(); ++i) {
     if (want[i] == "{id}" || want[i] == "{name}") {
-      if (want[i] == "{id}" ? !bus::valid_id(seg[i]) : !valid_username(seg[i]))
+      if (want[i] == "{id}" ? !bus::valid_id(seg[i]) : !rest::valid_username(seg[i]))
         bad_arg = true;
       args.push_back(seg[i]);
     } else if (want[i] != seg[i]) {

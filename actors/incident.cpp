@@ -32,16 +32,6 @@ caf::error bad(const std::string& why) {
 
 } // namespace
 
-std::string shown(const std::string& s) {
-  constexpr std::size_t max_quoted = 80;
-  auto clean = utf8_sanitized(s);
-  std::string out;
-  for (char c : std::string(utf8_prefix(clean, max_quoted)))
-    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  if (clean.size() > max_quoted) out += "...";
-  return "'" + out + "'";
-}
-
 void normalize_hashes(bus::incident_report& r) {
   for (auto& e : r.events) {
     e.file.sha256 = normalized_sha256(std::move(e.file.sha256));

@@ -12,6 +12,7 @@
 
 #include "actors/fwd.hpp"
 #include "common/domain.hpp"
+#include "common/utf8.hpp"
 
 namespace parry {
 
@@ -36,9 +37,7 @@ incident_actor::behavior_type incident(incident_stateful self, incident_record r
 /// (shown, and not actionable for hash-checked actions).
 void normalize_hashes(bus::incident_report& r);
 
-/// Text from outside (an agent's report, a request) quoted in a reason: printable,
-/// at most 80 bytes cut on a character boundary, in single quotes.
-std::string shown(const std::string& s);
+// shown(): text from outside quoted in a reason, in common/utf8.hpp.
 
 /// Why the object of `e` cannot be acted on by an action of type `t` (its file's path
 /// or hash, its process's image), empty when it can. Such objects are shown, never

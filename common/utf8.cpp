@@ -72,4 +72,16 @@ std::string utf8_sanitized(std::string_view s) {
   return out;
 }
 
+/// Quoted, cleaned and cut for an error message: at most 80 bytes of `s` with
+/// ill-formed UTF-8 and control characters replaced.
+std::string shown(const std::string& s) {
+  constexpr std::size_t max_quoted = 80;
+  auto clean = utf8_sanitized(s);
+  std::string out;
+  for (char c : std::string(utf8_prefix(clean, max_quoted)))
+    out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
+  if (clean.size() > max_quoted) out += "...";
+  return "'" + out + "'";
+}
+
 } // namespace parry

@@ -20,4 +20,8 @@ std::string_view utf8_prefix(std::string_view s, std::size_t max_bytes);
 /// text that failed validation.
 std::string utf8_sanitized(std::string_view s);
 
+/// `s` for an error message: in single quotes, ill-formed UTF-8 and control
+/// characters replaced, cut to 80 bytes (with "..." when cut).
+std::string shown(const std::string& s);
+
 } // namespace parry

@@ -1,0 +1,184 @@
+#include "actors/rest_bodies.hpp"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "bus/codec.hpp"
+#include "common/utf8.hpp"
+
+namespace parry::rest {
+
+using nlohmann::json;
+
+namespace {
+
+/// The body as JSON; "" (no body) reads as an empty object. Never throws.
+json parse(std::string_view body) {
+  if (body.empty()) return json::object();
+  return json::parse(body.begin(), body.end(), nullptr, false);
+}
+
+/// Reads an optional string member: absent or null leaves `out` alone; anything but
+/// a string of at most `max` bytes is false.
+bool optional_string(const json& o, const char* key, std::string& out,
+                     std::size_t max = 4096) {
+  auto i = o.find(key);
+  if (i == o.end() || i->is_null()) return true;
+  if (!i->is_string() || i->get_ref<const std::string&>().size() > max) return false;
+  out = i->get<std::string>();
+  return true;
+}
+
+} // namespace
+
+std::string parse_action(std::string_view body, action_request& req,
+                         std::string& password, std::string& what) {
+  auto j = parse(body);
+  if (!j.is_object()) return "body must be a JSON object";
+  std::string type, kind;
+  if (!optional_string(j, "type", type) || type.empty())
+    return "'type' must be a non-empty string";
+  if (!optional_string(j, "incident_id", req.incident_id) ||
+      !bus::valid_id(req.incident_id))
+    return "'incident_id' must name an incident";
+  if (!optional_string(j, "comment", req.comment)) return "'comment' must be a string";
+  if (!optional_string(j, "password", password)) return "'password' must be a string";
+  auto t = j.find("target");
+  if (t == j.end() || !t->is_object()) return "'target' must be an object with a 'kind'";
+  if (!optional_string(*t, "kind", kind) ||
+      !optional_string(*t, "event_id", req.event_id))
+    return "'target.kind' and 'target.event_id' must be strings";
+  if (auto p = j.find("params"); p != j.end() && !p->is_null()) {
+    if (!p->is_object() || p->size() > 32) return "'params' must be an object of strings";
+    for (auto& [k, v] : p->items()) {
+      // start_process argv as a list: each element a string, the limits checked later.
+      if (k == "arguments" && v.is_array()) {
+        if (v.size() > max_arguments ||
+            !std::all_of(v.begin(), v.end(), [](const json& a) {
+              return a.is_string() &&
+                     a.get_ref<const std::string&>().size() <= max_arguments_bytes;
+            }))
+          return "'params.arguments' must be a list of at most " +
+                 std::to_string(max_arguments) + " strings";
+        for (const auto& a : v)
+          req.argv.push_back(a.get<std::string>());
+        req.argv_given = true;
+        continue;
+      }
+      // Long enough for start_process arguments (32 KiB), which check their own limits.
+      if (!v.is_string() || k.size() > 64 ||
+          v.get_ref<const std::string&>().size() > 33 * 1024)
+        return "'params." + utf8_sanitized(utf8_prefix(k, 64)) +
+               "' must be a short string";
+      req.params.emplace(k, v.get<std::string>());
+    }
+  }
+  what = type + " on " + req.incident_id;
+  if (auto x = action_type_from_string(type))
+    req.type = *x;
+  else
+    return "unknown action type " + shown(type) + "; legal values are " +
+           legal_action_types();
+  if (auto x = target_kind_from_string(kind))
+    req.target_kind = *x;
+  else
+    return "target.kind must be one of " + legal_target_kinds() + ", not " + shown(kind);
+  return {};
+}
+
+std::string parse_login(std::string_view body, std::string& user, std::string& password,
+                        bool& too_long) {
+  auto j = parse(body);
+  if (!j.is_object() || !j.contains("username") || !j.contains("password") ||
+      !j["username"].is_string() || !j["password"].is_string())
+    return "body must be {\"username\": ..., \"password\": ...}";
+  user = j["username"].get<std::string>();
+  password = j["password"].get<std::string>();
+  too_long = user.size() > 128 || password.size() > 1024;
+  return {};
+}
+
+std::string parse_token(std::string_view body, std::string& name, int64_t& expires_in) {
+  auto j = parse(body);
+  if (!j.is_object()) return "body must be a JSON object";
+  if (j.contains("name")) {
+    if (!j["name"].is_string()) return "'name' must be a string";
+    name =
+        std::string{utf8_prefix(j["name"].get_ref<const std::string&>(), max_token_name)};
+  }
+  expires_in = 0;
+  if (j.contains("expires_in")) {
+    const auto& e = j["expires_in"];
+    if (!e.is_number_integer() ||
+        (e.is_number_unsigned() && e.get<uint64_t>() > INT64_MAX) || e.get<int64_t>() < 1)
+      return "'expires_in' must be a positive number of seconds";
+    expires_in = e.get<int64_t>();
+  }
+  return {};
+}
+
+std::string parse_new_user(std::string_view body, user_record& user,
+                           std::string& password) {
+  auto j = parse(body);
+  if (!j.is_object() || !j.contains("username") || !j["username"].is_string() ||
+      !j.contains("password") || !j["password"].is_string() || !j.contains("role") ||
+      !j["role"].is_string())
+    return "body must be {\"username\", \"password\", \"role\"}";
+  user.username = j["username"].get<std::string>();
+  if (!valid_username(user.username))
+    return "username: 1-64 characters of [A-Za-z0-9._-]";
+  auto role = user_role_from_string(j["role"].get_ref<const std::string&>());
+  if (!role) return "role must be one of " + legal_user_roles();
+  user.role = *role;
+  password = j["password"].get<std::string>();
+  return password_problem(password);
+}
+
+std::string parse_user_change(std::string_view body, std::optional<user_role>& role,
+                              std::string& password) {
+  auto j = parse(body);
+  if (!j.is_object()) return "body must be a JSON object";
+  if (j.contains("role")) {
+    if (j["role"].is_string())
+      role = user_role_from_string(j["role"].get_ref<const std::string&>());
+    if (!role) return "role must be one of " + legal_user_roles();
+  }
+  if (j.contains("password")) {
+    if (!j["password"].is_string()) return "password must be a string";
+    password = j["password"].get<std::string>();
+    if (auto why = password_problem(password); !why.empty()) return why;
+  }
+  return {};
+}
+
+std::string parse_reverse(std::string_view body, std::string& comment,
+                          std::string& password) {
+  auto j = parse(body);
+  if (!j.is_object()) return "body must be a JSON object";
+  comment = comment_of(body);
+  if (j.contains("password") && j["password"].is_string())
+    password = j["password"].get<std::string>();
+  return {};
+}
+
+std::string comment_of(std::string_view body) {
+  auto j = parse(body);
+  if (!j.is_object() || !j.contains("comment") || !j["comment"].is_string()) return {};
+  return std::string{
+      utf8_prefix(j["comment"].get_ref<const std::string&>(), max_comment)};
+}
+
+bool valid_username(const std::string& name) {
+  return !name.empty() && name.size() <= 64 &&
+         name.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                "0123456789._-") == std::string::npos;
+}
+
+std::string password_problem(const std::string& password) {
+  if (password.size() < 12) return "password must have at least 12 characters";
+  if (password.size() > 1024) return "password must have at most 1024 characters";
+  return {};
+}
+
+} // namespace parry::rest
