@@ -1,10 +1,12 @@
 #include "bus/gateway.hpp"
 
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <stdexcept>
 
 #include <zmq.hpp>
@@ -73,6 +75,28 @@ std::string gateway::start() {
     sock->set(zmq::sockopt::heartbeat_timeout,
               static_cast<int>(opts_.heartbeat_timeout.count()));
   }
+  if (opts_.curve) {
+    const auto& c = *opts_.curve;
+    if (!c.keys) throw std::invalid_argument("gateway: CURVE without a key registry");
+    // The ZAP handler must be bound before any connection can complete a handshake;
+    // libzmq asks it on this inproc endpoint of the socket's own context.
+    auto zap = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::rep);
+    zap->set(zmq::sockopt::linger, 0);
+    zap->bind("inproc://zeromq.zap.01");
+    sock->set(zmq::sockopt::curve_server, 1);
+    sock->set(zmq::sockopt::curve_secretkey, c.secret_z85);
+    sock->set(zmq::sockopt::zap_domain, c.domain);
+    // Which connection ended, so that its device may connect again.
+    std::string mon = "inproc://parry-gateway-monitor";
+    if (zmq_socket_monitor(sock->handle(), mon.c_str(),
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CLOSED) != 0)
+      throw std::runtime_error("gateway: cannot monitor the socket");
+    auto m = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::pair);
+    m->set(zmq::sockopt::linger, 0);
+    m->connect(mon);
+    zap_ = zap.release();
+    monitor_ = m.release();
+  }
   sock->bind(endpoint_);
   auto bound = sock->get(zmq::sockopt::last_endpoint);
   socket_ = sock.release();
@@ -87,6 +111,10 @@ void gateway::stop() {
   thread_.join();
   delete static_cast<zmq::socket_t*>(socket_);
   socket_ = nullptr;
+  delete static_cast<zmq::socket_t*>(monitor_);
+  monitor_ = nullptr;
+  delete static_cast<zmq::socket_t*>(zap_);
+  zap_ = nullptr;
   std::lock_guard<std::mutex> guard{mtx_};
   stats_.dropped_stopped += queue_.size();
   queue_.clear();
@@ -106,6 +134,77 @@ void gateway::send(std::string device_id, std::string header_frame,
         {std::move(device_id), std::move(header_frame), std::move(body_frame)});
   }
   if (was_empty) wake();
+}
+
+void gateway::cut(std::string device_id) {
+  if (stopping_) return;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    cuts_.push_back(std::move(device_id));
+  }
+  wake();
+}
+
+void gateway::note_connection(const std::string& id, int fd) {
+  if (fd < 0) return;
+  auto i = live_fd_.find(id);
+  if (i != live_fd_.end() && i->second == fd) return;
+  if (i != live_fd_.end()) fd_device_.erase(i->second);
+  live_fd_[id] = fd;
+  fd_device_[fd] = id;
+}
+
+void gateway::serve_zap() {
+  auto& zap = *static_cast<zmq::socket_t*>(zap_);
+  std::vector<std::string> frames;
+  for (bool more = true; more && frames.size() < 16;) {
+    zmq::message_t part;
+    if (!zap.recv(part, zmq::recv_flags::dontwait)) return;
+    frames.emplace_back(part.to_string());
+    more = part.more();
+  }
+  zap_stats z;
+  auto d = decide_zap(frames, *opts_.curve->keys, z,
+                      [this](const std::string& id) { return live_fd_.count(id) > 0; });
+  stats_.zap_admitted += z.admitted;
+  stats_.zap_refused_unknown += z.refused_unknown;
+  stats_.zap_refused_domain += z.refused_domain;
+  stats_.zap_refused_live += z.refused_live;
+  stats_.zap_refused_malformed += z.refused_malformed;
+  if (!d.admitted) {
+    std::string peer = d.who ? d.who->user_id() : std::string{"unknown key"};
+    warn(peer, refusal_kind::spoofed, "bus: refused a connection: " + printable(d.why));
+    uint64_t held = 0;
+    if (on_suspicious_ && audit_limit_.pass(peer + "|zap", held))
+      on_suspicious_(printable(peer), "connection refused: " + d.why);
+  }
+  // A REP socket must answer every request; a request too malformed to answer still
+  // gets a minimal refusal so the socket stays usable.
+  if (d.reply.empty()) d.reply = {"1.0", "", "400", "malformed request", "", ""};
+  for (std::size_t i = 0; i < d.reply.size(); ++i)
+    (void)zap.send(zmq::buffer(d.reply[i]), i + 1 < d.reply.size()
+                                                ? zmq::send_flags::sndmore
+                                                : zmq::send_flags::none);
+}
+
+void gateway::on_monitor_event() {
+  auto& mon = *static_cast<zmq::socket_t*>(monitor_);
+  for (;;) {
+    zmq::message_t event, address;
+    if (!mon.recv(event, zmq::recv_flags::dontwait)) return;
+    if (event.more()) (void)mon.recv(address, zmq::recv_flags::none);
+    if (event.size() < 6) continue;
+    uint16_t id;
+    uint32_t value;
+    std::memcpy(&id, event.data(), sizeof id);
+    std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof value);
+    if (id != ZMQ_EVENT_DISCONNECTED && id != ZMQ_EVENT_CLOSED) continue;
+    auto fd = static_cast<int>(value);
+    if (auto i = fd_device_.find(fd); i != fd_device_.end()) {
+      live_fd_.erase(i->second);
+      fd_device_.erase(i);
+    }
+  }
 }
 
 void gateway::wake() {
@@ -185,10 +284,14 @@ void gateway::run(void* raw) {
   std::string why;
   zmq::message_t parts[3];
   while (!stopping_) {
-    zmq::pollitem_t items[] = {{sock.handle(), 0, ZMQ_POLLIN, 0},
-                               {nullptr, wake_fd_, ZMQ_POLLIN, 0}};
+    zmq::pollitem_t items[] = {
+        {sock.handle(), 0, ZMQ_POLLIN, 0},
+        {nullptr, wake_fd_, ZMQ_POLLIN, 0},
+        {zap_ ? static_cast<zmq::socket_t*>(zap_)->handle() : nullptr, -1, ZMQ_POLLIN, 0},
+        {monitor_ ? static_cast<zmq::socket_t*>(monitor_)->handle() : nullptr, -1,
+         ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds{-1});
+      zmq::poll(items, zap_ ? 4 : 2, std::chrono::milliseconds{-1});
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       throw;
@@ -196,6 +299,24 @@ void gateway::run(void* raw) {
     if (items[1].revents & ZMQ_POLLIN) {
       uint64_t n;
       [[maybe_unused]] auto r = ::read(wake_fd_, &n, sizeof n);
+    }
+    if (zap_) {
+      // Connections end before handshakes are judged, so a device whose old
+      // connection just closed is not refused as still live.
+      if (items[3].revents & ZMQ_POLLIN) on_monitor_event();
+      if (items[2].revents & ZMQ_POLLIN) serve_zap();
+      std::vector<std::string> cuts;
+      {
+        std::lock_guard<std::mutex> guard{mtx_};
+        cuts.swap(cuts_);
+      }
+      for (auto& id : cuts)
+        if (auto i = live_fd_.find(id); i != live_fd_.end()) {
+          // libzmq sees the connection end and closes its side; the key is gone
+          // from the registry, so the agent's reconnect is refused at ZAP.
+          ::shutdown(i->second, SHUT_RDWR);
+          ++stats_.revoked_cut;
+        }
     }
     // Inbound: expect exactly [routing id][header][body].
     for (int i = 0; i < inbound_batch; ++i) {
@@ -247,6 +368,21 @@ void gateway::run(void* raw) {
         refuse(raw, routing, nullptr,
                {refusal_kind::malformed, "header: " + why, "", 0, 0});
         continue;
+      }
+      // With CURVE, the connection's authenticated identity (the ZAP User-Id) must be
+      // the device the routing id claims.
+      if (zap_) {
+        const char* uid = zmq_msg_gets(parts[1].handle(), "User-Id");
+        std::string want = "agent:" + std::string{routing};
+        if (uid == nullptr || want != uid) {
+          refuse(raw, routing, &*hdr,
+                 {refusal_kind::spoofed,
+                  "connection authenticated as " + printable(uid ? uid : "nobody") +
+                      " speaks as " + printable(routing),
+                  "", 0, 0});
+          continue;
+        }
+        note_connection(std::string{routing}, parts[1].get(ZMQ_SRCFD));
       }
       // The header must name the connection it came on: no speaking for others.
       if (hdr->device_id != routing) {

@@ -20,10 +20,12 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "bus/codec.hpp"
 #include "bus/validate.hpp"
+#include "bus/zap.hpp"
 #include "common/log_limiter.hpp"
 
 namespace zmq {
@@ -44,6 +46,24 @@ struct gateway_stats {
   std::atomic<uint64_t> rejected_sent{0};   ///< `rejected` answers written.
   std::atomic<uint64_t> log_suppressed{0};  ///< Warnings held back by the rate limit.
   std::atomic<uint64_t> dropped_stopped{0}; ///< Outbound queued after stop().
+  /// CURVE only: handshakes admitted, and refused by reason (bus/zap.hpp).
+  std::atomic<uint64_t> zap_admitted{0};
+  std::atomic<uint64_t> zap_refused_unknown{0};
+  std::atomic<uint64_t> zap_refused_domain{0};
+  std::atomic<uint64_t> zap_refused_live{0};
+  std::atomic<uint64_t> zap_refused_malformed{0};
+  /// Connections cut because their key was revoked.
+  std::atomic<uint64_t> revoked_cut{0};
+};
+
+/// CURVE on the bus: every connection completes a CURVE handshake with the server's
+/// key pair and must be admitted by the ZAP handler against `keys`.
+struct curve_server_options {
+  std::string public_z85; ///< The server's CURVE key pair (bus/curve_keys.hpp).
+  std::string secret_z85;
+  std::shared_ptr<key_registry> keys;
+  /// Which kind of key this socket admits (zap_domain::agents or ::integrators).
+  std::string domain = zap_domain::agents;
 };
 
 /// Socket settings beyond the decode limits.
@@ -58,6 +78,8 @@ struct gateway_options {
   /// without traffic. 0 turns it off.
   std::chrono::milliseconds heartbeat_ivl{5000};
   std::chrono::milliseconds heartbeat_timeout{15000};
+  /// Unset: plain TCP (tests, a closed lab). Set: CURVE and ZAP, see above.
+  std::optional<curve_server_options> curve;
 };
 
 class gateway {
@@ -100,6 +122,10 @@ public:
   /// Queues one message for `device_id`. Thread-safe, never blocks on the network.
   void send(std::string device_id, std::string header_frame, std::string body_frame);
 
+  /// CURVE only: closes the live connection of `device_id` (its key was revoked:
+  /// remove it from the registry first, so the reconnect is refused). Thread-safe.
+  void cut(std::string device_id);
+
   const gateway_stats& stats() const { return stats_; }
 
 private:
@@ -110,6 +136,10 @@ private:
   };
 
   void run(void* socket);
+  // CURVE only, socket thread: one ZAP request, the monitor's events, queued cuts.
+  void serve_zap();
+  void on_monitor_event();
+  void note_connection(const std::string& id, int fd);
   void wake();
   // Counts, logs and answers one refused inbound message (socket thread only).
   void refuse(void* socket, std::string_view peer, const header* h, const refusal& r);
@@ -128,6 +158,7 @@ private:
   std::atomic<bool> stopping_{false};
   std::mutex mtx_;
   std::vector<outbound> queue_;
+  std::vector<std::string> cuts_; // guarded by mtx_
   std::thread thread_;
   gateway_stats stats_;
   // Socket thread only.
@@ -135,6 +166,12 @@ private:
   log_limiter reply_limit_{20, std::chrono::seconds{1}};
   log_limiter audit_limit_{1, std::chrono::seconds{60}};
   uint64_t out_msg_id_ = 0;
+  // CURVE only, socket thread: the ZAP and monitor sockets (zmq::socket_t*), the live
+  // connection of each device (its descriptor, from ZMQ_SRCFD) and the reverse map.
+  void* zap_ = nullptr;
+  void* monitor_ = nullptr;
+  std::unordered_map<std::string, int> live_fd_;
+  std::unordered_map<int, std::string> fd_device_;
 };
 
 } // namespace parry::bus

@@ -4,12 +4,15 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <mutex>
 #include <thread>
 
 #include <zmq.hpp>
 
 #include "bus/codec.hpp"
+#include "bus/curve_keys.hpp"
 #include "bus/gateway.hpp"
 #include "bus/validate.hpp"
 #include "common/log_limiter.hpp"
@@ -580,4 +583,172 @@ BOOST_AUTO_TEST_CASE(send_after_stop_writes_to_no_foreign_descriptor) {
   }
   BOOST_TEST(written_to == 0);
   BOOST_TEST(gw->stats().dropped_stopped.load() == 1u);
+}
+
+// -- CURVE and ZAP: only enrolled keys, each speaking only as its own device --------
+
+namespace {
+
+std::string raw_key(const std::string& z85) {
+  std::string out(32, '\0');
+  BOOST_REQUIRE(zmq_z85_decode(reinterpret_cast<uint8_t*>(out.data()), z85.c_str()));
+  return out;
+}
+
+struct curve_bed {
+  curve_key_pair server = generate_curve_key_pair();
+  std::shared_ptr<key_registry> keys = std::make_shared<key_registry>();
+  std::atomic<int> heartbeats{0};
+  std::mutex seen_mtx;
+  std::vector<std::string> seen; // device ids whose heartbeat got through
+  std::unique_ptr<gateway> gw;
+  std::string ep;
+  zmq::context_t ctx;
+
+  curve_bed() {
+    gateway_options o;
+    o.curve = curve_server_options{server.public_z85, server.secret_z85, keys};
+    o.heartbeat_ivl = std::chrono::milliseconds{0};
+    gw = std::make_unique<gateway>(
+        "tcp://127.0.0.1:*", decode_limits{},
+        [this](header&& h, std::string_view) -> std::optional<refusal> {
+          std::lock_guard<std::mutex> g{seen_mtx};
+          seen.push_back(h.device_id);
+          ++heartbeats;
+          return std::nullopt;
+        },
+        [](const std::string&) {}, o);
+    ep = gw->start();
+  }
+  ~curve_bed() { gw->stop(); }
+
+  /// A DEALER with key pair `kp` claiming routing id `id`.
+  zmq::socket_t agent(const curve_key_pair& kp, const char* id) {
+    zmq::socket_t s{ctx, zmq::socket_type::dealer};
+    s.set(zmq::sockopt::routing_id, id);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::curve_serverkey, server.public_z85);
+    s.set(zmq::sockopt::curve_publickey, kp.public_z85);
+    s.set(zmq::sockopt::curve_secretkey, kp.secret_z85);
+    s.connect(ep);
+    return s;
+  }
+
+  static void heartbeat_from(zmq::socket_t& s, const char* id) {
+    s.send(zmq::buffer(encode(make_header("heartbeat", id))),
+           zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    s.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::dontwait);
+  }
+
+  int seen_from(const std::string& id) {
+    std::lock_guard<std::mutex> g{seen_mtx};
+    return static_cast<int>(std::count(seen.begin(), seen.end(), id));
+  }
+
+  template <class Pred> bool within(Pred p, int seconds = 10) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{seconds};
+    while (!p()) {
+      if (std::chrono::steady_clock::now() >= deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds{5}); // poll interval
+    }
+    return true;
+  }
+};
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(curve_admits_only_enrolled_keys_each_as_its_own_device) {
+  curve_bed bed;
+  auto alice = generate_curve_key_pair(), bob = generate_curve_key_pair(),
+       mallory = generate_curve_key_pair();
+  bed.keys->admit(raw_key(alice.public_z85), {key_identity::kind_t::agent, "dev-a", ""});
+  bed.keys->admit(raw_key(bob.public_z85), {key_identity::kind_t::agent, "dev-b", ""});
+  // An enrolled key, speaking as its own device, is heard.
+  auto a = bed.agent(alice, "dev-a");
+  curve_bed::heartbeat_from(a, "dev-a");
+  BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-a") == 1; }));
+  // A key nobody enrolled completes no handshake: nothing of it arrives.
+  auto m = bed.agent(mallory, "dev-m");
+  curve_bed::heartbeat_from(m, "dev-m");
+  BOOST_REQUIRE(
+      bed.within([&] { return bed.gw->stats().zap_refused_unknown.load() >= 1; }));
+  // Bob's enrolled key under another device's routing id: its connection is
+  // authenticated as dev-b, so what it says as dev-x is refused as spoofed.
+  auto b_as_a = bed.agent(bob, "dev-x");
+  curve_bed::heartbeat_from(b_as_a, "dev-x");
+  BOOST_REQUIRE(bed.within([&] {
+    return bed.gw->stats()
+               .refused[static_cast<std::size_t>(refusal_kind::spoofed)]
+               .load() >= 1;
+  }));
+  BOOST_TEST(bed.seen_from("dev-x") == 0);
+  BOOST_TEST(bed.seen_from("dev-m") == 0);
+  BOOST_TEST(bed.gw->stats().zap_admitted.load() >= 2u);
+  // A second connection for dev-a while the first is live is refused at the
+  // handshake; dev-a's own connection still works.
+  auto a2 = bed.agent(alice, "dev-a");
+  BOOST_REQUIRE(bed.within([&] { return bed.gw->stats().zap_refused_live.load() >= 1; }));
+  curve_bed::heartbeat_from(a, "dev-a");
+  BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-a") == 2; }));
+}
+
+BOOST_AUTO_TEST_CASE(a_revoked_key_is_cut_off_and_cannot_come_back) {
+  curve_bed bed;
+  auto alice = generate_curve_key_pair();
+  bed.keys->admit(raw_key(alice.public_z85), {key_identity::kind_t::agent, "dev-a", ""});
+  auto a = bed.agent(alice, "dev-a");
+  curve_bed::heartbeat_from(a, "dev-a");
+  BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-a") == 1; }));
+  // Revoked: out of the registry first, then the open connection is cut.
+  BOOST_REQUIRE(bed.keys->revoke(key_identity::kind_t::agent, "dev-a"));
+  bed.gw->cut("dev-a");
+  BOOST_REQUIRE(bed.within([&] { return bed.gw->stats().revoked_cut.load() == 1; }));
+  // The DEALER reconnects by itself; the handshake is refused now, so nothing more
+  // arrives however often it tries.
+  BOOST_REQUIRE(
+      bed.within([&] { return bed.gw->stats().zap_refused_unknown.load() >= 1; }));
+  for (int i = 0; i < 5; ++i)
+    curve_bed::heartbeat_from(a, "dev-a");
+  BOOST_TEST(!bed.within([&] { return bed.seen_from("dev-a") > 1; }, 1));
+}
+
+BOOST_AUTO_TEST_CASE(zap_decisions_follow_the_registry) {
+  key_registry keys;
+  std::string k1(32, '\1'), k2(32, '\2');
+  keys.admit(k1, {key_identity::kind_t::agent, "dev-1", ""});
+  keys.admit(k2, {key_identity::kind_t::integrator, "soar", "security_officer"});
+  zap_stats st;
+  auto request = [](const char* domain, const std::string& key) {
+    return std::vector<std::string>{"1.0", "r1", domain, "127.0.0.1", "", "CURVE", key};
+  };
+  auto never = [](const std::string&) { return false; };
+  auto d = decide_zap(request(zap_domain::agents, k1), keys, st, never);
+  BOOST_TEST(d.admitted);
+  BOOST_TEST(d.reply[2] == "200");
+  BOOST_TEST(d.reply[4] == "agent:dev-1");
+  BOOST_TEST(d.reply[1] == "r1");
+  // An integrator key on the agents' socket, an agent key on the integrators'.
+  BOOST_TEST(!decide_zap(request(zap_domain::agents, k2), keys, st, never).admitted);
+  BOOST_TEST(!decide_zap(request(zap_domain::integrators, k1), keys, st, never).admitted);
+  BOOST_TEST(decide_zap(request(zap_domain::integrators, k2), keys, st, never).reply[4] ==
+             "integrator:soar");
+  BOOST_TEST(st.refused_domain == 2u);
+  // Malformed: wrong version, wrong mechanism, short key.
+  BOOST_TEST(decide_zap({"0.9", "r"}, keys, st, never).reply.empty());
+  auto plain = request(zap_domain::agents, k1);
+  plain[5] = "PLAIN";
+  BOOST_TEST(decide_zap(plain, keys, st, never).reply[2] == "400");
+  BOOST_TEST(decide_zap(request(zap_domain::agents, "short"), keys, st, never).reply[2] ==
+             "400");
+  BOOST_TEST(st.refused_malformed == 3u);
+  // Enrolling a device again replaces its key; the old one is refused.
+  std::string k3(32, '\3');
+  BOOST_TEST(keys.admit(k3, {key_identity::kind_t::agent, "dev-1", ""}) == k1);
+  BOOST_TEST(!decide_zap(request(zap_domain::agents, k1), keys, st, never).admitted);
+  BOOST_TEST(decide_zap(request(zap_domain::agents, k3), keys, st, never).admitted);
+  // A live device's second connection is refused.
+  auto live = [](const std::string& id) { return id == "dev-1"; };
+  auto again = decide_zap(request(zap_domain::agents, k3), keys, st, live);
+  BOOST_TEST(!again.admitted);
+  BOOST_TEST(st.refused_live == 1u);
 }
