@@ -83,6 +83,24 @@ using account_store_actor = caf::typed_actor<
     caf::replies_to<atom::revoke, atom::token, std::string,
                     std::string>::with<std::string>>;
 
+/// Who may use the bus: admitted CURVE keys and enrollment tokens (issue 7).
+using bus_key_store_actor = caf::typed_actor<
+    // Every admitted key (loaded into the gateway's registry at start).
+    caf::replies_to<atom::list, atom::key>::with<std::vector<bus_key_record>>,
+    // Admits a key, replacing the key of the same device or integrator; answers the
+    // replaced key ("" if none).
+    caf::replies_to<atom::put, bus_key_record>::with<std::string>,
+    // Removes the key of a device (false) or integrator (true) by name; answers the
+    // removed key; not_found when there is none.
+    caf::replies_to<atom::revoke, atom::key, bool, std::string>::with<std::string>,
+    // Stores an enrollment token by its SHA-256.
+    caf::replies_to<atom::put, std::string, enrollment_token_record>::with<atom::ok>,
+    // Uses an enrollment token (by hash) at the given time (µs) to admit an agent key
+    // for a device: one step, so a one-time token admits exactly one key. not_found
+    // for an unknown or used-up token, conflict for an expired one.
+    caf::replies_to<atom::enroll, std::string, int64_t,
+                    bus_key_record>::with<std::string>>;
+
 /// The hash-chained audit trail.
 using audit_store_actor = caf::typed_actor<
     // Appends a record.
@@ -119,6 +137,7 @@ using store_reader_actor = caf::typed_actor<
 using store_actor =
     action_store_actor::extend_with<inventory_store_actor, account_store_actor,
                                     audit_store_actor, store_reader_actor,
+                                    bus_key_store_actor,
                                     // Commits the open transaction and answers
                                     // the writes in it.
                                     caf::typed_actor<caf::reacts_to<atom::flush>>>;

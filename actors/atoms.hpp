@@ -85,4 +85,8 @@ CAF_ADD_ATOM(parry, parry::atom, confirm, "confirm")
 CAF_ADD_ATOM(parry, parry::atom, forget, "forget")
 CAF_ADD_ATOM(parry, parry::atom, locked, "locked")
 CAF_ADD_ATOM(parry, parry::atom, list, "list")
+
+// store: bus keys and enrollment (issue 7).
+CAF_ADD_ATOM(parry, parry::atom, key, "key")
+CAF_ADD_ATOM(parry, parry::atom, enroll, "enroll")
 CAF_END_TYPE_ID_BLOCK(parry)

@@ -144,6 +144,25 @@ struct token_record {
   int64_t expires_at = 0; ///< Microseconds since the epoch; 0 for never (old tokens).
 };
 
+/// A CURVE key admitted to the bus (docs/bus-protocol.md, "CURVE and ZAP").
+struct bus_key_record {
+  std::string public_z85;  ///< The key, 40 Z85 characters.
+  bool integrator = false; ///< false: an agent key, `name` is its device_id.
+  std::string name;        ///< The device_id, or the integrator's name.
+  std::string role;        ///< Integrators: a user_role word; agents: "".
+  int64_t created_at = 0;  ///< Microseconds since the epoch.
+  std::string created_by;  ///< Who enrolled or registered it.
+};
+
+/// A one-time (or N-time) enrollment token as stored: never the token itself.
+struct enrollment_token_record {
+  std::string token_id;   ///< 16 hex digits, to list and revoke it.
+  std::string created_by; ///< The administrator who made it.
+  int64_t created_at = 0; ///< Microseconds since the epoch.
+  int64_t expires_at = 0; ///< Microseconds since the epoch; refused from then on.
+  uint32_t uses_left = 1; ///< Enrollments it still allows.
+};
+
 /// Who is making a request, once authenticated.
 struct principal {
   std::string username;
@@ -191,6 +210,12 @@ template <class Inspector> auto inspect(Inspector& f, action_policy& x) {
 template <class Inspector> auto inspect(Inspector& f, device_record& x) {
   return f(x.device_id, x.hostname, x.os, x.agent_version, x.addresses, x.online,
            x.isolated, x.first_seen, x.last_seen);
+}
+template <class Inspector> auto inspect(Inspector& f, bus_key_record& x) {
+  return f(x.public_z85, x.integrator, x.name, x.role, x.created_at, x.created_by);
+}
+template <class Inspector> auto inspect(Inspector& f, enrollment_token_record& x) {
+  return f(x.token_id, x.created_by, x.created_at, x.expires_at, x.uses_left);
 }
 template <class Inspector> auto inspect(Inspector& f, incident_record& x) {
   return f(x.incident_id, x.device_id, x.status, x.created_at, x.report, x.wire_bytes);

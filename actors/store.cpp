@@ -71,6 +71,15 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 CREATE TABLE IF NOT EXISTS tokens (
   token_hash TEXT PRIMARY KEY, username TEXT NOT NULL, name TEXT, created_at INTEGER,
   token_id TEXT, expires_at INTEGER NOT NULL DEFAULT 0);
+-- Who may use the bus: one key per device or integrator, one device or integrator
+-- per key.
+CREATE TABLE IF NOT EXISTS bus_keys (
+  public_key TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,
+  role TEXT NOT NULL DEFAULT '', created_at INTEGER NOT NULL, created_by TEXT NOT NULL,
+  UNIQUE (kind, name));
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+  token_hash TEXT PRIMARY KEY, token_id TEXT NOT NULL, created_by TEXT NOT NULL,
+  created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, uses_left INTEGER NOT NULL);
 )sql";
 
 /// A prepared statement borrowed from the cache: bound on construction, reset when
@@ -609,6 +618,33 @@ void write_transition(store_state& st, const transition& t, const std::string& a
   s.step();
   append_audit(st, audit_entry{actor, "transition", t.action_id,
                                std::string(to_string(t.state)) + ": " + t.reason});
+}
+
+const char* key_kind(bool integrator) {
+  return integrator ? "integrator" : "agent";
+}
+
+/// The key now admitted for a device (false) or integrator (true) `name`, or "".
+std::string admitted_key(store_state& st, bool integrator, const std::string& name) {
+  stmt q{st, "SELECT public_key FROM bus_keys WHERE kind = ? AND name = ?"};
+  q.bind(1, key_kind(integrator)).bind(2, name);
+  return q.step() ? q.text(0) : std::string{};
+}
+
+/// Admits `k`, replacing the key of the same device or integrator and any earlier
+/// binding of the same key.
+void admit_key(store_state& st, const bus_key_record& k) {
+  stmt by_name{st, "DELETE FROM bus_keys WHERE kind = ? AND name = ?"};
+  by_name.bind(1, key_kind(k.integrator)).bind(2, k.name);
+  by_name.step();
+  stmt by_key{st, "DELETE FROM bus_keys WHERE public_key = ?"};
+  by_key.bind(1, k.public_z85);
+  by_key.step();
+  stmt s{st, "INSERT INTO bus_keys (public_key, kind, name, role, created_at, "
+             "created_by) VALUES (?, ?, ?, ?, ?, ?)"};
+  s.bind(1, k.public_z85).bind(2, key_kind(k.integrator)).bind(3, k.name);
+  s.bind(4, k.role).bind(5, k.created_at).bind(6, k.created_by);
+  s.step();
 }
 
 } // namespace
@@ -1156,6 +1192,98 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::query, atom::audit, const page_request& p) {
         return read_answer<std::string>([&] { return read_audit(self->state, p); });
+      },
+      [=](atom::list, atom::key) -> caf::result<std::vector<bus_key_record>> {
+        return read_answer<std::vector<bus_key_record>>([&] {
+          std::vector<bus_key_record> out;
+          stmt q{self->state, "SELECT public_key, kind, name, role, created_at, "
+                              "created_by FROM bus_keys ORDER BY kind, name"};
+          while (q.step())
+            out.push_back(bus_key_record{q.text(0), q.text(1) == "integrator", q.text(2),
+                                         q.text(3), q.integer(4), q.text(5)});
+          return out;
+        });
+      },
+      [=](atom::put, const bus_key_record& k) -> caf::result<std::string> {
+        std::string replaced;
+        if (auto err = guarded("read", [&] {
+              replaced = admitted_key(self->state, k.integrator, k.name);
+            }))
+          return err;
+        if (replaced == k.public_z85) replaced.clear();
+        return write_answer(
+            self, [&] { admit_key(self->state, k); }, replaced);
+      },
+      [=](atom::revoke, atom::key, bool integrator,
+          const std::string& name) -> caf::result<std::string> {
+        std::string key;
+        if (auto err = guarded(
+                "read", [&] { key = admitted_key(self->state, integrator, name); }))
+          return err;
+        if (key.empty())
+          return make_error(ec::not_found, std::string{"no key for "} +
+                                               key_kind(integrator) + " " + name);
+        return write_answer(
+            self,
+            [&] {
+              stmt s{self->state, "DELETE FROM bus_keys WHERE public_key = ?"};
+              s.bind(1, key);
+              s.step();
+            },
+            key);
+      },
+      [=](atom::put, const std::string& hash,
+          const enrollment_token_record& t) -> caf::result<atom::ok> {
+        return ok_write(self, [&] {
+          stmt s{self->state, "INSERT INTO enrollment_tokens (token_hash, token_id, "
+                              "created_by, created_at, expires_at, uses_left) VALUES "
+                              "(?, ?, ?, ?, ?, ?)"};
+          s.bind(1, hash).bind(2, t.token_id).bind(3, t.created_by).bind(4, t.created_at);
+          s.bind(5, t.expires_at).bind(6, int64_t{t.uses_left});
+          s.step();
+        });
+      },
+      [=](atom::enroll, const std::string& hash, int64_t now,
+          const bus_key_record& k) -> caf::result<std::string> {
+        std::string replaced;
+        if (auto err = guarded("read", [&] {
+              replaced = admitted_key(self->state, k.integrator, k.name);
+            }))
+          return err;
+        if (replaced == k.public_z85) replaced.clear();
+        // Checking and using the token is one write: a one-time token admits one key.
+        return write_answer(
+            self,
+            [&] {
+              auto& st = self->state;
+              int64_t expires_at = 0, uses_left = 0;
+              {
+                stmt q{st, "SELECT expires_at, uses_left FROM enrollment_tokens WHERE "
+                           "token_hash = ?"};
+                q.bind(1, hash);
+                if (q.step()) {
+                  expires_at = q.integer(0);
+                  uses_left = q.integer(1);
+                }
+              }
+              if (uses_left < 1)
+                throw refused(ec::not_found, "unknown or used enrollment token");
+              if (expires_at <= now)
+                throw refused(ec::conflict, "the enrollment token has expired");
+              auto left = uses_left - 1;
+              if (left == 0) {
+                stmt del{st, "DELETE FROM enrollment_tokens WHERE token_hash = ?"};
+                del.bind(1, hash);
+                del.step();
+              } else {
+                stmt upd{st, "UPDATE enrollment_tokens SET uses_left = ? WHERE "
+                             "token_hash = ?"};
+                upd.bind(1, left).bind(2, hash);
+                upd.step();
+              }
+              admit_key(st, k);
+            },
+            replaced);
       },
       [=](atom::flush) {
         auto& st = self->state;

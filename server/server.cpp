@@ -237,13 +237,20 @@ void server::start() {
       nlohmann::json refused = nlohmann::json::object();
       for (std::size_t k = 0; k < bus::refusal_kinds; ++k)
         refused[bus::to_string(static_cast<bus::refusal_kind>(k))] = s.refused[k].load();
-      out["bus"] = nlohmann::json{{"frames_in", s.frames_in.load()},
-                                  {"frames_out", s.frames_out.load()},
-                                  {"bad_frames", s.bad_frames.load()},
-                                  {"unreachable", s.unreachable.load()},
-                                  {"refused", std::move(refused)},
-                                  {"rejected_sent", s.rejected_sent.load()},
-                                  {"log_suppressed", s.log_suppressed.load()}};
+      out["bus"] =
+          nlohmann::json{{"frames_in", s.frames_in.load()},
+                         {"frames_out", s.frames_out.load()},
+                         {"bad_frames", s.bad_frames.load()},
+                         {"unreachable", s.unreachable.load()},
+                         {"refused", std::move(refused)},
+                         {"rejected_sent", s.rejected_sent.load()},
+                         {"zap_admitted", s.zap_admitted.load()},
+                         {"zap_refused_unknown", s.zap_refused_unknown.load()},
+                         {"zap_refused_domain", s.zap_refused_domain.load()},
+                         {"zap_refused_live", s.zap_refused_live.load()},
+                         {"zap_refused_malformed", s.zap_refused_malformed.load()},
+                         {"revoked_cut", s.revoked_cut.load()},
+                         {"log_suppressed", s.log_suppressed.load()}};
     }
     if (auto h = weak_http.lock())
       out["http"] =

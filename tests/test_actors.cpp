@@ -922,6 +922,15 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
       [](atom::query, atom::action, const std::string&) { return std::string{"{}"}; },
       [](atom::query, atom::users, const page_request&) { return std::string{"{}"}; },
       [](atom::query, atom::stats) { return std::string{"{}"}; },
+      [](atom::list, atom::key) { return std::vector<bus_key_record>{}; },
+      [](atom::put, const bus_key_record&) { return std::string{}; },
+      [none](atom::revoke, atom::key, bool,
+             const std::string& name) -> caf::result<std::string> { return none(name); },
+      [](atom::put, const std::string&, const enrollment_token_record&) {
+        return atom::ok_v;
+      },
+      [none](atom::enroll, const std::string& hash, int64_t,
+             const bus_key_record&) -> caf::result<std::string> { return none(hash); },
       [](atom::flush) {},
   };
 }

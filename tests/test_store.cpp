@@ -400,6 +400,65 @@ BOOST_AUTO_TEST_CASE(an_unknown_stored_state_is_shown_failed_with_the_stored_wor
   BOOST_TEST(open->value->empty()); // never resumed
 }
 
+BOOST_AUTO_TEST_CASE(bus_keys_one_per_device_and_enrollment_tokens_used_once) {
+  auto key = [](char c, const char* dev) {
+    return bus_key_record{std::string(40, c), false, dev, "", 1, "admin"};
+  };
+  enrollment_token_record once{"t1", "admin", 1, 1000, 1};
+  auto put = request<atom::ok>(atom::put_v, std::string{"hash-1"}, once);
+  BOOST_REQUIRE(put->answered && !put->err);
+  // The token admits one key; the second use is refused, as is an unknown token.
+  auto first = request<std::string>(atom::enroll_v, std::string{"hash-1"}, int64_t{10},
+                                    key('a', "dev-1"));
+  BOOST_REQUIRE(first->answered && first->value);
+  BOOST_TEST(first->value->empty()); // nothing replaced
+  auto again = request<std::string>(atom::enroll_v, std::string{"hash-1"}, int64_t{11},
+                                    key('b', "dev-2"));
+  BOOST_REQUIRE(again->answered);
+  BOOST_TEST(code(again->err) == ec::not_found);
+  // An expired token is refused and admits nothing.
+  enrollment_token_record old{"t2", "admin", 1, 100, 5};
+  request<atom::ok>(atom::put_v, std::string{"hash-2"}, old);
+  auto late = request<std::string>(atom::enroll_v, std::string{"hash-2"}, int64_t{100},
+                                   key('c', "dev-3"));
+  BOOST_TEST(code(late->err) == ec::conflict);
+  // A multi-use token counts down; enrolling a device again replaces its key.
+  enrollment_token_record many{"t3", "admin", 1, 1000, 2};
+  request<atom::ok>(atom::put_v, std::string{"hash-3"}, many);
+  auto re = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{20},
+                                 key('d', "dev-1"));
+  BOOST_REQUIRE(re->value);
+  BOOST_TEST(*re->value == std::string(40, 'a'));
+  auto list = request<std::vector<bus_key_record>>(atom::list_v, atom::key_v);
+  BOOST_REQUIRE(list->value);
+  BOOST_REQUIRE(list->value->size() == 1u);
+  BOOST_TEST(list->value->front().public_z85 == std::string(40, 'd'));
+  // Revoking answers the key; a second revoke finds none.
+  auto rev =
+      request<std::string>(atom::revoke_v, atom::key_v, false, std::string{"dev-1"});
+  BOOST_REQUIRE(rev->value);
+  BOOST_TEST(*rev->value == std::string(40, 'd'));
+  auto rev2 =
+      request<std::string>(atom::revoke_v, atom::key_v, false, std::string{"dev-1"});
+  BOOST_TEST(code(rev2->err) == ec::not_found);
+  // Integrators keep their own names apart from devices.
+  auto soar =
+      request<std::string>(atom::put_v, bus_key_record{std::string(40, 'e'), true,
+                                                       "dev-1", "operator", 1, "admin"});
+  BOOST_REQUIRE(soar->value);
+  restart();
+  auto after = request<std::vector<bus_key_record>>(atom::list_v, atom::key_v);
+  BOOST_REQUIRE(after->value && after->value->size() == 1u);
+  BOOST_TEST(after->value->front().integrator);
+  BOOST_TEST(after->value->front().role == "operator");
+  auto last = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{30},
+                                   key('f', "dev-9"));
+  BOOST_REQUIRE(last->value); // the second use of the two-use token
+  auto none = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{31},
+                                   key('g', "dev-8"));
+  BOOST_TEST(code(none->err) == ec::not_found);
+}
+
 BOOST_AUTO_TEST_CASE(devices_stored_online_are_offline_after_a_restart) {
   request<atom::ok>(atom::put_v, device("d-1", true));
   restart();
