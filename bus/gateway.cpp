@@ -382,7 +382,9 @@ void gateway::run(void* raw) {
                   "", 0, 0});
           continue;
         }
-        note_connection(std::string{routing}, parts[1].get(ZMQ_SRCFD));
+        // The descriptor the message came on (-1 if libzmq cannot say): how a
+        // revoked device's connection is found and cut.
+        note_connection(std::string{routing}, zmq_msg_get(parts[1].handle(), ZMQ_SRCFD));
       }
       // The header must name the connection it came on: no speaking for others.
       if (hdr->device_id != routing) {
