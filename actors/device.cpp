@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <utility>
 
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
@@ -190,13 +191,24 @@ void late_result(device_stateful self, bus::action_result r) {
             auto& st = self->state;
             if (rec.device_id != st.rec.device_id) {
               ++st.cfg.counters->foreign_results;
-              spdlog::warn("device {}: result for {}, an action of device {}; ignored",
-                           st.rec.device_id, rec.action_id, rec.device_id);
-              self->request(
-                      st.store, store_timeout, atom::audit_v,
-                      audit_entry{"device:" + st.rec.device_id, "bus_refused",
-                                  rec.action_id,
-                                  "result for an action of device " + rec.device_id})
+              auto now = self->clock().now();
+              if (st.foreign_logged != caf::actor_clock::time_point{} &&
+                  now - st.foreign_logged < std::chrono::minutes{1}) {
+                ++st.foreign_held;
+                return;
+              }
+              st.foreign_logged = now;
+              auto held = std::exchange(st.foreign_held, uint64_t{0});
+              auto more = held > 0 ? " (and " + std::to_string(held) +
+                                         " more in the last minute not logged)"
+                                   : std::string{};
+              spdlog::warn("device {}: result for {}, an action of device {}; ignored{}",
+                           st.rec.device_id, rec.action_id, rec.device_id, more);
+              self->request(st.store, store_timeout, atom::audit_v,
+                            audit_entry{"device:" + st.rec.device_id, "bus_refused",
+                                        rec.action_id,
+                                        "result for an action of device " +
+                                            rec.device_id + more})
                   .then([](atom::ok) {},
                         [self](caf::error& err) {
                           spdlog::error("device {}: cannot write the audit trail: {}",

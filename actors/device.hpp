@@ -91,6 +91,11 @@ struct device_state {
   /// `max_early_incidents`): stored once the device is known, refused otherwise.
   std::vector<std::pair<bus::incident_report, uint64_t>> early; ///< With wire bytes.
   static constexpr std::size_t max_early_incidents = 16;
+  /// Results naming another device's action: always counted, but logged and
+  /// audited at most once a minute per device (the next line says how many were
+  /// held back), so a hostile agent cannot flood the log or the audit trail.
+  caf::actor_clock::time_point foreign_logged{};
+  uint64_t foreign_held = 0;
 
   device_config cfg;
   directory_store_actor store;

@@ -842,6 +842,24 @@ BOOST_AUTO_TEST_CASE(a_result_for_another_devices_action_is_counted_and_audited)
   BOOST_TEST(last["kind"] == "bus_refused");
   BOOST_TEST(last["actor"] == "device:dev-2");
   BOOST_TEST(last["target"] == rec.action_id);
+  // A flood is counted in full but audited once a minute, saying what it held back.
+  for (int i = 0; i < 50; ++i)
+    result("dev-2", rec.action_id, false, "spoofed");
+  BOOST_TEST(dcfg.counters->foreign_results.load() == 51u);
+  auto refused_records = [&] {
+    int n = 0;
+    auto audit = read("audit"); // kept: a range over a temporary's member dangles
+    for (auto& r : audit["records"])
+      n += r["kind"] == "bus_refused";
+    return n;
+  };
+  BOOST_TEST(refused_records() == 1);
+  advance_time(61s);
+  result("dev-2", rec.action_id, false, "spoofed");
+  BOOST_TEST(refused_records() == 2);
+  auto after = read("audit")["records"].back();
+  BOOST_TEST(after["detail"].get<std::string>().find("(and 50 more") !=
+             std::string::npos);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
