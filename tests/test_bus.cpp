@@ -16,6 +16,7 @@
 #include "bus/gateway.hpp"
 #include "bus/validate.hpp"
 #include "common/log_limiter.hpp"
+#include "common/process.hpp"
 
 using namespace parry::bus;
 
@@ -390,12 +391,7 @@ recv_msg(zmq::socket_t& s, std::chrono::milliseconds timeout) {
 }
 
 template <class Pred> bool wait_for(Pred p, std::chrono::milliseconds t = 10s) {
-  auto deadline = std::chrono::steady_clock::now() + t;
-  while (!p()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(1ms);
-  }
-  return true;
+  return parry::poll_until(p, t, 1ms);
 }
 
 } // namespace
@@ -646,12 +642,8 @@ struct curve_bed {
   }
 
   template <class Pred> bool within(Pred p, int seconds = 10) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{seconds};
-    while (!p()) {
-      if (std::chrono::steady_clock::now() >= deadline) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds{5}); // poll interval
-    }
-    return true;
+    return parry::poll_until(p, std::chrono::seconds{seconds},
+                             std::chrono::milliseconds{5});
   }
 };
 
