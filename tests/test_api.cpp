@@ -173,6 +173,17 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     return call(std::move(r));
   }
 
+  /// Triggers an isolate of the incident's detection; answers the action id.
+  std::string isolate_on(const login_session& s, const std::string& inc) {
+    auto r = as(s, "POST", "/api/v1/actions",
+                json{{"type", "isolate"},
+                     {"incident_id", inc},
+                     {"target", {{"kind", "detection"}}}}
+                    .dump());
+    BOOST_REQUIRE_MESSAGE(r.status == 202, r.status << " " << r.body);
+    return json::parse(r.body)["action"]["action_id"].get<std::string>();
+  }
+
   std::string incident_on(const std::string& dev, const bus::incident_report& rep) {
     bus::hello h;
     h.hostname = "ws-" + dev;
@@ -241,15 +252,10 @@ BOOST_AUTO_TEST_CASE(invalid_utf8_in_a_stored_event_type_does_not_end_the_api) {
 BOOST_AUTO_TEST_CASE(long_comments_are_cut_on_character_boundaries) {
   auto s = login();
   auto inc = incident_on("dev-1", report());
-  auto r = as(
-      s, "POST", "/api/v1/actions",
-      json{{"type", "isolate"}, {"incident_id", inc}, {"target", {{"kind", "detection"}}}}
-          .dump());
-  BOOST_REQUIRE_MESSAGE(r.status == 202, r.status << " " << r.body);
-  auto id = json::parse(r.body)["action"]["action_id"].get<std::string>();
+  auto id = isolate_on(s, inc);
   auto comment = std::string(4095, 'a') + "\xc3\xa9";
-  r = as(s, "POST", "/api/v1/actions/" + id + "/cancel",
-         json{{"comment", comment}}.dump());
+  auto r = as(s, "POST", "/api/v1/actions/" + id + "/cancel",
+              json{{"comment", comment}}.dump());
   BOOST_REQUIRE_MESSAGE(r.status == 200, r.status << " " << r.body);
   r = as(s, "GET", "/api/v1/actions/" + id);
   BOOST_TEST(r.status == 200);
@@ -488,19 +494,14 @@ BOOST_AUTO_TEST_CASE(unknown_words_at_the_rest_edge_are_400_naming_the_legal_val
 BOOST_AUTO_TEST_CASE(an_unreadable_stored_action_is_503_storage) {
   auto s = login();
   auto inc = incident_on("dev-1", report());
-  auto r = as(
-      s, "POST", "/api/v1/actions",
-      json{{"type", "isolate"}, {"incident_id", inc}, {"target", {{"kind", "detection"}}}}
-          .dump());
-  BOOST_REQUIRE_EQUAL(r.status, 202);
-  auto id = json::parse(r.body)["action"]["action_id"].get<std::string>();
+  auto id = isolate_on(s, inc);
   sqlite3* db = nullptr;
   BOOST_REQUIRE(sqlite3_open(db_path.c_str(), &db) == SQLITE_OK);
   sqlite3_busy_timeout(db, 5000);
   auto sql = "UPDATE actions SET type = 'nuke' WHERE action_id = '" + id + "'";
   BOOST_REQUIRE(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
   sqlite3_close(db);
-  r = as(s, "GET", "/api/v1/actions/" + id);
+  auto r = as(s, "GET", "/api/v1/actions/" + id);
   BOOST_TEST(r.status == 503);
   BOOST_TEST(json::parse(r.body)["error"]["code"] == "storage");
   BOOST_TEST(as(s, "GET", "/api/v1/actions").status == 200);
