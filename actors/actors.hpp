@@ -97,9 +97,17 @@ using bus_key_store_actor = caf::typed_actor<
     caf::replies_to<atom::put, std::string, enrollment_token_record>::with<atom::ok>,
     // Uses an enrollment token (by hash) at the given time (µs) to admit an agent key
     // for a device: one step, so a one-time token admits exactly one key. not_found
-    // for an unknown or used-up token, conflict for an expired one.
+    // for an unknown or used-up token, conflict for an expired one, forbidden when
+    // the device has another key (the same key again succeeds and uses nothing).
     caf::replies_to<atom::enroll, std::string, int64_t,
                     bus_key_record>::with<std::string>>;
+
+/// Enrollment tokens for GET and DELETE /enrollment-tokens.
+using enrollment_token_store_actor = caf::typed_actor<
+    // Every token not used up, newest first (expired ones included, marked by time).
+    caf::replies_to<atom::list, atom::enroll>::with<std::vector<enrollment_token_record>>,
+    // Deletes a token by its id; not_found when there is none.
+    caf::replies_to<atom::del, atom::enroll, std::string>::with<atom::ok>>;
 
 /// The hash-chained audit trail.
 using audit_store_actor = caf::typed_actor<
@@ -137,7 +145,7 @@ using store_reader_actor = caf::typed_actor<
 using store_actor =
     action_store_actor::extend_with<inventory_store_actor, account_store_actor,
                                     audit_store_actor, store_reader_actor,
-                                    bus_key_store_actor,
+                                    bus_key_store_actor, enrollment_token_store_actor,
                                     // Commits the open transaction and answers
                                     // the writes in it.
                                     caf::typed_actor<caf::reacts_to<atom::flush>>>;
@@ -146,6 +154,22 @@ using store_actor =
 using gateway_actor = caf::typed_actor<
     // Queues [header][body] for the device's connection.
     caf::reacts_to<atom::send, std::string, std::string, std::string>>;
+
+/// Who may use the bus (issue 7): enrollment, tokens, integrator keys, revocation.
+/// Keeps the gateways' key registry in step with the store.
+using bus_keys_actor = caf::typed_actor<
+    // From the enrollment endpoint: device_id, its CURVE public key (Z85), the
+    // token's hash, the request's msg_id. Answered on the bus with `enrolled`.
+    caf::reacts_to<atom::enroll, std::string, std::string, std::string, uint64_t>,
+    // Creates an enrollment token: lifetime (µs), uses, creator; answers the token
+    // text (shown once, never stored) and its record.
+    caf::replies_to<atom::token, int64_t, uint32_t,
+                    std::string>::with<std::string, enrollment_token_record>,
+    // Registers an integrator key (or replaces that integrator's key).
+    caf::replies_to<atom::put, bus_key_record, std::string>::with<atom::ok>,
+    // Revokes the key of a device (false) or integrator (true) by name, for a user;
+    // cuts its open connection. not_found when it has no key.
+    caf::replies_to<atom::revoke, bool, std::string, std::string>::with<atom::ok>>;
 
 /// One response action, owning its lifecycle (DESIGN.md §4).
 using response_action_actor = caf::typed_actor<

@@ -342,6 +342,112 @@ void delete_token(call c) {
             c.on_error());
 }
 
+// -- the bus: enrollment tokens, integrator keys, revocation -------------------------
+
+/// 503 when the server runs without CURVE (no bus_keys actor): nothing to enroll.
+bool without_curve(call& c) {
+  if (c.self->state.bus_keys) return false;
+  c.answer(unavailable("the bus runs without CURVE (bus_curve = false): there are no "
+                       "keys to enroll, register or revoke"));
+  return true;
+}
+
+json enrollment_token_json(const enrollment_token_record& t) {
+  return json{{"token_id", t.token_id},
+              {"created_by", t.created_by},
+              {"created_at", format_time(t.created_at)},
+              {"expires_at", format_time(t.expires_at)},
+              {"uses_left", t.uses_left}};
+}
+
+void post_enrollment_token(call c) {
+  if (without_curve(c)) return;
+  int64_t ttl = 0;
+  uint32_t uses = 1;
+  if (auto why = rest::parse_enrollment_token(c.req.body, ttl, uses); !why.empty())
+    return c.answer(ec::bad_request, why);
+  c.self
+      ->request(c.self->state.bus_keys, c.left(), atom::token_v, ttl * 1000000, uses,
+                c.who.username)
+      .then(
+          [c](const std::string& token, const enrollment_token_record& rec) mutable {
+            auto j = enrollment_token_json(rec);
+            j["token"] = token;
+            c.answer(reply(201, j));
+          },
+          c.on_error());
+}
+
+void list_enrollment_tokens(call c) {
+  c.self->request(c.self->state.store, c.left(), atom::list_v, atom::enroll_v)
+      .then(
+          [c](const std::vector<enrollment_token_record>& xs) mutable {
+            auto out = json::array();
+            for (const auto& t : xs)
+              out.push_back(enrollment_token_json(t));
+            c.answer(reply(200, json{{"enrollment_tokens", std::move(out)}}));
+          },
+          c.on_error());
+}
+
+void delete_enrollment_token(call c) {
+  c.self->request(c.self->state.store, c.left(), atom::del_v, atom::enroll_v, c.args[0])
+      .then(
+          [c](atom::ok) mutable {
+            audit(c.self, c.who.username, "enrollment_token_deleted", c.args[0], "");
+            c.answer(reply(200, json::object()));
+          },
+          c.on_error());
+}
+
+void list_bus_keys(call c) {
+  c.self->request(c.self->state.store, c.left(), atom::list_v, atom::key_v)
+      .then(
+          [c](const std::vector<bus_key_record>& xs) mutable {
+            auto out = json::array();
+            for (const auto& k : xs)
+              out.push_back(json{{"kind", k.integrator ? "integrator" : "agent"},
+                                 {"name", k.name},
+                                 {"role", k.integrator ? json(k.role) : json(nullptr)},
+                                 {"public_key", k.public_z85},
+                                 {"created_at", format_time(k.created_at)},
+                                 {"created_by", k.created_by}});
+            c.answer(reply(200, json{{"bus_keys", std::move(out)}}));
+          },
+          c.on_error());
+}
+
+void post_integrator(call c) {
+  if (without_curve(c)) return;
+  std::string name, key;
+  user_role role = user_role::operator_;
+  if (auto why = rest::parse_integrator(c.req.body, name, role, key); !why.empty())
+    return c.answer(ec::bad_request, why);
+  bus_key_record k{key, true, name, to_string(role), now_us(), c.who.username};
+  c.self->request(c.self->state.bus_keys, c.left(), atom::put_v, k, c.who.username)
+      .then(
+          [c, name, role](atom::ok) mutable {
+            c.answer(reply(201, json{{"name", name}, {"role", to_string(role)}}));
+          },
+          c.on_error());
+}
+
+/// DELETE /devices/{id}/key and /integrators/{name}.
+void revoke_bus_key(call c, bool integrator) {
+  if (without_curve(c)) return;
+  c.self
+      ->request(c.self->state.bus_keys, c.left(), atom::revoke_v, integrator, c.args[0],
+                c.who.username)
+      .then([c](atom::ok) mutable { c.answer(reply(200, json::object())); },
+            c.on_error());
+}
+void revoke_device_key(call c) {
+  revoke_bus_key(std::move(c), false);
+}
+void revoke_integrator(call c) {
+  revoke_bus_key(std::move(c), true);
+}
+
 void list_devices(call c) {
   read_page(c, atom::devices_v);
 }
@@ -626,6 +732,13 @@ const route routes[] = {
     {"PATCH", "/users/{name}", access::administrator, patch_user},
     {"DELETE", "/users/{name}", access::administrator, delete_user},
     {"GET", "/stats", access::user, stats},
+    {"POST", "/enrollment-tokens", access::administrator, post_enrollment_token},
+    {"GET", "/enrollment-tokens", access::administrator, list_enrollment_tokens},
+    {"DELETE", "/enrollment-tokens/{id}", access::administrator, delete_enrollment_token},
+    {"GET", "/bus-keys", access::administrator, list_bus_keys},
+    {"DELETE", "/devices/{id}/key", access::administrator, revoke_device_key},
+    {"POST", "/integrators", access::administrator, post_integrator},
+    {"DELETE", "/integrators/{id}", access::administrator, revoke_integrator},
 };
 
 /// Matches `seg` against `pattern`, collecting the `{...}` segments into `args`.
@@ -742,20 +855,8 @@ void route_request(call c) {
 
 } // namespace
 
-api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
-                             directory_actor dir, store_actor store,
-                             store_reader_actor reader, action_policy policy,
-                             std::function<json()> bus_stats,
-                             std::shared_ptr<supervision_stats> supervision) {
-  auto& st = self->state;
-  st.auth = std::move(auth);
-  st.hasher = std::move(hasher);
-  st.directory = std::move(dir);
-  st.store = std::move(store);
-  st.reader = std::move(reader);
-  st.policy = std::move(policy);
-  st.bus_stats = std::move(bus_stats);
-  st.supervision = std::move(supervision);
+api_actor::behavior_type api(api_stateful self, api_state deps) {
+  self->state = std::move(deps);
   return {
       [self](const http_request& req) -> caf::result<http_response> {
         auto rp = self->make_response_promise<http_response>();

@@ -17,6 +17,7 @@ struct supervision_stats;
 
 namespace parry {
 
+/// What the api works with, given whole at spawn (and to its supervisor).
 struct api_state {
   static inline constexpr const char* name = "api";
 
@@ -34,16 +35,14 @@ struct api_state {
   caf::timespan deadline = std::chrono::seconds{25};
   /// Restarts and caught exceptions, shared with the supervisors; for /stats.
   std::shared_ptr<supervision_stats> supervision;
+  /// Enrollment tokens, integrator keys, revocation (null: those routes answer 503).
+  bus_keys_actor bus_keys;
 };
 
 using api_stateful = api_actor::stateful_pointer<api_state>;
 
 /// The REST API of docs/rest-api.md: authenticates, checks roles and CSRF, routes.
-api_actor::behavior_type api(api_stateful self, auth_actor auth, hasher_actor hasher,
-                             directory_actor dir, store_actor store,
-                             store_reader_actor reader, action_policy policy,
-                             std::function<nlohmann::json()> bus_stats,
-                             std::shared_ptr<supervision_stats> supervision);
+api_actor::behavior_type api(api_stateful self, api_state deps);
 
 /// Splits "/a/b?x=1&y=%20" into path and decoded query parameters.
 std::pair<std::string, std::map<std::string, std::string>>

@@ -118,6 +118,54 @@ std::string parse_token(std::string_view body, std::string& name, int64_t& expir
   return {};
 }
 
+namespace {
+
+/// A positive integer field at most `max`, or why not.
+std::string positive(const json& j, const char* field, int64_t max, int64_t& out) {
+  const auto& e = j[field];
+  if (!e.is_number_integer() ||
+      (e.is_number_unsigned() && e.get<uint64_t>() > INT64_MAX) || e.get<int64_t>() < 1 ||
+      e.get<int64_t>() > max)
+    return std::string{"'"} + field + "' must be an integer 1.." + std::to_string(max);
+  out = e.get<int64_t>();
+  return {};
+}
+
+} // namespace
+
+std::string parse_enrollment_token(std::string_view body, int64_t& ttl_seconds,
+                                   uint32_t& uses) {
+  auto j = parse(body);
+  if (!j.is_object() || !j.contains("ttl_seconds"))
+    return "body must be {\"ttl_seconds\", \"uses\"?}";
+  if (auto why = positive(j, "ttl_seconds", int64_t{10} * 365 * 24 * 3600, ttl_seconds);
+      !why.empty())
+    return why;
+  uses = 1;
+  if (j.contains("uses")) {
+    int64_t n = 0;
+    if (auto why = positive(j, "uses", UINT32_MAX, n); !why.empty()) return why;
+    uses = static_cast<uint32_t>(n);
+  }
+  return {};
+}
+
+std::string parse_integrator(std::string_view body, std::string& name, user_role& role,
+                             std::string& public_key) {
+  auto j = parse(body);
+  if (!j.is_object() || !j.contains("name") || !j["name"].is_string() ||
+      !j.contains("role") || !j["role"].is_string() || !j.contains("public_key") ||
+      !j["public_key"].is_string())
+    return "body must be {\"name\", \"role\", \"public_key\"}";
+  name = j["name"].get<std::string>();
+  if (!bus::valid_id(name)) return "name: 1-128 characters of [A-Za-z0-9._:-]";
+  auto r = user_role_from_string(j["role"].get_ref<const std::string&>());
+  if (!r) return "role must be one of " + legal_user_roles();
+  role = *r;
+  public_key = j["public_key"].get<std::string>();
+  return {};
+}
+
 std::string parse_new_user(std::string_view body, user_record& user,
                            std::string& password) {
   auto j = parse(body);

@@ -34,6 +34,17 @@ std::string parse_login(std::string_view body, std::string& user, std::string& p
 /// default).
 std::string parse_token(std::string_view body, std::string& name, int64_t& expires_in);
 
+/// POST /enrollment-tokens: `ttl_seconds` (positive integer, required) and `uses`
+/// (positive integer, default 1). The upper bounds are the server's to check.
+std::string parse_enrollment_token(std::string_view body, int64_t& ttl_seconds,
+                                   uint32_t& uses);
+
+/// POST /integrators: `name` (an id: [A-Za-z0-9._:-], 1..128), `role` (a user_role
+/// word) and `public_key` (the integrator's CURVE public key, 40 Z85 characters;
+/// checked by the caller).
+std::string parse_integrator(std::string_view body, std::string& name, user_role& role,
+                             std::string& public_key);
+
 /// POST /users: a new user (name, role; created_at left 0) and its password.
 std::string parse_new_user(std::string_view body, user_record& user,
                            std::string& password);

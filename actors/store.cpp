@@ -1243,6 +1243,34 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.step();
         });
       },
+      [=](atom::list, atom::enroll) -> caf::result<std::vector<enrollment_token_record>> {
+        return read_answer<std::vector<enrollment_token_record>>([&] {
+          std::vector<enrollment_token_record> out;
+          stmt q{self->state,
+                 "SELECT token_id, created_by, created_at, expires_at, "
+                 "uses_left FROM enrollment_tokens ORDER BY created_at DESC"};
+          while (q.step())
+            out.push_back(enrollment_token_record{q.text(0), q.text(1), q.integer(2),
+                                                  q.integer(3),
+                                                  static_cast<uint32_t>(q.integer(4))});
+          return out;
+        });
+      },
+      [=](atom::del, atom::enroll, const std::string& id) -> caf::result<atom::ok> {
+        bool found = false;
+        if (auto err = guarded("read", [&] {
+              stmt q{self->state, "SELECT 1 FROM enrollment_tokens WHERE token_id = ?"};
+              q.bind(1, id);
+              found = q.step();
+            }))
+          return err;
+        if (!found) return make_error(ec::not_found, "no enrollment token " + id);
+        return ok_write(self, [&] {
+          stmt s{self->state, "DELETE FROM enrollment_tokens WHERE token_id = ?"};
+          s.bind(1, id);
+          s.step();
+        });
+      },
       [=](atom::enroll, const std::string& hash, int64_t now,
           const bus_key_record& k) -> caf::result<std::string> {
         std::string replaced;
@@ -1270,6 +1298,14 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
                 throw refused(ec::not_found, "unknown or used enrollment token");
               if (expires_at <= now)
                 throw refused(ec::conflict, "the enrollment token has expired");
+              // A token never takes a device over from the key it has: revoke first.
+              // The same key again (an answer lost on the way) uses nothing.
+              auto current = admitted_key(st, k.integrator, k.name);
+              if (current == k.public_z85) return;
+              if (!current.empty())
+                throw refused(ec::forbidden, "device " + k.name +
+                                                 " is already enrolled with another "
+                                                 "key; revoke it first");
               auto left = uses_left - 1;
               if (left == 0) {
                 stmt del{st, "DELETE FROM enrollment_tokens WHERE token_hash = ?"};

@@ -53,16 +53,9 @@ caf::behavior supervisor(caf::stateful_actor<supervisor_state>* self, std::strin
 
 } // namespace
 
-api_actor spawn_supervised_api(caf::actor_system& sys,
-                               std::shared_ptr<supervision_stats> stats, auth_actor auth,
-                               hasher_actor hasher, directory_actor dir,
-                               store_actor store, store_reader_actor reader,
-                               action_policy policy,
-                               std::function<nlohmann::json()> bus_stats) {
-  auto make = [&sys, stats, auth, hasher, dir, store, reader, policy, bus_stats] {
-    return caf::actor_cast<caf::actor>(
-        sys.spawn(api, auth, hasher, dir, store, reader, policy, bus_stats, stats));
-  };
+api_actor spawn_supervised_api(caf::actor_system& sys, api_state deps) {
+  auto stats = deps.supervision;
+  auto make = [&sys, deps] { return caf::actor_cast<caf::actor>(sys.spawn(api, deps)); };
   return caf::actor_cast<api_actor>(sys.spawn(supervisor, std::string{"api"}, make, stats,
                                               &supervision_stats::api_restarts));
 }

@@ -12,6 +12,8 @@
 
 namespace parry {
 
+struct api_state;
+
 struct auth_config;
 
 /// What supervision saw since start, for /stats. Written by actors, read by anyone.
@@ -27,12 +29,7 @@ struct supervision_stats {
 /// The api actor behind a supervisor. The handle answers for the whole life of the
 /// system: requests are delegated to the current api; when it ends for any reason
 /// but a shutdown it is started again and `api_restarts` counted.
-api_actor spawn_supervised_api(caf::actor_system& sys,
-                               std::shared_ptr<supervision_stats> stats, auth_actor auth,
-                               hasher_actor hasher, directory_actor dir,
-                               store_actor store, store_reader_actor reader,
-                               action_policy policy,
-                               std::function<nlohmann::json()> bus_stats);
+api_actor spawn_supervised_api(caf::actor_system& sys, api_state deps);
 
 /// The auth actor behind a supervisor, like the api. A restarted auth has lost its
 /// sessions and lockout counters: users log in again.

@@ -11,6 +11,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent-sim/agent_keys.hpp"
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_runner.hpp"
 #include "bus/codec.hpp"
@@ -42,12 +43,27 @@ int main(int argc, char** argv) {
   uint32_t incident_interval_ms = 30000;
   std::size_t generate = 0;
   parry::sim::runner_config cfg;
+  parry::sim::enrollment enroll;
+  enroll.endpoint = "tcp://127.0.0.1:7401";
+  std::string state_dir = "./parry-agent-state";
+  bool plain = false;
 
   app.add_option("--sim", sim, "Simulate N endpoints in this process")
       ->check(CLI::Range(1, 20000));
   app.add_flag("--real", real, "Act on this machine (not available yet)");
   app.add_option("--server", cfg.endpoint.server, "Server bus endpoint")
       ->capture_default_str();
+  app.add_option("--enroll", enroll.token,
+                 "Enrollment token for devices that have no key yet (a multi-use token "
+                 "enrolls every simulated endpoint)")
+      ->envname("PARRY_ENROLL_TOKEN");
+  app.add_option("--enroll-server", enroll.endpoint, "Server enrollment endpoint")
+      ->capture_default_str();
+  app.add_option("--state-dir", state_dir,
+                 "Where the device keys and the pinned server keys are kept")
+      ->capture_default_str();
+  app.add_flag("--plain", plain,
+               "Connect without CURVE, to a server with bus_curve = false (closed labs)");
   app.add_option("--seed", cfg.endpoint.seed, "Seed: the same seed gives the same run")
       ->capture_default_str();
   app.add_option("--id-prefix", cfg.endpoint.id_prefix,
@@ -110,6 +126,24 @@ int main(int argc, char** argv) {
   if (generate > 0) {
     parry::sim::write_generated(cfg, scenarios, generate, std::cout);
     return 0;
+  }
+
+  if (!plain) {
+    if (enroll.endpoint.rfind("tcp://", 0) != 0 &&
+        enroll.endpoint.rfind("ipc://", 0) != 0)
+      return fail("--enroll-server must be a tcp:// or ipc:// endpoint");
+    std::vector<std::string> ids;
+    for (std::size_t i = 0; i < sim; ++i)
+      ids.push_back(parry::sim::device_id_for(cfg.endpoint.id_prefix, i));
+    try {
+      auto keys = parry::sim::load_agent_keys(state_dir);
+      parry::sim::enroll_missing(keys, ids, enroll, state_dir);
+      cfg.server_key_z85 = keys.server_key_z85;
+      for (const auto& id : ids)
+        cfg.curve_keys.push_back(keys.devices.at(id));
+    } catch (const std::exception& e) {
+      return fail(e.what());
+    }
   }
 
   // Report ids carry the start second, so a restarted run does not reuse them.

@@ -77,6 +77,12 @@ struct sim_runner::impl {
   std::vector<zmq::socket_t> dealers;
   std::vector<zmq::socket_t> monitors;
   std::vector<zmq::pollitem_t> items; // dealer i at 2i, its monitor at 2i+1
+  // A refused handshake (key not enrolled or revoked, device still connected) ends
+  // a ZeroMQ connection for good: the socket is made again later, backing off.
+  std::vector<int64_t> redial_at;    // 0: none due
+  std::vector<int64_t> redial_delay; // next back-off
+  uint64_t generation = 0;           // makes each monitor endpoint unique
+  uint64_t refused_handshakes = 0;
   uint64_t send_failures = 0;
   bool started = false;
   bool hold_commands = false;
@@ -87,7 +93,60 @@ struct sim_runner::impl {
   void check_hold(int64_t now);
   void read_messages(std::size_t i, int64_t now);
   void read_monitor(std::size_t i, int64_t now);
+  void open_socket(std::size_t i);
+  void redial_due(int64_t now);
 };
+
+// Back-off between attempts after a refused handshake.
+constexpr int64_t first_redial_us = 1'000'000;
+constexpr int64_t max_redial_us = 30'000'000;
+
+void sim_runner::impl::open_socket(std::size_t i) {
+  const std::string& id = endpoints[i].device_id();
+  zmq::socket_t d(ctx, zmq::socket_type::dealer);
+  d.set(zmq::sockopt::routing_id, id);
+  d.set(zmq::sockopt::linger, 0);
+  // Retry fast at first, back off to 5 s while the server stays away.
+  d.set(zmq::sockopt::reconnect_ivl, 100);
+  d.set(zmq::sockopt::reconnect_ivl_max, 5000);
+  // ZMTP pings notice a dead server even when no FIN ever arrives.
+  d.set(zmq::sockopt::heartbeat_ivl, 2000);
+  d.set(zmq::sockopt::heartbeat_timeout, 6000);
+  d.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(bus::decode_limits{}.max_frame));
+  d.set(zmq::sockopt::sndhwm, 1000);
+  d.set(zmq::sockopt::rcvhwm, 1000);
+  if (!cfg.server_key_z85.empty()) {
+    d.set(zmq::sockopt::curve_serverkey, cfg.server_key_z85);
+    d.set(zmq::sockopt::curve_publickey, cfg.curve_keys[i].public_z85);
+    d.set(zmq::sockopt::curve_secretkey, cfg.curve_keys[i].secret_z85);
+  }
+  // The monitor must be attached before connecting, or the first event is lost.
+  std::string mon = "inproc://parry-sim-monitor-" + std::to_string(i) + "-" +
+                    std::to_string(++generation);
+  if (zmq_socket_monitor(d.handle(), mon.c_str(),
+                         ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0)
+    throw zmq::error_t();
+  zmq::socket_t p(ctx, zmq::socket_type::pair);
+  p.set(zmq::sockopt::linger, 0);
+  p.connect(mon);
+  d.connect(cfg.endpoint.server);
+  items[2 * i] = {d.handle(), 0, ZMQ_POLLIN, 0};
+  items[2 * i + 1] = {p.handle(), 0, ZMQ_POLLIN, 0};
+  dealers[i] = std::move(d);
+  monitors[i] = std::move(p);
+}
+
+void sim_runner::impl::redial_due(int64_t now) {
+  for (std::size_t i = 0; i < redial_at.size(); ++i) {
+    if (redial_at[i] == 0 || redial_at[i] > now) continue;
+    redial_at[i] = 0;
+    spdlog::info("{}: connecting again after a refused handshake",
+                 endpoints[i].device_id());
+    open_socket(i);
+  }
+}
 
 void sim_runner::impl::send(std::size_t i, const std::vector<outbound>& msgs) {
   for (const outbound& m : msgs) {
@@ -160,7 +219,22 @@ void sim_runner::impl::read_monitor(std::size_t i, int64_t now) {
     if (event.size() < 6) continue;
     uint16_t id = 0;
     std::memcpy(&id, event.data(), sizeof id);
-    if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+    if (id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+        id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+      // The server refused this key or this connection; ZeroMQ will not try again.
+      ++refused_handshakes;
+      if (redial_at[i] == 0) {
+        spdlog::warn("{}: the server refused the connection (key not enrolled, "
+                     "revoked, or the device is connected elsewhere); trying again in "
+                     "{} s",
+                     endpoints[i].device_id(), redial_delay[i] / 1000000);
+        redial_at[i] = now + redial_delay[i];
+        redial_delay[i] = std::min(max_redial_us, 2 * redial_delay[i]);
+      }
+      endpoints[i].on_link_down();
+      return;
+    } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+      redial_delay[i] = first_redial_us;
       spdlog::debug("{}: connected", endpoints[i].device_id());
       send(i, endpoints[i].on_link_up(now));
     } else if (id == ZMQ_EVENT_DISCONNECTED) {
@@ -197,43 +271,20 @@ void sim_runner::start() {
                              " endpoints per parry-agent");
   m.ctx.set(zmq::ctxopt::max_sockets, static_cast<int>(sockets));
 
-  m.dealers.reserve(n);
-  m.monitors.reserve(n);
+  bool curve = !m.cfg.server_key_z85.empty();
+  if (curve && m.cfg.curve_keys.size() != n)
+    throw std::runtime_error("a CURVE key pair is needed for every endpoint");
+  m.dealers.resize(n);
+  m.monitors.resize(n);
+  m.items.assign(2 * n, zmq::pollitem_t{});
+  m.redial_at.assign(n, 0);
+  m.redial_delay.assign(n, first_redial_us);
   int64_t now = now_us();
   // Before any socket: a command must not slip through ahead of the first look.
   m.check_hold(now);
   try {
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::string& id = m.endpoints[i].device_id();
-      zmq::socket_t d(m.ctx, zmq::socket_type::dealer);
-      d.set(zmq::sockopt::routing_id, id);
-      d.set(zmq::sockopt::linger, 0);
-      // Retry fast at first, back off to 5 s while the server stays away.
-      d.set(zmq::sockopt::reconnect_ivl, 100);
-      d.set(zmq::sockopt::reconnect_ivl_max, 5000);
-      // ZMTP pings notice a dead server even when no FIN ever arrives.
-      d.set(zmq::sockopt::heartbeat_ivl, 2000);
-      d.set(zmq::sockopt::heartbeat_timeout, 6000);
-      d.set(zmq::sockopt::maxmsgsize,
-            static_cast<int64_t>(bus::decode_limits{}.max_frame));
-      d.set(zmq::sockopt::sndhwm, 1000);
-      d.set(zmq::sockopt::rcvhwm, 1000);
-
-      // The monitor must be attached before connecting, or the first event is lost.
-      std::string mon = "inproc://parry-sim-monitor-" + std::to_string(i);
-      if (zmq_socket_monitor(d.handle(), mon.c_str(),
-                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_DISCONNECTED) != 0)
-        throw zmq::error_t();
-      zmq::socket_t p(m.ctx, zmq::socket_type::pair);
-      p.set(zmq::sockopt::linger, 0);
-      p.connect(mon);
-      d.connect(m.cfg.endpoint.server);
-
-      m.items.push_back({d.handle(), 0, ZMQ_POLLIN, 0});
-      m.items.push_back({p.handle(), 0, ZMQ_POLLIN, 0});
-      m.dealers.push_back(std::move(d));
-      m.monitors.push_back(std::move(p));
-    }
+    for (std::size_t i = 0; i < n; ++i)
+      m.open_socket(i);
   } catch (const zmq::error_t& e) {
     throw std::runtime_error("cannot set up endpoint sockets for " +
                              m.cfg.endpoint.server + ": " + e.what());
@@ -267,6 +318,7 @@ void sim_runner::poll_once(long max_wait_ms) {
     throw;
   }
   now = now_us();
+  m.redial_due(now);
   m.check_hold(now);
   for (std::size_t i = 0; i < m.endpoints.size(); ++i)
     if (m.endpoints[i].next_due() <= now) m.send(i, m.endpoints[i].tick(now));

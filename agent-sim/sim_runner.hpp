@@ -14,6 +14,7 @@
 
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_endpoint.hpp"
+#include "bus/curve_keys.hpp"
 
 namespace parry::sim {
 
@@ -28,6 +29,10 @@ struct runner_config {
   /// Test hook: while this file exists, every endpoint executes commands but holds
   /// their results. Empty means no hook.
   std::string hold_results_file;
+  /// CURVE: the server key every connection pins (Z85) and each endpoint's key pair
+  /// (by endpoint index). An empty server key means plain TCP.
+  std::string server_key_z85;
+  std::vector<bus::curve_key_pair> curve_keys;
 };
 
 /// Totals over all endpoints.

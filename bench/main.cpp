@@ -116,7 +116,7 @@ int run(const options& opt) {
                                "--seed", "1", "--id-prefix", sim_prefix, "--server",
                                srv.bus_endpoint(), "--incident-interval-ms", "1000",
                                "--incidents", "2", "--scenarios", opt.scenarios,
-                               "--log-level", "warn"},
+                               "--log-level", "warn", "--plain"},
                               {},
                               (srv.dir() / "agent.log").string()};
   struct agents_stopper {

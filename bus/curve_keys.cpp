@@ -92,6 +92,23 @@ std::string curve_public_of(std::string_view secret_z85) {
   return std::string(pub, curve_key_z85_chars);
 }
 
+std::string z85_to_raw(std::string_view z85) {
+  if (!is_z85_key(z85)) return {};
+  char z[curve_key_z85_chars + 1];
+  std::memcpy(z, z85.data(), curve_key_z85_chars);
+  z[curve_key_z85_chars] = '\0';
+  std::string raw(32, '\0');
+  zmq_z85_decode(reinterpret_cast<uint8_t*>(raw.data()), z);
+  return raw;
+}
+
+std::string raw_to_z85(std::string_view raw) {
+  if (raw.size() != 32) return {};
+  char z[curve_key_z85_chars + 1] = {};
+  zmq_z85_encode(z, reinterpret_cast<const uint8_t*>(raw.data()), raw.size());
+  return std::string(z, curve_key_z85_chars);
+}
+
 void save_curve_key_pair(const std::string& path, const curve_key_pair& keys,
                          file_write how) {
   if (!is_z85_key(keys.secret_z85) || curve_public_of(keys.secret_z85) != keys.public_z85)

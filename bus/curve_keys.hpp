@@ -34,6 +34,12 @@ bool is_z85_key(std::string_view text);
 /// `secret_z85` is not a Z85 key.
 std::string curve_public_of(std::string_view secret_z85);
 
+/// The 32 raw bytes of a Z85 key, or "" when `z85` is not a Z85 key (is_z85_key).
+std::string z85_to_raw(std::string_view z85);
+
+/// The Z85 text (40 characters) of 32 raw key bytes, or "" for another length.
+std::string raw_to_z85(std::string_view raw);
+
 /// Writes the key pair's secret half to `path`: the 40 Z85 characters and "\n"
 /// (the public half is derived from it on load).
 void save_curve_key_pair(const std::string& path, const curve_key_pair& keys,

@@ -49,6 +49,9 @@ gateway::gateway(std::string endpoint, decode_limits limits, message_handler on_
     : endpoint_(std::move(endpoint)), limits_(limits), opts_(opts),
       on_message_(std::move(on_message)), on_unreachable_(std::move(on_unreachable)),
       ctx_(std::make_unique<zmq::context_t>(1)) {
+  if (opts_.curve && opts_.curve->handshakes_per_second > 0)
+    handshake_rate_ =
+        log_limiter{opts_.curve->handshakes_per_second, std::chrono::seconds{1}};
   if (opts_.hard_frame == 0) opts_.hard_frame = 4 * limits_.max_frame;
   if (opts_.hard_frame < limits_.max_frame) opts_.hard_frame = limits_.max_frame;
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -89,7 +92,8 @@ std::string gateway::start() {
     // Which connection ended, so that its device may connect again.
     std::string mon = "inproc://parry-gateway-monitor";
     if (zmq_socket_monitor(sock->handle(), mon.c_str(),
-                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_CLOSED) != 0)
+                           ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED |
+                               ZMQ_EVENT_CLOSED) != 0)
       throw std::runtime_error("gateway: cannot monitor the socket");
     auto m = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::pair);
     m->set(zmq::sockopt::linger, 0);
@@ -163,6 +167,23 @@ void gateway::serve_zap() {
     frames.emplace_back(part.to_string());
     more = part.more();
   }
+  const auto& c = *opts_.curve;
+  uint64_t held = 0;
+  if ((c.max_connections > 0 && open_connections_ > c.max_connections) ||
+      (c.handshakes_per_second > 0 && !handshake_rate_.pass("zap", held))) {
+    ++stats_.zap_refused_busy;
+    warn("handshakes", refusal_kind::busy,
+         "bus: refused a connection on " + c.domain +
+             ": too many connections or "
+             "handshakes");
+    std::vector<std::string> reply{
+        "1.0", frames.size() > 1 ? frames[1] : std::string{}, "300", "busy", "", ""};
+    for (std::size_t i = 0; i < reply.size(); ++i)
+      (void)zap.send(zmq::buffer(reply[i]), i + 1 < reply.size()
+                                                ? zmq::send_flags::sndmore
+                                                : zmq::send_flags::none);
+    return;
+  }
   zap_stats z;
   auto d = decide_zap(frames, *opts_.curve->keys, z,
                       [this](const std::string& id) { return live_fd_.count(id) > 0; });
@@ -198,7 +219,12 @@ void gateway::on_monitor_event() {
     uint32_t value;
     std::memcpy(&id, event.data(), sizeof id);
     std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof value);
+    if (id == ZMQ_EVENT_ACCEPTED) {
+      ++open_connections_;
+      continue;
+    }
     if (id != ZMQ_EVENT_DISCONNECTED && id != ZMQ_EVENT_CLOSED) continue;
+    if (open_connections_ > 0) --open_connections_;
     auto fd = static_cast<int>(value);
     if (auto i = fd_device_.find(fd); i != fd_device_.end()) {
       live_fd_.erase(i->second);
@@ -370,11 +396,17 @@ void gateway::run(void* raw) {
         continue;
       }
       // With CURVE, the connection's authenticated identity (the ZAP User-Id) must be
-      // the device the routing id claims.
+      // the device the routing id claims (on the enrollment endpoint, any key: the
+      // handler checks the key it enrolls is this one).
+      std::string_view user_id;
       if (zap_) {
         const char* uid = zmq_msg_gets(parts[1].handle(), "User-Id");
-        std::string want = "agent:" + std::string{routing};
-        if (uid == nullptr || want != uid) {
+        user_id = uid ? std::string_view{uid} : std::string_view{};
+        bool enrolling = opts_.curve->domain == zap_domain::enroll;
+        std::string want =
+            enrolling ? std::string{"enroll:"} : "agent:" + std::string{routing};
+        if (uid == nullptr || user_id.substr(0, want.size()) != want ||
+            (!enrolling && user_id.size() != want.size())) {
           refuse(raw, routing, &*hdr,
                  {refusal_kind::spoofed,
                   "connection authenticated as " + printable(uid ? uid : "nobody") +
@@ -394,7 +426,8 @@ void gateway::run(void* raw) {
         continue;
       }
       auto saved = *hdr;
-      if (auto r = on_message_(std::move(*hdr), bframe)) refuse(raw, routing, &saved, *r);
+      if (auto r = on_message_(std::move(*hdr), bframe, user_id))
+        refuse(raw, routing, &saved, *r);
     }
     // Outbound.
     {

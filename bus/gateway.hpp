@@ -52,6 +52,8 @@ struct gateway_stats {
   std::atomic<uint64_t> zap_refused_domain{0};
   std::atomic<uint64_t> zap_refused_live{0};
   std::atomic<uint64_t> zap_refused_malformed{0};
+  /// Enrollment endpoint: handshakes refused over its connection or rate cap.
+  std::atomic<uint64_t> zap_refused_busy{0};
   /// Connections cut because their key was revoked.
   std::atomic<uint64_t> revoked_cut{0};
 };
@@ -64,6 +66,10 @@ struct curve_server_options {
   std::shared_ptr<key_registry> keys;
   /// Which kind of key this socket admits (zap_domain::agents or ::integrators).
   std::string domain = zap_domain::agents;
+  /// Open connections at most (0: no cap); a handshake beyond it is refused (busy).
+  std::size_t max_connections = 0;
+  /// Handshakes admitted per second at most (0: no cap); beyond it refused (busy).
+  uint32_t handshakes_per_second = 0;
 };
 
 /// Socket settings beyond the decode limits.
@@ -85,11 +91,12 @@ struct gateway_options {
 class gateway {
 public:
   /// Called on the socket thread for each well-formed message whose header names the
-  /// connection's own routing id. Returns a refusal when the message is not
-  /// accepted; it is then counted, logged (rate-limited) and answered with
-  /// `rejected`.
-  using message_handler =
-      std::function<std::optional<refusal>(header&&, std::string_view body)>;
+  /// connection's own routing id, with the connection's authenticated ZAP User-Id
+  /// ("" on plain TCP; "enroll:<key hex>" on the enrollment endpoint). Returns a
+  /// refusal when the message is not accepted; it is then counted, logged
+  /// (rate-limited) and answered with `rejected`.
+  using message_handler = std::function<std::optional<refusal>(
+      header&&, std::string_view body, std::string_view user_id)>;
   /// Called on the socket thread when a message to `device_id` cannot be delivered.
   using unreachable_handler = std::function<void(const std::string& device_id)>;
   /// Called on the socket thread (rate-limited per peer) for what should be audited:
@@ -172,6 +179,8 @@ private:
   void* monitor_ = nullptr;
   std::unordered_map<std::string, int> live_fd_;
   std::unordered_map<int, std::string> fd_device_;
+  std::size_t open_connections_ = 0; ///< Accepted minus ended (CURVE only).
+  log_limiter handshake_rate_{1, std::chrono::seconds{1}};
 };
 
 } // namespace parry::bus

@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <mutex>
 
+#include "common/keys.hpp"
+
 namespace parry::bus {
 
 std::string key_identity::user_id() const {
@@ -74,6 +76,10 @@ std::string key_fingerprint(std::string_view public_key) {
 }
 
 namespace detail {
+
+std::string hex_of(std::string_view bytes) {
+  return to_hex_text(bytes);
+}
 
 zap_decision zap_reply(const std::vector<std::string>& frames, const char* code,
                        std::string text, std::string user_id) {

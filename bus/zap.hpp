@@ -25,6 +25,9 @@ namespace parry::bus {
 namespace zap_domain {
 inline constexpr const char* agents = "parry-agents";           ///< Enrolled agent keys.
 inline constexpr const char* integrators = "parry-integrators"; ///< Integrator keys.
+/// The enrollment endpoint: any CURVE key may connect (to enroll it); the User-Id is
+/// "enroll:" + the key's 64 hex digits, and only `enroll` messages are accepted.
+inline constexpr const char* enroll = "parry-enroll";
 } // namespace zap_domain
 
 /// Whose key it is.
@@ -101,7 +104,8 @@ std::string key_fingerprint(std::string_view public_key);
 namespace detail {
 zap_decision zap_reply(const std::vector<std::string>& frames, const char* code,
                        std::string text, std::string user_id);
-}
+std::string hex_of(std::string_view bytes);
+} // namespace detail
 
 template <class IsLive>
 zap_decision decide_zap(const std::vector<std::string>& frames, const key_registry& keys,
@@ -122,6 +126,12 @@ zap_decision decide_zap(const std::vector<std::string>& frames, const key_regist
     ++stats.refused_malformed;
     auto d = detail::zap_reply(frames, "400", "CURVE required", "");
     d.why = "mechanism " + mechanism.substr(0, 16) + " is not CURVE";
+    return d;
+  }
+  if (domain == zap_domain::enroll) {
+    ++stats.admitted;
+    auto d = detail::zap_reply(frames, "200", "OK", "enroll:" + detail::hex_of(key));
+    d.admitted = true;
     return d;
   }
   auto who = keys.find(key);

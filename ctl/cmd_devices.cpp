@@ -50,12 +50,23 @@ int cmd_device(session& s, const std::string& id) {
 
 command_group add_device_commands(CLI::App& app) {
   auto id = std::make_shared<std::string>();
+  auto yes = std::make_shared<bool>(false);
   auto* devices = app.add_subcommand("devices", "list devices");
-  auto* device_cmd = app.add_subcommand("device", "show one device");
-  device_cmd->add_option("id", *id, "device id")->required();
+  auto* device_cmd =
+      app.add_subcommand("device", "show one device (or: device revoke ID)");
+  device_cmd->add_option("id", *id, "device id");
+  auto* revoke = device_cmd->add_subcommand(
+      "revoke", "revoke the device's bus key: cut its connection now, refuse it after "
+                "(administrator)");
+  revoke->add_option("id", *id, "device id")->required();
+  revoke->add_flag("--yes,-y", *yes, "do not ask for confirmation");
   return [=](session& s) -> std::optional<int> {
     if (devices->parsed()) return cmd_devices(s);
-    if (device_cmd->parsed()) return cmd_device(s, *id);
+    if (revoke->parsed()) return revoke_device(s, *id, *yes);
+    if (device_cmd->parsed()) {
+      if (id->empty()) throw fatal(outcome::usage, "error: device ID is required");
+      return cmd_device(s, *id);
+    }
     return std::nullopt;
   };
 }

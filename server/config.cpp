@@ -109,7 +109,8 @@ std::string split_list(std::string_view s, std::vector<std::string_view>& out) {
 
 template <class T, class = void> struct codec;
 
-template <class T> struct codec<T, std::enable_if_t<std::is_integral_v<T>>> {
+template <class T>
+struct codec<T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>>> {
   static_assert(sizeof(T) <= 4, "the value must fit an int64_t with room to spare");
   static constexpr const char* type = "integer";
   static std::string from_int(int64_t v, T& out) {
@@ -135,6 +136,28 @@ template <class T> struct codec<T, std::enable_if_t<std::is_integral_v<T>>> {
   static std::string valid(const T&) { return {}; }
   static std::string toml(const T& v) { return std::to_string(v); }
   static std::string text(const T& v) { return std::to_string(v); }
+};
+
+template <> struct codec<bool> {
+  static constexpr const char* type = "boolean";
+  static std::string from_text(std::string_view s, bool& out) {
+    if (s == "true")
+      out = true;
+    else if (s == "false")
+      out = false;
+    else
+      return "not true or false";
+    return {};
+  }
+  static std::string from_toml(const toml::node& n, bool& out) {
+    auto v = n.as_boolean();
+    if (v == nullptr) return "not a boolean";
+    out = v->get();
+    return {};
+  }
+  static std::string valid(const bool&) { return {}; }
+  static std::string toml(const bool& v) { return v ? "true" : "false"; }
+  static std::string text(const bool& v) { return v ? "true" : "false"; }
 };
 
 template <> struct codec<std::string> {
@@ -288,6 +311,11 @@ template <class T> rule<T> make_rule(range r) {
             if (int64_t{v} < r.lo || int64_t{v} > r.hi) return "out of range";
             return {};
           }};
+}
+
+/// Either value of a boolean.
+rule<bool> either() {
+  return {"true or false", "", [](const bool&) { return std::string{}; }};
 }
 
 rule<std::string> one_of(std::vector<std::string> names) {
@@ -470,6 +498,21 @@ const std::vector<entry>& table() {
           "directory for the database and TLS files", directory()),
       key("bus_endpoint", &C::bus_endpoint, "PARRY_BUS_ENDPOINT", "--bus-endpoint,--bus",
           "ZeroMQ endpoint the agents connect to", endpoint()),
+      key("bus_curve", &C::bus_curve, "PARRY_BUS_CURVE", "--bus-curve",
+          "CURVE encryption and ZAP on every bus endpoint: only enrolled agent keys and "
+          "registered integrator keys connect (false: plain TCP, for a closed lab only)",
+          either()),
+      key("bus_enroll_endpoint", &C::bus_enroll_endpoint, "PARRY_BUS_ENROLL_ENDPOINT",
+          "--bus-enroll-endpoint",
+          "ZeroMQ endpoint where agents enroll with a token (CURVE only)", endpoint()),
+      key("bus_enroll_handshakes_per_second", &C::bus_enroll_handshakes_per_second,
+          "PARRY_BUS_ENROLL_HANDSHAKES_PER_SECOND", "--bus-enroll-handshakes-per-second",
+          "CURVE handshakes the enrollment endpoint admits per second; more are refused",
+          range{1, 100000, "handshakes/s"}),
+      key("bus_enroll_max_connections", &C::bus_enroll_max_connections,
+          "PARRY_BUS_ENROLL_MAX_CONNECTIONS", "--bus-enroll-max-connections",
+          "connections open at once on the enrollment endpoint; more are refused",
+          range{1, 100000, "connections"}),
       key("http_address", &C::http_address, "PARRY_HTTP_ADDRESS", "--http-address",
           "HTTPS listen address", ip_address()),
       key("http_port", &C::http_port, "PARRY_HTTP_PORT", "--http-port",

@@ -21,6 +21,13 @@ struct server_config {
   std::string data_dir = "./parry-data";
   /// ROUTER endpoint the agents connect to.
   std::string bus_endpoint = "tcp://127.0.0.1:7400";
+  /// CURVE and ZAP on every bus endpoint (false: plain TCP, closed labs only).
+  bool bus_curve = true;
+  /// ROUTER endpoint where agents enroll (CURVE only), its handshake rate and its
+  /// open connections at most.
+  std::string bus_enroll_endpoint = "tcp://127.0.0.1:7401";
+  uint32_t bus_enroll_handshakes_per_second = 500;
+  uint32_t bus_enroll_max_connections = 256;
   /// HTTPS listen address and port (0 picks a free port).
   std::string http_address = "127.0.0.1";
   uint16_t http_port = 8443;

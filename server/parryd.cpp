@@ -39,7 +39,9 @@ int main(int argc, char** argv) {
     options[i] = app.add_option(k.flag, texts[i],
                                 k.doc + " [" + k.legal + "; env " + k.env + "; default " +
                                     k.default_toml + "]")
-                     ->type_name(k.type == "integer" ? "INT" : "TEXT");
+                     ->type_name(k.type == "integer"   ? "INT"
+                                 : k.type == "boolean" ? "BOOL"
+                                                       : "TEXT");
   }
   std::string env_only;
   for (const auto& k : keys)
@@ -90,6 +92,12 @@ int main(int argc, char** argv) {
   std::printf("parryd ready\n  REST   https://%s:%u/api/v1\n  bus    %s\n  CA     %s\n",
               cfg.http_address.c_str(), srv.http_port(), srv.bus_endpoint().c_str(),
               srv.cert_file().c_str());
+  if (cfg.bus_curve)
+    std::printf("  enroll %s\n  server key %s\n", srv.enroll_endpoint().c_str(),
+                srv.bus_public_key().c_str());
+  else
+    std::printf("  WARNING: bus_curve = false: the bus is plain TCP; anyone who reaches "
+                "it can speak as any device\n");
   if (!srv.generated_admin_password().empty())
     std::printf("  first administrator: admin / %s  (shown once; change it)\n",
                 srv.generated_admin_password().c_str());

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <thread>
 
@@ -16,11 +17,14 @@
 
 #include "actors/api.hpp"
 #include "actors/auth.hpp"
+#include "actors/bus_keys.hpp"
 #include "actors/directory.hpp"
 #include "actors/error.hpp"
 #include "actors/gateway_bridge.hpp"
 #include "actors/store.hpp"
 #include "actors/supervisor.hpp"
+#include "bus/curve_keys.hpp"
+#include "bus/enroll.hpp"
 #include "bus/gateway.hpp"
 #include "server/http_server.hpp"
 #include "server/tls.hpp"
@@ -31,8 +35,16 @@ void make_private_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   fs::create_directories(dir);
   fs::permissions(dir, fs::perms::owner_all);
-  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+  for (auto it = fs::recursive_directory_iterator(dir);
+       it != fs::recursive_directory_iterator(); ++it) {
+    const auto& e = *it;
     if (e.is_symlink()) continue;
+    // The key directory has stricter rules of its own (bus/curve_keys.hpp): a key
+    // file someone made readable is refused there, never quietly closed here.
+    if (it.depth() == 0 && e.path().filename() == bus::key_files::dir) {
+      it.disable_recursion_pending();
+      continue;
+    }
     if (e.is_directory())
       fs::permissions(e.path(), fs::perms::owner_all);
     else if (e.is_regular_file())
@@ -105,6 +117,11 @@ struct server::impl {
   store_actor store;
   directory_actor directory;
   std::shared_ptr<bus::gateway> bus;
+  /// CURVE only: the enrollment endpoint and who may connect.
+  std::shared_ptr<bus::gateway> enroll;
+  std::shared_ptr<bus::key_registry> keys;
+  std::string enroll_endpoint;
+  std::optional<bus::server_keys> own_keys; ///< Set by start().
   /// Counters of the HTTPS front end, shown in /stats.
   std::shared_ptr<http_stats> http_counters = std::make_shared<http_stats>();
   /// Restarts of the api and auth actors, shown in /stats.
@@ -122,6 +139,80 @@ struct server::impl {
       : cfg(std::move(c)), caf_cfg(make_caf_config(cfg)), sys(caf_cfg) {}
 };
 
+/// The enrollment endpoint and the bus_keys actor behind it (CURVE only). Requests
+/// in flight between the endpoint and the store are bounded: more are refused busy.
+/// `enroll` receives the endpoint's gateway (not started).
+bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg,
+                                const bus::server_keys& own,
+                                std::shared_ptr<bus::key_registry> keys,
+                                const std::shared_ptr<bus::gateway>& agents,
+                                store_actor store,
+                                std::shared_ptr<bus::gateway>& enroll) {
+  constexpr int max_in_flight = 64;
+  auto in_flight = std::make_shared<std::atomic<int>>(0);
+  auto keys_slot = std::make_shared<bus_keys_actor>();
+  bus::decode_limits lim;
+  lim.max_frame = 4096;
+  bus::gateway_options eo;
+  eo.heartbeat_ivl = std::chrono::seconds{5};
+  eo.heartbeat_timeout = std::chrono::seconds{15};
+  eo.curve = bus::curve_server_options{own.curve.public_z85,
+                                       own.curve.secret_z85,
+                                       keys,
+                                       bus::zap_domain::enroll,
+                                       cfg.bus_enroll_max_connections,
+                                       cfg.bus_enroll_handshakes_per_second};
+  enroll = std::make_shared<bus::gateway>(
+      cfg.bus_enroll_endpoint, lim,
+      [keys_slot, in_flight,
+       lim](bus::header&& h, std::string_view body,
+            std::string_view user_id) -> std::optional<bus::refusal> {
+        using bus::refusal_kind;
+        if (h.type != bus::type::enroll)
+          return bus::refusal{refusal_kind::invalid,
+                              "only enroll is accepted on this endpoint", "", 0, 0};
+        std::string why;
+        auto req = bus::decode<bus::enroll_request>(body, lim, why);
+        if (!req) return bus::refusal{refusal_kind::invalid, "enroll: " + why, "", 0, 0};
+        auto token = bus::parse_token(req->token);
+        auto raw = bus::z85_to_raw(req->public_key);
+        if (!token)
+          return bus::refusal{refusal_kind::invalid, "enroll: not an enrollment token",
+                              "", 0, 0};
+        // The key enrolled is the key of this very connection (proof of possession).
+        if (raw.empty() || "enroll:" + to_hex_text(raw) != user_id)
+          return bus::refusal{refusal_kind::spoofed,
+                              "enroll: public_key is not the key of this connection", "",
+                              0, 0};
+        if (in_flight->fetch_add(1) >= max_in_flight) {
+          in_flight->fetch_sub(1);
+          return bus::refusal{refusal_kind::busy, "too many enrollments in progress",
+                              "enrollments_in_flight", max_in_flight, 1000};
+        }
+        caf::anon_send(*keys_slot, atom::enroll_v, h.device_id, req->public_key,
+                       bus::token_hash(*token), h.msg_id);
+        return std::nullopt;
+      },
+      nullptr, eo);
+  enroll->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
+  bus_keys_config kc;
+  kc.registry = keys;
+  kc.server_key_z85 = own.curve.public_z85;
+  kc.signing_key_hex = to_hex_text(own.signing.public_key());
+  std::weak_ptr<bus::gateway> enroll_gw = enroll, agents_gw = agents;
+  kc.reply = [enroll_gw, in_flight](std::string id, std::string h, std::string b) {
+    in_flight->fetch_sub(1);
+    if (auto g = enroll_gw.lock()) g->send(std::move(id), std::move(h), std::move(b));
+  };
+  kc.cut = [agents_gw](bool integrator, const std::string& name) {
+    if (integrator) return; // the integrator endpoint comes with the integrator API
+    if (auto g = agents_gw.lock()) g->cut(name);
+  };
+  auto actor = sys.spawn(bus_keys, kc, store);
+  *keys_slot = actor;
+  return actor;
+}
+
 server::server(server_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 server::~server() {
@@ -138,6 +229,10 @@ void server::start() {
   ::umask(077);
   make_private_dir(cfg.data_dir);
   m.tls = ensure_certificate(cfg.data_dir + "/tls", {cfg.http_address});
+  m.own_keys.emplace(bus::load_or_create(cfg.data_dir));
+  if (m.own_keys->created)
+    spdlog::info("generated the server's CURVE and signing keys in {}/{}", cfg.data_dir,
+                 bus::key_files::dir);
 
   // Remembers a top-level actor so stop() (also after a failed start) ends it.
   auto keep = [&m](const auto& handle) {
@@ -170,11 +265,29 @@ void server::start() {
   // The gateway calls back on its own thread; the directory handle is set below,
   // before the socket starts, and never changes afterwards. The filter is only
   // used on that thread.
+  if (cfg.bus_curve) {
+    m.keys = std::make_shared<bus::key_registry>();
+    for (const auto& k :
+         ask<std::vector<bus_key_record>>(m.sys, m.store, atom::list_v, atom::key_v)) {
+      auto raw = bus::z85_to_raw(k.public_z85);
+      if (raw.empty()) {
+        spdlog::error("bus: stored key of {} is not a Z85 key; it is not admitted",
+                      k.name);
+        continue;
+      }
+      m.keys->admit(raw, {k.integrator ? bus::key_identity::kind_t::integrator
+                                       : bus::key_identity::kind_t::agent,
+                          k.name, k.role});
+    }
+    gopts.curve = bus::curve_server_options{m.own_keys->curve.public_z85,
+                                            m.own_keys->curve.secret_z85, m.keys,
+                                            bus::zap_domain::agents};
+  }
   auto dir_slot = std::make_shared<directory_actor>();
   auto filter = std::make_shared<inbound_filter>(limits, ingest, gauge);
   m.bus = std::make_shared<bus::gateway>(
       cfg.bus_endpoint, limits,
-      [dir_slot, filter](bus::header&& h, std::string_view body) {
+      [dir_slot, filter](bus::header&& h, std::string_view body, std::string_view) {
         return (*filter)(*dir_slot, std::move(h), body, inbound_filter::clock::now());
       },
       [dir_slot](const std::string& device_id) {
@@ -189,6 +302,12 @@ void server::start() {
   });
   auto gateway = m.sys.spawn(gateway_bridge, m.bus);
   keep(gateway);
+  bus_keys_actor keys_actor;
+  if (cfg.bus_curve) {
+    keys_actor =
+        start_enrollment(m.sys, cfg, *m.own_keys, m.keys, m.bus, m.store, m.enroll);
+    keep(keys_actor);
+  }
 
   device_config dcfg;
   dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
@@ -220,6 +339,7 @@ void server::start() {
   // Open actions go back to their devices before any agent can reconnect.
   ask<uint64_t>(m.sys, m.directory, atom::resume_v);
   m.bus_endpoint = m.bus->start();
+  if (m.enroll) m.enroll_endpoint = m.enroll->start();
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   std::weak_ptr<http_stats> weak_http = m.http_counters;
@@ -266,8 +386,17 @@ void server::start() {
   // Opened after the writer has created or migrated the schema.
   auto reader = m.sys.spawn<caf::detached>(store_reader, cfg.data_dir + "/parry.db");
   keep(reader);
-  auto a = spawn_supervised_api(m.sys, m.supervision, au, hash, m.directory, m.store,
-                                reader, policy, bus_stats);
+  api_state deps;
+  deps.auth = au;
+  deps.hasher = hash;
+  deps.directory = m.directory;
+  deps.store = m.store;
+  deps.reader = reader;
+  deps.policy = policy;
+  deps.bus_stats = bus_stats;
+  deps.supervision = m.supervision;
+  deps.bus_keys = keys_actor;
+  auto a = spawn_supervised_api(m.sys, std::move(deps));
   keep(a);
   http_limits hl;
   hl.max_connections = cfg.http_max_connections;
@@ -286,6 +415,7 @@ void server::stop() {
   m.stopped = true;
   if (m.http) m.http->stop();
   if (m.bus) m.bus->stop();
+  if (m.enroll) m.enroll->stop();
   // Writes not yet committed were never confirmed to anyone, so nothing that was
   // reported is lost when the store exits before committing them.
   for (auto& h : m.actors)
@@ -295,6 +425,13 @@ void server::stop() {
 
 const std::string& server::bus_endpoint() const {
   return impl_->bus_endpoint;
+}
+const std::string& server::enroll_endpoint() const {
+  return impl_->enroll_endpoint;
+}
+const std::string& server::bus_public_key() const {
+  static const std::string none;
+  return impl_->own_keys ? impl_->own_keys->curve.public_z85 : none;
 }
 uint16_t server::http_port() const {
   return impl_->http_port;

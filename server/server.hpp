@@ -28,6 +28,10 @@ public:
 
   /// The bus endpoint agents connect to (real port when the config said `*`).
   const std::string& bus_endpoint() const;
+  /// CURVE only: the enrollment endpoint (real port when the config said `*`), and
+  /// the server's CURVE public key (Z85) that agents pin (kept also without CURVE).
+  const std::string& enroll_endpoint() const;
+  const std::string& bus_public_key() const;
   /// The HTTPS port (real port when the config said 0).
   uint16_t http_port() const;
   /// The certificate clients should trust.

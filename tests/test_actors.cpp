@@ -949,6 +949,10 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
       },
       [none](atom::enroll, const std::string& hash, int64_t,
              const bus_key_record&) -> caf::result<std::string> { return none(hash); },
+      [](atom::list, atom::enroll) { return std::vector<enrollment_token_record>{}; },
+      [none](atom::del, atom::enroll, const std::string& id) -> caf::result<atom::ok> {
+        return none(id);
+      },
       [](atom::flush) {},
   };
 }

@@ -13,11 +13,15 @@
 
 #include "actors/api.hpp"
 #include "actors/auth.hpp"
+#include "actors/bus_keys.hpp"
 #include "actors/directory.hpp"
 #include "actors/error.hpp"
 #include "actors/store.hpp"
 #include "actors/supervisor.hpp"
 #include "bus/codec.hpp"
+#include "bus/curve_keys.hpp"
+#include "bus/enroll.hpp"
+#include "bus/zap.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
 
@@ -69,6 +73,25 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   std::shared_ptr<supervision_stats> stats = std::make_shared<supervision_stats>();
   auth_config acfg;
   action_policy policy;
+  std::shared_ptr<bus::key_registry> registry = std::make_shared<bus::key_registry>();
+  std::vector<std::string> cut; ///< "device:<id>" / "integrator:<name>", as cut
+  std::vector<bus::enroll_result> enrolled; ///< Answers sent to enrolling agents.
+  std::string server_key = bus::generate_curve_key_pair().public_z85;
+  bus_keys_actor keys;
+
+  /// The api's collaborators, with `a` as its auth.
+  api_state deps(auth_actor a) {
+    api_state d;
+    d.auth = std::move(a);
+    d.hasher = hash;
+    d.directory = dir;
+    d.store = st;
+    d.reader = reader;
+    d.policy = policy;
+    d.supervision = stats;
+    d.bus_keys = keys;
+    return d;
+  }
 
   fixture() {
     db_path = (std::filesystem::temp_directory_path() /
@@ -88,8 +111,21 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     dir = sys.spawn(directory, device_config{}, policy, caf::timespan{5min}, st, gw);
     hash = sys.spawn(hasher, acfg.pbkdf2_iterations);
     au = spawn_supervised_auth(sys, stats, acfg, st, hash);
-    aut = spawn_supervised_api(sys, stats, au, hash, dir, st, reader, policy,
-                               std::function<json()>{});
+    bus_keys_config kc;
+    kc.registry = registry;
+    kc.server_key_z85 = server_key;
+    kc.signing_key_hex = std::string(64, 'a');
+    kc.reply = [this](std::string, std::string, std::string body) {
+      std::string why;
+      auto r = bus::decode<bus::enroll_result>(body, bus::decode_limits{}, why);
+      BOOST_REQUIRE_MESSAGE(r, why);
+      enrolled.push_back(*r);
+    };
+    kc.cut = [this](bool integrator, const std::string& name) {
+      cut.push_back((integrator ? "integrator:" : "device:") + name);
+    };
+    keys = sys.spawn(bus_keys, kc, st);
+    aut = spawn_supervised_api(sys, deps(au));
     sched.run();
     auto boot =
         self->request(au, caf::infinite, atom::bootstrap_v, std::string{admin_password});
@@ -587,8 +623,7 @@ BOOST_AUTO_TEST_CASE(an_action_whose_caller_timed_out_is_not_registered) {
   auto inc = incident_on("dev-1", report());
   auto slow = sys.spawn(slow_hasher, 0);
   auto slow_auth = sys.spawn(auth, acfg, st, caf::actor_cast<hasher_actor>(slow));
-  auto direct = sys.spawn(api, slow_auth, hash, dir, st, reader, policy,
-                          std::function<json()>{}, stats);
+  auto direct = sys.spawn(api, deps(slow_auth));
   sched.run();
   deref<api_actor::stateful_base<api_state>>(direct).state.deadline = 5s;
   http_request req;
@@ -620,6 +655,87 @@ BOOST_AUTO_TEST_CASE(an_action_whose_caller_timed_out_is_not_registered) {
         caf::actor_cast<caf::actor>(slow)})
     caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   sched.run();
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(bus_keys_rest, fixture)
+
+BOOST_AUTO_TEST_CASE(enrollment_tokens_admit_keys_once_and_revocation_cuts) {
+  auto s = login();
+  BOOST_TEST(as(s, "POST", "/api/v1/enrollment-tokens", json{{"ttl_seconds", 0}}.dump())
+                 .status == 400);
+  auto r = as(s, "POST", "/api/v1/enrollment-tokens",
+              json{{"ttl_seconds", 3600}, {"uses", 2}}.dump());
+  BOOST_REQUIRE_MESSAGE(r.status == 201, r.body);
+  auto created = json::parse(r.body);
+  auto token = bus::parse_token(created["token"].get<std::string>());
+  BOOST_REQUIRE(token);
+  BOOST_TEST(token->server_key_z85 == server_key);
+  BOOST_TEST(created["uses_left"] == 2);
+  r = as(s, "GET", "/api/v1/enrollment-tokens");
+  auto listed = json::parse(r.body)["enrollment_tokens"];
+  BOOST_REQUIRE_EQUAL(listed.size(), 1u);
+  BOOST_TEST(!listed[0].contains("token"));
+
+  auto hash = bus::token_hash(*token);
+  auto k1 = bus::generate_curve_key_pair(), k2 = bus::generate_curve_key_pair(),
+       k3 = bus::generate_curve_key_pair();
+  auto enroll = [&](const std::string& dev, const bus::curve_key_pair& k,
+                    const std::string& h) {
+    caf::anon_send(keys, atom::enroll_v, dev, k.public_z85, h, uint64_t{1});
+    sched.run();
+    BOOST_REQUIRE(!enrolled.empty());
+    return enrolled.back();
+  };
+  auto e = enroll("dev-1", k1, hash);
+  BOOST_TEST(e.ok);
+  BOOST_TEST(e.server_key == server_key);
+  BOOST_TEST(registry->find(bus::z85_to_raw(k1.public_z85)).has_value());
+  // Another key for an enrolled device is refused; the same key again uses nothing.
+  BOOST_TEST(enroll("dev-1", k2, hash).reason == "already_enrolled");
+  BOOST_TEST(enroll("dev-1", k1, hash).ok);
+  BOOST_TEST(enroll("dev-2", k2, hash).ok);
+  // Both uses are spent.
+  BOOST_TEST(enroll("dev-3", k3, hash).reason == "bad_token");
+  BOOST_TEST(!registry->find(bus::z85_to_raw(k3.public_z85)).has_value());
+  // An expired token.
+  auto old = bus::make_enrollment_token(server_key);
+  auto put = self->request(st, caf::infinite, atom::put_v, bus::token_hash(old),
+                           enrollment_token_record{"00000000000000aa", "admin",
+                                                   now_us() - 2000, now_us() - 1000, 1});
+  sched.run();
+  put.receive([](atom::ok) {}, [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  BOOST_TEST(enroll("dev-3", k3, bus::token_hash(old)).reason == "token_expired");
+
+  // Revoking a device removes its key from the registry and cuts its connection.
+  BOOST_TEST(as(s, "DELETE", "/api/v1/devices/dev-1/key").status == 200);
+  BOOST_TEST(!registry->find(bus::z85_to_raw(k1.public_z85)).has_value());
+  BOOST_REQUIRE_EQUAL(cut.size(), 1u);
+  BOOST_TEST(cut[0] == "device:dev-1");
+  BOOST_TEST(as(s, "DELETE", "/api/v1/devices/dev-1/key").status == 404);
+
+  // Integrators: registered with a role, listed, revoked.
+  BOOST_TEST(
+      as(s, "POST", "/api/v1/integrators",
+         json{{"name", "soar"}, {"role", "security_officer"}, {"public_key", "x"}}.dump())
+          .status == 400);
+  auto ik = bus::generate_curve_key_pair();
+  r = as(
+      s, "POST", "/api/v1/integrators",
+      json{{"name", "soar"}, {"role", "security_officer"}, {"public_key", ik.public_z85}}
+          .dump());
+  BOOST_REQUIRE_MESSAGE(r.status == 201, r.body);
+  auto who = registry->find(bus::z85_to_raw(ik.public_z85));
+  BOOST_REQUIRE(who.has_value());
+  BOOST_TEST(who->user_id() == "integrator:soar");
+  BOOST_TEST(who->role == "security_officer");
+  r = as(s, "GET", "/api/v1/bus-keys");
+  auto keys_listed = json::parse(r.body)["bus_keys"];
+  BOOST_TEST(keys_listed.size() == 2u); // dev-2 and soar
+  BOOST_TEST(as(s, "DELETE", "/api/v1/integrators/soar").status == 200);
+  BOOST_TEST(!registry->find(bus::z85_to_raw(ik.public_z85)).has_value());
+  BOOST_TEST(cut.back() == "integrator:soar");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -175,13 +175,14 @@ BOOST_AUTO_TEST_CASE(valid_ids) {
 BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
   std::atomic<int> good{0};
   std::atomic<int> unreachable{0};
-  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
-             [&](header&& h, std::string_view) -> std::optional<refusal> {
-               if (h.type != "heartbeat") return refusal{};
-               ++good;
-               return std::nullopt;
-             },
-             [&](const std::string&) { ++unreachable; }};
+  gateway gw{
+      "tcp://127.0.0.1:*", decode_limits{},
+      [&](header&& h, std::string_view, std::string_view) -> std::optional<refusal> {
+        if (h.type != "heartbeat") return refusal{};
+        ++good;
+        return std::nullopt;
+      },
+      [&](const std::string&) { ++unreachable; }};
   auto ep = gw.start();
   zmq::context_t ctx;
   auto dealer = [&](const char* id) {
@@ -405,7 +406,7 @@ BOOST_AUTO_TEST_CASE(oversized_frame_is_counted_and_answered) {
   std::vector<std::string> warnings;
   std::mutex wm;
   gateway gw{"tcp://127.0.0.1:*", lim,
-             [&](header&&, std::string_view) -> std::optional<refusal> {
+             [&](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
                ++good;
                return std::nullopt;
              },
@@ -450,7 +451,7 @@ BOOST_AUTO_TEST_CASE(refusals_are_answered_and_their_log_lines_limited) {
   std::atomic<int> seen{0};
   std::atomic<int> lines{0};
   gateway gw{"tcp://127.0.0.1:*", decode_limits{},
-             [&](header&&, std::string_view) -> std::optional<refusal> {
+             [&](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
                ++seen;
                return refusal{refusal_kind::rate, "too many", "max_incidents_per_minute",
                               60, 30000};
@@ -482,10 +483,11 @@ BOOST_AUTO_TEST_CASE(refusals_are_answered_and_their_log_lines_limited) {
 BOOST_AUTO_TEST_CASE(spoofed_header_is_reported_for_audit) {
   std::vector<std::pair<std::string, std::string>> audited;
   std::mutex am;
-  gateway gw{
-      "tcp://127.0.0.1:*", decode_limits{},
-      [&](header&&, std::string_view) -> std::optional<refusal> { return std::nullopt; },
-      nullptr};
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [&](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+               return std::nullopt;
+             },
+             nullptr};
   gw.on_suspicious([&](const std::string& peer, const std::string& what) {
     std::lock_guard<std::mutex> g{am};
     audited.emplace_back(peer, what);
@@ -510,13 +512,14 @@ BOOST_AUTO_TEST_CASE(spoofed_header_is_reported_for_audit) {
 BOOST_AUTO_TEST_CASE(second_connection_cannot_take_a_live_device_id) {
   std::mutex m;
   std::vector<std::string> types;
-  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
-             [&](header&& h, std::string_view) -> std::optional<refusal> {
-               std::lock_guard<std::mutex> g{m};
-               types.push_back(h.type);
-               return std::nullopt;
-             },
-             nullptr};
+  gateway gw{
+      "tcp://127.0.0.1:*", decode_limits{},
+      [&](header&& h, std::string_view, std::string_view) -> std::optional<refusal> {
+        std::lock_guard<std::mutex> g{m};
+        types.push_back(h.type);
+        return std::nullopt;
+      },
+      nullptr};
   auto count = [&] {
     std::lock_guard<std::mutex> g{m};
     return types.size();
@@ -562,7 +565,9 @@ BOOST_AUTO_TEST_CASE(second_connection_cannot_take_a_live_device_id) {
 BOOST_AUTO_TEST_CASE(send_after_stop_writes_to_no_foreign_descriptor) {
   auto gw = std::make_unique<gateway>(
       "tcp://127.0.0.1:*", decode_limits{},
-      [](header&&, std::string_view) -> std::optional<refusal> { return std::nullopt; },
+      [](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+        return std::nullopt;
+      },
       nullptr);
   gw->start();
   gw->stop();
@@ -607,7 +612,7 @@ struct curve_bed {
     o.heartbeat_ivl = std::chrono::milliseconds{0};
     gw = std::make_unique<gateway>(
         "tcp://127.0.0.1:*", decode_limits{},
-        [this](header&& h, std::string_view) -> std::optional<refusal> {
+        [this](header&& h, std::string_view, std::string_view) -> std::optional<refusal> {
           std::lock_guard<std::mutex> g{seen_mtx};
           seen.push_back(h.device_id);
           ++heartbeats;

@@ -17,6 +17,7 @@
 #include <zmq.hpp>
 
 #include "bus/codec.hpp"
+#include "bus/enroll.hpp"
 #include "common/process.hpp"
 #include "ctl/client.hpp"
 
@@ -61,6 +62,9 @@ struct system_fixture {
   std::unique_ptr<child_process> server;
   std::unique_ptr<child_process> agents;
   std::string bus_endpoint;
+  std::string enroll_endpoint;
+  std::string server_key;   ///< parryd's CURVE public key, Z85.
+  std::string enroll_token; ///< A many-use enrollment token for the test's agents.
   std::string base_url;
   std::string token;
   std::unique_ptr<client> api;
@@ -79,7 +83,6 @@ struct system_fixture {
           << "max_login_failures = 3\n";
     }
     start_server("tcp://127.0.0.1:*");
-    agents = start_agents("sim", 5, {}, "agent.log");
     auto r = api->post("/api/v1/login",
                        json{{"username", "admin"}, {"password", admin_password}});
     BOOST_REQUIRE_EQUAL(r.status, 200);
@@ -89,6 +92,11 @@ struct system_fixture {
     api->clear_cookies();
     token = tok.body["token"].get<std::string>();
     api->set_bearer(token);
+    auto et = api->post("/api/v1/enrollment-tokens",
+                        json{{"ttl_seconds", 3600}, {"uses", 1000}});
+    BOOST_REQUIRE_MESSAGE(et.status == 201, et.raw);
+    enroll_token = et.body["token"].get<std::string>();
+    agents = start_agents("sim", 5, {}, "agent.log");
   }
 
   /// Starts parryd on `bus` (its data directory survives restarts) and points `api`
@@ -98,13 +106,17 @@ struct system_fixture {
         std::vector<std::string>{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--config",
                                  (dir / "parryd.toml").string(), "--data-dir",
                                  (dir / "data").string(), "--http-port", "0", "--bus",
-                                 bus},
+                                 bus, "--bus-enroll-endpoint", "tcp://127.0.0.1:*"},
         std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
         (dir / ("parryd-" + std::to_string(++starts) + ".log")).string());
     auto rest = server->wait_for_line("REST ", 30s);
     auto bus_line = server->wait_for_line("bus ", 5s);
-    BOOST_REQUIRE_MESSAGE(rest && bus_line,
+    auto enroll_line = server->wait_for_line("enroll ", 5s);
+    auto key_line = server->wait_for_line("server key ", 5s);
+    BOOST_REQUIRE_MESSAGE(rest && bus_line && enroll_line && key_line,
                           "parryd did not start; see " << server->log_file());
+    enroll_endpoint = enroll_line->substr(enroll_line->find("tcp://"));
+    server_key = key_line->substr(key_line->find("key ") + 4, 40);
     base_url = rest->substr(rest->find("https://"));
     base_url = base_url.substr(0, base_url.find("/api/v1"));
     bus_endpoint = bus_line->substr(bus_line->find("tcp://"));
@@ -131,10 +143,16 @@ struct system_fixture {
                                   "--incidents",
                                   "3",
                                   "--scenarios",
-                                  env_or_fail("PARRY_SCENARIOS_DIR")};
+                                  env_or_fail("PARRY_SCENARIOS_DIR"),
+                                  "--enroll-server",
+                                  enroll_endpoint,
+                                  "--state-dir",
+                                  (dir / ("agent-state-" + prefix)).string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    return std::make_unique<child_process>(argv, std::map<std::string, std::string>{},
-                                           (dir / log).string());
+    // The token goes in the environment: a command line is readable by every user.
+    return std::make_unique<child_process>(
+        argv, std::map<std::string, std::string>{{"PARRY_ENROLL_TOKEN", enroll_token}},
+        (dir / log).string());
   }
 
   ~system_fixture() {
@@ -245,6 +263,16 @@ using strings = std::vector<std::string>;
 
 } // namespace
 
+/// A fresh key pair enrolled for `device` with the fixture's token.
+bus::curve_key_pair enrolled_key(const system_fixture& f, const std::string& device) {
+  auto token = bus::parse_token(f.enroll_token);
+  BOOST_REQUIRE(token);
+  auto keys = bus::generate_curve_key_pair();
+  auto out = bus::enroll_devices(f.enroll_endpoint, *token, {{device, keys}}, 1, 10s);
+  BOOST_REQUIRE_MESSAGE(out.at(0).ok, out[0].reason << ": " << out[0].error);
+  return keys;
+}
+
 BOOST_FIXTURE_TEST_SUITE(end_to_end, system_fixture)
 
 BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
@@ -300,8 +328,12 @@ BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_s
   {
     zmq::context_t ctx;
     zmq::socket_t evil{ctx, zmq::socket_type::dealer};
+    auto keys = enrolled_key(*this, "evil-1");
     evil.set(zmq::sockopt::routing_id, "evil-1");
     evil.set(zmq::sockopt::linger, 1000);
+    evil.set(zmq::sockopt::curve_serverkey, server_key);
+    evil.set(zmq::sockopt::curve_publickey, keys.public_z85);
+    evil.set(zmq::sockopt::curve_secretkey, keys.secret_z85);
     evil.connect(bus_endpoint);
     // Not msgpack; truncated msgpack; a header speaking for another device; a
     // body of the wrong shape; a lone frame.
@@ -342,9 +374,18 @@ struct raw_peer {
   std::string id;
   uint64_t msg_id = 0;
 
-  raw_peer(const std::string& endpoint, std::string device) : id(std::move(device)) {
+  /// A DEALER speaking as `device`; with `keys`, a CURVE client pinning `server_key`.
+  raw_peer(const std::string& endpoint, std::string device,
+           std::optional<bus::curve_key_pair> keys = std::nullopt,
+           const std::string& server_key = "")
+      : id(std::move(device)) {
     s.set(zmq::sockopt::routing_id, id);
     s.set(zmq::sockopt::linger, 0);
+    if (keys) {
+      s.set(zmq::sockopt::curve_serverkey, server_key);
+      s.set(zmq::sockopt::curve_publickey, keys->public_z85);
+      s.set(zmq::sockopt::curve_secretkey, keys->secret_z85);
+    }
     s.connect(endpoint);
   }
 
@@ -378,6 +419,14 @@ struct raw_peer {
   }
 };
 
+/// A raw peer for `device` with a key enrolled for `as` (by default, itself).
+std::unique_ptr<raw_peer> enrolled_peer(const system_fixture& f,
+                                        const std::string& device,
+                                        const std::string& as = "") {
+  return std::make_unique<raw_peer>(
+      f.bus_endpoint, device, enrolled_key(f, as.empty() ? device : as), f.server_key);
+}
+
 bus::incident_report small_report(const std::string& report_id) {
   bus::incident_report r;
   r.report_id = report_id;
@@ -408,7 +457,8 @@ uint64_t refused(const json& stats, const char* kind) {
 // commands. A frame over max_frame_bytes is counted and answered.
 BOOST_AUTO_TEST_CASE(hostile_peers_are_refused_at_the_bus_edge) {
   BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
-  raw_peer bad{bus_endpoint, "bad-utf8"};
+  auto bad_peer = enrolled_peer(*this, "bad-utf8");
+  auto& bad = *bad_peer;
   bus::hello h;
   h.hostname = "bad\xffhost";
   auto mid = bad.send(bus::type::hello, h);
@@ -438,8 +488,9 @@ BOOST_AUTO_TEST_CASE(hostile_peers_are_refused_at_the_bus_edge) {
   BOOST_TEST(r->value == 1048576u);
   BOOST_TEST(refused(get("/stats"), "oversized") >= 1u);
 
-  // Takeover: a second connection says it is sim-0002.
-  raw_peer thief{bus_endpoint, "sim-0002"};
+  // Takeover: a connection with another enrolled key says it is sim-0002.
+  auto thief_peer = enrolled_peer(*this, "sim-0002", "thief-1");
+  auto& thief = *thief_peer;
   thief.send(bus::type::hello, bus::hello{"thief", "linux", "0", {}, false});
   auto id = incident_of("sim-0002")["incident_id"].get<std::string>();
   auto iso = act("isolate", id);
@@ -449,11 +500,64 @@ BOOST_AUTO_TEST_CASE(hostile_peers_are_refused_at_the_bus_edge) {
   BOOST_TEST(server->running());
 }
 
+// Only enrolled keys get onto the bus: a stranger's key never completes the
+// handshake, a one-time token enrolls once, an expired token enrolls nothing, and
+// revoking a device cuts its open connection at once and keeps it out.
+BOOST_AUTO_TEST_CASE(only_enrolled_keys_connect_and_a_revoked_one_is_cut_at_once) {
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  auto zap = [&](const char* what) { return get("/stats")["bus"][what].get<uint64_t>(); };
+  auto unknown_before = zap("zap_refused_unknown");
+  raw_peer stranger{bus_endpoint, "stranger-1", bus::generate_curve_key_pair(),
+                    server_key};
+  stranger.send(bus::type::hello, bus::hello{"s", "linux", "1", {}, false});
+  BOOST_TEST(eventually([&] { return zap("zap_refused_unknown") > unknown_before; }));
+  BOOST_TEST(!stranger.next(bus::type::welcome, 500ms));
+  BOOST_TEST(api->get("/api/v1/devices/stranger-1").status == 404);
+
+  auto enroll_with = [&](const std::string& text, const std::string& device) {
+    auto token = bus::parse_token(text);
+    BOOST_REQUIRE(token);
+    return bus::enroll_devices(enroll_endpoint, *token,
+                               {{device, bus::generate_curve_key_pair()}}, 1, 10s)
+        .at(0);
+  };
+  auto once = api->post("/api/v1/enrollment-tokens", json{{"ttl_seconds", 600}});
+  BOOST_REQUIRE_EQUAL(once.status, 201);
+  auto once_text = once.body["token"].get<std::string>();
+  BOOST_TEST(enroll_with(once_text, "once-1").ok);
+  auto again = enroll_with(once_text, "once-2");
+  BOOST_TEST(!again.ok);
+  BOOST_TEST(again.reason == "bad_token");
+  // Enrollments go through until the second is over, and none after it.
+  auto brief =
+      api->post("/api/v1/enrollment-tokens", json{{"ttl_seconds", 1}, {"uses", 100}});
+  BOOST_REQUIRE_EQUAL(brief.status, 201);
+  auto brief_text = brief.body["token"].get<std::string>();
+  int late = 0;
+  BOOST_TEST(eventually([&] {
+    return enroll_with(brief_text, "late-" + std::to_string(++late)).reason ==
+           "token_expired";
+  }));
+
+  auto cut_before = get("/stats")["bus"]["revoked_cut"].get<uint64_t>();
+  auto r = api->request("DELETE", "/api/v1/devices/sim-0004/key");
+  BOOST_REQUIRE_EQUAL(r.status, 200);
+  BOOST_TEST(eventually(
+      [&] { return get("/stats")["bus"]["revoked_cut"].get<uint64_t>() > cut_before; }));
+  BOOST_TEST(
+      eventually([&] { return get("/devices/sim-0004")["device"]["online"] == false; }));
+  // Its agent keeps trying with the revoked key and is refused every time.
+  auto unknown = zap("zap_refused_unknown");
+  BOOST_TEST(eventually([&] { return zap("zap_refused_unknown") > unknown; }));
+  BOOST_TEST(get("/devices/sim-0004")["device"]["online"] == false);
+}
+
 // One device floods incidents: what is over its per-minute cap is shed, counted and
 // answered with `rejected`; the other devices are served as usual.
 BOOST_AUTO_TEST_CASE(incident_flood_is_shed_and_counted) {
   BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
-  raw_peer flood{bus_endpoint, "flood-1"};
+  auto flood_peer = enrolled_peer(*this, "flood-1");
+  auto& flood = *flood_peer;
   flood.send(bus::type::hello, bus::hello{"flood", "linux", "1", {"10.0.0.9"}, false});
   BOOST_REQUIRE(flood.next(bus::type::welcome, 10s));
   for (int i = 0; i < 1000; ++i) // over the default cap of 600 a minute

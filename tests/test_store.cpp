@@ -422,22 +422,26 @@ BOOST_AUTO_TEST_CASE(bus_keys_one_per_device_and_enrollment_tokens_used_once) {
   auto late = request<std::string>(atom::enroll_v, std::string{"hash-2"}, int64_t{100},
                                    key('c', "dev-3"));
   BOOST_TEST(code(late->err) == ec::conflict);
-  // A multi-use token counts down; enrolling a device again replaces its key.
+  // A token never takes a device over from its key; the same key again is answered
+  // without using the token; a multi-use token counts down.
   enrollment_token_record many{"t3", "admin", 1, 1000, 2};
   request<atom::ok>(atom::put_v, std::string{"hash-3"}, many);
-  auto re = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{20},
-                                 key('d', "dev-1"));
-  BOOST_REQUIRE(re->value);
-  BOOST_TEST(*re->value == std::string(40, 'a'));
+  auto take = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{20},
+                                   key('d', "dev-1"));
+  BOOST_TEST(code(take->err) == ec::forbidden);
+  auto same = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{20},
+                                   key('a', "dev-1"));
+  BOOST_REQUIRE(same->value);
+  BOOST_TEST(same->value->empty());
   auto list = request<std::vector<bus_key_record>>(atom::list_v, atom::key_v);
   BOOST_REQUIRE(list->value);
   BOOST_REQUIRE(list->value->size() == 1u);
-  BOOST_TEST(list->value->front().public_z85 == std::string(40, 'd'));
+  BOOST_TEST(list->value->front().public_z85 == std::string(40, 'a'));
   // Revoking answers the key; a second revoke finds none.
   auto rev =
       request<std::string>(atom::revoke_v, atom::key_v, false, std::string{"dev-1"});
   BOOST_REQUIRE(rev->value);
-  BOOST_TEST(*rev->value == std::string(40, 'd'));
+  BOOST_TEST(*rev->value == std::string(40, 'a'));
   auto rev2 =
       request<std::string>(atom::revoke_v, atom::key_v, false, std::string{"dev-1"});
   BOOST_TEST(code(rev2->err) == ec::not_found);
@@ -453,8 +457,11 @@ BOOST_AUTO_TEST_CASE(bus_keys_one_per_device_and_enrollment_tokens_used_once) {
   BOOST_TEST(after->value->front().role == "operator");
   auto last = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{30},
                                    key('f', "dev-9"));
-  BOOST_REQUIRE(last->value); // the second use of the two-use token
-  auto none = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{31},
+  BOOST_REQUIRE(last->value); // the first use of the two-use token
+  auto second = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{31},
+                                     key('h', "dev-7"));
+  BOOST_REQUIRE(second->value);
+  auto none = request<std::string>(atom::enroll_v, std::string{"hash-3"}, int64_t{32},
                                    key('g', "dev-8"));
   BOOST_TEST(code(none->err) == ec::not_found);
 }

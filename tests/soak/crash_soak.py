@@ -93,6 +93,7 @@ class Server:
         self.work = work
         self.http_port = free_port()
         self.bus = f"tcp://127.0.0.1:{free_port()}"
+        self.enroll = f"tcp://127.0.0.1:{free_port()}"
         self.proc = None
         self.starts = 0
         self.up = threading.Event()
@@ -108,7 +109,8 @@ class Server:
             [os.path.join(self.args.bin_dir, "parryd"), "--config",
              os.path.join(self.work, "parryd.toml"), "--data-dir",
              os.path.join(self.work, "data"), "--http-port", str(self.http_port),
-             "--bus", self.bus, "--log-level", "warn"],
+             "--bus", self.bus, "--bus-enroll-endpoint", self.enroll,
+             "--log-level", "warn"],
             stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
 
@@ -309,13 +311,17 @@ class Load(threading.Thread):
             self.refused(st, b)
 
 
-def start_agents(args, server, work, prefix, count, seed):
+def start_agents(args, server, work, prefix, count, seed, token):
     logf = open(os.path.join(work, f"agents-{prefix}.log"), "w")
+    # Enrolled over CURVE with one many-use token (in the environment, never argv).
     p = subprocess.Popen(
         [os.path.join(args.bin_dir, "parry-agent"), "--sim", str(count), "--server",
-         server.bus, "--seed", str(seed), "--id-prefix", prefix, "--scenarios",
-         args.scenarios, "--incident-interval-ms", str(args.incident_ms)],
-        stdout=logf, stderr=subprocess.STDOUT)
+         server.bus, "--enroll-server", server.enroll, "--state-dir",
+         os.path.join(work, f"state-{prefix}"), "--seed", str(seed), "--id-prefix",
+         prefix, "--scenarios", args.scenarios, "--incident-interval-ms",
+         str(args.incident_ms)],
+        stdout=logf, stderr=subprocess.STDOUT,
+        env=dict(os.environ, PARRY_ENROLL_TOKEN=token))
     logf.close()
     return p
 
@@ -433,10 +439,14 @@ def main():
         c.close()
         assert r.status == 201, tok
         api.token = tok["token"]
+        st, et = api.call("POST", "/enrollment-tokens",
+                          {"ttl_seconds": 3600, "uses": args.agents + args.offline_agents})
+        assert st == 201, et
 
-        agents.append(start_agents(args, server, work, "soakA", args.agents, args.seed))
+        agents.append(start_agents(args, server, work, "soakA", args.agents, args.seed,
+                                   et["token"]))
         offline = start_agents(args, server, work, "soakB", args.offline_agents,
-                               args.seed + 1)
+                               args.seed + 1, et["token"])
         agents.append(offline)
         wait_for(lambda: api.call("GET", "/incidents?limit=1")[1].get("incidents"), 60,
                  "a first incident")
