@@ -10,6 +10,7 @@
 #include "actors/error.hpp"
 #include "actors/response_action.hpp"
 #include "bus/codec.hpp"
+#include "bus/command_signature.hpp"
 #include "common/crypto.hpp"
 #include "common/domain.hpp"
 #include "common/time.hpp"
@@ -33,6 +34,39 @@ void emit(device_stateful self, const char* type, const Body& body) {
              bus::encode(body));
 }
 
+/// The next per-device command sequence number: above every one signed before, and
+/// at least the wall clock in microseconds, so it keeps increasing across server
+/// restarts without being stored (as long as the clock does not go back).
+uint64_t next_command_seq(device_stateful self) {
+  auto& st = self->state;
+  st.command_seq =
+      std::max<uint64_t>(st.command_seq + 1, static_cast<uint64_t>(now_us()));
+  return st.command_seq;
+}
+
+/// Sends a command, signed when the server has a signing key.
+void send_command(device_stateful self, bus::command cmd) {
+  auto& st = self->state;
+  cmd.issued_at = now_us();
+  if (st.cfg.signer)
+    bus::sign_into(cmd, *st.cfg.signer, st.rec.device_id, next_command_seq(self));
+  emit(self, bus::type::command, cmd);
+}
+
+/// Asks the agent to withdraw a command, signed like one.
+void send_cancel(device_stateful self, const std::string& action_id) {
+  auto& st = self->state;
+  bus::cancel c;
+  c.action_id = action_id;
+  c.issued_at = now_us();
+  c.expires_at =
+      c.issued_at +
+      std::chrono::duration_cast<std::chrono::microseconds>(st.cfg.cancel_ttl).count();
+  if (st.cfg.signer)
+    bus::sign_into(c, *st.cfg.signer, st.rec.device_id, next_command_seq(self));
+  emit(self, bus::type::cancel, c);
+}
+
 void persist(device_stateful self) {
   if (!self->state.known) {
     self->state.dirty = true; // written once the device is known, never for a stranger
@@ -54,8 +88,7 @@ void pump(device_stateful self) {
   for (auto& p : st.queue) {
     if (p.transmitted || p.cancelling) continue;
     if (!p.cleared) break; // an earlier command is still being stored as sent
-    p.cmd.issued_at = now_us();
-    emit(self, bus::type::command, p.cmd);
+    send_command(self, p.cmd);
     p.transmitted = true;
   }
 }
@@ -66,7 +99,7 @@ void on_online(device_stateful self) {
   for (auto& p : st.queue) {
     p.transmitted = p.acknowledged; // the agent's journal holds acknowledged ones
     if (p.cancelling)
-      emit(self, bus::type::cancel, bus::cancel{p.cmd.action_id}); // ask again
+      send_cancel(self, p.cmd.action_id); // ask again
     else if (!p.cleared)
       self->send(p.action, atom::transmit_v);
   }
@@ -461,7 +494,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           return;
         }
         p->cancelling = true;
-        if (st.rec.online) emit(self, bus::type::cancel, bus::cancel{action_id});
+        if (st.rec.online) send_cancel(self, action_id);
         pump(self); // later commands need not wait for the answer
       },
       [self](atom::cancel, bus::cancel_result& r) {

@@ -15,6 +15,10 @@
 #include "bus/validate.hpp" // validate_report, for the device's callers
 
 namespace parry {
+class signing_key;
+}
+
+namespace parry {
 
 /// What the device actors count together; shown by GET /stats under `devices`.
 struct device_counters {
@@ -45,6 +49,11 @@ struct device_config {
   /// Incidents in flight from the bus (the gateway adds, the store or a refusal
   /// here takes off).
   std::shared_ptr<ingest_gauge> ingest = std::make_shared<ingest_gauge>();
+  /// Signs every command and cancel (docs/bus-protocol.md, "Command signatures");
+  /// null sends them unsigned (a plain bus, bus_curve = false).
+  std::shared_ptr<const signing_key> signer;
+  /// How long a cancel stays valid for the agent after it is sent.
+  std::chrono::milliseconds cancel_ttl{60000};
 };
 
 /// A command waiting for, or on its way to, the agent.
@@ -73,6 +82,8 @@ struct device_state {
   bool welcomed = false;
   /// last_seen as last written to the store.
   int64_t stored_last_seen = 0;
+  /// Last command sequence number signed (see next_command_seq in device.cpp).
+  uint64_t command_seq = 0;
   /// Outbound header counters.
   uint64_t seq = 0;
   uint64_t msg_id = 0;

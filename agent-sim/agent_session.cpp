@@ -13,7 +13,33 @@ namespace parry::sim {
 agent_session::agent_session(session_config cfg, executor& exec,
                              incident_source* incidents)
     : cfg_(std::move(cfg)), exec_(&exec), incidents_(incidents),
-      msg_base_(static_cast<uint64_t>(cfg_.started_at)) {}
+      msg_base_(static_cast<uint64_t>(cfg_.started_at)) {
+  if (!cfg_.server_signing_key.empty())
+    guard_.emplace(cfg_.server_signing_key, cfg_.device_id);
+}
+
+bool agent_session::is_held(const std::string& action_id) const {
+  return std::any_of(pending_.begin(), pending_.end(),
+                     [&](const bus::command& p) { return p.action_id == action_id; });
+}
+
+void agent_session::refuse(const bus::command& cmd, const bus::guard_verdict& v,
+                           int64_t now, std::vector<outbound>& out) {
+  ++stats_.refused_commands;
+  spdlog::warn("{}: refused command {} {}: {}", cfg_.device_id,
+               printable(cmd.action_id, 128), printable(cmd.type, 64), v.text);
+  // Reported (and re-sent until stored) like any failure, so the action ends failed
+  // with the reason; journaled, so the same id is never run later.
+  bus::action_result r{cmd.action_id,
+                       false,
+                       std::string{"refused by the agent ("} + bus::to_string(v.reason) +
+                           "): " + v.text,
+                       {}};
+  bool was_idle = unacked_ == 0;
+  journal(cmd.action_id, journal_entry{r, false});
+  if (!hold_results_) out.push_back(make(bus::type::action_result, r, now));
+  if (was_idle) next_resend_ = now + result_resend_us;
+}
 
 // -- commands -----------------------------------------------------------------------
 
@@ -276,16 +302,22 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
     auto c = bus::decode<bus::command>(body_frame, limits_, why);
     if (!c) return drop("command: " + why);
     if (!bus::valid_id(c->action_id)) return drop("command with an invalid action id");
+    // A command the journal or the hold already has is a re-delivery: answered as
+    // before, never checked as a replay. Anything new must pass the guard.
+    if (guard_ && journal_.count(c->action_id) == 0 && !is_held(c->action_id)) {
+      auto v = guard_->check(bus::fields_of(*c), bus::signature_bytes(c->sig), now);
+      if (!v) {
+        refuse(*c, v, now, out);
+        return out;
+      }
+    }
     if (!hold_commands_) {
       answer(*c, now, out);
       return out;
     }
     // Held: the server sees the command as sent, not acknowledged. A re-delivery
     // joins nothing, so releasing runs each action once.
-    bool known =
-        std::any_of(pending_.begin(), pending_.end(),
-                    [&](const bus::command& p) { return p.action_id == c->action_id; });
-    if (known) {
+    if (is_held(c->action_id)) {
       spdlog::debug("{}: command {} is already held", cfg_.device_id, c->action_id);
     } else if (pending_.size() >= max_pending) {
       spdlog::warn("{}: {} commands held, dropped {}", cfg_.device_id, pending_.size(),
@@ -300,6 +332,19 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
     auto c = bus::decode<bus::cancel>(body_frame, limits_, why);
     if (!c) return drop("cancel: " + why);
     if (!bus::valid_id(c->action_id)) return drop("cancel with an invalid action id");
+    if (guard_) {
+      auto v = guard_->check(bus::fields_of(*c), bus::signature_bytes(c->sig), now);
+      if (!v) {
+        ++stats_.refused_commands;
+        spdlog::warn("{}: refused cancel of {}: {}", cfg_.device_id,
+                     printable(c->action_id, 128), v.text);
+        out.push_back(make(bus::type::cancel_result,
+                           bus::cancel_result{c->action_id, false,
+                                              "cancel refused by the agent: " + v.text},
+                           now));
+        return out;
+      }
+    }
     out.push_back(make(bus::type::cancel_result, cancel(c->action_id), now));
     return out;
   }

@@ -20,6 +20,7 @@
 
 #include "agent-sim/executor.hpp"
 #include "bus/codec.hpp"
+#include "bus/command_signature.hpp"
 #include "bus/messages.hpp"
 #include "common/domain.hpp"
 
@@ -64,6 +65,7 @@ struct session_stats {
   uint64_t cancelled_commands = 0; ///< `cancel`s that came in time: never ran.
   uint64_t late_cancels = 0;       ///< `cancel`s for commands already executed.
   uint64_t rejected = 0;           ///< `rejected` answers from the server.
+  uint64_t refused_commands = 0;   ///< Commands and cancels refused by the guard.
 };
 
 /// Settings of one session.
@@ -73,6 +75,10 @@ struct session_config {
   os_family os = os_family::posix; ///< Path rules for command parameters.
   uint32_t heartbeat_ms = 0;       ///< 0 means what the welcome says.
   int64_t started_at = 0;          ///< Wall clock at start; message ids count up from it.
+  /// The server's Ed25519 public key (32 raw bytes) pinned at enrollment: commands
+  /// and cancels must carry its signature. Empty: unsigned ones are taken (a plain
+  /// bus, `--plain`).
+  std::string server_signing_key;
 };
 
 class agent_session {
@@ -168,10 +174,15 @@ private:
   bus::cancel_result cancel(const std::string& action_id);
   void journal(const std::string& action_id, journal_entry e);
   bus::action_result execute(const bus::command& cmd, int64_t now);
+  bool is_held(const std::string& action_id) const;
+  void refuse(const bus::command& cmd, const bus::guard_verdict& v, int64_t now,
+              std::vector<outbound>& out);
 
   session_config cfg_;
   executor* exec_;
   incident_source* incidents_;
+  /// Signature, device, expiry and replay checks; none on a plain bus.
+  std::optional<bus::command_guard> guard_;
 
   std::unordered_map<std::string, journal_entry> journal_;
   std::deque<std::string> journal_order_;

@@ -15,6 +15,7 @@
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_runner.hpp"
 #include "bus/codec.hpp"
+#include "common/keys.hpp"
 #include "common/time.hpp"
 
 namespace {
@@ -139,6 +140,7 @@ int main(int argc, char** argv) {
       auto keys = parry::sim::load_agent_keys(state_dir);
       parry::sim::enroll_missing(keys, ids, enroll, state_dir);
       cfg.server_key_z85 = keys.server_key_z85;
+      cfg.endpoint.server_signing_key = parry::parse_public_key(keys.signing_key_hex);
       for (const auto& id : ids)
         cfg.curve_keys.push_back(keys.devices.at(id));
     } catch (const std::exception& e) {

@@ -129,6 +129,7 @@ session_config session_for(const sim_executor& host, const endpoint_config& cfg,
   s.os = host.windows() ? os_family::windows : os_family::posix;
   s.heartbeat_ms = cfg.heartbeat_ms;
   s.started_at = started_at;
+  s.server_signing_key = cfg.server_signing_key;
   return s;
 }
 

@@ -35,6 +35,9 @@ struct endpoint_config {
   /// Part of every report id, so a restarted run with the same seed does not reuse
   /// ids the server has already seen. Empty in `--generate` dumps.
   std::string run_tag;
+  /// The server's Ed25519 public key (32 raw bytes) every command must be signed
+  /// with; empty on a plain bus (session_config::server_signing_key).
+  std::string server_signing_key;
 };
 
 /// Device id of endpoint `index`: prefix, dash, at least four digits.

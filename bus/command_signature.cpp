@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/crypto.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 
@@ -38,6 +39,39 @@ std::string shown(std::string_view s) {
 command_fields fields_of(const command& c, std::string device_id, uint64_t seq) {
   return {c.action_id, std::move(device_id), c.type, c.params,
           c.issued_at, c.expires_at,         seq};
+}
+
+command_fields fields_of(const command& c) {
+  return fields_of(c, c.device_id, c.seq);
+}
+
+command_fields fields_of(const cancel& c) {
+  return {c.action_id, c.device_id, "cancel", {}, c.issued_at, c.expires_at, c.seq};
+}
+
+void sign_into(command& c, const parry::signing_key& key, const std::string& device_id,
+               uint64_t seq) {
+  c.device_id = device_id;
+  c.seq = seq;
+  c.sig = to_hex_text(sign_command(key, fields_of(c)));
+}
+
+void sign_into(cancel& c, const parry::signing_key& key, const std::string& device_id,
+               uint64_t seq) {
+  c.device_id = device_id;
+  c.seq = seq;
+  c.sig = to_hex_text(sign_command(key, fields_of(c)));
+}
+
+std::string signature_bytes(std::string_view sig_hex) {
+  if (sig_hex.size() != 2 * ed25519_signature_bytes) return {};
+  std::string raw(ed25519_signature_bytes, '\0');
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    int hi = hex_digit(sig_hex[2 * i]), lo = hex_digit(sig_hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return {};
+    raw[i] = static_cast<char>(hi * 16 + lo);
+  }
+  return raw;
 }
 
 std::string encode_for_signature(const command_fields& f) {
@@ -126,7 +160,10 @@ guard_verdict command_guard::check(const command_fields& f, std::string_view sig
                   f.expires_at <= 0 ? std::string{"expired: the command has no expiry"}
                                     : "expired at " + format_time(f.expires_at) +
                                           " (now " + format_time(now_us) + ")");
-  if (seen_.count(f.action_id) != 0)
+  // A cancel names the command it withdraws and may be asked again: only its seq
+  // stops a replay.
+  bool is_cancel = f.type == "cancel";
+  if (!is_cancel && seen_.count(f.action_id) != 0)
     return refuse(command_refusal::action_replayed,
                   "action '" + shown(f.action_id) + "' was already received");
   if (f.seq <= last_seq_)
@@ -134,6 +171,7 @@ guard_verdict command_guard::check(const command_fields& f, std::string_view sig
                   "sequence number " + std::to_string(f.seq) +
                       " is not above the last accepted " + std::to_string(last_seq_));
   last_seq_ = f.seq;
+  if (is_cancel) return guard_verdict{true, {}, {}};
   if (order_.size() >= max_remembered_) {
     seen_.erase(order_.front());
     order_.pop_front();

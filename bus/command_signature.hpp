@@ -38,6 +38,21 @@ struct command_fields {
 /// The fields of `c` as sent to `device_id` with sequence number `seq`.
 command_fields fields_of(const command& c, std::string device_id, uint64_t seq);
 
+/// The signed fields a command carries (its own device_id and seq).
+command_fields fields_of(const command& c);
+
+/// The signed fields of a cancel: type "cancel", no params.
+command_fields fields_of(const cancel& c);
+
+/// Puts device_id, seq and the signature (hex) into `c`.
+void sign_into(command& c, const parry::signing_key& key, const std::string& device_id,
+               uint64_t seq);
+void sign_into(cancel& c, const parry::signing_key& key, const std::string& device_id,
+               uint64_t seq);
+
+/// The raw signature of hex text `sig`; "" when it is not 128 hex digits.
+std::string signature_bytes(std::string_view sig_hex);
+
 /// The canonical bytes signed for `f`:
 ///   str(domain) str(action_id) str(device_id) str(type)
 ///   u32(number of params) { str(key) str(value) } in ascending bytewise key order
@@ -82,7 +97,9 @@ struct guard_verdict {
 /// agent's own device_id. A command is accepted only if its signature is valid,
 /// it is for this device, now < expires_at, its action_id was not accepted before,
 /// and its seq is above every seq accepted before; accepting records seq and
-/// action_id. A refusal changes nothing but its counter.
+/// action_id. A cancel (type "cancel") is checked the same way except for the
+/// repeated action_id: it names the command it withdraws and may be asked again (its
+/// seq still stops a replay). A refusal changes nothing but its counter.
 ///
 /// Memory is bounded: the last `remembered_actions` accepted action_ids are kept
 /// (oldest forgotten first, counted in forgotten()). A forgotten id cannot come

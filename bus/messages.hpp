@@ -132,14 +132,19 @@ struct welcome {
   MSGPACK_DEFINE_MAP(server_time, heartbeat_interval_ms)
 };
 
-/// Server -> agent: execute a response action.
+/// Server -> agent: execute a response action. Signed (docs/bus-protocol.md,
+/// "Command signatures") over action_id, device_id, type, params, issued_at,
+/// expires_at and seq.
 struct command {
   std::string action_id;
   std::string type; ///< isolate, release_isolation, ...
   std::map<std::string, std::string> params;
-  int64_t issued_at = 0;
-  int64_t expires_at = 0;
-  MSGPACK_DEFINE_MAP(action_id, type, params, issued_at, expires_at)
+  int64_t issued_at = 0;  ///< Microseconds since the epoch.
+  int64_t expires_at = 0; ///< Microseconds since the epoch; refused from then on.
+  std::string device_id;  ///< The device the server signed it for.
+  uint64_t seq = 0;       ///< Per-device command sequence number, increasing.
+  std::string sig;        ///< Ed25519 signature, 128 lower-case hex digits.
+  MSGPACK_DEFINE_MAP(action_id, type, params, issued_at, expires_at, device_id, seq, sig)
 };
 
 /// Server -> agent: the result for this action is stored; stop re-sending it.
@@ -166,7 +171,13 @@ struct rejected {
 /// agent answers with `cancel_result`, also for a command it never received.
 struct cancel {
   std::string action_id;
-  MSGPACK_DEFINE_MAP(action_id)
+  /// Signed like a command whose type is "cancel" and whose params are empty.
+  int64_t issued_at = 0;
+  int64_t expires_at = 0;
+  std::string device_id;
+  uint64_t seq = 0;
+  std::string sig;
+  MSGPACK_DEFINE_MAP(action_id, issued_at, expires_at, device_id, seq, sig)
 };
 
 /// Agent -> server: answer to `cancel`. `cancelled` true means the command did not
@@ -209,13 +220,14 @@ template <class Inspector> auto inspect(Inspector& f, action_result& x) {
   return f(x.action_id, x.ok, x.error, x.effect);
 }
 template <class Inspector> auto inspect(Inspector& f, cancel& x) {
-  return f(x.action_id);
+  return f(x.action_id, x.issued_at, x.expires_at, x.device_id, x.seq, x.sig);
 }
 template <class Inspector> auto inspect(Inspector& f, cancel_result& x) {
   return f(x.action_id, x.cancelled, x.detail);
 }
 template <class Inspector> auto inspect(Inspector& f, command& x) {
-  return f(x.action_id, x.type, x.params, x.issued_at, x.expires_at);
+  return f(x.action_id, x.type, x.params, x.issued_at, x.expires_at, x.device_id, x.seq,
+           x.sig);
 }
 
 } // namespace parry::bus

@@ -121,7 +121,9 @@ struct server::impl {
   std::shared_ptr<bus::gateway> enroll;
   std::shared_ptr<bus::key_registry> keys;
   std::string enroll_endpoint;
-  std::optional<bus::server_keys> own_keys; ///< Set by start().
+  std::optional<bus::server_keys> own_keys;  ///< Set by start(); signing moved out.
+  std::shared_ptr<const signing_key> signer; ///< Shared with the device actors.
+  std::string signing_public_hex;
   /// Counters of the HTTPS front end, shown in /stats.
   std::shared_ptr<http_stats> http_counters = std::make_shared<http_stats>();
   /// Restarts of the api and auth actors, shown in /stats.
@@ -143,7 +145,8 @@ struct server::impl {
 /// in flight between the endpoint and the store are bounded: more are refused busy.
 /// `enroll` receives the endpoint's gateway (not started).
 bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg,
-                                const bus::server_keys& own,
+                                const bus::curve_key_pair& own,
+                                const std::string& signing_public_hex,
                                 std::shared_ptr<bus::key_registry> keys,
                                 const std::shared_ptr<bus::gateway>& agents,
                                 store_actor store,
@@ -156,8 +159,8 @@ bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg
   bus::gateway_options eo;
   eo.heartbeat_ivl = std::chrono::seconds{5};
   eo.heartbeat_timeout = std::chrono::seconds{15};
-  eo.curve = bus::curve_server_options{own.curve.public_z85,
-                                       own.curve.secret_z85,
+  eo.curve = bus::curve_server_options{own.public_z85,
+                                       own.secret_z85,
                                        keys,
                                        bus::zap_domain::enroll,
                                        cfg.bus_enroll_max_connections,
@@ -197,8 +200,8 @@ bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg
   enroll->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
   bus_keys_config kc;
   kc.registry = keys;
-  kc.server_key_z85 = own.curve.public_z85;
-  kc.signing_key_hex = to_hex_text(own.signing.public_key());
+  kc.server_key_z85 = own.public_z85;
+  kc.signing_key_hex = signing_public_hex;
   std::weak_ptr<bus::gateway> enroll_gw = enroll, agents_gw = agents;
   kc.reply = [enroll_gw, in_flight](std::string id, std::string h, std::string b) {
     in_flight->fetch_sub(1);
@@ -230,6 +233,8 @@ void server::start() {
   make_private_dir(cfg.data_dir);
   m.tls = ensure_certificate(cfg.data_dir + "/tls", {cfg.http_address});
   m.own_keys.emplace(bus::load_or_create(cfg.data_dir));
+  m.signing_public_hex = to_hex_text(m.own_keys->signing.public_key());
+  m.signer = std::make_shared<const signing_key>(std::move(m.own_keys->signing));
   if (m.own_keys->created)
     spdlog::info("generated the server's CURVE and signing keys in {}/{}", cfg.data_dir,
                  bus::key_files::dir);
@@ -304,8 +309,8 @@ void server::start() {
   keep(gateway);
   bus_keys_actor keys_actor;
   if (cfg.bus_curve) {
-    keys_actor =
-        start_enrollment(m.sys, cfg, *m.own_keys, m.keys, m.bus, m.store, m.enroll);
+    keys_actor = start_enrollment(m.sys, cfg, m.own_keys->curve, m.signing_public_hex,
+                                  m.keys, m.bus, m.store, m.enroll);
     keep(keys_actor);
   }
 
@@ -313,6 +318,8 @@ void server::start() {
   dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
   dcfg.missed_heartbeats = cfg.missed_heartbeats;
   dcfg.ingest = gauge;
+  // Agents enrolled over CURVE pinned this key: every command they get is signed.
+  if (cfg.bus_curve) dcfg.signer = m.signer;
   auto policy = policy_of(cfg);
   m.directory = m.sys.spawn(directory, dcfg, policy,
                             caf::timespan{std::chrono::minutes{5}}, m.store, gateway);

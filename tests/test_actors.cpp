@@ -14,6 +14,9 @@
 #include "actors/response_action.hpp"
 #include "actors/store.hpp"
 #include "bus/codec.hpp"
+#include "bus/command_signature.hpp"
+#include "common/keys.hpp"
+#include "common/time.hpp"
 
 namespace parry {
 std::ostream& operator<<(std::ostream& os, action_state x) {
@@ -657,6 +660,54 @@ BOOST_AUTO_TEST_CASE(concurrent_requests_with_one_idempotency_key_register_once)
   auto other = ask<action_record>(dir, atom::reg_v, req);
   BOOST_TEST(other.action_id != first);
   BOOST_TEST(of_type("command").size() == 2u);
+}
+
+// With a signing key, every command and cancel carries the server's signature over
+// what the agent checks, with a per-device sequence number that only goes up; a
+// refusal reported by the agent (it never acknowledged) ends the action failed with
+// the agent's reason.
+BOOST_AUTO_TEST_CASE(commands_and_cancels_are_signed_in_sequence) {
+  stop_server();
+  auto key = std::make_shared<const signing_key>(signing_key::generate());
+  auto pub = key->public_key();
+  dcfg.signer = key;
+  start_server();
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto first = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  auto second = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  ask<action_record>(dir, atom::cancel_v, second.action_id, std::string{"bob"},
+                     std::string{});
+  std::string why;
+  std::vector<uint64_t> seqs;
+  for (const auto& f : of_type("command")) {
+    auto c = bus::decode<bus::command>(f.body, bus::decode_limits{}, why);
+    BOOST_REQUIRE(c);
+    BOOST_TEST(c->device_id == "dev-1");
+    BOOST_TEST(
+        bus::verify_command(pub, bus::fields_of(*c), bus::signature_bytes(c->sig)));
+    seqs.push_back(c->seq);
+  }
+  auto cancels = of_type("cancel");
+  BOOST_REQUIRE_EQUAL(cancels.size(), 1u);
+  auto cancel = bus::decode<bus::cancel>(cancels[0].body, bus::decode_limits{}, why);
+  BOOST_REQUIRE(cancel);
+  BOOST_TEST(bus::verify_command(pub, bus::fields_of(*cancel),
+                                 bus::signature_bytes(cancel->sig)));
+  BOOST_TEST(cancel->expires_at > cancel->issued_at);
+  seqs.push_back(cancel->seq);
+  BOOST_REQUIRE_EQUAL(seqs.size(), 3u);
+  BOOST_TEST(seqs[0] < seqs[1]);
+  BOOST_TEST(seqs[1] < seqs[2]);
+  BOOST_TEST(seqs[0] >= static_cast<uint64_t>(now_us()) - 60'000'000u); // from the clock
+
+  result("dev-1", first.action_id, false,
+         "refused by the agent (bad_signature): bad signature: not signed by the pinned "
+         "server key");
+  auto a = read("action", first.action_id)["action"];
+  BOOST_TEST(a["state"] == "failed");
+  BOOST_TEST(a["result"]["error"].get<std::string>().find("bad_signature") !=
+             std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(cancel_while_sent_waits_for_the_agent) {

@@ -25,7 +25,9 @@
 #include "agent-sim/sim_endpoint.hpp"
 #include "agent-sim/sim_runner.hpp"
 #include "bus/codec.hpp"
+#include "bus/command_signature.hpp"
 #include "common/domain.hpp"
+#include "common/keys.hpp"
 #include "common/time.hpp"
 
 using namespace parry;
@@ -1732,4 +1734,99 @@ BOOST_AUTO_TEST_CASE(session_hands_only_checked_commands_to_its_executor_once) {
   r = s.handle_command(make_command("a-8", "isolate"), now);
   BOOST_TEST(!r.executed);
   BOOST_TEST(exec.calls.size() == before);
+}
+
+// With a pinned server key, only what the server signed for this device, in time and
+// in sequence, runs; every refusal is reported as the action's failed result (re-sent
+// until stored), and a re-delivery of an accepted command is answered, not refused.
+BOOST_AUTO_TEST_CASE(only_signed_commands_run_and_each_refusal_is_reported) {
+  auto server = signing_key::generate();
+  auto stranger = signing_key::generate();
+  recording_executor exec;
+  session_config cfg;
+  cfg.device_id = "real-0001";
+  cfg.started_at = t0;
+  cfg.server_signing_key = server.public_key();
+  agent_session s(cfg, exec, nullptr);
+  int64_t now = t0;
+  s.start(now);
+  s.on_link_up(now);
+  bus::welcome w;
+  s.on_message(header_frame("welcome", "real-0001"), bus::encode(w), now);
+  uint64_t seq = 100;
+  auto signed_cmd = [&](const std::string& id, const signing_key& key,
+                        const std::string& device = "real-0001") {
+    auto c = make_command(id, "isolate", now + 60'000'000);
+    bus::sign_into(c, key, device, ++seq);
+    return c;
+  };
+  // What the session answers to one command: the result it reports, if any.
+  auto deliver = [&](const bus::command& c) -> std::optional<bus::action_result> {
+    for (const auto& o :
+         s.on_message(header_frame("command", "real-0001"), bus::encode(c), now))
+      if (o.head.type == "action_result") return body_of<bus::action_result>(o);
+    return std::nullopt;
+  };
+  auto refused = [&](const bus::command& c, const char* reason) {
+    auto r = deliver(c);
+    BOOST_REQUIRE(r);
+    BOOST_TEST(!r->ok);
+    BOOST_TEST(r->error.find(std::string{"refused by the agent ("} + reason + ")") !=
+                   std::string::npos,
+               r->error);
+  };
+
+  auto ok = signed_cmd("a-1", server);
+  auto r = deliver(ok);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->ok);
+  // Tampered after signing: a parameter added.
+  auto tampered = signed_cmd("a-2", server);
+  tampered.params["note"] = "x";
+  refused(tampered, "bad_signature");
+  // Unsigned, and signed by someone else.
+  refused(make_command("a-3", "isolate", now + 60'000'000), "bad_signature");
+  refused(signed_cmd("a-4", stranger), "bad_signature");
+  // Signed for another device.
+  refused(signed_cmd("a-5", server, "real-0002"), "wrong_device");
+  // Expired.
+  auto old = make_command("a-6", "isolate", now - 1);
+  bus::sign_into(old, server, "real-0001", ++seq);
+  refused(old, "expired");
+  // A sequence number already seen (a captured command replayed under a new id is
+  // impossible without the key; an old signed one replays its old seq).
+  auto early = make_command("a-7", "isolate", now + 60'000'000);
+  bus::sign_into(early, server, "real-0001", 50);
+  refused(early, "seq_replayed");
+  // The accepted command delivered again is answered from the journal, not refused
+  // and not run again.
+  r = deliver(ok);
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->ok);
+  BOOST_TEST(std::count(exec.calls.begin(), exec.calls.end(), "isolate") == 1);
+  BOOST_TEST(s.stats().refused_commands == 6u);
+  // Refusals are re-sent until the server stores them, like any result.
+  auto unacked = s.unacked_results();
+  BOOST_TEST(std::count(unacked.begin(), unacked.end(), "a-2") == 1);
+
+  // Cancels are signed too: an unsigned one changes nothing.
+  bus::cancel c{"a-9"};
+  bool said_no = false;
+  for (const auto& o :
+       s.on_message(header_frame("cancel", "real-0001"), bus::encode(c), now))
+    if (o.head.type == "cancel_result")
+      said_no = !body_of<bus::cancel_result>(o).cancelled;
+  BOOST_TEST(said_no);
+  c.expires_at = now + 60'000'000;
+  bus::sign_into(c, server, "real-0001", ++seq);
+  bool cancelled = false;
+  for (const auto& o :
+       s.on_message(header_frame("cancel", "real-0001"), bus::encode(c), now))
+    if (o.head.type == "cancel_result")
+      cancelled = body_of<bus::cancel_result>(o).cancelled;
+  BOOST_TEST(cancelled);
+  // ... and the command it withdrew never runs, even when it arrives signed.
+  auto late = signed_cmd("a-9", server);
+  deliver(late);
+  BOOST_TEST(std::count(exec.calls.begin(), exec.calls.end(), "isolate") == 1);
 }
