@@ -301,6 +301,11 @@ using auth_actor = caf::typed_actor<
     caf::reacts_to<atom::check>>;
 
 /// The REST API: routes one HTTP request.
-using api_actor = caf::typed_actor<caf::replies_to<http_request>::with<http_response>>;
+using api_actor =
+    caf::typed_actor<caf::replies_to<http_request>::with<http_response>,
+                     // The same for a caller already authenticated elsewhere (an
+                     // integrator on the bus): no session or token is looked at, the role
+                     // is checked as usual.
+                     caf::replies_to<http_request, principal>::with<http_response>>;
 
 } // namespace parry

@@ -222,7 +222,8 @@ template <class What> void read_page(call c, What what) {
 /// confirmation is throttled per session: other people's failures never stop it.
 template <class F>
 void with_password(call c, action_type type, const std::string& password, F then) {
-  if (!c.self->state.policy.needs_password(type)) {
+  // An integrator's CURVE key is its credential; it has no password to re-enter.
+  if (!c.self->state.policy.needs_password(type) || c.who.integrator) {
     then(false);
     return;
   }
@@ -779,9 +780,32 @@ bool headers_valid(const http_request& r) {
          valid_utf8(r.csrf) && valid_utf8(r.idempotency_key) && valid_utf8(r.source);
 }
 
+/// What the bus offers integrators (docs/bus-protocol.md, "Integrators"): reading
+/// incidents, devices, actions and stats, and triggering, cancelling and reversing
+/// actions. Accounts, tokens, keys and the audit trail stay with people over HTTPS.
+bool offered_to_integrators(const std::string& method, const std::string& path) {
+  auto under = [&](std::string_view p) {
+    std::string_view full{path};
+    std::string want = std::string{prefix} + std::string{p};
+    return full.substr(0, want.size()) == want &&
+           (full.size() == want.size() || full[want.size()] == '/' ||
+            full[want.size()] == '?');
+  };
+  if (method == "GET")
+    return under("/incidents") || under("/devices") || under("/actions") ||
+           under("/health") || under("/stats");
+  return method == "POST" && under("/actions");
+}
+
 /// Authenticates (unless the route is for anyone), checks role and CSRF, runs it.
 void dispatch(call c, const route& r) {
   if (r.who == access::anyone) return guarded(c, [&] { r.handle(c); });
+  if (c.who.integrator) {
+    if (auto why = role_problem(r.who, c.who.role))
+      return c.answer(ec::forbidden,
+                      c.who.username + " (role " + to_string(c.who.role) + ") " + why);
+    return guarded(c, [&] { r.handle(c); });
+  }
   bool session = c.req.bearer.empty();
   c.self->request(c.self->state.auth, c.left(), atom::authn_v, session, c.credential())
       .then(
@@ -862,6 +886,20 @@ api_actor::behavior_type api(api_stateful self, api_state deps) {
         auto rp = self->make_response_promise<http_response>();
         call c{self, req, {}, {}, {}, rp, self->clock().now() + self->state.deadline};
         guarded(c, [&] { route_request(c); });
+        return rp;
+      },
+      [self](const http_request& req,
+             const principal& who) -> caf::result<http_response> {
+        auto rp = self->make_response_promise<http_response>();
+        call c{self, req, who, {}, {}, rp, self->clock().now() + self->state.deadline};
+        c.who.integrator = true;
+        guarded(c, [&] {
+          if (!offered_to_integrators(req.method, split_target(req.target).first))
+            return c.answer(ec::forbidden, req.method + " " +
+                                               std::string{utf8_prefix(req.target, 128)} +
+                                               " is not offered to integrators");
+          route_request(c);
+        });
         return rp;
       },
   };

@@ -123,8 +123,10 @@ bus_keys_actor::behavior_type bus_keys(self_ptr self, bus_keys_config cfg,
         auto raw = bus::z85_to_raw(k.public_z85);
         if (raw.empty() || !k.integrator)
           return make_error(ec::bad_request, "an integrator key is 40 Z85 characters");
+        // The key may be this integrator's already (a new role); never another's.
         if (auto who = self->state.cfg.registry->find(raw);
-            who && !(identity_of(k) == *who))
+            who &&
+            !(who->kind == bus::key_identity::kind_t::integrator && who->name == k.name))
           return make_error(ec::conflict, "that key belongs to " + who->user_id());
         auto rp = self->make_response_promise<atom::ok>();
         self->request(self->state.store, store_timeout, atom::put_v, k)

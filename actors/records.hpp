@@ -169,6 +169,10 @@ struct principal {
   user_role role = user_role::operator_;
   std::string csrf_token; ///< Empty for bearer tokens, which need no CSRF check.
   bool via_session = false;
+  /// An integrator on the bus, authenticated by its CURVE key: its key is the
+  /// credential, so no password re-entry is asked of it. `username` is
+  /// "integrator:<name>" in the audit trail.
+  bool integrator = false;
 };
 
 /// One page of a list read: at most `limit` rows after `cursor`.
@@ -239,7 +243,7 @@ template <class Inspector> auto inspect(Inspector& f, user_record& x) {
   return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at);
 }
 template <class Inspector> auto inspect(Inspector& f, principal& x) {
-  return f(x.username, x.role, x.csrf_token, x.via_session);
+  return f(x.username, x.role, x.csrf_token, x.via_session, x.integrator);
 }
 template <class Inspector> auto inspect(Inspector& f, page_request& x) {
   return f(x.limit, x.cursor, x.filters);

@@ -18,6 +18,7 @@
 #include "actors/error.hpp"
 #include "actors/json.hpp"
 #include "bus/codec.hpp"
+#include "bus/integrator.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
 
@@ -747,6 +748,24 @@ template <class Body> caf::result<atom::ok> ok_write(store_stateful self, Body&&
   return write_answer(self, std::forward<Body>(body), atom::ok_v);
 }
 
+/// Publishes `e` as `family`.`kind` once the write just queued (after `queued`
+/// answers were waiting) commits; nothing when it was not queued or is rolled back.
+template <class Event>
+void publish_on_commit(store_state& st, std::size_t queued, const char* family,
+                       std::string kind, const Event& e) {
+  if (!st.publish || st.on_commit.size() <= queued) return;
+  st.on_commit.emplace_back([pub = st.publish, family, kind = std::move(kind),
+                             body = bus::encode(e)](const caf::error& err) mutable {
+    if (!err) pub(family, std::move(kind), std::move(body));
+  });
+}
+
+bus::action_event action_event_of(const action_record& a) {
+  return {a.action_id,  to_string(a.type), to_string(a.state),
+          a.device_id,  a.incident_id,     a.requested_by,
+          a.updated_at, a.result_ok,       a.result_error};
+}
+
 /// A read answered with what `body` returns, or the error it threw.
 template <class T, class Body> caf::result<T> read_answer(Body&& body) {
   std::optional<T> out;
@@ -858,6 +877,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
   }
   st.max_page_bytes = std::max<size_t>(opts.max_page_bytes, 1);
   st.ingest = opts.ingest;
+  st.publish = opts.publish;
   // The database holds password hashes: only the owner reads it, whatever the umask
   // was when a file was created (SQLite makes -wal and -shm on demand).
   if (path != ":memory:")
@@ -870,7 +890,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
   return with_reads<store_actor::behavior_type>(
       read_handlers(self),
       [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
-        return ok_write(self, [&] {
+        auto& st = self->state;
+        auto queued = st.on_commit.size();
+        auto res = ok_write(self, [&] {
           stmt s{
               self->state,
               "INSERT INTO devices (device_id, hostname, os, agent_version, addresses, "
@@ -893,6 +915,17 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.bind(7, int64_t{d.isolated}).bind(8, d.first_seen).bind(9, d.last_seen);
           s.step();
         });
+        if (st.publish) {
+          auto now = std::make_tuple(d.online, d.isolated, d.hostname);
+          auto [it, fresh] = st.device_published.try_emplace(d.device_id, now);
+          if (fresh || it->second != now) {
+            it->second = now;
+            publish_on_commit(st, queued, bus::topic::device, "updated",
+                              bus::device_event{d.device_id, d.hostname, d.online,
+                                                d.isolated, d.last_seen});
+          }
+        }
+        return res;
       },
       [=](atom::put, const incident_record& r) -> caf::result<std::string> {
         auto& st = self->state;
@@ -914,7 +947,8 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             }))
           return err;
         if (!known.empty()) return known;
-        return write_answer(
+        auto queued = st.on_commit.size();
+        auto res = write_answer(
             self,
             [&] {
               stmt s{st, "INSERT INTO incidents (incident_id, device_id, report_id, "
@@ -930,10 +964,17 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               s.step();
             },
             r.incident_id);
+        publish_on_commit(
+            st, queued, bus::topic::incident, "created",
+            bus::incident_event{r.incident_id, r.device_id, r.report.det.name,
+                                r.report.det.severity, r.created_at,
+                                static_cast<uint32_t>(r.report.events.size())});
+        return res;
       },
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        return ok_write(self, [&] {
+        auto queued = self->state.on_commit.size();
+        auto res = ok_write(self, [&] {
           std::string sql =
               std::string{"INSERT INTO actions ("} + action_columns +
               ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -954,10 +995,14 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.step();
           write_transition(self->state, t, a.requested_by);
         });
+        publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
+                          action_event_of(a));
+        return res;
       },
       [=](atom::update, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        return ok_write(self, [&] {
+        auto queued = self->state.on_commit.size();
+        auto res = ok_write(self, [&] {
           stmt s{self->state,
                  "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
                  "result_error = ?, result_effect = ? WHERE action_id = ?"};
@@ -971,6 +1016,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           expect_change(self->state, ec::not_found, "no action " + a.action_id);
           write_transition(self->state, t, "parryd");
         });
+        publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
+                          action_event_of(a));
+        return res;
       },
       [=](atom::get, atom::incident,
           const std::string& id) -> caf::result<incident_record> {
@@ -1284,6 +1332,10 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             self,
             [&] {
               auto& st = self->state;
+              // The same key again (an answer lost on the way) is answered as done
+              // and uses nothing, even once the token is spent.
+              auto current = admitted_key(st, k.integrator, k.name);
+              if (current == k.public_z85) return;
               int64_t expires_at = 0, uses_left = 0;
               {
                 stmt q{st, "SELECT expires_at, uses_left FROM enrollment_tokens WHERE "
@@ -1299,9 +1351,6 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               if (expires_at <= now)
                 throw refused(ec::conflict, "the enrollment token has expired");
               // A token never takes a device over from the key it has: revoke first.
-              // The same key again (an answer lost on the way) uses nothing.
-              auto current = admitted_key(st, k.integrator, k.name);
-              if (current == k.public_z85) return;
               if (!current.empty())
                 throw refused(ec::forbidden, "device " + k.name +
                                                  " is already enrolled with another "

@@ -5,6 +5,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include <caf/error.hpp>
@@ -44,6 +46,11 @@ struct store_state {
   size_t max_page_bytes = 4 << 20;
   /// See store_options::ingest.
   std::shared_ptr<ingest_gauge> ingest;
+  /// See store_options::publish.
+  std::function<void(const char* family, std::string kind, std::string body)> publish;
+  /// What was last published of each device (online, isolated, hostname): a
+  /// device.updated goes out only when one of them changes.
+  std::unordered_map<std::string, std::tuple<bool, bool, std::string>> device_published;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
@@ -60,6 +67,11 @@ struct store_options {
   /// Incidents in flight between the bus and the store (may be null): each one is
   /// taken off once its write was handled.
   std::shared_ptr<ingest_gauge> ingest;
+  /// Called once a write commits, with the event it makes for integrators
+  /// (bus/integrator.hpp): family ("incident", "action", "device"), kind (the topic
+  /// after the dot) and the msgpack body. Null: no events. Runs on the store's
+  /// thread: it must only queue.
+  std::function<void(const char* family, std::string kind, std::string body)> publish;
 };
 
 /// The paging parameters of a list endpoint's query string: `limit` (a whole

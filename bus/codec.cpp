@@ -44,7 +44,7 @@ bool valid_id(std::string_view id) {
 }
 
 std::optional<header> decode_header(std::string_view frame, const decode_limits& lim,
-                                    std::string& why) {
+                                    std::string& why, bool device_required) {
   auto h = decode<header>(frame, lim, why);
   if (!h) return std::nullopt;
   if (h->v < 1 || h->v > protocol_version) {
@@ -55,7 +55,7 @@ std::optional<header> decode_header(std::string_view frame, const decode_limits&
     why = "missing message type";
     return std::nullopt;
   }
-  if (!valid_id(h->device_id)) {
+  if (device_required && !valid_id(h->device_id)) {
     why = "invalid device id";
     return std::nullopt;
   }

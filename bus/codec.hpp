@@ -56,9 +56,10 @@ std::optional<T> decode(std::string_view frame, const decode_limits& lim,
   }
 }
 
-/// Decodes and checks a header: supported version, known-looking type, device id.
+/// Decodes and checks a header: supported version, known-looking type, and (unless
+/// `device_required` is false: integrators) a valid device id.
 std::optional<header> decode_header(std::string_view frame, const decode_limits& lim,
-                                    std::string& why);
+                                    std::string& why, bool device_required = true);
 
 /// Limits on identifiers carried in headers and bodies.
 inline constexpr std::size_t max_id_length = 128;

@@ -40,7 +40,7 @@ struct enroll_request {
 struct enroll_result {
   bool ok = false;
   /// Machine-stable reason when !ok: "bad_token", "token_expired", "already_enrolled",
-  /// "bad_key", "unavailable".
+  /// "unavailable".
   std::string reason;
   std::string error;       ///< Human-readable, when !ok.
   std::string server_key;  ///< Server CURVE public key, Z85 (pin it), when ok.

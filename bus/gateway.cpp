@@ -103,6 +103,20 @@ std::string gateway::start() {
   }
   sock->bind(endpoint_);
   auto bound = sock->get(zmq::sockopt::last_endpoint);
+  if (!opts_.pub_endpoint.empty()) {
+    auto pub = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::pub);
+    pub->set(zmq::sockopt::linger, 0);
+    // A subscriber that stops reading loses what is over this, never more memory.
+    pub->set(zmq::sockopt::sndhwm, opts_.pub_hwm);
+    if (opts_.curve) {
+      pub->set(zmq::sockopt::curve_server, 1);
+      pub->set(zmq::sockopt::curve_secretkey, opts_.curve->secret_z85);
+      pub->set(zmq::sockopt::zap_domain, opts_.curve->domain);
+    }
+    pub->bind(opts_.pub_endpoint);
+    pub_bound_ = pub->get(zmq::sockopt::last_endpoint);
+    pub_ = pub.release();
+  }
   socket_ = sock.release();
   thread_ = std::thread([this] { run(socket_); });
   return bound;
@@ -119,6 +133,8 @@ void gateway::stop() {
   monitor_ = nullptr;
   delete static_cast<zmq::socket_t*>(zap_);
   zap_ = nullptr;
+  delete static_cast<zmq::socket_t*>(pub_);
+  pub_ = nullptr;
   std::lock_guard<std::mutex> guard{mtx_};
   stats_.dropped_stopped += queue_.size();
   queue_.clear();
@@ -136,6 +152,20 @@ void gateway::send(std::string device_id, std::string header_frame,
     was_empty = queue_.empty();
     queue_.push_back(
         {std::move(device_id), std::move(header_frame), std::move(body_frame)});
+  }
+  if (was_empty) wake();
+}
+
+void gateway::publish(std::string topic, std::string header_frame,
+                      std::string body_frame) {
+  if (stopping_ || pub_ == nullptr) return;
+  bool was_empty;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    // Bounded even if the socket thread stalls: the oldest event goes first.
+    if (events_.size() >= 100000) events_.erase(events_.begin());
+    was_empty = events_.empty() && queue_.empty();
+    events_.push_back({std::move(topic), std::move(header_frame), std::move(body_frame)});
   }
   if (was_empty) wake();
 }
@@ -286,7 +316,8 @@ void gateway::refuse(void* raw, std::string_view peer, const header* h,
   header out;
   out.type = type::rejected;
   out.msg_id = ++out_msg_id_;
-  out.device_id = std::string{peer};
+  bool integrators = zap_ && opts_.curve->domain == zap_domain::integrators;
+  out.device_id = integrators ? std::string{} : std::string{peer};
   out.time = now_us();
   auto hf = encode(out);
   auto bf = encode(body);
@@ -336,8 +367,10 @@ void gateway::run(void* raw) {
         std::lock_guard<std::mutex> guard{mtx_};
         cuts.swap(cuts_);
       }
+      bool integrators = opts_.curve->domain == zap_domain::integrators;
       for (auto& id : cuts)
-        if (auto i = live_fd_.find(id); i != live_fd_.end()) {
+        if (auto i = live_fd_.find(integrators ? "integrator:" + id : id);
+            i != live_fd_.end()) {
           // libzmq sees the connection end and closes its side; the key is gone
           // from the registry, so the agent's reconnect is refused at ZAP.
           ::shutdown(i->second, SHUT_RDWR);
@@ -389,7 +422,8 @@ void gateway::run(void* raw) {
                 "max_frame_bytes", limits_.max_frame, 0});
         continue;
       }
-      auto hdr = decode_header(hframe, limits_, why);
+      bool integrators = zap_ && opts_.curve->domain == zap_domain::integrators;
+      auto hdr = decode_header(hframe, limits_, why, !integrators);
       if (!hdr) {
         refuse(raw, routing, nullptr,
                {refusal_kind::malformed, "header: " + why, "", 0, 0});
@@ -403,10 +437,12 @@ void gateway::run(void* raw) {
         const char* uid = zmq_msg_gets(parts[1].handle(), "User-Id");
         user_id = uid ? std::string_view{uid} : std::string_view{};
         bool enrolling = opts_.curve->domain == zap_domain::enroll;
-        std::string want =
-            enrolling ? std::string{"enroll:"} : "agent:" + std::string{routing};
+        bool prefix_only = enrolling || integrators;
+        std::string want = enrolling     ? std::string{"enroll:"}
+                           : integrators ? std::string{"integrator:"}
+                                         : "agent:" + std::string{routing};
         if (uid == nullptr || user_id.substr(0, want.size()) != want ||
-            (!enrolling && user_id.size() != want.size())) {
+            (!prefix_only && user_id.size() != want.size())) {
           refuse(raw, routing, &*hdr,
                  {refusal_kind::spoofed,
                   "connection authenticated as " + printable(uid ? uid : "nobody") +
@@ -416,10 +452,14 @@ void gateway::run(void* raw) {
         }
         // The descriptor the message came on (-1 if libzmq cannot say): how a
         // revoked device's connection is found and cut.
-        note_connection(std::string{routing}, zmq_msg_get(parts[1].handle(), ZMQ_SRCFD));
+        note_connection(integrators ? std::string{user_id} : std::string{routing},
+                        zmq_msg_get(parts[1].handle(), ZMQ_SRCFD));
       }
+      // An integrator's routing id is whatever its socket has: answers go to it, and
+      // the header's device_id means nothing here.
+      if (integrators) hdr->device_id = std::string{routing};
       // The header must name the connection it came on: no speaking for others.
-      if (hdr->device_id != routing) {
+      if (!integrators && hdr->device_id != routing) {
         refuse(raw, routing, &*hdr,
                {refusal_kind::spoofed, "header names device " + printable(hdr->device_id),
                 "", 0, 0});
@@ -430,9 +470,23 @@ void gateway::run(void* raw) {
         refuse(raw, routing, &saved, *r);
     }
     // Outbound.
+    std::vector<outbound> events;
     {
       std::lock_guard<std::mutex> guard{mtx_};
       batch.swap(queue_);
+      events.swap(events_);
+    }
+    if (pub_) {
+      auto& pub = *static_cast<zmq::socket_t*>(pub_);
+      for (auto& e : events) {
+        try {
+          (void)pub.send(zmq::buffer(e.device_id), zmq::send_flags::sndmore);
+          (void)pub.send(zmq::buffer(e.header), zmq::send_flags::sndmore);
+          (void)pub.send(zmq::buffer(e.body), zmq::send_flags::dontwait);
+          ++stats_.events_published;
+        } catch (const zmq::error_t&) {
+        }
+      }
     }
     for (auto& out : batch) {
       try {

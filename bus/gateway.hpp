@@ -56,6 +56,9 @@ struct gateway_stats {
   std::atomic<uint64_t> zap_refused_busy{0};
   /// Connections cut because their key was revoked.
   std::atomic<uint64_t> revoked_cut{0};
+  /// Integrators only: events handed to the PUB socket (a subscriber over its
+  /// high-water mark loses them there; it sees the gap in `seq`).
+  std::atomic<uint64_t> events_published{0};
 };
 
 /// CURVE on the bus: every connection completes a CURVE handshake with the server's
@@ -86,6 +89,10 @@ struct gateway_options {
   std::chrono::milliseconds heartbeat_timeout{15000};
   /// Unset: plain TCP (tests, a closed lab). Set: CURVE and ZAP, see above.
   std::optional<curve_server_options> curve;
+  /// Integrators only: a PUB endpoint for events, on the same CURVE key and ZAP
+  /// domain ("" : none), and the messages queued per subscriber before it loses them.
+  std::string pub_endpoint;
+  int pub_hwm = 10000;
 };
 
 class gateway {
@@ -130,8 +137,17 @@ public:
   void send(std::string device_id, std::string header_frame, std::string body_frame);
 
   /// CURVE only: closes the live connection of `device_id` (its key was revoked:
-  /// remove it from the registry first, so the reconnect is refused). Thread-safe.
+  /// remove it from the registry first, so the reconnect is refused); on the
+  /// integrators' socket, the last connection of integrator `device_id`.
+  /// Thread-safe.
   void cut(std::string device_id);
+
+  /// Integrators only: queues one event, [topic][header][body], for the PUB socket.
+  /// Thread-safe, never blocks.
+  void publish(std::string topic, std::string header_frame, std::string body_frame);
+
+  /// The bound PUB endpoint ("" : none), after start().
+  const std::string& pub_endpoint() const { return pub_bound_; }
 
   const gateway_stats& stats() const { return stats_; }
 
@@ -166,6 +182,9 @@ private:
   std::mutex mtx_;
   std::vector<outbound> queue_;
   std::vector<std::string> cuts_; // guarded by mtx_
+  std::vector<outbound> events_;  // guarded by mtx_; device_id holds the topic
+  void* pub_ = nullptr;           // zmq::socket_t*, integrators only
+  std::string pub_bound_;
   std::thread thread_;
   gateway_stats stats_;
   // Socket thread only.

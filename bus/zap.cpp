@@ -60,6 +60,16 @@ std::optional<key_identity> key_registry::find(std::string_view public_key) cons
   return i->second;
 }
 
+std::optional<key_identity> key_registry::find_name(key_identity::kind_t kind,
+                                                    std::string_view name) const {
+  std::shared_lock lock{m_};
+  const auto& by_name =
+      kind == key_identity::kind_t::agent ? agent_key_ : integrator_key_;
+  auto i = by_name.find(std::string{name});
+  if (i == by_name.end()) return std::nullopt;
+  return by_key_.at(i->second);
+}
+
 std::size_t key_registry::size() const {
   std::shared_lock lock{m_};
   return by_key_.size();

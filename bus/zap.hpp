@@ -61,6 +61,9 @@ public:
   std::optional<std::string> revoke(key_identity::kind_t kind, std::string_view name);
   /// Whose key `public_key` is, if admitted.
   std::optional<key_identity> find(std::string_view public_key) const;
+  /// The identity of the agent (device_id) or integrator `name` while it has a key.
+  std::optional<key_identity> find_name(key_identity::kind_t kind,
+                                        std::string_view name) const;
   std::size_t size() const;
 
 private:

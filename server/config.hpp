@@ -28,6 +28,9 @@ struct server_config {
   std::string bus_enroll_endpoint = "tcp://127.0.0.1:7401";
   uint32_t bus_enroll_handshakes_per_second = 500;
   uint32_t bus_enroll_max_connections = 256;
+  /// Integrators (CURVE only): the request/reply ROUTER and the events PUB endpoint.
+  std::string bus_integrator_endpoint = "tcp://127.0.0.1:7402";
+  std::string bus_events_endpoint = "tcp://127.0.0.1:7403";
   /// HTTPS listen address and port (0 picks a free port).
   std::string http_address = "127.0.0.1";
   uint16_t http_port = 8443;

@@ -93,8 +93,9 @@ int main(int argc, char** argv) {
               cfg.http_address.c_str(), srv.http_port(), srv.bus_endpoint().c_str(),
               srv.cert_file().c_str());
   if (cfg.bus_curve)
-    std::printf("  enroll %s\n  server key %s\n", srv.enroll_endpoint().c_str(),
-                srv.bus_public_key().c_str());
+    std::printf("  enroll %s\n  integrators %s\n  events %s\n  server key %s\n",
+                srv.enroll_endpoint().c_str(), srv.integrator_endpoint().c_str(),
+                srv.events_endpoint().c_str(), srv.bus_public_key().c_str());
   else
     std::printf("  WARNING: bus_curve = false: the bus is plain TCP; anyone who reaches "
                 "it can speak as any device\n");

@@ -2,13 +2,18 @@
 
 #include <sys/stat.h>
 
+#include <atomic>
 #include <filesystem>
+#include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <thread>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/event_based_actor.hpp>
 #include <caf/message.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
@@ -26,6 +31,11 @@
 #include "bus/curve_keys.hpp"
 #include "bus/enroll.hpp"
 #include "bus/gateway.hpp"
+#include "bus/integrator.hpp"
+#include "common/domain.hpp"
+#include "common/keys.hpp"
+#include "common/time.hpp"
+#include "common/utf8.hpp"
 #include "server/http_server.hpp"
 #include "server/tls.hpp"
 
@@ -119,6 +129,10 @@ struct server::impl {
   std::shared_ptr<bus::gateway> bus;
   /// CURVE only: the enrollment endpoint and who may connect.
   std::shared_ptr<bus::gateway> enroll;
+  /// CURVE only: integrators' requests and events.
+  std::shared_ptr<bus::gateway> integrators;
+  std::string integrator_endpoint;
+  std::string events_endpoint;
   std::shared_ptr<bus::key_registry> keys;
   std::string enroll_endpoint;
   std::optional<bus::server_keys> own_keys;  ///< Set by start(); signing moved out.
@@ -147,6 +161,7 @@ struct server::impl {
 bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg,
                                 const bus::curve_key_pair& own,
                                 const std::string& signing_public_hex,
+                                const std::shared_ptr<bus::gateway>& integrators,
                                 std::shared_ptr<bus::key_registry> keys,
                                 const std::shared_ptr<bus::gateway>& agents,
                                 store_actor store,
@@ -207,13 +222,166 @@ bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg
     in_flight->fetch_sub(1);
     if (auto g = enroll_gw.lock()) g->send(std::move(id), std::move(h), std::move(b));
   };
-  kc.cut = [agents_gw](bool integrator, const std::string& name) {
-    if (integrator) return; // the integrator endpoint comes with the integrator API
-    if (auto g = agents_gw.lock()) g->cut(name);
+  std::weak_ptr<bus::gateway> integrators_gw = integrators;
+  kc.cut = [agents_gw, integrators_gw](bool integrator, const std::string& name) {
+    if (auto g = (integrator ? integrators_gw : agents_gw).lock()) g->cut(name);
   };
   auto actor = sys.spawn(bus_keys, kc, store);
   *keys_slot = actor;
   return actor;
+}
+
+/// A gateway's counters as /stats shows them (docs/rest-api.md).
+nlohmann::json gateway_json(const bus::gateway_stats& s) {
+  nlohmann::json refused = nlohmann::json::object();
+  for (std::size_t k = 0; k < bus::refusal_kinds; ++k)
+    refused[bus::to_string(static_cast<bus::refusal_kind>(k))] = s.refused[k].load();
+  return nlohmann::json{{"frames_in", s.frames_in.load()},
+                        {"frames_out", s.frames_out.load()},
+                        {"bad_frames", s.bad_frames.load()},
+                        {"unreachable", s.unreachable.load()},
+                        {"refused", std::move(refused)},
+                        {"rejected_sent", s.rejected_sent.load()},
+                        {"zap_admitted", s.zap_admitted.load()},
+                        {"zap_refused_unknown", s.zap_refused_unknown.load()},
+                        {"zap_refused_domain", s.zap_refused_domain.load()},
+                        {"zap_refused_live", s.zap_refused_live.load()},
+                        {"zap_refused_malformed", s.zap_refused_malformed.load()},
+                        {"zap_refused_busy", s.zap_refused_busy.load()},
+                        {"revoked_cut", s.revoked_cut.load()},
+                        {"events_published", s.events_published.load()},
+                        {"log_suppressed", s.log_suppressed.load()}};
+}
+
+/// Sequence numbers of the event families, and the order events go out in.
+struct event_sequence {
+  std::mutex m;
+  std::map<std::string, uint64_t> seq{
+      {bus::topic::incident, 0}, {bus::topic::action, 0}, {bus::topic::device, 0}};
+};
+
+/// Integrators (CURVE only): requests on a ROUTER answered by the api as that
+/// integrator (name and role from its registered key), and events on a PUB. Returns
+/// the store's publish hook.
+std::function<void(const char*, std::string, std::string)>
+make_event_publisher(const std::shared_ptr<bus::gateway>& gw,
+                     const std::shared_ptr<event_sequence>& seqs) {
+  std::weak_ptr<bus::gateway> weak = gw;
+  return [weak, seqs](const char* family, std::string kind, std::string body) {
+    auto g = weak.lock();
+    if (!g) return;
+    std::lock_guard<std::mutex> lock{seqs->m};
+    auto n = ++seqs->seq[family];
+    bus::header h;
+    h.type = bus::type::event;
+    h.msg_id = n;
+    h.seq = n;
+    h.time = now_us();
+    g->publish(std::string{family} + "." + kind, bus::encode(h), std::move(body));
+  };
+}
+
+/// Answers an integrator's request through the api, as the integrator.
+caf::behavior
+integrator_bridge(caf::event_based_actor* self, api_actor api,
+                  std::function<void(const std::string& routing, uint64_t id, int status,
+                                     std::string json)>
+                      reply) {
+  return {
+      [=](const std::string& routing, uint64_t id, http_request& req, principal& who) {
+        self->request(api, actor_timeout, std::move(req), std::move(who))
+            .then(
+                [=](http_response& r) {
+                  reply(routing, id, r.status, std::move(r.body));
+                },
+                [=](caf::error& err) {
+                  reply(routing, id, 503,
+                        nlohmann::json{{"error",
+                                        {{"code", "unavailable"},
+                                         {"message", "no answer: " + message_of(err)}}}}
+                            .dump());
+                });
+      },
+  };
+}
+
+/// The integrators' ROUTER (requests) and PUB (events), not started. `bridge` is
+/// set before the gateway starts.
+std::shared_ptr<bus::gateway> make_integrator_gateway(
+    const server_config& cfg, const bus::curve_key_pair& own,
+    std::shared_ptr<bus::key_registry> keys, std::shared_ptr<event_sequence> seqs,
+    std::shared_ptr<std::atomic<int>> in_flight, std::shared_ptr<caf::actor> bridge) {
+  constexpr int max_in_flight = 256;
+  bus::decode_limits lim;
+  lim.max_frame = 256 * 1024;
+  bus::gateway_options o;
+  o.curve = bus::curve_server_options{own.public_z85, own.secret_z85, keys,
+                                      bus::zap_domain::integrators};
+  o.pub_endpoint = cfg.bus_events_endpoint;
+  auto answer_here = std::make_shared<std::weak_ptr<bus::gateway>>();
+  auto gw = std::make_shared<bus::gateway>(
+      cfg.bus_integrator_endpoint, lim,
+      [keys, seqs, in_flight, bridge, answer_here,
+       lim](bus::header&& h, std::string_view body,
+            std::string_view user_id) -> std::optional<bus::refusal> {
+        using bus::refusal_kind;
+        auto name = user_id.substr(std::string_view{"integrator:"}.size());
+        // Checked on every request: a revoked key does nothing more, even on a
+        // connection that is still open.
+        auto who = keys->find_name(bus::key_identity::kind_t::integrator, name);
+        if (!who)
+          return bus::refusal{refusal_kind::spoofed, "the integrator's key was revoked",
+                              "", 0, 0};
+        if (h.type == bus::type::snapshot) {
+          nlohmann::json seq = nlohmann::json::object();
+          {
+            std::lock_guard<std::mutex> lock{seqs->m};
+            for (const auto& [family, n] : seqs->seq)
+              seq[family] = n;
+          }
+          if (auto g = answer_here->lock()) {
+            bus::header out;
+            out.type = bus::type::reply;
+            out.msg_id = h.msg_id;
+            out.time = now_us();
+            g->send(h.device_id, bus::encode(out),
+                    bus::encode(bus::api_reply{h.msg_id, 200,
+                                               nlohmann::json{{"seq", seq}}.dump()}));
+          }
+          return std::nullopt;
+        }
+        if (h.type != bus::type::request)
+          return bus::refusal{refusal_kind::invalid,
+                              "integrators send request or snapshot", "", 0, 0};
+        std::string why;
+        auto req = bus::decode<bus::api_request>(body, lim, why);
+        if (!req) return bus::refusal{refusal_kind::invalid, "request: " + why, "", 0, 0};
+        if (!valid_utf8(req->method) || !valid_utf8(req->path) ||
+            !valid_utf8(req->body) || !valid_utf8(req->idempotency_key))
+          return bus::refusal{refusal_kind::invalid, "request: text is not valid UTF-8",
+                              "", 0, 0};
+        if (in_flight->fetch_add(1) >= max_in_flight) {
+          in_flight->fetch_sub(1);
+          return bus::refusal{refusal_kind::busy, "too many requests in progress",
+                              "integrator_requests_in_flight", max_in_flight, 200};
+        }
+        http_request r;
+        r.method = std::move(req->method);
+        r.target = std::move(req->path);
+        r.body = std::move(req->body);
+        r.idempotency_key = std::move(req->idempotency_key);
+        r.source = "bus";
+        principal p;
+        p.username = "integrator:" + who->name;
+        p.role = user_role_from_string(who->role).value_or(user_role::operator_);
+        p.integrator = true;
+        caf::anon_send(*bridge, h.device_id, h.msg_id, std::move(r), std::move(p));
+        return std::nullopt;
+      },
+      nullptr, o);
+  *answer_here = gw;
+  gw->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
+  return gw;
 }
 
 server::server(server_config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
@@ -248,6 +416,17 @@ void server::start() {
   auto gauge = std::make_shared<ingest_gauge>();
   store_options sopts;
   sopts.ingest = gauge;
+  // Integrators (CURVE only): their gateway exists before the store, which
+  // publishes what it commits there; the bridge to the api is set once it runs.
+  auto seqs = std::make_shared<event_sequence>();
+  auto integrator_requests = std::make_shared<std::atomic<int>>(0);
+  auto bridge_slot = std::make_shared<caf::actor>();
+  if (cfg.bus_curve) {
+    m.keys = std::make_shared<bus::key_registry>();
+    m.integrators = make_integrator_gateway(cfg, m.own_keys->curve, m.keys, seqs,
+                                            integrator_requests, bridge_slot);
+    sopts.publish = make_event_publisher(m.integrators, seqs);
+  }
   m.store = m.sys.spawn<caf::detached>(store_with, cfg.data_dir + "/parry.db", sopts);
   keep(m.store);
   ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
@@ -271,7 +450,6 @@ void server::start() {
   // before the socket starts, and never changes afterwards. The filter is only
   // used on that thread.
   if (cfg.bus_curve) {
-    m.keys = std::make_shared<bus::key_registry>();
     for (const auto& k :
          ask<std::vector<bus_key_record>>(m.sys, m.store, atom::list_v, atom::key_v)) {
       auto raw = bus::z85_to_raw(k.public_z85);
@@ -310,7 +488,7 @@ void server::start() {
   bus_keys_actor keys_actor;
   if (cfg.bus_curve) {
     keys_actor = start_enrollment(m.sys, cfg, m.own_keys->curve, m.signing_public_hex,
-                                  m.keys, m.bus, m.store, m.enroll);
+                                  m.integrators, m.keys, m.bus, m.store, m.enroll);
     keep(keys_actor);
   }
 
@@ -350,7 +528,9 @@ void server::start() {
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   std::weak_ptr<http_stats> weak_http = m.http_counters;
-  auto bus_stats = [weak_bus, weak_http, devices = dcfg.counters, gauge] {
+  std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
+  auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http,
+                    devices = dcfg.counters, gauge] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
@@ -359,26 +539,9 @@ void server::start() {
                        {"dropped_dead", devices->dropped_dead.load()}};
     out["ingest"] = nlohmann::json{{"reports_in_flight", gauge->reports.load()},
                                    {"bytes_in_flight", gauge->bytes.load()}};
-    if (auto b = weak_bus.lock()) {
-      const auto& s = b->stats();
-      nlohmann::json refused = nlohmann::json::object();
-      for (std::size_t k = 0; k < bus::refusal_kinds; ++k)
-        refused[bus::to_string(static_cast<bus::refusal_kind>(k))] = s.refused[k].load();
-      out["bus"] =
-          nlohmann::json{{"frames_in", s.frames_in.load()},
-                         {"frames_out", s.frames_out.load()},
-                         {"bad_frames", s.bad_frames.load()},
-                         {"unreachable", s.unreachable.load()},
-                         {"refused", std::move(refused)},
-                         {"rejected_sent", s.rejected_sent.load()},
-                         {"zap_admitted", s.zap_admitted.load()},
-                         {"zap_refused_unknown", s.zap_refused_unknown.load()},
-                         {"zap_refused_domain", s.zap_refused_domain.load()},
-                         {"zap_refused_live", s.zap_refused_live.load()},
-                         {"zap_refused_malformed", s.zap_refused_malformed.load()},
-                         {"revoked_cut", s.revoked_cut.load()},
-                         {"log_suppressed", s.log_suppressed.load()}};
-    }
+    if (auto b = weak_bus.lock()) out["bus"] = gateway_json(b->stats());
+    if (auto e = weak_enroll.lock()) out["enrollment"] = gateway_json(e->stats());
+    if (auto i = weak_integrators.lock()) out["integrators"] = gateway_json(i->stats());
     if (auto h = weak_http.lock())
       out["http"] =
           nlohmann::json{{"accepted", h->accepted.load()},
@@ -405,6 +568,27 @@ void server::start() {
   deps.bus_keys = keys_actor;
   auto a = spawn_supervised_api(m.sys, std::move(deps));
   keep(a);
+  if (m.integrators) {
+    std::weak_ptr<bus::gateway> weak = m.integrators;
+    auto bridge =
+        m.sys.spawn(integrator_bridge, a,
+                    [weak, integrator_requests](const std::string& routing, uint64_t id,
+                                                int status, std::string json) {
+                      integrator_requests->fetch_sub(1);
+                      auto g = weak.lock();
+                      if (!g) return;
+                      bus::header out;
+                      out.type = bus::type::reply;
+                      out.msg_id = id;
+                      out.time = now_us();
+                      g->send(routing, bus::encode(out),
+                              bus::encode(bus::api_reply{id, status, std::move(json)}));
+                    });
+    keep(bridge);
+    *bridge_slot = bridge;
+    m.integrator_endpoint = m.integrators->start();
+    m.events_endpoint = m.integrators->pub_endpoint();
+  }
   http_limits hl;
   hl.max_connections = cfg.http_max_connections;
   hl.max_connections_per_source = cfg.http_max_connections_per_source;
@@ -423,6 +607,7 @@ void server::stop() {
   if (m.http) m.http->stop();
   if (m.bus) m.bus->stop();
   if (m.enroll) m.enroll->stop();
+  if (m.integrators) m.integrators->stop();
   // Writes not yet committed were never confirmed to anyone, so nothing that was
   // reported is lost when the store exits before committing them.
   for (auto& h : m.actors)
@@ -435,6 +620,12 @@ const std::string& server::bus_endpoint() const {
 }
 const std::string& server::enroll_endpoint() const {
   return impl_->enroll_endpoint;
+}
+const std::string& server::integrator_endpoint() const {
+  return impl_->integrator_endpoint;
+}
+const std::string& server::events_endpoint() const {
+  return impl_->events_endpoint;
 }
 const std::string& server::bus_public_key() const {
   static const std::string none;

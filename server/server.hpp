@@ -32,6 +32,9 @@ public:
   /// the server's CURVE public key (Z85) that agents pin (kept also without CURVE).
   const std::string& enroll_endpoint() const;
   const std::string& bus_public_key() const;
+  /// CURVE only: the integrators' request endpoint and events (PUB) endpoint.
+  const std::string& integrator_endpoint() const;
+  const std::string& events_endpoint() const;
   /// The HTTPS port (real port when the config said 0).
   uint16_t http_port() const;
   /// The certificate clients should trust.

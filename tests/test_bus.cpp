@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -748,4 +749,63 @@ BOOST_AUTO_TEST_CASE(zap_decisions_follow_the_registry) {
   auto again = decide_zap(request(zap_domain::agents, k3), keys, st, live);
   BOOST_TEST(!again.admitted);
   BOOST_TEST(st.refused_live == 1u);
+}
+
+namespace {
+/// Resident set of this process, in KiB.
+long rss_kib() {
+  std::ifstream statm{"/proc/self/statm"};
+  long pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * (::sysconf(_SC_PAGESIZE) / 1024);
+}
+} // namespace
+
+// A subscriber that stops reading loses events at its high-water mark; the server
+// keeps none of them: 200 MiB published past a stalled subscriber leave this
+// process's memory within a few MiB of the bound (pub_hwm messages).
+BOOST_AUTO_TEST_CASE(a_stalled_subscriber_never_grows_the_publishers_memory) {
+  gateway_options o;
+  o.pub_endpoint = "tcp://127.0.0.1:*";
+  o.pub_hwm = 1000;
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+               return std::nullopt;
+             },
+             nullptr, o};
+  gw.start();
+  zmq::context_t ctx;
+  zmq::socket_t sub{ctx, zmq::socket_type::sub};
+  sub.set(zmq::sockopt::rcvhwm, 10);
+  sub.set(zmq::sockopt::rcvbuf, 4096);
+  sub.set(zmq::sockopt::subscribe, "");
+  sub.connect(gw.pub_endpoint());
+  // The subscription reaches the publisher before the flood.
+  BOOST_REQUIRE(parry::poll_until(
+      [&] {
+        gw.publish("action.sent", "h", "b");
+        zmq::message_t m;
+        return sub.recv(m, zmq::recv_flags::dontwait).has_value();
+      },
+      std::chrono::seconds{10}, std::chrono::milliseconds{5}));
+  const std::string body(1024, 'x');
+  constexpr uint64_t events = 200'000;
+  auto before = rss_kib();
+  uint64_t published_before = gw.stats().events_published.load();
+  for (uint64_t i = 0; i < events; ++i) {
+    gw.publish("action.sent", "h", body);
+    if (i % 10000 == 0) // let the socket thread keep up: its queue has a bound too
+      parry::poll_until(
+          [&] {
+            return gw.stats().events_published.load() + 20000 > published_before + i;
+          },
+          std::chrono::seconds{10}, std::chrono::milliseconds{1});
+  }
+  BOOST_REQUIRE(parry::poll_until(
+      [&] { return gw.stats().events_published.load() >= published_before + events; },
+      std::chrono::seconds{30}, std::chrono::milliseconds{5}));
+  auto grown = rss_kib() - before;
+  BOOST_TEST_MESSAGE("RSS grew by " << grown << " KiB for " << events << " events");
+  BOOST_TEST(grown < 64 * 1024); // 200 MiB went by; a few MiB may stay
+  gw.stop();
 }

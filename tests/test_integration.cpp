@@ -18,6 +18,7 @@
 
 #include "bus/codec.hpp"
 #include "bus/enroll.hpp"
+#include "bus/integrator.hpp"
 #include "common/process.hpp"
 #include "ctl/client.hpp"
 
@@ -63,6 +64,8 @@ struct system_fixture {
   std::unique_ptr<child_process> agents;
   std::string bus_endpoint;
   std::string enroll_endpoint;
+  std::string integrator_endpoint;
+  std::string events_endpoint;
   std::string server_key;   ///< parryd's CURVE public key, Z85.
   std::string enroll_token; ///< A many-use enrollment token for the test's agents.
   std::string base_url;
@@ -106,16 +109,23 @@ struct system_fixture {
         std::vector<std::string>{env_or_fail("PARRY_BIN_DIR") + "/parryd", "--config",
                                  (dir / "parryd.toml").string(), "--data-dir",
                                  (dir / "data").string(), "--http-port", "0", "--bus",
-                                 bus, "--bus-enroll-endpoint", "tcp://127.0.0.1:*"},
+                                 bus, "--bus-enroll-endpoint", "tcp://127.0.0.1:*",
+                                 "--bus-integrator-endpoint", "tcp://127.0.0.1:*",
+                                 "--bus-events-endpoint", "tcp://127.0.0.1:*"},
         std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
         (dir / ("parryd-" + std::to_string(++starts) + ".log")).string());
     auto rest = server->wait_for_line("REST ", 30s);
     auto bus_line = server->wait_for_line("bus ", 5s);
     auto enroll_line = server->wait_for_line("enroll ", 5s);
+    auto integrators_line = server->wait_for_line("  integrators tcp", 5s);
+    auto events_line = server->wait_for_line("  events tcp", 5s);
     auto key_line = server->wait_for_line("server key ", 5s);
-    BOOST_REQUIRE_MESSAGE(rest && bus_line && enroll_line && key_line,
+    BOOST_REQUIRE_MESSAGE(rest && bus_line && enroll_line && integrators_line &&
+                              events_line && key_line,
                           "parryd did not start; see " << server->log_file());
     enroll_endpoint = enroll_line->substr(enroll_line->find("tcp://"));
+    integrator_endpoint = integrators_line->substr(integrators_line->find("tcp://"));
+    events_endpoint = events_line->substr(events_line->find("tcp://"));
     server_key = key_line->substr(key_line->find("key ") + 4, 40);
     base_url = rest->substr(rest->find("https://"));
     base_url = base_url.substr(0, base_url.find("/api/v1"));
@@ -550,6 +560,164 @@ BOOST_AUTO_TEST_CASE(only_enrolled_keys_connect_and_a_revoked_one_is_cut_at_once
   auto unknown = zap("zap_refused_unknown");
   BOOST_TEST(eventually([&] { return zap("zap_refused_unknown") > unknown; }));
   BOOST_TEST(get("/devices/sim-0004")["device"]["online"] == false);
+}
+
+/// An integrator's two sockets: requests (DEALER) and events (SUB), both CURVE.
+struct integrator_client {
+  zmq::context_t ctx;
+  zmq::socket_t req{ctx, zmq::socket_type::dealer};
+  zmq::socket_t sub{ctx, zmq::socket_type::sub};
+  uint64_t msg_id = 0;
+
+  integrator_client(const system_fixture& f, const bus::curve_key_pair& keys) {
+    for (auto* s : {&req, &sub}) {
+      s->set(zmq::sockopt::linger, 0);
+      s->set(zmq::sockopt::curve_serverkey, f.server_key);
+      s->set(zmq::sockopt::curve_publickey, keys.public_z85);
+      s->set(zmq::sockopt::curve_secretkey, keys.secret_z85);
+    }
+    sub.set(zmq::sockopt::subscribe, "action.");
+    sub.connect(f.events_endpoint);
+    req.connect(f.integrator_endpoint);
+  }
+
+  /// Sends raw frames.
+  void send_raw(std::initializer_list<std::string> frames) {
+    std::size_t i = 0;
+    for (const auto& fr : frames)
+      req.send(zmq::buffer(fr),
+               ++i < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+
+  /// One request and its reply (status 0: none within `timeout`; -1: rejected).
+  std::pair<int, json> call(const std::string& method, const std::string& path,
+                            const std::string& body = "",
+                            const char* type = bus::type::request,
+                            std::chrono::milliseconds timeout = 10s) {
+    bus::header h;
+    h.type = type;
+    h.msg_id = ++msg_id;
+    send_raw({bus::encode(h), bus::encode(bus::api_request{method, path, body, ""})});
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return {0, json{}};
+      zmq::pollitem_t items[] = {{req.handle(), 0, ZMQ_POLLIN, 0}};
+      if (zmq::poll(items, 1, left) <= 0) return {0, json{}};
+      zmq::message_t hf, bf;
+      if (!req.recv(hf, zmq::recv_flags::dontwait)) continue;
+      (void)req.recv(bf, zmq::recv_flags::none);
+      std::string why;
+      auto rh = bus::decode_header(hf.to_string_view(), bus::decode_limits{}, why, false);
+      if (rh && rh->type == "rejected") {
+        auto rej =
+            bus::decode<bus::rejected>(bf.to_string_view(), bus::decode_limits{}, why);
+        if (rej && rej->msg_id == h.msg_id) return {-1, json{}};
+        continue; // the answer to an earlier, refused message
+      }
+      auto r =
+          bus::decode<bus::api_reply>(bf.to_string_view(), bus::decode_limits{}, why);
+      if (rh && rh->type == bus::type::reply && r && r->request_id == h.msg_id)
+        return {r->status, r->body.empty() ? json{} : json::parse(r->body)};
+    }
+  }
+
+  /// The next event: topic, header, body (nothing within `timeout`).
+  std::optional<std::tuple<std::string, bus::header, bus::action_event>>
+  next_event(std::chrono::milliseconds timeout) {
+    zmq::pollitem_t items[] = {{sub.handle(), 0, ZMQ_POLLIN, 0}};
+    if (zmq::poll(items, 1, timeout) <= 0) return std::nullopt;
+    zmq::message_t t, hf, bf;
+    (void)sub.recv(t, zmq::recv_flags::none);
+    (void)sub.recv(hf, zmq::recv_flags::none);
+    (void)sub.recv(bf, zmq::recv_flags::none);
+    std::string why;
+    auto h = bus::decode_header(hf.to_string_view(), bus::decode_limits{}, why, false);
+    auto b =
+        bus::decode<bus::action_event>(bf.to_string_view(), bus::decode_limits{}, why);
+    if (!h || !b) return std::nullopt;
+    return std::make_tuple(t.to_string(), *h, *b);
+  }
+};
+
+// An integrator registered with a role drives Parry over the bus as REST would let
+// it: it reads, triggers an isolate and follows it on the event stream without a gap,
+// reads the sequence numbers to resync, is held to its role and to what integrators
+// are offered, has bad frames dropped and counted, and is refused once revoked.
+BOOST_AUTO_TEST_CASE(an_integrator_triggers_over_the_bus_and_follows_its_events) {
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  auto keys = bus::generate_curve_key_pair();
+  auto reg = api->post("/api/v1/integrators", json{{"name", "soar"},
+                                                   {"role", "security_officer"},
+                                                   {"public_key", keys.public_z85}});
+  BOOST_REQUIRE_MESSAGE(reg.status == 201, reg.raw);
+  integrator_client soar{*this, keys};
+
+  auto incident = incident_of("sim-0001")["incident_id"].get<std::string>();
+  auto [st, read] = soar.call("GET", "/api/v1/incidents/" + incident);
+  BOOST_REQUIRE_EQUAL(st, 200);
+  BOOST_TEST(read["incident"]["device_id"] == "sim-0001");
+  auto [st2, created] = soar.call("POST", "/api/v1/actions",
+                                  json{{"type", "isolate"},
+                                       {"incident_id", incident},
+                                       {"target", {{"kind", "detection"}}}}
+                                      .dump());
+  BOOST_REQUIRE_MESSAGE(st2 == 202, created.dump());
+  auto action_id = created["action"]["action_id"].get<std::string>();
+  BOOST_TEST(created["action"]["requested_by"] == "integrator:soar");
+
+  // The events of the action, in order, each family's seq one above the last.
+  std::vector<std::string> states;
+  uint64_t last_seq = 0;
+  bool gap = false;
+  BOOST_TEST(eventually([&] {
+    while (auto e = soar.next_event(100ms)) {
+      auto& [topic, h, body] = *e;
+      if (last_seq != 0 && h.seq != last_seq + 1) gap = true;
+      last_seq = h.seq;
+      if (body.action_id == action_id) states.push_back(body.state);
+      BOOST_TEST(topic == "action." + body.state);
+    }
+    return !states.empty() && states.back() == "completed";
+  }));
+  BOOST_TEST(!gap);
+  BOOST_TEST(states.front() == "registered");
+  // The snapshot names where each family stands.
+  auto [st3, snap] = soar.call("", "", "", bus::type::snapshot);
+  BOOST_REQUIRE_EQUAL(st3, 200);
+  BOOST_TEST(snap["seq"]["action"].get<uint64_t>() >= last_seq);
+
+  // Only what integrators are offered, and only what the role allows.
+  BOOST_TEST(soar.call("GET", "/api/v1/audit").first == 403);
+  BOOST_TEST(soar.call("POST", "/api/v1/users", "{}").first == 403);
+  auto viewer_keys = bus::generate_curve_key_pair();
+  BOOST_REQUIRE_EQUAL(
+      api->post("/api/v1/integrators", json{{"name", "siem"},
+                                            {"role", "operator"},
+                                            {"public_key", viewer_keys.public_z85}})
+          .status,
+      201);
+  integrator_client siem{*this, viewer_keys};
+  BOOST_TEST(siem.call("GET", "/api/v1/actions/" + action_id).first == 200);
+  BOOST_TEST(siem.call("POST", "/api/v1/actions/" + action_id + "/reverse", "{}").first ==
+             403);
+
+  // Malformed and oversized frames are dropped and counted; the socket lives on.
+  auto bad_before = get("/stats")["integrators"]["bad_frames"].get<uint64_t>();
+  soar.send_raw({"\xc1\xc1", "x"});
+  soar.send_raw({"lonely"});
+  bus::header h;
+  h.type = bus::type::request;
+  soar.send_raw({bus::encode(h), std::string(300 * 1024, 'x')});
+  BOOST_TEST(eventually([&] {
+    return get("/stats")["integrators"]["bad_frames"].get<uint64_t>() >= bad_before + 3;
+  }));
+  BOOST_TEST(soar.call("GET", "/api/v1/health").first == 200);
+
+  // Revoked: nothing more is answered.
+  BOOST_REQUIRE_EQUAL(api->request("DELETE", "/api/v1/integrators/soar").status, 200);
+  BOOST_TEST(soar.call("GET", "/api/v1/health", "", bus::type::request, 2s).first != 200);
 }
 
 // One device floods incidents: what is over its per-minute cap is shed, counted and

@@ -110,6 +110,8 @@ class Server:
              os.path.join(self.work, "parryd.toml"), "--data-dir",
              os.path.join(self.work, "data"), "--http-port", str(self.http_port),
              "--bus", self.bus, "--bus-enroll-endpoint", self.enroll,
+             "--bus-integrator-endpoint", f"tcp://127.0.0.1:{free_port()}",
+             "--bus-events-endpoint", f"tcp://127.0.0.1:{free_port()}",
              "--log-level", "warn"],
             stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
