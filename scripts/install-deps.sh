@@ -10,6 +10,7 @@ packages=(
   nlohmann-json3-dev libtomlplusplus-dev libspdlog-dev libcli11-dev
   libnftables-dev nftables iproute2 openssl curl
   clang-format clang-14 libclang-rt-14-dev python3
+  python3-zmq python3-msgpack
 )
 
 missing=()
