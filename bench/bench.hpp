@@ -26,6 +26,9 @@ struct options {
   std::string bin_dir;
   std::string scenarios = "./config/scenarios";
   bool keep = false;
+  /// Also measure ingest and the isolate round trip with CURVE and signed commands
+  /// (a second parryd, same run) and print them beside the plain figures.
+  bool curve = true;
 };
 
 inline std::atomic<bool> interrupted{false};

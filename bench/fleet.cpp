@@ -5,7 +5,11 @@
 
 namespace parry::bench {
 
-fleet::fleet(std::size_t n) : ctx_(1), seq_(n, 0) {
+fleet::fleet(std::size_t n, const std::string& server_key,
+             const std::vector<bus::curve_key_pair>& keys)
+    : ctx_(1), seq_(n, 0) {
+  if (!server_key.empty() && keys.size() != n)
+    throw std::invalid_argument("fleet: one CURVE key pair per device");
   ctx_.set(zmq::ctxopt::max_sockets, static_cast<int>(n + 64));
   for (std::size_t i = 0; i < n; ++i) {
     char id[32];
@@ -17,6 +21,11 @@ fleet::fleet(std::size_t n) : ctx_(1), seq_(n, 0) {
     // What a simulated agent uses, so both sides of the comparison queue alike.
     d.set(zmq::sockopt::sndhwm, 1000);
     d.set(zmq::sockopt::rcvhwm, 1000);
+    if (!server_key.empty()) {
+      d.set(zmq::sockopt::curve_serverkey, server_key);
+      d.set(zmq::sockopt::curve_publickey, keys[i].public_z85);
+      d.set(zmq::sockopt::curve_secretkey, keys[i].secret_z85);
+    }
     dealers_.push_back(std::move(d));
   }
 }

@@ -15,6 +15,7 @@
 
 #include "bench/bench.hpp"
 #include "bus/codec.hpp"
+#include "bus/curve_keys.hpp"
 #include "common/time.hpp"
 
 namespace parry::bench {
@@ -29,7 +30,13 @@ struct frame_pair {
 
 class fleet {
 public:
-  explicit fleet(std::size_t n);
+  /// `n` DEALERs named bench-00000, ... With `server_key` (Z85) and one key pair per
+  /// device, each is a CURVE client pinning that server key.
+  explicit fleet(std::size_t n, const std::string& server_key = {},
+                 const std::vector<bus::curve_key_pair>& keys = {});
+
+  /// The device id of DEALER `i`.
+  const std::string& id(std::size_t i) const { return ids_[i]; }
 
   std::size_t size() const { return dealers_.size(); }
 

@@ -31,6 +31,7 @@
 #include "bench/phases.hpp"
 #include "bench/report.hpp"
 #include "bench/server_under_test.hpp"
+#include "bus/enroll.hpp"
 #include "common/process.hpp"
 
 namespace fs = std::filesystem;
@@ -57,6 +58,103 @@ void raise_fd_limit() {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
   }
+}
+
+/// The same ingest and isolate round trips against a second parryd with CURVE on the
+/// bus and signed commands: the bench devices and the simulated agents enroll first.
+results curve_pass(const options& opt, const std::vector<frame_pair>& frames,
+                   const results& plain) {
+  const std::size_t n = opt.endpoints;
+  results res;
+  // The same frames: what they hold was counted when they were made.
+  res.reports = plain.reports;
+  res.events_total = plain.events_total;
+  res.events_per_incident = plain.events_per_incident;
+  server_under_test srv{opt};
+  srv.start(true);
+  srv.login();
+  auto tok = srv.api().post("/api/v1/enrollment-tokens",
+                            nlohmann::json{{"ttl_seconds", 3600}, {"uses", 2 * n + 16}});
+  if (tok.status != 201) throw std::runtime_error("cannot make an enrollment token");
+  auto token_text = tok.body["token"].get<std::string>();
+  auto token = parry::bus::parse_token(token_text);
+  std::vector<parry::bus::enroll_item> items;
+  {
+    for (std::size_t i = 0; i < n; ++i) {
+      char id[32];
+      std::snprintf(id, sizeof id, "bench-%05zu", i);
+      items.push_back({id, parry::bus::generate_curve_key_pair()});
+    }
+  }
+  auto t0 = steady::now();
+  auto outcomes =
+      parry::bus::enroll_devices(srv.enroll_endpoint(), *token, items, 32, 30s);
+  std::vector<parry::bus::curve_key_pair> keys;
+  for (std::size_t i = 0; i < outcomes.size(); ++i) {
+    if (!outcomes[i].ok)
+      throw std::runtime_error("bench device " + outcomes[i].device_id +
+                               " did not enroll: " + outcomes[i].error);
+    keys.push_back(items[i].keys);
+  }
+  std::printf("CURVE: %zu bench devices enrolled in %.2f s\n", n,
+              ms_between(t0, steady::now()) / 1000.0);
+  fleet devices{n, srv.server_key(), keys};
+  connect_fleet(srv, devices, res);
+  ingest(srv, devices, frames, res);
+  auto online_before = stat_of(srv.get("/stats"), "devices_online");
+  parry::child_process agents{{opt.bin_dir + "/parry-agent",
+                               "--sim",
+                               std::to_string(n),
+                               "--seed",
+                               "1",
+                               "--id-prefix",
+                               sim_prefix,
+                               "--server",
+                               srv.bus_endpoint(),
+                               "--incident-interval-ms",
+                               "1000",
+                               "--incidents",
+                               "2",
+                               "--scenarios",
+                               opt.scenarios,
+                               "--log-level",
+                               "warn",
+                               "--enroll-server",
+                               srv.enroll_endpoint(),
+                               "--state-dir",
+                               (srv.dir() / "agent-state").string()},
+                              {{"PARRY_ENROLL_TOKEN", token_text}},
+                              (srv.dir() / "agent.log").string()};
+  struct agents_stopper {
+    parry::child_process& p;
+    ~agents_stopper() { p.stop(SIGTERM); }
+  } stop_agents{agents};
+  auto targets = await_sims(srv, devices, agents, online_before, n, res);
+  round_trips(srv, devices, agents, targets, opt.rounds, res);
+  if (!srv.running()) throw std::runtime_error("parryd (CURVE) exited");
+  return res;
+}
+
+/// Plain and CURVE figures side by side, with the cost of CURVE and signatures.
+void print_curve_cost(const results& plain, const results& curve) {
+  auto rate = [](const results& r) {
+    return r.ingest_secs > 0 ? static_cast<double>(r.stored) / r.ingest_secs : 0.0;
+  };
+  auto row = [](const char* what, double off, double on, bool higher_is_better) {
+    double slower = higher_is_better ? (off > 0 ? (off - on) / off : 0)
+                                     : (off > 0 ? (on - off) / off : 0);
+    std::printf("  %-38s %12.2f %12.2f %+9.1f %%\n", what, off, on, 100.0 * slower);
+  };
+  std::printf("\nCURVE and signed commands against the plain bus (same run; goal: under "
+              "20 %% slower)\n  %-38s %12s %12s %10s\n",
+              "figure", "plain", "CURVE", "slower");
+  row("ingest, reports stored per second", rate(plain), rate(curve), true);
+  row("isolate p50, registered->completed ms", percentile(plain.isolate.server, 50),
+      percentile(curve.isolate.server, 50), false);
+  row("isolate p99, registered->completed ms", percentile(plain.isolate.server, 99),
+      percentile(curve.isolate.server, 99), false);
+  row("isolate p99, client POST->final ms", percentile(plain.isolate.client, 99),
+      percentile(curve.isolate.client, 99), false);
 }
 
 int run(const options& opt) {
@@ -107,6 +205,8 @@ int run(const options& opt) {
   ingest_floor(devices, frames, res);
   connect_fleet(srv, devices, res);
   ingest(srv, devices, frames, res);
+  std::vector<frame_pair> frames_for_curve;
+  if (opt.curve) frames_for_curve = frames;
   std::vector<frame_pair>().swap(frames);
   std::fflush(stdout);
 
@@ -149,6 +249,14 @@ int run(const options& opt) {
   if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
     res.problems.push_back("parryd did not exit cleanly on SIGTERM (wait status " +
                            std::to_string(status) + ")");
+  if (opt.curve && res.problems.empty()) {
+    std::printf("\nsecond pass: a parryd with CURVE and signed commands\n");
+    std::fflush(stdout);
+    auto curve = curve_pass(opt, frames_for_curve, res);
+    print_curve_cost(res, curve);
+    for (auto& p : curve.problems)
+      res.problems.push_back("CURVE pass: " + p);
+  }
   auto [warnings, examples] = log_problems(srv.log_file());
   if (warnings > 0) {
     std::printf("parryd logged %zu warnings/errors, e.g.:\n", warnings);
@@ -182,6 +290,8 @@ int main(int argc, char** argv) {
   app.add_option("--scenarios", opt.scenarios, "Scenario directory for parry-agent")
       ->capture_default_str();
   app.add_flag("--keep", opt.keep, "Keep the temporary directory (logs, database)");
+  app.add_flag("!--no-curve", opt.curve,
+               "Skip the second pass (CURVE and signed commands against the plain bus)");
   CLI11_PARSE(app, argc, argv);
   if (opt.bin_dir.empty()) opt.bin_dir = exe_dir();
   opt.scenarios = fs::absolute(opt.scenarios).string();

@@ -58,14 +58,16 @@ server_under_test::server_under_test(const options& opt)
   dir_ = tmpl;
 }
 
-void server_under_test::start() {
+void server_under_test::start(bool curve) {
+  curve_ = curve;
   // A cheap password hash keeps the login short; warnings only, so the log stays
   // small under load; the flood guard raised so that it does not cap ingest.
   std::ofstream{dir_ / "parryd.toml"}
       << "pbkdf2_iterations = 20000\n"
-      // The raw fleet and the figures so far are of the plain bus; CURVE's cost is
-      // measured separately (docs/benchmarks.md).
-      << "bus_curve = false\n"
+      << "bus_curve = " << (curve ? "true" : "false") << "\n"
+      << "bus_enroll_endpoint = \"tcp://127.0.0.1:*\"\n"
+      << "bus_integrator_endpoint = \"tcp://127.0.0.1:*\"\n"
+      << "bus_events_endpoint = \"tcp://127.0.0.1:*\"\n"
       << "log_level = \"warn\"\n"
       << "max_incidents_per_minute = " << caps_.per_device_per_minute << "\n"
       << "max_incidents_per_second = " << caps_.per_second << "\n";
@@ -85,9 +87,19 @@ void server_under_test::start() {
     throw std::runtime_error("parryd did not start within 30 s");
   auto url = rest->substr(rest->find("https://"));
   base_url_ = url.substr(0, url.find("/api/v1"));
-  bus_ = bus_line->substr(bus_line->find("tcp://"));
-  while (!bus_.empty() && std::isspace(static_cast<unsigned char>(bus_.back())))
-    bus_.pop_back();
+  auto trimmed = [](std::string s) {
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
+      s.pop_back();
+    return s;
+  };
+  bus_ = trimmed(bus_line->substr(bus_line->find("tcp://")));
+  if (curve) {
+    auto enroll = proc_->wait_for_line("  enroll tcp", 5s);
+    auto key = proc_->wait_for_line("  server key ", 5s);
+    if (!enroll || !key) throw std::runtime_error("parryd did not print its CURVE lines");
+    enroll_ = trimmed(enroll->substr(enroll->find("tcp://")));
+    server_key_ = key->substr(key->find("key ") + 4, 40);
+  }
 }
 
 server_under_test::~server_under_test() {

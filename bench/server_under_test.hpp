@@ -42,8 +42,13 @@ public:
   explicit server_under_test(const options& opt);
 
   /// Starts parryd with `caps()` and reads its REST URL and bus endpoint from its
-  /// output.
-  void start();
+  /// output. With `curve`, the bus is CURVE (bus_curve = true) and commands signed;
+  /// the enrollment endpoint and server key are read too.
+  void start(bool curve = false);
+
+  /// CURVE only: the enrollment endpoint and the server's CURVE public key (Z85).
+  const std::string& enroll_endpoint() const { return enroll_; }
+  const std::string& server_key() const { return server_key_; }
 
   /// The flood guard parryd was configured with.
   const ingest_caps& caps() const { return caps_; }
@@ -60,6 +65,7 @@ public:
   pid_t pid() const { return proc_ ? proc_->pid() : -1; }
   bool running() { return proc_ && proc_->running(); }
   const std::string& bus_endpoint() const { return bus_; }
+  bool curve() const { return curve_; }
   const std::filesystem::path& dir() const { return dir_; }
   std::string log_file() const { return (dir_ / "parryd.log").string(); }
 
@@ -67,6 +73,9 @@ public:
   int stop();
 
 private:
+  bool curve_ = false;
+  std::string enroll_;
+  std::string server_key_;
   std::string bin_dir_;
   bool keep_;
   ingest_caps caps_;

@@ -479,9 +479,16 @@ void server::start() {
       gopts);
   m.bus->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
   auto store_handle = m.store;
+  // `peer` is a routing id (a device id) or, for a refused handshake, whose key it
+  // was ("agent:<id>", "integrator:<name>") or "unknown key".
   m.bus->on_suspicious([store_handle](const std::string& peer, const std::string& what) {
+    std::string_view agent = "agent:";
+    std::string who = peer.rfind(agent, 0) == 0 ? "device:" + peer.substr(agent.size())
+                      : peer.rfind("integrator:", 0) == 0 || peer == "unknown key"
+                          ? peer
+                          : "device:" + peer;
     caf::anon_send(store_handle, atom::audit_v,
-                   audit_entry{"device:" + peer, "bus_refused", peer, what});
+                   audit_entry{who, "bus_refused", peer, what});
   });
   auto gateway = m.sys.spawn(gateway_bridge, m.bus);
   keep(gateway);
