@@ -138,7 +138,7 @@ std::string parse_enrollment_token(std::string_view body, int64_t& ttl_seconds,
   auto j = parse(body);
   if (!j.is_object() || !j.contains("ttl_seconds"))
     return "body must be {\"ttl_seconds\", \"uses\"?}";
-  if (auto why = positive(j, "ttl_seconds", int64_t{10} * 365 * 24 * 3600, ttl_seconds);
+  if (auto why = positive(j, "ttl_seconds", int64_t{30} * 24 * 3600, ttl_seconds);
       !why.empty())
     return why;
   uses = 1;
