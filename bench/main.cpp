@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -60,6 +61,51 @@ void raise_fd_limit() {
   }
 }
 
+/// N simulated agents (ids sim-0000...) for the round trips, stopped with SIGTERM when
+/// this ends. With an enrollment token they enroll and speak CURVE; without, they
+/// speak to a plain bus.
+struct sim_agents {
+  parry::child_process proc;
+
+  sim_agents(const options& opt, server_under_test& srv, const std::string& token)
+      : proc{argv(opt, srv, token),
+             token.empty()
+                 ? std::map<std::string, std::string>{}
+                 : std::map<std::string, std::string>{{"PARRY_ENROLL_TOKEN", token}},
+             (srv.dir() / "agent.log").string()} {}
+  ~sim_agents() { proc.stop(SIGTERM); }
+
+  static std::vector<std::string> argv(const options& opt, server_under_test& srv,
+                                       const std::string& token) {
+    std::vector<std::string> a{opt.bin_dir + "/parry-agent",
+                               "--sim",
+                               std::to_string(opt.endpoints),
+                               "--seed",
+                               "1",
+                               "--id-prefix",
+                               sim_prefix,
+                               "--server",
+                               srv.bus_endpoint(),
+                               "--incident-interval-ms",
+                               "1000",
+                               "--incidents",
+                               "2",
+                               "--scenarios",
+                               opt.scenarios,
+                               "--log-level",
+                               "warn"};
+    if (token.empty()) {
+      a.push_back("--plain");
+    } else {
+      for (auto x : {"--enroll-server", srv.enroll_endpoint().c_str()})
+        a.push_back(x);
+      a.push_back("--state-dir");
+      a.push_back((srv.dir() / "agent-state").string());
+    }
+    return a;
+  }
+};
+
 /// The same ingest and isolate round trips against a second parryd with CURVE on the
 /// bus and signed commands: the bench devices and the simulated agents enroll first.
 results curve_pass(const options& opt, const std::vector<frame_pair>& frames,
@@ -102,33 +148,8 @@ results curve_pass(const options& opt, const std::vector<frame_pair>& frames,
   connect_fleet(srv, devices, res);
   ingest(srv, devices, frames, res);
   auto online_before = stat_of(srv.get("/stats"), "devices_online");
-  parry::child_process agents{{opt.bin_dir + "/parry-agent",
-                               "--sim",
-                               std::to_string(n),
-                               "--seed",
-                               "1",
-                               "--id-prefix",
-                               sim_prefix,
-                               "--server",
-                               srv.bus_endpoint(),
-                               "--incident-interval-ms",
-                               "1000",
-                               "--incidents",
-                               "2",
-                               "--scenarios",
-                               opt.scenarios,
-                               "--log-level",
-                               "warn",
-                               "--enroll-server",
-                               srv.enroll_endpoint(),
-                               "--state-dir",
-                               (srv.dir() / "agent-state").string()},
-                              {{"PARRY_ENROLL_TOKEN", token_text}},
-                              (srv.dir() / "agent.log").string()};
-  struct agents_stopper {
-    parry::child_process& p;
-    ~agents_stopper() { p.stop(SIGTERM); }
-  } stop_agents{agents};
+  sim_agents sims{opt, srv, token_text};
+  auto& agents = sims.proc;
   auto targets = await_sims(srv, devices, agents, online_before, n, res);
   round_trips(srv, devices, agents, targets, opt.rounds, res);
   if (!srv.running()) throw std::runtime_error("parryd (CURVE) exited");
@@ -212,17 +233,8 @@ int run(const options& opt) {
 
   // Simulated agents for the round trip, with their own id prefix.
   auto online_before = stat_of(srv.get("/stats"), "devices_online");
-  parry::child_process agents{{opt.bin_dir + "/parry-agent", "--sim", std::to_string(n),
-                               "--seed", "1", "--id-prefix", sim_prefix, "--server",
-                               srv.bus_endpoint(), "--incident-interval-ms", "1000",
-                               "--incidents", "2", "--scenarios", opt.scenarios,
-                               "--log-level", "warn", "--plain"},
-                              {},
-                              (srv.dir() / "agent.log").string()};
-  struct agents_stopper {
-    parry::child_process& p;
-    ~agents_stopper() { p.stop(SIGTERM); }
-  } stop_agents{agents};
+  sim_agents sims{opt, srv, ""};
+  auto& agents = sims.proc;
   auto targets = await_sims(srv, devices, agents, online_before, n, res);
 
   // The floors, taken beside the running server and agents.

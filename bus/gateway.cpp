@@ -162,8 +162,12 @@ void gateway::publish(std::string topic, std::string header_frame,
   bool was_empty;
   {
     std::lock_guard<std::mutex> guard{mtx_};
-    // Bounded even if the socket thread stalls: the oldest event goes first.
-    if (events_.size() >= 100000) events_.erase(events_.begin());
+    // Bounded even if the socket thread stalls: past the bound an event is dropped
+    // (subscribers see the gap in its family's seq).
+    if (events_.size() >= max_queued_events) {
+      ++stats_.events_dropped;
+      return;
+    }
     was_empty = events_.empty() && queue_.empty();
     events_.push_back({std::move(topic), std::move(header_frame), std::move(body_frame)});
   }

@@ -59,6 +59,8 @@ struct gateway_stats {
   /// Integrators only: events handed to the PUB socket (a subscriber over its
   /// high-water mark loses them there; it sees the gap in `seq`).
   std::atomic<uint64_t> events_published{0};
+  /// Events dropped before the socket because max_queued_events were waiting.
+  std::atomic<uint64_t> events_dropped{0};
 };
 
 /// CURVE on the bus: every connection completes a CURVE handshake with the server's
@@ -97,6 +99,9 @@ struct gateway_options {
 
 class gateway {
 public:
+  /// Events waiting for the socket thread at most (publish drops beyond it).
+  static constexpr std::size_t max_queued_events = 100000;
+
   /// Called on the socket thread for each well-formed message whose header names the
   /// connection's own routing id, with the connection's authenticated ZAP User-Id
   /// ("" on plain TCP; "enroll:<key hex>" on the enrollment endpoint). Returns a

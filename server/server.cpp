@@ -250,6 +250,7 @@ nlohmann::json gateway_json(const bus::gateway_stats& s) {
                         {"zap_refused_busy", s.zap_refused_busy.load()},
                         {"revoked_cut", s.revoked_cut.load()},
                         {"events_published", s.events_published.load()},
+                        {"events_dropped", s.events_dropped.load()},
                         {"log_suppressed", s.log_suppressed.load()}};
 }
 
@@ -279,6 +280,17 @@ make_event_publisher(const std::shared_ptr<bus::gateway>& gw,
     h.time = now_us();
     g->publish(std::string{family} + "." + kind, bus::encode(h), std::move(body));
   };
+}
+
+/// Sends an integrator the `reply` to its message `id` over connection `routing`.
+void send_api_reply(bus::gateway& g, const std::string& routing, uint64_t id, int status,
+                    std::string json) {
+  bus::header out;
+  out.type = bus::type::reply;
+  out.msg_id = id;
+  out.time = now_us();
+  g.send(routing, bus::encode(out),
+         bus::encode(bus::api_reply{id, status, std::move(json)}));
 }
 
 /// Answers an integrator's request through the api, as the integrator.
@@ -339,15 +351,9 @@ std::shared_ptr<bus::gateway> make_integrator_gateway(
             for (const auto& [family, n] : seqs->seq)
               seq[family] = n;
           }
-          if (auto g = answer_here->lock()) {
-            bus::header out;
-            out.type = bus::type::reply;
-            out.msg_id = h.msg_id;
-            out.time = now_us();
-            g->send(h.device_id, bus::encode(out),
-                    bus::encode(bus::api_reply{h.msg_id, 200,
-                                               nlohmann::json{{"seq", seq}}.dump()}));
-          }
+          if (auto g = answer_here->lock())
+            send_api_reply(*g, h.device_id, h.msg_id, 200,
+                           nlohmann::json{{"seq", seq}}.dump());
           return std::nullopt;
         }
         if (h.type != bus::type::request)
@@ -582,14 +588,8 @@ void server::start() {
                     [weak, integrator_requests](const std::string& routing, uint64_t id,
                                                 int status, std::string json) {
                       integrator_requests->fetch_sub(1);
-                      auto g = weak.lock();
-                      if (!g) return;
-                      bus::header out;
-                      out.type = bus::type::reply;
-                      out.msg_id = id;
-                      out.time = now_us();
-                      g->send(routing, bus::encode(out),
-                              bus::encode(bus::api_reply{id, status, std::move(json)}));
+                      if (auto g = weak.lock())
+                        send_api_reply(*g, routing, id, status, std::move(json));
                     });
     keep(bridge);
     *bridge_slot = bridge;

@@ -10,6 +10,8 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -560,6 +562,24 @@ BOOST_AUTO_TEST_CASE(only_enrolled_keys_connect_and_a_revoked_one_is_cut_at_once
   auto unknown = zap("zap_refused_unknown");
   BOOST_TEST(eventually([&] { return zap("zap_refused_unknown") > unknown; }));
   BOOST_TEST(get("/devices/sim-0004")["device"]["online"] == false);
+
+  // No token and no secret key is ever written to a log.
+  auto whole = [](const std::filesystem::path& p) {
+    std::ifstream in{p};
+    return std::string{std::istreambuf_iterator<char>{in}, {}};
+  };
+  std::vector<std::string> secrets{enroll_token.substr(4, 64), once_text.substr(4, 64),
+                                   brief_text.substr(4, 64)};
+  std::istringstream keys{whole(dir / "agent-state-sim" / "agent-keys")};
+  for (std::string kind, a, b; keys >> kind >> a >> b;)
+    if (kind == "device") secrets.push_back(b);
+  BOOST_REQUIRE(secrets.size() >= 8u); // three tokens and five device keys
+  for (const auto& log : {std::filesystem::path{server->log_file()}, dir / "agent.log"}) {
+    auto text = whole(log);
+    BOOST_REQUIRE(!text.empty());
+    for (const auto& secret : secrets)
+      BOOST_TEST(text.find(secret) == std::string::npos, log << " holds a secret");
+  }
 }
 
 /// An integrator's two sockets: requests (DEALER) and events (SUB), both CURVE.

@@ -428,7 +428,9 @@ class IntegratorClient:
                            dropped beyond; the drop shows up as a gap)
 
     The client is not thread-safe: use it from one thread.  Counters of what was
-    skipped or seen are in :attr:`counters`.
+    skipped or seen are in :attr:`counters`.  :meth:`close_events` and
+    :meth:`reopen_events` drop and remake the events connection while keeping the
+    sequence memory, so what was published in between shows up as a gap.
     """
 
     def __init__(self, requests_endpoint, events_endpoint, server_key, public_key, secret_key,
@@ -453,6 +455,9 @@ class IntegratorClient:
         #: ``events``, ``gaps``, ``lost_events``, ``restarts``, ``stale_events``,
         #: ``pending_dropped``, ``handshake_failures``, ``disconnects``.
         self.counters = collections.Counter()
+        self._keys = (server_key, public_key, secret_key)
+        self._subscribe = tuple(subscribe)
+        self._events_endpoint = events_endpoint
         self._sockets = []
         try:
             self._dealer = self._curve_socket(zmq.DEALER, server_key, public_key, secret_key)
@@ -464,19 +469,23 @@ class IntegratorClient:
             self._dealer.connect(requests_endpoint)
             self._sub = self._sub_mon = None
             if events_endpoint is not None:
-                self._sub = self._curve_socket(zmq.SUB, server_key, public_key, secret_key)
-                self._sub.setsockopt(zmq.RCVHWM, 10000)
-                for prefix in subscribe:
-                    self._sub.setsockopt(zmq.SUBSCRIBE, prefix.encode("utf-8"))
-                self._sub_mon = self._sub.get_monitor_socket(
-                    zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                    | zmq.EVENT_DISCONNECTED)
-                self._sockets.append(self._sub_mon)
-                self._sub.connect(events_endpoint)
+                self._open_sub(events_endpoint)
         except Exception:
             self.close()
             raise
+
+    def _open_sub(self, events_endpoint):
+        """Make the SUB socket (with its monitor) and connect it."""
+        self._sub = self._curve_socket(zmq.SUB, *self._keys)
+        self._sub.setsockopt(zmq.RCVHWM, 10000)
+        for prefix in self._subscribe:
+            self._sub.setsockopt(zmq.SUBSCRIBE, prefix.encode("utf-8"))
+        self._sub_mon = self._sub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            | zmq.EVENT_DISCONNECTED)
+        self._sockets.append(self._sub_mon)
+        self._sub.connect(events_endpoint)
 
     def _curve_socket(self, kind, server_key, public_key, secret_key):
         s = self._ctx.socket(kind)
@@ -508,6 +517,51 @@ class IntegratorClient:
             except Exception:  # noqa: BLE001
                 pass
         self._sockets = []
+
+    def close_events(self):
+        """Close the events connection only; requests keep working.
+
+        What the client remembers of the event stream (the last ``seq`` seen in each
+        family, and events held back by :meth:`resync`) is kept.  Events still
+        queued in the closed socket, and every event published until
+        :meth:`reopen_events`, are lost.  :meth:`next_event` raises until then.
+        """
+        if self._sub is None:
+            return
+        try:
+            self._sub.disable_monitor()
+        except Exception:  # noqa: BLE001
+            pass
+        for s in (self._sub_mon, self._sub):
+            try:
+                s.close(linger=0)
+            except Exception:  # noqa: BLE001
+                pass
+            if s in self._sockets:
+                self._sockets.remove(s)
+        self._sub = self._sub_mon = None
+        self._handshake["events"] = None
+
+    def reopen_events(self, events_endpoint=None):
+        """Open a new events connection (closing the current one, if any) with the
+        same key pair and subscriptions, keeping the sequence memory.
+
+        ``events_endpoint`` defaults to the one given to the constructor.  Because
+        the last ``seq`` of each family is carried over, the first event of a family
+        received on the new connection reports what was published meanwhile as a
+        ``gap`` (or a ``restart`` when ``seq`` went back): call :meth:`resync` then.
+        As with any new subscription, events published in the moment before it takes
+        effect are not received (see :meth:`wait_connected` for the handshake).
+        """
+        endpoint = events_endpoint if events_endpoint is not None else self._events_endpoint
+        if endpoint is None:
+            raise ParryBusError("this client has no events endpoint")
+        self.close_events()
+        self._open_sub(endpoint)
+        self._events_endpoint = endpoint
+        # A new connection: what the floors held back no longer applies, and a lower
+        # seq now means a restart (as after a reconnection libzmq made itself).
+        self._events_reconnected = True
 
     def __enter__(self):
         return self

@@ -10,7 +10,10 @@ loopback ports, registers integrator keys over REST and checks:
 * an `operator` integrator may read but gets 403 on POST /api/v1/actions;
 * paths that stay with people (users, tokens, ...) are 403 for integrators;
 * a message of an unknown type is answered `rejected`;
-* snapshot and resync work.
+* snapshot and resync work;
+* a subscriber whose events connection was closed while an action ran sees the
+  missed `action` events as a gap in `seq` when it subscribes again (same sequence
+  memory, IntegratorClient.reopen_events), and resync() reads that action, final.
 
 Environment: PARRY_BIN_DIR (parryd, parry-agent; or --bin-dir), PARRY_SCENARIOS_DIR
 (or --scenarios).  Needs python3-zmq and python3-msgpack (Debian: /usr/bin/python3).
@@ -352,7 +355,134 @@ class Harness:
         check(action["requested_by"] == "integrator:soar-test",
               "requested_by is %r" % action["requested_by"])
         self.check_alive()
+
+        step("a subscriber that missed action events detects the gap and resyncs")
+        self.gap_and_resync(rest, so_pub, so_sec)
+        self.check_alive()
         step("all checks passed")
+
+    # -------------------------------------------------------------- gap and resync
+
+    def trigger_isolate(self, rest):
+        """POST an isolate of the newest incident's device over HTTPS; its action_id."""
+        self.check_alive()
+        newest = rest.expect(200, "GET", "/incidents?limit=1")["incidents"][0]
+        doc = rest.expect(202, "POST", "/actions", {"type": "isolate", "incident_id": newest["incident_id"],
+                                                   "target": {"kind": "detection"}})
+        return doc["action"]["action_id"]
+
+    def wait_final(self, rest, action_id, timeout=20):
+        """Poll GET /actions/{id} until the action is final; returns it."""
+        def final():
+            self.check_alive()
+            action = rest.expect(200, "GET", "/actions/" + action_id)["action"]
+            return action if action.get("final") else None
+        return poll("action %s to be final" % action_id, final, timeout, 0.05)
+
+    @staticmethod
+    def next_action_event(client, timeout):
+        """The next `action.*` event the client delivers, or None after timeout s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ev = client.next_event(timeout=min(0.5, left))
+            if ev is not None and ev.family == "action":
+                return ev
+
+    def event_of_new_action(self, rest, client, what, attempts=3, per_attempt=5.0):
+        """Trigger isolates until the client receives an action event after one of them.
+
+        A new subscription takes effect a moment after the SUB connects, with no
+        signal of when (docs/bus-protocol.md, "Events"): should an action come and go
+        before it does, the next attempt finds it in effect.  Returns (action_id, the
+        first action event received)."""
+        for attempt in range(1, attempts + 1):
+            action_id = self.trigger_isolate(rest)
+            ev = self.next_action_event(client, per_attempt)
+            if ev is not None:
+                return action_id, ev
+            final = self.wait_final(rest, action_id)
+            print("    %s: no action event within %.0f s of %s (%s; attempt %d)"
+                  % (what, per_attempt, action_id, final["state"], attempt), flush=True)
+        raise TestFailure("%s: no action event after %d actions" % (what, attempts))
+
+    def wait_published(self, client, at_least, timeout=15):
+        """Poll snapshot until the action family's last published seq is >= at_least."""
+        def published():
+            seq = client.snapshot(timeout=10)["action"]
+            return seq if seq >= at_least else None
+        return poll("action seq %d to be published" % at_least, published, timeout, 0.05)
+
+    def gap_and_resync(self, rest, public, secret):
+        sub = self.client(public, secret)
+        check(sub.wait_connected(10), "gap client did not connect: %s / %s"
+              % (sub.handshake_state("requests"), sub.handshake_state("events")))
+        sub.snapshot(timeout=10, baseline=True)
+
+        # 1. The client follows the stream: it has seen every action event up to L.
+        warm_id, ev = self.event_of_new_action(rest, sub, "warm-up")
+        last = ev.seq
+        deadline = time.monotonic() + 15
+        while not (ev.body["action_id"] == warm_id and ev.body["state"] in parry_bus.FINAL_ACTION_STATES):
+            ev = self.next_action_event(sub, max(0.05, deadline - time.monotonic()))
+            check(ev is not None, "no final event of action %s (last seq seen %d)" % (warm_id, last))
+            last = ev.seq
+        published = sub.snapshot(timeout=10)["action"]
+        while last < published:   # anything else published meanwhile
+            ev = self.next_action_event(sub, max(0.05, deadline - time.monotonic()))
+            check(ev is not None, "the gap client saw action events up to seq %d of %d" % (last, published))
+            last = ev.seq
+        print("    subscribed; action %s %s; action events seen up to seq %d"
+              % (warm_id, ev.body["state"], last), flush=True)
+
+        # 2. Nobody listens on this client while an action runs to its end.
+        sub.close_events()
+        missed_id = self.trigger_isolate(rest)
+        missed = self.wait_final(rest, missed_id)
+        # Each state an action goes through is one event (docs/bus-protocol.md): wait
+        # until the server has handed them all to its PUB socket, so none can reach
+        # the connection opened below.
+        missed_upto = self.wait_published(sub, last + len(missed["transitions"]))
+        print("    events closed; action %s ran to %s (%d transitions), action seq now %d"
+              % (missed_id, missed["state"], len(missed["transitions"]), missed_upto), flush=True)
+
+        # 3. Subscribe again with the same sequence memory; the next action shows the gap.
+        sub.reopen_events()
+        check(sub.wait_connected(10), "gap client's new events connection: %s"
+              % (sub.handshake_state("events"),))
+        next_id, ev = self.event_of_new_action(rest, sub, "after reconnecting")
+        print("    first action event after reconnecting: %r" % ev, flush=True)
+        check(ev.gap and not ev.restart, "expected a gap after seq %d, got %r" % (last, ev))
+        check(ev.seq > missed_upto >= last + 2, "event seq %d: expected > %d (missed up to %d)"
+              % (ev.seq, last + 1, missed_upto))
+        check(ev.missed == ev.seq - last - 1, "missed %d, expected %d" % (ev.missed, ev.seq - last - 1))
+        check(sub.counters["gaps"] >= 1 and sub.counters["lost_events"] >= ev.missed,
+              "gap counters: %r" % dict(sub.counters))
+
+        # 4. resync: the missed action is in the state read, final.
+        res = sub.resync(timeout=30)
+        check(res.seq["action"] >= ev.seq, "resync snapshot %r is behind seq %d" % (res.seq, ev.seq))
+        actions = {a.get("action_id"): a for a in res.state["action"] or []}
+        check(missed_id in actions, "resync did not read the missed action %s" % missed_id)
+        got = actions[missed_id]
+        check(got.get("state") in parry_bus.FINAL_ACTION_STATES and got.get("state") == missed["state"],
+              "missed action after resync: %r (over REST: %s)" % (got, missed["state"]))
+        check(next_id in actions, "resync did not read action %s" % next_id)
+        print("    resync at %r: %s is %s" % (res.seq, missed_id, got["state"]), flush=True)
+
+        # 5. From the resync on the stream is whole again: no gap up to the end of one
+        #    more action.
+        after_id = self.trigger_isolate(rest)
+        deadline = time.monotonic() + 15
+        while True:
+            ev = self.next_action_event(sub, max(0.05, deadline - time.monotonic()))
+            check(ev is not None, "no final event of action %s after the resync" % after_id)
+            check(not ev.lost, "event after the resync reports lost events: %r" % ev)
+            if ev.body["action_id"] == after_id and ev.body["state"] in parry_bus.FINAL_ACTION_STATES:
+                break
+        sub.close()
 
 
 def main():
