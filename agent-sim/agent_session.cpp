@@ -36,7 +36,10 @@ void agent_session::refuse(const bus::command& cmd, const bus::guard_verdict& v,
                            "): " + v.text,
                        {}};
   bool was_idle = unacked_ == 0;
-  journal(cmd.action_id, journal_entry{r, false});
+  journal_entry e;
+  e.result = r;
+  e.refused = true;
+  journal(cmd.action_id, std::move(e));
   if (!hold_results_) out.push_back(make(bus::type::action_result, r, now));
   if (was_idle) next_resend_ = now + result_resend_us;
 }
@@ -199,7 +202,9 @@ void agent_session::answer(const bus::command& cmd, int64_t now,
   }
   bool was_idle = unacked_ == 0;
   command_outcome oc = handle_command(cmd, now);
-  out.push_back(make(bus::type::action_ack, oc.ack, now));
+  // A refused command was never accepted: it is answered with its refusal only.
+  if (auto it = journal_.find(cmd.action_id); it == journal_.end() || !it->second.refused)
+    out.push_back(make(bus::type::action_ack, oc.ack, now));
   if (!hold_results_) out.push_back(make(bus::type::action_result, oc.result, now));
   if (was_idle) next_resend_ = now + result_resend_us;
 }

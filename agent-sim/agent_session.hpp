@@ -166,6 +166,7 @@ private:
     bus::action_result result;
     bool result_acked = false;
     bool cancelled = false; ///< Withdrawn by the server before it ran: it never will.
+    bool refused = false;   ///< Refused by the guard: never acknowledged, never run.
   };
 
   template <class T> outbound make(const char* type, const T& body, int64_t now);

@@ -1784,6 +1784,12 @@ BOOST_AUTO_TEST_CASE(only_signed_commands_run_and_each_refusal_is_reported) {
   auto tampered = signed_cmd("a-2", server);
   tampered.params["note"] = "x";
   refused(tampered, "bad_signature");
+  // Delivered again, it is answered with the same refusal and never acknowledged.
+  auto again =
+      s.on_message(header_frame("command", "real-0001"), bus::encode(tampered), now);
+  BOOST_TEST(std::none_of(again.begin(), again.end(),
+                          [](const outbound& o) { return o.head.type == "action_ack"; }));
+  refused(tampered, "bad_signature");
   // Unsigned, and signed by someone else.
   refused(make_command("a-3", "isolate", now + 60'000'000), "bad_signature");
   refused(signed_cmd("a-4", stranger), "bad_signature");
