@@ -806,6 +806,12 @@ BOOST_AUTO_TEST_CASE(a_stalled_subscriber_never_grows_the_publishers_memory) {
       std::chrono::seconds{30}, std::chrono::milliseconds{5}));
   auto grown = rss_kib() - before;
   BOOST_TEST_MESSAGE("RSS grew by " << grown << " KiB for " << events << " events");
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine (256 MiB by default): resident
+  // memory says nothing about what the publisher kept. The plain build asserts it.
+  BOOST_TEST(gw.stats().events_dropped.load() == 0u);
+#else
   BOOST_TEST(grown < 64 * 1024); // 200 MiB went by; a few MiB may stay
+#endif
   gw.stop();
 }
