@@ -112,6 +112,8 @@ public:
   const launch_info* launched(uint32_t pid) const { return host_->launched(pid); }
   /// Counters, the session's and the simulation's together.
   endpoint_stats stats() const;
+  /// The protocol session, for the runner that carries its messages.
+  agent_session& session() { return session_; }
 
   /// Instantiates the next scenario: picks it, fills in pids, hashes, sizes and
   /// names from the seeded generator, records processes and files, and stamps

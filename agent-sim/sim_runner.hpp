@@ -1,8 +1,7 @@
 #pragma once
 
-// Runs N simulated endpoints in one thread: one DEALER per endpoint (routing id =
-// device id), a monitor per DEALER to see reconnects, and one zmq::poll over all of
-// them with the endpoints' timers as its timeout. ZeroMQ stays inside the .cpp.
+// Runs N simulated endpoints in one thread: their sessions on one bus_runner
+// (agent-sim/bus_runner.hpp), which owns the sockets and the poll.
 
 #include <atomic>
 #include <cstddef>

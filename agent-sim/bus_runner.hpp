@@ -1,0 +1,77 @@
+#pragma once
+
+// The sockets of one or many agent sessions in one thread: one DEALER per session
+// (routing id = device id), a monitor per DEALER to see reconnects and refused
+// handshakes, and one zmq::poll over all of them (plus any descriptors the owner
+// adds) with the sessions' timers as its timeout. The simulator runs thousands of
+// sessions on it, the real agent one. ZeroMQ stays inside the .cpp.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent-sim/agent_session.hpp"
+#include "bus/curve_keys.hpp"
+
+namespace parry::sim {
+
+/// How the sessions connect.
+struct link_config {
+  std::string server = "tcp://127.0.0.1:7400"; ///< Dialled by every session.
+  bool raise_fd_limit = true; ///< Raise RLIMIT_NOFILE to its hard limit at start.
+  /// Test hook: while this file exists, every session holds the commands it receives
+  /// (agent_session::set_hold). Empty means no hook.
+  std::string hold_file;
+  /// Test hook: while this file exists, every session executes commands but holds
+  /// their results. Empty means no hook.
+  std::string hold_results_file;
+  /// CURVE: the server key every connection pins (Z85) and each session's key pair
+  /// (by index). An empty server key means plain TCP.
+  std::string server_key_z85;
+  std::vector<bus::curve_key_pair> curve_keys;
+};
+
+class bus_runner {
+public:
+  /// `sessions` must outlive the runner and stay where they are.
+  bus_runner(link_config cfg, std::vector<agent_session*> sessions);
+  ~bus_runner();
+
+  bus_runner(const bus_runner&) = delete;
+  bus_runner& operator=(const bus_runner&) = delete;
+
+  /// Also polls `fd` for input; `on_ready(now)` runs in the loop's thread when it is
+  /// readable (it must consume what made it so). Before `start`.
+  void watch(int fd, std::function<void(int64_t now)> on_ready);
+
+  /// Runs every round after the sessions' timers; returns when it next wants to run
+  /// (microseconds, max int64 for never), which bounds the poll's wait.
+  void on_round(std::function<int64_t(int64_t now)> hook);
+
+  /// Raises the descriptor limit, opens and connects every socket and queues each
+  /// session's hello. Throws std::runtime_error when the sockets cannot be made.
+  void start();
+
+  /// Waits at most `max_wait_ms` for a message, a link event, a watched descriptor
+  /// or a timer, then handles everything that is ready. Looks at the hold files when
+  /// 100 ms have passed since it last did.
+  void poll_once(long max_wait_ms);
+
+  /// Sends `msgs` on session `i`'s socket now (for what a watched descriptor or the
+  /// round hook produced).
+  void send(std::size_t i, const std::vector<outbound>& msgs);
+
+  /// Messages dropped because a socket's queue was full.
+  uint64_t send_failures() const;
+  /// Handshakes the server refused (key unknown or revoked, device connected).
+  uint64_t refused_handshakes() const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace parry::sim
