@@ -141,6 +141,7 @@ command_outcome agent_session::handle_command(const bus::command& cmd, int64_t n
 }
 
 void agent_session::journal(const std::string& action_id, journal_entry e) {
+  ++journal_version_;
   if (!e.result_acked) ++unacked_;
   journal_.emplace(action_id, std::move(e));
   journal_order_.push_back(action_id);
@@ -222,8 +223,34 @@ bool agent_session::acknowledge_result(const std::string& action_id) {
   if (!it->second.result_acked) {
     it->second.result_acked = true;
     --unacked_;
+    ++journal_version_;
   }
   return true;
+}
+
+std::vector<journal_record> agent_session::journal_records() const {
+  std::vector<journal_record> out;
+  out.reserve(journal_order_.size());
+  for (const auto& id : journal_order_) {
+    const journal_entry& e = journal_.at(id);
+    out.push_back({id, e.result, e.result_acked, e.cancelled, e.refused});
+  }
+  return out;
+}
+
+void agent_session::restore_journal(const std::vector<journal_record>& records,
+                                    uint64_t last_seq) {
+  for (const auto& r : records)
+    if (!journal_.count(r.action_id))
+      journal(r.action_id,
+              journal_entry{r.result, r.result_acked, r.cancelled, r.refused});
+  // Commands signed before the restart must not be accepted again as new ones.
+  if (guard_ && last_seq > guard_->last_seq())
+    guard_.emplace(cfg_.server_signing_key, cfg_.device_id, last_seq);
+}
+
+uint64_t agent_session::last_seq() const {
+  return guard_ ? guard_->last_seq() : 0;
 }
 
 // -- protocol -----------------------------------------------------------------------

@@ -39,6 +39,15 @@ struct command_outcome {
   bool executed = false; ///< False when the journal already held this action id.
 };
 
+/// One journal entry as an agent that survives restarts keeps it on disk.
+struct journal_record {
+  std::string action_id;
+  bus::action_result result;
+  bool result_acked = false; ///< The server stored the result.
+  bool cancelled = false;    ///< Withdrawn before it ran: it never will.
+  bool refused = false;      ///< Refused by the guard: never acknowledged, never run.
+};
+
 /// Where incident reports come from; the session decides when it may send them.
 class incident_source {
 public:
@@ -125,6 +134,17 @@ public:
   /// Records that the server stored the result of `action_id`. False if unknown.
   bool acknowledge_result(const std::string& action_id);
 
+  /// The journal, oldest first, for an agent that keeps it across restarts.
+  std::vector<journal_record> journal_records() const;
+  /// Before `start`: takes back what an earlier run journaled and the highest
+  /// command seq it accepted, so nothing it ran runs again and no command it saw is
+  /// taken as new. Unacknowledged results are sent again once welcomed.
+  void restore_journal(const std::vector<journal_record>& records, uint64_t last_seq);
+  /// Changes whenever the journal does: the agent saves it when this moves.
+  uint64_t journal_version() const { return journal_version_; }
+  /// Highest command seq accepted (0 on a plain bus).
+  uint64_t last_seq() const;
+
   // -- the runner calls these and sends what they return ------------------------
 
   /// The first hello. The socket queues it until the connection is up.
@@ -188,6 +208,7 @@ private:
   std::unordered_map<std::string, journal_entry> journal_;
   std::deque<std::string> journal_order_;
   std::size_t unacked_ = 0; ///< Journal entries whose result_ack has not come.
+  uint64_t journal_version_ = 0;
   bool hold_commands_ = false;
   bool hold_results_ = false;
   std::deque<bus::command> pending_; ///< Held commands, oldest first.

@@ -1,4 +1,5 @@
-// parry-agent: simulated EDR endpoints (--sim N). The real agent (--real) comes later.
+// parry-agent: simulated EDR endpoints (--sim N), or the real agent acting on the
+// machine it runs on (--real --config FILE, agent-real/).
 
 #include <atomic>
 #include <csignal>
@@ -11,6 +12,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "agent-real/real_agent.hpp"
 #include "agent-sim/agent_keys.hpp"
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_runner.hpp"
@@ -36,7 +38,8 @@ int fail(const std::string& msg) {
 } // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"parry-agent: simulated EDR endpoints for the Parry server"};
+  CLI::App app{"parry-agent: EDR endpoints for the Parry server, simulated (--sim N) or "
+               "this machine (--real --config FILE)"};
   std::size_t sim = 0;
   bool real = false;
   std::string scenarios_dir = "./config/scenarios";
@@ -51,7 +54,11 @@ int main(int argc, char** argv) {
 
   app.add_option("--sim", sim, "Simulate N endpoints in this process")
       ->check(CLI::Range(1, 20000));
-  app.add_flag("--real", real, "Act on this machine (not available yet)");
+  app.add_flag("--real", real,
+               "Act on this machine: nftables isolation, processes, files, fanotify "
+               "(root; needs --config)");
+  std::string config_path;
+  app.add_option("--config", config_path, "The real agent's TOML configuration (--real)");
   app.add_option("--server", cfg.endpoint.server, "Server bus endpoint")
       ->capture_default_str();
   app.add_option("--enroll", enroll.token,
@@ -96,9 +103,24 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   CLI11_PARSE(app, argc, argv);
 
-  if (real)
-    return fail("--real is not implemented yet; this build only simulates endpoints "
-                "(--sim N)");
+  if (real) {
+    if (sim != 0) return fail("--real and --sim exclude each other");
+    if (config_path.empty()) return fail("--real needs --config FILE");
+    if (plain) return fail("--real speaks only CURVE with an enrolled key: no --plain");
+    spdlog::set_default_logger(spdlog::stderr_color_mt("parry-agent"));
+    spdlog::set_level(spdlog::level::from_str(log_level));
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    parry::real::real_options opt;
+    opt.config_path = config_path;
+    opt.enroll_token = enroll.token;
+    opt.hold_file = cfg.hold_file;
+    opt.hold_results_file = cfg.hold_results_file;
+    return parry::real::run_real_agent(opt, stop_requested);
+  }
   if (sim == 0) return fail("--sim N is required (the number of endpoints to simulate)");
   const std::string& server = cfg.endpoint.server;
   if (server.rfind("tcp://", 0) != 0 && server.rfind("ipc://", 0) != 0)

@@ -1,0 +1,77 @@
+#pragma once
+
+// Files on the real endpoint: the checks every file action shares (inside a
+// configured root, no symlink anywhere on the path, SHA-256 right before acting), the
+// encrypted quarantine store, and delete. Every path is opened component by component
+// with openat2(RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV) from the
+// root's descriptor, so a symlink swapped in between check and act is refused by the
+// kernel, not by a racy lstat.
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent-sim/action_params.hpp"
+#include "agent-sim/executor.hpp"
+
+namespace parry::real {
+
+/// Settings of the file actions.
+struct file_config {
+  /// Absolute directories file actions may touch; a path outside all of them is
+  /// refused (`<path> is outside the agent's file roots`). Empty: none allowed.
+  std::vector<std::string> roots;
+  /// Directory of the quarantine store (created 0700 if missing); outside the roots.
+  std::string quarantine_dir;
+  /// Largest file quarantined (bytes); larger ones are refused.
+  uint64_t max_file_size = 256ull << 20;
+};
+
+/// The quarantine store: each entry is `<dir>/<id>.q`, holding a JSON metadata line
+/// (path, sha256, size, mode, uid, gid, atime/mtime in ns) and the file's bytes, both
+/// sealed with AES-256-GCM under a key kept in `<dir>/quarantine.key` (32 random
+/// bytes, 0600, made on first use); the entry id is the AAD, so entries cannot be
+/// swapped. Ids are `q-` + 16 hex digits.
+class file_actions {
+public:
+  /// Throws std::runtime_error when a root is not absolute, or the quarantine
+  /// directory or key cannot be made or is unsafe: the directory must be owned by this
+  /// user and writable by no one else, the key a regular 0600 file of 32 bytes owned
+  /// by this user. Removes temps left by an interrupted quarantine.
+  explicit file_actions(file_config cfg);
+  ~file_actions();
+
+  /// quarantine: refuses outside the roots, symlinks, non-regular files, a hash other
+  /// than `p.sha256` (`file changed since detection`), missing file (`no file at
+  /// <path>`), files in the store itself, files above `max_file_size`. Writes the
+  /// sealed entry (fsynced), then unlinks the file only if its name still refers to
+  /// the inode hashed. Effect: `quarantine_id`, `path`, `sha256`; `note` when other
+  /// hard links keep the content reachable.
+  sim::execution quarantine(const sim::file_args& p);
+
+  /// restore_from_quarantine: opens and authenticates the entry, checks `p.path` and
+  /// `p.sha256` when given, refuses when something already sits at the path (`a file
+  /// already exists at <path>`), writes the file with its mode, owner and times
+  /// (O_EXCL, no symlinks), checks the written hash, then removes the entry. Effect:
+  /// `path`, `sha256`.
+  sim::execution restore(const sim::restore_args& p);
+
+  /// delete_file: as quarantine's checks (but no size limit), then unlinks. Effect:
+  /// `path`; `note` as quarantine.
+  sim::execution remove(const sim::file_args& p);
+
+  /// Ids of the entries in the store, sorted.
+  std::vector<std::string> entries() const;
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+/// SHA-256 of the regular file at `path` (lower-case hex), opened without following
+/// symlinks; "" when it cannot be read. For detection and tests.
+std::string file_sha256(const std::string& path);
+
+} // namespace parry::real

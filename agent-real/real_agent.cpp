@@ -1,0 +1,217 @@
+#include "agent-real/real_agent.hpp"
+
+#include <cerrno>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <set>
+
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "agent-real/detection.hpp"
+#include "agent-real/real_config.hpp"
+#include "agent-real/real_executor.hpp"
+#include "agent-sim/agent_keys.hpp"
+#include "agent-sim/agent_session.hpp"
+#include "agent-sim/bus_runner.hpp"
+#include "bus/codec.hpp"
+#include "common/keys.hpp"
+#include "common/time.hpp"
+
+namespace parry::real {
+
+namespace {
+
+constexpr const char* agent_version = "parry-agent/0.1.0";
+constexpr const char* journal_file = "/journal.json";
+constexpr std::size_t max_journal_bytes = 64u << 20;
+
+std::string host_name() {
+  char buf[256] = {};
+  if (::gethostname(buf, sizeof buf - 1) != 0) return "localhost";
+  return buf;
+}
+
+// The machine as the server shows it: host name, kernel, addresses.
+bus::hello identity() {
+  bus::hello h;
+  h.hostname = host_name();
+  utsname u{};
+  h.os = ::uname(&u) == 0 ? std::string("Linux ") + u.release : "Linux";
+  h.agent_version = agent_version;
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) == 0) {
+    std::set<std::string> seen;
+    for (ifaddrs* a = list; a; a = a->ifa_next) {
+      if (!a->ifa_addr || (a->ifa_flags & IFF_LOOPBACK)) continue;
+      char text[INET6_ADDRSTRLEN] = {};
+      int family = a->ifa_addr->sa_family;
+      if (family == AF_INET)
+        ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text,
+                    sizeof text);
+      else if (family == AF_INET6)
+        ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ifa_addr)->sin6_addr,
+                    text, sizeof text);
+      else
+        continue;
+      if (seen.insert(text).second && h.addresses.size() < 32)
+        h.addresses.push_back(text);
+    }
+    ::freeifaddrs(list);
+  }
+  return h;
+}
+
+// The action journal on disk, so that an action that ran before a restart is
+// answered from it and never runs twice.
+void save_journal(const std::string& path, const sim::agent_session& s) {
+  nlohmann::json entries = nlohmann::json::array();
+  for (const auto& r : s.journal_records())
+    entries.push_back({{"action_id", r.action_id},
+                       {"ok", r.result.ok},
+                       {"error", r.result.error},
+                       {"effect", r.result.effect},
+                       {"acked", r.result_acked},
+                       {"cancelled", r.cancelled},
+                       {"refused", r.refused}});
+  nlohmann::json j{{"last_seq", s.last_seq()}, {"entries", std::move(entries)}};
+  write_private_file(path,
+                     j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+void load_journal(const std::string& path, sim::agent_session& s) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) return;
+  auto j = nlohmann::json::parse(read_private_file(path, max_journal_bytes));
+  std::vector<sim::journal_record> records;
+  for (const auto& e : j.at("entries")) {
+    sim::journal_record r;
+    r.action_id = e.at("action_id").get<std::string>();
+    r.result.action_id = r.action_id;
+    r.result.ok = e.at("ok").get<bool>();
+    r.result.error = e.at("error").get<std::string>();
+    r.result.effect = e.at("effect").get<std::map<std::string, std::string>>();
+    r.result_acked = e.at("acked").get<bool>();
+    r.cancelled = e.at("cancelled").get<bool>();
+    r.refused = e.at("refused").get<bool>();
+    records.push_back(std::move(r));
+  }
+  s.restore_journal(records, j.at("last_seq").get<uint64_t>());
+  spdlog::info("journal: {} actions restored", records.size());
+}
+
+} // namespace
+
+int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
+  real_config cfg;
+  try {
+    cfg = load_config(opt.config_path);
+  } catch (const std::exception& e) {
+    std::cerr << "parry-agent: " << e.what() << '\n';
+    return 2;
+  }
+  if (cfg.device_id.empty()) cfg.device_id = host_name();
+  if (!bus::valid_id(cfg.device_id)) {
+    std::cerr << "parry-agent: the host name '" << cfg.device_id
+              << "' is not a valid device id: set device_id\n";
+    return 2;
+  }
+  int64_t now = now_us();
+  std::unique_ptr<real_executor> exec;
+  std::unique_ptr<detection> detect;
+  sim::session_config sc;
+  sim::link_config link;
+  try {
+    if (::mkdir(cfg.state_dir.c_str(), 0700) != 0 && errno != EEXIST)
+      throw std::runtime_error("cannot make state_dir " + cfg.state_dir);
+    ::chmod(cfg.state_dir.c_str(), 0700);
+
+    // The key first: a real agent speaks only CURVE, as an enrolled device, and runs
+    // only commands signed by the server it pinned.
+    auto keys = sim::load_agent_keys(cfg.state_dir);
+    sim::enrollment how;
+    how.token = opt.enroll_token;
+    how.endpoint = cfg.enroll_server;
+    sim::enroll_missing(keys, {cfg.device_id}, how, cfg.state_dir);
+    link.server = cfg.server;
+    link.raise_fd_limit = false;
+    link.hold_file = opt.hold_file;
+    link.hold_results_file = opt.hold_results_file;
+    link.server_key_z85 = keys.server_key_z85;
+    link.curve_keys.push_back(keys.devices.at(cfg.device_id));
+    sc.server_signing_key = parse_public_key(keys.signing_key_hex);
+
+    char tag[17];
+    std::snprintf(tag, sizeof tag, "%llx",
+                  static_cast<unsigned long long>(now / 1000000));
+    detect = std::make_unique<detection>(tag);
+    std::unique_ptr<exec_guard> guard;
+    if (!cfg.guard_mounts.empty()) {
+      detection* d = detect.get();
+      guard = std::make_unique<exec_guard>(cfg.guard_mounts, cfg.iocs,
+                                           [d](const ioc_hit& h) { d->push(h); });
+    }
+    exec = std::make_unique<real_executor>(cfg, std::move(guard), now);
+  } catch (const std::exception& e) {
+    std::cerr << "parry-agent: " << e.what() << '\n';
+    return 2;
+  }
+
+  sc.device_id = cfg.device_id;
+  sc.identity = identity();
+  sc.os = os_family::posix;
+  sc.heartbeat_ms = cfg.heartbeat_ms;
+  sc.started_at = now;
+  sim::agent_session session(sc, *exec, detect.get());
+  std::string journal_path = cfg.state_dir + journal_file;
+  try {
+    load_journal(journal_path, session);
+  } catch (const std::exception& e) {
+    std::cerr << "parry-agent: the journal " << journal_path
+              << " is unreadable: " << e.what() << '\n';
+    return 2;
+  }
+
+  sim::bus_runner bus(link, {&session});
+  bus.watch(detect->wake_fd(), [&](int64_t) { detect->drain_wake(); });
+  uint64_t saved_version = session.journal_version();
+  bool was_welcomed = false;
+  bus.on_round([&](int64_t t) {
+    if (session.journal_version() != saved_version) {
+      try {
+        save_journal(journal_path, session);
+        saved_version = session.journal_version();
+      } catch (const std::exception& e) {
+        spdlog::error("cannot save the journal: {}", e.what());
+      }
+    }
+    if (session.welcomed() != was_welcomed) {
+      was_welcomed = session.welcomed();
+      spdlog::info("{} {}", was_welcomed ? "connected to" : "lost the connection to",
+                   cfg.server);
+    }
+    return exec->tick(t, session.welcomed());
+  });
+  try {
+    bus.start();
+    std::cout << "parry-agent: device " << cfg.device_id << " (" << sc.identity.hostname
+              << ") on this machine, connecting to " << cfg.server << std::endl;
+    while (!stop.load())
+      bus.poll_once(100);
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+    return 1;
+  }
+  if (session.journal_version() != saved_version) save_journal(journal_path, session);
+  return 0;
+}
+
+} // namespace parry::real

@@ -1,0 +1,247 @@
+#define BOOST_TEST_MODULE real_guard
+#include <boost/test/unit_test.hpp>
+
+#include "agent-real/exec_guard.hpp"
+#include "common/crypto.hpp"
+
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+using namespace parry::real;
+
+// Each scenario runs in a forked child that unshares its mount namespace (which must
+// happen before the guard's thread exists) and mounts a private tmpfs, so the marks
+// never reach the host. The child cannot use Boost.Test's macros (their results stay
+// in the child), so it counts failures, prints them to stderr and exits with the count.
+
+namespace {
+
+int child_failures = 0;
+
+#define EXPECT(cond)                                                                     \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
+      std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
+      ++child_failures;                                                                  \
+    }                                                                                    \
+  } while (0)
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_all(const std::string& path, const std::string& data) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << data;
+  if (!out.flush()) throw std::runtime_error("cannot write " + path);
+  out.close();
+  chmod(path.c_str(), 0755);
+}
+
+/// Outcome of one exec attempt in a grandchild.
+struct exec_result {
+  int err = -1; ///< errno of a failed execv, 0 when it ran and exited 0.
+  pid_t pid = -1;
+};
+
+/// Runs `path` with no arguments. A close-on-exec pipe carries execv's errno back; EOF
+/// on it means the exec happened.
+exec_result run(const std::string& path) {
+  exec_result r;
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return r;
+  r.pid = fork();
+  if (r.pid == 0) {
+    close(fds[0]);
+    char* argv[] = {const_cast<char*>(path.c_str()), nullptr};
+    execv(path.c_str(), argv);
+    int e = errno;
+    [[maybe_unused]] ssize_t n = write(fds[1], &e, sizeof e);
+    _exit(127);
+  }
+  close(fds[1]);
+  int e = 0;
+  ssize_t n = read(fds[0], &e, sizeof e);
+  close(fds[0]);
+  int status = 0;
+  waitpid(r.pid, &status, 0);
+  if (n == sizeof e)
+    r.err = e;
+  else
+    r.err = WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+  return r;
+}
+
+/// Writes `data` to `path` from another process: the guard ignores its own.
+pid_t write_elsewhere(const std::string& path, const std::string& data) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+    bool ok = fd >= 0 &&
+              write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size());
+    ok = fd >= 0 && close(fd) == 0 && ok;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error("writer failed for " + path);
+  return pid;
+}
+
+/// Collects IOC hits from the guard's thread.
+struct hit_log {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<ioc_hit> hits;
+
+  void add(const ioc_hit& h) {
+    std::lock_guard<std::mutex> lock(m);
+    hits.push_back(h);
+    cv.notify_all();
+  }
+  /// Waits up to 5 s for `n` hits; returns a copy of what arrived.
+  std::vector<ioc_hit> wait_for(std::size_t n) {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait_for(lock, std::chrono::seconds(5), [&] { return hits.size() >= n; });
+    return hits;
+  }
+};
+
+/// Forks; the child gets a private mount namespace with a tmpfs on `<base>/mnt`, runs
+/// `scenario(base)` and exits with its failure count. Returns that count (or -1 when
+/// the child died otherwise).
+template <class F> int in_private_mount(F scenario) {
+  char tmpl[] = "/tmp/parry-guard-XXXXXX";
+  if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+  std::string base = tmpl;
+  std::filesystem::create_directory(base + "/mnt");
+  std::filesystem::create_directory(base + "/out");
+  pid_t pid = fork();
+  if (pid == 0) {
+    // A hung exec (an unanswered permission event) must not hang the suite.
+    signal(SIGALRM, SIG_DFL);
+    alarm(10);
+    try {
+      if (unshare(CLONE_NEWNS) != 0) throw std::runtime_error("unshare");
+      if (mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+        throw std::runtime_error("make / private");
+      if (mount("tmpfs", (base + "/mnt").c_str(), "tmpfs", 0, "size=16m") != 0)
+        throw std::runtime_error("mount tmpfs");
+      scenario(base);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "scenario threw: %s (errno %d)\n", e.what(), errno);
+      ++child_failures;
+    }
+    _exit(child_failures > 100 ? 100 : child_failures);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::filesystem::remove_all(base);
+  if (!WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+bool skip_unless_root() {
+  if (geteuid() == 0) return false;
+  BOOST_TEST_MESSAGE("skipped: fanotify and mount namespaces need root");
+  return true;
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(prevented_hash_is_denied_on_the_guarded_mount_only) {
+  if (skip_unless_root()) return;
+  int failures = in_private_mount([](const std::string& base) {
+    std::string mnt = base + "/mnt";
+    std::string bin = read_all("/bin/true");
+    std::string hash = parry::sha256_hex(bin);
+    write_all(mnt + "/true", bin);
+    write_all(mnt + "/other", bin + '\0');
+    write_all(base + "/out/true", bin);
+
+    try {
+      exec_guard bad({base + "/missing"}, {}, nullptr);
+      EXPECT(!"a missing mount must throw");
+    } catch (const std::runtime_error& e) {
+      EXPECT(std::string(e.what()).find(base + "/missing") != std::string::npos);
+    }
+
+    exec_guard guard({mnt}, {}, nullptr);
+    guard.set_prevented({hash});
+    EXPECT(run(mnt + "/true").err == EPERM);
+    EXPECT(run(base + "/out/true").err == 0);
+    EXPECT(run(mnt + "/other").err == 0);
+    guard.set_prevented({});
+    EXPECT(run(mnt + "/true").err == 0);
+
+    guard_stats s = guard.stats();
+    EXPECT(s.exec_checked == 3);
+    EXPECT(s.exec_denied == 1);
+    EXPECT(s.cache_hits >= 1); // the second look at mnt/true, after the list changed
+    EXPECT(s.errors == 0);
+  });
+  BOOST_TEST(failures == 0);
+}
+
+BOOST_AUTO_TEST_CASE(ioc_file_is_reported_when_written_and_executed) {
+  if (skip_unless_root()) return;
+  int failures = in_private_mount([](const std::string& base) {
+    std::string mnt = base + "/mnt";
+    std::string script = "#!/bin/sh\nexit 0\n";
+    std::string hash = parry::sha256_hex(script);
+    hit_log log;
+    exec_guard guard({mnt}, {hash}, [&](const ioc_hit& h) { log.add(h); });
+
+    // Written first, so once the IOC hit arrives this one has been looked at too.
+    write_elsewhere(mnt + "/benign.sh", "#!/bin/sh\nexit 3\n");
+    pid_t writer = write_elsewhere(mnt + "/ioc.sh", script);
+    auto hits = log.wait_for(1);
+    EXPECT(hits.size() == 1);
+    if (hits.size() >= 1) {
+      EXPECT(hits[0].kind == "written");
+      EXPECT(hits[0].path == mnt + "/ioc.sh");
+      EXPECT(hits[0].sha256 == hash);
+      EXPECT(hits[0].size == script.size());
+      EXPECT(hits[0].pid == static_cast<uint32_t>(writer));
+      EXPECT(hits[0].time > 0);
+    }
+
+    exec_result r = run(mnt + "/ioc.sh");
+    EXPECT(r.err == 0);
+    hits = log.wait_for(2);
+    EXPECT(hits.size() == 2);
+    if (hits.size() >= 2) {
+      EXPECT(hits[1].kind == "executed");
+      EXPECT(hits[1].path == mnt + "/ioc.sh");
+      EXPECT(hits[1].sha256 == hash);
+      EXPECT(hits[1].pid == static_cast<uint32_t>(r.pid));
+    }
+    EXPECT(guard.stats().ioc_hits == 2);
+
+    // A script is opened for exec too, so the prevent list stops it as well.
+    guard.set_prevented({hash});
+    EXPECT(run(mnt + "/ioc.sh").err == EPERM);
+    EXPECT(guard.stats().errors == 0);
+  });
+  BOOST_TEST(failures == 0);
+}
