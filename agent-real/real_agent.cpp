@@ -1,5 +1,6 @@
 #include "agent-real/real_agent.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <iostream>
@@ -70,9 +71,10 @@ bus::hello identity() {
   return h;
 }
 
-// The action journal on disk, so that an action that ran before a restart is
-// answered from it and never runs twice.
-void save_journal(const std::string& path, const sim::agent_session& s) {
+} // namespace
+
+void save_journal(const std::string& path, const sim::agent_session& s,
+                  const std::string& in_flight) {
   nlohmann::json entries = nlohmann::json::array();
   for (const auto& r : s.journal_records())
     entries.push_back({{"action_id", r.action_id},
@@ -82,7 +84,9 @@ void save_journal(const std::string& path, const sim::agent_session& s) {
                        {"acked", r.result_acked},
                        {"cancelled", r.cancelled},
                        {"refused", r.refused}});
-  nlohmann::json j{{"last_seq", s.last_seq()}, {"entries", std::move(entries)}};
+  nlohmann::json j{{"last_seq", s.last_seq()},
+                   {"in_flight", in_flight},
+                   {"entries", std::move(entries)}};
   write_private_file(path,
                      j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
@@ -104,11 +108,24 @@ void load_journal(const std::string& path, sim::agent_session& s) {
     r.refused = e.at("refused").get<bool>();
     records.push_back(std::move(r));
   }
+  // An action whose effect had started when the agent stopped: it may or may not
+  // have happened, and it must not run again. Reported failed, for a person to look.
+  std::string in_flight = j.value("in_flight", "");
+  if (!in_flight.empty() &&
+      std::none_of(records.begin(), records.end(), [&](const sim::journal_record& r) {
+        return r.action_id == in_flight;
+      })) {
+    sim::journal_record r;
+    r.action_id = in_flight;
+    r.result.action_id = in_flight;
+    r.result.error = "the agent stopped while executing this action; its effect is "
+                     "unknown and it is not run again: check the endpoint";
+    records.push_back(std::move(r));
+    spdlog::warn("journal: action {} was interrupted by a stop", in_flight);
+  }
   s.restore_journal(records, j.at("last_seq").get<uint64_t>());
   spdlog::info("journal: {} actions restored", records.size());
 }
-
-} // namespace
 
 int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
   real_config cfg;
@@ -170,8 +187,20 @@ int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
   sc.os = os_family::posix;
   sc.heartbeat_ms = cfg.heartbeat_ms;
   sc.started_at = now;
-  sim::agent_session session(sc, *exec, detect.get());
   std::string journal_path = cfg.state_dir + journal_file;
+  // Set once the session exists; the hook runs only from its handlers.
+  sim::agent_session* self = nullptr;
+  sc.before_execute = [&](const std::string& action_id) {
+    // Durable before the effect starts: without it a crash mid-action could run
+    // the action a second time when the server sends it again.
+    try {
+      save_journal(journal_path, *self, action_id);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot save the journal before {}: {}", action_id, e.what());
+    }
+  };
+  sim::agent_session session(sc, *exec, detect.get());
+  self = &session;
   try {
     load_journal(journal_path, session);
   } catch (const std::exception& e) {

@@ -128,6 +128,7 @@ command_outcome agent_session::handle_command(const bus::command& cmd, int64_t n
     out.result = it->second.result;
     return out;
   }
+  if (cfg_.before_execute) cfg_.before_execute(cmd.action_id);
   out.result = execute(cmd, now);
   out.executed = true;
   ++stats_.commands_executed;

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <string>
@@ -88,6 +89,10 @@ struct session_config {
   /// and cancels must carry its signature. Empty: unsigned ones are taken (a plain
   /// bus, `--plain`).
   std::string server_signing_key;
+  /// Called with the action id right before a command's effect starts; an agent that
+  /// survives restarts records it durably, so a crash mid-action is reported as
+  /// such after the restart instead of running the action again. May be empty.
+  std::function<void(const std::string& action_id)> before_execute;
 };
 
 class agent_session {

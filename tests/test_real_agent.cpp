@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "agent-real/detection.hpp"
+#include "agent-real/real_agent.hpp"
 #include "agent-real/real_config.hpp"
 #include "agent-real/real_executor.hpp"
 #include "agent-sim/agent_session.hpp"
@@ -334,4 +335,59 @@ BOOST_AUTO_TEST_CASE(lease_releases_and_a_removed_table_is_put_back) {
   e.tick(t + 11'000'000, true);
   BOOST_TEST(!e.isolated());
   BOOST_TEST(!table_present());
+}
+
+BOOST_AUTO_TEST_CASE(an_action_interrupted_by_a_crash_is_reported_not_run_again) {
+  temp_dir d;
+  std::string path = d.path + "/journal.json";
+  sim::session_config sc;
+  sc.device_id = "ep1";
+  bus::command cmd;
+  cmd.action_id = "a-1";
+  cmd.type = "isolate";
+  cmd.issued_at = now_us();
+  cmd.expires_at = cmd.issued_at + 60'000'000;
+  cmd.device_id = "ep1";
+  counting_executor first;
+  sim::agent_session before(sc, first, nullptr);
+  BOOST_TEST(before.handle_command(cmd, cmd.issued_at).executed);
+  // The agent dies after recording that a-2 starts, before its result is journaled.
+  save_journal(path, before, "a-2");
+  struct stat st {};
+  BOOST_REQUIRE(::stat(path.c_str(), &st) == 0);
+  BOOST_TEST((st.st_mode & 0777) == 0600u);
+
+  counting_executor second;
+  sim::agent_session after(sc, second, nullptr);
+  load_journal(path, after);
+  BOOST_TEST(!after.handle_command(cmd, cmd.issued_at + 1).executed);
+  cmd.action_id = "a-2";
+  auto interrupted = after.handle_command(cmd, cmd.issued_at + 2);
+  BOOST_TEST(!interrupted.executed);
+  BOOST_TEST(!interrupted.result.ok);
+  BOOST_TEST(interrupted.result.error.find("stopped while executing") !=
+             std::string::npos);
+  BOOST_TEST(second.runs == 0);
+
+  // The hook runs before the effect, with the action's id.
+  std::vector<std::string> seen;
+  sc.before_execute = [&](const std::string& id) {
+    seen.push_back(id + ":" + std::to_string(second.runs));
+  };
+  sim::agent_session hooked(sc, second, nullptr);
+  cmd.action_id = "a-3";
+  BOOST_TEST(hooked.handle_command(cmd, cmd.issued_at).executed);
+  BOOST_TEST(seen == std::vector<std::string>{"a-3:0"});
+}
+
+BOOST_AUTO_TEST_CASE(a_damaged_journal_is_refused) {
+  temp_dir d;
+  std::string path = d.path + "/journal.json";
+  { std::ofstream(path) << "{\"entries\": ["; }
+  ::chmod(path.c_str(), 0600);
+  sim::session_config sc;
+  sc.device_id = "ep1";
+  counting_executor ex;
+  sim::agent_session s(sc, ex, nullptr);
+  BOOST_CHECK_THROW(load_journal(path, s), std::exception);
 }
