@@ -99,6 +99,7 @@ using bus_key_store_actor = caf::typed_actor<
     // for a device: one step, so a one-time token admits exactly one key. not_found
     // for an unknown or used-up token, conflict for an expired one, forbidden when
     // the device has another key (the same key again succeeds and uses nothing).
+    // Answers "": the key replaced, which enrollment never does (revoke replaces).
     caf::replies_to<atom::enroll, std::string, int64_t,
                     bus_key_record>::with<std::string>>;
 

@@ -1321,12 +1321,6 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::enroll, const std::string& hash, int64_t now,
           const bus_key_record& k) -> caf::result<std::string> {
-        std::string replaced;
-        if (auto err = guarded("read", [&] {
-              replaced = admitted_key(self->state, k.integrator, k.name);
-            }))
-          return err;
-        if (replaced == k.public_z85) replaced.clear();
         // Checking and using the token is one write: a one-time token admits one key.
         return write_answer(
             self,
@@ -1368,7 +1362,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               }
               admit_key(st, k);
             },
-            replaced);
+            std::string{}); // enrollment never replaces a key (see actors.hpp)
       },
       [=](atom::flush) {
         auto& st = self->state;

@@ -90,13 +90,18 @@ bus::incident_report detection::build(const ioc_hit& hit) {
   r.det.severity = "high";
   r.det.engine = "parry-agent ioc";
 
-  // The ancestry of the process that wrote or ran the file, root first.
+  // The ancestry of the process that wrote or ran the file, root first. /proc is
+  // read a while after the hit: a pid that now belongs to a process started after
+  // the hit (or after its child) is a reused pid, and the chain stops there, so a
+  // report never names an innocent process a terminate could then hit.
   std::vector<proc_entry> chain;
+  int64_t not_after = hit.time + start_time_tolerance_us;
   for (uint32_t pid = hit.pid; pid != 0 && chain.size() < max_ancestry;) {
     auto p = read_process(pid);
-    if (!p) break;
+    if (!p || p->start_time > not_after) break;
     chain.push_back(*p);
     if (p->ppid == pid) break;
+    not_after = p->start_time + start_time_tolerance_us;
     pid = p->ppid;
   }
   std::reverse(chain.begin(), chain.end());
@@ -134,10 +139,11 @@ bus::incident_report detection::build(const ioc_hit& hit) {
     auto writer = event_of_pid.find(w.pid);
     e.parent_id = writer != event_of_pid.end() ? writer->second : parent;
     e.file = file;
-    if (auto p = read_process(w.pid))
+    auto p = read_process(w.pid);
+    if (p && p->start_time <= w.time + start_time_tolerance_us)
       e.process = process_of(*p);
     else
-      e.process.pid = w.pid;
+      e.process.pid = w.pid; // gone, or the pid is someone else's now
     r.key_event_id = e.id;
     r.events.push_back(std::move(e));
   }

@@ -33,7 +33,10 @@ namespace {
 
 constexpr const char* agent_version = "parry-agent/0.1.0";
 constexpr const char* journal_file = "/journal.json";
-constexpr std::size_t max_journal_bytes = 64u << 20;
+// The worst case: max_journal entries, each with 4 KiB of stdout and of stderr in
+// which every byte is a control character escaped as \u00XX.
+constexpr std::size_t max_journal_bytes =
+    sim::agent_session::max_journal * (2 * 4096 * 6 + 4096) + (1u << 20);
 
 std::string host_name() {
   char buf[256] = {};
@@ -142,8 +145,10 @@ int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
     return 2;
   }
   int64_t now = now_us();
-  std::unique_ptr<real_executor> exec;
+  // Declared first, destroyed last: the guard's thread (owned by the executor)
+  // pushes hits into it until the executor is gone.
   std::unique_ptr<detection> detect;
+  std::unique_ptr<real_executor> exec;
   sim::session_config sc;
   sim::link_config link;
   try {
@@ -190,13 +195,15 @@ int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
   std::string journal_path = cfg.state_dir + journal_file;
   // Set once the session exists; the hook runs only from its handlers.
   sim::agent_session* self = nullptr;
-  sc.before_execute = [&](const std::string& action_id) {
+  sc.before_execute = [&](const std::string& action_id) -> std::string {
     // Durable before the effect starts: without it a crash mid-action could run
     // the action a second time when the server sends it again.
     try {
       save_journal(journal_path, *self, action_id);
+      return "";
     } catch (const std::exception& e) {
       spdlog::error("cannot save the journal before {}: {}", action_id, e.what());
+      return e.what();
     }
   };
   sim::agent_session session(sc, *exec, detect.get());

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <set>
 
 #include <arpa/inet.h>
 #include <toml++/toml.h>
+#include <unistd.h>
 
 #include "bus/codec.hpp"
 #include "common/domain.hpp"
@@ -20,6 +23,7 @@ const std::set<std::string> top_keys = {
     "guard_mounts", "iocs",   "start_timeout_ms", "heartbeat_ms", "isolation"};
 const std::set<std::string> isolation_keys = {"lease_seconds", "dead_man",
                                               "dead_man_seconds", "exceptions"};
+const std::set<std::string> exception_keys = {"address", "port", "direction"};
 
 [[noreturn]] void bad(const std::string& key, const std::string& what) {
   throw config_error("agent configuration: " + key + ": " + what);
@@ -109,6 +113,8 @@ std::pair<std::string, uint16_t> endpoint_address(const std::string& endpoint,
 }
 
 real_config load_config(const std::string& path) {
+  if (::access(path.c_str(), R_OK) != 0)
+    throw config_error("agent configuration " + path + ": " + std::strerror(errno));
   toml::table t;
   try {
     t = toml::parse_file(path);
@@ -145,6 +151,8 @@ real_config load_config(const std::string& path) {
                                             10'000, 100, 10'000);
   c.heartbeat_ms =
       get_number<uint32_t>(ct["heartbeat_ms"], "heartbeat_ms", 0, 0, 3'600'000);
+  if (c.heartbeat_ms != 0 && c.heartbeat_ms < 100)
+    bad("heartbeat_ms", "must be 0 (the server's) or from 100 to 3600000");
 
   if (auto iso = ct["isolation"]) {
     const toml::table* it = iso.as_table();
@@ -163,7 +171,13 @@ real_config load_config(const std::string& path) {
       if (a->size() > 256) bad("isolation.exceptions", "holds more than 256 entries");
       for (const auto& e : *a) {
         const toml::table* et = e.as_table();
-        if (!et) bad("isolation.exceptions", "each entry must be a table");
+        std::string at =
+            "isolation.exceptions[" + std::to_string(c.exceptions.size()) + "]";
+        if (!et) bad(at, "must be a table");
+        // A misspelt key would silently widen what isolation lets through.
+        for (const auto& [k, v] : *et)
+          if (!exception_keys.count(std::string(k.str())))
+            bad(at + "." + std::string(k.str()), "unknown key");
         isolation_exception x;
         toml::node_view<const toml::node> ev{et};
         x.address = get_string(ev["address"], "isolation.exceptions.address", "");
@@ -171,8 +185,7 @@ real_config load_config(const std::string& path) {
             get_number<uint16_t>(ev["port"], "isolation.exceptions.port", 0, 0, 65535);
         x.direction =
             get_string(ev["direction"], "isolation.exceptions.direction", "both");
-        if (std::string why = check_exception(x); !why.empty())
-          bad("isolation.exceptions", why);
+        if (std::string why = check_exception(x); !why.empty()) bad(at, why);
         c.exceptions.push_back(x);
       }
     }

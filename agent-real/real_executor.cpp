@@ -46,11 +46,14 @@ real_executor::real_executor(const real_config& cfg, std::unique_ptr<exec_guard>
       isolation_(isolation_for(cfg)), files_(files_for(cfg)), guard_(std::move(guard)),
       last_contact_(now), next_enforce_(now), clock_(now) {
   start_limits_.timeout_us = int64_t{cfg.start_timeout_ms} * 1000;
+  for (const auto& m : cfg.guard_mounts)
+    mounts_ += (mounts_.empty() ? "" : " ") + m;
   struct stat st {};
   if (::lstat(state_file_.c_str(), &st) == 0) {
     try {
       auto j = nlohmann::json::parse(read_private_file(state_file_, 1 << 20));
       isolated_ = j.at("isolated").get<bool>();
+      isolated_at_ = j.value("isolated_at", int64_t{0});
       for (const auto& h : j.at("prevented"))
         prevented_.insert(h.get<std::string>());
     } catch (const std::exception& e) {
@@ -59,9 +62,10 @@ real_executor::real_executor(const real_config& cfg, std::unique_ptr<exec_guard>
     }
   }
   // The journaled desired state is applied again: a restart must not lift isolation
-  // nor a prevention. The lease and the dead-man switch count from now.
+  // nor a prevention. The lease counts from the isolation (a crash loop must not
+  // extend it); the dead-man switch from now, as the server was not asked yet.
   if (isolated_) {
-    isolated_at_ = now;
+    if (isolated_at_ <= 0 || isolated_at_ > now) isolated_at_ = now;
     auto e = isolation_.apply();
     if (e.ok)
       spdlog::warn("isolation re-applied from the desired state");
@@ -80,6 +84,7 @@ real_executor::real_executor(const real_config& cfg, std::unique_ptr<exec_guard>
 void real_executor::save() const {
   nlohmann::json j;
   j["isolated"] = isolated_;
+  j["isolated_at"] = isolated_at_;
   j["prevented"] = prevented_;
   write_private_file(state_file_, j.dump(2) + "\n");
 }
@@ -96,10 +101,10 @@ sim::execution real_executor::isolate() {
     spdlog::error("{}", ex.what()); // isolated now; a restart would lose it
     e.effect["warning"] = "desired state not saved";
   }
-  if (was)
-    e.effect["note"] = "already isolated";
-  else
-    e.effect["previous"] = "not isolated";
+  // nftables says what it replaced; the flag adds what it knew.
+  if (was) e.effect["note"] = "already isolated";
+  if (!e.effect.count("previous"))
+    e.effect["previous"] = was ? "isolated" : "not isolated";
   return e;
 }
 
@@ -159,6 +164,7 @@ sim::execution real_executor::prevent_run(const sim::hash_args& p) {
                                   std::to_string(max_prevented) + " hashes)");
   prevented_.insert(p.sha256);
   guard_->set_prevented(prevented_);
+  e.effect["mounts"] = mounts_;
   try {
     save();
   } catch (const std::exception& ex) {

@@ -68,6 +68,7 @@ private:
   int64_t next_enforce_ = 0;
   int64_t clock_ = 0; ///< The latest `now` seen, for actions that get none.
   std::set<std::string> prevented_;
+  std::string mounts_; ///< The guarded mounts, space-separated, for effects.
 };
 
 } // namespace parry::real

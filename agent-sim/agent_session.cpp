@@ -128,8 +128,14 @@ command_outcome agent_session::handle_command(const bus::command& cmd, int64_t n
     out.result = it->second.result;
     return out;
   }
-  if (cfg_.before_execute) cfg_.before_execute(cmd.action_id);
-  out.result = execute(cmd, now);
+  std::string unrecorded = cfg_.before_execute ? cfg_.before_execute(cmd.action_id) : "";
+  if (unrecorded.empty()) {
+    out.result = execute(cmd, now);
+  } else {
+    // Running it unrecorded could run it twice after a crash: it does not run.
+    out.result = bus::action_result{
+        cmd.action_id, false, "not run: the agent cannot record it: " + unrecorded, {}};
+  }
   out.executed = true;
   ++stats_.commands_executed;
   // One line per execution, in this exact form: tests count them to prove that an

@@ -91,8 +91,9 @@ struct session_config {
   std::string server_signing_key;
   /// Called with the action id right before a command's effect starts; an agent that
   /// survives restarts records it durably, so a crash mid-action is reported as
-  /// such after the restart instead of running the action again. May be empty.
-  std::function<void(const std::string& action_id)> before_execute;
+  /// such after the restart instead of running the action again. Returns "" when
+  /// recorded, else why not: the action then fails without running. May be empty.
+  std::function<std::string(const std::string& action_id)> before_execute;
 };
 
 class agent_session {

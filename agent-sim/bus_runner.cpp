@@ -93,9 +93,13 @@ void bus_runner::impl::open_socket(std::size_t i) {
   zmq::socket_t d(ctx, zmq::socket_type::dealer);
   d.set(zmq::sockopt::routing_id, id);
   d.set(zmq::sockopt::linger, 0);
-  // Retry fast at first, back off to 5 s while the server stays away.
+  d.set(zmq::sockopt::ipv6, true); // an IPv6 literal server works too
+  // Retry fast at first, back off to 5 s while the server stays away. A connect
+  // that gets no answer (a partition) is abandoned after 2 s and dialled again,
+  // instead of waiting out the kernel's SYN back-off once the network heals.
   d.set(zmq::sockopt::reconnect_ivl, 100);
   d.set(zmq::sockopt::reconnect_ivl_max, 5000);
+  d.set(zmq::sockopt::connect_timeout, 2000);
   // ZMTP pings notice a dead server even when no FIN ever arrives.
   d.set(zmq::sockopt::heartbeat_ivl, 2000);
   d.set(zmq::sockopt::heartbeat_timeout, 6000);

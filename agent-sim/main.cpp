@@ -107,6 +107,14 @@ int main(int argc, char** argv) {
     if (sim != 0) return fail("--real and --sim exclude each other");
     if (config_path.empty()) return fail("--real needs --config FILE");
     if (plain) return fail("--real speaks only CURVE with an enrolled key: no --plain");
+    // The real agent takes these from its configuration file: a flag that would be
+    // silently ignored is refused instead.
+    for (const char* o : {"--server", "--enroll-server", "--state-dir", "--seed",
+                          "--id-prefix", "--scenarios", "--incident-interval-ms",
+                          "--incidents", "--heartbeat-ms", "--generate"})
+      if (app.count(o) > 0)
+        return fail(std::string(o) + " does not apply to --real: set it in the "
+                                     "configuration file (docs/agent-real.md)");
     spdlog::set_default_logger(spdlog::stderr_color_mt("parry-agent"));
     spdlog::set_level(spdlog::level::from_str(log_level));
     struct sigaction sa {};

@@ -92,6 +92,7 @@ std::vector<enroll_outcome> enroll_devices(const std::string& endpoint,
         zmq::socket_t s{ctx, zmq::socket_type::dealer};
         s.set(zmq::sockopt::routing_id, it.device_id);
         s.set(zmq::sockopt::linger, 0);
+        s.set(zmq::sockopt::ipv6, true); // an IPv6 literal server works too
         s.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(lim.max_frame));
         s.set(zmq::sockopt::curve_serverkey, token.server_key_z85);
         s.set(zmq::sockopt::curve_publickey, it.keys.public_z85);

@@ -112,6 +112,13 @@ BOOST_AUTO_TEST_CASE(config_errors_name_the_key) {
              std::string::npos);
   BOOST_TEST(config_error_of("plain = true\n").find("plain: unknown key") !=
              std::string::npos);
+  // A misspelt key in an exception would widen isolation: refused, with the entry.
+  BOOST_TEST(config_error_of("[isolation]\nexceptions = [{ address = \"10.0.0.1\", "
+                             "prot = 53 }]\n")
+                 .find("isolation.exceptions[0].prot: unknown key") != std::string::npos);
+  BOOST_TEST(config_error_of("heartbeat_ms = 50\n").find("heartbeat_ms") !=
+             std::string::npos);
+  BOOST_TEST(config_error_of("").empty());
 }
 
 BOOST_AUTO_TEST_CASE(detection_builds_the_chain_from_proc) {
@@ -371,13 +378,23 @@ BOOST_AUTO_TEST_CASE(an_action_interrupted_by_a_crash_is_reported_not_run_again)
 
   // The hook runs before the effect, with the action's id.
   std::vector<std::string> seen;
+  std::string refusal;
   sc.before_execute = [&](const std::string& id) {
     seen.push_back(id + ":" + std::to_string(second.runs));
+    return refusal;
   };
   sim::agent_session hooked(sc, second, nullptr);
   cmd.action_id = "a-3";
   BOOST_TEST(hooked.handle_command(cmd, cmd.issued_at).executed);
   BOOST_TEST(seen == std::vector<std::string>{"a-3:0"});
+  BOOST_TEST(second.runs == 1);
+  // A journal that cannot be written: the action fails without running.
+  refusal = "disk full";
+  cmd.action_id = "a-4";
+  auto unrecorded = hooked.handle_command(cmd, cmd.issued_at);
+  BOOST_TEST(!unrecorded.result.ok);
+  BOOST_TEST(unrecorded.result.error.find("disk full") != std::string::npos);
+  BOOST_TEST(second.runs == 1);
 }
 
 BOOST_AUTO_TEST_CASE(a_damaged_journal_is_refused) {
@@ -390,4 +407,19 @@ BOOST_AUTO_TEST_CASE(a_damaged_journal_is_refused) {
   counting_executor ex;
   sim::agent_session s(sc, ex, nullptr);
   BOOST_CHECK_THROW(load_journal(path, s), std::exception);
+}
+
+BOOST_AUTO_TEST_CASE(detection_leaves_out_a_pid_reused_after_the_hit) {
+  detection d("t3");
+  int64_t now = now_us();
+  // Our process started long before: a hit dated before our start can only be a
+  // pid that belonged to an earlier process.
+  d.push({"executed", "/x/ioc", ioc, 1, static_cast<uint32_t>(getpid()), 1'000'000});
+  d.start_reporting(now);
+  auto r = d.take_report(now + 10 * detection::settle_us);
+  BOOST_REQUIRE(r);
+  BOOST_REQUIRE(r->events.size() == 1u); // only the exec, no ancestry
+  BOOST_TEST(r->events[0].process.pid == static_cast<uint32_t>(getpid()));
+  BOOST_TEST(r->events[0].process.start_time == 0); // not read from the new owner
+  BOOST_TEST(r->events[0].process.cmdline == "");
 }

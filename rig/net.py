@@ -1,0 +1,94 @@
+# Reachability probes for the rig, run inside a namespace with /usr/bin/python3
+# (these machines have no ping, nc or socat). Exit status 0 means reached.
+#
+#   net.py ping ADDR [TIMEOUT_S]          one ICMP (v4 or v6) echo, answered in time
+#   net.py connect ADDR PORT [TIMEOUT_S]  a TCP connection is accepted in time
+#   net.py listen PORT READY_FILE         accept (and close) TCP connections on every
+#                                         address, v4 and v6, until killed; READY_FILE
+#                                         appears once listening
+import ipaddress
+import os
+import select
+import socket
+import struct
+import sys
+import time
+
+
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def ping(addr, timeout):
+    v6 = ipaddress.ip_address(addr).version == 6
+    if v6:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        req, rep = 128, 129  # the kernel fills in the ICMPv6 checksum
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        req, rep = 8, 0
+    ident = os.getpid() & 0xFFFF
+    payload = b"parry-rig" + struct.pack("!d", time.time())
+    header = struct.pack("!BBHHH", req, 0, 0, ident, 1)
+    if not v6:
+        header = struct.pack("!BBHHH", req, 0, checksum(header + payload), ident, 1)
+    try:
+        sock.sendto(header + payload, (addr, 0))
+    except OSError:  # e.g. EPERM: an nftables output rule dropped it
+        return False
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return False
+        data, src = sock.recvfrom(2048)
+        if src[0] != addr:
+            continue
+        icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
+        if len(icmp) >= 8:
+            typ, _, _, rid, _ = struct.unpack("!BBHHH", icmp[:8])
+            if typ == rep and rid == ident:
+                return True
+
+
+def connect(addr, port, timeout):
+    try:
+        with socket.create_connection((addr, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def listen(port, ready_file):
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", int(port)))
+    sock.listen(64)
+    with open(ready_file + ".tmp", "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(ready_file + ".tmp", ready_file)
+    while True:
+        conn, _ = sock.accept()
+        conn.close()
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "ping":
+        sys.exit(0 if ping(args[0], float(args[1]) if len(args) > 1 else 1.0) else 1)
+    if cmd == "connect":
+        sys.exit(0 if connect(args[0], args[1], float(args[2]) if len(args) > 2 else 1.0)
+                 else 1)
+    if cmd == "listen":
+        listen(args[0], args[1])
+    sys.exit(f"net.py: unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    main()
