@@ -23,6 +23,7 @@
 #include <openssl/rand.h>
 
 #include "common/crypto.hpp"
+#include "common/keys.hpp"
 
 namespace parry::real {
 
@@ -143,22 +144,47 @@ private:
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
 };
 
-/// Hashes `fd` from offset 0 to its end; `size` gets the number of bytes read.
-bool hash_fd(int fd, std::string& hex, uint64_t& size) {
-  sha256 h;
+/// How reading a file's bytes ended.
+enum class read_status {
+  ok,       ///< Exactly the size expected, and nothing after it.
+  io_error, ///< A read failed (errno set).
+  changed,  ///< The file ended early or holds more: someone is writing to it.
+};
+
+/// Reads exactly `size` bytes of `fd` from offset 0, handing each chunk to `sink`,
+/// then probes one byte further. Stopping at the size checked bounds the work: a file
+/// its owner keeps growing (or truncates up to a terabyte) is refused, not read on.
+template <class Sink> read_status read_exact(int fd, uint64_t size, Sink&& sink) {
   std::vector<unsigned char> buf(chunk);
   off_t off = 0;
-  for (;;) {
-    ssize_t r = ::pread(fd, buf.data(), buf.size(), off);
+  uint64_t left = size;
+  while (left > 0) {
+    const auto want = static_cast<std::size_t>(std::min<uint64_t>(left, buf.size()));
+    ssize_t r = ::pread(fd, buf.data(), want, off);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return false;
-    if (r == 0) break;
-    h.update(buf.data(), static_cast<std::size_t>(r));
+    if (r < 0) return read_status::io_error;
+    if (r == 0) return read_status::changed;
+    if (!sink(buf.data(), static_cast<std::size_t>(r))) return read_status::io_error;
     off += r;
+    left -= static_cast<uint64_t>(r);
   }
-  size = static_cast<uint64_t>(off);
-  hex = h.hex();
-  return true;
+  for (;;) {
+    ssize_t r = ::pread(fd, buf.data(), 1, off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return read_status::io_error;
+    return r == 0 ? read_status::ok : read_status::changed;
+  }
+}
+
+/// SHA-256 of the first `size` bytes of `fd`, which must be all it holds.
+read_status hash_fd(int fd, uint64_t size, std::string& hex) {
+  sha256 h;
+  auto st = read_exact(fd, size, [&](const unsigned char* p, std::size_t n) {
+    h.update(p, n);
+    return true;
+  });
+  if (st == read_status::ok) hex = h.hex();
+  return st;
 }
 
 using cipher_ctx = std::unique_ptr<EVP_CIPHER_CTX, decltype(&EVP_CIPHER_CTX_free)>;
@@ -283,11 +309,81 @@ struct target {
   struct stat st {};
 };
 
+/// "/" followed by `parts` joined with "/".
+std::string join(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const auto& p : parts)
+    out += "/" + p;
+  return out.empty() ? "/" : out;
+}
+
+/// True when the path `parts` lies inside (or is) the directory `dir`.
+bool inside(const std::vector<std::string>& parts, const std::vector<std::string>& dir) {
+  return parts.size() >= dir.size() && std::equal(dir.begin(), dir.end(), parts.begin());
+}
+
+bool same_file(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/// Opens the directory `parts` from "/" one component at a time, never following a
+/// symlink, into `out` (O_PATH). Returns "" on success; sets `missing` when a
+/// component does not exist; else says why the root cannot be trusted: a component is
+/// a symlink or not a directory, or a directory above it could be changed by someone
+/// other than root and this user (owned by another user, or writable by group or
+/// others without the sticky bit), who could then put something else in its place.
+/// `seen` gets the stat of every directory opened, the root last.
+std::string open_root_dir(const std::vector<std::string>& parts, unique_fd& out,
+                          bool& missing, std::vector<struct stat>& seen) {
+  missing = false;
+  seen.clear();
+  unique_fd cur(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  struct stat st {};
+  if (!cur || ::fstat(cur.get(), &st) != 0) return "cannot open /: " + err_text(errno);
+  seen.push_back(st);
+  std::vector<std::string> at;
+  for (const auto& part : parts) {
+    const std::string here = printable(join(at));
+    if (st.st_uid != 0 && st.st_uid != ::geteuid())
+      return here + " is owned by uid " + std::to_string(st.st_uid) +
+             " (only root or this user may own the directories above a file root)";
+    if ((st.st_mode & 022) != 0 && (st.st_mode & S_ISVTX) == 0)
+      return here + " is writable by group or others and not sticky";
+    at.push_back(part);
+    unique_fd next(::openat(cur.get(), part.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!next) {
+      if (errno == ENOENT) missing = true;
+      return "cannot open " + printable(join(at)) + ": " + err_text(errno);
+    }
+    if (::fstat(next.get(), &st) != 0)
+      return "cannot stat " + printable(join(at)) + ": " + err_text(errno);
+    if (S_ISLNK(st.st_mode)) return printable(join(at)) + " is a symbolic link";
+    if (!S_ISDIR(st.st_mode)) return printable(join(at)) + " is not a directory";
+    seen.push_back(st);
+    cur = std::move(next);
+  }
+  out = std::move(cur);
+  return "";
+}
+
 } // namespace
 
 struct file_actions::impl {
+  /// A file root, opened once when the actions are made.
+  struct root_dir {
+    std::vector<std::string> parts; ///< Its path, split in components.
+    unique_fd fd; ///< O_PATH; closed when it did not exist then (opened per action).
+  };
+  /// A directory no action may touch anything in.
+  struct protected_dir {
+    std::vector<std::string> parts; ///< Its path, split in components.
+    bool opened = false;            ///< It existed at construction: `st` is set.
+    struct stat st {};
+  };
+
   file_config cfg;
-  std::vector<std::vector<std::string>> roots; ///< cfg.roots, split in components.
+  std::vector<root_dir> roots;
+  std::vector<protected_dir> protected_dirs;
   unique_fd qdir;
   struct stat qdir_st {};
   std::array<unsigned char, 32> key{};
@@ -296,6 +392,8 @@ struct file_actions::impl {
 
   void open_store();
   void load_key();
+  void open_protected();
+  void open_roots();
 
   // Each returns "" on success, else the reason the action fails.
   std::string open_parent(const std::string& path, target& t, bool restoring) const;
@@ -329,105 +427,189 @@ void file_actions::impl::open_store() {
 }
 
 void file_actions::impl::load_key() {
-  const std::string where = printable(cfg.quarantine_dir) + "/" + key_name;
+  const std::string path = cfg.quarantine_dir + "/" + key_name;
+  const std::string where = printable(path);
   unique_fd fd(::openat(qdir.get(), key_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd && errno == ENOENT) {
-    unique_fd out(::openat(qdir.get(), key_name,
-                           O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-    if (out) {
-      if (RAND_bytes(key.data(), static_cast<int>(key.size())) != 1)
-        throw std::runtime_error("RAND_bytes failed");
-      // The umask may have taken bits away; the check below wants exactly 0600.
-      if (::fchmod(out.get(), 0600) != 0 ||
-          !write_all(out.get(), key.data(), key.size()) || ::fsync(out.get()) != 0 ||
-          ::fsync(qdir.get()) != 0) {
-        int e = errno;
-        ::unlinkat(qdir.get(), key_name, 0);
-        throw std::runtime_error("cannot write " + where + ": " + err_text(e));
-      }
-      return;
+    // Made whole or not at all (a temp, fsynced, then linked in): a crash leaves no
+    // empty key behind, and of two agents starting at once the second reads the
+    // first's key.
+    if (RAND_bytes(key.data(), static_cast<int>(key.size())) != 1)
+      throw std::runtime_error("RAND_bytes failed");
+    try {
+      write_private_file(
+          path, std::string_view(reinterpret_cast<const char*>(key.data()), key.size()),
+          file_write::create_new);
+    } catch (const key_error& e) {
+      if (e.code() != key_errc::exists)
+        throw std::runtime_error("cannot make " + where + ": " + e.what());
     }
-    if (errno != EEXIST)
-      throw std::runtime_error("cannot create " + where + ": " + err_text(errno));
     fd = unique_fd(::openat(qdir.get(), key_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   }
-  if (!fd) throw std::runtime_error("cannot open " + where + ": " + err_text(errno));
+  if (!fd) {
+    if (errno == ELOOP) throw std::runtime_error(where + " is a symbolic link");
+    throw std::runtime_error("cannot open " + where + ": " + err_text(errno));
+  }
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
     throw std::runtime_error(where + " is not a regular file");
   if ((st.st_mode & 07777) != 0600 || st.st_uid != ::geteuid())
     throw std::runtime_error(where + " must be mode 0600 and owned by this user");
+  // Only an agent from before keys were written atomically could leave this.
+  if (st.st_size == 0)
+    throw std::runtime_error(where +
+                             " is empty (left by a start interrupted while making it): "
+                             "remove it to have a new key made");
   if (st.st_size != static_cast<off_t>(key.size()))
     throw std::runtime_error(where + " must hold exactly 32 bytes");
   if (!read_full(fd.get(), key.data(), key.size(), 0))
     throw std::runtime_error("cannot read " + where);
 }
 
+void file_actions::impl::open_protected() {
+  for (const auto& d : cfg.protected_dirs) {
+    if (d.empty() || d[0] != '/')
+      throw std::runtime_error("protected directory must be an absolute path: '" +
+                               printable(d) + "'");
+    protected_dir p;
+    p.parts = components(d);
+    // Configuration, like the store: followed through links, and compared by identity
+    // as well as by name.
+    unique_fd fd(::open(d.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (fd) {
+      if (::fstat(fd.get(), &p.st) != 0)
+        throw std::runtime_error("cannot stat protected directory " + printable(d));
+      p.opened = true;
+    } else if (errno != ENOENT) {
+      throw std::runtime_error("cannot open protected directory " + printable(d) + ": " +
+                               err_text(errno));
+    }
+    protected_dirs.push_back(std::move(p));
+  }
+}
+
+void file_actions::impl::open_roots() {
+  for (const auto& r : cfg.roots) {
+    root_dir root;
+    root.parts = components(r);
+    const std::string shown = printable(r);
+    if (std::find(root.parts.begin(), root.parts.end(), "..") != root.parts.end())
+      throw std::runtime_error("file root " + shown + " must not hold '..'");
+    for (const auto& p : protected_dirs)
+      if (inside(root.parts, p.parts))
+        throw std::runtime_error("file root " + shown +
+                                 " is in the agent's state directory " +
+                                 printable(join(p.parts)));
+    bool missing = false;
+    std::vector<struct stat> seen;
+    std::string why = open_root_dir(root.parts, root.fd, missing, seen);
+    // A root this host lacks is not an error: actions under it find no file, and it is
+    // opened (by the same rules) once it exists.
+    if (!why.empty() && !missing)
+      throw std::runtime_error("file root " + shown + ": " + why);
+    for (const auto& st : seen)
+      for (const auto& p : protected_dirs)
+        if (p.opened && same_file(st, p.st))
+          throw std::runtime_error("file root " + shown +
+                                   " is in the agent's state directory " +
+                                   printable(join(p.parts)));
+    roots.push_back(std::move(root));
+  }
+}
+
 std::string file_actions::impl::open_parent(const std::string& path, target& t,
                                             bool restoring) const {
   const std::string shown = printable(path);
   auto parts = components(path);
+  if (std::find(parts.begin(), parts.end(), "..") != parts.end())
+    return shown + " has a '..' component";
   // The most specific root that holds the path; comparing components keeps /srv/ep
   // from holding /srv/ep2.
   int best = -1;
   for (std::size_t i = 0; i < roots.size(); ++i) {
-    const auto& r = roots[i];
-    if (parts.size() > r.size() && std::equal(r.begin(), r.end(), parts.begin()) &&
-        (best < 0 || r.size() > roots[static_cast<std::size_t>(best)].size()))
+    const auto& r = roots[i].parts;
+    if (parts.size() > r.size() && inside(parts, r) &&
+        (best < 0 || r.size() > roots[static_cast<std::size_t>(best)].parts.size()))
       best = static_cast<int>(i);
   }
   if (best < 0) return shown + " is outside the agent's file roots";
-  const auto& root = roots[static_cast<std::size_t>(best)];
+  for (const auto& p : protected_dirs)
+    if (inside(parts, p.parts)) return shown + " is in the agent's state directory";
+  const root_dir& root = roots[static_cast<std::size_t>(best)];
+  const std::string gone =
+      restoring ? "the directory of " + shown + " is gone" : "no file at " + shown;
 
-  std::string root_path = "/";
-  for (std::size_t i = 0; i < root.size(); ++i)
-    root_path += (i ? "/" : "") + root[i];
-  // The root is configuration, so it may be reached through links; below it, nothing.
-  unique_fd rootfd(::open(root_path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-  if (!rootfd) {
-    if (errno == ENOENT)
-      return restoring ? "the directory of " + shown + " is gone" : "no file at " + shown;
-    return "cannot open file root " + printable(root_path) + ": " + err_text(errno);
+  // Roots are opened once, so a root (or a directory above it) swapped for a link
+  // later changes nothing. One that was missing then is opened now, by the same rules.
+  unique_fd late;
+  int rootfd = root.fd.get();
+  if (!root.fd) {
+    bool missing = false;
+    std::vector<struct stat> seen;
+    std::string why = open_root_dir(root.parts, late, missing, seen);
+    if (missing) return gone;
+    if (!why.empty()) return "file root " + printable(join(root.parts)) + ": " + why;
+    rootfd = late.get();
   }
 
-  std::string rest;
-  for (std::size_t i = root.size(); i + 1 < parts.size(); ++i)
-    rest += (rest.empty() ? "" : "/") + parts[i];
-  if (rest.empty()) rest = ".";
-  open_how how{};
-  how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
-  how.resolve =
-      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
-  long fd = -1;
-  // EAGAIN: a concurrent rename somewhere made the kernel unsure; try again.
-  for (int tries = 0; tries < 8; ++tries) {
-    fd = ::syscall(SYS_openat2, rootfd.get(), rest.c_str(), &how, sizeof how);
-    if (fd >= 0 || (errno != EAGAIN && errno != EINTR)) break;
-  }
-  if (fd < 0) {
-    switch (errno) {
-    case ELOOP:
-      return "a directory on the way to " + shown + " is a symbolic link";
-    case EXDEV:
-      return "the way to " + shown + " crosses a mount point";
-    case ENOENT:
-    case ENOTDIR:
-      return restoring ? "the directory of " + shown + " is gone" : "no file at " + shown;
-    case ENOSYS:
-      return "openat2 is not available (Linux 5.6 or later is needed)";
-    default:
-      return "cannot open the directory of " + shown + ": " + err_text(errno);
+  // Down from the root one directory at a time, each opened with
+  // openat2(RESOLVE_NO_SYMLINKS...) and checked against the store and the protected
+  // directories by identity (a name can be an alias).
+  bool in_store = false;
+  bool in_state = false;
+  auto check = [&](int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return false;
+    in_store = in_store || same_file(st, qdir_st);
+    for (const auto& p : protected_dirs)
+      in_state = in_state || (p.opened && same_file(st, p.st));
+    return true;
+  };
+  if (!check(rootfd))
+    return "cannot stat file root " + printable(join(root.parts)) + ": " +
+           err_text(errno);
+  std::vector<std::string> steps(parts.begin() + static_cast<long>(root.parts.size()),
+                                 parts.end() - 1);
+  if (steps.empty()) steps.emplace_back(".");
+  unique_fd cur;
+  for (std::size_t i = 0; i < steps.size(); ++i) {
+    open_how how{};
+    // The last one is kept for fstatat, unlinkat, fsync...: a real descriptor.
+    how.flags = (i + 1 == steps.size() ? O_RDONLY : O_PATH) | O_DIRECTORY | O_CLOEXEC;
+    how.resolve =
+        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV;
+    const int from = cur ? cur.get() : rootfd;
+    long fd = -1;
+    // EAGAIN: a concurrent rename somewhere made the kernel unsure; try again.
+    for (int tries = 0; tries < 8; ++tries) {
+      fd = ::syscall(SYS_openat2, from, steps[i].c_str(), &how, sizeof how);
+      if (fd >= 0 || (errno != EAGAIN && errno != EINTR)) break;
     }
+    if (fd < 0) {
+      switch (errno) {
+      case ELOOP:
+        return "a directory on the way to " + shown + " is a symbolic link";
+      case EXDEV:
+        return "the way to " + shown + " crosses a mount point";
+      case ENOENT:
+      case ENOTDIR:
+        return gone;
+      case ENOSYS:
+        return "openat2 is not available (Linux 5.6 or later is needed)";
+      default:
+        return "cannot open the directory of " + shown + ": " + err_text(errno);
+      }
+    }
+    cur = unique_fd(static_cast<int>(fd));
+    if (!check(cur.get()))
+      return "cannot stat the directory of " + shown + ": " + err_text(errno);
   }
-  t.dir = unique_fd(static_cast<int>(fd));
+  // The store's own files (the key, other entries) are never a target; nor is
+  // anything of the agent's own state.
+  if (in_store) return shown + " is in the quarantine store";
+  if (in_state) return shown + " is in the agent's state directory";
+  t.dir = std::move(cur);
   t.name = parts.back();
-
-  // The store's own files (the key, other entries) are never a target.
-  struct stat dst {};
-  if (::fstat(t.dir.get(), &dst) != 0)
-    return "cannot stat the directory of " + shown + ": " + err_text(errno);
-  if (dst.st_dev == qdir_st.st_dev && dst.st_ino == qdir_st.st_ino)
-    return shown + " is in the quarantine store";
   return "";
 }
 
@@ -458,9 +640,14 @@ std::string file_actions::impl::open_regular(const std::string& path, target& t)
 std::string file_actions::impl::check_hash(const std::string& path, const target& t,
                                            const std::string& want) const {
   std::string got;
-  uint64_t size = 0;
-  if (!hash_fd(t.file.get(), got, size))
+  switch (hash_fd(t.file.get(), static_cast<uint64_t>(t.st.st_size), got)) {
+  case read_status::ok:
+    break;
+  case read_status::io_error:
     return "cannot read " + printable(path) + ": " + err_text(errno);
+  case read_status::changed:
+    return "file changed since detection";
+  }
   if (got != want) return "file changed since detection";
   return "";
 }
@@ -511,19 +698,20 @@ std::string file_actions::impl::seal(const std::string& id, const entry_meta& m,
   // The bytes sealed are hashed again as they go: a writer between the check and this
   // pass would otherwise put other content under the detected hash.
   sha256 h;
-  std::vector<unsigned char> buf(chunk);
-  off_t off = 0;
-  for (;;) {
-    ssize_t r = ::pread(t.file.get(), buf.data(), buf.size(), off);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return fail("cannot read " + printable(m.path) + ": " + err_text(errno));
-    if (r == 0) break;
-    h.update(buf.data(), static_cast<std::size_t>(r));
-    if (!encrypt(buf.data(), static_cast<std::size_t>(r)))
-      return fail("cannot write quarantine entry: " + err_text(errno));
-    off += r;
-  }
-  if (static_cast<uint64_t>(off) != m.size || h.hex() != m.sha256)
+  int write_errno = 0;
+  const read_status st =
+      read_exact(t.file.get(), m.size, [&](const unsigned char* p, std::size_t len) {
+        h.update(p, len);
+        errno = 0;
+        if (encrypt(p, len)) return true;
+        write_errno = errno ? errno : EIO;
+        return false;
+      });
+  if (write_errno != 0)
+    return fail("cannot write quarantine entry: " + err_text(write_errno));
+  if (st == read_status::io_error)
+    return fail("cannot read " + printable(m.path) + ": " + err_text(errno));
+  if (st == read_status::changed || h.hex() != m.sha256)
     return fail("file changed since detection");
 
   unsigned char tag[tag_len];
@@ -616,19 +804,21 @@ execution file_actions::impl::unlink_checked(const std::string& path, target& t)
 
 file_actions::file_actions(file_config cfg) : impl_(std::make_unique<impl>()) {
   impl_->cfg = std::move(cfg);
-  for (const auto& r : impl_->cfg.roots) {
+  for (const auto& r : impl_->cfg.roots)
     if (r.empty() || r[0] != '/')
       throw std::runtime_error("file root must be an absolute path: '" + printable(r) +
                                "'");
-    impl_->roots.push_back(components(r));
-  }
   impl_->open_store();
   impl_->load_key();
+  impl_->open_protected();
+  impl_->open_roots();
   // A crash between creating and renaming an entry leaves a temp behind: nothing
-  // refers to it.
+  // refers to it. So does one while the key was being made.
+  const std::string key_tmp = std::string(key_name) + ".tmp.";
   for (const auto& name : list_dir(impl_->qdir.get()))
-    if (name.size() > 6 && name.compare(name.size() - 6, 6, ".q.tmp") == 0 &&
-        valid_id(std::string_view(name).substr(0, name.size() - 6)))
+    if ((name.size() > 6 && name.compare(name.size() - 6, 6, ".q.tmp") == 0 &&
+         valid_id(std::string_view(name).substr(0, name.size() - 6))) ||
+        name.rfind(key_tmp, 0) == 0)
       ::unlinkat(impl_->qdir.get(), name.c_str(), 0);
 }
 
@@ -719,18 +909,38 @@ execution file_actions::restore(const sim::restore_args& p) try {
   if (::fstatat(t.dir.get(), t.name.c_str(), &there, AT_SYMLINK_NOFOLLOW) == 0)
     return execution::failed("a file already exists at " + shown);
 
-  // A hidden name beside the target; random so a crash's leftover never blocks a retry,
-  // and cut so it stays within NAME_MAX.
-  const std::string tmp =
-      "." + t.name.substr(0, 200) + "." + random_hex(4) + ".parry-restore";
-  unique_fd out(::openat(t.dir.get(), tmp.c_str(),
-                         O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  // The file is written unnamed (O_TMPFILE) and linked in only once complete and
+  // checked: there is no name in the user's directory for anyone to swap. Filesystems
+  // without O_TMPFILE get a hidden name beside the target instead, and what ends up at
+  // the path is checked to be the file written.
+  std::string tmp; // Empty: O_TMPFILE.
+  unique_fd out(::openat(t.dir.get(), ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+  if (!out && (errno == EOPNOTSUPP || errno == EISDIR)) {
+    // Random so a crash's leftover never blocks a retry, and cut so it stays within
+    // NAME_MAX.
+    tmp = "." + t.name.substr(0, 200) + "." + random_hex(4) + ".parry-restore";
+    out = unique_fd(::openat(t.dir.get(), tmp.c_str(),
+                             O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  }
   if (!out)
     return execution::failed("cannot create a file beside " + shown + ": " +
                              err_text(errno));
+  struct stat written_st {};
+  if (::fstat(out.get(), &written_st) != 0)
+    return execution::failed("cannot stat a file beside " + shown + ": " +
+                             err_text(errno));
+  // Removes the temp name only while it still names our file: someone may have put
+  // theirs there.
+  auto drop_tmp = [&] {
+    struct stat now {};
+    if (!tmp.empty() &&
+        ::fstatat(t.dir.get(), tmp.c_str(), &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+        same_file(now, written_st))
+      ::unlinkat(t.dir.get(), tmp.c_str(), 0);
+  };
   auto fail = [&](std::string why) {
     out.reset();
-    ::unlinkat(t.dir.get(), tmp.c_str(), 0);
+    drop_tmp();
     return execution::failed(std::move(why));
   };
 
@@ -761,21 +971,44 @@ execution file_actions::restore(const sim::restore_args& p) try {
   if (::fsync(out.get()) != 0)
     return fail("cannot sync " + shown + ": " + err_text(errno));
 
-  // No-replace, atomically: whatever appeared at the path meanwhile stays.
-  if (::renameat2(t.dir.get(), tmp.c_str(), t.dir.get(), t.name.c_str(),
-                  RENAME_NOREPLACE) != 0) {
-    int e = errno;
-    if (e == EINVAL || e == ENOSYS) {
-      // Filesystems without RENAME_NOREPLACE: a hard link also refuses an existing name.
-      if (::linkat(t.dir.get(), tmp.c_str(), t.dir.get(), t.name.c_str(), 0) == 0) {
-        ::unlinkat(t.dir.get(), tmp.c_str(), 0);
-        e = 0;
-      } else {
-        e = errno;
-      }
+  int link_errno = 0;
+  if (tmp.empty()) {
+    // A link refuses an existing name: whatever appeared at the path meanwhile stays.
+    const std::string self = "/proc/self/fd/" + std::to_string(out.get());
+    if (::linkat(AT_FDCWD, self.c_str(), t.dir.get(), t.name.c_str(),
+                 AT_SYMLINK_FOLLOW) != 0) {
+      link_errno = errno;
+      // No /proc: AT_EMPTY_PATH does the same, given CAP_DAC_READ_SEARCH.
+      if (link_errno == ENOENT && ::access("/proc/self/fd", F_OK) != 0)
+        link_errno =
+            ::linkat(out.get(), "", t.dir.get(), t.name.c_str(), AT_EMPTY_PATH) == 0
+                ? 0
+                : errno;
     }
-    if (e == EEXIST) return fail("a file already exists at " + shown);
-    if (e != 0) return fail("cannot restore " + shown + ": " + err_text(e));
+  } else if (::renameat2(t.dir.get(), tmp.c_str(), t.dir.get(), t.name.c_str(),
+                         RENAME_NOREPLACE) != 0) {
+    // No-replace, atomically, as above.
+    link_errno = errno;
+    if (link_errno == EINVAL || link_errno == ENOSYS) {
+      // Filesystems without RENAME_NOREPLACE: a hard link also refuses an existing name.
+      link_errno = ::linkat(t.dir.get(), tmp.c_str(), t.dir.get(), t.name.c_str(), 0) == 0
+                       ? 0
+                       : errno;
+      if (link_errno == 0) drop_tmp();
+    }
+  }
+  if (link_errno == EEXIST) return fail("a file already exists at " + shown);
+  if (link_errno != 0)
+    return fail("cannot restore " + shown + ": " + err_text(link_errno));
+  if (!tmp.empty()) {
+    // The temp had a name in a directory others may write: they could have put their
+    // own file under it before the rename. The entry stays for another try.
+    struct stat now {};
+    if (::fstatat(t.dir.get(), t.name.c_str(), &now, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !same_file(now, written_st)) {
+      out.reset();
+      return execution::failed("restore was tampered with");
+    }
   }
   out.reset();
   ::fsync(t.dir.get());
@@ -820,9 +1053,9 @@ std::string file_sha256(const std::string& path) {
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return "";
   std::string hex;
-  uint64_t size = 0;
   try {
-    if (!hash_fd(fd.get(), hex, size)) return "";
+    if (hash_fd(fd.get(), static_cast<uint64_t>(st.st_size), hex) != read_status::ok)
+      return "";
   } catch (const std::exception&) {
     return "";
   }

@@ -170,7 +170,16 @@ std::string read_so_far(const char* name, const std::string& kept) {
 }
 
 // Stages the child reports through the close-on-exec pipe when it cannot exec.
-enum child_stage : int { stage_setup = 0, stage_chdir = 1, stage_exec = 2 };
+enum child_stage : int {
+  stage_setup = 0,
+  stage_chdir = 1,
+  stage_exec = 2,
+  stage_descriptors = 3
+};
+
+// The most descriptors the last-resort loop of exec_child walks; a limit above it
+// fails the start rather than take minutes (or leave descriptors open).
+constexpr long max_fd_loop = 1L << 20;
 
 [[noreturn]] void child_failed(int report, int stage) {
   int msg[2] = {stage, errno};
@@ -179,10 +188,55 @@ enum child_stage : int { stage_setup = 0, stage_chdir = 1, stage_exec = 2 };
   ::_exit(127);
 }
 
+// Sets close-on-exec on `fd` when it is open and lacks it. Async-signal-safe.
+void set_cloexec(int fd) {
+  int flags = ::fcntl(fd, F_GETFD);
+  if (flags >= 0 && !(flags & FD_CLOEXEC)) ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+}
+
+// Sets close-on-exec on every open descriptor above 2, listed from /proc/self/fd with
+// raw getdents64 (opendir allocates: not async-signal-safe). False when the listing
+// is not possible (no /proc, or a /proc of another pid namespace); a listing broken
+// off midway also returns false, and the caller's loop then covers the rest.
+bool cloexec_listed() {
+  int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir < 0) return false;
+  alignas(8) char buf[4096];
+  for (;;) {
+    long n = ::syscall(SYS_getdents64, dir, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(dir);
+      return false;
+    }
+    if (n == 0) break;
+    // struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, d_name.
+    for (long at = 0; at + 19 < n;) {
+      unsigned short reclen = 0;
+      std::memcpy(&reclen, buf + at + 16, sizeof reclen);
+      if (reclen == 0) break;
+      const char* name = buf + at + 19;
+      long fd = 0;
+      bool number = *name != '\0';
+      for (const char* c = name; *c != '\0' && number; ++c) {
+        number = *c >= '0' && *c <= '9' && fd <= INT_MAX / 10;
+        fd = fd * 10 + (*c - '0');
+      }
+      if (number && fd > 2 && fd <= INT_MAX && fd != dir)
+        set_cloexec(static_cast<int>(fd));
+      at += reclen;
+    }
+  }
+  ::close(dir);
+  return true;
+}
+
 // The child between fork and execve. The agent may have other threads, so only
 // async-signal-safe calls happen here: everything allocated was prepared before fork.
+// `fd_limit` is the descriptor limit (sysconf(_SC_OPEN_MAX), read before fork).
 [[noreturn]] void exec_child(const char* path, char* const* argv, char* const* envp,
-                             const char* dir, int in, int out, int err, int report) {
+                             const char* dir, int in, int out, int err, int report,
+                             long fd_limit, detail::start_test_hooks hooks) {
   // Signals stay blocked (the parent blocked them around fork) until the agent's
   // handlers are gone; an ignored signal would otherwise stay ignored after exec.
   struct sigaction dfl {};
@@ -203,7 +257,19 @@ enum child_stage : int { stage_setup = 0, stage_chdir = 1, stage_exec = 2 };
     if (::dup2(fds[target], target) < 0) child_failed(report, stage_setup);
   // Everything else the agent holds (sockets, keys, the journal) must not reach the
   // program; close-on-exec rather than close keeps the report pipe until execve.
-  ::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC);
+  // CLOSE_RANGE_CLOEXEC needs Linux 5.11 (older kernels: ENOSYS or EINVAL); then each
+  // listed descriptor, or as a last resort every number below the limit, gets it.
+  if (hooks.skip_close_range ||
+      ::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0) {
+    if (hooks.skip_fd_listing || !cloexec_listed()) {
+      if (fd_limit < 0 || fd_limit > max_fd_loop) {
+        errno = EMFILE;
+        child_failed(report, stage_descriptors);
+      }
+      for (long fd = 3; fd < fd_limit; ++fd)
+        set_cloexec(static_cast<int>(fd));
+    }
+  }
   sigset_t none;
   ::sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -220,6 +286,10 @@ struct output {
 };
 
 } // namespace
+
+namespace detail {
+start_test_hooks start_hooks;
+} // namespace detail
 
 int64_t boot_time_us() {
   // The wall clock minus the time since boot, both read now: /proc/stat's btime is
@@ -325,7 +395,8 @@ execution terminate(const sim::terminate_args& p, int64_t wait_us) {
   int64_t diff = now->start_time - p.start_time;
   if (diff > start_time_tolerance_us || diff < -start_time_tolerance_us)
     return execution::failed(who + " is not the detected one (start time differs)");
-  if (!p.image.empty() && p.image != now->image)
+  // Detection reported the image sanitized (it travels as UTF-8): compare the same.
+  if (!p.image.empty() && p.image != utf8_sanitized(now->image))
     return execution::failed(who + " is not the detected one (image differs)");
 
   // Through the pidfd: had the process died since, this fails with ESRCH instead of
@@ -385,6 +456,9 @@ execution start(const sim::start_args& p, const start_limits& limits) {
   if (devnull.get() < 0)
     return execution::failed(what + ": /dev/null: " + errno_text(errno));
 
+  long fd_limit = ::sysconf(_SC_OPEN_MAX);
+  detail::start_test_hooks hooks = detail::start_hooks;
+
   // No handler of the agent may run in the child before exec_child resets them.
   sigset_t all, old;
   ::sigfillset(&all);
@@ -392,7 +466,7 @@ execution start(const sim::start_args& p, const start_limits& limits) {
   pid_t pid = ::fork();
   if (pid == 0)
     exec_child(p.path.c_str(), argv.data(), envp, cwd.c_str(), devnull.get(), out_w.get(),
-               err_w.get(), report_w.get());
+               err_w.get(), report_w.get(), fd_limit, hooks);
   int fork_err = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) return execution::failed(what + ": fork: " + errno_text(fork_err));
@@ -403,9 +477,22 @@ execution start(const sim::start_args& p, const start_limits& limits) {
   report_w.reset();
   devnull.reset();
 
-  // Our own child is never reaped by anyone else, so its pid is safe to open. Without
-  // a pidfd the loop polls waitpid instead.
-  fd_guard child(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  // The child is not reaped before the end (waitid with WNOWAIT only looks): while it
+  // is an unreaped zombie its pid, and so the id of its group, cannot be reused, which
+  // keeps the kills on a timeout on what we started. That holds while nothing else
+  // reaps our children: no other thread waits for any child, and SIGCHLD is not
+  // ignored (the kernel would reap it at exit). Without a pidfd the loop polls.
+  fd_guard child(hooks.no_pidfd ? -1
+                                : static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  // Whether the child is not reaped yet (running or a zombie).
+  auto unreaped = [&]() {
+    siginfo_t info{};
+    int r;
+    do
+      r = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+    while (r < 0 && errno == EINTR);
+    return r == 0;
+  };
   bool exited = false, reaped = false;
   int status = 0;
   std::string report;
@@ -468,16 +555,25 @@ execution start(const sim::start_args& p, const start_limits& limits) {
       }
     }
     if (child.get() < 0 && !exited) {
-      pid_t r = ::waitpid(pid, &status, WNOHANG);
-      // ECHILD: the agent ignores SIGCHLD, so the kernel reaped it; nothing to wait for.
-      if (r == pid) exited = reaped = true;
+      // Observes the exit without reaping (see above). ECHILD: something else reaped
+      // it (SIGCHLD ignored); nothing to wait for.
+      siginfo_t info{};
+      int r = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
+      if (r == 0 && info.si_pid == pid) exited = true;
       if (r < 0 && errno != EINTR) exited = true;
     }
   }
 
   if (timed_out || poll_err) {
-    ::kill(-pid, SIGKILL);
-    ::kill(pid, SIGKILL); // in case the group was never made
+    // Only while the child is unreaped are its pid and group id surely still ours;
+    // once something else reaped it, either may name another process by now, and the
+    // group (if any member is left) is not killed.
+    if (child.get() >= 0)
+      ::syscall(SYS_pidfd_send_signal, child.get(), SIGKILL, nullptr, 0);
+    if (unreaped()) {
+      ::kill(-pid, SIGKILL);
+      ::kill(pid, SIGKILL); // in case the group was never made
+    }
   }
   int wait_err = 0;
   if (!reaped) {
@@ -502,6 +598,11 @@ execution start(const sim::start_args& p, const start_limits& limits) {
     std::memcpy(msg, report.data(), sizeof msg);
     if (msg[0] == stage_chdir)
       return execution::failed(what + ": working directory " + printable(cwd) + ": " +
+                               errno_text(msg[1]));
+    if (msg[0] == stage_descriptors)
+      return execution::failed(what +
+                               ": cannot set close-on-exec on the agent's "
+                               "descriptors: " +
                                errno_text(msg[1]));
     return execution::failed(what + ": " + errno_text(msg[1]));
   }

@@ -35,6 +35,7 @@ file_config files_for(const real_config& cfg) {
   file_config f;
   f.roots = cfg.file_roots;
   f.quarantine_dir = cfg.state_dir + "/quarantine";
+  f.protected_dirs = {cfg.state_dir}; // keys, journal, desired state, quarantine
   return f;
 }
 

@@ -254,7 +254,8 @@ real_config executor_config(const temp_dir& d) {
   c.device_id = "ep1";
   c.server = "tcp://10.9.0.1:7400";
   c.enroll_server = "tcp://10.9.0.1:7401";
-  c.state_dir = d.path;
+  c.state_dir = d.path + "/state";
+  ::mkdir(c.state_dir.c_str(), 0700);
   c.file_roots = {d.path + "/files"};
   c.lease_seconds = 0;
   c.dead_man = true;
@@ -295,7 +296,7 @@ BOOST_AUTO_TEST_CASE(desired_state_survives_a_restart) {
   BOOST_TEST(again.isolated());
   BOOST_TEST(table_present());
   struct stat st {};
-  BOOST_REQUIRE(::stat((d.path + "/desired-state.json").c_str(), &st) == 0);
+  BOOST_REQUIRE(::stat((d.path + "/state/desired-state.json").c_str(), &st) == 0);
   BOOST_TEST((st.st_mode & 0777) == 0600u);
   auto r = again.release_isolation();
   BOOST_TEST(r.ok, r.error);

@@ -4,12 +4,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <iterator>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "agent-real/file_ops.hpp"
@@ -43,9 +47,9 @@ bool exists_nofollow(const std::string& path) {
 struct fixture {
   std::string tmp, root, qdir, outside;
 
-  fixture() {
-    char tmpl[] = "/tmp/parry-files-XXXXXX";
-    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+  explicit fixture(const std::string& base = "/tmp") {
+    std::string tmpl = base + "/parry-files-XXXXXX";
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed in " + base);
     tmp = tmpl;
     root = tmp + "/root";
     qdir = tmp + "/q";
@@ -81,6 +85,19 @@ std::string big_content() {
   for (int i = 0; s.size() < 200 * 1024; ++i)
     s += "line " + std::to_string(i) + "\n";
   return s + marker;
+}
+
+/// Runs `f`, which must throw std::runtime_error with every one of `parts` in what().
+template <class F> void check_throws(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    BOOST_ERROR("no exception");
+  } catch (const std::runtime_error& e) {
+    const std::string what = e.what();
+    for (const auto& p : parts)
+      BOOST_TEST(what.find(p) != std::string::npos,
+                 "'" << what << "' lacks '" << p << "'");
+  }
 }
 
 } // namespace
@@ -383,6 +400,253 @@ BOOST_AUTO_TEST_CASE(key_file_is_checked) {
   file_config relative = config();
   relative.quarantine_dir = "q";
   BOOST_CHECK_THROW(file_actions{relative}, std::runtime_error);
+}
+
+// -- reading stops at the size checked -----------------------------------------------
+
+BOOST_AUTO_TEST_CASE(reading_stops_at_the_size_checked) {
+  // A file that grows while read cannot be timed from here; /proc files can stand in:
+  // st_size is 0, yet reading yields bytes. Reading to EOF would hash them; reading to
+  // the size and probing one byte further calls the file changed.
+  const std::string self = "/proc/" + std::to_string(::getpid());
+  const std::string status = self + "/status";
+  struct stat st {};
+  BOOST_REQUIRE(::stat(status.c_str(), &st) == 0);
+  BOOST_REQUIRE(st.st_size == 0);
+  BOOST_TEST(!read_file(status).empty());
+  BOOST_TEST(file_sha256(status).empty());
+
+  file_config c = config();
+  c.roots = {self};
+  file_actions fa(c);
+  const std::string empty = parry::sha256_hex("");
+  BOOST_TEST(fa.quarantine({status, empty}).error == "file changed since detection");
+  BOOST_TEST(fa.remove({status, empty}).error == "file changed since detection");
+  BOOST_TEST(fa.entries().empty());
+  // A file of the size it claims reads as before.
+  const std::string path = make("same", "twelve bytes");
+  BOOST_TEST(file_sha256(path) == parry::sha256_hex("twelve bytes"));
+}
+
+// -- the key ---------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(an_empty_key_left_by_a_crash_is_reported) {
+  // What the old in-place write left when it died between O_CREAT and write.
+  BOOST_REQUIRE(::mkdir(qdir.c_str(), 0700) == 0);
+  const std::string key = qdir + "/quarantine.key";
+  write_file(key, "");
+  ::chmod(key.c_str(), 0600);
+  check_throws([&] { file_actions fa(config()); }, {key, "is empty", "remove it"});
+  BOOST_TEST(fs::file_size(key) == 0u); // reported, not silently replaced
+  fs::remove(key);
+  BOOST_CHECK_NO_THROW(file_actions{config()});
+  BOOST_TEST(fs::file_size(key) == 32u);
+}
+
+BOOST_AUTO_TEST_CASE(a_fresh_start_makes_the_key_whole_and_leaves_no_temp) {
+  BOOST_REQUIRE(::mkdir(qdir.c_str(), 0700) == 0);
+  // A temp left by a key write that was interrupted.
+  const std::string stale = qdir + "/quarantine.key.tmp.0123456789abcdef";
+  write_file(stale, "");
+  ::umask(0); // The key must still come out 0600.
+  { file_actions fa(config()); }
+  ::umask(022);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(qdir))
+    names.push_back(e.path().filename().string());
+  BOOST_TEST(names == std::vector<std::string>{"quarantine.key"});
+  struct stat st {};
+  BOOST_REQUIRE(::lstat((qdir + "/quarantine.key").c_str(), &st) == 0);
+  BOOST_TEST(S_ISREG(st.st_mode));
+  BOOST_TEST((st.st_mode & 07777) == 0600u);
+  BOOST_TEST(st.st_size == 32);
+  BOOST_TEST(st.st_nlink == 1u); // the temp's name is gone
+  // And it is the key used: a second start opens what the first sealed.
+  const std::string path = make("k", "keyed");
+  std::string id;
+  {
+    file_actions fa(config());
+    auto q = fa.quarantine({path, parry::sha256_hex("keyed")});
+    BOOST_TEST_REQUIRE(q.ok, q.error);
+    id = q.effect["quarantine_id"];
+  }
+  file_actions again(config());
+  BOOST_TEST(again.restore({id, path, ""}).ok);
+}
+
+// -- roots -----------------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(a_root_that_is_a_symlink_is_refused) {
+  const std::string link = tmp + "/rootlink";
+  BOOST_REQUIRE(::symlink(root.c_str(), link.c_str()) == 0);
+  file_config c = config();
+  c.roots = {link};
+  check_throws([&] { file_actions fa(c); }, {"file root " + link, "symbolic link"});
+  // A symlink above the root too.
+  const std::string alias = tmp + "/alias";
+  BOOST_REQUIRE(::symlink(tmp.c_str(), alias.c_str()) == 0);
+  c.roots = {alias + "/root"};
+  check_throws([&] { file_actions fa(c); }, {"file root " + alias + "/root", alias});
+  // And a root that is a file.
+  write_file(tmp + "/plain", "x");
+  c.roots = {tmp + "/plain"};
+  check_throws([&] { file_actions fa(c); }, {"not a directory"});
+}
+
+BOOST_AUTO_TEST_CASE(a_root_under_a_directory_others_can_change_is_refused) {
+  const std::string ww = tmp + "/ww";
+  fs::create_directories(ww + "/r");
+  BOOST_REQUIRE(::chmod(ww.c_str(), 0777) == 0);
+  file_config c = config();
+  c.roots = {ww + "/r"};
+  check_throws([&] { file_actions fa(c); }, {"file root " + ww + "/r", ww, "sticky"});
+  BOOST_REQUIRE(::chmod(ww.c_str(), 0775) == 0); // group-writable: the same
+  check_throws([&] { file_actions fa(c); }, {ww});
+  BOOST_REQUIRE(::chmod(ww.c_str(), 01777) == 0); // sticky, as /tmp: fine
+  BOOST_CHECK_NO_THROW(file_actions{c});
+  // The root itself may be anyone's and writable by all: its content is the point.
+  BOOST_REQUIRE(::chmod(root.c_str(), 0777) == 0);
+  BOOST_CHECK_NO_THROW(file_actions{config()});
+  if (::geteuid() == 0) {
+    const std::string theirs = tmp + "/theirs";
+    fs::create_directories(theirs + "/r");
+    BOOST_REQUIRE(::chown(theirs.c_str(), 65534, 65534) == 0);
+    c.roots = {theirs + "/r"};
+    check_throws([&] { file_actions fa(c); }, {theirs, "owned by uid 65534"});
+    BOOST_REQUIRE(::chown(root.c_str(), 65534, 65534) == 0);
+    BOOST_CHECK_NO_THROW(file_actions{config()});
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_root_is_opened_once) {
+  file_actions fa(config());
+  write_file(outside + "/victim", "precious");
+  const std::string sha = parry::sha256_hex("precious");
+  // The root swapped for a link to elsewhere after start: the agent still acts in
+  // the directory it opened, where there is no such file.
+  fs::rename(root, tmp + "/root.old");
+  BOOST_REQUIRE(::symlink(outside.c_str(), root.c_str()) == 0);
+  BOOST_TEST(fa.remove({root + "/victim", sha}).error ==
+             "no file at " + root + "/victim");
+  BOOST_TEST(fa.quarantine({root + "/victim", sha}).error ==
+             "no file at " + root + "/victim");
+  BOOST_TEST(read_file(outside + "/victim") == "precious");
+  write_file(tmp + "/root.old/mine", "precious");
+  BOOST_TEST(fa.remove({root + "/mine", sha}).ok); // in the directory opened
+  BOOST_TEST(!exists_nofollow(tmp + "/root.old/mine"));
+}
+
+BOOST_AUTO_TEST_CASE(a_root_missing_at_start_is_opened_later_by_the_same_rules) {
+  file_config c = config();
+  const std::string later = tmp + "/later";
+  c.roots = {later};
+  file_actions fa(c);
+  const std::string sha = parry::sha256_hex("x");
+  BOOST_TEST(fa.remove({later + "/f", sha}).error == "no file at " + later + "/f");
+  fs::create_directories(outside);
+  write_file(outside + "/f", "x");
+  BOOST_REQUIRE(::symlink(outside.c_str(), later.c_str()) == 0);
+  auto d = fa.remove({later + "/f", sha});
+  BOOST_TEST(d.error.find("file root " + later) == 0u, d.error);
+  BOOST_TEST(exists_nofollow(outside + "/f"));
+  fs::remove(later);
+  fs::create_directories(later);
+  write_file(later + "/f", "x");
+  BOOST_TEST(fa.remove({later + "/f", sha}).ok);
+}
+
+BOOST_AUTO_TEST_CASE(protected_directories_are_never_a_target) {
+  const std::string state = tmp + "/state";
+  fs::create_directories(state + "/sub");
+  write_file(state + "/sub/journal", "j");
+  const std::string sha = parry::sha256_hex("j");
+  file_config c = config();
+  c.roots = {tmp};
+  c.protected_dirs = {state};
+  {
+    file_actions fa(c);
+    BOOST_TEST(fa.remove({state + "/sub/journal", sha}).error ==
+               state + "/sub/journal is in the agent's state directory");
+    BOOST_TEST(fa.quarantine({state + "/sub/journal", sha}).error ==
+               state + "/sub/journal is in the agent's state directory");
+    const std::string other = make("ok", "j");
+    BOOST_TEST(fa.remove({other, sha}).ok);
+  }
+  // Named through a link, it is still recognised by identity.
+  const std::string link = tmp + "/outside/statelink";
+  BOOST_REQUIRE(::symlink(state.c_str(), link.c_str()) == 0);
+  c.protected_dirs = {link};
+  {
+    file_actions fa(c);
+    BOOST_TEST(fa.remove({state + "/sub/journal", sha}).error ==
+               state + "/sub/journal is in the agent's state directory");
+  }
+  BOOST_TEST(exists_nofollow(state + "/sub/journal"));
+  // A root inside one is a configuration error.
+  c.roots = {state + "/sub"};
+  check_throws([&] { file_actions fa(c); }, {"file root " + state + "/sub"});
+  c.protected_dirs = {state};
+  check_throws([&] { file_actions fa(c); }, {"file root " + state + "/sub"});
+  c.protected_dirs = {"relative"};
+  BOOST_CHECK_THROW(file_actions{c}, std::runtime_error);
+}
+
+BOOST_AUTO_TEST_CASE(dot_dot_is_refused) {
+  file_actions fa(config());
+  const std::string path = make("a", "x");
+  const std::string sha = parry::sha256_hex("x");
+  BOOST_TEST(fa.remove({root + "/sub/../a", sha}).error ==
+             root + "/sub/../a has a '..' component");
+  BOOST_TEST(exists_nofollow(path));
+}
+
+// -- restore through O_TMPFILE ---------------------------------------------------------
+
+namespace {
+
+/// Quarantines and restores a file under `fx`, checking that no name but the file's
+/// own ever shows in its directory.
+void round_trip(const fixture& fx) {
+  file_actions fa(fx.config());
+  const std::string data = big_content();
+  const std::string path = fx.make("sub/r", data);
+  ::chmod(path.c_str(), 0604);
+  const std::string sha = parry::sha256_hex(data);
+  auto q = fa.quarantine({path, sha});
+  BOOST_TEST_REQUIRE(q.ok, q.error);
+  auto r = fa.restore({q.effect["quarantine_id"], path, sha});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(read_file(path) == data);
+  struct stat st {};
+  BOOST_REQUIRE(::lstat(path.c_str(), &st) == 0);
+  BOOST_TEST((st.st_mode & 07777) == 0604u);
+  BOOST_TEST(st.st_nlink == 1u);
+  BOOST_TEST(std::distance(fs::directory_iterator(fx.root + "/sub"), {}) == 1);
+  BOOST_TEST(fa.entries().empty());
+  // Linking refuses a taken name just as the rename did.
+  auto q2 = fa.quarantine({path, sha});
+  BOOST_TEST_REQUIRE(q2.ok, q2.error);
+  write_file(path, "newcomer");
+  BOOST_TEST(fa.restore({q2.effect["quarantine_id"], path, sha}).error ==
+             "a file already exists at " + path);
+  BOOST_TEST(read_file(path) == "newcomer");
+  BOOST_TEST(std::distance(fs::directory_iterator(fx.root + "/sub"), {}) == 1);
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(restore_works_on_the_default_tmp_filesystem) {
+  round_trip(*this);
+}
+
+BOOST_AUTO_TEST_CASE(restore_works_on_tmpfs) {
+  struct statfs sf {};
+  if (::statfs("/dev/shm", &sf) != 0 || sf.f_type != TMPFS_MAGIC) {
+    BOOST_TEST_MESSAGE("/dev/shm is not a tmpfs here: skipped");
+    return;
+  }
+  fixture shm("/dev/shm");
+  round_trip(shm);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -9,6 +9,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -23,6 +24,7 @@
 #include <mutex>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 using namespace parry::real;
@@ -161,6 +163,32 @@ template <class F> int in_private_mount(F scenario) {
   return WEXITSTATUS(status);
 }
 
+/// The guard caches a hash only once the file's ctime is a little in the past (so a
+/// later change cannot carry the same stamp): wait that out for freshly written files.
+void settle() {
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+}
+
+/// Open fanotify groups in this process.
+int fanotify_fds() {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    auto target = std::filesystem::read_symlink(entry.path(), ec);
+    if (!ec && target == "anon_inode:[fanotify]") ++n;
+  }
+  return n;
+}
+
+/// Polls `cond` for up to 5 s.
+template <class F> bool eventually(F cond) {
+  for (int i = 0; i < 500; ++i) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return cond();
+}
+
 bool skip_unless_root() {
   if (geteuid() == 0) return false;
   BOOST_TEST_MESSAGE("skipped: fanotify and mount namespaces need root");
@@ -178,6 +206,7 @@ BOOST_AUTO_TEST_CASE(prevented_hash_is_denied_on_the_guarded_mount_only) {
     write_all(mnt + "/true", bin);
     write_all(mnt + "/other", bin + '\0');
     write_all(base + "/out/true", bin);
+    settle();
 
     try {
       exec_guard bad({base + "/missing"}, {}, nullptr);
@@ -242,6 +271,138 @@ BOOST_AUTO_TEST_CASE(ioc_file_is_reported_when_written_and_executed) {
     guard.set_prevented({hash});
     EXPECT(run(mnt + "/ioc.sh").err == EPERM);
     EXPECT(guard.stats().errors == 0);
+  });
+  BOOST_TEST(failures == 0);
+}
+
+BOOST_AUTO_TEST_CASE(forged_mtime_does_not_bring_back_a_cached_verdict) {
+  if (skip_unless_root()) return;
+  int failures = in_private_mount([](const std::string& base) {
+    std::string path = base + "/mnt/tool.sh";
+    // Same size, both exit 0; only the second is prevented.
+    std::string benign = "#!/bin/sh\n:;exit 0\n";
+    std::string bad = "#!/bin/sh\nexit  0;\n";
+    if (benign.size() != bad.size()) throw std::logic_error("sizes differ");
+    write_all(path, benign);
+    struct stat old {};
+    if (stat(path.c_str(), &old) != 0) throw std::runtime_error("stat");
+    settle();
+
+    exec_guard guard({base + "/mnt"}, {}, nullptr);
+    guard.set_prevented({parry::sha256_hex(bad)});
+    EXPECT(run(path).err == 0);
+    EXPECT(run(path).err == 0);
+    EXPECT(guard.stats().cache_hits == 1); // the benign content is cached
+
+    // Overwrite in place, then set mtime back: device, inode, size and mtime now all
+    // match the cached entry; only ctime tells them apart.
+    write_all(path, bad);
+    timespec times[2] = {old.st_atim, old.st_mtim};
+    EXPECT(utimensat(AT_FDCWD, path.c_str(), times, 0) == 0);
+    struct stat now {};
+    EXPECT(stat(path.c_str(), &now) == 0);
+    EXPECT(now.st_ino == old.st_ino && now.st_size == old.st_size);
+    EXPECT(now.st_mtim.tv_sec == old.st_mtim.tv_sec &&
+           now.st_mtim.tv_nsec == old.st_mtim.tv_nsec);
+    EXPECT(run(path).err == EPERM);
+
+    guard_stats s = guard.stats();
+    EXPECT(s.cache_hits == 1);
+    EXPECT(s.exec_denied == 1);
+    EXPECT(s.errors == 0 && s.unstable == 0);
+  });
+  BOOST_TEST(failures == 0);
+}
+
+BOOST_AUTO_TEST_CASE(file_above_the_hash_cap_is_allowed_and_counted) {
+  if (skip_unless_root()) return;
+  int failures = in_private_mount([](const std::string& base) {
+    std::string mnt = base + "/mnt";
+    std::string bin = read_all("/bin/true");
+    std::string script = "#!/bin/sh\nexit 0\n";
+    constexpr uint64_t cap = 1024;
+    if (bin.size() <= cap) throw std::logic_error("/bin/true is too small");
+    write_all(mnt + "/true", bin);
+    write_all(mnt + "/small.sh", script);
+
+    hit_log log;
+    exec_guard guard(
+        {mnt}, {parry::sha256_hex(bin)}, [&](const ioc_hit& h) { log.add(h); }, cap);
+    guard.set_prevented({parry::sha256_hex(bin), parry::sha256_hex(script)});
+    EXPECT(run(mnt + "/true").err == 0); // scope limit: cannot be checked
+    EXPECT(run(mnt + "/small.sh").err == EPERM);
+    guard_stats s = guard.stats();
+    EXPECT(s.exec_checked == 2);
+    EXPECT(s.exec_denied == 1);
+    EXPECT(s.too_large == 1);
+
+    // Not hashed for the IOC list either: skipped and counted, no hit.
+    write_elsewhere(mnt + "/copy", bin);
+    EXPECT(eventually([&] { return guard.stats().ioc_skipped >= 2; })); // exec + write
+    EXPECT(guard.stats().ioc_hits == 0);
+    EXPECT(guard.stats().errors == 0);
+  });
+  BOOST_TEST(failures == 0);
+}
+
+BOOST_AUTO_TEST_CASE(exec_verdicts_do_not_wait_for_ioc_checks) {
+  if (skip_unless_root()) return;
+  int failures = in_private_mount([](const std::string& base) {
+    std::string mnt = base + "/mnt";
+    std::string bin = read_all("/bin/true");
+    std::string script = "#!/bin/sh\nexit 0\n";
+    write_all(mnt + "/true", bin);
+
+    // The IOC callback blocks the notification thread until released.
+    std::mutex m;
+    std::condition_variable cv;
+    bool entered = false, released = false;
+    exec_guard guard({mnt}, {parry::sha256_hex(script)}, [&](const ioc_hit&) {
+      std::unique_lock<std::mutex> lock(m);
+      entered = true;
+      cv.notify_all();
+      cv.wait(lock, [&] { return released; });
+    });
+    guard.set_prevented({parry::sha256_hex(bin)});
+    write_elsewhere(mnt + "/ioc.sh", script);
+    {
+      std::unique_lock<std::mutex> lock(m);
+      EXPECT(cv.wait_for(lock, std::chrono::seconds(5), [&] { return entered; }));
+    }
+    // The notification thread is stuck; exec verdicts still come.
+    EXPECT(run(mnt + "/true").err == EPERM);
+    EXPECT(run(mnt + "/true").err == EPERM);
+    {
+      std::lock_guard<std::mutex> lock(m);
+      released = true;
+    }
+    cv.notify_all();
+    EXPECT(guard.stats().exec_denied == 2);
+  });
+  BOOST_TEST(failures == 0);
+}
+
+BOOST_AUTO_TEST_CASE(destroying_the_guard_closes_both_groups) {
+  if (skip_unless_root()) return;
+  int failures = in_private_mount([](const std::string& base) {
+    std::string mnt = base + "/mnt";
+    std::string bin = read_all("/bin/true");
+    std::string hash = parry::sha256_hex(bin);
+    write_all(mnt + "/true", bin);
+    EXPECT(fanotify_fds() == 0);
+    {
+      hit_log log;
+      exec_guard guard({mnt}, {hash}, [&](const ioc_hit& h) { log.add(h); });
+      guard.set_prevented({hash});
+      EXPECT(fanotify_fds() == 2); // permission and notification groups
+      EXPECT(run(mnt + "/true").err == EPERM);
+    }
+    EXPECT(fanotify_fds() == 0);
+    EXPECT(run(mnt + "/true").err == 0);
+
+    // Without IOCs there is no notification group.
+    exec_guard guard({mnt}, {}, nullptr);
+    EXPECT(fanotify_fds() == 1);
   });
   BOOST_TEST(failures == 0);
 }

@@ -11,11 +11,13 @@
 #include <chrono>
 #include <climits>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 
 #include "agent-real/process_ops.hpp"
+#include "common/utf8.hpp"
 
 using namespace parry;
 
@@ -106,6 +108,14 @@ sim::start_args sh(const std::string& script, std::vector<std::string> more = {}
   a.args.insert(a.args.end(), more.begin(), more.end());
   return a;
 }
+
+/// Sets start's test hooks for one test and restores them after.
+struct with_hooks {
+  explicit with_hooks(real::detail::start_test_hooks h) { real::detail::start_hooks = h; }
+  ~with_hooks() { real::detail::start_hooks = {}; }
+  with_hooks(const with_hooks&) = delete;
+  with_hooks& operator=(const with_hooks&) = delete;
+};
 
 // Whether `pid` is gone or only a zombie left for its (new) parent to reap.
 bool dead(uint32_t pid) {
@@ -199,6 +209,40 @@ BOOST_AUTO_TEST_CASE(refuses_another_image) {
   BOOST_TEST(s.alive());
 }
 
+BOOST_AUTO_TEST_CASE(image_with_ill_formed_utf8) {
+  // Detection sends the image sanitized; terminate compares it the same way.
+  temp_dir dir;
+  std::string path = dir.path + "/sl\xff"
+                                "eep";
+  std::filesystem::copy_file("/bin/sleep", path);
+  ::chmod(path.c_str(), 0755);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(path.c_str(), "sleep", "100", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  BOOST_REQUIRE(pid > 0);
+  std::optional<real::proc_entry> e;
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (std::chrono::steady_clock::now() < until) {
+    e = real::read_process(static_cast<uint32_t>(pid));
+    if (e && e->image == path) break;
+    ::usleep(1000);
+  }
+  ::unlink(path.c_str());
+  BOOST_REQUIRE(e);
+  BOOST_TEST(e->image == path); // raw bytes
+  std::string sent = utf8_sanitized(e->image);
+  BOOST_TEST(sent != e->image);
+  auto r = real::terminate({e->pid, e->start_time, sent});
+  BOOST_TEST(r.ok, r.error);
+  int st = 0;
+  if (!r.ok) ::kill(pid, SIGKILL);
+  BOOST_REQUIRE_EQUAL(::waitpid(pid, &st, 0), pid);
+  BOOST_TEST(WIFSIGNALED(st));
+  BOOST_TEST(WTERMSIG(st) == SIGKILL);
+}
+
 BOOST_AUTO_TEST_CASE(no_process) {
   uint32_t pid = gone_pid();
   auto r = real::terminate({pid, 0, ""});
@@ -277,6 +321,24 @@ BOOST_AUTO_TEST_CASE(clean_environment_descriptors_and_group) {
   BOOST_TEST(path);
 }
 
+// The same without close_range(CLOSE_RANGE_CLOEXEC) (Linux before 5.11): through the
+// /proc/self/fd listing, and through the loop over every descriptor number.
+BOOST_AUTO_TEST_CASE(descriptors_closed_without_close_range) {
+  int leak = ::open("/dev/null", O_RDONLY);
+  BOOST_REQUIRE(leak > 2);
+  // Well above the others, as the listing's own descriptor may be next.
+  int high = ::fcntl(leak, F_DUPFD, 100);
+  BOOST_REQUIRE(high >= 100);
+  for (bool listing : {true, false}) {
+    with_hooks h({.skip_close_range = true, .skip_fd_listing = !listing});
+    auto r = real::start(sh("ls /proc/$$/fd"), {});
+    BOOST_REQUIRE_MESSAGE(r.ok, r.error);
+    BOOST_TEST(r.effect["stdout"] == "0\n1\n2\n", "listing " << listing);
+  }
+  ::close(leak);
+  ::close(high);
+}
+
 BOOST_AUTO_TEST_CASE(killed_by_a_signal) {
   auto r = real::start(sh("kill -9 $$"), {});
   BOOST_REQUIRE_MESSAGE(r.ok, r.error);
@@ -317,23 +379,65 @@ BOOST_AUTO_TEST_CASE(missing_working_directory) {
 }
 
 BOOST_AUTO_TEST_CASE(timeout_kills_the_group) {
-  real::start_limits l;
-  l.timeout_us = 200'000;
-  // A grandchild in the same group must die too.
-  auto r = real::start(sh("/bin/sleep 10 & echo $! $$; wait"), l);
-  BOOST_TEST(!r.ok);
-  BOOST_TEST(contains(r.error, "timed out after 200 ms; process group killed; stdout: '"),
-             r.error);
-  unsigned grandchild = 0, child = 0;
-  auto at = r.error.find("stdout: '");
-  BOOST_REQUIRE(at != std::string::npos);
-  BOOST_REQUIRE(std::sscanf(r.error.c_str() + at + 9, "%u %u", &grandchild, &child) == 2);
-  // Ours is reaped; the grandchild's new parent reaps it when it gets to it.
-  BOOST_TEST(::kill(static_cast<pid_t>(child), 0) == -1);
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (!dead(grandchild) && std::chrono::steady_clock::now() < until)
-    ::usleep(1000);
-  BOOST_TEST(dead(grandchild));
+  // Also without a pidfd, where the loop polls the child.
+  for (bool pidfd : {true, false}) {
+    BOOST_TEST_CONTEXT("pidfd " << pidfd) {
+      with_hooks h({.no_pidfd = !pidfd});
+      real::start_limits l;
+      l.timeout_us = 200'000;
+      // A grandchild in the same group must die too.
+      auto r = real::start(sh("/bin/sleep 10 & echo $! $$; wait"), l);
+      BOOST_TEST(!r.ok);
+      BOOST_TEST(
+          contains(r.error, "timed out after 200 ms; process group killed; stdout: '"),
+          r.error);
+      unsigned grandchild = 0, child = 0;
+      auto at = r.error.find("stdout: '");
+      BOOST_REQUIRE(at != std::string::npos);
+      BOOST_REQUIRE(std::sscanf(r.error.c_str() + at + 9, "%u %u", &grandchild, &child) ==
+                    2);
+      // Ours is reaped; the grandchild's new parent reaps it when it gets to it.
+      BOOST_TEST(::kill(static_cast<pid_t>(child), 0) == -1);
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      while (!dead(grandchild) && std::chrono::steady_clock::now() < until)
+        ::usleep(1000);
+      BOOST_TEST(dead(grandchild));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(timeout_after_the_child_exited) {
+  // The child exits at once; a grandchild keeps its stdout. The child stays unreaped
+  // until the end, so its pid and group still name what was started when the timeout
+  // kills them, and the grandchild dies with the group.
+  for (bool pidfd : {true, false}) {
+    BOOST_TEST_CONTEXT("pidfd " << pidfd) {
+      with_hooks h({.no_pidfd = !pidfd});
+      real::start_limits l;
+      l.timeout_us = 300'000;
+      auto r = real::start(sh("/bin/sleep 10 & echo $!"), l);
+      BOOST_TEST(!r.ok);
+      auto at = r.error.find("stdout: '");
+      BOOST_REQUIRE_MESSAGE(at != std::string::npos, r.error);
+      unsigned grandchild = 0;
+      BOOST_REQUIRE(std::sscanf(r.error.c_str() + at + 9, "%u", &grandchild) == 1);
+      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      while (!dead(grandchild) && std::chrono::steady_clock::now() < until)
+        ::usleep(1000);
+      BOOST_TEST(dead(grandchild));
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(exit_status_without_pidfd) {
+  with_hooks h({.no_pidfd = true});
+  auto r = real::start(sh("echo hi; exit 5"), {});
+  BOOST_REQUIRE_MESSAGE(r.ok, r.error);
+  BOOST_TEST(r.effect["exit_code"] == "5");
+  BOOST_TEST(r.effect["stdout"] == "hi\n");
+  r = real::start(sh("kill -9 $$"), {});
+  BOOST_REQUIRE_MESSAGE(r.ok, r.error);
+  BOOST_TEST(r.effect["signal"] == "9");
 }
 
 BOOST_AUTO_TEST_CASE(output_is_bounded) {
