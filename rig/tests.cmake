@@ -11,6 +11,7 @@
 set(_parry_rig_scenarios
   # name          timeout (s)
   isolate         90
+  detect          90
   terminate       90
   start_process   60
   quarantine      60

@@ -8,7 +8,7 @@ packages=(
   libcaf-dev cppzmq-dev libzmq3-dev libmsgpack-cxx-dev
   libssl-dev libboost-dev libboost-test-dev libsqlite3-dev
   nlohmann-json3-dev libtomlplusplus-dev libspdlog-dev libcli11-dev
-  libnftables-dev nftables iproute2 util-linux openssl curl
+  libnftables-dev nftables iproute2 util-linux procps jq openssl curl
   clang-format clang-14 libclang-rt-14-dev python3
   python3-zmq python3-msgpack
 )
