@@ -220,6 +220,11 @@ int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
   bus.watch(detect->wake_fd(), [&](int64_t) { detect->drain_wake(); });
   uint64_t saved_version = session.journal_version();
   bool was_welcomed = false;
+  // The guard's and detection's counters, logged when they moved (at most every 5
+  // minutes): what was denied, what could not be checked, what was dropped.
+  constexpr int64_t summary_us = 300'000'000;
+  int64_t next_summary = now + summary_us;
+  std::string last_summary;
   bus.on_round([&](int64_t t) {
     if (session.journal_version() != saved_version) {
       try {
@@ -234,7 +239,20 @@ int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
       spdlog::info("{} {}", was_welcomed ? "connected to" : "lost the connection to",
                    cfg.server);
     }
-    return exec->tick(t, session.welcomed());
+    if (t >= next_summary) {
+      next_summary = t + summary_us;
+      guard_stats g = exec->guard_counters();
+      std::string line = fmt::format(
+          "guard: {} execs checked, {} denied ({} changing while hashed), {} too large "
+          "to "
+          "check, {} errors; IOC: {} hits, {} unchecked, {} notifications lost, {} hits "
+          "dropped",
+          g.exec_checked, g.exec_denied, g.unstable, g.too_large, g.errors, g.ioc_hits,
+          g.ioc_skipped, g.ioc_lost, detect->dropped());
+      if (line != last_summary) spdlog::info("{}", line);
+      last_summary = std::move(line);
+    }
+    return std::min(exec->tick(t, session.welcomed()), next_summary);
   });
   try {
     bus.start();

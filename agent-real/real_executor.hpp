@@ -50,6 +50,8 @@ public:
 
   /// Hashes whose exec is denied.
   const std::set<std::string>& prevented() const { return prevented_; }
+  /// The exec guard's counters; all zero without guard_mounts.
+  guard_stats guard_counters() const { return guard_ ? guard_->stats() : guard_stats{}; }
 
 private:
   void save() const;
