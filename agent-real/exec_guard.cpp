@@ -1,5 +1,6 @@
 #include "agent-real/exec_guard.hpp"
 
+#include "common/crypto.hpp"
 #include "common/time.hpp"
 
 #include <atomic>
@@ -15,7 +16,6 @@
 #include <unordered_map>
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/fanotify.h>
@@ -88,20 +88,6 @@ bool settled(const struct stat& st) {
   return now_ns - ctime_ns > settle_ns;
 }
 
-struct md_ctx_deleter {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-
-std::string to_hex(const unsigned char* p, unsigned n) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out(n * 2, '0');
-  for (unsigned i = 0; i < n; ++i) {
-    out[2 * i] = digits[p[i] >> 4];
-    out[2 * i + 1] = digits[p[i] & 0xf];
-  }
-  return out;
-}
-
 /// How looking up a file's hash went.
 enum class outcome {
   ok,        ///< `hex` holds the content's hash.
@@ -170,27 +156,26 @@ struct exec_guard::impl {
   /// pread, leaving its offset alone. `complete` tells whether all `size` bytes were
   /// there. Nothing on a read or digest failure.
   std::optional<std::string> hash_fd(hasher& h, int fd, off_t size, bool* complete) {
-    std::unique_ptr<EVP_MD_CTX, md_ctx_deleter> ctx(EVP_MD_CTX_new());
-    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return {};
-    off_t offset = 0;
-    while (offset < size) {
-      std::size_t want =
-          std::min(h.buffer.size(), static_cast<std::size_t>(size - offset));
-      ssize_t n = pread(fd, h.buffer.data(), want, offset);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return {};
+    try {
+      sha256_stream digest;
+      off_t offset = 0;
+      while (offset < size) {
+        std::size_t want =
+            std::min(h.buffer.size(), static_cast<std::size_t>(size - offset));
+        ssize_t n = pread(fd, h.buffer.data(), want, offset);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          return {};
+        }
+        if (n == 0) break;
+        digest.update(h.buffer.data(), static_cast<std::size_t>(n));
+        offset += n;
       }
-      if (n == 0) break;
-      if (EVP_DigestUpdate(ctx.get(), h.buffer.data(), static_cast<std::size_t>(n)) != 1)
-        return {};
-      offset += n;
+      *complete = offset == size;
+      return digest.hex();
+    } catch (const std::runtime_error&) { // OpenSSL failed: not hashed
+      return {};
     }
-    *complete = offset == size;
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned len = 0;
-    if (EVP_DigestFinal_ex(ctx.get(), md, &len) != 1) return {};
-    return to_hex(md, len);
   }
 
   /// The file's hash, from `h`'s cache when its stamp is unchanged. The file is

@@ -111,39 +111,6 @@ bool write_all(int fd, const void* buf, std::size_t n) {
   return true;
 }
 
-std::string to_hex(const unsigned char* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out(n * 2, '0');
-  for (std::size_t i = 0; i < n; ++i) {
-    out[2 * i] = digits[p[i] >> 4];
-    out[2 * i + 1] = digits[p[i] & 0x0f];
-  }
-  return out;
-}
-
-/// Streaming SHA-256.
-class sha256 {
-public:
-  sha256() : ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
-    if (!ctx_ || EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1)
-      throw std::runtime_error("SHA-256 init failed");
-  }
-  void update(const unsigned char* p, std::size_t n) {
-    if (n > 0 && EVP_DigestUpdate(ctx_.get(), p, n) != 1)
-      throw std::runtime_error("SHA-256 update failed");
-  }
-  std::string hex() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (EVP_DigestFinal_ex(ctx_.get(), md, &len) != 1)
-      throw std::runtime_error("SHA-256 final failed");
-    return to_hex(md, len);
-  }
-
-private:
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx_;
-};
-
 /// How reading a file's bytes ended.
 enum class read_status {
   ok,       ///< Exactly the size expected, and nothing after it.
@@ -178,7 +145,7 @@ template <class Sink> read_status read_exact(int fd, uint64_t size, Sink&& sink)
 
 /// SHA-256 of the first `size` bytes of `fd`, which must be all it holds.
 read_status hash_fd(int fd, uint64_t size, std::string& hex) {
-  sha256 h;
+  sha256_stream h;
   auto st = read_exact(fd, size, [&](const unsigned char* p, std::size_t n) {
     h.update(p, n);
     return true;
@@ -697,7 +664,7 @@ std::string file_actions::impl::seal(const std::string& id, const entry_meta& m,
 
   // The bytes sealed are hashed again as they go: a writer between the check and this
   // pass would otherwise put other content under the detected hash.
-  sha256 h;
+  sha256_stream h;
   int write_errno = 0;
   const read_status st =
       read_exact(t.file.get(), m.size, [&](const unsigned char* p, std::size_t len) {
@@ -944,7 +911,7 @@ execution file_actions::restore(const sim::restore_args& p) try {
     return execution::failed(std::move(why));
   };
 
-  sha256 h;
+  sha256_stream h;
   uint64_t written = 0;
   int write_errno = 0;
   plain_splitter second([&](const unsigned char* b, std::size_t n) {

@@ -82,6 +82,15 @@ real_executor::real_executor(const real_config& cfg, std::unique_ptr<exec_guard>
   }
 }
 
+void real_executor::save(sim::execution& e) const {
+  try {
+    save();
+  } catch (const std::exception& ex) {
+    spdlog::error("{}", ex.what());
+    e.effect["warning"] = "desired state not saved";
+  }
+}
+
 void real_executor::save() const {
   nlohmann::json j;
   j["isolated"] = isolated_;
@@ -96,12 +105,7 @@ sim::execution real_executor::isolate() {
   if (!e.ok) return e;
   isolated_ = true;
   isolated_at_ = clock_;
-  try {
-    save();
-  } catch (const std::exception& ex) {
-    spdlog::error("{}", ex.what()); // isolated now; a restart would lose it
-    e.effect["warning"] = "desired state not saved";
-  }
+  save(e); // isolated now even if not saved: a restart would lose it
   // nftables says what it replaced; the flag adds what it knew.
   if (was) e.effect["note"] = "already isolated";
   if (!e.effect.count("previous"))
@@ -114,11 +118,7 @@ sim::execution real_executor::release(const char* why) {
   auto e = isolation_.release();
   if (!e.ok) return e;
   isolated_ = false;
-  try {
-    save();
-  } catch (const std::exception& ex) {
-    spdlog::error("{}", ex.what());
-  }
+  save(e);
   if (!was) e.effect["note"] = "not isolated";
   if (why) spdlog::warn("isolation released: {}", why);
   return e;
@@ -166,12 +166,7 @@ sim::execution real_executor::prevent_run(const sim::hash_args& p) {
   prevented_.insert(p.sha256);
   guard_->set_prevented(prevented_);
   e.effect["mounts"] = mounts_;
-  try {
-    save();
-  } catch (const std::exception& ex) {
-    spdlog::error("{}", ex.what());
-    e.effect["warning"] = "desired state not saved";
-  }
+  save(e);
   return e;
 }
 
@@ -184,12 +179,7 @@ sim::execution real_executor::allow_run(const sim::hash_args& p) {
     return e;
   }
   if (guard_) guard_->set_prevented(prevented_);
-  try {
-    save();
-  } catch (const std::exception& ex) {
-    spdlog::error("{}", ex.what());
-    e.effect["warning"] = "desired state not saved";
-  }
+  save(e);
   return e;
 }
 

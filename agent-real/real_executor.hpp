@@ -54,7 +54,11 @@ public:
   guard_stats guard_counters() const { return guard_ ? guard_->stats() : guard_stats{}; }
 
 private:
+  /// Writes the desired state; throws std::runtime_error when it cannot.
   void save() const;
+  /// As save, but a failure is logged and noted in `e`'s effect: the action took
+  /// effect, only a restart would forget it.
+  void save(sim::execution& e) const;
   sim::execution release(const char* why);
 
   real_config cfg_;

@@ -11,16 +11,6 @@ namespace parry {
 
 namespace {
 
-std::string to_hex(const unsigned char* p, std::size_t n) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out(n * 2, '0');
-  for (std::size_t i = 0; i < n; ++i) {
-    out[2 * i] = digits[p[i] >> 4];
-    out[2 * i + 1] = digits[p[i] & 0x0f];
-  }
-  return out;
-}
-
 std::vector<unsigned char> from_hex(std::string_view hex) {
   std::vector<unsigned char> out;
   if (hex.size() % 2 != 0) return out;
@@ -57,6 +47,40 @@ std::string random_hex(std::size_t bytes) {
   if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1)
     throw std::runtime_error("RAND_bytes failed");
   return to_hex(buf.data(), buf.size());
+}
+
+std::string to_hex(const unsigned char* p, std::size_t n) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(n * 2, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 0x0f];
+  }
+  return out;
+}
+
+sha256_stream::sha256_stream() : ctx_(EVP_MD_CTX_new()) {
+  if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1) {
+    EVP_MD_CTX_free(ctx_);
+    throw std::runtime_error("SHA-256: cannot initialise the digest");
+  }
+}
+
+sha256_stream::~sha256_stream() {
+  EVP_MD_CTX_free(ctx_);
+}
+
+void sha256_stream::update(const void* p, std::size_t n) {
+  if (n > 0 && EVP_DigestUpdate(ctx_, p, n) != 1)
+    throw std::runtime_error("SHA-256: digest update failed");
+}
+
+std::string sha256_stream::hex() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(ctx_, md, &len) != 1)
+    throw std::runtime_error("SHA-256: digest final failed");
+  return to_hex(md, len);
 }
 
 std::string sha256_hex(std::string_view data) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+struct evp_md_ctx_st; // OpenSSL's EVP_MD_CTX
+
 namespace parry {
 
 /// `bytes` random bytes from the OS CSPRNG as lower-case hex.
@@ -18,6 +20,25 @@ int hex_digit(char c);
 
 /// SHA-256 of `data` as lower-case hex.
 std::string sha256_hex(std::string_view data);
+
+/// `n` bytes as lower-case hex.
+std::string to_hex(const unsigned char* p, std::size_t n);
+
+/// SHA-256 of data fed in pieces (a file read in blocks). Throws std::runtime_error
+/// only when OpenSSL itself fails.
+class sha256_stream {
+public:
+  sha256_stream();
+  ~sha256_stream();
+  sha256_stream(const sha256_stream&) = delete;
+  sha256_stream& operator=(const sha256_stream&) = delete;
+  void update(const void* p, std::size_t n);
+  /// The digest as lower-case hex; the stream is finished.
+  std::string hex();
+
+private:
+  ::evp_md_ctx_st* ctx_;
+};
 
 /// Parameters and output of one password hash (PBKDF2-HMAC-SHA256).
 struct password_hash {
