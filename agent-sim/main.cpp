@@ -92,10 +92,10 @@ int main(int argc, char** argv) {
   app.add_option("--generate", generate,
                  "Print K incidents per endpoint as JSON lines and exit (no connection)")
       ->check(CLI::Range(1, 1'000'000));
-  app.add_option("--hold-file", cfg.hold_file,
+  app.add_option("--hold-file", cfg.link.hold_file,
                  "Test hook: while PATH exists, hold received commands unacknowledged "
                  "and unexecuted; run them in order once it is gone");
-  app.add_option("--hold-results-file", cfg.hold_results_file,
+  app.add_option("--hold-results-file", cfg.link.hold_results_file,
                  "Test hook: while PATH exists, execute commands but send no results; "
                  "re-send them once it is gone");
   app.add_option("--log-level", log_level, "Log level")
@@ -125,8 +125,8 @@ int main(int argc, char** argv) {
     parry::real::real_options opt;
     opt.config_path = config_path;
     opt.enroll_token = enroll.token;
-    opt.hold_file = cfg.hold_file;
-    opt.hold_results_file = cfg.hold_results_file;
+    opt.hold_file = cfg.link.hold_file;
+    opt.hold_results_file = cfg.link.hold_results_file;
     return parry::real::run_real_agent(opt, stop_requested);
   }
   if (sim == 0) return fail("--sim N is required (the number of endpoints to simulate)");
@@ -169,10 +169,10 @@ int main(int argc, char** argv) {
     try {
       auto keys = parry::sim::load_agent_keys(state_dir);
       parry::sim::enroll_missing(keys, ids, enroll, state_dir);
-      cfg.server_key_z85 = keys.server_key_z85;
+      cfg.link.server_key_z85 = keys.server_key_z85;
       cfg.endpoint.server_signing_key = parry::parse_public_key(keys.signing_key_hex);
       for (const auto& id : ids)
-        cfg.curve_keys.push_back(keys.devices.at(id));
+        cfg.link.curve_keys.push_back(keys.devices.at(id));
     } catch (const std::exception& e) {
       return fail(e.what());
     }

@@ -53,13 +53,8 @@ sim_runner::~sim_runner() = default;
 void sim_runner::start() {
   impl& m = *impl_;
   if (m.bus) return;
-  link_config link;
+  link_config link = m.cfg.link;
   link.server = m.cfg.endpoint.server;
-  link.raise_fd_limit = m.cfg.raise_fd_limit;
-  link.hold_file = m.cfg.hold_file;
-  link.hold_results_file = m.cfg.hold_results_file;
-  link.server_key_z85 = m.cfg.server_key_z85;
-  link.curve_keys = m.cfg.curve_keys;
   std::vector<agent_session*> sessions;
   for (auto& ep : m.endpoints)
     sessions.push_back(&ep.session());

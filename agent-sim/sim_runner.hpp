@@ -11,27 +11,19 @@
 #include <string>
 #include <vector>
 
+#include "agent-sim/bus_runner.hpp"
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_endpoint.hpp"
-#include "bus/curve_keys.hpp"
 
 namespace parry::sim {
 
 /// Settings of a run.
 struct runner_config {
-  std::size_t endpoints = 1;  ///< How many endpoints to simulate.
-  endpoint_config endpoint;   ///< Shared by all of them; `endpoint.server` is dialled.
-  bool raise_fd_limit = true; ///< Raise RLIMIT_NOFILE to its hard limit at start.
-  /// Test hook: while this file exists, every endpoint holds the commands it receives
-  /// (sim_endpoint::set_hold). Empty means no hook.
-  std::string hold_file;
-  /// Test hook: while this file exists, every endpoint executes commands but holds
-  /// their results. Empty means no hook.
-  std::string hold_results_file;
-  /// CURVE: the server key every connection pins (Z85) and each endpoint's key pair
-  /// (by endpoint index). An empty server key means plain TCP.
-  std::string server_key_z85;
-  std::vector<bus::curve_key_pair> curve_keys;
+  std::size_t endpoints = 1; ///< How many endpoints to simulate.
+  endpoint_config endpoint;  ///< Shared by all of them; `endpoint.server` is dialled.
+  /// Sockets, test hooks and CURVE keys (by endpoint index); `link.server` is taken
+  /// from `endpoint.server`.
+  link_config link;
 };
 
 /// Totals over all endpoints.

@@ -539,7 +539,7 @@ BOOST_AUTO_TEST_CASE(runner_talks_to_a_router) {
   cfg.endpoint.server = endpoint;
   cfg.endpoint.incident_interval_us = 100'000;
   cfg.endpoint.max_incidents = 2;
-  cfg.raise_fd_limit = false;
+  cfg.link.raise_fd_limit = false;
   sim_runner runner(cfg, shipped_scenarios());
   runner.start();
 
@@ -1492,9 +1492,9 @@ BOOST_AUTO_TEST_CASE(runner_maps_hold_files_to_endpoints) {
   cfg.endpoint = test_config();
   cfg.endpoint.server = router.get(zmq::sockopt::last_endpoint);
   cfg.endpoint.max_incidents = 1;
-  cfg.raise_fd_limit = false;
-  cfg.hold_file = hold.string();
-  cfg.hold_results_file = hold_results.string();
+  cfg.link.raise_fd_limit = false;
+  cfg.link.hold_file = hold.string();
+  cfg.link.hold_results_file = hold_results.string();
   sim_runner runner(cfg, shipped_scenarios());
   runner.start();
 
