@@ -46,14 +46,17 @@ struct sleeper {
   sleeper(const sleeper&) = delete;
   sleeper& operator=(const sleeper&) = delete;
 
-  /// Its entry once it runs sleep (right after fork it is still a copy of us).
+  /// Its entry once it runs sleep (right after fork it is still a copy of us; in
+  /// the middle of execve /proc already shows the new image but an empty cmdline).
   real::proc_entry after_exec() const {
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
     for (;;) {
       auto e = real::read_process(static_cast<uint32_t>(pid));
       BOOST_REQUIRE(e);
       auto slash = e->image.rfind('/');
-      if (slash != std::string::npos && e->image.substr(slash) == "/sleep") return *e;
+      if (slash != std::string::npos && e->image.substr(slash) == "/sleep" &&
+          !e->cmdline.empty())
+        return *e;
       BOOST_REQUIRE(std::chrono::steady_clock::now() < until);
       ::usleep(1000);
     }
