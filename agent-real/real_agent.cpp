@@ -242,13 +242,12 @@ int run_real_agent(const real_options& opt, const std::atomic<bool>& stop) {
     if (t >= next_summary) {
       next_summary = t + summary_us;
       guard_stats g = exec->guard_counters();
-      std::string line = fmt::format(
-          "guard: {} execs checked, {} denied ({} changing while hashed), {} too large "
-          "to "
-          "check, {} errors; IOC: {} hits, {} unchecked, {} notifications lost, {} hits "
-          "dropped",
-          g.exec_checked, g.exec_denied, g.unstable, g.too_large, g.errors, g.ioc_hits,
-          g.ioc_skipped, g.ioc_lost, detect->dropped());
+      std::string line =
+          fmt::format("guard: {} execs checked, {} denied ({} changing while hashed), "
+                      "{} too large to check, {} errors; IOC: {} hits, {} unchecked, "
+                      "{} notifications lost, {} hits dropped",
+                      g.exec_checked, g.exec_denied, g.unstable, g.too_large, g.errors,
+                      g.ioc_hits, g.ioc_skipped, g.ioc_lost, detect->dropped());
       if (line != last_summary) spdlog::info("{}", line);
       last_summary = std::move(line);
     }

@@ -1,9 +1,10 @@
 // libFuzzer harness: the bus edge. Every input is one frame as it arrives from a
 // peer; it is decoded with the server's limits as a header and as every message
-// body. What decodes must survive a round trip: encoding it again and decoding that
-// gives the same bytes, so the codec neither loses nor invents fields. A decoded
-// incident then goes through the server's own check (validate_report, the gateway
-// calls it), and what that accepts must keep the promises the actors rely on.
+// body (agents', enrollment's and integrators'). What decodes must survive a round trip:
+// encoding it again and decoding that gives the same bytes, so the codec neither loses
+// nor invents fields. A decoded incident then goes through the server's own check
+// (validate_report, the gateway calls it), and what that accepts must keep the promises
+// the actors rely on.
 
 #include <cstddef>
 #include <cstdint>
@@ -13,6 +14,8 @@
 #include <string_view>
 
 #include "bus/codec.hpp"
+#include "bus/enroll.hpp"
+#include "bus/integrator.hpp"
 #include "bus/validate.hpp"
 
 namespace {
@@ -65,6 +68,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   round_trip<welcome>(frame);
   round_trip<command>(frame);
   round_trip<result_ack>(frame);
+  // The enrollment endpoint (anyone may connect) and the integrators' requests.
+  round_trip<enroll_request>(frame);
+  round_trip<enroll_result>(frame);
+  round_trip<api_request>(frame);
+  round_trip<api_reply>(frame);
   if (auto r = decode<incident_report>(frame, limits, why))
     if (parry::validate_report(*r).empty()) check_accepted(*r);
   return 0;
