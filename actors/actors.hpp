@@ -278,7 +278,8 @@ using auth_actor = caf::typed_actor<
     caf::replies_to<atom::login, std::string, std::string, std::string>::with<std::string,
                                                                               principal>,
     // Session token or bearer token -> principal (first arg: true for a session).
-    caf::replies_to<atom::authn, bool, std::string>::with<principal>,
+    // (session?, session or bearer token, counts as use?)
+    caf::replies_to<atom::authn, bool, std::string, bool>::with<principal>,
     // Creates a bearer token for a principal: name, lifetime in seconds (0: default).
     caf::replies_to<atom::token, principal, std::string, int64_t>::with<std::string,
                                                                         token_record>,

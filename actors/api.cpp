@@ -268,6 +268,34 @@ void health(call c) {
   c.answer(reply(200, json{{"status", "ok"}}));
 }
 
+/// Who is signed in, for the console after a reload (the cookie is HttpOnly). The
+/// CSRF token is readable only by pages of this origin.
+void get_session(call c) {
+  auto password = json::array();
+  for (action_type t : all_action_types)
+    if (c.self->state.policy.needs_password(t)) password.push_back(to_string(t));
+  c.answer(reply(
+      200,
+      json{{"user", json{{"username", c.who.username}, {"role", to_string(c.who.role)}}},
+           {"csrf_token", c.who.csrf_token},
+           {"idle_timeout_s",
+            std::chrono::duration_cast<std::chrono::seconds>(c.self->state.session_idle)
+                .count()},
+           {"password_required", std::move(password)}}));
+}
+
+/// The event stream's admission: the HTTPS front end upgrades the connection to a
+/// WebSocket only on this 200 (server/event_stream.hpp). Without an upgrade it is
+/// 426.
+void events(call c) {
+  if (!c.req.upgrade)
+    return c.answer(reply(426, error_json("upgrade_required",
+                                          "GET /events is a WebSocket: send the upgrade "
+                                          "headers")));
+  c.answer(reply(200, json{{"user", json{{"username", c.who.username},
+                                         {"role", to_string(c.who.role)}}}}));
+}
+
 void login(call c) {
   std::string user, pass;
   bool too_long = false;
@@ -650,12 +678,15 @@ void patch_user(call c) {
   auto name = c.args[0];
   std::optional<user_role> role;
   std::string password;
-  if (auto why = rest::parse_user_change(c.req.body, role, password); !why.empty())
+  std::optional<bool> disabled;
+  if (auto why = rest::parse_user_change(c.req.body, role, password, disabled);
+      !why.empty())
     return c.answer(ec::bad_request, why);
   c.self->request(c.self->state.store, c.left(), atom::user_v, name)
       .then(
-          [c, role, password](user_record u) mutable {
+          [c, role, password, disabled](user_record u) mutable {
             if (role) u.role = *role;
+            if (disabled) u.disabled = *disabled;
             hash_then(c, std::move(u), password, [c, password](user_record u) mutable {
               c.self->request(c.self->state.store, c.left(), atom::update_v, u)
                   .then(
@@ -663,10 +694,12 @@ void patch_user(call c) {
                         c.self->send(c.self->state.auth, atom::forget_v, u.username);
                         audit(c.self, c.who.username, "user_changed", u.username,
                               std::string{"role "} + to_string(u.role) +
+                                  (u.disabled ? ", disabled" : ", enabled") +
                                   (password.empty() ? "" : ", new password"));
-                        c.answer(reply(
-                            200, json{{"user", json{{"username", u.username},
-                                                    {"role", to_string(u.role)}}}}));
+                        c.answer(
+                            reply(200, json{{"user", json{{"username", u.username},
+                                                          {"role", to_string(u.role)},
+                                                          {"disabled", u.disabled}}}}));
                       },
                       c.on_error());
             });
@@ -714,6 +747,8 @@ const route routes[] = {
     {"GET", "/health", access::anyone, health},
     {"POST", "/login", access::anyone, login},
     {"POST", "/logout", access::user, logout},
+    {"GET", "/session", access::user, get_session},
+    {"GET", "/events", access::user, events},
     {"POST", "/tokens", access::user, post_token},
     {"GET", "/tokens", access::user, list_tokens},
     {"DELETE", "/tokens/{id}", access::user, delete_token},
@@ -807,7 +842,9 @@ void dispatch(call c, const route& r) {
     return guarded(c, [&] { r.handle(c); });
   }
   bool session = c.req.bearer.empty();
-  c.self->request(c.self->state.auth, c.left(), atom::authn_v, session, c.credential())
+  c.self
+      ->request(c.self->state.auth, c.left(), atom::authn_v, session, c.credential(),
+                !c.req.passive)
       .then(
           [c, &r](const principal& who) mutable {
             c.who = who;

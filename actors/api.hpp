@@ -37,6 +37,8 @@ struct api_state {
   std::shared_ptr<supervision_stats> supervision;
   /// Enrollment tokens, integrator keys, revocation (null: those routes answer 503).
   bus_keys_actor bus_keys;
+  /// Sessions end after this long without use (told to the console by GET /session).
+  std::chrono::minutes session_idle{30};
 };
 
 using api_stateful = api_actor::stateful_pointer<api_state>;

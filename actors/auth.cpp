@@ -147,6 +147,12 @@ void check_password(auth_stateful self, const std::string& username,
                                remaining(*t, now)));
                   return;
                 }
+              // Said only to someone who knows the password.
+              if (u.disabled) {
+                audit(self, username, kind, username, "refused: account disabled");
+                fail(make_error(ec::unauthenticated, "account disabled"));
+                return;
+              }
               list.front().first->failures = 0;
               audit(self, username, kind, username, "ok");
               done(principal{u.username, u.role, "", false});
@@ -290,8 +296,8 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         for (auto i = st.tokens.begin(); i != st.tokens.end();)
           i = i->second.who.username == username ? st.tokens.erase(i) : std::next(i);
       },
-      [self](atom::authn, bool session,
-             const std::string& token) -> caf::result<principal> {
+      [self](atom::authn, bool session, const std::string& token,
+             bool use) -> caf::result<principal> {
         auto& st = self->state;
         auto now = self->clock().now();
         if (token.empty() || token.size() > 128)
@@ -302,7 +308,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
             if (i != st.sessions.end()) st.sessions.erase(i);
             return make_error(ec::unauthenticated, "session expired or unknown");
           }
-          i->second.last_used = now;
+          if (use) i->second.last_used = now;
           return i->second.who;
         }
         auto hash = sha256_hex(token);
@@ -325,6 +331,11 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
                   self->request(self->state.store, store_wait, atom::user_v, t.username)
                       .then(
                           [self, rp, hash, t](const user_record& u) mutable {
+                            if (u.disabled) {
+                              rp.deliver(
+                                  make_error(ec::unauthenticated, "account disabled"));
+                              return;
+                            }
                             principal who{u.username, u.role, "", false};
                             self->state.tokens[hash] = {who, self->clock().now(),
                                                         t.expires_at};

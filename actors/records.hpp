@@ -133,6 +133,7 @@ struct user_record {
   uint32_t iterations = 0;
   std::string hash_hex;
   int64_t created_at = 0;
+  bool disabled = false; ///< Cannot sign in or use a token until enabled again.
 };
 
 /// A bearer token as stored and listed; the token itself is never kept.
@@ -193,6 +194,11 @@ struct http_request {
   std::string csrf;    ///< From `X-CSRF-Token`.
   std::string idempotency_key;
   std::string source; ///< The peer's IP address, set by the HTTP server.
+  /// A check that is not use: the session's idle time keeps running (the event
+  /// stream's periodic check that its session still stands).
+  bool passive = false;
+  /// A WebSocket upgrade request (GET /events).
+  bool upgrade = false;
 };
 
 /// The answer the HTTP thread writes back.
@@ -240,7 +246,8 @@ template <class Inspector> auto inspect(Inspector& f, action_request& x) {
            x.password_confirmed);
 }
 template <class Inspector> auto inspect(Inspector& f, user_record& x) {
-  return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at);
+  return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at,
+           x.disabled);
 }
 template <class Inspector> auto inspect(Inspector& f, principal& x) {
   return f(x.username, x.role, x.csrf_token, x.via_session, x.integrator);
@@ -250,7 +257,7 @@ template <class Inspector> auto inspect(Inspector& f, page_request& x) {
 }
 template <class Inspector> auto inspect(Inspector& f, http_request& x) {
   return f(x.method, x.target, x.body, x.bearer, x.session, x.csrf, x.idempotency_key,
-           x.source);
+           x.source, x.passive, x.upgrade);
 }
 template <class Inspector> auto inspect(Inspector& f, token_record& x) {
   return f(x.token_id, x.name, x.username, x.created_at, x.expires_at);

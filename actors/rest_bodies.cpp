@@ -184,9 +184,13 @@ std::string parse_new_user(std::string_view body, user_record& user,
 }
 
 std::string parse_user_change(std::string_view body, std::optional<user_role>& role,
-                              std::string& password) {
+                              std::string& password, std::optional<bool>& disabled) {
   auto j = parse(body);
   if (!j.is_object()) return "body must be a JSON object";
+  if (j.contains("disabled")) {
+    if (!j["disabled"].is_boolean()) return "disabled must be true or false";
+    disabled = j["disabled"].get<bool>();
+  }
   if (j.contains("role")) {
     if (j["role"].is_string())
       role = user_role_from_string(j["role"].get_ref<const std::string&>());

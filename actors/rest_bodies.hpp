@@ -49,9 +49,10 @@ std::string parse_integrator(std::string_view body, std::string& name, user_role
 std::string parse_new_user(std::string_view body, user_record& user,
                            std::string& password);
 
-/// PATCH /users/{name}: what changes (a role, a password; either may be absent).
+/// PATCH /users/{name}: what changes (a role, a password, disabled; each may be
+/// absent).
 std::string parse_user_change(std::string_view body, std::optional<user_role>& role,
-                              std::string& password);
+                              std::string& password, std::optional<bool>& disabled);
 
 /// POST /actions/{id}/reverse: the optional comment and password re-entry.
 std::string parse_reverse(std::string_view body, std::string& comment,

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS transitions (
 CREATE INDEX IF NOT EXISTS transitions_by_action ON transitions (action_id, seq);
 CREATE TABLE IF NOT EXISTS users (
   username TEXT PRIMARY KEY, role TEXT NOT NULL, salt_hex TEXT NOT NULL,
-  iterations INTEGER NOT NULL, hash_hex TEXT NOT NULL, created_at INTEGER);
+  iterations INTEGER NOT NULL, hash_hex TEXT NOT NULL, created_at INTEGER,
+  disabled INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, kind TEXT NOT NULL,
   target TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -308,6 +309,7 @@ user_record read_user(stmt& q) {
   u.iterations = static_cast<uint32_t>(q.integer(3));
   u.hash_hex = q.text(4);
   u.created_at = q.integer(5);
+  u.disabled = q.integer(6) != 0;
   return u;
 }
 
@@ -350,6 +352,19 @@ int64_t rows_of(const page_request& p, list_limits lim) {
 std::string filter(const page_request& p, const char* key) {
   auto i = p.filters.find(key);
   return i == p.filters.end() ? std::string{} : i->second;
+}
+
+/// The RFC 3339 time of filter `key` in microseconds, 0 when not given; bad_request
+/// naming the key otherwise.
+int64_t time_filter(const page_request& p, const char* key) {
+  auto text = filter(p, key);
+  if (text.empty()) return 0;
+  auto t = parse_time(text);
+  if (!t)
+    throw refused(ec::bad_request, std::string{"'"} + key +
+                                       "' must be an RFC 3339 time, e.g. "
+                                       "2026-12-02T10:00:00Z");
+  return *t;
 }
 
 /// Parses a whole decimal number that fits 64 bits, or throws bad_request naming
@@ -430,7 +445,8 @@ std::string render_page(stmt& s, const char* name, int64_t rows, size_t max_byte
 json user_json(stmt& s) {
   return json{{"username", s.text(0)},
               {"role", s.text(1)},
-              {"created_at", format_time(s.integer(2))}};
+              {"created_at", format_time(s.integer(2))},
+              {"disabled", s.integer(3) != 0}};
 }
 
 std::string read_devices(store_state& st, const page_request& p) {
@@ -464,14 +480,20 @@ std::string read_incidents(store_state& st, const page_request& p) {
     before_time = number(key.substr(0, sp), "cursor");
     before_id = key.substr(sp + 1);
   }
+  // Filters: since (inclusive) and until (exclusive) bound created_at.
+  auto since = time_filter(p, "since");
+  auto until = time_filter(p, "until");
   stmt s{st, "SELECT incident_id, device_id, status, created_at, det_name, "
              "det_severity, det_engine, key_event_id, event_count FROM incidents "
              "WHERE (?1 = '' OR device_id = ?1) AND (?3 = '' OR created_at < ?4 OR "
-             "(created_at = ?4 AND incident_id < ?3)) "
+             "(created_at = ?4 AND incident_id < ?3)) AND (?5 = '' OR status = ?5) AND "
+             "(?6 = '' OR det_severity = ?6) AND (?7 = 0 OR created_at >= ?7) AND "
+             "(?8 = 0 OR created_at < ?8) "
              "ORDER BY created_at DESC, incident_id DESC LIMIT ?2"};
   auto rows = rows_of(p, list_rows);
   s.bind(1, filter(p, "device_id")).bind(2, rows + 1).bind(3, before_id);
-  s.bind(4, before_time);
+  s.bind(4, before_time).bind(5, filter(p, "status")).bind(6, filter(p, "severity"));
+  s.bind(7, since).bind(8, until);
   return render_page(
       s, "incidents", rows, st.max_page_bytes,
       [](stmt& s) {
@@ -535,7 +557,7 @@ std::string read_action_json(store_state& st, const std::string& id) {
 }
 
 std::string read_users(store_state& st, const page_request& p) {
-  stmt s{st, "SELECT username, role, created_at FROM users WHERE username > ?1 "
+  stmt s{st, "SELECT username, role, created_at, disabled FROM users WHERE username > ?1 "
              "ORDER BY username LIMIT ?2"};
   auto rows = rows_of(p, list_rows);
   s.bind(1, decode_cursor(p.cursor)).bind(2, rows + 1);
@@ -851,6 +873,10 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         !cols.step())
       exec(st.db, "ALTER TABLE tokens ADD COLUMN token_id TEXT; "
                   "ALTER TABLE tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;");
+    // Users from before accounts could be disabled.
+    if (stmt cols{st, "SELECT 1 FROM pragma_table_info('users') WHERE name = 'disabled'"};
+        !cols.step())
+      exec(st.db, "ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;");
     exec(st.db, "UPDATE tokens SET token_id = lower(hex(randomblob(8))) "
                 "WHERE token_id IS NULL; "
                 "CREATE UNIQUE INDEX IF NOT EXISTS tokens_by_id ON tokens (token_id);");
@@ -1074,7 +1100,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       [=](atom::user, const std::string& name) -> caf::result<user_record> {
         return read_answer<user_record>([&] {
           stmt s{self->state, "SELECT username, role, salt_hex, iterations, hash_hex, "
-                              "created_at FROM users WHERE username = ?"};
+                              "created_at, disabled FROM users WHERE username = ?"};
           s.bind(1, name);
           if (!s.step()) throw refused(ec::not_found, "no user " + name);
           return read_user(s);
@@ -1177,7 +1203,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::revert, const std::string& id,
           const std::string& reverse) -> caf::result<atom::ok> {
-        return ok_write(self, [&] {
+        auto queued = self->state.on_commit.size();
+        std::optional<action_record> reverted;
+        auto res = ok_write(self, [&] {
           auto& st = self->state;
           stmt cur{st, "SELECT state, reversed_by FROM actions WHERE action_id = ?"};
           cur.bind(1, id);
@@ -1192,7 +1220,19 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           expect_change(st, ec::conflict, "action " + id + " is not completed");
           write_transition(
               st, transition{id, state::reverted, now, "undone by " + reverse}, "parryd");
+          std::string sql = std::string{"SELECT "} + action_columns +
+                            " FROM actions WHERE action_id = ?";
+          stmt row{st, sql.c_str()};
+          row.bind(1, id);
+          if (row.step())
+            if (auto r = read_action_row(row); r.problem.empty())
+              reverted = std::move(r.rec);
         });
+        // Subscribers hear of it like of any other state (action.reverted).
+        if (reverted)
+          publish_on_commit(self->state, queued, bus::topic::action,
+                            to_string(state::reverted), action_event_of(*reverted));
+        return res;
       },
       [=](atom::audit, const audit_entry& e) -> caf::result<atom::ok> {
         return ok_write(self, [&] { append_audit(self->state, e); });
@@ -1200,20 +1240,24 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       [=](atom::update, const user_record& u) -> caf::result<atom::ok> {
         return ok_write(self, [&] {
           auto& st = self->state;
-          stmt cur{st, "SELECT role FROM users WHERE username = ?"};
+          stmt cur{st, "SELECT role, disabled FROM users WHERE username = ?"};
           cur.bind(1, u.username);
           if (!cur.step()) throw refused(ec::not_found, "no user " + u.username);
-          if (administrator_at(cur, 0) && u.role != user_role::administrator) {
-            stmt admins{st, "SELECT count(*) FROM users WHERE role = ?"};
+          // The last enabled administrator keeps the role and stays enabled, so
+          // someone can always manage the server.
+          if (administrator_at(cur, 0) && cur.integer(1) == 0 &&
+              (u.role != user_role::administrator || u.disabled)) {
+            stmt admins{st, "SELECT count(*) FROM users WHERE role = ? AND disabled = 0"};
             admins.bind(1, to_string(user_role::administrator));
             if (admins.step() && admins.integer(0) <= 1)
-              throw refused(ec::conflict, "the last administrator keeps that role");
+              throw refused(ec::conflict,
+                            "the last enabled administrator keeps that role and "
+                            "cannot be disabled");
           }
-          stmt s{st,
-                 "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, hash_hex = ? "
-                 "WHERE username = ?"};
+          stmt s{st, "UPDATE users SET role = ?, salt_hex = ?, iterations = ?, "
+                     "hash_hex = ?, disabled = ? WHERE username = ?"};
           s.bind(1, to_string(u.role)).bind(2, u.salt_hex).bind(3, int64_t{u.iterations});
-          s.bind(4, u.hash_hex).bind(5, u.username);
+          s.bind(4, u.hash_hex).bind(5, int64_t{u.disabled}).bind(6, u.username);
           s.step();
           stmt t{st, "DELETE FROM tokens WHERE username = ?"};
           t.bind(1, u.username);
@@ -1223,13 +1267,15 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       [=](atom::del, const std::string& name) -> caf::result<atom::ok> {
         return ok_write(self, [&] {
           auto& st = self->state;
-          stmt cur{st, "SELECT role FROM users WHERE username = ?"};
+          stmt cur{st, "SELECT role, disabled FROM users WHERE username = ?"};
           cur.bind(1, name);
           if (!cur.step()) throw refused(ec::not_found, "no user " + name);
-          stmt admins{st, "SELECT count(*) FROM users WHERE role = ?"};
+          stmt admins{st, "SELECT count(*) FROM users WHERE role = ? AND disabled = 0"};
           admins.bind(1, to_string(user_role::administrator));
-          if (administrator_at(cur, 0) && admins.step() && admins.integer(0) <= 1)
-            throw refused(ec::conflict, "the last administrator cannot be deleted");
+          if (administrator_at(cur, 0) && cur.integer(1) == 0 && admins.step() &&
+              admins.integer(0) <= 1)
+            throw refused(ec::conflict,
+                          "the last enabled administrator cannot be deleted");
           stmt s{st, "DELETE FROM users WHERE username = ?"};
           s.bind(1, name);
           s.step();

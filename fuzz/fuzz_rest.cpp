@@ -83,7 +83,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
   case 4: {
     std::optional<user_role> role;
     std::string password;
-    auto why = rest::parse_user_change(body, role, password);
+    std::optional<bool> disabled;
+    auto why = rest::parse_user_change(body, role, password, disabled);
     writable(why);
     if (why.empty() && !password.empty())
       check(password.size() >= 12 && password.size() <= 1024);

@@ -336,6 +336,11 @@ rule<std::string> directory() {
           }};
 }
 
+rule<std::string> optional_directory() {
+  return {"a path, or empty for none", "",
+          [](const std::string&) { return std::string{}; }};
+}
+
 rule<std::string> endpoint() {
   return {"tcp://HOST:PORT (PORT * picks a free one), ipc://PATH or inproc://NAME", "",
           [](const std::string& v) -> std::string {
@@ -481,6 +486,13 @@ entry secret(entry e) {
   return e;
 }
 
+/// A key whose default depends on the build (a path): the reference tables describe
+/// it in words instead.
+entry build_default(entry e, const char* words) {
+  e.info.default_words = words;
+  return e;
+}
+
 // The table: one entry per key, in the order --print-config and the docs list them.
 //
 // To add a key: give server_config a member (its initial value is the default), then
@@ -525,6 +537,11 @@ const std::vector<entry>& table() {
           "HTTPS listen address", ip_address()),
       key("http_port", &C::http_port, "PARRY_HTTP_PORT", "--http-port",
           "HTTPS port (0 picks a free one)", range{0, 65535}),
+      build_default(key("web_dir", &C::web_dir, "PARRY_WEB_DIR", "--web-dir",
+                        "directory of the web console's files, served at "
+                        "https://HOST:PORT/ (empty: no console, the REST API only)",
+                        optional_directory()),
+                    "web/ of the source tree it was built from"),
       // No flag: a command line is readable by every local user (/proc/PID/cmdline).
       secret(key("admin_password", &C::admin_password, "PARRY_ADMIN_PASSWORD", "",
                  "first administrator's password, used once (empty: one is generated "
@@ -856,8 +873,10 @@ std::string config_reference_markdown() {
     }
     out += "| " + code(k.key) + " | " + code(k.env) + " | " +
            (flags.empty() ? "(none)" : flags) + " | " + k.type + " | " + k.unit + " | " +
-           (k.secret ? "unset" : code(k.default_toml)) + " | " + markdown_cell(k.legal) +
-           " | " + markdown_cell(k.doc) + " |\n";
+           (k.secret                   ? "unset"
+            : !k.default_words.empty() ? markdown_cell(k.default_words)
+                                       : code(k.default_toml)) +
+           " | " + markdown_cell(k.legal) + " | " + markdown_cell(k.doc) + " |\n";
   }
   return out;
 }

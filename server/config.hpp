@@ -34,6 +34,8 @@ struct server_config {
   /// HTTPS listen address and port (0 picks a free port).
   std::string http_address = "127.0.0.1";
   uint16_t http_port = 8443;
+  /// The web console's files (web/ of the source tree unless installed elsewhere).
+  std::string web_dir = PARRY_WEB_DIR;
   /// First administrator's password (used once, when the store has no admin).
   std::string admin_password;
   /// Agents send a heartbeat this often...
@@ -129,6 +131,9 @@ struct config_key_info {
   std::string default_toml; ///< the default as a TOML value
   std::string default_text; ///< the default as an environment variable or flag holds it
   bool secret = false;      ///< never printed: shown as <set> or <unset>
+  /// The default in words where it depends on the build (a path); "" otherwise. The
+  /// reference table shows it instead of default_toml.
+  std::string default_words;
 };
 
 /// Every key, in table order.

@@ -14,17 +14,22 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
 #include "common/utf8.hpp"
+#include "server/event_hub.hpp"
+#include "server/event_stream.hpp"
+#include "server/web_assets.hpp"
 
 namespace parry {
 
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
+namespace websocket = beast::websocket;
 using tcp = net::ip::tcp;
 
 namespace {
@@ -34,6 +39,28 @@ constexpr std::size_t max_body = 1 << 20;
 constexpr auto write_timeout = std::chrono::seconds{30};
 // Answer-side bound: an actor that never answers still frees the connection.
 constexpr auto api_timeout = std::chrono::seconds{30};
+
+/// An error answer's body; `code` and `message` are constants without quotes.
+std::string error_body(const char* code, const char* message) {
+  return std::string{R"({"error":{"code":")"} + code + R"(","message":")" + message +
+         "\"}}";
+}
+
+/// On every answer: the console's pages run only their own scripts and styles, are
+/// never framed, and leak no address to elsewhere.
+template <class Response> void set_security_headers(Response& res) {
+  res.set(http::field::server, "parry");
+  res.set("X-Content-Type-Options", "nosniff");
+  res.set(http::field::strict_transport_security, "max-age=31536000");
+  res.set("Content-Security-Policy",
+          "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' "
+          "data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+          "frame-ancestors 'none'");
+  res.set("X-Frame-Options", "DENY");
+  res.set("Referrer-Policy", "no-referrer");
+  res.set("Cross-Origin-Opener-Policy", "same-origin");
+  res.set("Cross-Origin-Resource-Policy", "same-origin");
+}
 
 std::string header_value(const http::request<http::string_body>& req,
                          beast::string_view name) {
@@ -111,15 +138,44 @@ private:
   std::string source_;
 };
 
-class session;
-
-/// A session as held from outside its io_context (by the actor that waits for the
-/// api's answer). Members end last to first: the session and the executor, which
-/// use the context's services, always before the context itself.
-struct session_ref {
+/// What waits for the api's answer, held from outside the io_context (by the actor
+/// that waits). Members end last to first: the callback (which may hold a session)
+/// and the executor, which use the context's services, always before the context.
+struct api_waiter {
   std::shared_ptr<net::io_context> ioc;
-  beast::ssl_stream<beast::tcp_stream>::executor_type exec;
-  std::shared_ptr<session> self;
+  net::any_io_executor exec;
+  std::function<void(http_response)> done;
+};
+
+/// Asks the api to answer `r` and calls `done` with the answer on `exec`; neither
+/// side blocks. The waiting actor holds the io_context while it lives, so a post after
+/// stop() lands in a stopped context, never in a destroyed one. The request goes in as
+/// a spawn argument: CAF 0.17.6 dereferences a null tuple pointer when a
+/// function-based actor is spawned without arguments (UBSan, init_fun_factory.hpp).
+void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_request r) {
+  sys.spawn(
+      [api, w = std::move(w)](caf::event_based_actor* a, http_request r) {
+        a->request(api, api_timeout, std::move(r))
+            .then(
+                [w](http_response& resp) {
+                  net::post(w.exec, [done = w.done, resp = std::move(resp)]() mutable {
+                    done(std::move(resp));
+                  });
+                },
+                [w](caf::error&) {
+                  net::post(w.exec, [done = w.done] {
+                    done(http_response{
+                        503, error_body("unavailable", "server busy"), {}, {}});
+                  });
+                });
+      },
+      std::move(r));
+}
+
+/// What the HTTPS front end serves besides the api.
+struct extras {
+  std::shared_ptr<event_hub> events;
+  std::shared_ptr<const web_assets> console;
 };
 
 class session : public std::enable_shared_from_this<session> {
@@ -127,10 +183,10 @@ public:
   session(tcp::socket&& socket, net::ssl::context& ctx, caf::actor_system& sys,
           api_actor api, std::weak_ptr<net::io_context> ioc,
           std::unique_ptr<conn_slot> slot, const http_limits& limits,
-          std::shared_ptr<http_stats> stats)
+          std::shared_ptr<http_stats> stats, extras more)
       : stream_(std::move(socket), ctx), sys_(sys), api_(std::move(api)),
         ioc_(std::move(ioc)), slot_(std::move(slot)), limits_(limits),
-        stats_(std::move(stats)) {}
+        stats_(std::move(stats)), more_(std::move(more)) {}
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -182,56 +238,104 @@ private:
       ++stats_->bad_requests;
       return write_error(400, "bad_request", "request target or header is not UTF-8");
     }
-    // A short-lived actor waits for the api's answer and posts it back to this
-    // connection's executor; neither side blocks. It holds the io_context while it
-    // lives, so a post after stop() lands in a stopped context, never in a destroyed
-    // one. (The session itself holds it weakly: a session waiting in the context
-    // must not keep the context alive, or neither is ever freed.) The request
-    // goes in as a spawn argument: CAF 0.17.6 dereferences a null tuple pointer when a
-    // function-based actor is spawned without arguments (UBSan, init_fun_factory.hpp).
+    auto path = std::string_view{r.target}.substr(0, r.target.find('?'));
+    if (path.substr(0, 5) != "/api/" && more_.console) return serve_file(req, path);
+    if (path == "/api/v1/events" && more_.events && websocket::is_upgrade(req))
+      return upgrade(std::move(req), std::move(r));
     auto ioc = ioc_.lock();
     if (!ioc) return; // the server is going away
-    session_ref ref{std::move(ioc), stream_.get_executor(), shared_from_this()};
-    sys_.spawn(
-        [api = api_, ref](caf::event_based_actor* a, http_request r) {
-          a->request(api, api_timeout, std::move(r))
-              .then(
-                  [ref](http_response& resp) {
-                    net::post(ref.exec,
-                              [self = ref.self, resp = std::move(resp)]() mutable {
-                                self->write(std::move(resp));
-                              });
-                  },
-                  [ref](caf::error&) {
-                    net::post(ref.exec, [self = ref.self] {
-                      self->write(http_response{
-                          503,
-                          R"({"error":{"code":"unavailable","message":"server busy"}})",
-                          {},
-                          {}});
-                    });
-                  });
-        },
-        std::move(r));
+    ask_api(sys_, api_,
+            {std::move(ioc), stream_.get_executor(),
+             [self = shared_from_this()](http_response resp) {
+               self->write(std::move(resp));
+             }},
+            std::move(r));
+  }
+
+  /// The console's files: GET and HEAD only, from memory, revalidated by ETag.
+  void serve_file(const http::request<http::string_body>& req, std::string_view path) {
+    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      http_response r{405, error_body("method_not_allowed", "use GET"), {}, {}};
+      r.headers["Allow"] = "GET, HEAD";
+      return write(std::move(r));
+    }
+    auto file = more_.console->find(path);
+    if (!file) return write({404, error_body("not_found", "no such page"), {}, {}});
+    auto res =
+        std::make_shared<http::response<http::string_body>>(http::status::ok, version_);
+    set_security_headers(*res);
+    res->set(http::field::content_type, file->content_type);
+    res->set(http::field::cache_control, "no-cache");
+    res->set(http::field::etag, file->etag);
+    if (header_value(req, "If-None-Match") == file->etag) {
+      res->result(http::status::not_modified);
+    } else if (req.method() == http::verb::get) {
+      res->body() = file->body;
+    }
+    res->keep_alive(keep_alive_);
+    res->prepare_payload();
+    if (req.method() == http::verb::head) res->content_length(file->body.size());
+    send(std::move(res));
+  }
+
+  /// GET /api/v1/events with upgrade headers: the api admits it (session, role) as
+  /// it would any GET, then the connection becomes the event stream. A browser must
+  /// come from this server's own origin (a page elsewhere cannot use the cookie).
+  void upgrade(http::request<http::string_body> req, http_request r) {
+    auto origin = header_value(req, "Origin");
+    auto host = header_value(req, "Host");
+    if (!origin.empty() && origin != "https://" + host) {
+      keep_alive_ = false;
+      return write(
+          {403, error_body("forbidden", "event stream from another origin"), {}, {}});
+    }
+    auto ioc = ioc_.lock();
+    if (!ioc) return;
+    r.upgrade = true;
+    auto check = r;
+    check.passive = true;
+    ask_api(sys_, api_,
+            {std::move(ioc), stream_.get_executor(),
+             [self = shared_from_this(), req = std::move(req),
+              check = std::move(check)](http_response resp) mutable {
+               if (resp.status != 200) return self->write(std::move(resp));
+               self->become_stream(std::move(req), std::move(check));
+             }},
+            std::move(r));
+  }
+
+  void become_stream(http::request<http::string_body> req, http_request check) {
+    auto ioc = ioc_.lock();
+    if (!ioc) return;
+    std::weak_ptr<net::io_context> weak_ioc = ioc;
+    auto exec = stream_.get_executor();
+    // Asked again every few seconds, passively: logout, the idle timeout or a
+    // disabled account end the stream too.
+    session_check again = [&sys = sys_, api = api_, weak_ioc, exec,
+                           check](std::function<void(bool)> answer) {
+      auto ioc = weak_ioc.lock();
+      if (!ioc) return;
+      ask_api(sys, api,
+              {std::move(ioc), exec,
+               [answer](http_response resp) { answer(resp.status == 200); }},
+              check);
+    };
+    std::shared_ptr<void> hold{std::shared_ptr<conn_slot>{std::move(slot_)}};
+    start_event_stream(std::move(stream_), std::move(req), more_.events, std::move(again),
+                       std::move(hold), limits_.events);
   }
 
   void write_error(int status, const char* code, const char* message) {
     keep_alive_ = false;
-    write(http_response{status,
-                        std::string{R"({"error":{"code":")"} + code + R"(","message":")" +
-                            message + "\"}}",
-                        {},
-                        {}});
+    write(http_response{status, error_body(code, message), {}, {}});
   }
 
   void write(http_response resp) {
     auto res = std::make_shared<http::response<http::string_body>>(
         static_cast<http::status>(resp.status), version_);
-    res->set(http::field::server, "parry");
+    set_security_headers(*res);
     res->set(http::field::content_type, "application/json");
     res->set(http::field::cache_control, "no-store");
-    res->set("X-Content-Type-Options", "nosniff");
-    res->set(http::field::strict_transport_security, "max-age=31536000");
     for (auto& c : resp.set_cookies)
       res->insert(http::field::set_cookie, c);
     for (auto& [name, value] : resp.headers)
@@ -239,6 +343,10 @@ private:
     res->keep_alive(keep_alive_);
     res->body() = std::move(resp.body);
     res->prepare_payload();
+    send(std::move(res));
+  }
+
+  void send(std::shared_ptr<http::response<http::string_body>> res) {
     beast::get_lowest_layer(stream_).expires_after(write_timeout);
     http::async_write(
         stream_, *res,
@@ -265,6 +373,7 @@ private:
   std::unique_ptr<conn_slot> slot_;
   http_limits limits_;
   std::shared_ptr<http_stats> stats_;
+  extras more_;
   bool keep_alive_ = false;
   unsigned version_ = 11;
 };
@@ -277,6 +386,7 @@ struct http_server::impl {
   std::string address;
   uint16_t port;
   std::shared_ptr<conn_table> table = std::make_shared<conn_table>();
+  extras more;
   /// Shared with the actors that post answers back (see session::on_read).
   std::shared_ptr<net::io_context> ioc = std::make_shared<net::io_context>(1);
   net::ssl::context ssl{net::ssl::context::tls_server};
@@ -347,7 +457,7 @@ struct http_server::impl {
               ++table->stats->accepted;
               std::make_shared<session>(std::move(socket), ssl, sys, api, ioc,
                                         std::make_unique<conn_slot>(table, source),
-                                        table->limits, table->stats)
+                                        table->limits, table->stats, more)
                   ->run();
             } else {
               socket.close(ep_ec);
@@ -369,6 +479,14 @@ http_server::http_server(caf::actor_system& sys, api_actor api, std::string addr
                   net::ssl::context::no_tlsv1_1);
   ssl.use_certificate_chain_file(cert_file);
   ssl.use_private_key_file(key_file, net::ssl::context::pem);
+}
+
+void http_server::serve_events(std::shared_ptr<event_hub> hub) {
+  impl_->more.events = std::move(hub);
+}
+
+void http_server::serve_console(web_assets files) {
+  impl_->more.console = std::make_shared<const web_assets>(std::move(files));
 }
 
 http_server::~http_server() {

@@ -7,8 +7,11 @@
 #include <string>
 
 #include "actors/fwd.hpp"
+#include "server/event_hub.hpp"
 
 namespace parry {
+
+class web_assets;
 
 /// Bounds on what HTTPS clients may hold open (docs/operations.md).
 struct http_limits {
@@ -24,6 +27,8 @@ struct http_limits {
   /// Time to receive a whole request, and to wait for the next one on a keep-alive
   /// connection.
   std::chrono::seconds idle_timeout{30};
+  /// GET /api/v1/events once upgraded.
+  event_stream_options events;
 };
 
 /// Counters of the HTTPS front end, for /stats. Readable from any thread.
@@ -50,6 +55,11 @@ public:
               std::string cert_file, std::string key_file, http_limits limits = {},
               std::shared_ptr<http_stats> stats = std::make_shared<http_stats>());
   ~http_server();
+
+  /// GET /api/v1/events as a WebSocket of `hub`'s events. Before start() only.
+  void serve_events(std::shared_ptr<event_hub> hub);
+  /// The web console's files at every path outside /api/. Before start() only.
+  void serve_console(web_assets files);
 
   /// Binds, starts the thread, returns the bound port. Throws on failure.
   uint16_t start();

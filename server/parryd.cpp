@@ -89,9 +89,15 @@ int main(int argc, char** argv) {
     srv.stop();
     return 1;
   }
+  // An IPv6 address goes in brackets in a URL.
+  auto host = cfg.http_address.find(':') == std::string::npos
+                  ? cfg.http_address
+                  : "[" + cfg.http_address + "]";
   std::printf("parryd ready\n  REST   https://%s:%u/api/v1\n  bus    %s\n  CA     %s\n",
-              cfg.http_address.c_str(), srv.http_port(), srv.bus_endpoint().c_str(),
+              host.c_str(), srv.http_port(), srv.bus_endpoint().c_str(),
               srv.cert_file().c_str());
+  if (!cfg.web_dir.empty())
+    std::printf("  console https://%s:%u/\n", host.c_str(), srv.http_port());
   if (cfg.bus_curve)
     std::printf("  enroll %s\n  integrators %s\n  events %s\n  server key %s\n",
                 srv.enroll_endpoint().c_str(), srv.integrator_endpoint().c_str(),

@@ -36,8 +36,10 @@
 #include "common/keys.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
+#include "server/event_hub.hpp"
 #include "server/http_server.hpp"
 #include "server/tls.hpp"
+#include "server/web_assets.hpp"
 
 namespace parry {
 
@@ -140,6 +142,8 @@ struct server::impl {
   std::string signing_public_hex;
   /// Counters of the HTTPS front end, shown in /stats.
   std::shared_ptr<http_stats> http_counters = std::make_shared<http_stats>();
+  /// What the store commits, for the console's event streams.
+  std::shared_ptr<event_hub> events = std::make_shared<event_hub>();
   /// Restarts of the api and auth actors, shown in /stats.
   std::shared_ptr<supervision_stats> supervision = std::make_shared<supervision_stats>();
   /// Every top-level actor, told to exit on stop (their children are linked).
@@ -431,8 +435,15 @@ void server::start() {
     m.keys = std::make_shared<bus::key_registry>();
     m.integrators = make_integrator_gateway(cfg, m.own_keys->curve, m.keys, seqs,
                                             integrator_requests, bridge_slot);
-    sopts.publish = make_event_publisher(m.integrators, seqs);
   }
+  // Every commit goes to the console's streams, and to integrators when there are.
+  auto integrator_publish = m.integrators ? make_event_publisher(m.integrators, seqs)
+                                          : decltype(sopts.publish){};
+  sopts.publish = [hub = m.events, integrator_publish](
+                      const char* family, std::string kind, std::string body) {
+    hub->publish(family, kind, body);
+    if (integrator_publish) integrator_publish(family, std::move(kind), std::move(body));
+  };
   m.store = m.sys.spawn<caf::detached>(store_with, cfg.data_dir + "/parry.db", sopts);
   keep(m.store);
   ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
@@ -541,8 +552,9 @@ void server::start() {
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   std::weak_ptr<http_stats> weak_http = m.http_counters;
+  std::weak_ptr<event_hub> weak_events = m.events;
   std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
-  auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http,
+  auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http, weak_events,
                     devices = dcfg.counters, gauge] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
@@ -555,6 +567,16 @@ void server::start() {
     if (auto b = weak_bus.lock()) out["bus"] = gateway_json(b->stats());
     if (auto e = weak_enroll.lock()) out["enrollment"] = gateway_json(e->stats());
     if (auto i = weak_integrators.lock()) out["integrators"] = gateway_json(i->stats());
+    if (auto e = weak_events.lock())
+      out["events"] =
+          nlohmann::json{{"seq", e->last_seq()},
+                         {"published", e->stats()->published.load()},
+                         {"streams", e->stats()->subscribers.load()},
+                         {"replayed", e->stats()->replayed.load()},
+                         {"resyncs", e->stats()->resyncs.load()},
+                         {"refused_streams", e->stats()->refused_subscribers.load()},
+                         {"dropped_slow", e->stats()->dropped_slow.load()},
+                         {"closed_session", e->stats()->closed_session.load()}};
     if (auto h = weak_http.lock())
       out["http"] =
           nlohmann::json{{"accepted", h->accepted.load()},
@@ -579,6 +601,7 @@ void server::start() {
   deps.bus_stats = bus_stats;
   deps.supervision = m.supervision;
   deps.bus_keys = keys_actor;
+  deps.session_idle = acfg.session_idle;
   auto a = spawn_supervised_api(m.sys, std::move(deps));
   keep(a);
   if (m.integrators) {
@@ -604,6 +627,8 @@ void server::start() {
   hl.idle_timeout = std::chrono::seconds{cfg.http_idle_timeout_seconds};
   m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
                                          m.tls.cert, m.tls.key, hl, m.http_counters);
+  m.http->serve_events(m.events);
+  if (!cfg.web_dir.empty()) m.http->serve_console(web_assets::load(cfg.web_dir));
   m.http_port = m.http->start();
 }
 

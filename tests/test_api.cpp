@@ -739,3 +739,109 @@ BOOST_AUTO_TEST_CASE(enrollment_tokens_admit_keys_once_and_revocation_cuts) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// What the web console needs beyond the rest: who is signed in, the event stream's
+// admission, filtered incidents and disabled accounts.
+BOOST_FIXTURE_TEST_SUITE(console, fixture)
+
+BOOST_AUTO_TEST_CASE(the_session_tells_its_user_csrf_token_and_policy) {
+  BOOST_TEST(call("GET", "/api/v1/session").status == 401);
+  auto s = login();
+  auto r = as(s, "GET", "/api/v1/session");
+  BOOST_REQUIRE_EQUAL(r.status, 200);
+  auto j = json::parse(r.body);
+  BOOST_TEST(j["user"]["username"] == "admin");
+  BOOST_TEST(j["user"]["role"] == "administrator");
+  BOOST_TEST(j["csrf_token"] == s.csrf);
+  BOOST_TEST(j["idle_timeout_s"] == 1800);
+  auto pw = j["password_required"].get<std::vector<std::string>>();
+  BOOST_TEST((std::find(pw.begin(), pw.end(), "start_process") != pw.end()));
+  BOOST_TEST((std::find(pw.begin(), pw.end(), "isolate") == pw.end()));
+}
+
+BOOST_AUTO_TEST_CASE(events_admits_upgrades_only_and_passive_checks_do_not_renew) {
+  auto s = login();
+  // Without the upgrade headers it is no WebSocket.
+  BOOST_TEST(as(s, "GET", "/api/v1/events").status == 426);
+  http_request up;
+  up.method = "GET";
+  up.target = "/api/v1/events?since=3&epoch=ab";
+  up.session = s.token;
+  up.upgrade = true;
+  BOOST_TEST(call(up).status == 200);
+  up.session = "not-a-session";
+  BOOST_TEST(call(up).status == 401);
+  // A passive check leaves the idle time running: past the idle limit the session is
+  // gone although the stream checked it every few seconds.
+  up.session = s.token;
+  up.passive = true;
+  sched.clock().current_time += acfg.session_idle - 1min;
+  BOOST_TEST(call(up).status == 200);
+  sched.clock().current_time += 2min;
+  BOOST_TEST(call(up).status == 401);
+}
+
+BOOST_AUTO_TEST_CASE(incidents_filter_by_severity_status_and_time) {
+  auto s = login();
+  auto inc = incident_on("dev-1", report());
+  auto count = [&](const std::string& query) {
+    auto r = as(s, "GET", "/api/v1/incidents?" + query);
+    BOOST_REQUIRE_MESSAGE(r.status == 200, query << " -> " << r.status << " " << r.body);
+    return json::parse(r.body)["incidents"].size();
+  };
+  BOOST_TEST(count("severity=high") == 1u);
+  BOOST_TEST(count("severity=low") == 0u);
+  BOOST_TEST(count("status=new&device_id=dev-1") == 1u);
+  BOOST_TEST(count("status=closed") == 0u);
+  BOOST_TEST(count("since=2000-01-01T00:00:00Z") == 1u);
+  BOOST_TEST(count("until=2000-01-01T00:00:00Z") == 0u);
+  BOOST_TEST(count("since=2999-01-01T00:00:00%2B02:00") == 0u);
+  for (const char* bad : {"since=yesterday", "until=2026-13-01T00:00:00Z",
+                          "since=2026-02-30T00:00:00Z", "until=1969-12-31T23:59:59Z"}) {
+    auto r = as(s, "GET", std::string{"/api/v1/incidents?"} + bad);
+    BOOST_TEST(r.status == 400, bad);
+    BOOST_TEST(r.body.find("RFC 3339") != std::string::npos, r.body);
+  }
+  BOOST_TEST(!inc.empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_disabled_user_cannot_sign_in_and_the_last_admin_stays) {
+  auto s = login();
+  auto r = as(s, "POST", "/api/v1/users",
+              json{{"username", "sofia"},
+                   {"password", "officer-password"},
+                   {"role", "security_officer"}}
+                  .dump());
+  BOOST_REQUIRE_EQUAL(r.status, 201);
+  auto so = login("sofia", "officer-password");
+  auto tok = as(so, "POST", "/api/v1/tokens", "{}");
+  BOOST_REQUIRE_EQUAL(tok.status, 201);
+  auto bearer = json::parse(tok.body)["token"].get<std::string>();
+  r = as(s, "PATCH", "/api/v1/users/sofia", R"({"disabled": true})");
+  BOOST_REQUIRE_EQUAL(r.status, 200);
+  BOOST_TEST(json::parse(r.body)["user"]["disabled"] == true);
+  // Her session and token end; the right password no longer signs her in.
+  BOOST_TEST(as(so, "GET", "/api/v1/session").status == 401);
+  http_request with_token;
+  with_token.method = "GET";
+  with_token.target = "/api/v1/devices";
+  with_token.bearer = bearer;
+  BOOST_TEST(call(with_token).status == 401);
+  auto again = call(login_request("sofia", "officer-password", "192.0.2.1"));
+  BOOST_TEST(again.status == 401);
+  BOOST_TEST(again.body.find("disabled") != std::string::npos);
+  auto users = json::parse(as(s, "GET", "/api/v1/users").body)["users"];
+  for (auto& u : users)
+    BOOST_TEST(u["disabled"] == (u["username"] == "sofia"));
+  // Enabled again, she signs in.
+  BOOST_TEST(as(s, "PATCH", "/api/v1/users/sofia", R"({"disabled": false})").status ==
+             200);
+  login("sofia", "officer-password");
+  BOOST_TEST(as(s, "PATCH", "/api/v1/users/sofia", R"({"disabled": "yes"})").status ==
+             400);
+  // The last enabled administrator can be neither disabled nor deleted.
+  BOOST_TEST(as(s, "PATCH", "/api/v1/users/admin", R"({"disabled": true})").status ==
+             409);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -259,6 +259,29 @@ BOOST_AUTO_TEST_CASE(link_and_revert_of_a_missing_action_are_not_found) {
   BOOST_TEST(code(early->err) == ec::conflict);
 }
 
+// Regression: a reverted action published nothing, so the console and integrators
+// never saw an isolate become `reverted`.
+BOOST_AUTO_TEST_CASE(every_committed_state_is_published_reverted_too) {
+  std::vector<std::string> published;
+  opts.publish = [&](const char* family, std::string kind, std::string) {
+    published.push_back(std::string{family} + "." + kind);
+  };
+  restart();
+  request<atom::ok>(atom::put_v, action("a-1"),
+                    transition{"a-1", action_state::registered, 1, ""});
+  auto done = action("a-1");
+  done.state = action_state::completed;
+  request<atom::ok>(atom::update_v, done,
+                    transition{"a-1", action_state::completed, 2, ""});
+  request<atom::ok>(atom::revert_v, std::string{"a-1"}, std::string{"r-1"});
+  // Settled again by a resumed reverse: nothing new to tell.
+  request<atom::ok>(atom::revert_v, std::string{"a-1"}, std::string{"r-1"});
+  BOOST_TEST(published ==
+                 (std::vector<std::string>{"action.registered", "action.completed",
+                                           "action.reverted"}),
+             boost::test_tools::per_element());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_FIXTURE_TEST_SUITE(store_reads, fixture)
