@@ -11,7 +11,11 @@ packages=(
   libnftables-dev nftables iproute2 util-linux procps jq openssl curl
   clang-format clang-14 libclang-rt-14-dev python3
   python3-zmq python3-msgpack
+  chromium # the web console's browser tests (tests/browser)
 )
+# Node.js and npm run the browser tests; a machine that has them from elsewhere keeps
+# them.
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do

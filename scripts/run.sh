@@ -64,7 +64,11 @@ sed -n '/^parryd ready/,$p' "$log" | grep -v '^\[' || true
 cat <<MSG
 
 $endpoints simulated endpoints are connecting; their incidents arrive within seconds.
-Log in and look around (the CA file makes TLS verification work):
+
+Open the console in a browser: https://127.0.0.1:$port/  (user admin; the certificate
+is self-signed: accept it, or import $data_dir/tls/cert.pem as a trusted CA).
+
+Or from the command line (the CA file makes TLS verification work):
 
   export PARRY_SERVER=https://127.0.0.1:$port PARRY_CACERT=$data_dir/tls/cert.pem
   ./build/parryctl login --user admin        # password: printed above on first start,

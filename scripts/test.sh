@@ -27,6 +27,13 @@ stage "main build"
 bash scripts/build.sh
 # Unformatted code fails the run: one style, checked by the machine.
 bash scripts/check-format.sh
+# playwright-core for the browser tests, exactly as package-lock.json pins it.
+if [ ! -f tests/browser/node_modules/.package-lock.json ] ||
+  ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.parry-lock; then
+  stage "browser test tools (npm ci)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error &&
+    cp package-lock.json node_modules/.parry-lock)
+fi
 stage "main tests"
 (cd build && ctest --output-on-failure --timeout 600 "$@")
 
@@ -36,12 +43,13 @@ if [ "${PARRY_SKIP_ASAN:-0}" != 1 ]; then
   ninja -C build-asan -j "$jobs" all_tests # the tests and the programs they run
   stage "ASan+UBSan tests"
   # Any report fails the test that caused it; the child processes of the
-  # integration test (parryd, parry-agent) inherit the same options. The rig runs
-  # once, in the main stage: its scenarios are about the kernel, not memory.
+  # integration test (parryd, parry-agent) inherit the same options. The rig and the
+  # browser tests run once, in the main stage: they are about the kernel and the
+  # console, and the integration tests cover the same server code under ASan.
   (cd build-asan &&
     ASAN_OPTIONS=detect_leaks=1:strict_init_order=1:detect_stack_use_after_return=1 \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      ctest --output-on-failure --timeout 900 -LE "soak|rig")
+      ctest --output-on-failure --timeout 900 -LE "soak|rig|browser")
 fi
 
 if [ "${PARRY_SKIP_FUZZ:-0}" != 1 ]; then
