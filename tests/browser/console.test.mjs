@@ -319,3 +319,46 @@ test("an administrator manages users: create, role, disable, reset", async () =>
   assert.equal(users.find((u) => u.username === "ulrich").disabled, true);
   await done(s);
 });
+
+test("every other seed flow and its reverse can be done and followed", async () => {
+  const s = await signIn("admin");
+  const { page } = s;
+  // One incident with a file (a process_started detection) for each file action.
+  const trigger = async (type) => {
+    const { inc } = await findIncident(s.context, (i, a) =>
+      a.targets.some((t) => t.kind === "detection" && t.actions.includes(type)),
+    );
+    await openIncident(page, inc.incident_id);
+    await page.getByTestId("threat-response").click();
+    await page.locator(`[data-testid="threat-response-item"][data-action-type="${type}"]`).click();
+    await page.getByTestId("confirm-dialog").waitFor(wait);
+    if ((await page.getByTestId("confirm-password").count()) > 0)
+      await page.getByTestId("confirm-password").fill(passwords.admin);
+    const action = await confirmAndGetAction(page);
+    assert.equal(action.type, type);
+    await waitForActionState(page, action.action_id, "completed");
+    return action;
+  };
+  const reverse = async (action, type) => {
+    await page.getByTestId("tab-actions").click();
+    const row = page.locator(`[data-testid="action-row"][data-action-id="${action.action_id}"]`);
+    await row.getByTestId("action-reverse").click();
+    await page.getByTestId("confirm-dialog").waitFor(wait);
+    if ((await page.getByTestId("confirm-password").count()) > 0)
+      await page.getByTestId("confirm-password").fill(passwords.admin);
+    const [response] = await Promise.all([
+      page.waitForResponse((r) => r.url().endsWith(`/actions/${action.action_id}/reverse`), wait),
+      page.getByTestId("confirm-submit").click(),
+    ]);
+    assert.equal(response.status(), 202, await response.text());
+    const back = (await response.json()).action;
+    assert.equal(back.type, type);
+    await waitForActionState(page, back.action_id, "completed");
+    await waitForActionState(page, action.action_id, "reverted");
+  };
+  await reverse(await trigger("prevent_run"), "allow_run");
+  await reverse(await trigger("quarantine"), "restore_from_quarantine");
+  await trigger("terminate_process");
+  await trigger("delete_file");
+  await done(s);
+});
