@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "common/domain.hpp"
+#include "common/time.hpp"
 #include "common/utf8.hpp"
 
 using namespace parry;
@@ -232,6 +233,35 @@ BOOST_AUTO_TEST_CASE(argument_limits) {
       (os_family_of("Windows Server 2022 Standard (build 20348)") == os_family::windows));
   BOOST_TEST((os_family_of("Debian GNU/Linux 12 (bookworm)") == os_family::posix));
   BOOST_TEST((os_family_of("") == os_family::posix));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(times)
+
+BOOST_AUTO_TEST_CASE(rfc3339_times_parse_and_round_trip) {
+  BOOST_TEST(parse_time("1970-01-01T00:00:00Z").value() == 0);
+  BOOST_TEST(parse_time("2026-11-27T21:15:00.123456Z").value() == 1795814100123456);
+  BOOST_TEST(format_time(*parse_time("2026-11-27T21:15:00.123456Z")) ==
+             "2026-11-27T21:15:00.123456Z");
+  // Offsets, lower case, fractions shorter and longer than microseconds.
+  BOOST_TEST(parse_time("2026-11-27T22:15:00+01:00").value() ==
+             parse_time("2026-11-27T21:15:00Z").value());
+  BOOST_TEST(parse_time("2026-11-27t21:15:00.5z").value() == 1795814100500000);
+  BOOST_TEST(parse_time("2026-11-27T21:15:00.123456789Z").value() == 1795814100123456);
+  BOOST_TEST(parse_time("2024-02-29T00:00:00Z").has_value()); // leap year
+  BOOST_TEST(parse_time("9999-12-31T23:59:59Z").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(anything_else_is_refused) {
+  for (const char* bad :
+       {"", "yesterday", "2026-11-27", "2026-11-27 21:15:00Z", "2026-11-27T21:15:00",
+        "2026-13-01T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T00:00:00Z",
+        "2026-11-27T24:00:00Z", "2026-11-27T21:60:00Z", "2026-11-27T21:15:00.Z",
+        "2026-11-27T21:15:00+1:00", "2026-11-27T21:15:00Z ", "1969-12-31T23:59:59Z",
+        "1970-01-01T00:30:00+01:00", "+2026-11-27T21:15:00Z",
+        "2026-11-27T21:15:00.1234567890Z"})
+    BOOST_TEST(!parse_time(bad).has_value(), bad);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
