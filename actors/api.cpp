@@ -651,7 +651,8 @@ void post_user(call c) {
                   reply(201, json{{"user", json{{"username", u.username},
                                                 {"role", to_string(u.role)},
                                                 {"created_at", format_time(u.created_at)},
-                                                {"locked", false}}}}));
+                                                {"locked", false},
+                                                {"disabled", false}}}}));
             },
             [c](caf::error& err) mutable {
               if (code_of(err) == ec::conflict)

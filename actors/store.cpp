@@ -354,11 +354,11 @@ std::string filter(const page_request& p, const char* key) {
   return i == p.filters.end() ? std::string{} : i->second;
 }
 
-/// The RFC 3339 time of filter `key` in microseconds, 0 when not given; bad_request
-/// naming the key otherwise.
+/// The RFC 3339 time of filter `key` in microseconds, -1 when not given (0 is the
+/// epoch itself); bad_request naming the key otherwise.
 int64_t time_filter(const page_request& p, const char* key) {
   auto text = filter(p, key);
-  if (text.empty()) return 0;
+  if (text.empty()) return -1;
   auto t = parse_time(text);
   if (!t)
     throw refused(ec::bad_request, std::string{"'"} + key +
@@ -487,8 +487,8 @@ std::string read_incidents(store_state& st, const page_request& p) {
              "det_severity, det_engine, key_event_id, event_count FROM incidents "
              "WHERE (?1 = '' OR device_id = ?1) AND (?3 = '' OR created_at < ?4 OR "
              "(created_at = ?4 AND incident_id < ?3)) AND (?5 = '' OR status = ?5) AND "
-             "(?6 = '' OR det_severity = ?6) AND (?7 = 0 OR created_at >= ?7) AND "
-             "(?8 = 0 OR created_at < ?8) "
+             "(?6 = '' OR det_severity = ?6) AND (?7 < 0 OR created_at >= ?7) AND "
+             "(?8 < 0 OR created_at < ?8) "
              "ORDER BY created_at DESC, incident_id DESC LIMIT ?2"};
   auto rows = rows_of(p, list_rows);
   s.bind(1, filter(p, "device_id")).bind(2, rows + 1).bind(3, before_id);

@@ -74,7 +74,7 @@ std::optional<int64_t> parse_time(std::string_view s) {
   int minute = digits(s, pos, 2);
   if (minute < 0 || minute > 59 || !expect(s, pos, ':')) return std::nullopt;
   int second = digits(s, pos, 2);
-  if (second < 0 || second > 60) return std::nullopt; // 60: a leap second
+  if (second < 0 || second > 60) return std::nullopt;
   int64_t micros = 0;
   if (pos < s.size() && s[pos] == '.') {
     ++pos;
@@ -103,7 +103,8 @@ std::optional<int64_t> parse_time(std::string_view s) {
   if (pos != s.size()) return std::nullopt;
   int64_t secs = days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 +
                  std::min(second, 59) - offset_s;
-  if (secs < 0) return std::nullopt;
+  // A leap second (:60) exists only at 23:59:60 UTC; it counts as :59.
+  if (secs < 0 || (second == 60 && secs % 86400 != 86399)) return std::nullopt;
   return secs * 1000000 + micros;
 }
 

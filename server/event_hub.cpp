@@ -99,7 +99,8 @@ void event_hub::publish(const char* family, const std::string& kind,
 }
 
 std::optional<event_hub::subscription>
-event_hub::subscribe(std::optional<uint64_t> since, const std::string& epoch, sink out) {
+event_hub::subscribe(std::optional<uint64_t> since, const std::string& epoch, sink out,
+                     std::size_t max_replay_bytes) {
   std::lock_guard<std::mutex> lock{m_};
   if (sinks_.size() >= limits_.max_subscribers) {
     ++stats_->refused_subscribers;
@@ -111,7 +112,14 @@ event_hub::subscribe(std::optional<uint64_t> since, const std::string& epoch, si
   if (since && (epoch != epoch_ || *since != seq_)) {
     // Replayable when it is a number of this run and nothing after it was forgotten.
     uint64_t oldest = backlog_.empty() ? seq_ + 1 : backlog_.front().seq;
+    std::size_t bytes = 0;
     if (epoch == epoch_ && *since < seq_ && *since + 1 >= oldest) {
+      // Newest last: sum from the end until `since`.
+      for (auto i = backlog_.rbegin(); i != backlog_.rend() && i->seq > *since; ++i)
+        bytes += i->json->size();
+    }
+    if (epoch == epoch_ && *since < seq_ && *since + 1 >= oldest &&
+        bytes <= max_replay_bytes) {
       for (const auto& k : backlog_)
         if (k.seq > *since) s.first.push_back(k.json);
       stats_->replayed += seq_ - *since;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -82,10 +83,12 @@ public:
   void publish(const char* family, const std::string& kind, const std::string& body);
 
   /// Registers `out` for every event published from now on. `since`: the last number
-  /// the client saw in `epoch` (none for a first connection). nullopt when
-  /// max_subscribers streams are open.
-  std::optional<subscription> subscribe(std::optional<uint64_t> since,
-                                        const std::string& epoch, sink out);
+  /// the client saw in `epoch` (none for a first connection). What was missed is
+  /// replayed when it is all kept and its JSON fits `max_replay_bytes`; otherwise the
+  /// client is told to resync. nullopt when max_subscribers streams are open.
+  std::optional<subscription>
+  subscribe(std::optional<uint64_t> since, const std::string& epoch, sink out,
+            std::size_t max_replay_bytes = std::numeric_limits<std::size_t>::max());
   void unsubscribe(uint64_t id);
 
   /// Names this run of the server: numbers of another epoch mean nothing here.

@@ -1,5 +1,6 @@
 #include "server/event_stream.hpp"
 
+#include <atomic>
 #include <charconv>
 #include <deque>
 #include <optional>
@@ -83,16 +84,32 @@ private:
     auto epoch = query_value(target_, "epoch").value_or(std::string_view{});
     std::weak_ptr<stream_session> weak = shared_from_this();
     auto exec = ws_.get_executor();
-    auto sub = hub_->subscribe(since, std::string{epoch}, [weak, exec](event_message m) {
+    // The hub's thread counts what it hands over before posting it: a client that
+    // falls behind stops receiving at the limit, whatever the io thread's pace.
+    auto sink = [weak, exec, behind = behind_,
+                 limit = opts_.max_queue_bytes](event_message m) {
+      auto size = m->size();
+      if (behind->bytes.fetch_add(size) + size > limit) {
+        behind->bytes.fetch_sub(size);
+        if (!behind->over.exchange(true))
+          net::post(exec, [weak] {
+            if (auto self = weak.lock()) self->too_slow();
+          });
+        return;
+      }
       net::post(exec, [weak, m = std::move(m)]() mutable {
         if (auto self = weak.lock()) self->enqueue(std::move(m));
       });
-    });
+    };
+    auto sub = hub_->subscribe(since, std::string{epoch}, std::move(sink),
+                               opts_.max_queue_bytes);
     if (!sub) return close(websocket::close_code::try_again_later, "too many streams");
     subscribed_ = true;
     sub_id_ = sub->id;
-    for (auto& m : sub->first)
+    for (auto& m : sub->first) {
+      behind_->bytes += m->size();
       enqueue(std::move(m));
+    }
     read();
     arm_recheck();
   }
@@ -122,23 +139,27 @@ private:
     });
   }
 
+  /// A message counted in behind_: written in turn, or uncounted when dropped.
   void enqueue(event_message m) {
-    if (closing_) return;
-    queued_bytes_ += m->size();
-    if (queued_bytes_ > opts_.max_queue_bytes) {
-      ++hub_->stats()->dropped_slow;
-      spdlog::info("events: a client fell {} bytes behind; closed", queued_bytes_);
-      return close(websocket::close_code::try_again_later, "client too slow");
+    if (closing_) {
+      behind_->bytes -= m->size();
+      return;
     }
     queue_.push_back(std::move(m));
     if (!writing_) write_next();
+  }
+
+  void too_slow() {
+    ++hub_->stats()->dropped_slow;
+    spdlog::info("events: a client fell {} bytes behind; closed", behind_->bytes.load());
+    close(websocket::close_code::try_again_later, "client too slow");
   }
 
   void write_next() {
     writing_ = true;
     ws_.async_write(net::buffer(*queue_.front()),
                     [self = shared_from_this()](beast::error_code ec, std::size_t) {
-                      self->queued_bytes_ -= self->queue_.front()->size();
+                      self->behind_->bytes -= self->queue_.front()->size();
                       self->queue_.pop_front();
                       self->writing_ = false;
                       if (ec) return self->end();
@@ -155,7 +176,7 @@ private:
     unsubscribe(); // the close handshake may take its time (10 s at most)
     close_reason_ = websocket::close_reason{code, reason};
     while (queue_.size() > (writing_ ? 1u : 0u)) {
-      queued_bytes_ -= queue_.back()->size();
+      behind_->bytes -= queue_.back()->size();
       queue_.pop_back();
     }
     if (writing_)
@@ -191,7 +212,13 @@ private:
   std::string target_;
   beast::flat_buffer in_;
   std::deque<event_message> queue_;
-  std::size_t queued_bytes_ = 0;
+  /// Bytes handed to this stream (posted or queued) and not yet written, shared with
+  /// the hub's sink; `over` once it refused one.
+  struct backlog {
+    std::atomic<std::size_t> bytes{0};
+    std::atomic<bool> over{false};
+  };
+  std::shared_ptr<backlog> behind_ = std::make_shared<backlog>();
   bool writing_ = false;
   bool closing_ = false;
   bool close_pending_ = false;

@@ -15,8 +15,9 @@
 
 namespace parry {
 
-/// Answers true while the session the stream was opened with still stands. Calls its
-/// argument on the stream's executor.
+/// Answers false once the session the stream was opened with is known to have ended
+/// (not when the server was too busy to say). Calls its argument on the stream's
+/// executor.
 using session_check = std::function<void(std::function<void(bool)>)>;
 
 /// Completes the WebSocket handshake for `req` on `stream` and runs the stream until

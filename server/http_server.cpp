@@ -153,21 +153,23 @@ struct api_waiter {
 /// a spawn argument: CAF 0.17.6 dereferences a null tuple pointer when a
 /// function-based actor is spawned without arguments (UBSan, init_fun_factory.hpp).
 void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_request r) {
+  // `done` (and the session it holds) moves into the posted handler: only the io
+  // thread ever drops the last reference to a session, and its connection slot.
+  auto waiter = std::make_shared<api_waiter>(std::move(w));
+  auto answer = [waiter](http_response resp) {
+    net::post(waiter->exec,
+              [done = std::move(waiter->done), resp = std::move(resp)]() mutable {
+                done(std::move(resp));
+              });
+  };
   sys.spawn(
-      [api, w = std::move(w)](caf::event_based_actor* a, http_request r) {
+      [api, answer](caf::event_based_actor* a, http_request r) {
         a->request(api, api_timeout, std::move(r))
-            .then(
-                [w](http_response& resp) {
-                  net::post(w.exec, [done = w.done, resp = std::move(resp)]() mutable {
-                    done(std::move(resp));
-                  });
-                },
-                [w](caf::error&) {
-                  net::post(w.exec, [done = w.done] {
-                    done(http_response{
+            .then([answer](http_response& resp) { answer(std::move(resp)); },
+                  [answer](caf::error&) {
+                    answer(http_response{
                         503, error_body("unavailable", "server busy"), {}, {}});
                   });
-                });
       },
       std::move(r));
 }
@@ -233,6 +235,7 @@ private:
     auto req = parser_->release();
     keep_alive_ = req.keep_alive();
     version_ = req.version();
+    head_ = req.method() == http::verb::head;
     auto r = to_api(req, slot_->source());
     if (!valid_text(r)) {
       ++stats_->bad_requests;
@@ -317,7 +320,10 @@ private:
       if (!ioc) return;
       ask_api(sys, api,
               {std::move(ioc), exec,
-               [answer](http_response resp) { answer(resp.status == 200); }},
+               // Only a refusal ends the stream: a busy server (503) is asked again.
+               [answer](http_response resp) {
+                 answer(resp.status != 401 && resp.status != 403);
+               }},
               check);
     };
     std::shared_ptr<void> hold{std::shared_ptr<conn_slot>{std::move(slot_)}};
@@ -343,6 +349,7 @@ private:
     res->keep_alive(keep_alive_);
     res->body() = std::move(resp.body);
     res->prepare_payload();
+    if (head_) res->body().clear(); // the length stays; a HEAD answer has no body
     send(std::move(res));
   }
 
@@ -375,6 +382,7 @@ private:
   std::shared_ptr<http_stats> stats_;
   extras more_;
   bool keep_alive_ = false;
+  bool head_ = false;
   unsigned version_ = 11;
 };
 

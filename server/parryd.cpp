@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   std::printf("parryd ready\n  REST   https://%s:%u/api/v1\n  bus    %s\n  CA     %s\n",
               host.c_str(), srv.http_port(), srv.bus_endpoint().c_str(),
               srv.cert_file().c_str());
-  if (!cfg.web_dir.empty())
+  if (srv.serves_console())
     std::printf("  console https://%s:%u/\n", host.c_str(), srv.http_port());
   if (cfg.bus_curve)
     std::printf("  enroll %s\n  integrators %s\n  events %s\n  server key %s\n",

@@ -151,6 +151,7 @@ struct server::impl {
   std::unique_ptr<http_server> http;
   std::string bus_endpoint;
   uint16_t http_port = 0;
+  bool console = false;
   tls_files tls;
   std::string generated_password;
   bool stopped = false;
@@ -628,7 +629,15 @@ void server::start() {
   m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
                                          m.tls.cert, m.tls.key, hl, m.http_counters);
   m.http->serve_events(m.events);
-  if (!cfg.web_dir.empty()) m.http->serve_console(web_assets::load(cfg.web_dir));
+  // The build's own web/ may be absent (a binary copied elsewhere): no console then.
+  // A web_dir someone set must be right.
+  if (cfg.web_dir == PARRY_WEB_DIR &&
+      !std::filesystem::exists(cfg.web_dir + "/index.html")) {
+    spdlog::warn("no web console: {} has no index.html (set web_dir)", cfg.web_dir);
+  } else if (!cfg.web_dir.empty()) {
+    m.http->serve_console(web_assets::load(cfg.web_dir));
+    m.console = true;
+  }
   m.http_port = m.http->start();
 }
 
@@ -663,6 +672,10 @@ const std::string& server::bus_public_key() const {
   static const std::string none;
   return impl_->own_keys ? impl_->own_keys->curve.public_z85 : none;
 }
+bool server::serves_console() const {
+  return impl_->console;
+}
+
 uint16_t server::http_port() const {
   return impl_->http_port;
 }

@@ -37,6 +37,8 @@ public:
   const std::string& events_endpoint() const;
   /// The HTTPS port (real port when the config said 0).
   uint16_t http_port() const;
+  /// True when the web console is served (web_dir set and found).
+  bool serves_console() const;
   /// The certificate clients should trust.
   const std::string& cert_file() const;
   /// The first administrator's password when this start generated it, else empty.

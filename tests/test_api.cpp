@@ -795,6 +795,7 @@ BOOST_AUTO_TEST_CASE(incidents_filter_by_severity_status_and_time) {
   BOOST_TEST(count("status=closed") == 0u);
   BOOST_TEST(count("since=2000-01-01T00:00:00Z") == 1u);
   BOOST_TEST(count("until=2000-01-01T00:00:00Z") == 0u);
+  BOOST_TEST(count("until=1970-01-01T00:00:00Z") == 0u); // the epoch is a time too
   BOOST_TEST(count("since=2999-01-01T00:00:00%2B02:00") == 0u);
   for (const char* bad : {"since=yesterday", "until=2026-13-01T00:00:00Z",
                           "since=2026-02-30T00:00:00Z", "until=1969-12-31T23:59:59Z"}) {

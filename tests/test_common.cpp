@@ -251,6 +251,9 @@ BOOST_AUTO_TEST_CASE(rfc3339_times_parse_and_round_trip) {
   BOOST_TEST(parse_time("2026-11-27T21:15:00.123456789Z").value() == 1795814100123456);
   BOOST_TEST(parse_time("2024-02-29T00:00:00Z").has_value()); // leap year
   BOOST_TEST(parse_time("9999-12-31T23:59:59Z").has_value());
+  BOOST_TEST(parse_time("2016-12-31T23:59:60Z").value() ==
+             parse_time("2016-12-31T23:59:59Z").value());
+  BOOST_TEST(parse_time("2017-01-01T00:59:60+01:00").has_value());
 }
 
 BOOST_AUTO_TEST_CASE(anything_else_is_refused) {
@@ -259,7 +262,7 @@ BOOST_AUTO_TEST_CASE(anything_else_is_refused) {
         "2026-13-01T00:00:00Z", "2026-02-29T00:00:00Z", "2026-04-31T00:00:00Z",
         "2026-11-27T24:00:00Z", "2026-11-27T21:60:00Z", "2026-11-27T21:15:00.Z",
         "2026-11-27T21:15:00+1:00", "2026-11-27T21:15:00Z ", "1969-12-31T23:59:59Z",
-        "1970-01-01T00:30:00+01:00", "+2026-11-27T21:15:00Z",
+        "1970-01-01T00:30:00+01:00", "2026-11-27T10:17:60Z", "+2026-11-27T21:15:00Z",
         "2026-11-27T21:15:00.1234567890Z"})
     BOOST_TEST(!parse_time(bad).has_value(), bad);
 }

@@ -302,6 +302,23 @@ BOOST_AUTO_TEST_CASE(subscribers_are_bounded_and_bad_bodies_dropped) {
   BOOST_TEST(r.back()["data"]["action_id"] == "act-\xef\xbf\xbd");
 }
 
+// Regression (review): a replay larger than what a stream may have queued was cut as
+// "too slow" on every reconnect; it is a resync instead.
+BOOST_AUTO_TEST_CASE(a_replay_over_the_budget_is_a_resync) {
+  event_hub h;
+  for (int i = 0; i < 10; ++i)
+    h.publish("action", "sent", action_body("a", "sent", 1000));
+  auto big = parsed(h.subscribe(
+                         2, h.epoch(), [](event_message) {}, 4000)
+                        ->first);
+  BOOST_REQUIRE(big.size() == 2u);
+  BOOST_TEST(big[1]["type"] == "resync");
+  auto small = parsed(h.subscribe(
+                           8, h.epoch(), [](event_message) {}, 4000)
+                          ->first);
+  BOOST_TEST(small.size() == 3u); // hello + 9, 10
+}
+
 BOOST_AUTO_TEST_CASE(the_backlog_is_bounded_in_bytes_too) {
   event_hub h{event_hub_limits{1000, 4096, 10}};
   for (int i = 0; i < 20; ++i)
@@ -319,16 +336,16 @@ BOOST_AUTO_TEST_SUITE_END()
 
 namespace {
 
-/// GET /events upgrades only while `valid`; every other request is 200. Counts the
-/// session checks that were passive (not use of the session).
+/// GET /events answers `status` (200: upgrade); every other request is 200. Counts
+/// the session checks that were passive (not use of the session).
 caf::behavior session_api(caf::event_based_actor*,
-                          std::shared_ptr<std::atomic<bool>> valid,
+                          std::shared_ptr<std::atomic<int>> status,
                           std::shared_ptr<std::atomic<int>> passive_checks) {
   return {
-      [valid, passive_checks](http_request& r) -> http_response {
+      [status, passive_checks](http_request& r) -> http_response {
         if (r.passive) ++*passive_checks;
-        if (r.upgrade && !*valid)
-          return {401, R"({"error":{"code":"unauthenticated","message":"no"}})", {}, {}};
+        if (r.upgrade && *status != 200)
+          return {*status, R"({"error":{"code":"x","message":"no"}})", {}, {}};
         return {200, R"({"status":"ok"})", {}, {}};
       },
   };
@@ -372,9 +389,9 @@ struct ws_client {
 
 struct stream_fixture : fixture {
   std::shared_ptr<event_hub> hub = std::make_shared<event_hub>();
-  std::shared_ptr<std::atomic<bool>> valid = std::make_shared<std::atomic<bool>>(true);
+  std::shared_ptr<std::atomic<int>> status = std::make_shared<std::atomic<int>>(200);
   std::shared_ptr<std::atomic<int>> passive = std::make_shared<std::atomic<int>>(0);
-  caf::actor api = sys->spawn(session_api, valid, passive);
+  caf::actor api = sys->spawn(session_api, status, passive);
   uint16_t port = 0;
   std::unique_ptr<http_server> server;
 
@@ -404,10 +421,10 @@ BOOST_AUTO_TEST_CASE(a_stream_needs_a_session_and_this_origin) {
     extra.push_back({"Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="});
     return make_client(port).request("GET", "/api/v1/events", nullptr, extra).status;
   };
-  *valid = false;
+  *status = 401;
   BOOST_TEST(ws_client(tls.cert, port).open("/api/v1/events") == 0);
   BOOST_TEST(upgrade({}) == 401);
-  *valid = true;
+  *status = 200;
   BOOST_TEST(ws_client(tls.cert, port).open("/api/v1/events", "https://evil.example") ==
              0);
   BOOST_TEST(upgrade({{"Origin", "https://evil.example"}}) == 403);
@@ -460,8 +477,14 @@ BOOST_AUTO_TEST_CASE(a_stream_ends_when_its_session_does) {
   c.next();
   // The checks go on without counting as use of the session...
   BOOST_REQUIRE(poll_until([&] { return passive->load() >= 1; }, 10s));
+  // ...a server too busy to answer (503) is asked again, the stream stays...
+  *status = 503;
+  auto seen = passive->load();
+  BOOST_REQUIRE(poll_until([&] { return passive->load() >= seen + 2; }, 10s));
+  BOOST_TEST(hub->stats()->subscribers.load() == 1u);
+  BOOST_TEST(hub->stats()->closed_session.load() == 0u);
   // ...and once the session is gone, the stream closes with 1008.
-  *valid = false;
+  *status = 401;
   beast::error_code ec;
   beast::flat_buffer buf;
   c.ws.read(buf, ec);
@@ -525,6 +548,38 @@ BOOST_AUTO_TEST_CASE(only_the_files_found_at_start_are_served_with_their_headers
     BOOST_TEST(cl.get(path).status == 404, path);
   BOOST_TEST(index.status == 404);
   BOOST_TEST(cl.request("POST", "/").status == 405);
+  // Regression (review): HEAD of a missing file sent the error's body, which a
+  // keep-alive client then read as the start of its next answer.
+  {
+    namespace http = beast::http;
+    net::io_context ioc;
+    net::ssl::context ctx{net::ssl::context::tls_client};
+    ctx.load_verify_file(tls.cert);
+    beast::ssl_stream<net::ip::tcp::socket> s{ioc, ctx};
+    beast::get_lowest_layer(s).connect({net::ip::make_address("127.0.0.1"), port});
+    timeval tv{10, 0};
+    ::setsockopt(beast::get_lowest_layer(s).native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv,
+                 sizeof tv);
+    s.handshake(net::ssl::stream_base::client);
+    for (const char* target : {"/missing.js", "/app.js"}) {
+      http::request<http::empty_body> head{http::verb::head, target, 11};
+      head.set(http::field::host, "127.0.0.1");
+      http::write(s, head);
+      beast::flat_buffer buf;
+      http::response_parser<http::string_body> p;
+      p.skip(true); // a HEAD answer has no body
+      http::read(s, buf, p);
+      BOOST_TEST(p.get().result_int() == (target[1] == 'm' ? 404 : 200));
+      BOOST_TEST(buf.size() == 0u, "bytes after the HEAD answer: " << buf.size());
+    }
+    http::request<http::empty_body> get{http::verb::get, "/app.js", 11};
+    get.set(http::field::host, "127.0.0.1");
+    http::write(s, get);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(s, buf, res);
+    BOOST_TEST(res.body() == "console.log(1)");
+  }
   // The api is where it was, and nothing above reached it.
   BOOST_TEST(seen->load() == 0);
   BOOST_TEST(cl.get("/api/v1/health").status == 200);
