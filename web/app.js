@@ -73,7 +73,6 @@ function enter(sessionData) {
   byId("app-view").hidden = false;
   byId("session-user").textContent = session.user.username;
   byId("session-role").textContent = capitalize(session.user.role.replace(/_/g, " "));
-  document.body.dataset.role = session.user.role;
   const nav = byId("nav");
   if (isAdministrator() && !byId("nav-users"))
     nav.append(el("a", { href: "#users", id: "nav-users", class: "nav-link", testid: "nav-users" }, "Users"));
@@ -91,7 +90,6 @@ function enter(sessionData) {
 function leave() {
   live.stop();
   clearSession();
-  delete document.body.dataset.role;
   for (const d of document.querySelectorAll("dialog")) d.close();
   const nav = byId("nav-users");
   if (nav) nav.remove();
@@ -117,14 +115,13 @@ async function logout() {
   showLogin("You signed out.");
 }
 
-/// (Re)loads everything the lists show: at sign-in, after a resync, after a restart.
-async function syncAll() {
+/// (Re)loads everything the lists show: at sign-in, and after a resync (events were
+/// missed, e.g. across a server restart).
+function syncAll() {
   synced = true;
-  const devicesLoaded = loadDevices().catch((e) => reportError(e, "Devices could not be loaded"));
+  loadDevices().catch((e) => reportError(e, "Devices could not be loaded"));
   incidents.load();
   actions.load();
-  if (!byId("view-users").hidden) users.load();
-  await devicesLoaded;
 }
 
 function onLiveEvent(topic, data) {

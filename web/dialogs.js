@@ -5,11 +5,12 @@ import { describeError } from "./api.js";
 
 /// A modal dialog with a title, a body (scrolls when long), an optional `status` line
 /// kept in view under it, and a footer; shown at once. Escape closes it. `testid` names
-/// the <dialog>. Returns the <dialog> element.
-export function openModal({ testid, title, body, status, footer, wide = false }) {
+/// the <dialog>; `size` is "" (a form), "wide" or "full" (nearly the whole window).
+/// Returns the <dialog> element.
+export function openModal({ testid, title, body, status, footer, size = "" }) {
   const dialog = el(
     "dialog",
-    { class: wide ? "dialog wide" : "dialog", testid, "aria-label": title },
+    { class: `dialog ${size}`.trim(), testid, "aria-label": title },
     el(
       "header",
       { class: "dialog-head" },

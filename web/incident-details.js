@@ -161,7 +161,26 @@ export class IncidentDetails {
           id: "chain",
           label: "Threat development chain",
           testid: "tab-chain",
-          panel: el("div", { class: "chain-panel" }, this.legend(), chainBox),
+          panel: el(
+            "div",
+            { class: "chain-panel" },
+            el(
+              "div",
+              { class: "chain-bar" },
+              this.legend(),
+              el(
+                "button",
+                {
+                  type: "button",
+                  class: "btn small",
+                  testid: "chain-expand",
+                  on: { click: () => this.openChainWindow() },
+                },
+                "Full window",
+              ),
+            ),
+            chainBox,
+          ),
         },
         { id: "all-events", label: "All activity events", testid: "tab-all-events", panel: events },
       ]),
@@ -188,6 +207,19 @@ export class IncidentDetails {
       item("type-module_loaded", "Module"),
       item("key", "Detection"),
     );
+  }
+
+  /// The chain again, in a window nearly as large as the browser's.
+  openChainWindow() {
+    const box = el("div", { class: "chain-scroll" });
+    const inc = this.incident;
+    openModal({
+      testid: "chain-dialog",
+      title: `Threat development chain: ${inc.detection.name}`,
+      size: "full",
+      body: el("div", { class: "chain-panel" }, this.legend(), box),
+    });
+    new ChainView(box, { onSelect: (ev) => this.openEvent(ev) }).setEvents(inc.events || []);
   }
 
   renderDevice() {
@@ -338,7 +370,7 @@ export class IncidentDetails {
     const dialog = openModal({
       testid: "event-dialog",
       title: `${eventTypeName(ev.type)}: ${eventLabel(ev) || ev.id}${ev.key ? " (Detection)" : ""}`,
-      wide: true,
+      size: "wide",
       body: [fieldSections("Event", ev), responses],
     });
     const firstAction = dialog.querySelector("[data-testid=event-action]");
