@@ -860,6 +860,24 @@ void dispatch(call c, const route& r) {
           c.on_error());
 }
 
+} // namespace
+
+std::string route_label(const std::string& method, const std::string& target) {
+  auto path = std::string_view{target}.substr(0, target.find('?'));
+  std::string_view pre{prefix};
+  if (path.substr(0, pre.size()) != pre) return "unmatched";
+  auto seg = segments(std::string{path.substr(pre.size())});
+  std::vector<std::string> args;
+  for (const auto& r : routes) {
+    bool bad = false;
+    if (r.method == method && matches(r.pattern, seg, args, bad) && !bad)
+      return method + " " + r.pattern;
+  }
+  return "unmatched";
+}
+
+namespace {
+
 /// Finds the request's route: 400 for text that is not UTF-8, 404 for an unknown
 /// path, 405 (with Allow) for a known path and another method.
 void route_request(call c) {

@@ -46,6 +46,10 @@ using api_stateful = api_actor::stateful_pointer<api_state>;
 /// The REST API of docs/rest-api.md: authenticates, checks roles and CSRF, routes.
 api_actor::behavior_type api(api_stateful self, api_state deps);
 
+/// The route a request goes to, as metrics label it: "GET /actions/{id}" (the
+/// pattern below /api/v1), or "unmatched". Never any part of the request itself.
+std::string route_label(const std::string& method, const std::string& target);
+
 /// Splits "/a/b?x=1&y=%20" into path and decoded query parameters.
 std::pair<std::string, std::map<std::string, std::string>>
 split_target(const std::string& target);

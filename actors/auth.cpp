@@ -1,4 +1,6 @@
 #include "actors/auth.hpp"
+#include "server/logging.hpp"
+#include "server/metrics.hpp"
 
 #include <algorithm>
 
@@ -83,6 +85,11 @@ struct check_keys {
 /// reserved on every throttle in `keys` (a locked key, or one whose attempts in flight
 /// would reach its limit, refuses at once); afterwards a failure is counted on each,
 /// and a success clears the account+source key unless a lock went on meanwhile.
+/// Counts one password check's outcome in the metrics, if there are any.
+void count_check(auth_stateful self, const char* kind, const char* outcome) {
+  if (auto& m = self->state.cfg.metrics) m->password_check(kind, outcome);
+}
+
 template <class Keys, class Done, class Fail>
 void check_password(auth_stateful self, const std::string& username,
                     const std::string& password, const char* kind, Keys keys, Done done,
@@ -93,6 +100,7 @@ void check_password(auth_stateful self, const std::string& username,
     decay(*t, now, st.cfg.lockout);
     if (locked(*t, now)) {
       ++st.refused_locked;
+      count_check(self, kind, "locked");
       audit(self, username, kind, username, "refused: locked");
       fail(refused("locked after repeated failed password checks", remaining(*t, now)));
       return;
@@ -132,7 +140,12 @@ void check_password(auth_stateful self, const std::string& username,
                 bool now_locked = false;
                 for (auto& [t, max] : list)
                   now_locked |= fail_once(*t, max, now, st.cfg.lockout);
-                if (now_locked) spdlog::warn("auth: {} locked ({})", username, kind);
+                if (now_locked) {
+                  spdlog::warn("{}auth: locked ({})", log_tags({{"user", username}}),
+                               kind);
+                  if (auto& m = st.cfg.metrics) m->lockout(kind);
+                }
+                count_check(self, kind, "wrong_password");
                 audit(self, username, kind, username,
                       now_locked ? "failed: wrong password; locked"
                                  : "failed: wrong password");
@@ -142,6 +155,7 @@ void check_password(auth_stateful self, const std::string& username,
               // Right password, but a lock that went on while it was hashed stands.
               for (auto& [t, max] : list)
                 if (locked(*t, now)) {
+                  count_check(self, kind, "locked");
                   audit(self, username, kind, username, "refused: locked");
                   fail(refused("locked after repeated failed password checks",
                                remaining(*t, now)));
@@ -149,11 +163,13 @@ void check_password(auth_stateful self, const std::string& username,
                 }
               // Said only to someone who knows the password.
               if (u.disabled) {
+                count_check(self, kind, "disabled");
                 audit(self, username, kind, username, "refused: account disabled");
                 fail(make_error(ec::unauthenticated, "account disabled"));
                 return;
               }
               list.front().first->failures = 0;
+              count_check(self, kind, "ok");
               audit(self, username, kind, username, "ok");
               done(principal{u.username, u.role, "", false});
             },
@@ -257,7 +273,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
               who.via_session = true;
               auto token = random_hex(32);
               self->state.sessions[token] = {who, self->clock().now()};
-              spdlog::info("auth: {} logged in", who.username);
+              spdlog::info("{}auth: logged in", log_tags({{"user", who.username}}));
               rp.deliver(token, who);
             },
             [rp](caf::error err) mutable { rp.deliver(err); });

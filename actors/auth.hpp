@@ -12,6 +12,8 @@
 
 namespace parry {
 
+class server_metrics;
+
 /// Authentication policy (docs/operations.md).
 struct auth_config {
   /// Sessions end after this long without use.
@@ -33,6 +35,8 @@ struct auth_config {
   /// Lifetime of a bearer token when its creator names none, and the longest allowed.
   std::chrono::seconds token_default_ttl{std::chrono::hours{24 * 30}};
   std::chrono::seconds token_max_ttl{std::chrono::hours{24 * 365}};
+  /// Counts password checks by outcome and lockouts (may be null).
+  std::shared_ptr<server_metrics> metrics;
 };
 
 struct auth_state {

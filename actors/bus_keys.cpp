@@ -1,4 +1,5 @@
 #include "actors/bus_keys.hpp"
+#include "server/logging.hpp"
 
 #include <caf/event_based_actor.hpp>
 #include <spdlog/spdlog.h>
@@ -72,7 +73,7 @@ bus_keys_actor::behavior_type bus_keys(self_ptr self, bus_keys_config cfg,
                   auto raw = bus::z85_to_raw(key_z85);
                   self->state.cfg.registry->admit(
                       raw, {bus::key_identity::kind_t::agent, device, ""});
-                  spdlog::info("bus: device {} enrolled (key {})", device,
+                  spdlog::info("{}bus: enrolled (key {})", log_tags({{"device", device}}),
                                bus::key_fingerprint(raw));
                   audit(self, "device:" + device, "device_enrolled", device,
                         "key " + bus::key_fingerprint(raw));
@@ -88,7 +89,8 @@ bus_keys_actor::behavior_type bus_keys(self_ptr self, bus_keys_config cfg,
                   r.error = r.reason == std::string{"unavailable"}
                                 ? "the server cannot enroll now; try again later"
                                 : message_of(err);
-                  spdlog::warn("bus: enrollment of {} refused: {}", device, r.error);
+                  spdlog::warn("{}bus: enrollment refused: {}",
+                               log_tags({{"device", device}}), r.error);
                   audit(self, "device:" + device, "enrollment_refused", device, r.error);
                   answer(std::move(r));
                 });

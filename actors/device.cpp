@@ -1,4 +1,5 @@
 #include "actors/device.hpp"
+#include "server/logging.hpp"
 
 #include <algorithm>
 #include <set>
@@ -76,8 +77,9 @@ void persist(device_stateful self) {
   self->request(self->state.store, store_timeout, atom::put_v, self->state.rec)
       .then([](atom::ok) {},
             [self](caf::error& err) {
-              spdlog::error("device {}: cannot store state: {}",
-                            self->state.rec.device_id, message_of(err));
+              spdlog::error("{}cannot store state: {}",
+                            log_tags({{"device", self->state.rec.device_id}}),
+                            message_of(err));
             });
 }
 
@@ -109,8 +111,9 @@ void on_online(device_stateful self) {
 void go_offline(device_stateful self, const char* why) {
   auto& st = self->state;
   if (!st.rec.online) return;
-  spdlog::info("device {} offline: {}", st.rec.device_id, why);
+  spdlog::info("{}offline: {}", log_tags({{"device", st.rec.device_id}}), why);
   st.rec.online = false;
+  --st.cfg.counters->online;
   st.welcomed = false;
   for (auto& p : st.queue)
     p.transmitted = false;
@@ -123,6 +126,7 @@ void heard(device_stateful self) {
   st.rec.last_seen = now_us();
   if (!st.rec.online) {
     st.rec.online = true;
+    ++st.cfg.counters->online;
     persist(self);
     self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
     on_online(self);
@@ -156,8 +160,9 @@ void store_incident(device_stateful self, bus::incident_report r, uint64_t bytes
   self->request(st.store, store_timeout, atom::put_v, std::move(rec))
       .then([](const std::string&) {},
             [self](caf::error& err) {
-              spdlog::error("device {}: cannot store incident: {}",
-                            self->state.rec.device_id, message_of(err));
+              spdlog::error("{}cannot store incident: {}",
+                            log_tags({{"device", self->state.rec.device_id}}),
+                            message_of(err));
             });
 }
 
@@ -235,8 +240,10 @@ void late_result(device_stateful self, bus::action_result r) {
               auto more = held > 0 ? " (and " + std::to_string(held) +
                                          " more in the last minute not logged)"
                                    : std::string{};
-              spdlog::warn("device {}: result for {}, an action of device {}; ignored{}",
-                           st.rec.device_id, rec.action_id, rec.device_id, more);
+              spdlog::warn(
+                  "{}result for {}, an action of device {}; ignored{}",
+                  log_tags({{"device", st.rec.device_id}, {"action", rec.action_id}}),
+                  rec.action_id, rec.device_id, more);
               self->request(st.store, store_timeout, atom::audit_v,
                             audit_entry{"device:" + st.rec.device_id, "bus_refused",
                                         rec.action_id,
@@ -244,8 +251,9 @@ void late_result(device_stateful self, bus::action_result r) {
                                             rec.device_id + more})
                   .then([](atom::ok) {},
                         [self](caf::error& err) {
-                          spdlog::error("device {}: cannot write the audit trail: {}",
-                                        self->state.rec.device_id, message_of(err));
+                          spdlog::error("{}cannot write the audit trail: {}",
+                                        log_tags({{"device", self->state.rec.device_id}}),
+                                        message_of(err));
                         });
               return;
             }
@@ -258,22 +266,22 @@ void late_result(device_stateful self, bus::action_result r) {
             for (const auto& [k, v] : r.effect)
               note += ", " + k + "=" + v;
             note = std::string{utf8_prefix(note, 1024)};
-            spdlog::warn("action {} is {}: {}", rec.action_id, to_string(rec.state),
-                         note);
+            spdlog::warn("{}is {}: {}", action_log_tags(rec), to_string(rec.state), note);
             rec.updated_at = now_us();
             transition t{rec.action_id, rec.state, rec.updated_at, note};
             self->request(st.store, st.cfg.load_timeout, atom::update_v, rec, t)
                 .then([confirm](atom::ok) mutable { confirm(); },
                       [self](caf::error& err) {
                         // Not confirmed: the agent re-sends it later.
-                        spdlog::error("device {}: cannot record a late result: {}",
-                                      self->state.rec.device_id, message_of(err));
+                        spdlog::error("{}cannot record a late result: {}",
+                                      log_tags({{"device", self->state.rec.device_id}}),
+                                      message_of(err));
                       });
           },
           [self, r, confirm](caf::error& err) mutable {
-            spdlog::info("device {}: result for unknown action {} ({}): {}",
-                         self->state.rec.device_id, r.action_id, r.ok ? "ok" : r.error,
-                         message_of(err));
+            spdlog::info("{}result for unknown action {} ({}): {}",
+                         log_tags({{"device", self->state.rec.device_id}}), r.action_id,
+                         r.ok ? "ok" : r.error, message_of(err));
             if (code_of(err) == ec::not_found) confirm();
           });
 }
@@ -308,8 +316,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
             // then it may well be known, and nothing it says is thrown away.
             bool absent = code_of(err) == ec::not_found;
             if (!absent)
-              spdlog::error("device {}: cannot load its record: {}",
-                            self->state.rec.device_id, message_of(err));
+              spdlog::error("{}cannot load its record: {}",
+                            log_tags({{"device", self->state.rec.device_id}}),
+                            message_of(err));
             loaded(self, !absent);
           });
   // An action that ends without telling (it failed) must not block the queue.
@@ -323,9 +332,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
             q.end());
     if (q.size() != before) {
       self->state.cfg.counters->dropped_dead += before - q.size();
-      spdlog::error("device {}: an action ended without a final state; dropped its "
+      spdlog::error("{}an action ended without a final state; dropped its "
                     "command",
-                    self->state.rec.device_id);
+                    log_tags({{"device", self->state.rec.device_id}}));
       pump(self);
     }
   });
@@ -478,8 +487,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
             if (i->transmitted && !i->cancelling)
               // Already on the wire: the agent may still run it. Its result will be
               // confirmed (unknown action) and logged, and the record stays final.
-              spdlog::warn("device {}: withdrew {} after sending it",
-                           self->state.rec.device_id, action_id);
+              spdlog::warn("{}withdrew {} after sending it",
+                           log_tags({{"device", self->state.rec.device_id}}), action_id);
             q.erase(i);
             break;
           }
@@ -489,8 +498,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         auto& st = self->state;
         auto p = find(st, action_id);
         if (!p) {
-          spdlog::warn("device {}: cancel of {}, which is not queued here",
-                       st.rec.device_id, action_id);
+          spdlog::warn("{}cancel of {}, which is not queued here",
+                       log_tags({{"device", st.rec.device_id}}), action_id);
           return;
         }
         p->cancelling = true;
@@ -503,8 +512,8 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           self->send(p->action, atom::cancel_v, std::move(r));
           return;
         }
-        spdlog::info("device {}: cancel answer for {}, which is not queued here",
-                     self->state.rec.device_id, r.action_id);
+        spdlog::info("{}cancel answer for {}, which is not queued here",
+                     log_tags({{"device", self->state.rec.device_id}}), r.action_id);
       },
       [self](atom::get) -> caf::result<device_record> {
         auto& st = self->state;

@@ -30,6 +30,9 @@ struct device_counters {
   std::atomic<uint64_t> strangers_forgotten{0};
   /// Queue entries dropped because their action ended without a final state.
   std::atomic<uint64_t> dropped_dead{0};
+  /// Devices online now (a gauge: up when one is heard after silence, down when it
+  /// goes offline or its actor ends online).
+  std::atomic<int64_t> online{0};
 };
 
 /// Timing of the agent connection, shared by every device actor.
@@ -71,6 +74,13 @@ struct pending_command {
 
 struct device_state {
   static inline constexpr const char* name = "device";
+
+  device_state() = default;
+  device_state(const device_state&) = delete;
+  device_state& operator=(const device_state&) = delete;
+  ~device_state() {
+    if (rec.online && cfg.counters) --cfg.counters->online;
+  }
 
   /// What the store and REST see.
   device_record rec;

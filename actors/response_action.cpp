@@ -19,6 +19,7 @@
 // table does not allow is refused and logged.
 
 #include "actors/response_action.hpp"
+#include "server/logging.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -72,8 +73,8 @@ template <class F> void run(response_action_stateful self, F f) {
   }
   if (st.waiting.size() >= max_waiting) {
     ++st.refused;
-    spdlog::warn("action {}: {} messages wait for the store, refused one ({} so far)",
-                 st.rec.action_id, st.waiting.size(), st.refused);
+    spdlog::warn("{}{} messages wait for the store, refused one ({} so far)",
+                 action_log_tags(st.rec), st.waiting.size(), st.refused);
     return;
   }
   st.waiting.emplace_back(std::move(f));
@@ -106,7 +107,7 @@ void write_failed(response_action_stateful self, const caf::error& err) {
   auto& st = self->state;
   auto& w = *st.writing;
   ++w.failures;
-  spdlog::error("action {}: cannot store state {} (attempt {}): {}", st.rec.action_id,
+  spdlog::error("{}cannot store state {} (attempt {}): {}", action_log_tags(st.rec),
                 to_string(w.t.state), w.failures, message_of(err));
   if (!w.giving_up && w.failures > st.retry.attempts) {
     if (w.abandon) w.abandon(err);
@@ -143,6 +144,9 @@ void write(response_action_stateful self) {
             auto w = std::move(*st.writing);
             st.writing.reset();
             st.rec = std::move(w.rec);
+            spdlog::info("{}{} is {}{}{}", action_log_tags(st.rec),
+                         to_string(st.rec.type), to_string(st.rec.state),
+                         w.t.reason.empty() ? "" : ": ", w.t.reason);
             if (w.then) w.then();
             drain(self);
           },
@@ -157,7 +161,7 @@ bool advance(response_action_stateful self, action_state next, std::string reaso
              on_abandon abandon = nullptr) {
   auto& st = self->state;
   if (!transition_allowed(st.rec.state, next)) {
-    spdlog::error("action {}: refused the move {} -> {} ({})", st.rec.action_id,
+    spdlog::error("{}refused the move {} -> {} ({})", action_log_tags(st.rec),
                   to_string(st.rec.state), to_string(next), reason);
     if (abandon)
       abandon(make_error(ec::conflict, "action " + st.rec.action_id + " is " +
@@ -191,7 +195,7 @@ void settle_original(response_action_stateful self, action_state next) {
   auto& rec = self->state.rec;
   if (rec.reverses.empty()) return;
   auto err = [self](caf::error& err) {
-    spdlog::error("action {}: cannot settle {}: {}", self->state.rec.action_id,
+    spdlog::error("{}cannot settle {}: {}", action_log_tags(self->state.rec),
                   self->state.rec.reverses, message_of(err));
   };
   auto timeout = self->state.retry.timeout;
@@ -341,8 +345,8 @@ response_action(response_action_stateful self, action_record rec, device_actor d
                 [self, rp](caf::error& err) mutable {
                   // Never registered (a duplicate idempotency key, a store error):
                   // nothing was acted on; its place in the device's queue goes too.
-                  spdlog::error("action {}: cannot register: {}",
-                                self->state.rec.action_id, message_of(err));
+                  spdlog::error("{}cannot register: {}", action_log_tags(self->state.rec),
+                                message_of(err));
                   self->send(self->state.device, atom::withdraw_v,
                              self->state.rec.action_id);
                   rp.deliver(err);
@@ -394,8 +398,8 @@ response_action(response_action_stateful self, action_record rec, device_actor d
                      st.rec.state == state::cancelling) {
             finish(self, r);
           } else {
-            spdlog::error("action {}: result from the agent while {}; ignored",
-                          st.rec.action_id, to_string(st.rec.state));
+            spdlog::error("{}result from the agent while {}; ignored",
+                          action_log_tags(st.rec), to_string(st.rec.state));
           }
         });
       },
@@ -444,8 +448,8 @@ response_action(response_action_stateful self, action_record rec, device_actor d
         run(self, [self, r] {
           auto& st = self->state;
           if (st.rec.state != state::cancelling) {
-            spdlog::info("action {}: cancel answer from the agent while {}; ignored",
-                         st.rec.action_id, to_string(st.rec.state));
+            spdlog::info("{}cancel answer from the agent while {}; ignored",
+                         action_log_tags(st.rec), to_string(st.rec.state));
             return;
           }
           if (r.cancelled) {
@@ -454,7 +458,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
             return;
           }
           // Too late: it ran or runs; the action ends with the agent's result.
-          spdlog::info("action {}: the agent could not withdraw it: {}", st.rec.action_id,
+          spdlog::info("{}the agent could not withdraw it: {}", action_log_tags(st.rec),
                        r.detail);
         });
       },

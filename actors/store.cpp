@@ -21,6 +21,7 @@
 #include "bus/integrator.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "server/metrics.hpp"
 
 namespace parry {
 
@@ -610,6 +611,10 @@ std::string read_stats(store_state& st) {
 
 } // namespace
 
+int store_schema_version() {
+  return schema_version;
+}
+
 std::string audit_hash(int64_t seq, int64_t time_us, const audit_entry& e,
                        const std::string& prev_hash) {
   std::string text = std::to_string(seq) + '\n' + std::to_string(time_us) + '\n' +
@@ -620,7 +625,13 @@ std::string audit_hash(int64_t seq, int64_t time_us, const audit_entry& e,
 
 namespace {
 
+/// Counts something in the metrics once the open transaction commits.
+template <class F> void count_on_commit(store_state& st, F f) {
+  if (st.metrics) st.count_on_commit.emplace_back(std::move(f));
+}
+
 void append_audit(store_state& st, const audit_entry& e) {
+  count_on_commit(st, [kind = e.kind](server_metrics& m) { m.audit_record(kind); });
   auto seq = st.audit_seq + 1;
   auto time = now_us();
   auto hash = audit_hash(seq, time, e, st.audit_head);
@@ -641,6 +652,14 @@ void write_transition(store_state& st, const transition& t, const std::string& a
   s.step();
   append_audit(st, audit_entry{actor, "transition", t.action_id,
                                std::string(to_string(t.state)) + ": " + t.reason});
+}
+
+/// Counts a committed transition of `a` (its type and age) in the metrics.
+void count_transition(store_state& st, const action_record& a, const transition& t) {
+  count_on_commit(st, [id = a.action_id, type = a.type, created = a.created_at,
+                       t](server_metrics& m) {
+    m.action_transition(id, to_string(type), to_string(t.state), created, t.time);
+  });
 }
 
 const char* key_kind(bool integrator) {
@@ -697,6 +716,11 @@ void reload_audit_head(store_state& st) {
 void settle_batch(store_state& st, const caf::error& err) {
   st.in_transaction = false;
   ++st.commits;
+  auto counts = std::move(st.count_on_commit);
+  st.count_on_commit.clear();
+  if (!err && st.metrics)
+    for (auto& count : counts)
+      count(*st.metrics);
   auto replies = std::move(st.on_commit);
   st.on_commit.clear();
   for (auto& reply : replies)
@@ -711,6 +735,7 @@ template <class Body> caf::error run_write(store_stateful self, Body& body) {
   if (!st.in_transaction) {
     if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
     st.in_transaction = true;
+    st.began = std::chrono::steady_clock::now();
     // Everything already in the mailbox lands in this transaction: the flush
     // message queues behind it.
     self->send(self, atom::flush_v);
@@ -718,6 +743,7 @@ template <class Body> caf::error run_write(store_stateful self, Body& body) {
   if (auto err = guarded("savepoint", [&] { exec(st.db, "SAVEPOINT w"); })) return err;
   auto seq = st.audit_seq;
   auto head = st.audit_head;
+  auto counted = st.count_on_commit.size();
   auto err = guarded("write", [&] {
     body();
     exec(st.db, "RELEASE w");
@@ -728,6 +754,7 @@ template <class Body> caf::error run_write(store_stateful self, Body& body) {
   }
   st.audit_seq = seq;
   st.audit_head = std::move(head);
+  st.count_on_commit.resize(counted);
   if (sqlite3_get_autocommit(st.db) != 0) {
     // SQLite rolled the whole transaction back (I/O error, disk full): the other
     // writes of the batch are gone too, and they hear it now.
@@ -904,6 +931,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
   st.max_page_bytes = std::max<size_t>(opts.max_page_bytes, 1);
   st.ingest = opts.ingest;
   st.publish = opts.publish;
+  st.metrics = opts.metrics;
   // The database holds password hashes: only the owner reads it, whatever the umask
   // was when a file was created (SQLite makes -wal and -shm on demand).
   if (path != ":memory:")
@@ -988,6 +1016,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               s.bind(10, static_cast<int64_t>(r.report.events.size()));
               s.bind_blob(11, bus::encode(r.report));
               s.step();
+              count_on_commit(st, [](server_metrics& m) { m.incident_stored(); });
             },
             r.incident_id);
         publish_on_commit(
@@ -1020,6 +1049,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.bind(20, a.reversed_by);
           s.step();
           write_transition(self->state, t, a.requested_by);
+          count_transition(self->state, a, t);
         });
         publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
                           action_event_of(a));
@@ -1041,6 +1071,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.step();
           expect_change(self->state, ec::not_found, "no action " + a.action_id);
           write_transition(self->state, t, "parryd");
+          count_transition(self->state, a, t);
         });
         publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
                           action_event_of(a));
@@ -1225,8 +1256,10 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           stmt row{st, sql.c_str()};
           row.bind(1, id);
           if (row.step())
-            if (auto r = read_action_row(row); r.problem.empty())
+            if (auto r = read_action_row(row); r.problem.empty()) {
+              count_transition(st, r.rec, transition{id, state::reverted, now, {}});
               reverted = std::move(r.rec);
+            }
         });
         // Subscribers hear of it like of any other state (action.reverted).
         if (reverted)
@@ -1414,6 +1447,11 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         auto& st = self->state;
         if (!st.in_transaction) return;
         auto err = guarded("commit", [&] { exec(st.db, "COMMIT"); });
+        if (!err && st.metrics)
+          st.metrics->store_commit(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - st.began)
+                  .count(),
+              st.on_commit.size(), self->mailbox().size());
         if (err) {
           // Every write of the batch is gone: each caller hears it.
           sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);

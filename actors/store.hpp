@@ -21,6 +21,8 @@ struct sqlite3_stmt;
 
 namespace parry {
 
+class server_metrics;
+
 /// State of one database connection: the store actor (the only writer) or a
 /// store_reader. Both run detached: SQLite calls block only their own thread.
 struct store_state {
@@ -34,6 +36,12 @@ struct store_state {
   std::map<std::string, sqlite3_stmt*> statements;
   /// True while a transaction collects writes for the next commit.
   bool in_transaction = false;
+  /// When the open transaction began, for the commit latency.
+  std::chrono::steady_clock::time_point began;
+  /// Prometheus metrics (may be null), and what the open transaction will count
+  /// once it commits (dropped with a write that rolls back).
+  std::shared_ptr<server_metrics> metrics;
+  std::vector<std::function<void(server_metrics&)>> count_on_commit;
   /// Replies to send once the open transaction ends (argument: none when it
   /// committed, else the error every write of the batch is answered with).
   std::vector<std::function<void(const caf::error&)>> on_commit;
@@ -72,6 +80,8 @@ struct store_options {
   /// after the dot) and the msgpack body. Null: no events. Runs on the store's
   /// thread: it must only queue.
   std::function<void(const char* family, std::string kind, std::string body)> publish;
+  /// Prometheus metrics (may be null): commits, incidents, transitions, audit kinds.
+  std::shared_ptr<server_metrics> metrics;
 };
 
 /// The paging parameters of a list endpoint's query string: `limit` (a whole
@@ -85,6 +95,9 @@ using store_stateful = store_actor::stateful_pointer<store_state>;
 /// Spawn it detached, like the store.
 store_reader_actor::behavior_type
 store_reader(store_reader_actor::stateful_pointer<store_state> self, std::string path);
+
+/// The newest database schema this build reads and writes.
+int store_schema_version();
 
 /// Hash of one audit record: SHA-256 over its fields and the previous hash, each
 /// separated by a newline (docs/rest-api.md, "Audit trail").

@@ -11,6 +11,9 @@ packages=(
   libnftables-dev nftables iproute2 util-linux procps jq openssl curl
   clang-format clang-14 libclang-rt-14-dev python3
   python3-zmq python3-msgpack
+  libsystemd-dev prometheus-cpp-dev # readiness under systemd; Prometheus metrics
+  python3-yaml python3-jsonschema   # the OpenAPI check (tests/openapi)
+  lintian file adduser              # the Debian packages: check, shlibdeps, postinst
   chromium # the web console's browser tests (tests/browser)
 )
 # Node.js and npm run the browser tests; a machine that has them from elsewhere keeps

@@ -336,9 +336,23 @@ rule<std::string> directory() {
           }};
 }
 
+/// Also used for optional files.
 rule<std::string> optional_directory() {
   return {"a path, or empty for none", "",
           [](const std::string&) { return std::string{}; }};
+}
+
+/// A host name or address for a TLS peer (checked against its certificate).
+rule<std::string> optional_host() {
+  return {"empty (off), a DNS name or an IP address", "",
+          [](const std::string& v) -> std::string {
+            if (v.size() > 253) return "longer than 253 bytes";
+            for (char c : v)
+              if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '-' &&
+                  c != ':')
+                return "not a host name or address";
+            return {};
+          }};
 }
 
 rule<std::string> endpoint() {
@@ -358,6 +372,13 @@ rule<std::string> ip_address() {
                 inet_pton(AF_INET6, v.c_str(), buf) == 1)
               return {};
             return "not an IP address";
+          }};
+}
+
+rule<std::string> optional_ip_address() {
+  auto ip = ip_address();
+  return {"empty (off) or " + ip.legal, "", [test = ip.test](const std::string& v) {
+            return v.empty() ? std::string{} : test(v);
           }};
 }
 
@@ -627,6 +648,33 @@ const std::vector<entry>& table() {
           "actor scheduler threads (0: one per core)", range{0, 256, "threads"}),
       key("log_level", &C::log_level, "PARRY_LOG_LEVEL", "--log-level", "log verbosity",
           one_of({"trace", "debug", "info", "warn", "error"})),
+      key("log_format", &C::log_format, "PARRY_LOG_FORMAT", "--log-format",
+          "log lines as text, or as one JSON object a line with the action, device, "
+          "incident and user as fields of their own",
+          one_of({"text", "json"})),
+      key("metrics_address", &C::metrics_address, "PARRY_METRICS_ADDRESS",
+          "--metrics-address",
+          "listen address of the Prometheus metrics (plain HTTP, GET /metrics, no "
+          "session); keep it on loopback or a management network",
+          optional_ip_address()),
+      key("metrics_port", &C::metrics_port, "PARRY_METRICS_PORT", "--metrics-port",
+          "port of the metrics listener (0 picks a free one)", range{0, 65535}),
+      key("siem_host", &C::siem_host, "PARRY_SIEM_HOST", "--siem-host",
+          "syslog receiver (RFC 5425, TLS) that gets every audit record as CEF; its "
+          "certificate must name this host",
+          optional_host()),
+      key("siem_port", &C::siem_port, "PARRY_SIEM_PORT", "--siem-port",
+          "port of the syslog receiver", range{1, 65535}),
+      key("siem_ca_file", &C::siem_ca_file, "PARRY_SIEM_CA_FILE", "--siem-ca-file",
+          "PEM file of the CA(s) that signed the receiver's certificate (empty: the "
+          "system's trusted CAs)",
+          optional_directory()),
+      key("siem_cert_file", &C::siem_cert_file, "PARRY_SIEM_CERT_FILE",
+          "--siem-cert-file",
+          "PEM client certificate for receivers that require one (empty: none)",
+          optional_directory()),
+      key("siem_key_file", &C::siem_key_file, "PARRY_SIEM_KEY_FILE", "--siem-key-file",
+          "PEM private key of siem_cert_file", optional_directory()),
       key("actions.password_required", &C::password_required,
           "PARRY_ACTIONS_PASSWORD_REQUIRED", "--actions-password-required",
           "action types that need the caller's password again (start_process always "
@@ -877,6 +925,33 @@ std::string config_reference_markdown() {
             : !k.default_words.empty() ? markdown_cell(k.default_words)
                                        : code(k.default_toml)) +
            " | " + markdown_cell(k.legal) + " | " + markdown_cell(k.doc) + " |\n";
+  }
+  return out;
+}
+
+std::string config_template_toml(const loaded_config& c) {
+  std::string out =
+      "# parryd configuration. Every key is listed with its meaning, legal values and\n"
+      "# default; remove the '#' before a key to set it. PARRY_* environment variables\n"
+      "# and flags override this file (parryd --help, docs/operations.md).\n";
+  std::string section;
+  for (auto& e : table()) {
+    const auto& k = e.info;
+    auto dot = k.key.find('.');
+    auto sect = dot == std::string::npos ? std::string{} : k.key.substr(0, dot);
+    if (sect != section) {
+      section = sect;
+      out += "\n[" + section + "]\n";
+    }
+    auto i = c.origin.find(k.key);
+    bool set =
+        !k.secret && i != c.origin.end() && i->second.source != config_source::defaults;
+    out += "\n# " + k.doc + "\n# legal: " + k.legal + "; env " + k.env +
+           (k.flag.empty() ? "" : "; flag " + primary_flag(k)) + "\n";
+    if (!k.default_words.empty()) out += "# default: " + k.default_words + "\n";
+    auto name = sect.empty() ? k.key : k.key.substr(dot + 1);
+    out += set ? name + " = " + e.toml(c.cfg) + "\n"
+               : "#" + name + " = " + (k.secret ? "\"\"" : k.default_toml) + "\n";
   }
   return out;
 }

@@ -81,6 +81,21 @@ struct server_config {
   uint32_t workers = 0;
   /// trace, debug, info, warn, error.
   std::string log_level = "info";
+  /// text (one line a message) or json (one JSON object a line, for the journal or
+  /// a log shipper).
+  std::string log_format = "text";
+  /// Prometheus metrics over plain HTTP (GET /metrics): listen address (empty: no
+  /// metrics listener) and port (0 picks a free one).
+  std::string metrics_address = "127.0.0.1";
+  uint16_t metrics_port = 9469;
+  /// SIEM export of the audit trail (syslog over TLS, CEF): the receiver's host name
+  /// or address (empty: no export), its port, the CA file that signed its
+  /// certificate, and an optional client certificate and key.
+  std::string siem_host;
+  uint16_t siem_port = 6514;
+  std::string siem_ca_file;
+  std::string siem_cert_file;
+  std::string siem_key_file;
   /// [actions] password_required: types that need the caller's password again
   /// (start_process always does).
   std::vector<std::string> password_required{"prevent_run", "quarantine", "delete_file",
@@ -169,5 +184,11 @@ std::string print_config(const loaded_config& c);
 
 /// The reference table of every key with its default, in Markdown (docs/operations.md).
 std::string config_reference_markdown();
+
+/// A TOML file of every key: each with its meaning, legal values and default as
+/// comments; keys set by the file, the environment or a flag are written out with
+/// their value, all others stay commented out (secrets are never written). The
+/// packaged /etc/parry/parryd.toml is made with it.
+std::string config_template_toml(const loaded_config& c);
 
 } // namespace parry

@@ -178,17 +178,40 @@ void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_re
 struct extras {
   std::shared_ptr<event_hub> events;
   std::shared_ptr<const web_assets> console;
+  /// Told every answer's route, status and latency (may be empty).
+  request_observer observe;
+  route_labeler label;
+  /// The OpenAPI description served at /api/v1/openapi.yaml (may be null).
+  std::shared_ptr<const std::string> openapi;
 };
+
+/// A server context with `cert_file` (chain) and its key, TLS 1.2 and up. Throws
+/// std::runtime_error when either cannot be read or the key does not match.
+std::shared_ptr<net::ssl::context> tls_context(const std::string& cert_file,
+                                               const std::string& key_file) {
+  auto ctx = std::make_shared<net::ssl::context>(net::ssl::context::tls_server);
+  ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                   net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                   net::ssl::context::no_tlsv1_1);
+  beast::error_code ec;
+  ctx->use_certificate_chain_file(cert_file, ec);
+  if (ec) throw std::runtime_error("TLS certificate " + cert_file + ": " + ec.message());
+  ctx->use_private_key_file(key_file, net::ssl::context::pem, ec);
+  if (ec) throw std::runtime_error("TLS key " + key_file + ": " + ec.message());
+  if (SSL_CTX_check_private_key(ctx->native_handle()) != 1)
+    throw std::runtime_error("TLS key " + key_file + " does not match " + cert_file);
+  return ctx;
+}
 
 class session : public std::enable_shared_from_this<session> {
 public:
-  session(tcp::socket&& socket, net::ssl::context& ctx, caf::actor_system& sys,
-          api_actor api, std::weak_ptr<net::io_context> ioc,
+  session(tcp::socket&& socket, std::shared_ptr<net::ssl::context> ctx,
+          caf::actor_system& sys, api_actor api, std::weak_ptr<net::io_context> ioc,
           std::unique_ptr<conn_slot> slot, const http_limits& limits,
           std::shared_ptr<http_stats> stats, extras more)
-      : stream_(std::move(socket), ctx), sys_(sys), api_(std::move(api)),
-        ioc_(std::move(ioc)), slot_(std::move(slot)), limits_(limits),
-        stats_(std::move(stats)), more_(std::move(more)) {}
+      : ctx_(std::move(ctx)), stream_(std::move(socket), *ctx_), sys_(sys),
+        api_(std::move(api)), ioc_(std::move(ioc)), slot_(std::move(slot)),
+        limits_(limits), stats_(std::move(stats)), more_(std::move(more)) {}
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -233,6 +256,8 @@ private:
       return;
     }
     auto req = parser_->release();
+    started_ = std::chrono::steady_clock::now();
+    route_ = "unmatched";
     keep_alive_ = req.keep_alive();
     version_ = req.version();
     head_ = req.method() == http::verb::head;
@@ -242,9 +267,17 @@ private:
       return write_error(400, "bad_request", "request target or header is not UTF-8");
     }
     auto path = std::string_view{r.target}.substr(0, r.target.find('?'));
-    if (path.substr(0, 5) != "/api/" && more_.console) return serve_file(req, path);
+    if (path.substr(0, 5) != "/api/" && more_.console) {
+      route_ = "console";
+      return serve_file(req, path);
+    }
+    if (path == "/api/v1/openapi.yaml" && more_.openapi) {
+      route_ = "GET /openapi.yaml";
+      return serve_openapi(req);
+    }
     if (path == "/api/v1/events" && more_.events && websocket::is_upgrade(req))
       return upgrade(std::move(req), std::move(r));
+    if (more_.label) route_ = more_.label(r.method, r.target);
     auto ioc = ioc_.lock();
     if (!ioc) return; // the server is going away
     ask_api(sys_, api_,
@@ -336,7 +369,24 @@ private:
     write(http_response{status, error_body(code, message), {}, {}});
   }
 
+  /// The API's own description: GET and HEAD, for anyone (it holds no data).
+  void serve_openapi(const http::request<http::string_body>& req) {
+    if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      http_response r{405, error_body("method_not_allowed", "use GET"), {}, {}};
+      r.headers["Allow"] = "GET, HEAD";
+      return write(std::move(r));
+    }
+    http_response r{200, *more_.openapi, {}, {}};
+    r.headers["Content-Type"] = "application/yaml";
+    write(std::move(r));
+  }
+
   void write(http_response resp) {
+    if (more_.observe)
+      more_.observe(
+          route_, resp.status,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_)
+              .count());
     auto res = std::make_shared<http::response<http::string_body>>(
         static_cast<http::status>(resp.status), version_);
     set_security_headers(*res);
@@ -371,6 +421,9 @@ private:
     stream_.async_shutdown([self = shared_from_this()](beast::error_code) {});
   }
 
+  /// The certificate this connection was accepted with: kept while it lives, even
+  /// after a reload put a new one in place for new connections.
+  std::shared_ptr<net::ssl::context> ctx_;
   beast::ssl_stream<beast::tcp_stream> stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -383,6 +436,9 @@ private:
   extras more_;
   bool keep_alive_ = false;
   bool head_ = false;
+  /// When the request was read, and its route as metrics label it.
+  std::chrono::steady_clock::time_point started_;
+  std::string route_;
   unsigned version_ = 11;
 };
 
@@ -397,7 +453,8 @@ struct http_server::impl {
   extras more;
   /// Shared with the actors that post answers back (see session::on_read).
   std::shared_ptr<net::io_context> ioc = std::make_shared<net::io_context>(1);
-  net::ssl::context ssl{net::ssl::context::tls_server};
+  /// The certificate for new connections; replaced (on the io thread) by a reload.
+  std::shared_ptr<net::ssl::context> ssl;
   tcp::acceptor acceptor{net::make_strand(*ioc)};
   net::steady_timer backoff{acceptor.get_executor()};
   std::chrono::milliseconds backoff_delay{0};
@@ -481,16 +538,29 @@ http_server::http_server(caf::actor_system& sys, api_actor api, std::string addr
                          http_limits limits, std::shared_ptr<http_stats> stats)
     : impl_(std::make_shared<impl>(sys, std::move(api), std::move(address), port, limits,
                                    std::move(stats))) {
-  auto& ssl = impl_->ssl;
-  ssl.set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
-                  net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
-                  net::ssl::context::no_tlsv1_1);
-  ssl.use_certificate_chain_file(cert_file);
-  ssl.use_private_key_file(key_file, net::ssl::context::pem);
+  impl_->ssl = tls_context(cert_file, key_file);
+}
+
+void http_server::reload_certificate(const std::string& cert_file,
+                                     const std::string& key_file) {
+  auto next = tls_context(cert_file, key_file);
+  std::weak_ptr<impl> weak = impl_;
+  net::post(*impl_->ioc, [weak, next] {
+    if (auto m = weak.lock()) m->ssl = next;
+  });
 }
 
 void http_server::serve_events(std::shared_ptr<event_hub> hub) {
   impl_->more.events = std::move(hub);
+}
+
+void http_server::observe_requests(route_labeler label, request_observer observe) {
+  impl_->more.label = std::move(label);
+  impl_->more.observe = std::move(observe);
+}
+
+void http_server::serve_openapi(std::string spec) {
+  impl_->more.openapi = std::make_shared<const std::string>(std::move(spec));
 }
 
 void http_server::serve_console(web_assets files) {

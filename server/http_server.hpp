@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -12,6 +13,13 @@
 namespace parry {
 
 class web_assets;
+
+/// Names the route of an API request for metrics ("GET /actions/{id}").
+using route_labeler =
+    std::function<std::string(const std::string& method, const std::string& target)>;
+/// Told of every answer: its route, HTTP status and seconds since the request was read.
+using request_observer =
+    std::function<void(const std::string& route, int status, double seconds)>;
 
 /// Bounds on what HTTPS clients may hold open (docs/operations.md).
 struct http_limits {
@@ -60,6 +68,16 @@ public:
   void serve_events(std::shared_ptr<event_hub> hub);
   /// The web console's files at every path outside /api/. Before start() only.
   void serve_console(web_assets files);
+  /// Tells `observe` of every answer, its API route named by `label` (the
+  /// console's files are "console"). Before start() only.
+  void observe_requests(route_labeler label, request_observer observe);
+  /// `spec` at GET /api/v1/openapi.yaml (no session needed). Before start() only.
+  void serve_openapi(std::string spec);
+
+  /// New connections use this certificate and key from now on; open ones keep
+  /// theirs. Throws std::runtime_error (and changes nothing) when they cannot be
+  /// loaded or do not match.
+  void reload_certificate(const std::string& cert_file, const std::string& key_file);
 
   /// Binds, starts the thread, returns the bound port. Throws on failure.
   uint16_t start();

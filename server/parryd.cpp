@@ -1,17 +1,77 @@
 // parryd: the Parry server.
 
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "server/backup.hpp"
 #include "server/config.hpp"
+#include "server/logging.hpp"
 #include "server/server.hpp"
+
+namespace {
+
+/// Prints a check of a database file; returns the exit code.
+int report(const char* what, const std::string& file, const parry::backup_check& c) {
+  if (!c.ok) {
+    std::cerr << "parryd: " << file << ": " << c.problem << '\n';
+    return 1;
+  }
+  std::printf("%s %s: %lld bytes, audit chain of %lld records intact, head %s\n", what,
+              file.c_str(), static_cast<long long>(c.bytes),
+              static_cast<long long>(c.audit_records), c.audit_head.c_str());
+  return 0;
+}
+
+/// Backup, check and restore run without starting the server. Returns the exit
+/// code, or -1 when none was asked for.
+int database_commands(const std::string& backup, const std::string& check,
+                      const std::string& restore, const parry::server_config& cfg) {
+  try {
+    if (!backup.empty())
+      return report("backup", backup,
+                    parry::backup_database(cfg.data_dir + "/parry.db", backup));
+    if (!check.empty()) return report("checked", check, parry::check_database(check));
+    if (!restore.empty())
+      return report("restored", restore, parry::restore_database(restore, cfg.data_dir));
+  } catch (const std::exception& e) {
+    std::cerr << "parryd: " << e.what() << '\n';
+    return 1;
+  }
+  return -1;
+}
+
+/// Under systemd with WatchdogSec: tells it every half period that the actors still
+/// answer; a server that stops answering is restarted by systemd.
+std::thread start_watchdog(parry::server& srv, std::atomic<bool>& stop) {
+  uint64_t usec = 0;
+  if (sd_watchdog_enabled(0, &usec) <= 0 || usec == 0) return {};
+  auto period = std::chrono::microseconds{usec / 2};
+  return std::thread{[&srv, &stop, period] {
+    while (!stop.load()) {
+      auto next = std::chrono::steady_clock::now() + period;
+      if (srv.alive(std::chrono::duration_cast<std::chrono::milliseconds>(period)))
+        sd_notify(0, "WATCHDOG=1");
+      else
+        spdlog::error("parryd: the actors did not answer the watchdog's health check");
+      while (!stop.load() && std::chrono::steady_clock::now() < next)
+        std::this_thread::sleep_for(std::chrono::milliseconds{100});
+    }
+  }};
+}
+
+} // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"parryd - server for EDR response actions\n\nSettings come from, each "
@@ -20,6 +80,8 @@ int main(int argc, char** argv) {
   parry::config_inputs inputs;
   bool print = false;
   bool markdown = false;
+  bool toml = false;
+  std::string backup, check, restore;
   app.add_option("--config", inputs.file, "TOML configuration file");
   auto* print_option =
       app.add_flag("--print-config", print,
@@ -28,6 +90,23 @@ int main(int argc, char** argv) {
                "with --print-config: print the reference table of every key (defaults "
                "only) in Markdown instead")
       ->needs(print_option);
+  app.add_flag("--toml", toml,
+               "with --print-config: print a configuration file of every key with its "
+               "meaning and default as comments (keys set here are written out)")
+      ->needs(print_option);
+  auto* backup_option = app.add_option(
+      "--backup", backup,
+      "copy the database of data_dir to FILE (a new file) while parryd may be running, "
+      "check the copy, then exit");
+  auto* check_option =
+      app.add_option("--check-backup", check,
+                     "check FILE (integrity, schema, the whole audit chain) and exit");
+  app.add_option("--restore", restore,
+                 "check FILE, then make it the database of data_dir (parryd must be "
+                 "stopped; the old database is kept beside it), then exit")
+      ->excludes(backup_option)
+      ->excludes(check_option);
+  backup_option->excludes(check_option);
   // One option per key of the table, each taken as text and checked by the table, so
   // a bad flag fails with the same message as a bad file or environment value.
   const auto& keys = parry::config_keys();
@@ -66,11 +145,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (print) {
-    std::cout << parry::print_config(loaded);
+    std::cout << (toml ? parry::config_template_toml(loaded)
+                       : parry::print_config(loaded));
     return 0;
   }
   const auto& cfg = loaded.cfg;
-  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+  parry::configure_logging(cfg.log_level, cfg.log_format);
+  if (auto rc = database_commands(backup, check, restore, cfg); rc >= 0) return rc;
   spdlog::debug("parryd: configuration\n{}", parry::print_config(loaded));
 
   // Every thread started from here on inherits the blocked set; main waits for the
@@ -79,6 +160,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   parry::server srv{cfg};
@@ -86,6 +168,7 @@ int main(int argc, char** argv) {
     srv.start();
   } catch (const std::exception& e) {
     std::cerr << "parryd: cannot start: " << e.what() << '\n';
+    sd_notifyf(0, "STATUS=cannot start: %s", e.what());
     srv.stop();
     return 1;
   }
@@ -98,6 +181,12 @@ int main(int argc, char** argv) {
               srv.cert_file().c_str());
   if (srv.serves_console())
     std::printf("  console https://%s:%u/\n", host.c_str(), srv.http_port());
+  if (srv.metrics_port() != 0) {
+    auto maddr = cfg.metrics_address.find(':') == std::string::npos
+                     ? cfg.metrics_address
+                     : "[" + cfg.metrics_address + "]";
+    std::printf("  metrics http://%s:%u/metrics\n", maddr.c_str(), srv.metrics_port());
+  }
   if (cfg.bus_curve)
     std::printf("  enroll %s\n  integrators %s\n  events %s\n  server key %s\n",
                 srv.enroll_endpoint().c_str(), srv.integrator_endpoint().c_str(),
@@ -109,9 +198,33 @@ int main(int argc, char** argv) {
     std::printf("  first administrator: admin / %s  (shown once; change it)\n",
                 srv.generated_admin_password().c_str());
   std::fflush(stdout);
+  sd_notifyf(0, "READY=1\nSTATUS=serving https on port %u\nMAINPID=%lu", srv.http_port(),
+             static_cast<unsigned long>(::getpid()));
+  std::atomic<bool> stop_watchdog{false};
+  auto watchdog = start_watchdog(srv, stop_watchdog);
   int sig = 0;
-  sigwait(&signals, &sig);
+  for (;;) {
+    sigwait(&signals, &sig);
+    if (sig != SIGHUP) break;
+    // Reload: the same sources again (file, environment, flags); a bad file keeps
+    // everything as it was.
+    sd_notify(0, "RELOADING=1");
+    parry::loaded_config next;
+    if (auto err = parry::load_config(inputs, next); !err.empty()) {
+      spdlog::error("parryd: reload refused, the configuration has errors:\n{}", err);
+    } else {
+      try {
+        srv.reload(next.cfg);
+      } catch (const std::exception& e) {
+        spdlog::error("parryd: reload failed, the old certificate stays: {}", e.what());
+      }
+    }
+    sd_notify(0, "READY=1");
+  }
   spdlog::info("parryd: signal {}, stopping", sig);
+  sd_notify(0, "STOPPING=1");
+  stop_watchdog = true;
+  if (watchdog.joinable()) watchdog.join();
   srv.stop();
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "server/server.hpp"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <nlohmann/json.hpp>
+#include <prometheus/metric_family.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/api.hpp"
@@ -36,8 +38,13 @@
 #include "common/keys.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
+#include "server/backup.hpp"
 #include "server/event_hub.hpp"
 #include "server/http_server.hpp"
+#include "server/logging.hpp"
+#include "server/metrics.hpp"
+#include "server/openapi_spec.hpp"
+#include "server/siem_export.hpp"
 #include "server/tls.hpp"
 #include "server/web_assets.hpp"
 
@@ -144,6 +151,16 @@ struct server::impl {
   std::shared_ptr<http_stats> http_counters = std::make_shared<http_stats>();
   /// What the store commits, for the console's event streams.
   std::shared_ptr<event_hub> events = std::make_shared<event_hub>();
+  /// Prometheus metrics, and their listener (none when metrics_address is empty).
+  std::shared_ptr<server_metrics> metrics = std::make_shared<server_metrics>();
+  std::unique_ptr<metrics_http> metrics_listener;
+  /// Ships the audit trail to the SIEM (none when siem_host is empty).
+  std::shared_ptr<siem_exporter> siem;
+  /// The api, asked by alive().
+  api_actor api;
+  uint16_t metrics_port = 0;
+  /// The data directory's lock (data_dir/parryd.lock), held from start to stop.
+  int lock_fd = -1;
   /// Restarts of the api and auth actors, shown in /stats.
   std::shared_ptr<supervision_stats> supervision = std::make_shared<supervision_stats>();
   /// Every top-level actor, told to exit on stop (their children are linked).
@@ -257,6 +274,89 @@ nlohmann::json gateway_json(const bus::gateway_stats& s) {
                         {"events_published", s.events_published.load()},
                         {"events_dropped", s.events_dropped.load()},
                         {"log_suppressed", s.log_suppressed.load()}};
+}
+
+/// The counters /stats shows, as Prometheus families (docs/operations.md lists
+/// them): read at every scrape, nothing kept.
+void collect_stats(const nlohmann::json& stats, const device_counters& devices,
+                   const http_stats& http, std::vector<prometheus::MetricFamily>& out) {
+  auto number = [](const nlohmann::json& v) {
+    return v.is_number() ? v.get<double>() : 0.0;
+  };
+  out.push_back(gauge_family("parry_devices_online", "Devices whose agent is connected",
+                             {{{}, double(devices.online.load())}}));
+  // Each bus endpoint's counters, labelled by endpoint.
+  std::map<std::string, std::vector<metric_sample>> bus;
+  std::vector<metric_sample> refused;
+  for (const char* endpoint : {"bus", "enrollment", "integrators"}) {
+    if (!stats.contains(endpoint)) continue;
+    for (const auto& [key, v] : stats[endpoint].items()) {
+      if (key == "refused") {
+        for (const auto& [reason, n] : v.items())
+          refused.push_back({{{"endpoint", endpoint}, {"reason", reason}}, number(n)});
+        continue;
+      }
+      bus[key].push_back({{{"endpoint", endpoint}}, number(v)});
+    }
+  }
+  for (auto& [key, samples] : bus)
+    out.push_back(counter_family("parry_bus_" + key + "_total",
+                                 "Bus counter " + key + " by endpoint (see /stats)",
+                                 std::move(samples)));
+  out.push_back(counter_family("parry_bus_refused_total",
+                               "Bus messages refused, by endpoint and reason",
+                               std::move(refused)));
+  std::vector<metric_sample> conns;
+  for (const auto& [reason, n] :
+       {std::pair<const char*, uint64_t>{"total_limit", http.refused_total_limit.load()},
+        {"source_limit", http.refused_source_limit.load()},
+        {"fd_reserve", http.refused_fd_reserve.load()}})
+    conns.push_back({{{"reason", reason}}, double(n)});
+  out.push_back(counter_family("parry_http_connections_refused_total",
+                               "HTTPS connections refused at accept, by reason",
+                               std::move(conns)));
+  out.push_back(gauge_family("parry_http_connections_open", "HTTPS connections open",
+                             {{{}, double(http.open.load())}}));
+  out.push_back(counter_family("parry_http_connections_accepted_total",
+                               "HTTPS connections accepted",
+                               {{{}, double(http.accepted.load())}}));
+  out.push_back(counter_family("parry_http_bad_requests_total",
+                               "HTTP requests refused before the API (not UTF-8)",
+                               {{{}, double(http.bad_requests.load())}}));
+  if (stats.contains("ingest")) {
+    out.push_back(gauge_family("parry_ingest_reports_in_flight",
+                               "Incident reports accepted from the bus, not yet stored",
+                               {{{}, number(stats["ingest"]["reports_in_flight"])}}));
+    out.push_back(gauge_family("parry_ingest_bytes_in_flight", "Bytes of those reports",
+                               {{{}, number(stats["ingest"]["bytes_in_flight"])}}));
+  }
+  if (stats.contains("siem")) {
+    const auto& x = stats["siem"];
+    out.push_back(gauge_family("parry_siem_connected",
+                               "1 while the SIEM export is connected to its receiver",
+                               {{{}, x["connected"].get<bool>() ? 1.0 : 0.0}}));
+    out.push_back(gauge_family("parry_siem_backlog_records",
+                               "Audit records not yet acknowledged by the SIEM receiver",
+                               {{{}, number(x["backlog"])}}));
+    out.push_back(counter_family("parry_siem_records_acknowledged_total",
+                                 "Audit records the SIEM receiver acknowledged",
+                                 {{{}, number(x["acknowledged"])}}));
+    out.push_back(counter_family("parry_siem_records_resent_total",
+                                 "Audit records sent again after a reconnect",
+                                 {{{}, number(x["resent"])}}));
+    out.push_back(counter_family("parry_siem_failures_total",
+                                 "SIEM connection failures, by stage",
+                                 {{{{"stage", "connect"}}, number(x["connect_failures"])},
+                                  {{{"stage", "tls"}}, number(x["tls_failures"])}}));
+  }
+  if (stats.contains("event_streams")) {
+    const auto& e = stats["event_streams"];
+    out.push_back(gauge_family("parry_event_streams", "Open console event streams",
+                               {{{}, number(e["streams"])}}));
+    out.push_back(counter_family("parry_event_streams_dropped_slow_total",
+                                 "Event streams closed because the client fell behind",
+                                 {{{}, number(e["dropped_slow"])}}));
+  }
 }
 
 /// Sequence numbers of the event families, and the order events go out in.
@@ -410,6 +510,9 @@ void server::start() {
   // hashes, the TLS directory the private key).
   ::umask(077);
   make_private_dir(cfg.data_dir);
+  m.lock_fd = lock_data_dir(cfg.data_dir);
+  if (m.lock_fd < 0)
+    throw std::runtime_error("another parryd is running on " + cfg.data_dir);
   m.tls = ensure_certificate(cfg.data_dir + "/tls", {cfg.http_address});
   m.own_keys.emplace(bus::load_or_create(cfg.data_dir));
   m.signing_public_hex = to_hex_text(m.own_keys->signing.public_key());
@@ -437,19 +540,38 @@ void server::start() {
     m.integrators = make_integrator_gateway(cfg, m.own_keys->curve, m.keys, seqs,
                                             integrator_requests, bridge_slot);
   }
-  // Every commit goes to the console's streams, and to integrators when there are.
+  // The SIEM export reads the audit trail on a connection of its own; it starts
+  // once the store has made or migrated the schema.
+  if (!cfg.siem_host.empty()) {
+    siem_options so;
+    so.host = cfg.siem_host;
+    so.port = cfg.siem_port;
+    so.ca_file = cfg.siem_ca_file;
+    so.cert_file = cfg.siem_cert_file;
+    so.key_file = cfg.siem_key_file;
+    so.db_path = cfg.data_dir + "/parry.db";
+    so.cursor_file = cfg.data_dir + "/siem.cursor";
+    if (auto why = so.validate(); !why.empty())
+      throw std::runtime_error("configuration: " + why);
+    m.siem = std::make_shared<siem_exporter>(so);
+  }
+  // Every commit goes to the console's streams, and to integrators when there are;
+  // the SIEM export looks for new audit records at once.
   auto integrator_publish = m.integrators ? make_event_publisher(m.integrators, seqs)
                                           : decltype(sopts.publish){};
-  sopts.publish = [hub = m.events, integrator_publish](
+  sopts.publish = [hub = m.events, integrator_publish, siem = std::weak_ptr{m.siem}](
                       const char* family, std::string kind, std::string body) {
     hub->publish(family, kind, body);
+    if (auto s = siem.lock()) s->notify();
     if (integrator_publish) integrator_publish(family, std::move(kind), std::move(body));
   };
+  sopts.metrics = m.metrics;
   m.store = m.sys.spawn<caf::detached>(store_with, cfg.data_dir + "/parry.db", sopts);
   keep(m.store);
   ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
   // Files made before this start (or under another umask) are closed too.
   make_private_dir(cfg.data_dir);
+  if (m.siem) m.siem->start();
 
   bus::decode_limits limits;
   limits.max_frame = cfg.max_frame_bytes;
@@ -541,6 +663,7 @@ void server::start() {
   acfg.lockout = std::chrono::minutes{cfg.lockout_minutes};
   acfg.session_idle = std::chrono::minutes{cfg.session_idle_minutes};
   acfg.pbkdf2_iterations = cfg.pbkdf2_iterations;
+  acfg.metrics = m.metrics;
   auto au = spawn_supervised_auth(m.sys, m.supervision, acfg, m.store, hash);
   keep(au);
   m.generated_password =
@@ -555,8 +678,9 @@ void server::start() {
   std::weak_ptr<http_stats> weak_http = m.http_counters;
   std::weak_ptr<event_hub> weak_events = m.events;
   std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
+  std::weak_ptr<siem_exporter> weak_siem = m.siem;
   auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http, weak_events,
-                    devices = dcfg.counters, gauge] {
+                    weak_siem, devices = dcfg.counters, gauge] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
@@ -569,7 +693,7 @@ void server::start() {
     if (auto e = weak_enroll.lock()) out["enrollment"] = gateway_json(e->stats());
     if (auto i = weak_integrators.lock()) out["integrators"] = gateway_json(i->stats());
     if (auto e = weak_events.lock())
-      out["events"] =
+      out["event_streams"] =
           nlohmann::json{{"seq", e->last_seq()},
                          {"published", e->stats()->published.load()},
                          {"streams", e->stats()->subscribers.load()},
@@ -578,6 +702,18 @@ void server::start() {
                          {"refused_streams", e->stats()->refused_subscribers.load()},
                          {"dropped_slow", e->stats()->dropped_slow.load()},
                          {"closed_session", e->stats()->closed_session.load()}};
+    if (auto x = weak_siem.lock()) {
+      const auto& st = x->stats();
+      out["siem"] = nlohmann::json{{"connected", st.connected.load()},
+                                   {"sent", st.sent.load()},
+                                   {"acknowledged", st.acknowledged.load()},
+                                   {"resent", st.resent.load()},
+                                   {"connect_failures", st.connect_failures.load()},
+                                   {"tls_failures", st.tls_failures.load()},
+                                   {"cursor", st.cursor.load()},
+                                   {"backlog", st.backlog.load()},
+                                   {"last_error", st.last_error()}};
+    }
     if (auto h = weak_http.lock())
       out["http"] =
           nlohmann::json{{"accepted", h->accepted.load()},
@@ -605,6 +741,7 @@ void server::start() {
   deps.session_idle = acfg.session_idle;
   auto a = spawn_supervised_api(m.sys, std::move(deps));
   keep(a);
+  m.api = a;
   if (m.integrators) {
     std::weak_ptr<bus::gateway> weak = m.integrators;
     auto bridge =
@@ -629,6 +766,11 @@ void server::start() {
   m.http = std::make_unique<http_server>(m.sys, a, cfg.http_address, cfg.http_port,
                                          m.tls.cert, m.tls.key, hl, m.http_counters);
   m.http->serve_events(m.events);
+  m.http->observe_requests(route_label, [metrics = m.metrics](const std::string& route,
+                                                              int status, double secs) {
+    metrics->http_request(route, status, secs);
+  });
+  m.http->serve_openapi(std::string{openapi_spec()});
   // The build's own web/ may be absent (a binary copied elsewhere): no console then.
   // A web_dir someone set must be right.
   if (cfg.web_dir == PARRY_WEB_DIR &&
@@ -639,12 +781,65 @@ void server::start() {
     m.console = true;
   }
   m.http_port = m.http->start();
+  if (!cfg.metrics_address.empty()) {
+    m.metrics->add_collector(
+        [bus_stats, devices = dcfg.counters, http = m.http_counters](auto& out) {
+          collect_stats(bus_stats(), *devices, *http, out);
+        });
+    m.metrics_listener =
+        std::make_unique<metrics_http>(m.metrics, cfg.metrics_address, cfg.metrics_port);
+    m.metrics_port = m.metrics_listener->start();
+  }
+}
+
+bool server::alive(std::chrono::milliseconds timeout) {
+  auto& m = *impl_;
+  if (m.stopped || !m.api) return false;
+  caf::scoped_actor self{m.sys};
+  bool ok = false;
+  http_request r;
+  r.method = "GET";
+  r.target = "/api/v1/health";
+  r.source = "watchdog";
+  self->request(m.api, timeout, std::move(r))
+      .receive([&](const http_response& resp) { ok = resp.status == 200; },
+               [&](const caf::error&) { ok = false; });
+  return ok;
+}
+
+void server::reload(const server_config& next) {
+  auto& m = *impl_;
+  // The certificate files may have been replaced (the same paths, or new ones in
+  // the same data directory): new connections get them, open ones keep theirs.
+  m.http->reload_certificate(m.tls.cert, m.tls.key);
+  configure_logging(next.log_level, next.log_format);
+  std::string needs_restart;
+  auto same = [&](const char* key, bool equal) {
+    if (!equal) needs_restart += std::string{needs_restart.empty() ? "" : ", "} + key;
+  };
+  same("data_dir", next.data_dir == m.cfg.data_dir);
+  same("bus_endpoint", next.bus_endpoint == m.cfg.bus_endpoint);
+  same("http_address", next.http_address == m.cfg.http_address);
+  same("http_port", next.http_port == m.cfg.http_port);
+  same("metrics_address", next.metrics_address == m.cfg.metrics_address);
+  same("metrics_port", next.metrics_port == m.cfg.metrics_port);
+  same("siem_host", next.siem_host == m.cfg.siem_host);
+  same("workers", next.workers == m.cfg.workers);
+  m.cfg.log_level = next.log_level;
+  m.cfg.log_format = next.log_format;
+  spdlog::info("parryd: reloaded the TLS certificate and the log settings{}{}",
+               needs_restart.empty() ? ""
+                                     : "; these changes take effect at the next "
+                                       "restart: ",
+               needs_restart);
 }
 
 void server::stop() {
   auto& m = *impl_;
   if (m.stopped) return;
   m.stopped = true;
+  if (m.metrics_listener) m.metrics_listener->stop();
+  if (m.siem) m.siem->stop();
   if (m.http) m.http->stop();
   if (m.bus) m.bus->stop();
   if (m.enroll) m.enroll->stop();
@@ -654,6 +849,8 @@ void server::stop() {
   for (auto& h : m.actors)
     caf::anon_send_exit(h, caf::exit_reason::user_shutdown);
   m.actors.clear();
+  if (m.lock_fd >= 0) ::close(m.lock_fd);
+  m.lock_fd = -1;
 }
 
 const std::string& server::bus_endpoint() const {
@@ -674,6 +871,10 @@ const std::string& server::bus_public_key() const {
 }
 bool server::serves_console() const {
   return impl_->console;
+}
+
+uint16_t server::metrics_port() const {
+  return impl_->metrics_port;
 }
 
 uint16_t server::http_port() const {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -23,6 +24,16 @@ public:
   /// then starts the bus and HTTPS. Throws std::runtime_error with a clear message.
   void start();
 
+  /// True when the actors answer a health request within `timeout` (the systemd
+  /// watchdog's test). Any thread but an actor's.
+  bool alive(std::chrono::milliseconds timeout);
+
+  /// SIGHUP: loads the TLS certificate and key again and applies `next`'s log
+  /// settings; agents and sessions stay connected. Keys that need a restart are
+  /// named in the log. Throws std::runtime_error when the certificate cannot be
+  /// loaded (the old one stays).
+  void reload(const server_config& next);
+
   /// Stops accepting work and shuts everything down. Idempotent.
   void stop();
 
@@ -37,6 +48,8 @@ public:
   const std::string& events_endpoint() const;
   /// The HTTPS port (real port when the config said 0).
   uint16_t http_port() const;
+  /// The metrics listener's port (real port when the config said 0), 0 when off.
+  uint16_t metrics_port() const;
   /// True when the web console is served (web_dir set and found).
   bool serves_console() const;
   /// The certificate clients should trust.

@@ -17,6 +17,11 @@
 
 #include "common/process.hpp"
 #include "server/config.hpp"
+#include "server/logging.hpp"
+
+#include <nlohmann/json.hpp>
+#include <spdlog/details/log_msg.h>
+#include <spdlog/formatter.h>
 
 using namespace parry;
 using namespace std::chrono_literals;
@@ -406,6 +411,36 @@ BOOST_FIXTURE_TEST_CASE(an_unset_secret_says_so, fixture) {
       std::regex_search(out, std::regex{"\nadmin_password = <unset> +# default\n"}));
 }
 
+BOOST_FIXTURE_TEST_CASE(the_toml_template_holds_every_key_and_loads_back, fixture) {
+  env["PARRY_DATA_DIR"] = "/var/lib/parry";
+  env["PARRY_ADMIN_PASSWORD"] = "a-long-enough-secret";
+  in.flags = {{"actions.ttl_seconds", "isolate=60"}};
+  auto text = config_template_toml(load());
+  BOOST_TEST_INFO(text);
+  BOOST_TEST(text.find("a-long-enough-secret") == std::string::npos);
+  // Every key appears once, set or commented out, under its section.
+  for (const auto& k : config_keys()) {
+    auto name = k.key.substr(k.key.find('.') + 1);
+    auto set = std::regex_search(text, std::regex{"\n" + name + " = "});
+    auto commented = std::regex_search(text, std::regex{"\n#" + name + " = "});
+    BOOST_TEST_INFO("key " << k.key);
+    BOOST_TEST(set != commented);
+  }
+  BOOST_TEST(text.find("\ndata_dir = \"/var/lib/parry\"\n") != std::string::npos);
+  BOOST_TEST(text.find("\n#admin_password = \"\"\n") != std::string::npos);
+  BOOST_TEST(text.find("\n[actions]\n") != std::string::npos);
+  BOOST_TEST(text.find("\nttl_seconds = { isolate = 60 }\n") != std::string::npos);
+  // Loaded as a file, it gives what it was made from, and nothing else changes.
+  env.clear();
+  in.flags.clear();
+  file(text);
+  auto back = load();
+  BOOST_TEST(back.cfg.data_dir == "/var/lib/parry");
+  BOOST_TEST(back.cfg.ttl_seconds.at("isolate") == 60u);
+  BOOST_TEST(back.cfg.http_port == server_config{}.http_port);
+  BOOST_TEST(back.cfg.admin_password.empty());
+}
+
 BOOST_AUTO_TEST_CASE(the_docs_show_the_current_table) {
   auto doc = read_file(env_or_fail("PARRY_SOURCE_DIR") + "/docs/operations.md");
   BOOST_TEST_INFO("regenerate with: parryd --print-config --markdown");
@@ -454,6 +489,47 @@ BOOST_AUTO_TEST_CASE(parryd_prints_its_configuration) {
       out.find("parryd: http_port (flag --http-port): out of range: '70000'; legal "
                "values: 0..65535") != std::string::npos);
   std::filesystem::remove_all(dir);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(logging)
+
+BOOST_AUTO_TEST_CASE(tags_name_what_a_line_concerns_and_cannot_be_forged) {
+  BOOST_TEST(log_tags({{"action", "a1"}, {"device", "d7"}}) == "[action=a1 device=d7] ");
+  BOOST_TEST(log_tags({{"action", ""}, {"user", ""}}) == "");
+  // A hostile name cannot close the tags, add one, or break the line.
+  BOOST_TEST(log_tags({{"user", "eve] [device=x y=z\n"}}) ==
+             "[user=eve__[device_x_y_z_] ");
+  BOOST_TEST(log_tags({{"device", std::string(300, 'a')}}).size() == 8 + 128 + 2);
+}
+
+/// One line as the JSON formatter writes it.
+nlohmann::json json_line(const std::string& text) {
+  spdlog::details::log_msg msg{"", spdlog::level::warn, text};
+  spdlog::memory_buf_t buf;
+  json_log_formatter()->format(msg, buf);
+  std::string out{buf.data(), buf.size()};
+  BOOST_TEST_INFO(out);
+  BOOST_REQUIRE(!out.empty() && out.back() == '\n');
+  BOOST_TEST(out.find('\n') == out.size() - 1);
+  return nlohmann::json::parse(out);
+}
+
+BOOST_AUTO_TEST_CASE(json_lines_carry_the_tags_as_fields) {
+  auto j = json_line(log_tags({{"action", "a1"}, {"device", "d7"}, {"user", "bob"}}) +
+                     "isolate is completed");
+  BOOST_TEST(j["action"] == "a1");
+  BOOST_TEST(j["device"] == "d7");
+  BOOST_TEST(j["user"] == "bob");
+  BOOST_TEST(j["msg"] == "isolate is completed");
+  BOOST_TEST(j["level"] == "warning");
+  BOOST_TEST(std::regex_match(j["time"].get<std::string>(),
+                              std::regex{R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)"}));
+  // Text that only looks like tags stays text; bytes that are not UTF-8 are replaced.
+  auto plain = json_line("[not=a tag] text \xff\n second line");
+  BOOST_TEST(plain["msg"].get<std::string>().find("[not=a tag] text") == 0);
+  BOOST_TEST(!plain.contains("not"));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -4,9 +4,15 @@
 // Real binaries on loopback: parryd with its store in a temporary directory, and
 // parry-agent --sim connected to it. Everything is driven through the REST API.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -59,6 +65,77 @@ std::string log_tail(const std::string& file, std::size_t lines) {
 
 constexpr const char* admin_password = "integration-test-password";
 
+/// A datagram socket standing in for systemd's notification socket: parryd gets
+/// its path in NOTIFY_SOCKET and tells it READY=1, WATCHDOG=1, ...
+struct notify_socket {
+  int fd = -1;
+  std::string path;
+  explicit notify_socket(const std::filesystem::path& p) : path(p.string()) {
+    fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    ::unlink(path.c_str());
+    if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+      throw std::runtime_error("notify socket: " + std::string{std::strerror(errno)});
+  }
+  ~notify_socket() {
+    ::close(fd);
+    ::unlink(path.c_str());
+  }
+  /// Waits (bounded) for a message holding `what`.
+  bool heard(const std::string& what, std::chrono::milliseconds timeout = 20s) {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          end - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
+      char buf[4096];
+      auto n = ::recv(fd, buf, sizeof buf, 0);
+      if (n > 0 &&
+          std::string{buf, static_cast<std::size_t>(n)}.find(what) != std::string::npos)
+        return true;
+    }
+  }
+};
+
+/// GET `path` over plain HTTP from 127.0.0.1:`port` (the metrics listener); answers
+/// the status line and the body.
+std::pair<std::string, std::string> plain_get(uint16_t port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string got;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    auto req =
+        "GET " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == ssize_t(req.size())) {
+      char buf[65536];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+        got.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  auto head_end = got.find("\r\n\r\n");
+  if (head_end == std::string::npos) return {};
+  return {got.substr(0, got.find("\r\n")), got.substr(head_end + 4)};
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page, or -1.
+double sample(const std::string& page, const std::string& name_and_labels) {
+  std::istringstream lines{page};
+  for (std::string line; std::getline(lines, line);)
+    if (line.rfind(name_and_labels + " ", 0) == 0)
+      return std::stod(line.substr(name_and_labels.size() + 1));
+  return -1;
+}
+
 /// parryd and 5 simulated endpoints, plus a logged-in client.
 struct system_fixture {
   std::filesystem::path dir;
@@ -74,6 +151,11 @@ struct system_fixture {
   std::string token;
   std::unique_ptr<client> api;
   int starts = 0;
+  uint16_t metrics_port = 0;
+  std::unique_ptr<notify_socket> notify;
+  /// A syslog-over-TLS receiver standing in for the SIEM
+  /// (tests/python/syslog_tls_receiver.py writes what it receives to siem.log).
+  std::unique_ptr<child_process> siem;
 
   system_fixture() {
     dir = std::filesystem::temp_directory_path() /
@@ -85,8 +167,10 @@ struct system_fixture {
       std::ofstream cfg{dir / "parryd.toml"};
       cfg << "heartbeat_interval_ms = 300\n"
           << "pbkdf2_iterations = 20000\n"
-          << "max_login_failures = 3\n";
+          << "max_login_failures = 3\n"
+          << start_siem_receiver();
     }
+    notify = std::make_unique<notify_socket>(dir / "notify.sock");
     start_server("tcp://127.0.0.1:*");
     auto r = api->post("/api/v1/login",
                        json{{"username", "admin"}, {"password", admin_password}});
@@ -104,6 +188,37 @@ struct system_fixture {
     agents = start_agents("sim", 5, {}, "agent.log");
   }
 
+  /// Starts the SIEM stand-in on a free loopback port with a certificate of its
+  /// own; returns the configuration lines that point parryd at it.
+  std::string start_siem_receiver() {
+    auto d = dir / "siem";
+    std::filesystem::create_directories(d);
+    auto cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+               "-keyout " +
+               (d / "key.pem").string() + " -out " + (d / "cert.pem").string() +
+               " -days 2 -subj /CN=siem -addext subjectAltName=IP:127.0.0.1 "
+               ">/dev/null 2>&1";
+    BOOST_REQUIRE(std::system(cmd.c_str()) == 0);
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    BOOST_REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    BOOST_REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    ::close(fd);
+    auto port = std::to_string(ntohs(a.sin_port));
+    siem = std::make_unique<child_process>(
+        std::vector<std::string>{
+            "/usr/bin/python3",
+            env_or_fail("PARRY_SOURCE_DIR") + "/tests/python/syslog_tls_receiver.py",
+            port, (d / "cert.pem").string(), (d / "key.pem").string()},
+        std::map<std::string, std::string>{}, (dir / "siem.log").string());
+    BOOST_REQUIRE(siem->wait_for_line("listening", 10s));
+    return "siem_host = \"127.0.0.1\"\nsiem_port = " + port + "\nsiem_ca_file = \"" +
+           (d / "cert.pem").string() + "\"\n";
+  }
+
   /// Starts parryd on `bus` (its data directory survives restarts) and points `api`
   /// at it, keeping the bearer token if there is one.
   void start_server(const std::string& bus) {
@@ -113,8 +228,12 @@ struct system_fixture {
                                  (dir / "data").string(), "--http-port", "0", "--bus",
                                  bus, "--bus-enroll-endpoint", "tcp://127.0.0.1:*",
                                  "--bus-integrator-endpoint", "tcp://127.0.0.1:*",
-                                 "--bus-events-endpoint", "tcp://127.0.0.1:*"},
-        std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
+                                 "--bus-events-endpoint", "tcp://127.0.0.1:*",
+                                 "--metrics-port", "0", "--log-format", "json"},
+        // As systemd would run it: readiness and a watchdog on a notify socket.
+        std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password},
+                                           {"NOTIFY_SOCKET", notify->path},
+                                           {"WATCHDOG_USEC", "2000000"}},
         (dir / ("parryd-" + std::to_string(++starts) + ".log")).string());
     auto rest = server->wait_for_line("REST ", 30s);
     auto bus_line = server->wait_for_line("bus ", 5s);
@@ -122,6 +241,10 @@ struct system_fixture {
     auto integrators_line = server->wait_for_line("  integrators tcp", 5s);
     auto events_line = server->wait_for_line("  events tcp", 5s);
     auto key_line = server->wait_for_line("server key ", 5s);
+    auto metrics_line = server->wait_for_line("  metrics http://127.0.0.1:", 5s);
+    BOOST_REQUIRE(metrics_line);
+    metrics_port = static_cast<uint16_t>(
+        std::stoi(metrics_line->substr(metrics_line->find("127.0.0.1:") + 10)));
     BOOST_REQUIRE_MESSAGE(rest && bus_line && enroll_line && integrators_line &&
                               events_line && key_line,
                           "parryd did not start; see " << server->log_file());
@@ -168,6 +291,7 @@ struct system_fixture {
   }
 
   ~system_fixture() {
+    if (siem) siem->stop(SIGTERM);
     if (agents) agents->stop(SIGTERM);
     if (server) {
       int status = server->stop(SIGTERM);
@@ -574,6 +698,9 @@ BOOST_AUTO_TEST_CASE(only_enrolled_keys_connect_and_a_revoked_one_is_cut_at_once
   for (std::string kind, a, b; keys >> kind >> a >> b;)
     if (kind == "device") secrets.push_back(b);
   BOOST_REQUIRE(secrets.size() >= 8u); // three tokens and five device keys
+  // Nor a password, nor a bearer token.
+  secrets.push_back(admin_password);
+  secrets.push_back(token);
   for (const auto& log : {std::filesystem::path{server->log_file()}, dir / "agent.log"}) {
     auto text = whole(log);
     BOOST_REQUIRE(!text.empty());
@@ -1088,6 +1215,110 @@ BOOST_AUTO_TEST_CASE(audit_tampering_is_found_and_named) {
   BOOST_TEST(rc == 1, out);
   BOOST_TEST(out.find("removed from the end") != std::string::npos, out);
   sqlite3_close(db);
+}
+
+BOOST_AUTO_TEST_CASE(runs_as_a_service_ready_watched_measured_reloaded_backed_up) {
+  // Readiness and the watchdog, as systemd sees them.
+  BOOST_TEST(notify->heard("READY=1"));
+  BOOST_TEST(notify->heard("WATCHDOG=1"));
+
+  // Metrics on their own listener, no session needed.
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  auto incident = incident_of("sim-0001");
+  auto done = act("isolate", incident["incident_id"].get<std::string>());
+  BOOST_REQUIRE_EQUAL(done["state"], "completed");
+  auto [status, page] = plain_get(metrics_port, "/metrics");
+  BOOST_TEST_INFO(page.substr(0, 4000));
+  BOOST_REQUIRE(status == "HTTP/1.1 200 OK");
+  BOOST_TEST(sample(page, "parry_devices_online") == 5);
+  BOOST_TEST(
+      sample(page,
+             R"(parry_action_transitions_total{state="completed",type="isolate"})") >= 1);
+  BOOST_TEST(
+      sample(
+          page,
+          R"(parry_action_latency_seconds_count{phase="registered_to_final",state="completed",type="isolate"})") >=
+      1);
+  BOOST_TEST(
+      sample(
+          page,
+          R"(parry_http_request_duration_seconds_count{route="GET /actions/{id}",status="200"})") >=
+      1);
+  BOOST_TEST(sample(page, R"(parry_bus_frames_in_total{endpoint="bus"})") > 0);
+  BOOST_TEST(sample(page, "parry_incidents_stored_total") >= 1);
+  BOOST_TEST(plain_get(metrics_port, "/").first == "HTTP/1.1 404 Not Found");
+
+  // A consistent copy of the live database, checked; restore refused while running.
+  auto copy = (dir / "backup.db").string();
+  auto run = [&](std::vector<std::string> args, const std::string& log) {
+    args.insert(args.begin(), {env_or_fail("PARRY_BIN_DIR") + "/parryd", "--data-dir",
+                               (dir / "data").string()});
+    child_process p{args, {}, (dir / log).string()};
+    return p.wait(60s);
+  };
+  BOOST_TEST(run({"--backup", copy}, "backup.log") == 0);
+  BOOST_TEST(log_tail((dir / "backup.log").string(), 5).find("audit chain of") !=
+             std::string::npos);
+  BOOST_TEST(run({"--check-backup", copy}, "check.log") == 0);
+  BOOST_TEST(run({"--restore", copy}, "restore.log") == 1);
+  BOOST_TEST(log_tail((dir / "restore.log").string(), 5).find("a parryd is running") !=
+             std::string::npos);
+
+  // SIGHUP: a new certificate for new connections; agents stay connected.
+  auto admitted = get("/stats")["bus"]["zap_admitted"].get<uint64_t>();
+  auto fresh = dir / "fresh";
+  std::filesystem::create_directories(fresh);
+  auto cmd = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+             "-keyout " +
+             (fresh / "key.pem").string() + " -out " + (fresh / "cert.pem").string() +
+             " -days 2 -subj /CN=parry-reloaded -addext subjectAltName=IP:127.0.0.1 "
+             ">/dev/null 2>&1";
+  BOOST_REQUIRE(std::system(cmd.c_str()) == 0);
+  for (auto f : {"cert.pem", "key.pem"})
+    std::filesystem::copy_file(fresh / f, dir / "data/tls" / f,
+                               std::filesystem::copy_options::overwrite_existing);
+  BOOST_REQUIRE(::kill(server->pid(), SIGHUP) == 0);
+  BOOST_TEST(notify->heard("RELOADING=1"));
+  BOOST_TEST(eventually([&] {
+    client c{base_url, tls_options{(fresh / "cert.pem").string(), false}};
+    try {
+      return c.get("/api/v1/health").status == 200;
+    } catch (const client_error&) {
+      return false;
+    }
+  }));
+  // The fixture's client trusts the new certificate from now on.
+  api = std::make_unique<client>(base_url,
+                                 tls_options{(fresh / "cert.pem").string(), false});
+  api->set_bearer(token);
+  BOOST_TEST(get("/stats")["devices_online"] == 5);
+  BOOST_TEST(get("/stats")["bus"]["zap_admitted"].get<uint64_t>() == admitted);
+
+  // The audit trail reached the SIEM receiver: the trigger, as CEF in RFC 5424
+  // frames, numbered for de-duplication.
+  BOOST_TEST(eventually(
+      [&] {
+        auto text = log_tail((dir / "siem.log").string(), 100000);
+        return text.find("CEF:0|Parry|parryd|") != std::string::npos &&
+               text.find("act=trigger") != std::string::npos &&
+               text.find("externalId=1 ") != std::string::npos;
+      },
+      60s));
+  BOOST_TEST(get("/stats")["siem"]["tls_failures"] == 0);
+
+  // Every log line is one JSON object; lines about an action name it as a field.
+  std::ifstream in{server->log_file()};
+  int json_lines = 0, about_actions = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line.front() != '{') continue;
+    auto j = json::parse(line, nullptr, false);
+    BOOST_TEST_INFO(line);
+    BOOST_REQUIRE(!j.is_discarded());
+    ++json_lines;
+    if (j.contains("action") && j.contains("device")) ++about_actions;
+  }
+  BOOST_TEST(json_lines > 0);
+  BOOST_TEST(about_actions > 0);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -3,6 +3,7 @@
 
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,8 @@
 
 #include "actors/error.hpp"
 #include "actors/store.hpp"
+#include "server/backup.hpp"
+#include "server/metrics.hpp"
 #include "server/server.hpp"
 
 namespace parry {
@@ -280,6 +283,104 @@ BOOST_AUTO_TEST_CASE(every_committed_state_is_published_reverted_too) {
                  (std::vector<std::string>{"action.registered", "action.completed",
                                            "action.reverted"}),
              boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(metrics_count_what_commits) {
+  opts.metrics = std::make_shared<server_metrics>();
+  restart();
+  request<atom::ok>(atom::put_v, action("a-1"),
+                    transition{"a-1", action_state::registered, 1, ""});
+  auto sent = action("a-1");
+  sent.state = action_state::sent;
+  request<atom::ok>(atom::update_v, sent,
+                    transition{"a-1", action_state::sent, 1000, ""});
+  auto ack = sent;
+  ack.state = action_state::acknowledged;
+  request<atom::ok>(atom::update_v, ack,
+                    transition{"a-1", action_state::acknowledged, 3001000, ""});
+  auto done = ack;
+  done.state = action_state::completed;
+  request<atom::ok>(atom::update_v, done,
+                    transition{"a-1", action_state::completed, 4000001, ""});
+  // An update of a missing action rolls back: nothing of it is counted.
+  auto ghost = action("ghost");
+  ghost.state = action_state::completed;
+  request<atom::ok>(atom::update_v, ghost,
+                    transition{"ghost", action_state::completed, 9, ""});
+  auto text = opts.metrics->scrape();
+  BOOST_TEST_INFO(text);
+  auto has = [&](const std::string& line) {
+    return text.find(line) != std::string::npos;
+  };
+  BOOST_TEST(
+      has(R"(parry_action_transitions_total{state="registered",type="isolate"} 1)"));
+  BOOST_TEST(
+      has(R"(parry_action_transitions_total{state="completed",type="isolate"} 1)"));
+  // sent (1 ms) -> acknowledged (3.001 s): 3 s, in the 5 s bucket and not the 2.5 s.
+  BOOST_TEST(has(
+      R"(parry_action_latency_seconds_bucket{phase="sent_to_acknowledged",type="isolate",le="2.5"} 0)"));
+  BOOST_TEST(has(
+      R"(parry_action_latency_seconds_bucket{phase="sent_to_acknowledged",type="isolate",le="5"} 1)"));
+  // created at 1 µs, completed at 4.000001 s.
+  BOOST_TEST(has(
+      R"(parry_action_latency_seconds_sum{phase="registered_to_final",state="completed",type="isolate"} 4)"));
+  BOOST_TEST(has(R"(parry_audit_records_total{kind="transition"} 4)"));
+  BOOST_TEST(!has("ghost"));
+  BOOST_TEST(has("parry_store_commit_duration_seconds_count"));
+}
+
+BOOST_AUTO_TEST_CASE(a_backup_is_the_live_database_checked_and_restores) {
+  for (int i = 0; i < 20; ++i)
+    request<atom::ok>(atom::audit_v, audit_entry{"alice", "login", "alice", "ok"});
+  auto dir = std::filesystem::path{db_path}.parent_path() /
+             ("parry-backup-test-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  auto copy = (dir / "copy.db").string();
+  // The store keeps its connection open and writing (WAL) while the copy is made.
+  auto made = backup_database(db_path, copy);
+  BOOST_TEST(made.ok);
+  BOOST_TEST(made.audit_records == 20);
+  request<atom::ok>(atom::audit_v, audit_entry{"bob", "login", "bob", "after"});
+  BOOST_TEST(check_database(copy).audit_records == 20);
+  BOOST_TEST(
+      ((std::filesystem::status(copy).permissions() & std::filesystem::perms::all) ==
+       (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)));
+  BOOST_TEST(!std::filesystem::exists(copy + "-wal"));
+  BOOST_CHECK_THROW(backup_database(db_path, copy), std::runtime_error); // no overwrite
+
+  // One altered audit record makes the copy unusable, and restore refuses it.
+  auto bad = (dir / "altered.db").string();
+  std::filesystem::copy_file(copy, bad);
+  {
+    other_connection c{bad};
+    c.exec("DROP TRIGGER audit_no_update");
+    c.exec("UPDATE audit SET detail = 'nothing happened' WHERE seq = 7");
+  }
+  auto check = check_database(bad);
+  BOOST_TEST(!check.ok);
+  BOOST_TEST(check.problem == "audit chain: record 7 was altered");
+  auto data = dir / "data";
+  BOOST_CHECK_THROW(restore_database(bad, data.string()), std::runtime_error);
+  BOOST_TEST(!std::filesystem::exists(data / "parry.db"));
+  BOOST_TEST(!check_database((dir / "missing.db").string()).ok);
+
+  // Not while a server holds the data directory.
+  std::filesystem::create_directories(data);
+  int lock = lock_data_dir(data.string());
+  BOOST_REQUIRE(lock >= 0);
+  BOOST_TEST(lock_data_dir(data.string()) == -1);
+  BOOST_CHECK_THROW(restore_database(copy, data.string()), std::runtime_error);
+  ::close(lock);
+  { std::ofstream{data / "parry.db"} << "the old database"; }
+  auto restored = restore_database(copy, data.string());
+  BOOST_TEST(restored.audit_records == 20);
+  BOOST_TEST(check_database((data / "parry.db").string()).ok);
+  int kept = 0;
+  for (auto& e : std::filesystem::directory_iterator(data))
+    kept += e.path().filename().string().rfind("parry.db.before-restore-", 0) == 0;
+  BOOST_TEST(kept == 1);
+  std::filesystem::remove_all(dir);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
