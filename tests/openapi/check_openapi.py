@@ -23,8 +23,9 @@
     byte for byte, with Content-Type application/yaml.
 
 Exit status 0 and a one-line summary when all is well; 1 and a list of every problem
-otherwise; 2 for bad arguments. Needs /usr/bin/python3 with python3-yaml and
-python3-jsonschema (Debian bookworm: jsonschema 4.10).
+otherwise; 2 for bad arguments. Needs /usr/bin/python3 with python3-yaml,
+python3-jsonschema (Debian bookworm: jsonschema 4.10) and python3-zmq (a CURVE key for
+the integrator calls); tests/python/parry_procs.py starts the children.
 """
 
 import argparse
@@ -42,6 +43,11 @@ import sys
 import tempfile
 import time
 import warnings
+
+import zmq
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from parry_procs import die_with_parent, free_ports  # noqa: E402
 
 try:
     import yaml
@@ -432,44 +438,6 @@ def check_routes(spec, routes, problems):
 
 # ----------------------------------------------------------------------------- (d)
 
-def free_ports(n):
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def die_with_parent():
-    """In the child before exec: SIGKILL when this process dies (Linux)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-
-
-Z85_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
-
-
-def z85_encode(data):
-    out = []
-    for i in range(0, len(data), 4):
-        value = int.from_bytes(data[i:i + 4], "big")
-        chunk = []
-        for _ in range(5):
-            value, r = divmod(value, 85)
-            chunk.append(Z85_CHARS[r])
-        out.extend(reversed(chunk))
-    return "".join(out)
-
-
 class Answer:
     def __init__(self, status, headers, raw):
         self.status = status
@@ -815,7 +783,7 @@ class Live:
         c("PATCH", "/users/" + user, {"role": "security_officer", "password": upw + "x"}, expect=200)
 
         # -- integrators and bus keys
-        key = z85_encode(secrets.token_bytes(32))
+        key = zmq.curve_keypair()[0].decode()
         c("POST", "/integrators", {"name": "openapi-check", "role": "operator", "public_key": key}, expect=201)
         c("POST", "/integrators", {"name": "other", "role": "operator", "public_key": key}, expect=409)
         c("POST", "/integrators", {"name": "bad", "role": "operator", "public_key": "short"}, expect=400)
@@ -944,7 +912,11 @@ class Live:
         c("GET", "/audit?limit=10000", expect=200)
         devs = self.request("GET", "/devices")
         if devs.status == 200 and devs.doc["devices"]:
-            did = devs.doc["devices"][-1]["device_id"]
+            # The device whose isolation was reversed above: not isolated, so an
+            # isolate on it must wait for the agent. (The other device may be isolated
+            # already, when the cancel above came too late; an isolate there completes
+            # at once as a no-op and cannot be cancelled.)
+            did = newest["device_id"] if newest else devs.doc["devices"][-1]["device_id"]
             c("DELETE", "/devices/%s/key" % did, expect=200)
             c("DELETE", "/devices/%s/key" % did, expect=404)
             # Revoked, the device goes offline: an action on it waits (queued) and can be

@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, os.pardir, os.pardir))
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 import parry_bus  # noqa: E402
+from parry_procs import die_with_parent, free_ports  # noqa: E402
 
 ADMIN_PASSWORD = "integrator-test-password-1"
 EXAMPLE = os.path.join(ROOT, "examples", "integrator.py")
@@ -67,30 +68,6 @@ def poll(what, fn, timeout, interval=0.1):
         if time.monotonic() >= deadline:
             raise TestFailure("timed out after %.0f s waiting for %s" % (timeout, what))
         time.sleep(interval)
-
-
-def free_ports(n):
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
-
-
-def die_with_parent():
-    """In the child before exec: get SIGKILL if this test process dies (Linux), so
-    no parryd outlives a test that was killed (e.g. by CTest's TIMEOUT)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - best effort
-        pass
 
 
 def tail(path, lines=40):
