@@ -1451,7 +1451,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           st.metrics->store_commit(
               std::chrono::duration<double>(std::chrono::steady_clock::now() - st.began)
                   .count(),
-              st.on_commit.size(), self->mailbox().size());
+              st.on_commit.size());
         if (err) {
           // Every write of the batch is gone: each caller hears it.
           sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);

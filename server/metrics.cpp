@@ -103,10 +103,10 @@ struct server_metrics::impl {
                                     .Help("Writes committed by the store")
                                     .Register(*registry)
                                     .Add({});
-  prometheus::Gauge& queue = prometheus::BuildGauge()
-                                 .Name("parry_store_queue_depth")
-                                 .Help("Messages waiting for the store after its last "
-                                       "commit")
+  prometheus::Gauge& batch = prometheus::BuildGauge()
+                                 .Name("parry_store_last_batch_writes")
+                                 .Help("Writes the store's last transaction committed "
+                                       "together")
                                  .Register(*registry)
                                  .Add({});
   prometheus::Counter& incidents = prometheus::BuildCounter()
@@ -176,10 +176,10 @@ void server_metrics::action_transition(const std::string& action_id, const char*
         .Observe(double(time_us - created_us) / 1e6);
 }
 
-void server_metrics::store_commit(double seconds, std::size_t writes, std::size_t queue) {
+void server_metrics::store_commit(double seconds, std::size_t writes) {
   impl_->commit.Observe(seconds);
   impl_->writes.Increment(double(writes));
-  impl_->queue.Set(double(queue));
+  impl_->batch.Set(double(writes));
 }
 
 void server_metrics::incident_stored() {
