@@ -285,7 +285,7 @@ private:
 
 } // namespace
 
-struct metrics_http::impl : std::enable_shared_from_this<metrics_http::impl> {
+struct metrics_http::impl {
   std::shared_ptr<const server_metrics> metrics;
   std::string address;
   uint16_t port;
@@ -295,21 +295,21 @@ struct metrics_http::impl : std::enable_shared_from_this<metrics_http::impl> {
   std::thread thread;
   bool stopped = false;
 
+  // Handlers hold `this`, never a shared_ptr: the io_context they wait in is a
+  // member, so holding the owner from a handler would keep both alive for ever.
   void accept() {
     acceptor.async_accept(
-        net::make_strand(ioc),
-        [self = shared_from_this()](beast::error_code ec, tcp::socket s) {
-          if (ec == net::error::operation_aborted || !self->acceptor.is_open()) return;
+        net::make_strand(ioc), [this](beast::error_code ec, tcp::socket s) {
+          if (ec == net::error::operation_aborted || !acceptor.is_open()) return;
           if (!ec) {
             // Past the cap a connection is closed at once: scrapes are few.
-            if (self->open->fetch_add(1) >= max_connections) {
-              --*self->open;
+            if (open->fetch_add(1) >= max_connections) {
+              --*open;
             } else {
-              std::make_shared<scrape_session>(std::move(s), self->metrics, self->open)
-                  ->read();
+              std::make_shared<scrape_session>(std::move(s), metrics, open)->read();
             }
           }
-          self->accept();
+          accept();
         });
   }
 };
@@ -349,10 +349,10 @@ void metrics_http::stop() {
   auto& m = *impl_;
   if (m.stopped) return;
   m.stopped = true;
-  net::post(m.ioc, [self = impl_] {
+  net::post(m.ioc, [&m] {
     beast::error_code ignored;
-    self->acceptor.close(ignored);
-    self->ioc.stop();
+    m.acceptor.close(ignored);
+    m.ioc.stop();
   });
   if (m.thread.joinable()) m.thread.join();
 }
