@@ -24,6 +24,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl.hpp>
 
+#include "common/process.hpp"
 #include "common/utf8.hpp"
 #include "server/siem_export.hpp"
 #include "server/tls.hpp"
@@ -62,12 +63,7 @@ int64_t seq_of(const std::string& msg) {
 
 /// Polls `p` until it holds or `limit` passes; true if it held.
 template <class Pred> bool eventually(Pred p, std::chrono::milliseconds limit = 30s) {
-  auto until = std::chrono::steady_clock::now() + limit;
-  while (!p()) {
-    if (std::chrono::steady_clock::now() > until) return p();
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
+  return poll_until(p, limit);
 }
 
 /// An RFC 5425 receiver on 127.0.0.1: TLS with the test's certificate, octet-counted
