@@ -264,6 +264,18 @@ using directory_actor = caf::typed_actor<
     // The live device actor for an id (spawned if needed).
     caf::replies_to<atom::get, std::string>::with<device_actor>>;
 
+/// How long a backup for POST /backup may take (the api waits this long for it, and
+/// the HTTP front end for the api's answer to it, plus a little).
+inline constexpr caf::timespan backup_timeout = std::chrono::minutes{15};
+
+/// Copies of the live database for POST /backup (server/backup.hpp), on a thread of
+/// its own: one at a time, each read in one transaction while the server writes.
+using backup_actor = caf::typed_actor<
+    // Takes a checked copy into a new file of the outgoing directory; answers its
+    // path, size (bytes), audit records and the hash of the last one. Fails with
+    // ec::storage (the reason is logged) when it cannot.
+    caf::replies_to<atom::backup>::with<std::string, int64_t, int64_t, std::string>>;
+
 /// Slow password hashing, on a thread of its own so it never stalls other actors.
 using hasher_actor = caf::typed_actor<
     // Checks a password against a stored account.

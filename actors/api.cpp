@@ -34,7 +34,7 @@ std::string dump(const json& j) {
 }
 
 http_response reply(int status, const json& body) {
-  return http_response{status, dump(body), {}, {}};
+  return http_response{status, dump(body), {}, {}, {}};
 }
 
 http_response fail(ec code, const std::string& message) {
@@ -206,7 +206,7 @@ template <class... Ts> void read(call c, Ts... xs) {
   c.self->request(c.self->state.reader, c.left(), atom::query_v, std::move(xs)...)
       .then(
           [c](std::string& body) mutable {
-            c.answer(http_response{200, body, {}, {}});
+            c.answer(http_response{200, body, {}, {}, {}});
           },
           c.on_error());
 }
@@ -223,7 +223,7 @@ template <class What> void read_page(call c, What what) {
 template <class F>
 void with_password(call c, action_type type, const std::string& password, F then) {
   // An integrator's CURVE key is its credential; it has no password to re-enter.
-  if (!c.self->state.policy.needs_password(type) || c.who.integrator) {
+  if (!c.self->state.policy.get()->needs_password(type) || c.who.integrator) {
     then(false);
     return;
   }
@@ -273,7 +273,7 @@ void health(call c) {
 void get_session(call c) {
   auto password = json::array();
   for (action_type t : all_action_types)
-    if (c.self->state.policy.needs_password(t)) password.push_back(to_string(t));
+    if (c.self->state.policy.get()->needs_password(t)) password.push_back(to_string(t));
   c.answer(reply(
       200,
       json{{"user", json{{"username", c.who.username}, {"role", to_string(c.who.role)}}},
@@ -505,11 +505,12 @@ void available(call c) {
                 .then(
                     [c, inc](const device_record& d) mutable {
                       c.answer(reply(200, available_actions(inc, d.isolated,
-                                                            c.self->state.policy, d.os)));
+                                                            *c.self->state.policy.get(),
+                                                            d.os)));
                     },
                     [c, inc](caf::error&) mutable {
-                      c.answer(reply(
-                          200, available_actions(inc, false, c.self->state.policy)));
+                      c.answer(reply(200, available_actions(
+                                              inc, false, *c.self->state.policy.get())));
                     });
           },
           c.on_error());
@@ -595,7 +596,7 @@ void get_audit(call c) {
   c.self->request(c.self->state.store, c.left(), atom::query_v, atom::audit_v, *page)
       .then(
           [c](std::string& body) mutable {
-            c.answer(http_response{200, body, {}, {}});
+            c.answer(http_response{200, body, {}, {}, {}});
           },
           c.on_error());
 }
@@ -622,7 +623,7 @@ void list_users(call c) {
                       auto j = json::parse(body, nullptr, false);
                       if (!j.is_object() || !j.contains("users") ||
                           !j["users"].is_array())
-                        return c.answer(http_response{200, body, {}, {}});
+                        return c.answer(http_response{200, body, {}, {}, {}});
                       for (auto& u : j["users"]) {
                         auto name = u.value("username", std::string{});
                         u["locked"] =
@@ -726,6 +727,39 @@ void stats(call c) {
           c.on_error());
 }
 
+/// A copy of the live database, streamed as the answer's body (the HTTP front end
+/// sends the file and removes it). One at a time; each one is audited.
+void post_backup(call c) {
+  auto& st = c.self->state;
+  if (!st.backup) return c.answer(unavailable("backups are not available here"));
+  if (st.backup_running)
+    return c.answer(ec::conflict, "a backup is being taken; try again when it ends");
+  st.backup_running = true;
+  c.self->request(st.backup, backup_timeout, atom::backup_v)
+      .then(
+          [c](std::string& path, int64_t bytes, int64_t records,
+              std::string& head) mutable {
+            c.self->state.backup_running = false;
+            auto name = "parry-backup-" + format_time(now_us()) + ".db";
+            std::replace(name.begin(), name.end(), ':', '-');
+            audit(c.self, c.who.username, "backup_taken", name,
+                  std::to_string(bytes) + " bytes, " + std::to_string(records) +
+                      " audit records, head " + head);
+            http_response r;
+            r.file = std::move(path);
+            r.headers["Content-Type"] = "application/vnd.sqlite3";
+            r.headers["Content-Disposition"] = "attachment; filename=\"" + name + "\"";
+            r.headers["X-Parry-Audit-Records"] = std::to_string(records);
+            r.headers["X-Parry-Audit-Head"] = head;
+            c.answer(std::move(r));
+          },
+          [c](caf::error& err) mutable {
+            c.self->state.backup_running = false;
+            audit(c.self, c.who.username, "backup_taken", "", "failed");
+            c.answer(err);
+          });
+}
+
 // -- the route table: hold it against docs/rest-api.md ------------------------------
 
 /// Who may call a route.
@@ -769,6 +803,7 @@ const route routes[] = {
     {"PATCH", "/users/{name}", access::administrator, patch_user},
     {"DELETE", "/users/{name}", access::administrator, delete_user},
     {"GET", "/stats", access::user, stats},
+    {"POST", "/backup", access::administrator, post_backup},
     {"POST", "/enrollment-tokens", access::administrator, post_enrollment_token},
     {"GET", "/enrollment-tokens", access::administrator, list_enrollment_tokens},
     {"DELETE", "/enrollment-tokens/{id}", access::administrator, delete_enrollment_token},

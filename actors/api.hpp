@@ -10,6 +10,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "actors/fwd.hpp"
+#include "common/shared_setting.hpp"
 
 namespace parry {
 struct supervision_stats;
@@ -27,7 +28,8 @@ struct api_state {
   store_actor store;
   /// Where reads go: never behind the writer's commits.
   store_reader_actor reader;
-  action_policy policy;
+  /// Replaced by a reload (SIGHUP); shared with the directory.
+  shared_setting<action_policy> policy;
   /// Bus counters for /stats; called on the api actor, must be thread-safe.
   std::function<nlohmann::json()> bus_stats;
   /// Every request is answered within this; past it nothing is registered for it.
@@ -39,6 +41,10 @@ struct api_state {
   bus_keys_actor bus_keys;
   /// Sessions end after this long without use (told to the console by GET /session).
   std::chrono::minutes session_idle{30};
+  /// Copies of the database for POST /backup (null: that route answers 503).
+  backup_actor backup;
+  /// True while a backup is being taken: a second one is refused (409).
+  bool backup_running = false;
 };
 
 using api_stateful = api_actor::stateful_pointer<api_state>;

@@ -89,4 +89,7 @@ CAF_ADD_ATOM(parry, parry::atom, list, "list")
 // store: bus keys and enrollment (issue 7).
 CAF_ADD_ATOM(parry, parry::atom, key, "key")
 CAF_ADD_ATOM(parry, parry::atom, enroll, "enroll")
+
+// backup_service: a copy of the live database for POST /backup (issue 10).
+CAF_ADD_ATOM(parry, parry::atom, backup, "backup")
 CAF_END_TYPE_ID_BLOCK(parry)

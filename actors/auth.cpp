@@ -87,7 +87,7 @@ struct check_keys {
 /// and a success clears the account+source key unless a lock went on meanwhile.
 /// Counts one password check's outcome in the metrics, if there are any.
 void count_check(auth_stateful self, const char* kind, const char* outcome) {
-  if (auto& m = self->state.cfg.metrics) m->password_check(kind, outcome);
+  if (auto m = self->state.cfg.get()->metrics) m->password_check(kind, outcome);
 }
 
 template <class Keys, class Done, class Fail>
@@ -97,7 +97,7 @@ void check_password(auth_stateful self, const std::string& username,
   auto& st = self->state;
   auto now = self->clock().now();
   for (auto& [t, max] : keys(st)) {
-    decay(*t, now, st.cfg.lockout);
+    decay(*t, now, st.cfg.get()->lockout);
     if (locked(*t, now)) {
       ++st.refused_locked;
       count_check(self, kind, "locked");
@@ -111,7 +111,7 @@ void check_password(auth_stateful self, const std::string& username,
       return;
     }
   }
-  if (st.hashing >= st.cfg.max_hashing) {
+  if (st.hashing >= st.cfg.get()->max_hashing) {
     ++st.refused_busy;
     fail(refused("too many password checks in progress", std::chrono::seconds{1}));
     return;
@@ -139,11 +139,11 @@ void check_password(auth_stateful self, const std::string& username,
               if (!good || !exists) {
                 bool now_locked = false;
                 for (auto& [t, max] : list)
-                  now_locked |= fail_once(*t, max, now, st.cfg.lockout);
+                  now_locked |= fail_once(*t, max, now, st.cfg.get()->lockout);
                 if (now_locked) {
                   spdlog::warn("{}auth: locked ({})", log_tags({{"user", username}}),
                                kind);
-                  if (auto& m = st.cfg.metrics) m->lockout(kind);
+                  if (auto m = st.cfg.get()->metrics) m->lockout(kind);
                 }
                 count_check(self, kind, "wrong_password");
                 audit(self, username, kind, username,
@@ -237,7 +237,7 @@ hasher_actor::behavior_type hasher(hasher_actor::pointer self, uint32_t iteratio
   };
 }
 
-auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
+auth_actor::behavior_type auth(auth_stateful self, shared_setting<auth_config> cfg,
                                auth_store_actor store, hasher_actor hasher) {
   self->state.cfg = cfg;
   self->state.store = std::move(store);
@@ -251,10 +251,11 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         auto now = self->clock().now();
         for (auto* m :
              {&st.by_user_source, &st.by_source, &st.by_user, &st.by_credential})
-          prune(*m, now, st.cfg.lockout);
+          prune(*m, now, st.cfg.get()->lockout);
         for (auto i = st.sessions.begin(); i != st.sessions.end();)
-          i = now - i->second.last_used > st.cfg.session_idle ? st.sessions.erase(i)
-                                                              : std::next(i);
+          i = now - i->second.last_used > st.cfg.get()->session_idle
+                  ? st.sessions.erase(i)
+                  : std::next(i);
         self->delayed_send(self, std::chrono::minutes{1}, atom::check_v);
       },
       [self](atom::login, const std::string& username, const std::string& password,
@@ -262,9 +263,9 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         auto rp = self->make_response_promise<std::string, principal>();
         auto keys = [username, source](auth_state& st) {
           return std::vector<std::pair<throttle*, int>>{
-              {&st.by_user_source[username + '\n' + source], st.cfg.max_failures},
-              {&st.by_source[source], st.cfg.max_source_failures},
-              {&st.by_user[username], st.cfg.max_account_failures}};
+              {&st.by_user_source[username + '\n' + source], st.cfg.get()->max_failures},
+              {&st.by_source[source], st.cfg.get()->max_source_failures},
+              {&st.by_user[username], st.cfg.get()->max_account_failures}};
         };
         check_password(
             self, username, password, "login", keys,
@@ -285,7 +286,7 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         auto key = sha256_hex(credential);
         auto keys = [key](auth_state& st) {
           return std::vector<std::pair<throttle*, int>>{
-              {&st.by_credential[key], st.cfg.max_failures}};
+              {&st.by_credential[key], st.cfg.get()->max_failures}};
         };
         check_password(
             self, username, password, "password_confirmation", keys,
@@ -320,7 +321,8 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
           return make_error(ec::unauthenticated, "no session or token");
         if (session) {
           auto i = st.sessions.find(token);
-          if (i == st.sessions.end() || now - i->second.last_used > st.cfg.session_idle) {
+          if (i == st.sessions.end() ||
+              now - i->second.last_used > st.cfg.get()->session_idle) {
             if (i != st.sessions.end()) st.sessions.erase(i);
             return make_error(ec::unauthenticated, "session expired or unknown");
           }
@@ -373,12 +375,12 @@ auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
         if (auto i = st.by_user.find(who.username);
             i != st.by_user.end() && locked(i->second, now))
           return refused("account locked", remaining(i->second, now));
-        if (ttl_seconds < 0 || ttl_seconds > st.cfg.token_max_ttl.count())
+        if (ttl_seconds < 0 || ttl_seconds > st.cfg.get()->token_max_ttl.count())
           return make_error(ec::bad_request,
                             "expires_in must be between 1 and " +
-                                std::to_string(st.cfg.token_max_ttl.count()) +
+                                std::to_string(st.cfg.get()->token_max_ttl.count()) +
                                 " seconds");
-        if (ttl_seconds == 0) ttl_seconds = st.cfg.token_default_ttl.count();
+        if (ttl_seconds == 0) ttl_seconds = st.cfg.get()->token_default_ttl.count();
         auto token = random_hex(32);
         token_record rec;
         rec.token_id = random_hex(8);

@@ -9,6 +9,7 @@
 #include <caf/typed_event_based_actor.hpp>
 
 #include "actors/fwd.hpp"
+#include "common/shared_setting.hpp"
 
 namespace parry {
 
@@ -81,7 +82,8 @@ struct auth_state {
   /// Bearer tokens recently checked against the store, by token hash.
   std::unordered_map<std::string, cached_token> tokens;
 
-  auth_config cfg;
+  /// Replaced by a reload (SIGHUP): limits apply from the next check on.
+  shared_setting<auth_config> cfg;
   auth_store_actor store;
   hasher_actor hasher;
 };
@@ -89,7 +91,7 @@ struct auth_state {
 using auth_stateful = auth_actor::stateful_pointer<auth_state>;
 
 /// Sessions, bearer tokens and login throttling.
-auth_actor::behavior_type auth(auth_stateful self, auth_config cfg,
+auth_actor::behavior_type auth(auth_stateful self, shared_setting<auth_config> cfg,
                                auth_store_actor store, hasher_actor hasher);
 
 /// Password hashing. Spawn it detached: each call blocks for a few hundred ms.

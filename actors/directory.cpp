@@ -55,7 +55,7 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
   auto id = rec.action_id;
   auto dev = device_for(self, rec.device_id);
   auto deadline = std::chrono::duration_cast<caf::timespan>(
-      std::chrono::microseconds{st.policy.exec_deadline_for(rec.type)});
+      std::chrono::microseconds{st.policy.get()->exec_deadline_for(rec.type)});
   auto act = self->spawn<caf::linked>(response_action, std::move(rec), dev, st.store,
                                       deadline, write_retry{});
   self->monitor(act);
@@ -189,7 +189,7 @@ caf::expected<action_record> make_reverse(const action_record& original,
 }
 
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
-                                         action_policy policy,
+                                         shared_setting<action_policy> policy,
                                          caf::timespan incident_idle,
                                          directory_store_actor store,
                                          gateway_actor gateway) {
@@ -322,7 +322,8 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         self->request(st.store, store_timeout, atom::get_v, atom::action_v, id)
             .then(
                 [self, rp, req, id, fail](const action_record& original) mutable {
-                  auto rev = make_reverse(original, req, self->state.policy, now_us());
+                  auto rev =
+                      make_reverse(original, req, *self->state.policy.get(), now_us());
                   if (!rev) {
                     fail(rev.error());
                     return;

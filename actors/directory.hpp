@@ -12,6 +12,7 @@
 
 #include "actors/device.hpp"
 #include "actors/fwd.hpp"
+#include "common/shared_setting.hpp"
 
 namespace parry {
 
@@ -35,7 +36,8 @@ struct directory_state {
   uint64_t idempotent_hits = 0;
 
   device_config cfg;
-  action_policy policy;
+  /// Replaced by a reload (SIGHUP); live incidents share it.
+  shared_setting<action_policy> policy;
   caf::timespan incident_idle;
   directory_store_actor store;
   gateway_actor gateway;
@@ -45,7 +47,7 @@ using directory_stateful = directory_actor::stateful_pointer<directory_state>;
 
 /// Maps ids to live actors and spawns them on demand.
 directory_actor::behavior_type directory(directory_stateful self, device_config cfg,
-                                         action_policy policy,
+                                         shared_setting<action_policy> policy,
                                          caf::timespan incident_idle,
                                          directory_store_actor store,
                                          gateway_actor gateway);

@@ -111,16 +111,17 @@ bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_v
 }
 
 inbound_filter::device_slot* inbound_filter::slot_for(const std::string& id,
+                                                      const ingest_limits& limits,
                                                       clock::time_point now) {
   if (auto i = devices_.find(id); i != devices_.end()) return &i->second;
-  if (devices_.size() >= ingest_.max_devices) {
+  if (devices_.size() >= limits.max_devices) {
     // Forget ids that never said a valid hello and have gone quiet.
     for (auto i = devices_.begin(); i != devices_.end();)
-      if (!i->second.helloed && now - i->second.last >= ingest_.unhelloed_idle)
+      if (!i->second.helloed && now - i->second.last >= limits.unhelloed_idle)
         i = devices_.erase(i);
       else
         ++i;
-    if (devices_.size() >= ingest_.max_devices) return nullptr;
+    if (devices_.size() >= limits.max_devices) return nullptr;
   }
   auto& s = devices_[id];
   s.last = now;
@@ -132,10 +133,12 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
                                                        bus::header&& h,
                                                        std::string_view body,
                                                        clock::time_point now) {
-  auto* s = slot_for(h.device_id, now);
+  auto snapshot = ingest_.get();
+  const auto& limits = *snapshot;
+  auto* s = slot_for(h.device_id, limits, now);
   if (s == nullptr)
     return over_limit(bus::refusal_kind::device_cap, "too many devices", "max_devices",
-                      ingest_.max_devices, 60000);
+                      limits.max_devices, 60000);
   s->last = now;
   bool is_hello = h.type == bus::type::hello;
   bool is_incident = h.type == bus::type::incident;
@@ -144,27 +147,27 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
       s->window = now;
       s->incidents = 0;
     }
-    if (s->incidents >= ingest_.incidents_per_minute) {
+    if (s->incidents >= limits.incidents_per_minute) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           s->window + std::chrono::minutes{1} - now);
       return over_limit(bus::refusal_kind::rate, "too many incidents from this device",
-                        "max_incidents_per_minute", ingest_.incidents_per_minute,
+                        "max_incidents_per_minute", limits.incidents_per_minute,
                         static_cast<uint32_t>(left.count()));
     }
     if (now - second_ >= std::chrono::seconds{1}) {
       second_ = now;
       second_count_ = 0;
     }
-    if (gauge_->bytes.load(std::memory_order_relaxed) >= ingest_.incident_bytes_in_flight)
+    if (gauge_->bytes.load(std::memory_order_relaxed) >= limits.incident_bytes_in_flight)
       return over_limit(
           bus::refusal_kind::busy, "server busy: too many incidents waiting to be stored",
-          "max_incident_bytes_in_flight", ingest_.incident_bytes_in_flight, 1000);
-    if (second_count_ >= ingest_.incidents_per_second)
+          "max_incident_bytes_in_flight", limits.incident_bytes_in_flight, 1000);
+    if (second_count_ >= limits.incidents_per_second)
       return over_limit(bus::refusal_kind::busy, "server busy",
-                        "max_incidents_per_second", ingest_.incidents_per_second, 1000);
+                        "max_incidents_per_second", limits.incidents_per_second, 1000);
   }
   auto refused =
-      check_and_dispatch(dir, std::move(h), body, lim_, ingest_.hello, gauge_.get());
+      check_and_dispatch(dir, std::move(h), body, lim_, limits.hello, gauge_.get());
   if (refused) return refused;
   if (is_hello) s->helloed = true;
   // Counted once accepted: a malformed report does not use up the device's quota.

@@ -11,6 +11,7 @@
 #include "actors/actors.hpp"
 #include "actors/ingest.hpp"
 #include "bus/gateway.hpp"
+#include "common/shared_setting.hpp"
 
 namespace parry {
 
@@ -50,9 +51,10 @@ class inbound_filter {
 public:
   using clock = std::chrono::steady_clock;
 
-  inbound_filter(bus::decode_limits lim, ingest_limits ingest,
+  /// `ingest` may be replaced by a reload (SIGHUP) while the gateway runs.
+  inbound_filter(bus::decode_limits lim, shared_setting<ingest_limits> ingest,
                  std::shared_ptr<ingest_gauge> gauge = std::make_shared<ingest_gauge>())
-      : lim_(lim), ingest_(ingest), gauge_(std::move(gauge)) {}
+      : lim_(lim), ingest_(std::move(ingest)), gauge_(std::move(gauge)) {}
 
   /// Checks one message; on success sends it to `dir` and returns nothing.
   std::optional<bus::refusal> operator()(const directory_actor& dir, bus::header&& h,
@@ -69,10 +71,11 @@ private:
   };
 
   // The slot of `id`, or nothing when a new id would exceed max_devices.
-  device_slot* slot_for(const std::string& id, clock::time_point now);
+  device_slot* slot_for(const std::string& id, const ingest_limits& limits,
+                        clock::time_point now);
 
   bus::decode_limits lim_;
-  ingest_limits ingest_;
+  shared_setting<ingest_limits> ingest_;
   std::shared_ptr<ingest_gauge> gauge_;
   std::unordered_map<std::string, device_slot> devices_;
   clock::time_point second_{};

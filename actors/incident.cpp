@@ -289,12 +289,13 @@ nlohmann::json available_actions(const incident_record& rec, bool device_isolate
 }
 
 incident_actor::behavior_type incident(incident_stateful self, incident_record rec,
-                                       action_policy policy, caf::timespan idle) {
+                                       shared_setting<action_policy> policy,
+                                       caf::timespan idle) {
   self->state.rec = std::move(rec);
   self->state.policy = std::move(policy);
   return {
       [self](atom::reg, const action_request& req) -> caf::result<action_record> {
-        auto a = make_action(self->state.rec, req, self->state.policy, now_us());
+        auto a = make_action(self->state.rec, req, *self->state.policy.get(), now_us());
         if (!a) return a.error();
         return std::move(*a);
       },

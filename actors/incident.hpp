@@ -12,6 +12,7 @@
 
 #include "actors/fwd.hpp"
 #include "common/domain.hpp"
+#include "common/shared_setting.hpp"
 #include "common/utf8.hpp"
 
 namespace parry {
@@ -21,8 +22,8 @@ struct incident_state {
 
   /// The incident with its whole chain.
   incident_record rec;
-  /// Rules for building actions.
-  action_policy policy;
+  /// Rules for building actions, as reloaded (shared with the directory).
+  shared_setting<action_policy> policy;
 };
 
 using incident_stateful = incident_actor::stateful_pointer<incident_state>;
@@ -30,7 +31,8 @@ using incident_stateful = incident_actor::stateful_pointer<incident_state>;
 /// One live incident. It passivates itself (quits) after `idle` without messages;
 /// the directory spawns it again from the store on the next request.
 incident_actor::behavior_type incident(incident_stateful self, incident_record rec,
-                                       action_policy policy, caf::timespan idle);
+                                       shared_setting<action_policy> policy,
+                                       caf::timespan idle);
 
 /// Lower-cases every SHA-256 of `r` (the bus edge): hashes compare as the agent's
 /// journal and prevention list store them. A value that is not a hash is kept as sent

@@ -208,6 +208,9 @@ struct http_response {
   std::vector<std::string> set_cookies;
   /// Further headers (Retry-After, Allow).
   std::map<std::string, std::string> headers;
+  /// A file sent as the body instead of `body` (POST /backup), removed once the
+  /// HTTP thread has opened it.
+  std::string file;
 };
 
 template <class Inspector> auto inspect(Inspector& f, audit_entry& x) {
@@ -263,7 +266,7 @@ template <class Inspector> auto inspect(Inspector& f, token_record& x) {
   return f(x.token_id, x.name, x.username, x.created_at, x.expires_at);
 }
 template <class Inspector> auto inspect(Inspector& f, http_response& x) {
-  return f(x.status, x.body, x.set_cookies, x.headers);
+  return f(x.status, x.body, x.set_cookies, x.headers, x.file);
 }
 
 } // namespace parry

@@ -62,7 +62,7 @@ api_actor spawn_supervised_api(caf::actor_system& sys, api_state deps) {
 
 auth_actor spawn_supervised_auth(caf::actor_system& sys,
                                  std::shared_ptr<supervision_stats> stats,
-                                 auth_config cfg, store_actor store,
+                                 shared_setting<auth_config> cfg, store_actor store,
                                  hasher_actor hasher) {
   auto make = [&sys, cfg, store, hasher] {
     return caf::actor_cast<caf::actor>(sys.spawn(auth, cfg, store, hasher));

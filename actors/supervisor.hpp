@@ -9,6 +9,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "actors/actors.hpp"
+#include "common/shared_setting.hpp"
 
 namespace parry {
 
@@ -35,6 +36,7 @@ api_actor spawn_supervised_api(caf::actor_system& sys, api_state deps);
 /// sessions and lockout counters: users log in again.
 auth_actor spawn_supervised_auth(caf::actor_system& sys,
                                  std::shared_ptr<supervision_stats> stats,
-                                 auth_config cfg, store_actor store, hasher_actor hasher);
+                                 shared_setting<auth_config> cfg, store_actor store,
+                                 hasher_actor hasher);
 
 } // namespace parry

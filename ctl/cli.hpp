@@ -164,6 +164,8 @@ command_group add_user_commands(CLI::App& app);
 command_group add_audit_commands(CLI::App& app);
 /// enroll, integrator, bus-keys (cmd_bus.cpp).
 command_group add_bus_commands(CLI::App& app);
+/// admin backup (ctl/cmd_admin.cpp).
+command_group add_admin_commands(CLI::App& app);
 /// device revoke: cuts and refuses a device's bus key (cmd_bus.cpp).
 int revoke_device(session& s, const std::string& id, bool yes);
 

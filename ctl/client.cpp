@@ -4,6 +4,9 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+
+#include <fcntl.h>
 
 #include <arpa/inet.h>
 #include <poll.h>
@@ -15,6 +18,8 @@
 #include <boost/beast/core/error.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/file_body.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
@@ -315,6 +320,62 @@ struct client::impl {
     drop();
   }
 
+  /// The request as sent: cookies, bearer and CSRF token included. Throws
+  /// std::invalid_argument for a bad method, path or header.
+  http::request<http::string_body> build(std::string_view method, std::string_view path,
+                                         const nlohmann::json* body,
+                                         const header_list& extra_headers) const {
+    if (path.empty() || path.front() != '/')
+      throw std::invalid_argument("request path must start with '/': " +
+                                  std::string(path));
+    if (method.empty()) throw std::invalid_argument("empty request method");
+    bool reads_only = method == "GET" || method == "HEAD";
+    http::request<http::string_body> req;
+    req.version(11);
+    auto verb = http::string_to_verb(to_beast(method));
+    if (verb == http::verb::unknown)
+      req.method_string(to_beast(method));
+    else
+      req.method(verb);
+    std::string target = url.prefix;
+    target += path;
+    check_header("target", target);
+    req.target(target);
+    req.set(http::field::host, url.authority());
+    req.set(http::field::user_agent, "parry-client/0.1");
+    req.set(http::field::accept, "application/json");
+    if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
+    if (!cookies.empty()) {
+      std::string jar;
+      for (const auto& [name, value] : cookies)
+        jar += (jar.empty() ? "" : "; ") + name + "=" + value;
+      req.set(http::field::cookie, jar);
+    }
+    if (!csrf.empty() && !reads_only) req.set("X-CSRF-Token", csrf);
+    if (body) {
+      req.set(http::field::content_type, "application/json");
+      req.body() = body->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+    for (const auto& [name, value] : extra_headers) {
+      check_header(name, value);
+      req.set(name, value);
+    }
+    req.prepare_payload();
+    return req;
+  }
+
+  /// Status and header fields of an answer into `out` (cookies remembered).
+  template <class Fields> void take_head(const Fields& msg, int status, response& out) {
+    out.status = status;
+    for (const auto& field : msg) {
+      auto name = lower(to_std(field.name_string()));
+      std::string value(to_std(field.value()));
+      if (name == "set-cookie") store_cookie(value);
+      auto [it, inserted] = out.headers.emplace(name, value);
+      if (!inserted) it->second += ", " + value;
+    }
+  }
+
   void store_cookie(std::string_view set_cookie) {
     auto semi = set_cookie.find(';');
     auto pair = trim(set_cookie.substr(0, semi));
@@ -364,45 +425,9 @@ response client::request(std::string_view method, std::string_view path,
                          const nlohmann::json* body, const header_list& extra_headers,
                          std::chrono::milliseconds timeout) {
   auto& d = *impl_;
-  if (path.empty() || path.front() != '/')
-    throw std::invalid_argument("request path must start with '/': " + std::string(path));
-  if (method.empty()) throw std::invalid_argument("empty request method");
   auto budget = timeout.count() > 0 ? timeout : d.timeout;
   auto deadline = steady::now() + budget;
-  bool reads_only = method == "GET" || method == "HEAD";
-
-  http::request<http::string_body> req;
-  req.version(11);
-  auto verb = http::string_to_verb(to_beast(method));
-  if (verb == http::verb::unknown)
-    req.method_string(to_beast(method));
-  else
-    req.method(verb);
-  std::string target = d.url.prefix;
-  target += path;
-  check_header("target", target);
-  req.target(target);
-  req.set(http::field::host, d.url.authority());
-  req.set(http::field::user_agent, "parry-client/0.1");
-  req.set(http::field::accept, "application/json");
-  if (!d.bearer.empty()) req.set(http::field::authorization, "Bearer " + d.bearer);
-  if (!d.cookies.empty()) {
-    std::string jar;
-    for (const auto& [name, value] : d.cookies)
-      jar += (jar.empty() ? "" : "; ") + name + "=" + value;
-    req.set(http::field::cookie, jar);
-  }
-  if (!d.csrf.empty() && !reads_only) req.set("X-CSRF-Token", d.csrf);
-  if (body) {
-    req.set(http::field::content_type, "application/json");
-    req.body() = body->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  }
-  for (const auto& [name, value] : extra_headers) {
-    check_header(name, value);
-    req.set(name, value);
-  }
-  req.prepare_payload();
-
+  auto req = d.build(method, path, body, extra_headers);
   for (int attempt = 0;; ++attempt) {
     bool fresh = false;
     if (!d.stream || d.stale()) {
@@ -434,14 +459,7 @@ response client::request(std::string_view method, std::string_view path,
 
     auto& msg = parser.get();
     response out;
-    out.status = static_cast<int>(msg.result_int());
-    for (const auto& field : msg) {
-      auto name = lower(to_std(field.name_string()));
-      std::string value(to_std(field.value()));
-      if (name == "set-cookie") d.store_cookie(value);
-      auto [it, inserted] = out.headers.emplace(name, value);
-      if (!inserted) it->second += ", " + value;
-    }
+    d.take_head(msg, static_cast<int>(msg.result_int()), out);
     bool keep = parser.keep_alive();
     out.raw = std::move(msg.body());
     if (!out.raw.empty()) {
@@ -451,6 +469,84 @@ response client::request(std::string_view method, std::string_view path,
     if (!keep) d.drop();
     return out;
   }
+}
+
+response client::download(std::string_view method, std::string_view path,
+                          const std::string& file, std::chrono::milliseconds timeout,
+                          std::chrono::milliseconds answer_wait,
+                          std::chrono::milliseconds idle) {
+  auto& d = *impl_;
+  auto deadline = steady::now() + timeout;
+  auto req = d.build(method, path, nullptr, {});
+  std::error_code exists;
+  if (std::filesystem::exists(file, exists) || std::filesystem::is_symlink(file, exists))
+    throw std::invalid_argument(file + " exists; choose a new file");
+  if (!d.stream || d.stale()) d.connect(std::min(deadline, steady::now() + idle), idle);
+  auto& layer = beast::get_lowest_layer(*d.stream);
+  // Each step has `idle` (the answer's head `answer_wait`) to make progress, and all
+  // of them end by `deadline`.
+  auto step = [&](std::chrono::milliseconds allowed = std::chrono::milliseconds{0}) {
+    layer.expires_at(
+        std::min(deadline, steady::now() + (allowed.count() > 0 ? allowed : idle)));
+  };
+  auto fail = [&](beast::error_code ec) {
+    d.drop();
+    return d.failure("download from", ec, timeout);
+  };
+  step();
+  auto ec = d.run([&](auto h) { http::async_write(*d.stream, req, std::move(h)); });
+  http::response_parser<http::empty_body> head;
+  head.body_limit(max_body_bytes);
+  if (!ec) {
+    step(answer_wait);
+    ec = d.run([&](auto h) {
+      http::async_read_header(*d.stream, d.buffer, head, std::move(h));
+    });
+  }
+  if (ec) throw fail(ec);
+  response out;
+  d.take_head(head.get(), static_cast<int>(head.get().result_int()), out);
+  if (out.status < 200 || out.status >= 300) {
+    // An error: its JSON body, read as request() reads one.
+    http::response_parser<http::string_body> rest{std::move(head)};
+    step();
+    ec =
+        d.run([&](auto h) { http::async_read(*d.stream, d.buffer, rest, std::move(h)); });
+    if (ec) throw fail(ec);
+    out.raw = std::move(rest.get().body());
+    auto parsed = nlohmann::json::parse(out.raw, nullptr, false);
+    if (!parsed.is_discarded()) out.body = std::move(parsed);
+    if (!rest.keep_alive()) d.drop();
+    return out;
+  }
+  // The body goes to FILE.partial as it arrives and becomes FILE once whole.
+  auto partial = file + ".partial";
+  http::response_parser<http::file_body> body{std::move(head)};
+  body.body_limit(boost::none); // the server's copy is as large as its database
+  body.get().body().open(partial.c_str(), beast::file_mode::write_new, ec);
+  if (ec) throw client_error("cannot create " + partial + ": " + ec.message());
+  while (!ec && !body.is_done()) {
+    step();
+    ec = d.run(
+        [&](auto h) { http::async_read_some(*d.stream, d.buffer, body, std::move(h)); });
+  }
+  bool keep = body.keep_alive();
+  body.get().body().close();
+  std::error_code ignored;
+  if (ec) {
+    std::filesystem::remove(partial, ignored);
+    throw fail(ec);
+  }
+  int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
+  bool synced = fd >= 0 && ::fsync(fd) == 0;
+  if (fd >= 0) ::close(fd);
+  if (!synced) {
+    std::filesystem::remove(partial, ignored);
+    throw client_error("cannot write " + partial + " to disk: " + std::strerror(errno));
+  }
+  std::filesystem::rename(partial, file);
+  if (!keep) d.drop();
+  return out;
 }
 
 void client::set_bearer(std::string token) {

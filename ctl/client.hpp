@@ -102,6 +102,18 @@ public:
                    const header_list& extra_headers = {},
                    std::chrono::milliseconds timeout = std::chrono::milliseconds{0});
 
+  /// Like request() without a body, but a 2xx answer's body is written to the new
+  /// file `file` as it arrives (never held in memory): first to FILE.partial, then
+  /// fsynced and renamed. Refuses (std::invalid_argument) when `file` exists. Other
+  /// answers come back as request() returns them, and no file is made. Every read
+  /// must make progress within `idle` (the answer's head may take `answer_wait`),
+  /// and the whole transfer end within `timeout`. Throws client_error on any failure
+  /// below HTTP (FILE.partial is removed).
+  response download(std::string_view method, std::string_view path,
+                    const std::string& file, std::chrono::milliseconds timeout,
+                    std::chrono::milliseconds answer_wait,
+                    std::chrono::milliseconds idle = std::chrono::seconds{60});
+
   /// Shorthand for request("GET", path).
   response get(std::string_view path) { return request("GET", path); }
   /// Shorthand for request("POST", path, &body).

@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
       parry::ctl::add_session_commands(app),  parry::ctl::add_device_commands(app),
       parry::ctl::add_incident_commands(app), parry::ctl::add_action_commands(app),
       parry::ctl::add_user_commands(app),     parry::ctl::add_audit_commands(app),
-      parry::ctl::add_bus_commands(app)};
+      parry::ctl::add_bus_commands(app),      parry::ctl::add_admin_commands(app)};
 
   try {
     app.parse(argc, argv);

@@ -460,6 +460,8 @@ struct entry {
   /// The value the member holds now, as TOML and as text.
   std::function<std::string(const C&)> toml;
   std::function<std::string(const C&)> text;
+  /// Copies the member from one configuration to another.
+  std::function<void(const C&, C&)> copy;
 };
 
 template <class T, class Check>
@@ -498,12 +500,19 @@ entry key(const char* name, T C::*member, const char* env, const char* flag,
   };
   e.toml = [member](const C& c) { return K::toml(c.*member); };
   e.text = [member](const C& c) { return K::text(c.*member); };
+  e.copy = [member](const C& from, C& to) { to.*member = from.*member; };
   return e;
 }
 
 /// A key whose value is never printed, not even in an error.
 entry secret(entry e) {
   e.info.secret = true;
+  return e;
+}
+
+/// A key a running parryd applies again on SIGHUP (server::reload).
+entry reloads(entry e) {
+  e.info.reloads = true;
   return e;
 }
 
@@ -577,25 +586,27 @@ const std::vector<entry>& table() {
       key("max_frame_bytes", &C::max_frame_bytes, "PARRY_MAX_FRAME_BYTES",
           "--max-frame-bytes", "largest bus frame accepted",
           range{4096, 64 << 20, "bytes"}),
-      key("max_source_failures", &C::max_source_failures, "PARRY_MAX_SOURCE_FAILURES",
+      reloads(key(
+          "max_source_failures", &C::max_source_failures, "PARRY_MAX_SOURCE_FAILURES",
           "--max-source-failures",
           "failed logins from one source address, all accounts, that block the address",
-          range{1, 100000}),
-      key("max_account_failures", &C::max_account_failures, "PARRY_MAX_ACCOUNT_FAILURES",
-          "--max-account-failures",
-          "failed logins for one account from all sources that lock it",
-          range{1, 1000000}),
-      key("max_password_checks", &C::max_password_checks, "PARRY_MAX_PASSWORD_CHECKS",
-          "--max-password-checks",
-          "password checks in progress at once; more are answered 429", range{1, 4096}),
-      key("token_default_ttl_days", &C::token_default_ttl_days,
-          "PARRY_TOKEN_DEFAULT_TTL_DAYS", "--token-default-ttl-days",
-          "bearer token lifetime when POST /tokens names none (at most "
-          "token_max_ttl_days)",
-          range{1, 3650, "days"}),
-      key("token_max_ttl_days", &C::token_max_ttl_days, "PARRY_TOKEN_MAX_TTL_DAYS",
-          "--token-max-ttl-days", "longest bearer token lifetime",
-          range{1, 3650, "days"}),
+          range{1, 100000})),
+      reloads(key("max_account_failures", &C::max_account_failures,
+                  "PARRY_MAX_ACCOUNT_FAILURES", "--max-account-failures",
+                  "failed logins for one account from all sources that lock it",
+                  range{1, 1000000})),
+      reloads(key("max_password_checks", &C::max_password_checks,
+                  "PARRY_MAX_PASSWORD_CHECKS", "--max-password-checks",
+                  "password checks in progress at once; more are answered 429",
+                  range{1, 4096})),
+      reloads(key("token_default_ttl_days", &C::token_default_ttl_days,
+                  "PARRY_TOKEN_DEFAULT_TTL_DAYS", "--token-default-ttl-days",
+                  "bearer token lifetime when POST /tokens names none (at most "
+                  "token_max_ttl_days)",
+                  range{1, 3650, "days"})),
+      reloads(key("token_max_ttl_days", &C::token_max_ttl_days,
+                  "PARRY_TOKEN_MAX_TTL_DAYS", "--token-max-ttl-days",
+                  "longest bearer token lifetime", range{1, 3650, "days"})),
       key("http_max_connections", &C::http_max_connections, "PARRY_HTTP_MAX_CONNECTIONS",
           "--http-max-connections",
           "HTTPS connections open at once; more are closed at accept",
@@ -617,41 +628,44 @@ const std::vector<entry>& table() {
           "time to receive a request, and to wait for the next one on a kept-alive "
           "connection",
           range{1, 3600, "seconds"}),
-      key("max_devices", &C::max_devices, "PARRY_MAX_DEVICES", "--max-devices",
-          "device ids the bus tracks at once; a new id beyond it is refused",
-          range{1, 10000000, "devices"}),
-      key("max_incidents_per_minute", &C::max_incidents_per_minute,
-          "PARRY_MAX_INCIDENTS_PER_MINUTE", "--max-incidents-per-minute",
-          "incidents accepted per device per minute", range{1, 1000000, "incidents"}),
-      key("max_incidents_per_second", &C::max_incidents_per_second,
-          "PARRY_MAX_INCIDENTS_PER_SECOND", "--max-incidents-per-second",
-          "incidents accepted per second from all devices together",
-          range{1, 10000000, "incidents"}),
-      key("max_incident_bytes_in_flight", &C::max_incident_bytes_in_flight,
-          "PARRY_MAX_INCIDENT_BYTES_IN_FLIGHT", "--max-incident-bytes-in-flight",
-          "incident reports (wire bytes) accepted but not yet stored, all devices "
-          "together; beyond it reports are refused as busy",
-          range{1 << 20, 4294967295, "bytes"}),
+      reloads(key("max_devices", &C::max_devices, "PARRY_MAX_DEVICES", "--max-devices",
+                  "device ids the bus tracks at once; a new id beyond it is refused",
+                  range{1, 10000000, "devices"})),
+      reloads(key("max_incidents_per_minute", &C::max_incidents_per_minute,
+                  "PARRY_MAX_INCIDENTS_PER_MINUTE", "--max-incidents-per-minute",
+                  "incidents accepted per device per minute",
+                  range{1, 1000000, "incidents"})),
+      reloads(key("max_incidents_per_second", &C::max_incidents_per_second,
+                  "PARRY_MAX_INCIDENTS_PER_SECOND", "--max-incidents-per-second",
+                  "incidents accepted per second from all devices together",
+                  range{1, 10000000, "incidents"})),
+      reloads(
+          key("max_incident_bytes_in_flight", &C::max_incident_bytes_in_flight,
+              "PARRY_MAX_INCIDENT_BYTES_IN_FLIGHT", "--max-incident-bytes-in-flight",
+              "incident reports (wire bytes) accepted but not yet stored, all devices "
+              "together; beyond it reports are refused as busy",
+              range{1 << 20, 4294967295, "bytes"})),
       key("pbkdf2_iterations", &C::pbkdf2_iterations, "PARRY_PBKDF2_ITERATIONS",
           "--pbkdf2-iterations", "PBKDF2-HMAC-SHA256 iterations for new passwords",
           range{1000, 10000000}),
-      key("max_login_failures", &C::max_login_failures, "PARRY_MAX_LOGIN_FAILURES",
-          "--max-login-failures", "failed logins in a row that lock an account",
-          range{1, 1000}),
-      key("lockout_minutes", &C::lockout_minutes, "PARRY_LOCKOUT_MINUTES",
-          "--lockout-minutes", "how long a locked account stays locked",
-          range{1, 10080, "minutes"}),
+      reloads(key("max_login_failures", &C::max_login_failures,
+                  "PARRY_MAX_LOGIN_FAILURES", "--max-login-failures",
+                  "failed logins in a row that lock an account", range{1, 1000})),
+      reloads(key("lockout_minutes", &C::lockout_minutes, "PARRY_LOCKOUT_MINUTES",
+                  "--lockout-minutes", "how long a locked account stays locked",
+                  range{1, 10080, "minutes"})),
       key("session_idle_minutes", &C::session_idle_minutes, "PARRY_SESSION_IDLE_MINUTES",
           "--session-idle-minutes", "browser session idle timeout",
           range{1, 10080, "minutes"}),
       key("workers", &C::workers, "PARRY_WORKERS", "--workers",
           "actor scheduler threads (0: one per core)", range{0, 256, "threads"}),
-      key("log_level", &C::log_level, "PARRY_LOG_LEVEL", "--log-level", "log verbosity",
-          one_of({"trace", "debug", "info", "warn", "error"})),
-      key("log_format", &C::log_format, "PARRY_LOG_FORMAT", "--log-format",
-          "log lines as text, or as one JSON object a line with the action, device, "
-          "incident and user as fields of their own",
-          one_of({"text", "json"})),
+      reloads(key("log_level", &C::log_level, "PARRY_LOG_LEVEL", "--log-level",
+                  "log verbosity", one_of({"trace", "debug", "info", "warn", "error"}))),
+      reloads(
+          key("log_format", &C::log_format, "PARRY_LOG_FORMAT", "--log-format",
+              "log lines as text, or as one JSON object a line with the action, device, "
+              "incident and user as fields of their own",
+              one_of({"text", "json"}))),
       key("metrics_address", &C::metrics_address, "PARRY_METRICS_ADDRESS",
           "--metrics-address",
           "listen address of the Prometheus metrics (plain HTTP, GET /metrics, no "
@@ -659,47 +673,54 @@ const std::vector<entry>& table() {
           optional_ip_address()),
       key("metrics_port", &C::metrics_port, "PARRY_METRICS_PORT", "--metrics-port",
           "port of the metrics listener (0 picks a free one)", range{0, 65535}),
-      key("siem_host", &C::siem_host, "PARRY_SIEM_HOST", "--siem-host",
-          "syslog receiver (RFC 5425, TLS) that gets every audit record as CEF; its "
-          "certificate must name this host",
-          optional_host()),
-      key("siem_port", &C::siem_port, "PARRY_SIEM_PORT", "--siem-port",
-          "port of the syslog receiver", range{1, 65535}),
-      key("siem_ca_file", &C::siem_ca_file, "PARRY_SIEM_CA_FILE", "--siem-ca-file",
-          "PEM file of the CA(s) that signed the receiver's certificate (empty: the "
-          "system's trusted CAs)",
-          optional_directory()),
-      key("siem_cert_file", &C::siem_cert_file, "PARRY_SIEM_CERT_FILE",
-          "--siem-cert-file",
-          "PEM client certificate for receivers that require one (empty: none)",
-          optional_directory()),
-      key("siem_key_file", &C::siem_key_file, "PARRY_SIEM_KEY_FILE", "--siem-key-file",
-          "PEM private key of siem_cert_file", optional_directory()),
-      key("actions.password_required", &C::password_required,
-          "PARRY_ACTIONS_PASSWORD_REQUIRED", "--actions-password-required",
-          "action types that need the caller's password again (start_process always "
-          "does)",
-          action_types()),
-      key("actions.start_process_allowlist", &C::start_process_allowlist,
-          "PARRY_ACTIONS_START_PROCESS_ALLOWLIST", "--actions-start-process-allowlist",
-          "executables start_process may run (empty: any absolute path)",
-          absolute_paths()),
-      key("actions.default_ttl_seconds", &C::default_ttl_seconds,
-          "PARRY_ACTIONS_DEFAULT_TTL_SECONDS", "--actions-default-ttl-seconds",
-          "how long a command may wait for the agent to accept it",
-          range{1, max_ttl_seconds, "seconds"}),
-      key("actions.ttl_seconds", &C::ttl_seconds, "PARRY_ACTIONS_TTL_SECONDS",
-          "--actions-ttl-seconds", "per action type, instead of default_ttl_seconds",
-          ttl_table()),
-      key("actions.default_exec_deadline_seconds", &C::default_exec_deadline_seconds,
-          "PARRY_ACTIONS_DEFAULT_EXEC_DEADLINE_SECONDS",
-          "--actions-default-exec-deadline-seconds",
-          "how long an acknowledged command may wait for its result (then failed: "
-          "no result from the agent)",
-          range{1, max_ttl_seconds, "seconds"}),
-      key("actions.exec_deadline_seconds", &C::exec_deadline_seconds,
-          "PARRY_ACTIONS_EXEC_DEADLINE_SECONDS", "--actions-exec-deadline-seconds",
-          "per action type, instead of default_exec_deadline_seconds", ttl_table()),
+      reloads(
+          key("siem_host", &C::siem_host, "PARRY_SIEM_HOST", "--siem-host",
+              "syslog receiver (RFC 5425, TLS) that gets every audit record as CEF; its "
+              "certificate must name this host",
+              optional_host())),
+      reloads(key("siem_port", &C::siem_port, "PARRY_SIEM_PORT", "--siem-port",
+                  "port of the syslog receiver", range{1, 65535})),
+      reloads(
+          key("siem_ca_file", &C::siem_ca_file, "PARRY_SIEM_CA_FILE", "--siem-ca-file",
+              "PEM file of the CA(s) that signed the receiver's certificate (empty: the "
+              "system's trusted CAs)",
+              optional_directory())),
+      reloads(key("siem_cert_file", &C::siem_cert_file, "PARRY_SIEM_CERT_FILE",
+                  "--siem-cert-file",
+                  "PEM client certificate for receivers that require one (empty: none)",
+                  optional_directory())),
+      reloads(key("siem_key_file", &C::siem_key_file, "PARRY_SIEM_KEY_FILE",
+                  "--siem-key-file", "PEM private key of siem_cert_file",
+                  optional_directory())),
+      reloads(
+          key("actions.password_required", &C::password_required,
+              "PARRY_ACTIONS_PASSWORD_REQUIRED", "--actions-password-required",
+              "action types that need the caller's password again (start_process always "
+              "does)",
+              action_types())),
+      reloads(key("actions.start_process_allowlist", &C::start_process_allowlist,
+                  "PARRY_ACTIONS_START_PROCESS_ALLOWLIST",
+                  "--actions-start-process-allowlist",
+                  "executables start_process may run (empty: any absolute path)",
+                  absolute_paths())),
+      reloads(key("actions.default_ttl_seconds", &C::default_ttl_seconds,
+                  "PARRY_ACTIONS_DEFAULT_TTL_SECONDS", "--actions-default-ttl-seconds",
+                  "how long a command may wait for the agent to accept it",
+                  range{1, max_ttl_seconds, "seconds"})),
+      reloads(key("actions.ttl_seconds", &C::ttl_seconds, "PARRY_ACTIONS_TTL_SECONDS",
+                  "--actions-ttl-seconds",
+                  "per action type, instead of default_ttl_seconds", ttl_table())),
+      reloads(
+          key("actions.default_exec_deadline_seconds", &C::default_exec_deadline_seconds,
+              "PARRY_ACTIONS_DEFAULT_EXEC_DEADLINE_SECONDS",
+              "--actions-default-exec-deadline-seconds",
+              "how long an acknowledged command may wait for its result (then failed: "
+              "no result from the agent)",
+              range{1, max_ttl_seconds, "seconds"})),
+      reloads(
+          key("actions.exec_deadline_seconds", &C::exec_deadline_seconds,
+              "PARRY_ACTIONS_EXEC_DEADLINE_SECONDS", "--actions-exec-deadline-seconds",
+              "per action type, instead of default_exec_deadline_seconds", ttl_table())),
   };
   return t;
 }
@@ -907,9 +928,24 @@ std::string print_config(const loaded_config& c) {
   return out;
 }
 
+std::vector<std::string> keys_needing_restart(const server_config& now,
+                                              const server_config& next) {
+  std::vector<std::string> out;
+  for (auto& e : table())
+    if (!e.info.reloads && !e.info.secret && e.toml(now) != e.toml(next))
+      out.push_back(e.info.key);
+  return out;
+}
+
+void copy_config_key(const server_config& from, server_config& to,
+                     const std::string& key) {
+  if (auto e = find(key)) e->copy(from, to);
+}
+
 std::string config_reference_markdown() {
-  std::string out = "| key (TOML) | environment | flag | type | unit | default | legal "
-                    "values | meaning |\n|---|---|---|---|---|---|---|---|\n";
+  std::string out =
+      "| key (TOML) | environment | flag | type | unit | default | legal "
+      "values | SIGHUP | meaning |\n|---|---|---|---|---|---|---|---|---|\n";
   auto code = [](std::string_view s) { return markdown_cell(s, true); };
   for (auto& e : table()) {
     const auto& k = e.info;
@@ -924,7 +960,8 @@ std::string config_reference_markdown() {
            (k.secret                   ? "unset"
             : !k.default_words.empty() ? markdown_cell(k.default_words)
                                        : code(k.default_toml)) +
-           " | " + markdown_cell(k.legal) + " | " + markdown_cell(k.doc) + " |\n";
+           " | " + markdown_cell(k.legal) + " | " + (k.reloads ? "reloads" : "restart") +
+           " | " + markdown_cell(k.doc) + " |\n";
   }
   return out;
 }
@@ -947,7 +984,8 @@ std::string config_template_toml(const loaded_config& c) {
     bool set =
         !k.secret && i != c.origin.end() && i->second.source != config_source::defaults;
     out += "\n# " + k.doc + "\n# legal: " + k.legal + "; env " + k.env +
-           (k.flag.empty() ? "" : "; flag " + primary_flag(k)) + "\n";
+           (k.flag.empty() ? "" : "; flag " + primary_flag(k)) +
+           (k.reloads ? "; reloads on SIGHUP" : "") + "\n";
     if (!k.default_words.empty()) out += "# default: " + k.default_words + "\n";
     auto name = sect.empty() ? k.key : k.key.substr(dot + 1);
     out += set ? name + " = " + e.toml(c.cfg) + "\n"

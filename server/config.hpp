@@ -146,6 +146,8 @@ struct config_key_info {
   std::string default_toml; ///< the default as a TOML value
   std::string default_text; ///< the default as an environment variable or flag holds it
   bool secret = false;      ///< never printed: shown as <set> or <unset>
+  /// A running parryd applies a new value on SIGHUP; the others need a restart.
+  bool reloads = false;
   /// The default in words where it depends on the build (a path); "" otherwise. The
   /// reference table shows it instead of default_toml.
   std::string default_words;
@@ -184,6 +186,15 @@ std::string print_config(const loaded_config& c);
 
 /// The reference table of every key with its default, in Markdown (docs/operations.md).
 std::string config_reference_markdown();
+
+/// The keys (not secrets) whose values differ between `now` and `next` and that only
+/// a restart applies, in table order.
+std::vector<std::string> keys_needing_restart(const server_config& now,
+                                              const server_config& next);
+
+/// Sets `key` of `to` to its value in `from` (nothing for an unknown key).
+void copy_config_key(const server_config& from, server_config& to,
+                     const std::string& key);
 
 /// A TOML file of every key: each with its meaning, legal values and default as
 /// comments; keys set by the file, the environment or a flag are written out with

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <cerrno>
+#include <filesystem>
 #include <thread>
 #include <unordered_map>
 
@@ -152,7 +153,8 @@ struct api_waiter {
 /// stop() lands in a stopped context, never in a destroyed one. The request goes in as
 /// a spawn argument: CAF 0.17.6 dereferences a null tuple pointer when a
 /// function-based actor is spawned without arguments (UBSan, init_fun_factory.hpp).
-void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_request r) {
+void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_request r,
+             caf::timespan timeout = api_timeout) {
   // `done` (and the session it holds) moves into the posted handler: only the io
   // thread ever drops the last reference to a session, and its connection slot.
   auto waiter = std::make_shared<api_waiter>(std::move(w));
@@ -163,12 +165,12 @@ void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_re
               });
   };
   sys.spawn(
-      [api, answer](caf::event_based_actor* a, http_request r) {
-        a->request(api, api_timeout, std::move(r))
+      [api, answer, timeout](caf::event_based_actor* a, http_request r) {
+        a->request(api, timeout, std::move(r))
             .then([answer](http_response& resp) { answer(std::move(resp)); },
                   [answer](caf::error&) {
                     answer(http_response{
-                        503, error_body("unavailable", "server busy"), {}, {}});
+                        503, error_body("unavailable", "server busy"), {}, {}, {}});
                   });
       },
       std::move(r));
@@ -280,23 +282,27 @@ private:
     if (more_.label) route_ = more_.label(r.method, r.target);
     auto ioc = ioc_.lock();
     if (!ioc) return; // the server is going away
+    // A backup answers once the copy is made: the api's own bound is longer.
+    auto wait = r.method == "POST" && path == "/api/v1/backup"
+                    ? caf::timespan{backup_timeout + std::chrono::minutes{1}}
+                    : caf::timespan{api_timeout};
     ask_api(sys_, api_,
             {std::move(ioc), stream_.get_executor(),
              [self = shared_from_this()](http_response resp) {
                self->write(std::move(resp));
              }},
-            std::move(r));
+            std::move(r), wait);
   }
 
   /// The console's files: GET and HEAD only, from memory, revalidated by ETag.
   void serve_file(const http::request<http::string_body>& req, std::string_view path) {
     if (req.method() != http::verb::get && req.method() != http::verb::head) {
-      http_response r{405, error_body("method_not_allowed", "use GET"), {}, {}};
+      http_response r{405, error_body("method_not_allowed", "use GET"), {}, {}, {}};
       r.headers["Allow"] = "GET, HEAD";
       return write(std::move(r));
     }
     auto file = more_.console->find(path);
-    if (!file) return write({404, error_body("not_found", "no such page"), {}, {}});
+    if (!file) return write({404, error_body("not_found", "no such page"), {}, {}, {}});
     auto res =
         std::make_shared<http::response<http::string_body>>(http::status::ok, version_);
     set_security_headers(*res);
@@ -323,7 +329,7 @@ private:
     if (!origin.empty() && origin != "https://" + host) {
       keep_alive_ = false;
       return write(
-          {403, error_body("forbidden", "event stream from another origin"), {}, {}});
+          {403, error_body("forbidden", "event stream from another origin"), {}, {}, {}});
     }
     auto ioc = ioc_.lock();
     if (!ioc) return;
@@ -366,22 +372,23 @@ private:
 
   void write_error(int status, const char* code, const char* message) {
     keep_alive_ = false;
-    write(http_response{status, error_body(code, message), {}, {}});
+    write(http_response{status, error_body(code, message), {}, {}, {}});
   }
 
   /// The API's own description: GET and HEAD, for anyone (it holds no data).
   void serve_openapi(const http::request<http::string_body>& req) {
     if (req.method() != http::verb::get && req.method() != http::verb::head) {
-      http_response r{405, error_body("method_not_allowed", "use GET"), {}, {}};
+      http_response r{405, error_body("method_not_allowed", "use GET"), {}, {}, {}};
       r.headers["Allow"] = "GET, HEAD";
       return write(std::move(r));
     }
-    http_response r{200, *more_.openapi, {}, {}};
+    http_response r{200, *more_.openapi, {}, {}, {}};
     r.headers["Content-Type"] = "application/yaml";
     write(std::move(r));
   }
 
   void write(http_response resp) {
+    if (!resp.file.empty()) return send_file(std::move(resp));
     if (more_.observe)
       more_.observe(
           route_, resp.status,
@@ -401,6 +408,47 @@ private:
     res->prepare_payload();
     if (head_) res->body().clear(); // the length stays; a HEAD answer has no body
     send(std::move(res));
+  }
+
+  /// The api's answer names a file (a backup): it is opened and removed at once (the
+  /// open descriptor keeps it readable), so it never outlives this answer, then sent
+  /// with its length. The write may take as long as the file needs at 1 MiB/s.
+  void send_file(http_response resp) {
+    http::file_body::value_type file;
+    beast::error_code ec;
+    file.open(resp.file.c_str(), beast::file_mode::scan, ec);
+    std::error_code ignored;
+    std::filesystem::remove(resp.file, ignored);
+    if (ec) {
+      spdlog::error("http: cannot open {}: {}", resp.file, ec.message());
+      return write({500, error_body("internal", "the file to send is gone"), {}, {}, {}});
+    }
+    if (more_.observe)
+      more_.observe(
+          route_, resp.status,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_)
+              .count());
+    auto bytes = file.size();
+    auto res = std::make_shared<http::response<http::file_body>>(
+        static_cast<http::status>(resp.status), version_);
+    res->body() = std::move(file);
+    set_security_headers(*res);
+    res->set(http::field::cache_control, "no-store");
+    for (auto& [name, value] : resp.headers)
+      res->set(name, value);
+    res->keep_alive(keep_alive_);
+    res->prepare_payload();
+    beast::get_lowest_layer(stream_).expires_after(write_timeout +
+                                                   std::chrono::seconds{bytes >> 20});
+    http::async_write(
+        stream_, *res,
+        [self = shared_from_this(), res](beast::error_code ec, std::size_t) {
+          if (ec) return;
+          if (self->keep_alive_)
+            self->read();
+          else
+            self->close();
+        });
   }
 
   void send(std::shared_ptr<http::response<http::string_body>> res) {

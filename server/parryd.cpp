@@ -216,7 +216,7 @@ int main(int argc, char** argv) {
       try {
         srv.reload(next.cfg);
       } catch (const std::exception& e) {
-        spdlog::error("parryd: reload failed, the old certificate stays: {}", e.what());
+        spdlog::error("parryd: reload refused, nothing changed: {}", e.what());
       }
     }
     sd_notify(0, "READY=1");

@@ -36,9 +36,11 @@
 #include "bus/integrator.hpp"
 #include "common/domain.hpp"
 #include "common/keys.hpp"
+#include "common/shared_setting.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 #include "server/backup.hpp"
+#include "server/backup_service.hpp"
 #include "server/event_hub.hpp"
 #include "server/http_server.hpp"
 #include "server/logging.hpp"
@@ -98,6 +100,50 @@ action_policy policy_of(const server_config& cfg) {
   return policy;
 }
 
+/// The login throttling and token rules of `cfg` (reloaded on SIGHUP).
+auth_config auth_config_of(const server_config& cfg,
+                           std::shared_ptr<server_metrics> metrics) {
+  auth_config acfg;
+  acfg.max_failures = cfg.max_login_failures;
+  acfg.max_source_failures = cfg.max_source_failures;
+  acfg.max_account_failures = cfg.max_account_failures;
+  acfg.max_hashing = cfg.max_password_checks;
+  acfg.token_default_ttl = std::chrono::hours{24 * cfg.token_default_ttl_days};
+  acfg.token_max_ttl = std::chrono::hours{24 * cfg.token_max_ttl_days};
+  acfg.lockout = std::chrono::minutes{cfg.lockout_minutes};
+  acfg.session_idle = std::chrono::minutes{cfg.session_idle_minutes};
+  acfg.pbkdf2_iterations = cfg.pbkdf2_iterations;
+  acfg.metrics = std::move(metrics);
+  return acfg;
+}
+
+/// What agents may make the server do, from `cfg` (reloaded on SIGHUP).
+ingest_limits ingest_limits_of(const server_config& cfg) {
+  ingest_limits ingest;
+  ingest.max_devices = cfg.max_devices;
+  ingest.incidents_per_minute = cfg.max_incidents_per_minute;
+  ingest.incidents_per_second = cfg.max_incidents_per_second;
+  ingest.incident_bytes_in_flight = cfg.max_incident_bytes_in_flight;
+  return ingest;
+}
+
+/// The SIEM export of `cfg`, none when siem_host is empty. Throws
+/// std::runtime_error naming the key when the settings cannot work.
+std::shared_ptr<siem_exporter> make_siem(const server_config& cfg) {
+  if (cfg.siem_host.empty()) return nullptr;
+  siem_options so;
+  so.host = cfg.siem_host;
+  so.port = cfg.siem_port;
+  so.ca_file = cfg.siem_ca_file;
+  so.cert_file = cfg.siem_cert_file;
+  so.key_file = cfg.siem_key_file;
+  so.db_path = cfg.data_dir + "/parry.db";
+  so.cursor_file = cfg.data_dir + "/siem.cursor";
+  if (auto why = so.validate(); !why.empty())
+    throw std::runtime_error("configuration: " + why);
+  return std::make_shared<siem_exporter>(so);
+}
+
 caf::actor_system_config make_caf_config(const server_config& cfg) {
   caf::actor_system_config out;
   out.add_error_category(ec_category(),
@@ -154,8 +200,13 @@ struct server::impl {
   /// Prometheus metrics, and their listener (none when metrics_address is empty).
   std::shared_ptr<server_metrics> metrics = std::make_shared<server_metrics>();
   std::unique_ptr<metrics_http> metrics_listener;
-  /// Ships the audit trail to the SIEM (none when siem_host is empty).
-  std::shared_ptr<siem_exporter> siem;
+  /// Ships the audit trail to the SIEM (none when siem_host is empty); a reload
+  /// replaces it.
+  shared_setting<std::shared_ptr<siem_exporter>> siem;
+  /// What a reload (SIGHUP) replaces while the actors and the gateway run.
+  shared_setting<action_policy> policy;
+  shared_setting<auth_config> auth;
+  shared_setting<ingest_limits> ingest;
   /// The api, asked by alive().
   api_actor api;
   uint16_t metrics_port = 0;
@@ -542,27 +593,15 @@ void server::start() {
   }
   // The SIEM export reads the audit trail on a connection of its own; it starts
   // once the store has made or migrated the schema.
-  if (!cfg.siem_host.empty()) {
-    siem_options so;
-    so.host = cfg.siem_host;
-    so.port = cfg.siem_port;
-    so.ca_file = cfg.siem_ca_file;
-    so.cert_file = cfg.siem_cert_file;
-    so.key_file = cfg.siem_key_file;
-    so.db_path = cfg.data_dir + "/parry.db";
-    so.cursor_file = cfg.data_dir + "/siem.cursor";
-    if (auto why = so.validate(); !why.empty())
-      throw std::runtime_error("configuration: " + why);
-    m.siem = std::make_shared<siem_exporter>(so);
-  }
+  m.siem.set(make_siem(cfg));
   // Every commit goes to the console's streams, and to integrators when there are;
   // the SIEM export looks for new audit records at once.
   auto integrator_publish = m.integrators ? make_event_publisher(m.integrators, seqs)
                                           : decltype(sopts.publish){};
-  sopts.publish = [hub = m.events, integrator_publish, siem = std::weak_ptr{m.siem}](
+  sopts.publish = [hub = m.events, integrator_publish, siem = m.siem](
                       const char* family, std::string kind, std::string body) {
     hub->publish(family, kind, body);
-    if (auto s = siem.lock()) s->notify();
+    if (auto s = *siem.get()) s->notify();
     if (integrator_publish) integrator_publish(family, std::move(kind), std::move(body));
   };
   sopts.metrics = m.metrics;
@@ -571,15 +610,11 @@ void server::start() {
   ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
   // Files made before this start (or under another umask) are closed too.
   make_private_dir(cfg.data_dir);
-  if (m.siem) m.siem->start();
+  if (auto s = *m.siem.get()) s->start();
 
   bus::decode_limits limits;
   limits.max_frame = cfg.max_frame_bytes;
-  ingest_limits ingest;
-  ingest.max_devices = cfg.max_devices;
-  ingest.incidents_per_minute = cfg.max_incidents_per_minute;
-  ingest.incidents_per_second = cfg.max_incidents_per_second;
-  ingest.incident_bytes_in_flight = cfg.max_incident_bytes_in_flight;
+  m.ingest.set(ingest_limits_of(cfg));
   bus::gateway_options gopts;
   // Dead connections end after the same silence that makes a device offline, which
   // frees their routing id for the agent's next connection.
@@ -607,7 +642,7 @@ void server::start() {
                                             bus::zap_domain::agents};
   }
   auto dir_slot = std::make_shared<directory_actor>();
-  auto filter = std::make_shared<inbound_filter>(limits, ingest, gauge);
+  auto filter = std::make_shared<inbound_filter>(limits, m.ingest, gauge);
   m.bus = std::make_shared<bus::gateway>(
       cfg.bus_endpoint, limits,
       [dir_slot, filter](bus::header&& h, std::string_view body, std::string_view) {
@@ -645,26 +680,16 @@ void server::start() {
   dcfg.ingest = gauge;
   // Agents enrolled over CURVE pinned this key: every command they get is signed.
   if (cfg.bus_curve) dcfg.signer = m.signer;
-  auto policy = policy_of(cfg);
-  m.directory = m.sys.spawn(directory, dcfg, policy,
+  m.policy.set(policy_of(cfg));
+  m.directory = m.sys.spawn(directory, dcfg, m.policy,
                             caf::timespan{std::chrono::minutes{5}}, m.store, gateway);
   keep(m.directory);
   *dir_slot = m.directory;
 
   auto hash = m.sys.spawn<caf::detached>(hasher, cfg.pbkdf2_iterations);
   keep(hash);
-  auth_config acfg;
-  acfg.max_failures = cfg.max_login_failures;
-  acfg.max_source_failures = cfg.max_source_failures;
-  acfg.max_account_failures = cfg.max_account_failures;
-  acfg.max_hashing = cfg.max_password_checks;
-  acfg.token_default_ttl = std::chrono::hours{24 * cfg.token_default_ttl_days};
-  acfg.token_max_ttl = std::chrono::hours{24 * cfg.token_max_ttl_days};
-  acfg.lockout = std::chrono::minutes{cfg.lockout_minutes};
-  acfg.session_idle = std::chrono::minutes{cfg.session_idle_minutes};
-  acfg.pbkdf2_iterations = cfg.pbkdf2_iterations;
-  acfg.metrics = m.metrics;
-  auto au = spawn_supervised_auth(m.sys, m.supervision, acfg, m.store, hash);
+  m.auth.set(auth_config_of(cfg, m.metrics));
+  auto au = spawn_supervised_auth(m.sys, m.supervision, m.auth, m.store, hash);
   keep(au);
   m.generated_password =
       ask<std::string>(m.sys, au, atom::bootstrap_v, cfg.admin_password);
@@ -678,9 +703,8 @@ void server::start() {
   std::weak_ptr<http_stats> weak_http = m.http_counters;
   std::weak_ptr<event_hub> weak_events = m.events;
   std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
-  std::weak_ptr<siem_exporter> weak_siem = m.siem;
   auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http, weak_events,
-                    weak_siem, devices = dcfg.counters, gauge] {
+                    siem = m.siem, devices = dcfg.counters, gauge] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
@@ -702,7 +726,7 @@ void server::start() {
                          {"refused_streams", e->stats()->refused_subscribers.load()},
                          {"dropped_slow", e->stats()->dropped_slow.load()},
                          {"closed_session", e->stats()->closed_session.load()}};
-    if (auto x = weak_siem.lock()) {
+    if (auto x = *siem.get()) {
       const auto& st = x->stats();
       out["siem"] = nlohmann::json{{"connected", st.connected.load()},
                                    {"sent", st.sent.load()},
@@ -734,11 +758,16 @@ void server::start() {
   deps.directory = m.directory;
   deps.store = m.store;
   deps.reader = reader;
-  deps.policy = policy;
+  deps.policy = m.policy;
   deps.bus_stats = bus_stats;
   deps.supervision = m.supervision;
   deps.bus_keys = keys_actor;
-  deps.session_idle = acfg.session_idle;
+  deps.session_idle = std::chrono::minutes{cfg.session_idle_minutes};
+  // Copies a crash left behind were never sent to anyone.
+  std::filesystem::remove_all(outgoing_dir(cfg.data_dir));
+  deps.backup = m.sys.spawn<caf::detached>(backup_service, cfg.data_dir + "/parry.db",
+                                           outgoing_dir(cfg.data_dir));
+  keep(deps.backup);
   auto a = spawn_supervised_api(m.sys, std::move(deps));
   keep(a);
   m.api = a;
@@ -809,25 +838,35 @@ bool server::alive(std::chrono::milliseconds timeout) {
 
 void server::reload(const server_config& next) {
   auto& m = *impl_;
-  // The certificate files may have been replaced (the same paths, or new ones in
-  // the same data directory): new connections get them, open ones keep theirs.
+  // Everything that can fail is checked or made before anything changes: a reload
+  // applies whole or not at all.
+  if (auto err = next.validate(); !err.empty())
+    throw std::runtime_error("configuration: " + err);
+  auto policy = policy_of(next);
+  auto siem = make_siem(next);
+  // The certificate files may have been replaced (the same paths): new connections
+  // get them, open ones keep theirs.
   m.http->reload_certificate(m.tls.cert, m.tls.key);
   configure_logging(next.log_level, next.log_format);
+  m.policy.set(std::move(policy));
+  m.auth.set(auth_config_of(next, m.metrics));
+  m.ingest.set(ingest_limits_of(next));
+  // The exporter starts again (its files may have been replaced too) from the
+  // durable cursor: records in between go out after the reconnect, none is lost.
+  if (auto old = *m.siem.get()) old->stop();
+  if (siem) siem->start();
+  m.siem.set(std::move(siem));
+  auto restart = keys_needing_restart(m.cfg, next);
   std::string needs_restart;
-  auto same = [&](const char* key, bool equal) {
-    if (!equal) needs_restart += std::string{needs_restart.empty() ? "" : ", "} + key;
-  };
-  same("data_dir", next.data_dir == m.cfg.data_dir);
-  same("bus_endpoint", next.bus_endpoint == m.cfg.bus_endpoint);
-  same("http_address", next.http_address == m.cfg.http_address);
-  same("http_port", next.http_port == m.cfg.http_port);
-  same("metrics_address", next.metrics_address == m.cfg.metrics_address);
-  same("metrics_port", next.metrics_port == m.cfg.metrics_port);
-  same("siem_host", next.siem_host == m.cfg.siem_host);
-  same("workers", next.workers == m.cfg.workers);
-  m.cfg.log_level = next.log_level;
-  m.cfg.log_format = next.log_format;
-  spdlog::info("parryd: reloaded the TLS certificate and the log settings{}{}",
+  for (const auto& key : restart)
+    needs_restart += (needs_restart.empty() ? "" : ", ") + key;
+  // What a restart would apply stays as it runs now; the rest is the new config.
+  auto running = m.cfg;
+  m.cfg = next;
+  for (const auto& key : restart)
+    copy_config_key(running, m.cfg, key);
+  spdlog::info("parryd: reloaded the TLS certificate, log settings, action policy, "
+               "login and ingest limits and the SIEM export{}{}",
                needs_restart.empty() ? ""
                                      : "; these changes take effect at the next "
                                        "restart: ",
@@ -839,7 +878,7 @@ void server::stop() {
   if (m.stopped) return;
   m.stopped = true;
   if (m.metrics_listener) m.metrics_listener->stop();
-  if (m.siem) m.siem->stop();
+  if (auto s = *m.siem.get()) s->stop();
   if (m.http) m.http->stop();
   if (m.bus) m.bus->stop();
   if (m.enroll) m.enroll->stop();

@@ -28,10 +28,12 @@ public:
   /// watchdog's test). Any thread but an actor's.
   bool alive(std::chrono::milliseconds timeout);
 
-  /// SIGHUP: loads the TLS certificate and key again and applies `next`'s log
-  /// settings; agents and sessions stay connected. Keys that need a restart are
-  /// named in the log. Throws std::runtime_error when the certificate cannot be
-  /// loaded (the old one stays).
+  /// SIGHUP: loads the TLS certificate and key again and applies every key of
+  /// `next` marked "reloads" (docs/operations.md): log settings, the action policy,
+  /// login throttling, ingest limits and the SIEM export. Agents, sessions and open
+  /// actions stay as they are; other changed keys are named in the log as waiting
+  /// for a restart. Throws std::runtime_error, changing nothing, when `next` is
+  /// invalid or the certificate or SIEM settings cannot be used.
   void reload(const server_config& next);
 
   /// Stops accepting work and shuts everything down. Idempotent.

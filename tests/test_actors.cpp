@@ -105,6 +105,8 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   directory_actor dir;
   device_config dcfg;
   action_policy policy;
+  /// The policy the directory runs with, as a reload (SIGHUP) replaces it.
+  shared_setting<action_policy> live_policy;
   std::shared_ptr<ingest_gauge> gauge = std::make_shared<ingest_gauge>();
 
   fixture() {
@@ -131,7 +133,8 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     store_options o;
     o.ingest = gauge;
     st = sys.spawn(store_with, db_path, o);
-    dir = sys.spawn(directory, dcfg, policy, caf::timespan{5min}, st, gw);
+    live_policy = shared_setting<action_policy>{policy};
+    dir = sys.spawn(directory, dcfg, live_policy, caf::timespan{5min}, st, gw);
     sched.run();
   }
 
@@ -497,6 +500,26 @@ BOOST_AUTO_TEST_CASE(open_actions_resume_after_a_crash) {
   result("dev-1", rec.action_id, true);
   BOOST_TEST(read("action", rec.action_id)["action"]["state"] == "completed");
   BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_reloaded_policy_reaches_incidents_already_live) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  // Quarantine needs the password again by default; the incident actor is live now.
+  BOOST_TEST(code_of(ask_error(request("quarantine", inc))) == ec::unauthenticated);
+  auto lax = policy;
+  lax.password_required = {action_type::start_process};
+  lax.ttl_us[action_type::quarantine] = 10'000'000;
+  live_policy.set(lax);
+  auto q = ask<action_record>(dir, atom::reg_v, request("quarantine", inc));
+  BOOST_TEST((q.type == action_type::quarantine));
+  // Its time to live is the reloaded one (10 s), not the default day.
+  auto left = q.expires_at - now_us();
+  BOOST_TEST(left > 0);
+  BOOST_TEST(left <= 10'000'000);
+  // And back: the next request needs the password again.
+  live_policy.set(policy);
+  BOOST_TEST(code_of(ask_error(request("delete_file", inc))) == ec::unauthenticated);
 }
 
 BOOST_AUTO_TEST_CASE(expires_when_its_time_to_live_passes_before_acceptance) {

@@ -150,7 +150,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     if (req.source.empty()) req.source = "192.0.2.1";
     auto h = self->request(aut, caf::infinite, std::move(req));
     sched.run();
-    http_response out{-1, "", {}};
+    http_response out{-1, "", {}, {}, {}};
     h.receive([&](http_response& r) { out = std::move(r); },
               [&](caf::error& err) { out.body = message_of(err); });
     return out;
@@ -843,6 +843,134 @@ BOOST_AUTO_TEST_CASE(a_disabled_user_cannot_sign_in_and_the_last_admin_stays) {
   // The last enabled administrator can be neither disabled nor deleted.
   BOOST_TEST(as(s, "PATCH", "/api/v1/users/admin", R"({"disabled": true})").status ==
              409);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+/// Stands in for the backup actor: holds each request until told how it ends
+/// (atom::ok and true for a failure).
+struct backup_mock_state {
+  std::vector<caf::response_promise> held;
+};
+
+caf::behavior backup_mock(caf::stateful_actor<backup_mock_state>* self) {
+  return {
+      [self](atom::backup) { self->state.held.push_back(self->make_response_promise()); },
+      [self](atom::ok, bool fail) {
+        for (auto& rp : self->state.held)
+          if (fail)
+            rp.deliver(make_error(ec::storage, "disk full"));
+          else
+            rp.deliver(std::string{"/nonexistent/backup-1.db"}, int64_t{4096}, int64_t{7},
+                       std::string(64, 'a'));
+        self->state.held.clear();
+      },
+  };
+}
+
+} // namespace
+
+BOOST_FIXTURE_TEST_SUITE(operations, fixture)
+
+BOOST_AUTO_TEST_CASE(a_backup_is_for_administrators_one_at_a_time_and_audited) {
+  auto s = login();
+  // Without a backup actor the route says so.
+  BOOST_TEST(as(s, "POST", "/api/v1/backup").status == 503);
+  auto mock = sys.spawn(backup_mock);
+  caf::anon_send_exit(aut, caf::exit_reason::user_shutdown);
+  auto d = deps(au);
+  d.backup = caf::actor_cast<backup_actor>(mock);
+  aut = spawn_supervised_api(sys, d);
+  sched.run();
+  BOOST_REQUIRE_EQUAL(as(s, "POST", "/api/v1/users",
+                         json{{"username", "sofia"},
+                              {"password", "officer-password"},
+                              {"role", "security_officer"}}
+                             .dump())
+                          .status,
+                      201);
+  auto so = login("sofia", "officer-password");
+  BOOST_TEST(as(so, "POST", "/api/v1/backup").status == 403);
+  BOOST_TEST(as(s, "GET", "/api/v1/backup").status == 405);
+
+  auto backup_request = [&] {
+    http_request r;
+    r.method = "POST";
+    r.target = "/api/v1/backup";
+    r.session = s.token;
+    r.csrf = s.csrf;
+    r.source = "192.0.2.1";
+    return r;
+  };
+  auto first = self->request(aut, caf::infinite, backup_request());
+  sched.run();
+  // A second one while the first is being taken.
+  auto busy = as(s, "POST", "/api/v1/backup");
+  BOOST_TEST(busy.status == 409);
+  BOOST_TEST(json::parse(busy.body)["error"]["code"] == "conflict");
+  caf::anon_send(mock, atom::ok_v, false);
+  sched.run();
+  http_response got{-1, "", {}, {}, {}};
+  first.receive([&](http_response& r) { got = std::move(r); },
+                [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  BOOST_TEST(got.status == 200);
+  BOOST_TEST(got.file == "/nonexistent/backup-1.db");
+  BOOST_TEST(got.headers["Content-Type"] == "application/vnd.sqlite3");
+  BOOST_TEST(got.headers["X-Parry-Audit-Records"] == "7");
+  BOOST_TEST(got.headers["X-Parry-Audit-Head"] == std::string(64, 'a'));
+  BOOST_TEST(got.headers["Content-Disposition"].find(
+                 "attachment; filename=\"parry-backup-") == 0u);
+  auto records = json::parse(as(s, "GET", "/api/v1/audit").body)["records"];
+  BOOST_REQUIRE(!records.empty());
+  auto last = records.back();
+  BOOST_TEST(last["kind"] == "backup_taken");
+  BOOST_TEST(last["actor"] == "admin");
+  BOOST_TEST(last["detail"].get<std::string>().find("4096 bytes, 7 audit records") == 0u);
+
+  // A failed backup answers 503, is audited, and frees the way for the next one.
+  auto failing = self->request(aut, caf::infinite, backup_request());
+  sched.run();
+  caf::anon_send(mock, atom::ok_v, true);
+  sched.run();
+  failing.receive([&](http_response& r) { got = std::move(r); },
+                  [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  BOOST_TEST(got.status == 503);
+  BOOST_TEST(got.file.empty());
+  records = json::parse(as(s, "GET", "/api/v1/audit").body)["records"];
+  BOOST_TEST(records.back()["detail"] == "failed");
+  auto again = self->request(aut, caf::infinite, backup_request());
+  sched.run();
+  caf::anon_send(mock, atom::ok_v, false);
+  sched.run();
+  again.receive([&](http_response& r) { got = std::move(r); },
+                [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  BOOST_TEST(got.status == 200);
+  caf::anon_send_exit(mock, caf::exit_reason::user_shutdown);
+}
+
+BOOST_AUTO_TEST_CASE(a_reloaded_action_policy_is_what_the_api_tells_from_then_on) {
+  shared_setting<action_policy> live{policy};
+  caf::anon_send_exit(aut, caf::exit_reason::user_shutdown);
+  auto d = deps(au);
+  d.policy = live;
+  aut = spawn_supervised_api(sys, d);
+  sched.run();
+  auto s = login();
+  auto required = [&] {
+    auto r = as(s, "GET", "/api/v1/session");
+    BOOST_REQUIRE_EQUAL(r.status, 200);
+    return json::parse(r.body)["password_required"].get<std::vector<std::string>>();
+  };
+  auto before = required();
+  BOOST_TEST((std::find(before.begin(), before.end(), "quarantine") != before.end()));
+  auto next = policy;
+  next.password_required = {action_type::start_process, action_type::isolate};
+  live.set(next);
+  auto after = required();
+  BOOST_TEST((after == std::vector<std::string>{"isolate", "start_process"} ||
+              after == std::vector<std::string>{"start_process", "isolate"}));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

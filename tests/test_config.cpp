@@ -441,6 +441,33 @@ BOOST_FIXTURE_TEST_CASE(the_toml_template_holds_every_key_and_loads_back, fixtur
   BOOST_TEST(back.cfg.admin_password.empty());
 }
 
+BOOST_AUTO_TEST_CASE(a_reload_names_what_waits_for_a_restart) {
+  server_config now, next;
+  // Keys a running parryd applies on SIGHUP are not named ...
+  next.log_level = "debug";
+  next.max_login_failures = 9;
+  next.siem_host = "siem.example";
+  next.password_required = {"isolate"};
+  BOOST_TEST(keys_needing_restart(now, next).empty());
+  // ... keys it cannot apply are, in table order; secrets never are.
+  next.workers = 3;
+  next.http_port = 9443;
+  next.admin_password = "another-long-secret";
+  BOOST_TEST((keys_needing_restart(now, next) ==
+              std::vector<std::string>{"http_port", "workers"}));
+  copy_config_key(next, now, "workers");
+  BOOST_TEST(now.workers == 3u);
+  BOOST_TEST((keys_needing_restart(now, next) == std::vector<std::string>{"http_port"}));
+  copy_config_key(next, now, "no_such_key");
+  // The reference and the template say which keys reload.
+  bool any = false;
+  for (const auto& k : config_keys())
+    any = any || k.reloads;
+  BOOST_TEST(any);
+  BOOST_TEST(config_reference_markdown().find(" | reloads | ") != std::string::npos);
+  BOOST_TEST(config_reference_markdown().find(" | restart | ") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(the_docs_show_the_current_table) {
   auto doc = read_file(env_or_fail("PARRY_SOURCE_DIR") + "/docs/operations.md");
   BOOST_TEST_INFO("regenerate with: parryd --print-config --markdown");

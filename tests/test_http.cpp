@@ -59,14 +59,14 @@ caf::behavior mock_api(caf::stateful_actor<mock_api_state>* self, bool hold,
   return {
       [self, hold, seen](http_request&) -> caf::result<http_response> {
         ++*seen;
-        if (!hold) return http_response{200, R"({"status":"ok"})", {}, {}};
+        if (!hold) return http_response{200, R"({"status":"ok"})", {}, {}, {}};
         auto rp = self->make_response_promise();
         self->state.held.push_back(rp);
         return rp;
       },
       [self](atom::ok) {
         for (auto& rp : self->state.held)
-          rp.deliver(http_response{200, R"({"status":"late"})", {}, {}});
+          rp.deliver(http_response{200, R"({"status":"late"})", {}, {}, {}});
         self->state.held.clear();
       },
   };
@@ -345,8 +345,8 @@ caf::behavior session_api(caf::event_based_actor*,
       [status, passive_checks](http_request& r) -> http_response {
         if (r.passive) ++*passive_checks;
         if (r.upgrade && *status != 200)
-          return {*status, R"({"error":{"code":"x","message":"no"}})", {}, {}};
-        return {200, R"({"status":"ok"})", {}, {}};
+          return {*status, R"({"error":{"code":"x","message":"no"}})", {}, {}, {}};
+        return {200, R"({"status":"ok"})", {}, {}, {}};
       },
   };
 }

@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <deque>
 #include <filesystem>
@@ -1264,6 +1265,37 @@ BOOST_AUTO_TEST_CASE(runs_as_a_service_ready_watched_measured_reloaded_backed_up
   BOOST_TEST(log_tail((dir / "restore.log").string(), 5).find("a parryd is running") !=
              std::string::npos);
 
+  // The same from afar: parryctl admin backup streams a copy over HTTPS.
+  auto parryctl = [&](std::vector<std::string> args, const std::string& log) {
+    args.insert(args.begin(), env_or_fail("PARRY_BIN_DIR") + "/parryctl");
+    child_process ctl{args,
+                      {{"PARRY_SERVER", base_url},
+                       {"PARRY_CACERT", (dir / "data/tls/cert.pem").string()},
+                       {"PARRY_TOKEN", token},
+                       {"PARRY_CONFIG", (dir / "no-credentials.json").string()}},
+                      (dir / log).string()};
+    int rc = ctl.wait(120s);
+    std::ifstream in{dir / log};
+    return std::pair{rc, std::string{std::istreambuf_iterator<char>{in}, {}}};
+  };
+  auto remote = (dir / "remote-backup.db").string();
+  auto [ctl_rc, ctl_out] = parryctl({"admin", "backup", remote}, "ctl-backup.log");
+  BOOST_TEST(ctl_rc == 0, ctl_out);
+  BOOST_TEST(ctl_out.find("audit records") != std::string::npos, ctl_out);
+  BOOST_TEST(run({"--check-backup", remote}, "check-remote.log") == 0);
+  BOOST_TEST(!std::filesystem::exists(remote + ".partial"));
+  // Nothing stays behind on the server, and an existing file is never overwritten.
+  BOOST_TEST(std::filesystem::is_empty(dir / "data/outgoing"));
+  auto size = std::filesystem::file_size(remote);
+  auto [again_rc, again_out] = parryctl({"admin", "backup", remote}, "ctl-again.log");
+  BOOST_TEST(again_rc != 0);
+  BOOST_TEST(again_out.find("exists") != std::string::npos, again_out);
+  BOOST_TEST(std::filesystem::file_size(remote) == size);
+  auto audit = get("/audit?limit=1000")["records"];
+  BOOST_TEST(std::any_of(audit.begin(), audit.end(), [](const json& r) {
+    return r["kind"] == "backup_taken" && r["actor"] == "admin";
+  }));
+
   // SIGHUP: a new certificate for new connections; agents stay connected.
   auto admitted = get("/stats")["bus"]["zap_admitted"].get<uint64_t>();
   auto fresh = dir / "fresh";
@@ -1277,8 +1309,27 @@ BOOST_AUTO_TEST_CASE(runs_as_a_service_ready_watched_measured_reloaded_backed_up
   for (auto f : {"cert.pem", "key.pem"})
     std::filesystem::copy_file(fresh / f, dir / "data/tls" / f,
                                std::filesystem::copy_options::overwrite_existing);
+  // ... and a new action policy, which applies at once, and a key that waits for
+  // the next restart.
+  auto inc_id = incident["incident_id"].get<std::string>();
+  auto available = [&] {
+    return get("/incidents/" + inc_id + "/available-actions")["password_required"];
+  };
+  BOOST_TEST(available() == json({"start_process", "prevent_run", "quarantine",
+                                  "delete_file", "terminate_process"}));
+  {
+    std::ofstream cfg{dir / "parryd.toml", std::ios::app};
+    cfg << "workers = 1\n[actions]\npassword_required = [\"isolate\"]\n";
+  }
   BOOST_REQUIRE(::kill(server->pid(), SIGHUP) == 0);
   BOOST_TEST(notify->heard("RELOADING=1"));
+  BOOST_TEST(eventually([&] {
+    return available() == json({"isolate", "start_process"});
+  }));
+  BOOST_TEST(eventually([&] {
+    return log_tail(server->log_file(), 20000).find("next restart: workers") !=
+           std::string::npos;
+  }));
   BOOST_TEST(eventually([&] {
     client c{base_url, tls_options{(fresh / "cert.pem").string(), false}};
     try {

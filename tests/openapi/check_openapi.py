@@ -818,6 +818,11 @@ class Live:
         c("DELETE", "/users/" + self.admin, expect=409)
         self.too_large("/login")
         c("GET", "/stats", expect=200)
+        # -- a backup: the database file itself, then the audit record of it
+        b = c("POST", "/backup", expect=200, timeout=120)
+        if b is not None and b.status == 200 and not b.raw.startswith(b"SQLite format 3\x00"):
+            self.problems.add("live POST /backup", "the body is not an SQLite database")
+        c("GET", "/backup", expect=405)
         c("GET", "/audit", expect=200)
 
         # -- this document, served by the server
