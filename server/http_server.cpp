@@ -389,11 +389,7 @@ private:
 
   void write(http_response resp) {
     if (!resp.file.empty()) return send_file(std::move(resp));
-    if (more_.observe)
-      more_.observe(
-          route_, resp.status,
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_)
-              .count());
+    observe(resp.status);
     auto res = std::make_shared<http::response<http::string_body>>(
         static_cast<http::status>(resp.status), version_);
     set_security_headers(*res);
@@ -423,11 +419,7 @@ private:
       spdlog::error("http: cannot open {}: {}", resp.file, ec.message());
       return write({500, error_body("internal", "the file to send is gone"), {}, {}, {}});
     }
-    if (more_.observe)
-      more_.observe(
-          route_, resp.status,
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_)
-              .count());
+    observe(resp.status);
     auto bytes = file.size();
     auto res = std::make_shared<http::response<http::file_body>>(
         static_cast<http::status>(resp.status), version_);
@@ -438,21 +430,22 @@ private:
       res->set(name, value);
     res->keep_alive(keep_alive_);
     res->prepare_payload();
-    beast::get_lowest_layer(stream_).expires_after(write_timeout +
-                                                   std::chrono::seconds{bytes >> 20});
-    http::async_write(
-        stream_, *res,
-        [self = shared_from_this(), res](beast::error_code ec, std::size_t) {
-          if (ec) return;
-          if (self->keep_alive_)
-            self->read();
-          else
-            self->close();
-        });
+    send(std::move(res), write_timeout + std::chrono::seconds{bytes >> 20});
   }
 
-  void send(std::shared_ptr<http::response<http::string_body>> res) {
-    beast::get_lowest_layer(stream_).expires_after(write_timeout);
+  /// Tells the observer (metrics) of an answer about to go out.
+  void observe(int status) {
+    if (more_.observe)
+      more_.observe(
+          route_, status,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started_)
+              .count());
+  }
+
+  template <class Body>
+  void send(std::shared_ptr<http::response<Body>> res,
+            std::chrono::seconds timeout = write_timeout) {
+    beast::get_lowest_layer(stream_).expires_after(timeout);
     http::async_write(
         stream_, *res,
         [self = shared_from_this(), res](beast::error_code ec, std::size_t) {

@@ -910,11 +910,15 @@ BOOST_AUTO_TEST_CASE(a_backup_is_for_administrators_one_at_a_time_and_audited) {
   auto busy = as(s, "POST", "/api/v1/backup");
   BOOST_TEST(busy.status == 409);
   BOOST_TEST(json::parse(busy.body)["error"]["code"] == "conflict");
-  caf::anon_send(mock, atom::ok_v, false);
-  sched.run();
   http_response got{-1, "", {}, {}, {}};
-  first.receive([&](http_response& r) { got = std::move(r); },
-                [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  // Lets the mock end the backup it holds, and takes the api's answer to `request`.
+  auto finish = [&](auto& request, bool fail) {
+    caf::anon_send(mock, atom::ok_v, fail);
+    sched.run();
+    request.receive([&](http_response& r) { got = std::move(r); },
+                    [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  };
+  finish(first, false);
   BOOST_TEST(got.status == 200);
   BOOST_TEST(got.file == "/nonexistent/backup-1.db");
   BOOST_TEST(got.headers["Content-Type"] == "application/vnd.sqlite3");
@@ -932,20 +936,14 @@ BOOST_AUTO_TEST_CASE(a_backup_is_for_administrators_one_at_a_time_and_audited) {
   // A failed backup answers 503, is audited, and frees the way for the next one.
   auto failing = self->request(aut, caf::infinite, backup_request());
   sched.run();
-  caf::anon_send(mock, atom::ok_v, true);
-  sched.run();
-  failing.receive([&](http_response& r) { got = std::move(r); },
-                  [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  finish(failing, true);
   BOOST_TEST(got.status == 503);
   BOOST_TEST(got.file.empty());
   records = json::parse(as(s, "GET", "/api/v1/audit").body)["records"];
   BOOST_TEST(records.back()["detail"] == "failed");
   auto again = self->request(aut, caf::infinite, backup_request());
   sched.run();
-  caf::anon_send(mock, atom::ok_v, false);
-  sched.run();
-  again.receive([&](http_response& r) { got = std::move(r); },
-                [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+  finish(again, false);
   BOOST_TEST(got.status == 200);
   caf::anon_send_exit(mock, caf::exit_reason::user_shutdown);
 }

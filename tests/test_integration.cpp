@@ -304,6 +304,22 @@ struct system_fixture {
     std::filesystem::remove_all(dir);
   }
 
+  /// Runs parryctl as the fixture's administrator (token in the environment, no saved
+  /// credentials); answers its exit code and everything it printed.
+  std::pair<int, std::string> parryctl(std::vector<std::string> args,
+                                       const std::string& log) {
+    args.insert(args.begin(), env_or_fail("PARRY_BIN_DIR") + "/parryctl");
+    child_process ctl{args,
+                      {{"PARRY_SERVER", base_url},
+                       {"PARRY_CACERT", (dir / "data/tls/cert.pem").string()},
+                       {"PARRY_TOKEN", token},
+                       {"PARRY_CONFIG", (dir / "no-credentials.json").string()}},
+                      (dir / log).string()};
+    int rc = ctl.wait(120s);
+    std::ifstream in{dir / log};
+    return {rc, std::string{std::istreambuf_iterator<char>{in}, {}}};
+  }
+
   json get(const std::string& path) {
     auto r = api->get("/api/v1" + path);
     BOOST_REQUIRE_MESSAGE(r.status == 200, path << " -> " << r.status << " " << r.raw);
@@ -1172,15 +1188,7 @@ BOOST_AUTO_TEST_CASE(audit_tampering_is_found_and_named) {
   BOOST_TEST(act("isolate", id)["state"] == "completed");
   // parryctl audit verify, as an administrator would run it.
   auto verify = [&](const std::string& log) {
-    child_process ctl{{env_or_fail("PARRY_BIN_DIR") + "/parryctl", "audit", "verify"},
-                      {{"PARRY_SERVER", base_url},
-                       {"PARRY_CACERT", (dir / "data/tls/cert.pem").string()},
-                       {"PARRY_TOKEN", token},
-                       {"PARRY_CONFIG", (dir / "no-credentials.json").string()}},
-                      (dir / log).string()};
-    int rc = ctl.wait(30s);
-    std::ifstream in{dir / log};
-    return std::pair{rc, std::string{std::istreambuf_iterator<char>{in}, {}}};
+    return parryctl({"audit", "verify"}, log);
   };
   auto [rc, out] = verify("verify-1.log");
   BOOST_TEST(rc == 0, out);
@@ -1266,18 +1274,6 @@ BOOST_AUTO_TEST_CASE(runs_as_a_service_ready_watched_measured_reloaded_backed_up
              std::string::npos);
 
   // The same from afar: parryctl admin backup streams a copy over HTTPS.
-  auto parryctl = [&](std::vector<std::string> args, const std::string& log) {
-    args.insert(args.begin(), env_or_fail("PARRY_BIN_DIR") + "/parryctl");
-    child_process ctl{args,
-                      {{"PARRY_SERVER", base_url},
-                       {"PARRY_CACERT", (dir / "data/tls/cert.pem").string()},
-                       {"PARRY_TOKEN", token},
-                       {"PARRY_CONFIG", (dir / "no-credentials.json").string()}},
-                      (dir / log).string()};
-    int rc = ctl.wait(120s);
-    std::ifstream in{dir / log};
-    return std::pair{rc, std::string{std::istreambuf_iterator<char>{in}, {}}};
-  };
   auto remote = (dir / "remote-backup.db").string();
   auto [ctl_rc, ctl_out] = parryctl({"admin", "backup", remote}, "ctl-backup.log");
   BOOST_TEST(ctl_rc == 0, ctl_out);
