@@ -937,9 +937,13 @@ std::vector<std::string> keys_needing_restart(const server_config& now,
   return out;
 }
 
-void copy_config_key(const server_config& from, server_config& to,
-                     const std::string& key) {
-  if (auto e = find(key)) e->copy(from, to);
+server_config reloaded_config(const server_config& running, const server_config& next,
+                              std::vector<std::string>& restart) {
+  restart = keys_needing_restart(running, next);
+  auto out = next;
+  for (const auto& key : restart)
+    find(key)->copy(running, out);
+  return out;
 }
 
 std::string config_reference_markdown() {

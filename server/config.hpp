@@ -192,9 +192,11 @@ std::string config_reference_markdown();
 std::vector<std::string> keys_needing_restart(const server_config& now,
                                               const server_config& next);
 
-/// Sets `key` of `to` to its value in `from` (nothing for an unknown key).
-void copy_config_key(const server_config& from, server_config& to,
-                     const std::string& key);
+/// What a reload (SIGHUP) applies to a server running with `running`: `next`, with
+/// every key that only a restart applies kept at its running value. `restart`
+/// receives those keys whose value differs (keys_needing_restart).
+server_config reloaded_config(const server_config& running, const server_config& next,
+                              std::vector<std::string>& restart);
 
 /// A TOML file of every key: each with its meaning, legal values and default as
 /// comments; keys set by the file, the environment or a flag are written out with

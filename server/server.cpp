@@ -838,33 +838,32 @@ bool server::alive(std::chrono::milliseconds timeout) {
 
 void server::reload(const server_config& next) {
   auto& m = *impl_;
-  // Everything that can fail is checked or made before anything changes: a reload
-  // applies whole or not at all.
   if (auto err = next.validate(); !err.empty())
     throw std::runtime_error("configuration: " + err);
-  auto policy = policy_of(next);
-  auto siem = make_siem(next);
+  // Keys only a restart applies keep their running values (session_idle_minutes
+  // must not reach auth while the api still tells the old one).
+  std::vector<std::string> restart;
+  auto applied = reloaded_config(m.cfg, next, restart);
+  // Everything that can fail is checked or made before anything changes: a reload
+  // applies whole or not at all.
+  auto policy = policy_of(applied);
+  auto siem = make_siem(applied);
   // The certificate files may have been replaced (the same paths): new connections
   // get them, open ones keep theirs.
   m.http->reload_certificate(m.tls.cert, m.tls.key);
-  configure_logging(next.log_level, next.log_format);
+  configure_logging(applied.log_level, applied.log_format);
   m.policy.set(std::move(policy));
-  m.auth.set(auth_config_of(next, m.metrics));
-  m.ingest.set(ingest_limits_of(next));
+  m.auth.set(auth_config_of(applied, m.metrics));
+  m.ingest.set(ingest_limits_of(applied));
   // The exporter starts again (its files may have been replaced too) from the
   // durable cursor: records in between go out after the reconnect, none is lost.
   if (auto old = *m.siem.get()) old->stop();
   if (siem) siem->start();
   m.siem.set(std::move(siem));
-  auto restart = keys_needing_restart(m.cfg, next);
+  m.cfg = std::move(applied);
   std::string needs_restart;
   for (const auto& key : restart)
     needs_restart += (needs_restart.empty() ? "" : ", ") + key;
-  // What a restart would apply stays as it runs now; the rest is the new config.
-  auto running = m.cfg;
-  m.cfg = next;
-  for (const auto& key : restart)
-    copy_config_key(running, m.cfg, key);
   spdlog::info("parryd: reloaded the TLS certificate, log settings, action policy, "
                "login and ingest limits and the SIEM export{}{}",
                needs_restart.empty() ? ""

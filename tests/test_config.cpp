@@ -455,10 +455,20 @@ BOOST_AUTO_TEST_CASE(a_reload_names_what_waits_for_a_restart) {
   next.admin_password = "another-long-secret";
   BOOST_TEST((keys_needing_restart(now, next) ==
               std::vector<std::string>{"http_port", "workers"}));
-  copy_config_key(next, now, "workers");
-  BOOST_TEST(now.workers == 3u);
-  BOOST_TEST((keys_needing_restart(now, next) == std::vector<std::string>{"http_port"}));
-  copy_config_key(next, now, "no_such_key");
+  // What a reload applies: the new values of keys that reload, the running ones of
+  // the rest (a session idle time must not reach auth while the api tells another).
+  next.session_idle_minutes = 1;
+  std::vector<std::string> restart;
+  auto applied = reloaded_config(now, next, restart);
+  BOOST_TEST((restart ==
+              std::vector<std::string>{"http_port", "session_idle_minutes", "workers"}));
+  BOOST_TEST(applied.session_idle_minutes == now.session_idle_minutes);
+  BOOST_TEST(applied.workers == now.workers);
+  BOOST_TEST(applied.http_port == now.http_port);
+  BOOST_TEST(applied.max_login_failures == 9);
+  BOOST_TEST(applied.log_level == "debug");
+  BOOST_TEST(applied.admin_password == "another-long-secret");
+  BOOST_TEST((keys_needing_restart(applied, next) == restart));
   // The reference and the template say which keys reload.
   bool any = false;
   for (const auto& k : config_keys())
