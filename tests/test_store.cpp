@@ -329,6 +329,69 @@ BOOST_AUTO_TEST_CASE(metrics_count_what_commits) {
   BOOST_TEST(has("parry_store_commit_duration_seconds_count"));
 }
 
+BOOST_AUTO_TEST_CASE(stats_are_counted_by_triggers_and_match_the_tables) {
+  auto stats = [&] {
+    auto r = request<std::string>(atom::query_v, atom::stats_v);
+    BOOST_REQUIRE(r->answered && r->value);
+    return nlohmann::json::parse(*r->value);
+  };
+  request<atom::ok>(atom::put_v, device("dev-1", true));
+  request<atom::ok>(atom::put_v, device("dev-2", false));
+  request<atom::ok>(atom::put_v, device("dev-1", false)); // an update, not a device
+  for (int i = 0; i < 3; ++i) {
+    incident_record rec;
+    rec.incident_id = "inc-" + std::to_string(i);
+    rec.device_id = "dev-1";
+    rec.created_at = 1;
+    rec.report.report_id = "rep-" + std::to_string(i);
+    rec.report.events.resize(static_cast<std::size_t>(i + 1));
+    request<std::string>(atom::put_v, rec);
+  }
+  // The same report again is the same incident: nothing more to count.
+  incident_record again;
+  again.incident_id = "inc-x";
+  again.device_id = "dev-1";
+  again.report.report_id = "rep-0";
+  request<std::string>(atom::put_v, again);
+  for (auto id : {"a-1", "a-2"})
+    request<atom::ok>(atom::put_v, action(id),
+                      transition{id, action_state::registered, 1, ""});
+  auto done = action("a-1");
+  done.state = action_state::completed;
+  request<atom::ok>(atom::update_v, done,
+                    transition{"a-1", action_state::completed, 2, ""});
+  // A write that rolls back leaves the counts as they were.
+  auto ghost = action("ghost");
+  ghost.state = action_state::completed;
+  request<atom::ok>(atom::update_v, ghost,
+                    transition{"ghost", action_state::completed, 3, ""});
+  auto expected =
+      nlohmann::json{{"devices", 2}, {"devices_online", 0}, {"incidents", 3},
+                     {"events", 6},  {"actions", 2},        {"actions_open", 1}};
+  BOOST_TEST(stats() == expected, stats().dump());
+  // A database from before the counts (no table, no triggers) is counted once at
+  // open, from its tables.
+  caf::anon_send_exit(st, caf::exit_reason::kill);
+  sched.run();
+  {
+    other_connection old{db_path};
+    old.exec("DROP TRIGGER counts_device_in; DROP TRIGGER counts_device_online; "
+             "DROP TRIGGER counts_device_out; DROP TRIGGER counts_incident_in; "
+             "DROP TRIGGER counts_incident_events; DROP TRIGGER counts_incident_out; "
+             "DROP TRIGGER counts_action_in; DROP TRIGGER counts_action_state; "
+             "DROP TRIGGER counts_action_out; DROP TABLE counts;");
+    old.exec("UPDATE devices SET online = 1 WHERE device_id = 'dev-2'");
+  }
+  st = sys.spawn(store_with, db_path, opts);
+  sched.run();
+  // Every device is offline after a start; the rest comes from the tables.
+  BOOST_TEST(stats() == expected, stats().dump());
+  request<atom::ok>(atom::put_v, device("dev-3", true));
+  expected["devices"] = 3;
+  expected["devices_online"] = 1;
+  BOOST_TEST(stats() == expected, stats().dump());
+}
+
 BOOST_AUTO_TEST_CASE(a_backup_is_the_live_database_checked_and_restores) {
   for (int i = 0; i < 20; ++i)
     request<atom::ok>(atom::audit_v, audit_entry{"alice", "login", "alice", "ok"});
