@@ -242,10 +242,13 @@ test("start process from its form runs and shows its output", async () => {
   await page.getByTestId("threat-response").click();
   await page.locator('[data-testid="threat-response-item"][data-action-type="start_process"]').click();
   await page.getByTestId("start-process-dialog").waitFor(wait);
-  const path = windows ? "C:\\Windows\\System32\\cmd.exe" : "/usr/bin/id";
+  // Binaries no scenario uses: the quarantine and delete tests before this one may
+  // have removed cmd.exe or /usr/bin/id from this very endpoint (they are images of
+  // scenario processes), and a removed binary stays gone.
+  const path = windows ? "C:\\Windows\\System32\\HOSTNAME.EXE" : "/usr/bin/uname";
   await page.getByTestId("start-process-path").fill(path);
   await page.getByTestId("start-process-workdir").fill(windows ? "C:\\Temp" : "/tmp");
-  await page.getByTestId("start-process-args").fill(windows ? "/c whoami" : "-u");
+  await page.getByTestId("start-process-args").fill(windows ? "" : "-n");
   await page.getByTestId("start-process-password").fill(passwords.admin);
   if (shots) await page.screenshot({ path: `${shots}/console-start-process.png` });
   // A relative path is refused by the form itself.
