@@ -524,7 +524,10 @@ response client::download(std::string_view method, std::string_view path,
   http::response_parser<http::file_body> body{std::move(head)};
   body.body_limit(boost::none); // the server's copy is as large as its database
   body.get().body().open(partial.c_str(), beast::file_mode::write_new, ec);
-  if (ec) throw client_error("cannot create " + partial + ": " + ec.message());
+  if (ec) {
+    d.drop(); // the body stays unread on this connection
+    throw client_error("cannot create " + partial + ": " + ec.message());
+  }
   while (!ec && !body.is_done()) {
     step();
     ec = d.run(
@@ -537,14 +540,22 @@ response client::download(std::string_view method, std::string_view path,
     std::filesystem::remove(partial, ignored);
     throw fail(ec);
   }
-  int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
-  bool synced = fd >= 0 && ::fsync(fd) == 0;
-  if (fd >= 0) ::close(fd);
-  if (!synced) {
+  // On disk before it gets its name, and the name on disk before success is told.
+  auto sync = [](const std::string& path, int flags) {
+    int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+    int err = fd < 0 || ::fsync(fd) != 0 ? errno : 0;
+    if (fd >= 0) ::close(fd);
+    return err;
+  };
+  if (int err = sync(partial, O_RDONLY); err != 0) {
     std::filesystem::remove(partial, ignored);
-    throw client_error("cannot write " + partial + " to disk: " + std::strerror(errno));
+    throw client_error("cannot write " + partial + " to disk: " + std::strerror(err));
   }
   std::filesystem::rename(partial, file);
+  auto parent = std::filesystem::absolute(file).parent_path().string();
+  if (int err = sync(parent, O_RDONLY | O_DIRECTORY); err != 0)
+    throw client_error("cannot write the directory " + parent +
+                       " to disk: " + std::strerror(err));
   if (!keep) d.drop();
   return out;
 }
