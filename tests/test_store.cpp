@@ -156,6 +156,15 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
                        1,    std::string(64, '0'), 1};
   }
 
+  /// Moves the stored action `id` to state `s` at `time` (µs), with its transition;
+  /// answers how the store replied.
+  std::shared_ptr<outcome<atom::ok>> move(const std::string& id, action_state s,
+                                          int64_t time) {
+    auto a = action(id);
+    a.state = s;
+    return request<atom::ok>(atom::update_v, a, transition{id, s, time, ""});
+  }
+
   action_record action(const std::string& id) {
     action_record a;
     a.action_id = id;
@@ -290,23 +299,11 @@ BOOST_AUTO_TEST_CASE(metrics_count_what_commits) {
   restart();
   request<atom::ok>(atom::put_v, action("a-1"),
                     transition{"a-1", action_state::registered, 1, ""});
-  auto sent = action("a-1");
-  sent.state = action_state::sent;
-  request<atom::ok>(atom::update_v, sent,
-                    transition{"a-1", action_state::sent, 1000, ""});
-  auto ack = sent;
-  ack.state = action_state::acknowledged;
-  request<atom::ok>(atom::update_v, ack,
-                    transition{"a-1", action_state::acknowledged, 3001000, ""});
-  auto done = ack;
-  done.state = action_state::completed;
-  request<atom::ok>(atom::update_v, done,
-                    transition{"a-1", action_state::completed, 4000001, ""});
+  move("a-1", action_state::sent, 1000);
+  move("a-1", action_state::acknowledged, 3001000);
+  move("a-1", action_state::completed, 4000001);
   // An update of a missing action rolls back: nothing of it is counted.
-  auto ghost = action("ghost");
-  ghost.state = action_state::completed;
-  request<atom::ok>(atom::update_v, ghost,
-                    transition{"ghost", action_state::completed, 9, ""});
+  BOOST_TEST(code(move("ghost", action_state::completed, 9)->err) == ec::not_found);
   auto text = opts.metrics->scrape();
   BOOST_TEST_INFO(text);
   auto has = [&](const std::string& line) {
@@ -356,15 +353,9 @@ BOOST_AUTO_TEST_CASE(stats_are_counted_by_triggers_and_match_the_tables) {
   for (auto id : {"a-1", "a-2"})
     request<atom::ok>(atom::put_v, action(id),
                       transition{id, action_state::registered, 1, ""});
-  auto done = action("a-1");
-  done.state = action_state::completed;
-  request<atom::ok>(atom::update_v, done,
-                    transition{"a-1", action_state::completed, 2, ""});
+  move("a-1", action_state::completed, 2);
   // A write that rolls back leaves the counts as they were.
-  auto ghost = action("ghost");
-  ghost.state = action_state::completed;
-  request<atom::ok>(atom::update_v, ghost,
-                    transition{"ghost", action_state::completed, 3, ""});
+  BOOST_TEST(code(move("ghost", action_state::completed, 3)->err) == ec::not_found);
   auto expected =
       nlohmann::json{{"devices", 2}, {"devices_online", 0}, {"incidents", 3},
                      {"events", 6},  {"actions", 2},        {"actions_open", 1}};
