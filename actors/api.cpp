@@ -731,6 +731,11 @@ void stats(call c) {
 /// sends the file and removes it). One at a time; each one is audited.
 void post_backup(call c) {
   auto& st = c.self->state;
+  // Only the exact path: the HTTPS front end waits long enough for a backup only
+  // for this spelling of it (no trailing slash, no escapes).
+  if (std::string_view{c.req.target}.substr(0, c.req.target.find('?')) !=
+      std::string{prefix} + "/backup")
+    return c.answer(ec::not_found, "no such endpoint; use POST /api/v1/backup");
   if (!st.backup) return c.answer(unavailable("backups are not available here"));
   if (st.backup_running)
     return c.answer(ec::conflict, "a backup is being taken; try again when it ends");

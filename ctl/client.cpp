@@ -523,11 +523,15 @@ response client::download(std::string_view method, std::string_view path,
   auto partial = file + ".partial";
   http::response_parser<http::file_body> body{std::move(head)};
   body.body_limit(boost::none); // the server's copy is as large as its database
-  body.get().body().open(partial.c_str(), beast::file_mode::write_new, ec);
-  if (ec) {
+  // Private from the first byte (it holds password hashes): 0600, never an existing
+  // file, not inherited by children.
+  int out_fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (out_fd < 0) {
+    int err = errno;
     d.drop(); // the body stays unread on this connection
-    throw client_error("cannot create " + partial + ": " + ec.message());
+    throw client_error("cannot create " + partial + ": " + std::strerror(err));
   }
+  body.get().body().file().native_handle(out_fd);
   while (!ec && !body.is_done()) {
     step();
     ec = d.run(
@@ -551,7 +555,13 @@ response client::download(std::string_view method, std::string_view path,
     std::filesystem::remove(partial, ignored);
     throw client_error("cannot write " + partial + " to disk: " + std::strerror(err));
   }
-  std::filesystem::rename(partial, file);
+  // link() never replaces: a FILE made meanwhile by someone else stays theirs.
+  if (::link(partial.c_str(), file.c_str()) != 0) {
+    int err = errno;
+    std::filesystem::remove(partial, ignored);
+    throw client_error("cannot name the copy " + file + ": " + std::strerror(err));
+  }
+  std::filesystem::remove(partial, ignored);
   auto parent = std::filesystem::absolute(file).parent_path().string();
   if (int err = sync(parent, O_RDONLY | O_DIRECTORY); err != 0)
     throw client_error("cannot write the directory " + parent +

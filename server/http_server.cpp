@@ -166,12 +166,23 @@ void ask_api(caf::actor_system& sys, const api_actor& api, api_waiter w, http_re
   };
   sys.spawn(
       [api, answer, timeout](caf::event_based_actor* a, http_request r) {
+        // Answered once, then done: by the api, by the timeout, or at once when the
+        // api ends (a shutdown), which drops the answers it owed without a word.
+        auto once = std::make_shared<bool>(false);
+        auto reply = [a, answer, once](http_response resp) {
+          if (*once) return;
+          *once = true;
+          answer(std::move(resp));
+          a->quit();
+        };
+        auto busy = [reply] {
+          reply(http_response{503, error_body("unavailable", "server busy"), {}, {}, {}});
+        };
+        a->monitor(api);
+        a->set_down_handler([busy](caf::down_msg&) { busy(); });
         a->request(api, timeout, std::move(r))
-            .then([answer](http_response& resp) { answer(std::move(resp)); },
-                  [answer](caf::error&) {
-                    answer(http_response{
-                        503, error_body("unavailable", "server busy"), {}, {}, {}});
-                  });
+            .then([reply](http_response& resp) { reply(std::move(resp)); },
+                  [busy](caf::error&) { busy(); });
       },
       std::move(r));
 }

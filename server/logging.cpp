@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 #include <spdlog/formatter.h>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
 namespace parry {
@@ -98,7 +99,11 @@ std::unique_ptr<spdlog::formatter> json_log_formatter() {
 
 void configure_logging(const std::string& level, const std::string& format) {
   spdlog::set_level(spdlog::level::from_str(level));
-  if (format == "json") spdlog::set_formatter(json_log_formatter());
+  // Both ways: a reload may turn JSON lines back into text.
+  if (format == "json")
+    spdlog::set_formatter(json_log_formatter());
+  else
+    spdlog::set_formatter(std::make_unique<spdlog::pattern_formatter>());
 }
 
 } // namespace parry

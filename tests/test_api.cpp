@@ -896,6 +896,9 @@ BOOST_AUTO_TEST_CASE(a_backup_is_for_administrators_one_at_a_time_and_audited) {
   auto so = login("sofia", "officer-password");
   BOOST_TEST(as(so, "POST", "/api/v1/backup").status == 403);
   BOOST_TEST(as(s, "GET", "/api/v1/backup").status == 405);
+  // Other spellings of the path would get the front end's short wait: refused.
+  for (const char* other : {"/api/v1/backup/", "/api/v1//backup", "/api/v1/back%75p"})
+    BOOST_TEST(as(s, "POST", other).status == 404, other);
 
   auto backup_request = [&] {
     http_request r;

@@ -22,6 +22,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/details/log_msg.h>
 #include <spdlog/formatter.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 using namespace parry;
 using namespace std::chrono_literals;
@@ -551,6 +553,26 @@ nlohmann::json json_line(const std::string& text) {
   BOOST_REQUIRE(!out.empty() && out.back() == '\n');
   BOOST_TEST(out.find('\n') == out.size() - 1);
   return nlohmann::json::parse(out);
+}
+
+// Reproduction: a reload from json back to text kept the JSON lines.
+BOOST_AUTO_TEST_CASE(log_format_switches_both_ways) {
+  std::ostringstream out;
+  auto logger = std::make_shared<spdlog::logger>(
+      "format-switch", std::make_shared<spdlog::sinks::ostream_sink_mt>(out));
+  spdlog::register_logger(logger);
+  auto line = [&] {
+    out.str("");
+    logger->warn("hello");
+    return out.str();
+  };
+  configure_logging("info", "json");
+  BOOST_TEST(line().front() == '{');
+  configure_logging("info", "text");
+  auto text = line();
+  BOOST_TEST(text.front() == '[');
+  BOOST_TEST(text.find("hello") != std::string::npos);
+  spdlog::drop("format-switch");
 }
 
 BOOST_AUTO_TEST_CASE(json_lines_carry_the_tags_as_fields) {

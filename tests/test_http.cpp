@@ -168,6 +168,30 @@ BOOST_AUTO_TEST_CASE(connections_are_capped_per_source_and_in_total_and_counted)
   caf::anon_send_exit(api, caf::exit_reason::user_shutdown);
 }
 
+// Reproduction: a request the api held when it ended (a shutdown during a backup)
+// waited out the front end's whole timeout, and the actor system's end with it.
+BOOST_AUTO_TEST_CASE(an_api_that_ends_owing_an_answer_is_a_503_at_once) {
+  auto api = sys->spawn(mock_api, true, seen);
+  uint16_t port = 0;
+  auto server = start(api, {}, port);
+  std::atomic<int> status{0};
+  std::thread t{[&] {
+    try {
+      auto cl = make_client(port);
+      status = cl.request("GET", "/api/v1/health", nullptr, {}, 25s).status;
+    } catch (const client_error&) {
+      status = -1; // no answer in 25 s
+    }
+  }};
+  BOOST_REQUIRE(poll_until([&] { return seen->load() == 1; }, 10s));
+  caf::anon_send_exit(api, caf::exit_reason::user_shutdown);
+  // Well before the front end's own 30 s.
+  BOOST_TEST(poll_until([&] { return status.load() != 0; }, 10s));
+  t.join();
+  BOOST_TEST(status.load() == 503);
+  server.reset();
+}
+
 BOOST_AUTO_TEST_CASE(an_answer_after_the_server_stopped_lands_nowhere_harmful) {
   auto api = sys->spawn(mock_api, true, seen);
   uint16_t port = 0;

@@ -1280,6 +1280,10 @@ BOOST_AUTO_TEST_CASE(runs_as_a_service_ready_watched_measured_reloaded_backed_up
   BOOST_TEST(ctl_out.find("audit records") != std::string::npos, ctl_out);
   BOOST_TEST(run({"--check-backup", remote}, "check-remote.log") == 0);
   BOOST_TEST(!std::filesystem::exists(remote + ".partial"));
+  // As private as the data directory: it holds password and token hashes.
+  BOOST_TEST(
+      (std::filesystem::status(remote).permissions() ==
+       (std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)));
   // Nothing stays behind on the server, and an existing file is never overwritten.
   BOOST_TEST(std::filesystem::is_empty(dir / "data/outgoing"));
   auto size = std::filesystem::file_size(remote);
@@ -1352,6 +1356,26 @@ BOOST_AUTO_TEST_CASE(runs_as_a_service_ready_watched_measured_reloaded_backed_up
       },
       60s));
   BOOST_TEST(get("/stats")["siem"]["tls_failures"] == 0);
+  // The exporter the reload started ships what happens after it too.
+  auto head_seq = [&] { return get("/audit?limit=1")["head"]["seq"].get<int64_t>(); };
+  auto before_login = head_seq();
+  {
+    client fresh_login{base_url, tls_options{(fresh / "cert.pem").string(), false}};
+    BOOST_REQUIRE_EQUAL(fresh_login
+                            .post("/api/v1/login", json{{"username", "admin"},
+                                                        {"password", admin_password}})
+                            .status,
+                        200);
+  }
+  int64_t newest = 0;
+  BOOST_REQUIRE(eventually([&] { return (newest = head_seq()) > before_login; }));
+  BOOST_TEST(eventually(
+      [&] {
+        return log_tail((dir / "siem.log").string(), 100000)
+                   .find("externalId=" + std::to_string(newest) + " ") !=
+               std::string::npos;
+      },
+      60s));
 
   // Every log line is one JSON object; lines about an action name it as a field.
   std::ifstream in{server->log_file()};

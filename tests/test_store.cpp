@@ -360,6 +360,16 @@ BOOST_AUTO_TEST_CASE(stats_are_counted_by_triggers_and_match_the_tables) {
       nlohmann::json{{"devices", 2}, {"devices_online", 0}, {"incidents", 3},
                      {"events", 6},  {"actions", 2},        {"actions_open", 1}};
   BOOST_TEST(stats() == expected, stats().dump());
+  // An action whose row went in (and was counted) before its transition failed is
+  // rolled back with its count.
+  other_connection(db_path).exec(
+      "CREATE TRIGGER refuse_a3 BEFORE INSERT ON transitions WHEN NEW.action_id = 'a-3' "
+      "BEGIN SELECT RAISE(ABORT, 'refused'); END;");
+  auto refused = request<atom::ok>(atom::put_v, action("a-3"),
+                                   transition{"a-3", action_state::registered, 4, ""});
+  BOOST_TEST(bool(refused->err));
+  BOOST_TEST(stats() == expected, stats().dump());
+  other_connection(db_path).exec("DROP TRIGGER refuse_a3");
   // A database from before the counts (no table, no triggers) is counted once at
   // open, from its tables.
   caf::anon_send_exit(st, caf::exit_reason::kill);
