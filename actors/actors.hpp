@@ -276,6 +276,15 @@ using backup_actor = caf::typed_actor<
     // ec::storage (the reason is logged) when it cannot.
     caf::replies_to<atom::backup>::with<std::string, int64_t, int64_t, std::string>>;
 
+/// Copies the store's write-ahead log into the database file from a connection of
+/// its own (actors/checkpointer.hpp), so that no commit of the store waits for it.
+using checkpointer_actor = caf::typed_actor<
+    // Checkpoints now; answers the pages in the log and how many of them are in the
+    // database file after it. Fails with ec::storage when SQLite says no.
+    caf::replies_to<atom::flush>::with<int64_t, int64_t>,
+    // The timer: checkpoints, then asks again after the interval.
+    caf::reacts_to<atom::check>>;
+
 /// Slow password hashing, on a thread of its own so it never stalls other actors.
 using hasher_actor = caf::typed_actor<
     // Checks a password against a stored account.

@@ -76,6 +76,7 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
     if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
     if (why = validate_report(*m); !why.empty()) return invalid(why);
     normalize_hashes(*m);
+    m->wire.assign(body.data(), body.size()); // stored as it came (the store)
     uint64_t bytes = 0;
     if (gauge != nullptr) {
       bytes = std::max<uint64_t>(body.size(), 1); // given back by the store

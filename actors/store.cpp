@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/error.hpp"
+#include "actors/incident.hpp"
 #include "actors/json.hpp"
 #include "bus/codec.hpp"
 #include "bus/integrator.hpp"
@@ -309,6 +310,8 @@ std::optional<incident_record> load_incident(store_state& st, const std::string&
   auto rep = bus::decode<bus::incident_report>(q.blob(4), lim, why);
   if (!rep) throw std::runtime_error("stored incident " + id + " unreadable: " + why);
   r.report = std::move(*rep);
+  // Stored as the agent sent it: hashes in the form the server compares.
+  normalize_hashes(r.report);
   return r;
 }
 
@@ -945,6 +948,12 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
     if (sqlite3_busy_timeout(st.db, static_cast<int>(opts.busy_timeout.count())) !=
         SQLITE_OK)
       throw std::runtime_error(sqlite3_errmsg(st.db));
+    // Checkpoints are the checkpointer's (actors/checkpointer.hpp), not a commit's.
+    exec(st.db, ("PRAGMA wal_autocheckpoint=" +
+                 std::to_string(std::max(opts.wal_autocheckpoint_pages, 0)) +
+                 "; PRAGMA journal_size_limit=" +
+                 std::to_string(std::max<int64_t>(opts.wal_keep_bytes, 0)) + ";")
+                    .c_str());
     exec(st.db, schema);
     // Tokens from before expiry: give them an id (they keep no expiry, 0).
     if (stmt cols{st,
@@ -1070,7 +1079,11 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
               s.bind(9, r.report.key_event_id);
               s.bind(10, static_cast<int64_t>(r.report.events.size()));
-              s.bind_blob(11, bus::encode(r.report));
+              // As it came off the bus, decoded and checked (gateway_bridge.cpp).
+              if (r.report.wire.empty())
+                s.bind_blob(11, bus::encode(r.report));
+              else
+                s.bind_blob(11, r.report.wire);
               s.step();
               count_on_commit(st, [](server_metrics& m) { m.incident_stored(); });
             },

@@ -72,6 +72,12 @@ struct store_options {
   /// A page of a list read stops growing once its JSON passes this many bytes
   /// (it always holds at least one row).
   size_t max_page_bytes = 4 << 20;
+  /// Log pages after which a commit checkpoints by itself. The checkpointer
+  /// (actors/checkpointer.hpp) does that work off the commit path; this is only the
+  /// safety net should it stop (0: never).
+  int wal_autocheckpoint_pages = 262144;
+  /// Bytes the log file keeps when it starts over (it is truncated to this).
+  int64_t wal_keep_bytes = 64 << 20;
   /// Incidents in flight between the bus and the store (may be null): each one is
   /// taken off once its write was handled.
   std::shared_ptr<ingest_gauge> ingest;

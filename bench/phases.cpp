@@ -1,9 +1,12 @@
 #include "bench/phases.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 
@@ -189,12 +192,65 @@ void connect_fleet(server_under_test& srv, fleet& devices, results& res) {
   res.rss_bench = rss_kib(srv.pid());
 }
 
+/// Incidents stored over time, read from /stats every 100 ms on a thread of its own
+/// (the bench's own thread is busy sending), until it is destroyed.
+class stored_sampler {
+public:
+  explicit stored_sampler(server_under_test& srv) : client_(srv.another_client()) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~stored_sampler() {
+    stop_ = true;
+    thread_.join();
+  }
+  /// The slowest whole second between `from` and `to` in incidents/s; -1 when
+  /// there is no whole second between two samples in that span.
+  double slowest_second(steady::time_point from, steady::time_point to) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    double slowest = -1;
+    for (std::size_t i = 0, j = 0; i < samples_.size(); ++i) {
+      if (samples_[i].first < from) continue;
+      j = std::max(j, i);
+      while (j < samples_.size() && samples_[j].first < samples_[i].first + 1s)
+        ++j;
+      if (j == samples_.size() || samples_[j].first > to) break;
+      double secs = ms_between(samples_[i].first, samples_[j].first) / 1000.0;
+      double rate = static_cast<double>(samples_[j].second - samples_[i].second) / secs;
+      if (slowest < 0 || rate < slowest) slowest = rate;
+    }
+    return slowest;
+  }
+
+private:
+  void run() {
+    while (!stop_) {
+      auto t = steady::now();
+      try {
+        auto r = client_->get("/api/v1/stats");
+        if (r.status == 200) {
+          std::lock_guard<std::mutex> guard{mtx_};
+          samples_.emplace_back(t, stat_of(r.body, "incidents"));
+        }
+      } catch (const std::exception&) {
+        // A slow answer under load: the next sample.
+      }
+      std::this_thread::sleep_until(t + 100ms); // a sampling period, not a wait
+    }
+  }
+  std::unique_ptr<parry::client> client_;
+  std::mutex mtx_;
+  std::vector<std::pair<steady::time_point, std::size_t>> samples_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair>& frames,
             results& res) {
   const std::size_t m = frames.size();
   auto before = stat_of(srv.get("/stats"), "incidents");
   auto cpu0 = cpu_secs(srv.pid());
   auto threads0 = cpu_by_thread(srv.pid());
+  stored_sampler sampler{srv};
   auto t0 = steady::now();
   auto sent = devices.blast(frames, t0 + 60s);
   res.send_secs = ms_between(t0, steady::now()) / 1000.0;
@@ -206,8 +262,10 @@ void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair
   auto [st, done] = wait_stats(
       srv, devices, [&](const json& s) { return stat_of(s, "incidents") >= before + m; },
       std::max(left, std::chrono::milliseconds{0}));
-  res.ingest_secs = ms_between(t0, steady::now()) / 1000.0;
+  auto t_done = steady::now();
+  res.ingest_secs = ms_between(t0, t_done) / 1000.0;
   res.ingest_cpu = cpu_secs(srv.pid()) - cpu0;
+  res.slowest_window_rate = sampler.slowest_second(t0, t_done);
   std::string per_thread;
   for (auto& [name, secs] : cpu_by_thread(srv.pid()))
     if (auto used = secs - threads0[name]; used >= 0.01)

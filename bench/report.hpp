@@ -50,6 +50,9 @@ struct results {
   double send_secs = 0;   ///< first send -> last report queued by the bench
   double ingest_secs = 0; ///< first send -> /stats shows every report stored
   std::size_t stored = 0;
+  /// Incidents stored per second in the slowest whole second of ingest (from
+  /// /stats sampled every 100 ms); -1 when ingest took less than two seconds.
+  double slowest_window_rate = -1;
   double ingest_cpu = 0;       ///< parryd CPU seconds from first send to all stored
   double rounds_secs = 0;      ///< wall time of the isolate/release rounds
   double rounds_cpu = 0;       ///< parryd CPU seconds during the rounds

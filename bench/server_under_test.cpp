@@ -130,7 +130,15 @@ void server_under_test::login() {
     throw std::runtime_error("token failed: " + std::to_string(tok.status) + " " +
                              tok.raw);
   api_->clear_cookies();
-  api_->set_bearer(tok.body["token"].get<std::string>());
+  token_ = tok.body["token"].get<std::string>();
+  api_->set_bearer(token_);
+}
+
+std::unique_ptr<parry::client> server_under_test::another_client() const {
+  auto c = std::make_unique<parry::client>(
+      base_url_, parry::tls_options{(dir_ / "data/tls/cert.pem").string(), false});
+  c->set_bearer(token_);
+  return c;
 }
 
 json server_under_test::get(const std::string& path) {

@@ -62,6 +62,8 @@ public:
   nlohmann::json get(const std::string& path);
 
   parry::client& api() { return *api_; }
+  /// Another client with the same token, for a thread of its own (login() first).
+  std::unique_ptr<parry::client> another_client() const;
   pid_t pid() const { return proc_ ? proc_->pid() : -1; }
   bool running() { return proc_ && proc_->running(); }
   const std::string& bus_endpoint() const { return bus_; }
@@ -82,6 +84,7 @@ private:
   std::filesystem::path dir_;
   std::unique_ptr<parry::child_process> proc_;
   std::unique_ptr<parry::client> api_;
+  std::string token_;
   std::string base_url_;
   std::string bus_;
   int uncaught_ = std::uncaught_exceptions();

@@ -107,6 +107,10 @@ struct incident_report {
   detection det;
   std::string key_event_id; ///< Event holding the threat detection object.
   std::vector<activity_event> events;
+  /// Not a field on the wire: the msgpack bytes this report was decoded from, kept
+  /// by the server so that the store writes them as they came instead of encoding
+  /// the report again. Empty for a report built in memory.
+  std::string wire;
   MSGPACK_DEFINE_MAP(report_id, det, key_event_id, events)
 };
 
@@ -214,7 +218,7 @@ template <class Inspector> auto inspect(Inspector& f, detection& x) {
   return f(x.name, x.severity, x.engine);
 }
 template <class Inspector> auto inspect(Inspector& f, incident_report& x) {
-  return f(x.report_id, x.det, x.key_event_id, x.events);
+  return f(x.report_id, x.det, x.key_event_id, x.events, x.wire);
 }
 template <class Inspector> auto inspect(Inspector& f, action_result& x) {
   return f(x.action_id, x.ok, x.error, x.effect);

@@ -109,6 +109,19 @@ struct server_metrics::impl {
                                        "together")
                                  .Register(*registry)
                                  .Add({});
+  prometheus::Histogram& checkpoint =
+      prometheus::BuildHistogram()
+          .Name("parry_store_checkpoint_duration_seconds")
+          .Help("Time of one checkpoint of the store's write-ahead log (copy into the "
+                "database file and fsync), made off the commit path")
+          .Register(*registry)
+          .Add({}, fast_buckets);
+  prometheus::Gauge& wal_pages = prometheus::BuildGauge()
+                                     .Name("parry_store_wal_pages")
+                                     .Help("Pages in the store's write-ahead log at the "
+                                           "last checkpoint")
+                                     .Register(*registry)
+                                     .Add({});
   prometheus::Counter& incidents = prometheus::BuildCounter()
                                        .Name("parry_incidents_stored_total")
                                        .Help("EDR incidents stored")
@@ -180,6 +193,11 @@ void server_metrics::store_commit(double seconds, std::size_t writes) {
   impl_->commit.Observe(seconds);
   impl_->writes.Increment(double(writes));
   impl_->batch.Set(double(writes));
+}
+
+void server_metrics::store_checkpoint(double seconds, int64_t log_pages) {
+  impl_->checkpoint.Observe(seconds);
+  impl_->wal_pages.Set(double(log_pages));
 }
 
 void server_metrics::incident_stored() {

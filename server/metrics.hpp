@@ -45,6 +45,8 @@ public:
   /// reports as a bad downcast inside CAF; what waits for the store is the ingest
   /// gauge, reports in flight.)
   void store_commit(double seconds, std::size_t writes);
+  /// A checkpoint of the store's log took `seconds`; the log held `log_pages` pages.
+  void store_checkpoint(double seconds, int64_t log_pages);
   /// An incident stored.
   void incident_stored();
   /// An audit record appended, by kind (login_failed, account_locked, ...).

@@ -25,6 +25,7 @@
 #include "actors/api.hpp"
 #include "actors/auth.hpp"
 #include "actors/bus_keys.hpp"
+#include "actors/checkpointer.hpp"
 #include "actors/directory.hpp"
 #include "actors/error.hpp"
 #include "actors/gateway_bridge.hpp"
@@ -608,6 +609,10 @@ void server::start() {
   m.store = m.sys.spawn<caf::detached>(store_with, cfg.data_dir + "/parry.db", sopts);
   keep(m.store);
   ask<std::string>(m.sys, m.store, atom::query_v, atom::stats_v);
+  // Copies the log into the file off the store's commits (actors/checkpointer.hpp).
+  checkpointer_options copts;
+  copts.metrics = m.metrics;
+  keep(m.sys.spawn<caf::detached>(checkpointer, cfg.data_dir + "/parry.db", copts));
   // Files made before this start (or under another umask) are closed too.
   make_private_dir(cfg.data_dir);
   if (auto s = *m.siem.get()) s->start();

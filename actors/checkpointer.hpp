@@ -1,0 +1,53 @@
+#pragma once
+
+// The store's checkpoints, off its commit path. In WAL mode every commit appends to
+// the log; a checkpoint copies the log's pages into the database file and fsyncs it.
+// SQLite does that by default inside the COMMIT that crosses 1,000 pages, so one
+// writer's commit in a thousand paid for all the others (the stall the bench saw).
+// The store turns that off (store_options::wal_autocheckpoint_pages keeps only a
+// safety net) and this actor checkpoints from a connection of its own, on a timer.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/typed_event_based_actor.hpp>
+
+#include "actors/actors.hpp"
+
+struct sqlite3;
+
+namespace parry {
+
+class server_metrics;
+
+struct checkpointer_options {
+  /// Time between checkpoints; zero: only when asked (atom::flush).
+  std::chrono::milliseconds every{1000};
+  /// Log pages from which a checkpoint also restarts the log: it waits (at most
+  /// `restart_wait`) for the writer's transaction in progress so that the next one
+  /// writes the log from its start. A log that readers or a busy writer never let
+  /// catch up stays bounded by this, not by the writer's safety net.
+  int64_t restart_pages = 16384;
+  std::chrono::milliseconds restart_wait{1000};
+  /// Prometheus metrics (may be null): checkpoint time and log size.
+  std::shared_ptr<server_metrics> metrics;
+};
+
+struct checkpointer_state {
+  static inline constexpr const char* name = "store checkpointer";
+  ~checkpointer_state();
+  sqlite3* db = nullptr;
+  checkpointer_options opts;
+  /// True while checkpoints fail: the failure is logged once, and the recovery.
+  bool failing = false;
+};
+
+/// Checkpoints the WAL of the database at `path` (which the store made: it is not
+/// created here). Spawn it detached: a checkpoint writes and fsyncs the file.
+checkpointer_actor::behavior_type
+checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
+             std::string path, checkpointer_options opts);
+
+} // namespace parry
