@@ -72,6 +72,7 @@ std::string gateway::start() {
   sock->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(opts_.hard_frame));
   sock->set(zmq::sockopt::linger, 0);
   sock->set(zmq::sockopt::rcvhwm, opts_.rcvhwm);
+  if (opts_.backlog > 0) sock->set(zmq::sockopt::backlog, opts_.backlog);
   sock->set(zmq::sockopt::sndhwm, 100000);
   if (opts_.heartbeat_ivl.count() > 0) {
     sock->set(zmq::sockopt::heartbeat_ivl, static_cast<int>(opts_.heartbeat_ivl.count()));
@@ -254,11 +255,12 @@ void gateway::on_monitor_event() {
     std::memcpy(&id, event.data(), sizeof id);
     std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof value);
     if (id == ZMQ_EVENT_ACCEPTED) {
-      ++open_connections_;
+      stats_.connections_open = ++open_connections_;
       continue;
     }
     if (id != ZMQ_EVENT_DISCONNECTED && id != ZMQ_EVENT_CLOSED) continue;
     if (open_connections_ > 0) --open_connections_;
+    stats_.connections_open = open_connections_;
     auto fd = static_cast<int>(value);
     if (auto i = fd_device_.find(fd); i != fd_device_.end()) {
       live_fd_.erase(i->second);

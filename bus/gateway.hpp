@@ -43,7 +43,9 @@ struct gateway_stats {
   std::atomic<uint64_t> unreachable{0}; ///< Outbound to a peer that is not connected.
   /// Inbound messages refused, per refusal_kind.
   std::array<std::atomic<uint64_t>, refusal_kinds> refused{};
-  std::atomic<uint64_t> rejected_sent{0};   ///< `rejected` answers written.
+  std::atomic<uint64_t> rejected_sent{0}; ///< `rejected` answers written.
+  /// Connections open now (accepted, not yet ended; CURVE only: 0 on plain TCP).
+  std::atomic<uint64_t> connections_open{0};
   std::atomic<uint64_t> log_suppressed{0};  ///< Warnings held back by the rate limit.
   std::atomic<uint64_t> dropped_stopped{0}; ///< Outbound queued after stop().
   /// CURVE only: handshakes admitted, and refused by reason (bus/zap.hpp).
@@ -85,6 +87,9 @@ struct gateway_options {
   std::size_t hard_frame = 0;
   /// Inbound messages buffered per connection before libzmq stops reading it.
   int rcvhwm = 1000;
+  /// Connections the kernel queues on the endpoint before libzmq accepts them
+  /// (ZMQ_BACKLOG); 0 keeps libzmq's default (100).
+  int backlog = 0;
   /// ZMTP heartbeat: ping each connection this often, drop it after `timeout`
   /// without traffic. 0 turns it off.
   std::chrono::milliseconds heartbeat_ivl{5000};

@@ -1,6 +1,7 @@
 #include "server/config.hpp"
 
 #include <arpa/inet.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cctype>
@@ -544,6 +545,20 @@ const std::vector<entry>& table() {
           "CURVE encryption and ZAP on every bus endpoint: only enrolled agent keys and "
           "registered integrator keys connect (false: plain TCP, for a closed lab only)",
           either()),
+      key("bus_max_connections", &C::bus_max_connections, "PARRY_BUS_MAX_CONNECTIONS",
+          "--bus-max-connections",
+          "agent connections open at once on bus_endpoint; with CURVE more are refused "
+          "at the handshake (0: the open-files limit minus bus_fd_reserve)",
+          range{0, 10000000, "connections"}),
+      key("bus_fd_reserve", &C::bus_fd_reserve, "PARRY_BUS_FD_RESERVE",
+          "--bus-fd-reserve",
+          "descriptors kept for HTTPS, the store, enrollment and integrators when "
+          "bus_max_connections is 0",
+          range{64, 1000000, "descriptors"}),
+      key("bus_backlog", &C::bus_backlog, "PARRY_BUS_BACKLOG", "--bus-backlog",
+          "connections the kernel queues on bus_endpoint before they are accepted "
+          "(ZMQ_BACKLOG, capped by net.core.somaxconn)",
+          range{1, 65535, "connections"}),
       key("bus_enroll_endpoint", &C::bus_enroll_endpoint, "PARRY_BUS_ENROLL_ENDPOINT",
           "--bus-enroll-endpoint",
           "ZeroMQ endpoint where agents enroll with a token (CURVE only)", endpoint()),
@@ -935,6 +950,25 @@ std::vector<std::string> keys_needing_restart(const server_config& now,
     if (!e.info.reloads && !e.info.secret && e.toml(now) != e.toml(next))
       out.push_back(e.info.key);
   return out;
+}
+
+std::size_t bus_connection_cap(const server_config& cfg, std::size_t fd_limit) {
+  if (cfg.bus_max_connections > 0) return cfg.bus_max_connections;
+  if (fd_limit >= 2 * std::size_t{cfg.bus_fd_reserve})
+    return fd_limit - cfg.bus_fd_reserve;
+  return std::max<std::size_t>(fd_limit / 2, 1);
+}
+
+std::size_t raise_open_files_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlimit up = rl;
+    up.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
+  }
+  return rl.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20
+                                      : static_cast<std::size_t>(rl.rlim_cur);
 }
 
 server_config reloaded_config(const server_config& running, const server_config& next,

@@ -23,6 +23,15 @@ struct server_config {
   std::string bus_endpoint = "tcp://127.0.0.1:7400";
   /// CURVE and ZAP on every bus endpoint (false: plain TCP, closed labs only).
   bool bus_curve = true;
+  /// Agent connections open at once on bus_endpoint (CURVE: refused at the
+  /// handshake beyond it); 0: the descriptor limit minus bus_fd_reserve.
+  uint32_t bus_max_connections = 0;
+  /// Descriptors left for everything but agent connections when
+  /// bus_max_connections is 0 (REST, the store, enrollment, integrators).
+  uint32_t bus_fd_reserve = 2048;
+  /// Connections the kernel queues for bus_endpoint before libzmq accepts them
+  /// (ZMQ_BACKLOG; the kernel caps it at net.core.somaxconn).
+  uint32_t bus_backlog = 4096;
   /// ROUTER endpoint where agents enroll (CURVE only), its handshake rate and its
   /// open connections at most.
   std::string bus_enroll_endpoint = "tcp://127.0.0.1:7401";
@@ -197,6 +206,15 @@ std::vector<std::string> keys_needing_restart(const server_config& now,
 /// receives those keys whose value differs (keys_needing_restart).
 server_config reloaded_config(const server_config& running, const server_config& next,
                               std::vector<std::string>& restart);
+
+/// Agent connections the bus admits at once (bus_max_connections), or, when that
+/// is 0, the open-files limit `fd_limit` minus bus_fd_reserve; a limit smaller than
+/// twice the reserve gives half the limit, so the rest of the server keeps half.
+std::size_t bus_connection_cap(const server_config& cfg, std::size_t fd_limit);
+
+/// Raises this process's soft open-files limit to its hard limit and answers the
+/// soft limit then in force.
+std::size_t raise_open_files_limit();
 
 /// A TOML file of every key: each with its meaning, legal values and default as
 /// comments; keys set by the file, the environment or a flag are written out with

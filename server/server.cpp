@@ -322,6 +322,7 @@ nlohmann::json gateway_json(const bus::gateway_stats& s) {
                         {"zap_refused_live", s.zap_refused_live.load()},
                         {"zap_refused_malformed", s.zap_refused_malformed.load()},
                         {"zap_refused_busy", s.zap_refused_busy.load()},
+                        {"connections_open", s.connections_open.load()},
                         {"revoked_cut", s.revoked_cut.load()},
                         {"events_published", s.events_published.load()},
                         {"events_dropped", s.events_dropped.load()},
@@ -340,6 +341,7 @@ void collect_stats(const nlohmann::json& stats, const device_counters& devices,
   // Each bus endpoint's counters, labelled by endpoint.
   std::map<std::string, std::vector<metric_sample>> bus;
   std::vector<metric_sample> refused;
+  std::vector<metric_sample> open_now;
   for (const char* endpoint : {"bus", "enrollment", "integrators"}) {
     if (!stats.contains(endpoint)) continue;
     for (const auto& [key, v] : stats[endpoint].items()) {
@@ -348,9 +350,16 @@ void collect_stats(const nlohmann::json& stats, const device_counters& devices,
           refused.push_back({{{"endpoint", endpoint}, {"reason", reason}}, number(n)});
         continue;
       }
+      if (key == "connections_open") {
+        open_now.push_back({{{"endpoint", endpoint}}, number(v)});
+        continue;
+      }
       bus[key].push_back({{{"endpoint", endpoint}}, number(v)});
     }
   }
+  out.push_back(gauge_family("parry_bus_connections_open",
+                             "Bus connections open now, by endpoint (CURVE only)",
+                             std::move(open_now)));
   for (auto& [key, samples] : bus)
     out.push_back(counter_family("parry_bus_" + key + "_total",
                                  "Bus counter " + key + " by endpoint (see /stats)",
@@ -645,6 +654,24 @@ void server::start() {
     gopts.curve = bus::curve_server_options{m.own_keys->curve.public_z85,
                                             m.own_keys->curve.secret_z85, m.keys,
                                             bus::zap_domain::agents};
+  }
+  // Agent connections stop short of the open-files limit: REST, the store and the
+  // other endpoints keep descriptors whatever the agents do.
+  auto fd_limit = raise_open_files_limit();
+  auto cap = bus_connection_cap(cfg, fd_limit);
+  gopts.backlog = static_cast<int>(cfg.bus_backlog);
+  if (gopts.curve) {
+    gopts.curve->max_connections = cap;
+    spdlog::info("bus: at most {} agent connections (open-files limit {})", cap,
+                 fd_limit);
+    if (cap + 64 > fd_limit)
+      spdlog::warn("bus: bus_max_connections = {} leaves almost no descriptors of the "
+                   "{} this process may open for REST and the store",
+                   cap, fd_limit);
+  } else {
+    spdlog::warn("bus: plain TCP: agent connections are not capped (open-files limit "
+                 "{}); use CURVE outside a closed lab",
+                 fd_limit);
   }
   auto dir_slot = std::make_shared<directory_actor>();
   auto filter = std::make_shared<inbound_filter>(limits, m.ingest, gauge);

@@ -607,9 +607,10 @@ struct curve_bed {
   std::string ep;
   zmq::context_t ctx;
 
-  curve_bed() {
+  explicit curve_bed(std::size_t max_connections = 0) {
     gateway_options o;
     o.curve = curve_server_options{server.public_z85, server.secret_z85, keys};
+    o.curve->max_connections = max_connections;
     o.heartbeat_ivl = std::chrono::milliseconds{0};
     gw = std::make_unique<gateway>(
         "tcp://127.0.0.1:*", decode_limits{},
@@ -688,6 +689,36 @@ BOOST_AUTO_TEST_CASE(curve_admits_only_enrolled_keys_each_as_its_own_device) {
   BOOST_REQUIRE(bed.within([&] { return bed.gw->stats().zap_refused_live.load() >= 1; }));
   curve_bed::heartbeat_from(a, "dev-a");
   BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-a") == 2; }));
+}
+
+BOOST_AUTO_TEST_CASE(connections_past_the_cap_are_refused_busy_and_counted) {
+  curve_bed bed{2};
+  std::vector<curve_key_pair> kp;
+  for (int i = 0; i < 3; ++i) {
+    kp.push_back(generate_curve_key_pair());
+    bed.keys->admit(raw_key(kp.back().public_z85),
+                    {key_identity::kind_t::agent, "dev-" + std::to_string(i), ""});
+  }
+  auto a0 = bed.agent(kp[0], "dev-0");
+  auto a1 = bed.agent(kp[1], "dev-1");
+  curve_bed::heartbeat_from(a0, "dev-0");
+  curve_bed::heartbeat_from(a1, "dev-1");
+  BOOST_REQUIRE(bed.within(
+      [&] { return bed.seen_from("dev-0") == 1 && bed.seen_from("dev-1") == 1; }));
+  BOOST_TEST(bed.gw->stats().connections_open.load() == 2u);
+  // A third enrolled device finds the cap full: refused at the handshake, counted.
+  auto a2 = bed.agent(kp[2], "dev-2");
+  curve_bed::heartbeat_from(a2, "dev-2");
+  BOOST_REQUIRE(bed.within([&] { return bed.gw->stats().zap_refused_busy.load() >= 1; }));
+  BOOST_TEST(bed.seen_from("dev-2") == 0);
+  // Once one connection ends, the device's next socket is admitted.
+  a2.close();
+  a0.close();
+  BOOST_REQUIRE(bed.within([&] { return bed.gw->stats().connections_open.load() == 1; }));
+  auto again = bed.agent(kp[2], "dev-2");
+  curve_bed::heartbeat_from(again, "dev-2");
+  BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-2") == 1; }));
+  BOOST_TEST(bed.gw->stats().connections_open.load() == 2u);
 }
 
 BOOST_AUTO_TEST_CASE(a_revoked_key_is_cut_off_and_cannot_come_back) {

@@ -591,4 +591,17 @@ BOOST_AUTO_TEST_CASE(json_lines_carry_the_tags_as_fields) {
   BOOST_TEST(!plain.contains("not"));
 }
 
+BOOST_AUTO_TEST_CASE(bus_connections_leave_descriptors_for_the_rest) {
+  server_config c;
+  // The default: the open-files limit less the reserve.
+  BOOST_TEST(bus_connection_cap(c, 20000) == 20000u - c.bus_fd_reserve);
+  // A limit too small for the reserve: half of it, never all of it.
+  BOOST_TEST(bus_connection_cap(c, 1024) == 512u);
+  BOOST_TEST(bus_connection_cap(c, 1) == 1u);
+  // Set by the operator: taken as it is (parryd warns when it leaves nothing).
+  c.bus_max_connections = 500;
+  BOOST_TEST(bus_connection_cap(c, 20000) == 500u);
+  BOOST_TEST(raise_open_files_limit() >= 1u);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
