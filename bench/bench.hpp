@@ -29,6 +29,8 @@ struct options {
   /// Also measure ingest and the isolate round trip with CURVE and signed commands
   /// (a second parryd, same run) and print them beside the plain figures.
   bool curve = true;
+  /// Where to write the latency histograms as SVG ("": not written).
+  std::string svg;
 };
 
 inline std::atomic<bool> interrupted{false};

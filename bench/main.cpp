@@ -32,6 +32,7 @@
 #include "bench/phases.hpp"
 #include "bench/report.hpp"
 #include "bench/server_under_test.hpp"
+#include "bench/svg.hpp"
 #include "bus/enroll.hpp"
 #include "common/process.hpp"
 
@@ -275,6 +276,19 @@ int run(const options& opt) {
     for (auto& e : examples)
       std::printf("  %s\n", e.c_str());
   }
+  if (!opt.svg.empty()) {
+    std::ofstream out{opt.svg, std::ios::trunc};
+    out << latency_svg("parry-bench: " + std::to_string(opt.endpoints) +
+                           " endpoints, isolate and release (plain bus)",
+                       {{"isolate registered->completed (server)", res.isolate.server},
+                        {"isolate POST->final seen (client)", res.isolate.client},
+                        {"release registered->completed (server)", res.release.server},
+                        {"release POST->final seen (client)", res.release.client}});
+    if (!out.flush())
+      res.problems.push_back("cannot write " + opt.svg);
+    else
+      std::printf("latency histograms: %s\n", opt.svg.c_str());
+  }
   if (opt.keep)
     std::printf("kept %s (parryd.log, agent.log, data/)\n", srv.dir().c_str());
   std::fflush(stdout);
@@ -302,6 +316,7 @@ int main(int argc, char** argv) {
   app.add_option("--scenarios", opt.scenarios, "Scenario directory for parry-agent")
       ->capture_default_str();
   app.add_flag("--keep", opt.keep, "Keep the temporary directory (logs, database)");
+  app.add_option("--svg", opt.svg, "Write the latency histograms to this SVG file");
   app.add_flag("!--no-curve", opt.curve,
                "Skip the second pass (CURVE and signed commands against the plain bus)");
   CLI11_PARSE(app, argc, argv);
