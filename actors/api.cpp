@@ -550,6 +550,75 @@ void post_action(call c) {
           c.on_error());
 }
 
+/// POST /actions/bulk: one action per target, each registered through the directory
+/// as POST /actions registers one (its own lifecycle, trigger and audit records).
+/// Answers 202 once every target has its outcome, in the order of the targets.
+void post_actions_bulk(call c) {
+  std::string password, what;
+  std::vector<action_request> reqs;
+  if (auto why = rest::parse_bulk(c.req.body, reqs, password, what); !why.empty()) {
+    if (!what.empty()) audit(c.self, c.who.username, "trigger_refused", what, why);
+    return c.answer(ec::bad_request, why);
+  }
+  if (!c.req.idempotency_key.empty())
+    return c.answer(ec::bad_request,
+                    "Idempotency-Key is not taken by /actions/bulk; send each action "
+                    "with POST /actions to retry it safely");
+  for (auto& r : reqs) {
+    r.username = c.who.username;
+    r.role = c.who.role;
+  }
+  c.req.body.clear(); // parsed: the call is copied below, its body need not be
+  auto type = reqs.front().type;
+  with_password(c, type, password, [c, reqs = std::move(reqs)](bool confirmed) mutable {
+    if (c.expired())
+      return c.answer(unavailable("the request took too long; nothing was registered"));
+    // One shared record of the outcomes; each answer from the directory fills its
+    // slot, and the last one answers the call.
+    struct outcomes {
+      call c;
+      json results = json::array();
+      std::size_t left = 0;
+      std::size_t registered = 0;
+      void done() {
+        if (--left > 0) return;
+        auto n = results.size();
+        c.answer(reply(202, json{{"registered", registered},
+                                 {"refused", n - registered},
+                                 {"results", std::move(results)}}));
+      }
+    };
+    auto out = std::make_shared<outcomes>();
+    out->c = c;
+    out->left = reqs.size();
+    for (auto& r : reqs)
+      out->results.push_back(json{{"incident_id", r.incident_id}});
+    std::string word = to_string(reqs.front().type);
+    for (std::size_t i = 0; i < reqs.size(); ++i) {
+      reqs[i].password_confirmed = confirmed;
+      c.self->request(c.self->state.directory, c.left(), atom::reg_v, std::move(reqs[i]))
+          .then(
+              [out, i](const action_record& rec) {
+                out->results[i]["action"] = to_json(rec);
+                ++out->registered;
+                out->done();
+              },
+              [out, i, word](caf::error& err) {
+                auto& slot = out->results[i];
+                auto& t = out->c;
+                // The same words a refused POST /actions leaves in the audit trail.
+                audit(t.self, t.who.username, "trigger_refused",
+                      word + " on " + slot["incident_id"].get<std::string>(),
+                      message_of(err));
+                auto f = fail(err);
+                slot["status"] = f.status;
+                slot["error"] = json::parse(f.body)["error"];
+                out->done();
+              });
+    }
+  });
+}
+
 void cancel_action(call c) {
   auto id = c.args[0];
   auto comment = rest::comment_of(c.req.body);
@@ -799,6 +868,7 @@ const route routes[] = {
     {"GET", "/incidents/{id}/available-actions", access::user, available},
     {"GET", "/actions", access::user, list_actions},
     {"POST", "/actions", access::actor, post_action},
+    {"POST", "/actions/bulk", access::actor, post_actions_bulk},
     {"GET", "/actions/{id}", access::user, get_action},
     {"POST", "/actions/{id}/cancel", access::actor, cancel_action},
     {"POST", "/actions/{id}/reverse", access::actor, reverse_action},

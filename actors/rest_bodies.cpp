@@ -32,23 +32,16 @@ bool optional_string(const json& o, const char* key, std::string& out,
 
 } // namespace
 
-std::string parse_action(std::string_view body, action_request& req,
-                         std::string& password, std::string& what) {
-  auto j = parse(body);
-  if (!j.is_object()) return "body must be a JSON object";
-  std::string type, kind;
+namespace {
+
+/// The members a single action and a bulk request share: type, comment, password,
+/// params. `type` receives the type's word as given.
+std::string parse_common(const json& j, action_request& req, std::string& password,
+                         std::string& type) {
   if (!optional_string(j, "type", type) || type.empty())
     return "'type' must be a non-empty string";
-  if (!optional_string(j, "incident_id", req.incident_id) ||
-      !bus::valid_id(req.incident_id))
-    return "'incident_id' must name an incident";
   if (!optional_string(j, "comment", req.comment)) return "'comment' must be a string";
   if (!optional_string(j, "password", password)) return "'password' must be a string";
-  auto t = j.find("target");
-  if (t == j.end() || !t->is_object()) return "'target' must be an object with a 'kind'";
-  if (!optional_string(*t, "kind", kind) ||
-      !optional_string(*t, "event_id", req.event_id))
-    return "'target.kind' and 'target.event_id' must be strings";
   if (auto p = j.find("params"); p != j.end() && !p->is_null()) {
     if (!p->is_object() || p->size() > 32) return "'params' must be an object of strings";
     for (auto& [k, v] : p->items()) {
@@ -74,7 +67,26 @@ std::string parse_action(std::string_view body, action_request& req,
       req.params.emplace(k, v.get<std::string>());
     }
   }
-  what = type + " on " + req.incident_id;
+  return {};
+}
+
+/// The members naming what is acted on: incident_id, target.kind, target.event_id.
+/// `kind` receives the kind's word as given.
+std::string parse_target(const json& j, action_request& req, std::string& kind) {
+  if (!optional_string(j, "incident_id", req.incident_id) ||
+      !bus::valid_id(req.incident_id))
+    return "'incident_id' must name an incident";
+  auto t = j.find("target");
+  if (t == j.end() || !t->is_object()) return "'target' must be an object with a 'kind'";
+  if (!optional_string(*t, "kind", kind) ||
+      !optional_string(*t, "event_id", req.event_id))
+    return "'target.kind' and 'target.event_id' must be strings";
+  return {};
+}
+
+/// The words of type and kind, checked against the legal values.
+std::string parse_words(const std::string& type, const std::string& kind,
+                        action_request& req) {
   if (auto x = action_type_from_string(type))
     req.type = *x;
   else
@@ -84,6 +96,49 @@ std::string parse_action(std::string_view body, action_request& req,
     req.target_kind = *x;
   else
     return "target.kind must be one of " + legal_target_kinds() + ", not " + shown(kind);
+  return {};
+}
+
+} // namespace
+
+std::string parse_action(std::string_view body, action_request& req,
+                         std::string& password, std::string& what) {
+  auto j = parse(body);
+  if (!j.is_object()) return "body must be a JSON object";
+  std::string type, kind;
+  if (auto why = parse_common(j, req, password, type); !why.empty()) return why;
+  if (auto why = parse_target(j, req, kind); !why.empty()) return why;
+  what = type + " on " + req.incident_id;
+  return parse_words(type, kind, req);
+}
+
+std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
+                       std::string& password, std::string& what) {
+  auto j = parse(body);
+  if (!j.is_object()) return "body must be a JSON object";
+  action_request common;
+  std::string type;
+  if (auto why = parse_common(j, common, password, type); !why.empty()) return why;
+  auto t = j.find("targets");
+  if (t == j.end() || !t->is_array() || t->empty() || t->size() > max_bulk_targets)
+    return "'targets' must be a list of 1 to " + std::to_string(max_bulk_targets) +
+           " objects";
+  what = type + " on " + std::to_string(t->size()) + " targets";
+  if (!action_type_from_string(type))
+    return "unknown action type " + shown(type) + "; legal values are " +
+           legal_action_types();
+  reqs.clear();
+  reqs.reserve(t->size());
+  for (std::size_t i = 0; i < t->size(); ++i) {
+    const auto& x = (*t)[i];
+    auto at = "targets[" + std::to_string(i) + "]: ";
+    if (!x.is_object()) return at + "must be an object with 'incident_id' and 'target'";
+    action_request r = common;
+    std::string kind;
+    if (auto why = parse_target(x, r, kind); !why.empty()) return at + why;
+    if (auto why = parse_words(type, kind, r); !why.empty()) return at + why;
+    reqs.push_back(std::move(r));
+  }
   return {};
 }
 

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "actors/records.hpp"
 
@@ -24,6 +25,16 @@ inline constexpr std::size_t max_token_name = 128;
 /// has the right shape, what was asked for ("<type> on <incident>", for the audit).
 std::string parse_action(std::string_view body, action_request& req,
                          std::string& password, std::string& what);
+
+/// Targets one POST /actions/bulk may name at most.
+inline constexpr std::size_t max_bulk_targets = 1000;
+
+/// POST /actions/bulk: one request per target, each with the body's type, params and
+/// comment; the password re-entry ("" if none); what was asked for ("<type> on <n>
+/// targets", for the audit). A target that is not well formed refuses the whole
+/// body, naming its index.
+std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
+                       std::string& password, std::string& what);
 
 /// POST /login. A user name over 128 bytes or a password over 1024 bytes is
 /// `too_long` (answered as a wrong password, never hashed).

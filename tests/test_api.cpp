@@ -16,6 +16,7 @@
 #include "actors/bus_keys.hpp"
 #include "actors/directory.hpp"
 #include "actors/error.hpp"
+#include "actors/rest_bodies.hpp"
 #include "actors/store.hpp"
 #include "actors/supervisor.hpp"
 #include "bus/codec.hpp"
@@ -475,6 +476,7 @@ BOOST_AUTO_TEST_CASE(roles_are_checked_per_route) {
   BOOST_TEST(as(op, "GET", "/api/v1/users").status == 403);
   BOOST_TEST(as(op, "GET", "/api/v1/audit").status == 403);
   BOOST_TEST(as(op, "POST", "/api/v1/actions", "{}").status == 403);
+  BOOST_TEST(as(op, "POST", "/api/v1/actions/bulk", "{}").status == 403);
   BOOST_TEST(as(op, "POST", "/api/v1/actions/a-1/cancel", "{}").status == 403);
   // CSRF: a session's non-GET without the token is refused.
   auto no_csrf = op;
@@ -482,6 +484,82 @@ BOOST_AUTO_TEST_CASE(roles_are_checked_per_route) {
   BOOST_TEST(as(no_csrf, "POST", "/api/v1/logout").status == 403);
   BOOST_TEST(as(op, "POST", "/api/v1/logout").status == 200);
   BOOST_TEST(as(op, "GET", "/api/v1/devices").status == 401);
+}
+
+// One request registers an action per target, each with its own outcome; a body
+// that is wrong anywhere registers nothing.
+BOOST_AUTO_TEST_CASE(bulk_actions_register_one_action_per_target) {
+  auto s = login();
+  auto inc1 = incident_on("dev-1", report());
+  auto inc2 = incident_on("dev-2", report());
+  BOOST_REQUIRE(inc1 != inc2);
+  auto target = [](const std::string& inc) {
+    return json{{"incident_id", inc}, {"target", {{"kind", "detection"}}}};
+  };
+  auto bulk = [&](json body) {
+    return as(s, "POST", "/api/v1/actions/bulk", body.dump());
+  };
+  auto actions = [&] {
+    return json::parse(as(s, "GET", "/api/v1/actions").body)["actions"].size();
+  };
+  auto message = [](const http_response& r) {
+    return json::parse(r.body)["error"]["message"].get<std::string>();
+  };
+  // Refused whole: no targets, too many, one malformed, an unknown type, a missing
+  // password, an Idempotency-Key.
+  BOOST_TEST(bulk(json{{"type", "isolate"}, {"targets", json::array()}}).status == 400);
+  json many = json::array();
+  for (std::size_t i = 0; i <= rest::max_bulk_targets; ++i)
+    many.push_back(target(inc1));
+  BOOST_TEST(bulk(json{{"type", "isolate"}, {"targets", many}}).status == 400);
+  auto bad =
+      json{{"type", "isolate"},
+           {"targets",
+            {target(inc1), {{"incident_id", inc2}, {"target", {{"kind", "galaxy"}}}}}}};
+  auto r = bulk(bad);
+  BOOST_TEST(r.status == 400);
+  BOOST_TEST(message(r).rfind("targets[1]: target.kind must be one of", 0) == 0,
+             message(r));
+  BOOST_TEST(bulk(json{{"type", "nuke"}, {"targets", {target(inc1)}}}).status == 400);
+  BOOST_TEST(bulk(json{{"type", "quarantine"}, {"targets", {target(inc1), target(inc2)}}})
+                 .status == 401);
+  http_request keyed;
+  keyed.method = "POST";
+  keyed.target = "/api/v1/actions/bulk";
+  keyed.body = json{{"type", "isolate"}, {"targets", {target(inc1)}}}.dump();
+  keyed.session = s.token;
+  keyed.csrf = s.csrf;
+  keyed.idempotency_key = "k-1";
+  BOOST_TEST(call(keyed).status == 400);
+  BOOST_TEST(actions() == 0u);
+  // Two incidents the server knows and one it does not: two actions, one refusal,
+  // in the order given.
+  r = bulk(json{{"type", "isolate"},
+                {"comment", "contain the outbreak"},
+                {"targets", {target(inc1), target("inc-nowhere"), target(inc2)}}});
+  BOOST_REQUIRE_MESSAGE(r.status == 202, r.status << " " << r.body);
+  auto out = json::parse(r.body);
+  BOOST_TEST(out["registered"] == 2);
+  BOOST_TEST(out["refused"] == 1);
+  BOOST_REQUIRE(out["results"].size() == 3u);
+  BOOST_TEST(out["results"][0]["incident_id"] == inc1);
+  BOOST_TEST(out["results"][0]["action"]["type"] == "isolate");
+  BOOST_TEST(out["results"][0]["action"]["device_id"] == "dev-1");
+  BOOST_TEST(out["results"][0]["action"]["comment"] == "contain the outbreak");
+  BOOST_TEST(out["results"][1]["status"] == 404);
+  BOOST_TEST(out["results"][1]["error"]["code"] == "not_found");
+  BOOST_TEST(!out["results"][1].contains("action"));
+  BOOST_TEST(out["results"][2]["action"]["device_id"] == "dev-2");
+  BOOST_TEST(out["results"][0]["action"]["action_id"] !=
+             out["results"][2]["action"]["action_id"]);
+  BOOST_TEST(actions() == 2u);
+  // Each is its own action in the audit trail; the refusal is there too.
+  auto audit = json::parse(as(s, "GET", "/api/v1/audit").body)["records"];
+  int refused = 0;
+  for (auto& rec : audit)
+    refused +=
+        rec["kind"] == "trigger_refused" && rec["target"] == "isolate on inc-nowhere";
+  BOOST_TEST(refused == 1);
 }
 
 // The words of the domain are parsed at the REST edge: an unknown action type, target

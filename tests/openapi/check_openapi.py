@@ -873,6 +873,11 @@ class Live:
         c("POST", "/actions", {"type": "quarantine", "incident_id": iid, "target": {"kind": "detection"}}, expect=(401, 409))
         c("POST", "/actions", {"type": "isolate", "incident_id": "inc-00000000000000000000", "target": {"kind": "detection"}}, expect=404)
         c("POST", "/actions", {"type": "release_isolation", "incident_id": iid, "target": {"kind": "detection"}}, expect=(202, 409))
+        # bulk: refused whole, then one incident known and one not
+        c("POST", "/actions/bulk", {"type": "isolate", "targets": []}, expect=400)
+        c("POST", "/actions/bulk", {"type": "isolate", "targets": [
+            {"incident_id": "inc-00000000000000000000", "target": {"kind": "detection"}},
+            {"incident_id": iid, "target": {"kind": "detection"}}]}, expect=202)
         # isolate, idempotent replay, cancel refused once final, reverse
         key = {"Idempotency-Key": "openapi-check-" + secrets.token_hex(4)}
         reg = c("POST", "/actions", {"type": "isolate", "incident_id": iid, "target": {"kind": "detection"},
