@@ -144,6 +144,9 @@ struct action_request {
   std::string path; ///< start-process only, like the two below
   std::string cwd;
   std::string args;
+  bool all_incidents = false; ///< every incident matching `filters` (POST /actions/bulk)
+  std::vector<std::string> filters; ///< KEY=VALUE, GET /incidents query parameters
+  std::size_t canary = 0;           ///< act on this many first; go on if they complete
 };
 
 /// Prints a newly registered action (or, without --wait under --json, the answer) and
@@ -236,6 +239,152 @@ int cmd_respond(session& s, const action_request& a) {
                     "registered earlier with this idempotency key");
 }
 
+/// Incidents that GET /incidents lists with `filters` (KEY=VALUE), every page.
+std::vector<std::string> matching_incidents(session& s,
+                                            const std::vector<std::string>& filters) {
+  constexpr std::size_t most = 100000;
+  std::vector<std::pair<std::string, std::string>> params;
+  for (const auto& f : filters) {
+    auto eq = f.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw fatal(outcome::usage,
+                  parry::ctl::printable("error: --filter " + f + ": must be KEY=VALUE"));
+    // The server ignores words it does not know: a misspelt key would match every
+    // incident, so only the list's filters are taken.
+    auto key = f.substr(0, eq);
+    if (key != "status" && key != "severity" && key != "device_id" && key != "since" &&
+        key != "until")
+      throw fatal(outcome::usage,
+                  parry::ctl::printable("error: --filter " + key +
+                                        ": not a filter of the incident list (status, "
+                                        "severity, device_id, since, until)"));
+    params.emplace_back(key, f.substr(eq + 1));
+  }
+  params.emplace_back("limit", "500");
+  std::vector<std::string> ids;
+  std::string cursor;
+  do {
+    auto page = params;
+    if (!cursor.empty()) page.emplace_back("cursor", cursor);
+    auto r = s.call("GET", "/api/v1/incidents" + parry::ctl::query_string(page));
+    for (const auto& inc : sub(r.body, "incidents"))
+      ids.push_back(str(inc, "incident_id"));
+    if (ids.size() > most)
+      throw fatal(outcome::usage, "error: more than 100000 incidents match; narrow "
+                                  "them with --filter");
+    cursor = str(r.body, "next_cursor");
+  } while (!cursor.empty());
+  return ids;
+}
+
+/// The state an action ended in, polled until `deadline` ("" when not final by then).
+std::string final_state(session& s, const std::string& id, steady::time_point deadline) {
+  for (;;) {
+    auto r = s.call("GET", id_path("actions", id));
+    const auto& a = sub(r.body, "action");
+    if (parry::ctl::outcome_for_action(a)) return str(a, "state");
+    if (steady::now() >= deadline) return {};
+    std::this_thread::sleep_for(poll_interval);
+  }
+}
+
+/// The same action on the detection of every incident matching the filters: a
+/// canary first when asked (the rest only once every canary action completed), then
+/// POST /actions/bulk in batches. Exit 0 only when every target was registered (and,
+/// with --wait, completed).
+int cmd_respond_all(session& s, const action_request& a) {
+  require_confirmable(a.yes);
+  if (!a.incident.empty() || !a.event.empty())
+    throw fatal(outcome::usage, "error: --all-incidents acts on every matching "
+                                "incident's detection: leave out --incident and --event");
+  if (a.type == "start_process")
+    throw fatal(outcome::usage, "error: start-process runs on one incident's device at a "
+                                "time: use --incident");
+  auto ids = matching_incidents(s, a.filters);
+  if (ids.empty()) {
+    std::cout << "no incidents match\n";
+    return 0;
+  }
+  std::string what = a.type + " on the detection of " + std::to_string(ids.size()) +
+                     " incident" + (ids.size() == 1 ? "" : "s");
+  for (std::size_t i = 0; i < ids.size() && i < 5; ++i)
+    what += (i == 0 ? ": " : ", ") + ids[i];
+  if (ids.size() > 5) what += ", ...";
+  if (a.canary > 0)
+    what += "\n(canary: " + std::to_string(std::min(a.canary, ids.size())) +
+            " first; the rest only if they complete)";
+  confirm(parry::ctl::printable(what), a.yes);
+  json body{{"type", a.type}, {"comment", a.comment}, {"params", json::object()}};
+  password_scrub scrub{body};
+  if (parry::ctl::needs_password(a.type, s.call("GET", "/api/v1/session").body))
+    body["password"] =
+        own_password(a.password_stdin, "Your password (confirms " + a.type + "): ");
+  std::size_t registered = 0, refused = 0;
+  std::vector<std::string> actions;
+  // Registers ids[from, to) in batches the server takes; prints each outcome.
+  auto send = [&](std::size_t from, std::size_t to) {
+    for (std::size_t at = from; at < to; at += 1000) {
+      body["targets"] = json::array();
+      for (std::size_t i = at; i < std::min(to, at + 1000); ++i)
+        body["targets"].push_back(
+            json{{"incident_id", ids[i]}, {"target", {{"kind", "detection"}}}});
+      auto r = s.call("POST", "/api/v1/actions/bulk", &body);
+      for (const auto& one : sub(r.body, "results")) {
+        const auto& act = sub(one, "action");
+        std::string line = str(one, "incident_id") + ": ";
+        if (act.is_object()) {
+          ++registered;
+          actions.push_back(str(act, "action_id"));
+          line += "action " + str(act, "action_id") + " " + str(act, "state");
+        } else {
+          ++refused;
+          const auto& err = sub(one, "error");
+          line += "refused: " + str(err, "code") + ": " + str(err, "message");
+        }
+        if (!s.opts().json) std::cout << parry::ctl::printable(line) << '\n';
+      }
+      if (s.opts().json) print_json(r);
+    }
+  };
+  auto budget =
+      std::chrono::duration_cast<milliseconds>(std::chrono::duration<double>(a.timeout));
+  std::size_t first = std::min(a.canary, ids.size());
+  if (first > 0) {
+    send(0, first);
+    auto deadline = steady::now() + budget;
+    for (const auto& id : actions) {
+      auto state = final_state(s, id, deadline);
+      if (state != "completed")
+        throw fatal(outcome::server_error,
+                    parry::ctl::printable(
+                        "error: canary: action " + id + " " +
+                        (state.empty() ? "not final after the timeout" : state) +
+                        "; the other " + std::to_string(ids.size() - first) +
+                        " incidents were not acted on"));
+    }
+    if (refused > 0)
+      throw fatal(outcome::server_error, "error: canary: " + std::to_string(refused) +
+                                             " of " + std::to_string(first) +
+                                             " refused; the other " +
+                                             std::to_string(ids.size() - first) +
+                                             " incidents were not acted on");
+    if (!s.opts().json)
+      std::cout << "canary: " << first << " completed; going on with the rest\n";
+  }
+  send(first, ids.size());
+  std::size_t failed = 0;
+  if (a.wait) {
+    auto deadline = steady::now() + budget;
+    for (std::size_t i = first; i < actions.size(); ++i)
+      failed += final_state(s, actions[i], deadline) != "completed";
+  }
+  if (!s.opts().json)
+    std::cout << "registered " << registered << ", refused " << refused
+              << (a.wait ? ", not completed " + std::to_string(failed) : std::string{})
+              << '\n';
+  return refused + failed == 0 ? 0 : parry::ctl::exit_code(outcome::server_error);
+}
+
 int cmd_cancel(session& s, const std::string& id, const std::string& comment) {
   json body{{"comment", comment}};
   auto r = s.call("POST", id_path("actions", id) + "/cancel", &body);
@@ -293,8 +442,17 @@ int cmd_reverse(session& s, const std::string& id, const reverse_request& q) {
 }
 
 void add_action_options(CLI::App* cmd, action_request& a) {
-  cmd->add_option("--incident", a.incident, "incident the action responds to")
-      ->required();
+  auto* one =
+      cmd->add_option("--incident", a.incident, "incident the action responds to");
+  auto* all = cmd->add_flag("--all-incidents", a.all_incidents,
+                            "act on the detection of every incident --filter keeps");
+  one->excludes(all);
+  cmd->add_option("--filter", a.filters,
+                  "with --all-incidents: KEY=VALUE as GET /incidents takes it (status, "
+                  "severity, device_id, since, until); repeatable");
+  cmd->add_option("--canary", a.canary,
+                  "with --all-incidents: act on this many first and go on only when "
+                  "every one of them completed");
   cmd->add_option("--event", a.event,
                   "target this event of the chain instead of the detection");
   cmd->add_option("--comment", a.comment, "free text kept with the action");
@@ -381,8 +539,13 @@ command_group add_action_commands(CLI::App& app) {
     if (actions->parsed())
       return cmd_actions(s, o->device, o->incident_filter, o->state, o->limit);
     if (action->parsed()) return cmd_action(s, o->id);
-    for (const auto& [cmd, req] : o->action_cmds)
-      if (cmd->parsed()) return cmd_respond(s, *req);
+    for (const auto& [cmd, req] : o->action_cmds) {
+      if (!cmd->parsed()) continue;
+      if (req->all_incidents) return cmd_respond_all(s, *req);
+      if (req->incident.empty())
+        throw fatal(outcome::usage, "error: --incident or --all-incidents is required");
+      return cmd_respond(s, *req);
+    }
     if (cancel->parsed()) return cmd_cancel(s, o->id, o->comment);
     if (reverse->parsed()) return cmd_reverse(s, o->id, o->reverse_req);
     if (follow_cmd->parsed()) return follow(s, o->id, o->follow_timeout);

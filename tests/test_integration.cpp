@@ -475,6 +475,40 @@ BOOST_AUTO_TEST_CASE(idempotency_key_returns_the_same_action) {
   BOOST_TEST(a.body["action"]["action_id"] == b.body["action"]["action_id"]);
 }
 
+// parryctl --all-incidents: a canary first, then the rest in one bulk request; a
+// filter key the list does not know is refused before anything is sent.
+BOOST_AUTO_TEST_CASE(parryctl_acts_on_every_matching_incident_after_a_canary) {
+  incident_of("sim-0003");
+  auto [bad_rc, bad_out] =
+      parryctl({"isolate", "--all-incidents", "--filter", "devce_id=sim-0003", "--yes"},
+               "bad.log");
+  BOOST_TEST(bad_rc == 2, bad_out);
+  BOOST_TEST(get("/actions")["actions"].empty());
+  auto [rc, out] =
+      parryctl({"isolate", "--all-incidents", "--filter", "device_id=sim-0003",
+                "--canary", "1", "--comment", "bulk", "--yes", "--wait"},
+               "bulk.log");
+  BOOST_TEST(rc == 0, out);
+  BOOST_TEST(out.find("canary: 1 completed; going on with the rest") != std::string::npos,
+             out);
+  std::size_t lines = 0;
+  for (auto i = out.find(": action act-"); i != std::string::npos;
+       i = out.find(": action act-", i + 1))
+    ++lines;
+  BOOST_TEST(lines >= 1u);
+  BOOST_TEST(out.find("registered " + std::to_string(lines) + ", refused 0") !=
+                 std::string::npos,
+             out);
+  auto acts = get("/actions?device_id=sim-0003")["actions"];
+  BOOST_TEST(acts.size() == lines);
+  for (auto& a : acts) {
+    BOOST_TEST(a["type"] == "isolate");
+    BOOST_TEST(a["state"] == "completed");
+    BOOST_TEST(a["comment"] == "bulk");
+  }
+  BOOST_TEST(get("/devices/sim-0003")["device"]["isolated"] == true);
+}
+
 BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_served) {
   BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
   auto bad_before = get("/stats")["bus"]["bad_frames"].get<uint64_t>();
