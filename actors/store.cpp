@@ -782,14 +782,34 @@ void settle_batch(store_state& st, const caf::error& err) {
     reply(err);
 }
 
+/// Commits the open group transaction, if any, and answers its writes.
+void commit_open(store_state& st) {
+  if (!st.in_transaction) return;
+  auto err = guarded("commit", [&] { exec(st.db, "COMMIT"); });
+  if (!err && st.metrics)
+    st.metrics->store_commit(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - st.began)
+            .count(),
+        st.batch_writes);
+  if (err) {
+    // Every write of the batch is gone: each caller hears it.
+    sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
+    reload_audit_head(st);
+  }
+  settle_batch(st, err);
+}
+
 /// Runs `body` as one write of the group transaction, in a savepoint of its own:
 /// released when the body succeeds, rolled back when it throws, so the next commit
 /// never carries half a write. Answers the error the caller gets, or none.
 template <class Body> caf::error run_write(store_stateful self, Body& body) {
   auto& st = self->state;
+  // A full group commits now; its writes' answers are all queued by now.
+  if (st.in_transaction && st.batch_writes >= st.max_batch_writes) commit_open(st);
   if (!st.in_transaction) {
     if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
     st.in_transaction = true;
+    st.batch_writes = 0;
     st.began = std::chrono::steady_clock::now();
     // Everything already in the mailbox lands in this transaction: the flush
     // message queues behind it.
@@ -805,6 +825,7 @@ template <class Body> caf::error run_write(store_stateful self, Body& body) {
   });
   if (!err) {
     ++st.writes;
+    ++st.batch_writes;
     return err;
   }
   st.audit_seq = seq;
@@ -994,6 +1015,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
     return store_actor::behavior_type::make_empty_behavior();
   }
   st.max_page_bytes = std::max<size_t>(opts.max_page_bytes, 1);
+  st.max_batch_writes = std::max<size_t>(opts.max_batch_writes, 1);
   st.ingest = opts.ingest;
   st.publish = opts.publish;
   st.metrics = opts.metrics;
@@ -1512,22 +1534,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             },
             std::string{}); // enrollment never replaces a key (see actors.hpp)
       },
-      [=](atom::flush) {
-        auto& st = self->state;
-        if (!st.in_transaction) return;
-        auto err = guarded("commit", [&] { exec(st.db, "COMMIT"); });
-        if (!err && st.metrics)
-          st.metrics->store_commit(
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - st.began)
-                  .count(),
-              st.on_commit.size());
-        if (err) {
-          // Every write of the batch is gone: each caller hears it.
-          sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
-          reload_audit_head(st);
-        }
-        settle_batch(st, err);
-      });
+      [=](atom::flush) { commit_open(self->state); });
 }
 
 caf::expected<page_request> parse_page(const std::map<std::string, std::string>& params) {

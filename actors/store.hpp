@@ -45,6 +45,10 @@ struct store_state {
   /// Replies to send once the open transaction ends (argument: none when it
   /// committed, else the error every write of the batch is answered with).
   std::vector<std::function<void(const caf::error&)>> on_commit;
+  /// Writes in the open transaction, and how many it takes before it commits
+  /// without waiting for its flush (store_options::max_batch_writes).
+  std::size_t batch_writes = 0;
+  std::size_t max_batch_writes = 500;
   /// Writes committed so far, and commits (groups) that carried them.
   uint64_t writes = 0;
   uint64_t commits = 0;
@@ -72,6 +76,11 @@ struct store_options {
   /// A page of a list read stops growing once its JSON passes this many bytes
   /// (it always holds at least one row).
   size_t max_page_bytes = 4 << 20;
+  /// Writes one transaction takes at most. The flush that ends a group queues
+  /// behind everything already in the mailbox: after a burst of 20,000 reports the
+  /// first commit came only when all were written, and nothing was visible (or
+  /// answered) for seconds. A full group commits at once and the next one begins.
+  std::size_t max_batch_writes = 500;
   /// Log pages after which a commit checkpoints by itself. The checkpointer
   /// (actors/checkpointer.hpp) does that work off the commit path; this is only the
   /// safety net should it stop (0: never).

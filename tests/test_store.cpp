@@ -338,6 +338,31 @@ BOOST_AUTO_TEST_CASE(metrics_count_what_commits) {
   BOOST_TEST(has("parry_store_commit_duration_seconds_count"));
 }
 
+// Before the cap a burst went into one transaction: its flush queued behind every
+// write of the burst, so nothing was committed (or answered) until all were written.
+BOOST_AUTO_TEST_CASE(a_burst_commits_in_groups_of_at_most_max_batch_writes) {
+  opts.metrics = std::make_shared<server_metrics>();
+  opts.max_batch_writes = 2;
+  restart();
+  auto answered = std::make_shared<int>(0);
+  for (int i = 0; i < 5; ++i)
+    sys.spawn(
+        [answered](caf::event_based_actor* a, store_actor st, device_record d) {
+          a->request(st, caf::infinite, atom::put_v, d)
+              .then([answered](atom::ok) { ++*answered; }, [](caf::error&) {});
+        },
+        st, device("dev-" + std::to_string(i), true));
+  sched.run();
+  BOOST_TEST(*answered == 5);
+  auto text = opts.metrics->scrape();
+  BOOST_TEST_INFO(text);
+  // 2 + 2 + 1 writes: three commits, the last of one write.
+  BOOST_TEST(text.find("parry_store_commit_duration_seconds_count 3") !=
+             std::string::npos);
+  BOOST_TEST(text.find("parry_store_writes_total 5") != std::string::npos);
+  BOOST_TEST(text.find("parry_store_last_batch_writes 1") != std::string::npos);
+}
+
 BOOST_AUTO_TEST_CASE(stats_are_counted_by_triggers_and_match_the_tables) {
   auto stats = [&] {
     auto r = request<std::string>(atom::query_v, atom::stats_v);
