@@ -570,53 +570,64 @@ void post_actions_bulk(call c) {
   }
   c.req.body.clear(); // parsed: the call is copied below, its body need not be
   auto type = reqs.front().type;
-  with_password(c, type, password, [c, reqs = std::move(reqs)](bool confirmed) mutable {
-    if (c.expired())
-      return c.answer(unavailable("the request took too long; nothing was registered"));
-    // One shared record of the outcomes; each answer from the directory fills its
-    // slot, and the last one answers the call.
-    struct outcomes {
-      call c;
-      json results = json::array();
-      std::size_t left = 0;
-      std::size_t registered = 0;
-      void done() {
-        if (--left > 0) return;
-        auto n = results.size();
-        c.answer(reply(202, json{{"registered", registered},
-                                 {"refused", n - registered},
-                                 {"results", std::move(results)}}));
-      }
-    };
-    auto out = std::make_shared<outcomes>();
-    out->c = c;
-    out->left = reqs.size();
-    for (auto& r : reqs)
-      out->results.push_back(json{{"incident_id", r.incident_id}});
-    std::string word = to_string(reqs.front().type);
-    for (std::size_t i = 0; i < reqs.size(); ++i) {
-      reqs[i].password_confirmed = confirmed;
-      c.self->request(c.self->state.directory, c.left(), atom::reg_v, std::move(reqs[i]))
-          .then(
-              [out, i](const action_record& rec) {
-                out->results[i]["action"] = to_json(rec);
-                ++out->registered;
-                out->done();
-              },
-              [out, i, word](caf::error& err) {
-                auto& slot = out->results[i];
-                auto& t = out->c;
-                // The same words a refused POST /actions leaves in the audit trail.
-                audit(t.self, t.who.username, "trigger_refused",
-                      word + " on " + slot["incident_id"].get<std::string>(),
-                      message_of(err));
-                auto f = fail(err);
-                slot["status"] = f.status;
-                slot["error"] = json::parse(f.body)["error"];
-                out->done();
-              });
-    }
-  });
+  with_password(
+      c, type, password, [c, what, reqs = std::move(reqs)](bool confirmed) mutable {
+        if (c.expired()) {
+          audit(c.self, c.who.username, "trigger_refused", what, "request timed out");
+          return c.answer(
+              unavailable("the request took too long; nothing was registered"));
+        }
+        // One shared record of the outcomes; each answer from the directory fills its
+        // slot, and the last one answers the call.
+        struct outcomes {
+          call c;
+          json results = json::array();
+          std::size_t left = 0;
+          std::size_t registered = 0;
+          void done() {
+            if (--left > 0) return;
+            auto n = results.size();
+            c.answer(reply(202, json{{"registered", registered},
+                                     {"refused", n - registered},
+                                     {"results", std::move(results)}}));
+          }
+        };
+        auto out = std::make_shared<outcomes>();
+        out->c = c;
+        out->left = reqs.size();
+        for (auto& r : reqs)
+          out->results.push_back(json{{"incident_id", r.incident_id}});
+        std::string word = to_string(reqs.front().type);
+        for (std::size_t i = 0; i < reqs.size(); ++i) {
+          reqs[i].password_confirmed = confirmed;
+          c.self
+              ->request(c.self->state.directory, c.left(), atom::reg_v,
+                        std::move(reqs[i]))
+              .then(
+                  [out, i](const action_record& rec) {
+                    out->results[i]["action"] = to_json(rec);
+                    ++out->registered;
+                    out->done();
+                  },
+                  [out, i, word](caf::error& err) {
+                    auto& slot = out->results[i];
+                    auto& t = out->c;
+                    // The same words a refused POST /actions leaves in the audit trail.
+                    audit(t.self, t.who.username, "trigger_refused",
+                          word + " on " + slot["incident_id"].get<std::string>(),
+                          message_of(err));
+                    // No answer in time: the directory may still register it.
+                    auto f =
+                        err == caf::sec::request_timeout
+                            ? unavailable("no answer in time; the action may be "
+                                          "registered: look for it before trying again")
+                            : fail(err);
+                    slot["status"] = f.status;
+                    slot["error"] = json::parse(f.body)["error"];
+                    out->done();
+                  });
+        }
+      });
 }
 
 void cancel_action(call c) {

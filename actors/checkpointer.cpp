@@ -26,13 +26,17 @@ caf::expected<std::pair<int64_t, int64_t>> checkpoint(checkpointer_state& st) {
   // PASSIVE copies what it can without waiting for anyone: the writer goes on.
   int rc =
       sqlite3_wal_checkpoint_v2(st.db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-  if (rc == SQLITE_OK && log >= st.opts.restart_pages) {
-    // Nearly everything is copied now, so the wait for the writer is short.
+  // Another checkpoint (a backup's connection closing) holds the lock: next round.
+  if (rc == SQLITE_BUSY) rc = SQLITE_OK;
+  if (rc == SQLITE_OK && log >= st.opts.restart_pages && done == log) {
+    // Everything is copied, yet the log is long: a writer that never paused kept
+    // appending to it. RESTART holds new writes back while it waits for readers of
+    // the old log, so it waits briefly and gives up (the next round tries again).
     sqlite3_busy_timeout(st.db, static_cast<int>(st.opts.restart_wait.count()));
     rc =
         sqlite3_wal_checkpoint_v2(st.db, nullptr, SQLITE_CHECKPOINT_RESTART, &log, &done);
     sqlite3_busy_timeout(st.db, 0);
-    if (rc == SQLITE_BUSY) rc = SQLITE_OK; // the writer held on: the next round
+    if (rc == SQLITE_BUSY) rc = SQLITE_OK;
   }
   if (rc != SQLITE_OK) {
     std::string why = sqlite3_errmsg(st.db);
@@ -60,8 +64,10 @@ checkpointer(checkpointer_actor::stateful_pointer<checkpointer_state> self,
   // made the file WAL; this changes nothing).
   if (sqlite3_open_v2(path.c_str(), &st.db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                       nullptr) != SQLITE_OK ||
+      sqlite3_busy_timeout(st.db, 5000) != SQLITE_OK ||
       sqlite3_exec(st.db, "PRAGMA journal_mode=WAL;", nullptr, nullptr, nullptr) !=
-          SQLITE_OK) {
+          SQLITE_OK ||
+      sqlite3_busy_timeout(st.db, 0) != SQLITE_OK) {
     spdlog::critical("store checkpointer: {}: {}", path,
                      st.db ? sqlite3_errmsg(st.db) : "cannot open");
     self->quit(make_error(ec::storage, "cannot open the database to checkpoint it"));

@@ -25,12 +25,12 @@ class server_metrics;
 struct checkpointer_options {
   /// Time between checkpoints; zero: only when asked (atom::flush).
   std::chrono::milliseconds every{1000};
-  /// Log pages from which a checkpoint also restarts the log: it waits (at most
-  /// `restart_wait`) for the writer's transaction in progress so that the next one
-  /// writes the log from its start. A log that readers or a busy writer never let
-  /// catch up stays bounded by this, not by the writer's safety net.
+  /// Log pages from which a checkpoint that copied everything also restarts the
+  /// log (RESTART), so that a writer that never pauses gets its log started over.
+  /// RESTART holds new writes back while it waits for readers of the old log: it
+  /// waits at most `restart_wait`, then gives up until the next round.
   int64_t restart_pages = 16384;
-  std::chrono::milliseconds restart_wait{1000};
+  std::chrono::milliseconds restart_wait{50};
   /// Prometheus metrics (may be null): checkpoint time and log size.
   std::shared_ptr<server_metrics> metrics;
 };

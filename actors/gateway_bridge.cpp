@@ -70,13 +70,16 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
     if (!m) return invalid(why);
     caf::anon_send(dir, atom::heartbeat_v, std::move(id), *m);
   } else if (t == bus::type::incident) {
-    auto m = bus::decode<bus::incident_report>(body, lim, why);
+    bool exact = false;
+    auto m = bus::decode<bus::incident_report>(body, lim, why, &exact);
     // Checked here, off the actors, so a bad report costs the sender, not the server.
     if (!m) return invalid(why);
     if (why = bus::check_utf8(*m); !why.empty()) return invalid(why);
     if (why = validate_report(*m); !why.empty()) return invalid(why);
     normalize_hashes(*m);
-    m->wire.assign(body.data(), body.size()); // stored as it came (the store)
+    // Stored as it came (the store) when the bytes say exactly what was checked:
+    // a key we do not know, or one given twice, would be kept unchecked in them.
+    if (exact) m->wire.assign(body.data(), body.size());
     uint64_t bytes = 0;
     if (gauge != nullptr) {
       bytes = std::max<uint64_t>(body.size(), 1); // given back by the store

@@ -127,6 +127,12 @@ std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
   if (!action_type_from_string(type))
     return "unknown action type " + shown(type) + "; legal values are " +
            legal_action_types();
+  // Params belong to start_process alone, which runs on one device at a time; each
+  // target would also get its own copy of them.
+  if (type == "start_process")
+    return "start_process runs on one incident's device at a time: use POST /actions";
+  if (!common.params.empty() || common.argv_given)
+    return "'params' are not taken by /actions/bulk (no type it registers has any)";
   reqs.clear();
   reqs.reserve(t->size());
   for (std::size_t i = 0; i < t->size(); ++i) {

@@ -859,6 +859,7 @@ caf::result<T> write_answer(store_stateful self, Body&& body, T value) {
     rp.deliver(std::move(err));
     return rp;
   }
+  ++self->state.replies_queued;
   self->state.on_commit.emplace_back(
       [rp, value = std::move(value)](const caf::error& err) mutable {
         if (err)
@@ -873,12 +874,13 @@ template <class Body> caf::result<atom::ok> ok_write(store_stateful self, Body&&
   return write_answer(self, std::forward<Body>(body), atom::ok_v);
 }
 
-/// Publishes `e` as `family`.`kind` once the write just queued (after `queued`
-/// answers were waiting) commits; nothing when it was not queued or is rolled back.
+/// Publishes `e` as `family`.`kind` once the write just queued (`queued`: the
+/// store's replies_queued before it) commits; nothing when it was not queued or is
+/// rolled back.
 template <class Event>
-void publish_on_commit(store_state& st, std::size_t queued, const char* family,
+void publish_on_commit(store_state& st, uint64_t queued, const char* family,
                        std::string kind, const Event& e) {
-  if (!st.publish || st.on_commit.size() <= queued) return;
+  if (!st.publish || st.replies_queued <= queued) return;
   st.on_commit.emplace_back([pub = st.publish, family, kind = std::move(kind),
                              body = bus::encode(e)](const caf::error& err) mutable {
     if (!err) pub(family, std::move(kind), std::move(body));
@@ -1032,7 +1034,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       read_handlers(self),
       [=](atom::put, const device_record& d) -> caf::result<atom::ok> {
         auto& st = self->state;
-        auto queued = st.on_commit.size();
+        auto queued = st.replies_queued;
         auto res = ok_write(self, [&] {
           stmt s{
               self->state,
@@ -1088,7 +1090,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             }))
           return err;
         if (!known.empty()) return known;
-        auto queued = st.on_commit.size();
+        auto queued = st.replies_queued;
         auto res = write_answer(
             self,
             [&] {
@@ -1119,7 +1121,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        auto queued = self->state.on_commit.size();
+        auto queued = self->state.replies_queued;
         auto res = ok_write(self, [&] {
           std::string sql =
               std::string{"INSERT INTO actions ("} + action_columns +
@@ -1148,7 +1150,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::update, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
-        auto queued = self->state.on_commit.size();
+        auto queued = self->state.replies_queued;
         auto res = ok_write(self, [&] {
           stmt s{self->state,
                  "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
@@ -1325,7 +1327,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::revert, const std::string& id,
           const std::string& reverse) -> caf::result<atom::ok> {
-        auto queued = self->state.on_commit.size();
+        auto queued = self->state.replies_queued;
         std::optional<action_record> reverted;
         auto res = ok_write(self, [&] {
           auto& st = self->state;

@@ -45,6 +45,10 @@ struct store_state {
   /// Replies to send once the open transaction ends (argument: none when it
   /// committed, else the error every write of the batch is answered with).
   std::vector<std::function<void(const caf::error&)>> on_commit;
+  /// Writes queued for an answer so far (never reset): a write handler compares it
+  /// before and after to know whether its write went in (publish_on_commit); the
+  /// size of on_commit would not do, since a full group commits and empties it.
+  uint64_t replies_queued = 0;
   /// Writes in the open transaction, and how many it takes before it commits
   /// without waiting for its flush (store_options::max_batch_writes).
   std::size_t batch_writes = 0;

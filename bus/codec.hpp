@@ -35,11 +35,13 @@ template <class T> std::string encode(const T& x) {
 std::optional<msgpack::object_handle>
 parse_frame(std::string_view frame, const decode_limits& lim, std::string& why);
 
-/// Decodes one frame into `T` (a struct with MSGPACK_DEFINE_MAP). Missing keys
+/// Decodes one frame into `T` (a struct with PARRY_MSGPACK_MAP). Missing keys
 /// keep their defaults, unknown keys are ignored, a value of the wrong kind fails.
+/// `exact` (when given) tells whether every map in the frame held only known keys,
+/// each once: only then do the frame's bytes say exactly what the struct says.
 template <class T>
 std::optional<T> decode(std::string_view frame, const decode_limits& lim,
-                        std::string& why) {
+                        std::string& why, bool* exact = nullptr) {
   auto oh = parse_frame(frame, lim, why);
   if (!oh) return std::nullopt;
   if (oh->get().type != msgpack::type::MAP) {
@@ -48,7 +50,9 @@ std::optional<T> decode(std::string_view frame, const decode_limits& lim,
   }
   try {
     T out;
+    detail::met_extra_keys = false;
     oh->get().convert(out);
+    if (exact != nullptr) *exact = !detail::met_extra_keys;
     return out;
   } catch (const std::exception&) {
     why = "field of wrong type";

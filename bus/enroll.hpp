@@ -20,6 +20,7 @@
 #include <msgpack.hpp>
 
 #include "bus/curve_keys.hpp"
+#include "bus/map_decode.hpp"
 
 namespace parry::bus {
 
@@ -33,7 +34,7 @@ inline constexpr const char* enrolled = "enrolled";
 struct enroll_request {
   std::string token;      ///< The enrollment token as given (enrollment_token text).
   std::string public_key; ///< The agent's CURVE public key, Z85 (40 characters).
-  MSGPACK_DEFINE_MAP(token, public_key)
+  PARRY_MSGPACK_MAP(token, public_key)
 };
 
 /// Server -> agent: the answer to `enroll`.
@@ -45,7 +46,7 @@ struct enroll_result {
   std::string error;       ///< Human-readable, when !ok.
   std::string server_key;  ///< Server CURVE public key, Z85 (pin it), when ok.
   std::string signing_key; ///< Server Ed25519 public key, 64 hex digits, when ok.
-  MSGPACK_DEFINE_MAP(ok, reason, error, server_key, signing_key)
+  PARRY_MSGPACK_MAP(ok, reason, error, server_key, signing_key)
 };
 
 /// An enrollment token: "pe1_" + 64 hex digits of secret + "_" + 64 hex digits of the

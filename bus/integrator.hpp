@@ -12,6 +12,8 @@
 
 #include <msgpack.hpp>
 
+#include "bus/map_decode.hpp"
+
 namespace parry::bus {
 
 namespace type {
@@ -27,7 +29,7 @@ struct api_request {
   std::string path;            ///< "/api/v1/..." with its query string.
   std::string body;            ///< JSON text, "" for none.
   std::string idempotency_key; ///< As the Idempotency-Key header; "" for none.
-  MSGPACK_DEFINE_MAP(method, path, body, idempotency_key)
+  PARRY_MSGPACK_MAP(method, path, body, idempotency_key)
 };
 
 /// Server -> integrator: the answer to `request` or `snapshot`.
@@ -35,7 +37,7 @@ struct api_reply {
   uint64_t request_id = 0; ///< The msg_id of the request answered.
   int32_t status = 0;      ///< HTTP status code, as REST would answer.
   std::string body;        ///< JSON text, as REST would answer.
-  MSGPACK_DEFINE_MAP(request_id, status, body)
+  PARRY_MSGPACK_MAP(request_id, status, body)
 };
 
 /// The event families; each counts its own `seq` from 1 (per server start).
@@ -53,7 +55,7 @@ struct incident_event {
   std::string severity;
   int64_t created_at = 0; ///< µs since the epoch.
   uint32_t events = 0;    ///< Activity events in its chain.
-  MSGPACK_DEFINE_MAP(incident_id, device_id, detection, severity, created_at, events)
+  PARRY_MSGPACK_MAP(incident_id, device_id, detection, severity, created_at, events)
 };
 
 /// Body of `action.<state>` (registered, sent, acknowledged, completed, failed, ...).
@@ -67,8 +69,8 @@ struct action_event {
   int64_t updated_at = 0; ///< µs since the epoch.
   bool result_ok = false;
   std::string result_error;
-  MSGPACK_DEFINE_MAP(action_id, type, state, device_id, incident_id, requested_by,
-                     updated_at, result_ok, result_error)
+  PARRY_MSGPACK_MAP(action_id, type, state, device_id, incident_id, requested_by,
+                    updated_at, result_ok, result_error)
 };
 
 /// Body of `device.updated`.
@@ -78,7 +80,7 @@ struct device_event {
   bool online = false;
   bool isolated = false;
   int64_t last_seen = 0; ///< µs since the epoch.
-  MSGPACK_DEFINE_MAP(device_id, hostname, online, isolated, last_seen)
+  PARRY_MSGPACK_MAP(device_id, hostname, online, isolated, last_seen)
 };
 
 } // namespace parry::bus

@@ -14,6 +14,8 @@
 
 #include <msgpack.hpp>
 
+#include "bus/map_decode.hpp"
+
 namespace parry::bus {
 
 /// Protocol version spoken by this build.
@@ -42,7 +44,7 @@ struct header {
   std::string device_id; ///< Must equal the ROUTER routing id on the server side.
   uint64_t seq = 0;      ///< Per-direction sequence number.
   int64_t time = 0;      ///< Sender's wall clock, microseconds since the epoch.
-  MSGPACK_DEFINE_MAP(v, type, msg_id, device_id, seq, time)
+  PARRY_MSGPACK_MAP(v, type, msg_id, device_id, seq, time)
 };
 
 /// Agent -> server, first message on every (re)connect.
@@ -52,13 +54,13 @@ struct hello {
   std::string agent_version;
   std::vector<std::string> addresses;
   bool isolated = false; ///< Isolation state the agent currently enforces.
-  MSGPACK_DEFINE_MAP(hostname, os, agent_version, addresses, isolated)
+  PARRY_MSGPACK_MAP(hostname, os, agent_version, addresses, isolated)
 };
 
 /// Agent -> server, periodic liveness.
 struct heartbeat {
   bool isolated = false;
-  MSGPACK_DEFINE_MAP(isolated)
+  PARRY_MSGPACK_MAP(isolated)
 };
 
 /// The file an activity event is about (empty path when none).
@@ -66,7 +68,7 @@ struct file_info {
   std::string path;
   std::string sha256; ///< Lower-case hex.
   uint64_t size = 0;
-  MSGPACK_DEFINE_MAP(path, sha256, size)
+  PARRY_MSGPACK_MAP(path, sha256, size)
 };
 
 /// The process an activity event is about (pid 0 when none).
@@ -78,7 +80,7 @@ struct process_info {
   std::string cmdline;
   std::string user;
   uint32_t parent_pid = 0;
-  MSGPACK_DEFINE_MAP(pid, start_time, image, sha256, cmdline, user, parent_pid)
+  PARRY_MSGPACK_MAP(pid, start_time, image, sha256, cmdline, user, parent_pid)
 };
 
 /// One step of a threat development chain.
@@ -90,7 +92,7 @@ struct activity_event {
   file_info file;
   process_info process;
   std::string detail; ///< Free text (remote address of a connection, module...).
-  MSGPACK_DEFINE_MAP(id, type, time, parent_id, file, process, detail)
+  PARRY_MSGPACK_MAP(id, type, time, parent_id, file, process, detail)
 };
 
 /// The EPP detection at the heart of an incident.
@@ -98,7 +100,7 @@ struct detection {
   std::string name;     ///< Verdict, e.g. "HEUR:Trojan.Win32.Generic".
   std::string severity; ///< low, medium, high, critical.
   std::string engine;
-  MSGPACK_DEFINE_MAP(name, severity, engine)
+  PARRY_MSGPACK_MAP(name, severity, engine)
 };
 
 /// Agent -> server: an EPP detection with the chain built around it.
@@ -111,13 +113,13 @@ struct incident_report {
   /// by the server so that the store writes them as they came instead of encoding
   /// the report again. Empty for a report built in memory.
   std::string wire;
-  MSGPACK_DEFINE_MAP(report_id, det, key_event_id, events)
+  PARRY_MSGPACK_MAP(report_id, det, key_event_id, events)
 };
 
 /// Agent -> server: the command with this id was received and will be executed.
 struct action_ack {
   std::string action_id;
-  MSGPACK_DEFINE_MAP(action_id)
+  PARRY_MSGPACK_MAP(action_id)
 };
 
 /// Agent -> server: how a command ended. Re-sent until a `result_ack` arrives.
@@ -126,14 +128,14 @@ struct action_result {
   bool ok = false;
   std::string error;                         ///< Why it failed, empty when ok.
   std::map<std::string, std::string> effect; ///< What it did (rules applied, ...).
-  MSGPACK_DEFINE_MAP(action_id, ok, error, effect)
+  PARRY_MSGPACK_MAP(action_id, ok, error, effect)
 };
 
 /// Server -> agent: answer to `hello`.
 struct welcome {
   int64_t server_time = 0;
   uint32_t heartbeat_interval_ms = 5000;
-  MSGPACK_DEFINE_MAP(server_time, heartbeat_interval_ms)
+  PARRY_MSGPACK_MAP(server_time, heartbeat_interval_ms)
 };
 
 /// Server -> agent: execute a response action. Signed (docs/bus-protocol.md,
@@ -148,13 +150,13 @@ struct command {
   std::string device_id;  ///< The device the server signed it for.
   uint64_t seq = 0;       ///< Per-device command sequence number, increasing.
   std::string sig;        ///< Ed25519 signature, 128 lower-case hex digits.
-  MSGPACK_DEFINE_MAP(action_id, type, params, issued_at, expires_at, device_id, seq, sig)
+  PARRY_MSGPACK_MAP(action_id, type, params, issued_at, expires_at, device_id, seq, sig)
 };
 
 /// Server -> agent: the result for this action is stored; stop re-sending it.
 struct result_ack {
   std::string action_id;
-  MSGPACK_DEFINE_MAP(action_id)
+  PARRY_MSGPACK_MAP(action_id)
 };
 
 /// Server -> agent: the message with this `msg_id` was not accepted. A limit was hit
@@ -168,7 +170,7 @@ struct rejected {
   uint64_t value = 0;  ///< The limit's value, in the unit its name says.
   std::string reason;  ///< Short machine-stable reason, e.g. "frame_too_large".
   uint32_t retry_after_ms = 0;
-  MSGPACK_DEFINE_MAP(msg_id, type, limit, value, reason, retry_after_ms)
+  PARRY_MSGPACK_MAP(msg_id, type, limit, value, reason, retry_after_ms)
 };
 
 /// Server -> agent: withdraw the command with this id if it has not started. The
@@ -181,7 +183,7 @@ struct cancel {
   std::string device_id;
   uint64_t seq = 0;
   std::string sig;
-  MSGPACK_DEFINE_MAP(action_id, issued_at, expires_at, device_id, seq, sig)
+  PARRY_MSGPACK_MAP(action_id, issued_at, expires_at, device_id, seq, sig)
 };
 
 /// Agent -> server: answer to `cancel`. `cancelled` true means the command did not
@@ -191,7 +193,7 @@ struct cancel_result {
   std::string action_id;
   bool cancelled = false;
   std::string detail; ///< Free text for the log, e.g. "already executed".
-  MSGPACK_DEFINE_MAP(action_id, cancelled, detail)
+  PARRY_MSGPACK_MAP(action_id, cancelled, detail)
 };
 
 // -- inspect overloads (used by CAF on the server side) -------------------------

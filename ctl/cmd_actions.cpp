@@ -246,9 +246,12 @@ std::vector<std::string> matching_incidents(session& s,
   std::vector<std::pair<std::string, std::string>> params;
   for (const auto& f : filters) {
     auto eq = f.find('=');
-    if (eq == std::string::npos || eq == 0)
+    // An empty value means "no filter" to the server: every incident. An unset shell
+    // variable must not reach the whole fleet.
+    if (eq == std::string::npos || eq == 0 || eq + 1 == f.size())
       throw fatal(outcome::usage,
-                  parry::ctl::printable("error: --filter " + f + ": must be KEY=VALUE"));
+                  parry::ctl::printable("error: --filter " + f +
+                                        ": must be KEY=VALUE with a value"));
     // The server ignores words it does not know: a misspelt key would match every
     // incident, so only the list's filters are taken.
     auto key = f.substr(0, eq);
@@ -329,7 +332,11 @@ int cmd_respond_all(session& s, const action_request& a) {
         body["targets"].push_back(
             json{{"incident_id", ids[i]}, {"target", {{"kind", "detection"}}}});
       auto r = s.call("POST", "/api/v1/actions/bulk", &body);
-      for (const auto& one : sub(r.body, "results")) {
+      const auto& results = sub(r.body, "results");
+      if (!results.is_array() || results.size() != body["targets"].size())
+        throw fatal(outcome::server_error,
+                    "error: bad_response: the server did not answer for every target");
+      for (const auto& one : results) {
         const auto& act = sub(one, "action");
         std::string line = str(one, "incident_id") + ": ";
         if (act.is_object()) {
@@ -382,7 +389,9 @@ int cmd_respond_all(session& s, const action_request& a) {
     std::cout << "registered " << registered << ", refused " << refused
               << (a.wait ? ", not completed " + std::to_string(failed) : std::string{})
               << '\n';
-  return refused + failed == 0 ? 0 : parry::ctl::exit_code(outcome::server_error);
+  return registered == ids.size() && failed == 0
+             ? 0
+             : parry::ctl::exit_code(outcome::server_error);
 }
 
 int cmd_cancel(session& s, const std::string& id, const std::string& comment) {
@@ -450,15 +459,19 @@ void add_action_options(CLI::App* cmd, action_request& a) {
   cmd->add_option("--filter", a.filters,
                   "with --all-incidents: KEY=VALUE as GET /incidents takes it (status, "
                   "severity, device_id, since, until); repeatable");
+  auto* filter = cmd->get_option("--filter");
+  filter->needs(all);
   cmd->add_option("--canary", a.canary,
                   "with --all-incidents: act on this many first and go on only when "
-                  "every one of them completed");
+                  "every one of them completed")
+      ->needs(all);
   cmd->add_option("--event", a.event,
                   "target this event of the chain instead of the detection");
   cmd->add_option("--comment", a.comment, "free text kept with the action");
   cmd->add_option(
          "--idempotency-key", a.idempotency_key,
          "a retry with the same key returns the first action instead of a new one")
+      ->excludes("--all-incidents")
       ->check([](const std::string& k) {
         return k.size() <= 128 ? std::string{} : std::string("at most 128 characters");
       });

@@ -621,7 +621,17 @@ void server::start() {
   // Copies the log into the file off the store's commits (actors/checkpointer.hpp).
   checkpointer_options copts;
   copts.metrics = m.metrics;
-  keep(m.sys.spawn<caf::detached>(checkpointer, cfg.data_dir + "/parry.db", copts));
+  auto ckpt = m.sys.spawn<caf::detached>(checkpointer, cfg.data_dir + "/parry.db", copts);
+  keep(ckpt);
+  // It answers once it could open the file: without it every commit would do its
+  // own checkpoints again (past the 1 GiB safety net), so parryd does not start.
+  {
+    caf::scoped_actor probe{m.sys};
+    caf::error failure;
+    probe->request(ckpt, std::chrono::seconds{60}, atom::flush_v)
+        .receive([](int64_t, int64_t) {}, [&](caf::error& e) { failure = e; });
+    if (failure) throw std::runtime_error("store checkpointer: " + message_of(failure));
+  }
   // Files made before this start (or under another umask) are closed too.
   make_private_dir(cfg.data_dir);
   if (auto s = *m.siem.get()) s->start();

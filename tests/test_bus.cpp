@@ -114,6 +114,72 @@ BOOST_AUTO_TEST_CASE(unknown_keys_ignored_missing_defaulted) {
   BOOST_TEST(h->isolated == false);
 }
 
+// The single-pass decode (bus/map_decode.hpp) means what msgpack-cxx's map decode
+// meant: the first of a repeated key counts, a key that is not a string fails, a
+// field of the wrong kind fails, nested maps decode the same way.
+BOOST_AUTO_TEST_CASE(map_decode_keeps_msgpack_cxx_meaning) {
+  auto frame = [](auto&& fill) {
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> pk(buf);
+    fill(pk);
+    return std::string(buf.data(), buf.size());
+  };
+  std::string why;
+  auto twice = frame([](auto& pk) {
+    pk.pack_map(3);
+    pk.pack(std::string{"hostname"});
+    pk.pack(std::string{"first"});
+    pk.pack(std::string{"os"});
+    pk.pack(std::string{"linux"});
+    pk.pack(std::string{"hostname"});
+    pk.pack(std::string{"second"});
+  });
+  bool exact = true;
+  auto h = decode<hello>(twice, decode_limits{}, why, &exact);
+  BOOST_REQUIRE_MESSAGE(h, why);
+  BOOST_TEST(h->hostname == "first");
+  BOOST_TEST(!exact); // the bytes hold a value nobody checked
+  BOOST_TEST(h->os == "linux");
+  auto unknown = frame([](auto& pk) {
+    pk.pack_map(1);
+    pk.pack(std::string{"future_field"});
+    pk.pack(1);
+  });
+  exact = true;
+  BOOST_TEST(decode<hello>(unknown, decode_limits{}, why, &exact).has_value());
+  BOOST_TEST(!exact);
+  auto int_key = frame([](auto& pk) {
+    pk.pack_map(2);
+    pk.pack(std::string{"hostname"});
+    pk.pack(std::string{"h"});
+    pk.pack(7);
+    pk.pack(std::string{"x"});
+  });
+  BOOST_TEST(!decode<hello>(int_key, decode_limits{}, why));
+  auto wrong_kind = frame([](auto& pk) {
+    pk.pack_map(1);
+    pk.pack(std::string{"isolated"});
+    pk.pack(std::string{"yes"});
+  });
+  BOOST_TEST(!decode<hello>(wrong_kind, decode_limits{}, why));
+  // A whole report, nested maps and arrays: what encode() wrote comes back.
+  incident_report r;
+  r.report_id = "rep-1";
+  r.det = {"HEUR:Trojan", "high", "epp"};
+  r.key_event_id = "e2";
+  r.events.resize(2);
+  r.events[1].id = "e2";
+  r.events[1].file = {"C:\\x.exe", std::string(64, 'a'), 12};
+  r.events[1].process.pid = 42;
+  exact = false;
+  auto back = decode<incident_report>(encode(r), decode_limits{}, why, &exact);
+  BOOST_REQUIRE_MESSAGE(back, why);
+  BOOST_TEST(exact);
+  BOOST_TEST(encode(*back) == encode(r));
+  BOOST_TEST(back->events[1].file.size == 12u);
+  BOOST_TEST(back->events[1].process.pid == 42u);
+}
+
 BOOST_AUTO_TEST_CASE(rejects_malformed_and_oversized) {
   decode_limits lim;
   lim.max_frame = 1024;

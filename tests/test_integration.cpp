@@ -483,6 +483,10 @@ BOOST_AUTO_TEST_CASE(parryctl_acts_on_every_matching_incident_after_a_canary) {
       parryctl({"isolate", "--all-incidents", "--filter", "devce_id=sim-0003", "--yes"},
                "bad.log");
   BOOST_TEST(bad_rc == 2, bad_out);
+  // An empty value would match every incident (an unset shell variable).
+  auto [empty_rc, empty_out] = parryctl(
+      {"isolate", "--all-incidents", "--filter", "device_id=", "--yes"}, "empty.log");
+  BOOST_TEST(empty_rc == 2, empty_out);
   BOOST_TEST(get("/actions")["actions"].empty());
   auto [rc, out] =
       parryctl({"isolate", "--all-incidents", "--filter", "device_id=sim-0003",
