@@ -13,7 +13,10 @@ Exit status: 0 when the action ends ``completed``, 1 otherwise (failed, expired,
 cancelled, refused, time-out, connection problem), 2 for bad arguments.
 
     examples/integrator.py --requests tcp://127.0.0.1:7402 --events tcp://127.0.0.1:7403 \\
-        --server-key "$(cat /srv/parry/keys/curve.pub)" --key-file ~/.parry/soar.keys
+        --server-key-file /srv/parry/keys/curve.pub --key-file ~/.parry/soar.keys
+
+A Z85 key may begin with "-": give it as ``--server-key=KEY`` (with "="), or better
+as ``--server-key-file``, so that it is not taken for an option.
 
 Needs python3-zmq and python3-msgpack (Debian 12: /usr/bin/python3).
 """
@@ -113,20 +116,54 @@ def follow(client, action_id, state, deadline, quiet=1.0):
     return state, details
 
 
-def main(argv=None):
+def read_server_key(path):
+    """The server's CURVE public key from ``path`` (parryd's keys/curve.pub): one Z85 line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4097)
+    except OSError as e:
+        raise ValueError("cannot read %s: %s" % (path, e.strerror)) from None
+    if len(data) > 4096:
+        raise ValueError("%s is over 4 KiB: not a key file" % path)
+    try:
+        text = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError("%s is not ASCII: not a key file" % path) from None
+    return text
+
+
+def parse_args(argv=None):
+    """Arguments, with ``server_key`` set from --server-key or --server-key-file.
+
+    Exits 2 (argparse) on bad arguments.
+    """
     ap = argparse.ArgumentParser(description="Isolate the device of the newest Parry incident "
                                              "over the integrator bus.")
     ap.add_argument("--requests", required=True, help="requests endpoint, e.g. tcp://127.0.0.1:7402")
     ap.add_argument("--events", required=True, help="events endpoint, e.g. tcp://127.0.0.1:7403")
-    ap.add_argument("--server-key", required=True, help="the server's CURVE public key (Z85)")
+    key = ap.add_mutually_exclusive_group(required=True)
+    key.add_argument("--server-key", help="the server's CURVE public key (Z85); a key that begins "
+                                          "with '-' must be given as --server-key=KEY")
+    key.add_argument("--server-key-file", help="file holding the server's CURVE public key "
+                                               "(parryd's keys/curve.pub)")
     ap.add_argument("--key-file", required=True,
                     help="file with the integrator's 'public Z85' and 'secret Z85' lines (mode 0600)")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds for the whole run (default 60)")
     args = ap.parse_args(argv)
     if args.timeout <= 0:
         ap.error("--timeout must be positive")
+    if args.server_key_file is not None:
+        try:
+            args.server_key = read_server_key(args.server_key_file)
+        except ValueError as e:
+            ap.error("--server-key-file: %s" % e)
     if not parry_bus.is_z85_key(args.server_key):
-        ap.error("--server-key must be 40 Z85 characters")
+        ap.error("the server key must be 40 Z85 characters")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
         public, secret = parry_bus.load_key_file(args.key_file)
     except parry_bus.KeyFileError as e:
