@@ -7,8 +7,13 @@
 #include <limits>
 #include <stdexcept>
 
+#include <queue>
+#include <utility>
+
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
@@ -21,6 +26,10 @@ namespace {
 
 // Each session costs a TCP socket, two ZeroMQ sockets and their mailboxes.
 constexpr std::size_t fds_per_session = 4;
+// Readiness reports taken from epoll per wait; the rest come in the next round.
+constexpr int max_events_per_wait = 512;
+// What an epoll entry stands for: data.u64 = index << 2 | kind.
+enum item_kind : uint64_t { dealer_item = 0, monitor_item = 1, watched_item = 2 };
 // Messages taken from one socket per round, so a chatty peer cannot starve others.
 constexpr int max_reads_per_round = 64;
 // How often the hold files are looked at: a stat each, cheap enough.
@@ -62,16 +71,29 @@ struct bus_runner::impl {
   // Declared after the context so they close before it terminates.
   std::vector<zmq::socket_t> dealers;
   std::vector<zmq::socket_t> monitors;
-  // Dealer i at 2i, its monitor at 2i+1, then the watched descriptors.
-  std::vector<zmq::pollitem_t> items;
+  // One epoll set over every socket's ZMQ_FD and the watched descriptors: a round
+  // touches only the sockets that have work, whatever the number of sessions.
+  int epoll_fd = -1;
+  std::vector<int> dealer_fd, monitor_fd;             // ZMQ_FD of each, -1 when closed
   std::vector<std::function<void(int64_t)>> watchers; // by descriptor, in order
   std::vector<int> watched;
   std::function<int64_t(int64_t)> round_hook;
+  // ZMQ_FD only says "look at ZMQ_EVENTS": a socket stays on this list while it may
+  // hold input the descriptor will not signal again (after a send, or when a round
+  // stopped reading it at max_reads_per_round).
+  std::vector<std::pair<std::size_t, item_kind>> pending;
+  std::vector<uint8_t> pending_flags; // bit 0: dealer listed, bit 1: monitor listed
+  // Sessions' timers as a lazy min-heap: an entry counts only while its time equals
+  // queued_due[i]; others are stale and skipped when they surface.
+  using timer = std::pair<int64_t, std::size_t>;
+  std::priority_queue<timer, std::vector<timer>, std::greater<timer>> timers;
+  std::vector<int64_t> queued_due;
   // A refused handshake (key not enrolled or revoked, device still connected) ends
   // a ZeroMQ connection for good: the socket is made again later, backing off.
   std::vector<int64_t> redial_at;    // 0: none due
   std::vector<int64_t> redial_delay; // next back-off
-  uint64_t generation = 0;           // makes each monitor endpoint unique
+  std::size_t redials_waiting = 0;
+  uint64_t generation = 0; // makes each monitor endpoint unique
   uint64_t refused_handshakes = 0;
   uint64_t send_failures = 0;
   bool started = false;
@@ -80,13 +102,62 @@ struct bus_runner::impl {
   int64_t next_hold_check = 0;
   int64_t hook_due = 0;
 
+  ~impl() {
+    if (epoll_fd >= 0) ::close(epoll_fd);
+  }
+
   void send(std::size_t i, const std::vector<outbound>& msgs);
   void check_hold(int64_t now);
   void read_messages(std::size_t i, int64_t now);
   void read_monitor(std::size_t i, int64_t now);
   void open_socket(std::size_t i);
+  void close_socket(std::size_t i);
   void redial_due(int64_t now);
+  void watch_fd(int fd, uint64_t tag);
+  void mark_pending(std::size_t i, item_kind kind);
+  void handle_pending(int64_t now);
+  void touch_timer(std::size_t i);
+  void run_timers(int64_t now);
+  int64_t next_timer();
 };
+
+void bus_runner::impl::watch_fd(int fd, uint64_t tag) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag;
+  if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0)
+    throw std::runtime_error(std::string("epoll_ctl: ") + std::strerror(errno));
+}
+
+void bus_runner::impl::mark_pending(std::size_t i, item_kind kind) {
+  uint8_t bit = kind == dealer_item ? 1 : 2;
+  if (pending_flags[i] & bit) return;
+  pending_flags[i] |= bit;
+  pending.emplace_back(i, kind);
+}
+
+void bus_runner::impl::touch_timer(std::size_t i) {
+  int64_t due = sessions[i]->next_due();
+  if (due >= queued_due[i]) return; // the queued entry comes first and re-queues
+  queued_due[i] = due;
+  timers.emplace(due, i);
+}
+
+int64_t bus_runner::impl::next_timer() {
+  while (!timers.empty() && timers.top().first != queued_due[timers.top().second])
+    timers.pop(); // stale
+  return timers.empty() ? std::numeric_limits<int64_t>::max() : timers.top().first;
+}
+
+void bus_runner::impl::run_timers(int64_t now) {
+  while (next_timer() <= now) {
+    std::size_t i = timers.top().second;
+    timers.pop();
+    queued_due[i] = std::numeric_limits<int64_t>::max();
+    if (sessions[i]->next_due() <= now) send(i, sessions[i]->tick(now));
+    touch_timer(i);
+  }
+}
 
 void bus_runner::impl::open_socket(std::size_t i) {
   const std::string& id = sessions[i]->device_id();
@@ -123,23 +194,44 @@ void bus_runner::impl::open_socket(std::size_t i) {
   p.set(zmq::sockopt::linger, 0);
   p.connect(mon);
   d.connect(cfg.server);
-  items[2 * i] = {d.handle(), 0, ZMQ_POLLIN, 0};
-  items[2 * i + 1] = {p.handle(), 0, ZMQ_POLLIN, 0};
+  dealer_fd[i] = d.get(zmq::sockopt::fd);
+  monitor_fd[i] = p.get(zmq::sockopt::fd);
+  watch_fd(dealer_fd[i], uint64_t{i} << 2 | dealer_item);
+  watch_fd(monitor_fd[i], uint64_t{i} << 2 | monitor_item);
   dealers[i] = std::move(d);
   monitors[i] = std::move(p);
+  // Whatever arrived before the descriptor was watched is looked at once.
+  mark_pending(i, monitor_item);
+  mark_pending(i, dealer_item);
+}
+
+void bus_runner::impl::close_socket(std::size_t i) {
+  for (int* fd : {&dealer_fd[i], &monitor_fd[i]}) {
+    if (*fd >= 0) ::epoll_ctl(epoll_fd, EPOLL_CTL_DEL, *fd, nullptr);
+    *fd = -1;
+  }
+  monitors[i].close();
+  dealers[i].close();
 }
 
 void bus_runner::impl::redial_due(int64_t now) {
+  if (redials_waiting == 0) return;
   for (std::size_t i = 0; i < redial_at.size(); ++i) {
     if (redial_at[i] == 0 || redial_at[i] > now) continue;
     redial_at[i] = 0;
+    --redials_waiting;
     spdlog::info("{}: connecting again after a refused handshake",
                  sessions[i]->device_id());
+    close_socket(i);
     open_socket(i);
   }
 }
 
 void bus_runner::impl::send(std::size_t i, const std::vector<outbound>& msgs) {
+  if (msgs.empty()) return;
+  // A send may take in the socket's pending commands and with them the signal that
+  // input arrived: look at ZMQ_EVENTS again next round.
+  if (dealer_fd[i] >= 0) mark_pending(i, dealer_item);
   for (const outbound& m : msgs) {
     std::string head = bus::encode(m.head);
     try {
@@ -175,10 +267,17 @@ void bus_runner::impl::check_hold(int64_t now) {
   hold_results = results;
   for (agent_session* s : sessions)
     s->set_hold(commands, results);
+  if (started)
+    for (std::size_t i = 0; i < sessions.size(); ++i)
+      touch_timer(i);
 }
 
 void bus_runner::impl::read_messages(std::size_t i, int64_t now) {
-  for (int n = 0; n < max_reads_per_round; ++n) {
+  for (int n = 0;; ++n) {
+    if (n == max_reads_per_round) {
+      mark_pending(i, dealer_item); // the rest next round, after the others
+      return;
+    }
     zmq::message_t frames[2];
     std::size_t count = 0;
     zmq::message_t part;
@@ -199,6 +298,7 @@ void bus_runner::impl::read_messages(std::size_t i, int64_t now) {
     }
     send(i, sessions[i]->on_message(frames[0].to_string_view(),
                                     frames[1].to_string_view(), now));
+    touch_timer(i);
   }
 }
 
@@ -221,16 +321,20 @@ void bus_runner::impl::read_monitor(std::size_t i, int64_t now) {
                      sessions[i]->device_id(), redial_delay[i] / 1000000);
         redial_at[i] = now + redial_delay[i];
         redial_delay[i] = std::min(max_redial_us, 2 * redial_delay[i]);
+        ++redials_waiting;
       }
       sessions[i]->on_link_down();
+      touch_timer(i);
       return;
     } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       redial_delay[i] = first_redial_us;
       spdlog::debug("{}: connected", sessions[i]->device_id());
       send(i, sessions[i]->on_link_up(now));
+      touch_timer(i);
     } else if (id == ZMQ_EVENT_DISCONNECTED) {
       spdlog::debug("{}: disconnected", sessions[i]->device_id());
       sessions[i]->on_link_down();
+      touch_timer(i);
     }
   }
 }
@@ -273,11 +377,17 @@ void bus_runner::start() {
     throw std::runtime_error("a CURVE key pair is needed for every endpoint");
   m.dealers.resize(n);
   m.monitors.resize(n);
-  m.items.assign(2 * n, zmq::pollitem_t{});
-  for (int fd : m.watched)
-    m.items.push_back({nullptr, fd, ZMQ_POLLIN, 0});
+  m.dealer_fd.assign(n, -1);
+  m.monitor_fd.assign(n, -1);
+  m.pending_flags.assign(n, 0);
+  m.queued_due.assign(n, std::numeric_limits<int64_t>::max());
   m.redial_at.assign(n, 0);
   m.redial_delay.assign(n, first_redial_us);
+  m.epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+  if (m.epoll_fd < 0)
+    throw std::runtime_error(std::string("epoll_create1: ") + std::strerror(errno));
+  for (std::size_t w = 0; w < m.watched.size(); ++w)
+    m.watch_fd(m.watched[w], uint64_t{w} << 2 | watched_item);
   int64_t now = now_us();
   // Before any socket: a command must not slip through ahead of the first look.
   m.check_hold(now);
@@ -288,47 +398,84 @@ void bus_runner::start() {
     throw std::runtime_error("cannot set up endpoint sockets for " + m.cfg.server + ": " +
                              e.what());
   }
-  for (std::size_t i = 0; i < n; ++i)
+  for (std::size_t i = 0; i < n; ++i) {
     m.send(i, m.sessions[i]->start(now));
+    m.touch_timer(i);
+  }
   m.started = true;
+}
+
+void bus_runner::impl::handle_pending(int64_t now) {
+  std::vector<std::pair<std::size_t, item_kind>> due;
+  due.swap(pending);
+  for (auto [i, kind] : due) {
+    pending_flags[i] &= static_cast<uint8_t>(kind == dealer_item ? ~1u : ~2u);
+    if (kind == monitor_item) {
+      if (monitor_fd[i] >= 0) read_monitor(i, now);
+    } else if (dealer_fd[i] >= 0) {
+      read_messages(i, now);
+    }
+  }
 }
 
 void bus_runner::poll_once(long max_wait_ms) {
   impl& m = *impl_;
   if (!m.started) throw std::logic_error("bus_runner::poll_once before start");
   int64_t now = now_us();
-  int64_t due = m.round_hook ? m.hook_due : std::numeric_limits<int64_t>::max();
-  for (const agent_session* s : m.sessions)
-    due = std::min(due, s->next_due());
+  int64_t due = std::min(m.round_hook ? m.hook_due : std::numeric_limits<int64_t>::max(),
+                         m.next_timer());
   long wait = max_wait_ms;
-  if (due - now < static_cast<int64_t>(max_wait_ms) * 1000)
+  if (!m.pending.empty())
+    wait = 0; // sockets that may hold input without a signal
+  else if (due - now < static_cast<int64_t>(max_wait_ms) * 1000)
     wait = static_cast<long>(std::max<int64_t>(0, (due - now + 999) / 1000));
-  std::size_t n = m.sessions.size();
-  try {
-    zmq::poll(m.items, std::chrono::milliseconds(wait));
-    now = now_us();
-    for (std::size_t i = 0; i < n; ++i) {
-      if (m.items[2 * i + 1].revents & ZMQ_POLLIN) m.read_monitor(i, now);
-      if (m.items[2 * i].revents & ZMQ_POLLIN) m.read_messages(i, now);
-    }
-    for (std::size_t w = 0; w < m.watched.size(); ++w)
-      if (m.items[2 * n + w].revents & ZMQ_POLLIN) m.watchers[w](now);
-  } catch (const zmq::error_t& e) {
+  epoll_event events[max_events_per_wait];
+  int ready =
+      ::epoll_wait(m.epoll_fd, events, max_events_per_wait, static_cast<int>(wait));
+  if (ready < 0) {
     // A signal: let the caller look at its stop flag; unread input waits for the
     // next round.
+    if (errno == EINTR) return;
+    throw std::runtime_error(std::string("epoll_wait: ") + std::strerror(errno));
+  }
+  now = now_us();
+  bool watcher_ran = false;
+  try {
+    for (int e = 0; e < ready; ++e) {
+      uint64_t tag = events[e].data.u64;
+      auto kind = static_cast<item_kind>(tag & 3);
+      std::size_t i = static_cast<std::size_t>(tag >> 2);
+      if (kind == watched_item) {
+        m.watchers[i](now);
+        watcher_ran = true;
+      } else {
+        m.mark_pending(i, kind);
+      }
+    }
+    m.handle_pending(now);
+  } catch (const zmq::error_t& e) {
     if (e.num() == EINTR) return;
     throw;
   }
   now = now_us();
   m.redial_due(now);
   m.check_hold(now);
-  for (std::size_t i = 0; i < n; ++i)
-    if (m.sessions[i]->next_due() <= now) m.send(i, m.sessions[i]->tick(now));
-  if (m.round_hook) m.hook_due = m.round_hook(now);
+  // Watchers and the round hook may change any session's timers (the real agent's
+  // detections): then every timer is looked at again.
+  if (watcher_ran || m.round_hook)
+    for (std::size_t i = 0; i < m.sessions.size(); ++i)
+      m.touch_timer(i);
+  m.run_timers(now);
+  if (m.round_hook) {
+    m.hook_due = m.round_hook(now);
+    for (std::size_t i = 0; i < m.sessions.size(); ++i)
+      m.touch_timer(i);
+  }
 }
 
 void bus_runner::send(std::size_t i, const std::vector<outbound>& msgs) {
   impl_->send(i, msgs);
+  impl_->touch_timer(i);
 }
 
 uint64_t bus_runner::send_failures() const {

@@ -15,6 +15,7 @@
 #include "agent-real/real_agent.hpp"
 #include "agent-sim/agent_keys.hpp"
 #include "agent-sim/scenario.hpp"
+#include "agent-sim/sim_procs.hpp"
 #include "agent-sim/sim_runner.hpp"
 #include "bus/codec.hpp"
 #include "common/keys.hpp"
@@ -52,8 +53,12 @@ int main(int argc, char** argv) {
   std::string state_dir = "./parry-agent-state";
   bool plain = false;
 
-  app.add_option("--sim", sim, "Simulate N endpoints in this process")
-      ->check(CLI::Range(1, 20000));
+  std::size_t procs = 0;
+  app.add_option("--sim", sim, "Simulate N endpoints")->check(CLI::Range(1, 1'000'000));
+  app.add_option("--procs", procs,
+                 "Spread the endpoints over P processes (default: as few as the "
+                 "open-files limit allows, about 4 descriptors per endpoint)")
+      ->check(CLI::Range(1, 1024));
   app.add_flag("--real", real,
                "Act on this machine: nftables isolation, processes, files, fanotify "
                "(root; needs --config)");
@@ -137,6 +142,14 @@ int main(int argc, char** argv) {
       !parry::bus::valid_id(parry::sim::device_id_for(cfg.endpoint.id_prefix, 0)))
     return fail("--id-prefix must be at most 100 characters of [A-Za-z0-9._:-]");
   cfg.endpoints = sim;
+  if (procs > sim) return fail("--procs must not exceed --sim");
+  const std::size_t per_process = parry::sim::endpoints_per_process_limit();
+  if (procs == 0) procs = parry::sim::processes_needed(sim);
+  if ((sim + procs - 1) / procs > per_process)
+    return fail(std::to_string(sim) + " endpoints in " + std::to_string(procs) +
+                " process(es) is more than " + std::to_string(per_process) +
+                " per process, which the open-files limit allows: use --procs " +
+                std::to_string(parry::sim::processes_needed(sim)) + " or more");
   cfg.endpoint.incident_interval_us = int64_t{incident_interval_ms} * 1000;
 
   // Logs go to stderr so that --generate output on stdout stays clean.
@@ -196,7 +209,16 @@ int main(int argc, char** argv) {
                     ? " .. " + parry::sim::device_id_for(cfg.endpoint.id_prefix, sim - 1)
                     : std::string())
             << ") connecting to " << server << ", seed " << cfg.endpoint.seed << ", "
-            << scenarios.size() << " scenarios" << std::endl;
+            << scenarios.size() << " scenarios";
+  if (procs > 1) std::cout << ", in " << procs << " processes";
+  std::cout << std::endl;
+  if (procs > 1) {
+    try {
+      return parry::sim::run_processes(cfg, scenarios, procs, stop_requested);
+    } catch (const std::exception& e) {
+      return fail(e.what());
+    }
+  }
   try {
     parry::sim::sim_runner runner(cfg, std::move(scenarios));
     runner.run(stop_requested);

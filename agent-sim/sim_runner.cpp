@@ -45,7 +45,8 @@ sim_runner::sim_runner(runner_config cfg, std::vector<scenario> scenarios)
   int64_t started_at = now_us();
   impl_->endpoints.reserve(impl_->cfg.endpoints);
   for (std::size_t i = 0; i < impl_->cfg.endpoints; ++i)
-    impl_->endpoints.emplace_back(i, impl_->cfg.endpoint, impl_->scenarios, started_at);
+    impl_->endpoints.emplace_back(impl_->cfg.first + i, impl_->cfg.endpoint,
+                                  impl_->scenarios, started_at);
 }
 
 sim_runner::~sim_runner() = default;
@@ -113,7 +114,7 @@ runner_stats sim_runner::stats() const {
 void write_generated(const runner_config& cfg, const std::vector<scenario>& scenarios,
                      std::size_t per_endpoint, std::ostream& out) {
   int64_t now = now_us(); // only reaches times, which are not printed
-  for (std::size_t i = 0; i < cfg.endpoints; ++i) {
+  for (std::size_t i = cfg.first; i < cfg.first + cfg.endpoints; ++i) {
     sim_endpoint ep(i, cfg.endpoint, scenarios, now);
     out << describe_endpoint(ep) << '\n';
     for (std::size_t k = 0; k < per_endpoint; ++k)

@@ -20,9 +20,13 @@ namespace parry::sim {
 /// Settings of a run.
 struct runner_config {
   std::size_t endpoints = 1; ///< How many endpoints to simulate.
-  endpoint_config endpoint;  ///< Shared by all of them; `endpoint.server` is dialled.
-  /// Sockets, test hooks and CURVE keys (by endpoint index); `link.server` is taken
-  /// from `endpoint.server`.
+  /// Index of the first one: endpoints first .. first + endpoints - 1 are simulated
+  /// (one process's share of a run spread over several, `--procs`). Ids and seeds
+  /// follow the index, so a share behaves as it would in one process.
+  std::size_t first = 0;
+  endpoint_config endpoint; ///< Shared by all of them; `endpoint.server` is dialled.
+  /// Sockets, test hooks and CURVE keys (by index within this share); `link.server` is
+  /// taken from `endpoint.server`.
   link_config link;
 };
 

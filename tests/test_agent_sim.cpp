@@ -23,6 +23,7 @@
 #include "agent-sim/executor.hpp"
 #include "agent-sim/scenario.hpp"
 #include "agent-sim/sim_endpoint.hpp"
+#include "agent-sim/sim_procs.hpp"
 #include "agent-sim/sim_runner.hpp"
 #include "bus/codec.hpp"
 #include "bus/command_signature.hpp"
@@ -137,6 +138,26 @@ engine = "test"
 )";
 
 } // namespace
+
+// --procs: the shares cover every endpoint once, in order, and differ by at most one.
+BOOST_AUTO_TEST_CASE(shares_cover_every_endpoint_once) {
+  for (std::size_t total : {1u, 7u, 50000u})
+    for (std::size_t procs : {1u, 3u, 11u}) {
+      if (procs > total) continue;
+      std::size_t next = 0, least = total, most = 0;
+      for (std::size_t k = 0; k < procs; ++k) {
+        auto sh = sim::share_of(total, procs, k);
+        BOOST_TEST(sh.first == next);
+        next += sh.count;
+        least = std::min(least, sh.count);
+        most = std::max(most, sh.count);
+      }
+      BOOST_TEST(next == total);
+      BOOST_TEST(most - least <= 1u);
+    }
+  BOOST_TEST(sim::endpoints_per_process_limit() >= 1u);
+  BOOST_TEST(sim::processes_needed(sim::endpoints_per_process_limit() + 1) == 2u);
+}
 
 BOOST_AUTO_TEST_CASE(shipped_scenarios_are_valid) {
   auto all = shipped_scenarios();

@@ -428,6 +428,48 @@ bus::curve_key_pair enrolled_key(const system_fixture& f, const std::string& dev
 
 BOOST_FIXTURE_TEST_SUITE(end_to_end, system_fixture)
 
+/// The pids /proc lists as `pid`'s children.
+std::vector<pid_t> children_of(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                   "/children"};
+  std::vector<pid_t> out;
+  for (pid_t p; in >> p;)
+    out.push_back(p);
+  return out;
+}
+
+// parry-agent --sim N --procs P: every endpoint connects from one of P processes; a
+// SIGTERM to the parent ends them all cleanly; a child killed -9 stops the others and
+// the parent exits 1.
+BOOST_AUTO_TEST_CASE(simulated_endpoints_spread_over_processes) {
+  auto online_multi = [&] {
+    auto devices = get("/devices?limit=100")["devices"];
+    return std::count_if(devices.begin(), devices.end(), [](const json& d) {
+      return d["device_id"].get<std::string>().rfind("multi-", 0) == 0 &&
+             d["online"].get<bool>();
+    });
+  };
+  for (int round = 0; round < 2; ++round) {
+    auto multi = start_agents("multi", 7, {"--procs", "3"}, "multi.log");
+    BOOST_REQUIRE_MESSAGE(eventually([&] { return online_multi() == 7; }),
+                          log_tail(multi->log_file(), 20));
+    auto kids = children_of(multi->pid());
+    BOOST_REQUIRE_EQUAL(kids.size(), 3u);
+    if (round == 0) {
+      int status = multi->stop(SIGTERM);
+      BOOST_TEST((WIFEXITED(status) && WEXITSTATUS(status) == 0),
+                 "wait status " << status << "\n"
+                                << log_tail(multi->log_file(), 20));
+    } else {
+      ::kill(kids[1], SIGKILL);
+      BOOST_TEST(multi->wait(20s) == 1, log_tail(multi->log_file(), 20));
+    }
+    for (pid_t k : kids)
+      BOOST_TEST(::kill(k, 0) != 0, "process " << k << " outlived its parent");
+    BOOST_REQUIRE(eventually([&] { return online_multi() == 0; }));
+  }
+}
+
 BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
   BOOST_REQUIRE(eventually([&] {
     auto devices = get("/devices")["devices"];

@@ -1,0 +1,167 @@
+#include "agent-sim/sim_procs.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+#include <zmq.h>
+
+namespace parry::sim {
+
+namespace {
+
+// Must match what bus_runner holds per session: a TCP socket, two ZeroMQ sockets and
+// their mailboxes (four descriptors); a DEALER and two PAIRs (three ZeroMQ sockets).
+constexpr std::size_t fds_per_endpoint = 4;
+constexpr std::size_t zmq_sockets_per_endpoint = 3;
+constexpr std::size_t spare_fds = 64;
+
+int run_child(runner_config cfg, const std::vector<scenario>& scenarios, share sh,
+              const std::atomic<bool>& stop) {
+  // A child whose parent died (kill -9) must not go on alone.
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  cfg.first += sh.first;
+  cfg.endpoints = sh.count;
+  if (!cfg.link.curve_keys.empty()) {
+    auto from = cfg.link.curve_keys.begin() + static_cast<std::ptrdiff_t>(sh.first);
+    cfg.link.curve_keys.assign(from, from + static_cast<std::ptrdiff_t>(sh.count));
+  }
+  try {
+    sim_runner runner(cfg, scenarios);
+    runner.run(stop);
+  } catch (const std::exception& e) {
+    spdlog::error("endpoints {} .. {}: {}", cfg.first, cfg.first + sh.count - 1,
+                  e.what());
+    return 1;
+  }
+  return 0;
+}
+
+std::string describe(int status) {
+  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("signal ") + strsignal(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+} // namespace
+
+std::size_t endpoints_per_process_limit() {
+  rlimit rl{};
+  std::size_t by_fds = 4096;
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+    rlim_t hard = rl.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_max;
+    by_fds = hard > spare_fds
+                 ? static_cast<std::size_t>(hard - spare_fds) / fds_per_endpoint
+                 : 1;
+  }
+  void* ctx = zmq_ctx_new();
+  int sockets = ctx ? zmq_ctx_get(ctx, ZMQ_SOCKET_LIMIT) : 1024;
+  if (ctx) zmq_ctx_term(ctx);
+  std::size_t by_zmq =
+      sockets > 16 ? static_cast<std::size_t>(sockets - 16) / zmq_sockets_per_endpoint
+                   : 1;
+  return std::max<std::size_t>(1, std::min(by_fds, by_zmq));
+}
+
+std::size_t processes_needed(std::size_t endpoints) {
+  std::size_t per = endpoints_per_process_limit();
+  return std::max<std::size_t>(1, (endpoints + per - 1) / per);
+}
+
+share share_of(std::size_t total, std::size_t procs, std::size_t k) {
+  std::size_t base = total / procs, extra = total % procs;
+  return {k * base + std::min(k, extra), base + (k < extra ? 1 : 0)};
+}
+
+int run_processes(const runner_config& cfg, const std::vector<scenario>& scenarios,
+                  std::size_t procs, const std::atomic<bool>& stop) {
+  if (procs == 0 || procs > cfg.endpoints)
+    throw std::invalid_argument("--procs must be between 1 and the number of endpoints");
+  // Signals are taken with sigtimedwait: none is lost between a look and a wait.
+  sigset_t wanted, old;
+  sigemptyset(&wanted);
+  for (int s : {SIGCHLD, SIGTERM, SIGINT})
+    sigaddset(&wanted, s);
+  if (sigprocmask(SIG_BLOCK, &wanted, &old) != 0)
+    throw std::runtime_error(std::string("sigprocmask: ") + std::strerror(errno));
+
+  std::vector<pid_t> kids(procs, -1);
+  std::size_t alive = 0;
+  bool stopping = false;
+  int result = 0;
+  auto stop_all = [&] {
+    stopping = true;
+    for (pid_t p : kids)
+      if (p > 0) ::kill(p, SIGTERM);
+  };
+  std::fflush(nullptr); // nothing buffered is written twice
+  std::cout.flush();
+  for (std::size_t k = 0; k < procs && !stop.load(); ++k) {
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      sigprocmask(SIG_SETMASK, &old, nullptr);
+      int rc = run_child(cfg, scenarios, share_of(cfg.endpoints, procs, k), stop);
+      std::fflush(nullptr);
+      std::_Exit(rc);
+    }
+    if (pid < 0) {
+      spdlog::error("cannot start process {} of {}: {}", k + 1, procs,
+                    std::strerror(errno));
+      result = 1;
+      stop_all();
+      break;
+    }
+    kids[k] = pid;
+    ++alive;
+  }
+  if (stop.load() && !stopping) stop_all();
+
+  while (alive > 0) {
+    timespec second{1, 0};
+    siginfo_t info{};
+    int sig = sigtimedwait(&wanted, &info, &second);
+    if ((sig == SIGTERM || sig == SIGINT || stop.load()) && !stopping) stop_all();
+    // Reap whoever ended (SIGCHLD, or a timeout that raced one).
+    for (;;) {
+      int status = 0;
+      pid_t p = ::waitpid(-1, &status, WNOHANG);
+      if (p <= 0) break;
+      auto it = std::find(kids.begin(), kids.end(), p);
+      if (it == kids.end()) continue;
+      std::size_t k = static_cast<std::size_t>(it - kids.begin());
+      *it = -1;
+      --alive;
+      share sh = share_of(cfg.endpoints, procs, k);
+      bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      if (!stopping) {
+        spdlog::error("the process of endpoints {} .. {} ended by itself ({}): stopping "
+                      "the others",
+                      cfg.first + sh.first, cfg.first + sh.first + sh.count - 1,
+                      describe(status));
+        result = 1;
+        stop_all();
+      } else if (!clean) {
+        spdlog::error("the process of endpoints {} .. {} ended with {}",
+                      cfg.first + sh.first, cfg.first + sh.first + sh.count - 1,
+                      describe(status));
+        result = 1;
+      }
+    }
+  }
+  sigprocmask(SIG_SETMASK, &old, nullptr);
+  return result;
+}
+
+} // namespace parry::sim
