@@ -52,8 +52,10 @@ json to_json(const action_record& x) {
   // start_process: the argv the agent runs, as a list (params carry argc + arg.N).
   if (x.params.count("argc")) out["argv"] = argv_of(x.params);
   if (is_final(x.state))
-    out["result"] =
-        json{{"ok", x.result_ok}, {"error", x.result_error}, {"effect", x.result_effect}};
+    out["result"] = json{{"ok", x.result_ok},
+                         {"error", x.result_error},
+                         {"effect", x.result_effect},
+                         {"agent_us", x.result_agent_us}};
   return out;
 }
 

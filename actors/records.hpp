@@ -63,6 +63,8 @@ struct action_record {
   bool result_ok = false;
   std::string result_error;
   std::map<std::string, std::string> result_effect;
+  /// µs the command spent in the agent, as its result states (0: not stated).
+  int64_t result_agent_us = 0;
   int64_t expires_at = 0; ///< The command is void after this (µs since epoch).
   bool password_confirmed = false;
   std::string reverses;    ///< The action this one undoes.
@@ -237,8 +239,8 @@ template <class Inspector> auto inspect(Inspector& f, action_record& x) {
   return f(x.action_id, x.type, x.device_id, x.incident_id, x.target_kind,
            x.target_event_id, x.params, x.requested_by, x.comment, x.idempotency_key,
            x.state, x.created_at, x.updated_at, x.result_ok, x.result_error,
-           x.result_effect, x.expires_at, x.password_confirmed, x.reverses,
-           x.reversed_by);
+           x.result_effect, x.result_agent_us, x.expires_at, x.password_confirmed,
+           x.reverses, x.reversed_by);
 }
 template <class Inspector> auto inspect(Inspector& f, transition& x) {
   return f(x.action_id, x.state, x.time, x.reason);

@@ -254,6 +254,10 @@ void finish(response_action_stateful self, bus::action_result& r) {
   st.rec.result_ok = r.ok;
   st.rec.result_error = r.error;
   st.rec.result_effect = std::move(r.effect);
+  // The agent's word, kept for the split of a round trip; capped so that every JSON
+  // client reads it exactly (2^53 - 1).
+  st.rec.result_agent_us =
+      static_cast<int64_t>(std::min<uint64_t>(r.agent_us, (uint64_t{1} << 53) - 1));
   auto next = r.ok ? state::completed : state::failed;
   auto reason =
       r.ok ? std::string{"agent reported success"} : "agent reported failure: " + r.error;

@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS actions (
   target_event_id TEXT, params TEXT, requested_by TEXT, comment TEXT,
   idempotency_key TEXT, state TEXT NOT NULL, created_at INTEGER, updated_at INTEGER,
   result_ok INTEGER, result_error TEXT, result_effect TEXT, expires_at INTEGER,
-  password_confirmed INTEGER, reverses TEXT, reversed_by TEXT);
+  password_confirmed INTEGER, reverses TEXT, reversed_by TEXT,
+  result_agent_us INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS actions_by_incident ON actions (incident_id);
 CREATE UNIQUE INDEX IF NOT EXISTS actions_by_idem ON actions (requested_by, idempotency_key)
   WHERE idempotency_key <> '';
@@ -240,7 +241,8 @@ constexpr const char* device_columns =
 constexpr const char* action_columns =
     "action_id, type, device_id, incident_id, target_kind, target_event_id, params, "
     "requested_by, comment, idempotency_key, state, created_at, updated_at, result_ok, "
-    "result_error, result_effect, expires_at, password_confirmed, reverses, reversed_by";
+    "result_error, result_effect, expires_at, password_confirmed, reverses, reversed_by, "
+    "result_agent_us";
 
 /// An action row as stored. `problem` says why the row cannot be read as a record
 /// (a type or target kind this build does not know: a newer server or a hand edit
@@ -290,6 +292,7 @@ action_row read_action_row(stmt& q) {
   a.password_confirmed = q.integer(17) != 0;
   a.reverses = q.text(18);
   a.reversed_by = q.text(19);
+  a.result_agent_us = q.integer(20);
   return row;
 }
 
@@ -591,7 +594,7 @@ std::string read_actions(store_state& st, const page_request& p) {
   s.bind(4, filter(p, "incident_id")).bind(5, before);
   return render_page(
       s, "actions", rows, st.max_page_bytes, [](stmt& s) { return action_json(s); },
-      [](stmt& s) { return std::to_string(s.integer(20)); });
+      [](stmt& s) { return std::to_string(s.integer(21)); });
 }
 
 std::string read_action_json(store_state& st, const std::string& id) {
@@ -984,6 +987,12 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         !cols.step())
       exec(st.db, "ALTER TABLE tokens ADD COLUMN token_id TEXT; "
                   "ALTER TABLE tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;");
+    // Actions from before the agent's share of a round trip was kept.
+    if (stmt cols{st, "SELECT 1 FROM pragma_table_info('actions') "
+                      "WHERE name = 'result_agent_us'"};
+        !cols.step())
+      exec(st.db, "ALTER TABLE actions ADD COLUMN result_agent_us INTEGER NOT NULL "
+                  "DEFAULT 0;");
     // Users from before accounts could be disabled.
     if (stmt cols{st, "SELECT 1 FROM pragma_table_info('users') WHERE name = 'disabled'"};
         !cols.step())
@@ -1125,7 +1134,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         auto res = ok_write(self, [&] {
           std::string sql =
               std::string{"INSERT INTO actions ("} + action_columns +
-              ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+              ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
           stmt s{self->state, sql.c_str()};
           s.bind(1, a.action_id)
               .bind(2, to_string(a.type))
@@ -1139,7 +1148,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
           s.bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
           s.bind(16, json(a.result_effect).dump()).bind(17, a.expires_at);
           s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
-          s.bind(20, a.reversed_by);
+          s.bind(20, a.reversed_by).bind(21, a.result_agent_us);
           s.step();
           write_transition(self->state, t, a.requested_by);
           count_transition(self->state, a, t);
@@ -1154,13 +1163,15 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         auto res = ok_write(self, [&] {
           stmt s{self->state,
                  "UPDATE actions SET state = ?, updated_at = ?, result_ok = ?, "
-                 "result_error = ?, result_effect = ? WHERE action_id = ?"};
+                 "result_error = ?, result_effect = ?, result_agent_us = ? "
+                 "WHERE action_id = ?"};
           s.bind(1, to_string(a.state))
               .bind(2, a.updated_at)
               .bind(3, int64_t{a.result_ok});
           s.bind(4, a.result_error)
               .bind(5, json(a.result_effect).dump())
-              .bind(6, a.action_id);
+              .bind(6, a.result_agent_us)
+              .bind(7, a.action_id);
           s.step();
           expect_change(self->state, ec::not_found, "no action " + a.action_id);
           write_transition(self->state, t, "parryd");

@@ -84,6 +84,7 @@ void save_journal(const std::string& path, const sim::agent_session& s,
                        {"ok", r.result.ok},
                        {"error", r.result.error},
                        {"effect", r.result.effect},
+                       {"agent_us", r.result.agent_us},
                        {"acked", r.result_acked},
                        {"cancelled", r.cancelled},
                        {"refused", r.refused}});
@@ -106,6 +107,7 @@ void load_journal(const std::string& path, sim::agent_session& s) {
     r.result.ok = e.at("ok").get<bool>();
     r.result.error = e.at("error").get<std::string>();
     r.result.effect = e.at("effect").get<std::map<std::string, std::string>>();
+    r.result.agent_us = e.value("agent_us", uint64_t{0}); // absent before it was kept
     r.result_acked = e.at("acked").get<bool>();
     r.cancelled = e.at("cancelled").get<bool>();
     r.refused = e.at("refused").get<bool>();

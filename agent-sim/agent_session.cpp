@@ -8,6 +8,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/time.hpp"
+
 namespace parry::sim {
 
 agent_session::agent_session(session_config cfg, executor& exec,
@@ -20,7 +22,7 @@ agent_session::agent_session(session_config cfg, executor& exec,
 
 bool agent_session::is_held(const std::string& action_id) const {
   return std::any_of(pending_.begin(), pending_.end(),
-                     [&](const bus::command& p) { return p.action_id == action_id; });
+                     [&](const held_command& p) { return p.cmd.action_id == action_id; });
 }
 
 void agent_session::refuse(const bus::command& cmd, const bus::guard_verdict& v,
@@ -30,11 +32,14 @@ void agent_session::refuse(const bus::command& cmd, const bus::guard_verdict& v,
                printable(cmd.action_id, 128), printable(cmd.type, 64), v.text);
   // Reported (and re-sent until stored) like any failure, so the action ends failed
   // with the reason; journaled, so the same id is never run later.
+  int64_t received = now_us();
   bus::action_result r{cmd.action_id,
                        false,
                        std::string{"refused by the agent ("} + bus::to_string(v.reason) +
                            "): " + v.text,
-                       {}};
+                       {},
+                       0};
+  r.agent_us = static_cast<uint64_t>(std::max<int64_t>(0, now_us() - received));
   bool was_idle = unacked_ == 0;
   journal_entry e;
   e.result = r;
@@ -108,7 +113,9 @@ bus::action_result agent_session::execute(const bus::command& cmd, int64_t now) 
   return r;
 }
 
-command_outcome agent_session::handle_command(const bus::command& cmd, int64_t now) {
+command_outcome agent_session::handle_command(const bus::command& cmd, int64_t now,
+                                              int64_t received_us) {
+  if (received_us == 0) received_us = now_us();
   command_outcome out;
   out.ack.action_id = cmd.action_id;
   auto it = journal_.find(cmd.action_id);
@@ -118,7 +125,7 @@ command_outcome agent_session::handle_command(const bus::command& cmd, int64_t n
     ++stats_.duplicate_commands;
     if (it->second.cancelled) { // withdrawn before it ran: it never runs
       out.result =
-          bus::action_result{cmd.action_id, false, "cancelled before it ran", {}};
+          bus::action_result{cmd.action_id, false, "cancelled before it ran", {}, 0};
       return out;
     }
     if (it->second.result_acked) {
@@ -133,9 +140,14 @@ command_outcome agent_session::handle_command(const bus::command& cmd, int64_t n
     out.result = execute(cmd, now);
   } else {
     // Running it unrecorded could run it twice after a crash: it does not run.
-    out.result = bus::action_result{
-        cmd.action_id, false, "not run: the agent cannot record it: " + unrecorded, {}};
+    out.result = bus::action_result{cmd.action_id,
+                                    false,
+                                    "not run: the agent cannot record it: " + unrecorded,
+                                    {},
+                                    0};
   }
+  out.result.agent_us =
+      static_cast<uint64_t>(std::max<int64_t>(0, now_us() - received_us));
   out.executed = true;
   ++stats_.commands_executed;
   // One line per execution, in this exact form: tests count them to prove that an
@@ -169,8 +181,8 @@ bus::cancel_result agent_session::cancel(const std::string& action_id) {
     return r;
   }
   // Not started: held, or never received. Journaled, so it never runs later.
-  auto held = std::find_if(pending_.begin(), pending_.end(), [&](const bus::command& c) {
-    return c.action_id == action_id;
+  auto held = std::find_if(pending_.begin(), pending_.end(), [&](const held_command& c) {
+    return c.cmd.action_id == action_id;
   });
   r.detail = held != pending_.end() ? "withdrawn before it started" : "never received";
   if (held != pending_.end()) pending_.erase(held);
@@ -194,11 +206,11 @@ void agent_session::set_hold(bool commands, bool results) {
 std::vector<std::string> agent_session::pending_commands() const {
   std::vector<std::string> ids;
   for (const auto& c : pending_)
-    ids.push_back(c.action_id);
+    ids.push_back(c.cmd.action_id);
   return ids;
 }
 
-void agent_session::answer(const bus::command& cmd, int64_t now,
+void agent_session::answer(const bus::command& cmd, int64_t received_us, int64_t now,
                            std::vector<outbound>& out) {
   if (auto it = journal_.find(cmd.action_id);
       it != journal_.end() && it->second.cancelled) {
@@ -209,7 +221,7 @@ void agent_session::answer(const bus::command& cmd, int64_t now,
     return;
   }
   bool was_idle = unacked_ == 0;
-  command_outcome oc = handle_command(cmd, now);
+  command_outcome oc = handle_command(cmd, now, received_us);
   // A refused command was never accepted: it is answered with its refusal only.
   if (auto it = journal_.find(cmd.action_id); it == journal_.end() || !it->second.refused)
     out.push_back(make(bus::type::action_ack, oc.ack, now));
@@ -338,6 +350,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
     return out;
   }
   if (h->type == bus::type::command) {
+    int64_t received = now_us(); // agent_us counts from here
     auto c = bus::decode<bus::command>(body_frame, limits_, why);
     if (!c) return drop("command: " + why);
     if (!bus::valid_id(c->action_id)) return drop("command with an invalid action id");
@@ -351,7 +364,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
       }
     }
     if (!hold_commands_) {
-      answer(*c, now, out);
+      answer(*c, received, now, out);
       return out;
     }
     // Held: the server sees the command as sent, not acknowledged. A re-delivery
@@ -362,7 +375,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
       spdlog::warn("{}: {} commands held, dropped {}", cfg_.device_id, pending_.size(),
                    c->action_id);
     } else {
-      pending_.push_back(std::move(*c));
+      pending_.push_back({std::move(*c), received});
       ++stats_.held_commands;
     }
     return out;
@@ -421,7 +434,7 @@ std::vector<outbound> agent_session::tick(int64_t now) {
   }
   // Held commands, in the order they came, once the hold is lifted.
   while (!hold_commands_ && !pending_.empty()) {
-    answer(pending_.front(), now, out);
+    answer(pending_.front().cmd, pending_.front().received_us, now, out);
     pending_.pop_front();
   }
   if (now >= next_heartbeat_) {

@@ -119,7 +119,10 @@ public:
   /// Executes `cmd` at most once per action id: a repeated id gets the stored
   /// result back without a second effect. Logs `executed <id> <type> on <device>:
   /// ok|<error>` once per execution. Never throws on bad parameters: they fail.
-  command_outcome handle_command(const bus::command& cmd, int64_t now);
+  /// `received_us` is when the command arrived (now_us(); 0: now): the result's
+  /// `agent_us` counts from then.
+  command_outcome handle_command(const bus::command& cmd, int64_t now,
+                                 int64_t received_us = 0);
 
   /// Test hooks. While `commands` is set, commands received are kept in order, one
   /// per action id, neither acknowledged nor executed nor journaled; once it is
@@ -197,7 +200,8 @@ private:
 
   template <class T> outbound make(const char* type, const T& body, int64_t now);
   outbound make_hello(int64_t now);
-  void answer(const bus::command& cmd, int64_t now, std::vector<outbound>& out);
+  void answer(const bus::command& cmd, int64_t received_us, int64_t now,
+              std::vector<outbound>& out);
   bus::cancel_result cancel(const std::string& action_id);
   void journal(const std::string& action_id, journal_entry e);
   bus::action_result execute(const bus::command& cmd, int64_t now);
@@ -217,7 +221,11 @@ private:
   uint64_t journal_version_ = 0;
   bool hold_commands_ = false;
   bool hold_results_ = false;
-  std::deque<bus::command> pending_; ///< Held commands, oldest first.
+  struct held_command {
+    bus::command cmd;
+    int64_t received_us = 0; ///< now_us() when it arrived.
+  };
+  std::deque<held_command> pending_; ///< Held commands, oldest first.
 
   bus::decode_limits limits_;
   uint64_t msg_base_;

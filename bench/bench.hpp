@@ -21,7 +21,13 @@ constexpr std::chrono::milliseconds heartbeat_period{4000};
 
 struct options {
   std::size_t endpoints = 200;
+  /// Simulated devices (parry-agent --sim) for the round trips and the fan-out; 0:
+  /// as many as `endpoints`. Apart, so that they can grow past what the bench's own
+  /// sockets fit under the open-files limit.
+  std::size_t sim_endpoints = 0;
   std::size_t incidents = 20000;
+  /// Actions stored for the restart-to-ready figure (one in ten open); 0 skips it.
+  std::size_t restart_actions = 100000;
   std::size_t rounds = 200;
   std::string bin_dir;
   std::string scenarios = "./config/scenarios";

@@ -80,7 +80,7 @@ struct sim_agents {
                                        const std::string& token) {
     std::vector<std::string> a{opt.bin_dir + "/parry-agent",
                                "--sim",
-                               std::to_string(opt.endpoints),
+                               std::to_string(opt.sim_endpoints),
                                "--seed",
                                "1",
                                "--id-prefix",
@@ -120,8 +120,9 @@ results curve_pass(const options& opt, const std::vector<frame_pair>& frames,
   server_under_test srv{opt};
   srv.start(true);
   srv.login();
-  auto tok = srv.api().post("/api/v1/enrollment-tokens",
-                            nlohmann::json{{"ttl_seconds", 3600}, {"uses", 2 * n + 16}});
+  auto tok = srv.api().post(
+      "/api/v1/enrollment-tokens",
+      nlohmann::json{{"ttl_seconds", 3600}, {"uses", n + opt.sim_endpoints + 16}});
   if (tok.status != 201) throw std::runtime_error("cannot make an enrollment token");
   auto token_text = tok.body["token"].get<std::string>();
   auto token = parry::bus::parse_token(token_text);
@@ -151,7 +152,7 @@ results curve_pass(const options& opt, const std::vector<frame_pair>& frames,
   auto online_before = stat_of(srv.get("/stats"), "devices_online");
   sim_agents sims{opt, srv, token_text};
   auto& agents = sims.proc;
-  auto targets = await_sims(srv, devices, agents, online_before, n, res);
+  auto targets = await_sims(srv, devices, agents, online_before, opt.sim_endpoints, res);
   round_trips(srv, devices, agents, targets, opt.rounds, res);
   if (!srv.running()) throw std::runtime_error("parryd (CURVE) exited");
   return res;
@@ -190,14 +191,19 @@ int run(const options& opt) {
                              " is too low for " + std::to_string(n) +
                              " endpoints (needs about " + std::to_string(2 * n + 256) +
                              ")");
-  std::printf("parry-bench: %zu endpoints, %zu incidents, %zu rounds; binaries in %s\n",
-              n, opt.incidents, opt.rounds, opt.bin_dir.c_str());
+  std::printf("parry-bench: %zu endpoints (bench sockets), %zu simulated, %zu incidents, "
+              "%zu rounds; binaries in %s\n",
+              n, opt.sim_endpoints, opt.incidents, opt.rounds, opt.bin_dir.c_str());
   // Other work on the machine skews every figure: say how busy it was at the start.
   std::string load;
   std::getline(std::ifstream{"/proc/loadavg"}, load);
   std::printf(
       "machine: %u cores, load average %s\n", std::thread::hardware_concurrency(),
       load.substr(0, load.find(' ', load.find(' ', load.find(' ') + 1) + 1)).c_str());
+
+  // Restart to ready first, on a machine nothing else of the bench loads yet.
+  if (opt.restart_actions > 0) restart_to_ready(opt, opt.restart_actions, res);
+  std::fflush(stdout);
 
   // Frames first, so that neither clock includes encoding.
   fleet devices{n};
@@ -236,13 +242,14 @@ int run(const options& opt) {
   auto online_before = stat_of(srv.get("/stats"), "devices_online");
   sim_agents sims{opt, srv, ""};
   auto& agents = sims.proc;
-  auto targets = await_sims(srv, devices, agents, online_before, n, res);
+  auto targets = await_sims(srv, devices, agents, online_before, opt.sim_endpoints, res);
 
   // The floors, taken beside the running server and agents.
   res.pong = ping_pong(opt.rounds);
   res.fsync = storage_floor(srv.dir(), opt.rounds);
 
   round_trips(srv, devices, agents, targets, opt.rounds, res);
+  fan_out(srv, devices, targets, res);
 
   res.final_stats = srv.get("/stats");
   res.rss_end = rss_kib(srv.pid());
@@ -250,7 +257,7 @@ int run(const options& opt) {
 
   std::printf("\nresults (%zu endpoints, %zu incidents, %zu rounds)\n", n, opt.incidents,
               opt.rounds);
-  print_table(table(res, n));
+  print_table(table(res, n, opt.sim_endpoints));
   std::printf("parryd ingest caps: %s\n", caps_line.c_str());
   std::printf("\nfinal /stats: %s\n", res.final_stats.dump().c_str());
 
@@ -305,6 +312,15 @@ int main(int argc, char** argv) {
   app.add_option("--endpoints", opt.endpoints, "Devices: N bench sockets and N simulated")
       ->capture_default_str()
       ->check(CLI::Range(1, 10000));
+  app.add_option("--sim-endpoints", opt.sim_endpoints,
+                 "Simulated devices for the round trips and the fan-out (default: as "
+                 "many as --endpoints)")
+      ->check(CLI::Range(1, 100'000));
+  app.add_option(
+         "--restart-actions", opt.restart_actions,
+         "Actions stored (1 in 10 open) for the restart-to-ready figure; 0 skips it")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10'000'000));
   app.add_option("--incidents", opt.incidents, "Incident reports to ingest")
       ->capture_default_str()
       ->check(CLI::Range(1, 1'000'000));
@@ -321,6 +337,7 @@ int main(int argc, char** argv) {
                "Skip the second pass (CURVE and signed commands against the plain bus)");
   CLI11_PARSE(app, argc, argv);
   if (opt.bin_dir.empty()) opt.bin_dir = exe_dir();
+  if (opt.sim_endpoints == 0) opt.sim_endpoints = opt.endpoints;
   opt.scenarios = fs::absolute(opt.scenarios).string();
   if (!fs::is_directory(opt.scenarios)) {
     std::cerr << "parry-bench: no scenario directory " << opt.scenarios

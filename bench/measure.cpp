@@ -66,6 +66,15 @@ double cpu_secs(pid_t pid) {
   return cpu_of_stat("/proc/" + std::to_string(pid) + "/stat");
 }
 
+double cpu_secs_with_children(pid_t pid) {
+  double total = cpu_secs(pid);
+  std::ifstream kids{"/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                     "/children"};
+  for (pid_t kid; kids >> kid;)
+    total += cpu_secs(kid);
+  return total;
+}
+
 std::map<std::string, double> cpu_by_thread(pid_t pid) {
   std::map<std::string, double> out;
   std::error_code ec;

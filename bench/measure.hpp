@@ -25,6 +25,8 @@ long rss_kib(pid_t pid);
 
 /// CPU time `pid` has used so far, in seconds (its threads together).
 double cpu_secs(pid_t pid);
+/// CPU seconds of `pid` and of its children now running (parry-agent --procs).
+double cpu_secs_with_children(pid_t pid);
 
 /// CPU seconds of the live threads of `pid`, summed per thread name.
 std::map<std::string, double> cpu_by_thread(pid_t pid);

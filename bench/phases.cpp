@@ -1,5 +1,8 @@
 #include "bench/phases.hpp"
 
+#include <sqlite3.h>
+#include <sys/wait.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -89,7 +92,12 @@ bool run_action(server_under_test& srv, fleet& devices, const std::string& type,
     why = type + " " + id + " lacks a registered or completed transition";
     return false;
   }
-  out.server.push_back(static_cast<double>(completed - registered) / 1000.0);
+  double whole = static_cast<double>(completed - registered) / 1000.0;
+  double agent =
+      static_cast<double>(action["result"].value("agent_us", int64_t{0})) / 1000.0;
+  out.server.push_back(whole);
+  out.agent.push_back(agent);
+  out.server_share.push_back(whole - agent);
   out.client.push_back(ms_between(t0, seen));
   for (std::size_t i = 1; i < steps.size(); ++i)
     out.stage(steps[i - 1].first + "->" + steps[i].first)
@@ -299,6 +307,21 @@ void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair
                            std::to_string(res.events_total) + " were sent");
   std::this_thread::sleep_for(300ms);
   res.rss_ingested = rss_kib(srv.pid());
+  // parryd gives the burst's heap back two quiet seconds later (memory.trims).
+  auto trims = [](const json& s) {
+    return s.contains("memory") ? s["memory"]["trims"].get<uint64_t>() : 0;
+  };
+  auto trims_before = trims(st);
+  bool trimmed = wait_stats(
+                     srv, devices, [&](const json& s) { return trims(s) > trims_before; },
+                     10s, 100ms)
+                     .second;
+  if (trimmed) {
+    std::this_thread::sleep_for(300ms);
+    res.rss_trimmed = rss_kib(srv.pid());
+  } else {
+    res.problems.push_back("ingest: parryd did not trim its heap within 10 s of the end");
+  }
 }
 
 std::vector<std::pair<std::string, std::string>>
@@ -356,7 +379,7 @@ await_sims(server_under_test& srv, fleet& devices, parry::child_process& agents,
 void round_trips(server_under_test& srv, fleet& devices, parry::child_process& agents,
                  const std::vector<std::pair<std::string, std::string>>& targets,
                  std::size_t rounds, results& res) {
-  auto cpu0 = cpu_secs(srv.pid()), agent_cpu0 = cpu_secs(agents.pid());
+  auto cpu0 = cpu_secs(srv.pid()), agent_cpu0 = cpu_secs_with_children(agents.pid());
   auto t0 = steady::now();
   for (std::size_t r = 0; r < rounds; ++r) {
     check_interrupt();
@@ -374,12 +397,158 @@ void round_trips(server_under_test& srv, fleet& devices, parry::child_process& a
   }
   res.rounds_secs = ms_between(t0, steady::now()) / 1000.0;
   res.rounds_cpu = cpu_secs(srv.pid()) - cpu0;
-  res.rounds_agent_cpu = cpu_secs(agents.pid()) - agent_cpu0;
+  res.rounds_agent_cpu = cpu_secs_with_children(agents.pid()) - agent_cpu0;
   std::printf("isolate: %zu completed, %zu failed; release: %zu completed, %zu failed\n",
               res.isolate.server.size(), res.isolate.failures, res.release.server.size(),
               res.release.failures);
   std::printf("  isolate steps (server clock):\n%s", stages_summary(res.isolate).c_str());
   std::printf("  release steps (server clock):\n%s", stages_summary(res.release).c_str());
+}
+
+void fan_out(server_under_test& srv, fleet& devices,
+             const std::vector<std::pair<std::string, std::string>>& targets,
+             results& res) {
+  constexpr std::size_t per_request = 1000; // POST /actions/bulk takes at most this
+  const std::string comment = "parry-bench fan-out";
+  auto before = srv.get("/stats");
+  auto open_before = stat_of(before, "actions_open");
+  std::size_t registered = 0;
+  auto t0 = steady::now();
+  for (std::size_t at = 0; at < targets.size(); at += per_request) {
+    check_interrupt();
+    json list = json::array();
+    for (std::size_t k = at; k < std::min(targets.size(), at + per_request); ++k)
+      list.push_back(
+          {{"incident_id", targets[k].second}, {"target", {{"kind", "detection"}}}});
+    auto r = srv.api().post(
+        "/api/v1/actions/bulk",
+        json{{"type", "isolate"}, {"comment", comment}, {"targets", std::move(list)}});
+    if (r.status != 202)
+      throw std::runtime_error("fan-out: POST /actions/bulk -> " +
+                               std::to_string(r.status) + " " + r.raw.substr(0, 200));
+    registered += r.body["registered"].get<std::size_t>();
+    if (auto refused = r.body["refused"].get<std::size_t>(); refused > 0)
+      res.problems.push_back("fan-out: " + std::to_string(refused) +
+                             " isolates refused, e.g. " +
+                             r.body["results"].dump().substr(0, 300));
+    devices.keep_alive(heartbeat_period);
+  }
+  res.fanout_register_secs = ms_between(t0, steady::now()) / 1000.0;
+  res.fanout_targets = targets.size();
+  auto [st, settled] = wait_stats(
+      srv, devices,
+      [&](const json& s) { return stat_of(s, "actions_open") <= open_before; }, 120s,
+      5ms);
+  res.fanout_secs = ms_between(t0, steady::now()) / 1000.0;
+  if (!settled) {
+    res.problems.push_back("fan-out: " + std::to_string(stat_of(st, "actions_open")) +
+                           " actions still open after 120 s");
+    return;
+  }
+  // The newest actions are the fan-out's: count how they ended.
+  std::size_t seen = 0;
+  std::string cursor;
+  while (seen < registered) {
+    auto page =
+        srv.get("/actions?limit=5000" + (cursor.empty() ? "" : "&cursor=" + cursor));
+    for (auto& a : page["actions"])
+      if (a["comment"] == comment) {
+        ++seen;
+        res.fanout_completed += a["state"] == "completed" ? 1 : 0;
+      }
+    if (page["next_cursor"].is_null()) break;
+    cursor = page["next_cursor"].get<std::string>();
+  }
+  if (res.fanout_completed != targets.size())
+    res.problems.push_back("fan-out: " + std::to_string(res.fanout_completed) + " of " +
+                           std::to_string(targets.size()) + " isolates completed");
+  std::printf("fan-out: %zu isolates registered in %.3f s, all final after %.3f s, %zu "
+              "completed\n",
+              registered, res.fanout_register_secs, res.fanout_secs,
+              res.fanout_completed);
+}
+
+void restart_to_ready(const options& opt, std::size_t actions, results& res) {
+  server_under_test srv{opt};
+  srv.start(); // makes the schema
+  if (int st = srv.stop(); !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+    throw std::runtime_error("restart pass: parryd did not stop cleanly");
+  auto db_path = (srv.dir() / "data" / "parry.db").string();
+  sqlite3* db = nullptr;
+  if (sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) !=
+      SQLITE_OK) {
+    std::string why = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    throw std::runtime_error("restart pass: cannot open " + db_path + ": " + why);
+  }
+  auto exec = [&](const char* sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      std::string why = err ? err : "?";
+      sqlite3_free(err);
+      sqlite3_close(db);
+      throw std::runtime_error(std::string{"restart pass: "} + sql + ": " + why);
+    }
+  };
+  auto t_fill = steady::now();
+  exec("BEGIN");
+  sqlite3_stmt* put = nullptr;
+  sqlite3_prepare_v2(
+      db,
+      "INSERT INTO actions (action_id, type, device_id, incident_id, target_kind, "
+      "target_event_id, params, requested_by, comment, idempotency_key, state, "
+      "created_at, updated_at, result_ok, result_error, result_effect, expires_at, "
+      "password_confirmed, reverses, reversed_by) VALUES (?1, 'isolate', ?2, ?3, "
+      "'detection', 'e1', '{}', 'alice', 'parry-bench restart', '', ?4, ?5, ?5, ?6, '', "
+      "'{}', ?7, 0, '', '')",
+      -1, &put, nullptr);
+  int64_t now = now_us();
+  // Open ones wait for devices that never connect: they stay open, as after an
+  // outage, and expire a day from now.
+  for (std::size_t i = 0; i < actions; ++i) {
+    char id[40], dev[32], inc[40];
+    std::snprintf(id, sizeof id, "act-restart-%09zu", i);
+    std::snprintf(dev, sizeof dev, "restart-%05zu", i % 10000);
+    std::snprintf(inc, sizeof inc, "inc-restart-%09zu", i);
+    bool open = i % 10 == 0;
+    sqlite3_bind_text(put, 1, id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(put, 2, dev, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(put, 3, inc, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(put, 4, open ? "sent" : "completed", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(put, 5, now - static_cast<int64_t>(actions - i) * 1000);
+    sqlite3_bind_int(put, 6, open ? 0 : 1);
+    sqlite3_bind_int64(put, 7, now + 86'400'000'000);
+    if (sqlite3_step(put) != SQLITE_DONE) {
+      std::string why = sqlite3_errmsg(db);
+      sqlite3_finalize(put);
+      sqlite3_close(db);
+      throw std::runtime_error("restart pass: insert: " + why);
+    }
+    sqlite3_reset(put);
+  }
+  sqlite3_finalize(put);
+  exec("COMMIT");
+  exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  sqlite3_close(db);
+  std::printf("restart pass: %zu actions written in %.2f s\n", actions,
+              ms_between(t_fill, steady::now()) / 1000.0);
+
+  auto t0 = steady::now();
+  srv.start();
+  res.restart_secs = ms_between(t0, steady::now()) / 1000.0;
+  res.restart_actions = actions;
+  srv.login();
+  auto stats = srv.get("/stats");
+  res.rss_restarted = rss_kib(srv.pid());
+  if (stat_of(stats, "actions") != actions ||
+      stat_of(stats, "actions_open") != actions / 10 + (actions % 10 ? 1 : 0))
+    res.problems.push_back("restart pass: /stats shows " +
+                           std::to_string(stat_of(stats, "actions")) + " actions, " +
+                           std::to_string(stat_of(stats, "actions_open")) + " open");
+  std::printf("restart pass: ready %.3f s after exec, VmRSS %ld KiB\n", res.restart_secs,
+              res.rss_restarted);
+  if (int st = srv.stop(); !(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+    res.problems.push_back("restart pass: parryd did not stop cleanly");
 }
 
 } // namespace parry::bench

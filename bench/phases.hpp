@@ -50,4 +50,17 @@ void round_trips(server_under_test& srv, fleet& devices, parry::child_process& a
                  const std::vector<std::pair<std::string, std::string>>& targets,
                  std::size_t rounds, results& res);
 
+/// Isolates every one of `targets` at once (POST /actions/bulk, 1,000 per request)
+/// and times first request -> every one of them final; counts how many completed.
+void fan_out(server_under_test& srv, fleet& devices,
+             const std::vector<std::pair<std::string, std::string>>& targets,
+             results& res);
+
+/// Restart to ready: a parryd whose store holds `actions` actions, one in ten open
+/// (sent, waiting for devices that are offline), written straight into its database
+/// between a first start (which makes the schema) and the measured one. Sets
+/// `res.restart_secs` (exec -> the "REST" line of its ready block) and
+/// `res.restart_actions`.
+void restart_to_ready(const options& opt, std::size_t actions, results& res);
+
 } // namespace parry::bench

@@ -29,6 +29,11 @@ void print_table(const std::vector<figure>& rows);
 struct action_samples {
   std::vector<double> server; ///< registered -> completed, from the server's clock
   std::vector<double> client; ///< POST sent -> final state seen by polling
+  /// The agent's share of `server`: command arrival -> result made, on the agent's
+  /// clock (the result's agent_us).
+  std::vector<double> agent;
+  /// `server` minus `agent`: what parryd and the loopback network took.
+  std::vector<double> server_share;
   /// Per step between consecutive transitions ("registered->sent", ...), in the
   /// order first seen.
   std::vector<std::pair<std::string, std::vector<double>>> stages;
@@ -60,9 +65,17 @@ struct results {
   std::vector<double> pong;    ///< DEALER/ROUTER round trips, ms
   std::vector<double> fsync;   ///< 4 KiB overwrite + fdatasync in the data dir, ms
   action_samples isolate, release;
+  long rss_trimmed = -1; ///< after ingest, once parryd trimmed its heap, KiB
   long rss_start = -1, rss_conn = -1, rss_bench = -1, rss_ingested = -1, rss_sim = -1,
        rss_end = -1;
   nlohmann::json final_stats;
+  double restart_secs = -1;          ///< exec -> ready with restart_actions stored
+  std::size_t restart_actions = 0;   ///< of which one in ten open
+  long rss_restarted = -1;           ///< parryd VmRSS once ready after that restart, KiB
+  std::size_t fanout_targets = 0;    ///< isolates asked for by the fan-out
+  std::size_t fanout_completed = 0;  ///< of them, ended completed
+  double fanout_register_secs = -1;  ///< first bulk request -> last bulk answer
+  double fanout_secs = -1;           ///< first bulk request -> every one final
   std::vector<std::string> problems; ///< what did not run as it should
 };
 
@@ -70,6 +83,6 @@ struct results {
 std::string stages_summary(const action_samples& s);
 
 /// The figures of a run with `n` endpoints, with their baselines and targets.
-std::vector<figure> table(const results& res, std::size_t n);
+std::vector<figure> table(const results& res, std::size_t n, std::size_t sims);
 
 } // namespace parry::bench

@@ -74,6 +74,11 @@ void server_under_test::start(bool curve) {
   auto parryd = bin_dir_ + "/parryd";
   if (::access(parryd.c_str(), X_OK) != 0)
     throw std::runtime_error(parryd + " is not an executable (see --bin-dir)");
+  // A second start reads its own ready block, not the first run's: the old log is
+  // kept beside it.
+  std::error_code ec;
+  if (std::filesystem::exists(log_file(), ec))
+    std::filesystem::rename(log_file(), log_file() + ".1", ec);
   proc_ = std::make_unique<parry::child_process>(
       std::vector<std::string>{parryd, "--config", (dir_ / "parryd.toml").string(),
                                "--data-dir", (dir_ / "data").string(), "--http-port", "0",

@@ -128,7 +128,10 @@ struct action_result {
   bool ok = false;
   std::string error;                         ///< Why it failed, empty when ok.
   std::map<std::string, std::string> effect; ///< What it did (rules applied, ...).
-  PARRY_MSGPACK_MAP(action_id, ok, error, effect)
+  /// Microseconds the command spent in the agent: from the command's arrival to this
+  /// result (one clock, the agent's). The same in every re-send; 0 when not stated.
+  uint64_t agent_us = 0;
+  PARRY_MSGPACK_MAP(action_id, ok, error, effect, agent_us)
 };
 
 /// Server -> agent: answer to `hello`.
@@ -223,7 +226,7 @@ template <class Inspector> auto inspect(Inspector& f, incident_report& x) {
   return f(x.report_id, x.det, x.key_event_id, x.events, x.wire);
 }
 template <class Inspector> auto inspect(Inspector& f, action_result& x) {
-  return f(x.action_id, x.ok, x.error, x.effect);
+  return f(x.action_id, x.ok, x.error, x.effect, x.agent_us);
 }
 template <class Inspector> auto inspect(Inspector& f, cancel& x) {
   return f(x.action_id, x.issued_at, x.expires_at, x.device_id, x.seq, x.sig);

@@ -54,8 +54,8 @@ int main(int argc, char** argv) {
   r.events = {e1, e2};
   put("incident", r);
   put("action_ack", action_ack{"a-1"});
-  put("action_result", action_result{"a-1", true, "", {{"quarantine_id", "q-1"}}});
-  put("action_result_failed", action_result{"a-2", false, "no file at /x", {}});
+  put("action_result", action_result{"a-1", true, "", {{"quarantine_id", "q-1"}}, 1200});
+  put("action_result_failed", action_result{"a-2", false, "no file at /x", {}, 0});
   put("welcome", welcome{1795000000000000, 5000});
   put("command", command{"a-1",
                          "start_process",

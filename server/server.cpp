@@ -45,6 +45,7 @@
 #include "server/event_hub.hpp"
 #include "server/http_server.hpp"
 #include "server/logging.hpp"
+#include "server/memory_trim.hpp"
 #include "server/metrics.hpp"
 #include "server/openapi_spec.hpp"
 #include "server/siem_export.hpp"
@@ -75,6 +76,10 @@ void make_private_dir(const std::string& dir) {
 }
 
 namespace {
+
+/// Reports of at least this many wire bytes since the last trim make a burst whose
+/// end is worth a malloc_trim (server/memory_trim.hpp): a few thousand reports.
+constexpr uint64_t trim_after_burst_bytes = 8u << 20;
 
 /// The configuration's [actions] table (action types spelled as words) as the policy
 /// the actors use (keyed by action_type). validate() has checked every word.
@@ -201,6 +206,8 @@ struct server::impl {
   /// Prometheus metrics, and their listener (none when metrics_address is empty).
   std::shared_ptr<server_metrics> metrics = std::make_shared<server_metrics>();
   std::unique_ptr<metrics_http> metrics_listener;
+  /// Gives the heap back after an ingest burst (server/memory_trim.hpp).
+  std::shared_ptr<memory_trimmer> trimmer;
   /// Ships the audit trail to the SIEM (none when siem_host is empty); a reload
   /// replaces it.
   shared_setting<std::shared_ptr<siem_exporter>> siem;
@@ -390,6 +397,14 @@ void collect_stats(const nlohmann::json& stats, const device_counters& devices,
                                {{{}, number(stats["ingest"]["reports_in_flight"])}}));
     out.push_back(gauge_family("parry_ingest_bytes_in_flight", "Bytes of those reports",
                                {{{}, number(stats["ingest"]["bytes_in_flight"])}}));
+  }
+  if (stats.contains("memory")) {
+    out.push_back(counter_family("parry_memory_trims_total",
+                                 "Heap trims after ingest bursts (malloc_trim)",
+                                 {{{}, number(stats["memory"]["trims"])}}));
+    out.push_back(counter_family("parry_memory_trimmed_bytes_total",
+                                 "Resident bytes those trims gave back",
+                                 {{{}, number(stats["memory"]["trimmed_bytes"])}}));
   }
   if (stats.contains("siem")) {
     const auto& x = stats["siem"];
@@ -591,6 +606,8 @@ void server::start() {
   auto gauge = std::make_shared<ingest_gauge>();
   store_options sopts;
   sopts.ingest = gauge;
+  m.trimmer = std::make_shared<memory_trimmer>(gauge, trim_after_burst_bytes);
+  m.trimmer->start(std::chrono::seconds{1});
   // Integrators (CURVE only): their gateway exists before the store, which
   // publishes what it commits there; the bridge to the api is set once it runs.
   auto seqs = std::make_shared<event_sequence>();
@@ -746,7 +763,7 @@ void server::start() {
   std::weak_ptr<event_hub> weak_events = m.events;
   std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
   auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http, weak_events,
-                    siem = m.siem, devices = dcfg.counters, gauge] {
+                    siem = m.siem, devices = dcfg.counters, gauge, trimmer = m.trimmer] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
@@ -755,6 +772,10 @@ void server::start() {
                        {"dropped_dead", devices->dropped_dead.load()}};
     out["ingest"] = nlohmann::json{{"reports_in_flight", gauge->reports.load()},
                                    {"bytes_in_flight", gauge->bytes.load()}};
+    auto trim = trimmer->stats();
+    out["memory"] = nlohmann::json{{"resident_bytes", resident_bytes()},
+                                   {"trims", trim.trims},
+                                   {"trimmed_bytes", trim.returned_bytes}};
     if (auto b = weak_bus.lock()) out["bus"] = gateway_json(b->stats());
     if (auto e = weak_enroll.lock()) out["enrollment"] = gateway_json(e->stats());
     if (auto i = weak_integrators.lock()) out["integrators"] = gateway_json(i->stats());

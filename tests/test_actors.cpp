@@ -16,7 +16,9 @@
 #include "bus/codec.hpp"
 #include "bus/command_signature.hpp"
 #include "common/keys.hpp"
+#include "common/process.hpp"
 #include "common/time.hpp"
+#include "server/memory_trim.hpp"
 
 namespace parry {
 std::ostream& operator<<(std::ostream& os, action_state x) {
@@ -1146,7 +1148,7 @@ BOOST_AUTO_TEST_CASE(a_transition_is_stored_before_the_device_and_the_gateway_he
   expect((atom::cancel, bus::cancel_result), from(_).to(dev));
   expect((atom::cancel, bus::cancel_result), from(dev).to(aut));
   disallow((atom::update, action_record, transition), from(aut).to(st));
-  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}});
+  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}, 0});
   expect((atom::result, bus::action_result), from(_).to(dev));
   expect((atom::result, bus::action_result), from(dev).to(aut));
   expect((atom::update, action_record, transition), from(aut).to(st));
@@ -1182,7 +1184,7 @@ BOOST_AUTO_TEST_CASE(a_refused_transition_is_retried_and_nothing_moves_meanwhile
                                       "refused act-1 sent", "update act-1 sent"}));
   // The action is still alive: it takes the agent's result.
   caf::anon_send(dev, atom::ack_v, std::string{"act-1"});
-  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}});
+  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}, 0});
   sched.run();
   BOOST_TEST(log->calls.back() == "update act-1 completed");
 }
@@ -1563,4 +1565,42 @@ BOOST_AUTO_TEST_CASE(start_process_arguments_as_list_or_split_by_device_os) {
   req.argv = {"line\nbreak"};
   BOOST_TEST(code_of(make_action(rec, req, action_policy{}, 0).error()) ==
              ec::bad_request);
+}
+
+// The heap is trimmed once per ingest burst: only after enough bytes came in, only
+// when nothing has been in flight for two looks, and not again without a new burst.
+BOOST_AUTO_TEST_CASE(memory_is_trimmed_once_after_a_burst_ends) {
+  auto gauge = std::make_shared<ingest_gauge>();
+  int trims = 0;
+  uint64_t resident = 1000;
+  memory_trimmer t{gauge, 100,
+                   [&] {
+                     ++trims;
+                     resident -= 300;
+                   },
+                   [&] { return resident; }};
+  BOOST_TEST(!t.step());
+  BOOST_TEST(!t.step()); // quiet, but no burst yet
+  gauge->add(60);
+  gauge->add(60);
+  BOOST_TEST(!t.step()); // in flight
+  gauge->done(60);
+  BOOST_TEST(!t.step()); // still one in flight
+  gauge->done(60);
+  BOOST_TEST(!t.step()); // the first quiet look
+  BOOST_TEST(t.step());  // the second: the burst is over
+  BOOST_TEST(trims == 1);
+  BOOST_TEST(t.stats().trims == 1u);
+  BOOST_TEST(t.stats().returned_bytes == 300u);
+  BOOST_TEST(!t.step()); // nothing new came in
+  gauge->add(50);
+  gauge->done(50);
+  BOOST_TEST(!t.step());
+  BOOST_TEST(!t.step()); // 50 bytes is no burst
+  BOOST_TEST(trims == 1);
+  // The thread trims by itself once the next burst ends.
+  gauge->add(80);
+  gauge->done(80);
+  t.start(std::chrono::milliseconds{5});
+  BOOST_TEST(poll_until([&] { return t.stats().trims == 2u; }, std::chrono::seconds{10}));
 }

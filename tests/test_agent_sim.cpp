@@ -1423,8 +1423,10 @@ BOOST_AUTO_TEST_CASE(held_commands_wait_and_then_run_once_in_order) {
   };
   ep.set_hold(true, false);
   BOOST_TEST(ep.holding_commands());
+  int64_t started_delivery = now_us();
   BOOST_TEST(deliver(make_command("h-1", "isolate")).empty());
   BOOST_TEST(deliver(make_command("h-2", "release_isolation")).empty());
+  int64_t delivered = now_us();
   BOOST_TEST(deliver(make_command("h-1", "isolate")).empty()); // re-delivered
   BOOST_TEST((ep.pending_commands() == std::vector<std::string>{"h-1", "h-2"}));
   BOOST_TEST(ep.stats().held_commands == 2u);
@@ -1437,15 +1439,31 @@ BOOST_AUTO_TEST_CASE(held_commands_wait_and_then_run_once_in_order) {
 
   ep.set_hold(false, false);
   BOOST_TEST(ep.next_due() <= now);
-  auto out = answers(ep.tick(now));
+  // agent_us counts from each command's arrival: at least the time held, at most the
+  // time since the first delivery (the agent's clock; the test's `now` is not it).
+  int64_t held_until = now_us();
+  auto sent = ep.tick(now);
+  int64_t since_delivery = now_us() - started_delivery;
+  auto out = answers(sent);
   BOOST_TEST((
       out == std::vector<std::string>{"ack h-1", "result h-1", "ack h-2", "result h-2"}));
+  uint64_t first_agent_us = 0;
+  for (const auto& o : sent)
+    if (o.head.type == "action_result") {
+      auto r = body_of<bus::action_result>(o);
+      BOOST_TEST(r.agent_us >= static_cast<uint64_t>(held_until - delivered));
+      BOOST_TEST(r.agent_us <= static_cast<uint64_t>(since_delivery));
+      if (r.action_id == "h-1") first_agent_us = r.agent_us;
+    }
   BOOST_TEST(!ep.isolated()); // isolate, then release: in order
   BOOST_TEST(ep.stats().commands_executed == 2u);
   BOOST_TEST(ep.pending_commands().empty());
-  // A late duplicate is answered from the journal.
-  BOOST_TEST((answers(deliver(make_command("h-1", "isolate"))) ==
-              std::vector<std::string>{"ack h-1", "result h-1"}));
+  // A late duplicate is answered from the journal, with the first agent_us.
+  auto again = deliver(make_command("h-1", "isolate"));
+  BOOST_TEST((answers(again) == std::vector<std::string>{"ack h-1", "result h-1"}));
+  for (const auto& o : again)
+    if (o.head.type == "action_result")
+      BOOST_TEST(body_of<bus::action_result>(o).agent_us == first_agent_us);
   BOOST_TEST(ep.stats().commands_executed == 2u);
   BOOST_TEST(!ep.isolated());
 }

@@ -490,6 +490,11 @@ BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
   BOOST_TEST(iso["state"] == "completed");
   BOOST_TEST(states(iso) == (strings{"registered", "sent", "acknowledged", "completed"}));
   BOOST_TEST(iso["result"]["ok"] == true);
+  // The agent's share of the round trip, on its clock: within the whole.
+  auto agent_us = iso["result"]["agent_us"].get<int64_t>();
+  BOOST_TEST(agent_us >= 0);
+  BOOST_TEST(agent_us <=
+             iso["updated_at_us"].get<int64_t>() - iso["created_at_us"].get<int64_t>());
   BOOST_TEST(get("/devices/sim-0002")["device"]["isolated"] == true);
 
   auto rel = act("release_isolation", id);
@@ -578,7 +583,7 @@ BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_s
     spoof.type = "action_result";
     spoof.device_id = "sim-0000";
     evil.send(zmq::buffer(bus::encode(spoof)), zmq::send_flags::sndmore);
-    evil.send(zmq::buffer(bus::encode(bus::action_result{"act-x", true, "", {}})),
+    evil.send(zmq::buffer(bus::encode(bus::action_result{"act-x", true, "", {}, 0})),
               zmq::send_flags::none);
     bus::header own = spoof;
     own.device_id = "evil-1";

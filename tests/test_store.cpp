@@ -613,6 +613,49 @@ BOOST_AUTO_TEST_CASE(unknown_words_in_a_stored_row_are_an_error_for_that_row) {
   BOOST_TEST(code(u->err) == ec::storage);
 }
 
+// The agent's share of a round trip (result.agent_us) is kept with the action and
+// shown; a database written before it was kept gains the column, read as 0.
+BOOST_AUTO_TEST_CASE(the_agents_share_is_kept_and_old_databases_gain_it) {
+  for (std::string id : {"a-1", "a-2"}) {
+    auto put = request<atom::ok>(atom::put_v, action(id),
+                                 transition{id, action_state::registered, 1, ""});
+    BOOST_REQUIRE(put->answered && !put->err);
+  }
+  auto done = action("a-1");
+  done.state = action_state::completed;
+  done.result_ok = true;
+  done.result_agent_us = 1234;
+  auto up = request<atom::ok>(atom::update_v, done,
+                              transition{"a-1", action_state::completed, 2, ""});
+  BOOST_REQUIRE(up->answered && !up->err);
+  auto a = request<action_record>(atom::get_v, atom::action_v, std::string{"a-1"});
+  BOOST_REQUIRE(a->answered && a->value);
+  BOOST_TEST(a->value->result_agent_us == 1234);
+  auto shown = request<std::string>(atom::query_v, atom::action_v, std::string{"a-1"});
+  BOOST_REQUIRE(shown->answered && shown->value);
+  BOOST_TEST(nlohmann::json::parse(*shown->value)["action"]["result"]["agent_us"] ==
+             1234);
+  // One row per page: the cursor (the column after the record's) still pages.
+  auto list = pages(atom::actions_v, 1);
+  BOOST_REQUIRE(list.size() == 2u); // newest first: a-2, then a-1
+  BOOST_TEST(list[1]["actions"][0]["result"]["agent_us"] == 1234);
+
+  {
+    other_connection other{db_path};
+    other.exec("ALTER TABLE actions DROP COLUMN result_agent_us");
+  }
+  restart();
+  a = request<action_record>(atom::get_v, atom::action_v, std::string{"a-1"});
+  BOOST_REQUIRE(a->answered && a->value);
+  BOOST_TEST(a->value->result_agent_us == 0);
+  done.result_agent_us = 99;
+  up = request<atom::ok>(atom::update_v, done,
+                         transition{"a-1", action_state::completed, 3, ""});
+  BOOST_REQUIRE(up->answered && !up->err);
+  a = request<action_record>(atom::get_v, atom::action_v, std::string{"a-1"});
+  BOOST_TEST(a->value->result_agent_us == 99);
+}
+
 BOOST_AUTO_TEST_CASE(an_unknown_stored_state_is_shown_failed_with_the_stored_word) {
   auto put = request<atom::ok>(atom::put_v, action("a-new"),
                                transition{"a-new", action_state::registered, 1, ""});
