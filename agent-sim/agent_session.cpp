@@ -4,13 +4,24 @@
 #include "agent-sim/agent_session.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include <spdlog/spdlog.h>
 
-#include "common/time.hpp"
-
 namespace parry::sim {
+
+namespace {
+
+/// A monotonic clock in µs for durations (agent_us): a step of the wall clock
+/// (NTP) must not bend them.
+int64_t steady_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+} // namespace
 
 agent_session::agent_session(session_config cfg, executor& exec,
                              incident_source* incidents)
@@ -26,20 +37,19 @@ bool agent_session::is_held(const std::string& action_id) const {
 }
 
 void agent_session::refuse(const bus::command& cmd, const bus::guard_verdict& v,
-                           int64_t now, std::vector<outbound>& out) {
+                           int64_t received_us, int64_t now, std::vector<outbound>& out) {
   ++stats_.refused_commands;
   spdlog::warn("{}: refused command {} {}: {}", cfg_.device_id,
                printable(cmd.action_id, 128), printable(cmd.type, 64), v.text);
   // Reported (and re-sent until stored) like any failure, so the action ends failed
   // with the reason; journaled, so the same id is never run later.
-  int64_t received = now_us();
   bus::action_result r{cmd.action_id,
                        false,
                        std::string{"refused by the agent ("} + bus::to_string(v.reason) +
                            "): " + v.text,
                        {},
                        0};
-  r.agent_us = static_cast<uint64_t>(std::max<int64_t>(0, now_us() - received));
+  r.agent_us = static_cast<uint64_t>(std::max<int64_t>(0, steady_us() - received_us));
   bool was_idle = unacked_ == 0;
   journal_entry e;
   e.result = r;
@@ -115,7 +125,7 @@ bus::action_result agent_session::execute(const bus::command& cmd, int64_t now) 
 
 command_outcome agent_session::handle_command(const bus::command& cmd, int64_t now,
                                               int64_t received_us) {
-  if (received_us == 0) received_us = now_us();
+  if (received_us == 0) received_us = steady_us();
   command_outcome out;
   out.ack.action_id = cmd.action_id;
   auto it = journal_.find(cmd.action_id);
@@ -147,7 +157,7 @@ command_outcome agent_session::handle_command(const bus::command& cmd, int64_t n
                                     0};
   }
   out.result.agent_us =
-      static_cast<uint64_t>(std::max<int64_t>(0, now_us() - received_us));
+      static_cast<uint64_t>(std::max<int64_t>(0, steady_us() - received_us));
   out.executed = true;
   ++stats_.commands_executed;
   // One line per execution, in this exact form: tests count them to prove that an
@@ -350,7 +360,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
     return out;
   }
   if (h->type == bus::type::command) {
-    int64_t received = now_us(); // agent_us counts from here
+    int64_t received = steady_us(); // agent_us counts from here
     auto c = bus::decode<bus::command>(body_frame, limits_, why);
     if (!c) return drop("command: " + why);
     if (!bus::valid_id(c->action_id)) return drop("command with an invalid action id");
@@ -359,7 +369,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
     if (guard_ && journal_.count(c->action_id) == 0 && !is_held(c->action_id)) {
       auto v = guard_->check(bus::fields_of(*c), bus::signature_bytes(c->sig), now);
       if (!v) {
-        refuse(*c, v, now, out);
+        refuse(*c, v, received, now, out);
         return out;
       }
     }

@@ -119,8 +119,8 @@ public:
   /// Executes `cmd` at most once per action id: a repeated id gets the stored
   /// result back without a second effect. Logs `executed <id> <type> on <device>:
   /// ok|<error>` once per execution. Never throws on bad parameters: they fail.
-  /// `received_us` is when the command arrived (now_us(); 0: now): the result's
-  /// `agent_us` counts from then.
+  /// `received_us` is when the command arrived (steady clock, µs; 0: now): the
+  /// result's `agent_us` counts from then.
   command_outcome handle_command(const bus::command& cmd, int64_t now,
                                  int64_t received_us = 0);
 
@@ -206,8 +206,8 @@ private:
   void journal(const std::string& action_id, journal_entry e);
   bus::action_result execute(const bus::command& cmd, int64_t now);
   bool is_held(const std::string& action_id) const;
-  void refuse(const bus::command& cmd, const bus::guard_verdict& v, int64_t now,
-              std::vector<outbound>& out);
+  void refuse(const bus::command& cmd, const bus::guard_verdict& v, int64_t received_us,
+              int64_t now, std::vector<outbound>& out);
 
   session_config cfg_;
   executor* exec_;
@@ -223,7 +223,7 @@ private:
   bool hold_results_ = false;
   struct held_command {
     bus::command cmd;
-    int64_t received_us = 0; ///< now_us() when it arrived.
+    int64_t received_us = 0; ///< When it arrived (steady clock, µs).
   };
   std::deque<held_command> pending_; ///< Held commands, oldest first.
 

@@ -325,6 +325,7 @@ void bus_runner::impl::read_monitor(std::size_t i, int64_t now) {
       }
       sessions[i]->on_link_down();
       touch_timer(i);
+      mark_pending(i, monitor_item); // the events after it are read next round
       return;
     } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       redial_delay[i] = first_redial_us;
@@ -408,13 +409,25 @@ void bus_runner::start() {
 void bus_runner::impl::handle_pending(int64_t now) {
   std::vector<std::pair<std::size_t, item_kind>> due;
   due.swap(pending);
-  for (auto [i, kind] : due) {
-    pending_flags[i] &= static_cast<uint8_t>(kind == dealer_item ? ~1u : ~2u);
-    if (kind == monitor_item) {
-      if (monitor_fd[i] >= 0) read_monitor(i, now);
-    } else if (dealer_fd[i] >= 0) {
-      read_messages(i, now);
+  std::size_t k = 0;
+  try {
+    for (; k < due.size(); ++k) {
+      auto [i, kind] = due[k];
+      pending_flags[i] &= static_cast<uint8_t>(kind == dealer_item ? ~1u : ~2u);
+      if (kind == monitor_item) {
+        if (monitor_fd[i] >= 0) read_monitor(i, now);
+      } else if (dealer_fd[i] >= 0) {
+        read_messages(i, now);
+      }
     }
+  } catch (...) {
+    // Interrupted (EINTR): what was not read yet is looked at next round.
+    for (std::size_t j = k; j < due.size(); ++j) {
+      auto [i, kind] = due[j];
+      pending_flags[i] &= static_cast<uint8_t>(kind == dealer_item ? ~1u : ~2u);
+      mark_pending(i, kind);
+    }
+    throw;
   }
 }
 

@@ -145,6 +145,10 @@ int main(int argc, char** argv) {
   if (procs > sim) return fail("--procs must not exceed --sim");
   const std::size_t per_process = parry::sim::endpoints_per_process_limit();
   if (procs == 0) procs = parry::sim::processes_needed(sim);
+  if (procs > 1024)
+    return fail(std::to_string(sim) + " endpoints need " + std::to_string(procs) +
+                " processes at " + std::to_string(per_process) +
+                " each (the open-files limit), more than the 1024 parry-agent starts");
   if ((sim + procs - 1) / procs > per_process)
     return fail(std::to_string(sim) + " endpoints in " + std::to_string(procs) +
                 " process(es) is more than " + std::to_string(per_process) +
@@ -214,7 +218,7 @@ int main(int argc, char** argv) {
   std::cout << std::endl;
   if (procs > 1) {
     try {
-      return parry::sim::run_processes(cfg, scenarios, procs, stop_requested);
+      return parry::sim::run_processes(std::move(cfg), scenarios, procs, stop_requested);
     } catch (const std::exception& e) {
       return fail(e.what());
     }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -28,22 +29,28 @@ constexpr std::size_t fds_per_endpoint = 4;
 constexpr std::size_t zmq_sockets_per_endpoint = 3;
 constexpr std::size_t spare_fds = 64;
 
-int run_child(runner_config cfg, const std::vector<scenario>& scenarios, share sh,
-              const std::atomic<bool>& stop) {
-  // A child whose parent died (kill -9) must not go on alone.
+/// `base` has no CURVE keys: the child's share of `keys` (by index of the whole run)
+/// is copied, not the whole set.
+int run_child(const runner_config& base, const std::vector<bus::curve_key_pair>& keys,
+              const std::vector<scenario>& scenarios, share sh,
+              const std::atomic<bool>& stop, pid_t parent) {
+  // A child whose parent died (kill -9) must not go on alone; a parent that died
+  // before the mark was set is seen here.
   ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-  cfg.first += sh.first;
+  if (::getppid() != parent) return 1;
+  runner_config cfg = base;
+  cfg.first = base.first + sh.first;
   cfg.endpoints = sh.count;
-  if (!cfg.link.curve_keys.empty()) {
-    auto from = cfg.link.curve_keys.begin() + static_cast<std::ptrdiff_t>(sh.first);
+  if (!keys.empty()) {
+    auto from = keys.begin() + static_cast<std::ptrdiff_t>(sh.first);
     cfg.link.curve_keys.assign(from, from + static_cast<std::ptrdiff_t>(sh.count));
   }
   try {
-    sim_runner runner(cfg, scenarios);
+    sim_runner runner(std::move(cfg), scenarios);
     runner.run(stop);
   } catch (const std::exception& e) {
-    spdlog::error("endpoints {} .. {}: {}", cfg.first, cfg.first + sh.count - 1,
-                  e.what());
+    spdlog::error("endpoints {} .. {}: {}", base.first + sh.first,
+                  base.first + sh.first + sh.count - 1, e.what());
     return 1;
   }
   return 0;
@@ -85,10 +92,14 @@ share share_of(std::size_t total, std::size_t procs, std::size_t k) {
   return {k * base + std::min(k, extra), base + (k < extra ? 1 : 0)};
 }
 
-int run_processes(const runner_config& cfg, const std::vector<scenario>& scenarios,
+int run_processes(runner_config cfg, const std::vector<scenario>& scenarios,
                   std::size_t procs, const std::atomic<bool>& stop) {
   if (procs == 0 || procs > cfg.endpoints)
     throw std::invalid_argument("--procs must be between 1 and the number of endpoints");
+  std::vector<bus::curve_key_pair> keys;
+  keys.swap(cfg.link.curve_keys); // each child copies its share only
+  if (!keys.empty() && keys.size() != cfg.endpoints)
+    throw std::invalid_argument("a CURVE key pair is needed for every endpoint");
   // Signals are taken with sigtimedwait: none is lost between a look and a wait.
   sigset_t wanted, old;
   sigemptyset(&wanted);
@@ -101,18 +112,24 @@ int run_processes(const runner_config& cfg, const std::vector<scenario>& scenari
   std::size_t alive = 0;
   bool stopping = false;
   int result = 0;
+  // Children that do not end within this of SIGTERM get SIGKILL.
+  constexpr auto stop_grace = std::chrono::seconds{10};
+  std::chrono::steady_clock::time_point kill_at{};
   auto stop_all = [&] {
     stopping = true;
+    kill_at = std::chrono::steady_clock::now() + stop_grace;
     for (pid_t p : kids)
       if (p > 0) ::kill(p, SIGTERM);
   };
   std::fflush(nullptr); // nothing buffered is written twice
   std::cout.flush();
+  const pid_t self = ::getpid();
   for (std::size_t k = 0; k < procs && !stop.load(); ++k) {
     pid_t pid = ::fork();
     if (pid == 0) {
       sigprocmask(SIG_SETMASK, &old, nullptr);
-      int rc = run_child(cfg, scenarios, share_of(cfg.endpoints, procs, k), stop);
+      int rc =
+          run_child(cfg, keys, scenarios, share_of(cfg.endpoints, procs, k), stop, self);
       std::fflush(nullptr);
       std::_Exit(rc);
     }
@@ -133,6 +150,16 @@ int run_processes(const runner_config& cfg, const std::vector<scenario>& scenari
     siginfo_t info{};
     int sig = sigtimedwait(&wanted, &info, &second);
     if ((sig == SIGTERM || sig == SIGINT || stop.load()) && !stopping) stop_all();
+    if (stopping && std::chrono::steady_clock::now() >= kill_at) {
+      for (pid_t p : kids)
+        if (p > 0) {
+          spdlog::error("process {} did not end {} s after SIGTERM: SIGKILL", p,
+                        stop_grace.count());
+          ::kill(p, SIGKILL);
+        }
+      result = 1;
+      kill_at = std::chrono::steady_clock::time_point::max();
+    }
     // Reap whoever ended (SIGCHLD, or a timeout that raced one).
     for (;;) {
       int status = 0;

@@ -33,10 +33,11 @@ share share_of(std::size_t total, std::size_t procs, std::size_t k);
 /// Runs `cfg.endpoints` endpoints (from `cfg.first`) in `procs` child processes,
 /// `cfg.link.curve_keys` split the same way. Returns when every child has ended:
 /// after `stop` became true (the children got SIGTERM), or after one child ended by
-/// itself (the others are stopped). 0 when every child exited 0 on a stop, else 1.
+/// itself (the others are stopped). Children that do not end within 10 s of
+/// SIGTERM get SIGKILL. 0 when every child exited 0 on a stop, else 1.
 /// `stop` is set by the caller's signal handler; the parent's signal handlers must
 /// not restart system calls (no SA_RESTART), so that a signal wakes it at once.
-int run_processes(const runner_config& cfg, const std::vector<scenario>& scenarios,
+int run_processes(runner_config cfg, const std::vector<scenario>& scenarios,
                   std::size_t procs, const std::atomic<bool>& stop);
 
 } // namespace parry::sim

@@ -118,8 +118,9 @@ std::vector<figure> table(const results& res, std::size_t n, std::size_t sims) {
   rows.push_back(
       {"parryd VmRSS, bench devices welcomed", kib(res.rss_bench), "KiB", "", ""});
   rows.push_back({"parryd VmRSS after ingest", kib(res.rss_ingested), "KiB", "", ""});
-  rows.push_back({"parryd VmRSS after ingest, heap trimmed", kib(res.rss_trimmed), "KiB",
-                  "", "returned after a burst"});
+  rows.push_back({"parryd VmRSS after ingest, heap trimmed",
+                  res.rss_trimmed < 0 ? std::string{"no trim"} : kib(res.rss_trimmed),
+                  "KiB", "", "returned after a burst"});
   rows.push_back({"parryd VmRSS, sim devices online", kib(res.rss_sim), "KiB", "", ""});
   rows.push_back({"parryd VmRSS at the end", kib(res.rss_end), "KiB", "", ""});
   auto per = [&](long a, long b, std::size_t count) {
@@ -132,8 +133,10 @@ std::vector<figure> table(const results& res, std::size_t n, std::size_t sims) {
                   "< 2 KiB (idle actor)"});
   rows.push_back({"per bench device: total", per(res.rss_start, res.rss_bench, n),
                   "KiB/device", "", ""});
-  rows.push_back({"per sim device (connect+hello, after the trim)",
-                  per(res.rss_trimmed, res.rss_sim, sims), "KiB/device", "", ""});
+  rows.push_back(
+      {"per sim device (connect+hello, after the trim)",
+       per(res.rss_trimmed < 0 ? res.rss_ingested : res.rss_trimmed, res.rss_sim, sims),
+       "KiB/device", "", ""});
   if (res.restart_secs < 0) {
     rows.push_back({"restart to ready", "skipped", "", "", "< 2 s @ 1M actions"});
   } else {

@@ -58,7 +58,7 @@ server_under_test::server_under_test(const options& opt)
   dir_ = tmpl;
 }
 
-void server_under_test::start(bool curve) {
+void server_under_test::start(bool curve, std::chrono::milliseconds ready_within) {
   curve_ = curve;
   // A cheap password hash keeps the login short; warnings only, so the log stays
   // small under load; the flood guard raised so that it does not cap ingest.
@@ -85,11 +85,12 @@ void server_under_test::start(bool curve) {
                                "--bus", "tcp://127.0.0.1:*"},
       std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
       log_file());
-  auto rest = proc_->wait_for_line("REST ", 30s);
+  auto rest = proc_->wait_for_line("REST ", ready_within);
   auto bus_line = rest ? proc_->wait_for_line("bus ", 5s) : std::nullopt;
   if (!rest || !bus_line || rest->find("https://") == std::string::npos ||
       bus_line->find("tcp://") == std::string::npos)
-    throw std::runtime_error("parryd did not start within 30 s");
+    throw std::runtime_error("parryd did not start within " +
+                             std::to_string(ready_within.count() / 1000) + " s");
   auto url = rest->substr(rest->find("https://"));
   base_url_ = url.substr(0, url.find("/api/v1"));
   auto trimmed = [](std::string s) {

@@ -5,6 +5,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -42,9 +43,11 @@ public:
   explicit server_under_test(const options& opt);
 
   /// Starts parryd with `caps()` and reads its REST URL and bus endpoint from its
-  /// output. With `curve`, the bus is CURVE (bus_curve = true) and commands signed;
-  /// the enrollment endpoint and server key are read too.
-  void start(bool curve = false);
+  /// output (throws when they do not come within `ready_within`). With `curve`, the bus
+  /// is CURVE (bus_curve = true) and commands signed; the enrollment endpoint and server
+  /// key are read too.
+  void start(bool curve = false,
+             std::chrono::milliseconds ready_within = std::chrono::seconds{30});
 
   /// CURVE only: the enrollment endpoint and the server's CURVE public key (Z85).
   const std::string& enroll_endpoint() const { return enroll_; }

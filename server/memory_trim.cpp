@@ -21,7 +21,7 @@ memory_trimmer::memory_trimmer(std::shared_ptr<const ingest_gauge> gauge,
       resident_(std::move(resident)) {
   if (!trim_) trim_ = [] { ::malloc_trim(0); };
   if (!resident_) resident_ = resident_bytes;
-  seen_added_ = gauge_->added.load(std::memory_order_relaxed);
+  trimmed_added_ = looked_added_ = gauge_->added.load(std::memory_order_relaxed);
 }
 
 memory_trimmer::~memory_trimmer() {
@@ -34,15 +34,17 @@ memory_trimmer::~memory_trimmer() {
 }
 
 bool memory_trimmer::step() {
-  if (gauge_->reports.load(std::memory_order_relaxed) != 0) {
+  uint64_t added = gauge_->added.load(std::memory_order_relaxed);
+  bool new_bytes = added != looked_added_;
+  looked_added_ = added;
+  if (new_bytes || gauge_->reports.load(std::memory_order_relaxed) != 0) {
     quiet_looks_ = 0;
     return false;
   }
   // Two quiet looks: a burst that pauses for less than a period is not over.
   if (++quiet_looks_ < 2) return false;
-  uint64_t added = gauge_->added.load(std::memory_order_relaxed);
-  if (added - seen_added_ < min_burst_bytes_) return false;
-  seen_added_ = added;
+  if (added - trimmed_added_ < min_burst_bytes_) return false;
+  trimmed_added_ = added;
   uint64_t before = resident_();
   trim_();
   uint64_t after = resident_();

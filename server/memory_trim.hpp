@@ -4,8 +4,9 @@
 // of incident reports grew (decoded reports, mailboxes, store batches) long after
 // the reports are stored; `malloc_trim(0)` returns its free pages. The trimmer looks
 // at the ingest gauge once a period and trims when a burst has ended: at least
-// `min_burst_bytes` of reports came in since the last trim and none has been in
-// flight for two looks in a row. It runs on a thread of its own, never on an actor's.
+// `min_burst_bytes` of reports came in since the last trim, and for two looks in a
+// row none was in flight and none came in. It runs on a thread of its own, never on
+// an actor's.
 
 #include <atomic>
 #include <chrono>
@@ -51,8 +52,9 @@ private:
   uint64_t min_burst_bytes_;
   std::function<void()> trim_;
   std::function<uint64_t()> resident_;
-  uint64_t seen_added_ = 0; ///< gauge->added at the last trim
-  int quiet_looks_ = 0;     ///< looks in a row with nothing in flight
+  uint64_t trimmed_added_ = 0; ///< gauge->added at the last trim
+  uint64_t looked_added_ = 0;  ///< gauge->added at the last look
+  int quiet_looks_ = 0;        ///< looks in a row with nothing in flight or new
   std::atomic<uint64_t> trims_{0};
   std::atomic<uint64_t> returned_{0};
   std::mutex mutex_;

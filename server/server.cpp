@@ -763,7 +763,8 @@ void server::start() {
   std::weak_ptr<event_hub> weak_events = m.events;
   std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
   auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http, weak_events,
-                    siem = m.siem, devices = dcfg.counters, gauge, trimmer = m.trimmer] {
+                    siem = m.siem, devices = dcfg.counters, gauge,
+                    weak_trimmer = std::weak_ptr<memory_trimmer>{m.trimmer}] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
@@ -772,7 +773,8 @@ void server::start() {
                        {"dropped_dead", devices->dropped_dead.load()}};
     out["ingest"] = nlohmann::json{{"reports_in_flight", gauge->reports.load()},
                                    {"bytes_in_flight", gauge->bytes.load()}};
-    auto trim = trimmer->stats();
+    memory_trim_stats trim;
+    if (auto t = weak_trimmer.lock()) trim = t->stats();
     out["memory"] = nlohmann::json{{"resident_bytes", resident_bytes()},
                                    {"trims", trim.trims},
                                    {"trimmed_bytes", trim.returned_bytes}};
@@ -945,6 +947,7 @@ void server::stop() {
   if (m.bus) m.bus->stop();
   if (m.enroll) m.enroll->stop();
   if (m.integrators) m.integrators->stop();
+  m.trimmer.reset(); // joins its thread
   // Writes not yet committed were never confirmed to anyone, so nothing that was
   // reported is lost when the store exits before committing them.
   for (auto& h : m.actors)

@@ -2,6 +2,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -1423,10 +1424,15 @@ BOOST_AUTO_TEST_CASE(held_commands_wait_and_then_run_once_in_order) {
   };
   ep.set_hold(true, false);
   BOOST_TEST(ep.holding_commands());
-  int64_t started_delivery = now_us();
+  auto steady = [] { // the agent's clock for agent_us
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  int64_t started_delivery = steady();
   BOOST_TEST(deliver(make_command("h-1", "isolate")).empty());
   BOOST_TEST(deliver(make_command("h-2", "release_isolation")).empty());
-  int64_t delivered = now_us();
+  int64_t delivered = steady();
   BOOST_TEST(deliver(make_command("h-1", "isolate")).empty()); // re-delivered
   BOOST_TEST((ep.pending_commands() == std::vector<std::string>{"h-1", "h-2"}));
   BOOST_TEST(ep.stats().held_commands == 2u);
@@ -1441,9 +1447,9 @@ BOOST_AUTO_TEST_CASE(held_commands_wait_and_then_run_once_in_order) {
   BOOST_TEST(ep.next_due() <= now);
   // agent_us counts from each command's arrival: at least the time held, at most the
   // time since the first delivery (the agent's clock; the test's `now` is not it).
-  int64_t held_until = now_us();
+  int64_t held_until = steady();
   auto sent = ep.tick(now);
-  int64_t since_delivery = now_us() - started_delivery;
+  int64_t since_delivery = steady() - started_delivery;
   auto out = answers(sent);
   BOOST_TEST((
       out == std::vector<std::string>{"ack h-1", "result h-1", "ack h-2", "result h-2"}));
