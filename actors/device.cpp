@@ -5,6 +5,7 @@
 #include <set>
 #include <utility>
 
+#include <caf/exit_reason.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
@@ -330,7 +331,9 @@ device_actor::behavior_type device(device_stateful self, std::string id,
                              return p.action.address() == msg.source;
                            }),
             q.end());
-    if (q.size() != before) {
+    // At shutdown the directory ends every action: each stays open in the store and
+    // resumes at the next start, so that is nothing to report.
+    if (q.size() != before && msg.reason != caf::exit_reason::user_shutdown) {
       self->state.cfg.counters->dropped_dead += before - q.size();
       spdlog::error("{}an action ended without a final state; dropped its "
                     "command",

@@ -1,6 +1,7 @@
 #include "actors/directory.hpp"
 
 #include <caf/exit_reason.hpp>
+#include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
@@ -12,15 +13,60 @@
 
 namespace parry {
 
+directory_state::~directory_state() {
+  auto end = [](const auto& map) {
+    for (auto& [id, child] : map)
+      caf::anon_send_exit(child, caf::exit_reason::user_shutdown);
+  };
+  end(actions);
+  end(incidents);
+  end(devices);
+}
+
 namespace {
+
+using child_kind = directory_state::child_kind;
+
+/// Monitors `child`, just spawned, and files it under `id` in `map`, which has no
+/// entry for `id` yet.
+template <class Map, class Handle>
+void adopt(directory_stateful self, child_kind kind, Map& map, std::string id,
+           const Handle& child) {
+  self->monitor(child);
+  auto entry = map.emplace(std::move(id), child).first;
+  self->state.children.emplace(child.id(),
+                               directory_state::child_ref{kind, &entry->first});
+}
+
+/// Forgets the child with actor id `who`, so that the next message for it spawns a
+/// fresh one. Returns whether it was a live child.
+bool forget(directory_stateful self, caf::actor_id who) {
+  auto& st = self->state;
+  auto c = st.children.find(who);
+  if (c == st.children.end()) return false;
+  auto erase = [id = c->second.id](auto& map) { map.erase(map.find(*id)); };
+  switch (c->second.kind) {
+  case child_kind::device:
+    erase(st.devices);
+    break;
+  case child_kind::incident:
+    erase(st.incidents);
+    break;
+  case child_kind::action:
+    erase(st.actions);
+    break;
+  }
+  st.children.erase(c);
+  return true;
+}
 
 device_actor device_for(directory_stateful self, const std::string& id) {
   auto& st = self->state;
   auto i = st.devices.find(id);
   if (i != st.devices.end()) return i->second;
-  auto d = self->spawn<caf::linked>(device, id, st.cfg, st.store, st.gateway,
-                                    caf::actor_cast<directory_actor>(self));
-  st.devices.emplace(id, d);
+  auto d = self->spawn(device, id, st.cfg, st.store, st.gateway,
+                       caf::actor_cast<directory_actor>(self));
+  adopt(self, child_kind::device, st.devices, id, d);
   return d;
 }
 
@@ -41,10 +87,8 @@ void with_incident(directory_stateful self, const std::string& id, F f, G on_err
               f(i->second);
               return;
             }
-            auto inc = self->spawn<caf::linked>(incident, std::move(rec), st.policy,
-                                                st.incident_idle);
-            self->monitor(inc);
-            st.incidents.emplace(id, inc);
+            auto inc = self->spawn(incident, std::move(rec), st.policy, st.incident_idle);
+            adopt(self, child_kind::incident, st.incidents, id, inc);
             f(inc);
           },
           [on_error](caf::error& err) mutable { on_error(err); });
@@ -56,10 +100,9 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
   auto dev = device_for(self, rec.device_id);
   auto deadline = std::chrono::duration_cast<caf::timespan>(
       std::chrono::microseconds{st.policy.get()->exec_deadline_for(rec.type)});
-  auto act = self->spawn<caf::linked>(response_action, std::move(rec), dev, st.store,
-                                      deadline, write_retry{});
-  self->monitor(act);
-  st.actions.emplace(std::move(id), act);
+  auto act = self->spawn(response_action, std::move(rec), dev, st.store, deadline,
+                         write_retry{});
+  adopt(self, child_kind::action, st.actions, std::move(id), act);
   return act;
 }
 
@@ -199,29 +242,11 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
   st.incident_idle = incident_idle;
   st.store = std::move(store);
   st.gateway = std::move(gateway);
-  // Forgets a child that ended, so the next message for it spawns a fresh one.
-  auto forget = [self](const caf::actor_addr& who) {
-    auto drop = [&](auto& map) {
-      for (auto i = map.begin(); i != map.end(); ++i)
-        if (i->second.address() == who) {
-          map.erase(i);
-          return true;
-        }
-      return false;
-    };
-    return drop(self->state.actions) || drop(self->state.incidents) ||
-           drop(self->state.devices);
-  };
-  self->set_down_handler([forget](const caf::down_msg& msg) { forget(msg.source); });
-  // Children are linked so that they end with the directory. A child that fails
-  // (an exception in a handler) must not take every other device down with it.
-  self->set_exit_handler([self, forget](const caf::exit_msg& msg) {
-    if (msg.reason == caf::exit_reason::normal) return;
-    if (forget(msg.source)) {
+  // A child that fails (an exception in a handler) takes no other child down: the
+  // directory forgets it and spawns a fresh one on the next message for its id.
+  self->set_down_handler([self](const caf::down_msg& msg) {
+    if (forget(self, msg.source.id()) && msg.reason != caf::exit_reason::normal)
       spdlog::error("directory: a child actor failed: {}", caf::to_string(msg.reason));
-      return;
-    }
-    self->quit(msg.reason); // told to stop from outside
   });
   return {
       [self](atom::hello, const std::string& id, bus::hello& h) {
@@ -350,15 +375,18 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
             .then(
                 [self, rp](std::vector<action_record>& open) mutable {
                   // In registration order, so each device gets its commands in order.
+                  uint64_t resumed = 0;
                   for (auto& rec : open) {
+                    if (self->state.actions.count(rec.action_id)) continue; // live
+                    ++resumed;
                     auto dev = device_for(self, rec.device_id);
                     auto type = rec.type;
                     auto cmd = to_command(rec);
                     auto act = spawn_action(self, std::move(rec));
                     self->send(dev, atom::submit_v, type, std::move(cmd), act);
                   }
-                  spdlog::info("resumed {} open actions", open.size());
-                  rp.deliver(static_cast<uint64_t>(open.size()));
+                  spdlog::info("resumed {} open actions", resumed);
+                  rp.deliver(resumed);
                 },
                 [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
@@ -368,7 +396,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         auto& devs = self->state.devices;
         if (auto i = devs.find(id);
             i != devs.end() && i->second.address() == self->current_sender())
-          devs.erase(i);
+          forget(self, i->second.id());
         return atom::ok_v;
       },
   };

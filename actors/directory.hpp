@@ -19,6 +19,21 @@ namespace parry {
 struct directory_state {
   static inline constexpr const char* name = "directory";
 
+  /// Ends every live child: they are monitored, not linked (a link costs the
+  /// directory a scan of all its links on each spawn and each exit), so they end
+  /// here, when the directory does for whatever reason.
+  ~directory_state();
+
+  enum class child_kind : uint8_t { device, incident, action };
+  /// What a live child is, by its actor id, so that its down message finds its entry
+  /// without a scan. `id` points at the key in `devices`, `incidents` or `actions`:
+  /// the two entries are added by `adopt` and removed by `forget`, together.
+  struct child_ref {
+    child_kind kind;
+    const std::string* id;
+  };
+  std::unordered_map<caf::actor_id, child_ref> children;
+
   /// Device actors by device id: every device heard from, or with open actions.
   std::unordered_map<std::string, device_actor> devices;
   /// Live incident actors by incident id (they passivate when idle).

@@ -96,6 +96,15 @@ bus::incident_report phishing_report() {
   return r;
 }
 
+/// Counts the down messages of the devices it watches.
+caf::behavior watcher(caf::event_based_actor* self, std::vector<device_actor> watched,
+                      std::shared_ptr<size_t> downs) {
+  for (auto& d : watched)
+    self->monitor(d);
+  self->set_down_handler([downs](caf::down_msg&) { ++*downs; });
+  return {[](int) {}};
+}
+
 // Messages are delivered with sched.run() only: the fixture's run() would also fire
 // every pending timer, and heartbeat deadlines are what these tests are about. Time
 // moves only through advance_time().
@@ -504,6 +513,20 @@ BOOST_AUTO_TEST_CASE(open_actions_resume_after_a_crash) {
   BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u);
 }
 
+// Resuming again while actions are live must not give an action a second actor (and
+// its device a second copy of the command).
+BOOST_AUTO_TEST_CASE(resume_leaves_live_actions_alone) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  auto commands = of_type("command").size();
+  BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u);
+  ack("dev-1", rec.action_id);
+  result("dev-1", rec.action_id, true);
+  BOOST_TEST(read("action", rec.action_id)["action"]["state"] == "completed");
+  BOOST_TEST(of_type("command").size() == commands);
+}
+
 BOOST_AUTO_TEST_CASE(a_reloaded_policy_reaches_incidents_already_live) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
@@ -866,6 +889,34 @@ BOOST_AUTO_TEST_CASE(a_result_before_the_ack_after_a_restart_implies_the_ack) {
   result("dev-1", rec.action_id, true);
   BOOST_TEST(states(rec.action_id) ==
              (strings{"registered", "sent", "acknowledged", "completed"}));
+}
+
+BOOST_AUTO_TEST_CASE(
+    a_failed_child_is_replaced_alone_and_every_child_ends_with_the_directory) {
+  hello("dev-1");
+  hello("dev-2");
+  auto get = [&](const char* id) {
+    return ask<device_actor>(dir, atom::get_v, std::string{id});
+  };
+  auto first = get("dev-1");
+  auto other = get("dev-2");
+  // dev-1's actor fails: the directory forgets it alone and spawns a fresh one for it.
+  caf::anon_send_exit(first, caf::exit_reason::kill);
+  sched.run();
+  auto fresh = get("dev-1");
+  BOOST_TEST((fresh != first));
+  BOOST_TEST((get("dev-2") == other));
+  heartbeat("dev-1");
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
+  // The directory ends: its children end with it, though none is linked to it.
+  auto downs = std::make_shared<size_t>(0);
+  auto w = sys.spawn(watcher, std::vector<device_actor>{fresh, other}, downs);
+  sched.run();
+  BOOST_TEST(*downs == 0u);
+  stop_server();
+  BOOST_TEST(*downs == 2u);
+  caf::anon_send_exit(w, caf::exit_reason::user_shutdown);
+  start_server(); // for the fixture's own teardown
 }
 
 BOOST_AUTO_TEST_CASE(a_device_id_that_never_said_hello_costs_nothing_durable) {
