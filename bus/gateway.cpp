@@ -48,7 +48,7 @@ gateway::gateway(std::string endpoint, decode_limits limits, message_handler on_
                  unreachable_handler on_unreachable, gateway_options opts)
     : endpoint_(std::move(endpoint)), limits_(limits), opts_(opts),
       on_message_(std::move(on_message)), on_unreachable_(std::move(on_unreachable)),
-      ctx_(std::make_unique<zmq::context_t>(1)) {
+      ctx_(std::make_unique<zmq::context_t>(std::max(1, opts_.io_threads))) {
   if (opts_.curve && opts_.curve->handshakes_per_second > 0)
     handshake_rate_ =
         log_limiter{opts_.curve->handshakes_per_second, std::chrono::seconds{1}};
@@ -56,6 +56,10 @@ gateway::gateway(std::string endpoint, decode_limits limits, message_handler on_
   if (opts_.hard_frame < limits_.max_frame) opts_.hard_frame = limits_.max_frame;
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw std::runtime_error("eventfd failed");
+}
+
+int gateway::io_threads() const {
+  return ctx_->get(zmq::ctxopt::io_threads);
 }
 
 gateway::~gateway() {

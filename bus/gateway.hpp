@@ -90,6 +90,10 @@ struct gateway_options {
   /// Connections the kernel queues on the endpoint before libzmq accepts them
   /// (ZMQ_BACKLOG); 0 keeps libzmq's default (100).
   int backlog = 0;
+  /// ZeroMQ I/O threads of this gateway's context (ZMQ_IO_THREADS): connections are
+  /// spread over them. One thread left about 1,000 of 10,000 agents waiting to be
+  /// accepted (docs/benchmarks.md).
+  int io_threads = 1;
   /// ZMTP heartbeat: ping each connection this often, drop it after `timeout`
   /// without traffic. 0 turns it off.
   std::chrono::milliseconds heartbeat_ivl{5000};
@@ -160,6 +164,8 @@ public:
   const std::string& pub_endpoint() const { return pub_bound_; }
 
   const gateway_stats& stats() const { return stats_; }
+  /// ZeroMQ I/O threads of this gateway's context.
+  int io_threads() const;
 
 private:
   struct outbound {

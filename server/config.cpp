@@ -559,6 +559,11 @@ const std::vector<entry>& table() {
           "connections the kernel queues on bus_endpoint before they are accepted "
           "(ZMQ_BACKLOG, capped by net.core.somaxconn)",
           range{1, 65535, "connections"}),
+      key("bus_io_threads", &C::bus_io_threads, "PARRY_BUS_IO_THREADS",
+          "--bus-io-threads",
+          "ZeroMQ I/O threads of bus_endpoint: its connections are spread over them "
+          "(one thread left about 1,000 of 10,000 agents waiting to be accepted)",
+          range{1, 64, "threads"}),
       key("bus_enroll_endpoint", &C::bus_enroll_endpoint, "PARRY_BUS_ENROLL_ENDPOINT",
           "--bus-enroll-endpoint",
           "ZeroMQ endpoint where agents enroll with a token (CURVE only)", endpoint()),

@@ -32,6 +32,7 @@ struct server_config {
   /// Connections the kernel queues for bus_endpoint before libzmq accepts them
   /// (ZMQ_BACKLOG; the kernel caps it at net.core.somaxconn).
   uint32_t bus_backlog = 4096;
+  uint32_t bus_io_threads = 4;
   /// ROUTER endpoint where agents enroll (CURVE only), its handshake rate and its
   /// open connections at most.
   std::string bus_enroll_endpoint = "tcp://127.0.0.1:7401";

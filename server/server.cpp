@@ -687,6 +687,7 @@ void server::start() {
   auto fd_limit = raise_open_files_limit();
   auto cap = bus_connection_cap(cfg, fd_limit);
   gopts.backlog = static_cast<int>(cfg.bus_backlog);
+  gopts.io_threads = static_cast<int>(cfg.bus_io_threads);
   if (gopts.curve) {
     gopts.curve->max_connections = cap;
     spdlog::info("bus: at most {} agent connections (open-files limit {})", cap,

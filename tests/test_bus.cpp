@@ -294,6 +294,50 @@ BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
   gw.stop();
 }
 
+BOOST_AUTO_TEST_CASE(connections_are_served_over_several_io_threads) {
+  std::atomic<int> heard{0};
+  gateway_options o;
+  o.io_threads = 3;
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [&](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+               ++heard;
+               return std::nullopt;
+             },
+             [](const std::string&) {}, o};
+  BOOST_TEST(gw.io_threads() == 3);
+  auto ep = gw.start();
+  zmq::context_t ctx;
+  std::vector<zmq::socket_t> peers;
+  for (int i = 0; i < 30; ++i) {
+    auto id = "dev-" + std::to_string(i);
+    auto& s = peers.emplace_back(ctx, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::routing_id, id);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(ep);
+    s.send(zmq::buffer(encode(make_header("heartbeat", id.c_str()))),
+           zmq::send_flags::sndmore);
+    s.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
+  while (heard < 30 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::yield();
+  BOOST_TEST(heard.load() == 30);
+  // Each one gets its own answer back, whichever I/O thread holds its connection.
+  for (int i = 0; i < 30; ++i) {
+    auto id = "dev-" + std::to_string(i);
+    gw.send(id, encode(make_header("welcome", id.c_str())), encode(welcome{}));
+  }
+  int answered = 0;
+  for (auto& s : peers) {
+    zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+    zmq::poll(&item, 1, std::chrono::milliseconds{10000});
+    zmq::message_t hdr;
+    if (s.recv(hdr, zmq::recv_flags::dontwait)) ++answered;
+  }
+  BOOST_TEST(answered == 30);
+  gw.stop();
+}
+
 // -- validation of decoded bodies ------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(hello_fields_are_bounded_and_utf8) {
