@@ -24,8 +24,6 @@ namespace parry::sim {
 
 namespace {
 
-// Each session costs a TCP socket, two ZeroMQ sockets and their mailboxes.
-constexpr std::size_t fds_per_session = 4;
 // Readiness reports taken from epoll per wait; the rest come in the next round.
 constexpr int max_events_per_wait = 512;
 // What an epoll entry stands for: data.u64 = index << 2 | kind.

@@ -20,6 +20,11 @@
 
 namespace parry::sim {
 
+/// What one session holds: a TCP socket, two ZeroMQ sockets and their mailboxes
+/// (descriptors); a DEALER and the two PAIRs of its monitor (ZeroMQ sockets).
+constexpr std::size_t fds_per_session = 4;
+constexpr std::size_t zmq_sockets_per_session = 3;
+
 /// How the sessions connect.
 struct link_config {
   std::string server = "tcp://127.0.0.1:7400"; ///< Dialled by every session.

@@ -23,10 +23,6 @@ namespace parry::sim {
 
 namespace {
 
-// Must match what bus_runner holds per session: a TCP socket, two ZeroMQ sockets and
-// their mailboxes (four descriptors); a DEALER and two PAIRs (three ZeroMQ sockets).
-constexpr std::size_t fds_per_endpoint = 4;
-constexpr std::size_t zmq_sockets_per_endpoint = 3;
 constexpr std::size_t spare_fds = 64;
 
 /// `base` has no CURVE keys: the child's share of `keys` (by index of the whole run)
@@ -73,15 +69,14 @@ std::size_t endpoints_per_process_limit() {
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0) {
     rlim_t hard = rl.rlim_max == RLIM_INFINITY ? rlim_t{1} << 20 : rl.rlim_max;
     by_fds = hard > spare_fds
-                 ? static_cast<std::size_t>(hard - spare_fds) / fds_per_endpoint
+                 ? static_cast<std::size_t>(hard - spare_fds) / fds_per_session
                  : 1;
   }
   void* ctx = zmq_ctx_new();
   int sockets = ctx ? zmq_ctx_get(ctx, ZMQ_SOCKET_LIMIT) : 1024;
   if (ctx) zmq_ctx_term(ctx);
   std::size_t by_zmq =
-      sockets > 16 ? static_cast<std::size_t>(sockets - 16) / zmq_sockets_per_endpoint
-                   : 1;
+      sockets > 16 ? static_cast<std::size_t>(sockets - 16) / zmq_sockets_per_session : 1;
   return std::max<std::size_t>(1, std::min(by_fds, by_zmq));
 }
 

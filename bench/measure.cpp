@@ -14,6 +14,7 @@
 
 #include "bench/fleet.hpp"
 #include "bus/codec.hpp"
+#include "common/process.hpp"
 #include "common/time.hpp"
 
 namespace parry::bench {
@@ -68,9 +69,7 @@ double cpu_secs(pid_t pid) {
 
 double cpu_secs_with_children(pid_t pid) {
   double total = cpu_secs(pid);
-  std::ifstream kids{"/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
-                     "/children"};
-  for (pid_t kid; kids >> kid;)
+  for (pid_t kid : children_of(pid))
     total += cpu_secs(kid);
   return total;
 }

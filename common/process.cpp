@@ -15,6 +15,15 @@ extern char** environ;
 
 namespace parry {
 
+std::vector<pid_t> children_of(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                   "/children"};
+  std::vector<pid_t> out;
+  for (pid_t p; in >> p;)
+    out.push_back(p);
+  return out;
+}
+
 child_process::child_process(std::vector<std::string> argv,
                              const std::map<std::string, std::string>& env,
                              std::string log_file)

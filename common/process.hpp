@@ -27,6 +27,10 @@ bool poll_until(Pred pred, std::chrono::milliseconds timeout,
   return pred();
 }
 
+/// The pids /proc lists as `pid`'s children (of its main thread); empty when it has
+/// none or is gone.
+std::vector<pid_t> children_of(pid_t pid);
+
 class child_process {
 public:
   /// Starts `argv[0]` with `argv`, the current environment plus `env`, and stdout and

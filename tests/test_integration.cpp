@@ -428,16 +428,6 @@ bus::curve_key_pair enrolled_key(const system_fixture& f, const std::string& dev
 
 BOOST_FIXTURE_TEST_SUITE(end_to_end, system_fixture)
 
-/// The pids /proc lists as `pid`'s children.
-std::vector<pid_t> children_of(pid_t pid) {
-  std::ifstream in{"/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
-                   "/children"};
-  std::vector<pid_t> out;
-  for (pid_t p; in >> p;)
-    out.push_back(p);
-  return out;
-}
-
 // parry-agent --sim N --procs P: every endpoint connects from one of P processes; a
 // SIGTERM to the parent ends them all cleanly; a child killed -9 stops the others and
 // the parent exits 1.
