@@ -88,7 +88,8 @@ class RequestTimeout(ParryBusError):
     ``handshake_refused`` is the ZAP status code (e.g. 400) when the server refused
     the CURVE handshake of the requests connection (an unregistered or revoked key,
     or the wrong server key), else ``None``.  The protocol never answers a refused
-    handshake, so a timeout is what the caller sees either way.
+    handshake, so a timeout is what the caller sees either way: at once (``timeout``
+    0.0) when the refusal came before the request could be sent.
     """
 
     def __init__(self, msg_id, timeout, handshake_refused=None):
@@ -640,6 +641,11 @@ class IntegratorClient:
         try:
             self._dealer.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
+            # A handshake refused before this send leaves libzmq no connection to
+            # queue on: the caller sees the same RequestTimeout as after the send.
+            state = self.handshake_state("requests")
+            if isinstance(state, tuple):
+                raise RequestTimeout(msg_id, 0.0, state[1]) from None
             raise ParryBusError("the requests connection cannot take more messages now") from None
         self._outstanding.add(msg_id)
         return msg_id
