@@ -251,6 +251,18 @@ using directory_actor = caf::typed_actor<
     // A device actor of a stranger (device.cpp) asks to end: the directory forgets it
     // and answers, after every message it had sent it.
     caf::replies_to<atom::retire, std::string>::with<atom::ok>,
+    // An idle device actor offers its state (device.cpp, `offer`): first the id, and
+    // the directory notes whether it sends the actor anything from now on; then the
+    // state, and the answer says whether the directory took it (the actor ends) or
+    // sent it something meanwhile (it stays). `keep`: it stays, without a second step.
+    caf::replies_to<atom::passivate, std::string>::with<atom::ok>,
+    caf::replies_to<atom::passivate, std::string, device_snapshot>::with<bool>,
+    caf::reacts_to<atom::keep, std::string>,
+    // Timer: wakes the devices of dormant actions whose time (µs since the epoch, the
+    // one it was armed for) is up.
+    caf::reacts_to<atom::expire, int64_t>,
+    // Timer: passivated devices that missed their heartbeats are woken to go offline.
+    caf::reacts_to<atom::check>,
     // Registers a response action; answers once it is stored. A request with the
     // idempotency key of an earlier (or concurrent) one answers that one's record.
     caf::replies_to<atom::reg, action_request>::with<action_record>,

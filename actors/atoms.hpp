@@ -70,6 +70,10 @@ CAF_ADD_ATOM(parry, parry::atom, deadline, "deadline")
 CAF_ADD_ATOM(parry, parry::atom, reg, "register")
 CAF_ADD_ATOM(parry, parry::atom, reverse, "reverse")
 CAF_ADD_ATOM(parry, parry::atom, resume, "resume")
+/// directory: a device actor offers its state and ends (issue 11, item 4).
+CAF_ADD_ATOM(parry, parry::atom, passivate, "passivate")
+/// directory: the device that offered its state stays live after all.
+CAF_ADD_ATOM(parry, parry::atom, keep, "keep")
 
 // gateway bridge.
 CAF_ADD_ATOM(parry, parry::atom, send, "send")

@@ -128,10 +128,80 @@ void heard(device_stateful self) {
   if (!st.rec.online) {
     st.rec.online = true;
     ++st.cfg.counters->online;
+    st.last_active = st.last_heard;
     persist(self);
-    self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
     on_online(self);
   }
+}
+
+/// Takes the device offline when its heartbeats stopped.
+void check_heartbeats(device_stateful self) {
+  auto& st = self->state;
+  auto limit = st.cfg.heartbeat_interval * st.cfg.missed_heartbeats;
+  if (st.rec.online && self->clock().now() - st.last_heard >= limit)
+    go_offline(self, "missed heartbeats");
+}
+
+/// Something other than a plain heartbeat happened: the device is not idle.
+void active(device_stateful self) {
+  self->state.last_active = self->clock().now();
+}
+
+/// Nothing is queued, waited for or unsettled, and only heartbeats came for
+/// `passivate_after`: the device can live on as a record in the directory.
+bool idle(const device_state& st, caf::actor_clock::time_point now) {
+  return st.directory && st.cfg.passivate_after.count() > 0 && st.loaded && st.known &&
+         !st.dirty && st.queue.empty() && st.waiting_get.empty() && st.early.empty() &&
+         st.welcomed == st.rec.online && now - st.last_active >= st.cfg.passivate_after;
+}
+
+device_snapshot snapshot_of(const device_state& st) {
+  device_snapshot s;
+  s.rec = st.rec;
+  s.last_heard = st.last_heard.time_since_epoch();
+  s.stored_last_seen = st.stored_last_seen;
+  s.command_seq = st.command_seq;
+  s.seq = st.seq;
+  s.msg_id = st.msg_id;
+  s.incidents = st.incidents;
+  s.welcomed = st.welcomed;
+  return s;
+}
+
+/// The directory routes nothing more here (it took the first step): if still idle,
+/// hands it the state and ends once it took it; the directory says no when it sent
+/// this actor anything meanwhile, which is then handled here as usual. Waiting for
+/// that answer holds every other message back, so none is handled after the state
+/// was taken.
+void hand_over(device_stateful self) {
+  auto& st = self->state;
+  if (!idle(st, self->clock().now())) {
+    st.passivating = false;
+    self->send(st.directory, atom::keep_v, st.rec.device_id);
+    return;
+  }
+  self->request(st.directory, actor_timeout, atom::passivate_v, st.rec.device_id,
+                snapshot_of(st))
+      .await(
+          [self](bool taken) {
+            auto& st = self->state;
+            st.passivating = false;
+            if (!taken) return;
+            st.handed_over = true;
+            ++st.cfg.counters->passivated;
+            self->quit();
+          },
+          [self](caf::error&) { self->state.passivating = false; });
+}
+
+/// Asks the directory to hold what it routes here from now on (the first step of a
+/// passivation): whatever it sent before arrives here before its answer.
+void offer(device_stateful self) {
+  auto& st = self->state;
+  st.passivating = true;
+  self->request(st.directory, actor_timeout, atom::passivate_v, st.rec.device_id)
+      .then([self](atom::ok) { hand_over(self); },
+            [self](caf::error&) { self->state.passivating = false; });
 }
 
 pending_command* find(device_state& st, const std::string& action_id) {
@@ -291,37 +361,54 @@ void late_result(device_stateful self, bus::action_result r) {
 
 device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, directory_store_actor store,
-                                   gateway_actor gateway, directory_actor directory) {
+                                   gateway_actor gateway, directory_actor directory,
+                                   std::optional<device_snapshot> from) {
   auto& st = self->state;
   st.directory = std::move(directory);
   st.rec.device_id = id;
   st.cfg = cfg;
   st.store = std::move(store);
   st.gateway = std::move(gateway);
-  st.last_heard = self->clock().now();
-  // What the store knows fills in a device that is heard from before its hello.
-  self->request(st.store, st.cfg.load_timeout, atom::get_v, id)
-      .then(
-          [self](device_record& rec) {
-            auto& st = self->state;
-            if (st.rec.hostname.empty()) {
-              rec.online = st.rec.online;
-              rec.last_seen = std::max(rec.last_seen, st.rec.last_seen);
-              if (st.rec.online) rec.isolated = st.rec.isolated;
-              st.rec = std::move(rec);
-            }
-            loaded(self, true);
-          },
-          [self](caf::error& err) {
-            // A new device (nothing stored yet), or the store did not answer in time:
-            // then it may well be known, and nothing it says is thrown away.
-            bool absent = code_of(err) == ec::not_found;
-            if (!absent)
-              spdlog::error("{}cannot load its record: {}",
-                            log_tags({{"device", self->state.rec.device_id}}),
-                            message_of(err));
-            loaded(self, !absent);
-          });
+  st.last_heard = st.last_active = self->clock().now();
+  // One timer for the heartbeat deadline and the passivation, for the actor's life.
+  self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
+  if (from) {
+    // Woken from the directory's record: it knew the device, so nothing is loaded.
+    st.rec = std::move(from->rec);
+    st.last_heard = caf::actor_clock::time_point{from->last_heard};
+    st.stored_last_seen = from->stored_last_seen;
+    st.command_seq = from->command_seq;
+    st.seq = from->seq;
+    st.msg_id = from->msg_id;
+    st.incidents = from->incidents;
+    st.welcomed = from->welcomed;
+    st.loaded = st.known = true;
+    check_heartbeats(self); // woken because they stopped, perhaps
+  } else {
+    // What the store knows fills in a device that is heard from before its hello.
+    self->request(st.store, st.cfg.load_timeout, atom::get_v, id)
+        .then(
+            [self](device_record& rec) {
+              auto& st = self->state;
+              if (st.rec.hostname.empty()) {
+                rec.online = st.rec.online;
+                rec.last_seen = std::max(rec.last_seen, st.rec.last_seen);
+                if (st.rec.online) rec.isolated = st.rec.isolated;
+                st.rec = std::move(rec);
+              }
+              loaded(self, true);
+            },
+            [self](caf::error& err) {
+              // A new device (nothing stored yet), or the store did not answer in time:
+              // then it may well be known, and nothing it says is thrown away.
+              bool absent = code_of(err) == ec::not_found;
+              if (!absent)
+                spdlog::error("{}cannot load its record: {}",
+                              log_tags({{"device", self->state.rec.device_id}}),
+                              message_of(err));
+              loaded(self, !absent);
+            });
+  }
   // An action that ends without telling (it failed) must not block the queue.
   self->set_down_handler([self](const caf::down_msg& msg) {
     auto& q = self->state.queue;
@@ -352,6 +439,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         st.rec.isolated = h.isolated;
         if (st.rec.first_seen == 0) st.rec.first_seen = now_us();
         became_known(self); // a valid hello (the gateway checked it)
+        active(self);
         welcome(self);
         if (was_online) {
           // A reconnect we had not noticed: same as coming back online.
@@ -371,18 +459,20 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         heard(self);
         // After a server restart the agent skips hello: welcome it so it re-sends
         // any result we have not confirmed. A stranger is told to say hello.
+        if (changed) active(self);
         if (!st.welcomed && st.known)
           welcome(self);
         else if (st.loaded && !st.known)
           refuse_stranger(self, bus::type::heartbeat);
         // last_seen is written now and then, not on every heartbeat.
         if ((changed && was_online) ||
-            st.rec.last_seen - st.stored_last_seen > 60'000'000)
+            st.rec.last_seen - st.stored_last_seen > last_seen_write_interval_us)
           persist(self);
       },
       [self](atom::incident, bus::incident_report& r, uint64_t bytes) {
         auto& st = self->state;
         heard(self);
+        active(self);
         // The gateway checked the report (validate_report) before it got here.
         if (st.known) {
           store_incident(self, std::move(r), bytes);
@@ -396,6 +486,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       },
       [self](atom::ack, const std::string& action_id) {
         heard(self);
+        active(self);
         if (auto p = find(self->state, action_id); p && !p->acknowledged) {
           p->acknowledged = true;
           self->send(p->action, atom::ack_v);
@@ -403,6 +494,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       },
       [self](atom::result, bus::action_result& r) {
         heard(self);
+        active(self);
         if (auto p = find(self->state, r.action_id)) {
           // The result is the agent's own report of its isolation state.
           auto& rec = self->state.rec;
@@ -419,7 +511,10 @@ device_actor::behavior_type device(device_stateful self, std::string id,
         // the agent stops.
         late_result(self, std::move(r));
       },
-      [self](atom::unreach) { go_offline(self, "connection lost"); },
+      [self](atom::unreach) {
+        active(self);
+        go_offline(self, "connection lost");
+      },
       [self](atom::retire) {
         auto& st = self->state;
         if (st.known) return;
@@ -445,16 +540,14 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       },
       [self](atom::check) {
         auto& st = self->state;
-        if (!st.rec.online) return;
-        auto limit = st.cfg.heartbeat_interval * st.cfg.missed_heartbeats;
-        if (self->clock().now() - st.last_heard >= limit)
-          go_offline(self, "missed heartbeats");
-        else
-          self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
+        check_heartbeats(self);
+        self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
+        if (!st.passivating && idle(st, self->clock().now())) offer(self);
       },
       [self](atom::submit, action_type type, bus::command& cmd,
              response_action_actor& action) {
         auto& st = self->state;
+        active(self);
         // Isolating an isolated device with nothing else in flight changes nothing.
         if (type == action_type::isolate && st.rec.isolated && st.queue.empty()) {
           self->send(action, atom::noop_v, std::string{"device already isolated"});
@@ -511,6 +604,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       },
       [self](atom::cancel, bus::cancel_result& r) {
         heard(self);
+        active(self);
         if (auto p = find(self->state, r.action_id)) {
           self->send(p->action, atom::cancel_v, std::move(r));
           return;
@@ -520,6 +614,7 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       },
       [self](atom::get) -> caf::result<device_record> {
         auto& st = self->state;
+        active(self);
         if (st.loaded) return st.rec;
         auto rp = self->make_response_promise<device_record>();
         st.waiting_get.push_back(rp);

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,9 +32,21 @@ struct device_counters {
   /// Queue entries dropped because their action ended without a final state.
   std::atomic<uint64_t> dropped_dead{0};
   /// Devices online now (a gauge: up when one is heard after silence, down when it
-  /// goes offline or its actor ends online).
+  /// goes offline or its actor ends online; a passivated device stays counted).
   std::atomic<int64_t> online{0};
+  /// Devices kept as a compact record in the directory instead of an actor (a gauge).
+  std::atomic<int64_t> passive{0};
+  /// Device actors that handed their state to the directory and ended.
+  std::atomic<uint64_t> passivated{0};
+  /// Device actors spawned again from such a record.
+  std::atomic<uint64_t> woken{0};
+  /// Open actions resumed from the store as records only, until their device's actor
+  /// is needed or their time runs out (a gauge).
+  std::atomic<int64_t> dormant_actions{0};
 };
+
+/// last_seen is written to the store at most this often (µs) by heartbeats alone.
+inline constexpr int64_t last_seen_write_interval_us = 60'000'000;
 
 /// Timing of the agent connection, shared by every device actor.
 struct device_config {
@@ -57,6 +70,9 @@ struct device_config {
   std::shared_ptr<const signing_key> signer;
   /// How long a cancel stays valid for the agent after it is sent.
   std::chrono::milliseconds cancel_ttl{60000};
+  /// A device with nothing queued that heard nothing but heartbeats for this long
+  /// hands its state to the directory and its actor ends (zero: never).
+  std::chrono::milliseconds passivate_after{60000};
 };
 
 /// A command waiting for, or on its way to, the agent.
@@ -79,7 +95,7 @@ struct device_state {
   device_state(const device_state&) = delete;
   device_state& operator=(const device_state&) = delete;
   ~device_state() {
-    if (rec.online && cfg.counters) --cfg.counters->online;
+    if (rec.online && cfg.counters && !handed_over) --cfg.counters->online;
   }
 
   /// What the store and REST see.
@@ -88,6 +104,13 @@ struct device_state {
   std::vector<pending_command> queue;
   /// Last time anything arrived from the agent (actor clock, so tests control it).
   caf::actor_clock::time_point last_heard;
+  /// Last time anything but a plain heartbeat happened (actor clock): the device
+  /// passivates `passivate_after` later if it has nothing queued.
+  caf::actor_clock::time_point last_active;
+  /// Asked the directory to take its state (see `offer` in device.cpp).
+  bool passivating = false;
+  /// The directory took its state: it counts the device online from now on.
+  bool handed_over = false;
   /// A hello (or welcome after a server restart) happened on this connection.
   bool welcomed = false;
   /// last_seen as last written to the store.
@@ -127,10 +150,12 @@ struct device_state {
 
 using device_stateful = device_actor::stateful_pointer<device_state>;
 
-/// The actor for device `id`. Loads what the store knows of it, then follows its
-/// connection and delivers its commands in order.
+/// The actor for device `id`. Loads what the store knows of it (or goes on from
+/// `from`, the state it handed over when it passivated), then follows its connection
+/// and delivers its commands in order.
 device_actor::behavior_type device(device_stateful self, std::string id,
                                    device_config cfg, directory_store_actor store,
-                                   gateway_actor gateway, directory_actor directory = {});
+                                   gateway_actor gateway, directory_actor directory,
+                                   std::optional<device_snapshot> from);
 
 } // namespace parry

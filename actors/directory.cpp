@@ -10,6 +10,7 @@
 #include "actors/response_action.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "server/logging.hpp"
 
 namespace parry {
 
@@ -21,6 +22,11 @@ directory_state::~directory_state() {
   end(actions);
   end(incidents);
   end(devices);
+  if (!cfg.counters) return;
+  for (auto& [id, snap] : passive)
+    if (snap.rec.online) --cfg.counters->online;
+  cfg.counters->passive -= static_cast<int64_t>(passive.size());
+  cfg.counters->dormant_actions -= static_cast<int64_t>(dormant_device.size());
 }
 
 namespace {
@@ -47,6 +53,7 @@ bool forget(directory_stateful self, caf::actor_id who) {
   auto erase = [id = c->second.id](auto& map) { map.erase(map.find(*id)); };
   switch (c->second.kind) {
   case child_kind::device:
+    st.leaving.erase(*c->second.id);
     erase(st.devices);
     break;
   case child_kind::incident:
@@ -60,14 +67,90 @@ bool forget(directory_stateful self, caf::actor_id who) {
   return true;
 }
 
+void wake_dormant(directory_stateful self, const std::string& device_id,
+                  const device_actor& dev);
+
+/// The live actor of device `id`: the one there is, or one spawned from its
+/// passivated record, or from the store. A device actor that offered its state learns
+/// that it was needed meanwhile, and stays.
 device_actor device_for(directory_stateful self, const std::string& id) {
   auto& st = self->state;
   auto i = st.devices.find(id);
-  if (i != st.devices.end()) return i->second;
+  if (i != st.devices.end()) {
+    if (!st.leaving.empty())
+      if (auto l = st.leaving.find(id); l != st.leaving.end()) l->second = true;
+    return i->second;
+  }
+  std::optional<device_snapshot> from;
+  if (auto p = st.passive.find(id); p != st.passive.end()) {
+    from = std::move(p->second);
+    st.passive.erase(p);
+    --st.cfg.counters->passive;
+    ++st.cfg.counters->woken;
+  }
   auto d = self->spawn(device, id, st.cfg, st.store, st.gateway,
-                       caf::actor_cast<directory_actor>(self));
+                       caf::actor_cast<directory_actor>(self), std::move(from));
   adopt(self, child_kind::device, st.devices, id, d);
+  wake_dormant(self, id, d);
   return d;
+}
+
+/// A heartbeat of a passivated device that changes nothing: handled here, without its
+/// actor (last_seen is written now and then, as the actor would). Returns false when
+/// the actor must see it.
+bool passive_heartbeat(directory_stateful self, const std::string& id,
+                       const bus::heartbeat& hb) {
+  auto& st = self->state;
+  auto p = st.passive.find(id);
+  if (p == st.passive.end()) return false;
+  auto& snap = p->second;
+  if (!snap.rec.online || !snap.welcomed || snap.rec.isolated != hb.isolated)
+    return false;
+  snap.last_heard = self->clock().now().time_since_epoch();
+  snap.rec.last_seen = now_us();
+  if (snap.rec.last_seen - snap.stored_last_seen > last_seen_write_interval_us) {
+    snap.stored_last_seen = snap.rec.last_seen;
+    self->request(st.store, store_timeout, atom::put_v, snap.rec)
+        .then([](atom::ok) {},
+              [id](caf::error& err) {
+                spdlog::error("{}cannot store state: {}", log_tags({{"device", id}}),
+                              message_of(err));
+              });
+  }
+  return true;
+}
+
+/// Arms the timer that finds passivated devices whose heartbeats stopped.
+void arm_sweep(directory_stateful self) {
+  auto& st = self->state;
+  if (st.sweeping || st.passive.empty()) return;
+  st.sweeping = true;
+  self->delayed_send(self, st.cfg.heartbeat_interval, atom::check_v);
+}
+
+/// Arms the timer for the earliest dormant action that must wake on its own.
+void arm_expire(directory_stateful self) {
+  auto& st = self->state;
+  while (!st.dormant_due.empty() && !st.dormant.count(st.dormant_due.top().second))
+    st.dormant_due.pop(); // its device came first
+  if (st.dormant_due.empty()) return;
+  auto due = st.dormant_due.top().first;
+  if (st.due_armed != 0 && st.due_armed <= due) return;
+  st.due_armed = due;
+  self->delayed_send(self,
+                     std::chrono::microseconds{std::max<int64_t>(due - now_us(), 0)},
+                     atom::expire_v, due);
+}
+
+/// When a resumed action must run even if its device stays away: its time to live,
+/// or the execution deadline of one the agent had accepted (zero: never).
+int64_t wake_time(const action_record& rec, const action_policy& policy) {
+  int64_t due = rec.expires_at;
+  if (rec.state == state::acknowledged || rec.state == state::cancelling) {
+    auto deadline = rec.updated_at + policy.exec_deadline_for(rec.type);
+    if (due == 0 || deadline < due) due = deadline;
+  }
+  return due;
 }
 
 /// Calls `f` with the live actor of incident `id`, spawning it from the store.
@@ -104,6 +187,30 @@ response_action_actor spawn_action(directory_stateful self, action_record rec) {
                          write_retry{});
   adopt(self, child_kind::action, st.actions, std::move(id), act);
   return act;
+}
+
+/// Gives `rec`, an open action read from the store, its actor and its place in the
+/// queue of `dev`, its device.
+void submit_resumed(directory_stateful self, const device_actor& dev, action_record rec) {
+  auto type = rec.type;
+  auto cmd = to_command(rec);
+  auto act = spawn_action(self, std::move(rec));
+  self->send(dev, atom::submit_v, type, std::move(cmd), act);
+}
+
+/// The actor of device `device_id` is live (`dev`): its dormant actions are too.
+void wake_dormant(directory_stateful self, const std::string& device_id,
+                  const device_actor& dev) {
+  auto& st = self->state;
+  auto d = st.dormant.find(device_id);
+  if (d == st.dormant.end()) return;
+  auto recs = std::move(d->second);
+  st.dormant.erase(d);
+  st.cfg.counters->dormant_actions -= static_cast<int64_t>(recs.size());
+  for (auto& rec : recs) {
+    st.dormant_device.erase(rec.action_id);
+    submit_resumed(self, dev, std::move(rec));
+  }
 }
 
 /// Registers `rec` (calling `ok` with the stored record, or `fail`) unless it is a
@@ -253,7 +360,8 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         self->send(device_for(self, id), atom::hello_v, std::move(h));
       },
       [self](atom::heartbeat, const std::string& id, const bus::heartbeat& hb) {
-        self->send(device_for(self, id), atom::heartbeat_v, hb);
+        if (!passive_heartbeat(self, id, hb))
+          self->send(device_for(self, id), atom::heartbeat_v, hb);
       },
       [self](atom::incident, const std::string& id, bus::incident_report& r,
              uint64_t bytes) {
@@ -269,8 +377,10 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         self->send(device_for(self, id), atom::cancel_v, std::move(r));
       },
       [self](atom::unreach, const std::string& id) {
-        if (auto i = self->state.devices.find(id); i != self->state.devices.end())
-          self->send(i->second, atom::unreach_v);
+        auto& st = self->state;
+        auto p = st.passive.find(id);
+        if (st.devices.count(id) || (p != st.passive.end() && p->second.rec.online))
+          self->send(device_for(self, id), atom::unreach_v);
       },
       [self](atom::reg, action_request& req) -> caf::result<action_record> {
         auto rp = self->make_response_promise<action_record>();
@@ -317,6 +427,9 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
       [self](atom::cancel, const std::string& id, const std::string& user,
              const std::string& comment) -> caf::result<action_record> {
         auto& st = self->state;
+        // A dormant action comes to life with its device's others, in their order.
+        if (auto d = st.dormant_device.find(id); d != st.dormant_device.end())
+          device_for(self, std::string{d->second});
         if (auto i = st.actions.find(id); i != st.actions.end())
           return self->delegate(i->second, atom::cancel_v, user, comment);
         // Not live: it is final, or it does not exist.
@@ -375,23 +488,93 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
             .then(
                 [self, rp](std::vector<action_record>& open) mutable {
                   // In registration order, so each device gets its commands in order.
-                  uint64_t resumed = 0;
+                  // An action of a device with a live actor gets its own now; the
+                  // others stay records until their device's actor is needed or
+                  // their time is up (a restart spawns no actor for them).
+                  auto& st = self->state;
+                  auto policy = st.policy.get();
+                  uint64_t resumed = 0, dormant = 0;
                   for (auto& rec : open) {
-                    if (self->state.actions.count(rec.action_id)) continue; // live
+                    if (st.actions.count(rec.action_id) ||
+                        st.dormant_device.count(rec.action_id))
+                      continue; // already resumed
                     ++resumed;
-                    auto dev = device_for(self, rec.device_id);
-                    auto type = rec.type;
-                    auto cmd = to_command(rec);
-                    auto act = spawn_action(self, std::move(rec));
-                    self->send(dev, atom::submit_v, type, std::move(cmd), act);
+                    if (auto d = st.devices.find(rec.device_id); d != st.devices.end()) {
+                      submit_resumed(self, d->second, std::move(rec));
+                      continue;
+                    }
+                    ++dormant;
+                    if (auto due = wake_time(rec, *policy); due != 0)
+                      st.dormant_due.emplace(due, rec.device_id);
+                    st.dormant_device.emplace(rec.action_id, rec.device_id);
+                    auto& queue = st.dormant[rec.device_id];
+                    queue.push_back(std::move(rec));
                   }
-                  spdlog::info("resumed {} open actions", resumed);
+                  st.cfg.counters->dormant_actions += static_cast<int64_t>(dormant);
+                  arm_expire(self);
+                  spdlog::info("resumed {} open actions ({} wait for their device)",
+                               resumed, dormant);
                   rp.deliver(resumed);
                 },
                 [rp](caf::error& err) mutable { rp.deliver(err); });
         return rp;
       },
       [self](atom::get, const std::string& id) { return device_for(self, id); },
+      [self](atom::passivate, const std::string& id) -> caf::result<atom::ok> {
+        auto& st = self->state;
+        auto i = st.devices.find(id);
+        if (i == st.devices.end() || i->second.address() != self->current_sender())
+          return make_error(ec::not_found, "device " + id + " has another actor");
+        st.leaving[id] = false; // device_for notes anything routed to it from now on
+        return atom::ok_v;
+      },
+      [self](atom::passivate, const std::string& id, device_snapshot& snap) {
+        auto& st = self->state;
+        auto l = st.leaving.find(id);
+        if (l == st.leaving.end()) return false;
+        bool needed = l->second;
+        st.leaving.erase(l);
+        auto i = st.devices.find(id);
+        if (needed || i == st.devices.end() ||
+            i->second.address() != self->current_sender())
+          return false;
+        forget(self, i->second.id());
+        st.passive.emplace(id, std::move(snap));
+        ++st.cfg.counters->passive;
+        arm_sweep(self);
+        return true;
+      },
+      [self](atom::keep, const std::string& id) {
+        auto& st = self->state;
+        if (auto i = st.devices.find(id);
+            i != st.devices.end() && i->second.address() == self->current_sender())
+          st.leaving.erase(id);
+      },
+      [self](atom::expire, int64_t armed_for) {
+        auto& st = self->state;
+        if (armed_for == st.due_armed) st.due_armed = 0;
+        // What the timer was armed for is due, whatever the wall clock says.
+        auto now = std::max(now_us(), armed_for);
+        while (!st.dormant_due.empty() && st.dormant_due.top().first <= now) {
+          auto id = st.dormant_due.top().second;
+          st.dormant_due.pop();
+          if (st.dormant.count(id)) device_for(self, id); // wakes its actions
+        }
+        arm_expire(self);
+      },
+      [self](atom::check) {
+        auto& st = self->state;
+        st.sweeping = false;
+        auto now = self->clock().now().time_since_epoch();
+        auto limit = st.cfg.heartbeat_interval * st.cfg.missed_heartbeats;
+        std::vector<std::string> late;
+        for (auto& [id, snap] : st.passive)
+          if (snap.rec.online && now - snap.last_heard >= limit) late.push_back(id);
+        // Woken, the actor finds its heartbeats missed and takes the device offline.
+        for (auto& id : late)
+          device_for(self, id);
+        arm_sweep(self);
+      },
       [self](atom::retire, const std::string& id) {
         auto& devs = self->state.devices;
         if (auto i = devs.find(id);

@@ -1,6 +1,8 @@
 #pragma once
 
+#include <functional>
 #include <map>
+#include <queue>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -38,8 +40,32 @@ struct directory_state {
   std::unordered_map<std::string, device_actor> devices;
   /// Live incident actors by incident id (they passivate when idle).
   std::unordered_map<std::string, incident_actor> incidents;
-  /// Live response actions (every non-final one) by action id.
+  /// Live response actions by action id.
   std::unordered_map<std::string, response_action_actor> actions;
+
+  /// Devices whose actor passivated (issue 11, item 4), by device id. Heartbeats of an
+  /// online one are handled here; anything else spawns its actor from the record.
+  std::unordered_map<std::string, device_snapshot> passive;
+  /// Device actors that offered their state, by device id: whether anything was routed
+  /// to them since (then they stay live).
+  std::unordered_map<std::string, bool> leaving;
+  /// The check timer for passivated devices' heartbeats is armed.
+  bool sweeping = false;
+
+  /// Open actions resumed from the store without an actor, by device id in
+  /// registration order: they come to life, in that order, with their device's actor
+  /// (no device has both a live actor and dormant actions).
+  std::unordered_map<std::string, std::vector<action_record>> dormant;
+  /// The device of each dormant action, by action id.
+  std::unordered_map<std::string, std::string> dormant_device;
+  /// When dormant actions must come to life anyway (their time to live or execution
+  /// deadline, µs since the epoch), with their device id: earliest first.
+  std::priority_queue<std::pair<int64_t, std::string>,
+                      std::vector<std::pair<int64_t, std::string>>,
+                      std::greater<std::pair<int64_t, std::string>>>
+      dormant_due;
+  /// The time (µs) the expire timer is armed for; zero when none is.
+  int64_t due_armed = 0;
   /// Actions whose reverse is being registered right now.
   std::set<std::string> reversing;
   /// Registrations in flight by (user, idempotency key), with every request waiting

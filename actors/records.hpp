@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <caf/timespan.hpp>
+
 #include "bus/messages.hpp"
 #include "common/domain.hpp"
 
@@ -30,6 +32,20 @@ struct device_record {
   bool isolated = false; ///< As last reported by the agent.
   int64_t first_seen = 0;
   int64_t last_seen = 0;
+};
+
+/// What a passivated device keeps: all its actor needs to go on where it stopped, a
+/// few hundred bytes held by the directory instead of an actor (issue 11, item 4).
+struct device_snapshot {
+  device_record rec;
+  /// Last time anything arrived from the agent, on the actor clock (since its epoch).
+  caf::timespan last_heard{0};
+  int64_t stored_last_seen = 0;
+  uint64_t command_seq = 0;
+  uint64_t seq = 0;
+  uint64_t msg_id = 0;
+  uint64_t incidents = 0;
+  bool welcomed = false;
 };
 
 /// An EDR incident: the report as the agent sent it plus what the server adds.
@@ -225,6 +241,10 @@ template <class Inspector> auto inspect(Inspector& f, action_policy& x) {
 template <class Inspector> auto inspect(Inspector& f, device_record& x) {
   return f(x.device_id, x.hostname, x.os, x.agent_version, x.addresses, x.online,
            x.isolated, x.first_seen, x.last_seen);
+}
+template <class Inspector> auto inspect(Inspector& f, device_snapshot& x) {
+  return f(x.rec, x.last_heard, x.stored_last_seen, x.command_seq, x.seq, x.msg_id,
+           x.incidents, x.welcomed);
 }
 template <class Inspector> auto inspect(Inspector& f, bus_key_record& x) {
   return f(x.public_z85, x.integrator, x.name, x.role, x.created_at, x.created_by);

@@ -603,6 +603,11 @@ const std::vector<entry>& table() {
       key("missed_heartbeats", &C::missed_heartbeats, "PARRY_MISSED_HEARTBEATS",
           "--missed-heartbeats", "missed intervals before a device is offline",
           range{1, 100}),
+      key("device_passivate_after_s", &C::device_passivate_after_s,
+          "PARRY_DEVICE_PASSIVATE_AFTER_S", "--device-passivate-after-s",
+          "a device with nothing queued that sent only heartbeats this long is kept as "
+          "a record, not an actor (0: never)",
+          range{0, 86400, "s"}),
       key("max_frame_bytes", &C::max_frame_bytes, "PARRY_MAX_FRAME_BYTES",
           "--max-frame-bytes", "largest bus frame accepted",
           range{4096, 64 << 20, "bytes"}),

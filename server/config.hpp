@@ -52,6 +52,9 @@ struct server_config {
   uint32_t heartbeat_interval_ms = 5000;
   /// ...and count as offline after this many are missed.
   int missed_heartbeats = 3;
+  /// A device with nothing queued that sent only heartbeats for this long is kept as
+  /// a compact record instead of an actor (0: never).
+  int device_passivate_after_s = 60;
   /// Largest accepted bus frame, in bytes.
   uint32_t max_frame_bytes = 1 << 20;
   /// Device ids the bus tracks at once; a new id beyond it is refused.

@@ -345,6 +345,12 @@ void collect_stats(const nlohmann::json& stats, const device_counters& devices,
   };
   out.push_back(gauge_family("parry_devices_online", "Devices whose agent is connected",
                              {{{}, double(devices.online.load())}}));
+  out.push_back(gauge_family("parry_devices_passive",
+                             "Devices kept as a record in the directory, not an actor",
+                             {{{}, double(devices.passive.load())}}));
+  out.push_back(gauge_family("parry_actions_dormant",
+                             "Open actions kept as a record until their device is heard",
+                             {{{}, double(devices.dormant_actions.load())}}));
   // Each bus endpoint's counters, labelled by endpoint.
   std::map<std::string, std::vector<metric_sample>> bus;
   std::vector<metric_sample> refused;
@@ -737,6 +743,7 @@ void server::start() {
   device_config dcfg;
   dcfg.heartbeat_interval = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
   dcfg.missed_heartbeats = cfg.missed_heartbeats;
+  dcfg.passivate_after = std::chrono::seconds{cfg.device_passivate_after_s};
   dcfg.ingest = gauge;
   // Agents enrolled over CURVE pinned this key: every command they get is signed.
   if (cfg.bus_curve) dcfg.signer = m.signer;
@@ -771,7 +778,11 @@ void server::start() {
         nlohmann::json{{"foreign_results", devices->foreign_results.load()},
                        {"stranger_incidents", devices->stranger_incidents.load()},
                        {"strangers_forgotten", devices->strangers_forgotten.load()},
-                       {"dropped_dead", devices->dropped_dead.load()}};
+                       {"dropped_dead", devices->dropped_dead.load()},
+                       {"passive", devices->passive.load()},
+                       {"passivated", devices->passivated.load()},
+                       {"woken", devices->woken.load()},
+                       {"dormant_actions", devices->dormant_actions.load()}};
     out["ingest"] = nlohmann::json{{"reports_in_flight", gauge->reports.load()},
                                    {"bytes_in_flight", gauge->bytes.load()}};
     memory_trim_stats trim;

@@ -202,6 +202,25 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     sched.run();
   }
 
+  directory_state& dir_state() {
+    return deref<directory_actor::stateful_base<directory_state>>(dir).state;
+  }
+
+  /// Restarts the server with devices that passivate after `after` of heartbeats only.
+  void passivate_after(caf::timespan after) {
+    stop_server();
+    dcfg.passivate_after = std::chrono::duration_cast<std::chrono::milliseconds>(after);
+    start_server();
+  }
+
+  /// Heartbeats from `dev` once a second for `seconds`.
+  void beat_for(const std::string& dev, int seconds, bool isolated = false) {
+    for (int i = 0; i < seconds; ++i) {
+      advance_time(1s);
+      heartbeat(dev, isolated);
+    }
+  }
+
   void heartbeat(const std::string& dev, bool isolated = false) {
     caf::anon_send(dir, atom::heartbeat_v, dev, bus::heartbeat{isolated});
     sched.run();
@@ -919,6 +938,174 @@ BOOST_AUTO_TEST_CASE(
   start_server(); // for the fixture's own teardown
 }
 
+// Issue 11, item 4: a device with nothing to do is a record in the directory, not an
+// actor; its heartbeats are handled there, and it goes offline as it would live.
+BOOST_AUTO_TEST_CASE(an_idle_device_passivates_and_its_heartbeats_spawn_nothing) {
+  passivate_after(5s);
+  hello("dev-1");
+  beat_for("dev-1", 4);
+  BOOST_TEST(dir_state().devices.count("dev-1") == 1u);
+  beat_for("dev-1", 2); // five seconds of heartbeats only
+  BOOST_TEST(dir_state().devices.count("dev-1") == 0u);
+  BOOST_TEST(dir_state().passive.count("dev-1") == 1u);
+  BOOST_TEST(dcfg.counters->passive.load() == 1);
+  BOOST_TEST(dcfg.counters->passivated.load() == 1u);
+  BOOST_TEST(dcfg.counters->online.load() == 1); // still online, still counted
+  // A minute of heartbeats: no actor, no second welcome, last_seen kept.
+  auto seen = dir_state().passive.at("dev-1").rec.last_seen;
+  beat_for("dev-1", 61);
+  BOOST_TEST(dir_state().passive.at("dev-1").rec.last_seen > seen);
+  BOOST_TEST(dir_state().devices.count("dev-1") == 0u);
+  BOOST_TEST(dcfg.counters->woken.load() == 0u);
+  BOOST_TEST(of_type("welcome").size() == 1u);
+  // Its heartbeats stop: it is woken to go offline, then passivates again.
+  advance_time(1s);
+  sched.run();
+  advance_time(1s);
+  sched.run();
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
+  advance_time(1s);
+  sched.run();
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == false);
+  BOOST_TEST(dcfg.counters->online.load() == 0);
+  BOOST_TEST(dcfg.counters->woken.load() == 1u);
+  for (int i = 0; i < 6; ++i) {
+    advance_time(1s);
+    sched.run();
+  }
+  BOOST_TEST(dir_state().passive.count("dev-1") == 1u);
+  BOOST_TEST(dcfg.counters->passivated.load() == 2u);
+  // It comes back: its actor is woken, welcomes it and counts it online.
+  heartbeat("dev-1");
+  BOOST_TEST(dir_state().devices.count("dev-1") == 1u);
+  BOOST_TEST(of_type("welcome").size() == 2u);
+  BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
+  BOOST_TEST(dcfg.counters->online.load() == 1);
+  BOOST_TEST(dcfg.counters->passive.load() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_passivated_device_wakes_where_it_stopped) {
+  passivate_after(5s);
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  beat_for("dev-1", 6);
+  BOOST_REQUIRE(dir_state().passive.count("dev-1") == 1u);
+  auto last = sent->back().h;
+  // An isolation change in a heartbeat is the actor's to store.
+  heartbeat("dev-1", true);
+  BOOST_TEST(dir_state().devices.count("dev-1") == 1u);
+  BOOST_TEST(read("device", "dev-1")["device"]["isolated"] == true);
+  beat_for("dev-1", 6, true);
+  BOOST_REQUIRE(dir_state().passive.count("dev-1") == 1u);
+  // A registration wakes it; the command goes out at once, on the same numbering.
+  auto release = request("release_isolation", inc);
+  auto r = ask<action_record>(dir, atom::reg_v, release);
+  auto cmds = of_type("command");
+  BOOST_REQUIRE_EQUAL(cmds.size(), 1u);
+  BOOST_TEST(cmds[0].h.seq > last.seq);
+  BOOST_TEST(cmds[0].h.msg_id > last.msg_id);
+  BOOST_TEST(states(r.action_id) == (strings{"registered", "sent"}));
+  ack("dev-1", r.action_id);
+  result("dev-1", r.action_id, true);
+  BOOST_TEST(read("device", "dev-1")["device"]["isolated"] == false);
+  // Busy means live: the device passivates again only once idle for the whole time.
+  beat_for("dev-1", 4);
+  BOOST_TEST(dir_state().devices.count("dev-1") == 1u);
+  beat_for("dev-1", 2);
+  BOOST_TEST(dir_state().passive.count("dev-1") == 1u);
+}
+
+// The directory routes a message to a device actor that has just offered its state:
+// the offer is refused and the actor handles the message, so nothing is lost.
+BOOST_AUTO_TEST_CASE(a_device_needed_while_it_offers_its_state_stays_live) {
+  passivate_after(5s);
+  hello("dev-1");
+  beat_for("dev-1", 4);
+  // Its next check offers the state; an incident reaches the directory right after.
+  advance_time(1s);
+  sched.run_once(); // the device: check, then its offer
+  caf::anon_send(dir, atom::incident_v, std::string{"dev-1"}, phishing_report(),
+                 uint64_t{0});
+  sched.run();
+  BOOST_TEST(dir_state().devices.count("dev-1") == 1u);
+  BOOST_TEST(dir_state().passive.empty());
+  BOOST_TEST(dir_state().leaving.empty());
+  BOOST_TEST(dcfg.counters->passivated.load() == 0u);
+  BOOST_TEST(read("incidents")["incidents"].size() == 1u);
+}
+
+// Issue 11's restart: an open action whose device has no actor is resumed as a record
+// and spawns nothing until its device is heard from or its time is up.
+BOOST_AUTO_TEST_CASE(open_actions_of_absent_devices_resume_as_records) {
+  hello("dev-1");
+  hello("dev-2");
+  auto inc1 = report_incident("dev-1");
+  auto inc2 = report_incident("dev-2");
+  advance_time(3s);
+  sched.run(); // both offline
+  stop_server();
+  policy.ttl_us[action_type::isolate] = 10'000'000;
+  start_server();
+  auto a1 = ask<action_record>(dir, atom::reg_v, request("isolate", inc1));
+  auto a2 = ask<action_record>(dir, atom::reg_v, request("isolate", inc2));
+  auto a3 = ask<action_record>(dir, atom::reg_v, request("isolate", inc1));
+  stop_server();
+  policy.ttl_us.erase(action_type::isolate);
+  start_server();
+  BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 3u);
+  BOOST_TEST(dir_state().actions.empty());
+  BOOST_TEST(dir_state().devices.empty());
+  BOOST_TEST(dir_state().dormant.size() == 2u);
+  BOOST_TEST(dcfg.counters->dormant_actions.load() == 3);
+  BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u); // nothing resumed twice
+  // dev-1 comes back: its two actions come to life, in their order.
+  heartbeat("dev-1");
+  auto cmds = of_type("command");
+  BOOST_REQUIRE_EQUAL(cmds.size(), 2u);
+  std::string why;
+  BOOST_TEST(
+      bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why)->action_id ==
+      a1.action_id);
+  BOOST_TEST(
+      bus::decode<bus::command>(cmds[1].body, bus::decode_limits{}, why)->action_id ==
+      a3.action_id);
+  BOOST_TEST(dcfg.counters->dormant_actions.load() == 1);
+  // A cancel wakes dev-2's action, which is cancelled like a live one.
+  auto c = ask<action_record>(dir, atom::cancel_v, a2.action_id, std::string{"bob"},
+                              std::string{});
+  BOOST_TEST((c.state == state::cancelled));
+  BOOST_TEST(dir_state().dormant.empty());
+  BOOST_TEST(dcfg.counters->dormant_actions.load() == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_dormant_action_expires_without_its_device) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  advance_time(3s);
+  sched.run();
+  stop_server();
+  policy.ttl_us[action_type::isolate] = 10'000'000;
+  start_server();
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  stop_server();
+  start_server();
+  ask<uint64_t>(dir, atom::resume_v);
+  BOOST_REQUIRE(dir_state().dormant.count("dev-1") == 1u);
+  advance_time(5s);
+  sched.run();
+  BOOST_TEST(dir_state().actions.empty());
+  // Its time to live is up: it comes to life to expire. (The test clock moves, the
+  // wall clock hardly: the action's own timer is armed anew from the wall clock.)
+  advance_time(6s);
+  sched.run();
+  BOOST_TEST(dir_state().dormant.empty());
+  BOOST_TEST(dir_state().actions.count(rec.action_id) == 1u);
+  advance_time(11s);
+  sched.run();
+  BOOST_TEST(states(rec.action_id) == (strings{"registered", "queued", "expired"}));
+  BOOST_TEST(of_type("command").empty());
+}
+
 BOOST_AUTO_TEST_CASE(a_device_id_that_never_said_hello_costs_nothing_durable) {
   // Heartbeats and incidents from an id the store does not know, without a hello.
   heartbeat("ghost");
@@ -1117,7 +1304,7 @@ struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
     gw = sys.spawn(mock_gateway, sent);
     device_config cfg;
     cfg.heartbeat_interval = std::chrono::hours{1};
-    dev = sys.spawn(device, "dev-9", cfg, st, gw, directory_actor{});
+    dev = sys.spawn(device, "dev-9", cfg, st, gw, directory_actor{}, std::nullopt);
     sched.run();
     bus::hello h;
     h.hostname = "ws-9";
