@@ -37,6 +37,9 @@ struct options {
   bool curve = true;
   /// Where to write the latency histograms as SVG ("": not written).
   std::string svg;
+  /// parryd's device_passivate_after_s, seconds; above zero the bench also waits
+  /// until every device has passivated and measures the heap of idle devices.
+  std::size_t passivate_after = 0;
 };
 
 inline std::atomic<bool> interrupted{false};

@@ -229,6 +229,7 @@ int run(const options& opt) {
   srv.login();
   std::this_thread::sleep_for(500ms); // start-up allocations settle before the first look
   res.rss_start = rss_kib(srv.pid());
+  res.heap_start = heap_kib(srv);
 
   ingest_floor(devices, frames, res);
   connect_fleet(srv, devices, res);
@@ -239,10 +240,27 @@ int run(const options& opt) {
   std::fflush(stdout);
 
   // Simulated agents for the round trip, with their own id prefix.
+  const auto idle_bound = std::chrono::seconds{opt.passivate_after + 60};
+  if (opt.passivate_after > 0 && !await_passive(srv, devices, n, idle_bound))
+    res.problems.push_back("the bench devices did not all passivate");
+  res.heap_before_sims = heap_kib(srv);
   auto online_before = stat_of(srv.get("/stats"), "devices_online");
   sim_agents sims{opt, srv, ""};
   auto& agents = sims.proc;
   auto targets = await_sims(srv, devices, agents, online_before, opt.sim_endpoints, res);
+  if (opt.passivate_after > 0) {
+    // Idle devices: every one a record in the directory, none an actor.
+    auto t0 = steady::now();
+    if (await_passive(srv, devices, n + opt.sim_endpoints, idle_bound)) {
+      res.idle_secs = ms_between(t0, steady::now()) / 1000.0;
+      std::this_thread::sleep_for(300ms);
+      res.heap_idle = heap_kib(srv);
+      res.rss_idle = rss_kib(srv.pid());
+    } else {
+      res.problems.push_back("the simulated devices did not all passivate within " +
+                             std::to_string(idle_bound.count()) + " s");
+    }
+  }
 
   // The floors, taken beside the running server and agents.
   res.pong = ping_pong(opt.rounds);
@@ -331,6 +349,10 @@ int main(int argc, char** argv) {
                  "Directory of parryd and parry-agent (default: this program's)");
   app.add_option("--scenarios", opt.scenarios, "Scenario directory for parry-agent")
       ->capture_default_str();
+  app.add_option("--passivate-after", opt.passivate_after,
+                 "parryd's device_passivate_after_s; also measures idle devices' heap "
+                 "once all passivated (0: parryd's default, not measured)")
+      ->check(CLI::Range(0, 3600));
   app.add_flag("--keep", opt.keep, "Keep the temporary directory (logs, database)");
   app.add_option("--svg", opt.svg, "Write the latency histograms to this SVG file");
   app.add_flag("!--no-curve", opt.curve,

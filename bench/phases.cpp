@@ -111,6 +111,23 @@ std::size_t stat_of(const json& stats, const char* key) {
   return stats.is_object() && stats.contains(key) ? stats[key].get<std::size_t>() : 0;
 }
 
+long heap_kib(server_under_test& srv) {
+  auto st = srv.get("/stats");
+  if (!st.contains("memory") || !st["memory"].contains("heap_bytes")) return -1;
+  return static_cast<long>(st["memory"]["heap_bytes"].get<uint64_t>() / 1024);
+}
+
+bool await_passive(server_under_test& srv, fleet& devices, std::size_t n,
+                   std::chrono::seconds within) {
+  auto passive = [](const json& s) -> std::size_t {
+    if (!s.contains("device_actors") || !s["device_actors"].contains("passive")) return 0;
+    return s["device_actors"]["passive"].get<std::size_t>();
+  };
+  return wait_stats(
+             srv, devices, [&](const json& s) { return passive(s) >= n; }, within, 500ms)
+      .second;
+}
+
 std::vector<frame_pair> make_frames(fleet& devices, std::size_t m,
                                     const std::string& scenario_dir, results& res) {
   auto scenarios = parry::sim::load_scenarios(scenario_dir);
@@ -182,6 +199,7 @@ void connect_fleet(server_under_test& srv, fleet& devices, results& res) {
                              " bus connections within 20 s");
   std::this_thread::sleep_for(300ms); // let the ZMTP handshakes finish
   res.rss_conn = rss_kib(srv.pid());
+  res.heap_conn = heap_kib(srv);
 
   auto welcomed = devices.greet(30s);
   if (welcomed < n)
@@ -340,6 +358,7 @@ await_sims(server_under_test& srv, fleet& devices, parry::child_process& agents,
   }
   std::this_thread::sleep_for(300ms);
   res.rss_sim = rss_kib(srv.pid());
+  res.heap_sims = heap_kib(srv);
 
   // The newest incidents are the simulated devices' own.
   std::map<std::string, std::string> incident_of;

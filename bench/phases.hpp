@@ -4,6 +4,7 @@
 // connect and greet the fleet, ingest, wait for the simulated agents, and time the
 // isolate/release rounds. Each step records what it measured in `results`.
 
+#include <chrono>
 #include <cstddef>
 #include <string>
 #include <utility>
@@ -44,6 +45,14 @@ void ingest(server_under_test& srv, fleet& devices, const std::vector<frame_pair
 std::vector<std::pair<std::string, std::string>>
 await_sims(server_under_test& srv, fleet& devices, parry::child_process& agents,
            std::size_t online_before, std::size_t n, results& res);
+
+/// parryd's heap in use (/stats memory.heap_bytes), KiB.
+long heap_kib(server_under_test& srv);
+
+/// Waits until `n` devices are passivated (/stats device_actors.passive), at most
+/// `within`; returns whether they were.
+bool await_passive(server_under_test& srv, fleet& devices, std::size_t n,
+                   std::chrono::seconds within);
 
 /// Isolates and releases the simulated devices round-robin.
 void round_trips(server_under_test& srv, fleet& devices, parry::child_process& agents,

@@ -68,6 +68,14 @@ struct results {
   long rss_trimmed = -1; ///< after ingest, once parryd trimmed its heap, KiB
   long rss_start = -1, rss_conn = -1, rss_bench = -1, rss_ingested = -1, rss_sim = -1,
        rss_end = -1;
+  /// parryd's heap in use (/stats memory.heap_bytes), KiB: at start, with the bench
+  /// connections open, before the simulated devices come (every bench device
+  /// passivated when --passivate-after is given), with them online (live actors),
+  /// and once every device passivated; -1 when not measured.
+  long heap_start = -1, heap_conn = -1, heap_before_sims = -1, heap_sims = -1,
+       heap_idle = -1;
+  long rss_idle = -1;    ///< parryd VmRSS once every device passivated, KiB
+  double idle_secs = -1; ///< sims online -> every device passivated, seconds
   nlohmann::json final_stats;
   double restart_secs = -1;          ///< exec -> ready with restart_actions stored
   std::size_t restart_actions = 0;   ///< of which one in ten open

@@ -51,7 +51,8 @@ ingest_caps caps_for(const options& opt) {
 }
 
 server_under_test::server_under_test(const options& opt)
-    : bin_dir_(opt.bin_dir), keep_(opt.keep), caps_(caps_for(opt)) {
+    : bin_dir_(opt.bin_dir), keep_(opt.keep), caps_(caps_for(opt)),
+      passivate_after_(opt.passivate_after) {
   char tmpl[] = "/tmp/parry-bench-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr)
     throw std::runtime_error("cannot create a temporary directory under /tmp");
@@ -71,6 +72,9 @@ void server_under_test::start(bool curve, std::chrono::milliseconds ready_within
       << "log_level = \"warn\"\n"
       << "max_incidents_per_minute = " << caps_.per_device_per_minute << "\n"
       << "max_incidents_per_second = " << caps_.per_second << "\n";
+  if (passivate_after_ > 0)
+    std::ofstream{dir_ / "parryd.toml", std::ios::app}
+        << "device_passivate_after_s = " << passivate_after_ << "\n";
   auto parryd = bin_dir_ + "/parryd";
   if (::access(parryd.c_str(), X_OK) != 0)
     throw std::runtime_error(parryd + " is not an executable (see --bin-dir)");

@@ -84,6 +84,7 @@ private:
   std::string bin_dir_;
   bool keep_;
   ingest_caps caps_;
+  std::size_t passivate_after_ = 0; ///< seconds; 0 leaves parryd's default
   std::filesystem::path dir_;
   std::unique_ptr<parry::child_process> proc_;
   std::unique_ptr<parry::client> api_;

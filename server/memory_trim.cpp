@@ -14,6 +14,11 @@ uint64_t resident_bytes() {
   return resident * static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
+uint64_t heap_bytes() {
+  auto m = ::mallinfo2();
+  return static_cast<uint64_t>(m.uordblks) + static_cast<uint64_t>(m.hblkhd);
+}
+
 memory_trimmer::memory_trimmer(std::shared_ptr<const ingest_gauge> gauge,
                                uint64_t min_burst_bytes, std::function<void()> trim,
                                std::function<uint64_t()> resident)

@@ -66,4 +66,8 @@ private:
 /// Resident bytes of this process (VmRSS), 0 when /proc cannot be read.
 uint64_t resident_bytes();
 
+/// Bytes the heap has handed out and not taken back (glibc's mallinfo2: small blocks in
+/// use plus mmapped ones), which falls when memory is freed even if VmRSS does not.
+uint64_t heap_bytes();
+
 } // namespace parry

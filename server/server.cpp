@@ -788,6 +788,7 @@ void server::start() {
     memory_trim_stats trim;
     if (auto t = weak_trimmer.lock()) trim = t->stats();
     out["memory"] = nlohmann::json{{"resident_bytes", resident_bytes()},
+                                   {"heap_bytes", heap_bytes()},
                                    {"trims", trim.trims},
                                    {"trimmed_bytes", trim.returned_bytes}};
     if (auto b = weak_bus.lock()) out["bus"] = gateway_json(b->stats());
