@@ -164,9 +164,12 @@ struct system_fixture {
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     {
-      // Quick heartbeats and a cheap password hash keep the test short.
+      // Quick heartbeats and a cheap password hash keep the test short; devices
+      // passivate a second after their last incident, so every test also acts on
+      // devices that must be woken first.
       std::ofstream cfg{dir / "parryd.toml"};
       cfg << "heartbeat_interval_ms = 300\n"
+          << "device_passivate_after_s = 1\n"
           << "pbkdf2_iterations = 20000\n"
           << "max_login_failures = 3\n"
           << start_siem_receiver();
@@ -499,6 +502,32 @@ BOOST_AUTO_TEST_CASE(isolate_and_release_through_rest) {
   BOOST_TEST(r.status == 409);
   BOOST_TEST(r.body["error"]["code"] == "not_applicable");
   BOOST_TEST(get("/actions")["actions"].size() == before);
+}
+
+// Issue 11, item 4, end to end: idle devices become records in the directory, stay
+// online on their heartbeats alone, and are woken for an action that then completes.
+BOOST_AUTO_TEST_CASE(idle_devices_passivate_stay_online_and_are_woken_to_act) {
+  auto device_actors = [&] { return get("/stats")["device_actors"]; };
+  BOOST_REQUIRE_MESSAGE(
+      eventually([&] { return device_actors()["passive"].get<int64_t>() == 5; }),
+      device_actors().dump());
+  // Heartbeats alone, ten from each device (3 s, over three times the offline limit
+  // of 0.9 s): still online, not woken.
+  auto woken = device_actors()["woken"].get<uint64_t>();
+  auto frames = [&] { return get("/stats")["bus"]["frames_in"].get<uint64_t>(); };
+  auto before = frames();
+  BOOST_REQUIRE(eventually([&] { return frames() >= before + 50; }));
+  BOOST_TEST(get("/stats")["devices_online"] == 5);
+  BOOST_TEST(device_actors()["woken"].get<uint64_t>() == woken);
+  BOOST_TEST(device_actors()["passive"].get<int64_t>() == 5);
+  auto iso = act("isolate", incident_of("sim-0003")["incident_id"].get<std::string>());
+  BOOST_TEST(iso["state"] == "completed");
+  BOOST_TEST(device_actors()["woken"].get<uint64_t>() > woken);
+  BOOST_TEST(get("/devices/sim-0003")["device"]["isolated"] == true);
+  auto [status, page] = plain_get(metrics_port, "/metrics");
+  BOOST_REQUIRE(status == "HTTP/1.1 200 OK");
+  BOOST_TEST(sample(page, "parry_devices_passive") >= 4);
+  BOOST_TEST(sample(page, "parry_actions_dormant") == 0);
 }
 
 BOOST_AUTO_TEST_CASE(idempotency_key_returns_the_same_action) {
