@@ -105,6 +105,8 @@ caf::behavior watcher(caf::event_based_actor* self, std::vector<device_actor> wa
   return {[](int) {}};
 }
 
+using strings = std::vector<std::string>;
+
 // Messages are delivered with sched.run() only: the fixture's run() would also fire
 // every pending timer, and heartbeat deadlines are what these tests are about. Time
 // moves only through advance_time().
@@ -251,6 +253,16 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     return out;
   }
 
+  /// The action ids of the commands sent, in order.
+  strings command_ids() {
+    strings out;
+    std::string why;
+    for (auto& f : of_type("command"))
+      out.push_back(
+          bus::decode<bus::command>(f.body, bus::decode_limits{}, why)->action_id);
+    return out;
+  }
+
   std::vector<std::string> states(const std::string& action_id) {
     std::vector<std::string> out;
     auto a = read("action", action_id);
@@ -275,8 +287,6 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     sched.run();
   }
 };
-
-using strings = std::vector<std::string>;
 
 } // namespace
 
@@ -391,15 +401,7 @@ BOOST_AUTO_TEST_CASE(commands_go_out_in_registration_order) {
   auto first = ask<action_record>(dir, atom::reg_v, request("release_isolation", inc));
   auto second = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
   hello("dev-1", true);
-  auto cmds = of_type("command");
-  BOOST_REQUIRE_EQUAL(cmds.size(), 2u);
-  std::string why;
-  BOOST_TEST(
-      bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why)->action_id ==
-      first.action_id);
-  BOOST_TEST(
-      bus::decode<bus::command>(cmds[1].body, bus::decode_limits{}, why)->action_id ==
-      second.action_id);
+  BOOST_TEST(command_ids() == (strings{first.action_id, second.action_id}));
 }
 
 BOOST_AUTO_TEST_CASE(isolating_an_isolated_device_is_a_noop_with_a_note) {
@@ -1060,15 +1062,7 @@ BOOST_AUTO_TEST_CASE(open_actions_of_absent_devices_resume_as_records) {
   BOOST_TEST(ask<uint64_t>(dir, atom::resume_v) == 0u); // nothing resumed twice
   // dev-1 comes back: its two actions come to life, in their order.
   heartbeat("dev-1");
-  auto cmds = of_type("command");
-  BOOST_REQUIRE_EQUAL(cmds.size(), 2u);
-  std::string why;
-  BOOST_TEST(
-      bus::decode<bus::command>(cmds[0].body, bus::decode_limits{}, why)->action_id ==
-      a1.action_id);
-  BOOST_TEST(
-      bus::decode<bus::command>(cmds[1].body, bus::decode_limits{}, why)->action_id ==
-      a3.action_id);
+  BOOST_TEST(command_ids() == (strings{a1.action_id, a3.action_id}));
   BOOST_TEST(dcfg.counters->dormant_actions.load() == 1);
   // A cancel wakes dev-2's action, which is cancelled like a live one.
   auto c = ask<action_record>(dir, atom::cancel_v, a2.action_id, std::string{"bob"},
