@@ -36,7 +36,8 @@ struct directory_state {
   };
   std::unordered_map<caf::actor_id, child_ref> children;
 
-  /// Device actors by device id: every device heard from, or with open actions.
+  /// Live device actors by device id (a device that is idle passivates into
+  /// `passive`; one with dormant actions has none until they wake).
   std::unordered_map<std::string, device_actor> devices;
   /// Live incident actors by incident id (they passivate when idle).
   std::unordered_map<std::string, incident_actor> incidents;
