@@ -215,6 +215,14 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     start_server();
   }
 
+  /// Lets `seconds` pass a second at a time, delivering what each one brings.
+  void tick(int seconds) {
+    for (int i = 0; i < seconds; ++i) {
+      advance_time(1s);
+      sched.run();
+    }
+  }
+
   /// Heartbeats from `dev` once a second for `seconds`.
   void beat_for(const std::string& dev, int seconds, bool isolated = false) {
     for (int i = 0; i < seconds; ++i) {
@@ -365,13 +373,9 @@ BOOST_AUTO_TEST_CASE(device_goes_offline_after_missed_heartbeats) {
   }
   BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
   // ...and three missed intervals take it offline.
-  advance_time(1s);
-  sched.run();
-  advance_time(1s);
-  sched.run();
+  tick(2);
   BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
-  advance_time(1s);
-  sched.run();
+  tick(1);
   BOOST_TEST(read("device", "dev-1")["device"]["online"] == false);
   // A heartbeat brings it back.
   heartbeat("dev-1");
@@ -961,20 +965,13 @@ BOOST_AUTO_TEST_CASE(an_idle_device_passivates_and_its_heartbeats_spawn_nothing)
   BOOST_TEST(dcfg.counters->woken.load() == 0u);
   BOOST_TEST(of_type("welcome").size() == 1u);
   // Its heartbeats stop: it is woken to go offline, then passivates again.
-  advance_time(1s);
-  sched.run();
-  advance_time(1s);
-  sched.run();
+  tick(2);
   BOOST_TEST(read("device", "dev-1")["device"]["online"] == true);
-  advance_time(1s);
-  sched.run();
+  tick(1);
   BOOST_TEST(read("device", "dev-1")["device"]["online"] == false);
   BOOST_TEST(dcfg.counters->online.load() == 0);
   BOOST_TEST(dcfg.counters->woken.load() == 1u);
-  for (int i = 0; i < 6; ++i) {
-    advance_time(1s);
-    sched.run();
-  }
+  tick(6);
   BOOST_TEST(dir_state().passive.count("dev-1") == 1u);
   BOOST_TEST(dcfg.counters->passivated.load() == 2u);
   // It comes back: its actor is woken, welcomes it and counts it online.
