@@ -14,7 +14,7 @@ namespace parry {
 
 gateway_actor::behavior_type
 gateway_bridge(gateway_actor::stateful_pointer<gateway_bridge_state> self,
-               std::shared_ptr<bus::gateway> bus) {
+               std::shared_ptr<bus::outbox> bus) {
   self->state.bus = std::move(bus);
   return {
       [self](atom::send, std::string& device_id, std::string& header, std::string& body) {

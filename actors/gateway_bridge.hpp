@@ -19,13 +19,13 @@ struct gateway_bridge_state {
   static inline constexpr const char* name = "gateway";
 
   /// The socket thread's outbound queue.
-  std::shared_ptr<bus::gateway> bus;
+  std::shared_ptr<bus::outbox> bus;
 };
 
 /// Hands outbound frames from actors to the gateway thread.
 gateway_actor::behavior_type
 gateway_bridge(gateway_actor::stateful_pointer<gateway_bridge_state> self,
-               std::shared_ptr<bus::gateway> bus);
+               std::shared_ptr<bus::outbox> bus);
 
 /// Bounds on what agents may make the server do (per device and server-wide).
 struct ingest_limits {

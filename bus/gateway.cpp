@@ -1,5 +1,6 @@
 #include "bus/gateway.hpp"
 
+#include <netdb.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -106,6 +107,14 @@ std::string gateway::start() {
     zap_ = zap.release();
     monitor_ = m.release();
   }
+  if (opts_.reuse_port) {
+    int fd = listen_reuse_port();
+    // libzmq takes the listening descriptor as it is (it neither binds nor listens).
+    if (zmq_setsockopt(sock->handle(), ZMQ_USE_FD, &fd, sizeof fd) != 0) {
+      ::close(fd);
+      throw std::runtime_error("gateway: ZMQ_USE_FD refused");
+    }
+  }
   sock->bind(endpoint_);
   auto bound = sock->get(zmq::sockopt::last_endpoint);
   if (!opts_.pub_endpoint.empty()) {
@@ -125,6 +134,46 @@ std::string gateway::start() {
   socket_ = sock.release();
   thread_ = std::thread([this] { run(socket_); });
   return bound;
+}
+
+int gateway::listen_reuse_port() const {
+  // tcp://host:port, host an address or a name; the port must be given (several
+  // processes share it).
+  std::string_view e = endpoint_;
+  auto colon = e.rfind(':');
+  if (e.substr(0, 6) != "tcp://" || colon == std::string_view::npos || colon < 6)
+    throw std::invalid_argument("gateway: reuse_port needs tcp://host:port, not " +
+                                endpoint_);
+  std::string host{e.substr(6, colon - 6)};
+  std::string port{e.substr(colon + 1)};
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
+    host = host.substr(1, host.size() - 2);
+  if (host == "*") host = "0.0.0.0";
+  if (port.empty() || port == "*" || port == "0")
+    throw std::invalid_argument("gateway: reuse_port needs a fixed port, not " +
+                                endpoint_);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0)
+    throw std::runtime_error("gateway: cannot resolve " + endpoint_ + ": " +
+                             ::gai_strerror(rc));
+  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  int one = 1;
+  bool ok = fd >= 0 &&
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
+            ::bind(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+            ::listen(fd, opts_.backlog > 0 ? opts_.backlog : 100) == 0;
+  int err = errno;
+  ::freeaddrinfo(res);
+  if (!ok) {
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("gateway: cannot listen on " + endpoint_ + ": " +
+                             std::strerror(err));
+  }
+  return fd;
 }
 
 void gateway::stop() {
@@ -177,6 +226,15 @@ void gateway::publish(std::string topic, std::string header_frame,
     events_.push_back({std::move(topic), std::move(header_frame), std::move(body_frame)});
   }
   if (was_empty) wake();
+}
+
+void gateway::reject(header h, refusal r) {
+  if (stopping_) return;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    rejects_.emplace_back(std::move(h), std::move(r));
+  }
+  wake();
 }
 
 void gateway::cut(std::string device_id) {
@@ -267,6 +325,7 @@ void gateway::on_monitor_event() {
     stats_.connections_open = open_connections_;
     auto fd = static_cast<int>(value);
     if (auto i = fd_device_.find(fd); i != fd_device_.end()) {
+      if (on_gone_) on_gone_(i->second);
       live_fd_.erase(i->second);
       fd_device_.erase(i);
     }
@@ -481,11 +540,15 @@ void gateway::run(void* raw) {
     }
     // Outbound.
     std::vector<outbound> events;
+    std::vector<std::pair<header, refusal>> rejects;
     {
       std::lock_guard<std::mutex> guard{mtx_};
       batch.swap(queue_);
       events.swap(events_);
+      rejects.swap(rejects_);
     }
+    for (auto& [h, r] : rejects)
+      refuse(raw, h.device_id, &h, r);
     if (pub_) {
       auto& pub = *static_cast<zmq::socket_t*>(pub_);
       for (auto& e : events) {

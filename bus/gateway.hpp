@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "bus/codec.hpp"
+#include "bus/outbox.hpp"
 #include "bus/validate.hpp"
 #include "bus/zap.hpp"
 #include "common/log_limiter.hpp"
@@ -100,13 +101,17 @@ struct gateway_options {
   std::chrono::milliseconds heartbeat_timeout{15000};
   /// Unset: plain TCP (tests, a closed lab). Set: CURVE and ZAP, see above.
   std::optional<curve_server_options> curve;
+  /// TCP only: the gateway makes the listening socket itself with SO_REUSEPORT, so
+  /// several gateway processes can listen on one port and the kernel spreads the
+  /// connections over them (parry-gateway).
+  bool reuse_port = false;
   /// Integrators only: a PUB endpoint for events, on the same CURVE key and ZAP
   /// domain ("" : none), and the messages queued per subscriber before it loses them.
   std::string pub_endpoint;
   int pub_hwm = 10000;
 };
 
-class gateway {
+class gateway final : public outbox {
 public:
   /// Events waiting for the socket thread at most (publish drops beyond it).
   static constexpr std::size_t max_queued_events = 100000;
@@ -126,6 +131,9 @@ public:
       std::function<void(const std::string& peer, const std::string& what)>;
   /// Receives warning lines (already rate-limited).
   using warning_sink = std::function<void(const std::string& line)>;
+  /// Called on the socket thread when the connection of `device_id` ended (CURVE
+  /// only: the device is known from its authenticated key).
+  using gone_handler = std::function<void(const std::string& device_id)>;
 
   gateway(std::string endpoint, decode_limits limits, message_handler on_message,
           unreachable_handler on_unreachable, gateway_options opts = {});
@@ -137,6 +145,7 @@ public:
   /// Set before start().
   void on_suspicious(suspicious_handler h) { on_suspicious_ = std::move(h); }
   void on_warning(warning_sink s) { warn_ = std::move(s); }
+  void on_gone(gone_handler h) { on_gone_ = std::move(h); }
 
   /// Binds the socket and starts the thread. Returns the bound endpoint (with the
   /// real port when `endpoint` asked for `*`), or throws on a bind failure.
@@ -148,13 +157,19 @@ public:
   void stop();
 
   /// Queues one message for `device_id`. Thread-safe, never blocks on the network.
-  void send(std::string device_id, std::string header_frame, std::string body_frame);
+  void send(std::string device_id, std::string header_frame,
+            std::string body_frame) override;
+
+  /// Refuses a message that was accepted here and refused later (by the core behind
+  /// a gateway process): counted, logged and answered with `rejected` exactly as a
+  /// refusal of the message handler. Thread-safe.
+  void reject(header h, refusal r);
 
   /// CURVE only: closes the live connection of `device_id` (its key was revoked:
   /// remove it from the registry first, so the reconnect is refused); on the
   /// integrators' socket, the last connection of integrator `device_id`.
   /// Thread-safe.
-  void cut(std::string device_id);
+  void cut(std::string device_id) override;
 
   /// Integrators only: queues one event, [topic][header][body], for the PUB socket.
   /// Thread-safe, never blocks.
@@ -175,6 +190,8 @@ private:
   };
 
   void run(void* socket);
+  // The listening descriptor for reuse_port (bound and listening), or throws.
+  int listen_reuse_port() const;
   // CURVE only, socket thread: one ZAP request, the monitor's events, queued cuts.
   void serve_zap();
   void on_monitor_event();
@@ -191,15 +208,17 @@ private:
   unreachable_handler on_unreachable_;
   suspicious_handler on_suspicious_;
   warning_sink warn_;
+  gone_handler on_gone_;
   std::unique_ptr<zmq::context_t> ctx_;
   void* socket_ = nullptr; // zmq::socket_t*, owned by the thread once started
   int wake_fd_ = -1;       // open from construction to destruction
   std::atomic<bool> stopping_{false};
   std::mutex mtx_;
   std::vector<outbound> queue_;
-  std::vector<std::string> cuts_; // guarded by mtx_
-  std::vector<outbound> events_;  // guarded by mtx_; device_id holds the topic
-  void* pub_ = nullptr;           // zmq::socket_t*, integrators only
+  std::vector<std::string> cuts_;                   // guarded by mtx_
+  std::vector<std::pair<header, refusal>> rejects_; // guarded by mtx_
+  std::vector<outbound> events_; // guarded by mtx_; device_id holds the topic
+  void* pub_ = nullptr;          // zmq::socket_t*, integrators only
   std::string pub_bound_;
   std::thread thread_;
   gateway_stats stats_;

@@ -26,6 +26,7 @@ std::string key_registry::admit(std::string public_key, key_identity who) {
     old.erase(i->second.name);
   }
   by_name[who.name] = public_key;
+  changed(public_key, &who);
   by_key_[std::move(public_key)] = std::move(who);
   return replaced;
 }
@@ -35,6 +36,7 @@ std::optional<key_identity> key_registry::revoke_key(std::string_view public_key
   auto i = by_key_.find(std::string{public_key});
   if (i == by_key_.end()) return std::nullopt;
   auto who = std::move(i->second);
+  changed(i->first, nullptr);
   by_key_.erase(i);
   (who.kind == key_identity::kind_t::agent ? agent_key_ : integrator_key_)
       .erase(who.name);
@@ -50,6 +52,7 @@ std::optional<std::string> key_registry::revoke(key_identity::kind_t kind,
   auto key = std::move(i->second);
   by_name.erase(i);
   by_key_.erase(key);
+  changed(key, nullptr);
   return key;
 }
 
@@ -68,6 +71,26 @@ std::optional<key_identity> key_registry::find_name(key_identity::kind_t kind,
   auto i = by_name.find(std::string{name});
   if (i == by_name.end()) return std::nullopt;
   return by_key_.at(i->second);
+}
+
+void key_registry::changed(const std::string& key, const key_identity* who) {
+  ++change_;
+  if (observer_) observer_(change_, key, who);
+}
+
+void key_registry::observe(observer o) {
+  std::unique_lock lock{m_};
+  observer_ = std::move(o);
+}
+
+key_registry::snapshot_t key_registry::snapshot() const {
+  std::shared_lock lock{m_};
+  snapshot_t out;
+  out.change = change_;
+  out.entries.reserve(by_key_.size());
+  for (const auto& [k, who] : by_key_)
+    out.entries.emplace_back(k, who);
+  return out;
 }
 
 std::size_t key_registry::size() const {

@@ -11,6 +11,7 @@
 // server's actors (enrollment, revocation): a reader/writer lock guards it.
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <shared_mutex>
 #include <string>
@@ -66,8 +67,24 @@ public:
                                         std::string_view name) const;
   std::size_t size() const;
 
+  /// Every change, in order: the key and its new owner (nullptr: revoked). Called
+  /// under the registry's lock, so it must be quick and must not call back here.
+  /// Each change is numbered from 1; a snapshot says which number it includes.
+  using observer =
+      std::function<void(uint64_t change, const std::string& key, const key_identity*)>;
+  void observe(observer o);
+  struct snapshot_t {
+    uint64_t change = 0; ///< The last change the entries include.
+    std::vector<std::pair<std::string, key_identity>> entries;
+  };
+  snapshot_t snapshot() const;
+
 private:
+  void changed(const std::string& key, const key_identity* who);
+
   mutable std::shared_mutex m_;
+  observer observer_;
+  uint64_t change_ = 0;
   std::unordered_map<std::string, key_identity> by_key_;
   std::unordered_map<std::string, std::string> agent_key_;      ///< device_id -> key
   std::unordered_map<std::string, std::string> integrator_key_; ///< name -> key

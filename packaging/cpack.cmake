@@ -72,6 +72,8 @@ endforeach()
 
 # parry-server
 install(TARGETS parryd RUNTIME DESTINATION sbin COMPONENT server)
+# parryd starts its gateway processes (bus_gateways > 0) from its own directory.
+install(TARGETS parry-gateway RUNTIME DESTINATION sbin COMPONENT server)
 install(TARGETS parryctl RUNTIME DESTINATION bin COMPONENT server)
 # The console: only what parryd serves (web_assets.cpp: a flat directory of these
 # types); web/README.md is the developers' file map.

@@ -564,6 +564,11 @@ const std::vector<entry>& table() {
           "ZeroMQ I/O threads of bus_endpoint: its connections are spread over them "
           "(one thread left about 1,000 of 10,000 agents waiting to be accepted)",
           range{1, 64, "threads"}),
+      key("bus_gateways", &C::bus_gateways, "PARRY_BUS_GATEWAYS", "--bus-gateways",
+          "gateway processes (parry-gateway, next to parryd) that share bus_endpoint's "
+          "port and hold the agent connections, each up to bus_max_connections or its "
+          "own open-files limit (0: parryd holds them itself)",
+          range{0, 64, "processes"}),
       key("bus_enroll_endpoint", &C::bus_enroll_endpoint, "PARRY_BUS_ENROLL_ENDPOINT",
           "--bus-enroll-endpoint",
           "ZeroMQ endpoint where agents enroll with a token (CURVE only)", endpoint()),

@@ -33,6 +33,9 @@ struct server_config {
   /// (ZMQ_BACKLOG; the kernel caps it at net.core.somaxconn).
   uint32_t bus_backlog = 4096;
   uint32_t bus_io_threads = 4;
+  /// Gateway processes (parry-gateway) that hold the agent connections; 0: parryd
+  /// holds them itself.
+  uint32_t bus_gateways = 0;
   /// ROUTER endpoint where agents enroll (CURVE only), its handshake rate and its
   /// open connections at most.
   std::string bus_enroll_endpoint = "tcp://127.0.0.1:7401";

@@ -1,5 +1,9 @@
 #include "server/server.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -35,14 +39,17 @@
 #include "bus/enroll.hpp"
 #include "bus/gateway.hpp"
 #include "bus/integrator.hpp"
+#include "bus/link.hpp"
 #include "common/domain.hpp"
 #include "common/keys.hpp"
+#include "common/process.hpp"
 #include "common/shared_setting.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 #include "server/backup.hpp"
 #include "server/backup_service.hpp"
 #include "server/event_hub.hpp"
+#include "server/gateway_procs.hpp"
 #include "server/http_server.hpp"
 #include "server/logging.hpp"
 #include "server/memory_trim.hpp"
@@ -187,7 +194,13 @@ struct server::impl {
   caf::actor_system sys;
   store_actor store;
   directory_actor directory;
+  /// The agents' bus: held here (bus_gateways = 0), or by gateway processes behind
+  /// the link.
   std::shared_ptr<bus::gateway> bus;
+  std::shared_ptr<bus::link::hub> link;
+  std::shared_ptr<gateway_procs> gateways;
+  /// bus_gateways > 0 on port "*": the port chosen, held (bound, not listening).
+  int port_hold = -1;
   /// CURVE only: the enrollment endpoint and who may connect.
   std::shared_ptr<bus::gateway> enroll;
   /// CURVE only: integrators' requests and events.
@@ -232,9 +245,73 @@ struct server::impl {
   std::string generated_password;
   bool stopped = false;
 
+  /// Starts the link and the gateway processes (bus_gateways > 0) and waits until
+  /// every one listens; returns the agents' endpoint.
+  std::string start_gateways(const bus::decode_limits& limits,
+                             const bus::gateway_options& g);
+
   explicit impl(server_config c)
       : cfg(std::move(c)), caf_cfg(make_caf_config(cfg)), sys(caf_cfg) {}
 };
+
+/// The link to the gateway processes: a socket in the private data directory.
+std::string link_endpoint(const std::string& data_dir) {
+  auto path = std::filesystem::absolute(data_dir) / "link.sock";
+  // sockaddr_un holds 107 bytes of path.
+  if (path.string().size() > 100)
+    throw std::runtime_error("bus_gateways: the data directory's path is too long for "
+                             "the gateway link socket (" +
+                             path.string() + ")");
+  return "ipc://" + path.string();
+}
+
+/// A program installed next to this one.
+std::string next_to_self(const std::string& name) {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw std::runtime_error("cannot find this program's directory");
+  return (self.parent_path() / name).string();
+}
+
+/// `endpoint` (tcp://host:port) for gateway processes to share. Port "*" or 0: a
+/// free port, held by `hold` (bound with SO_REUSEPORT, never listening, so the
+/// kernel gives it no connection) until parryd stops.
+std::string shared_port_endpoint(const std::string& endpoint, int& hold) {
+  auto colon = endpoint.rfind(':');
+  if (endpoint.rfind("tcp://", 0) != 0 || colon == std::string::npos || colon < 6)
+    throw std::runtime_error("bus_gateways needs a tcp://host:port bus_endpoint, not " +
+                             endpoint);
+  auto port = endpoint.substr(colon + 1);
+  if (port != "*" && port != "0") return endpoint;
+  auto host = endpoint.substr(6, colon - 6);
+  auto bare =
+      host.size() > 2 && host.front() == '[' ? host.substr(1, host.size() - 2) : host;
+  if (bare == "*") bare = "0.0.0.0";
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* res = nullptr;
+  if (::getaddrinfo(bare.c_str(), "0", &hints, &res) != 0)
+    throw std::runtime_error("bus: cannot resolve " + endpoint);
+  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  int one = 1;
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  bool ok = fd >= 0 &&
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
+            ::bind(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
+  ::freeaddrinfo(res);
+  if (!ok) {
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("bus: cannot reserve a port for " + endpoint);
+  }
+  hold = fd;
+  auto p = a.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&a)->sin6_port
+                                   : reinterpret_cast<sockaddr_in*>(&a)->sin_port;
+  return "tcp://" + host + ":" + std::to_string(ntohs(p));
+}
 
 /// The enrollment endpoint and the bus_keys actor behind it (CURVE only). Requests
 /// in flight between the endpoint and the store are bounded: more are refused busy.
@@ -244,7 +321,7 @@ bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg
                                 const std::string& signing_public_hex,
                                 const std::shared_ptr<bus::gateway>& integrators,
                                 std::shared_ptr<bus::key_registry> keys,
-                                const std::shared_ptr<bus::gateway>& agents,
+                                const std::shared_ptr<bus::outbox>& agents,
                                 store_actor store,
                                 std::shared_ptr<bus::gateway>& enroll) {
   constexpr int max_in_flight = 64;
@@ -298,14 +375,19 @@ bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg
   kc.registry = keys;
   kc.server_key_z85 = own.public_z85;
   kc.signing_key_hex = signing_public_hex;
-  std::weak_ptr<bus::gateway> enroll_gw = enroll, agents_gw = agents;
+  std::weak_ptr<bus::gateway> enroll_gw = enroll;
+  std::weak_ptr<bus::outbox> agents_gw = agents;
   kc.reply = [enroll_gw, in_flight](std::string id, std::string h, std::string b) {
     in_flight->fetch_sub(1);
     if (auto g = enroll_gw.lock()) g->send(std::move(id), std::move(h), std::move(b));
   };
   std::weak_ptr<bus::gateway> integrators_gw = integrators;
   kc.cut = [agents_gw, integrators_gw](bool integrator, const std::string& name) {
-    if (auto g = (integrator ? integrators_gw : agents_gw).lock()) g->cut(name);
+    if (integrator) {
+      if (auto g = integrators_gw.lock()) g->cut(name);
+    } else if (auto g = agents_gw.lock()) {
+      g->cut(name);
+    }
   };
   auto actor = sys.spawn(bus_keys, kc, store);
   *keys_slot = actor;
@@ -694,7 +776,9 @@ void server::start() {
   auto cap = bus_connection_cap(cfg, fd_limit);
   gopts.backlog = static_cast<int>(cfg.bus_backlog);
   gopts.io_threads = static_cast<int>(cfg.bus_io_threads);
-  if (gopts.curve) {
+  if (cfg.bus_gateways > 0) {
+    // Each gateway process caps its own connections (parry-gateway).
+  } else if (gopts.curve) {
     gopts.curve->max_connections = cap;
     spdlog::info("bus: at most {} agent connections (open-files limit {})", cap,
                  fd_limit);
@@ -709,20 +793,17 @@ void server::start() {
   }
   auto dir_slot = std::make_shared<directory_actor>();
   auto filter = std::make_shared<inbound_filter>(limits, m.ingest, gauge);
-  m.bus = std::make_shared<bus::gateway>(
-      cfg.bus_endpoint, limits,
-      [dir_slot, filter](bus::header&& h, std::string_view body, std::string_view) {
-        return (*filter)(*dir_slot, std::move(h), body, inbound_filter::clock::now());
-      },
-      [dir_slot](const std::string& device_id) {
-        caf::anon_send(*dir_slot, atom::unreach_v, device_id);
-      },
-      gopts);
-  m.bus->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
+  auto on_message = [dir_slot, filter](bus::header&& h, std::string_view body,
+                                       std::string_view) {
+    return (*filter)(*dir_slot, std::move(h), body, inbound_filter::clock::now());
+  };
+  auto on_unreachable = [dir_slot](const std::string& device_id) {
+    caf::anon_send(*dir_slot, atom::unreach_v, device_id);
+  };
   auto store_handle = m.store;
   // `peer` is a routing id (a device id) or, for a refused handshake, whose key it
   // was ("agent:<id>", "integrator:<name>") or "unknown key".
-  m.bus->on_suspicious([store_handle](const std::string& peer, const std::string& what) {
+  auto on_suspicious = [store_handle](const std::string& peer, const std::string& what) {
     std::string_view agent = "agent:";
     std::string who = peer.rfind(agent, 0) == 0 ? "device:" + peer.substr(agent.size())
                       : peer.rfind("integrator:", 0) == 0 || peer == "unknown key"
@@ -730,13 +811,29 @@ void server::start() {
                           : "device:" + peer;
     caf::anon_send(store_handle, atom::audit_v,
                    audit_entry{who, "bus_refused", peer, what});
-  });
-  auto gateway = m.sys.spawn(gateway_bridge, m.bus);
+  };
+  std::shared_ptr<bus::outbox> agents_out;
+  if (cfg.bus_gateways > 0) {
+    // The filter runs on the link's thread, as it would on the gateway's.
+    m.link = std::make_shared<bus::link::hub>(link_endpoint(cfg.data_dir),
+                                              static_cast<int>(cfg.bus_gateways), limits,
+                                              on_message, on_unreachable, cfg.bus_curve);
+    m.link->on_suspicious(on_suspicious);
+    if (m.keys) m.link->serve_keys(m.keys);
+    agents_out = m.link;
+  } else {
+    m.bus = std::make_shared<bus::gateway>(cfg.bus_endpoint, limits, on_message,
+                                           on_unreachable, gopts);
+    m.bus->on_warning([](const std::string& line) { spdlog::warn("{}", line); });
+    m.bus->on_suspicious(on_suspicious);
+    agents_out = m.bus;
+  }
+  auto gateway = m.sys.spawn(gateway_bridge, agents_out);
   keep(gateway);
   bus_keys_actor keys_actor;
   if (cfg.bus_curve) {
     keys_actor = start_enrollment(m.sys, cfg, m.own_keys->curve, m.signing_public_hex,
-                                  m.integrators, m.keys, m.bus, m.store, m.enroll);
+                                  m.integrators, m.keys, agents_out, m.store, m.enroll);
     keep(keys_actor);
   }
 
@@ -763,15 +860,20 @@ void server::start() {
 
   // Open actions go back to their devices before any agent can reconnect.
   ask<uint64_t>(m.sys, m.directory, atom::resume_v);
-  m.bus_endpoint = m.bus->start();
+  if (m.link)
+    m.bus_endpoint = m.start_gateways(limits, gopts);
+  else
+    m.bus_endpoint = m.bus->start();
   if (m.enroll) m.enroll_endpoint = m.enroll->start();
 
   std::weak_ptr<bus::gateway> weak_bus = m.bus;
   std::weak_ptr<http_stats> weak_http = m.http_counters;
   std::weak_ptr<event_hub> weak_events = m.events;
   std::weak_ptr<bus::gateway> weak_enroll = m.enroll, weak_integrators = m.integrators;
-  auto bus_stats = [weak_bus, weak_enroll, weak_integrators, weak_http, weak_events,
-                    siem = m.siem, devices = dcfg.counters, gauge,
+  std::weak_ptr<bus::link::hub> weak_link = m.link;
+  std::weak_ptr<gateway_procs> weak_procs = m.gateways;
+  auto bus_stats = [weak_bus, weak_link, weak_procs, weak_enroll, weak_integrators,
+                    weak_http, weak_events, siem = m.siem, devices = dcfg.counters, gauge,
                     weak_trimmer = std::weak_ptr<memory_trimmer>{m.trimmer}] {
     auto out = nlohmann::json::object();
     out["device_actors"] =
@@ -792,6 +894,25 @@ void server::start() {
                                    {"trims", trim.trims},
                                    {"trimmed_bytes", trim.returned_bytes}};
     if (auto b = weak_bus.lock()) out["bus"] = gateway_json(b->stats());
+    if (auto l = weak_link.lock()) {
+      // Behind gateway processes: their counters added up, and the link's own.
+      bus::gateway_stats sum;
+      l->gateway_totals(sum);
+      out["bus"] = gateway_json(sum);
+      const auto& ls = l->stats();
+      auto procs = weak_procs.lock();
+      out["bus"]["gateways"] =
+          nlohmann::json{{"processes", procs ? procs->pids().size() : 0},
+                         {"listening", ls.gateways_up.load()},
+                         {"connections", l->connections()},
+                         {"restarts", procs ? procs->restarts() : 0},
+                         {"routed_devices", l->routed()},
+                         {"messages", ls.messages.load()},
+                         {"delivered", ls.delivered.load()},
+                         {"no_route", ls.no_route.load()},
+                         {"refused_elsewhere", ls.refused_elsewhere.load()},
+                         {"bad_link_messages", ls.bad_link_messages.load()}};
+    }
     if (auto e = weak_enroll.lock()) out["enrollment"] = gateway_json(e->stats());
     if (auto i = weak_integrators.lock()) out["integrators"] = gateway_json(i->stats());
     if (auto e = weak_events.lock())
@@ -950,6 +1071,54 @@ void server::reload(const server_config& next) {
                needs_restart);
 }
 
+std::string server::impl::start_gateways(const bus::decode_limits& limits,
+                                         const bus::gateway_options& g) {
+  auto endpoint = shared_port_endpoint(cfg.bus_endpoint, port_hold);
+  auto count = static_cast<int>(cfg.bus_gateways);
+  link->start();
+  auto program = next_to_self("parry-gateway");
+  std::vector<std::vector<std::string>> argv;
+  for (int i = 0; i < count; ++i) {
+    std::vector<std::string> a{program,
+                               "--link",
+                               link_endpoint(cfg.data_dir),
+                               "--index",
+                               std::to_string(i),
+                               "--endpoint",
+                               endpoint,
+                               "--parent-pid",
+                               std::to_string(::getpid()),
+                               "--max-frame",
+                               std::to_string(limits.max_frame),
+                               "--heartbeat-ms",
+                               std::to_string(g.heartbeat_ivl.count()),
+                               "--heartbeat-timeout-ms",
+                               std::to_string(g.heartbeat_timeout.count()),
+                               "--backlog",
+                               std::to_string(g.backlog),
+                               "--io-threads",
+                               std::to_string(g.io_threads)};
+    if (cfg.bus_curve) a.insert(a.end(), {"--data-dir", cfg.data_dir});
+    if (cfg.bus_max_connections > 0)
+      a.insert(a.end(), {"--max-connections", std::to_string(cfg.bus_max_connections)});
+    argv.push_back(std::move(a));
+  }
+  std::weak_ptr<bus::link::hub> weak = link;
+  gateways = std::make_shared<gateway_procs>(std::move(argv), [weak](int i) {
+    if (auto l = weak.lock()) l->gateway_down(i);
+  });
+  gateways->start();
+  auto up = [this, count] {
+    return link->stats().gateways_up.load() == static_cast<uint64_t>(count);
+  };
+  if (!poll_until(up, std::chrono::seconds{30}))
+    throw std::runtime_error("bus: the gateway processes did not all listen within 30 s "
+                             "(their log lines say why)");
+  spdlog::info("bus: {} gateway processes hold the agent connections on {}", count,
+               endpoint);
+  return endpoint;
+}
+
 void server::stop() {
   auto& m = *impl_;
   if (m.stopped) return;
@@ -958,6 +1127,10 @@ void server::stop() {
   if (auto s = *m.siem.get()) s->stop();
   if (m.http) m.http->stop();
   if (m.bus) m.bus->stop();
+  if (m.gateways) m.gateways->stop();
+  if (m.link) m.link->stop();
+  if (m.port_hold >= 0) ::close(m.port_hold);
+  m.port_hold = -1;
   if (m.enroll) m.enroll->stop();
   if (m.integrators) m.integrators->stop();
   m.trimmer.reset(); // joins its thread
