@@ -1,7 +1,10 @@
 #define BOOST_TEST_MODULE bus
 #include <boost/test/unit_test.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +18,7 @@
 #include "bus/codec.hpp"
 #include "bus/curve_keys.hpp"
 #include "bus/gateway.hpp"
+#include "bus/link.hpp"
 #include "bus/validate.hpp"
 #include "common/log_limiter.hpp"
 #include "common/process.hpp"
@@ -955,4 +959,268 @@ BOOST_AUTO_TEST_CASE(a_stalled_subscriber_never_grows_the_publishers_memory) {
   BOOST_TEST(grown < 64 * 1024); // 200 MiB went by; a few MiB may stay
 #endif
   gw.stop();
+}
+
+// -- the link between parryd and its gateway processes (issue 11, item 3) -----------
+
+BOOST_AUTO_TEST_CASE(link_codecs_round_trip_and_refuse_garbage) {
+  using namespace parry::bus::link;
+  bool up = false;
+  BOOST_TEST(index_of("up-3", &up).value_or(-1) == 3);
+  BOOST_TEST(up);
+  BOOST_TEST(index_of("gw-12", &up).value_or(-1) == 12);
+  BOOST_TEST(!up);
+  for (const char* bad : {"up-", "up-x", "gw-99999", "xx-1", "gw--1", "up-1 "})
+    BOOST_TEST(!index_of(bad), bad);
+
+  refusal r{refusal_kind::rate, "too many", "max_incidents_per_minute", 600, 1234};
+  auto back = decode_refusal(encode_refusal(r));
+  BOOST_REQUIRE(back);
+  BOOST_TEST((back->kind == r.kind && back->reason == r.reason &&
+              back->limit == r.limit && back->value == r.value &&
+              back->retry_after_ms == r.retry_after_ms));
+  BOOST_TEST(!decode_refusal("\x95\x63\xa0\xa0\x00\x00")); // kind 99 does not exist
+  BOOST_TEST(!decode_refusal("junk"));
+
+  // 2,500 changes travel in three frames; a revocation has no owner.
+  std::vector<key_change> changes;
+  for (int i = 0; i < 2500; ++i)
+    changes.emplace_back(
+        std::string(32, static_cast<char>(i % 250)),
+        key_identity{key_identity::kind_t::agent, "dev-" + std::to_string(i), ""});
+  changes.emplace_back(std::string(32, 'r'), std::nullopt);
+  auto frames = encode_keys(changes);
+  BOOST_REQUIRE_EQUAL(frames.size(), 3u);
+  std::vector<key_change> got;
+  for (const auto& f : frames) {
+    auto part = decode_keys(f);
+    BOOST_REQUIRE(part);
+    got.insert(got.end(), part->begin(), part->end());
+  }
+  BOOST_REQUIRE_EQUAL(got.size(), changes.size());
+  BOOST_TEST(
+      (got[1234].second->name == "dev-1234" && got[1234].first == changes[1234].first));
+  BOOST_TEST(!got.back().second);
+  BOOST_TEST(encode_keys({}).size() == 1u);
+  // A short key or a device id that is not one spoils the whole message.
+  BOOST_TEST(!decode_keys(encode_keys({{"short", std::nullopt}}).front()));
+  BOOST_TEST(!decode_keys(
+      encode_keys({{std::string(32, 'k'),
+                    key_identity{key_identity::kind_t::agent, "bad id\n", ""}}})
+          .front()));
+
+  gateway_stats s, sum;
+  s.frames_in = 5;
+  s.connections_open = 7;
+  s.refused[2] = 3;
+  gateway_stats copy;
+  BOOST_REQUIRE(decode_stats(encode_stats(s), copy));
+  BOOST_TEST(copy.frames_in.load() == 5u);
+  BOOST_TEST(copy.refused[2].load() == 3u);
+  add_stats(sum, copy);
+  add_stats(sum, s);
+  BOOST_TEST(sum.connections_open.load() == 14u);
+  BOOST_TEST(!decode_stats("\xc1", copy));
+}
+
+namespace {
+
+/// The link's socket in a directory of this test's own.
+std::string link_path(const char* name) {
+  return "ipc:///tmp/parry-test-" + std::to_string(::getpid()) + "-" + name + ".sock";
+}
+
+/// [kind][frames...] from a raw DEALER standing in for a gateway.
+void send_link(zmq::socket_t& s, std::vector<std::string> frames) {
+  for (std::size_t i = 0; i < frames.size(); ++i)
+    s.send(zmq::buffer(frames[i]),
+           i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+}
+
+std::vector<std::string> recv_link(zmq::socket_t& s, std::chrono::milliseconds t) {
+  std::vector<std::string> out;
+  zmq::pollitem_t items[] = {{s.handle(), 0, ZMQ_POLLIN, 0}};
+  if (zmq::poll(items, 1, t) <= 0) return out;
+  for (bool more = true; more;) {
+    zmq::message_t m;
+    (void)s.recv(m, zmq::recv_flags::none);
+    out.push_back(m.to_string());
+    more = m.more();
+  }
+  return out;
+}
+
+} // namespace
+
+// With CURVE a device whose connection is live on one gateway is refused on another
+// (as one gateway's ZAP refuses a second live connection) until the first says it is
+// gone; whatever is not a link message is counted and the link goes on.
+BOOST_AUTO_TEST_CASE(the_hub_refuses_a_device_on_a_second_gateway_and_counts_junk) {
+  std::mutex mtx;
+  std::vector<std::string> heard;
+  link::hub hub{
+      link_path("hub"),
+      2,
+      decode_limits{},
+      [&](header&& h, std::string_view, std::string_view) -> std::optional<refusal> {
+        std::lock_guard<std::mutex> g{mtx};
+        heard.push_back(h.device_id);
+        return std::nullopt;
+      },
+      [](const std::string&) {},
+      true};
+  hub.start();
+  dealer_rig rig;
+  rig.ep = link_path("hub");
+  auto up0 = rig.dealer("up-0"), up1 = rig.dealer("up-1"), down1 = rig.dealer("gw-1");
+  auto evil = rig.dealer("evil");
+  auto count = [&] {
+    std::lock_guard<std::mutex> g{mtx};
+    return heard.size();
+  };
+  auto hb = [](const char* device) {
+    return std::vector<std::string>{"m", encode(make_header("heartbeat", device)),
+                                    encode(heartbeat{})};
+  };
+  send_link(down1, {"h"}); // gateway 1 is up: it gets the (empty) keys
+  auto keys = recv_link(down1, 5s);
+  BOOST_REQUIRE(keys.size() == 2u && keys[0] == "k");
+  BOOST_TEST(recv_link(down1, 5s) == std::vector<std::string>{"K"});
+  send_link(up0, hb("dev-x"));
+  BOOST_REQUIRE(wait_for([&] { return count() == 1; }));
+  send_link(up1, hb("dev-x"));
+  auto r = recv_link(down1, 5s);
+  BOOST_REQUIRE_EQUAL(r.size(), 3u);
+  BOOST_TEST(r[0] == "r");
+  auto why = link::decode_refusal(r[2]);
+  BOOST_REQUIRE(why);
+  BOOST_TEST((why->kind == refusal_kind::spoofed));
+  BOOST_TEST(hub.stats().refused_elsewhere.load() == 1u);
+  BOOST_TEST(count() == 1u);
+  // Gone from gateway 0: gateway 1 may carry it now, and commands follow it there.
+  send_link(up0, {"g", "dev-x"});
+  send_link(up1, hb("dev-x"));
+  BOOST_REQUIRE(wait_for([&] { return count() == 2; }));
+  hub.send("dev-x", "H", "B");
+  BOOST_TEST(recv_link(down1, 5s) == (std::vector<std::string>{"o", "dev-x", "H", "B"}));
+  BOOST_TEST(hub.routed() == 1u);
+  // Junk: an unknown peer, an unknown kind, a message whose header does not decode.
+  send_link(evil, {"m", "x", "y"});
+  send_link(up0, {"zz"});
+  send_link(up0, {"m", "not a header", "body"});
+  BOOST_TEST(wait_for([&] { return hub.stats().bad_link_messages.load() == 3; }));
+  send_link(up1, hb("dev-x"));
+  BOOST_TEST(wait_for([&] { return count() == 3; }));
+  hub.stop();
+}
+
+// Two gateway sides on one port behind a hub, with CURVE: keys admitted before and
+// after they start reach both; a device is heard, gets its commands and refusals
+// back through its gateway; a command for nobody is reported unreachable; a revoked
+// device is cut.
+BOOST_AUTO_TEST_CASE(gateway_sides_share_a_port_and_the_hub_routes_through_them) {
+  auto server = generate_curve_key_pair();
+  auto keys = std::make_shared<key_registry>();
+  auto alice = generate_curve_key_pair(), bob = generate_curve_key_pair();
+  keys->admit(raw_key(alice.public_z85), {key_identity::kind_t::agent, "dev-a", ""});
+  std::mutex mtx;
+  std::vector<std::string> heard, unreachable;
+  link::hub hub{
+      link_path("sides"),
+      2,
+      decode_limits{},
+      [&](header&& h, std::string_view, std::string_view) -> std::optional<refusal> {
+        std::lock_guard<std::mutex> g{mtx};
+        heard.push_back(h.device_id);
+        if (h.type == type::incident)
+          return refusal{refusal_kind::invalid, "no incidents here", "", 0, 0};
+        return std::nullopt;
+      },
+      [&](const std::string& d) {
+        std::lock_guard<std::mutex> g{mtx};
+        unreachable.push_back(d);
+      },
+      true};
+  hub.serve_keys(keys);
+  hub.start();
+  // A port for both: bound with SO_REUSEPORT and held, never listening.
+  int hold = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(hold, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  BOOST_REQUIRE(::bind(hold, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  BOOST_REQUIRE(::getsockname(hold, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  auto ep = "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> sides;
+  std::atomic<int> failed{0};
+  for (int i = 0; i < 2; ++i)
+    sides.emplace_back([&, i] {
+      link::gateway_side_options o;
+      o.link = link_path("sides");
+      o.index = i;
+      o.endpoint = ep;
+      o.stats_every = 20ms;
+      o.gateway.heartbeat_ivl = 0ms;
+      o.gateway.curve = curve_server_options{server.public_z85, server.secret_z85, {}};
+      failed += link::run_gateway_side(o, stop);
+    });
+  BOOST_REQUIRE(wait_for([&] { return hub.stats().gateways_up.load() == 2; }));
+  keys->admit(raw_key(bob.public_z85), {key_identity::kind_t::agent, "dev-b", ""});
+  zmq::context_t agents_ctx;
+  auto agent = [&](const curve_key_pair& kp, const char* id) {
+    zmq::socket_t s{agents_ctx, zmq::socket_type::dealer};
+    s.set(zmq::sockopt::routing_id, id);
+    s.set(zmq::sockopt::linger, 0);
+    s.set(zmq::sockopt::curve_serverkey, server.public_z85);
+    s.set(zmq::sockopt::curve_publickey, kp.public_z85);
+    s.set(zmq::sockopt::curve_secretkey, kp.secret_z85);
+    s.connect(ep);
+    return s;
+  };
+  auto heard_from = [&](const std::string& d) {
+    std::lock_guard<std::mutex> g{mtx};
+    return std::count(heard.begin(), heard.end(), d);
+  };
+  auto sa = agent(alice, "dev-a"), sb = agent(bob, "dev-b");
+  curve_bed::heartbeat_from(sa, "dev-a");
+  curve_bed::heartbeat_from(sb, "dev-b");
+  BOOST_REQUIRE(
+      wait_for([&] { return heard_from("dev-a") == 1 && heard_from("dev-b") == 1; }));
+  BOOST_TEST(hub.routed() == 2u);
+  hub.send("dev-b", encode(make_header("command", "dev-b")), "body-b");
+  auto cmd = recv_msg(sb, 5s);
+  BOOST_REQUIRE(cmd);
+  BOOST_TEST(cmd->first.type == "command");
+  BOOST_TEST(cmd->second == "body-b");
+  // Refused by the core: answered by the gateway, as its own refusals are.
+  send_msg(sa, encode(make_header("incident", "dev-a")), encode(heartbeat{}));
+  auto rej = recv_msg(sa, 5s);
+  BOOST_REQUIRE(rej);
+  BOOST_TEST(rej->first.type == type::rejected);
+  hub.send("nobody", "h", "b");
+  BOOST_TEST(wait_for([&] {
+    std::lock_guard<std::mutex> g{mtx};
+    return unreachable == std::vector<std::string>{"nobody"};
+  }));
+  BOOST_TEST(hub.stats().no_route.load() == 1u);
+  // Revoked, then cut: whichever gateway holds it closes it, and it cannot return.
+  BOOST_REQUIRE(keys->revoke(key_identity::kind_t::agent, "dev-a"));
+  hub.cut("dev-a");
+  auto totals = [&] {
+    gateway_stats s;
+    hub.gateway_totals(s);
+    return std::make_pair(s.revoked_cut.load(), s.zap_refused_unknown.load());
+  };
+  BOOST_TEST(wait_for([&] { return totals().first == 1 && totals().second >= 1; }));
+  BOOST_TEST(hub.stats().bad_link_messages.load() == 0u);
+  stop = true;
+  for (auto& t : sides)
+    t.join();
+  BOOST_TEST(failed.load() == 0);
+  ::close(hold);
+  hub.stop();
 }
