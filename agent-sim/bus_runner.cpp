@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
 
+#include "bus/keepalive.hpp"
 #include "common/time.hpp"
 
 namespace parry::sim {
@@ -169,9 +170,11 @@ void bus_runner::impl::open_socket(std::size_t i) {
   d.set(zmq::sockopt::reconnect_ivl, 100);
   d.set(zmq::sockopt::reconnect_ivl_max, 5000);
   d.set(zmq::sockopt::connect_timeout, 2000);
-  // ZMTP pings notice a dead server even when no FIN ever arrives.
-  d.set(zmq::sockopt::heartbeat_ivl, 2000);
-  d.set(zmq::sockopt::heartbeat_timeout, 6000);
+  // The kernel notices a dead server even when no FIN ever arrives (keepalive
+  // probes, and a bound on unacknowledged data), within the same 6 s ZMTP pings
+  // would, without a libzmq timer per connection (bus/keepalive.hpp).
+  bus::set_kernel_keepalive(d, std::chrono::milliseconds{2000},
+                            std::chrono::milliseconds{6000});
   d.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(bus::decode_limits{}.max_frame));
   d.set(zmq::sockopt::sndhwm, 1000);
   d.set(zmq::sockopt::rcvhwm, 1000);
@@ -191,7 +194,14 @@ void bus_runner::impl::open_socket(std::size_t i) {
   zmq::socket_t p(ctx, zmq::socket_type::pair);
   p.set(zmq::sockopt::linger, 0);
   p.connect(mon);
-  d.connect(cfg.server);
+  if (cfg.sources.empty() || cfg.server.rfind("tcp://", 0) != 0)
+    d.connect(cfg.server);
+  else // tcp://SOURCE:0;HOST:PORT: bound to the source address, any port
+  {
+    const auto& src = cfg.sources[i % cfg.sources.size()];
+    bool v6 = src.find(':') != std::string::npos;
+    d.connect("tcp://" + (v6 ? "[" + src + "]" : src) + ":0;" + cfg.server.substr(6));
+  }
   dealer_fd[i] = d.get(zmq::sockopt::fd);
   monitor_fd[i] = p.get(zmq::sockopt::fd);
   watch_fd(dealer_fd[i], uint64_t{i} << 2 | dealer_item);

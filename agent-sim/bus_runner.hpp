@@ -28,6 +28,10 @@ constexpr std::size_t zmq_sockets_per_session = 3;
 /// How the sessions connect.
 struct link_config {
   std::string server = "tcp://127.0.0.1:7400"; ///< Dialled by every session.
+  /// tcp:// only: local addresses the sessions connect from, in turn (empty: the
+  /// kernel's choice). One address gives at most about 28,000 connections to one
+  /// server port (the ephemeral port range); more addresses, more connections.
+  std::vector<std::string> sources;
   bool raise_fd_limit = true; ///< Raise RLIMIT_NOFILE to its hard limit at start.
   /// Test hook: while this file exists, every session holds the commands it receives
   /// (agent_session::set_hold). Empty means no hook.

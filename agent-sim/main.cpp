@@ -1,6 +1,8 @@
 // parry-agent: simulated EDR endpoints (--sim N), or the real agent acting on the
 // machine it runs on (--real --config FILE, agent-real/).
 
+#include <arpa/inet.h>
+
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -97,6 +99,19 @@ int main(int argc, char** argv) {
   app.add_option("--generate", generate,
                  "Print K incidents per endpoint as JSON lines and exit (no connection)")
       ->check(CLI::Range(1, 1'000'000));
+  app.add_option("--source", cfg.link.sources,
+                 "Local IP addresses to connect from, in turn (tcp:// only; one address "
+                 "carries about 28,000 connections to one server port)")
+      ->delimiter(',')
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            unsigned char buf[sizeof(in6_addr)];
+            return ::inet_pton(AF_INET, s.c_str(), buf) == 1 ||
+                           ::inet_pton(AF_INET6, s.c_str(), buf) == 1
+                       ? std::string{}
+                       : "not an IP address: " + s;
+          },
+          "IP"));
   app.add_option("--hold-file", cfg.link.hold_file,
                  "Test hook: while PATH exists, hold received commands unacknowledged "
                  "and unexecuted; run them in order once it is gone");

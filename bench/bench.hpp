@@ -40,6 +40,9 @@ struct options {
   /// parryd's device_passivate_after_s, seconds; above zero the bench also waits
   /// until every device has passivated and measures the heap of idle devices.
   std::size_t passivate_after = 0;
+  /// parryd's bus_gateways: gateway processes holding the agent connections (0: in
+  /// parryd). Memory and CPU figures of parryd include them.
+  std::size_t gateways = 0;
 };
 
 inline std::atomic<bool> interrupted{false};

@@ -95,6 +95,15 @@ struct sim_agents {
                                opt.scenarios,
                                "--log-level",
                                "warn"};
+    // One source address per 20,000 endpoints: a single one runs out of
+    // ephemeral ports (about 28,000) towards the one server port. All loopback.
+    std::string sources;
+    for (std::size_t k = 0; k * 20000 < opt.sim_endpoints && k < 200; ++k)
+      sources += (k == 0 ? "127.0.0." : ",127.0.0.") + std::to_string(k + 1);
+    if (opt.sim_endpoints > 20000) {
+      a.push_back("--source");
+      a.push_back(sources);
+    }
     if (token.empty()) {
       a.push_back("--plain");
     } else {
@@ -192,8 +201,9 @@ int run(const options& opt) {
                              " endpoints (needs about " + std::to_string(2 * n + 256) +
                              ")");
   std::printf("parry-bench: %zu endpoints (bench sockets), %zu simulated, %zu incidents, "
-              "%zu rounds; binaries in %s\n",
-              n, opt.sim_endpoints, opt.incidents, opt.rounds, opt.bin_dir.c_str());
+              "%zu rounds, %zu gateway processes; binaries in %s\n",
+              n, opt.sim_endpoints, opt.incidents, opt.rounds, opt.gateways,
+              opt.bin_dir.c_str());
   // Other work on the machine skews every figure: say how busy it was at the start.
   std::string load;
   std::getline(std::ifstream{"/proc/loadavg"}, load);
@@ -228,7 +238,7 @@ int run(const options& opt) {
   std::printf("parryd: flood guard raised for the measurement: %s\n", caps_line.c_str());
   srv.login();
   std::this_thread::sleep_for(500ms); // start-up allocations settle before the first look
-  res.rss_start = rss_kib(srv.pid());
+  res.rss_start = rss_with_children_kib(srv.pid());
   res.heap_start = heap_kib(srv);
 
   ingest_floor(devices, frames, res);
@@ -255,7 +265,7 @@ int run(const options& opt) {
       res.idle_secs = ms_between(t0, steady::now()) / 1000.0;
       std::this_thread::sleep_for(300ms);
       res.heap_idle = heap_kib(srv);
-      res.rss_idle = rss_kib(srv.pid());
+      res.rss_idle = rss_with_children_kib(srv.pid());
     } else {
       res.problems.push_back("the simulated devices did not all passivate within " +
                              std::to_string(idle_bound.count()) + " s");
@@ -270,7 +280,7 @@ int run(const options& opt) {
   fan_out(srv, devices, targets, res);
 
   res.final_stats = srv.get("/stats");
-  res.rss_end = rss_kib(srv.pid());
+  res.rss_end = rss_with_children_kib(srv.pid());
   if (!srv.running()) throw std::runtime_error("parryd exited");
 
   std::printf("\nresults (%zu endpoints, %zu incidents, %zu rounds)\n", n, opt.incidents,
@@ -349,6 +359,10 @@ int main(int argc, char** argv) {
                  "Directory of parryd and parry-agent (default: this program's)");
   app.add_option("--scenarios", opt.scenarios, "Scenario directory for parry-agent")
       ->capture_default_str();
+  app.add_option("--gateways", opt.gateways,
+                 "parryd's bus_gateways: gateway processes hold the agent connections "
+                 "(memory and CPU of parryd then include them)")
+      ->check(CLI::Range(0, 64));
   app.add_option("--passivate-after", opt.passivate_after,
                  "parryd's device_passivate_after_s; also measures idle devices' heap "
                  "once all passivated (0: parryd's default, not measured)")

@@ -63,6 +63,13 @@ long rss_kib(pid_t pid) {
   return -1;
 }
 
+long rss_with_children_kib(pid_t pid) {
+  long total = rss_kib(pid);
+  for (pid_t kid : children_of(pid))
+    if (auto k = rss_kib(kid); k > 0 && total >= 0) total += k;
+  return total;
+}
+
 double cpu_secs(pid_t pid) {
   return cpu_of_stat("/proc/" + std::to_string(pid) + "/stat");
 }
@@ -94,6 +101,13 @@ std::size_t open_fds(pid_t pid) {
        !ec && i != end; i.increment(ec))
     ++n;
   return n;
+}
+
+std::size_t open_fds_with_children(pid_t pid) {
+  auto total = open_fds(pid);
+  for (pid_t kid : children_of(pid))
+    total += open_fds(kid);
+  return total;
 }
 
 std::vector<double> ping_pong(std::size_t rounds) {

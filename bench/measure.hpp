@@ -22,6 +22,9 @@ double percentile(std::vector<double> v, double p);
 
 /// VmRSS of `pid` in KiB, or -1 when it cannot be read.
 long rss_kib(pid_t pid);
+/// VmRSS of `pid` and its children (parryd's gateway processes), KiB; pages they
+/// share (the libraries) are counted once per process.
+long rss_with_children_kib(pid_t pid);
 
 /// CPU time `pid` has used so far, in seconds (its threads together).
 double cpu_secs(pid_t pid);
@@ -33,6 +36,8 @@ std::map<std::string, double> cpu_by_thread(pid_t pid);
 
 /// Open descriptors of `pid` (parryd holds one per accepted bus connection).
 std::size_t open_fds(pid_t pid);
+/// Open descriptors of `pid` and its children (parryd's gateway processes).
+std::size_t open_fds_with_children(pid_t pid);
 
 /// DEALER/ROUTER ping-pong on loopback with command-sized frames: the bus floor.
 std::vector<double> ping_pong(std::size_t rounds);

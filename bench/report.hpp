@@ -74,8 +74,9 @@ struct results {
   /// and once every device passivated; -1 when not measured.
   long heap_start = -1, heap_conn = -1, heap_before_sims = -1, heap_sims = -1,
        heap_idle = -1;
-  long rss_idle = -1;    ///< parryd VmRSS once every device passivated, KiB
-  double idle_secs = -1; ///< sims online -> every device passivated, seconds
+  long rss_idle = -1;           ///< parryd VmRSS once every device passivated, KiB
+  double idle_secs = -1;        ///< sims online -> every device passivated, seconds
+  double sims_online_secs = -1; ///< parry-agent started -> every sim device online, s
   nlohmann::json final_stats;
   double restart_secs = -1;          ///< exec -> ready with restart_actions stored
   std::size_t restart_actions = 0;   ///< of which one in ten open

@@ -47,12 +47,13 @@ ingest_caps caps_for(const options& opt) {
       static_cast<uint32_t>(std::clamp<uint64_t>(2 * per_device, 600, 1'000'000));
   c.per_second = static_cast<uint32_t>(
       std::clamp<uint64_t>(2 * static_cast<uint64_t>(opt.incidents), 10'000, 10'000'000));
+  c.devices = std::max<std::size_t>(opt.endpoints + opt.sim_endpoints + 100, 10'000);
   return c;
 }
 
 server_under_test::server_under_test(const options& opt)
     : bin_dir_(opt.bin_dir), keep_(opt.keep), caps_(caps_for(opt)),
-      passivate_after_(opt.passivate_after) {
+      passivate_after_(opt.passivate_after), gateways_(opt.gateways) {
   char tmpl[] = "/tmp/parry-bench-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr)
     throw std::runtime_error("cannot create a temporary directory under /tmp");
@@ -71,10 +72,14 @@ void server_under_test::start(bool curve, std::chrono::milliseconds ready_within
       << "bus_events_endpoint = \"tcp://127.0.0.1:*\"\n"
       << "log_level = \"warn\"\n"
       << "max_incidents_per_minute = " << caps_.per_device_per_minute << "\n"
-      << "max_incidents_per_second = " << caps_.per_second << "\n";
+      << "max_incidents_per_second = " << caps_.per_second << "\n"
+      << "max_devices = " << caps_.devices << "\n";
   if (passivate_after_ > 0)
     std::ofstream{dir_ / "parryd.toml", std::ios::app}
         << "device_passivate_after_s = " << passivate_after_ << "\n";
+  if (gateways_ > 0)
+    std::ofstream{dir_ / "parryd.toml", std::ios::app} << "bus_gateways = " << gateways_
+                                                       << "\n";
   auto parryd = bin_dir_ + "/parryd";
   if (::access(parryd.c_str(), X_OK) != 0)
     throw std::runtime_error(parryd + " is not an executable (see --bin-dir)");

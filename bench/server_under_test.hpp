@@ -30,6 +30,9 @@ namespace parry::bench {
 struct ingest_caps {
   uint32_t per_device_per_minute = 0; ///< max_incidents_per_minute, incidents
   uint32_t per_second = 0;            ///< max_incidents_per_second, incidents
+  /// max_devices: every bench and simulated device and a margin, never below
+  /// parryd's default (10,000).
+  std::size_t devices = 0;
 };
 
 /// Caps for a run of `opt`: twice what one bench device sends in the whole run per
@@ -85,6 +88,7 @@ private:
   bool keep_;
   ingest_caps caps_;
   std::size_t passivate_after_ = 0; ///< seconds; 0 leaves parryd's default
+  std::size_t gateways_ = 0;        ///< bus_gateways
   std::filesystem::path dir_;
   std::unique_ptr<parry::child_process> proc_;
   std::unique_ptr<parry::client> api_;

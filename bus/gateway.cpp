@@ -12,6 +12,7 @@
 
 #include <zmq.hpp>
 
+#include "bus/keepalive.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 
@@ -79,7 +80,9 @@ std::string gateway::start() {
   sock->set(zmq::sockopt::rcvhwm, opts_.rcvhwm);
   if (opts_.backlog > 0) sock->set(zmq::sockopt::backlog, opts_.backlog);
   sock->set(zmq::sockopt::sndhwm, 100000);
-  if (opts_.heartbeat_ivl.count() > 0) {
+  if (opts_.heartbeat_ivl.count() > 0 && opts_.kernel_keepalive) {
+    set_kernel_keepalive(*sock, opts_.heartbeat_ivl, opts_.heartbeat_timeout);
+  } else if (opts_.heartbeat_ivl.count() > 0) {
     sock->set(zmq::sockopt::heartbeat_ivl, static_cast<int>(opts_.heartbeat_ivl.count()));
     sock->set(zmq::sockopt::heartbeat_timeout,
               static_cast<int>(opts_.heartbeat_timeout.count()));

@@ -99,6 +99,9 @@ struct gateway_options {
   /// without traffic. 0 turns it off.
   std::chrono::milliseconds heartbeat_ivl{5000};
   std::chrono::milliseconds heartbeat_timeout{15000};
+  /// Find dead connections with the kernel's TCP keepalive and TCP_USER_TIMEOUT
+  /// (bus/keepalive.hpp) on the same interval and timeout, instead of ZMTP heartbeats.
+  bool kernel_keepalive = false;
   /// Unset: plain TCP (tests, a closed lab). Set: CURVE and ZAP, see above.
   std::optional<curve_server_options> curve;
   /// TCP only: the gateway makes the listening socket itself with SO_REUSEPORT, so

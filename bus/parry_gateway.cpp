@@ -70,6 +70,8 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-ms", heartbeat_ms)->check(CLI::Range(0, 3600000));
   app.add_option("--heartbeat-timeout-ms", heartbeat_timeout_ms)
       ->check(CLI::Range(0, 36000000));
+  app.add_flag("--tcp-keepalive", o.gateway.kernel_keepalive,
+               "find dead connections with TCP keepalive, not ZMTP heartbeats");
   app.add_option("--backlog", o.gateway.backlog)->check(CLI::Range(1, 65535));
   app.add_option("--io-threads", o.gateway.io_threads)->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
@@ -109,10 +111,12 @@ int main(int argc, char** argv) {
     }
   }
   return link::run_gateway_side(o, stop_requested, [&](const std::string& bound) {
-    spdlog::info("{}agents on {} (at most {} connections, open-files limit {})", tag,
-                 bound,
-                 o.gateway.curve ? std::to_string(o.gateway.curve->max_connections)
-                                 : std::string{"uncapped on plain TCP,"},
-                 fd_limit);
+    if (o.gateway.curve)
+      spdlog::info("{}agents on {} (at most {} connections, open-files limit {})", tag,
+                   bound, o.gateway.curve->max_connections, fd_limit);
+    else
+      spdlog::info("{}agents on {} (plain TCP: connections not capped, open-files "
+                   "limit {})",
+                   tag, bound, fd_limit);
   });
 }

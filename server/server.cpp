@@ -746,10 +746,12 @@ void server::start() {
   m.ingest.set(ingest_limits_of(cfg));
   bus::gateway_options gopts;
   // Dead connections end after the same silence that makes a device offline, which
-  // frees their routing id for the agent's next connection.
+  // frees their routing id for the agent's next connection; the kernel finds them
+  // (TCP keepalive), not a timer per connection in libzmq.
   gopts.heartbeat_ivl = std::chrono::milliseconds{cfg.heartbeat_interval_ms};
   gopts.heartbeat_timeout =
       std::chrono::milliseconds{cfg.heartbeat_interval_ms} * cfg.missed_heartbeats;
+  gopts.kernel_keepalive = true;
   // The gateway calls back on its own thread; the directory handle is set below,
   // before the socket starts, and never changes afterwards. The filter is only
   // used on that thread.
@@ -1098,6 +1100,7 @@ std::string server::impl::start_gateways(const bus::decode_limits& limits,
                                std::to_string(g.backlog),
                                "--io-threads",
                                std::to_string(g.io_threads)};
+    if (g.kernel_keepalive) a.push_back("--tcp-keepalive");
     if (cfg.bus_curve) a.insert(a.end(), {"--data-dir", cfg.data_dir});
     if (cfg.bus_max_connections > 0)
       a.insert(a.end(), {"--max-connections", std::to_string(cfg.bus_max_connections)});

@@ -3,12 +3,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <thread>
@@ -1223,4 +1225,48 @@ BOOST_AUTO_TEST_CASE(gateway_sides_share_a_port_and_the_hub_routes_through_them)
   BOOST_TEST(failed.load() == 0);
   ::close(hold);
   hub.stop();
+}
+
+// The kernel finds dead agent connections: an accepted connection carries TCP
+// keepalive (idle and interval of one heartbeat, whole seconds) and a user timeout of
+// the heartbeat timeout, and the gateway sets no ZMTP heartbeat of its own.
+BOOST_AUTO_TEST_CASE(kernel_keepalive_is_set_on_accepted_connections) {
+  gateway_options o;
+  o.heartbeat_ivl = 1500ms;
+  o.heartbeat_timeout = 6000ms;
+  o.kernel_keepalive = true;
+  std::atomic<int> heard{0};
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [&](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+               ++heard;
+               return std::nullopt;
+             },
+             nullptr, o};
+  dealer_rig rig;
+  rig.ep = gw.start();
+  auto d = rig.dealer("dev-1");
+  send_msg(d, encode(make_header("heartbeat", "dev-1")), encode(heartbeat{}));
+  BOOST_REQUIRE(wait_for([&] { return heard.load() == 1; }));
+  // This process holds both ends; only the accepted one has keepalive on.
+  int accepted = 0;
+  for (const auto& e : std::filesystem::directory_iterator{"/proc/self/fd"}) {
+    int fd = std::stoi(e.path().filename().string());
+    int on = 0, idle = 0, intvl = 0, cnt = 0;
+    unsigned user_timeout = 0;
+    socklen_t len = sizeof on;
+    if (::getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, &len) != 0 || on == 0) continue;
+    len = sizeof idle;
+    ::getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, &len);
+    ::getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, &len);
+    ::getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, &len);
+    len = sizeof user_timeout;
+    ::getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, &len);
+    BOOST_TEST(idle == 2);
+    BOOST_TEST(intvl == 2);
+    BOOST_TEST(cnt == 2); // 2 s idle + 2 probes of 2 s: the 6 s timeout
+    BOOST_TEST(user_timeout == 6000u);
+    ++accepted;
+  }
+  BOOST_TEST(accepted == 1);
+  gw.stop();
 }

@@ -433,6 +433,31 @@ using strings = std::vector<std::string>;
 
 } // namespace
 
+/// Established TCP connections the server accepted on `endpoint`'s port from IPv4
+/// address `from` (/proc/net/tcp, the server's side: local address and port, remote
+/// address and port, both as little-endian hex; state 01 = established).
+int connections_from(const std::string& from, const std::string& endpoint) {
+  in_addr a{};
+  BOOST_REQUIRE(::inet_pton(AF_INET, from.c_str(), &a) == 1);
+  char remote[16];
+  std::snprintf(remote, sizeof remote, "%08X:", a.s_addr);
+  char port[8];
+  std::snprintf(port, sizeof port, ":%04X",
+                std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  std::ifstream in{"/proc/net/tcp"};
+  std::string line;
+  int n = 0;
+  std::getline(in, line); // the column names
+  while (std::getline(in, line)) {
+    std::istringstream f{line};
+    std::string slot, local, peer, state;
+    f >> slot >> local >> peer >> state;
+    n += peer.rfind(remote, 0) == 0 && local.size() > 5 &&
+         local.substr(local.size() - 5) == port && state == "01";
+  }
+  return n;
+}
+
 /// A fresh key pair enrolled for `device` with the fixture's token.
 bus::curve_key_pair enrolled_key(const system_fixture& f, const std::string& device) {
   auto token = bus::parse_token(f.enroll_token);
@@ -557,13 +582,17 @@ BOOST_AUTO_TEST_CASE(gateway_processes_share_the_port_and_survive_a_kill) {
   BOOST_TEST(gateways()["listening"] == 2);
   BOOST_REQUIRE_EQUAL(children_of(server->pid()).size(), 2u);
   agents = start_agents("sim", 5, {}, "agent.log");
-  auto fleet = start_agents("gw", 16, {}, "gw.log");
+  // The fleet connects from two more loopback addresses, in turn (parry-agent
+  // --source: past about 28,000 connections one address runs out of ports).
+  auto fleet = start_agents("gw", 16, {"--source", "127.0.0.2,127.0.0.3"}, "gw.log");
   auto all_routed = [&] {
     auto g = gateways();
     return get("/stats")["devices_online"] == 21 && g["routed_devices"] == 21 &&
            g["connections"][0].get<int>() + g["connections"][1].get<int>() == 21;
   };
   BOOST_REQUIRE_MESSAGE(eventually(all_routed), gateways().dump());
+  BOOST_TEST(connections_from("127.0.0.2", bus_endpoint) == 8);
+  BOOST_TEST(connections_from("127.0.0.3", bus_endpoint) == 8);
   // The kernel spread the connections over both (all on one: about 1 in 10^6).
   BOOST_TEST(gateways()["connections"][0].get<int>() > 0);
   BOOST_TEST(gateways()["connections"][1].get<int>() > 0);
