@@ -198,9 +198,12 @@ void bus_runner::impl::open_socket(std::size_t i) {
     d.connect(cfg.server);
   else // tcp://SOURCE:0;HOST:PORT: bound to the source address, any port
   {
-    const auto& src = cfg.sources[i % cfg.sources.size()];
+    auto g = cfg.first + i;
+    const auto& src = cfg.sources[g % cfg.sources.size()];
+    auto port = link_config::source_port_base + g / cfg.sources.size();
     bool v6 = src.find(':') != std::string::npos;
-    d.connect("tcp://" + (v6 ? "[" + src + "]" : src) + ":0;" + cfg.server.substr(6));
+    d.connect("tcp://" + (v6 ? "[" + src + "]" : src) + ":" + std::to_string(port) + ";" +
+              cfg.server.substr(6));
   }
   dealer_fd[i] = d.get(zmq::sockopt::fd);
   monitor_fd[i] = p.get(zmq::sockopt::fd);

@@ -28,10 +28,17 @@ constexpr std::size_t zmq_sockets_per_session = 3;
 /// How the sessions connect.
 struct link_config {
   std::string server = "tcp://127.0.0.1:7400"; ///< Dialled by every session.
-  /// tcp:// only: local addresses the sessions connect from, in turn (empty: the
-  /// kernel's choice). One address gives at most about 28,000 connections to one
-  /// server port (the ephemeral port range); more addresses, more connections.
+  /// tcp:// only: local addresses the sessions connect from, in turn, each from a
+  /// port of its own below the ephemeral range (empty: the kernel's choice). One
+  /// address gives at most about 28,000 connections to one server port, and the
+  /// kernel's search for a free port to bind grows with the ports in use; fixed
+  /// ports cost nothing to find. Session i (index first + i overall) connects from
+  /// sources[(first + i) % n] port source_port_base + (first + i) / n.
   std::vector<std::string> sources;
+  std::size_t first = 0;
+  static constexpr unsigned source_port_base = 10000;
+  /// Sessions per source address at most: their ports stay below 32768.
+  static constexpr std::size_t max_per_source = 22000;
   bool raise_fd_limit = true; ///< Raise RLIMIT_NOFILE to its hard limit at start.
   /// Test hook: while this file exists, every session holds the commands it receives
   /// (agent_session::set_hold). Empty means no hook.

@@ -99,9 +99,10 @@ int main(int argc, char** argv) {
   app.add_option("--generate", generate,
                  "Print K incidents per endpoint as JSON lines and exit (no connection)")
       ->check(CLI::Range(1, 1'000'000));
-  app.add_option("--source", cfg.link.sources,
-                 "Local IP addresses to connect from, in turn (tcp:// only; one address "
-                 "carries about 28,000 connections to one server port)")
+  app.add_option(
+         "--source", cfg.link.sources,
+         "Local IP addresses to connect from, in turn, each endpoint from its own "
+         "port from 10000 up (tcp:// only; at most 22,000 endpoints per address)")
       ->delimiter(',')
       ->check(CLI::Validator(
           [](std::string& s) {
@@ -150,6 +151,12 @@ int main(int argc, char** argv) {
     return parry::real::run_real_agent(opt, stop_requested);
   }
   if (sim == 0) return fail("--sim N is required (the number of endpoints to simulate)");
+  if (!cfg.link.sources.empty() &&
+      (sim + cfg.link.sources.size() - 1) / cfg.link.sources.size() >
+          parry::sim::link_config::max_per_source)
+    return fail(
+        "--source: at most " + std::to_string(parry::sim::link_config::max_per_source) +
+        " endpoints per source address (ports 10000..31999): give more addresses");
   const std::string& server = cfg.endpoint.server;
   if (server.rfind("tcp://", 0) != 0 && server.rfind("ipc://", 0) != 0)
     return fail("--server must be a tcp:// or ipc:// endpoint, got '" + server + "'");

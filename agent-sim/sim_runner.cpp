@@ -56,6 +56,7 @@ void sim_runner::start() {
   if (m.bus) return;
   link_config link = m.cfg.link;
   link.server = m.cfg.endpoint.server;
+  link.first = m.cfg.first;
   std::vector<agent_session*> sessions;
   for (auto& ep : m.endpoints)
     sessions.push_back(&ep.session());

@@ -95,8 +95,9 @@ struct sim_agents {
                                opt.scenarios,
                                "--log-level",
                                "warn"};
-    // One source address per 20,000 endpoints: a single one runs out of
-    // ephemeral ports (about 28,000) towards the one server port. All loopback.
+    // One source address per 20,000 endpoints, each endpoint from a fixed port
+    // (parry-agent --source): a single address runs out of ephemeral ports (about
+    // 28,000) towards the one server port. All loopback.
     std::string sources;
     for (std::size_t k = 0; k * 20000 < opt.sim_endpoints && k < 200; ++k)
       sources += (k == 0 ? "127.0.0." : ",127.0.0.") + std::to_string(k + 1);
