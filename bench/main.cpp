@@ -53,15 +53,6 @@ std::string exe_dir() {
   return ec ? std::string{"."} : p.parent_path().string();
 }
 
-/// Lets one process hold many sockets (two descriptors per DEALER, plus ZeroMQ's own).
-void raise_fd_limit() {
-  rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
-
 /// N simulated agents (ids sim-0000...) for the round trips, stopped with SIGTERM when
 /// this ends. With an enrollment token they enroll and speak CURVE; without, they
 /// speak to a plain bus.
@@ -193,7 +184,8 @@ void print_curve_cost(const results& plain, const results& curve) {
 int run(const options& opt) {
   const std::size_t n = opt.endpoints;
   results res;
-  raise_fd_limit();
+  // One process holds many sockets: two descriptors per DEALER, and ZeroMQ's own.
+  parry::raise_open_files_limit();
   // Each DEALER holds a TCP connection and a mailbox descriptor.
   rlimit rl{};
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 2 * n + 256)

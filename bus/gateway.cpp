@@ -1,6 +1,5 @@
 #include "bus/gateway.hpp"
 
-#include <netdb.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -13,6 +12,7 @@
 #include <zmq.hpp>
 
 #include "bus/keepalive.hpp"
+#include "bus/reuse_port.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 
@@ -140,43 +140,13 @@ std::string gateway::start() {
 }
 
 int gateway::listen_reuse_port() const {
-  // tcp://host:port, host an address or a name; the port must be given (several
-  // processes share it).
-  std::string_view e = endpoint_;
-  auto colon = e.rfind(':');
-  if (e.substr(0, 6) != "tcp://" || colon == std::string_view::npos || colon < 6)
-    throw std::invalid_argument("gateway: reuse_port needs tcp://host:port, not " +
+  // Several processes share the port: it must be given.
+  auto e = parse_tcp_endpoint(endpoint_);
+  if (!e || e->port == "*" || e->port == "0")
+    throw std::invalid_argument("gateway: reuse_port needs tcp://host:port with a fixed "
+                                "port, not " +
                                 endpoint_);
-  std::string host{e.substr(6, colon - 6)};
-  std::string port{e.substr(colon + 1)};
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  if (host == "*") host = "0.0.0.0";
-  if (port.empty() || port == "*" || port == "0")
-    throw std::invalid_argument("gateway: reuse_port needs a fixed port, not " +
-                                endpoint_);
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* res = nullptr;
-  if (int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res); rc != 0)
-    throw std::runtime_error("gateway: cannot resolve " + endpoint_ + ": " +
-                             ::gai_strerror(rc));
-  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-  int one = 1;
-  bool ok = fd >= 0 &&
-            ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
-            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
-            ::bind(fd, res->ai_addr, res->ai_addrlen) == 0 &&
-            ::listen(fd, opts_.backlog > 0 ? opts_.backlog : 100) == 0;
-  int err = errno;
-  ::freeaddrinfo(res);
-  if (!ok) {
-    if (fd >= 0) ::close(fd);
-    throw std::runtime_error("gateway: cannot listen on " + endpoint_ + ": " +
-                             std::strerror(err));
-  }
-  return fd;
+  return reuse_port_socket(*e, opts_.backlog > 0 ? opts_.backlog : 100);
 }
 
 void gateway::stop() {

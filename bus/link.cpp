@@ -392,14 +392,13 @@ void hub::on_inbound(void* raw, int index, bool up, std::vector<std::string>& f)
     return;
   }
   if (up && (k == kind::gone || k == kind::unreachable) && f.size() == 3) {
-    if (k == kind::unreachable) {
-      if (on_unreachable_) on_unreachable_(f[2]);
-      return;
-    }
+    // Either way the gateway holds no connection of the device now (on plain TCP,
+    // where no `gone` comes, this is what keeps the routes bounded).
     if (auto o = owner_.find(f[2]); o != owner_.end() && o->second == index) {
       owner_.erase(o);
       routed_ = owner_.size();
     }
+    if (k == kind::unreachable && on_unreachable_) on_unreachable_(f[2]);
     return;
   }
   if (up && k == kind::suspicious && f.size() == 4) {
@@ -413,7 +412,6 @@ void hub::on_inbound(void* raw, int index, bool up, std::vector<std::string>& f)
   }
   if (!up && k == kind::hello && f.size() == 2) {
     auto i = static_cast<std::size_t>(index);
-    if (said_hello_[i]) ++stats_.gateway_restarts;
     said_hello_[i] = true;
     // A gateway that (re)starts holds no connection yet.
     for (auto o = owner_.begin(); o != owner_.end();)

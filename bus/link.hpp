@@ -98,7 +98,6 @@ struct hub_stats {
   std::atomic<uint64_t> refused_elsewhere{0}; ///< A device on a second gateway.
   std::atomic<uint64_t> bad_link_messages{0}; ///< Malformed or from an unknown peer.
   std::atomic<uint64_t> gateways_up{0};       ///< Gateways listening for agents now.
-  std::atomic<uint64_t> gateway_restarts{0};  ///< Hellos after the first, per gateway.
 };
 
 /// The core's side: binds the link, forwards agent messages to `on_message` (on the

@@ -6,7 +6,6 @@
 
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -18,6 +17,7 @@
 
 #include "bus/curve_keys.hpp"
 #include "bus/link.hpp"
+#include "common/process.hpp"
 
 namespace {
 
@@ -25,18 +25,6 @@ std::atomic<bool> stop_requested{false};
 
 void on_signal(int) {
   stop_requested = true;
-}
-
-std::size_t open_files_limit() {
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
-  if (rl.rlim_cur < rl.rlim_max) {
-    rlimit up = rl;
-    up.rlim_cur = rl.rlim_max;
-    if (::setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
-  }
-  return rl.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20
-                                      : static_cast<std::size_t>(rl.rlim_cur);
 }
 
 } // namespace
@@ -91,7 +79,7 @@ int main(int argc, char** argv) {
   o.gateway.heartbeat_ivl = std::chrono::milliseconds{heartbeat_ms};
   o.gateway.heartbeat_timeout = std::chrono::milliseconds{heartbeat_timeout_ms};
   o.log = [tag](const std::string& line) { spdlog::warn("{}{}", tag, line); };
-  auto fd_limit = open_files_limit();
+  auto fd_limit = parry::raise_open_files_limit();
   if (!keys_dir.empty()) {
     try {
       auto own = load_curve_key_pair(keys_dir + "/" + key_files::dir + "/" +

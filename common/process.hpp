@@ -27,6 +27,10 @@ bool poll_until(Pred pred, std::chrono::milliseconds timeout,
   return pred();
 }
 
+/// Raises this process's soft open-files limit to its hard limit (an unlimited hard
+/// limit counts as 2^20) and answers the soft limit then in force (1024 if unknown).
+std::size_t raise_open_files_limit();
+
 /// The pids /proc lists as `pid`'s children (of its main thread); empty when it has
 /// none or is gone.
 std::vector<pid_t> children_of(pid_t pid);

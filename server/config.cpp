@@ -1,7 +1,6 @@
 #include "server/config.hpp"
 
 #include <arpa/inet.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cctype>
@@ -972,18 +971,6 @@ std::size_t bus_connection_cap(const server_config& cfg, std::size_t fd_limit) {
   if (fd_limit >= 2 * std::size_t{cfg.bus_fd_reserve})
     return fd_limit - cfg.bus_fd_reserve;
   return std::max<std::size_t>(fd_limit / 2, 1);
-}
-
-std::size_t raise_open_files_limit() {
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 1024;
-  if (rl.rlim_cur < rl.rlim_max) {
-    rlimit up = rl;
-    up.rlim_cur = rl.rlim_max;
-    if (::setrlimit(RLIMIT_NOFILE, &up) == 0) rl = up;
-  }
-  return rl.rlim_cur == RLIM_INFINITY ? std::size_t{1} << 20
-                                      : static_cast<std::size_t>(rl.rlim_cur);
 }
 
 server_config reloaded_config(const server_config& running, const server_config& next,

@@ -219,10 +219,6 @@ server_config reloaded_config(const server_config& running, const server_config&
 /// twice the reserve gives half the limit, so the rest of the server keeps half.
 std::size_t bus_connection_cap(const server_config& cfg, std::size_t fd_limit);
 
-/// Raises this process's soft open-files limit to its hard limit and answers the
-/// soft limit then in force.
-std::size_t raise_open_files_limit();
-
 /// A TOML file of every key: each with its meaning, legal values and default as
 /// comments; keys set by the file, the environment or a flag are written out with
 /// their value, all others stay commented out (secrets are never written). The

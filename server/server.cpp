@@ -1,9 +1,5 @@
 #include "server/server.hpp"
 
-#include <arpa/inet.h>
-#include <netdb.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +36,7 @@
 #include "bus/gateway.hpp"
 #include "bus/integrator.hpp"
 #include "bus/link.hpp"
+#include "bus/reuse_port.hpp"
 #include "common/domain.hpp"
 #include "common/keys.hpp"
 #include "common/process.hpp"
@@ -277,40 +274,14 @@ std::string next_to_self(const std::string& name) {
 /// free port, held by `hold` (bound with SO_REUSEPORT, never listening, so the
 /// kernel gives it no connection) until parryd stops.
 std::string shared_port_endpoint(const std::string& endpoint, int& hold) {
-  auto colon = endpoint.rfind(':');
-  if (endpoint.rfind("tcp://", 0) != 0 || colon == std::string::npos || colon < 6)
+  auto e = bus::parse_tcp_endpoint(endpoint);
+  if (!e)
     throw std::runtime_error("bus_gateways needs a tcp://host:port bus_endpoint, not " +
                              endpoint);
-  auto port = endpoint.substr(colon + 1);
-  if (port != "*" && port != "0") return endpoint;
-  auto host = endpoint.substr(6, colon - 6);
-  auto bare =
-      host.size() > 2 && host.front() == '[' ? host.substr(1, host.size() - 2) : host;
-  if (bare == "*") bare = "0.0.0.0";
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE;
-  addrinfo* res = nullptr;
-  if (::getaddrinfo(bare.c_str(), "0", &hints, &res) != 0)
-    throw std::runtime_error("bus: cannot resolve " + endpoint);
-  int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-  int one = 1;
-  sockaddr_storage a{};
-  socklen_t len = sizeof a;
-  bool ok = fd >= 0 &&
-            ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
-            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 &&
-            ::bind(fd, res->ai_addr, res->ai_addrlen) == 0 &&
-            ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0;
-  ::freeaddrinfo(res);
-  if (!ok) {
-    if (fd >= 0) ::close(fd);
-    throw std::runtime_error("bus: cannot reserve a port for " + endpoint);
-  }
-  hold = fd;
-  auto p = a.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&a)->sin6_port
-                                   : reinterpret_cast<sockaddr_in*>(&a)->sin_port;
-  return "tcp://" + host + ":" + std::to_string(ntohs(p));
+  if (e->port != "*" && e->port != "0") return endpoint;
+  uint16_t port = 0;
+  hold = bus::reuse_port_socket(*e, 0, &port);
+  return "tcp://" + e->host + ":" + std::to_string(port);
 }
 
 /// The enrollment endpoint and the bus_keys actor behind it (CURVE only). Requests

@@ -21,6 +21,7 @@
 #include "bus/curve_keys.hpp"
 #include "bus/gateway.hpp"
 #include "bus/link.hpp"
+#include "bus/reuse_port.hpp"
 #include "bus/validate.hpp"
 #include "common/log_limiter.hpp"
 #include "common/process.hpp"
@@ -713,6 +714,21 @@ std::string raw_key(const std::string& z85) {
   return out;
 }
 
+/// A DEALER connected to `ep` with key pair `kp`, pinning `server_key`, claiming
+/// routing id `id`.
+zmq::socket_t curve_dealer(zmq::context_t& ctx, const std::string& server_key,
+                           const curve_key_pair& kp, const char* id,
+                           const std::string& ep) {
+  zmq::socket_t s{ctx, zmq::socket_type::dealer};
+  s.set(zmq::sockopt::routing_id, id);
+  s.set(zmq::sockopt::linger, 0);
+  s.set(zmq::sockopt::curve_serverkey, server_key);
+  s.set(zmq::sockopt::curve_publickey, kp.public_z85);
+  s.set(zmq::sockopt::curve_secretkey, kp.secret_z85);
+  s.connect(ep);
+  return s;
+}
+
 struct curve_bed {
   curve_key_pair server = generate_curve_key_pair();
   std::shared_ptr<key_registry> keys = std::make_shared<key_registry>();
@@ -743,14 +759,7 @@ struct curve_bed {
 
   /// A DEALER with key pair `kp` claiming routing id `id`.
   zmq::socket_t agent(const curve_key_pair& kp, const char* id) {
-    zmq::socket_t s{ctx, zmq::socket_type::dealer};
-    s.set(zmq::sockopt::routing_id, id);
-    s.set(zmq::sockopt::linger, 0);
-    s.set(zmq::sockopt::curve_serverkey, server.public_z85);
-    s.set(zmq::sockopt::curve_publickey, kp.public_z85);
-    s.set(zmq::sockopt::curve_secretkey, kp.secret_z85);
-    s.connect(ep);
-    return s;
+    return curve_dealer(ctx, server.public_z85, kp, id, ep);
   }
 
   static void heartbeat_from(zmq::socket_t& s, const char* id) {
@@ -1025,6 +1034,34 @@ BOOST_AUTO_TEST_CASE(link_codecs_round_trip_and_refuse_garbage) {
   BOOST_TEST(!decode_stats("\xc1", copy));
 }
 
+BOOST_AUTO_TEST_CASE(reuse_port_sockets_share_a_port_and_endpoints_parse) {
+  auto e = parse_tcp_endpoint("tcp://[::1]:7400");
+  BOOST_REQUIRE(e);
+  BOOST_TEST(e->host == "[::1]");
+  BOOST_TEST(e->port == "7400");
+  for (const char* bad : {"ipc:///tmp/x", "tcp://", "tcp://host", "tcp://:1", "tcp://h:"})
+    BOOST_TEST(!parse_tcp_endpoint(bad), bad);
+  uint16_t port = 0;
+  int held = reuse_port_socket({"127.0.0.1", "*"}, 0, &port);
+  BOOST_REQUIRE(port > 0);
+  // Two listeners on the reserved port: the kernel spreads connections over them.
+  tcp_endpoint same{"127.0.0.1", std::to_string(port)};
+  int a = reuse_port_socket(same, 16), b = reuse_port_socket(same, 16);
+  BOOST_TEST(a >= 0);
+  BOOST_TEST(b >= 0);
+  // A socket without SO_REUSEPORT cannot take it.
+  int plain = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_TEST(::bind(plain, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0);
+  // An address this machine does not have (TEST-NET-1): refused, nothing sent.
+  BOOST_CHECK_THROW(reuse_port_socket({"192.0.2.1", "1"}, 1), std::runtime_error);
+  for (int fd : {held, a, b, plain})
+    ::close(fd);
+}
+
 namespace {
 
 /// The link's socket in a directory of this test's own.
@@ -1106,6 +1143,10 @@ BOOST_AUTO_TEST_CASE(the_hub_refuses_a_device_on_a_second_gateway_and_counts_jun
   hub.send("dev-x", "H", "B");
   BOOST_TEST(recv_link(down1, 5s) == (std::vector<std::string>{"o", "dev-x", "H", "B"}));
   BOOST_TEST(hub.routed() == 1u);
+  // A command the gateway could not deliver: the device has no route there any more
+  // (on plain TCP, where no `gone` comes, this keeps the routes bounded).
+  send_link(up1, {"u", "dev-x"});
+  BOOST_TEST(wait_for([&] { return hub.routed() == 0; }));
   // Junk: an unknown peer, an unknown kind, a message whose header does not decode.
   send_link(evil, {"m", "x", "y"});
   send_link(up0, {"zz"});
@@ -1146,16 +1187,9 @@ BOOST_AUTO_TEST_CASE(gateway_sides_share_a_port_and_the_hub_routes_through_them)
   hub.serve_keys(keys);
   hub.start();
   // A port for both: bound with SO_REUSEPORT and held, never listening.
-  int hold = ::socket(AF_INET, SOCK_STREAM, 0);
-  int one = 1;
-  ::setsockopt(hold, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  BOOST_REQUIRE(::bind(hold, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-  BOOST_REQUIRE(::getsockname(hold, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-  auto ep = "tcp://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  uint16_t port = 0;
+  int hold = reuse_port_socket({"127.0.0.1", "*"}, 0, &port);
+  auto ep = "tcp://127.0.0.1:" + std::to_string(port);
   std::atomic<bool> stop{false};
   std::vector<std::thread> sides;
   std::atomic<int> failed{0};
@@ -1174,14 +1208,7 @@ BOOST_AUTO_TEST_CASE(gateway_sides_share_a_port_and_the_hub_routes_through_them)
   keys->admit(raw_key(bob.public_z85), {key_identity::kind_t::agent, "dev-b", ""});
   zmq::context_t agents_ctx;
   auto agent = [&](const curve_key_pair& kp, const char* id) {
-    zmq::socket_t s{agents_ctx, zmq::socket_type::dealer};
-    s.set(zmq::sockopt::routing_id, id);
-    s.set(zmq::sockopt::linger, 0);
-    s.set(zmq::sockopt::curve_serverkey, server.public_z85);
-    s.set(zmq::sockopt::curve_publickey, kp.public_z85);
-    s.set(zmq::sockopt::curve_secretkey, kp.secret_z85);
-    s.connect(ep);
-    return s;
+    return curve_dealer(agents_ctx, server.public_z85, kp, id, ep);
   };
   auto heard_from = [&](const std::string& d) {
     std::lock_guard<std::mutex> g{mtx};
