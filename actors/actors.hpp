@@ -12,6 +12,7 @@
 #include <caf/typed_actor.hpp>
 
 #include "actors/atoms.hpp"
+#include "actors/ingest.hpp"
 #include "actors/records.hpp"
 
 namespace parry {
@@ -200,8 +201,8 @@ using response_action_actor = caf::typed_actor<
 
 /// One device: its connection state, heartbeat deadline and ordered command queue.
 using device_actor = caf::typed_actor<
-    // Agent (re)connected.
-    caf::reacts_to<atom::hello, bus::hello>,
+    // Agent (re)connected; the ticket counts the hello until its record is stored.
+    caf::reacts_to<atom::hello, bus::hello, hello_ticket>,
     // Agent is alive.
     caf::reacts_to<atom::heartbeat, bus::heartbeat>,
     // Agent reported an incident (with its size on the wire, in bytes, which the
@@ -241,7 +242,7 @@ using incident_actor = caf::typed_actor<
 /// Maps ids to live actors and spawns them on demand.
 using directory_actor = caf::typed_actor<
     // Inbound from the gateway, routed to the device actor.
-    caf::reacts_to<atom::hello, std::string, bus::hello>,
+    caf::reacts_to<atom::hello, std::string, bus::hello, hello_ticket>,
     caf::reacts_to<atom::heartbeat, std::string, bus::heartbeat>,
     caf::reacts_to<atom::incident, std::string, bus::incident_report, uint64_t>,
     caf::reacts_to<atom::ack, std::string, std::string>,

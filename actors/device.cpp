@@ -69,15 +69,17 @@ void send_cancel(device_stateful self, const std::string& action_id) {
   emit(self, bus::type::cancel, c);
 }
 
-void persist(device_stateful self) {
+/// Writes the record. `ticket`: the hello that wrote it, counted until the store
+/// answers.
+void persist(device_stateful self, hello_ticket ticket = {}) {
   if (!self->state.known) {
     self->state.dirty = true; // written once the device is known, never for a stranger
     return;
   }
   self->state.stored_last_seen = self->state.rec.last_seen;
   self->request(self->state.store, store_timeout, atom::put_v, self->state.rec)
-      .then([](atom::ok) {},
-            [self](caf::error& err) {
+      .then([ticket](atom::ok) {},
+            [self, ticket](caf::error& err) {
               spdlog::error("{}cannot store state: {}",
                             log_tags({{"device", self->state.rec.device_id}}),
                             message_of(err));
@@ -121,7 +123,7 @@ void go_offline(device_stateful self, const char* why) {
   persist(self);
 }
 
-void heard(device_stateful self) {
+void heard(device_stateful self, hello_ticket ticket = {}) {
   auto& st = self->state;
   st.last_heard = self->clock().now();
   st.rec.last_seen = now_us();
@@ -129,7 +131,7 @@ void heard(device_stateful self) {
     st.rec.online = true;
     ++st.cfg.counters->online;
     st.last_active = st.last_heard;
-    persist(self);
+    persist(self, std::move(ticket));
     on_online(self);
   }
 }
@@ -429,9 +431,14 @@ device_actor::behavior_type device(device_stateful self, std::string id,
     }
   });
   return {
-      [self](atom::hello, bus::hello& h) {
+      [self](atom::hello, bus::hello& h, hello_ticket& ticket) {
         auto& st = self->state;
         bool was_online = st.rec.online;
+        // The same hello again (an agent that missed our welcome) changes nothing
+        // to store: it is welcomed again, and costs no write.
+        bool same = was_online && st.known && st.rec.hostname == h.hostname &&
+                    st.rec.os == h.os && st.rec.agent_version == h.agent_version &&
+                    st.rec.addresses == h.addresses && st.rec.isolated == h.isolated;
         st.rec.hostname = std::move(h.hostname);
         st.rec.os = std::move(h.os);
         st.rec.agent_version = std::move(h.agent_version);
@@ -445,10 +452,12 @@ device_actor::behavior_type device(device_stateful self, std::string id,
           // A reconnect we had not noticed: same as coming back online.
           st.last_heard = self->clock().now();
           st.rec.last_seen = now_us();
-          persist(self);
+          if (!same ||
+              st.rec.last_seen - st.stored_last_seen > last_seen_write_interval_us)
+            persist(self, std::move(ticket));
           on_online(self);
         } else {
-          heard(self); // stores the record with what hello said
+          heard(self, std::move(ticket)); // stores the record with what hello said
         }
       },
       [self](atom::heartbeat, const bus::heartbeat& hb) {

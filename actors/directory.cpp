@@ -356,8 +356,8 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
       spdlog::error("directory: a child actor failed: {}", caf::to_string(msg.reason));
   });
   return {
-      [self](atom::hello, const std::string& id, bus::hello& h) {
-        self->send(device_for(self, id), atom::hello_v, std::move(h));
+      [self](atom::hello, const std::string& id, bus::hello& h, hello_ticket& t) {
+        self->send(device_for(self, id), atom::hello_v, std::move(h), std::move(t));
       },
       [self](atom::heartbeat, const std::string& id, const bus::heartbeat& hb) {
         if (!passive_heartbeat(self, id, hb))

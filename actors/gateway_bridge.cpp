@@ -50,11 +50,10 @@ bus::refusal over_limit(bus::refusal_kind kind, std::string why, const char* lim
 
 } // namespace
 
-std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
-                                               bus::header&& h, std::string_view body,
-                                               const bus::decode_limits& lim,
-                                               const bus::hello_limits& hl,
-                                               ingest_gauge* gauge) {
+std::optional<bus::refusal>
+check_and_dispatch(const directory_actor& dir, bus::header&& h, std::string_view body,
+                   const bus::decode_limits& lim, const bus::hello_limits& hl,
+                   const std::shared_ptr<ingest_gauge>& gauge) {
   std::string why;
   auto& id = h.device_id;
   const auto& t = h.type;
@@ -64,7 +63,8 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
     bus::refusal r = invalid({});
     if (r.reason = bus::check_hello(*m, hl, &r.limit, &r.value); !r.reason.empty())
       return r;
-    caf::anon_send(dir, atom::hello_v, std::move(id), std::move(*m));
+    caf::anon_send(dir, atom::hello_v, std::move(id), std::move(*m),
+                   gauge ? hello_ticket{gauge} : hello_ticket{});
   } else if (t == bus::type::heartbeat) {
     auto m = bus::decode<bus::heartbeat>(body, lim, why);
     if (!m) return invalid(why);
@@ -111,7 +111,7 @@ std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
 
 bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,
                       const bus::decode_limits& lim) {
-  return !check_and_dispatch(dir, std::move(h), body, lim);
+  return !check_and_dispatch(dir, std::move(h), body, lim, {}, nullptr);
 }
 
 inbound_filter::device_slot* inbound_filter::slot_for(const std::string& id,
@@ -131,6 +131,25 @@ inbound_filter::device_slot* inbound_filter::slot_for(const std::string& id,
   s.last = now;
   s.window = now;
   return &s;
+}
+
+void inbound_filter::roll_second(clock::time_point now) {
+  if (now - second_ < std::chrono::seconds{1}) return;
+  // A whole second without a message counts as a quiet one.
+  hellos_refused_last_second_ =
+      now - second_ < std::chrono::seconds{2} ? hellos_refused_this_second_ : 0;
+  hellos_refused_this_second_ = 0;
+  second_ = now;
+  second_count_ = 0;
+}
+
+uint32_t inbound_filter::hello_retry_ms(const ingest_limits& limits) const {
+  // Refused hellos come back after this (the agent adds up to as much again): about
+  // as many as get in meanwhile, so the refusals cost no more than the admissions.
+  // Seconds per round of the bound refused in the last second, 1 to 30 s.
+  auto rounds =
+      hellos_refused_last_second_ / std::max<uint32_t>(limits.hellos_in_flight, 1);
+  return static_cast<uint32_t>(std::clamp<uint64_t>(rounds, 1, 30) * 1000);
 }
 
 std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& dir,
@@ -158,10 +177,7 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
                         "max_incidents_per_minute", limits.incidents_per_minute,
                         static_cast<uint32_t>(left.count()));
     }
-    if (now - second_ >= std::chrono::seconds{1}) {
-      second_ = now;
-      second_count_ = 0;
-    }
+    roll_second(now);
     if (gauge_->bytes.load(std::memory_order_relaxed) >= limits.incident_bytes_in_flight)
       return over_limit(
           bus::refusal_kind::busy, "server busy: too many incidents waiting to be stored",
@@ -170,8 +186,17 @@ std::optional<bus::refusal> inbound_filter::operator()(const directory_actor& di
       return over_limit(bus::refusal_kind::busy, "server busy",
                         "max_incidents_per_second", limits.incidents_per_second, 1000);
   }
-  auto refused =
-      check_and_dispatch(dir, std::move(h), body, lim_, limits.hello, gauge_.get());
+  if (is_hello) {
+    roll_second(now);
+    if (gauge_->hellos.load(std::memory_order_relaxed) >= limits.hellos_in_flight) {
+      gauge_->hellos_refused.fetch_add(1, std::memory_order_relaxed);
+      ++hellos_refused_this_second_;
+      return over_limit(
+          bus::refusal_kind::busy, "server busy: too many devices saying hello at once",
+          "max_hellos_in_flight", limits.hellos_in_flight, hello_retry_ms(limits));
+    }
+  }
+  auto refused = check_and_dispatch(dir, std::move(h), body, lim_, limits.hello, gauge_);
   if (refused) return refused;
   if (is_hello) s->helloed = true;
   // Counted once accepted: a malformed report does not use up the device's quota.

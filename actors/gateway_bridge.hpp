@@ -35,6 +35,9 @@ struct ingest_limits {
   uint32_t incidents_per_minute = 600;
   /// Incidents accepted per second from all devices together (`busy`).
   uint32_t incidents_per_second = 10000;
+  /// Hellos accepted and not yet through (their device handled them and stored what
+  /// they said); beyond it a hello is refused (`busy`) and told when to come back.
+  uint32_t hellos_in_flight = 2000;
   /// Bytes of incident reports accepted but not yet stored, all devices together;
   /// beyond it a report is refused (`busy`) until the store catches up.
   uint64_t incident_bytes_in_flight = 256ull << 20;
@@ -70,6 +73,10 @@ private:
     uint32_t incidents = 0;
   };
 
+  /// Starts a new second of the per-second counts when one has passed.
+  void roll_second(clock::time_point now);
+  /// How long a hello refused as busy is told to wait, in ms.
+  uint32_t hello_retry_ms(const ingest_limits& limits) const;
   // The slot of `id`, or nothing when a new id would exceed max_devices.
   device_slot* slot_for(const std::string& id, const ingest_limits& limits,
                         clock::time_point now);
@@ -80,17 +87,18 @@ private:
   std::unordered_map<std::string, device_slot> devices_;
   clock::time_point second_{};
   uint32_t second_count_ = 0;
+  uint64_t hellos_refused_last_second_ = 0; ///< Sets how long a refused hello waits.
+  uint64_t hellos_refused_this_second_ = 0;
 };
 
 /// Decodes one inbound body by its header's type, checks it (UTF-8, bounds, ids,
 /// the incident chain) and sends it to the directory, without per-device
-/// accounting. An incident sent on is added to `gauge` (if any). Returns why it
-/// was refused, or nothing.
-std::optional<bus::refusal> check_and_dispatch(const directory_actor& dir,
-                                               bus::header&& h, std::string_view body,
-                                               const bus::decode_limits& lim,
-                                               const bus::hello_limits& hl = {},
-                                               ingest_gauge* gauge = nullptr);
+/// accounting. An incident sent on is added to `gauge` (if any), and a hello carries
+/// a ticket of it (actors/ingest.hpp). Returns why it was refused, or nothing.
+std::optional<bus::refusal>
+check_and_dispatch(const directory_actor& dir, bus::header&& h, std::string_view body,
+                   const bus::decode_limits& lim, const bus::hello_limits& hl = {},
+                   const std::shared_ptr<ingest_gauge>& gauge = {});
 
 /// The same, as a yes/no: false for a body that was refused.
 bool dispatch_inbound(const directory_actor& dir, bus::header&& h, std::string_view body,

@@ -26,7 +26,8 @@ int64_t steady_us() {
 agent_session::agent_session(session_config cfg, executor& exec,
                              incident_source* incidents)
     : cfg_(std::move(cfg)), exec_(&exec), incidents_(incidents),
-      msg_base_(static_cast<uint64_t>(cfg_.started_at)) {
+      msg_base_(static_cast<uint64_t>(cfg_.started_at)),
+      jitter_state_(std::hash<std::string>{}(cfg_.device_id)) {
   if (!cfg_.server_signing_key.empty())
     guard_.emplace(cfg_.server_signing_key, cfg_.device_id);
 }
@@ -298,10 +299,24 @@ outbound agent_session::make(const char* type, const T& body, int64_t now) {
   return o;
 }
 
+int64_t agent_session::uniform(int64_t n) {
+  uint64_t z = (jitter_state_ += 0x9e3779b97f4a7c15ull); // splitmix64
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return n > 0 ? static_cast<int64_t>(z % static_cast<uint64_t>(n)) : 0;
+}
+
+int64_t agent_session::jittered(int64_t delay_us) {
+  int64_t quarter = std::max<int64_t>(delay_us / 4, 1);
+  return delay_us - quarter + uniform(2 * quarter);
+}
+
 outbound agent_session::make_hello(int64_t now) {
   bus::hello h = cfg_.identity;
   h.isolated = exec_->isolated();
-  hello_sent_at_ = now;
+  next_hello_ = now + jittered(hello_retry_);
+  hello_retry_ = std::min(hello_retry_ * 2, max_hello_retry_us);
   return make(bus::type::hello, h, now);
 }
 
@@ -316,7 +331,7 @@ std::vector<outbound> agent_session::on_link_up(int64_t now) {
     welcomed_ = false;
     out.push_back(make_hello(now));
   } else {
-    hello_sent_at_ = now; // the queued first hello leaves now
+    next_hello_ = now + jittered(hello_retry_us); // the queued first hello leaves now
   }
   ever_linked_ = true;
   return out;
@@ -347,6 +362,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
     if (!w) return drop("welcome: " + why);
     ++stats_.welcomes;
     welcomed_ = true;
+    hello_retry_ = hello_retry_us;
     uint32_t ms = cfg_.heartbeat_ms ? cfg_.heartbeat_ms : w->heartbeat_interval_ms;
     if (ms == 0) ms = 5000;
     heartbeat_us_ = std::clamp<int64_t>(ms, 100, 3'600'000) * 1000;
@@ -428,6 +444,13 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
       welcomed_ = false;
       out.push_back(make_hello(now));
     }
+    // The server is busy bringing other devices up: hello again once the time it
+    // named has passed, spread over as long again, so that the devices it refused
+    // together do not all come back together.
+    if (r->type == bus::type::hello && r->retry_after_ms > 0 && !welcomed_) {
+      int64_t wait = int64_t{r->retry_after_ms} * 1000;
+      next_hello_ = std::max(next_hello_, now + wait + uniform(wait));
+    }
     return out;
   }
   ++stats_.unknown_frames;
@@ -438,8 +461,7 @@ std::vector<outbound> agent_session::on_message(std::string_view header_frame,
 std::vector<outbound> agent_session::tick(int64_t now) {
   std::vector<outbound> out;
   if (!welcomed_) {
-    if (link_up_ && now - hello_sent_at_ >= hello_retry_us)
-      out.push_back(make_hello(now));
+    if (link_up_ && now >= next_hello_) out.push_back(make_hello(now));
     return out;
   }
   // Held commands, in the order they came, once the hold is lifted.
@@ -464,9 +486,7 @@ std::vector<outbound> agent_session::tick(int64_t now) {
 }
 
 int64_t agent_session::next_due() const {
-  if (!welcomed_)
-    return link_up_ ? hello_sent_at_ + hello_retry_us
-                    : std::numeric_limits<int64_t>::max();
+  if (!welcomed_) return link_up_ ? next_hello_ : std::numeric_limits<int64_t>::max();
   if (!hold_commands_ && !pending_.empty()) return 0;
   int64_t due = next_heartbeat_;
   if (incidents_) due = std::min(due, incidents_->next_report_due());

@@ -98,8 +98,12 @@ struct session_config {
 
 class agent_session {
 public:
-  /// Time between hellos while no welcome has arrived.
+  /// Time before the first hello is sent again while no welcome has arrived; each
+  /// unanswered hello doubles it (up to max_hello_retry_us), each with a jitter of
+  /// up to a quarter either way, so that thousands of agents refused together do
+  /// not come back together.
   static constexpr int64_t hello_retry_us = 3'000'000;
+  static constexpr int64_t max_hello_retry_us = 60'000'000;
   /// Time between re-sends of results the server has not acknowledged.
   static constexpr int64_t result_resend_us = 1'000'000;
   /// Journal entries kept; beyond this the oldest action is forgotten.
@@ -200,6 +204,10 @@ private:
 
   template <class T> outbound make(const char* type, const T& body, int64_t now);
   outbound make_hello(int64_t now);
+  /// A number in [0, n), from this session's own sequence (seeded by its id).
+  int64_t uniform(int64_t n);
+  /// `delay_us` give or take a quarter.
+  int64_t jittered(int64_t delay_us);
   void answer(const bus::command& cmd, int64_t received_us, int64_t now,
               std::vector<outbound>& out);
   bus::cancel_result cancel(const std::string& action_id);
@@ -233,7 +241,9 @@ private:
   bool link_up_ = false;
   bool ever_linked_ = false;
   bool welcomed_ = false;
-  int64_t hello_sent_at_ = 0;
+  int64_t next_hello_ = 0;               ///< When an unanswered hello is sent again.
+  int64_t hello_retry_ = hello_retry_us; ///< The wait after the next hello.
+  uint64_t jitter_state_;                ///< splitmix64 state, from the device id.
   int64_t heartbeat_us_ = 5'000'000;
   int64_t next_heartbeat_ = 0;
   int64_t next_resend_ = 0;

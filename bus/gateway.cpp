@@ -312,20 +312,21 @@ void gateway::wake() {
 }
 
 void gateway::warn(std::string_view peer, refusal_kind k, const std::string& line) {
-  uint64_t held = 0;
+  uint64_t held = 0, held_all = 0;
   std::string key{peer};
   key += '|';
   key += to_string(k);
-  if (!log_limit_.pass(key, held)) {
+  if (!log_limit_.pass(key, held) || !kind_log_limit_.pass(to_string(k), held_all)) {
     ++stats_.log_suppressed;
     return;
   }
   if (!warn_) return;
+  std::string more;
   if (held > 0)
-    warn_(line + " (" + std::to_string(held) +
-          " similar lines from this peer suppressed)");
-  else
-    warn_(line);
+    more += " (" + std::to_string(held) + " similar lines from this peer suppressed)";
+  if (held_all > 0)
+    more += " (" + std::to_string(held_all) + " lines of this kind suppressed)";
+  warn_(line + more);
 }
 
 void gateway::refuse(void* raw, std::string_view peer, const header* h,

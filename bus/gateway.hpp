@@ -227,6 +227,9 @@ private:
   gateway_stats stats_;
   // Socket thread only.
   log_limiter log_limit_{5, std::chrono::seconds{10}};
+  /// Lines of one refusal kind from all peers together: a storm of many devices at
+  /// once (every agent refused as busy during a cold start) is counted, not logged.
+  log_limiter kind_log_limit_{20, std::chrono::seconds{10}};
   log_limiter reply_limit_{20, std::chrono::seconds{1}};
   log_limiter audit_limit_{1, std::chrono::seconds{60}};
   uint64_t out_msg_id_ = 0;

@@ -674,6 +674,12 @@ const std::vector<entry>& table() {
               "incident reports (wire bytes) accepted but not yet stored, all devices "
               "together; beyond it reports are refused as busy",
               range{1 << 20, 4294967295, "bytes"})),
+      reloads(key("max_hellos_in_flight", &C::max_hellos_in_flight,
+                  "PARRY_MAX_HELLOS_IN_FLIGHT", "--max-hellos-in-flight",
+                  "hellos accepted but not yet through (the device handled it and its "
+                  "record is stored), all devices together; beyond it a hello is "
+                  "refused as busy with the time to come back",
+                  range{1, 1000000, "hellos"})),
       key("pbkdf2_iterations", &C::pbkdf2_iterations, "PARRY_PBKDF2_ITERATIONS",
           "--pbkdf2-iterations", "PBKDF2-HMAC-SHA256 iterations for new passwords",
           range{1000, 10000000}),

@@ -68,6 +68,8 @@ struct server_config {
   uint32_t max_incidents_per_second = 10000;
   /// Bytes of incident reports accepted from the bus and not yet stored.
   uint32_t max_incident_bytes_in_flight = 256u << 20;
+  /// Hellos accepted from the bus and not yet through (device handled, record stored).
+  uint32_t max_hellos_in_flight = 2000;
   /// PBKDF2 iterations for new passwords.
   uint32_t pbkdf2_iterations = 600000;
   /// Failed logins before an account locks, and for how long.

@@ -134,6 +134,7 @@ ingest_limits ingest_limits_of(const server_config& cfg) {
   ingest.incidents_per_minute = cfg.max_incidents_per_minute;
   ingest.incidents_per_second = cfg.max_incidents_per_second;
   ingest.incident_bytes_in_flight = cfg.max_incident_bytes_in_flight;
+  ingest.hellos_in_flight = cfg.max_hellos_in_flight;
   return ingest;
 }
 
@@ -456,6 +457,12 @@ void collect_stats(const nlohmann::json& stats, const device_counters& devices,
                                {{{}, number(stats["ingest"]["reports_in_flight"])}}));
     out.push_back(gauge_family("parry_ingest_bytes_in_flight", "Bytes of those reports",
                                {{{}, number(stats["ingest"]["bytes_in_flight"])}}));
+    out.push_back(gauge_family("parry_ingest_hellos_in_flight",
+                               "Hellos accepted from the bus, not yet through",
+                               {{{}, number(stats["ingest"]["hellos_in_flight"])}}));
+    out.push_back(counter_family("parry_ingest_hellos_refused_total",
+                                 "Hellos refused as busy (max_hellos_in_flight)",
+                                 {{{}, number(stats["ingest"]["hellos_refused"])}}));
   }
   if (stats.contains("memory")) {
     out.push_back(counter_family("parry_memory_trims_total",
@@ -859,7 +866,9 @@ void server::start() {
                        {"woken", devices->woken.load()},
                        {"dormant_actions", devices->dormant_actions.load()}};
     out["ingest"] = nlohmann::json{{"reports_in_flight", gauge->reports.load()},
-                                   {"bytes_in_flight", gauge->bytes.load()}};
+                                   {"bytes_in_flight", gauge->bytes.load()},
+                                   {"hellos_in_flight", gauge->hellos.load()},
+                                   {"hellos_refused", gauge->hellos_refused.load()}};
     memory_trim_stats trim;
     if (auto t = weak_trimmer.lock()) trim = t->stats();
     out["memory"] = nlohmann::json{{"resident_bytes", resident_bytes()},

@@ -200,7 +200,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     h.hostname = "ws-" + dev;
     h.os = "Windows 10";
     h.isolated = isolated;
-    caf::anon_send(dir, atom::hello_v, dev, h);
+    caf::anon_send(dir, atom::hello_v, dev, h, hello_ticket{});
     sched.run();
   }
 
@@ -505,6 +505,72 @@ BOOST_AUTO_TEST_CASE(incident_bytes_in_flight_are_bounded_and_given_back_once_st
   gauge->add(100);
   sched.run();
   BOOST_TEST(gauge->bytes.load() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(hellos_in_flight_are_bounded_and_given_back_once_stored) {
+  ingest_limits lim;
+  lim.hellos_in_flight = 2;
+  inbound_filter filter{bus::decode_limits{}, lim, gauge};
+  auto now = inbound_filter::clock::now();
+  auto from = [](const char* dev) {
+    bus::header h;
+    h.type = bus::type::hello;
+    h.device_id = dev;
+    return h;
+  };
+  bus::hello says;
+  says.hostname = "ws-1";
+  says.os = "Windows 10";
+  auto body = bus::encode(says);
+  BOOST_TEST(!filter(dir, from("dev-1"), body, now));
+  BOOST_TEST(!filter(dir, from("dev-2"), body, now));
+  BOOST_TEST(gauge->hellos.load() == 2u);
+  auto refused = filter(dir, from("dev-3"), body, now);
+  BOOST_REQUIRE(refused);
+  BOOST_TEST((refused->kind == bus::refusal_kind::busy));
+  BOOST_TEST(refused->limit == "max_hellos_in_flight");
+  BOOST_TEST(refused->value == 2u);
+  BOOST_TEST(refused->retry_after_ms == 1000u);
+  BOOST_TEST(gauge->hellos_refused.load() == 1u);
+  // Handled and stored: the bound frees up, and the refused device gets in.
+  sched.run();
+  BOOST_TEST(gauge->hellos.load() == 0u);
+  BOOST_TEST(of_type("welcome").size() == 2u);
+  BOOST_TEST(read("device", "dev-2")["device"]["online"] == true);
+  BOOST_TEST(!filter(dir, from("dev-3"), body, now));
+  sched.run();
+  BOOST_TEST(gauge->hellos.load() == 0u);
+  BOOST_TEST(of_type("welcome").size() == 3u);
+
+  // Many refused in one second: the next refusals say to wait a second per round
+  // of the bound (6 refused / 2 in flight: 3 s).
+  BOOST_TEST(!filter(dir, from("dev-4"), body, now));
+  BOOST_TEST(!filter(dir, from("dev-5"), body, now));
+  for (int i = 0; i < 6; ++i)
+    BOOST_TEST(filter(dir, from("dev-6"), body, now + 1s)->retry_after_ms == 1000u);
+  BOOST_TEST(filter(dir, from("dev-6"), body, now + 2s)->retry_after_ms == 3000u);
+  BOOST_TEST(gauge->hellos_refused.load() == 8u);
+  sched.run();
+  BOOST_TEST(gauge->hellos.load() == 0u);
+
+  // A hello lost on the way (its directory is gone) leaves the count all the same.
+  stop_server();
+  BOOST_TEST(!filter(dir, from("dev-7"), body, now + 3s));
+  sched.run();
+  BOOST_TEST(gauge->hellos.load() == 0u);
+  start_server();
+}
+
+BOOST_AUTO_TEST_CASE(the_same_hello_again_is_welcomed_without_a_store_write) {
+  auto& store = deref<store_actor::stateful_base<store_state>>(st).state;
+  hello("dev-1");
+  auto writes = store.writes;
+  hello("dev-1"); // the agent missed our welcome
+  BOOST_TEST(of_type("welcome").size() == 2u);
+  BOOST_TEST(store.writes == writes);
+  hello("dev-1", true); // something changed: stored
+  BOOST_TEST(store.writes == writes + 1);
+  BOOST_TEST(read("device", "dev-1")["device"]["isolated"] == true);
 }
 
 BOOST_AUTO_TEST_CASE(resent_report_is_the_same_incident) {
@@ -1299,7 +1365,7 @@ struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
     sched.run();
     bus::hello h;
     h.hostname = "ws-9";
-    caf::anon_send(dev, atom::hello_v, h);
+    caf::anon_send(dev, atom::hello_v, h, hello_ticket{});
     sched.run();
     sent->clear();
     log->calls.clear();

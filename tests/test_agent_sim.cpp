@@ -456,7 +456,7 @@ BOOST_AUTO_TEST_CASE(protocol_without_sockets) {
   // No welcome: hello again after the retry interval, but only once linked.
   BOOST_TEST(ep.tick(t0 + sim_endpoint::hello_retry_us).empty());
   BOOST_TEST(ep.on_link_up(t0).empty());
-  out = ep.tick(t0 + sim_endpoint::hello_retry_us);
+  out = ep.tick(t0 + sim_endpoint::hello_retry_us * 5 / 4); // give or take a quarter
   BOOST_TEST_REQUIRE(out.size() == 1u);
   BOOST_TEST(out[0].head.type == "hello");
   BOOST_TEST(out[0].head.seq == seq + 1);
@@ -521,6 +521,60 @@ BOOST_AUTO_TEST_CASE(protocol_without_sockets) {
   r.limit = "max_incidents_per_minute";
   BOOST_TEST(ep.on_message(header_frame("rejected", id), bus::encode(r), now).empty());
   BOOST_TEST(ep.welcomed());
+}
+
+BOOST_AUTO_TEST_CASE(unanswered_hellos_back_off_and_a_busy_server_is_waited_for) {
+  auto all = shipped_scenarios();
+  sim_endpoint ep(3, test_config(), all, t0);
+  const std::string id = ep.device_id();
+  ep.start(t0);
+  ep.on_link_up(t0);
+  // Each unanswered hello waits about twice as long as the one before (give or take
+  // a quarter), up to a minute.
+  int64_t now = t0;
+  std::vector<int64_t> waits;
+  for (int i = 0; i < 8; ++i) {
+    int64_t due = ep.next_due();
+    BOOST_TEST_REQUIRE(due > now);
+    BOOST_TEST(ep.tick(due - 1).empty());
+    auto out = ep.tick(due);
+    BOOST_TEST_REQUIRE(out.size() == 1u);
+    BOOST_TEST(out[0].head.type == "hello");
+    waits.push_back(due - now);
+    now = due;
+  }
+  int64_t nominal = sim_endpoint::hello_retry_us;
+  for (auto wait : waits) {
+    BOOST_TEST(wait >= nominal * 3 / 4);
+    BOOST_TEST(wait <= nominal * 5 / 4);
+    nominal = std::min<int64_t>(nominal * 2, agent_session::max_hello_retry_us);
+  }
+  // Two endpoints do not keep the same rhythm.
+  sim_endpoint other(4, test_config(), all, t0);
+  other.start(t0);
+  other.on_link_up(t0);
+  BOOST_TEST(other.next_due() != t0 + waits[0]);
+
+  // A welcome starts the waits over.
+  bus::welcome w;
+  w.heartbeat_interval_ms = 1000;
+  ep.on_message(header_frame("welcome", id), bus::encode(w), now);
+  ep.on_link_down();
+  auto out = ep.on_link_up(now);
+  BOOST_TEST((types_of(out) == std::vector<std::string>{"hello"}));
+  BOOST_TEST(ep.next_due() - now <= sim_endpoint::hello_retry_us * 5 / 4);
+
+  // Refused as busy: no hello before the time the server named, and then within as
+  // long again.
+  bus::rejected r;
+  r.type = "hello";
+  r.limit = "max_hellos_in_flight";
+  r.retry_after_ms = 20000;
+  BOOST_TEST(ep.on_message(header_frame("rejected", id), bus::encode(r), now).empty());
+  BOOST_TEST(ep.next_due() >= now + 20'000'000);
+  BOOST_TEST(ep.next_due() < now + 40'000'000);
+  BOOST_TEST(ep.tick(now + 19'999'999).empty());
+  BOOST_TEST((types_of(ep.tick(ep.next_due())) == std::vector<std::string>{"hello"}));
 }
 
 BOOST_AUTO_TEST_CASE(bad_frames_are_counted_and_dropped) {

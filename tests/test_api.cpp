@@ -225,7 +225,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     bus::hello h;
     h.hostname = "ws-" + dev;
     h.os = "Windows 10";
-    caf::anon_send(dir, atom::hello_v, dev, h);
+    caf::anon_send(dir, atom::hello_v, dev, h, hello_ticket{});
     sched.run();
     caf::anon_send(dir, atom::incident_v, dev, rep, uint64_t{0});
     sched.run();

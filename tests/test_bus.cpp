@@ -597,6 +597,43 @@ BOOST_AUTO_TEST_CASE(refusals_are_answered_and_their_log_lines_limited) {
   gw.stop();
 }
 
+// Refusals of one kind from many devices at once (a cold start refused as busy) are
+// logged a bounded number of times in all, not a few times per device.
+BOOST_AUTO_TEST_CASE(one_kind_of_refusal_from_many_devices_is_logged_a_few_times) {
+  std::atomic<int> seen{0};
+  std::atomic<int> lines{0};
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [&](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+               ++seen;
+               return refusal{refusal_kind::busy, "server busy", "max_hellos_in_flight",
+                              2000, 1000};
+             },
+             nullptr};
+  gw.on_warning([&](const std::string&) { ++lines; });
+  dealer_rig rig;
+  rig.ep = gw.start();
+  constexpr int devices = 40;
+  std::vector<zmq::socket_t> dealers;
+  for (int i = 0; i < devices; ++i) {
+    auto id = "dev-" + std::to_string(i);
+    dealers.push_back(rig.dealer(id.c_str()));
+    send_msg(dealers.back(), encode(make_header("hello", id.c_str())), encode(hello{}));
+  }
+  BOOST_REQUIRE(wait_for([&] { return seen.load() == devices; }));
+  BOOST_TEST(gw.stats().refused[static_cast<int>(refusal_kind::busy)].load() ==
+             uint64_t{devices});
+  BOOST_TEST(lines.load() <= 20);
+  BOOST_TEST(gw.stats().log_suppressed.load() >= uint64_t{devices - 20});
+  // Every device still hears why, with when to come back.
+  auto got = recv_msg(dealers.back(), 10s);
+  BOOST_REQUIRE(got);
+  std::string why;
+  auto rej = decode<rejected>(got->second, decode_limits{}, why);
+  BOOST_REQUIRE(rej);
+  BOOST_TEST(rej->retry_after_ms == 1000u);
+  gw.stop();
+}
+
 // A header naming another device is refused and reported for the audit trail.
 BOOST_AUTO_TEST_CASE(spoofed_header_is_reported_for_audit) {
   std::vector<std::pair<std::string, std::string>> audited;
