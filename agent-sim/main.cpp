@@ -93,6 +93,10 @@ int main(int argc, char** argv) {
   app.add_option("--incidents", cfg.endpoint.max_incidents,
                  "Incidents per endpoint, 0 for no limit")
       ->capture_default_str();
+  bool no_incidents = false;
+  app.add_flag("--no-incidents", no_incidents,
+               "Report no incidents at all (a run of connections and actions only; "
+               "otherwise each endpoint's first comes within 2 s of its welcome)");
   app.add_option("--heartbeat-ms", cfg.endpoint.heartbeat_ms,
                  "Heartbeat interval instead of the server's")
       ->check(CLI::Range(100u, 3'600'000u));
@@ -123,6 +127,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   CLI11_PARSE(app, argc, argv);
+  cfg.endpoint.report_incidents = !no_incidents;
 
   if (real) {
     if (sim != 0) return fail("--real and --sim exclude each other");
@@ -130,9 +135,10 @@ int main(int argc, char** argv) {
     if (plain) return fail("--real speaks only CURVE with an enrolled key: no --plain");
     // The real agent takes these from its configuration file: a flag that would be
     // silently ignored is refused instead.
-    for (const char* o : {"--server", "--enroll-server", "--state-dir", "--seed",
-                          "--id-prefix", "--scenarios", "--incident-interval-ms",
-                          "--incidents", "--heartbeat-ms", "--generate"})
+    for (const char* o :
+         {"--server", "--enroll-server", "--state-dir", "--seed", "--id-prefix",
+          "--scenarios", "--incident-interval-ms", "--incidents", "--no-incidents",
+          "--heartbeat-ms", "--generate"})
       if (app.count(o) > 0)
         return fail(std::string(o) + " does not apply to --real: set it in the "
                                      "configuration file (docs/agent-real.md)");

@@ -386,7 +386,8 @@ sim_endpoint::sim_endpoint(std::size_t index, const endpoint_config& cfg,
                                          sim_rng::derive(cfg.seed, index, 3))),
       incidents_(std::make_unique<incidents>(device_id_for(cfg.id_prefix, index), cfg,
                                              scenarios, *host_)),
-      session_(session_for(*host_, cfg, started_at), *host_, incidents_.get()) {}
+      session_(session_for(*host_, cfg, started_at), *host_,
+               cfg.report_incidents ? incidents_.get() : nullptr) {}
 
 sim_endpoint::~sim_endpoint() = default;
 sim_endpoint::sim_endpoint(sim_endpoint&&) noexcept = default;

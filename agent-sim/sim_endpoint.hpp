@@ -31,7 +31,8 @@ struct endpoint_config {
   std::string server = "tcp://127.0.0.1:7400"; ///< Named in the isolation rules.
   int64_t incident_interval_us = 30'000'000;   ///< Mean time between incidents.
   uint64_t max_incidents = 0;                  ///< Per endpoint; 0 means unlimited.
-  uint32_t heartbeat_ms = 0;                   ///< 0 means what the welcome says.
+  bool report_incidents = true; ///< False: none at all (connection and action runs).
+  uint32_t heartbeat_ms = 0;    ///< 0 means what the welcome says.
   /// Part of every report id, so a restarted run with the same seed does not reuse
   /// ids the server has already seen. Empty in `--generate` dumps.
   std::string run_tag;

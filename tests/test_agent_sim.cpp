@@ -929,6 +929,29 @@ BOOST_AUTO_TEST_CASE(suppressed_incidents_are_not_sent) {
   BOOST_TEST(ep.stats().suppressed_incidents == 1u);
 }
 
+BOOST_AUTO_TEST_CASE(an_endpoint_told_to_report_no_incidents_sends_none) {
+  auto all = shipped_scenarios();
+  for (bool report : {true, false}) {
+    endpoint_config cfg = test_config();
+    cfg.incident_interval_us = 1'000'000;
+    cfg.report_incidents = report;
+    sim_endpoint ep(0, cfg, all, t0);
+    ep.start(t0);
+    ep.on_link_up(t0);
+    bus::welcome w;
+    w.heartbeat_interval_ms = 1000;
+    ep.on_message(header_frame("welcome", ep.device_id()), bus::encode(w), t0);
+    std::size_t incidents = 0, heartbeats = 0;
+    for (int64_t now = t0; now < t0 + 60'000'000; now += 250'000)
+      for (const auto& o : ep.tick(now)) {
+        incidents += o.head.type == "incident";
+        heartbeats += o.head.type == "heartbeat";
+      }
+    BOOST_TEST((incidents > 0) == report);
+    BOOST_TEST(heartbeats >= 50u); // the endpoint keeps talking either way
+  }
+}
+
 BOOST_AUTO_TEST_CASE(quarantine_and_restore_round_trip) {
   auto scenarios = dropper_scenarios();
   sim_endpoint ep(0, test_config(), scenarios, t0);
