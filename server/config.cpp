@@ -694,6 +694,11 @@ const std::vector<entry>& table() {
           range{1, 10080, "minutes"}),
       key("workers", &C::workers, "PARRY_WORKERS", "--workers",
           "actor scheduler threads (0: one per core)", range{0, 256, "threads"}),
+      key("scheduler", &C::scheduler, "PARRY_SCHEDULER", "--scheduler",
+          "how actor threads find work: sharing (one queue; idle threads sleep) or "
+          "stealing (CAF's default; idle threads poll each other's queues under spin "
+          "locks, which stalls a machine whose cores other processes keep busy)",
+          one_of({"sharing", "stealing"})),
       reloads(key("log_level", &C::log_level, "PARRY_LOG_LEVEL", "--log-level",
                   "log verbosity", one_of({"trace", "debug", "info", "warn", "error"}))),
       reloads(

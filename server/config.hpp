@@ -97,6 +97,9 @@ struct server_config {
   uint32_t http_idle_timeout_seconds = 30;
   /// Actor scheduler threads (0: one per core).
   uint32_t workers = 0;
+  /// How the actor threads find work: "sharing" (one queue, idle threads sleep on
+  /// it) or "stealing" (a queue per thread, idle threads poll the others' queues).
+  std::string scheduler = "sharing";
   /// trace, debug, info, warn, error.
   std::string log_level = "info";
   /// text (one line a message) or json (one JSON object a line, for the journal or

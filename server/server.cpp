@@ -155,6 +155,8 @@ std::shared_ptr<siem_exporter> make_siem(const server_config& cfg) {
   return std::make_shared<siem_exporter>(so);
 }
 
+} // namespace
+
 caf::actor_system_config make_caf_config(const server_config& cfg) {
   caf::actor_system_config out;
   out.add_error_category(ec_category(),
@@ -169,8 +171,16 @@ caf::actor_system_config make_caf_config(const server_config& cfg) {
   auto workers =
       cfg.workers > 0 ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
   out.set("scheduler.max-threads", static_cast<size_t>(workers));
+  // Work stealing locks other threads' queues with spin locks that yield: when the
+  // machine's cores are busy (2 cores, simulated agents beside the server) a thread
+  // preempted while holding one stalls every sender, the store's answers included.
+  // 50,000 simulated endpoints came online in 54 s with sharing, not in 90 s with
+  // stealing (docs/benchmarks.md).
+  out.set("scheduler.policy", caf::atom_from_string(cfg.scheduler));
   return out;
 }
+
+namespace {
 
 /// Waits for one answer from `dest` (only at start-up, never inside an actor).
 template <class T, class Handle, class... Ts>

@@ -6,7 +6,15 @@
 
 #include "server/config.hpp"
 
+namespace caf {
+class actor_system_config;
+} // namespace caf
+
 namespace parry {
+
+/// The actor system's settings for `cfg`: scheduler threads and policy, and our
+/// error category.
+caf::actor_system_config make_caf_config(const server_config& cfg);
 
 /// Creates `dir` if needed and makes it and everything in it private to the
 /// owner: directories 0700, regular files 0600 (symbolic links are left alone).

@@ -18,7 +18,9 @@
 #include "common/process.hpp"
 #include "server/config.hpp"
 #include "server/logging.hpp"
+#include "server/server.hpp"
 
+#include <caf/actor_system_config.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/details/log_msg.h>
 #include <spdlog/formatter.h>
@@ -247,6 +249,21 @@ BOOST_FIXTURE_TEST_CASE(every_key_is_reachable_from_every_layer, fixture) {
 
 BOOST_AUTO_TEST_SUITE_END()
 
+// Work sharing unless told otherwise: work stealing's spin locks stalled the
+// store's answers on a machine whose cores the agents kept busy (docs/benchmarks.md).
+BOOST_AUTO_TEST_CASE(the_scheduler_policy_reaches_the_actor_system) {
+  server_config c;
+  auto policy = [&] {
+    return caf::get<caf::atom_value>(make_caf_config(c), "scheduler.policy");
+  };
+  BOOST_TEST(c.scheduler == "sharing");
+  BOOST_TEST(policy() == caf::atom("sharing"));
+  c.scheduler = "stealing";
+  BOOST_TEST(policy() == caf::atom("stealing"));
+  c.workers = 3;
+  BOOST_TEST(caf::get<size_t>(make_caf_config(c), "scheduler.max-threads") == 3u);
+}
+
 BOOST_AUTO_TEST_SUITE(errors)
 
 BOOST_FIXTURE_TEST_CASE(from_the_environment, fixture) {
@@ -257,6 +274,9 @@ BOOST_FIXTURE_TEST_CASE(from_the_environment, fixture) {
   env.clear();
   env["PARRY_WORKERS"] = "-1";
   check_error(fail(), "workers", "env PARRY_WORKERS", "-1");
+  env.clear();
+  env["PARRY_SCHEDULER"] = "fastest";
+  check_error(fail(), "scheduler", "env PARRY_SCHEDULER", "fastest");
   env.clear();
   env["PARRY_DATA_DIR"] = "bad\xFF\x01";
   auto err = fail();
