@@ -174,8 +174,8 @@ caf::actor_system_config make_caf_config(const server_config& cfg) {
   // Work stealing locks other threads' queues with spin locks that yield: when the
   // machine's cores are busy (2 cores, simulated agents beside the server) a thread
   // preempted while holding one stalls every sender, the store's answers included.
-  // 50,000 simulated endpoints came online in 54 s with sharing, not in 90 s with
-  // stealing (docs/benchmarks.md).
+  // Of 50,000 simulated endpoints, 48,500-50,000 came online within 41-69 s with
+  // sharing; with stealing every run stalled below 25,000 (docs/benchmarks.md).
   out.set("scheduler.policy", caf::atom_from_string(cfg.scheduler));
   return out;
 }
