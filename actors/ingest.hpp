@@ -47,9 +47,6 @@ public:
     held_ = std::make_shared<held>(std::move(gauge));
   }
 
-  /// The hello is through (nothing more to wait for).
-  void release() { held_.reset(); }
-
   // Never leaves the process: nothing to serialize.
   template <class Inspector> friend auto inspect(Inspector& f, hello_ticket&) {
     return f();
