@@ -66,13 +66,20 @@ int main(int argc, char** argv) {
 
   auto tag = "gateway " + std::to_string(o.index) + ": ";
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  // parryd's children end with it, even after a SIGKILL of parryd.
-  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (parent > 0 && ::getppid() != parent) return 0;
+  // parryd's children end with it, even after a SIGKILL of parryd: the handler is in
+  // place and the signals unblocked (a mask inherited through exec would hold the
+  // SIGTERM back for good) before the parent is looked at.
   struct sigaction sa {};
   sa.sa_handler = on_signal;
   ::sigaction(SIGTERM, &sa, nullptr);
   ::sigaction(SIGINT, &sa, nullptr);
+  sigset_t stops;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGTERM);
+  sigaddset(&stops, SIGINT);
+  ::pthread_sigmask(SIG_UNBLOCK, &stops, nullptr);
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  if (parent > 0 && ::getppid() != parent) return 0;
   ::signal(SIGPIPE, SIG_IGN);
 
   o.limits.max_frame = max_frame;

@@ -1,5 +1,6 @@
 #include "server/gateway_procs.hpp"
 
+#include <csignal>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -40,8 +41,23 @@ pid_t gateway_procs::spawn(std::size_t i) {
   for (auto& a : argv_[i])
     args.push_back(a.data());
   args.push_back(nullptr);
+  // parryd blocks SIGTERM, SIGINT and SIGHUP in every thread (a signal thread takes
+  // them); a child would inherit that mask through exec and never hear the SIGTERM
+  // of PR_SET_PDEATHSIG, outliving a parryd killed -9 on the port it holds. The
+  // child starts with nothing blocked and default dispositions.
+  posix_spawnattr_t attr;
+  ::posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE})
+    sigaddset(&defaults, sig);
+  ::posix_spawnattr_setsigmask(&attr, &none);
+  ::posix_spawnattr_setsigdefault(&attr, &defaults);
+  ::posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ);
+  int rc = ::posix_spawn(&pid, args[0], nullptr, &attr, args.data(), environ);
+  ::posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     spdlog::error("bus: cannot start gateway {} ({}): {}", i, argv_[i][0],
                   std::strerror(rc));

@@ -624,6 +624,34 @@ BOOST_AUTO_TEST_CASE(gateway_processes_share_the_port_and_survive_a_kill) {
   fleet->stop(SIGTERM);
 }
 
+// A parryd killed -9 takes its gateway processes with it (PR_SET_PDEATHSIG): left
+// behind, they would hold the shared port and the agents' connections for good, and a
+// restarted parryd would see none of its devices.
+BOOST_AUTO_TEST_CASE(gateways_end_with_a_parryd_killed_minus_nine) {
+  agents->stop(SIGTERM);
+  int status = server->stop(SIGTERM);
+  BOOST_REQUIRE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  start_server(bus_endpoint, {"--bus-gateways", "2"});
+  agents = start_agents("sim", 5, {}, "agent.log");
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+  auto kids = children_of(server->pid());
+  BOOST_REQUIRE_EQUAL(kids.size(), 2u);
+  server->stop(SIGKILL);
+  // Gone, or a zombie that nobody reaps (pid 1 of a container may not).
+  auto ended = [](pid_t pid) {
+    std::ifstream stat{"/proc/" + std::to_string(pid) + "/stat"};
+    std::string line;
+    if (!std::getline(stat, line)) return true;
+    auto paren = line.rfind(')');
+    return paren != std::string::npos && paren + 2 < line.size() &&
+           line[paren + 2] == 'Z';
+  };
+  for (pid_t kid : kids)
+    BOOST_TEST(eventually([&] { return ended(kid); }), "gateway " << kid);
+  start_server(bus_endpoint, {"--bus-gateways", "2"});
+  BOOST_TEST(eventually([&] { return get("/stats")["devices_online"] == 5; }));
+}
+
 BOOST_AUTO_TEST_CASE(idempotency_key_returns_the_same_action) {
   auto id = incident_of("sim-0001")["incident_id"].get<std::string>();
   json body{
