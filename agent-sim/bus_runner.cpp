@@ -7,6 +7,7 @@
 #include <limits>
 #include <stdexcept>
 
+#include <deque>
 #include <queue>
 #include <utility>
 
@@ -33,6 +34,9 @@ enum item_kind : uint64_t { dealer_item = 0, monitor_item = 1, watched_item = 2 
 constexpr int max_reads_per_round = 64;
 // How often the hold files are looked at: a stat each, cheap enough.
 constexpr int64_t hold_check_us = 100'000;
+// How long an opened socket counts as dialling when no handshake finishes (as long
+// as ZeroMQ waits for one connect: connect_timeout below).
+constexpr int64_t dial_window_us = 2'000'000;
 // Back-off between attempts after a refused handshake.
 constexpr int64_t first_redial_us = 1'000'000;
 constexpr int64_t max_redial_us = 30'000'000;
@@ -92,6 +96,11 @@ struct bus_runner::impl {
   std::vector<int64_t> redial_at;    // 0: none due
   std::vector<int64_t> redial_delay; // next back-off
   std::size_t redials_waiting = 0;
+  std::size_t opened = 0; // sessions [0, opened) have their socket
+  // Sockets opened and still counted against cfg.connects_in_flight, oldest first,
+  // with the time each was opened; linked_once[i] ends its count early.
+  std::deque<std::pair<int64_t, std::size_t>> dialling;
+  std::vector<uint8_t> linked_once;
   uint64_t generation = 0; // makes each monitor endpoint unique
   uint64_t refused_handshakes = 0;
   uint64_t send_failures = 0;
@@ -110,6 +119,8 @@ struct bus_runner::impl {
   void read_messages(std::size_t i, int64_t now);
   void read_monitor(std::size_t i, int64_t now);
   void open_socket(std::size_t i);
+  int64_t next_open(int64_t now);
+  void open_next(int64_t now);
   void close_socket(std::size_t i);
   void redial_due(int64_t now);
   void watch_fd(int fd, uint64_t tag);
@@ -136,6 +147,7 @@ void bus_runner::impl::mark_pending(std::size_t i, item_kind kind) {
 }
 
 void bus_runner::impl::touch_timer(std::size_t i) {
+  if (i >= opened) return; // its timers start with its socket
   int64_t due = sessions[i]->next_due();
   if (due >= queued_due[i]) return; // the queued entry comes first and re-queues
   queued_due[i] = due;
@@ -216,6 +228,35 @@ void bus_runner::impl::open_socket(std::size_t i) {
   mark_pending(i, dealer_item);
 }
 
+// When the next socket may be opened: now while fewer than cfg.connects_in_flight
+// are dialling, else when the oldest of them stops counting (a finished handshake
+// wakes the loop by itself); never once every session has its socket.
+int64_t bus_runner::impl::next_open(int64_t now) {
+  while (!dialling.empty() && (linked_once[dialling.front().second] ||
+                               now - dialling.front().first >= dial_window_us))
+    dialling.pop_front();
+  if (opened == sessions.size()) return std::numeric_limits<int64_t>::max();
+  if (dialling.size() < std::max<std::size_t>(1, cfg.connects_in_flight)) return now;
+  return dialling.front().first + dial_window_us;
+}
+
+// Opens sockets while the window allows, and starts their sessions.
+void bus_runner::impl::open_next(int64_t now) {
+  while (next_open(now) <= now) {
+    std::size_t i = opened;
+    try {
+      open_socket(i);
+    } catch (const zmq::error_t& e) {
+      throw std::runtime_error("cannot set up endpoint sockets for " + cfg.server + ": " +
+                               e.what());
+    }
+    ++opened;
+    dialling.emplace_back(now, i);
+    send(i, sessions[i]->start(now));
+    touch_timer(i);
+  }
+}
+
 void bus_runner::impl::close_socket(std::size_t i) {
   for (int* fd : {&dealer_fd[i], &monitor_fd[i]}) {
     if (*fd >= 0) ::epoll_ctl(epoll_fd, EPOLL_CTL_DEL, *fd, nullptr);
@@ -240,6 +281,10 @@ void bus_runner::impl::redial_due(int64_t now) {
 
 void bus_runner::impl::send(std::size_t i, const std::vector<outbound>& msgs) {
   if (msgs.empty()) return;
+  if (i >= opened) { // no socket yet: nothing to send on
+    send_failures += msgs.size();
+    return;
+  }
   // A send may take in the socket's pending commands and with them the signal that
   // input arrived: look at ZMQ_EVENTS again next round.
   if (dealer_fd[i] >= 0) mark_pending(i, dealer_item);
@@ -340,6 +385,7 @@ void bus_runner::impl::read_monitor(std::size_t i, int64_t now) {
       return;
     } else if (id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       redial_delay[i] = first_redial_us;
+      linked_once[i] = 1;
       spdlog::debug("{}: connected", sessions[i]->device_id());
       send(i, sessions[i]->on_link_up(now));
       touch_timer(i);
@@ -395,6 +441,7 @@ void bus_runner::start() {
   m.queued_due.assign(n, std::numeric_limits<int64_t>::max());
   m.redial_at.assign(n, 0);
   m.redial_delay.assign(n, first_redial_us);
+  m.linked_once.assign(n, 0);
   m.epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
   if (m.epoll_fd < 0)
     throw std::runtime_error(std::string("epoll_create1: ") + std::strerror(errno));
@@ -403,17 +450,7 @@ void bus_runner::start() {
   int64_t now = now_us();
   // Before any socket: a command must not slip through ahead of the first look.
   m.check_hold(now);
-  try {
-    for (std::size_t i = 0; i < n; ++i)
-      m.open_socket(i);
-  } catch (const zmq::error_t& e) {
-    throw std::runtime_error("cannot set up endpoint sockets for " + m.cfg.server + ": " +
-                             e.what());
-  }
-  for (std::size_t i = 0; i < n; ++i) {
-    m.send(i, m.sessions[i]->start(now));
-    m.touch_timer(i);
-  }
+  m.open_next(now);
   m.started = true;
 }
 
@@ -446,8 +483,8 @@ void bus_runner::poll_once(long max_wait_ms) {
   impl& m = *impl_;
   if (!m.started) throw std::logic_error("bus_runner::poll_once before start");
   int64_t now = now_us();
-  int64_t due = std::min(m.round_hook ? m.hook_due : std::numeric_limits<int64_t>::max(),
-                         m.next_timer());
+  int64_t due = std::min({m.round_hook ? m.hook_due : std::numeric_limits<int64_t>::max(),
+                          m.next_timer(), m.next_open(now)});
   long wait = max_wait_ms;
   if (!m.pending.empty())
     wait = 0; // sockets that may hold input without a signal
@@ -482,6 +519,7 @@ void bus_runner::poll_once(long max_wait_ms) {
     throw;
   }
   now = now_us();
+  m.open_next(now);
   m.redial_due(now);
   m.check_hold(now);
   // Watchers and the round hook may change any session's timers (the real agent's
@@ -500,6 +538,10 @@ void bus_runner::poll_once(long max_wait_ms) {
 void bus_runner::send(std::size_t i, const std::vector<outbound>& msgs) {
   impl_->send(i, msgs);
   impl_->touch_timer(i);
+}
+
+std::size_t bus_runner::sockets_opened() const {
+  return impl_->opened;
 }
 
 uint64_t bus_runner::send_failures() const {

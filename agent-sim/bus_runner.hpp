@@ -40,6 +40,13 @@ struct link_config {
   /// Sessions per source address at most: their ports stay below 32768.
   static constexpr std::size_t max_per_source = 22000;
   bool raise_fd_limit = true; ///< Raise RLIMIT_NOFILE to its hard limit at start.
+  /// Sockets dialling at once, at least 1: a session's socket is opened only while
+  /// fewer than this many opened sockets have neither finished their handshake nor
+  /// been dialling for 2 s. ZeroMQ's I/O thread takes in every queued connect before
+  /// it looks at any socket again, so opening thousands at once leaves every
+  /// handshake waiting for the last connect; a window keeps sessions coming online
+  /// from the first second.
+  std::size_t connects_in_flight = 256;
   /// Test hook: while this file exists, every session holds the commands it receives
   /// (agent_session::set_hold). Empty means no hook.
   std::string hold_file;
@@ -69,8 +76,10 @@ public:
   /// (microseconds, max int64 for never), which bounds the poll's wait.
   void on_round(std::function<int64_t(int64_t now)> hook);
 
-  /// Raises the descriptor limit, opens and connects every socket and queues each
-  /// session's hello. Throws std::runtime_error when the sockets cannot be made.
+  /// Raises the descriptor limit and opens and connects the first
+  /// `connects_in_flight` sockets; later rounds open more as handshakes finish, until
+  /// every session has its socket. Throws std::runtime_error when a socket cannot be
+  /// made.
   void start();
 
   /// Waits at most `max_wait_ms` for a message, a link event, a watched descriptor
@@ -82,6 +91,8 @@ public:
   /// round hook produced).
   void send(std::size_t i, const std::vector<outbound>& msgs);
 
+  /// Sessions whose socket has been opened and dialled so far.
+  std::size_t sockets_opened() const;
   /// Messages dropped because a socket's queue was full.
   uint64_t send_failures() const;
   /// Handshakes the server refused (key unknown or revoked, device connected).

@@ -109,6 +109,7 @@ runner_stats sim_runner::stats() const {
     s.linked += ep.link_up();
   }
   s.send_failures = impl_->bus ? impl_->bus->send_failures() : 0;
+  s.opened = impl_->bus ? impl_->bus->sockets_opened() : 0;
   return s;
 }
 

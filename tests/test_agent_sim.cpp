@@ -688,6 +688,49 @@ BOOST_AUTO_TEST_CASE(runner_talks_to_a_router) {
   BOOST_TEST(s.totals.incidents == 4u);
 }
 
+// Thousands of endpoints in one process come up in steps: a socket is opened only
+// while fewer than connects_in_flight are still dialling, so the first ones say hello
+// while later sockets are still to be made, and every one gets there.
+BOOST_AUTO_TEST_CASE(runner_keeps_a_bounded_window_of_connects) {
+  zmq::context_t ctx;
+  zmq::socket_t router(ctx, zmq::socket_type::router);
+  router.set(zmq::sockopt::linger, 0);
+  router.bind("tcp://127.0.0.1:*");
+
+  runner_config cfg;
+  cfg.endpoints = 5;
+  cfg.endpoint = test_config();
+  cfg.endpoint.server = router.get(zmq::sockopt::last_endpoint);
+  cfg.link.raise_fd_limit = false;
+  cfg.link.connects_in_flight = 2;
+  sim_runner runner(cfg, shipped_scenarios());
+  runner.start();
+  BOOST_TEST(runner.stats().opened == 2u);
+  runner.poll_once(0); // no handshake can have finished unseen: none more opened
+  BOOST_TEST(runner.stats().opened - runner.stats().linked <= 2u);
+
+  std::set<std::string> hellos;
+  std::size_t most_dialling = 0;
+  for (int i = 0; i < 1000 && hellos.size() < 5; ++i) {
+    runner.poll_once(5);
+    auto st = runner.stats();
+    most_dialling = std::max(most_dialling, st.opened - st.linked);
+    std::vector<zmq::message_t> parts;
+    while (zmq::recv_multipart(router, std::back_inserter(parts),
+                               zmq::recv_flags::dontwait)) {
+      std::string why;
+      auto h =
+          bus::decode_header(parts.at(1).to_string_view(), bus::decode_limits{}, why);
+      if (h && h->type == "hello") hellos.insert(parts[0].to_string());
+      parts.clear();
+    }
+  }
+  BOOST_TEST(hellos.size() == 5u);
+  BOOST_TEST(runner.stats().opened == 5u);
+  BOOST_TEST(most_dialling <= 2u);
+  BOOST_TEST(runner.stats().send_failures == 0u);
+}
+
 // -- response actions -----------------------------------------------------------------
 
 namespace {
