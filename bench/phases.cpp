@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -25,6 +26,21 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 
 namespace {
+
+/// A query parameter's value, percent-encoded except for RFC 3986's unreserved.
+std::string url_encode(const std::string& v) {
+  std::string out;
+  for (unsigned char c : v) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      char hex[4];
+      std::snprintf(hex, sizeof hex, "%%%02X", c);
+      out += hex;
+    }
+  }
+  return out;
+}
 
 /// Polls GET /stats until `pred` holds (every `every`, up to `timeout`), keeping the
 /// bench devices alive meanwhile. Returns the last stats and whether `pred` held.
@@ -365,35 +381,34 @@ await_sims(server_under_test& srv, fleet& devices, parry::child_process& agents,
   res.rss_sim = rss_with_children_kib(srv.pid());
   res.heap_sims = heap_kib(srv);
 
-  // The newest incidents are the simulated devices' own.
+  // The newest incidents are the simulated devices' own: walk the list a page at a
+  // time from the newest until every device has one.
   std::map<std::string, std::string> incident_of;
   auto prefix = std::string{sim_prefix} + "-";
-  auto limit = std::to_string(std::min<std::size_t>(5000, 4 * n));
-  auto deadline = steady::now() + 30s;
+  auto search_bound = 30s + std::chrono::seconds{n / 1000};
+  auto deadline = steady::now() + search_bound;
   for (;;) {
-    check_interrupt();
-    devices.keep_alive(heartbeat_period);
-    auto list = srv.get("/incidents?limit=" + limit);
-    for (auto& inc : list["incidents"]) {
-      auto dev = inc["device_id"].get<std::string>();
-      if (dev.rfind(prefix, 0) == 0)
-        incident_of.emplace(dev, inc["incident_id"].get<std::string>());
-    }
-    // With more devices than one page holds, ask for the missing ones one by one.
-    if (list["incidents"].size() >= 5000)
-      for (std::size_t i = 0; i < n && steady::now() < deadline; ++i) {
-        char dev[32];
-        std::snprintf(dev, sizeof dev, "%s-%04zu", sim_prefix, i);
-        if (incident_of.count(dev) != 0) continue;
-        auto one = srv.get(std::string{"/incidents?limit=1&device_id="} + dev);
-        if (!one["incidents"].empty())
-          incident_of.emplace(dev, one["incidents"][0]["incident_id"].get<std::string>());
+    std::string cursor;
+    do {
+      check_interrupt();
+      devices.keep_alive(heartbeat_period);
+      auto page =
+          srv.get("/incidents?limit=5000" +
+                  (cursor.empty() ? std::string{} : "&cursor=" + url_encode(cursor)));
+      for (auto& inc : page["incidents"]) {
+        auto dev = inc["device_id"].get<std::string>();
+        if (dev.rfind(prefix, 0) == 0)
+          incident_of.emplace(dev, inc["incident_id"].get<std::string>());
       }
+      cursor =
+          page["next_cursor"].is_string() ? page["next_cursor"].get<std::string>() : "";
+    } while (!cursor.empty() && incident_of.size() < n && steady::now() < deadline);
     if (incident_of.size() >= n) break;
     if (steady::now() >= deadline)
       throw std::runtime_error("only " + std::to_string(incident_of.size()) + " of " +
                                std::to_string(n) +
-                               " simulated devices reported an incident within 30 s");
+                               " simulated devices reported an incident within " +
+                               std::to_string(search_bound.count()) + " s");
     std::this_thread::sleep_for(200ms);
   }
   return {incident_of.begin(), incident_of.end()};
