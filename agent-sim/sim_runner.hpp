@@ -35,7 +35,7 @@ struct runner_stats {
   endpoint_stats totals;      ///< Sum of every endpoint's counters.
   std::size_t welcomed = 0;   ///< Endpoints currently welcomed by the server.
   std::size_t linked = 0;     ///< Endpoints whose connection is up.
-  std::size_t opened = 0;     ///< Endpoints whose socket is open and dialling.
+  std::size_t opened = 0;     ///< Endpoints whose socket has been opened.
   uint64_t send_failures = 0; ///< Messages dropped because a socket's queue was full.
 };
 
@@ -48,9 +48,9 @@ public:
   sim_runner(const sim_runner&) = delete;
   sim_runner& operator=(const sim_runner&) = delete;
 
-  /// Raises the descriptor limit and opens the first `link.connects_per_round`
-  /// sockets; each round of poll_once opens as many more until all are open.
-  /// Throws std::runtime_error when a socket cannot be made.
+  /// Raises the descriptor limit and opens the first `link.connects_in_flight`
+  /// sockets; later rounds of poll_once open more as handshakes finish, until all
+  /// are open. Throws std::runtime_error when a socket cannot be made.
   void start();
 
   /// Waits at most `max_wait_ms` for a message, a link event or a timer, then
