@@ -1,6 +1,5 @@
 #include "server/gateway_procs.hpp"
 
-#include <csignal>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
