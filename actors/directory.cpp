@@ -430,18 +430,34 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
         // A dormant action comes to life with its device's others, in their order.
         if (auto d = st.dormant_device.find(id); d != st.dormant_device.end())
           device_for(self, std::string{d->second});
-        if (auto i = st.actions.find(id); i != st.actions.end())
-          return self->delegate(i->second, atom::cancel_v, user, comment);
-        // Not live: it is final, or it does not exist.
         auto rp = self->make_response_promise<action_record>();
-        self->request(st.store, store_timeout, atom::get_v, atom::action_v, id)
-            .then(
-                [rp](const action_record& rec) mutable {
-                  rp.deliver(make_error(ec::conflict, "action " + rec.action_id + " is " +
-                                                          to_string(rec.state) +
-                                                          " and cannot be cancelled"));
-                },
-                [rp](caf::error& err) mutable { rp.deliver(err); });
+        // Not live: it is final, or it does not exist.
+        auto from_store = [self, rp, id]() mutable {
+          self->request(self->state.store, store_timeout, atom::get_v, atom::action_v, id)
+              .then(
+                  [rp](const action_record& rec) mutable {
+                    rp.deliver(make_error(ec::conflict, "action " + rec.action_id +
+                                                            " is " +
+                                                            to_string(rec.state) +
+                                                            " and cannot be cancelled"));
+                  },
+                  [rp](caf::error& err) mutable { rp.deliver(err); });
+        };
+        auto i = st.actions.find(id);
+        if (i == st.actions.end()) {
+          from_store();
+          return rp;
+        }
+        // Asked, not delegated: an action that has just ended (its down message still
+        // queued here) bounces the cancel, and then the store has its final state.
+        self->request(i->second, store_timeout, atom::cancel_v, user, comment)
+            .then([rp](action_record& rec) mutable { rp.deliver(std::move(rec)); },
+                  [rp, from_store](caf::error& err) mutable {
+                    if (err == caf::sec::request_receiver_down)
+                      from_store();
+                    else
+                      rp.deliver(std::move(err));
+                  });
         return rp;
       },
       [self](atom::reverse, const std::string& id,

@@ -690,6 +690,42 @@ BOOST_AUTO_TEST_CASE(cancel_before_acknowledgement_only) {
              [](caf::error& err) { BOOST_TEST(code_of(err) == ec::conflict); });
 }
 
+// A second cancel that reaches the directory while the first one's action is ending
+// (it answered, quit, and its down message is still queued behind the second cancel)
+// is a conflict, not an internal error: CI once saw 500 for it.
+BOOST_AUTO_TEST_CASE(a_second_cancel_racing_the_first_ones_end_is_a_conflict) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  advance_time(3s); // offline: the action stays queued, a cancel withdraws it here
+  sched.run();
+  auto rec = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  auto action = dir_state().actions.at(rec.action_id);
+  auto& a = deref<response_action_actor::stateful_base<response_action_state>>(action);
+  auto h1 = self->request(dir, caf::infinite, atom::cancel_v, rec.action_id,
+                          std::string{"bob"}, std::string{});
+  auto queued = [&] {
+    return std::find(sched.jobs.begin(), sched.jobs.end(), &a) != sched.jobs.end();
+  };
+  // Step until `cancelled` is being stored, then until the store's answer waits in
+  // the action's mailbox: the next step of the action answers and quits.
+  for (int i = 0; i < 1000 && !a.state.writing; ++i)
+    BOOST_REQUIRE(sched.try_run_once());
+  BOOST_REQUIRE(a.state.writing);
+  for (int i = 0; i < 1000 && !queued(); ++i)
+    BOOST_REQUIRE(sched.try_run_once());
+  BOOST_REQUIRE(queued());
+  auto h2 = self->request(dir, caf::infinite, atom::cancel_v, rec.action_id,
+                          std::string{"bob"}, std::string{});
+  sched.prioritize(action);
+  sched.run_once();
+  sched.run();
+  h1.receive([](action_record& r) { BOOST_TEST((r.state == state::cancelled)); },
+             [](caf::error& err) { BOOST_FAIL("first cancel: " << message_of(err)); });
+  h2.receive(
+      [](action_record&) { BOOST_FAIL("a second cancel must be refused"); },
+      [](caf::error& err) { BOOST_TEST(code_of(err) == ec::conflict, message_of(err)); });
+}
+
 BOOST_AUTO_TEST_CASE(reverse_links_both_and_reverts_the_original) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
