@@ -77,7 +77,9 @@ void persist(device_stateful self, hello_ticket ticket = {}) {
     return;
   }
   self->state.stored_last_seen = self->state.rec.last_seen;
-  self->request(self->state.store, store_timeout, atom::put_v, self->state.rec)
+  // Urgent, as its load: a device's record goes ahead of queued incident writes.
+  self->request<caf::message_priority::high>(
+          self->state.store, caf::duration{store_timeout}, atom::put_v, self->state.rec)
       .then([ticket](atom::ok) {},
             [self, ticket](caf::error& err) {
               spdlog::error("{}cannot store state: {}",
@@ -388,7 +390,12 @@ device_actor::behavior_type device(device_stateful self, std::string id,
     check_heartbeats(self); // woken because they stopped, perhaps
   } else {
     // What the store knows fills in a device that is heard from before its hello.
-    self->request(st.store, st.cfg.load_timeout, atom::get_v, id)
+    // Urgent: read from the writer's connection (it sees the writes not committed
+    // yet) ahead of the incident writes queued there, which may take longer than
+    // load_timeout to drain under an ingest burst. (A caf::duration: CAF 0.17's
+    // std::chrono overload of request forgets the priority.)
+    self->request<caf::message_priority::high>(
+            st.store, caf::duration{st.cfg.load_timeout}, atom::get_v, id)
         .then(
             [self](device_record& rec) {
               auto& st = self->state;

@@ -110,7 +110,9 @@ bool passive_heartbeat(directory_stateful self, const std::string& id,
   snap.rec.last_seen = now_us();
   if (snap.rec.last_seen - snap.stored_last_seen > last_seen_write_interval_us) {
     snap.stored_last_seen = snap.rec.last_seen;
-    self->request(st.store, store_timeout, atom::put_v, snap.rec)
+    // Urgent, as the device actor's own writes of its record (same order).
+    self->request<caf::message_priority::high>(st.store, caf::duration{store_timeout},
+                                               atom::put_v, snap.rec)
         .then([](atom::ok) {},
               [id](caf::error& err) {
                 spdlog::error("{}cannot store state: {}", log_tags({{"device", id}}),

@@ -507,6 +507,47 @@ BOOST_AUTO_TEST_CASE(incident_bytes_in_flight_are_bounded_and_given_back_once_st
   BOOST_TEST(gauge->bytes.load() == 0u);
 }
 
+// Under an ingest burst thousands of writes wait at the store; a device's record
+// (its load, its writes) goes ahead of them, so that its load_timeout holds.
+BOOST_AUTO_TEST_CASE(a_device_record_goes_ahead_of_queued_writes) {
+  hello("dev-1");
+  stop_server(); // a restart: the next message of dev-1 spawns an actor that loads it
+  start_server();
+  auto& store = deref<store_actor::stateful_base<store_state>>(st);
+  auto before = store.state.writes;
+  for (int i = 0; i < 300; ++i) { // other devices' writes, queued first
+    device_record other;
+    other.device_id = "other-" + std::to_string(i);
+    caf::anon_send(st, atom::put_v, other);
+  }
+  // The last one in the queue renames dev-1: a load that waits its turn sees it.
+  device_record renamed;
+  renamed.device_id = "dev-1";
+  renamed.hostname = "renamed";
+  caf::anon_send(st, atom::put_v, renamed);
+  caf::anon_send(dir, atom::heartbeat_v, std::string{"dev-1"}, bus::heartbeat{});
+  // The directory spawns the device's actor, whose first run asks for its record:
+  // both before the store runs (it would drain its whole mailbox in one go).
+  BOOST_REQUIRE(sched.prioritize(dir));
+  sched.run_once();
+  BOOST_REQUIRE(dir_state().devices.count("dev-1"));
+  BOOST_REQUIRE(sched.prioritize(dir_state().devices["dev-1"]));
+  sched.run_once();
+  auto loaded = [&] {
+    auto i = dir_state().devices.find("dev-1");
+    return i != dir_state().devices.end() &&
+           deref<device_actor::stateful_base<device_state>>(i->second).state.loaded;
+  };
+  for (int i = 0; i < 10000 && !loaded(); ++i)
+    BOOST_REQUIRE(sched.try_run_once());
+  BOOST_REQUIRE(loaded());
+  auto& dev =
+      deref<device_actor::stateful_base<device_state>>(dir_state().devices["dev-1"]);
+  BOOST_TEST(dev.state.rec.hostname == "ws-dev-1"); // what the hello stored
+  sched.run();
+  BOOST_TEST(store.state.writes - before == 302u); // and the device's own put
+}
+
 BOOST_AUTO_TEST_CASE(hellos_in_flight_are_bounded_and_given_back_once_stored) {
   ingest_limits lim;
   lim.hellos_in_flight = 2;
