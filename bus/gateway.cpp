@@ -173,12 +173,22 @@ void gateway::send(std::string device_id, std::string header_frame,
     ++stats_.dropped_stopped;
     return;
   }
-  bool was_empty;
+  bool was_empty = false;
+  bool full = false;
   {
     std::lock_guard<std::mutex> guard{mtx_};
-    was_empty = queue_.empty();
-    queue_.push_back(
-        {std::move(device_id), std::move(header_frame), std::move(body_frame)});
+    full = queue_.size() >= max_queued_sends;
+    if (!full) {
+      was_empty = queue_.empty();
+      queue_.push_back(
+          {std::move(device_id), std::move(header_frame), std::move(body_frame)});
+    }
+  }
+  if (full) {
+    ++stats_.dropped_full;
+    ++stats_.unreachable;
+    if (on_unreachable_) on_unreachable_(device_id);
+    return;
   }
   if (was_empty) wake();
 }

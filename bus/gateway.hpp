@@ -49,6 +49,8 @@ struct gateway_stats {
   std::atomic<uint64_t> connections_open{0};
   std::atomic<uint64_t> log_suppressed{0};  ///< Warnings held back by the rate limit.
   std::atomic<uint64_t> dropped_stopped{0}; ///< Outbound queued after stop().
+  /// Outbound not queued: outbox::max_queued_sends were waiting (also unreachable).
+  std::atomic<uint64_t> dropped_full{0};
   /// CURVE only: handshakes admitted, and refused by reason (bus/zap.hpp).
   std::atomic<uint64_t> zap_admitted{0};
   std::atomic<uint64_t> zap_refused_unknown{0};
@@ -126,7 +128,8 @@ public:
   /// (rate-limited) and answered with `rejected`.
   using message_handler = std::function<std::optional<refusal>(
       header&&, std::string_view body, std::string_view user_id)>;
-  /// Called on the socket thread when a message to `device_id` cannot be delivered.
+  /// Called on the socket thread when a message to `device_id` cannot be delivered,
+  /// or on the sender's when it finds the queue full.
   using unreachable_handler = std::function<void(const std::string& device_id)>;
   /// Called on the socket thread (rate-limited per peer) for what should be audited:
   /// a header naming another device. Arguments: the connection's id, what happened.

@@ -46,6 +46,7 @@ template <class Stats, class F> void each_counter(Stats& s, F&& f) {
   f(s.revoked_cut);
   f(s.events_published);
   f(s.events_dropped);
+  f(s.dropped_full); // added last: an older peer's message reads it as 0
 }
 
 decode_limits link_limits() {
@@ -327,8 +328,25 @@ void hub::send(std::string device_id, std::string header_frame, std::string body
     ++stats_.no_route;
     return;
   }
-  queue({std::string{kind::deliver}, std::move(device_id), std::move(header_frame),
-         std::move(body_frame), 0});
+  bool was_empty = false;
+  bool full = false;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    full = queued_sends_ >= max_queued_sends;
+    if (!full) {
+      ++queued_sends_;
+      was_empty = queue_.empty();
+      queue_.push_back({std::string{kind::deliver}, std::move(device_id),
+                        std::move(header_frame), std::move(body_frame), 0});
+    }
+  }
+  if (full) {
+    ++stats_.dropped_full;
+    ++stats_.no_route;
+    if (on_unreachable_) on_unreachable_(device_id);
+    return;
+  }
+  if (was_empty) wake();
 }
 
 void hub::cut(std::string device_id) {
@@ -478,6 +496,7 @@ void hub::run() {
     {
       std::lock_guard<std::mutex> guard{mtx_};
       batch.swap(queue_);
+      queued_sends_ = 0;
       down.swap(down_);
     }
     for (int index : down) {

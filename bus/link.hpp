@@ -92,9 +92,11 @@ void add_stats(gateway_stats& sum, const gateway_stats& part);
 
 /// Counters of the core's side of the link.
 struct hub_stats {
-  std::atomic<uint64_t> messages{0};          ///< Agent messages forwarded by gateways.
-  std::atomic<uint64_t> delivered{0};         ///< Commands handed to a gateway.
-  std::atomic<uint64_t> no_route{0};          ///< Commands for a device on no gateway.
+  std::atomic<uint64_t> messages{0};  ///< Agent messages forwarded by gateways.
+  std::atomic<uint64_t> delivered{0}; ///< Commands handed to a gateway.
+  std::atomic<uint64_t> no_route{0};  ///< Commands for a device on no gateway.
+  /// Commands not queued: outbox::max_queued_sends were waiting (also unreachable).
+  std::atomic<uint64_t> dropped_full{0};
   std::atomic<uint64_t> refused_elsewhere{0}; ///< A device on a second gateway.
   std::atomic<uint64_t> bad_link_messages{0}; ///< Malformed or from an unknown peer.
   std::atomic<uint64_t> gateways_up{0};       ///< Gateways listening for agents now.
@@ -168,8 +170,9 @@ private:
   std::atomic<bool> stopping_{false};
   std::thread thread_;
   std::mutex mtx_;
-  std::vector<out_msg> queue_; // guarded by mtx_
-  std::vector<int> down_;      // guarded by mtx_: gateways that ended
+  std::vector<out_msg> queue_;   // guarded by mtx_
+  std::size_t queued_sends_ = 0; // deliveries in queue_, guarded by mtx_
+  std::vector<int> down_;        // guarded by mtx_: gateways that ended
   mutable std::mutex stats_mtx_;
   std::vector<std::unique_ptr<gateway_stats>> per_gateway_; // guarded by stats_mtx_
   hub_stats stats_;

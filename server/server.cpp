@@ -385,6 +385,7 @@ nlohmann::json gateway_json(const bus::gateway_stats& s) {
                         {"frames_out", s.frames_out.load()},
                         {"bad_frames", s.bad_frames.load()},
                         {"unreachable", s.unreachable.load()},
+                        {"dropped_full", s.dropped_full.load()},
                         {"refused", std::move(refused)},
                         {"rejected_sent", s.rejected_sent.load()},
                         {"zap_admitted", s.zap_admitted.load()},
@@ -902,6 +903,7 @@ void server::start() {
                          {"messages", ls.messages.load()},
                          {"delivered", ls.delivered.load()},
                          {"no_route", ls.no_route.load()},
+                         {"dropped_full", ls.dropped_full.load()},
                          {"refused_elsewhere", ls.refused_elsewhere.load()},
                          {"bad_link_messages", ls.bad_link_messages.load()}};
     }

@@ -301,6 +301,26 @@ BOOST_AUTO_TEST_CASE(gateway_drops_bad_frames_and_serves_others) {
   gw.stop();
 }
 
+// Messages for agents wait for the socket thread in a bounded queue: past the bound a
+// message is counted and reported unreachable (its device gets it again when heard
+// from), never queued without end. Shown on a gateway whose thread never ran.
+BOOST_AUTO_TEST_CASE(messages_for_agents_wait_in_a_bounded_queue) {
+  std::vector<std::string> unreachable;
+  gateway gw{"tcp://127.0.0.1:*", decode_limits{},
+             [](header&&, std::string_view, std::string_view) -> std::optional<refusal> {
+               return std::nullopt;
+             },
+             [&](const std::string& id) { unreachable.push_back(id); }};
+  for (std::size_t i = 0; i < outbox::max_queued_sends; ++i)
+    gw.send("dev-a", "h", "b");
+  BOOST_TEST(gw.stats().dropped_full.load() == 0u);
+  BOOST_TEST(unreachable.empty());
+  gw.send("dev-b", "h", "b");
+  BOOST_TEST(gw.stats().dropped_full.load() == 1u);
+  BOOST_TEST(gw.stats().unreachable.load() == 1u);
+  BOOST_TEST(unreachable == std::vector<std::string>{"dev-b"});
+}
+
 BOOST_AUTO_TEST_CASE(connections_are_served_over_several_io_threads) {
   std::atomic<int> heard{0};
   gateway_options o;
@@ -1127,6 +1147,25 @@ std::vector<std::string> recv_link(zmq::socket_t& s, std::chrono::milliseconds t
 }
 
 } // namespace
+
+// The bound of messages_for_agents_wait_in_a_bounded_queue on the link to gateway
+// processes.
+BOOST_AUTO_TEST_CASE(commands_for_gateway_processes_wait_in_a_bounded_queue) {
+  std::vector<std::string> unreachable;
+  link::hub hub{link_path("full"),
+                1,
+                decode_limits{},
+                [](header&&, std::string_view,
+                   std::string_view) -> std::optional<refusal> { return std::nullopt; },
+                [&](const std::string& id) { unreachable.push_back(id); },
+                false};
+  for (std::size_t i = 0; i < outbox::max_queued_sends; ++i)
+    hub.send("dev-a", "h", "b");
+  BOOST_TEST(hub.stats().dropped_full.load() == 0u);
+  hub.send("dev-b", "h", "b");
+  BOOST_TEST(hub.stats().dropped_full.load() == 1u);
+  BOOST_TEST(unreachable == std::vector<std::string>{"dev-b"});
+}
 
 // With CURVE a device whose connection is live on one gateway is refused on another
 // (as one gateway's ZAP refuses a second live connection) until the first says it is
