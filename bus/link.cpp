@@ -312,15 +312,20 @@ void hub::wake() {
   [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
 }
 
-void hub::queue(out_msg m) {
-  if (stopping_) return;
+bool hub::queue(out_msg&& m) {
+  if (stopping_) return true;
   bool was_empty;
   {
     std::lock_guard<std::mutex> guard{mtx_};
+    if (m.kind == kind::deliver) {
+      if (queued_sends_ >= max_queued_sends) return false; // `m` is left as it was
+      ++queued_sends_;
+    }
     was_empty = queue_.empty();
     queue_.push_back(std::move(m));
   }
   if (was_empty) wake();
+  return true;
 }
 
 void hub::send(std::string device_id, std::string header_frame, std::string body_frame) {
@@ -328,25 +333,12 @@ void hub::send(std::string device_id, std::string header_frame, std::string body
     ++stats_.no_route;
     return;
   }
-  bool was_empty = false;
-  bool full = false;
-  {
-    std::lock_guard<std::mutex> guard{mtx_};
-    full = queued_sends_ >= max_queued_sends;
-    if (!full) {
-      ++queued_sends_;
-      was_empty = queue_.empty();
-      queue_.push_back({std::string{kind::deliver}, std::move(device_id),
-                        std::move(header_frame), std::move(body_frame), 0});
-    }
-  }
-  if (full) {
-    ++stats_.dropped_full;
-    ++stats_.no_route;
-    if (on_unreachable_) on_unreachable_(device_id);
-    return;
-  }
-  if (was_empty) wake();
+  out_msg m{std::string{kind::deliver}, std::move(device_id), std::move(header_frame),
+            std::move(body_frame), 0};
+  if (queue(std::move(m))) return;
+  ++stats_.dropped_full;
+  ++stats_.no_route;
+  if (on_unreachable_) on_unreachable_(m.device_id);
 }
 
 void hub::cut(std::string device_id) {

@@ -152,7 +152,8 @@ private:
   };
   void run();
   void wake();
-  void queue(out_msg m);
+  /// Queues `m` unless it is a delivery and max_queued_sends wait: false, `m` kept.
+  bool queue(out_msg&& m);
   void on_inbound(void* sock, int index, bool up, std::vector<std::string>& frames);
   bool send_to(void* sock, int index, std::vector<std::string_view> frames);
 
