@@ -3,11 +3,15 @@
 # Topology and names: see the drawing at the top of rig/parry-rig and docs/rig.md.
 #
 # A rig is identified by the PID of the parry-rig that made it (RIG_ID). Everything it
-# owns carries that number: namespaces `prs-ID`, `psw-ID`, `pepN-ID`, `ppeer-ID`, and
-# the directory /tmp/parry-rig-ID/ (RIG_TMP), which also holds `env`, the variables a
-# scenario (or a person) needs to use the rig:
+# owns carries that number: namespaces `prs-ID`, `psw-ID`, `pepN-ID`, `ppeer-ID`, VM
+# tap devices `pvmK-ID`, and the directory /tmp/parry-rig-ID/ (RIG_TMP), which also
+# holds `env`, the variables a scenario (or a person) needs to use the rig:
 #
 #   source /tmp/parry-rig-ID/env; source rig/lib.sh; ctl devices
+#
+# An endpoint is named N (the namespace endpoint epN) or vmK (VM endpoint K, its own
+# kernel under qemu). The endpoint functions below take either; a scenario acts on
+# RIG_EP (default 1), so the same scenario runs on a namespace endpoint or on a VM.
 #
 # Every wait is a bounded poll for a condition (wait_for), never a bare sleep.
 
@@ -82,13 +86,23 @@ ns_peer() { echo "ppeer-$RIG_ID"; }
 ns_ep() { echo "pep$1-$RIG_ID"; }
 ip4_server() { echo 10.77.0.1; }
 ip6_server() { echo fd77::1; }
-ip4_ep() { echo "10.77.0.$((10 + $1))"; }
-ip6_ep() { echo "fd77::$((10 + $1))"; }
+is_vm() { [[ $1 == vm* ]]; }
+ep_device() { if is_vm "$1"; then echo "$1"; else echo "ep$1"; fi; } # its device id
+# epN: .10+N (N <= 89); vmK: .200+K (K <= 9); the peer is .100.
+ep_host_no() { if is_vm "$1"; then echo $((200 + ${1#vm})); else echo $((10 + $1)); fi; }
+ip4_ep() { echo "10.77.0.$(ep_host_no "$1")"; }
+ip6_ep() { echo "fd77::$(ep_host_no "$1")"; }
 ip4_peer() { echo 10.77.0.100; }
 ip6_peer() { echo fd77::100; }
-ep_dir() { echo "$RIG_TMP/ep$1"; }
-ep_files() { echo "$RIG_TMP/ep$1/files"; }   # the endpoint's private tmpfs
-ep_state() { echo "$RIG_TMP/ep$1/state"; }
+ep_dir() { echo "$RIG_TMP/$(ep_device "$1")"; } # on the host: logs, the VM's files
+# The endpoint's port on the switch (psw-ID): a veth end, or a VM's tap device.
+ep_port() { if is_vm "$1"; then vm_tap "${1#vm}"; else echo "vep$1"; fi; }
+# The endpoint's files directory (a private tmpfs) and the agent's state directory, as
+# paths inside the endpoint.
+ep_files() { if is_vm "$1"; then echo /srv/files; else echo "$RIG_TMP/ep$1/files"; fi; }
+ep_state() {
+  if is_vm "$1"; then echo /var/lib/parry/state; else echo "$RIG_TMP/ep$1/state"; fi
+}
 server_dir() { echo "$RIG_TMP/server"; }
 
 # Every namespace of rig $1 (default: this one), switch last.
@@ -106,6 +120,8 @@ rig_attach() {
   [ -d "$RIG_TMP" ] || die "no rig directory $RIG_TMP"
   ip netns list | grep -q "^$(ns_server) " || ip netns list | grep -qx "$(ns_server)" ||
     die "rig $RIG_ID is not up (no namespace $(ns_server))"
+  EP=${RIG_EP:-1}             # the endpoint the scenario acts on: N or vmK
+  DEV=$(ep_device "$EP")      # its device id
 }
 
 # -- processes ------------------------------------------------------------------------
@@ -178,17 +194,32 @@ server_stop() {
 
 holder_pid() { cat "$(ep_dir "$1")/holder.pid"; }
 
-# ep_exec N CMD...: runs CMD inside endpoint N (its network, mount, PID and UTS
-# namespaces), as a child of the holder's PID namespace.
+# sh_quote ARGS...: ARGS as one POSIX shell command line (each word single-quoted).
+sh_quote() {
+  local a out=""
+  for a in "$@"; do out+="'${a//\'/\'\\\'\'}' "; done
+  printf '%s' "${out% }"
+}
+
+# ep_exec N CMD...: runs CMD inside endpoint N: for epN in its network, mount, PID and
+# UTS namespaces, as a child of the holder's PID namespace; for vmK in the VM, through
+# its console channel (output and status come back; stdin is empty).
 ep_exec() {
   local n=$1; shift
+  if is_vm "$n"; then vm_run "${n#vm}" "$(sh_quote "$@")"; return; fi
   nsenter --target "$(holder_pid "$n")" --net --mount --pid --uts -- "$@"
 }
 
 # ep_spawn N LOG CMD...: starts CMD in the background inside endpoint N, output to
-# LOG; prints the host pid of the nsenter that waits for it.
+# LOG; prints the host pid of the nsenter that waits for it. In a VM, LOG is a file of
+# the same name in the VM's /tmp, and the pid printed is the VM's.
 ep_spawn() {
   local n=$1 log=$2; shift 2
+  if is_vm "$n"; then
+    vm_run "${n#vm}" "setsid $(sh_quote "$@") >>/tmp/$(basename "$log") 2>&1 </dev/null &
+      echo \$!"
+    return
+  fi
   nsenter --target "$(holder_pid "$n")" --net --mount --pid --uts -- "$@" \
     >>"$log" 2>&1 </dev/null &
   echo $!
@@ -196,7 +227,10 @@ ep_spawn() {
 }
 
 # ep_sh N SCRIPT: a shell script inside endpoint N.
-ep_sh() { local n=$1; shift; ep_exec "$n" /bin/sh -c "$1"; }
+ep_sh() {
+  local n=$1; shift
+  if is_vm "$n"; then vm_run "${n#vm}" "$1"; else ep_exec "$n" /bin/sh -c "$1"; fi
+}
 
 # The endpoint's view of its own processes (its PID namespace, its /proc).
 ep_proc_alive() { ep_exec "$1" test -e "/proc/$2"; }
@@ -205,22 +239,19 @@ ep_file_exists() { ep_exec "$1" test -e "$2"; }
 ep_file_gone() { ! ep_exec "$1" test -e "$2"; }
 ep_sha256() { ep_exec "$1" sha256sum "$2" | awk '{print $1}'; }
 
-# agent_config N [SERVER_ENDPOINT]: writes endpoint N's agent configuration; prints
-# its path. With a server endpoint other than parryd's (the relay), a second file.
-agent_config() {
-  local n=$1 server=${2:-tcp://$(ip4_server):$RIG_BUS_PORT} file d iocs
-  d=$(ep_dir "$n")
-  file=$d/agent.toml
-  [ "$server" = "tcp://$(ip4_server):$RIG_BUS_PORT" ] || file=$d/agent-alt.toml
+# agent_toml DEVICE SERVER_ENDPOINT STATE_DIR FILES_DIR: an agent configuration on
+# stdout, for a namespace endpoint or a VM (their paths differ, the rest is the rig's).
+agent_toml() {
+  local iocs
   iocs=$(awk '{printf "%s\"%s\"", (NR > 1 ? ", " : ""), $1}' "$RIG_TMP/iocs/sha256")
-  cat >"$file" <<TOML
-# parry-rig: endpoint ep$n (rig $RIG_ID)
-device_id = "ep$n"
-server = "$server"
+  cat <<TOML
+# parry-rig: endpoint $1 (rig $RIG_ID)
+device_id = "$1"
+server = "$2"
 enroll_server = "tcp://$(ip4_server):$RIG_ENROLL_PORT"
-state_dir = "$(ep_state "$n")"
-file_roots = ["$(ep_files "$n")"]
-guard_mounts = ["$(ep_files "$n")"]
+state_dir = "$3"
+file_roots = ["$4"]
+guard_mounts = ["$4"]
 iocs = [$iocs]
 start_timeout_ms = 5000
 
@@ -230,17 +261,40 @@ dead_man = true
 dead_man_seconds = $RIG_DEAD_MAN_SECONDS
 exceptions = []
 TOML
+}
+
+# agent_config N [SERVER_ENDPOINT]: writes namespace endpoint N's agent configuration;
+# prints its path. With a server endpoint other than parryd's (the relay), a second
+# file.
+agent_config() {
+  local n=$1 server=${2:-tcp://$(ip4_server):$RIG_BUS_PORT} file
+  file=$(ep_dir "$n")/agent.toml
+  [ "$server" = "tcp://$(ip4_server):$RIG_BUS_PORT" ] || file=$(ep_dir "$n")/agent-alt.toml
+  agent_toml "ep$n" "$server" "$(ep_state "$n")" "$(ep_files "$n")" >"$file"
   echo "$file"
 }
 
-agent_pid() { cat "$(ep_dir "$1")/agent.pid" 2>/dev/null; }
-agent_running() { local p; p=$(agent_pid "$1") && alive "$p"; }
+agent_pid() {
+  if is_vm "$1"; then vm_run "${1#vm}" 'cat /run/parry-agent.pid'
+  else cat "$(ep_dir "$1")/agent.pid" 2>/dev/null; fi
+}
+agent_running() { # a namespace endpoint's agent.pid is the host's pid, a VM's its own
+  local p
+  p=$(agent_pid "$1") || return 1
+  if is_vm "$1"; then ep_proc_alive "$1" "$p"; else alive "$p"; fi
+}
 
 # agent_start N [CONFIG]: parry-agent --real inside endpoint N (not as its PID 1, so
 # it can be killed and started again in the same namespaces); enrolls with the rig's
-# token the first time. Returns once the agent process runs (see device_online).
+# token the first time. Returns once the agent process runs (see device_online). A VM
+# starts its agent at boot with the configuration the rig gave it (rig/vm/rootfs).
 agent_start() {
   local n=$1 cfg=${2:-} d waiter pid
+  if is_vm "$n"; then
+    vm_run "${n#vm}" /usr/bin/parry-agent-start
+    wait_for 10 agent_running "$n" || die "agent in $n did not start"
+    return
+  fi
   d=$(ep_dir "$n")
   [ -n "$cfg" ] || cfg=$(agent_config "$n")
   printf '\n--- agent start %s (%s)\n' "$(date -u +%FT%T.%3NZ)" "$cfg" >>"$d/agent.log"
@@ -256,18 +310,27 @@ agent_start() {
 agent_stop() {
   local n=$1 pid
   pid=$(agent_pid "$n") || return 0
+  if is_vm "$n"; then
+    ep_exec "$n" kill "-${2:-TERM}" "$pid" || true
+    wait_for 15 ep_proc_gone "$n" "$pid" ||
+      { ep_exec "$n" kill -KILL "$pid" || true; wait_for 5 ep_proc_gone "$n" "$pid"; }
+    return
+  fi
   kill "-${2:-TERM}" "$pid" 2>/dev/null || true
   wait_for 15 gone "$pid" || { kill -KILL "$pid" 2>/dev/null || true; wait_for 5 gone "$pid"; }
 }
 
+# agent_log N: endpoint N's agent log (a VM keeps it on its state disk).
+agent_log() {
+  if is_vm "$1"; then vm_run "${1#vm}" 'cat /var/lib/parry/agent.log'
+  else cat "$(ep_dir "$1")/agent.log"; fi
+}
 # agent_connected_since N LINE: the agent's log shows a bus connection after LINE
 # (a line count taken before agent_start).
-agent_log_lines() { wc -l <"$(ep_dir "$1")/agent.log"; }
-agent_connected_since() {
-  tail -n +"$(($2 + 1))" "$(ep_dir "$1")/agent.log" | grep -q 'connected to'
-}
+agent_log_lines() { agent_log "$1" | wc -l; }
+agent_connected_since() { agent_log "$1" | tail -n +"$(($2 + 1))" | grep -q 'connected to'; }
 
-device_field() { ctl device "ep$1" --json 2>/dev/null | jq -r ".device.$2"; }
+device_field() { ctl device "$(ep_device "$1")" --json 2>/dev/null | jq -r ".device.$2"; }
 device_online() { [ "$(device_field "$1" online)" = true ]; }
 device_offline() { [ "$(device_field "$1" online)" = false ]; }
 
@@ -276,6 +339,22 @@ device_offline() { [ "$(device_field "$1" online)" = false ]; }
 # can_ping NS ADDR / can_connect NS ADDR PORT: one probe from namespace NS, 1 s.
 can_ping() { ip netns exec "$1" "$RIG_PY" "$RIG_ROOT/net.py" ping "$2" 1; }
 can_connect() { ip netns exec "$1" "$RIG_PY" "$RIG_ROOT/net.py" connect "$2" "$3" 1; }
+
+# vm_probes K ALL|NONE PROBE...: the probes (each "ping ADDR" or "connect ADDR PORT", 1 s)
+# run at once inside VM K with busybox; succeeds if all (ALL) or none (NONE) got through.
+vm_probes() {
+  local k=$1 want=$2 script="ok=0; n=0; pids=''" p; shift 2
+  for p in "$@"; do
+    set -- $p
+    case $1 in
+      ping) script+="; (ping -c 1 -W 1 $2 >/dev/null 2>&1) & pids=\"\$pids \$!\"" ;;
+      connect) script+="; (nc -w 1 $2 $3 </dev/null >/dev/null 2>&1) & pids=\"\$pids \$!\"" ;;
+    esac
+  done
+  script+="; for p in \$pids; do n=\$((n + 1)); wait \$p && ok=\$((ok + 1)); done"
+  if [ "$want" = ALL ]; then script+='; [ "$ok" = "$n" ]'; else script+='; [ "$ok" = 0 ]'; fi
+  vm_run "$k" "$script"
+}
 
 # Both ways between the peer and endpoint N, IPv4 and IPv6, ICMP and TCP.
 peer_reaches_ep() {
@@ -287,6 +366,11 @@ peer_reaches_ep() {
 }
 ep_reaches_peer() {
   local e
+  if is_vm "$1"; then
+    vm_probes "${1#vm}" ALL "ping $(ip4_peer)" "ping $(ip6_peer)" \
+      "connect $(ip4_peer) $RIG_LISTEN_PORT" "connect $(ip6_peer) $RIG_LISTEN_PORT"
+    return
+  fi
   e=$(ns_ep "$1")
   can_ping "$e" "$(ip4_peer)" && can_ping "$e" "$(ip6_peer)" &&
     can_connect "$e" "$(ip4_peer)" $RIG_LISTEN_PORT &&
@@ -297,28 +381,45 @@ ep_reaches_peer() {
 peer_cut_off_from_ep() {
   local n=$1 p e pids=() q reached=0
   p=$(ns_peer)
-  e=$(ns_ep "$n")
   can_ping "$p" "$(ip4_ep "$n")" & pids+=($!)
   can_ping "$p" "$(ip6_ep "$n")" & pids+=($!)
   can_connect "$p" "$(ip4_ep "$n")" $RIG_LISTEN_PORT & pids+=($!)
   can_connect "$p" "$(ip6_ep "$n")" $RIG_LISTEN_PORT & pids+=($!)
-  can_ping "$e" "$(ip4_peer)" & pids+=($!)
-  can_ping "$e" "$(ip6_peer)" & pids+=($!)
-  can_connect "$e" "$(ip4_peer)" $RIG_LISTEN_PORT & pids+=($!)
-  can_connect "$e" "$(ip6_peer)" $RIG_LISTEN_PORT & pids+=($!)
+  if is_vm "$n"; then
+    vm_probes "${n#vm}" NONE "ping $(ip4_peer)" "ping $(ip6_peer)" \
+      "connect $(ip4_peer) $RIG_LISTEN_PORT" "connect $(ip6_peer) $RIG_LISTEN_PORT" ||
+      reached=1
+  else
+    e=$(ns_ep "$n")
+    can_ping "$e" "$(ip4_peer)" & pids+=($!)
+    can_ping "$e" "$(ip6_peer)" & pids+=($!)
+    can_connect "$e" "$(ip4_peer)" $RIG_LISTEN_PORT & pids+=($!)
+    can_connect "$e" "$(ip6_peer)" $RIG_LISTEN_PORT & pids+=($!)
+  fi
   for q in "${pids[@]}"; do wait "$q" && reached=1; done
   [ "$reached" = 0 ]
 }
-ep_reaches_bus() { can_connect "$(ns_ep "$1")" "$(ip4_server)" $RIG_BUS_PORT; }
+ep_reaches_bus() {
+  if is_vm "$1"; then
+    vm_probes "${1#vm}" ALL "connect $(ip4_server) $RIG_BUS_PORT"
+  else
+    can_connect "$(ns_ep "$1")" "$(ip4_server)" $RIG_BUS_PORT
+  fi
+}
 isolation_table_present() {
-  ip netns exec "$(ns_ep "$1")" nft list table inet parry_isolation >/dev/null 2>&1
+  if is_vm "$1"; then
+    ep_exec "$1" nft list table inet parry_isolation >/dev/null 2>&1
+  else
+    ip netns exec "$(ns_ep "$1")" nft list table inet parry_isolation >/dev/null 2>&1
+  fi
 }
 
 # -- IOC files and incidents ----------------------------------------------------------
 
 # ioc_drop N NAME: copies the next unused IOC file (a copy of /bin/sleep with unique
 # bytes appended; its SHA-256 is on every agent's IOC list) into endpoint N's tmpfs as
-# NAME; prints its path there. $RIG_TMP/iocs/NAME.src names the source.
+# NAME; prints its path there. $RIG_TMP/iocs/NAME.src names the source. A VM holds
+# the rig's IOC files in /opt/iocs (its per-VM boot archive).
 ioc_drop() {
   local n=$1 name=$2 idx src dst
   idx=$(($(cat "$RIG_TMP/iocs/next") + 1))
@@ -327,19 +428,23 @@ ioc_drop() {
   echo "$idx" >"$RIG_TMP/iocs/next"
   echo "$src" >"$RIG_TMP/iocs/$name.src"
   dst=$(ep_files "$n")/$name
-  ep_exec "$n" cp "$src" "$dst"
+  if is_vm "$n"; then
+    ep_exec "$n" cp "/opt/iocs/${src##*/}" "$dst"
+  else
+    ep_exec "$n" cp "$src" "$dst"
+  fi
   ep_exec "$n" chmod 755 "$dst"
   echo "$dst"
 }
 ioc_marker() { cat "$(cat "$RIG_TMP/iocs/$1.src").marker"; }
 ioc_sha256() { sha256sum "$(cat "$RIG_TMP/iocs/$1.src")" | awk '{print $1}'; }
 
-# find_event N TYPE PATH: the first incident of device epN holding an event of TYPE
+# find_event N TYPE PATH: the first incident of endpoint N's device holding an event of TYPE
 # whose file path or process image is PATH; prints "INCIDENT EVENT PID" (PID empty for
 # events without a process). Fails when there is none (yet).
 find_event() {
   local n=$1 type=$2 path=$3 inc found
-  for inc in $(ctl incidents --device "ep$n" --limit 100 --json 2>/dev/null |
+  for inc in $(ctl incidents --device "$(ep_device "$n")" --limit 100 --json 2>/dev/null |
     jq -r '.incidents[].incident_id'); do
     found=$(ctl incident "$inc" --json 2>/dev/null | jq -r --arg t "$type" --arg p "$path" '
       [.incident.events[] | select(.type == $t and
@@ -356,7 +461,7 @@ find_event() {
 # wait_event N TYPE PATH [TIMEOUT]: find_event, polled.
 wait_event() {
   wait_for "${4:-20}" find_event "$1" "$2" "$3" >/dev/null ||
-    fail "no incident with a $2 event for $3 on ep$1"
+    fail "no incident with a $2 event for $3 on $(ep_device "$1")"
   find_event "$1" "$2" "$3"
 }
 
@@ -374,3 +479,87 @@ act() {
 action_state() { ctl action "$1" --json | jq -r .action.state; }
 action_final() { [ "$(ctl action "$1" --json | jq -r .action.final)" = true ]; }
 json_action_id() { jq -r '.action.action_id // .action_id // empty'; }
+
+# -- VM endpoints (docs/rig.md, "VM endpoints") ---------------------------------------
+
+vm_dir() { ep_dir "vm$1"; }
+vm_tap() { echo "pvm$1-$RIG_ID"; }
+vm_pid() { cat "$(vm_dir "$1")/qemu.pid" 2>/dev/null; }
+
+# vm_run K SCRIPT [TIMEOUT]: runs SCRIPT (sh) in VM K through its console channel
+# (ttyS1, rig/vm/console.py), never through the agent or the network; prints its output
+# and returns its status. A console that does not answer ends the scenario.
+vm_run() {
+  local status=0
+  "$RIG_PY" "$RIG_ROOT/vm/console.py" "$(vm_dir "$1")/console.sock" run \
+    --timeout "${3:-30}" "$2" || status=$?
+  case $status in
+    124 | 125) die "the console of vm$1 did not answer (status $status); \
+console log: $(vm_dir "$1")/console.log" ;;
+  esac
+  return "$status"
+}
+
+# vm_console_answers K: the VM has booted (its console answers within 2 s).
+vm_console_answers() {
+  "$RIG_PY" "$RIG_ROOT/vm/console.py" "$(vm_dir "$1")/console.sock" run --timeout 2 \
+    true >/dev/null 2>&1
+}
+
+# vm_boot_files: builds (or finds in the cache) the VMs' kernel and initramfs; prints
+# their directory.
+vm_boot_files() {
+  bash "$RIG_ROOT/vm/build.sh" "$RIG_BIN" "${PARRY_VM_CACHE:-$RIG_BIN/vm-cache}"
+}
+
+# vm_up K BOOT_DIR: VM endpoint K: its own boot archive (configuration, enrollment
+# token, IOC files), a state disk, a tap device on the rig's bridge, and qemu (TCG) in
+# the switch namespace, so everything goes when the rig's namespaces do. Returns once
+# qemu runs; vm_console_answers tells when it has booted.
+vm_up() {
+  local k=$1 boot=$2 d x sw tap
+  d=$(vm_dir "$k")
+  x=$d/archive
+  mkdir -p "$x/etc/parry" "$x/opt/iocs"
+  cat >"$x/etc/parry/vm.env" <<ENV
+VM_HOST=vm$k
+VM_IP4=$(ip4_ep "vm$k")
+VM_IP6=$(ip6_ep "vm$k")
+ENV
+  agent_toml "vm$k" "tcp://$(ip4_server):$RIG_BUS_PORT" "$(ep_state "vm$k")" \
+    "$(ep_files "vm$k")" >"$x/etc/parry/agent.toml"
+  install -m 600 "$RIG_TMP/enroll-token" "$x/etc/parry/enroll-token"
+  cp "$RIG_TMP"/iocs/ioc-?? "$x/opt/iocs/"
+  chmod 755 "$x"/opt/iocs/*
+  # The kernel unpacks concatenated cpio archives in order: ours after the base one.
+  cp "$boot/initrd.img" "$d/initrd.img"
+  (cd "$x" && find . | LC_ALL=C sort | cpio --create --format=newc --quiet \
+    --owner=0:0) >>"$d/initrd.img"
+  truncate -s 64M "$d/disk.img"
+  mkfs.ext4 -q -F -L parry-state "$d/disk.img"
+  sw=$(ns_switch)
+  tap=$(vm_tap "$k")
+  ip -n "$sw" tuntap add dev "$tap" mode tap
+  ip -n "$sw" link set "$tap" master br0 up
+  ip netns exec "$sw" qemu-system-x86_64 -name "parry-rig-$RIG_ID-vm$k" \
+    -accel tcg -cpu max -m 384 -smp 1 -nodefaults -no-user-config -display none \
+    -kernel "$boot/vmlinuz" -initrd "$d/initrd.img" \
+    -append "console=ttyS0 panic=-1 quiet" \
+    -serial "file:$d/console.log" \
+    -chardev "socket,id=ctl,path=$d/console.sock,server=on,wait=off" -serial chardev:ctl \
+    -monitor "unix:$d/monitor.sock,server=on,wait=off" \
+    -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
+    -device "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:$(printf %02x "$k")" \
+    -drive "file=$d/disk.img,format=raw,if=virtio" \
+    -device virtio-rng-pci \
+    >"$d/qemu.log" 2>&1 </dev/null &
+  echo $! >"$d/qemu.pid"
+  disown $!
+}
+
+# vm_reset K: a hard reset of VM K (qemu's monitor), as a power cut and power on would
+# do: its memory is gone, its disk stays. Returns at once; the VM boots again.
+vm_reset() {
+  "$RIG_PY" "$RIG_ROOT/vm/console.py" "$(vm_dir "$1")/monitor.sock" reset ||
+    die "vm$1: qemu's monitor did not take the reset"
+}

@@ -6,6 +6,10 @@
 #   net.py listen PORT READY_FILE         accept (and close) TCP connections on every
 #                                         address, v4 and v6, until killed; READY_FILE
 #                                         appears once listening
+#   net.py sniff IFACE PORT READY_FILE OUT  the payload of every TCP segment to PORT
+#                                         (IPv4 and IPv6) seen on IFACE appended to
+#                                         OUT.up, from PORT to OUT.down, until killed;
+#                                         READY_FILE appears once capturing
 import ipaddress
 import os
 import select
@@ -78,6 +82,42 @@ def listen(port, ready_file):
         conn.close()
 
 
+def tcp_payload(frame, port):
+    """(direction, payload) of an Ethernet frame's TCP segment to ("up") or from
+    ("down") PORT, else None."""
+    if len(frame) < 14:
+        return None
+    ethertype = struct.unpack("!H", frame[12:14])[0]
+    ip = frame[14:]
+    if ethertype == 0x0800 and len(ip) >= 20 and ip[9] == 6:
+        total = struct.unpack("!H", ip[2:4])[0]
+        tcp, ip = ip[(ip[0] & 0x0F) * 4:total], ip[:total]
+    elif ethertype == 0x86DD and len(ip) >= 40 and ip[6] == 6:  # no extension headers
+        tcp = ip[40:40 + struct.unpack("!H", ip[4:6])[0]]
+    else:
+        return None
+    if len(tcp) < 20:
+        return None
+    sport, dport = struct.unpack("!HH", tcp[:4])
+    if port not in (sport, dport):
+        return None
+    return ("up" if dport == port else "down"), tcp[(tcp[12] >> 4) * 4:]
+
+
+def sniff(iface, port, ready_file, out):
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    sock.bind((iface, 0))
+    with open(ready_file + ".tmp", "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(ready_file + ".tmp", ready_file)
+    files = {d: open(f"{out}.{d}", "ab") for d in ("up", "down")}
+    while True:
+        seg = tcp_payload(sock.recv(65535), int(port))
+        if seg and seg[1]:
+            files[seg[0]].write(seg[1])
+            files[seg[0]].flush()
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "ping":
@@ -87,6 +127,8 @@ def main():
                  else 1)
     if cmd == "listen":
         listen(args[0], args[1])
+    if cmd == "sniff":
+        sniff(args[0], args[1], args[2], args[3])
     sys.exit(f"net.py: unknown command {cmd}")
 
 

@@ -11,6 +11,7 @@
 set(_parry_rig_scenarios
   # name          timeout (s)
   isolate         90
+  curve           60
   detect          90
   terminate       90
   start_process   60
@@ -38,3 +39,18 @@ foreach(_i RANGE 0 ${_last} 2)
     RUN_SERIAL TRUE)
 endforeach()
 unset(_parry_rig_scenarios)
+
+# The VM endpoint (docs/rig.md, "VM endpoints"): the scenarios that act on an endpoint,
+# run again on one rig whose endpoint is a VM with its own kernel under qemu (TCG), plus
+# those only a VM can run (reboot). One test, label `vm` (not `rig`): booting the VM
+# once for all of them keeps it to about 3 minutes. `parry-rig run --vm` skips (77)
+# when not root or when qemu, busybox-static or Debian's kernel are missing.
+add_test(NAME rig_vm
+  COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/parry-rig run --vm
+    curve isolate terminate start_process quarantine delete prevent deadman restart reboot)
+set_tests_properties(rig_vm PROPERTIES
+  ENVIRONMENT "PARRY_BIN_DIR=$<TARGET_FILE_DIR:parryd>;PARRY_RIG_DEADLINE=570"
+  LABELS vm
+  SKIP_RETURN_CODE 77
+  TIMEOUT 600
+  RUN_SERIAL TRUE)

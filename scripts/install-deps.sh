@@ -15,6 +15,9 @@ packages=(
   python3-yaml python3-jsonschema   # the OpenAPI check (tests/openapi)
   lintian file adduser              # the Debian packages: check, shlibdeps, postinst
   chromium # the web console's browser tests (tests/browser)
+  # The rig's VM endpoint (rig/vm): qemu (TCG), Debian's kernel and modules, busybox
+  # for its initramfs, cpio to pack it, mkfs.ext4 for its state disk.
+  qemu-system-x86 linux-image-amd64 busybox-static cpio e2fsprogs kmod
 )
 # Node.js and npm run the browser tests; a machine that has them from elsewhere keeps
 # them.

@@ -46,14 +46,14 @@ if [ "${PARRY_SKIP_ASAN:-0}" != 1 ]; then
   ninja -C build-asan -j "$jobs" all_tests # the tests and the programs they run
   stage "ASan+UBSan tests"
   # Any report fails the test that caused it; the child processes of the
-  # integration test (parryd, parry-agent) inherit the same options. The rig, the
-  # browser and the package tests run once, in the main stage: they are about the
-  # kernel, the console and the packaging, and the integration tests cover the same
-  # server code under ASan.
+  # integration test (parryd, parry-agent) inherit the same options. The rig (its
+  # namespaces and its VM), the browser and the package tests run once, in the main
+  # stage: they are about the kernel, the console and the packaging, and the
+  # integration tests cover the same server code under ASan.
   (cd build-asan &&
     ASAN_OPTIONS=detect_leaks=1:strict_init_order=1:detect_stack_use_after_return=1 \
       UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-      ctest --output-on-failure --timeout 900 -LE "soak|rig|browser|package")
+      ctest --output-on-failure --timeout 900 -LE "soak|rig|vm|browser|package")
 fi
 
 if [ "${PARRY_SKIP_FUZZ:-0}" != 1 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# detect: real detection. An IOC file dropped into ep1 and run there gives incidents
+# detect: real detection. An IOC file dropped into $DEV and run there gives incidents
 # whose chains are the kernel's facts, read from outside the agent: the
 # process_started event has the pid that really runs the file, its start time is the
 # one /proc gives that pid, its parent event is the real parent process (the shell
@@ -11,15 +11,15 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 rig_attach
 
-path=$(ioc_drop 1 detect-ioc)
+path=$(ioc_drop "$EP" detect-ioc)
 sha=$(ioc_sha256 detect-ioc)
 # Started by a shell that stays, so the parent is a process we can name from outside.
 # After the IOC process ends, the shell sleeps on: it must still be there after the
 # terminate, which may kill the detected process only.
-shell_pid=$(ep_sh 1 "sh -c '$path 600 </dev/null >/dev/null 2>&1; sleep 600' >/dev/null 2>&1 &
+shell_pid=$(ep_sh "$EP" "sh -c '$path 600 </dev/null >/dev/null 2>&1; sleep 600' >/dev/null 2>&1 &
   echo \$!")
-step "shell $shell_pid in ep1 runs $path"
-read -r inc ev pid < <(wait_event 1 process_started "$path")
+step "shell $shell_pid in $DEV runs $path"
+read -r inc ev pid < <(wait_event "$EP" process_started "$path")
 step "incident $inc, key event $ev, pid $pid"
 json=$(ctl incident "$inc" --json)
 event() { jq -c --arg id "$1" '.incident.events[] | select(.id == $id)' <<<"$json"; }
@@ -27,11 +27,11 @@ key=$(event "$ev")
 
 check "the detection is this event" \
   test "$(jq -r .incident.key_event_id <<<"$json")" = "$ev"
-check "pid $pid really runs the IOC file in ep1" \
-  test "$(ep_exec 1 readlink "/proc/$pid/exe")" = "$path"
+check "pid $pid really runs the IOC file in $DEV" \
+  test "$(ep_exec "$EP" readlink "/proc/$pid/exe")" = "$path"
 check "the event's sha256 is the file's" \
   test "$(jq -r .process.sha256 <<<"$key")" = "$sha"
-ppid=$(ep_exec 1 awk "{print \$4}" "/proc/$pid/stat")
+ppid=$(ep_exec "$EP" awk "{print \$4}" "/proc/$pid/stat")
 check "the event's parent pid is the real parent ($ppid)" \
   test "$(jq -r .process.parent_pid <<<"$key")" = "$ppid"
 check "the real parent is the shell that started it" test "$ppid" = "$shell_pid"
@@ -39,10 +39,10 @@ parent=$(event "$(jq -r .parent_id <<<"$key")")
 check "the parent event is that shell's process_started" \
   test "$(jq -r '"\(.type) \(.process.pid)"' <<<"$parent")" = "process_started $ppid"
 check "whose image is the shell /proc shows" \
-  test "$(jq -r .process.image <<<"$parent")" = "$(ep_exec 1 readlink "/proc/$ppid/exe")"
+  test "$(jq -r .process.image <<<"$parent")" = "$(ep_exec "$EP" readlink "/proc/$ppid/exe")"
 # Start times: /proc/<pid>/stat field 22 (clock ticks since boot) against the event's
 # microseconds since the epoch, both turned into time since boot.
-ticks=$(ep_exec 1 awk "{print \$22}" "/proc/$pid/stat")
+ticks=$(ep_exec "$EP" awk "{print \$22}" "/proc/$pid/stat")
 hz=$(getconf CLK_TCK)
 boot_us=$(awk '{printf "%.0f", $1 * 1000000}' /proc/uptime) # %d caps at 2^31 in mawk
 now_us=$(($(date +%s%N) / 1000))
@@ -57,10 +57,10 @@ check "the chain holds the file_created event of the same file" \
 
 act terminate --incident "$inc" --event "$ev" >/dev/null ||
   fail "terminate did not complete"
-eventually 5 "pid $pid is gone from ep1's PID namespace" ep_proc_gone 1 "$pid"
-check "the parent shell lives on" ep_proc_alive 1 "$shell_pid"
+eventually 5 "pid $pid is gone from $DEV's PID namespace" ep_proc_gone "$EP" "$pid"
+check "the parent shell lives on" ep_proc_alive "$EP" "$shell_pid"
 act quarantine --incident "$inc" --event "$ev" >/dev/null ||
   fail "quarantine did not complete"
-check "the IOC file is gone from ep1" ep_file_gone 1 "$path"
-ep_exec 1 pkill -KILL -P "$shell_pid" || true
-ep_exec 1 kill -KILL "$shell_pid" || true
+check "the IOC file is gone from $DEV" ep_file_gone "$EP" "$path"
+ep_exec "$EP" pkill -KILL -P "$shell_pid" || true
+ep_exec "$EP" kill -KILL "$shell_pid" || true
