@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
@@ -163,10 +164,28 @@ template <class F> int in_private_mount(F scenario) {
   return WEXITSTATUS(status);
 }
 
-/// The guard caches a hash only once the file's ctime is a little in the past (so a
-/// later change cannot carry the same stamp): wait that out for freshly written files.
-void settle() {
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+/// The guard caches a hash only once the coarse clock is 20 ms past the file's ctime
+/// (so a later change cannot carry the same stamp). Polls until that holds, with 5 ms
+/// of margin, for every one of PATHS; throws after 5 s.
+void settle(const std::vector<std::string>& paths) {
+  auto ns = [](const timespec& t) {
+    return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec;
+  };
+  int64_t newest = 0;
+  for (const auto& p : paths) {
+    struct stat st {};
+    if (stat(p.c_str(), &st) != 0) throw std::runtime_error("settle: stat " + p);
+    newest = std::max(newest, ns(st.st_ctim));
+  }
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (;;) {
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME_COARSE, &now);
+    if (ns(now) - newest > 25'000'000) return;
+    if (std::chrono::steady_clock::now() > deadline)
+      throw std::runtime_error("settle: the coarse clock did not pass the files' ctime");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 /// Open fanotify groups in this process.
@@ -206,7 +225,7 @@ BOOST_AUTO_TEST_CASE(prevented_hash_is_denied_on_the_guarded_mount_only) {
     write_all(mnt + "/true", bin);
     write_all(mnt + "/other", bin + '\0');
     write_all(base + "/out/true", bin);
-    settle();
+    settle({mnt + "/true", mnt + "/other", base + "/out/true"});
 
     try {
       exec_guard bad({base + "/missing"}, {}, nullptr);
@@ -286,7 +305,7 @@ BOOST_AUTO_TEST_CASE(forged_mtime_does_not_bring_back_a_cached_verdict) {
     write_all(path, benign);
     struct stat old {};
     if (stat(path.c_str(), &old) != 0) throw std::runtime_error("stat");
-    settle();
+    settle({path});
 
     exec_guard guard({base + "/mnt"}, {}, nullptr);
     guard.set_prevented({parry::sha256_hex(bad)});
