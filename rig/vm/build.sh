@@ -10,7 +10,9 @@
 #   inputs      what the files were made from (path and SHA-256 of each input)
 #
 # Cached by content: the directory is CACHE_DIR/<SHA-256 of every input>, so a second
-# build with the same inputs only hashes them (about a second). Nothing is downloaded.
+# build with the same inputs only hashes them (about a second). The cache keeps the
+# three newest builds (about 33 MB each): every rebuilt parry-agent makes a new one.
+# Nothing is downloaded.
 # Per-VM files (configuration, enrollment token, IOC files) are not in here: the rig
 # appends them as a second cpio archive (the kernel unpacks both, in order).
 set -euo pipefail
@@ -66,6 +68,7 @@ inputs=$(
 key=$(printf '%s\n' "$inputs" | sha256sum | cut -d' ' -f1)
 out=$cache/$key
 if [ -f "$out/initrd.img" ] && [ -f "$out/vmlinuz" ]; then
+  touch "$out" # the newest use: kept longest
   echo "$out"
   exit 0
 fi
@@ -100,4 +103,7 @@ printf '%s\n' "$inputs" >"$stage/inputs"
 rm -rf "$root"
 mkdir -p "$out"
 mv "$stage/initrd.img" "$stage/vmlinuz" "$stage/inputs" "$out/"
+# The bound: all but the three most recently made or used builds go.
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name '.stage.*' -printf '%T@ %p\n' |
+  sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf
 echo "$out"
