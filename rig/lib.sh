@@ -216,8 +216,8 @@ ep_exec() {
 ep_spawn() {
   local n=$1 log=$2; shift 2
   if is_vm "$n"; then
-    vm_run "${n#vm}" "setsid $(sh_quote "$@") >>/tmp/$(basename "$log") 2>&1 </dev/null &
-      echo \$!"
+    vm_run "${n#vm}" "setsid $(sh_quote "$@") >>$(sh_quote "/tmp/${log##*/}") 2>&1 \
+      </dev/null & echo \$!"
     return
   fi
   nsenter --target "$(holder_pid "$n")" --net --mount --pid --uts -- "$@" \
@@ -320,9 +320,10 @@ agent_stop() {
   wait_for 15 gone "$pid" || { kill -KILL "$pid" 2>/dev/null || true; wait_for 5 gone "$pid"; }
 }
 
-# agent_log N: endpoint N's agent log (a VM keeps it on its state disk).
+# agent_log N [TIMEOUT]: endpoint N's agent log (a VM keeps it on its state disk; its
+# console gets TIMEOUT seconds, default 30).
 agent_log() {
-  if is_vm "$1"; then vm_run "${1#vm}" 'cat /var/lib/parry/agent.log'
+  if is_vm "$1"; then vm_run "${1#vm}" 'cat /var/lib/parry/agent.log' "${2:-30}"
   else cat "$(ep_dir "$1")/agent.log"; fi
 }
 # agent_connected_since N LINE: the agent's log shows a bus connection after LINE
@@ -406,6 +407,13 @@ ep_reaches_bus() {
     can_connect "$(ns_ep "$1")" "$(ip4_server)" $RIG_BUS_PORT
   fi
 }
+# no_rules N: endpoint N's kernel has no nftables rules at all (fails, too, when the
+# rule set cannot be listed).
+no_rules() {
+  local r
+  r=$(ep_exec "$1" nft list ruleset) || return 1
+  [ -z "$r" ]
+}
 isolation_table_present() {
   if is_vm "$1"; then
     ep_exec "$1" nft list table inet parry_isolation >/dev/null 2>&1
@@ -488,15 +496,17 @@ vm_pid() { cat "$(vm_dir "$1")/qemu.pid" 2>/dev/null; }
 
 # vm_run K SCRIPT [TIMEOUT]: runs SCRIPT (sh) in VM K through its console channel
 # (ttyS1, rig/vm/console.py), never through the agent or the network; prints its output
-# and returns its status. A console that does not answer ends the scenario.
+# and returns its status. A console that does not answer ends the scenario (console.py
+# writes to stderr only then, so no exit status of the script is mistaken for it). In
+# $(...) that ends only the subshell: check the status there (x=$(vm_run ...) || fail).
 vm_run() {
-  local status=0
+  local status=0 err why
+  err=$(mktemp "$RIG_TMP/console-err.XXXXXX")
   "$RIG_PY" "$RIG_ROOT/vm/console.py" "$(vm_dir "$1")/console.sock" run \
-    --timeout "${3:-30}" "$2" || status=$?
-  case $status in
-    124 | 125) die "the console of vm$1 did not answer (status $status); \
-console log: $(vm_dir "$1")/console.log" ;;
-  esac
+    --timeout "${3:-30}" "$2" 2>"$err" || status=$?
+  why=$(cat "$err")
+  rm -f "$err"
+  [ -z "$why" ] || die "vm$1: $why (console log: $(vm_dir "$1")/console.log)"
   return "$status"
 }
 

@@ -112,7 +112,7 @@ def sniff(iface, port, ready_file, out):
     os.rename(ready_file + ".tmp", ready_file)
     files = {d: open(f"{out}.{d}", "ab") for d in ("up", "down")}
     while True:
-        seg = tcp_payload(sock.recv(65535), int(port))
+        seg = tcp_payload(sock.recv(262144), int(port))  # offloaded (GSO) frames too
         if seg and seg[1]:
             files[seg[0]].write(seg[1])
             files[seg[0]].flush()

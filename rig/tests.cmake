@@ -43,7 +43,7 @@ unset(_parry_rig_scenarios)
 # The VM endpoint (docs/rig.md, "VM endpoints"): the scenarios that act on an endpoint,
 # run again on one rig whose endpoint is a VM with its own kernel under qemu (TCG), plus
 # those only a VM can run (reboot). One test, label `vm` (not `rig`): booting the VM
-# once for all of them keeps it to about 3 minutes. `parry-rig run --vm` skips (77)
+# once for all of them keeps it to about 2.5 minutes. `parry-rig run --vm` skips (77)
 # when not root or when qemu, busybox-static or Debian's kernel are missing.
 add_test(NAME rig_vm
   COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/parry-rig run --vm

@@ -10,6 +10,8 @@ set -euo pipefail
 # shellcheck source=SCRIPTDIR/../lib.sh
 source "$(dirname "$0")/../lib.sh"
 rig_attach
+# It reads the host's clock and uptime against the endpoint's /proc: the host's kernel.
+is_vm "$EP" && die "detect needs a namespace endpoint (it compares against the host's uptime)"
 
 path=$(ioc_drop "$EP" detect-ioc)
 sha=$(ioc_sha256 detect-ioc)

@@ -18,8 +18,7 @@ step "incident $inc"
 check "before: peer reaches $DEV" peer_reaches_ep "$EP"
 check "before: $DEV reaches peer" ep_reaches_peer "$EP"
 check_not "before: no isolation table" isolation_table_present "$EP"
-check "before: $DEV's kernel has no nftables rules at all" \
-  test -z "$(ep_exec "$EP" nft list ruleset)"
+check "before: $DEV's kernel has no nftables rules at all" no_rules "$EP"
 
 step "isolate"
 out=$(act isolate --incident "$inc") || fail "isolate did not complete: $out"
@@ -31,7 +30,8 @@ check "isolated: nftables table inet parry_isolation in $DEV" isolation_table_pr
 # kernel's whole rule set as nft lists it (indentation and blank lines aside).
 want=$(sed -e "s/@SERVER@/$(ip4_server)/g" -e "s/@BUS_PORT@/$RIG_BUS_PORT/g" \
   -e "s/@ENROLL_PORT@/$RIG_ENROLL_PORT/g" "$(dirname "$0")/isolation.nft")
-got=$(ep_exec "$EP" nft list ruleset | sed -e 's/^[[:space:]]*//' -e '/^$/d')
+got=$(ep_exec "$EP" nft list ruleset) || fail "nft list ruleset failed in $DEV"
+got=$(sed -e 's/^[[:space:]]*//' -e '/^$/d' <<<"$got")
 [ "$got" = "$want" ] || diff <(echo "$want") <(echo "$got") | sed 's/^/    /' >&2 || true
 check "isolated: $DEV's whole rule set is exactly isolation.nft" test "$got" = "$want"
 check "isolated: peer and $DEV are cut off from each other" peer_cut_off_from_ep "$EP"
@@ -43,8 +43,7 @@ eventually 10 "isolated: server shows $DEV isolated" \
 step "release"
 out=$(act release --incident "$inc") || fail "release did not complete: $out"
 check_not "released: table gone" isolation_table_present "$EP"
-check "released: $DEV's kernel has no nftables rules at all" \
-  test -z "$(ep_exec "$EP" nft list ruleset)"
+check "released: $DEV's kernel has no nftables rules at all" no_rules "$EP"
 eventually 5 "released: peer reaches $DEV" peer_reaches_ep "$EP"
 eventually 5 "released: $DEV reaches peer" ep_reaches_peer "$EP"
 check "released: agent online" device_online "$EP"

@@ -23,7 +23,10 @@ check "the quarantine store holds a file" \
 check_not "no stored file holds the plaintext (marker bytes)" \
   ep_exec "$EP" grep -rqF "$marker" "$qdir"
 stored_plain() {
-  ep_sh "$EP" "find '$qdir' -type f -exec sha256sum {} +" | grep -q "^$sha "
+  local sums
+  sums=$(ep_sh "$EP" "find '$qdir' -type f -exec sha256sum {} +") ||
+    fail "cannot hash the quarantine store"
+  grep -q "^$sha " <<<"$sums"
 }
 check_not "no stored file has the file's SHA-256" stored_plain
 

@@ -16,19 +16,22 @@ source "$(dirname "$0")/../lib.sh"
 rig_attach
 is_vm "$EP" || die "reboot needs a VM endpoint (parry-rig run --vm reboot)"
 k=${EP#vm}
+boot_id=$(ep_exec "$EP" cat /proc/sys/kernel/random/boot_id) || fail "no boot id from $DEV"
 check "$DEV runs a kernel of its own (its boot id is not the host's)" \
-  test "$(ep_exec "$EP" cat /proc/sys/kernel/random/boot_id)" != \
-  "$(cat /proc/sys/kernel/random/boot_id)"
+  test -n "$boot_id" -a "$boot_id" != "$(cat /proc/sys/kernel/random/boot_id)"
 
 # reset_vm: resets the VM, remembering the boot it ends; booted_again: the console
 # answers from a new boot (the kernel's boot id differs).
 reset_vm() {
-  boot_id=$(ep_exec "$EP" cat /proc/sys/kernel/random/boot_id)
+  boot_id=$(ep_exec "$EP" cat /proc/sys/kernel/random/boot_id) || fail "no boot id"
+  [ -n "$boot_id" ] || fail "an empty boot id"
   vm_reset "$k"
 }
 new_boot() {
-  vm_console_answers "$k" &&
-    [ "$(ep_exec "$EP" cat /proc/sys/kernel/random/boot_id)" != "$boot_id" ]
+  local id
+  vm_console_answers "$k" || return 1
+  id=$(ep_exec "$EP" cat /proc/sys/kernel/random/boot_id) || return 1
+  [ -n "$id" ] && [ "$id" != "$boot_id" ]
 }
 booted_again() { eventually 90 "vm$k booted again (a new boot id)" new_boot; }
 

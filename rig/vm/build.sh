@@ -28,8 +28,8 @@ kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*-amd64' | sort -V | tail -n 1)
 kver=${kernel#/boot/vmlinuz-}
 [ -d "/lib/modules/$kver" ] || die "no modules for $kver in /lib/modules"
 busybox=$(command -v busybox) || die "busybox is not installed (busybox-static)"
-file -L "$busybox" 2>/dev/null | grep -q 'statically linked' ||
-  ldd "$busybox" 2>&1 | grep -q 'not a dynamic' ||
+linkage=$(ldd "$busybox" 2>&1 || true) # ldd fails on a static program, and says so
+grep -q 'not a dynamic' <<<"$linkage" ||
   die "$busybox is not static (apt-get install busybox-static)"
 agent=$bin_dir/parry-agent
 [ -x "$agent" ] || die "$agent not found: build it first"
@@ -42,10 +42,12 @@ command -v cpio >/dev/null || die "cpio is not installed"
 modules=(virtio_pci virtio_net virtio_blk virtio_rng ext4 nf_tables nft_ct)
 mod_paths=()
 for m in "${modules[@]}"; do
+  deps=$(modprobe -S "$kver" --show-depends "$m") ||
+    die "modprobe knows no module $m for $kver"
   while read -r verb path _; do
     [ "$verb" = insmod ] || continue
     case " ${mod_paths[*]:-} " in *" $path "*) ;; *) mod_paths+=("$path") ;; esac
-  done < <(modprobe -S "$kver" --show-depends "$m")
+  done <<<"$deps"
 done
 [ "${#mod_paths[@]}" -gt 0 ] || die "modprobe found none of: ${modules[*]}"
 
@@ -103,7 +105,10 @@ printf '%s\n' "$inputs" >"$stage/inputs"
 rm -rf "$root"
 mkdir -p "$out"
 mv "$stage/initrd.img" "$stage/vmlinuz" "$stage/inputs" "$out/"
-# The bound: all but the three most recently made or used builds go.
-find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name '.stage.*' -printf '%T@ %p\n' |
-  sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf
+# The bound: all but the three most recently made or used builds go, and what a killed
+# build left staged an hour ago.
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name '.stage.*' -printf '%T@\t%p\0' |
+  sort -zrn | tail -zn +4 | cut -zf2- | xargs -0r rm -rf
+find "$cache" -mindepth 1 -maxdepth 1 -type d -name '.stage.*' -mmin +60 -print0 |
+  xargs -0r rm -rf
 echo "$out"
