@@ -415,11 +415,7 @@ no_rules() {
   [ -z "$r" ]
 }
 isolation_table_present() {
-  if is_vm "$1"; then
-    ep_exec "$1" nft list table inet parry_isolation >/dev/null 2>&1
-  else
-    ip netns exec "$(ns_ep "$1")" nft list table inet parry_isolation >/dev/null 2>&1
-  fi
+  ep_exec "$1" nft list table inet parry_isolation >/dev/null 2>&1
 }
 
 # -- IOC files and incidents ----------------------------------------------------------
@@ -511,10 +507,7 @@ vm_run() {
 }
 
 # vm_console_answers K: the VM has booted (its console answers within 2 s).
-vm_console_answers() {
-  "$RIG_PY" "$RIG_ROOT/vm/console.py" "$(vm_dir "$1")/console.sock" run --timeout 2 \
-    true >/dev/null 2>&1
-}
+vm_console_answers() { (vm_run "$1" true 2) >/dev/null 2>&1; }
 
 # vm_boot_files: builds (or finds in the cache) the VMs' kernel and initramfs; prints
 # their directory.

@@ -23,7 +23,7 @@ out=$(act start-process --incident "$inc" --path /bin/sh --cwd "$work" --args="$
 id=$(json_action_id <<<"$out")
 step "action $id completed"
 
-want=$(printf '%s\n%s\n%s\n%s' "$work" $DEV '[a]' '[b c]')
+want=$(printf '%s\n%s\n%s\n%s' "$work" "$DEV" '[a]' '[b c]')
 got=$(ep_exec "$EP" cat "$work/out.txt") || fail "no $work/out.txt in $DEV"
 check "out.txt holds the cwd, host name $DEV and argv [a] [b c]" test "$got" = "$want"
 check_not "out.txt is not on the host (it ran in $DEV's mount namespace)" \
