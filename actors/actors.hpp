@@ -34,6 +34,11 @@ inline constexpr caf::timespan actor_timeout = store_timeout + std::chrono::seco
 using action_store_actor = caf::typed_actor<
     // Stores a new action with its first transition.
     caf::replies_to<atom::put, action_record, transition>::with<atom::ok>,
+    // Stores new actions, each with its trigger audit record and first transition and
+    // in a savepoint of its own; answers, in order, what refused each (none: stored),
+    // once all of them have committed or failed.
+    caf::replies_to<atom::put,
+                    std::vector<action_registration>>::with<std::vector<caf::error>>,
     // Updates an action's state and result and appends the transition; not_found
     // when no such action is stored.
     caf::replies_to<atom::update, action_record, transition>::with<atom::ok>,
@@ -59,7 +64,11 @@ using inventory_store_actor = caf::typed_actor<
     // Stores a new incident; answers its id (the existing one for a re-sent report).
     caf::replies_to<atom::put, incident_record>::with<std::string>,
     // Loads one incident.
-    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>>;
+    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>,
+    // Loads the incidents named, in no particular order: one not stored (or
+    // unreadable, which is logged) is left out.
+    caf::replies_to<atom::get, atom::incidents,
+                    std::vector<std::string>>::with<std::vector<incident_record>>>;
 
 /// User accounts and bearer tokens (auth, api).
 using account_store_actor = caf::typed_actor<
@@ -177,6 +186,12 @@ using bus_keys_actor = caf::typed_actor<
 using response_action_actor = caf::typed_actor<
     // Stores the action as registered (or resumes it) and hands it to its device.
     caf::replies_to<atom::start>::with<action_record>,
+    // The directory stores it, as registered, in one write with others (POST
+    // /actions/bulk): everything after this waits for that write...
+    caf::reacts_to<atom::reg>,
+    // ...whose outcome comes next: none (stored; it goes on), or the error that
+    // refused it (it ends, and its command is withdrawn).
+    caf::reacts_to<atom::reg, caf::error>,
     // The device is offline: the command waits.
     caf::reacts_to<atom::queued>,
     // The device can take the command now: store `sent`, then let it go.
@@ -267,6 +282,11 @@ using directory_actor = caf::typed_actor<
     // Registers a response action; answers once it is stored. A request with the
     // idempotency key of an earlier (or concurrent) one answers that one's record.
     caf::replies_to<atom::reg, action_request>::with<action_record>,
+    // Registers one action per request (POST /actions/bulk, no idempotency keys),
+    // each as the one above would, stored in one write; answers, in order, each
+    // action as registered or the error that refused it.
+    caf::replies_to<atom::reg,
+                    std::vector<action_request>>::with<std::vector<registration_outcome>>,
     // Cancels an action: id, user, comment.
     caf::replies_to<atom::cancel, std::string, std::string,
                     std::string>::with<action_record>,

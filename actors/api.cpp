@@ -577,56 +577,63 @@ void post_actions_bulk(call c) {
           return c.answer(
               unavailable("the request took too long; nothing was registered"));
         }
-        // One shared record of the outcomes; each answer from the directory fills its
-        // slot, and the last one answers the call.
-        struct outcomes {
-          call c;
-          json results = json::array();
-          std::size_t left = 0;
-          std::size_t registered = 0;
-          void done() {
-            if (--left > 0) return;
-            auto n = results.size();
-            c.answer(reply(202, json{{"registered", registered},
-                                     {"refused", n - registered},
-                                     {"results", std::move(results)}}));
-          }
-        };
-        auto out = std::make_shared<outcomes>();
-        out->c = c;
-        out->left = reqs.size();
-        for (auto& r : reqs)
-          out->results.push_back(json{{"incident_id", r.incident_id}});
-        std::string word = to_string(reqs.front().type);
-        for (std::size_t i = 0; i < reqs.size(); ++i) {
-          reqs[i].password_confirmed = confirmed;
-          c.self
-              ->request(c.self->state.directory, c.left(), atom::reg_v,
-                        std::move(reqs[i]))
-              .then(
-                  [out, i](const action_record& rec) {
-                    out->results[i]["action"] = to_json(rec);
-                    ++out->registered;
-                    out->done();
-                  },
-                  [out, i, word](caf::error& err) {
-                    auto& slot = out->results[i];
-                    auto& t = out->c;
-                    // The same words a refused POST /actions leaves in the audit trail.
-                    audit(t.self, t.who.username, "trigger_refused",
-                          word + " on " + slot["incident_id"].get<std::string>(),
-                          message_of(err));
-                    // No answer in time: the directory may still register it.
-                    auto f =
-                        err == caf::sec::request_timeout
-                            ? unavailable("no answer in time; the action may be "
-                                          "registered: look for it before trying again")
-                            : fail(err);
-                    slot["status"] = f.status;
-                    slot["error"] = json::parse(f.body)["error"];
-                    out->done();
-                  });
+        std::vector<std::string> incident_ids;
+        incident_ids.reserve(reqs.size());
+        for (auto& r : reqs) {
+          r.password_confirmed = confirmed;
+          incident_ids.push_back(r.incident_id);
         }
+        auto word = std::string{to_string(reqs.front().type)};
+        // The outcome of target `i`: its action, or why not (the same words a refused
+        // POST /actions leaves in the audit trail).
+        auto refused = [c, word](json& slot, const std::string& incident_id,
+                                 const caf::error& err) {
+          audit(c.self, c.who.username, "trigger_refused", word + " on " + incident_id,
+                message_of(err));
+          // No answer in time: the directory may still register it.
+          auto f = err == caf::sec::request_timeout
+                       ? unavailable("no answer in time; the action may be "
+                                     "registered: look for it before trying again")
+                       : fail(err);
+          slot["status"] = f.status;
+          slot["error"] = json::parse(f.body)["error"];
+        };
+        auto answer = [c](json results, std::size_t registered) mutable {
+          auto n = results.size();
+          c.answer(reply(202, json{{"registered", registered},
+                                   {"refused", n - registered},
+                                   {"results", std::move(results)}}));
+        };
+        c.self->request(c.self->state.directory, c.left(), atom::reg_v, std::move(reqs))
+            .then(
+                [incident_ids, refused,
+                 answer](std::vector<registration_outcome>& outs) mutable {
+                  auto results = json::array();
+                  std::size_t registered = 0;
+                  for (std::size_t i = 0; i < incident_ids.size(); ++i) {
+                    json slot{{"incident_id", incident_ids[i]}};
+                    if (i >= outs.size())
+                      refused(slot, incident_ids[i],
+                              make_error(ec::storage, "the directory left it out"));
+                    else if (outs[i].err)
+                      refused(slot, incident_ids[i], outs[i].err);
+                    else {
+                      slot["action"] = to_json(outs[i].rec);
+                      ++registered;
+                    }
+                    results.push_back(std::move(slot));
+                  }
+                  answer(std::move(results), registered);
+                },
+                [incident_ids, refused, answer](caf::error& err) mutable {
+                  auto results = json::array();
+                  for (auto& id : incident_ids) {
+                    json slot{{"incident_id", id}};
+                    refused(slot, id, err);
+                    results.push_back(std::move(slot));
+                  }
+                  answer(std::move(results), 0);
+                });
       });
 }
 

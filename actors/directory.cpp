@@ -1,5 +1,10 @@
 #include "actors/directory.hpp"
 
+#include <algorithm>
+#include <memory>
+#include <string_view>
+#include <unordered_map>
+
 #include <caf/exit_reason.hpp>
 #include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -215,35 +220,18 @@ void wake_dormant(directory_stateful self, const std::string& device_id,
   }
 }
 
-/// Registers `rec` (calling `ok` with the stored record, or `fail`) unless it is a
-/// release for a device that is not isolated (DESIGN.md §2). A start_process given
-/// its arguments as text is split by the device's OS first. `what` says what was
-/// asked for, in the audit trail.
-template <class Ok, class Fail>
-void register_checked(directory_stateful self, action_record rec, std::string what, Ok ok,
-                      Fail fail) {
-  auto go = [self, ok, fail, what](action_record rec) mutable {
-    // The trigger goes into the audit trail before the transitions it causes: the
-    // store handles the audit record before the action's first write.
-    self->request(self->state.store, store_timeout, atom::audit_v,
-                  audit_entry{rec.requested_by, "trigger", rec.action_id,
-                              std::string{to_string(rec.type)} + " on " + rec.device_id +
-                                  " (" + what + ")"})
-        .then([](atom::ok) {},
-              [](caf::error& err) {
-                spdlog::error("directory: cannot write the audit trail: {}",
-                              message_of(err));
-              });
-    auto dev = device_for(self, rec.device_id);
-    auto type = rec.type;
-    auto cmd = to_command(rec);
-    auto act = spawn_action(self, std::move(rec));
-    self->request(act, actor_timeout, atom::start_v).then(ok, fail);
-    // Queued on the device now, while the directory sees requests one at a time:
-    // commands run in the order they were registered. The command waits in the
-    // queue until the action has stored `sent`.
-    self->send(dev, atom::submit_v, type, std::move(cmd), act);
-  };
+/// The trigger record of `rec`; `what` says what was asked for.
+audit_entry trigger_of(const action_record& rec, const std::string& what) {
+  return audit_entry{rec.requested_by, "trigger", rec.action_id,
+                     std::string{to_string(rec.type)} + " on " + rec.device_id + " (" +
+                         what + ")"};
+}
+
+/// Calls `go` with `rec` unless its device says no: a release is refused for a device
+/// that is not isolated (DESIGN.md §2), and start_process arguments given as text are
+/// split by the device's OS first. Calls `fail` with the reason otherwise.
+template <class Go, class Fail>
+void check_on_device(directory_stateful self, action_record rec, Go go, Fail fail) {
   bool release = rec.type == action_type::release_isolation;
   if (!release && !needs_device_os(rec)) {
     go(std::move(rec));
@@ -253,7 +241,6 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
   self->request(dev, actor_timeout, atom::get_v)
       .then(
           [rec, go, fail, release](const device_record& d) mutable {
-            // start_process arguments given as text split by the device's OS rules.
             if (!release) {
               if (auto err = split_for_device(rec, os_family_of(d.os))) {
                 fail(err);
@@ -271,6 +258,148 @@ void register_checked(directory_stateful self, action_record rec, std::string wh
             fail(err);
           },
           fail);
+}
+
+/// Registers `rec` once its device allows it (`check_on_device`), calling `ok` with
+/// the stored record, or `fail`. `what` says what was asked for, in the audit trail.
+template <class Ok, class Fail>
+void register_checked(directory_stateful self, action_record rec, std::string what, Ok ok,
+                      Fail fail) {
+  auto go = [self, ok, fail, what](action_record rec) mutable {
+    // The trigger goes into the audit trail before the transitions it causes: the
+    // store handles the audit record before the action's first write.
+    self->request(self->state.store, store_timeout, atom::audit_v, trigger_of(rec, what))
+        .then([](atom::ok) {},
+              [](caf::error& err) {
+                spdlog::error("directory: cannot write the audit trail: {}",
+                              message_of(err));
+              });
+    auto dev = device_for(self, rec.device_id);
+    auto type = rec.type;
+    auto cmd = to_command(rec);
+    auto act = spawn_action(self, std::move(rec));
+    self->request(act, actor_timeout, atom::start_v).then(ok, fail);
+    // Queued on the device now, while the directory sees requests one at a time:
+    // commands run in the order they were registered. The command waits in the
+    // queue until the action has stored `sent`.
+    self->send(dev, atom::submit_v, type, std::move(cmd), act);
+  };
+  check_on_device(self, std::move(rec), go, fail);
+}
+
+/// A bulk registration (POST /actions/bulk) on its way: each request's outcome, and
+/// how many device checks are still out.
+struct bulk_job {
+  caf::typed_response_promise<std::vector<registration_outcome>> rp;
+  std::vector<registration_outcome> out;
+  std::vector<std::string> what; ///< What each request asked for (the audit trail).
+  std::size_t checking = 0;
+};
+
+/// Stores every action of `job` that passed its checks in one write. Each gets its
+/// actor and its place in its device's queue first, in request order, as a single
+/// registration would; the actors wait for the write's outcome.
+void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
+  auto& st = self->state;
+  std::vector<action_registration> regs;
+  std::vector<std::pair<std::size_t, response_action_actor>> acts;
+  auto now = now_us();
+  for (std::size_t i = 0; i < job->out.size(); ++i) {
+    auto& o = job->out[i];
+    if (o.err) continue;
+    auto first = make_registered(o.rec, now);
+    auto dev = device_for(self, o.rec.device_id);
+    auto act = spawn_action(self, o.rec);
+    self->send(act, atom::reg_v);
+    self->send(dev, atom::submit_v, o.rec.type, to_command(o.rec), act);
+    regs.push_back(action_registration{trigger_of(o.rec, job->what[i]), o.rec, first});
+    acts.emplace_back(i, act);
+  }
+  if (regs.empty()) {
+    job->rp.deliver(std::move(job->out));
+    return;
+  }
+  auto settle = [self, job, acts](std::size_t k, const caf::error& err) {
+    auto& o = job->out[acts[k].first];
+    self->send(acts[k].second, atom::reg_v, err);
+    if (!err) return;
+    o.err = err;
+    o.rec = action_record{};
+  };
+  self->request(st.store, store_timeout, atom::put_v, std::move(regs))
+      .then(
+          [job, acts, settle](std::vector<caf::error>& errs) {
+            for (std::size_t k = 0; k < acts.size(); ++k)
+              settle(k, k < errs.size() ? errs[k]
+                                        : make_error(ec::storage, "no answer for it"));
+            job->rp.deliver(std::move(job->out));
+          },
+          [job, acts, settle](caf::error& err) {
+            for (std::size_t k = 0; k < acts.size(); ++k)
+              settle(k, err);
+            job->rp.deliver(std::move(job->out));
+          });
+}
+
+/// Registers one action per request, as `register_new` would each (its incident's
+/// rules, its device's checks, its trigger record), with one read of the incidents
+/// and one write of the actions.
+void register_bulk(directory_stateful self, std::vector<action_request> reqs,
+                   caf::typed_response_promise<std::vector<registration_outcome>> rp) {
+  auto job = std::make_shared<bulk_job>();
+  job->rp = std::move(rp);
+  job->out.resize(reqs.size());
+  std::vector<std::string> ids;
+  for (auto& r : reqs) {
+    job->what.push_back(std::string{to_string(r.type)} + " on " + r.incident_id);
+    ids.push_back(r.incident_id);
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  self->request(self->state.store, store_timeout, atom::get_v, atom::incidents_v,
+                std::move(ids))
+      .then(
+          [self, job, reqs = std::move(reqs)](std::vector<incident_record>& incs) {
+            std::unordered_map<std::string_view, const incident_record*> by_id;
+            for (auto& inc : incs)
+              by_id.emplace(inc.incident_id, &inc);
+            auto policy = self->state.policy.get();
+            auto now = now_us();
+            job->checking = 1; // until every check is started
+            auto checked = [self, job] {
+              if (--job->checking == 0) store_bulk(self, job);
+            };
+            for (std::size_t i = 0; i < reqs.size(); ++i) {
+              auto& o = job->out[i];
+              auto inc = by_id.find(reqs[i].incident_id);
+              if (inc == by_id.end()) {
+                o.err = make_error(ec::not_found, "no incident " + reqs[i].incident_id);
+                continue;
+              }
+              auto rec = make_action(*inc->second, reqs[i], *policy, now);
+              if (!rec) {
+                o.err = std::move(rec.error());
+                continue;
+              }
+              ++job->checking;
+              check_on_device(
+                  self, std::move(*rec),
+                  [job, i, checked](action_record r) {
+                    job->out[i].rec = std::move(r);
+                    checked();
+                  },
+                  [job, i, checked](const caf::error& err) {
+                    job->out[i].err = err;
+                    checked();
+                  });
+            }
+            checked();
+          },
+          [job](caf::error& err) {
+            for (auto& o : job->out)
+              o.err = err;
+            job->rp.deliver(std::move(job->out));
+          });
 }
 
 /// Validates `req` with its incident and registers the action it describes.
@@ -424,6 +553,12 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                       .then(ok, fail);
                 },
                 fail);
+        return rp;
+      },
+      [self](atom::reg, std::vector<action_request>& reqs)
+          -> caf::result<std::vector<registration_outcome>> {
+        auto rp = self->make_response_promise<std::vector<registration_outcome>>();
+        register_bulk(self, std::move(reqs), rp);
         return rp;
       },
       [self](atom::cancel, const std::string& id, const std::string& user,

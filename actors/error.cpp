@@ -46,11 +46,13 @@ caf::error make_error(ec x) {
 }
 
 ec code_of(const caf::error& err) {
+  if (!err) return ec::none;
   if (err.category() != ec_category()) return ec::unspecified;
   return static_cast<ec>(err.code());
 }
 
 std::string message_of(const caf::error& err) {
+  if (!err) return "no error";
   if (err.category() == ec_category()) {
     const auto& ctx = err.context();
     if (ctx.size() == 1 && ctx.match_element<std::string>(0))

@@ -53,9 +53,9 @@ caf::error make_error(ec x, std::string message);
 caf::error make_error(ec x);
 
 /// The `ec` inside `err`, or `ec::unspecified` for errors from elsewhere.
-ec code_of(const caf::error& err);
+ec code_of(const caf::error& err); // ec::none for no error
 
 /// The message inside `err`, or CAF's rendering for errors from elsewhere.
-std::string message_of(const caf::error& err);
+std::string message_of(const caf::error& err); // "no error" for none
 
 } // namespace parry

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <caf/error.hpp>
 #include <caf/timespan.hpp>
 
 #include "bus/messages.hpp"
@@ -143,6 +144,22 @@ struct audit_entry {
   std::string detail;
 };
 
+/// One action registered together with others in one store write (POST
+/// /actions/bulk): its trigger audit record, the action as registered, and its first
+/// transition.
+struct action_registration {
+  audit_entry trigger;
+  action_record rec;
+  transition first;
+};
+
+/// What became of one request of a bulk registration: the action as registered, or
+/// the error that refused it (`err` set, `rec` empty).
+struct registration_outcome {
+  action_record rec;
+  caf::error err;
+};
+
 /// A user account.
 struct user_record {
   std::string username;
@@ -269,6 +286,12 @@ template <class Inspector> auto inspect(Inspector& f, action_request& x) {
   return f(x.type, x.incident_id, x.target_kind, x.event_id, x.params, x.argv,
            x.argv_given, x.comment, x.idempotency_key, x.username, x.role,
            x.password_confirmed);
+}
+template <class Inspector> auto inspect(Inspector& f, action_registration& x) {
+  return f(x.trigger, x.rec, x.first);
+}
+template <class Inspector> auto inspect(Inspector& f, registration_outcome& x) {
+  return f(x.rec, x.err);
 }
 template <class Inspector> auto inspect(Inspector& f, user_record& x) {
   return f(x.username, x.role, x.salt_hex, x.iterations, x.hash_hex, x.created_at,

@@ -288,6 +288,14 @@ bool transition_allowed(action_state from, action_state to) {
   return false;
 }
 
+transition make_registered(action_record& rec, int64_t now) {
+  rec.state = state::registered;
+  rec.created_at = rec.updated_at = now;
+  auto reason = "requested by " + rec.requested_by;
+  if (!rec.comment.empty()) reason += ": " + rec.comment;
+  return transition{rec.action_id, state::registered, now, std::move(reason)};
+}
+
 bus::command to_command(const action_record& rec) {
   bus::command cmd;
   cmd.action_id = rec.action_id;
@@ -327,12 +335,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
         // The directory hands the command to the device itself, in registration order.
         if (st.rec.created_at != 0) return st.rec; // resumed from the store
         action_record registered = st.rec;
-        registered.state = state::registered;
-        registered.created_at = registered.updated_at = now_us();
-        auto reason = "requested by " + registered.requested_by;
-        if (!registered.comment.empty()) reason += ": " + registered.comment;
-        transition t{registered.action_id, state::registered, registered.created_at,
-                     reason};
+        auto t = make_registered(registered, now_us());
         auto rp = self->make_response_promise<action_record>();
         // Nothing happens to the action until it is stored: later messages wait.
         st.writing = pending_write{registered, t, nullptr, nullptr};
@@ -359,6 +362,33 @@ response_action(response_action_stateful self, action_record rec, device_actor d
                   self->quit();
                 });
         return rp;
+      },
+      [self](atom::reg) {
+        auto& st = self->state;
+        // Stored by the directory: nothing happens to it until that write answers.
+        st.writing = pending_write{};
+        st.writing->rec = st.rec;
+        st.writing->by_directory = true;
+      },
+      [self](atom::reg, const caf::error& err) {
+        auto& st = self->state;
+        if (!st.writing || !st.writing->by_directory) {
+          spdlog::error("{}a registration outcome it did not wait for; ignored",
+                        action_log_tags(st.rec));
+          return;
+        }
+        if (err) {
+          // Never registered: nothing was acted on; its place in the queue goes too.
+          spdlog::error("{}cannot register: {}", action_log_tags(st.rec),
+                        message_of(err));
+          self->send(st.device, atom::withdraw_v, st.rec.action_id);
+          st.writing.reset();
+          st.waiting.clear();
+          self->quit();
+          return;
+        }
+        st.writing.reset();
+        drain(self);
       },
       [self](atom::queued) {
         run(self, [self] {
@@ -495,7 +525,8 @@ response_action(response_action_stateful self, action_record rec, device_actor d
         });
       },
       [self](atom::retry) {
-        if (self->state.writing) write(self);
+        auto& w = self->state.writing;
+        if (w && !w->by_directory) write(self);
       },
   };
 }

@@ -34,6 +34,9 @@ struct pending_write {
   std::function<void(const caf::error&)> abandon;
   int failures = 0;
   bool giving_up = false; ///< Now storing `failed` instead of the refused move.
+  /// The directory stores it (as registered, with other actions): its outcome comes
+  /// as a message (`reg`), never by a write of the action's own.
+  bool by_directory = false;
 };
 
 struct response_action_state {
@@ -67,13 +70,18 @@ inline constexpr std::size_t max_waiting = 64;
 using response_action_stateful =
     response_action_actor::stateful_pointer<response_action_state>;
 
-/// One response action. `rec.state` empty means new: `start` stores it as
-/// registered. A non-final state means resumed from the store after a restart.
+/// One response action. `rec.created_at` zero means new: `start` stores it as
+/// registered. Otherwise it is stored, or being stored by the directory (`reg`), or
+/// resumed from the store after a restart (a non-final state).
 response_action_actor::behavior_type
 response_action(response_action_stateful self, action_record rec, device_actor device,
                 action_store_actor store,
                 caf::timespan exec_deadline = std::chrono::hours{1},
                 write_retry retry = {});
+
+/// Makes `rec`, a new action, registered at `now` (µs since the epoch): answers its
+/// first transition.
+transition make_registered(action_record& rec, int64_t now);
 
 /// The bus command that carries `rec` to the agent.
 bus::command to_command(const action_record& rec);

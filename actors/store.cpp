@@ -149,11 +149,15 @@ constexpr const char* count_names[] = {"devices", "devices_online", "incidents",
 class stmt {
 public:
   stmt(store_state& st, const char* sql) : db_(st.db) {
-    auto& slot = st.statements[sql];
-    if (slot == nullptr && sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT,
-                                              &slot, nullptr) != SQLITE_OK)
-      throw std::runtime_error(sqlite3_errmsg(db_));
-    s_ = slot;
+    auto i = st.statements.find(std::string_view{sql});
+    if (i == st.statements.end()) {
+      sqlite3_stmt* made = nullptr;
+      if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &made, nullptr) !=
+          SQLITE_OK)
+        throw std::runtime_error(sqlite3_errmsg(db_));
+      i = st.statements.emplace(sql, made).first;
+    }
+    s_ = i->second;
   }
   ~stmt() {
     sqlite3_reset(s_);
@@ -205,6 +209,11 @@ void exec(sqlite3* db, const char* sql) {
     sqlite3_free(err);
     throw std::runtime_error(msg);
   }
+}
+
+/// The JSON text of a string map as stored; most are empty, and cost no JSON then.
+std::string json_text(const std::map<std::string, std::string>& m) {
+  return m.empty() ? std::string{"{}"} : json(m).dump();
 }
 
 std::map<std::string, std::string> json_map(const std::string& text) {
@@ -720,6 +729,25 @@ void count_transition(store_state& st, const action_record& a, const transition&
   });
 }
 
+/// Inserts a new action with its first transition.
+void insert_action(store_state& st, const action_record& a, const transition& t) {
+  static const std::string sql =
+      std::string{"INSERT INTO actions ("} + action_columns +
+      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+  stmt s{st, sql.c_str()};
+  s.bind(1, a.action_id).bind(2, to_string(a.type)).bind(3, a.device_id);
+  s.bind(4, a.incident_id).bind(5, to_string(a.target_kind)).bind(6, a.target_event_id);
+  s.bind(7, json_text(a.params)).bind(8, a.requested_by).bind(9, a.comment);
+  s.bind(10, a.idempotency_key).bind(11, to_string(a.state)).bind(12, a.created_at);
+  s.bind(13, a.updated_at).bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
+  s.bind(16, json_text(a.result_effect)).bind(17, a.expires_at);
+  s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
+  s.bind(20, a.reversed_by).bind(21, a.result_agent_us);
+  s.step();
+  write_transition(st, t, a.requested_by);
+  count_transition(st, a, t);
+}
+
 const char* key_kind(bool integrator) {
   return integrator ? "integrator" : "agent";
 }
@@ -818,13 +846,15 @@ template <class Body> caf::error run_write(store_stateful self, Body& body) {
     // message queues behind it.
     self->send(self, atom::flush_v);
   }
-  if (auto err = guarded("savepoint", [&] { exec(st.db, "SAVEPOINT w"); })) return err;
+  // Prepared once, as every statement of a write: a savepoint per write is cheap.
+  if (auto err = guarded("savepoint", [&] { stmt{st, "SAVEPOINT w"}.step(); }))
+    return err;
   auto seq = st.audit_seq;
   auto head = st.audit_head;
   auto counted = st.count_on_commit.size();
   auto err = guarded("write", [&] {
     body();
-    exec(st.db, "RELEASE w");
+    stmt{st, "RELEASE w"}.step();
   });
   if (!err) {
     ++st.writes;
@@ -1131,31 +1161,50 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
         auto queued = self->state.replies_queued;
-        auto res = ok_write(self, [&] {
-          std::string sql =
-              std::string{"INSERT INTO actions ("} + action_columns +
-              ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-          stmt s{self->state, sql.c_str()};
-          s.bind(1, a.action_id)
-              .bind(2, to_string(a.type))
-              .bind(3, a.device_id)
-              .bind(4, a.incident_id);
-          s.bind(5, to_string(a.target_kind))
-              .bind(6, a.target_event_id)
-              .bind(7, json(a.params).dump());
-          s.bind(8, a.requested_by).bind(9, a.comment).bind(10, a.idempotency_key);
-          s.bind(11, to_string(a.state)).bind(12, a.created_at).bind(13, a.updated_at);
-          s.bind(14, int64_t{a.result_ok}).bind(15, a.result_error);
-          s.bind(16, json(a.result_effect).dump()).bind(17, a.expires_at);
-          s.bind(18, int64_t{a.password_confirmed}).bind(19, a.reverses);
-          s.bind(20, a.reversed_by).bind(21, a.result_agent_us);
-          s.step();
-          write_transition(self->state, t, a.requested_by);
-          count_transition(self->state, a, t);
-        });
+        auto res = ok_write(self, [&] { insert_action(self->state, a, t); });
         publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
                           action_event_of(a));
         return res;
+      },
+      [=](atom::put, const std::vector<action_registration>& regs)
+          -> caf::result<std::vector<caf::error>> {
+        // One savepoint each: a refused one leaves the others registered. The answer
+        // waits until every one of them has committed or failed (a full group may
+        // commit part of them before the rest are written).
+        struct outcomes {
+          caf::typed_response_promise<std::vector<caf::error>> rp;
+          std::vector<caf::error> errors;
+          std::size_t open = 0;
+          void settle() {
+            if (--open == 0) rp.deliver(std::move(errors));
+          }
+        };
+        auto out = std::make_shared<outcomes>();
+        out->rp = self->make_response_promise<std::vector<caf::error>>();
+        out->errors.resize(regs.size());
+        out->open = regs.size() + 1; // + 1 until every write is queued
+        auto& st = self->state;
+        for (std::size_t i = 0; i < regs.size(); ++i) {
+          const auto& r = regs[i];
+          auto body = [&] {
+            append_audit(st, r.trigger);
+            insert_action(st, r.rec, r.first);
+          };
+          if (auto err = run_write(self, body)) {
+            out->errors[i] = std::move(err);
+            out->settle();
+            continue;
+          }
+          auto queued = st.replies_queued++;
+          st.on_commit.emplace_back([out, i](const caf::error& err) {
+            out->errors[i] = err;
+            out->settle();
+          });
+          publish_on_commit(st, queued, bus::topic::action, to_string(r.rec.state),
+                            action_event_of(r.rec));
+        }
+        out->settle();
+        return out->rp;
       },
       [=](atom::update, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
@@ -1169,7 +1218,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
               .bind(2, a.updated_at)
               .bind(3, int64_t{a.result_ok});
           s.bind(4, a.result_error)
-              .bind(5, json(a.result_effect).dump())
+              .bind(5, json_text(a.result_effect))
               .bind(6, a.result_agent_us)
               .bind(7, a.action_id);
           s.step();
@@ -1180,6 +1229,23 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
                           action_event_of(a));
         return res;
+      },
+      [=](atom::get, atom::incidents, const std::vector<std::string>& ids)
+          -> caf::result<std::vector<incident_record>> {
+        return read_answer<std::vector<incident_record>>([&] {
+          std::vector<incident_record> found;
+          found.reserve(ids.size());
+          for (const auto& id : ids) {
+            // One unreadable incident must not refuse the others: it is logged and
+            // left out, and its targets are refused as not found.
+            try {
+              if (auto r = load_incident(self->state, id)) found.push_back(std::move(*r));
+            } catch (const std::exception& e) {
+              spdlog::error("store: {}", e.what());
+            }
+          }
+          return found;
+        });
       },
       [=](atom::get, atom::incident,
           const std::string& id) -> caf::result<incident_record> {

@@ -32,8 +32,9 @@ struct store_state {
 
   /// Open database connection (WAL mode).
   sqlite3* db = nullptr;
-  /// Prepared statements by SQL text, prepared on first use.
-  std::map<std::string, sqlite3_stmt*> statements;
+  /// Prepared statements by SQL text, prepared on first use (found without a copy
+  /// of the text).
+  std::map<std::string, sqlite3_stmt*, std::less<>> statements;
   /// True while a transaction collects writes for the next commit.
   bool in_transaction = false;
   /// When the open transaction began, for the commit latency.

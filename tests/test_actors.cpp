@@ -432,6 +432,89 @@ BOOST_AUTO_TEST_CASE(requests_that_do_not_apply_are_refused_and_not_registered) 
   BOOST_TEST(read("actions")["actions"].empty());
 }
 
+// POST /actions/bulk: each request gets what a single registration would (its
+// incident's rules, its device's checks, a trigger before its transitions), in order,
+// from one read of the incidents and one write of the actions.
+BOOST_AUTO_TEST_CASE(a_bulk_registration_is_each_single_one_in_one_write) {
+  hello("dev-1");
+  hello("dev-2", true);
+  report_incident("dev-1");
+  report_incident("dev-2");
+  std::map<std::string, std::string> inc; // by device
+  auto listed = read("incidents");
+  for (auto& i : listed["incidents"])
+    inc[i["device_id"].get<std::string>()] = i["incident_id"].get<std::string>();
+  BOOST_REQUIRE(inc.size() == 2u);
+  auto bad_event = request("isolate", inc["dev-1"]);
+  bad_event.target_kind = target_kind::event;
+  bad_event.event_id = "e99";
+  std::vector<action_request> reqs{
+      request("isolate", inc["dev-1"]),           // 0: registered
+      request("isolate", "inc-nowhere"),          // 1: no such incident
+      request("release_isolation", inc["dev-1"]), // 2: dev-1 is not isolated
+      request("release_isolation", inc["dev-2"]), // 3: registered
+      bad_event,                                  // 4: no such event
+  };
+  auto outs = ask<std::vector<registration_outcome>>(dir, atom::reg_v, reqs);
+  BOOST_REQUIRE_EQUAL(outs.size(), 5u);
+  BOOST_TEST(!outs[0].err);
+  BOOST_TEST(outs[0].rec.device_id == "dev-1");
+  BOOST_TEST((outs[0].rec.state == state::registered));
+  BOOST_TEST(outs[0].rec.created_at != 0);
+  BOOST_TEST(code_of(outs[1].err) == ec::not_found);
+  BOOST_TEST(code_of(outs[2].err) == ec::not_applicable);
+  BOOST_TEST(!outs[3].err);
+  BOOST_TEST(outs[3].rec.device_id == "dev-2");
+  BOOST_TEST(code_of(outs[4].err) == ec::not_found);
+  BOOST_TEST(outs[2].rec.action_id.empty());
+  BOOST_TEST(read("actions")["actions"].size() == 2u);
+  // Each went on as a single one does: `sent` stored, then the command.
+  for (auto i : {0, 3})
+    BOOST_TEST(states(outs[i].rec.action_id) == (strings{"registered", "sent"}));
+  auto ids = command_ids();
+  BOOST_TEST(ids.size() == 2u);
+  for (auto i : {0, 3})
+    BOOST_TEST(std::count(ids.begin(), ids.end(), outs[i].rec.action_id) == 1);
+  // Its trigger record comes right before its first transition.
+  auto audit = read("audit")["records"];
+  for (auto i : {0, 3}) {
+    auto& id = outs[i].rec.action_id;
+    int trigger = -1, first = -1;
+    for (int k = 0; k < static_cast<int>(audit.size()); ++k) {
+      if (audit[k]["target"] != id) continue;
+      if (audit[k]["kind"] == "trigger" && trigger < 0) trigger = k;
+      if (audit[k]["kind"] == "transition" && first < 0) first = k;
+    }
+    BOOST_REQUIRE(trigger >= 0);
+    BOOST_TEST(std::abs(first - trigger) == 1); // adjacent, in either listing order
+    BOOST_TEST(audit[trigger]["detail"].get<std::string>().find(
+                   " (" + std::string{i == 0 ? "isolate" : "release_isolation"} +
+                   " on inc-") != std::string::npos);
+  }
+}
+
+// A bulk registration takes its place in each device's queue like a single one: after
+// what was registered before it, in the order of its requests.
+BOOST_AUTO_TEST_CASE(bulk_commands_go_out_in_registration_order) {
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  advance_time(3s);
+  sched.run(); // offline: everything waits
+  auto first = ask<action_record>(dir, atom::reg_v, request("isolate", inc));
+  std::vector<action_request> reqs{request("quarantine", inc),
+                                   request("delete_file", inc)};
+  for (auto& r : reqs)
+    r.password_confirmed = true; // the api checked it
+  auto outs = ask<std::vector<registration_outcome>>(dir, atom::reg_v, reqs);
+  BOOST_REQUIRE_EQUAL(outs.size(), 2u);
+  BOOST_REQUIRE_MESSAGE(!outs[0].err, message_of(outs[0].err));
+  BOOST_REQUIRE_MESSAGE(!outs[1].err, message_of(outs[1].err));
+  BOOST_TEST(states(outs[1].rec.action_id) == (strings{"registered", "queued"}));
+  hello("dev-1");
+  BOOST_TEST(command_ids() ==
+             (strings{first.action_id, outs[0].rec.action_id, outs[1].rec.action_id}));
+}
+
 BOOST_AUTO_TEST_CASE(event_target_is_accepted) {
   hello("dev-1");
   auto inc = report_incident("dev-1");
@@ -1338,6 +1421,14 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
         log->calls.push_back("put " + a.action_id + " " + to_string(t.state));
         return atom::ok_v;
       },
+      [log](atom::put, const std::vector<action_registration>& regs) {
+        std::vector<caf::error> out;
+        for (auto& r : regs) {
+          log->calls.push_back("put " + r.rec.action_id + " " + to_string(r.first.state));
+          out.emplace_back(); // stored
+        }
+        return out;
+      },
       [log](atom::update, const action_record& a,
             const transition& t) -> caf::result<atom::ok> {
         if (log->refuse_updates > 0) {
@@ -1350,6 +1441,9 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
       },
       [none](atom::get, atom::incident,
              const std::string& id) -> caf::result<incident_record> { return none(id); },
+      [](atom::get, atom::incidents, const std::vector<std::string>&) {
+        return std::vector<incident_record>{};
+      },
       [none](atom::get, const std::string& id) -> caf::result<device_record> {
         return none(id);
       },
@@ -1411,6 +1505,8 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
 response_action_actor::behavior_type stuck_action(const std::string& /*id*/) {
   return {
       [](atom::start) { return action_record{}; },
+      [](atom::reg) {},
+      [](atom::reg, const caf::error&) {},
       [](atom::queued) {},
       [](atom::transmit) {},
       [](atom::ack) {},
@@ -1606,6 +1702,58 @@ BOOST_AUTO_TEST_CASE(the_device_drops_the_command_of_an_action_that_died) {
   caf::anon_send_exit(stuck, caf::exit_reason::kill);
   sched.run();
   BOOST_TEST((types_sent() == call_list{"command"}));
+}
+
+// POST /actions/bulk: the directory stores the action with others; until that write
+// answers, nothing of the action's own is written or sent.
+BOOST_AUTO_TEST_CASE(an_action_the_directory_stores_waits_for_that_write) {
+  auto rec = make("act-1");
+  make_registered(rec, 1);
+  auto aut = spawn_action(rec);
+  self->send(aut, atom::reg_v);
+  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
+  sched.run();
+  BOOST_TEST(log->calls.empty()); // the device's transmit waits
+  BOOST_TEST(types_sent().empty());
+  self->send(aut, atom::reg_v, caf::error{});
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
+  BOOST_TEST((types_sent() == call_list{"command"}));
+  // An outcome nobody waits for changes nothing.
+  self->send(aut, atom::reg_v, make_error(ec::storage, "late"));
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
+}
+
+BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_failed_ends_and_leaves_the_queue) {
+  auto rec = make("act-1");
+  make_registered(rec, 1);
+  auto aut = spawn_action(rec);
+  self->monitor(aut);
+  self->send(aut, atom::reg_v);
+  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
+  sched.run();
+  auto second = make("act-2");
+  auto next = spawn_action(second);
+  self->send(next, atom::start_v);
+  self->send(dev, atom::submit_v, second.type, to_command(second), next);
+  sched.run();
+  BOOST_TEST(types_sent().empty());
+  self->send(aut, atom::reg_v, make_error(ec::storage, "disk I/O error"));
+  sched.run();
+  // Never stored, never sent: the next one in the queue goes instead.
+  BOOST_TEST((log->calls == call_list{"put act-2 registered", "update act-2 sent"}));
+  BOOST_TEST((types_sent() == call_list{"command"}));
+  bool down = false;
+  self->receive([&](caf::down_msg& m) { down = m.source == aut.address(); });
+  BOOST_TEST(down);
+}
+
+// Regression: both read the category of a null error, and crashed on no error.
+BOOST_AUTO_TEST_CASE(no_error_has_a_code_and_a_message) {
+  BOOST_TEST(code_of(caf::error{}) == ec::none);
+  BOOST_TEST(message_of(caf::error{}) == "no error");
+  BOOST_TEST(code_of(make_error(ec::conflict, "x")) == ec::conflict);
 }
 
 BOOST_AUTO_TEST_CASE(the_transition_table_refuses_what_it_does_not_list) {
