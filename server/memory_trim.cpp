@@ -1,6 +1,8 @@
 #include "server/memory_trim.hpp"
 
+#include <chrono>
 #include <fstream>
+#include <mutex>
 
 #include <malloc.h>
 #include <unistd.h>
@@ -15,8 +17,20 @@ uint64_t resident_bytes() {
 }
 
 uint64_t heap_bytes() {
-  auto m = ::mallinfo2();
-  return static_cast<uint64_t>(m.uordblks) + static_cast<uint64_t>(m.hblkhd);
+  // mallinfo2 walks every arena under its lock, stalling every thread's malloc
+  // meanwhile: with a large heap and /stats polled often, it showed in profiles.
+  using clock = std::chrono::steady_clock;
+  static std::mutex m;
+  static clock::time_point taken;
+  static uint64_t bytes = 0;
+  std::lock_guard<std::mutex> lock{m};
+  auto now = clock::now();
+  if (bytes == 0 || now - taken >= heap_bytes_max_age) {
+    auto info = ::mallinfo2();
+    bytes = static_cast<uint64_t>(info.uordblks) + static_cast<uint64_t>(info.hblkhd);
+    taken = now;
+  }
+  return bytes;
 }
 
 memory_trimmer::memory_trimmer(std::shared_ptr<const ingest_gauge> gauge,

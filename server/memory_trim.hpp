@@ -66,8 +66,12 @@ private:
 /// Resident bytes of this process (VmRSS), 0 when /proc cannot be read.
 uint64_t resident_bytes();
 
+/// How old the figure heap_bytes answers may be.
+inline constexpr std::chrono::milliseconds heap_bytes_max_age{1000};
+
 /// Bytes the heap has handed out and not taken back (glibc's mallinfo2: small blocks in
 /// use plus mmapped ones), which falls when memory is freed even if VmRSS does not.
+/// Taken at most once per heap_bytes_max_age; calls in between answer the last figure.
 uint64_t heap_bytes();
 
 } // namespace parry
