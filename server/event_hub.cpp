@@ -1,7 +1,6 @@
 #include "server/event_hub.hpp"
 
 #include <msgpack.hpp>
-#include <msgpack/v2/null_visitor.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -54,28 +53,13 @@ json to_json(const msgpack::object& o, int depth = 0) {
   }
 }
 
-/// True when `body` is one whole msgpack map: checked without building anything.
-bool is_map(const std::string& body) {
-  if (body.empty()) return false;
-  auto b = static_cast<unsigned char>(body[0]);
-  if (!((b >= 0x80 && b <= 0x8f) || b == 0xde || b == 0xdf)) return false;
-  try {
-    msgpack::null_visitor v;
-    std::size_t off = 0;
-    return msgpack::parse(body.data(), body.size(), off, v) && off == body.size();
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
-/// The JSON of `body`, a map `is_map` accepted.
-json map_of(const std::string& body) {
+std::optional<json> map_of(const std::string& body) {
   try {
     auto handle = msgpack::unpack(body.data(), body.size());
+    if (handle.get().type != msgpack::type::MAP) return std::nullopt;
     return to_json(handle.get());
-  } catch (const std::exception& e) {
-    spdlog::error("events: a body that was checked cannot be read: {}", e.what());
-    return nullptr;
+  } catch (const std::exception&) {
+    return std::nullopt;
   }
 }
 
@@ -89,41 +73,29 @@ event_hub::event_hub(event_hub_limits limits) : limits_(limits), epoch_(random_h
 
 void event_hub::publish(const char* family, const std::string& kind,
                         const std::string& body) {
-  if (!is_map(body)) {
+  auto data = map_of(body);
+  if (!data) {
     spdlog::error("events: {}.{}: the body is not a msgpack map; not sent", family,
                   utf8_sanitized(kind));
     return;
   }
   std::lock_guard<std::mutex> lock{m_};
-  kept k{++seq_, now_us(), std::string{family} + "." + utf8_sanitized(kind), body, {}};
-  backlog_bytes_ += k.topic.size() + k.body.size();
-  // Its JSON is made now only for the streams open now; a replay makes it later.
-  if (!sinks_.empty()) {
-    auto text = json_of(k);
-    for (auto& [id, out] : sinks_)
-      out(text);
-  }
-  backlog_.push_back(std::move(k));
+  auto seq = ++seq_;
+  auto text = message(json{{"type", "event"},
+                           {"seq", seq},
+                           {"topic", std::string{family} + "." + utf8_sanitized(kind)},
+                           {"time_us", now_us()},
+                           {"data", std::move(*data)}});
+  backlog_.push_back({seq, text});
+  backlog_bytes_ += text->size();
   while (!backlog_.empty() && (backlog_.size() > limits_.backlog_events ||
                                backlog_bytes_ > limits_.backlog_bytes)) {
-    auto& old = backlog_.front();
-    backlog_bytes_ -=
-        old.topic.size() + old.body.size() + (old.json ? old.json->size() : 0);
+    backlog_bytes_ -= backlog_.front().json->size();
     backlog_.pop_front();
   }
   ++stats_->published;
-}
-
-const event_message& event_hub::json_of(kept& k) {
-  if (!k.json) {
-    k.json = message(json{{"type", "event"},
-                          {"seq", k.seq},
-                          {"topic", k.topic},
-                          {"time_us", k.time_us},
-                          {"data", map_of(k.body)}});
-    backlog_bytes_ += k.json->size();
-  }
-  return k.json;
+  for (auto& [id, out] : sinks_)
+    out(text);
 }
 
 std::optional<event_hub::subscription>
@@ -143,14 +115,13 @@ event_hub::subscribe(std::optional<uint64_t> since, const std::string& epoch, si
     std::size_t bytes = 0;
     if (epoch == epoch_ && *since < seq_ && *since + 1 >= oldest) {
       // Newest last: sum from the end until `since`.
-      for (auto i = backlog_.rbegin();
-           i != backlog_.rend() && i->seq > *since && bytes <= max_replay_bytes; ++i)
-        bytes += json_of(*i)->size();
+      for (auto i = backlog_.rbegin(); i != backlog_.rend() && i->seq > *since; ++i)
+        bytes += i->json->size();
     }
     if (epoch == epoch_ && *since < seq_ && *since + 1 >= oldest &&
         bytes <= max_replay_bytes) {
-      for (auto& k : backlog_)
-        if (k.seq > *since) s.first.push_back(json_of(k));
+      for (const auto& k : backlog_)
+        if (k.seq > *since) s.first.push_back(k.json);
       stats_->replayed += seq_ - *since;
     } else {
       s.first.push_back(message(json{{"type", "resync"}, {"seq", seq_}}));

@@ -24,7 +24,7 @@ namespace parry {
 struct event_hub_limits {
   /// Events kept for replay, newest last; older ones are forgotten.
   std::size_t backlog_events = 10000;
-  /// Bytes kept for replay: the events as published, and their JSON once made.
+  /// Bytes of JSON kept for replay.
   std::size_t backlog_bytes = 16u << 20;
   /// Streams open at once; more are refused (close code 1013).
   std::size_t max_subscribers = 1000;
@@ -79,9 +79,7 @@ public:
 
   /// The store's publish hook: `body` is the event's msgpack map (the bus encoding of
   /// docs/bus-protocol.md, "Events"); it goes out as JSON with the next number. A body
-  /// that is not one whole msgpack map is dropped and logged. The JSON is made when a
-  /// stream needs it: at once while streams are open, on replay otherwise (the
-  /// store's thread pays for no JSON while no console listens).
+  /// that is not a msgpack map is dropped and logged.
   void publish(const char* family, const std::string& kind, const std::string& body);
 
   /// Registers `out` for every event published from now on. `since`: the last number
@@ -100,17 +98,10 @@ public:
   const std::shared_ptr<event_hub_stats>& stats() const { return stats_; }
 
 private:
-  /// An event as published; its JSON is made on first need.
   struct kept {
     uint64_t seq;
-    int64_t time_us;
-    std::string topic;
-    std::string body;
     event_message json;
   };
-  /// The JSON of `k`, made now if it was not yet (under the lock). The backlog's bytes
-  /// count it from then on.
-  const event_message& json_of(kept& k);
 
   event_hub_limits limits_;
   std::string epoch_;

@@ -317,8 +317,6 @@ BOOST_AUTO_TEST_CASE(subscribers_are_bounded_and_bad_bodies_dropped) {
   // Not a msgpack map: dropped, numbered never.
   h.publish("action", "sent", "\x92\x01\x02");
   h.publish("action", "sent", "\xc1");
-  h.publish("action", "sent", std::string{"\x81\xa1\x61"});       // a map cut short
-  h.publish("action", "sent", action_body("a", "sent") + "\x01"); // and more after it
   BOOST_TEST(h.last_seq() == 0u);
   // Text that is not UTF-8 arrives as valid JSON.
   h.publish("action", "sent", action_body("act-\xff", "sent"));
