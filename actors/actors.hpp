@@ -189,8 +189,9 @@ using response_action_actor = caf::typed_actor<
     // The directory stores it, as registered, in one write with others (POST
     // /actions/bulk): everything after this waits for that write...
     caf::reacts_to<atom::reg>,
-    // ...whose outcome comes next: none (stored; it goes on), or the error that
-    // refused it (it ends, and its command is withdrawn).
+    // ...whose outcome comes next: none (stored; it goes on), or the store's error
+    // that refused it (it ends, and its command is withdrawn), or another error (no
+    // answer in time): it asks the store whether it is stored, until it knows.
     caf::reacts_to<atom::reg, caf::error>,
     // The device is offline: the command waits.
     caf::reacts_to<atom::queued>,

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include <caf/exit_reason.hpp>
+#include <caf/sec.hpp>
 #include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
@@ -330,11 +331,15 @@ void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
       .then(
           [job, acts, settle](std::vector<caf::error>& errs) {
             for (std::size_t k = 0; k < acts.size(); ++k)
+              // None for it (never so): its action asks the store itself.
               settle(k, k < errs.size() ? errs[k]
-                                        : make_error(ec::storage, "no answer for it"));
+                                        : caf::make_error(caf::sec::unexpected_response));
             job->rp.deliver(std::move(job->out));
           },
           [job, acts, settle](caf::error& err) {
+            // No answer in time: the write may still commit. The actions learn from
+            // the store whether it did (response_action.cpp, `reg`); the caller
+            // hears that they may be registered.
             for (std::size_t k = 0; k < acts.size(); ++k)
               settle(k, err);
             job->rp.deliver(std::move(job->out));

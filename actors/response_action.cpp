@@ -267,6 +267,53 @@ void finish(response_action_stateful self, bus::action_result& r) {
   });
 }
 
+/// True while the action's registration is being stored (by itself or the directory).
+bool registering(const response_action_state& st) {
+  return st.writing && (st.writing->by_directory || st.rec.created_at == 0);
+}
+
+/// Never registered: nothing was acted on; its place in the device's queue goes too,
+/// and the actor ends.
+void not_registered(response_action_stateful self, const caf::error& err) {
+  auto& st = self->state;
+  spdlog::error("{}cannot register: {}", action_log_tags(st.rec), message_of(err));
+  self->send(st.device, atom::withdraw_v, st.rec.action_id);
+  st.writing.reset();
+  st.waiting.clear();
+  self->quit();
+}
+
+/// The directory stored it: what waited goes on.
+void registered_by_directory(response_action_stateful self) {
+  self->state.writing.reset();
+  drain(self);
+}
+
+/// The directory's write had no answer: the action is registered if the store has it.
+/// Asked again, with the retries' back-off, until the store answers either way.
+void confirm_registration(response_action_stateful self) {
+  auto& st = self->state;
+  self->request(st.store, st.retry.timeout, atom::get_v, atom::action_v, st.rec.action_id)
+      .then(
+          [self](const action_record&) {
+            auto& w = self->state.writing;
+            if (w && w->by_directory) registered_by_directory(self);
+          },
+          [self](caf::error& err) {
+            auto& st = self->state;
+            if (!st.writing || !st.writing->by_directory) return;
+            if (code_of(err) == ec::not_found) {
+              not_registered(self, err);
+              return;
+            }
+            ++st.writing->failures;
+            spdlog::error("{}cannot learn whether it is registered (attempt {}): {}",
+                          action_log_tags(st.rec), st.writing->failures, message_of(err));
+            self->delayed_send(self, backoff(st.retry, st.writing->failures),
+                               atom::retry_v);
+          });
+}
+
 action_state state_after_restart(const action_record& rec) {
   return rec.expires_at > 0 && now_us() >= rec.expires_at ? state::expired
                                                           : state::cancelled;
@@ -350,16 +397,9 @@ response_action(response_action_stateful self, action_record rec, device_actor d
                   drain(self);
                 },
                 [self, rp](caf::error& err) mutable {
-                  // Never registered (a duplicate idempotency key, a store error):
-                  // nothing was acted on; its place in the device's queue goes too.
-                  spdlog::error("{}cannot register: {}", action_log_tags(self->state.rec),
-                                message_of(err));
-                  self->send(self->state.device, atom::withdraw_v,
-                             self->state.rec.action_id);
+                  // Never registered (a duplicate idempotency key, a store error).
                   rp.deliver(err);
-                  self->state.writing.reset();
-                  self->state.waiting.clear();
-                  self->quit();
+                  not_registered(self, err);
                 });
         return rp;
       },
@@ -377,18 +417,18 @@ response_action(response_action_stateful self, action_record rec, device_actor d
                         action_log_tags(st.rec));
           return;
         }
-        if (err) {
-          // Never registered: nothing was acted on; its place in the queue goes too.
-          spdlog::error("{}cannot register: {}", action_log_tags(st.rec),
-                        message_of(err));
-          self->send(st.device, atom::withdraw_v, st.rec.action_id);
-          st.writing.reset();
-          st.waiting.clear();
-          self->quit();
+        if (!err) {
+          registered_by_directory(self);
           return;
         }
-        st.writing.reset();
-        drain(self);
+        if (code_of(err) == ec::unspecified) {
+          // The write's fate is unknown (no answer in time): the store says.
+          spdlog::warn("{}no answer for its registration ({}); asking the store",
+                       action_log_tags(st.rec), message_of(err));
+          confirm_registration(self);
+          return;
+        }
+        not_registered(self, err);
       },
       [self](atom::queued) {
         run(self, [self] {
@@ -453,6 +493,11 @@ response_action(response_action_stateful self, action_record rec, device_actor d
         if (st.writing && st.waiting.size() >= max_waiting)
           return make_error(ec::storage, "action " + st.rec.action_id +
                                              " is waiting for the store; try again");
+        // Not registered yet: if its registration fails, nothing would be left to
+        // answer a cancel waiting behind it.
+        if (registering(st))
+          return make_error(ec::conflict, "action " + st.rec.action_id +
+                                              " is still being registered; try again");
         auto rp = self->make_response_promise<action_record>();
         run(self, [self, rp, user, comment]() mutable {
           auto& st = self->state;
@@ -526,7 +571,10 @@ response_action(response_action_stateful self, action_record rec, device_actor d
       },
       [self](atom::retry) {
         auto& w = self->state.writing;
-        if (w && !w->by_directory) write(self);
+        if (w && w->by_directory)
+          confirm_registration(self);
+        else if (w)
+          write(self);
       },
   };
 }

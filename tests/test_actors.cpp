@@ -466,7 +466,6 @@ BOOST_AUTO_TEST_CASE(a_bulk_registration_is_each_single_one_in_one_write) {
   BOOST_TEST(!outs[3].err);
   BOOST_TEST(outs[3].rec.device_id == "dev-2");
   BOOST_TEST(code_of(outs[4].err) == ec::not_found);
-  BOOST_TEST(outs[2].rec.action_id.empty());
   BOOST_TEST(read("actions")["actions"].size() == 2u);
   // Each went on as a single one does: `sent` stored, then the command.
   for (auto i : {0, 3})
@@ -1404,6 +1403,8 @@ namespace {
 struct store_log {
   std::vector<std::string> calls;
   int refuse_updates = 0;
+  /// Actions the mock's `get action` finds (others are not found).
+  std::set<std::string> stored;
 };
 
 using store_log_ptr = std::shared_ptr<store_log>;
@@ -1463,8 +1464,14 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
       [](atom::revoke, const std::string&) { return atom::ok_v; },
       [none](atom::revoke, atom::token, const std::string& id,
              const std::string&) -> caf::result<std::string> { return none(id); },
-      [none](atom::get, atom::action,
-             const std::string& id) -> caf::result<action_record> { return none(id); },
+      [none, log](atom::get, atom::action,
+                  const std::string& id) -> caf::result<action_record> {
+        log->calls.push_back("get " + id);
+        if (!log->stored.count(id)) return none(id);
+        action_record rec;
+        rec.action_id = id;
+        return rec;
+      },
       [](atom::link, const std::string&, const std::string&) { return atom::ok_v; },
       [](atom::revert, const std::string&, const std::string&) { return atom::ok_v; },
       [log](atom::audit, const audit_entry& e) {
@@ -1719,10 +1726,55 @@ BOOST_AUTO_TEST_CASE(an_action_the_directory_stores_waits_for_that_write) {
   sched.run();
   BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
   BOOST_TEST((types_sent() == call_list{"command"}));
-  // An outcome nobody waits for changes nothing.
+  // An outcome nobody waits for changes nothing: the action lives on.
+  self->monitor(aut);
   self->send(aut, atom::reg_v, make_error(ec::storage, "late"));
   sched.run();
+  bool down = false;
+  self->receive([&](caf::down_msg&) { down = true; },
+                caf::after(std::chrono::seconds{0}) >> [] {});
+  BOOST_TEST(!down);
   BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
+}
+
+// No answer from the directory's write in time: the write may still commit, so the
+// action asks the store, and goes on or ends by what it finds.
+BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_had_no_answer_asks_the_store) {
+  auto rec = make("act-1");
+  make_registered(rec, 1);
+  auto aut = spawn_action(rec);
+  self->send(aut, atom::reg_v);
+  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
+  sched.run();
+  // A cancel meanwhile is refused at once: nothing could answer it if the write failed.
+  auto cancel = self->request(aut, caf::infinite, atom::cancel_v, std::string{"bob"},
+                              std::string{});
+  sched.run();
+  bool refused = false;
+  cancel.receive([](action_record&) {},
+                 [&](caf::error& err) { refused = code_of(err) == ec::conflict; });
+  BOOST_TEST(refused);
+  log->stored.insert("act-1");
+  self->send(aut, atom::reg_v, caf::make_error(caf::sec::request_timeout));
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"get act-1", "update act-1 sent"}));
+  BOOST_TEST((types_sent() == call_list{"command"}));
+
+  // Not in the store: never registered, and its place in the queue goes.
+  log->calls.clear();
+  auto lost = make("act-2");
+  make_registered(lost, 1);
+  auto gone = spawn_action(lost);
+  self->monitor(gone);
+  self->send(gone, atom::reg_v);
+  self->send(dev, atom::submit_v, lost.type, to_command(lost), gone);
+  sched.run();
+  self->send(gone, atom::reg_v, caf::make_error(caf::sec::request_timeout));
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"get act-2"}));
+  bool down = false;
+  self->receive([&](caf::down_msg& m) { down = m.source == gone.address(); });
+  BOOST_TEST(down);
 }
 
 BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_failed_ends_and_leaves_the_queue) {
