@@ -1575,6 +1575,19 @@ struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
     return a;
   }
 
+  /// An action the directory stores in a bulk write (`reg`, its outcome still to
+  /// come), queued on the device; monitored by `self`.
+  response_action_actor held_action(const std::string& id) {
+    auto rec = make(id);
+    make_registered(rec, 1);
+    auto a = spawn_action(rec);
+    self->monitor(a);
+    self->send(a, atom::reg_v);
+    self->send(dev, atom::submit_v, rec.type, to_command(rec), a);
+    sched.run();
+    return a;
+  }
+
   std::vector<std::string> types_sent() {
     std::vector<std::string> out;
     for (auto& f : *sent)
@@ -1714,12 +1727,7 @@ BOOST_AUTO_TEST_CASE(the_device_drops_the_command_of_an_action_that_died) {
 // POST /actions/bulk: the directory stores the action with others; until that write
 // answers, nothing of the action's own is written or sent.
 BOOST_AUTO_TEST_CASE(an_action_the_directory_stores_waits_for_that_write) {
-  auto rec = make("act-1");
-  make_registered(rec, 1);
-  auto aut = spawn_action(rec);
-  self->send(aut, atom::reg_v);
-  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
-  sched.run();
+  auto aut = held_action("act-1");
   BOOST_TEST(log->calls.empty()); // the device's transmit waits
   BOOST_TEST(types_sent().empty());
   self->send(aut, atom::reg_v, caf::error{});
@@ -1727,7 +1735,6 @@ BOOST_AUTO_TEST_CASE(an_action_the_directory_stores_waits_for_that_write) {
   BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
   BOOST_TEST((types_sent() == call_list{"command"}));
   // An outcome nobody waits for changes nothing: the action lives on.
-  self->monitor(aut);
   self->send(aut, atom::reg_v, make_error(ec::storage, "late"));
   sched.run();
   bool down = false;
@@ -1740,12 +1747,7 @@ BOOST_AUTO_TEST_CASE(an_action_the_directory_stores_waits_for_that_write) {
 // No answer from the directory's write in time: the write may still commit, so the
 // action asks the store, and goes on or ends by what it finds.
 BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_had_no_answer_asks_the_store) {
-  auto rec = make("act-1");
-  make_registered(rec, 1);
-  auto aut = spawn_action(rec);
-  self->send(aut, atom::reg_v);
-  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
-  sched.run();
+  auto aut = held_action("act-1");
   // A cancel meanwhile is refused at once: nothing could answer it if the write failed.
   auto cancel = self->request(aut, caf::infinite, atom::cancel_v, std::string{"bob"},
                               std::string{});
@@ -1762,13 +1764,7 @@ BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_had_no_answer_asks_the_store) {
 
   // Not in the store: never registered, and its place in the queue goes.
   log->calls.clear();
-  auto lost = make("act-2");
-  make_registered(lost, 1);
-  auto gone = spawn_action(lost);
-  self->monitor(gone);
-  self->send(gone, atom::reg_v);
-  self->send(dev, atom::submit_v, lost.type, to_command(lost), gone);
-  sched.run();
+  auto gone = held_action("act-2");
   self->send(gone, atom::reg_v, caf::make_error(caf::sec::request_timeout));
   sched.run();
   BOOST_TEST((log->calls == call_list{"get act-2"}));
@@ -1778,13 +1774,7 @@ BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_had_no_answer_asks_the_store) {
 }
 
 BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_failed_ends_and_leaves_the_queue) {
-  auto rec = make("act-1");
-  make_registered(rec, 1);
-  auto aut = spawn_action(rec);
-  self->monitor(aut);
-  self->send(aut, atom::reg_v);
-  self->send(dev, atom::submit_v, rec.type, to_command(rec), aut);
-  sched.run();
+  auto aut = held_action("act-1");
   auto second = make("act-2");
   auto next = spawn_action(second);
   self->send(next, atom::start_v);
