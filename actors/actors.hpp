@@ -63,6 +63,10 @@ using inventory_store_actor = caf::typed_actor<
     caf::replies_to<atom::get, std::string>::with<device_record>,
     // Stores a new incident; answers its id (the existing one for a re-sent report).
     caf::replies_to<atom::put, incident_record>::with<std::string>,
+    // The same for an incident from the bus, unanswered: nobody waits for it (a
+    // request would cost a timer and an answer per report), so the store logs and
+    // counts one it cannot store (parry_incidents_failed_total).
+    caf::reacts_to<atom::put, atom::incident, incident_record>,
     // Loads one incident.
     caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>,
     // Loads the incidents named, in no particular order: one not stored (or

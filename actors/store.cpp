@@ -23,6 +23,7 @@
 #include "bus/integrator.hpp"
 #include "common/crypto.hpp"
 #include "common/time.hpp"
+#include "server/logging.hpp"
 #include "server/metrics.hpp"
 
 namespace parry {
@@ -976,6 +977,79 @@ Behavior with_reads(Reads reads, Handlers... handlers) {
       std::move(reads));
 }
 
+/// Stores a new incident in the open group. `done` hears the incident's id once the
+/// group commits (the stored one, for a re-sent report), or the error that stopped
+/// it.
+template <class Done>
+void put_incident(store_stateful self, const incident_record& r, Done done) {
+  auto& st = self->state;
+  // Handled, whatever the outcome: the report no longer counts as in flight.
+  struct release {
+    ingest_gauge* gauge;
+    uint64_t bytes;
+    ~release() {
+      if (gauge != nullptr && bytes > 0) gauge->done(bytes);
+    }
+  } released{st.ingest.get(), r.wire_bytes};
+  // A re-sent report (lost acknowledgement, agent restart) is the same incident.
+  std::string known;
+  if (auto err = guarded("read", [&] {
+        stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
+                      "report_id = ?"};
+        find.bind(1, r.device_id).bind(2, r.report.report_id);
+        if (find.step()) known = find.text(0);
+      }))
+    return done(std::move(err));
+  if (!known.empty()) return done(std::move(known));
+  auto insert = [&] {
+    stmt s{st, "INSERT INTO incidents (incident_id, device_id, report_id, "
+               "status, created_at, det_name, det_severity, det_engine, "
+               "key_event_id, event_count, report) VALUES (?, ?, ?, ?, ?, ?, "
+               "?, ?, ?, ?, ?)"};
+    s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
+    s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
+    s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
+    s.bind(9, r.report.key_event_id);
+    s.bind(10, static_cast<int64_t>(r.report.events.size()));
+    // As it came off the bus, decoded and checked (gateway_bridge.cpp).
+    if (r.report.wire.empty())
+      s.bind_blob(11, bus::encode(r.report));
+    else
+      s.bind_blob(11, r.report.wire);
+    s.step();
+    count_on_commit(st, [](server_metrics& m) { m.incident_stored(); });
+  };
+  auto queued = st.replies_queued;
+  if (auto err = run_write(self, insert)) return done(std::move(err));
+  ++st.replies_queued;
+  st.on_commit.emplace_back(
+      [done = std::move(done), id = r.incident_id](const caf::error& err) mutable {
+        if (err)
+          done(err);
+        else
+          done(std::move(id));
+      });
+  publish_on_commit(st, queued, bus::topic::incident, "created",
+                    bus::incident_event{r.incident_id, r.device_id, r.report.det.name,
+                                        r.report.det.severity, r.created_at,
+                                        static_cast<uint32_t>(r.report.events.size())});
+}
+
+/// An incident from the bus that could not be stored: nobody waits for it, so the
+/// store counts it and logs it (at most 5 lines per 10 s; the rest are counted in
+/// the next line).
+void incident_not_stored(store_state& st, const std::string& device,
+                         const caf::error& err) {
+  ++st.incidents_failed;
+  if (st.metrics) st.metrics->incident_failed();
+  uint64_t held = 0;
+  if (!st.incident_log.pass("incident", held)) return;
+  spdlog::error("{}store: cannot store an incident: {} ({} more since the last line, "
+                "{} in all)",
+                log_tags({{"device", device}}), message_of(err), held,
+                st.incidents_failed);
+}
+
 } // namespace
 
 store_actor::behavior_type store(store_stateful self, std::string path) {
@@ -1110,53 +1184,19 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         return res;
       },
       [=](atom::put, const incident_record& r) -> caf::result<std::string> {
-        auto& st = self->state;
-        // Handled, whatever the outcome: the report no longer counts as in flight.
-        struct release {
-          ingest_gauge* gauge;
-          uint64_t bytes;
-          ~release() {
-            if (gauge != nullptr && bytes > 0) gauge->done(bytes);
-          }
-        } released{st.ingest.get(), r.wire_bytes};
-        // A re-sent report (lost acknowledgement, agent restart) is the same incident.
-        std::string known;
-        if (auto err = guarded("read", [&] {
-              stmt find{st, "SELECT incident_id FROM incidents WHERE device_id = ? AND "
-                            "report_id = ?"};
-              find.bind(1, r.device_id).bind(2, r.report.report_id);
-              if (find.step()) known = find.text(0);
-            }))
-          return err;
-        if (!known.empty()) return known;
-        auto queued = st.replies_queued;
-        auto res = write_answer(
-            self,
-            [&] {
-              stmt s{st, "INSERT INTO incidents (incident_id, device_id, report_id, "
-                         "status, created_at, det_name, det_severity, det_engine, "
-                         "key_event_id, event_count, report) VALUES (?, ?, ?, ?, ?, ?, "
-                         "?, ?, ?, ?, ?)"};
-              s.bind(1, r.incident_id).bind(2, r.device_id).bind(3, r.report.report_id);
-              s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
-              s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
-              s.bind(9, r.report.key_event_id);
-              s.bind(10, static_cast<int64_t>(r.report.events.size()));
-              // As it came off the bus, decoded and checked (gateway_bridge.cpp).
-              if (r.report.wire.empty())
-                s.bind_blob(11, bus::encode(r.report));
-              else
-                s.bind_blob(11, r.report.wire);
-              s.step();
-              count_on_commit(st, [](server_metrics& m) { m.incident_stored(); });
-            },
-            r.incident_id);
-        publish_on_commit(
-            st, queued, bus::topic::incident, "created",
-            bus::incident_event{r.incident_id, r.device_id, r.report.det.name,
-                                r.report.det.severity, r.created_at,
-                                static_cast<uint32_t>(r.report.events.size())});
-        return res;
+        auto rp = self->make_response_promise<std::string>();
+        put_incident(self, r, [rp](caf::expected<std::string> id) mutable {
+          if (id)
+            rp.deliver(std::move(*id));
+          else
+            rp.deliver(std::move(id.error()));
+        });
+        return rp;
+      },
+      [=](atom::put, atom::incident, const incident_record& r) {
+        put_incident(self, r, [self, device = r.device_id](caf::expected<std::string> id) {
+          if (!id) incident_not_stored(self->state, device, id.error());
+        });
       },
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {

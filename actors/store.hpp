@@ -15,6 +15,7 @@
 
 #include "actors/fwd.hpp"
 #include "actors/ingest.hpp"
+#include "common/log_limiter.hpp"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -63,6 +64,10 @@ struct store_state {
   size_t max_page_bytes = 4 << 20;
   /// See store_options::ingest.
   std::shared_ptr<ingest_gauge> ingest;
+  /// Incidents from the bus that could not be stored (nobody waits for their
+  /// answer), and the bound on their log lines.
+  uint64_t incidents_failed = 0;
+  log_limiter incident_log;
   /// See store_options::publish.
   std::function<void(const char* family, std::string kind, std::string body)> publish;
   /// What was last published of each device (online, isolated, hostname): a

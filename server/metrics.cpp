@@ -127,6 +127,12 @@ struct server_metrics::impl {
                                        .Help("EDR incidents stored")
                                        .Register(*registry)
                                        .Add({});
+  prometheus::Counter& incidents_failed =
+      prometheus::BuildCounter()
+          .Name("parry_incidents_failed_total")
+          .Help("EDR incidents from the bus that could not be stored (logged)")
+          .Register(*registry)
+          .Add({});
   prometheus::Family<prometheus::Counter>& audit =
       prometheus::BuildCounter()
           .Name("parry_audit_records_total")
@@ -202,6 +208,10 @@ void server_metrics::store_checkpoint(double seconds, int64_t log_pages) {
 
 void server_metrics::incident_stored() {
   impl_->incidents.Increment();
+}
+
+void server_metrics::incident_failed() {
+  impl_->incidents_failed.Increment();
 }
 
 void server_metrics::audit_record(const std::string& kind) {

@@ -49,6 +49,8 @@ public:
   void store_checkpoint(double seconds, int64_t log_pages);
   /// An incident stored.
   void incident_stored();
+  /// An incident from the bus that could not be stored (the store logged it).
+  void incident_failed();
   /// An audit record appended, by kind (login_failed, account_locked, ...).
   void audit_record(const std::string& kind);
 

@@ -1418,6 +1418,9 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
         return atom::ok_v;
       },
       [](atom::put, const incident_record&) { return std::string{"inc-1"}; },
+      [log](atom::put, atom::incident, const incident_record& r) {
+        log->calls.push_back("put incident " + r.device_id);
+      },
       [log](atom::put, const action_record& a, const transition& t) {
         log->calls.push_back("put " + a.action_id + " " + to_string(t.state));
         return atom::ok_v;

@@ -378,6 +378,39 @@ BOOST_AUTO_TEST_CASE(metrics_count_what_commits) {
   BOOST_TEST(has("parry_store_commit_duration_seconds_count"));
 }
 
+// An incident from the bus is not answered: the store keeps it, or logs and counts
+// one it cannot keep; either way its bytes leave the ingest gauge.
+BOOST_AUTO_TEST_CASE(an_unanswered_incident_is_stored_or_counted_as_failed) {
+  opts.metrics = std::make_shared<server_metrics>();
+  opts.ingest = std::make_shared<ingest_gauge>();
+  restart();
+  request<atom::ok>(atom::put_v, device("dev-1", true));
+  other_connection(db_path).exec(
+      "CREATE TRIGGER refuse_bad BEFORE INSERT ON incidents WHEN NEW.report_id = "
+      "'rep-bad' BEGIN SELECT RAISE(ABORT, 'refused'); END;");
+  for (auto id : {"rep-ok", "rep-bad", "rep-ok"}) {
+    incident_record rec;
+    rec.incident_id = std::string{"inc-"} + id;
+    rec.device_id = "dev-1";
+    rec.created_at = 1;
+    rec.report.report_id = id;
+    rec.report.events.resize(2);
+    rec.wire_bytes = 100;
+    opts.ingest->add(rec.wire_bytes);
+    caf::anon_send(st, atom::put_v, atom::incident_v, rec);
+  }
+  sched.run();
+  auto stats = request<std::string>(atom::query_v, atom::stats_v);
+  BOOST_REQUIRE(stats->answered && stats->value);
+  BOOST_TEST(nlohmann::json::parse(*stats->value)["incidents"] == 1);
+  auto text = opts.metrics->scrape();
+  BOOST_TEST_INFO(text);
+  BOOST_TEST(text.find("parry_incidents_stored_total 1") != std::string::npos);
+  BOOST_TEST(text.find("parry_incidents_failed_total 1") != std::string::npos);
+  BOOST_TEST(opts.ingest->reports.load() == 0u);
+  BOOST_TEST(opts.ingest->bytes.load() == 0u);
+}
+
 // Before the cap a burst went into one transaction: its flush queued behind every
 // write of the burst, so nothing was committed (or answered) until all were written.
 BOOST_AUTO_TEST_CASE(a_burst_commits_in_groups_of_at_most_max_batch_writes) {
