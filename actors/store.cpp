@@ -1194,9 +1194,10 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         return rp;
       },
       [=](atom::put, atom::incident, const incident_record& r) {
-        put_incident(self, r, [self, device = r.device_id](caf::expected<std::string> id) {
-          if (!id) incident_not_stored(self->state, device, id.error());
-        });
+        put_incident(self, r,
+                     [self, device = r.device_id](caf::expected<std::string> id) {
+                       if (!id) incident_not_stored(self->state, device, id.error());
+                     });
       },
       [=](atom::put, const action_record& a,
           const transition& t) -> caf::result<atom::ok> {
