@@ -831,35 +831,55 @@ void commit_open(store_state& st) {
   settle_batch(st, err);
 }
 
-/// Runs `body` as one write of the group transaction, in a savepoint of its own:
-/// released when the body succeeds, rolled back when it throws, so the next commit
-/// never carries half a write. Answers the error the caller gets, or none.
-template <class Body> caf::error run_write(store_stateful self, Body& body) {
+/// Opens the group transaction if none is open; a full one commits first (its
+/// writes' answers are all queued by now).
+caf::error open_group(store_stateful self) {
   auto& st = self->state;
-  // A full group commits now; its writes' answers are all queued by now.
   if (st.in_transaction && st.batch_writes >= st.max_batch_writes) commit_open(st);
-  if (!st.in_transaction) {
-    if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
-    st.in_transaction = true;
-    st.batch_writes = 0;
-    st.began = std::chrono::steady_clock::now();
-    // Everything already in the mailbox lands in this transaction: the flush
-    // message queues behind it.
-    self->send(self, atom::flush_v);
-  }
-  // Prepared once, as every statement of a write: a savepoint per write is cheap.
-  if (auto err = guarded("savepoint", [&] { stmt{st, "SAVEPOINT w"}.step(); }))
-    return err;
+  if (st.in_transaction) return {};
+  if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
+  st.in_transaction = true;
+  st.batch_writes = 0;
+  st.began = std::chrono::steady_clock::now();
+  // Everything already in the mailbox lands in this transaction: the flush
+  // message queues behind it.
+  self->send(self, atom::flush_v);
+  return {};
+}
+
+/// How a write goes into the group transaction.
+enum class write_shape {
+  /// Several statements that stand or fall together: a savepoint around them.
+  statements,
+  /// One statement (with its triggers), which SQLite already applies whole or not
+  /// at all: no savepoint, whose journal copies of each page it touches would cost
+  /// more than the write.
+  one_statement,
+};
+
+/// Runs `body` as `n` writes of the open group transaction, which has room for
+/// them, in one savepoint (none for one write of one statement). Released when the
+/// body succeeds, rolled back when it throws, so the next commit never carries half
+/// a write. Answers the error, or none.
+template <class Body>
+caf::error write_in_group(store_stateful self, std::size_t n, write_shape shape,
+                          Body& body) {
+  auto& st = self->state;
+  bool savepoint = n > 1 || shape == write_shape::statements;
+  // Prepared once, as every statement of a write.
+  if (savepoint)
+    if (auto err = guarded("savepoint", [&] { stmt{st, "SAVEPOINT w"}.step(); }))
+      return err;
   auto seq = st.audit_seq;
   auto head = st.audit_head;
   auto counted = st.count_on_commit.size();
   auto err = guarded("write", [&] {
     body();
-    stmt{st, "RELEASE w"}.step();
+    if (savepoint) stmt{st, "RELEASE w"}.step();
   });
   if (!err) {
-    ++st.writes;
-    ++st.batch_writes;
+    st.writes += n;
+    st.batch_writes += n;
     return err;
   }
   st.audit_seq = seq;
@@ -874,14 +894,23 @@ template <class Body> caf::error run_write(store_stateful self, Body& body) {
                  make_error(ec::storage, "transaction rolled back: " + message_of(err)));
     return err;
   }
-  if (sqlite3_exec(st.db, "ROLLBACK TO w; RELEASE w", nullptr, nullptr, nullptr) !=
-      SQLITE_OK) {
+  if (savepoint && sqlite3_exec(st.db, "ROLLBACK TO w; RELEASE w", nullptr, nullptr,
+                                nullptr) != SQLITE_OK) {
     spdlog::critical("store: cannot roll back a failed write: {}", sqlite3_errmsg(st.db));
     sqlite3_exec(st.db, "ROLLBACK", nullptr, nullptr, nullptr);
     reload_audit_head(st);
     settle_batch(st, make_error(ec::storage, "transaction rolled back"));
   }
   return err;
+}
+
+/// Runs `body` as one write of the group transaction. Answers the error the caller
+/// gets, or none.
+template <class Body>
+caf::error run_write(store_stateful self, Body& body,
+                     write_shape shape = write_shape::statements) {
+  if (auto err = open_group(self)) return err;
+  return write_in_group(self, 1, shape, body);
 }
 
 /// A write answered with `value` once its group commits, or with the error that
@@ -1020,7 +1049,8 @@ void put_incident(store_stateful self, const incident_record& r, Done done) {
     count_on_commit(st, [](server_metrics& m) { m.incident_stored(); });
   };
   auto queued = st.replies_queued;
-  if (auto err = run_write(self, insert)) return done(std::move(err));
+  if (auto err = run_write(self, insert, write_shape::one_statement))
+    return done(std::move(err));
   ++st.replies_queued;
   st.on_commit.emplace_back(
       [done = std::move(done), id = r.incident_id](const caf::error& err) mutable {
@@ -1209,9 +1239,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
       },
       [=](atom::put, const std::vector<action_registration>& regs)
           -> caf::result<std::vector<caf::error>> {
-        // One savepoint each: a refused one leaves the others registered. The answer
-        // waits until every one of them has committed or failed (a full group may
-        // commit part of them before the rest are written).
+        // Each stands or falls alone: a refused one leaves the others registered.
+        // The answer waits until every one of them has committed or failed (a full
+        // group may commit part of them before the rest are written).
         struct outcomes {
           caf::typed_response_promise<std::vector<caf::error>> rp;
           std::vector<caf::error> errors;
@@ -1225,24 +1255,48 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         out->errors.resize(regs.size());
         out->open = regs.size() + 1; // + 1 until every write is queued
         auto& st = self->state;
-        for (std::size_t i = 0; i < regs.size(); ++i) {
-          const auto& r = regs[i];
-          auto body = [&] {
-            append_audit(st, r.trigger);
-            insert_action(st, r.rec, r.first);
-          };
-          if (auto err = run_write(self, body)) {
-            out->errors[i] = std::move(err);
-            out->settle();
-            continue;
-          }
+        auto write = [&](std::size_t i) {
+          append_audit(st, regs[i].trigger);
+          insert_action(st, regs[i].rec, regs[i].first);
+        };
+        auto queue = [&](std::size_t i) {
           auto queued = st.replies_queued++;
           st.on_commit.emplace_back([out, i](const caf::error& err) {
             out->errors[i] = err;
             out->settle();
           });
-          publish_on_commit(st, queued, bus::topic::action, to_string(r.rec.state),
-                            action_event_of(r.rec));
+          publish_on_commit(st, queued, bus::topic::action, to_string(regs[i].rec.state),
+                            action_event_of(regs[i].rec));
+        };
+        auto refuse = [&](std::size_t i, caf::error err) {
+          out->errors[i] = std::move(err);
+          out->settle();
+        };
+        // As many as the open group has room for under one savepoint; only when one
+        // of them fails are they written again one by one, to refuse just that one.
+        for (std::size_t i = 0; i < regs.size();) {
+          if (auto err = open_group(self)) {
+            refuse(i++, std::move(err));
+            continue;
+          }
+          auto n = std::min(regs.size() - i, st.max_batch_writes - st.batch_writes);
+          auto run = [&] {
+            for (std::size_t j = i; j < i + n; ++j)
+              write(j);
+          };
+          if (!write_in_group(self, n, write_shape::statements, run)) {
+            for (std::size_t j = i; j < i + n; ++j)
+              queue(j);
+          } else {
+            for (std::size_t j = i; j < i + n; ++j) {
+              auto one = [&] { write(j); };
+              if (auto err = run_write(self, one))
+                refuse(j, std::move(err));
+              else
+                queue(j);
+            }
+          }
+          i += n;
         }
         out->settle();
         return out->rp;

@@ -260,41 +260,54 @@ BOOST_AUTO_TEST_CASE(failed_write_is_not_half_committed) {
 // POST /actions/bulk: many actions in one write, each in a savepoint of its own; one
 // that is refused leaves the others stored, each with its trigger before its
 // transitions in the audit chain, and a group that fills up mid-way loses nothing.
+// Written under one savepoint while none fails; one by one once one does.
 BOOST_AUTO_TEST_CASE(registrations_in_one_write_are_refused_one_by_one) {
   std::vector<std::string> published;
   opts.publish = [&](const char* family, std::string kind, std::string) {
     published.push_back(std::string{family} + "." + kind);
   };
-  opts.max_batch_writes = 2; // the five below span three groups
-  restart();
-  request<atom::ok>(atom::put_v, action("a-old"),
-                    transition{"a-old", action_state::registered, 1, ""});
-  std::vector<action_registration> regs;
-  for (auto id : {"a-1", "a-old", "a-2", "a-1", "a-3"})
-    regs.push_back({audit_entry{"alice", "trigger", id, "isolate on dev-1"}, action(id),
-                    transition{id, action_state::registered, 1, "requested by alice"}});
-  auto out = request<std::vector<caf::error>>(atom::put_v, regs);
-  BOOST_REQUIRE(out->answered);
-  BOOST_REQUIRE(!out->err);
-  BOOST_REQUIRE(out->value->size() == 5u);
-  auto& errs = *out->value;
-  BOOST_TEST(!errs[0]);
-  BOOST_TEST(code(errs[1]) == ec::conflict); // stored before
-  BOOST_TEST(!errs[2]);
-  BOOST_TEST(code(errs[3]) == ec::conflict); // twice in the same write
-  BOOST_TEST(!errs[4]);
-  other_connection other{db_path};
-  BOOST_TEST(other.count("SELECT count(*) FROM actions") == 4);
-  // One trigger per stored action, none for a refused one, each before its action's
-  // first transition; the chain unbroken.
-  BOOST_TEST(other.count("SELECT count(*) FROM audit WHERE kind = 'trigger'") == 3);
-  BOOST_TEST(other.count("SELECT count(*) FROM audit t JOIN audit r ON r.target = "
-                         "t.target AND r.kind = 'transition' WHERE t.kind = 'trigger' "
-                         "AND r.seq = t.seq + 1") == 3);
-  BOOST_TEST(other.count("SELECT count(*) FROM audit a JOIN audit b ON b.seq = a.seq + 1 "
-                         "WHERE b.prev_hash <> a.hash") == 0);
-  BOOST_TEST(other.count("SELECT max(seq) - count(*) FROM audit") == 0);
-  BOOST_TEST(published.size() == 4u); // a-old, then the three stored
+  // Groups of 2 (the five below span three) and of 500 (all five in one run).
+  for (std::size_t group : {2u, 500u}) {
+    BOOST_TEST_CONTEXT("groups of " << group) {
+      opts.max_batch_writes = group;
+      restart();
+      published.clear();
+      auto p = "g" + std::to_string(group) + "-";
+      request<atom::ok>(atom::put_v, action(p + "a-old"),
+                        transition{p + "a-old", action_state::registered, 1, ""});
+      std::vector<action_registration> regs;
+      for (auto id : {"a-1", "a-old", "a-2", "a-1", "a-3"})
+        regs.push_back(
+            {audit_entry{"alice", "trigger", p + id, "isolate on dev-1"}, action(p + id),
+             transition{p + id, action_state::registered, 1, "requested by alice"}});
+      auto out = request<std::vector<caf::error>>(atom::put_v, regs);
+      BOOST_REQUIRE(out->answered);
+      BOOST_REQUIRE(!out->err);
+      BOOST_REQUIRE(out->value->size() == 5u);
+      auto& errs = *out->value;
+      BOOST_TEST(!errs[0]);
+      BOOST_TEST(code(errs[1]) == ec::conflict); // stored before
+      BOOST_TEST(!errs[2]);
+      BOOST_TEST(code(errs[3]) == ec::conflict); // twice in the same write
+      BOOST_TEST(!errs[4]);
+      other_connection other{db_path};
+      auto count = [&](std::string sql) {
+        return other.count(sql.replace(sql.find("PFX"), 3, p).c_str());
+      };
+      BOOST_TEST(count("SELECT count(*) FROM actions WHERE action_id LIKE 'PFX%'") == 4);
+      // One trigger per stored action, none for a refused one, each before its
+      // action's first transition; the chain unbroken.
+      BOOST_TEST(count("SELECT count(*) FROM audit WHERE kind = 'trigger' AND target "
+                       "LIKE 'PFX%'") == 3);
+      BOOST_TEST(count("SELECT count(*) FROM audit t JOIN audit r ON r.target = "
+                       "t.target AND r.kind = 'transition' WHERE t.kind = 'trigger' "
+                       "AND r.seq = t.seq + 1 AND t.target LIKE 'PFX%'") == 3);
+      BOOST_TEST(other.count("SELECT count(*) FROM audit a JOIN audit b ON b.seq = "
+                             "a.seq + 1 WHERE b.prev_hash <> a.hash") == 0);
+      BOOST_TEST(other.count("SELECT max(seq) - count(*) FROM audit") == 0);
+      BOOST_TEST(published.size() == 4u); // a-old, then the three stored
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(update_of_a_missing_action_is_not_found) {
