@@ -1,9 +1,9 @@
 #pragma once
 
 // Incidents between the bus and the store: the gateway thread adds each report it
-// accepts, the store takes it off once it has handled the report (stored it or
-// failed to), or the device actor does when it refuses the report. A bound on the
-// bytes in flight keeps a flood from growing memory.
+// accepts, the store takes it off once it has the report in hand (written into the
+// open group, or failed), or the device actor does when it refuses the report. A
+// bound on the bytes in flight keeps a flood from growing memory.
 //
 // Hellos the same way, counted by a ticket that travels with each one (below): a
 // storm of devices coming up at once (a cold start, every agent reconnecting after a

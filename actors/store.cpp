@@ -10,6 +10,7 @@
 #include <cstring>
 #include <iterator>
 #include <tuple>
+#include <utility>
 
 #include <caf/event_based_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
@@ -1045,8 +1046,9 @@ void put_incident(store_stateful self, const incident_record& r, Done done) {
       s.bind_blob(11, bus::encode(r.report));
     else
       s.bind_blob(11, r.report.wire);
-    s.step();
+    // Before the step: with no savepoint, nothing after it may throw.
     count_on_commit(st, [](server_metrics& m) { m.incident_stored(); });
+    s.step();
   };
   auto queued = st.replies_queued;
   if (auto err = run_write(self, insert, write_shape::one_statement))
@@ -1274,6 +1276,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         };
         // As many as the open group has room for under one savepoint; only when one
         // of them fails are they written again one by one, to refuse just that one.
+        // When SQLite rolled the whole transaction back (an I/O error), the run is
+        // tried once more in a new group, and refused whole if that fails too.
+        bool retried = false;
         for (std::size_t i = 0; i < regs.size();) {
           if (auto err = open_group(self)) {
             refuse(i++, std::move(err));
@@ -1284,18 +1289,24 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             for (std::size_t j = i; j < i + n; ++j)
               write(j);
           };
-          if (!write_in_group(self, n, write_shape::statements, run)) {
+          auto err = write_in_group(self, n, write_shape::statements, run);
+          if (!err) {
             for (std::size_t j = i; j < i + n; ++j)
               queue(j);
+          } else if (!st.in_transaction) {
+            if (!std::exchange(retried, true)) continue;
+            for (std::size_t j = i; j < i + n; ++j)
+              refuse(j, err);
           } else {
             for (std::size_t j = i; j < i + n; ++j) {
               auto one = [&] { write(j); };
-              if (auto err = run_write(self, one))
-                refuse(j, std::move(err));
+              if (auto e = run_write(self, one))
+                refuse(j, std::move(e));
               else
                 queue(j);
             }
           }
+          retried = false;
           i += n;
         }
         out->settle();
