@@ -78,8 +78,17 @@ check_and_dispatch(const directory_actor& dir, bus::header&& h, std::string_view
     if (why = validate_report(*m); !why.empty()) return invalid(why);
     normalize_hashes(*m);
     // Stored as it came (the store) when the bytes say exactly what was checked:
-    // a key we do not know, or one given twice, would be kept unchecked in them.
-    if (exact) m->wire.assign(body.data(), body.size());
+    // a key we do not know, or one given twice, would be kept unchecked in them, so
+    // such a report is stored as encoded again from what was checked.
+    if (exact)
+      m->wire.assign(body.data(), body.size());
+    else
+      m->wire = bus::encode(*m);
+    // The actors and the store need only the bytes and the events' number: the
+    // decoded events (about three times the bytes in memory) are freed here, on
+    // the thread that made them, instead of travelling to the store's thread.
+    m->events_dropped = static_cast<uint32_t>(m->events.size());
+    std::vector<bus::activity_event>{}.swap(m->events);
     uint64_t bytes = 0;
     if (gauge != nullptr) {
       bytes = std::max<uint64_t>(body.size(), 1); // given back by the store

@@ -93,7 +93,7 @@ json to_json(const incident_record& x, bool with_events) {
                               {"severity", r.det.severity},
                               {"engine", r.det.engine}}},
            {"key_event_id", r.key_event_id},
-           {"event_count", r.events.size()},
+           {"event_count", bus::event_count(r)},
            {"created_at", format_time(x.created_at)}};
   if (with_events) {
     auto events = json::array();

@@ -1040,7 +1040,7 @@ void put_incident(store_stateful self, const incident_record& r, Done done) {
     s.bind(4, r.status).bind(5, r.created_at).bind(6, r.report.det.name);
     s.bind(7, r.report.det.severity).bind(8, r.report.det.engine);
     s.bind(9, r.report.key_event_id);
-    s.bind(10, static_cast<int64_t>(r.report.events.size()));
+    s.bind(10, static_cast<int64_t>(bus::event_count(r.report)));
     // As it came off the bus, decoded and checked (gateway_bridge.cpp).
     if (r.report.wire.empty())
       s.bind_blob(11, bus::encode(r.report));
@@ -1061,10 +1061,11 @@ void put_incident(store_stateful self, const incident_record& r, Done done) {
         else
           done(std::move(id));
       });
-  publish_on_commit(st, queued, bus::topic::incident, "created",
-                    bus::incident_event{r.incident_id, r.device_id, r.report.det.name,
-                                        r.report.det.severity, r.created_at,
-                                        static_cast<uint32_t>(r.report.events.size())});
+  publish_on_commit(
+      st, queued, bus::topic::incident, "created",
+      bus::incident_event{r.incident_id, r.device_id, r.report.det.name,
+                          r.report.det.severity, r.created_at,
+                          static_cast<uint32_t>(bus::event_count(r.report))});
 }
 
 /// An incident from the bus that could not be stored: nobody waits for it, so the

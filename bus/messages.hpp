@@ -113,8 +113,16 @@ struct incident_report {
   /// by the server so that the store writes them as they came instead of encoding
   /// the report again. Empty for a report built in memory.
   std::string wire;
+  /// Not a field on the wire either: events the server dropped once it had checked
+  /// them (it stores `wire`, which holds them, and needs only their number).
+  uint32_t events_dropped = 0;
   PARRY_MSGPACK_MAP(report_id, det, key_event_id, events)
 };
+
+/// How many events `r` came with, kept or dropped.
+inline std::size_t event_count(const incident_report& r) {
+  return r.events.size() + r.events_dropped;
+}
 
 /// Agent -> server: the command with this id was received and will be executed.
 struct action_ack {
@@ -223,7 +231,7 @@ template <class Inspector> auto inspect(Inspector& f, detection& x) {
   return f(x.name, x.severity, x.engine);
 }
 template <class Inspector> auto inspect(Inspector& f, incident_report& x) {
-  return f(x.report_id, x.det, x.key_event_id, x.events, x.wire);
+  return f(x.report_id, x.det, x.key_event_id, x.events, x.wire, x.events_dropped);
 }
 template <class Inspector> auto inspect(Inspector& f, action_result& x) {
   return f(x.action_id, x.ok, x.error, x.effect, x.agent_us);

@@ -1,6 +1,8 @@
 #define BOOST_TEST_MODULE actors
 #include "tests/caf_boost.hpp"
 
+#include <sqlite3.h>
+
 #include <filesystem>
 #include <memory>
 
@@ -587,6 +589,57 @@ BOOST_AUTO_TEST_CASE(incident_bytes_in_flight_are_bounded_and_given_back_once_st
   gauge->add(100);
   sched.run();
   BOOST_TEST(gauge->bytes.load() == 0u);
+}
+
+// The actors and the store get a report's bytes and the number of its events: the
+// decoded events are freed on the gateway's thread. A report whose bytes hold more
+// than was checked (a key the server does not know) is stored as encoded again from
+// what was checked.
+BOOST_AUTO_TEST_CASE(a_report_travels_as_its_bytes_and_its_events_read_back) {
+  hello("dev-1");
+  auto header = [] {
+    bus::header h;
+    h.type = bus::type::incident;
+    h.device_id = "dev-1";
+    return h;
+  };
+  auto r = phishing_report();
+  r.report_id = "r-exact";
+  auto exact = bus::encode(r);
+  r.report_id = "r-newer";
+  auto newer = bus::encode(r);
+  BOOST_REQUIRE(static_cast<unsigned char>(newer[0]) == 0x84); // a map of 4 keys
+  newer[0] = static_cast<char>(0x85);
+  newer += "\xa6"
+           "future\x01"; // "future": 1
+  BOOST_TEST(dispatch_inbound(dir, header(), exact, bus::decode_limits{}));
+  BOOST_TEST(dispatch_inbound(dir, header(), newer, bus::decode_limits{}));
+  sched.run();
+  auto listed = read("incidents")["incidents"];
+  BOOST_REQUIRE(listed.size() == 2u);
+  for (auto& i : listed) {
+    BOOST_TEST(i["event_count"] == r.events.size());
+    auto rec = ask<incident_record>(st, atom::get_v, atom::incident_v,
+                                    i["incident_id"].get<std::string>());
+    BOOST_TEST(rec.report.events.size() == r.events.size());
+    BOOST_TEST(bus::event_count(rec.report) == r.events.size());
+  }
+  auto& store = deref<store_actor::stateful_base<store_state>>(st);
+  auto blob = [&](const char* report_id) {
+    sqlite3_stmt* q = nullptr;
+    BOOST_REQUIRE(sqlite3_prepare_v2(store.state.db,
+                                     "SELECT report FROM incidents WHERE report_id = ?",
+                                     -1, &q, nullptr) == SQLITE_OK);
+    sqlite3_bind_text(q, 1, report_id, -1, SQLITE_STATIC);
+    std::string out;
+    if (sqlite3_step(q) == SQLITE_ROW)
+      out.assign(static_cast<const char*>(sqlite3_column_blob(q, 0)),
+                 static_cast<std::size_t>(sqlite3_column_bytes(q, 0)));
+    sqlite3_finalize(q);
+    return out;
+  };
+  BOOST_TEST(blob("r-exact") == exact);
+  BOOST_TEST(blob("r-newer") == bus::encode(r));
 }
 
 // Under an ingest burst thousands of writes wait at the store; a device's record
