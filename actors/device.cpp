@@ -226,9 +226,9 @@ void welcome(device_stateful self) {
 void store_incident(device_stateful self, bus::incident_report r, uint64_t bytes) {
   auto& st = self->state;
   incident_record rec;
-  rec.incident_id = "inc-" + random_hex(10);
-  rec.device_id = st.rec.device_id;
   rec.created_at = now_us();
+  rec.incident_id = time_ordered_id("inc-", rec.created_at);
+  rec.device_id = st.rec.device_id;
   rec.report = std::move(r);
   rec.wire_bytes = bytes; // the store gives them back to the ingest gauge
   ++st.incidents;

@@ -453,7 +453,7 @@ caf::expected<action_record> make_reverse(const action_record& original,
     return make_error(ec::unauthenticated,
                       std::string{to_string(type)} + " needs your password");
   action_record a;
-  a.action_id = "act-" + random_hex(12);
+  a.action_id = time_ordered_id("act-", now_us());
   a.type = type;
   a.device_id = original.device_id;
   a.incident_id = original.incident_id;

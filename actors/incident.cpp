@@ -226,7 +226,7 @@ caf::expected<action_record> make_action(const incident_record& rec,
   }
   if (policy.needs_password(type) && !req.password_confirmed)
     return make_error(ec::unauthenticated, name + " needs your password");
-  a.action_id = "act-" + random_hex(12);
+  a.action_id = time_ordered_id("act-", now_us());
   a.type = req.type;
   a.device_id = rec.device_id;
   a.incident_id = rec.incident_id;

@@ -1,5 +1,6 @@
 #include "common/crypto.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 #include <vector>
 
@@ -47,6 +48,17 @@ std::string random_hex(std::size_t bytes) {
   if (RAND_bytes(buf.data(), static_cast<int>(buf.size())) != 1)
     throw std::runtime_error("RAND_bytes failed");
   return to_hex(buf.data(), buf.size());
+}
+
+std::string time_ordered_id(std::string_view prefix, int64_t time_us) {
+  auto ms = static_cast<uint64_t>(std::max<int64_t>(time_us, 0) / 1000);
+  unsigned char t[6];
+  for (int i = 5; i >= 0; --i, ms >>= 8)
+    t[i] = static_cast<unsigned char>(ms & 0xff);
+  std::string out{prefix};
+  out += to_hex(t, sizeof t);
+  out += random_hex(8);
+  return out;
 }
 
 std::string to_hex(const unsigned char* p, std::size_t n) {

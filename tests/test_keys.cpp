@@ -303,6 +303,28 @@ BOOST_AUTO_TEST_CASE(signing_key_file_round_trip_and_mode_refusal) {
   BOOST_TEST(error_of([&] { load_signing_key(path); }) == key_errc::bad_format);
 }
 
+// -- identifiers ---------------------------------------------------------------------
+
+BOOST_AUTO_TEST_CASE(time_ordered_ids_sort_by_their_time_and_differ) {
+  // 2026-12-04 00:00:00.123 UTC, in µs.
+  int64_t t = 1'796'342'400'123'000;
+  auto a = time_ordered_id("act-", t);
+  BOOST_TEST(a.size() == 4 + 12 + 16);
+  BOOST_TEST(a.substr(0, 16) == "act-01a23e59c47b"); // the milliseconds, 12 hex digits
+  BOOST_TEST(a.find_first_not_of("0123456789abcdef", 4) == std::string::npos);
+  std::set<std::string> seen;
+  std::string prev;
+  for (int i = 0; i < 1000; ++i) {
+    auto id = time_ordered_id("inc-", t + i * 1000); // one a millisecond
+    BOOST_TEST(id > prev);
+    prev = id;
+    seen.insert(time_ordered_id("inc-", t)); // the same millisecond: still unique
+  }
+  BOOST_TEST(seen.size() == 1000u);
+  // Before the epoch (a clock gone wrong) it is still well formed.
+  BOOST_TEST(time_ordered_id("x-", -5).substr(0, 14) == "x-000000000000");
+}
+
 // -- CURVE ---------------------------------------------------------------------------
 
 BOOST_AUTO_TEST_CASE(curve_key_pair_z85_round_trip) {
