@@ -28,7 +28,8 @@ trap cleanup EXIT
 
 export PARRY_ADMIN_PASSWORD="admin-$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 PARRY_ADMIN_PASSWORD=$PARRY_ADMIN_PASSWORD "$bin/parryd" --data-dir "$work/data" \
-  --http-port 0 --bus 'tcp://127.0.0.1:*' --bus-curve false --web-dir "$src/web" \
+  --http-port 0 --metrics-port 0 --bus 'tcp://127.0.0.1:*' --bus-curve false \
+  --web-dir "$src/web" \
   >"$work/parryd.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 300); do

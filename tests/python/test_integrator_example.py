@@ -210,6 +210,7 @@ class Harness:
             "--bus-enroll-endpoint", self.enroll_ep,
             "--bus-integrator-endpoint", self.requests_ep,
             "--bus-events-endpoint", self.events_ep,
+            "--metrics-port", "0",  # not 9469: tests may run side by side
         ], {"PARRY_ADMIN_PASSWORD": ADMIN_PASSWORD})
 
         def ready():

@@ -112,6 +112,7 @@ class Server:
              "--bus", self.bus, "--bus-enroll-endpoint", self.enroll,
              "--bus-integrator-endpoint", f"tcp://127.0.0.1:{free_port()}",
              "--bus-events-endpoint", f"tcp://127.0.0.1:{free_port()}",
+             "--metrics-port", "0",  # not 9469: tests may run side by side
              "--log-level", "warn"],
             stdout=logf, stderr=subprocess.STDOUT, env=env)
         logf.close()
