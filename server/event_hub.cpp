@@ -14,52 +14,97 @@ namespace {
 
 using nlohmann::json;
 
-/// msgpack as JSON: strings made valid UTF-8, binary as hex. Bodies are our own
-/// encoding and flat; the depth bound only keeps a broken one from recursing far.
-json to_json(const msgpack::object& o, int depth = 0) {
-  if (depth > 8) return nullptr;
+/// Appends `s`, made valid UTF-8, as a JSON string.
+void put_string(std::string& out, std::string_view s) {
+  static constexpr char digits[] = "0123456789abcdef";
+  auto text = utf8_sanitized(s);
+  out += '"';
+  for (unsigned char c : text) {
+    switch (c) {
+    case '"':
+      out += "\\\"";
+      break;
+    case '\\':
+      out += "\\\\";
+      break;
+    case '\n':
+      out += "\\n";
+      break;
+    case '\r':
+      out += "\\r";
+      break;
+    case '\t':
+      out += "\\t";
+      break;
+    default:
+      if (c < 0x20) {
+        out += "\\u00";
+        out += digits[c >> 4];
+        out += digits[c & 0x0f];
+      } else {
+        out += static_cast<char>(c);
+      }
+    }
+  }
+  out += '"';
+}
+
+/// Appends msgpack `o` as JSON text, written straight from the msgpack without a
+/// JSON tree: strings made valid UTF-8, binary as hex, maps keep their string keys
+/// only. Bodies are our own encoding and flat; the depth bound only keeps a broken
+/// one from recursing far.
+void put_json(std::string& out, const msgpack::object& o, int depth = 0) {
+  if (depth > 8) {
+    out += "null";
+    return;
+  }
   switch (o.type) {
   case msgpack::type::BOOLEAN:
-    return o.via.boolean;
+    out += o.via.boolean ? "true" : "false";
+    return;
   case msgpack::type::POSITIVE_INTEGER:
-    return o.via.u64;
+    out += std::to_string(o.via.u64);
+    return;
   case msgpack::type::NEGATIVE_INTEGER:
-    return o.via.i64;
+    out += std::to_string(o.via.i64);
+    return;
   case msgpack::type::FLOAT32:
   case msgpack::type::FLOAT64:
-    return o.via.f64;
+    out += json(o.via.f64).dump(); // null when not finite
+    return;
   case msgpack::type::STR:
-    return utf8_sanitized({o.via.str.ptr, o.via.str.size});
+    put_string(out, {o.via.str.ptr, o.via.str.size});
+    return;
   case msgpack::type::BIN:
-    return to_hex(reinterpret_cast<const unsigned char*>(o.via.bin.ptr), o.via.bin.size);
-  case msgpack::type::ARRAY: {
-    auto a = json::array();
-    for (uint32_t i = 0; i < o.via.array.size; ++i)
-      a.push_back(to_json(o.via.array.ptr[i], depth + 1));
-    return a;
-  }
+    out += '"';
+    out += to_hex(reinterpret_cast<const unsigned char*>(o.via.bin.ptr), o.via.bin.size);
+    out += '"';
+    return;
+  case msgpack::type::ARRAY:
+    out += '[';
+    for (uint32_t i = 0; i < o.via.array.size; ++i) {
+      if (i > 0) out += ',';
+      put_json(out, o.via.array.ptr[i], depth + 1);
+    }
+    out += ']';
+    return;
   case msgpack::type::MAP: {
-    auto m = json::object();
+    out += '{';
+    bool first = true;
     for (uint32_t i = 0; i < o.via.map.size; ++i) {
       const auto& kv = o.via.map.ptr[i];
       if (kv.key.type != msgpack::type::STR) continue;
-      m[utf8_sanitized({kv.key.via.str.ptr, kv.key.via.str.size})] =
-          to_json(kv.val, depth + 1);
+      if (!first) out += ',';
+      first = false;
+      put_string(out, {kv.key.via.str.ptr, kv.key.via.str.size});
+      out += ':';
+      put_json(out, kv.val, depth + 1);
     }
-    return m;
+    out += '}';
+    return;
   }
   default:
-    return nullptr;
-  }
-}
-
-std::optional<json> map_of(const std::string& body) {
-  try {
-    auto handle = msgpack::unpack(body.data(), body.size());
-    if (handle.get().type != msgpack::type::MAP) return std::nullopt;
-    return to_json(handle.get());
-  } catch (const std::exception&) {
-    return std::nullopt;
+    out += "null";
   }
 }
 
@@ -73,21 +118,31 @@ event_hub::event_hub(event_hub_limits limits) : limits_(limits), epoch_(random_h
 
 void event_hub::publish(const char* family, const std::string& kind,
                         const std::string& body) {
-  auto data = map_of(body);
-  if (!data) {
+  std::string data;
+  try {
+    auto handle = msgpack::unpack(body.data(), body.size());
+    if (handle.get().type == msgpack::type::MAP) put_json(data, handle.get());
+  } catch (const std::exception&) {
+    data.clear();
+  }
+  if (data.empty()) {
     spdlog::error("events: {}.{}: the body is not a msgpack map; not sent", family,
                   utf8_sanitized(kind));
     return;
   }
+  std::string topic{family};
+  topic += '.';
+  topic += kind;
   std::lock_guard<std::mutex> lock{m_};
   auto seq = ++seq_;
-  auto text = message(json{{"type", "event"},
-                           {"seq", seq},
-                           {"topic", std::string{family} + "." + utf8_sanitized(kind)},
-                           {"time_us", now_us()},
-                           {"data", std::move(*data)}});
-  backlog_.push_back({seq, text});
-  backlog_bytes_ += text->size();
+  std::string text = "{\"type\":\"event\",\"seq\":" + std::to_string(seq) + ",\"topic\":";
+  put_string(text, topic);
+  text += ",\"time_us\":" + std::to_string(now_us()) + ",\"data\":";
+  text += data;
+  text += '}';
+  auto msg = std::make_shared<const std::string>(std::move(text));
+  backlog_.push_back({seq, msg});
+  backlog_bytes_ += msg->size();
   while (!backlog_.empty() && (backlog_.size() > limits_.backlog_events ||
                                backlog_bytes_ > limits_.backlog_bytes)) {
     backlog_bytes_ -= backlog_.front().json->size();
@@ -95,7 +150,7 @@ void event_hub::publish(const char* family, const std::string& kind,
   }
   ++stats_->published;
   for (auto& [id, out] : sinks_)
-    out(text);
+    out(msg);
 }
 
 std::optional<event_hub::subscription>

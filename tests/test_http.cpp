@@ -326,6 +326,56 @@ BOOST_AUTO_TEST_CASE(subscribers_are_bounded_and_bad_bodies_dropped) {
   BOOST_TEST(r.back()["data"]["action_id"] == "act-\xef\xbf\xbd");
 }
 
+BOOST_AUTO_TEST_CASE(every_msgpack_value_arrives_as_the_json_it_means) {
+  event_hub h;
+  std::vector<event_message> got;
+  BOOST_REQUIRE(
+      h.subscribe(std::nullopt, "", [&](event_message m) { got.push_back(m); }));
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk{buf};
+  pk.pack_map(10);
+  pk.pack(std::string{"yes"});
+  pk.pack(true);
+  pk.pack(std::string{"big"});
+  pk.pack(uint64_t{18446744073709551615u});
+  pk.pack(std::string{"neg"});
+  pk.pack(int64_t{-42});
+  pk.pack(std::string{"half"});
+  pk.pack(0.5);
+  pk.pack(std::string{"text"});
+  pk.pack(std::string{"a\"b\\c\n\x01\x7f\xff \xc3\xa9"});
+  pk.pack(std::string{"bin"});
+  pk.pack_bin(2);
+  pk.pack_bin_body("\x0a\xff", 2);
+  pk.pack(std::string{"list"});
+  pk.pack_array(2);
+  pk.pack_nil();
+  pk.pack(std::string{"x"});
+  pk.pack(std::string{"nested"});
+  pk.pack_map(1);
+  pk.pack(std::string{"k"});
+  pk.pack(1);
+  pk.pack(7); // not a string key: left out
+  pk.pack(std::string{"dropped"});
+  pk.pack(std::string{"empty"});
+  pk.pack_map(0);
+  h.publish("device",
+            "up\xff"
+            "dated",
+            std::string{buf.data(), buf.size()});
+  BOOST_REQUIRE(got.size() == 1u);
+  auto j = json::parse(*got[0]); // throws if it is not JSON
+  BOOST_TEST(j["topic"] == "device.up\xef\xbf\xbd"
+                           "dated");
+  BOOST_TEST(j["seq"] == 1);
+  BOOST_TEST(j["time_us"].is_number_integer());
+  auto want = json::parse(R"({"yes": true, "big": 18446744073709551615, "neg": -42,
+      "half": 0.5, "text": "a\"b\\c\n\u0001\u007f\ufffd \u00e9", "bin": "0aff",
+      "list": [null, "x"], "nested": {"k": 1}, "empty": {}})");
+  BOOST_TEST(j["data"] == want, j["data"].dump());
+  BOOST_TEST(j["data"].size() == 9u); // the integer key is not there
+}
+
 // Regression (review): a replay larger than what a stream may have queued was cut as
 // "too slow" on every reconnect; it is a resync instead.
 BOOST_AUTO_TEST_CASE(a_replay_over_the_budget_is_a_resync) {
