@@ -197,6 +197,9 @@ using response_action_actor = caf::typed_actor<
     // that refused it (it ends, and its command is withdrawn), or another error (no
     // answer in time): it asks the store whether it is stored, until it knows.
     caf::reacts_to<atom::reg, caf::error>,
+    // Stored, and as `sent` too (its device had taken the command at once): it tells
+    // the device the command may go out, and goes on.
+    caf::reacts_to<atom::reg, atom::sent>,
     // The device is offline: the command waits.
     caf::reacts_to<atom::queued>,
     // The device can take the command now: store `sent`, then let it go.
@@ -241,6 +244,15 @@ using device_actor = caf::typed_actor<
     // An action wants its command (of that type) executed on this device, in
     // registration order.
     caf::reacts_to<atom::submit, action_type, bus::command, response_action_actor>,
+    // The same for an action the directory is about to store (POST /actions/bulk):
+    // true when the device is online and takes the command at once, without a
+    // `transmit` to the action; the registration then stores `sent` too, and the
+    // action says `sent` as usual. False: as `submit` (`queued`, or a no-op).
+    caf::replies_to<atom::submit, atom::reg, action_type, bus::command,
+                    response_action_actor>::with<bool>,
+    // The directory had no answer to that: if the command still waits for its
+    // `sent` and the device is online, its action is asked to `transmit`.
+    caf::reacts_to<atom::transmit, std::string>,
     // The action stored `sent`: the command may go out.
     caf::reacts_to<atom::sent, std::string>,
     // The action stored its final state: confirm the result to the agent.

@@ -214,6 +214,23 @@ pending_command* find(device_state& st, const std::string& action_id) {
   return nullptr;
 }
 
+/// Queues the command of `action` (false: it needs none, and the action heard so).
+/// Offline, the action hears that it waits; online, the caller says what comes next.
+bool take(device_stateful self, action_type type, bus::command& cmd,
+          const response_action_actor& action) {
+  auto& st = self->state;
+  active(self);
+  // Isolating an isolated device with nothing else in flight changes nothing.
+  if (type == action_type::isolate && st.rec.isolated && st.queue.empty()) {
+    self->send(action, atom::noop_v, std::string{"device already isolated"});
+    return false;
+  }
+  self->monitor(action);
+  st.queue.push_back(pending_command{type, std::move(cmd), action});
+  if (!st.rec.online) self->send(action, atom::queued_v);
+  return true;
+}
+
 void welcome(device_stateful self) {
   bus::welcome w;
   w.server_time = now_us();
@@ -557,19 +574,18 @@ device_actor::behavior_type device(device_stateful self, std::string id,
       },
       [self](atom::submit, action_type type, bus::command& cmd,
              response_action_actor& action) {
-        auto& st = self->state;
-        active(self);
-        // Isolating an isolated device with nothing else in flight changes nothing.
-        if (type == action_type::isolate && st.rec.isolated && st.queue.empty()) {
-          self->send(action, atom::noop_v, std::string{"device already isolated"});
-          return;
-        }
-        self->monitor(action);
-        st.queue.push_back(pending_command{type, std::move(cmd), action});
-        if (st.rec.online)
+        if (take(self, type, cmd, action) && self->state.rec.online)
           self->send(action, atom::transmit_v);
-        else
-          self->send(action, atom::queued_v);
+      },
+      [self](atom::submit, atom::reg, action_type type, bus::command& cmd,
+             response_action_actor& action) {
+        // Online: its registration stores `sent` too, so no `transmit` goes to it.
+        return take(self, type, cmd, action) && self->state.rec.online;
+      },
+      [self](atom::transmit, const std::string& action_id) {
+        auto p = find(self->state, action_id);
+        if (p && !p->cleared && !p->cancelling && self->state.rec.online)
+          self->send(p->action, atom::transmit_v);
       },
       [self](atom::sent, const std::string& action_id) {
         if (auto p = find(self->state, action_id)) {

@@ -297,40 +297,101 @@ struct bulk_job {
   std::size_t checking = 0;
 };
 
-/// Stores every action of `job` that passed its checks in one write. Each gets its
-/// actor and its place in its device's queue first, in request order, as a single
-/// registration would; the actors wait for the write's outcome.
+/// The actions of a bulk registration on their way to the store: one per request
+/// that passed its checks, with its actor, its device, its first transition and
+/// what the device answered.
+struct bulk_actions {
+  struct one {
+    std::size_t i; ///< Its request.
+    response_action_actor act;
+    device_actor dev;
+    transition first;
+    bool sent = false;       ///< The device took the command at once.
+    bool unanswered = false; ///< The device did not say: it is asked again after.
+  };
+  std::vector<one> all;
+  std::size_t asking = 0;
+  int64_t now = 0;
+};
+
+void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
+                const std::shared_ptr<bulk_actions>& acts);
+
+/// Gives every action of `job` that passed its checks its actor and its place in its
+/// device's queue, in request order, as a single registration would, then stores
+/// them in one write once every device said whether it takes the command at once.
+/// The actions wait for the write's outcome.
 void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
-  auto& st = self->state;
-  std::vector<action_registration> regs;
-  std::vector<std::pair<std::size_t, response_action_actor>> acts;
-  auto now = now_us();
+  auto acts = std::make_shared<bulk_actions>();
+  acts->now = now_us();
+  acts->asking = 1; // until every device is asked
+  auto answered = [self, job, acts] {
+    if (--acts->asking == 0) write_bulk(self, job, acts);
+  };
   for (std::size_t i = 0; i < job->out.size(); ++i) {
     auto& o = job->out[i];
     if (o.err) continue;
-    auto first = make_registered(o.rec, now);
+    auto first = make_registered(o.rec, acts->now);
     auto dev = device_for(self, o.rec.device_id);
     auto act = spawn_action(self, o.rec);
     self->send(act, atom::reg_v);
-    self->send(dev, atom::submit_v, o.rec.type, to_command(o.rec), act);
-    regs.push_back(action_registration{trigger_of(o.rec, job->what[i]), o.rec, first});
-    acts.emplace_back(i, act);
+    auto k = acts->all.size();
+    acts->all.push_back(bulk_actions::one{i, act, dev, std::move(first)});
+    ++acts->asking;
+    self->request(dev, actor_timeout, atom::submit_v, atom::reg_v, o.rec.type,
+                  to_command(o.rec), act)
+        .then(
+            [acts, k, answered](bool sent) {
+              acts->all[k].sent = sent;
+              answered();
+            },
+            [acts, k, answered](caf::error&) {
+              acts->all[k].unanswered = true;
+              answered();
+            });
   }
-  if (regs.empty()) {
+  answered();
+}
+
+/// The write of `store_bulk`: an action whose device took its command is stored as
+/// `sent` too, and told so (`reg`, `sent`); the device sends the command once the
+/// action says `sent`.
+void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
+                const std::shared_ptr<bulk_actions>& acts) {
+  if (acts->all.empty()) {
     job->rp.deliver(std::move(job->out));
     return;
   }
+  std::vector<action_registration> regs;
+  regs.reserve(acts->all.size());
+  for (auto& a : acts->all) {
+    auto& o = job->out[a.i];
+    action_registration r{trigger_of(o.rec, job->what[a.i]), o.rec, a.first, {}};
+    if (a.sent) {
+      o.rec.state = r.rec.state = state::sent;
+      r.then.push_back(transition{o.rec.action_id, state::sent, acts->now, sent_reason});
+    }
+    regs.push_back(std::move(r));
+  }
   auto settle = [self, job, acts](std::size_t k, const caf::error& err) {
-    auto& o = job->out[acts[k].first];
-    self->send(acts[k].second, atom::reg_v, err);
+    auto& a = acts->all[k];
+    auto& o = job->out[a.i];
+    if (err)
+      self->send(a.act, atom::reg_v, err);
+    else if (a.sent)
+      self->send(a.act, atom::reg_v, atom::sent_v);
+    else
+      self->send(a.act, atom::reg_v, caf::error{});
+    // Its device may wait for a `sent` that nobody will ask for.
+    if (a.unanswered) self->send(a.dev, atom::transmit_v, o.rec.action_id);
     if (!err) return;
     o.err = err;
     o.rec = action_record{};
   };
-  self->request(st.store, store_timeout, atom::put_v, std::move(regs))
+  self->request(self->state.store, store_timeout, atom::put_v, std::move(regs))
       .then(
           [job, acts, settle](std::vector<caf::error>& errs) {
-            for (std::size_t k = 0; k < acts.size(); ++k)
+            for (std::size_t k = 0; k < acts->all.size(); ++k)
               // None for it (never so): its action asks the store itself.
               settle(k, k < errs.size() ? errs[k]
                                         : caf::make_error(caf::sec::unexpected_response));
@@ -340,7 +401,7 @@ void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
             // No answer in time: the write may still commit. The actions learn from
             // the store whether it did (response_action.cpp, `reg`); the caller
             // hears that they may be registered.
-            for (std::size_t k = 0; k < acts.size(); ++k)
+            for (std::size_t k = 0; k < acts->all.size(); ++k)
               settle(k, err);
             job->rp.deliver(std::move(job->out));
           });

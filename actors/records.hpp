@@ -145,12 +145,14 @@ struct audit_entry {
 };
 
 /// One action registered together with others in one store write (POST
-/// /actions/bulk): its trigger audit record, the action as registered, and its first
-/// transition.
+/// /actions/bulk): its trigger audit record, the action as stored, its first
+/// transition (`registered`) and those stored with it: `sent` when its device took
+/// the command at once (`rec.state` is then the last of them).
 struct action_registration {
   audit_entry trigger;
   action_record rec;
   transition first;
+  std::vector<transition> then;
 };
 
 /// What became of one request of a bulk registration: the action as registered, or
@@ -288,7 +290,7 @@ template <class Inspector> auto inspect(Inspector& f, action_request& x) {
            x.password_confirmed);
 }
 template <class Inspector> auto inspect(Inspector& f, action_registration& x) {
-  return f(x.trigger, x.rec, x.first);
+  return f(x.trigger, x.rec, x.first, x.then);
 }
 template <class Inspector> auto inspect(Inspector& f, registration_outcome& x) {
   return f(x.rec, x.err);

@@ -289,15 +289,30 @@ void registered_by_directory(response_action_stateful self) {
   drain(self);
 }
 
+/// The directory stored it as `sent` too, at `at` (µs): the device may send it.
+void registered_as_sent(response_action_stateful self, int64_t at) {
+  auto& st = self->state;
+  st.rec.state = state::sent;
+  st.rec.updated_at = at;
+  spdlog::info("{}{} is sent (registered with it)", action_log_tags(st.rec),
+               to_string(st.rec.type));
+  self->send(st.device, atom::sent_v, st.rec.action_id);
+  registered_by_directory(self);
+}
+
 /// The directory's write had no answer: the action is registered if the store has it.
 /// Asked again, with the retries' back-off, until the store answers either way.
 void confirm_registration(response_action_stateful self) {
   auto& st = self->state;
   self->request(st.store, st.retry.timeout, atom::get_v, atom::action_v, st.rec.action_id)
       .then(
-          [self](const action_record&) {
+          [self](const action_record& stored) {
             auto& w = self->state.writing;
-            if (w && w->by_directory) registered_by_directory(self);
+            if (!w || !w->by_directory) return;
+            if (stored.state == state::sent && self->state.rec.state == state::registered)
+              registered_as_sent(self, stored.updated_at);
+            else
+              registered_by_directory(self);
           },
           [self](caf::error& err) {
             auto& st = self->state;
@@ -410,6 +425,15 @@ response_action(response_action_stateful self, action_record rec, device_actor d
         st.writing->rec = st.rec;
         st.writing->by_directory = true;
       },
+      [self](atom::reg, atom::sent) {
+        auto& st = self->state;
+        if (!st.writing || !st.writing->by_directory) {
+          spdlog::error("{}a registration outcome it did not wait for; ignored",
+                        action_log_tags(st.rec));
+          return;
+        }
+        registered_as_sent(self, st.rec.created_at); // stored at the same time
+      },
       [self](atom::reg, const caf::error& err) {
         auto& st = self->state;
         if (!st.writing || !st.writing->by_directory) {
@@ -443,7 +467,7 @@ response_action(response_action_stateful self, action_record rec, device_actor d
             self->send(self->state.device, atom::sent_v, self->state.rec.action_id);
           };
           if (st.rec.state == state::registered || st.rec.state == state::queued)
-            advance(self, state::sent, "delivered to the agent", clear);
+            advance(self, state::sent, sent_reason, clear);
           else if (st.rec.state == state::sent || st.rec.state == state::acknowledged)
             clear(); // re-delivery of a command already stored as sent
           else if (st.rec.state == state::cancelling)

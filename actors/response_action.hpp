@@ -79,6 +79,9 @@ response_action(response_action_stateful self, action_record rec, device_actor d
                 caf::timespan exec_deadline = std::chrono::hours{1},
                 write_retry retry = {});
 
+/// Why an action is `sent`, in its transition.
+inline constexpr const char* sent_reason = "delivered to the agent";
+
 /// Makes `rec`, a new action, registered at `now` (µs since the epoch): answers its
 /// first transition.
 transition make_registered(action_record& rec, int64_t now);

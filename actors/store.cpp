@@ -1261,17 +1261,29 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         out->open = regs.size() + 1; // + 1 until every write is queued
         auto& st = self->state;
         auto write = [&](std::size_t i) {
-          append_audit(st, regs[i].trigger);
-          insert_action(st, regs[i].rec, regs[i].first);
+          const auto& r = regs[i];
+          append_audit(st, r.trigger);
+          insert_action(st, r.rec, r.first);
+          for (const auto& t : r.then) {
+            write_transition(st, t, "parryd");
+            count_transition(st, r.rec, t);
+          }
         };
         auto queue = [&](std::size_t i) {
+          const auto& r = regs[i];
           auto queued = st.replies_queued++;
           st.on_commit.emplace_back([out, i](const caf::error& err) {
             out->errors[i] = err;
             out->settle();
           });
-          publish_on_commit(st, queued, bus::topic::action, to_string(regs[i].rec.state),
-                            action_event_of(regs[i].rec));
+          // Each transition is an event, as when written one by one.
+          auto event = action_event_of(r.rec);
+          event.state = to_string(r.first.state);
+          publish_on_commit(st, queued, bus::topic::action, event.state, event);
+          for (const auto& t : r.then) {
+            event.state = to_string(t.state);
+            publish_on_commit(st, queued, bus::topic::action, event.state, event);
+          }
         };
         auto refuse = [&](std::size_t i, caf::error err) {
           out->errors[i] = std::move(err);

@@ -461,7 +461,8 @@ BOOST_AUTO_TEST_CASE(a_bulk_registration_is_each_single_one_in_one_write) {
   BOOST_REQUIRE_EQUAL(outs.size(), 5u);
   BOOST_TEST(!outs[0].err);
   BOOST_TEST(outs[0].rec.device_id == "dev-1");
-  BOOST_TEST((outs[0].rec.state == state::registered));
+  // dev-1 is online and took the command at once: stored as sent with it.
+  BOOST_TEST((outs[0].rec.state == state::sent));
   BOOST_TEST(outs[0].rec.created_at != 0);
   BOOST_TEST(code_of(outs[1].err) == ec::not_found);
   BOOST_TEST(code_of(outs[2].err) == ec::not_applicable);
@@ -469,7 +470,8 @@ BOOST_AUTO_TEST_CASE(a_bulk_registration_is_each_single_one_in_one_write) {
   BOOST_TEST(outs[3].rec.device_id == "dev-2");
   BOOST_TEST(code_of(outs[4].err) == ec::not_found);
   BOOST_TEST(read("actions")["actions"].size() == 2u);
-  // Each went on as a single one does: `sent` stored, then the command.
+  // Each went on as a single one does: `sent` stored (here with the registration),
+  // then the command.
   for (auto i : {0, 3})
     BOOST_TEST(states(outs[i].rec.action_id) == (strings{"registered", "sent"}));
   auto ids = command_ids();
@@ -1456,8 +1458,10 @@ namespace {
 struct store_log {
   std::vector<std::string> calls;
   int refuse_updates = 0;
-  /// Actions the mock's `get action` finds (others are not found).
+  /// Actions the mock's `get action` finds (others are not found)...
   std::set<std::string> stored;
+  /// ...and those of them it finds stored as `sent` (the others as registered).
+  std::set<std::string> stored_sent;
 };
 
 using store_log_ptr = std::shared_ptr<store_log>;
@@ -1526,6 +1530,8 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
         if (!log->stored.count(id)) return none(id);
         action_record rec;
         rec.action_id = id;
+        rec.state =
+            log->stored_sent.count(id) ? action_state::sent : action_state::registered;
         return rec;
       },
       [](atom::link, const std::string&, const std::string&) { return atom::ok_v; },
@@ -1570,6 +1576,7 @@ response_action_actor::behavior_type stuck_action(const std::string& /*id*/) {
       [](atom::start) { return action_record{}; },
       [](atom::reg) {},
       [](atom::reg, const caf::error&) {},
+      [](atom::reg, atom::sent) {},
       [](atom::queued) {},
       [](atom::transmit) {},
       [](atom::ack) {},
@@ -1827,6 +1834,78 @@ BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_had_no_answer_asks_the_store) {
   bool down = false;
   self->receive([&](caf::down_msg& m) { down = m.source == gone.address(); });
   BOOST_TEST(down);
+}
+
+// POST /actions/bulk on an online device: the device takes the command at once and
+// says so; the registration stores `sent` with it, so the action writes nothing of
+// its own before the agent acknowledges, and the command goes out once it says
+// `sent`.
+BOOST_AUTO_TEST_CASE(a_command_the_device_takes_at_once_is_registered_as_sent) {
+  auto rec = make("act-1");
+  make_registered(rec, 1);
+  auto aut = spawn_action(rec);
+  self->send(aut, atom::reg_v);
+  auto taken = self->request(dev, caf::infinite, atom::submit_v, atom::reg_v, rec.type,
+                             to_command(rec), aut);
+  expect((atom::submit, atom::reg, action_type, bus::command, response_action_actor),
+         from(_).to(dev));
+  disallow((atom::transmit), from(dev).to(aut));
+  sched.run();
+  bool at_once = false;
+  taken.receive([&](bool b) { at_once = b; }, [](caf::error&) {});
+  BOOST_TEST(at_once);
+  BOOST_TEST(types_sent().empty()); // not before the registration is stored
+  self->send(aut, atom::reg_v, atom::sent_v);
+  expect((atom::reg, atom::sent), from(_).to(aut));
+  expect((atom::sent, std::string), from(aut).to(dev).with(_, std::string{"act-1"}));
+  expect((atom::send, std::string, std::string, std::string), from(dev).to(gw));
+  BOOST_TEST((types_sent() == call_list{"command"}));
+  BOOST_TEST(log->calls.empty()); // `sent` came with the registration
+  caf::anon_send(dev, atom::ack_v, std::string{"act-1"});
+  caf::anon_send(dev, atom::result_v, bus::action_result{"act-1", true, "", {}, 0});
+  sched.run();
+  BOOST_TEST(
+      (log->calls == call_list{"update act-1 acknowledged", "update act-1 completed"}));
+}
+
+// The bulk write had no answer in time, and the store has the action as `sent`: the
+// action lets its command go as if it had heard so.
+BOOST_AUTO_TEST_CASE(a_bulk_write_without_answer_found_as_sent_lets_the_command_go) {
+  auto rec = make("act-1");
+  make_registered(rec, 1);
+  auto aut = spawn_action(rec);
+  self->send(aut, atom::reg_v);
+  self->send(dev, atom::submit_v, atom::reg_v, rec.type, to_command(rec), aut);
+  sched.run();
+  log->stored.insert("act-1");
+  log->stored_sent.insert("act-1");
+  self->send(aut, atom::reg_v, caf::make_error(caf::sec::request_timeout));
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"get act-1"})); // no `sent` written again
+  BOOST_TEST((types_sent() == call_list{"command"}));
+}
+
+// The directory had no answer from the device: it asks the device again after the
+// write, and a command still waiting for its `sent` has its action asked to
+// `transmit`, which stores `sent` itself.
+BOOST_AUTO_TEST_CASE(a_device_asked_again_offers_a_waiting_command_to_its_action) {
+  auto rec = make("act-1");
+  make_registered(rec, 1);
+  auto aut = spawn_action(rec);
+  self->send(aut, atom::reg_v);
+  self->send(dev, atom::submit_v, atom::reg_v, rec.type, to_command(rec), aut);
+  sched.run();
+  self->send(aut, atom::reg_v, caf::error{}); // stored as registered
+  self->send(dev, atom::transmit_v, std::string{"act-1"});
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
+  BOOST_TEST((types_sent() == call_list{"command"}));
+  // Asked once more, with the command already on its way: nothing more happens.
+  self->send(dev, atom::transmit_v, std::string{"act-1"});
+  self->send(dev, atom::transmit_v, std::string{"act-unknown"});
+  sched.run();
+  BOOST_TEST((log->calls == call_list{"update act-1 sent"}));
+  BOOST_TEST((types_sent() == call_list{"command"}));
 }
 
 BOOST_AUTO_TEST_CASE(an_action_whose_bulk_write_failed_ends_and_leaves_the_queue) {

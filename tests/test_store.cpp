@@ -278,8 +278,10 @@ BOOST_AUTO_TEST_CASE(registrations_in_one_write_are_refused_one_by_one) {
       std::vector<action_registration> regs;
       for (auto id : {"a-1", "a-old", "a-2", "a-1", "a-3"})
         regs.push_back(
-            {audit_entry{"alice", "trigger", p + id, "isolate on dev-1"}, action(p + id),
-             transition{p + id, action_state::registered, 1, "requested by alice"}});
+            {audit_entry{"alice", "trigger", p + id, "isolate on dev-1"},
+             action(p + id),
+             transition{p + id, action_state::registered, 1, "requested by alice"},
+             {}});
       auto out = request<std::vector<caf::error>>(atom::put_v, regs);
       BOOST_REQUIRE(out->answered);
       BOOST_REQUIRE(!out->err);
@@ -311,8 +313,10 @@ BOOST_AUTO_TEST_CASE(registrations_in_one_write_are_refused_one_by_one) {
       regs.clear();
       for (auto id : {"b-1", "b-2", "b-3"})
         regs.push_back(
-            {audit_entry{"alice", "trigger", p + id, "isolate on dev-1"}, action(p + id),
-             transition{p + id, action_state::registered, 1, "requested by alice"}});
+            {audit_entry{"alice", "trigger", p + id, "isolate on dev-1"},
+             action(p + id),
+             transition{p + id, action_state::registered, 1, "requested by alice"},
+             {}});
       out = request<std::vector<caf::error>>(atom::put_v, regs);
       BOOST_REQUIRE(out->answered && out->value);
       BOOST_REQUIRE(out->value->size() == 3u);
@@ -328,6 +332,40 @@ BOOST_AUTO_TEST_CASE(registrations_in_one_write_are_refused_one_by_one) {
       BOOST_TEST(published.size() == 7u);
     }
   }
+}
+
+// A bulk registration whose device took the command at once stores `sent` with it:
+// the row is sent, both transitions and their audit records are there, and each is
+// an event, as when the action writes `sent` itself.
+BOOST_AUTO_TEST_CASE(a_registration_stores_sent_with_it_when_the_device_took_it) {
+  std::vector<std::string> published;
+  opts.publish = [&](const char* family, std::string kind, std::string) {
+    published.push_back(std::string{family} + "." + kind);
+  };
+  restart();
+  auto rec = action("s-1");
+  rec.state = action_state::sent;
+  action_registration r{audit_entry{"alice", "trigger", "s-1", "isolate on dev-1"},
+                        rec,
+                        transition{"s-1", action_state::registered, 5, "requested"},
+                        {transition{"s-1", action_state::sent, 5, "delivered"}}};
+  auto out =
+      request<std::vector<caf::error>>(atom::put_v, std::vector<action_registration>{r});
+  BOOST_REQUIRE(out->answered && out->value);
+  BOOST_REQUIRE(out->value->size() == 1u);
+  BOOST_TEST(!(*out->value)[0]);
+  other_connection other{db_path};
+  BOOST_TEST(other.count("SELECT count(*) FROM actions WHERE action_id = 's-1' AND "
+                         "state = 'sent'") == 1);
+  BOOST_TEST(other.blob("SELECT group_concat(state, ',') FROM (SELECT state FROM "
+                        "transitions WHERE action_id = 's-1' ORDER BY seq)") ==
+             "registered,sent");
+  BOOST_TEST(other.blob("SELECT group_concat(kind || ' ' || detail, ',') FROM (SELECT "
+                        "kind, detail FROM audit WHERE target = 's-1' ORDER BY seq)") ==
+             "trigger isolate on dev-1,transition registered: requested,"
+             "transition sent: delivered");
+  BOOST_TEST(other.count("SELECT n FROM counts WHERE name = 'actions_open'") == 1);
+  BOOST_TEST((published == std::vector<std::string>{"action.registered", "action.sent"}));
 }
 
 BOOST_AUTO_TEST_CASE(update_of_a_missing_action_is_not_found) {
