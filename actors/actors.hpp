@@ -197,9 +197,10 @@ using response_action_actor = caf::typed_actor<
     // that refused it (it ends, and its command is withdrawn), or another error (no
     // answer in time): it asks the store whether it is stored, until it knows.
     caf::reacts_to<atom::reg, caf::error>,
-    // Stored, and as `sent` too (its device had taken the command at once): it tells
-    // the device the command may go out, and goes on.
-    caf::reacts_to<atom::reg, atom::sent>,
+    // Stored, and as `sent` too, at that time (µs since the epoch; its device had
+    // taken the command at once): it tells the device the command may go out, and
+    // goes on.
+    caf::reacts_to<atom::reg, atom::sent, int64_t>,
     // The device is offline: the command waits.
     caf::reacts_to<atom::queued>,
     // The device can take the command now: store `sent`, then let it go.

@@ -297,6 +297,12 @@ struct bulk_job {
   std::size_t checking = 0;
 };
 
+/// How long a bulk registration waits for a device to say whether it takes a command
+/// at once: a device answers in microseconds, and one that is slow must not hold the
+/// whole write. Without its answer the action is registered as `registered` and the
+/// device asked again after the write.
+constexpr caf::timespan device_answer_timeout = std::chrono::seconds{1};
+
 /// The actions of a bulk registration on their way to the store: one per request
 /// that passed its checks, with its actor, its device, its first transition and
 /// what the device answered.
@@ -338,7 +344,7 @@ void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
     auto k = acts->all.size();
     acts->all.push_back(bulk_actions::one{i, act, dev, std::move(first)});
     ++acts->asking;
-    self->request(dev, actor_timeout, atom::submit_v, atom::reg_v, o.rec.type,
+    self->request(dev, device_answer_timeout, atom::submit_v, atom::reg_v, o.rec.type,
                   to_command(o.rec), act)
         .then(
             [acts, k, answered](bool sent) {
@@ -364,22 +370,24 @@ void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
   }
   std::vector<action_registration> regs;
   regs.reserve(acts->all.size());
+  auto sent_at = now_us(); // every device has answered by now
   for (auto& a : acts->all) {
     auto& o = job->out[a.i];
     action_registration r{trigger_of(o.rec, job->what[a.i]), o.rec, a.first, {}};
     if (a.sent) {
       o.rec.state = r.rec.state = state::sent;
-      r.then.push_back(transition{o.rec.action_id, state::sent, acts->now, sent_reason});
+      o.rec.updated_at = r.rec.updated_at = sent_at;
+      r.then.push_back(transition{o.rec.action_id, state::sent, sent_at, sent_reason});
     }
     regs.push_back(std::move(r));
   }
-  auto settle = [self, job, acts](std::size_t k, const caf::error& err) {
+  auto settle = [self, job, acts, sent_at](std::size_t k, const caf::error& err) {
     auto& a = acts->all[k];
     auto& o = job->out[a.i];
     if (err)
       self->send(a.act, atom::reg_v, err);
     else if (a.sent)
-      self->send(a.act, atom::reg_v, atom::sent_v);
+      self->send(a.act, atom::reg_v, atom::sent_v, sent_at);
     else
       self->send(a.act, atom::reg_v, caf::error{});
     // Its device may wait for a `sent` that nobody will ask for.

@@ -425,14 +425,14 @@ response_action(response_action_stateful self, action_record rec, device_actor d
         st.writing->rec = st.rec;
         st.writing->by_directory = true;
       },
-      [self](atom::reg, atom::sent) {
+      [self](atom::reg, atom::sent, int64_t at) {
         auto& st = self->state;
         if (!st.writing || !st.writing->by_directory) {
           spdlog::error("{}a registration outcome it did not wait for; ignored",
                         action_log_tags(st.rec));
           return;
         }
-        registered_as_sent(self, st.rec.created_at); // stored at the same time
+        registered_as_sent(self, at);
       },
       [self](atom::reg, const caf::error& err) {
         auto& st = self->state;

@@ -1107,7 +1107,9 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
     // WAL lets readers of the file (sqlite3 CLI, backups) run beside our writer;
     // FULL sync makes a commit survive power loss, and group commit pays for it.
     // A savepoint keeps the first copy of each page it changes in its journal: in
-    // memory (temp_store), not in a temporary file written page by page.
+    // memory (temp_store), not in a temporary file written page by page. That holds
+    // for this connection's temporary sorts too; its reads are by index, and the
+    // REST edge reads through its own connection (store_reader).
     exec(st.db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
                 "PRAGMA foreign_keys=ON; PRAGMA temp_store=MEMORY;");
     if (sqlite3_busy_timeout(st.db, static_cast<int>(opts.busy_timeout.count())) !=

@@ -16,9 +16,11 @@ namespace parry {
 std::string random_hex(std::size_t bytes);
 
 /// A new identifier: `prefix`, the milliseconds of `time_us` (µs since the epoch) as
-/// 12 hex digits, then 16 random hex digits. Identifiers made later sort later, so a
-/// store's index of them grows at its end instead of at random places: a group
-/// commit then writes a few index pages, not one per new row.
+/// 12 hex digits, then 16 random hex digits (64 bits). Identifiers of a later
+/// millisecond sort later (within one, at random), so a store's index of them grows
+/// at its end instead of at random places: a group commit then writes a few index
+/// pages, not one per new row. An identifier shows when it was made: a name, not a
+/// secret.
 std::string time_ordered_id(std::string_view prefix, int64_t time_us);
 
 /// Value of one hex digit (either case), or -1.

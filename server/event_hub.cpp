@@ -1,5 +1,9 @@
 #include "server/event_hub.hpp"
 
+#include <algorithm>
+#include <string_view>
+#include <vector>
+
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -90,13 +94,15 @@ void put_json(std::string& out, const msgpack::object& o, int depth = 0) {
     return;
   case msgpack::type::MAP: {
     out += '{';
-    bool first = true;
+    std::vector<std::string_view> keys; // a repeated key keeps its first value
     for (uint32_t i = 0; i < o.via.map.size; ++i) {
       const auto& kv = o.via.map.ptr[i];
       if (kv.key.type != msgpack::type::STR) continue;
-      if (!first) out += ',';
-      first = false;
-      put_string(out, {kv.key.via.str.ptr, kv.key.via.str.size});
+      std::string_view key{kv.key.via.str.ptr, kv.key.via.str.size};
+      if (std::find(keys.begin(), keys.end(), key) != keys.end()) continue;
+      if (!keys.empty()) out += ',';
+      keys.push_back(key);
+      put_string(out, key);
       out += ':';
       put_json(out, kv.val, depth + 1);
     }

@@ -1576,7 +1576,7 @@ response_action_actor::behavior_type stuck_action(const std::string& /*id*/) {
       [](atom::start) { return action_record{}; },
       [](atom::reg) {},
       [](atom::reg, const caf::error&) {},
-      [](atom::reg, atom::sent) {},
+      [](atom::reg, atom::sent, int64_t) {},
       [](atom::queued) {},
       [](atom::transmit) {},
       [](atom::ack) {},
@@ -1855,8 +1855,8 @@ BOOST_AUTO_TEST_CASE(a_command_the_device_takes_at_once_is_registered_as_sent) {
   taken.receive([&](bool b) { at_once = b; }, [](caf::error&) {});
   BOOST_TEST(at_once);
   BOOST_TEST(types_sent().empty()); // not before the registration is stored
-  self->send(aut, atom::reg_v, atom::sent_v);
-  expect((atom::reg, atom::sent), from(_).to(aut));
+  self->send(aut, atom::reg_v, atom::sent_v, int64_t{7});
+  expect((atom::reg, atom::sent, int64_t), from(_).to(aut));
   expect((atom::sent, std::string), from(aut).to(dev).with(_, std::string{"act-1"}));
   expect((atom::send, std::string, std::string, std::string), from(dev).to(gw));
   BOOST_TEST((types_sent() == call_list{"command"}));

@@ -333,9 +333,11 @@ BOOST_AUTO_TEST_CASE(every_msgpack_value_arrives_as_the_json_it_means) {
       h.subscribe(std::nullopt, "", [&](event_message m) { got.push_back(m); }));
   msgpack::sbuffer buf;
   msgpack::packer<msgpack::sbuffer> pk{buf};
-  pk.pack_map(10);
+  pk.pack_map(11);
   pk.pack(std::string{"yes"});
   pk.pack(true);
+  pk.pack(std::string{"yes"}); // a repeated key: its first value stands
+  pk.pack(false);
   pk.pack(std::string{"big"});
   pk.pack(uint64_t{18446744073709551615u});
   pk.pack(std::string{"neg"});
