@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "common/crypto.hpp"
+#include "common/utf8.hpp"
 
 namespace parry::sim {
 
@@ -49,32 +50,9 @@ void replace_all(std::string& s, std::string_view what, const std::string& with)
 }
 
 std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    default:
-      if (static_cast<unsigned char>(c) < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", c);
-        out += buf;
-      } else {
-        out += c;
-      }
-    }
-  }
-  return out + "\"";
+  std::string out;
+  append_json_string(out, s);
+  return out;
 }
 
 // The machine of endpoint `index`: its OS among those the scenarios cover, its user,

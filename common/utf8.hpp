@@ -20,6 +20,10 @@ std::string_view utf8_prefix(std::string_view s, std::size_t max_bytes);
 /// text that failed validation.
 std::string utf8_sanitized(std::string_view s);
 
+/// Appends `s`, which must be valid UTF-8 (`utf8_sanitized` first when it may not
+/// be), as a JSON string: quoted, with `"`, `\\` and control characters escaped.
+void append_json_string(std::string& out, std::string_view s);
+
 /// `s` for an error message: in single quotes, ill-formed UTF-8 and control
 /// characters replaced, cut to 80 bytes (with "..." when cut).
 std::string shown(const std::string& s);

@@ -20,37 +20,7 @@ using nlohmann::json;
 
 /// Appends `s`, made valid UTF-8, as a JSON string.
 void put_string(std::string& out, std::string_view s) {
-  static constexpr char digits[] = "0123456789abcdef";
-  auto text = utf8_sanitized(s);
-  out += '"';
-  for (unsigned char c : text) {
-    switch (c) {
-    case '"':
-      out += "\\\"";
-      break;
-    case '\\':
-      out += "\\\\";
-      break;
-    case '\n':
-      out += "\\n";
-      break;
-    case '\r':
-      out += "\\r";
-      break;
-    case '\t':
-      out += "\\t";
-      break;
-    default:
-      if (c < 0x20) {
-        out += "\\u00";
-        out += digits[c >> 4];
-        out += digits[c & 0x0f];
-      } else {
-        out += static_cast<char>(c);
-      }
-    }
-  }
-  out += '"';
+  append_json_string(out, utf8_sanitized(s));
 }
 
 /// Appends msgpack `o` as JSON text, written straight from the msgpack without a
