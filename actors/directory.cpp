@@ -317,7 +317,6 @@ struct bulk_actions {
   };
   std::vector<one> all;
   std::size_t asking = 0;
-  int64_t now = 0;
 };
 
 void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
@@ -329,7 +328,7 @@ void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
 /// The actions wait for the write's outcome.
 void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
   auto acts = std::make_shared<bulk_actions>();
-  acts->now = now_us();
+  auto now = now_us();
   acts->asking = 1; // until every device is asked
   auto answered = [self, job, acts] {
     if (--acts->asking == 0) write_bulk(self, job, acts);
@@ -337,7 +336,7 @@ void store_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job) {
   for (std::size_t i = 0; i < job->out.size(); ++i) {
     auto& o = job->out[i];
     if (o.err) continue;
-    auto first = make_registered(o.rec, acts->now);
+    auto first = make_registered(o.rec, now);
     auto dev = device_for(self, o.rec.device_id);
     auto act = spawn_action(self, o.rec);
     self->send(act, atom::reg_v);

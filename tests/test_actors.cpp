@@ -1651,6 +1651,18 @@ struct order_fixture : test_coordinator_fixture<caf::actor_system_config> {
     return a;
   }
 
+  /// The same for an action whose device was asked whether it takes the command at
+  /// once (`submit`, `reg`; its answer left unread); not monitored.
+  response_action_actor bulk_held_action(const std::string& id) {
+    auto rec = make(id);
+    make_registered(rec, 1);
+    auto a = spawn_action(rec);
+    self->send(a, atom::reg_v);
+    self->send(dev, atom::submit_v, atom::reg_v, rec.type, to_command(rec), a);
+    sched.run();
+    return a;
+  }
+
   std::vector<std::string> types_sent() {
     std::vector<std::string> out;
     for (auto& f : *sent)
@@ -1871,12 +1883,7 @@ BOOST_AUTO_TEST_CASE(a_command_the_device_takes_at_once_is_registered_as_sent) {
 // The bulk write had no answer in time, and the store has the action as `sent`: the
 // action lets its command go as if it had heard so.
 BOOST_AUTO_TEST_CASE(a_bulk_write_without_answer_found_as_sent_lets_the_command_go) {
-  auto rec = make("act-1");
-  make_registered(rec, 1);
-  auto aut = spawn_action(rec);
-  self->send(aut, atom::reg_v);
-  self->send(dev, atom::submit_v, atom::reg_v, rec.type, to_command(rec), aut);
-  sched.run();
+  auto aut = bulk_held_action("act-1");
   log->stored.insert("act-1");
   log->stored_sent.insert("act-1");
   self->send(aut, atom::reg_v, caf::make_error(caf::sec::request_timeout));
@@ -1889,12 +1896,7 @@ BOOST_AUTO_TEST_CASE(a_bulk_write_without_answer_found_as_sent_lets_the_command_
 // write, and a command still waiting for its `sent` has its action asked to
 // `transmit`, which stores `sent` itself.
 BOOST_AUTO_TEST_CASE(a_device_asked_again_offers_a_waiting_command_to_its_action) {
-  auto rec = make("act-1");
-  make_registered(rec, 1);
-  auto aut = spawn_action(rec);
-  self->send(aut, atom::reg_v);
-  self->send(dev, atom::submit_v, atom::reg_v, rec.type, to_command(rec), aut);
-  sched.run();
+  auto aut = bulk_held_action("act-1");
   self->send(aut, atom::reg_v, caf::error{}); // stored as registered
   self->send(dev, atom::transmit_v, std::string{"act-1"});
   sched.run();
