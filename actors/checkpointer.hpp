@@ -4,8 +4,9 @@
 // the log; a checkpoint copies the log's pages into the database file and fsyncs it.
 // SQLite does that by default inside the COMMIT that crosses 1,000 pages, so one
 // writer's commit in a thousand paid for all the others (the stall the bench saw).
-// The store turns that off (store_options::wal_autocheckpoint_pages keeps only a
-// safety net) and this actor checkpoints from a connection of its own, on a timer.
+// The store turns that off and this actor checkpoints from a connection of its own,
+// on a timer; only a log past its bound (store_options::wal_restart_pages) gets the
+// rest of its checkpoint from the store, between two groups.
 
 #include <chrono>
 #include <cstdint>

@@ -815,6 +815,30 @@ void settle_batch(store_state& st, const caf::error& err) {
     reply(err);
 }
 
+/// Keeps the log near its bound (store_options::wal_restart_pages): past it, copies
+/// into the database what the checkpointer has not yet, so that the next write
+/// starts the log over and overwrites its pages in place instead of growing the
+/// file. Runs between two groups; a checkpoint under way on the checkpointer's
+/// connection (SQLITE_BUSY) or a reader of old pages leaves it to the next commit.
+void bound_log(store_state& st) {
+  if (st.wal_restart_pages == 0 || st.wal_pages < st.wal_restart_pages) return;
+  auto began = std::chrono::steady_clock::now();
+  int log = 0;
+  int done = 0;
+  int rc =
+      sqlite3_wal_checkpoint_v2(st.db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+  if (rc == SQLITE_BUSY) return;
+  if (rc != SQLITE_OK) {
+    spdlog::warn("store: checkpoint of a long log failed: {}", sqlite3_errmsg(st.db));
+    return;
+  }
+  st.wal_pages = 0;
+  if (st.metrics)
+    st.metrics->store_checkpoint(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count(),
+        log);
+}
+
 /// Commits the open group transaction, if any, and answers its writes.
 void commit_open(store_state& st) {
   if (!st.in_transaction) return;
@@ -830,6 +854,7 @@ void commit_open(store_state& st) {
     reload_audit_head(st);
   }
   settle_batch(st, err);
+  if (!err) bound_log(st);
 }
 
 /// Opens the group transaction if none is open; a full one commits first (its
@@ -1115,10 +1140,18 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
     if (sqlite3_busy_timeout(st.db, static_cast<int>(opts.busy_timeout.count())) !=
         SQLITE_OK)
       throw std::runtime_error(sqlite3_errmsg(st.db));
-    // Checkpoints are the checkpointer's (actors/checkpointer.hpp), not a commit's.
-    exec(st.db, ("PRAGMA wal_autocheckpoint=" +
-                 std::to_string(std::max(opts.wal_autocheckpoint_pages, 0)) +
-                 "; PRAGMA journal_size_limit=" +
+    // Checkpoints are the checkpointer's (actors/checkpointer.hpp), not a commit's:
+    // the hook replaces SQLite's own checkpoint in a commit (wal_autocheckpoint)
+    // and only notes the log's length for bound_log.
+    sqlite3_wal_hook(
+        st.db,
+        [](void* arg, sqlite3*, const char*, int pages) {
+          static_cast<store_state*>(arg)->wal_pages = pages;
+          return SQLITE_OK;
+        },
+        &st);
+    st.wal_restart_pages = std::max(opts.wal_restart_pages, 0);
+    exec(st.db, ("PRAGMA journal_size_limit=" +
                  std::to_string(std::max<int64_t>(opts.wal_keep_bytes, 0)) + ";")
                     .c_str());
     exec(st.db, schema);

@@ -73,6 +73,10 @@ struct store_state {
   /// What was last published of each device (online, isolated, hostname): a
   /// device.updated goes out only when one of them changes.
   std::unordered_map<std::string, std::tuple<bool, bool, std::string>> device_published;
+  /// See store_options::wal_restart_pages; the log's pages after the last commit
+  /// (SQLite's WAL hook).
+  int wal_restart_pages = 0;
+  int wal_pages = 0;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
@@ -91,10 +95,15 @@ struct store_options {
   /// first commit came only when all were written, and nothing was visible (or
   /// answered) for seconds. A full group commits at once and the next one begins.
   std::size_t max_batch_writes = 500;
-  /// Log pages after which a commit checkpoints by itself. The checkpointer
-  /// (actors/checkpointer.hpp) does that work off the commit path; this is only the
-  /// safety net should it stop (0: never).
-  int wal_autocheckpoint_pages = 262144;
+  /// The log's bound, in pages. The checkpointer (actors/checkpointer.hpp) copies
+  /// the log into the database off the commit path, but a log starts over only
+  /// once everything in it was copied while no write was under way, which never
+  /// happens to a writer that never pauses: during a burst the log grew by every
+  /// byte written (774 MB for 100,000 reports), each write extending the file.
+  /// Once a commit leaves at least this many pages in the log, the store itself
+  /// copies what the checkpointer has not yet, between two groups, so that the
+  /// next group writes the log from its start again (0: never).
+  int wal_restart_pages = 8192;
   /// Bytes the log file keeps when it starts over (it is truncated to this).
   int64_t wal_keep_bytes = 64 << 20;
   /// Incidents in flight between the bus and the store (may be null): each one is

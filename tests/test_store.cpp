@@ -123,6 +123,13 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     return out;
   }
 
+  /// The store's counts (GET /stats without the live figures).
+  nlohmann::json stats() {
+    auto r = request<std::string>(atom::query_v, atom::stats_v);
+    BOOST_REQUIRE(r->answered && r->value);
+    return nlohmann::json::parse(*r->value);
+  }
+
   device_record device(const std::string& id, bool online) {
     device_record d;
     d.device_id = id;
@@ -522,11 +529,6 @@ BOOST_AUTO_TEST_CASE(a_burst_commits_in_groups_of_at_most_max_batch_writes) {
 }
 
 BOOST_AUTO_TEST_CASE(stats_are_counted_by_triggers_and_match_the_tables) {
-  auto stats = [&] {
-    auto r = request<std::string>(atom::query_v, atom::stats_v);
-    BOOST_REQUIRE(r->answered && r->value);
-    return nlohmann::json::parse(*r->value);
-  };
   request<atom::ok>(atom::put_v, device("dev-1", true));
   request<atom::ok>(atom::put_v, device("dev-2", false));
   request<atom::ok>(atom::put_v, device("dev-1", false)); // an update, not a device
@@ -991,6 +993,28 @@ BOOST_AUTO_TEST_CASE(commits_leave_checkpoints_to_the_checkpointer) {
   reader.exec("COMMIT;");
   caf::anon_send_exit(r, caf::exit_reason::kill);
   sched.run();
+}
+
+BOOST_AUTO_TEST_CASE(a_log_past_its_bound_starts_over_under_a_writer_that_never_pauses) {
+  // No checkpointer runs, and every commit adds pages to the log: without the
+  // bound the log would hold every page written (400 commits of three or more).
+  opts.wal_restart_pages = 200;
+  restart();
+  std::uintmax_t largest = 0;
+  for (int i = 0; i < 400; ++i) {
+    incident_record rec;
+    rec.incident_id = "inc-" + std::to_string(i);
+    rec.device_id = "dev-1";
+    rec.report.report_id = "rep-" + std::to_string(i);
+    rec.report.det.name = std::string(10000, 'x');
+    BOOST_REQUIRE(request<std::string>(atom::put_v, rec)->value);
+    largest = std::max(largest, std::filesystem::file_size(db_path + "-wal"));
+  }
+  // The bound and one commit's pages past it (a frame is a page and 24 bytes).
+  BOOST_TEST(largest < (200 + 20) * (4096 + 24) + 32, "the log reached " << largest);
+  BOOST_TEST(stats()["incidents"] == 400);
+  restart(); // and all of it is in the file
+  BOOST_TEST(stats()["incidents"] == 400);
 }
 
 BOOST_AUTO_TEST_CASE(data_dir_is_private) {
