@@ -156,14 +156,25 @@ using store_reader_actor = caf::typed_actor<
     caf::replies_to<atom::query, atom::users, page_request>::with<std::string>,
     caf::replies_to<atom::query, atom::stats>::with<std::string>>;
 
+/// Copies the store's write-ahead log into the database file from a connection of
+/// its own (actors/checkpointer.hpp), so that no commit of the store waits for it.
+using checkpointer_actor = caf::typed_actor<
+    // Checkpoints now; answers the pages in the log and how many of them are in the
+    // database file after it. Fails with ec::storage when SQLite says no.
+    caf::replies_to<atom::flush>::with<int64_t, int64_t>,
+    // The timer: checkpoints, then asks again after the interval.
+    caf::reacts_to<atom::check>>;
+
 /// The whole store: every narrow interface, the reads, and its group commit.
-using store_actor =
-    action_store_actor::extend_with<inventory_store_actor, account_store_actor,
-                                    audit_store_actor, store_reader_actor,
-                                    bus_key_store_actor, enrollment_token_store_actor,
-                                    // Commits the open transaction and answers
-                                    // the writes in it.
-                                    caf::typed_actor<caf::reacts_to<atom::flush>>>;
+using store_actor = action_store_actor::extend_with<
+    inventory_store_actor, account_store_actor, audit_store_actor, store_reader_actor,
+    bus_key_store_actor, enrollment_token_store_actor,
+    caf::typed_actor<
+        // Commits the open transaction and answers the writes in it.
+        caf::reacts_to<atom::flush>,
+        // The checkpointer to wake while the log grows (store_options::
+        // wal_restart_pages).
+        caf::reacts_to<atom::link, checkpointer_actor>>>;
 
 /// Bridge to the bus gateway thread: frames handed here are queued for the socket.
 using gateway_actor = caf::typed_actor<
@@ -326,15 +337,6 @@ using backup_actor = caf::typed_actor<
     // path, size (bytes), audit records and the hash of the last one. Fails with
     // ec::storage (the reason is logged) when it cannot.
     caf::replies_to<atom::backup>::with<std::string, int64_t, int64_t, std::string>>;
-
-/// Copies the store's write-ahead log into the database file from a connection of
-/// its own (actors/checkpointer.hpp), so that no commit of the store waits for it.
-using checkpointer_actor = caf::typed_actor<
-    // Checkpoints now; answers the pages in the log and how many of them are in the
-    // database file after it. Fails with ec::storage when SQLite says no.
-    caf::replies_to<atom::flush>::with<int64_t, int64_t>,
-    // The timer: checkpoints, then asks again after the interval.
-    caf::reacts_to<atom::check>>;
 
 /// Slow password hashing, on a thread of its own so it never stalls other actors.
 using hasher_actor = caf::typed_actor<

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include <caf/event_based_actor.hpp>
+#include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -821,7 +822,18 @@ void settle_batch(store_state& st, const caf::error& err) {
 /// file. Runs between two groups; a checkpoint under way on the checkpointer's
 /// connection (SQLITE_BUSY) or a reader of old pages leaves it to the next commit.
 void bound_log(store_state& st) {
-  if (st.wal_restart_pages == 0 || st.wal_pages < st.wal_restart_pages) return;
+  if (st.wal_restart_pages == 0) return;
+  if (st.wal_pages < st.wal_woken_at) st.wal_woken_at = 0; // the log started over
+  if (st.wal_pages < st.wal_restart_pages) {
+    // The checkpointer copies on the other core meanwhile, and leaves the store
+    // only the last quarter to copy.
+    if (st.checkpointer &&
+        st.wal_pages >= st.wal_woken_at + std::max(st.wal_restart_pages / 4, 1)) {
+      caf::anon_send(st.checkpointer, atom::flush_v);
+      st.wal_woken_at = st.wal_pages;
+    }
+    return;
+  }
   auto began = std::chrono::steady_clock::now();
   int log = 0;
   int done = 0;
@@ -1769,7 +1781,8 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             },
             std::string{}); // enrollment never replaces a key (see actors.hpp)
       },
-      [=](atom::flush) { commit_open(self->state); });
+      [=](atom::flush) { commit_open(self->state); },
+      [=](atom::link, checkpointer_actor c) { self->state.checkpointer = std::move(c); });
 }
 
 caf::expected<page_request> parse_page(const std::map<std::string, std::string>& params) {

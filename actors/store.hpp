@@ -74,9 +74,12 @@ struct store_state {
   /// device.updated goes out only when one of them changes.
   std::unordered_map<std::string, std::tuple<bool, bool, std::string>> device_published;
   /// See store_options::wal_restart_pages; the log's pages after the last commit
-  /// (SQLite's WAL hook).
+  /// (SQLite's WAL hook); the checkpointer to wake as the log grows, and the log's
+  /// pages when it last was.
   int wal_restart_pages = 0;
   int wal_pages = 0;
+  checkpointer_actor checkpointer;
+  int wal_woken_at = 0;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');
@@ -100,9 +103,10 @@ struct store_options {
   /// once everything in it was copied while no write was under way, which never
   /// happens to a writer that never pauses: during a burst the log grew by every
   /// byte written (774 MB for 100,000 reports), each write extending the file.
-  /// Once a commit leaves at least this many pages in the log, the store itself
-  /// copies what the checkpointer has not yet, between two groups, so that the
-  /// next group writes the log from its start again (0: never).
+  /// Each quarter of it the log grows, the store wakes the checkpointer (if it was
+  /// given one: atom::link); once a commit leaves at least this many pages in the
+  /// log, the store itself copies what the checkpointer has not yet, between two
+  /// groups, so that the next group writes the log from its start again (0: never).
   int wal_restart_pages = 8192;
   /// Bytes the log file keeps when it starts over (it is truncated to this).
   int64_t wal_keep_bytes = 64 << 20;

@@ -726,6 +726,7 @@ void server::start() {
         .receive([](int64_t, int64_t) {}, [&](caf::error& e) { failure = e; });
     if (failure) throw std::runtime_error("store checkpointer: " + message_of(failure));
   }
+  caf::anon_send(m.store, atom::link_v, ckpt); // woken as the log grows
   // Files made before this start (or under another umask) are closed too.
   make_private_dir(cfg.data_dir);
   if (auto s = *m.siem.get()) s->start();

@@ -1565,6 +1565,7 @@ store_actor::behavior_type mock_store(store_actor::pointer, store_log_ptr log) {
         return none(id);
       },
       [](atom::flush) {},
+      [](atom::link, checkpointer_actor) {},
   };
 }
 

@@ -1017,6 +1017,37 @@ BOOST_AUTO_TEST_CASE(a_log_past_its_bound_starts_over_under_a_writer_that_never_
   BOOST_TEST(stats()["incidents"] == 400);
 }
 
+BOOST_AUTO_TEST_CASE(a_growing_log_wakes_the_checkpointer_each_quarter_of_its_bound) {
+  opts.wal_restart_pages = 200;
+  restart();
+  auto woken = std::make_shared<int>(0);
+  auto fake = sys.spawn([woken]() -> checkpointer_actor::behavior_type {
+    return {
+        [woken](atom::flush) -> caf::result<int64_t, int64_t> {
+          ++*woken;
+          return {int64_t{0}, int64_t{0}};
+        },
+        [](atom::check) {},
+    };
+  });
+  caf::anon_send(st, atom::link_v, fake);
+  sched.run();
+  // 100 commits of three pages or more: the log starts over at 200 pages (the
+  // store's own checkpoint, since this checkpointer copies nothing), twice or more.
+  for (int i = 0; i < 100; ++i) {
+    incident_record rec;
+    rec.incident_id = "inc-" + std::to_string(i);
+    rec.device_id = "dev-1";
+    rec.report.report_id = "rep-" + std::to_string(i);
+    rec.report.det.name = std::string(10000, 'x');
+    BOOST_REQUIRE(request<std::string>(atom::put_v, rec)->value);
+  }
+  // Three wakes a round (at 50, 100 and 150 pages), not one a commit.
+  BOOST_TEST(*woken >= 6);
+  BOOST_TEST(*woken <= 100 / 3);
+  caf::anon_send_exit(fake, caf::exit_reason::kill);
+}
+
 BOOST_AUTO_TEST_CASE(data_dir_is_private) {
   namespace fs = std::filesystem;
   auto dir = fs::temp_directory_path() / ("parry-dir-test-" + std::to_string(::getpid()));
