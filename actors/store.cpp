@@ -816,43 +816,62 @@ void settle_batch(store_state& st, const caf::error& err) {
     reply(err);
 }
 
-/// Keeps the log near its bound (store_options::wal_restart_pages): past it, copies
-/// into the database what the checkpointer has not yet, so that the next write
-/// starts the log over and overwrites its pages in place instead of growing the
-/// file. Runs between two groups; a checkpoint under way on the checkpointer's
-/// connection (SQLITE_BUSY) or a reader of old pages leaves it to the next commit.
-void bound_log(store_state& st) {
+/// Keeps the log near its bound (store_options::wal_restart_pages). Each quarter
+/// the log grows, asks the checkpointer to copy (on its own thread) and notes how
+/// far behind it still was. Past the bound, copies into the database what is left,
+/// so that the next write starts the log over and overwrites its pages in place
+/// instead of growing the file; but not when the checkpointer last said it was
+/// more than a quarter behind (a reader such as a backup pinned the log): that
+/// copy would stall every write behind it, and is the checkpointer's. Runs between
+/// two groups; a checkpoint under way on the checkpointer's connection
+/// (SQLITE_BUSY) leaves it to the next commit.
+void bound_log(store_stateful self) {
+  auto& st = self->state;
   if (st.wal_restart_pages == 0) return;
-  if (st.wal_pages < st.wal_woken_at) st.wal_woken_at = 0; // the log started over
-  if (st.wal_pages < st.wal_restart_pages) {
-    // The checkpointer copies on the other core meanwhile, and leaves the store
-    // only the last quarter to copy.
-    if (st.checkpointer &&
-        st.wal_pages >= st.wal_woken_at + std::max(st.wal_restart_pages / 4, 1)) {
-      caf::anon_send(st.checkpointer, atom::flush_v);
-      st.wal_woken_at = st.wal_pages;
-    }
-    return;
+  const int quarter = std::max(st.wal_restart_pages / 4, 1);
+  if (st.wal_pages < st.wal_seen) { // the log started over
+    st.wal_woken_at = 0;
+    st.wal_retry_at = 0;
+    st.wal_behind = 0;
   }
+  st.wal_seen = st.wal_pages;
+  if (st.checkpointer && st.wal_pages >= st.wal_woken_at + quarter) {
+    st.wal_woken_at = st.wal_pages;
+    self->request(st.checkpointer, std::chrono::seconds{60}, atom::flush_v)
+        .then(
+            [self](int64_t log, int64_t done) {
+              self->state.wal_behind = static_cast<int>(std::max<int64_t>(log - done, 0));
+            },
+            [](caf::error&) {}); // the checkpointer logs its own failures
+  }
+  if (st.wal_pages < st.wal_restart_pages || st.wal_pages < st.wal_retry_at) return;
+  if (st.checkpointer && st.wal_behind > quarter) return;
   auto began = std::chrono::steady_clock::now();
   int log = 0;
   int done = 0;
   int rc =
       sqlite3_wal_checkpoint_v2(st.db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
   if (rc == SQLITE_BUSY) return;
+  // Done, pinned by a reader, or failed: next time a quarter later, not every commit.
+  st.wal_retry_at = st.wal_pages + quarter;
   if (rc != SQLITE_OK) {
-    spdlog::warn("store: checkpoint of a long log failed: {}", sqlite3_errmsg(st.db));
+    if (!st.wal_failing)
+      spdlog::error("store: checkpoint of a long log failed: {}", sqlite3_errmsg(st.db));
+    st.wal_failing = true;
     return;
   }
-  st.wal_pages = 0;
-  if (st.metrics)
+  if (st.wal_failing) spdlog::info("store: checkpoints of a long log work again");
+  st.wal_failing = false;
+  st.wal_behind = std::max(log - done, 0);
+  if (done == log && st.metrics)
     st.metrics->store_checkpoint(
         std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count(),
         log);
 }
 
 /// Commits the open group transaction, if any, and answers its writes.
-void commit_open(store_state& st) {
+void commit_open(store_stateful self) {
+  auto& st = self->state;
   if (!st.in_transaction) return;
   auto err = guarded("commit", [&] { exec(st.db, "COMMIT"); });
   if (!err && st.metrics)
@@ -866,14 +885,14 @@ void commit_open(store_state& st) {
     reload_audit_head(st);
   }
   settle_batch(st, err);
-  if (!err) bound_log(st);
+  if (!err) bound_log(self);
 }
 
 /// Opens the group transaction if none is open; a full one commits first (its
 /// writes' answers are all queued by now).
 caf::error open_group(store_stateful self) {
   auto& st = self->state;
-  if (st.in_transaction && st.batch_writes >= st.max_batch_writes) commit_open(st);
+  if (st.in_transaction && st.batch_writes >= st.max_batch_writes) commit_open(self);
   if (st.in_transaction) return {};
   if (auto err = guarded("begin", [&] { exec(st.db, "BEGIN"); })) return err;
   st.in_transaction = true;
@@ -1781,7 +1800,7 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
             },
             std::string{}); // enrollment never replaces a key (see actors.hpp)
       },
-      [=](atom::flush) { commit_open(self->state); },
+      [=](atom::flush) { commit_open(self); },
       [=](atom::link, checkpointer_actor c) { self->state.checkpointer = std::move(c); });
 }
 

@@ -74,12 +74,18 @@ struct store_state {
   /// device.updated goes out only when one of them changes.
   std::unordered_map<std::string, std::tuple<bool, bool, std::string>> device_published;
   /// See store_options::wal_restart_pages; the log's pages after the last commit
-  /// (SQLite's WAL hook); the checkpointer to wake as the log grows, and the log's
-  /// pages when it last was.
+  /// (SQLite's WAL hook) and after the one before (fewer: the log started over);
+  /// the checkpointer to wake as the log grows, the log's pages when it last was,
+  /// and the pages it had not copied then; the log's pages from which the store
+  /// tries its own checkpoint again, and whether the last one failed (logged once).
   int wal_restart_pages = 0;
   int wal_pages = 0;
+  int wal_seen = 0;
   checkpointer_actor checkpointer;
   int wal_woken_at = 0;
+  int wal_behind = 0;
+  int wal_retry_at = 0;
+  bool wal_failing = false;
   /// Number and hash of the last audit record (0 and 64 zeros before the first).
   int64_t audit_seq = 0;
   std::string audit_head = std::string(64, '0');

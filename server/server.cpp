@@ -717,8 +717,9 @@ void server::start() {
   copts.metrics = m.metrics;
   auto ckpt = m.sys.spawn<caf::detached>(checkpointer, cfg.data_dir + "/parry.db", copts);
   keep(ckpt);
-  // It answers once it could open the file: without it every commit would do its
-  // own checkpoints again (past the 1 GiB safety net), so parryd does not start.
+  // It answers once it could open the file: without it the store would copy the
+  // whole log on its own thread at each bound (store_options::wal_restart_pages),
+  // so parryd does not start.
   {
     caf::scoped_actor probe{m.sys};
     caf::error failure;

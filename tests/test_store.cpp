@@ -1017,34 +1017,78 @@ BOOST_AUTO_TEST_CASE(a_log_past_its_bound_starts_over_under_a_writer_that_never_
   BOOST_TEST(stats()["incidents"] == 400);
 }
 
+/// What a fake checkpointer answers (pages in the log, pages copied) and how often it
+/// was asked.
+struct fake_checkpoints {
+  int64_t log = 0;
+  int64_t done = 0;
+  int woken = 0;
+};
+
+checkpointer_actor::behavior_type fake_checkpointer(std::shared_ptr<fake_checkpoints> f) {
+  return {
+      [f](atom::flush) -> caf::result<int64_t, int64_t> {
+        ++f->woken;
+        return {f->log, f->done};
+      },
+      [](atom::check) {},
+  };
+}
+
+/// An incident of about ten pages in the log (a 10,000-byte name, its indexes).
+incident_record big_incident(int i) {
+  incident_record rec;
+  rec.incident_id = "inc-" + std::to_string(i);
+  rec.device_id = "dev-1";
+  rec.report.report_id = "rep-" + std::to_string(i);
+  rec.report.det.name = std::string(10000, 'x');
+  return rec;
+}
+
 BOOST_AUTO_TEST_CASE(a_growing_log_wakes_the_checkpointer_each_quarter_of_its_bound) {
   opts.wal_restart_pages = 200;
   restart();
-  auto woken = std::make_shared<int>(0);
-  auto fake = sys.spawn([woken]() -> checkpointer_actor::behavior_type {
-    return {
-        [woken](atom::flush) -> caf::result<int64_t, int64_t> {
-          ++*woken;
-          return {int64_t{0}, int64_t{0}};
-        },
-        [](atom::check) {},
-    };
-  });
+  auto f = std::make_shared<fake_checkpoints>(); // copies nothing, never behind
+  auto fake = sys.spawn(fake_checkpointer, f);
   caf::anon_send(st, atom::link_v, fake);
   sched.run();
   // 100 commits of three pages or more: the log starts over at 200 pages (the
   // store's own checkpoint, since this checkpointer copies nothing), twice or more.
-  for (int i = 0; i < 100; ++i) {
-    incident_record rec;
-    rec.incident_id = "inc-" + std::to_string(i);
-    rec.device_id = "dev-1";
-    rec.report.report_id = "rep-" + std::to_string(i);
-    rec.report.det.name = std::string(10000, 'x');
-    BOOST_REQUIRE(request<std::string>(atom::put_v, rec)->value);
-  }
+  for (int i = 0; i < 100; ++i)
+    BOOST_REQUIRE(request<std::string>(atom::put_v, big_incident(i))->value);
   // Three wakes a round (at 50, 100 and 150 pages), not one a commit.
-  BOOST_TEST(*woken >= 6);
-  BOOST_TEST(*woken <= 100 / 3);
+  BOOST_TEST(f->woken >= 6);
+  BOOST_TEST(f->woken <= 100 / 3);
+  caf::anon_send_exit(fake, caf::exit_reason::kill);
+}
+
+BOOST_AUTO_TEST_CASE(a_checkpointer_far_behind_keeps_the_copy_off_the_writer) {
+  opts.wal_restart_pages = 200;
+  restart();
+  // A checkpointer that says it is far behind (as when a backup pins the log): the
+  // store leaves the copy to it rather than stall its writes doing it.
+  auto f = std::make_shared<fake_checkpoints>();
+  f->log = 100000;
+  auto fake = sys.spawn(fake_checkpointer, f);
+  caf::anon_send(st, atom::link_v, fake);
+  sched.run();
+  for (int i = 0; i < 100; ++i)
+    BOOST_REQUIRE(request<std::string>(atom::put_v, big_incident(i))->value);
+  auto frames = [&] { // frames in the log file (its length never shrinks here)
+    return (std::filesystem::file_size(db_path + "-wal") - 32) / (4096 + 24);
+  };
+  BOOST_TEST(frames() > 2 * 200u, "the log held " << frames() << " pages");
+  // Caught up: the store copies the rest itself again, and the log starts over.
+  f->log = 0;
+  for (int i = 100; i < 160; ++i)
+    BOOST_REQUIRE(request<std::string>(atom::put_v, big_incident(i))->value);
+  other_connection probe{db_path};
+  int log = -1;
+  int done = -1;
+  BOOST_REQUIRE(sqlite3_wal_checkpoint_v2(probe.db, nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                          &log, &done) == SQLITE_OK);
+  BOOST_TEST(log < 200 + 20, "the log holds " << log << " pages");
+  BOOST_TEST(stats()["incidents"] == 160);
   caf::anon_send_exit(fake, caf::exit_reason::kill);
 }
 
