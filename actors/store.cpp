@@ -822,7 +822,8 @@ void settle_batch(store_state& st, const caf::error& err) {
 /// so that the next write starts the log over and overwrites its pages in place
 /// instead of growing the file; but not when the checkpointer last said it was
 /// more than a quarter behind (a reader such as a backup pinned the log): that
-/// copy would stall every write behind it, and is the checkpointer's. Runs between
+/// copy would stall every write behind it, and is the checkpointer's, until the
+/// log reaches four times its bound. Runs between
 /// two groups; a checkpoint under way on the checkpointer's connection
 /// (SQLITE_BUSY) leaves it to the next commit.
 void bound_log(store_stateful self) {
@@ -845,7 +846,11 @@ void bound_log(store_stateful self) {
             [](caf::error&) {}); // the checkpointer logs its own failures
   }
   if (st.wal_pages < st.wal_restart_pages || st.wal_pages < st.wal_retry_at) return;
-  if (st.checkpointer && st.wal_behind > quarter) return;
+  // A checkpointer that cannot keep up (a slow disk) must not leave the log without
+  // a bound: from four times it, the store copies what it can whatever it costs.
+  if (st.checkpointer && st.wal_behind > quarter &&
+      st.wal_pages < 4 * st.wal_restart_pages)
+    return;
   auto began = std::chrono::steady_clock::now();
   int log = 0;
   int done = 0;
