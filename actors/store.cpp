@@ -13,7 +13,6 @@
 #include <utility>
 
 #include <caf/event_based_actor.hpp>
-#include <caf/send.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>

@@ -943,6 +943,16 @@ BOOST_AUTO_TEST_CASE(a_report_is_stored_as_it_came_and_read_back_normalized) {
   BOOST_TEST(got->value->report.wire.empty());
 }
 
+/// An incident of about ten pages in the log (a 10,000-byte name, its indexes).
+incident_record big_incident(int i) {
+  incident_record rec;
+  rec.incident_id = "inc-" + std::to_string(i);
+  rec.device_id = "dev-1";
+  rec.report.report_id = "rep-" + std::to_string(i);
+  rec.report.det.name = std::string(10000, 'x');
+  return rec;
+}
+
 BOOST_AUTO_TEST_CASE(commits_leave_checkpoints_to_the_checkpointer) {
   auto checkpoint = [&](const checkpointer_actor& c) {
     auto out = std::make_shared<std::optional<std::pair<int64_t, int64_t>>>();
@@ -960,14 +970,8 @@ BOOST_AUTO_TEST_CASE(commits_leave_checkpoints_to_the_checkpointer) {
   };
   // 400 commits of three pages or more each: SQLite's default would have made one
   // of these commits copy the log into the file (and reset it) at 1,000 pages.
-  for (int i = 0; i < 400; ++i) {
-    incident_record rec;
-    rec.incident_id = "inc-" + std::to_string(i);
-    rec.device_id = "dev-1";
-    rec.report.report_id = "rep-" + std::to_string(i);
-    rec.report.det.name = std::string(10000, 'x');
-    BOOST_REQUIRE(request<std::string>(atom::put_v, rec)->value);
-  }
+  for (int i = 0; i < 400; ++i)
+    BOOST_REQUIRE(request<std::string>(atom::put_v, big_incident(i))->value);
   checkpointer_options copts;
   copts.every = std::chrono::milliseconds{0};
   auto c = sys.spawn(checkpointer, db_path, copts);
@@ -1002,12 +1006,7 @@ BOOST_AUTO_TEST_CASE(a_log_past_its_bound_starts_over_under_a_writer_that_never_
   restart();
   std::uintmax_t largest = 0;
   for (int i = 0; i < 400; ++i) {
-    incident_record rec;
-    rec.incident_id = "inc-" + std::to_string(i);
-    rec.device_id = "dev-1";
-    rec.report.report_id = "rep-" + std::to_string(i);
-    rec.report.det.name = std::string(10000, 'x');
-    BOOST_REQUIRE(request<std::string>(atom::put_v, rec)->value);
+    BOOST_REQUIRE(request<std::string>(atom::put_v, big_incident(i))->value);
     largest = std::max(largest, std::filesystem::file_size(db_path + "-wal"));
   }
   // The bound and one commit's pages past it (a frame is a page and 24 bytes).
@@ -1033,16 +1032,6 @@ checkpointer_actor::behavior_type fake_checkpointer(std::shared_ptr<fake_checkpo
       },
       [](atom::check) {},
   };
-}
-
-/// An incident of about ten pages in the log (a 10,000-byte name, its indexes).
-incident_record big_incident(int i) {
-  incident_record rec;
-  rec.incident_id = "inc-" + std::to_string(i);
-  rec.device_id = "dev-1";
-  rec.report.report_id = "rep-" + std::to_string(i);
-  rec.report.det.name = std::string(10000, 'x');
-  return rec;
 }
 
 BOOST_AUTO_TEST_CASE(a_growing_log_wakes_the_checkpointer_each_quarter_of_its_bound) {
