@@ -270,7 +270,7 @@ int run(const options& opt) {
   res.fsync = storage_floor(srv.dir(), opt.rounds);
 
   round_trips(srv, devices, agents, targets, opt.rounds, res);
-  fan_out(srv, devices, targets, res);
+  fan_out(srv, devices, agents, targets, res);
 
   res.final_stats = srv.get("/stats");
   res.rss_end = rss_with_children_kib(srv.pid());

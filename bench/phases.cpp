@@ -447,7 +447,7 @@ void round_trips(server_under_test& srv, fleet& devices, parry::child_process& a
   std::printf("  release steps (server clock):\n%s", stages_summary(res.release).c_str());
 }
 
-void fan_out(server_under_test& srv, fleet& devices,
+void fan_out(server_under_test& srv, fleet& devices, parry::child_process& agents,
              const std::vector<std::pair<std::string, std::string>>& targets,
              results& res) {
   constexpr std::size_t per_request = 1000; // POST /actions/bulk takes at most this
@@ -455,6 +455,9 @@ void fan_out(server_under_test& srv, fleet& devices,
   auto before = srv.get("/stats");
   auto open_before = stat_of(before, "actions_open");
   std::size_t registered = 0;
+  auto cpu0 = cpu_secs_with_children(srv.pid()),
+       agent_cpu0 = cpu_secs_with_children(agents.pid());
+  auto threads0 = cpu_by_thread(srv.pid());
   auto t0 = steady::now();
   for (std::size_t at = 0; at < targets.size(); at += per_request) {
     check_interrupt();
@@ -482,6 +485,13 @@ void fan_out(server_under_test& srv, fleet& devices,
       [&](const json& s) { return stat_of(s, "actions_open") <= open_before; }, 120s,
       5ms);
   res.fanout_secs = ms_between(t0, steady::now()) / 1000.0;
+  res.fanout_cpu = cpu_secs_with_children(srv.pid()) - cpu0;
+  res.fanout_agent_cpu = cpu_secs_with_children(agents.pid()) - agent_cpu0;
+  std::string per_thread;
+  for (auto& [name, secs] : cpu_by_thread(srv.pid()))
+    if (auto used = secs - threads0[name]; used >= 0.01)
+      per_thread += " " + name + " " + fixed(used, 2);
+  std::printf("  fan-out: parryd CPU seconds by thread name:%s\n", per_thread.c_str());
   if (!settled) {
     res.problems.push_back("fan-out: " + std::to_string(stat_of(st, "actions_open")) +
                            " actions still open after 120 s");

@@ -60,8 +60,9 @@ void round_trips(server_under_test& srv, fleet& devices, parry::child_process& a
                  std::size_t rounds, results& res);
 
 /// Isolates every one of `targets` at once (POST /actions/bulk, 1,000 per request)
-/// and times first request -> every one of them final; counts how many completed.
-void fan_out(server_under_test& srv, fleet& devices,
+/// and times first request -> every one of them final; counts how many completed,
+/// and the CPU time parryd (with its gateways) and the simulator spent meanwhile.
+void fan_out(server_under_test& srv, fleet& devices, parry::child_process& agents,
              const std::vector<std::pair<std::string, std::string>>& targets,
              results& res);
 

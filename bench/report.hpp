@@ -85,6 +85,8 @@ struct results {
   std::size_t fanout_completed = 0;  ///< of them, ended completed
   double fanout_register_secs = -1;  ///< first bulk request -> last bulk answer
   double fanout_secs = -1;           ///< first bulk request -> every one final
+  double fanout_cpu = 0;             ///< parryd CPU seconds (gateways included) meanwhile
+  double fanout_agent_cpu = 0;       ///< parry-agent CPU seconds meanwhile
   std::vector<std::string> problems; ///< what did not run as it should
 };
 
