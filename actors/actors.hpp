@@ -68,9 +68,12 @@ using inventory_store_actor = caf::typed_actor<
     // counts one it cannot store (parry_incidents_failed_total).
     caf::reacts_to<atom::put, atom::incident, incident_record>,
     // Loads one incident.
-    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>,
-    // Loads the incidents named, in no particular order: one not stored (or
-    // unreadable, which is logged) is left out.
+    caf::replies_to<atom::get, atom::incident, std::string>::with<incident_record>>;
+
+/// Loads the incidents named, in no particular order: one not stored (or unreadable,
+/// which is logged) is left out. Served by the store, which sees its open group, and
+/// by store_reader, which sees the last commit.
+using incident_reader_actor = caf::typed_actor<
     caf::replies_to<atom::get, atom::incidents,
                     std::vector<std::string>>::with<std::vector<incident_record>>>;
 
@@ -135,7 +138,8 @@ using audit_store_actor = caf::typed_actor<
 /// trigger records it writes (it hands the narrower handles on to device and
 /// response_action actors).
 using directory_store_actor =
-    action_store_actor::extend_with<inventory_store_actor, audit_store_actor>;
+    action_store_actor::extend_with<inventory_store_actor, audit_store_actor,
+                                    incident_reader_actor>;
 
 /// What auth needs: accounts, and the audit trail for what it decides.
 using auth_store_actor = account_store_actor::extend_with<audit_store_actor>;
@@ -145,7 +149,8 @@ using auth_store_actor = account_store_actor::extend_with<audit_store_actor>;
 /// of the next page; a bad cursor or filter is bad_request, a missing object
 /// not_found. Served by store_reader on a connection of its own, so a read never
 /// waits behind the writer's group commits (WAL: it sees the last commit), and by
-/// the store itself.
+/// the store itself. The incidents a bulk registration checks its targets against
+/// come the same way (directory.cpp).
 using store_reader_actor = caf::typed_actor<
     caf::replies_to<atom::query, atom::devices, page_request>::with<std::string>,
     caf::replies_to<atom::query, atom::device, std::string>::with<std::string>,
@@ -154,7 +159,8 @@ using store_reader_actor = caf::typed_actor<
     caf::replies_to<atom::query, atom::actions, page_request>::with<std::string>,
     caf::replies_to<atom::query, atom::action, std::string>::with<std::string>,
     caf::replies_to<atom::query, atom::users, page_request>::with<std::string>,
-    caf::replies_to<atom::query, atom::stats>::with<std::string>>;
+    caf::replies_to<atom::query,
+                    atom::stats>::with<std::string>>::extend_with<incident_reader_actor>;
 
 /// Copies the store's write-ahead log into the database file from a connection of
 /// its own (actors/checkpointer.hpp), so that no commit of the store waits for it.

@@ -1,6 +1,7 @@
 #include "actors/directory.hpp"
 
 #include <algorithm>
+#include <iterator>
 #include <memory>
 #include <string_view>
 #include <unordered_map>
@@ -414,6 +415,56 @@ void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
           });
 }
 
+/// Reads the incidents `ids` names (sorted, distinct) and calls `done` with the ones
+/// stored, or `fail`. The reader goes first: it sees the last commit and does not
+/// wait behind the writes queued at the store. What it lacks (stored in a group not
+/// yet committed, or not at all) is asked of the store, which sees its open group
+/// and every write queued before the question.
+template <class Done, class Fail>
+void read_incidents(directory_stateful self, std::vector<std::string> ids, Done done,
+                    Fail fail) {
+  auto from_store = [self, done, fail](std::vector<std::string> rest,
+                                       std::vector<incident_record> found) mutable {
+    if (rest.empty()) {
+      done(found);
+      return;
+    }
+    self->request(self->state.store, store_timeout, atom::get_v, atom::incidents_v,
+                  std::move(rest))
+        .then(
+            [done, found = std::move(found)](std::vector<incident_record>& more) mutable {
+              found.insert(found.end(), std::make_move_iterator(more.begin()),
+                           std::make_move_iterator(more.end()));
+              done(found);
+            },
+            fail);
+  };
+  if (!self->state.reader) {
+    from_store(std::move(ids), {});
+    return;
+  }
+  self->request(self->state.reader, store_timeout, atom::get_v, atom::incidents_v, ids)
+      .then(
+          [ids, from_store](std::vector<incident_record>& found) mutable {
+            std::vector<std::string_view> have;
+            have.reserve(found.size());
+            for (auto& r : found)
+              have.push_back(r.incident_id);
+            std::sort(have.begin(), have.end());
+            std::vector<std::string> rest;
+            for (auto& id : ids)
+              if (!std::binary_search(have.begin(), have.end(), std::string_view{id}))
+                rest.push_back(std::move(id));
+            from_store(std::move(rest), std::move(found));
+          },
+          [ids, from_store](caf::error& err) mutable {
+            spdlog::warn("directory: the store's reader did not answer ({}); the "
+                         "store reads the incidents",
+                         message_of(err));
+            from_store(std::move(ids), {});
+          });
+}
+
 /// Registers one action per request, as `register_new` would each (its incident's
 /// rules, its device's checks, its trigger record), with one read of the incidents
 /// and one write of the actions.
@@ -429,50 +480,49 @@ void register_bulk(directory_stateful self, std::vector<action_request> reqs,
   }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-  self->request(self->state.store, store_timeout, atom::get_v, atom::incidents_v,
-                std::move(ids))
-      .then(
-          [self, job, reqs = std::move(reqs)](std::vector<incident_record>& incs) {
-            std::unordered_map<std::string_view, const incident_record*> by_id;
-            for (auto& inc : incs)
-              by_id.emplace(inc.incident_id, &inc);
-            auto policy = self->state.policy.get();
-            auto now = now_us();
-            job->checking = 1; // until every check is started
-            auto checked = [self, job] {
-              if (--job->checking == 0) store_bulk(self, job);
-            };
-            for (std::size_t i = 0; i < reqs.size(); ++i) {
-              auto& o = job->out[i];
-              auto inc = by_id.find(reqs[i].incident_id);
-              if (inc == by_id.end()) {
-                o.err = make_error(ec::not_found, "no incident " + reqs[i].incident_id);
-                continue;
-              }
-              auto rec = make_action(*inc->second, reqs[i], *policy, now);
-              if (!rec) {
-                o.err = std::move(rec.error());
-                continue;
-              }
-              ++job->checking;
-              check_on_device(
-                  self, std::move(*rec),
-                  [job, i, checked](action_record r) {
-                    job->out[i].rec = std::move(r);
-                    checked();
-                  },
-                  [job, i, checked](const caf::error& err) {
-                    job->out[i].err = err;
-                    checked();
-                  });
-            }
-            checked();
-          },
-          [job](caf::error& err) {
-            for (auto& o : job->out)
-              o.err = err;
-            job->rp.deliver(std::move(job->out));
-          });
+  read_incidents(
+      self, std::move(ids),
+      [self, job, reqs = std::move(reqs)](std::vector<incident_record>& incs) {
+        std::unordered_map<std::string_view, const incident_record*> by_id;
+        for (auto& inc : incs)
+          by_id.emplace(inc.incident_id, &inc);
+        auto policy = self->state.policy.get();
+        auto now = now_us();
+        job->checking = 1; // until every check is started
+        auto checked = [self, job] {
+          if (--job->checking == 0) store_bulk(self, job);
+        };
+        for (std::size_t i = 0; i < reqs.size(); ++i) {
+          auto& o = job->out[i];
+          auto inc = by_id.find(reqs[i].incident_id);
+          if (inc == by_id.end()) {
+            o.err = make_error(ec::not_found, "no incident " + reqs[i].incident_id);
+            continue;
+          }
+          auto rec = make_action(*inc->second, reqs[i], *policy, now);
+          if (!rec) {
+            o.err = std::move(rec.error());
+            continue;
+          }
+          ++job->checking;
+          check_on_device(
+              self, std::move(*rec),
+              [job, i, checked](action_record r) {
+                job->out[i].rec = std::move(r);
+                checked();
+              },
+              [job, i, checked](const caf::error& err) {
+                job->out[i].err = err;
+                checked();
+              });
+        }
+        checked();
+      },
+      [job](caf::error& err) {
+        for (auto& o : job->out)
+          o.err = err;
+        job->rp.deliver(std::move(job->out));
+      });
 }
 
 /// Validates `req` with its incident and registers the action it describes.
@@ -546,12 +596,14 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                                          shared_setting<action_policy> policy,
                                          caf::timespan incident_idle,
                                          directory_store_actor store,
+                                         incident_reader_actor reader,
                                          gateway_actor gateway) {
   auto& st = self->state;
   st.cfg = cfg;
   st.policy = std::move(policy);
   st.incident_idle = incident_idle;
   st.store = std::move(store);
+  st.reader = std::move(reader);
   st.gateway = std::move(gateway);
   // A child that fails (an exception in a handler) takes no other child down: the
   // directory forgets it and spawns a fresh one on the next message for its id.

@@ -82,6 +82,9 @@ struct directory_state {
   shared_setting<action_policy> policy;
   caf::timespan incident_idle;
   directory_store_actor store;
+  /// Reads committed incidents on a connection of its own (store_reader), so that a
+  /// bulk registration's check does not queue behind the writer; null: the store.
+  incident_reader_actor reader;
   gateway_actor gateway;
 };
 
@@ -92,6 +95,7 @@ directory_actor::behavior_type directory(directory_stateful self, device_config 
                                          shared_setting<action_policy> policy,
                                          caf::timespan incident_idle,
                                          directory_store_actor store,
+                                         incident_reader_actor reader,
                                          gateway_actor gateway);
 
 /// Builds the action that undoes `original` for `req`'s user, or says why it cannot.

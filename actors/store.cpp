@@ -1024,8 +1024,9 @@ template <class T, class Body> caf::result<T> read_answer(Body&& body) {
   return std::move(*out);
 }
 
-/// The typed paged reads (JSON text for the REST edge), shared by the writer, which
-/// sees its own uncommitted batch, and the reader, which serves the REST edge.
+/// The typed paged reads (JSON text for the REST edge) and the incidents of a bulk
+/// registration, shared by the writer, which sees its own uncommitted batch, and the
+/// reader, which serves the REST edge and the directory.
 template <class Self> auto read_handlers(Self self) {
   return std::make_tuple(
       [=](atom::query, atom::devices, const page_request& p) {
@@ -1054,6 +1055,22 @@ template <class Self> auto read_handlers(Self self) {
       },
       [=](atom::query, atom::stats) {
         return read_answer<std::string>([&] { return read_stats(self->state); });
+      },
+      [=](atom::get, atom::incidents, const std::vector<std::string>& ids) {
+        return read_answer<std::vector<incident_record>>([&] {
+          std::vector<incident_record> found;
+          found.reserve(ids.size());
+          for (const auto& id : ids) {
+            // One unreadable incident must not refuse the others: it is logged and
+            // left out, and its targets are refused as not found.
+            try {
+              if (auto r = load_incident(self->state, id)) found.push_back(std::move(*r));
+            } catch (const std::exception& e) {
+              spdlog::error("store: {}", e.what());
+            }
+          }
+          return found;
+        });
       });
 }
 
@@ -1420,23 +1437,6 @@ store_actor::behavior_type store_with(store_stateful self, std::string path,
         publish_on_commit(self->state, queued, bus::topic::action, to_string(a.state),
                           action_event_of(a));
         return res;
-      },
-      [=](atom::get, atom::incidents, const std::vector<std::string>& ids)
-          -> caf::result<std::vector<incident_record>> {
-        return read_answer<std::vector<incident_record>>([&] {
-          std::vector<incident_record> found;
-          found.reserve(ids.size());
-          for (const auto& id : ids) {
-            // One unreadable incident must not refuse the others: it is logged and
-            // left out, and its targets are refused as not found.
-            try {
-              if (auto r = load_incident(self->state, id)) found.push_back(std::move(*r));
-            } catch (const std::exception& e) {
-              spdlog::error("store: {}", e.what());
-            }
-          }
-          return found;
-        });
       },
       [=](atom::get, atom::incident,
           const std::string& id) -> caf::result<incident_record> {

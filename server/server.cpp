@@ -838,8 +838,12 @@ void server::start() {
   // Agents enrolled over CURVE pinned this key: every command they get is signed.
   if (cfg.bus_curve) dcfg.signer = m.signer;
   m.policy.set(policy_of(cfg));
-  m.directory = m.sys.spawn(directory, dcfg, m.policy,
-                            caf::timespan{std::chrono::minutes{5}}, m.store, gateway);
+  // Opened after the writer has created or migrated the schema.
+  auto reader = m.sys.spawn<caf::detached>(store_reader, cfg.data_dir + "/parry.db");
+  keep(reader);
+  m.directory =
+      m.sys.spawn(directory, dcfg, m.policy, caf::timespan{std::chrono::minutes{5}},
+                  m.store, reader, gateway);
   keep(m.directory);
   *dir_slot = m.directory;
 
@@ -944,9 +948,6 @@ void server::start() {
                          {"bad_requests", h->bad_requests.load()}};
     return out;
   };
-  // Opened after the writer has created or migrated the schema.
-  auto reader = m.sys.spawn<caf::detached>(store_reader, cfg.data_dir + "/parry.db");
-  keep(reader);
   api_state deps;
   deps.auth = au;
   deps.hasher = hash;

@@ -66,6 +66,30 @@ gateway_actor::behavior_type mock_gateway(gateway_actor::pointer, frames out) {
   };
 }
 
+/// What a stand-in for the store's reader was asked, and what it answers.
+struct reader_log {
+  std::vector<std::vector<std::string>> asked;
+  std::vector<incident_record> has; ///< Its committed incidents.
+  bool fail = false;                ///< Answers an error instead.
+};
+
+/// Stands in for store_reader's incident reads.
+incident_reader_actor::behavior_type mock_reader(incident_reader_actor::pointer,
+                                                 std::shared_ptr<reader_log> log) {
+  return {
+      [log](atom::get, atom::incidents, const std::vector<std::string>& ids)
+          -> caf::result<std::vector<incident_record>> {
+        log->asked.push_back(ids);
+        if (log->fail) return make_error(ec::storage, "the reader is gone");
+        std::vector<incident_record> out;
+        for (auto& r : log->has)
+          if (std::find(ids.begin(), ids.end(), r.incident_id) != ids.end())
+            out.push_back(r);
+        return out;
+      },
+  };
+}
+
 bus::incident_report phishing_report() {
   bus::incident_report r;
   r.report_id = "r-1";
@@ -118,6 +142,9 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   store_actor st;
   gateway_actor gw;
   directory_actor dir;
+  /// The directory's reader of committed incidents: none, the store answers (a test
+  /// sets one and restarts the server).
+  incident_reader_actor reader;
   device_config dcfg;
   action_policy policy;
   /// The policy the directory runs with, as a reload (SIGHUP) replaces it.
@@ -139,6 +166,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
   ~fixture() override {
     stop_server();
     caf::anon_send_exit(gw, caf::exit_reason::user_shutdown);
+    if (reader) caf::anon_send_exit(reader, caf::exit_reason::user_shutdown);
     sched.run();
     for (auto suffix : {"", "-wal", "-shm"})
       std::filesystem::remove(db_path + suffix);
@@ -149,7 +177,7 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     o.ingest = gauge;
     st = sys.spawn(store_with, db_path, o);
     live_policy = shared_setting<action_policy>{policy};
-    dir = sys.spawn(directory, dcfg, live_policy, caf::timespan{5min}, st, gw);
+    dir = sys.spawn(directory, dcfg, live_policy, caf::timespan{5min}, st, reader, gw);
     sched.run();
   }
 
@@ -494,6 +522,44 @@ BOOST_AUTO_TEST_CASE(a_bulk_registration_is_each_single_one_in_one_write) {
                    " (" + std::string{i == 0 ? "isolate" : "release_isolation"} +
                    " on inc-") != std::string::npos);
   }
+}
+
+// POST /actions/bulk reads its incidents from the store's reader, which sees the last
+// commit without waiting behind the writer's queue; what the reader lacks (stored in
+// a group not yet committed) comes from the store, and a reader that fails leaves
+// every read to the store.
+BOOST_AUTO_TEST_CASE(a_bulk_registration_reads_the_reader_first_then_the_store) {
+  auto log = std::make_shared<reader_log>();
+  stop_server();
+  reader = sys.spawn(mock_reader, log);
+  start_server();
+  hello("dev-1");
+  auto inc = report_incident("dev-1");
+  // Only the reader has this one: registered from the reader's answer alone.
+  auto copy = ask<incident_record>(st, atom::get_v, atom::incident_v, inc);
+  copy.incident_id = "inc-only-in-the-reader";
+  log->has = {copy};
+  std::vector<action_request> reqs{request("isolate", "inc-only-in-the-reader"),
+                                   request("quarantine", inc)};
+  reqs[1].password_confirmed = true; // the api checked it
+  auto outs = ask<std::vector<registration_outcome>>(dir, atom::reg_v, reqs);
+  BOOST_REQUIRE_EQUAL(outs.size(), 2u);
+  BOOST_TEST(!outs[0].err, message_of(outs[0].err));
+  BOOST_TEST(outs[0].rec.incident_id == "inc-only-in-the-reader");
+  // The reader lacked `inc`: the store had it.
+  BOOST_TEST(!outs[1].err, message_of(outs[1].err));
+  BOOST_REQUIRE_EQUAL(log->asked.size(), 1u);
+  BOOST_TEST(log->asked[0].size() == 2u);
+  // A reader that fails: the store reads every incident (and has only `inc`).
+  log->fail = true;
+  std::vector<action_request> more{request("delete_file", inc),
+                                   request("isolate", "inc-only-in-the-reader")};
+  more[0].password_confirmed = true;
+  outs = ask<std::vector<registration_outcome>>(dir, atom::reg_v, more);
+  BOOST_REQUIRE_EQUAL(outs.size(), 2u);
+  BOOST_TEST(!outs[0].err, message_of(outs[0].err));
+  BOOST_TEST(code_of(outs[1].err) == ec::not_found);
+  BOOST_TEST(log->asked.size() == 2u);
 }
 
 // A bulk registration takes its place in each device's queue like a single one: after

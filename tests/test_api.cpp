@@ -109,7 +109,8 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
     sched.run();
     reader = sys.spawn(store_reader, db_path);
     gw = sys.spawn(mock_gateway, 0);
-    dir = sys.spawn(directory, device_config{}, policy, caf::timespan{5min}, st, gw);
+    dir = sys.spawn(directory, device_config{}, policy, caf::timespan{5min}, st, reader,
+                    gw);
     hash = sys.spawn(hasher, acfg.pbkdf2_iterations);
     au = spawn_supervised_auth(sys, stats, acfg, st, hash);
     bus_keys_config kc;
