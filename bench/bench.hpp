@@ -43,6 +43,9 @@ struct options {
   /// parryd's bus_gateways: gateway processes holding the agent connections (0: in
   /// parryd). Memory and CPU figures of parryd include them.
   std::size_t gateways = 0;
+  /// At the end, kill -9 parryd, start it again and time until every device is
+  /// online again (phases.hpp, kill_restart).
+  bool kill_restart = false;
 };
 
 inline std::atomic<bool> interrupted{false};

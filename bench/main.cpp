@@ -275,6 +275,7 @@ int run(const options& opt) {
   res.final_stats = srv.get("/stats");
   res.rss_end = rss_with_children_kib(srv.pid());
   if (!srv.running()) throw std::runtime_error("parryd exited");
+  if (opt.kill_restart) kill_restart(srv, devices, res);
 
   std::printf("\nresults (%zu endpoints, %zu incidents, %zu rounds)\n", n, opt.incidents,
               opt.rounds);
@@ -360,6 +361,9 @@ int main(int argc, char** argv) {
                  "parryd's device_passivate_after_s; also measures idle devices' heap "
                  "once all passivated (0: parryd's default, not measured)")
       ->check(CLI::Range(0, 3600));
+  app.add_flag("--kill-restart", opt.kill_restart,
+               "At the end, kill -9 parryd, start it again on the same data and port, "
+               "and time until every device is online again");
   app.add_flag("--keep", opt.keep, "Keep the temporary directory (logs, database)");
   app.add_option("--svg", opt.svg, "Write the latency histograms to this SVG file");
   app.add_flag("!--no-curve", opt.curve,

@@ -73,4 +73,9 @@ void fan_out(server_under_test& srv, fleet& devices, parry::child_process& agent
 /// `res.restart_actions`.
 void restart_to_ready(const options& opt, std::size_t actions, results& res);
 
+/// A crash and a restart under load: kill -9 of parryd (and its gateways), a new
+/// parryd on the same data and bus port, and the time until every device that was
+/// online before is online again (the agents reconnect by themselves).
+void kill_restart(server_under_test& srv, fleet& devices, results& res);
+
 } // namespace parry::bench

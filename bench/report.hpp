@@ -77,6 +77,8 @@ struct results {
   long rss_idle = -1;           ///< parryd VmRSS once every device passivated, KiB
   double idle_secs = -1;        ///< sims online -> every device passivated, seconds
   double sims_online_secs = -1; ///< parry-agent started -> every sim device online, s
+  double kill_ready_secs = -1;  ///< kill -9 of parryd -> the new one ready, s
+  double kill_online_secs = -1; ///< the new parryd started -> every device online, s
   nlohmann::json final_stats;
   double restart_secs = -1;          ///< exec -> ready with restart_actions stored
   std::size_t restart_actions = 0;   ///< of which one in ten open

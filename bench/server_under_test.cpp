@@ -91,7 +91,7 @@ void server_under_test::start(bool curve, std::chrono::milliseconds ready_within
   proc_ = std::make_unique<parry::child_process>(
       std::vector<std::string>{parryd, "--config", (dir_ / "parryd.toml").string(),
                                "--data-dir", (dir_ / "data").string(), "--http-port", "0",
-                               "--bus", "tcp://127.0.0.1:*"},
+                               "--bus", bus_bind_},
       std::map<std::string, std::string>{{"PARRY_ADMIN_PASSWORD", admin_password}},
       log_file());
   auto rest = proc_->wait_for_line("REST ", ready_within);
@@ -177,6 +177,37 @@ int server_under_test::stop() {
   int status = proc_->stop(SIGTERM);
   proc_.reset();
   return status;
+}
+
+namespace {
+
+/// True once `pid` has exited (a zombie counts: it holds no socket).
+bool exited(pid_t pid) {
+  std::ifstream in{"/proc/" + std::to_string(pid) + "/stat"};
+  std::string stat;
+  if (!std::getline(in, stat)) return true;
+  auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] == 'Z';
+}
+
+} // namespace
+
+std::chrono::steady_clock::time_point
+server_under_test::kill_and_restart(std::chrono::milliseconds ready_within) {
+  if (!proc_) throw std::runtime_error("parryd is not running");
+  auto gateways = children_of(proc_->pid());
+  if (api_) api_->close();
+  proc_->stop(SIGKILL);
+  proc_.reset();
+  // The gateways end by themselves once parryd is gone (PR_SET_PDEATHSIG).
+  if (!poll_until([&] { return std::all_of(gateways.begin(), gateways.end(), exited); },
+                  10s))
+    throw std::runtime_error("parryd's gateway processes outlived it by 10 s");
+  bus_bind_ = bus_; // the agents dial the same port again
+  auto started = std::chrono::steady_clock::now();
+  start(curve_, ready_within);
+  login();
+  return started;
 }
 
 std::pair<std::size_t, std::vector<std::string>> log_problems(const std::string& path) {

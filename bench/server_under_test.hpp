@@ -80,6 +80,13 @@ public:
   /// SIGTERM and the exit status (as waitpid gives it), or -1 when already gone.
   int stop();
 
+  /// Ends parryd with SIGKILL, as a crash would, waits (at most 10 s) until its gateway
+  /// processes are gone too (they hold the bus port until then), then starts parryd
+  /// again on the same data directory and bus port and logs in. Answers when the new
+  /// parryd was started.
+  std::chrono::steady_clock::time_point
+  kill_and_restart(std::chrono::milliseconds ready_within = std::chrono::seconds{30});
+
 private:
   bool curve_ = false;
   std::string enroll_;
@@ -95,6 +102,7 @@ private:
   std::string token_;
   std::string base_url_;
   std::string bus_;
+  std::string bus_bind_ = "tcp://127.0.0.1:*"; ///< what --bus asks for
   int uncaught_ = std::uncaught_exceptions();
 };
 
