@@ -415,6 +415,11 @@ void write_bulk(directory_stateful self, const std::shared_ptr<bulk_job>& job,
           });
 }
 
+/// How long a bulk registration waits for the store's reader before it asks the store
+/// instead: short, so that the store's read still fits within the REST call's own
+/// deadline when the reader hangs (it also serves REST pages, one at a time).
+constexpr caf::timespan reader_timeout = std::chrono::seconds{5};
+
 /// Reads the incidents `ids` names (sorted, distinct) and calls `done` with the ones
 /// stored, or `fail`. The reader goes first: it sees the last commit and does not
 /// wait behind the writes queued at the store. What it lacks (stored in a group not
@@ -443,7 +448,7 @@ void read_incidents(directory_stateful self, std::vector<std::string> ids, Done 
     from_store(std::move(ids), {});
     return;
   }
-  self->request(self->state.reader, store_timeout, atom::get_v, atom::incidents_v, ids)
+  self->request(self->state.reader, reader_timeout, atom::get_v, atom::incidents_v, ids)
       .then(
           [ids, from_store](std::vector<incident_record>& found) mutable {
             std::vector<std::string_view> have;
@@ -467,7 +472,7 @@ void read_incidents(directory_stateful self, std::vector<std::string> ids, Done 
 
 /// Registers one action per request, as `register_new` would each (its incident's
 /// rules, its device's checks, its trigger record), with one read of the incidents
-/// and one write of the actions.
+/// (two when the reader lacks some: read_incidents) and one write of the actions.
 void register_bulk(directory_stateful self, std::vector<action_request> reqs,
                    caf::typed_response_promise<std::vector<registration_outcome>> rp) {
   auto job = std::make_shared<bulk_job>();

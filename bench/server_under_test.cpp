@@ -199,10 +199,14 @@ server_under_test::kill_and_restart(std::chrono::milliseconds ready_within) {
   if (api_) api_->close();
   proc_->stop(SIGKILL);
   proc_.reset();
-  // The gateways end by themselves once parryd is gone (PR_SET_PDEATHSIG).
+  // The gateways end by themselves once parryd is gone (PR_SET_PDEATHSIG); one that
+  // does not is killed, or it would keep the bus port from the next parryd.
   if (!poll_until([&] { return std::all_of(gateways.begin(), gateways.end(), exited); },
-                  10s))
+                  10s)) {
+    for (auto g : gateways)
+      if (!exited(g)) ::kill(g, SIGKILL);
     throw std::runtime_error("parryd's gateway processes outlived it by 10 s");
+  }
   bus_bind_ = bus_; // the agents dial the same port again
   auto started = std::chrono::steady_clock::now();
   start(curve_, ready_within);

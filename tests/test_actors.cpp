@@ -71,16 +71,23 @@ struct reader_log {
   std::vector<std::vector<std::string>> asked;
   std::vector<incident_record> has; ///< Its committed incidents.
   bool fail = false;                ///< Answers an error instead.
+  bool hang = false;                ///< Answers nothing (the promise is kept here).
+  std::vector<caf::typed_response_promise<std::vector<incident_record>>> held;
 };
 
 /// Stands in for store_reader's incident reads.
-incident_reader_actor::behavior_type mock_reader(incident_reader_actor::pointer,
+incident_reader_actor::behavior_type mock_reader(incident_reader_actor::pointer self,
                                                  std::shared_ptr<reader_log> log) {
   return {
-      [log](atom::get, atom::incidents, const std::vector<std::string>& ids)
+      [self, log](atom::get, atom::incidents, const std::vector<std::string>& ids)
           -> caf::result<std::vector<incident_record>> {
         log->asked.push_back(ids);
         if (log->fail) return make_error(ec::storage, "the reader is gone");
+        if (log->hang) {
+          log->held.push_back(
+              self->make_response_promise<std::vector<incident_record>>());
+          return log->held.back();
+        }
         std::vector<incident_record> out;
         for (auto& r : log->has)
           if (std::find(ids.begin(), ids.end(), r.incident_id) != ids.end())
@@ -560,6 +567,25 @@ BOOST_AUTO_TEST_CASE(a_bulk_registration_reads_the_reader_first_then_the_store) 
   BOOST_TEST(!outs[0].err, message_of(outs[0].err));
   BOOST_TEST(code_of(outs[1].err) == ec::not_found);
   BOOST_TEST(log->asked.size() == 2u);
+  // A reader that does not answer: after 5 s the store reads the incidents, well
+  // within the REST call's own deadline.
+  log->fail = false;
+  log->hang = true;
+  auto prevent = request("prevent_run", inc);
+  prevent.password_confirmed = true;
+  auto late = self->request(dir, caf::infinite, atom::reg_v,
+                            std::vector<action_request>{prevent});
+  sched.run();
+  BOOST_TEST(log->asked.size() == 3u);
+  advance_time(5s);
+  sched.run();
+  BOOST_REQUIRE_MESSAGE(!self->mailbox().empty(), "no answer 5 s after the reader");
+  std::vector<registration_outcome> got;
+  late.receive(
+      [&](std::vector<registration_outcome>& x) { got = std::move(x); },
+      [&](caf::error& err) { BOOST_FAIL("unexpected error: " << message_of(err)); });
+  BOOST_REQUIRE_EQUAL(got.size(), 1u);
+  BOOST_TEST(!got[0].err, message_of(got[0].err));
 }
 
 // A bulk registration takes its place in each device's queue like a single one: after
