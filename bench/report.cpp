@@ -106,8 +106,8 @@ std::vector<figure> table(const results& res, std::size_t n, std::size_t sims) {
                     "< 2 s @ 10k endpoints"});
     rows.push_back({"fan-out: first request -> all registered",
                     fixed(res.fanout_register_secs, 3), "s", "", ""});
-    // CPU time is steadier than the wall time on a shared machine: a change to the
-    // server shows here even when other work moves the seconds above.
+    // Which process did the fan-out's work. On a shared machine the CPU time of one
+    // build moves between runs as the seconds above do (docs/benchmarks.md).
     auto per_isolate = [&](double cpu) {
       return fixed(cpu * 1e6 / double(std::max<std::size_t>(res.fanout_targets, 1)), 0);
     };
