@@ -98,7 +98,11 @@ std::string gateway::start() {
     sock->set(zmq::sockopt::curve_server, 1);
     sock->set(zmq::sockopt::curve_secretkey, c.secret_z85);
     sock->set(zmq::sockopt::zap_domain, c.domain);
-    // Which connection ended, so that its device may connect again.
+    zap_ = zap.release();
+  }
+  if (opts_.curve || opts_.max_connections > 0) {
+    // Which connection ended, so that its device may connect again, and how many
+    // are open, for the cap.
     std::string mon = "inproc://parry-gateway-monitor";
     if (zmq_socket_monitor(sock->handle(), mon.c_str(),
                            ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED |
@@ -107,7 +111,6 @@ std::string gateway::start() {
     auto m = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::pair);
     m->set(zmq::sockopt::linger, 0);
     m->connect(mon);
-    zap_ = zap.release();
     monitor_ = m.release();
   }
   if (opts_.reuse_port) {
@@ -249,7 +252,7 @@ void gateway::serve_zap() {
   }
   const auto& c = *opts_.curve;
   uint64_t held = 0;
-  if ((c.max_connections > 0 && open_connections_ > c.max_connections) ||
+  if ((opts_.max_connections > 0 && open_connections_ > opts_.max_connections) ||
       (c.handshakes_per_second > 0 && !handshake_rate_.pass("zap", held))) {
     ++stats_.zap_refused_busy;
     warn("handshakes", refusal_kind::busy,
@@ -301,6 +304,7 @@ void gateway::on_monitor_event() {
     std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof value);
     if (id == ZMQ_EVENT_ACCEPTED) {
       stats_.connections_open = ++open_connections_;
+      refuse_accepted(static_cast<int>(value));
       continue;
     }
     if (id != ZMQ_EVENT_DISCONNECTED && id != ZMQ_EVENT_CLOSED) continue;
@@ -313,6 +317,22 @@ void gateway::on_monitor_event() {
       fd_device_.erase(i);
     }
   }
+}
+
+bool gateway::refuse_accepted(int fd) {
+  auto cap = opts_.max_connections;
+  if (cap == 0 || fd < 0) return false;
+  auto hard = opts_.curve ? cap + handshake_margin(cap) : cap;
+  if (open_connections_ <= hard) return false;
+  // libzmq owns the descriptor: shutting it down makes its engine see the end and
+  // close it (counted down by the DISCONNECTED event that follows).
+  ::shutdown(fd, SHUT_RDWR);
+  ++stats_.accept_refused_busy;
+  warn("connections", refusal_kind::busy,
+       "bus: closed a connection as it was accepted: " +
+           std::to_string(open_connections_ - 1) + " open, at most " +
+           std::to_string(hard));
+  return true;
 }
 
 void gateway::wake() {
@@ -397,11 +417,12 @@ void gateway::run(void* raw) {
     zmq::pollitem_t items[] = {
         {sock.handle(), 0, ZMQ_POLLIN, 0},
         {nullptr, wake_fd_, ZMQ_POLLIN, 0},
-        {zap_ ? static_cast<zmq::socket_t*>(zap_)->handle() : nullptr, -1, ZMQ_POLLIN, 0},
         {monitor_ ? static_cast<zmq::socket_t*>(monitor_)->handle() : nullptr, -1,
-         ZMQ_POLLIN, 0}};
+         ZMQ_POLLIN, 0},
+        {zap_ ? static_cast<zmq::socket_t*>(zap_)->handle() : nullptr, -1, ZMQ_POLLIN,
+         0}};
     try {
-      zmq::poll(items, zap_ ? 4 : 2, std::chrono::milliseconds{-1});
+      zmq::poll(items, zap_ ? 4 : monitor_ ? 3 : 2, std::chrono::milliseconds{-1});
     } catch (const zmq::error_t& e) {
       if (e.num() == EINTR) continue;
       throw;
@@ -410,11 +431,11 @@ void gateway::run(void* raw) {
       uint64_t n;
       [[maybe_unused]] auto r = ::read(wake_fd_, &n, sizeof n);
     }
+    // Connections end before handshakes are judged, so a device whose old
+    // connection just closed is not refused as still live.
+    if (monitor_ && (items[2].revents & ZMQ_POLLIN)) on_monitor_event();
     if (zap_) {
-      // Connections end before handshakes are judged, so a device whose old
-      // connection just closed is not refused as still live.
-      if (items[3].revents & ZMQ_POLLIN) on_monitor_event();
-      if (items[2].revents & ZMQ_POLLIN) serve_zap();
+      if (items[3].revents & ZMQ_POLLIN) serve_zap();
       std::vector<std::string> cuts;
       {
         std::lock_guard<std::mutex> guard{mtx_};

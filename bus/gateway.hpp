@@ -45,8 +45,13 @@ struct gateway_stats {
   /// Inbound messages refused, per refusal_kind.
   std::array<std::atomic<uint64_t>, refusal_kinds> refused{};
   std::atomic<uint64_t> rejected_sent{0}; ///< `rejected` answers written.
-  /// Connections open now (accepted, not yet ended; CURVE only: 0 on plain TCP).
+  /// Connections open now (accepted, not yet ended; 0 when nothing is counted:
+  /// plain TCP with no `max_connections`).
   std::atomic<uint64_t> connections_open{0};
+  /// Connections closed as soon as they were accepted: over `max_connections` (plain
+  /// TCP), or over it plus `handshake_margin` (CURVE: connections that never finish
+  /// a handshake, which ZAP never sees).
+  std::atomic<uint64_t> accept_refused_busy{0};
   std::atomic<uint64_t> log_suppressed{0};  ///< Warnings held back by the rate limit.
   std::atomic<uint64_t> dropped_stopped{0}; ///< Outbound queued after stop().
   /// Outbound not queued: outbox::max_queued_sends were waiting (also unreachable).
@@ -76,8 +81,6 @@ struct curve_server_options {
   std::shared_ptr<key_registry> keys;
   /// Which kind of key this socket admits (zap_domain::agents or ::integrators).
   std::string domain = zap_domain::agents;
-  /// Open connections at most (0: no cap); a handshake beyond it is refused (busy).
-  std::size_t max_connections = 0;
   /// Handshakes admitted per second at most (0: no cap); beyond it refused (busy).
   uint32_t handshakes_per_second = 0;
 };
@@ -104,6 +107,11 @@ struct gateway_options {
   /// Find dead connections with the kernel's TCP keepalive and TCP_USER_TIMEOUT
   /// (bus/keepalive.hpp) on the same interval and timeout, instead of ZMTP heartbeats.
   bool kernel_keepalive = false;
+  /// Open connections at most (0: no cap). With CURVE a handshake past it is refused
+  /// busy at ZAP (the agent is told why); a connection accepted past it (plain TCP),
+  /// or past it plus handshake_margin() (CURVE), is closed at once, so a flood of
+  /// connections that never speak cannot take the process's descriptors.
+  std::size_t max_connections = 0;
   /// Unset: plain TCP (tests, a closed lab). Set: CURVE and ZAP, see above.
   std::optional<curve_server_options> curve;
   /// TCP only: the gateway makes the listening socket itself with SO_REUSEPORT, so
@@ -120,6 +128,11 @@ class gateway final : public outbox {
 public:
   /// Events waiting for the socket thread at most (publish drops beyond it).
   static constexpr std::size_t max_queued_events = 100000;
+  /// With CURVE: connections over `max_connections` still let in to their handshake
+  /// (where ZAP refuses them as busy) before further ones are closed as accepted.
+  static std::size_t handshake_margin(std::size_t max_connections) {
+    return max_connections / 16 + 16;
+  }
 
   /// Called on the socket thread for each well-formed message whose header names the
   /// connection's own routing id, with the connection's authenticated ZAP User-Id
@@ -201,6 +214,8 @@ private:
   // CURVE only, socket thread: one ZAP request, the monitor's events, queued cuts.
   void serve_zap();
   void on_monitor_event();
+  // Closes a just-accepted connection that takes the count over the cap; true if so.
+  bool refuse_accepted(int fd);
   void note_connection(const std::string& id, int fd);
   void wake();
   // Counts, logs and answers one refused inbound message (socket thread only).
@@ -242,7 +257,8 @@ private:
   void* monitor_ = nullptr;
   std::unordered_map<std::string, int> live_fd_;
   std::unordered_map<int, std::string> fd_device_;
-  std::size_t open_connections_ = 0; ///< Accepted minus ended (CURVE only).
+  /// Accepted minus ended (while monitored: CURVE or a connection cap).
+  std::size_t open_connections_ = 0;
   log_limiter handshake_rate_{1, std::chrono::seconds{1}};
 };
 

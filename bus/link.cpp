@@ -47,6 +47,7 @@ template <class Stats, class F> void each_counter(Stats& s, F&& f) {
   f(s.events_published);
   f(s.events_dropped);
   f(s.dropped_full); // added last: an older peer's message reads it as 0
+  f(s.accept_refused_busy);
 }
 
 decode_limits link_limits() {

@@ -95,23 +95,19 @@ int main(int argc, char** argv) {
       c.public_z85 = own.public_z85;
       c.secret_z85 = own.secret_z85;
       c.domain = zap_domain::agents;
-      c.max_connections =
-          max_connections > 0
-              ? max_connections
-              : (fd_limit > 2 * fd_reserve ? fd_limit - fd_reserve : fd_limit / 2);
       o.gateway.curve = std::move(c);
     } catch (const std::exception& e) {
       spdlog::error("{}cannot load the server's CURVE key: {}", tag, e.what());
       return 1;
     }
   }
+  o.gateway.max_connections =
+      max_connections > 0
+          ? max_connections
+          : (fd_limit > 2 * fd_reserve ? fd_limit - fd_reserve : fd_limit / 2);
   return link::run_gateway_side(o, stop_requested, [&](const std::string& bound) {
-    if (o.gateway.curve)
-      spdlog::info("{}agents on {} (at most {} connections, open-files limit {})", tag,
-                   bound, o.gateway.curve->max_connections, fd_limit);
-    else
-      spdlog::info("{}agents on {} (plain TCP: connections not capped, open-files "
-                   "limit {})",
-                   tag, bound, fd_limit);
+    spdlog::info("{}agents on {} ({}, at most {} connections, open-files limit {})", tag,
+                 bound, o.gateway.curve ? "CURVE" : "plain TCP",
+                 o.gateway.max_connections, fd_limit);
   });
 }

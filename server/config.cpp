@@ -546,8 +546,9 @@ const std::vector<entry>& table() {
           either()),
       key("bus_max_connections", &C::bus_max_connections, "PARRY_BUS_MAX_CONNECTIONS",
           "--bus-max-connections",
-          "agent connections open at once on bus_endpoint; with CURVE more are refused "
-          "at the handshake (0: the open-files limit minus bus_fd_reserve)",
+          "agent connections open at once on bus_endpoint; more are refused (with CURVE "
+          "at the handshake; a connection that never starts one is closed as accepted) "
+          "(0: the open-files limit minus bus_fd_reserve)",
           range{0, 10000000, "connections"}),
       key("bus_fd_reserve", &C::bus_fd_reserve, "PARRY_BUS_FD_RESERVE",
           "--bus-fd-reserve",

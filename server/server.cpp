@@ -314,12 +314,10 @@ bus_keys_actor start_enrollment(caf::actor_system& sys, const server_config& cfg
   bus::gateway_options eo;
   eo.heartbeat_ivl = std::chrono::seconds{5};
   eo.heartbeat_timeout = std::chrono::seconds{15};
-  eo.curve = bus::curve_server_options{own.public_z85,
-                                       own.secret_z85,
-                                       keys,
+  eo.curve = bus::curve_server_options{own.public_z85, own.secret_z85, keys,
                                        bus::zap_domain::enroll,
-                                       cfg.bus_enroll_max_connections,
                                        cfg.bus_enroll_handshakes_per_second};
+  eo.max_connections = cfg.bus_enroll_max_connections;
   enroll = std::make_shared<bus::gateway>(
       cfg.bus_enroll_endpoint, lim,
       [keys_slot, in_flight,
@@ -394,6 +392,7 @@ nlohmann::json gateway_json(const bus::gateway_stats& s) {
                         {"zap_refused_live", s.zap_refused_live.load()},
                         {"zap_refused_malformed", s.zap_refused_malformed.load()},
                         {"zap_refused_busy", s.zap_refused_busy.load()},
+                        {"accept_refused_busy", s.accept_refused_busy.load()},
                         {"connections_open", s.connections_open.load()},
                         {"revoked_cut", s.revoked_cut.load()},
                         {"events_published", s.events_published.load()},
@@ -435,9 +434,10 @@ void collect_stats(const nlohmann::json& stats, const device_counters& devices,
       bus[key].push_back({{{"endpoint", endpoint}}, number(v)});
     }
   }
-  out.push_back(gauge_family("parry_bus_connections_open",
-                             "Bus connections open now, by endpoint (CURVE only)",
-                             std::move(open_now)));
+  out.push_back(gauge_family(
+      "parry_bus_connections_open",
+      "Bus connections open now, by endpoint (0 on an uncapped plain-TCP endpoint)",
+      std::move(open_now)));
   for (auto& [key, samples] : bus)
     out.push_back(counter_family("parry_bus_" + key + "_total",
                                  "Bus counter " + key + " by endpoint (see /stats)",
@@ -771,18 +771,17 @@ void server::start() {
   gopts.io_threads = static_cast<int>(cfg.bus_io_threads);
   if (cfg.bus_gateways > 0) {
     // Each gateway process caps its own connections (parry-gateway).
-  } else if (gopts.curve) {
-    gopts.curve->max_connections = cap;
+  } else {
+    gopts.max_connections = cap;
     spdlog::info("bus: at most {} agent connections (open-files limit {})", cap,
                  fd_limit);
     if (cap + 64 > fd_limit)
       spdlog::warn("bus: bus_max_connections = {} leaves almost no descriptors of the "
                    "{} this process may open for REST and the store",
                    cap, fd_limit);
-  } else {
-    spdlog::warn("bus: plain TCP: agent connections are not capped (open-files limit "
-                 "{}); use CURVE outside a closed lab",
-                 fd_limit);
+    if (!gopts.curve)
+      spdlog::warn("bus: plain TCP: any program that reaches the port speaks as any "
+                   "device; use CURVE outside a closed lab");
   }
   auto dir_slot = std::make_shared<directory_actor>();
   auto filter = std::make_shared<inbound_filter>(limits, m.ingest, gauge);

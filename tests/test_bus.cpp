@@ -799,7 +799,7 @@ struct curve_bed {
   explicit curve_bed(std::size_t max_connections = 0) {
     gateway_options o;
     o.curve = curve_server_options{server.public_z85, server.secret_z85, keys};
-    o.curve->max_connections = max_connections;
+    o.max_connections = max_connections;
     o.heartbeat_ivl = std::chrono::milliseconds{0};
     gw = std::make_unique<gateway>(
         "tcp://127.0.0.1:*", decode_limits{},
@@ -901,6 +901,111 @@ BOOST_AUTO_TEST_CASE(connections_past_the_cap_are_refused_busy_and_counted) {
   curve_bed::heartbeat_from(again, "dev-2");
   BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-2") == 1; }));
   BOOST_TEST(bed.gw->stats().connections_open.load() == 2u);
+}
+
+namespace {
+
+/// A TCP connection to `endpoint` (tcp://127.0.0.1:port) that never says a word.
+int silent_connection(const std::string& endpoint) {
+  auto port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  BOOST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+/// True once the peer has closed `fd` (a read sees the end), within 10 s.
+bool closed_by_peer(int fd) {
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char buf[256];
+  for (;;) {
+    auto n = ::recv(fd, buf, sizeof buf, 0);
+    if (n == 0 || (n < 0 && errno == ECONNRESET)) return true;
+    if (n < 0) return false; // timed out: still open
+  }
+}
+
+} // namespace
+
+BOOST_AUTO_TEST_CASE(plain_tcp_connections_past_the_cap_are_closed_and_counted) {
+  std::atomic<int> heard{0};
+  std::mutex seen_mtx;
+  std::vector<std::string> seen;
+  gateway_options o;
+  o.max_connections = 2;
+  o.heartbeat_ivl = std::chrono::milliseconds{0};
+  gateway gw{
+      "tcp://127.0.0.1:*", decode_limits{},
+      [&](header&& h, std::string_view, std::string_view) -> std::optional<refusal> {
+        std::lock_guard<std::mutex> g{seen_mtx};
+        seen.push_back(h.device_id);
+        ++heard;
+        return std::nullopt;
+      },
+      [](const std::string&) {}, o};
+  auto ep = gw.start();
+  auto heard_from = [&](const std::string& id) {
+    std::lock_guard<std::mutex> g{seen_mtx};
+    return std::count(seen.begin(), seen.end(), id) > 0;
+  };
+  auto within = [](auto p) {
+    return parry::poll_until(p, std::chrono::seconds{10}, std::chrono::milliseconds{5});
+  };
+  zmq::context_t ctx;
+  auto dealer = [&](const std::string& id) {
+    zmq::socket_t s{ctx, zmq::socket_type::dealer};
+    s.set(zmq::sockopt::routing_id, id);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(ep);
+    s.send(zmq::buffer(encode(make_header("heartbeat", id.c_str()))),
+           zmq::send_flags::sndmore);
+    s.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
+    return s;
+  };
+  auto a0 = dealer("dev-0");
+  auto a1 = dealer("dev-1");
+  BOOST_REQUIRE(within([&] { return heard_from("dev-0") && heard_from("dev-1"); }));
+  BOOST_TEST(gw.stats().connections_open.load() == 2u);
+  // A third is closed as it is accepted, and counted; nothing of it arrives.
+  auto a2 = dealer("dev-2");
+  BOOST_REQUIRE(within([&] { return gw.stats().accept_refused_busy.load() >= 1; }));
+  BOOST_TEST(!heard_from("dev-2"));
+  // So is a connection that never speaks: the cap holds whatever the peer does.
+  int raw = silent_connection(ep);
+  BOOST_TEST(closed_by_peer(raw));
+  ::close(raw);
+  // Once a slot is free, the third's own reconnect gets in with what it queued.
+  a0.close();
+  BOOST_REQUIRE(within([&] { return heard_from("dev-2"); }));
+  BOOST_TEST(gw.stats().connections_open.load() <= 2u);
+  gw.stop();
+}
+
+BOOST_AUTO_TEST_CASE(silent_connections_past_the_handshake_margin_are_closed) {
+  // With CURVE, ZAP refuses a handshake past the cap; connections that never start
+  // one are closed as accepted once the cap plus its margin are open.
+  curve_bed bed{2};
+  auto hard = 2 + gateway::handshake_margin(2);
+  std::vector<int> fds;
+  for (std::size_t i = 0; i < hard + 10; ++i)
+    fds.push_back(silent_connection(bed.ep));
+  BOOST_REQUIRE(
+      bed.within([&] { return bed.gw->stats().accept_refused_busy.load() >= 10; }));
+  BOOST_TEST(closed_by_peer(fds.back()));
+  BOOST_TEST(bed.gw->stats().accept_refused_busy.load() == 10u);
+  for (int fd : fds)
+    ::close(fd);
+  BOOST_REQUIRE(bed.within([&] { return bed.gw->stats().connections_open.load() == 0; }));
+  // The margin is free again: an enrolled device gets in.
+  auto kp = generate_curve_key_pair();
+  bed.keys->admit(raw_key(kp.public_z85), {key_identity::kind_t::agent, "dev-0", ""});
+  auto a = bed.agent(kp, "dev-0");
+  curve_bed::heartbeat_from(a, "dev-0");
+  BOOST_REQUIRE(bed.within([&] { return bed.seen_from("dev-0") == 1; }));
 }
 
 BOOST_AUTO_TEST_CASE(a_revoked_key_is_cut_off_and_cannot_come_back) {

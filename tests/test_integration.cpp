@@ -154,6 +154,8 @@ struct system_fixture {
   int starts = 0;
   uint16_t metrics_port = 0;
   std::unique_ptr<notify_socket> notify;
+  /// Put before parryd's command line (e.g. prlimit and its options).
+  std::vector<std::string> launcher;
   /// A syslog-over-TLS receiver standing in for the SIEM
   /// (tests/python/syslog_tls_receiver.py writes what it receives to siem.log).
   std::unique_ptr<child_process> siem;
@@ -246,6 +248,7 @@ struct system_fixture {
                                   "--log-format",
                                   "json"};
     argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.insert(argv.begin(), launcher.begin(), launcher.end());
     server = std::make_unique<child_process>(
         std::move(argv),
         // As systemd would run it: readiness and a watchdog on a notify socket.
@@ -622,6 +625,49 @@ BOOST_AUTO_TEST_CASE(gateway_processes_share_the_port_and_survive_a_kill) {
   BOOST_TEST(
       eventually([&] { return get("/devices/gw-0007")["device"]["online"] == false; }));
   fleet->stop(SIGTERM);
+}
+
+// The bus takes descriptors only up to its cap (the open-files limit minus
+// bus_fd_reserve): a flood of connections that never speak is closed as it is
+// accepted, counted and logged, and REST goes on answering.
+BOOST_AUTO_TEST_CASE(rest_answers_while_the_bus_is_flooded_past_its_descriptor_cap) {
+  agents->stop(SIGTERM);
+  int status = server->stop(SIGTERM);
+  BOOST_REQUIRE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  launcher = {"/usr/bin/prlimit", "--nofile=1024:1024", "--"};
+  start_server(bus_endpoint, {"--bus-fd-reserve", "512"});
+  launcher.clear();
+  // The cap is 1024 - 512; with CURVE, 512 / 16 + 16 more may be in a handshake.
+  constexpr int cap = 512, hard = cap + cap / 16 + 16, flood = 700;
+  auto port = std::stoi(bus_endpoint.substr(bus_endpoint.rfind(':') + 1));
+  std::vector<int> fds;
+  for (int i = 0; i < flood; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    BOOST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    fds.push_back(fd);
+  }
+  auto refused = [&] { return get("/stats")["bus"]["accept_refused_busy"].get<int>(); };
+  BOOST_REQUIRE_MESSAGE(eventually([&] { return refused() >= flood - hard; }),
+                        get("/stats")["bus"].dump());
+  // REST answers, with the flood still connected; parryd holds no more than it may.
+  BOOST_TEST(get("/stats")["bus"]["connections_open"].get<int>() <= hard);
+  BOOST_TEST(api->get("/api/v1/incidents?limit=5").status == 200);
+  std::size_t open_fds = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator(
+           "/proc/" + std::to_string(server->pid()) + "/fd"))
+    ++open_fds;
+  BOOST_TEST(open_fds < 1024u);
+  BOOST_TEST(
+      server->wait_for_line("closed a connection as it was accepted", 5s).has_value());
+  for (int fd : fds)
+    ::close(fd);
+  // The flood gone, agents connect as before.
+  agents = start_agents("sim", 5, {}, "agent.log");
+  BOOST_TEST(eventually([&] { return get("/stats")["devices_online"] == 5; }));
 }
 
 // A parryd killed -9 takes its gateway processes with it (PR_SET_PDEATHSIG): left
