@@ -112,7 +112,7 @@ struct sim_agents {
 /// bus and signed commands: the bench devices and the simulated agents enroll first.
 results curve_pass(const options& opt, const std::vector<frame_pair>& frames,
                    const results& plain) {
-  const std::size_t n = opt.endpoints;
+  const std::size_t n = opt.bench_sockets;
   results res;
   // The same frames: what they hold was counted when they were made.
   res.reports = plain.reports;
@@ -182,7 +182,7 @@ void print_curve_cost(const results& plain, const results& curve) {
 }
 
 int run(const options& opt) {
-  const std::size_t n = opt.endpoints;
+  const std::size_t n = opt.bench_sockets;
   results res;
   // One process holds many sockets: two descriptors per DEALER, and ZeroMQ's own.
   parry::raise_open_files_limit();
@@ -194,7 +194,7 @@ int run(const options& opt) {
                              " endpoints (needs about " + std::to_string(2 * n + 256) +
                              ")");
   std::printf("parry-bench: %zu endpoints (bench sockets), %zu simulated, %zu incidents, "
-              "%zu rounds, %zu gateway processes; binaries in %s\n",
+              "%zu rounds, %d gateway processes; binaries in %s\n",
               n, opt.sim_endpoints, opt.incidents, opt.rounds, opt.gateways,
               opt.bin_dir.c_str());
   // Other work on the machine skews every figure: say how busy it was at the start.
@@ -318,8 +318,8 @@ int run(const options& opt) {
   }
   if (!opt.svg.empty()) {
     std::ofstream out{opt.svg, std::ios::trunc};
-    out << latency_svg("parry-bench: " + std::to_string(opt.endpoints) +
-                           " endpoints, isolate and release (plain bus)",
+    out << latency_svg("parry-bench: " + std::to_string(opt.sim_endpoints) +
+                           " simulated endpoints, isolate and release (plain bus)",
                        {{"isolate registered->completed (server)", res.isolate.server},
                         {"isolate POST->final seen (client)", res.isolate.client},
                         {"release registered->completed (server)", res.release.server},
@@ -342,9 +342,15 @@ int run(const options& opt) {
 int main(int argc, char** argv) {
   options opt;
   CLI::App app{"parry-bench: measures parryd against DESIGN.md §9 on loopback"};
-  app.add_option("--endpoints", opt.endpoints, "Devices: N bench sockets and N simulated")
+  app.add_option("--endpoints", opt.endpoints,
+                 "Devices: N simulated, and N bench sockets (at most 10,000); parryd "
+                 "gets the gateway processes and parry-agent the processes they need")
       ->capture_default_str()
-      ->check(CLI::Range(1, 10000));
+      ->check(CLI::Range(1, 100'000));
+  app.add_option("--bench-sockets", opt.bench_sockets,
+                 "The bench's own devices, which ingest runs over (default: as many as "
+                 "--endpoints, at most 10,000)")
+      ->check(CLI::Range(std::size_t{1}, max_bench_sockets));
   app.add_option("--sim-endpoints", opt.sim_endpoints,
                  "Simulated devices for the round trips and the fan-out (default: as "
                  "many as --endpoints)")
@@ -366,7 +372,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--gateways", opt.gateways,
                  "parryd's bus_gateways: gateway processes hold the agent connections "
-                 "(memory and CPU of parryd then include them)")
+                 "(memory and CPU of parryd then include them; default: none while "
+                 "parryd's own cap holds every connection, else enough for them)")
       ->check(CLI::Range(0, 64));
   app.add_option("--passivate-after", opt.passivate_after,
                  "parryd's device_passivate_after_s; also measures idle devices' heap "
@@ -382,6 +389,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (opt.bin_dir.empty()) opt.bin_dir = exe_dir();
   if (opt.sim_endpoints == 0) opt.sim_endpoints = opt.endpoints;
+  if (opt.bench_sockets == 0)
+    opt.bench_sockets = std::min(opt.endpoints, max_bench_sockets);
+  if (opt.gateways < 0)
+    opt.gateways = static_cast<int>(gateways_needed(opt.bench_sockets + opt.sim_endpoints,
+                                                    parry::raise_open_files_limit()));
   opt.scenarios = fs::absolute(opt.scenarios).string();
   if (!fs::is_directory(opt.scenarios)) {
     std::cerr << "parry-bench: no scenario directory " << opt.scenarios

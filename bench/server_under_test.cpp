@@ -40,20 +40,21 @@ std::string tail(const std::string& path, std::size_t n) {
 
 ingest_caps caps_for(const options& opt) {
   // Reports go round-robin over the bench devices (phases.cpp, make_frames).
-  uint64_t per_device =
-      (opt.incidents + opt.endpoints - 1) / std::max<std::size_t>(opt.endpoints, 1);
+  uint64_t per_device = (opt.incidents + opt.bench_sockets - 1) /
+                        std::max<std::size_t>(opt.bench_sockets, 1);
   ingest_caps c;
   c.per_device_per_minute =
       static_cast<uint32_t>(std::clamp<uint64_t>(2 * per_device, 600, 1'000'000));
   c.per_second = static_cast<uint32_t>(
       std::clamp<uint64_t>(2 * static_cast<uint64_t>(opt.incidents), 10'000, 10'000'000));
-  c.devices = std::max<std::size_t>(opt.endpoints + opt.sim_endpoints + 100, 10'000);
+  c.devices = std::max<std::size_t>(opt.bench_sockets + opt.sim_endpoints + 100, 10'000);
   return c;
 }
 
 server_under_test::server_under_test(const options& opt)
     : bin_dir_(opt.bin_dir), keep_(opt.keep), caps_(caps_for(opt)),
-      passivate_after_(opt.passivate_after), gateways_(opt.gateways) {
+      passivate_after_(opt.passivate_after),
+      gateways_(static_cast<std::size_t>(std::max(opt.gateways, 0))) {
   char tmpl[] = "/tmp/parry-bench-XXXXXX";
   if (::mkdtemp(tmpl) == nullptr)
     throw std::runtime_error("cannot create a temporary directory under /tmp");

@@ -4,6 +4,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench.hpp"
 #include "bench/svg.hpp"
 
 using namespace parry::bench;
@@ -44,4 +45,19 @@ BOOST_AUTO_TEST_CASE(each_series_is_a_histogram_with_its_percentiles) {
   for (auto i = svg.find(" ms: "); i != std::string::npos; i = svg.find(" ms: ", i + 1))
     total += std::stoul(svg.substr(i + 5));
   BOOST_TEST(total == 200u);
+}
+
+BOOST_AUTO_TEST_CASE(gateway_processes_only_past_parryds_own_cap) {
+  using parry::bench::gateways_needed;
+  // 20,000 files: parryd holds up to 17,952 connections itself.
+  BOOST_TEST(gateways_needed(10'200, 20'000) == 0u);
+  BOOST_TEST(gateways_needed(17'952, 20'000) == 0u);
+  // Past it, each gateway is kept at 80 % of its cap (14,361 here).
+  BOOST_TEST(gateways_needed(17'953, 20'000) == 2u);
+  BOOST_TEST(gateways_needed(50'200, 20'000) == 4u);
+  BOOST_TEST(gateways_needed(100'000, 20'000) == 7u);
+  // A small limit: half of it for connections.
+  BOOST_TEST(gateways_needed(512, 1'024) == 0u);
+  BOOST_TEST(gateways_needed(1'000, 1'024) == 3u);
+  BOOST_TEST(gateways_needed(10'000'000, 1'024) == 64u);
 }
