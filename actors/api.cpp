@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include <caf/event_based_actor.hpp>
 #include <caf/sec.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <nlohmann/json.hpp>
@@ -550,13 +551,213 @@ void post_action(call c) {
           c.on_error());
 }
 
+/// How often a bulk registration's canary looks at its actions' states.
+constexpr auto canary_poll = std::chrono::milliseconds{100};
+
+/// A canary's wait (POST /actions/bulk): asked `query`, it answers, in order, whether
+/// each action is final and its state word ("" while it cannot be read), once every
+/// one is final or `wait` has passed. It reads from the store's reader, every
+/// canary_poll, and ends once it has answered.
+caf::behavior canary_watch(caf::event_based_actor* self, store_reader_actor reader,
+                           std::vector<std::string> ids, caf::timespan wait) {
+  struct watch {
+    std::vector<std::string> ids;
+    std::vector<std::string> states;
+    std::vector<bool> final;
+    caf::response_promise rp;
+    caf::actor_clock::time_point deadline;
+    std::size_t asking = 0;
+  };
+  auto w = std::make_shared<watch>();
+  w->ids = std::move(ids);
+  w->states.assign(w->ids.size(), "");
+  w->final.assign(w->ids.size(), false);
+  auto settle = [self, w] {
+    bool all = std::all_of(w->final.begin(), w->final.end(), [](bool f) { return f; });
+    if (all || self->clock().now() >= w->deadline) {
+      w->rp.deliver(w->final, w->states);
+      self->quit();
+    } else {
+      self->delayed_send(self, canary_poll, atom::check_v);
+    }
+  };
+  auto poll = [self, w, reader, settle] {
+    for (std::size_t i = 0; i < w->ids.size(); ++i) {
+      if (w->final[i]) continue;
+      ++w->asking;
+      self->request(reader, std::chrono::seconds{5}, atom::query_v, atom::action_v,
+                    w->ids[i])
+          .then(
+              [w, i, settle](std::string& body) {
+                auto j = json::parse(body, nullptr, false);
+                const auto& a =
+                    j.is_object() ? j.value("action", json::object()) : json{};
+                if (a.is_object()) {
+                  w->states[i] = a.value("state", std::string{});
+                  w->final[i] = a.value("final", false);
+                }
+                if (--w->asking == 0) settle();
+              },
+              [w, settle](caf::error&) {
+                if (--w->asking == 0) settle();
+              });
+    }
+    if (w->asking == 0) settle();
+  };
+  return {
+      [self, w, wait, poll](atom::query) {
+        w->rp = self->make_response_promise();
+        w->deadline = self->clock().now() + wait;
+        poll();
+      },
+      [poll](atom::check) { poll(); },
+  };
+}
+
+/// A bulk registration's answer, filled in the order of its targets.
+struct bulk_answer {
+  json results = json::array();
+  std::size_t registered = 0;
+  std::vector<std::string> action_ids; ///< Of the registered ones, in order.
+  json canary;                         ///< null: no canary asked for.
+};
+
+/// Registers `reqs` through the directory in one request, adds each target's outcome
+/// to `out`, then calls `next`. A refusal is audited with the same words a refused
+/// POST /actions leaves.
+template <class F>
+void register_targets(call c, std::vector<action_request> reqs,
+                      std::shared_ptr<bulk_answer> out, F next) {
+  auto word = std::string{to_string(reqs.front().type)};
+  std::vector<std::string> incident_ids;
+  incident_ids.reserve(reqs.size());
+  for (const auto& r : reqs)
+    incident_ids.push_back(r.incident_id);
+  auto refused = [c, word, out](const std::string& incident_id, const caf::error& err) {
+    audit(c.self, c.who.username, "trigger_refused", word + " on " + incident_id,
+          message_of(err));
+    // No answer in time: the directory may still register it.
+    auto f = err == caf::sec::request_timeout
+                 ? unavailable("no answer in time; the action may be "
+                               "registered: look for it before trying again")
+                 : fail(err);
+    out->results.push_back(json{{"incident_id", incident_id},
+                                {"status", f.status},
+                                {"error", json::parse(f.body)["error"]}});
+  };
+  c.self->request(c.self->state.directory, c.left(), atom::reg_v, std::move(reqs))
+      .then(
+          [incident_ids, refused, out,
+           next](std::vector<registration_outcome>& outs) mutable {
+            for (std::size_t i = 0; i < incident_ids.size(); ++i) {
+              if (i >= outs.size()) {
+                refused(incident_ids[i],
+                        make_error(ec::storage, "the directory left it out"));
+              } else if (outs[i].err) {
+                refused(incident_ids[i], outs[i].err);
+              } else {
+                out->action_ids.push_back(outs[i].rec.action_id);
+                out->results.push_back(json{{"incident_id", incident_ids[i]},
+                                            {"action", to_json(outs[i].rec)}});
+                ++out->registered;
+              }
+            }
+            next();
+          },
+          [incident_ids, refused, next](caf::error& err) mutable {
+            for (const auto& id : incident_ids)
+              refused(id, err);
+            next();
+          });
+}
+
+/// The targets after a canary that did not pass: each refused, 409 `canary_failed`,
+/// and audited.
+void not_after_canary(call c, const std::vector<action_request>& rest,
+                      const std::string& why, bulk_answer& out) {
+  for (const auto& r : rest) {
+    auto target = std::string{to_string(r.type)} + " on " + r.incident_id;
+    audit(c.self, c.who.username, "trigger_refused", target, "canary: " + why);
+    out.results.push_back(json{
+        {"incident_id", r.incident_id},
+        {"status", 409},
+        {"error", {{"code", "canary_failed"}, {"message", "not acted on: " + why}}}});
+  }
+}
+
+/// POST /actions/bulk once the body and the password are good: every target at once,
+/// or the canary's first and then, if each of its actions completed, the rest.
+void register_bulk(call c, std::vector<action_request> reqs, rest::bulk_canary canary) {
+  auto out = std::make_shared<bulk_answer>();
+  auto answer = [c, out]() mutable {
+    auto n = out->results.size();
+    json body{{"registered", out->registered},
+              {"refused", n - out->registered},
+              {"results", std::move(out->results)}};
+    if (!out->canary.is_null()) body["canary"] = std::move(out->canary);
+    c.answer(reply(202, body));
+  };
+  if (canary.count == 0) return register_targets(c, std::move(reqs), out, answer);
+  std::vector<action_request> rest(std::make_move_iterator(reqs.begin() + canary.count),
+                                   std::make_move_iterator(reqs.end()));
+  reqs.resize(canary.count);
+  auto n = canary.count;
+  out->canary = json{{"count", n}, {"completed", 0}, {"passed", false}};
+  auto after = [c, out, n, canary, rest = std::move(rest), answer]() mutable {
+    if (out->registered < n) {
+      not_after_canary(c, rest,
+                       std::to_string(n - out->registered) + " of the " +
+                           std::to_string(n) + " canary targets were refused",
+                       *out);
+      return answer();
+    }
+    auto watch = c.self->spawn(canary_watch, c.self->state.reader, out->action_ids,
+                               caf::timespan{std::chrono::milliseconds{canary.wait_ms}});
+    c.self->request(watch, c.left(), atom::query_v)
+        .then(
+            [c, out, n, canary, rest, answer](std::vector<bool>& final,
+                                              std::vector<std::string>& states) mutable {
+              std::string why;
+              std::size_t completed = 0;
+              for (std::size_t i = 0; i < states.size(); ++i) {
+                if (states[i] == "completed") {
+                  ++completed;
+                  continue;
+                }
+                if (!why.empty()) continue;
+                auto state = states[i].empty() ? std::string{"unknown"} : states[i];
+                why = final[i]
+                          ? "canary action " + out->action_ids[i] + " ended " + state
+                          : "canary action " + out->action_ids[i] + " still " + state +
+                                " after " + std::to_string(canary.wait_ms) + " ms";
+              }
+              out->canary["completed"] = completed;
+              if (completed < n) {
+                not_after_canary(c, rest, why, *out);
+                return answer();
+              }
+              out->canary["passed"] = true;
+              register_targets(c, std::move(rest), out, answer);
+            },
+            [c, out, rest, answer](caf::error& err) mutable {
+              not_after_canary(c, rest, "the canary's wait failed: " + message_of(err),
+                               *out);
+              answer();
+            });
+  };
+  register_targets(c, std::move(reqs), out, std::move(after));
+}
+
 /// POST /actions/bulk: one action per target, each registered through the directory
 /// as POST /actions registers one (its own lifecycle, trigger and audit records).
+/// With a canary, the first targets alone, and the rest once each of those completed.
 /// Answers 202 once every target has its outcome, in the order of the targets.
 void post_actions_bulk(call c) {
   std::string password, what;
   std::vector<action_request> reqs;
-  if (auto why = rest::parse_bulk(c.req.body, reqs, password, what); !why.empty()) {
+  rest::bulk_canary canary;
+  if (auto why = rest::parse_bulk(c.req.body, reqs, password, what, canary);
+      !why.empty()) {
     if (!what.empty()) audit(c.self, c.who.username, "trigger_refused", what, why);
     return c.answer(ec::bad_request, why);
   }
@@ -570,71 +771,18 @@ void post_actions_bulk(call c) {
   }
   c.req.body.clear(); // parsed: the call is copied below, its body need not be
   auto type = reqs.front().type;
-  with_password(
-      c, type, password, [c, what, reqs = std::move(reqs)](bool confirmed) mutable {
-        if (c.expired()) {
-          audit(c.self, c.who.username, "trigger_refused", what, "request timed out");
-          return c.answer(
-              unavailable("the request took too long; nothing was registered"));
-        }
-        std::vector<std::string> incident_ids;
-        incident_ids.reserve(reqs.size());
-        for (auto& r : reqs) {
-          r.password_confirmed = confirmed;
-          incident_ids.push_back(r.incident_id);
-        }
-        auto word = std::string{to_string(reqs.front().type)};
-        // The outcome of target `i`: its action, or why not (the same words a refused
-        // POST /actions leaves in the audit trail).
-        auto refused = [c, word](json& slot, const std::string& incident_id,
-                                 const caf::error& err) {
-          audit(c.self, c.who.username, "trigger_refused", word + " on " + incident_id,
-                message_of(err));
-          // No answer in time: the directory may still register it.
-          auto f = err == caf::sec::request_timeout
-                       ? unavailable("no answer in time; the action may be "
-                                     "registered: look for it before trying again")
-                       : fail(err);
-          slot["status"] = f.status;
-          slot["error"] = json::parse(f.body)["error"];
-        };
-        auto answer = [c](json results, std::size_t registered) mutable {
-          auto n = results.size();
-          c.answer(reply(202, json{{"registered", registered},
-                                   {"refused", n - registered},
-                                   {"results", std::move(results)}}));
-        };
-        c.self->request(c.self->state.directory, c.left(), atom::reg_v, std::move(reqs))
-            .then(
-                [incident_ids, refused,
-                 answer](std::vector<registration_outcome>& outs) mutable {
-                  auto results = json::array();
-                  std::size_t registered = 0;
-                  for (std::size_t i = 0; i < incident_ids.size(); ++i) {
-                    json slot{{"incident_id", incident_ids[i]}};
-                    if (i >= outs.size())
-                      refused(slot, incident_ids[i],
-                              make_error(ec::storage, "the directory left it out"));
-                    else if (outs[i].err)
-                      refused(slot, incident_ids[i], outs[i].err);
-                    else {
-                      slot["action"] = to_json(outs[i].rec);
-                      ++registered;
-                    }
-                    results.push_back(std::move(slot));
+  with_password(c, type, password,
+                [c, what, canary, reqs = std::move(reqs)](bool confirmed) mutable {
+                  if (c.expired()) {
+                    audit(c.self, c.who.username, "trigger_refused", what,
+                          "request timed out");
+                    return c.answer(
+                        unavailable("the request took too long; nothing was registered"));
                   }
-                  answer(std::move(results), registered);
-                },
-                [incident_ids, refused, answer](caf::error& err) mutable {
-                  auto results = json::array();
-                  for (auto& id : incident_ids) {
-                    json slot{{"incident_id", id}};
-                    refused(slot, id, err);
-                    results.push_back(std::move(slot));
-                  }
-                  answer(std::move(results), 0);
+                  for (auto& r : reqs)
+                    r.password_confirmed = confirmed;
+                  register_bulk(c, std::move(reqs), canary);
                 });
-      });
 }
 
 void cancel_action(call c) {

@@ -113,7 +113,7 @@ std::string parse_action(std::string_view body, action_request& req,
 }
 
 std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
-                       std::string& password, std::string& what) {
+                       std::string& password, std::string& what, bulk_canary& canary) {
   auto j = parse(body);
   if (!j.is_object()) return "body must be a JSON object";
   action_request common;
@@ -133,6 +133,23 @@ std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
     return "start_process runs on one incident's device at a time: use POST /actions";
   if (!common.params.empty() || common.argv_given)
     return "'params' are not taken by /actions/bulk (no type it registers has any)";
+  canary = {};
+  if (auto c = j.find("canary"); c != j.end() && !c->is_null()) {
+    auto most = std::min(max_canary_targets, t->size() - 1);
+    auto n = c->is_object() ? c->find("count") : c->end();
+    if (t->size() < 2 || n == c->end() || !n->is_number_integer() || *n < 1 ||
+        n->get<int64_t>() > static_cast<int64_t>(most))
+      return "'canary' must be an object whose 'count' is an integer from 1 to " +
+             std::to_string(most) + " (fewer than the targets, at most " +
+             std::to_string(max_canary_targets) + ")";
+    canary.count = n->get<std::size_t>();
+    if (auto w = c->find("wait_ms"); w != c->end() && !w->is_null()) {
+      if (!w->is_number_integer() || *w < 100 || *w > max_canary_wait_ms)
+        return "'canary.wait_ms' must be an integer from 100 to " +
+               std::to_string(max_canary_wait_ms);
+      canary.wait_ms = w->get<int64_t>();
+    }
+  }
   reqs.clear();
   reqs.reserve(t->size());
   for (std::size_t i = 0; i < t->size(); ++i) {

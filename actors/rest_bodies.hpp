@@ -29,12 +29,23 @@ std::string parse_action(std::string_view body, action_request& req,
 /// Targets one POST /actions/bulk may name at most.
 inline constexpr std::size_t max_bulk_targets = 1000;
 
+/// POST /actions/bulk's `canary`: register the first `count` targets alone, and the
+/// rest only once each of those completed within `wait_ms`.
+struct bulk_canary {
+  std::size_t count = 0; ///< 0: no canary.
+  int64_t wait_ms = 10000;
+};
+/// Canary targets at most, and the longest wait for them (the REST call itself has
+/// 25 s).
+inline constexpr std::size_t max_canary_targets = 100;
+inline constexpr int64_t max_canary_wait_ms = 15000;
+
 /// POST /actions/bulk: one request per target, each with the body's type, params and
 /// comment; the password re-entry ("" if none); what was asked for ("<type> on <n>
-/// targets", for the audit). A target that is not well formed refuses the whole
-/// body, naming its index.
+/// targets", for the audit); the canary, if one is asked for. A target that is not
+/// well formed refuses the whole body, naming its index.
 std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
-                       std::string& password, std::string& what);
+                       std::string& password, std::string& what, bulk_canary& canary);
 
 /// POST /login. A user name over 128 bytes or a password over 1024 bytes is
 /// `too_long` (answered as a wrong password, never hashed).

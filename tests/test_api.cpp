@@ -563,6 +563,125 @@ BOOST_AUTO_TEST_CASE(bulk_actions_register_one_action_per_target) {
   BOOST_TEST(refused == 1);
 }
 
+// A canary: the first targets alone, the rest only once each of their actions
+// completed; a canary refused, failed or not final in time leaves the rest alone.
+BOOST_AUTO_TEST_CASE(a_bulk_canary_acts_on_the_rest_only_once_it_completed) {
+  auto s = login();
+  std::vector<std::string> inc;
+  for (int i = 0; i < 6; ++i)
+    inc.push_back(incident_on("dev-" + std::to_string(i), report()));
+  auto target = [](const std::string& id) {
+    return json{{"incident_id", id}, {"target", {{"kind", "detection"}}}};
+  };
+  auto body = [&](std::vector<std::string> ids, json canary) {
+    json t = json::array();
+    for (auto& id : ids)
+      t.push_back(target(id));
+    return json{{"type", "isolate"}, {"targets", t}, {"canary", canary}}.dump();
+  };
+  // Sent, not yet answered: the canary waits for what the test does next.
+  auto start = [&](std::string b) {
+    http_request r;
+    r.method = "POST";
+    r.target = "/api/v1/actions/bulk";
+    r.body = std::move(b);
+    r.session = s.token;
+    r.csrf = s.csrf;
+    r.source = "192.0.2.1";
+    auto h = self->request(aut, caf::infinite, std::move(r));
+    sched.run();
+    return h;
+  };
+  auto answer_of = [&](auto& h) {
+    json out;
+    h.receive(
+        [&](http_response& r) {
+          BOOST_REQUIRE_MESSAGE(r.status == 202, r.status << " " << r.body);
+          out = json::parse(r.body);
+        },
+        [](caf::error& err) { BOOST_FAIL(message_of(err)); });
+    return out;
+  };
+  auto actions_of = [&](const std::string& incident) {
+    return json::parse(
+        as(s, "GET", "/api/v1/actions?incident_id=" + incident).body)["actions"];
+  };
+  auto result = [&](const std::string& dev, const std::string& id, bool ok) {
+    caf::anon_send(dir, atom::result_v, dev,
+                   bus::action_result{id, ok, ok ? "" : "no such adapter", {}, 0});
+    sched.run();
+  };
+  // A canary that is no canary, or waits too long: 400, nothing registered.
+  for (auto bad : {json{{"count", 0}}, json{{"count", 3}}, json{{"count", "1"}},
+                   json{{"count", 1}, {"wait_ms", 60000}},
+                   json{{"count", 1}, {"wait_ms", 50}}, json(7)}) {
+    auto r = as(s, "POST", "/api/v1/actions/bulk", body({inc[0], inc[1], inc[2]}, bad));
+    BOOST_TEST(r.status == 400, bad.dump());
+  }
+  BOOST_TEST(actions_of(inc[0]).empty());
+
+  // It completes: the rest is registered.
+  auto h = start(body({inc[0], inc[1], inc[2]}, {{"count", 1}, {"wait_ms", 2000}}));
+  auto canary = actions_of(inc[0]);
+  BOOST_REQUIRE_EQUAL(canary.size(), 1u);
+  BOOST_TEST(actions_of(inc[1]).empty());
+  result("dev-0", canary[0]["action_id"].get<std::string>(), true);
+  sched.advance_time(std::chrono::milliseconds{100});
+  sched.run();
+  auto out = answer_of(h);
+  BOOST_TEST(out["registered"] == 3);
+  BOOST_TEST(out["refused"] == 0);
+  BOOST_TEST(out["canary"] == json({{"count", 1}, {"completed", 1}, {"passed", true}}));
+  BOOST_TEST(out["results"][1]["action"]["incident_id"] == inc[1]);
+  BOOST_TEST(actions_of(inc[2]).size() == 1u);
+
+  // It fails on its device: the rest is refused, 409 canary_failed, and audited.
+  h = start(body({inc[3], inc[4]}, {{"count", 1}}));
+  auto failing = actions_of(inc[3]);
+  BOOST_REQUIRE_EQUAL(failing.size(), 1u);
+  auto failing_id = failing[0]["action_id"].get<std::string>();
+  result("dev-3", failing_id, false);
+  sched.advance_time(std::chrono::milliseconds{100});
+  sched.run();
+  out = answer_of(h);
+  BOOST_TEST(out["registered"] == 1);
+  BOOST_TEST(out["refused"] == 1);
+  BOOST_TEST(out["canary"]["passed"] == false);
+  BOOST_TEST(out["results"][1]["status"] == 409);
+  BOOST_TEST(out["results"][1]["error"]["code"] == "canary_failed");
+  BOOST_TEST(out["results"][1]["error"]["message"] ==
+             "not acted on: canary action " + failing_id + " ended failed");
+  BOOST_TEST(actions_of(inc[4]).empty());
+  auto audit = json::parse(as(s, "GET", "/api/v1/audit").body)["records"];
+  int refused = 0;
+  for (auto& rec : audit)
+    refused +=
+        rec["kind"] == "trigger_refused" && rec["target"] == "isolate on " + inc[4];
+  BOOST_TEST(refused == 1);
+
+  // Its device never answers: after wait_ms the rest is refused.
+  h = start(body({inc[5], inc[4]}, {{"count", 1}, {"wait_ms", 500}}));
+  for (int i = 0; i < 6; ++i) {
+    sched.advance_time(std::chrono::milliseconds{100});
+    sched.run();
+  }
+  out = answer_of(h);
+  BOOST_TEST(out["registered"] == 1);
+  BOOST_TEST(out["canary"] == json({{"count", 1}, {"completed", 0}, {"passed", false}}));
+  auto msg = out["results"][1]["error"]["message"].get<std::string>();
+  BOOST_TEST(msg.find("after 500 ms") != std::string::npos, msg);
+  BOOST_TEST(actions_of(inc[4]).empty());
+
+  // A canary target that is refused: nothing more is registered.
+  out = json::parse(
+      as(s, "POST", "/api/v1/actions/bulk", body({"inc-nowhere", inc[4]}, {{"count", 1}}))
+          .body);
+  BOOST_TEST(out["registered"] == 0);
+  BOOST_TEST(out["results"][0]["status"] == 404);
+  BOOST_TEST(out["results"][1]["error"]["code"] == "canary_failed");
+  BOOST_TEST(actions_of(inc[4]).empty());
+}
+
 // The words of the domain are parsed at the REST edge: an unknown action type, target
 // kind or role is 400 naming the legal values, and nothing is registered or stored.
 BOOST_AUTO_TEST_CASE(unknown_words_at_the_rest_edge_are_400_naming_the_legal_values) {

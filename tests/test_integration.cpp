@@ -29,6 +29,7 @@
 #include "bus/enroll.hpp"
 #include "bus/integrator.hpp"
 #include "common/process.hpp"
+#include "common/time.hpp"
 #include "ctl/client.hpp"
 
 using namespace parry;
@@ -745,6 +746,63 @@ BOOST_AUTO_TEST_CASE(parryctl_acts_on_every_matching_incident_after_a_canary) {
     BOOST_TEST(a["comment"] == "bulk");
   }
   BOOST_TEST(get("/devices/sim-0003")["device"]["isolated"] == true);
+}
+
+// A canary that does not complete leaves the rest alone, on the server's side
+// (POST /actions/bulk "canary") and on parryctl's (--canary).
+BOOST_AUTO_TEST_CASE(a_canary_that_does_not_complete_leaves_the_rest_alone) {
+  auto incident = [&](const std::string& device) {
+    return incident_of(device)["incident_id"].get<std::string>();
+  };
+  auto bulk = [&](const std::vector<std::string>& ids, int wait_ms) {
+    json targets = json::array();
+    for (auto& id : ids)
+      targets.push_back({{"incident_id", id}, {"target", {{"kind", "detection"}}}});
+    json body{{"type", "isolate"},
+              {"targets", targets},
+              {"canary", {{"count", 1}, {"wait_ms", wait_ms}}}};
+    auto r = api->post("/api/v1/actions/bulk", body);
+    BOOST_REQUIRE_MESSAGE(r.status == 202, r.raw);
+    return r.body;
+  };
+  // Live devices: the canary completes and the rest follows.
+  auto live = bulk({incident("sim-0001"), incident("sim-0003")}, 10000);
+  BOOST_TEST(live["canary"]["passed"] == true, live.dump());
+  BOOST_TEST(live["registered"] == 2);
+  auto offline = std::vector<std::string>{incident("sim-0002"), incident("sim-0000")};
+  incident("sim-0004");
+  agents->stop(SIGTERM);
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 0; }));
+  // Its device gone, the canary's action is not final in time: the rest is refused.
+  auto gone = bulk(offline, 1000);
+  BOOST_TEST(gone["registered"] == 1, gone.dump());
+  BOOST_TEST(gone["canary"]["passed"] == false);
+  const auto& second = gone["results"][1];
+  BOOST_TEST(second["error"]["code"] == "canary_failed");
+  BOOST_TEST(second["error"]["message"].get<std::string>().find("after 1000 ms") !=
+                 std::string::npos,
+             second.dump());
+  BOOST_TEST(get("/actions?device_id=sim-0000")["actions"].empty());
+  // parryctl's own canary, over the incidents of three devices that reported and
+  // left: the canary is not final within --timeout, exit 1, the rest not acted on.
+  auto since = format_time(now_us());
+  auto late = start_agents("cn", 3, {}, "late.log");
+  for (auto d : {"cn-0000", "cn-0001", "cn-0002"})
+    incident(d);
+  late->stop(SIGTERM);
+  BOOST_REQUIRE(eventually([&] { return get("/stats")["devices_online"] == 0; }));
+  auto [rc, out] = parryctl({"isolate", "--all-incidents", "--filter", "since=" + since,
+                             "--canary", "1", "--timeout", "2", "--yes"},
+                            "canary.log");
+  BOOST_TEST(rc == 1, out);
+  BOOST_TEST(out.find("error: canary: action act-") != std::string::npos, out);
+  BOOST_TEST(out.find("not final after the timeout; the other 2 incidents were not "
+                      "acted on") != std::string::npos,
+             out);
+  std::size_t acted = 0;
+  for (auto d : {"cn-0000", "cn-0001", "cn-0002"})
+    acted += get(std::string{"/actions?device_id="} + d)["actions"].size();
+  BOOST_TEST(acted == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(malformed_frames_are_dropped_and_counted_while_others_are_served) {
