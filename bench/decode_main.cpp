@@ -100,6 +100,12 @@ int main() {
   res.ok = true;
   res.effect = {{"rules", "3"}, {"table", "parry_isolation"}};
   row("action_result", res, lim);
+  row("action_ack", action_ack{"act-5e0c7b1a9d2f3e4c6b8a0d1f"}, lim);
+  cancel_result cr;
+  cr.action_id = "act-5e0c7b1a9d2f3e4c6b8a0d1f";
+  cr.cancelled = false;
+  cr.detail = "already executed";
+  row("cancel_result", cr, lim);
   header hd;
   hd.type = "incident";
   hd.device_id = "sim-0003";
