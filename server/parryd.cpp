@@ -15,6 +15,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include "common/service_notify.hpp"
 #include "server/backup.hpp"
 #include "server/config.hpp"
 #include "server/logging.hpp"
@@ -62,7 +63,7 @@ std::thread start_watchdog(parry::server& srv, std::atomic<bool>& stop) {
     while (!stop.load()) {
       auto next = std::chrono::steady_clock::now() + period;
       if (srv.alive(std::chrono::duration_cast<std::chrono::milliseconds>(period)))
-        sd_notify(0, "WATCHDOG=1");
+        parry::notify_service("WATCHDOG=1");
       else
         spdlog::error("parryd: the actors did not answer the watchdog's health check");
       while (!stop.load() && std::chrono::steady_clock::now() < next)
@@ -168,7 +169,7 @@ int main(int argc, char** argv) {
     srv.start();
   } catch (const std::exception& e) {
     std::cerr << "parryd: cannot start: " << e.what() << '\n';
-    sd_notifyf(0, "STATUS=cannot start: %s", e.what());
+    parry::notify_service(std::string{"STATUS=cannot start: "} + e.what());
     srv.stop();
     return 1;
   }
@@ -198,8 +199,9 @@ int main(int argc, char** argv) {
     std::printf("  first administrator: admin / %s  (shown once; change it)\n",
                 srv.generated_admin_password().c_str());
   std::fflush(stdout);
-  sd_notifyf(0, "READY=1\nSTATUS=serving https on port %u\nMAINPID=%lu", srv.http_port(),
-             static_cast<unsigned long>(::getpid()));
+  parry::notify_service("READY=1\nSTATUS=serving https on port " +
+                        std::to_string(srv.http_port()) +
+                        "\nMAINPID=" + std::to_string(::getpid()));
   std::atomic<bool> stop_watchdog{false};
   auto watchdog = start_watchdog(srv, stop_watchdog);
   int sig = 0;
@@ -208,7 +210,7 @@ int main(int argc, char** argv) {
     if (sig != SIGHUP) break;
     // Reload: the same sources again (file, environment, flags); a bad file keeps
     // everything as it was.
-    sd_notify(0, "RELOADING=1");
+    parry::notify_service("RELOADING=1");
     parry::loaded_config next;
     if (auto err = parry::load_config(inputs, next); !err.empty()) {
       spdlog::error("parryd: reload refused, the configuration has errors:\n{}", err);
@@ -219,10 +221,10 @@ int main(int argc, char** argv) {
         spdlog::error("parryd: reload refused, nothing changed: {}", e.what());
       }
     }
-    sd_notify(0, "READY=1");
+    parry::notify_service("READY=1");
   }
   spdlog::info("parryd: signal {}, stopping", sig);
-  sd_notify(0, "STOPPING=1");
+  parry::notify_service("STOPPING=1");
   stop_watchdog = true;
   if (watchdog.joinable()) watchdog.join();
   srv.stop();

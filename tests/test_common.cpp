@@ -4,7 +4,15 @@
 #include <string>
 #include <vector>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
 #include "common/domain.hpp"
+#include "common/service_notify.hpp"
 #include "common/time.hpp"
 #include "common/utf8.hpp"
 
@@ -268,3 +276,38 @@ BOOST_AUTO_TEST_CASE(anything_else_is_refused) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// A service manager that does not read its socket must never stop the server: the
+// datagrams that do not fit are dropped, and the call returns at once. (sd_notify
+// blocked here: parryd's shutdown hung on STOPPING=1 behind an unread socket.)
+BOOST_AUTO_TEST_CASE(service_notifications_never_wait_for_a_full_socket) {
+  unsetenv("NOTIFY_SOCKET");
+  BOOST_TEST(!parry::notify_service("READY=1"));
+  for (bool abstract : {false, true}) {
+    std::string name = "/tmp/parry-notify-test-" + std::to_string(::getpid());
+    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, name.data(), name.size());
+    if (abstract) a.sun_path[0] = '\0';
+    ::unlink(name.c_str());
+    auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+    BOOST_REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), len) == 0);
+    std::string env = abstract ? "@" + name.substr(1) : name;
+    setenv("NOTIFY_SOCKET", env.c_str(), 1);
+    BOOST_TEST(parry::notify_service("READY=1\nSTATUS=up"));
+    char buf[64] = {};
+    auto n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    BOOST_TEST(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0) ==
+               "READY=1\nSTATUS=up");
+    // Nobody reads now: the queue fills and the rest is refused, not waited on.
+    int taken = 0;
+    for (int i = 0; i < 5000; ++i)
+      taken += parry::notify_service("WATCHDOG=1");
+    BOOST_TEST(taken > 0);
+    BOOST_TEST(taken < 5000);
+    ::close(fd);
+    ::unlink(name.c_str());
+  }
+  unsetenv("NOTIFY_SOCKET");
+}
