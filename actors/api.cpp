@@ -553,6 +553,8 @@ void post_action(call c) {
 
 /// How often a bulk registration's canary looks at its actions' states.
 constexpr auto canary_poll = std::chrono::milliseconds{100};
+/// Of a bulk request's time, what a canary's wait leaves for registering the rest.
+constexpr caf::timespan canary_reserve = std::chrono::seconds{5};
 
 /// A canary's wait (POST /actions/bulk): asked `query`, it answers, in order, whether
 /// each action is final and its state word ("" while it cannot be read), once every
@@ -585,8 +587,12 @@ caf::behavior canary_watch(caf::event_based_actor* self, store_reader_actor read
     for (std::size_t i = 0; i < w->ids.size(); ++i) {
       if (w->final[i]) continue;
       ++w->asking;
-      self->request(reader, std::chrono::seconds{5}, atom::query_v, atom::action_v,
-                    w->ids[i])
+      // Never past the deadline by more than a poll.
+      auto left = w->deadline - self->clock().now();
+      auto bound =
+          std::clamp<caf::timespan>(std::chrono::duration_cast<caf::timespan>(left),
+                                    canary_poll, std::chrono::seconds{5});
+      self->request(reader, bound, atom::query_v, atom::action_v, w->ids[i])
           .then(
               [w, i, settle](std::string& body) {
                 auto j = json::parse(body, nullptr, false);
@@ -711,8 +717,15 @@ void register_bulk(call c, std::vector<action_request> reqs, rest::bulk_canary c
                        *out);
       return answer();
     }
-    auto watch = c.self->spawn(canary_watch, c.self->state.reader, out->action_ids,
-                               caf::timespan{std::chrono::milliseconds{canary.wait_ms}});
+    // The rest must still be registered and answered within the call's time.
+    auto wait = std::min<caf::timespan>(std::chrono::milliseconds{canary.wait_ms},
+                                        c.left() - canary_reserve);
+    if (wait <= caf::timespan{0}) {
+      not_after_canary(c, rest, "no time left in the request to wait for the canary",
+                       *out);
+      return answer();
+    }
+    auto watch = c.self->spawn(canary_watch, c.self->state.reader, out->action_ids, wait);
     c.self->request(watch, c.left(), atom::query_v)
         .then(
             [c, out, n, canary, rest, answer](std::vector<bool>& final,
@@ -734,6 +747,11 @@ void register_bulk(call c, std::vector<action_request> reqs, rest::bulk_canary c
               out->canary["completed"] = completed;
               if (completed < n) {
                 not_after_canary(c, rest, why, *out);
+                return answer();
+              }
+              if (c.left() < canary_reserve / 2) {
+                not_after_canary(c, rest, "no time left in the request after the canary",
+                                 *out);
                 return answer();
               }
               out->canary["passed"] = true;

@@ -1,11 +1,14 @@
 #include "bus/gateway.hpp"
 
+#include <netinet/in.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -123,6 +126,12 @@ std::string gateway::start() {
   }
   sock->bind(endpoint_);
   auto bound = sock->get(zmq::sockopt::last_endpoint);
+  if (bound.rfind("ipc://", 0) == 0) {
+    bound_path_ = bound.substr(6);
+  } else if (auto colon = bound.rfind(':'); colon != std::string::npos) {
+    bound_port_ =
+        static_cast<uint16_t>(std::strtoul(bound.c_str() + colon + 1, nullptr, 10));
+  }
   if (!opts_.pub_endpoint.empty()) {
     auto pub = std::make_unique<zmq::socket_t>(*ctx_, zmq::socket_type::pub);
     pub->set(zmq::sockopt::linger, 0);
@@ -293,45 +302,70 @@ void gateway::serve_zap() {
 
 void gateway::on_monitor_event() {
   auto& mon = *static_cast<zmq::socket_t*>(monitor_);
-  for (;;) {
+  // Every event waiting, in order, before any descriptor is cut: a connection
+  // accepted and already closed again in this batch is not cut (its number may be
+  // someone else's by now).
+  std::vector<int> over; // accepted past the cap, in order
+  for (int n = 0; n < 4096; ++n) {
     zmq::message_t event, address;
-    if (!mon.recv(event, zmq::recv_flags::dontwait)) return;
+    if (!mon.recv(event, zmq::recv_flags::dontwait)) break;
     if (event.more()) (void)mon.recv(address, zmq::recv_flags::none);
     if (event.size() < 6) continue;
     uint16_t id;
     uint32_t value;
     std::memcpy(&id, event.data(), sizeof id);
     std::memcpy(&value, static_cast<const char*>(event.data()) + 2, sizeof value);
+    auto fd = static_cast<int>(value);
     if (id == ZMQ_EVENT_ACCEPTED) {
       stats_.connections_open = ++open_connections_;
-      refuse_accepted(static_cast<int>(value));
+      auto cap = opts_.max_connections;
+      auto hard = opts_.curve ? cap + opts_.handshake_margin : cap;
+      if (cap > 0 && open_connections_ > hard && fd >= 0) over.push_back(fd);
       continue;
     }
     if (id != ZMQ_EVENT_DISCONNECTED && id != ZMQ_EVENT_CLOSED) continue;
     if (open_connections_ > 0) --open_connections_;
     stats_.connections_open = open_connections_;
-    auto fd = static_cast<int>(value);
+    over.erase(std::remove(over.begin(), over.end(), fd), over.end());
     if (auto i = fd_device_.find(fd); i != fd_device_.end()) {
       if (on_gone_) on_gone_(i->second);
       live_fd_.erase(i->second);
       fd_device_.erase(i);
     }
   }
+  for (int fd : over)
+    refuse_accepted(fd);
+}
+
+bool gateway::ours(int fd) const {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return false;
+  if (a.ss_family == AF_INET)
+    return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port) == bound_port_;
+  if (a.ss_family == AF_INET6)
+    return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port) == bound_port_;
+  // ipc://: the listener's path.
+  if (a.ss_family == AF_UNIX)
+    return !bound_path_.empty() &&
+           std::string_view{reinterpret_cast<const sockaddr_un&>(a).sun_path} ==
+               bound_path_;
+  return false;
 }
 
 bool gateway::refuse_accepted(int fd) {
-  auto cap = opts_.max_connections;
-  if (cap == 0 || fd < 0) return false;
-  auto hard = opts_.curve ? cap + handshake_margin(cap) : cap;
-  if (open_connections_ <= hard) return false;
+  // The descriptor must still be a connection of this endpoint: libzmq's engine may
+  // have closed it and the number gone to another socket of the process.
+  if (!ours(fd)) return false;
   // libzmq owns the descriptor: shutting it down makes its engine see the end and
   // close it (counted down by the DISCONNECTED event that follows).
   ::shutdown(fd, SHUT_RDWR);
   ++stats_.accept_refused_busy;
+  auto cap = opts_.max_connections;
   warn("connections", refusal_kind::busy,
        "bus: closed a connection as it was accepted: " +
-           std::to_string(open_connections_ - 1) + " open, at most " +
-           std::to_string(hard));
+           std::to_string(open_connections_) + " open, at most " +
+           std::to_string(opts_.curve ? cap + opts_.handshake_margin : cap));
   return true;
 }
 
@@ -444,7 +478,7 @@ void gateway::run(void* raw) {
       bool integrators = opts_.curve->domain == zap_domain::integrators;
       for (auto& id : cuts)
         if (auto i = live_fd_.find(integrators ? "integrator:" + id : id);
-            i != live_fd_.end()) {
+            i != live_fd_.end() && ours(i->second)) {
           // libzmq sees the connection end and closes its side; the key is gone
           // from the registry, so the agent's reconnect is refused at ZAP.
           ::shutdown(i->second, SHUT_RDWR);

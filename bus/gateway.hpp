@@ -10,6 +10,7 @@
 // and never delivers its frames or sends to it). ZMTP heartbeats end a dead
 // connection, which frees its id for the agent's next connection.
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -49,7 +50,7 @@ struct gateway_stats {
   /// plain TCP with no `max_connections`).
   std::atomic<uint64_t> connections_open{0};
   /// Connections closed as soon as they were accepted: over `max_connections` (plain
-  /// TCP), or over it plus `handshake_margin` (CURVE: connections that never finish
+  /// TCP), or over it plus `handshake_margin` (CURVE: connections that never start
   /// a handshake, which ZAP never sees).
   std::atomic<uint64_t> accept_refused_busy{0};
   std::atomic<uint64_t> log_suppressed{0};  ///< Warnings held back by the rate limit.
@@ -109,9 +110,13 @@ struct gateway_options {
   bool kernel_keepalive = false;
   /// Open connections at most (0: no cap). With CURVE a handshake past it is refused
   /// busy at ZAP (the agent is told why); a connection accepted past it (plain TCP),
-  /// or past it plus handshake_margin() (CURVE), is closed at once, so a flood of
+  /// or past it plus `handshake_margin` (CURVE), is closed at once, so a flood of
   /// connections that never speak cannot take the process's descriptors.
   std::size_t max_connections = 0;
+  /// With CURVE: connections over max_connections still let in to their handshake.
+  /// They are descriptors too: keep it inside what the process has beyond
+  /// max_connections (gateway::margin_within).
+  std::size_t handshake_margin = 16;
   /// Unset: plain TCP (tests, a closed lab). Set: CURVE and ZAP, see above.
   std::optional<curve_server_options> curve;
   /// TCP only: the gateway makes the listening socket itself with SO_REUSEPORT, so
@@ -128,10 +133,12 @@ class gateway final : public outbox {
 public:
   /// Events waiting for the socket thread at most (publish drops beyond it).
   static constexpr std::size_t max_queued_events = 100000;
-  /// With CURVE: connections over `max_connections` still let in to their handshake
-  /// (where ZAP refuses them as busy) before further ones are closed as accepted.
-  static std::size_t handshake_margin(std::size_t max_connections) {
-    return max_connections / 16 + 16;
+  /// A handshake margin for `max_connections` in a process that may open `fd_limit`
+  /// files: a sixteenth of the cap and 16 more, but never more than a quarter of
+  /// the descriptors left beyond the cap (REST, the store and the rest keep theirs).
+  static std::size_t margin_within(std::size_t max_connections, std::size_t fd_limit) {
+    std::size_t left = fd_limit > max_connections ? fd_limit - max_connections : 0;
+    return std::min(max_connections / 16 + 16, left / 4);
   }
 
   /// Called on the socket thread for each well-formed message whose header names the
@@ -214,8 +221,11 @@ private:
   // CURVE only, socket thread: one ZAP request, the monitor's events, queued cuts.
   void serve_zap();
   void on_monitor_event();
-  // Closes a just-accepted connection that takes the count over the cap; true if so.
+  // Closes a just-accepted connection that took the count over the cap, if `fd` is
+  // still a connection of this endpoint; true if so.
   bool refuse_accepted(int fd);
+  // Whether `fd` is a connection of this gateway's endpoint (its local port or path).
+  bool ours(int fd) const;
   void note_connection(const std::string& id, int fd);
   void wake();
   // Counts, logs and answers one refused inbound message (socket thread only).
@@ -259,6 +269,9 @@ private:
   std::unordered_map<int, std::string> fd_device_;
   /// Accepted minus ended (while monitored: CURVE or a connection cap).
   std::size_t open_connections_ = 0;
+  /// The bound endpoint's TCP port, or its ipc:// path.
+  uint16_t bound_port_ = 0;
+  std::string bound_path_;
   log_limiter handshake_rate_{1, std::chrono::seconds{1}};
 };
 

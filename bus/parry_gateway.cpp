@@ -105,6 +105,8 @@ int main(int argc, char** argv) {
       max_connections > 0
           ? max_connections
           : (fd_limit > 2 * fd_reserve ? fd_limit - fd_reserve : fd_limit / 2);
+  o.gateway.handshake_margin =
+      gateway::margin_within(o.gateway.max_connections, fd_limit);
   return link::run_gateway_side(o, stop_requested, [&](const std::string& bound) {
     spdlog::info("{}agents on {} ({}, at most {} connections, open-files limit {})", tag,
                  bound, o.gateway.curve ? "CURVE" : "plain TCP",

@@ -773,6 +773,7 @@ void server::start() {
     // Each gateway process caps its own connections (parry-gateway).
   } else {
     gopts.max_connections = cap;
+    gopts.handshake_margin = bus::gateway::margin_within(cap, fd_limit);
     spdlog::info("bus: at most {} agent connections (open-files limit {})", cap,
                  fd_limit);
     if (cap + 64 > fd_limit)

@@ -6,6 +6,7 @@
 // mock gateway. Time moves only through advance_time().
 
 #include <filesystem>
+#include <limits>
 #include <memory>
 
 #include <nlohmann/json.hpp>
@@ -603,8 +604,11 @@ BOOST_AUTO_TEST_CASE(a_bulk_canary_acts_on_the_rest_only_once_it_completed) {
     return out;
   };
   auto actions_of = [&](const std::string& incident) {
-    return json::parse(
-        as(s, "GET", "/api/v1/actions?incident_id=" + incident).body)["actions"];
+    auto r = as(s, "GET", "/api/v1/actions?incident_id=" + incident);
+    BOOST_REQUIRE_EQUAL(r.status, 200);
+    auto list = json::parse(r.body)["actions"];
+    BOOST_REQUIRE(list.is_array());
+    return list;
   };
   auto result = [&](const std::string& dev, const std::string& id, bool ok) {
     caf::anon_send(dir, atom::result_v, dev,
@@ -612,12 +616,19 @@ BOOST_AUTO_TEST_CASE(a_bulk_canary_acts_on_the_rest_only_once_it_completed) {
     sched.run();
   };
   // A canary that is no canary, or waits too long: 400, nothing registered.
-  for (auto bad : {json{{"count", 0}}, json{{"count", 3}}, json{{"count", "1"}},
-                   json{{"count", 1}, {"wait_ms", 60000}},
-                   json{{"count", 1}, {"wait_ms", 50}}, json(7)}) {
+  for (auto bad :
+       {json{{"count", 0}}, json{{"count", 3}}, json{{"count", -1}}, json{{"count", 1.0}},
+        json{{"count", "1"}}, json{{"count", true}},
+        json{{"count", std::numeric_limits<uint64_t>::max()}}, json::object(),
+        json{{"count", 1}, {"wait_ms", 60000}}, json{{"count", 1}, {"wait_ms", 50}},
+        json{{"count", 1}, {"wait_ms", 1.5}}, json(7)}) {
     auto r = as(s, "POST", "/api/v1/actions/bulk", body({inc[0], inc[1], inc[2]}, bad));
     BOOST_TEST(r.status == 400, bad.dump());
   }
+  // A single target leaves nothing to hold back.
+  BOOST_TEST(
+      as(s, "POST", "/api/v1/actions/bulk", body({inc[0]}, {{"count", 1}})).status ==
+      400);
   BOOST_TEST(actions_of(inc[0]).empty());
 
   // It completes: the rest is registered.

@@ -985,11 +985,21 @@ BOOST_AUTO_TEST_CASE(plain_tcp_connections_past_the_cap_are_closed_and_counted) 
   gw.stop();
 }
 
+BOOST_AUTO_TEST_CASE(the_handshake_margin_stays_inside_the_descriptor_reserve) {
+  // A sixteenth of the cap and 16 more, at most a quarter of what is left beyond it.
+  BOOST_TEST(gateway::margin_within(512, 1024) == 48u);
+  BOOST_TEST(gateway::margin_within(2, 1024) == 16u);
+  BOOST_TEST(gateway::margin_within(14'336, 16'384) == 512u);
+  BOOST_TEST(gateway::margin_within(63'488, 65'536) == 512u);
+  BOOST_TEST(gateway::margin_within(1'000, 1'000) == 0u);
+  BOOST_TEST(gateway::margin_within(2'000, 1'000) == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(silent_connections_past_the_handshake_margin_are_closed) {
   // With CURVE, ZAP refuses a handshake past the cap; connections that never start
   // one are closed as accepted once the cap plus its margin are open.
   curve_bed bed{2};
-  auto hard = 2 + gateway::handshake_margin(2);
+  auto hard = 2 + gateway_options{}.handshake_margin;
   std::vector<int> fds;
   for (std::size_t i = 0; i < hard + 10; ++i)
     fds.push_back(silent_connection(bed.ep));

@@ -638,7 +638,8 @@ BOOST_AUTO_TEST_CASE(rest_answers_while_the_bus_is_flooded_past_its_descriptor_c
   launcher = {"/usr/bin/prlimit", "--nofile=1024:1024", "--"};
   start_server(bus_endpoint, {"--bus-fd-reserve", "512"});
   launcher.clear();
-  // The cap is 1024 - 512; with CURVE, 512 / 16 + 16 more may be in a handshake.
+  // The cap is 1024 - 512; with CURVE, 512 / 16 + 16 more (within a quarter of the
+  // 512 left) may be in a handshake.
   constexpr int cap = 512, hard = cap + cap / 16 + 16, flood = 700;
   auto port = std::stoi(bus_endpoint.substr(bus_endpoint.rfind(':') + 1));
   std::vector<int> fds;
