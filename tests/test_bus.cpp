@@ -25,6 +25,7 @@
 #include "bus/validate.hpp"
 #include "common/log_limiter.hpp"
 #include "common/process.hpp"
+#include "tests/net_support.hpp"
 
 using namespace parry::bus;
 
@@ -321,6 +322,23 @@ BOOST_AUTO_TEST_CASE(messages_for_agents_wait_in_a_bounded_queue) {
   BOOST_TEST(unreachable == std::vector<std::string>{"dev-b"});
 }
 
+namespace {
+
+/// A plain DEALER as device `id` on `ep` that has queued one heartbeat.
+zmq::socket_t heartbeat_dealer(zmq::context_t& ctx, const std::string& ep,
+                               const std::string& id) {
+  zmq::socket_t s{ctx, zmq::socket_type::dealer};
+  s.set(zmq::sockopt::routing_id, id);
+  s.set(zmq::sockopt::linger, 0);
+  s.connect(ep);
+  s.send(zmq::buffer(encode(make_header("heartbeat", id.c_str()))),
+         zmq::send_flags::sndmore);
+  s.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
+  return s;
+}
+
+} // namespace
+
 BOOST_AUTO_TEST_CASE(connections_are_served_over_several_io_threads) {
   std::atomic<int> heard{0};
   gateway_options o;
@@ -335,16 +353,8 @@ BOOST_AUTO_TEST_CASE(connections_are_served_over_several_io_threads) {
   auto ep = gw.start();
   zmq::context_t ctx;
   std::vector<zmq::socket_t> peers;
-  for (int i = 0; i < 30; ++i) {
-    auto id = "dev-" + std::to_string(i);
-    auto& s = peers.emplace_back(ctx, zmq::socket_type::dealer);
-    s.set(zmq::sockopt::routing_id, id);
-    s.set(zmq::sockopt::linger, 0);
-    s.connect(ep);
-    s.send(zmq::buffer(encode(make_header("heartbeat", id.c_str()))),
-           zmq::send_flags::sndmore);
-    s.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
-  }
+  for (int i = 0; i < 30; ++i)
+    peers.push_back(heartbeat_dealer(ctx, ep, "dev-" + std::to_string(i)));
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
   while (heard < 30 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::yield();
@@ -907,13 +917,8 @@ namespace {
 
 /// A TCP connection to `endpoint` (tcp://127.0.0.1:port) that never says a word.
 int silent_connection(const std::string& endpoint) {
-  auto port = std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  BOOST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  int fd = parry::test::loopback_connection(parry::test::port_of(endpoint));
+  BOOST_REQUIRE(fd >= 0);
   return fd;
 }
 
@@ -956,16 +961,7 @@ BOOST_AUTO_TEST_CASE(plain_tcp_connections_past_the_cap_are_closed_and_counted) 
     return parry::poll_until(p, std::chrono::seconds{10}, std::chrono::milliseconds{5});
   };
   zmq::context_t ctx;
-  auto dealer = [&](const std::string& id) {
-    zmq::socket_t s{ctx, zmq::socket_type::dealer};
-    s.set(zmq::sockopt::routing_id, id);
-    s.set(zmq::sockopt::linger, 0);
-    s.connect(ep);
-    s.send(zmq::buffer(encode(make_header("heartbeat", id.c_str()))),
-           zmq::send_flags::sndmore);
-    s.send(zmq::buffer(encode(heartbeat{})), zmq::send_flags::none);
-    return s;
-  };
+  auto dealer = [&](const std::string& id) { return heartbeat_dealer(ctx, ep, id); };
   auto a0 = dealer("dev-0");
   auto a1 = dealer("dev-1");
   BOOST_REQUIRE(within([&] { return heard_from("dev-0") && heard_from("dev-1"); }));

@@ -31,6 +31,7 @@
 #include "common/process.hpp"
 #include "common/time.hpp"
 #include "ctl/client.hpp"
+#include "tests/net_support.hpp"
 
 using namespace parry;
 using nlohmann::json;
@@ -641,16 +642,10 @@ BOOST_AUTO_TEST_CASE(rest_answers_while_the_bus_is_flooded_past_its_descriptor_c
   // The cap is 1024 - 512; with CURVE, 512 / 16 + 16 more (within a quarter of the
   // 512 left) may be in a handshake.
   constexpr int cap = 512, hard = cap + cap / 16 + 16, flood = 700;
-  auto port = std::stoi(bus_endpoint.substr(bus_endpoint.rfind(':') + 1));
   std::vector<int> fds;
   for (int i = 0; i < flood; ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    BOOST_REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    fds.push_back(fd);
+    fds.push_back(test::loopback_connection(test::port_of(bus_endpoint)));
+    BOOST_REQUIRE(fds.back() >= 0);
   }
   auto refused = [&] { return get("/stats")["bus"]["accept_refused_busy"].get<int>(); };
   BOOST_REQUIRE_MESSAGE(eventually([&] { return refused() >= flood - hard; }),
