@@ -13,6 +13,18 @@ using nlohmann::json;
 
 namespace {
 
+/// Whether `v` is an integer from `lo` to `hi` (JSON's unsigned numbers past int64
+/// included, which a comparison with a signed bound would wrap); sets `out` if so.
+bool int_in(const json& v, int64_t lo, int64_t hi, int64_t& out) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi))
+    return false;
+  auto x = v.get<int64_t>();
+  if (x < lo || x > hi) return false;
+  out = x;
+  return true;
+}
+
 /// The body as JSON; "" (no body) reads as an empty object. Never throws.
 json parse(std::string_view body) {
   if (body.empty()) return json::object();
@@ -135,19 +147,19 @@ std::string parse_bulk(std::string_view body, std::vector<action_request>& reqs,
     return "'params' are not taken by /actions/bulk (no type it registers has any)";
   canary = {};
   if (auto c = j.find("canary"); c != j.end() && !c->is_null()) {
-    auto most = std::min(max_canary_targets, t->size() - 1);
+    auto most = static_cast<int64_t>(std::min(max_canary_targets, t->size() - 1));
     auto n = c->is_object() ? c->find("count") : c->end();
-    if (t->size() < 2 || n == c->end() || !n->is_number_integer() || *n < 1 ||
-        n->get<int64_t>() > static_cast<int64_t>(most))
+    int64_t count = 0;
+    if (n == c->end() || most < 1 || !int_in(*n, 1, most, count))
       return "'canary' must be an object whose 'count' is an integer from 1 to " +
-             std::to_string(most) + " (fewer than the targets, at most " +
-             std::to_string(max_canary_targets) + ")";
-    canary.count = n->get<std::size_t>();
+             std::to_string(std::max<int64_t>(most, 1)) +
+             " (fewer than the targets, at most " + std::to_string(max_canary_targets) +
+             ")";
+    canary.count = static_cast<std::size_t>(count);
     if (auto w = c->find("wait_ms"); w != c->end() && !w->is_null()) {
-      if (!w->is_number_integer() || *w < 100 || *w > max_canary_wait_ms)
+      if (!int_in(*w, 100, max_canary_wait_ms, canary.wait_ms))
         return "'canary.wait_ms' must be an integer from 100 to " +
                std::to_string(max_canary_wait_ms);
-      canary.wait_ms = w->get<int64_t>();
     }
   }
   reqs.clear();
@@ -200,12 +212,8 @@ namespace {
 
 /// A positive integer field at most `max`, or why not.
 std::string positive(const json& j, const char* field, int64_t max, int64_t& out) {
-  const auto& e = j[field];
-  if (!e.is_number_integer() ||
-      (e.is_number_unsigned() && e.get<uint64_t>() > INT64_MAX) || e.get<int64_t>() < 1 ||
-      e.get<int64_t>() > max)
+  if (!int_in(j[field], 1, max, out))
     return std::string{"'"} + field + "' must be an integer 1.." + std::to_string(max);
-  out = e.get<int64_t>();
   return {};
 }
 
