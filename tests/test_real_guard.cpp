@@ -3,6 +3,7 @@
 
 #include "agent-real/exec_guard.hpp"
 #include "common/crypto.hpp"
+#include "common/process.hpp"
 
 #include <sched.h>
 #include <signal.h>
@@ -177,15 +178,13 @@ void settle(const std::vector<std::string>& paths) {
     if (stat(p.c_str(), &st) != 0) throw std::runtime_error("settle: stat " + p);
     newest = std::max(newest, ns(st.st_ctim));
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  for (;;) {
+  auto passed = [&] {
     timespec now{};
     clock_gettime(CLOCK_REALTIME_COARSE, &now);
-    if (ns(now) - newest > 25'000'000) return;
-    if (std::chrono::steady_clock::now() > deadline)
-      throw std::runtime_error("settle: the coarse clock did not pass the files' ctime");
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+    return ns(now) - newest > 25'000'000;
+  };
+  if (!parry::poll_until(passed, std::chrono::seconds(5), std::chrono::milliseconds(1)))
+    throw std::runtime_error("settle: the coarse clock did not pass the files' ctime");
 }
 
 /// Open fanotify groups in this process.
@@ -201,11 +200,7 @@ int fanotify_fds() {
 
 /// Polls `cond` for up to 5 s.
 template <class F> bool eventually(F cond) {
-  for (int i = 0; i < 500; ++i) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return cond();
+  return parry::poll_until(cond, std::chrono::seconds(5), std::chrono::milliseconds(10));
 }
 
 bool skip_unless_root() {

@@ -13,11 +13,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "agent-real/process_ops.hpp"
+#include "common/process.hpp"
 #include "common/utf8.hpp"
+
+using namespace std::chrono_literals;
 
 using namespace parry;
 
@@ -49,17 +53,17 @@ struct sleeper {
   /// Its entry once it runs sleep (right after fork it is still a copy of us; in
   /// the middle of execve /proc already shows the new image but an empty cmdline).
   real::proc_entry after_exec() const {
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-    for (;;) {
-      auto e = real::read_process(static_cast<uint32_t>(pid));
-      BOOST_REQUIRE(e);
+    std::optional<real::proc_entry> e;
+    auto exec_done = [&] {
+      e = real::read_process(static_cast<uint32_t>(pid));
+      if (!e) return true; // gone: the check below says so
       auto slash = e->image.rfind('/');
-      if (slash != std::string::npos && e->image.substr(slash) == "/sleep" &&
-          !e->cmdline.empty())
-        return *e;
-      BOOST_REQUIRE(std::chrono::steady_clock::now() < until);
-      ::usleep(1000);
-    }
+      return slash != std::string::npos && e->image.substr(slash) == "/sleep" &&
+             !e->cmdline.empty();
+    };
+    BOOST_REQUIRE(parry::poll_until(exec_done, std::chrono::seconds(3), 1ms));
+    BOOST_REQUIRE(e);
+    return *e;
   }
 
   /// Still running: not exited (we have not reaped it, so exited means a zombie).
@@ -226,12 +230,12 @@ BOOST_AUTO_TEST_CASE(image_with_ill_formed_utf8) {
   }
   BOOST_REQUIRE(pid > 0);
   std::optional<real::proc_entry> e;
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (std::chrono::steady_clock::now() < until) {
-    e = real::read_process(static_cast<uint32_t>(pid));
-    if (e && e->image == path) break;
-    ::usleep(1000);
-  }
+  parry::poll_until(
+      [&] {
+        e = real::read_process(static_cast<uint32_t>(pid));
+        return e && e->image == path;
+      },
+      std::chrono::seconds(3), 1ms);
   ::unlink(path.c_str());
   BOOST_REQUIRE(e);
   BOOST_TEST(e->image == path); // raw bytes
@@ -258,9 +262,7 @@ BOOST_AUTO_TEST_CASE(an_exited_unreaped_process_is_gone) {
   sleeper s;
   auto e = s.after_exec();
   ::kill(s.pid, SIGKILL);
-  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (s.alive() && std::chrono::steady_clock::now() < until)
-    ::usleep(1000);
+  parry::poll_until([&] { return !s.alive(); }, std::chrono::seconds(3), 1ms);
   auto r = real::terminate({e.pid, e.start_time, ""});
   BOOST_TEST(r.error == "no process " + std::to_string(s.pid));
 }
@@ -401,9 +403,7 @@ BOOST_AUTO_TEST_CASE(timeout_kills_the_group) {
                     2);
       // Ours is reaped; the grandchild's new parent reaps it when it gets to it.
       BOOST_TEST(::kill(static_cast<pid_t>(child), 0) == -1);
-      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-      while (!dead(grandchild) && std::chrono::steady_clock::now() < until)
-        ::usleep(1000);
+      parry::poll_until([&] { return dead(grandchild); }, std::chrono::seconds(3), 1ms);
       BOOST_TEST(dead(grandchild));
     }
   }
@@ -424,9 +424,7 @@ BOOST_AUTO_TEST_CASE(timeout_after_the_child_exited) {
       BOOST_REQUIRE_MESSAGE(at != std::string::npos, r.error);
       unsigned grandchild = 0;
       BOOST_REQUIRE(std::sscanf(r.error.c_str() + at + 9, "%u", &grandchild) == 1);
-      auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-      while (!dead(grandchild) && std::chrono::steady_clock::now() < until)
-        ::usleep(1000);
+      parry::poll_until([&] { return dead(grandchild); }, std::chrono::seconds(3), 1ms);
       BOOST_TEST(dead(grandchild));
     }
   }
