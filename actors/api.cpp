@@ -704,32 +704,36 @@ void register_bulk(call c, std::vector<action_request> reqs, rest::bulk_canary c
     c.answer(reply(202, body));
   };
   if (canary.count == 0) return register_targets(c, std::move(reqs), out, answer);
-  std::vector<action_request> rest(std::make_move_iterator(reqs.begin() + canary.count),
-                                   std::make_move_iterator(reqs.end()));
+  // Held once, whichever way the canary goes.
+  auto rest = std::make_shared<std::vector<action_request>>(
+      std::make_move_iterator(reqs.begin() + canary.count),
+      std::make_move_iterator(reqs.end()));
   reqs.resize(canary.count);
   auto n = canary.count;
   out->canary = json{{"count", n}, {"completed", 0}, {"passed", false}};
-  auto after = [c, out, n, canary, rest = std::move(rest), answer]() mutable {
+  auto after = [c, out, n, canary, rest, answer]() mutable {
     if (out->registered < n) {
-      not_after_canary(c, rest,
+      not_after_canary(c, *rest,
                        std::to_string(n - out->registered) + " of the " +
                            std::to_string(n) + " canary targets were refused",
                        *out);
       return answer();
     }
     // The rest must still be registered and answered within the call's time.
-    auto wait = std::min<caf::timespan>(std::chrono::milliseconds{canary.wait_ms},
-                                        c.left() - canary_reserve);
-    if (wait <= caf::timespan{0}) {
-      not_after_canary(c, rest, "no time left in the request to wait for the canary",
+    auto wait =
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::min<caf::timespan>(
+            std::chrono::milliseconds{canary.wait_ms}, c.left() - canary_reserve));
+    if (wait.count() <= 0) {
+      not_after_canary(c, *rest, "no time left in the request to wait for the canary",
                        *out);
       return answer();
     }
-    auto watch = c.self->spawn(canary_watch, c.self->state.reader, out->action_ids, wait);
+    auto watch = c.self->spawn(canary_watch, c.self->state.reader, out->action_ids,
+                               caf::timespan{wait});
     c.self->request(watch, c.left(), atom::query_v)
         .then(
-            [c, out, n, canary, rest, answer](std::vector<bool>& final,
-                                              std::vector<std::string>& states) mutable {
+            [c, out, n, wait, rest, answer](std::vector<bool>& final,
+                                            std::vector<std::string>& states) mutable {
               std::string why;
               std::size_t completed = 0;
               for (std::size_t i = 0; i < states.size(); ++i) {
@@ -742,23 +746,23 @@ void register_bulk(call c, std::vector<action_request> reqs, rest::bulk_canary c
                 why = final[i]
                           ? "canary action " + out->action_ids[i] + " ended " + state
                           : "canary action " + out->action_ids[i] + " still " + state +
-                                " after " + std::to_string(canary.wait_ms) + " ms";
+                                " after " + std::to_string(wait.count()) + " ms";
               }
               out->canary["completed"] = completed;
               if (completed < n) {
-                not_after_canary(c, rest, why, *out);
+                not_after_canary(c, *rest, why, *out);
                 return answer();
               }
               if (c.left() < canary_reserve / 2) {
-                not_after_canary(c, rest, "no time left in the request after the canary",
+                not_after_canary(c, *rest, "no time left in the request after the canary",
                                  *out);
                 return answer();
               }
               out->canary["passed"] = true;
-              register_targets(c, std::move(rest), out, answer);
+              register_targets(c, std::move(*rest), out, answer);
             },
             [c, out, rest, answer](caf::error& err) mutable {
-              not_after_canary(c, rest, "the canary's wait failed: " + message_of(err),
+              not_after_canary(c, *rest, "the canary's wait failed: " + message_of(err),
                                *out);
               answer();
             });

@@ -201,15 +201,21 @@ struct fixture : test_coordinator_fixture<caf::actor_system_config> {
             json::parse(resp.body)["csrf_token"].get<std::string>()};
   }
 
-  http_response as(const login_session& s, std::string method, std::string target,
-                   std::string body = "") {
+  /// A request of session `s` (cookie and CSRF token).
+  static http_request request_as(const login_session& s, std::string method,
+                                 std::string target, std::string body = "") {
     http_request r;
     r.method = std::move(method);
     r.target = std::move(target);
     r.body = std::move(body);
     r.session = s.token;
     r.csrf = s.csrf;
-    return call(std::move(r));
+    return r;
+  }
+
+  http_response as(const login_session& s, std::string method, std::string target,
+                   std::string body = "") {
+    return call(request_as(s, std::move(method), std::move(target), std::move(body)));
   }
 
   /// Triggers an isolate of the incident's detection; answers the action id.
@@ -582,12 +588,7 @@ BOOST_AUTO_TEST_CASE(a_bulk_canary_acts_on_the_rest_only_once_it_completed) {
   };
   // Sent, not yet answered: the canary waits for what the test does next.
   auto start = [&](std::string b) {
-    http_request r;
-    r.method = "POST";
-    r.target = "/api/v1/actions/bulk";
-    r.body = std::move(b);
-    r.session = s.token;
-    r.csrf = s.csrf;
+    auto r = request_as(s, "POST", "/api/v1/actions/bulk", std::move(b));
     r.source = "192.0.2.1";
     auto h = self->request(aut, caf::infinite, std::move(r));
     sched.run();
